@@ -1,0 +1,71 @@
+# Gibsey node. Two commands for a fresh Debian / Raspberry Pi OS machine:
+#   make run    set up everything and run a node in the foreground
+#   make test   set up everything and run the whole test suite (what CI runs)
+# Everything else here is what those two need.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static
+VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
+
+.PHONY: all run test setup debian vm lint typecheck pytest zig-test bench clean help
+
+all: setup vm
+
+help:
+	@echo "make run    - set up and run a node (gibsey up)"
+	@echo "make test   - set up and run lint, type checks, Zig tests (native + aarch64) and pytest"
+	@echo "make bench  - run every benchmark (gibsey bench)"
+
+## Debian packages the node and its tests use, installed only when missing.
+debian:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+## The virtual environment with the project (editable) and its pinned dependencies.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# compat mode: a plain path entry, so mypy and tools see gibsey.* like Python does
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	@touch $@
+
+setup: debian $(VENV)/.installed
+
+## The Zig VM as a shared library (native and aarch64), with the pinned ziglang toolchain.
+vm: $(VENV)/.installed
+	vm_zig/build.sh lib
+
+run: setup vm
+	$(BIN)/gibsey up
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy gibsey tests
+
+zig-test: setup
+	vm_zig/build.sh test
+	vm_zig/build.sh test-aarch64
+
+pytest: setup vm
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test: setup vm lint typecheck zig-test pytest
+
+bench: setup vm
+	$(BIN)/gibsey bench
+
+clean:
+	vm_zig/build.sh clean
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

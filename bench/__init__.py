@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a figure next to its baseline measured in the same run, as a ratio."""

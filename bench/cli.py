@@ -1,0 +1,60 @@
+"""`gibsey bench`: run the benchmarks and print each figure next to its same-run baseline."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from gibsey.bench.report import Row, print_rows
+
+# name -> (module, what it measures). A module provides run() -> list[Row].
+SUITES: dict[str, tuple[str, str]] = {
+    "spine": (
+        "gibsey.bench.spine",
+        "event spine round trip and throughput vs bare paho + Mosquitto",
+    ),
+    "vm": ("gibsey.bench.vm", "Zig VM instructions/s vs the Python reference; rotation cost"),
+    "ledger": ("gibsey.bench.ledger", "ledger append/import rates vs bare PyNaCl sign/verify"),
+}
+
+
+def _suite(name: str) -> Callable[[], list[Row]]:
+    module = importlib.import_module(SUITES[name][0])
+    run: Callable[[], list[Row]] = module.run
+    return run
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = Console()
+    names = list(SUITES) if args.suite == "all" else [args.suite]
+    failed = False
+    for name in names:
+        try:
+            run = _suite(name)
+        except (ModuleNotFoundError, AttributeError) as exc:
+            console.print(f"[yellow]bench {name}: not available on this checkout ({exc})[/yellow]")
+            continue
+        with console.status(f"measuring {name} ..."):
+            rows = run()
+        print_rows(f"gibsey bench {name}", rows, console)
+        failed |= any(r.met is False for r in rows)
+    return 1 if failed and args.strict else 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    lines = "\n".join(f"  {n:8} {what}" for n, (_, what) in SUITES.items())
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="measure the node against same-run baselines (ratios, medians)",
+        description="Run a benchmark suite and print each figure with its baseline.\n\n"
+        f"suites:\n{lines}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("suite", nargs="?", default="all", choices=[*SUITES, "all"])
+    p.add_argument("--strict", action="store_true", help="exit 1 if a goal is not met")
+    p.set_defaults(func=_run)

@@ -1,0 +1,5 @@
+import sys
+
+from gibsey.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The known entry types and the exact shape of each one's body.
+
+Bodies are checked strictly both when we append and when we import: every field listed, no
+field unlisted, each of the listed type. A node running this version never produces anything
+else, so a body that does not fit is either a bug or forged; a later format bumps the entry's
+`v` rather than loosening these shapes. Rules about *value* (can the giver cover the gift? is
+the proposal still open?) are not checked here: they depend on the view, and an entry that
+breaks them is kept in the log with no effect (see economy.py, governance.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Actors are people and personas at a dial: "london-fox", "visitor:0042", "node:n01ab23cd".
+ACTOR_RE = re.compile(r"^[a-z0-9][a-z0-9:._-]{0,63}$")
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+# A single ritual mints at most this much; bigger mints are forged or buggy.
+MINT_MAX = 1000
+
+ACTIONS = ("narrative-merge", "opcode-table-change", "config-change")
+CHOICES = ("yes", "no")
+OUTCOME_STATUSES = ("executed", "failed", "interrupted")
+
+
+class BodyError(ValueError):
+    """The body does not have its type's shape; the message names the field."""
+
+
+def _actor(v: Any) -> bool:
+    return type(v) is str and ACTOR_RE.match(v) is not None
+
+
+def _positive(v: Any) -> bool:
+    return type(v) is int and v > 0
+
+
+def _mint_amount(v: Any) -> bool:
+    return type(v) is int and 0 < v <= MINT_MAX
+
+
+def _hash(v: Any) -> bool:
+    return type(v) is str and HASH_RE.match(v) is not None
+
+
+def _text(limit: int) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        return type(v) is str and len(v) <= limit
+
+    return ok
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        return type(v) is str and v in options
+
+    return ok
+
+
+@dataclass(frozen=True)
+class Shape:
+    required: Mapping[str, Callable[[Any], bool]]
+    optional: Mapping[str, Callable[[Any], bool]]
+    describe: str
+
+
+SHAPES: dict[str, Shape] = {
+    # A ritual performed at a dial mints tokens to the actor who performed it.
+    "mint": Shape(
+        {"actor": _actor, "amount": _mint_amount, "ritual": _text(64)},
+        {},
+        f"actor, amount 1..{MINT_MAX}, ritual",
+    ),
+    "gift": Shape(
+        {"from": _actor, "to": _actor, "amount": _positive},
+        {"memo": _text(280)},
+        "from, to (actors), amount > 0, optional memo",
+    ),
+    "burn": Shape(
+        {"actor": _actor, "amount": _positive},
+        {"reason": _text(280)},
+        "actor, amount > 0, optional reason",
+    ),
+    "proposal": Shape(
+        {
+            "action": _one_of(ACTIONS),
+            "target": _hash,
+            "title": _text(200),
+            "proposer": _actor,
+        },
+        {},
+        f"action in {ACTIONS}, target (sha256 hex of what it applies), title, proposer",
+    ),
+    "vote": Shape(
+        {"proposal": _hash, "actor": _actor, "choice": _one_of(CHOICES)},
+        {},
+        "proposal (entry hash hex), actor, choice yes|no",
+    ),
+    # What happened when this node ran a passed proposal's executor.
+    "outcome": Shape(
+        {
+            "proposal": _hash,
+            "action": _one_of(ACTIONS),
+            "status": _one_of(OUTCOME_STATUSES),
+            "detail": _text(1000),
+        },
+        {},
+        "proposal, action, status, detail",
+    ),
+}
+
+KNOWN_TYPES = frozenset(SHAPES)
+
+
+def validate(type_: str, body: Mapping[str, Any]) -> None:
+    """Raise BodyError unless `body` has exactly the shape of `type_` (which must be known)."""
+    shape = SHAPES[type_]
+    if type(body) is not dict:
+        raise BodyError("body must be an object")
+    for key, ok in shape.required.items():
+        if key not in body:
+            raise BodyError(f"{type_}: missing field {key!r} (expects {shape.describe})")
+        if not ok(body[key]):
+            raise BodyError(f"{type_}: bad value for {key!r}: {body[key]!r}")
+    for key, value in body.items():
+        if key in shape.required:
+            continue
+        ok_opt = shape.optional.get(key)
+        if ok_opt is None:
+            raise BodyError(f"{type_}: unexpected field {key!r} (expects {shape.describe})")
+        if not ok_opt(value):
+            raise BodyError(f"{type_}: bad value for {key!r}: {value!r}")
+    if type_ == "gift" and body["from"] == body["to"]:
+        raise BodyError("gift: from and to are the same actor")

@@ -1,0 +1,338 @@
+"""`gibsey ledger ...`: look at, check and add to the node's ledger.
+
+`gift`, `mint` and `burn` call the publish hook with a `gift/txn` event (and `balance` with a
+`gift/balance` snapshot) so the daemon can put them on MQTT; the hook is injected by whoever
+registers these commands (`register(..., publish_hook=...)`), and is None when there is no
+event spine to publish to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .bodies import ACTIONS, CHOICES, KNOWN_TYPES
+from .entry import Entry
+from .errors import LedgerError, Rejected
+from .governance import Status, executions
+from .ledger import Ledger
+
+PublishHook = Callable[[str, dict[str, Any]], None]  # (event, payload), e.g. ("gift/txn", {...})
+
+_publish_hook: PublishHook | None = None
+console = Console(highlight=False)
+
+
+def set_publish_hook(hook: PublishHook | None) -> None:
+    global _publish_hook
+    _publish_hook = hook
+
+
+def _publish(event: str, payload: dict[str, Any]) -> None:
+    if _publish_hook is not None:
+        _publish_hook(event, payload)
+
+
+def _open(args: argparse.Namespace) -> Ledger:
+    from gibsey.node.config import resolve_data_dir
+
+    return Ledger.open(resolve_data_dir(args.data))
+
+
+def _short(b: bytes) -> str:
+    return b.hex()[:8]
+
+
+def txn_payload(e: Entry, applied: bool, note: str) -> dict[str, Any]:
+    """The `gift/txn` event payload for a gift, mint or burn entry."""
+    return {
+        "entry": e.hash_hex,
+        "author": e.author_hex,
+        "seq": e.seq,
+        "lamport": e.lamport,
+        "wall": e.wall,
+        "type": e.type,
+        "body": e.body,
+        "applied": applied,
+        "note": note,
+    }
+
+
+def _summary(e: Entry) -> str:
+    b = e.body
+    if e.type == "mint":
+        return f"{b['actor']} +{b['amount']} ({b['ritual']})"
+    if e.type == "gift":
+        memo = f" \u201c{b['memo']}\u201d" if "memo" in b else ""
+        return f"{b['from']} \u2192 {b['to']} {b['amount']}{memo}"
+    if e.type == "burn":
+        return f"{b['actor']} -{b['amount']}" + (f" ({b['reason']})" if "reason" in b else "")
+    if e.type == "proposal":
+        title = f"\u201c{b['title']}\u201d"
+        return f"{b['action']} {title} by {b['proposer']} target {b['target'][:12]}"
+    if e.type == "vote":
+        return f"{b['actor']} votes {b['choice']} on {b['proposal'][:12]}"
+    if e.type == "outcome":
+        return f"{b['action']} {b['proposal'][:12]}: {b['status']} {b['detail']}"
+    return str(b)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    ledger = _open(args)
+    try:
+        report = ledger.store.verify()
+        forks = len(ledger.store.quarantine())
+    finally:
+        ledger.close()
+    if not report.ok:
+        who = report.bad_author.hex() if report.bad_author else "?"
+        console.print(f"BAD: feed {who} seq {report.bad_seq}: {report.problem}")
+        return 1
+    msg = f"ok: {report.entries} entries in {report.feeds} feeds"
+    if forks:
+        msg += f"; {forks} author(s) quarantined by fork proofs"
+    console.print(msg)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    ledger = _open(args)
+    try:
+        view = ledger.view()
+        quarantine = ledger.store.quarantine()
+        rows = [
+            e
+            for e in ledger.store.iter_ordered()
+            if (not args.author or e.author_hex.startswith(args.author.lower()))
+            and (not args.type or e.type == args.type)
+        ]
+    finally:
+        ledger.close()
+    if args.limit:
+        rows = rows[-args.limit :]
+    table = Table(title=f"ledger entries ({len(rows)} shown, fold order)")
+    for col in ("lamport", "author", "seq", "type", "what", "effect"):
+        table.add_column(col)
+    for e in rows:
+        eff = view.effects.get(e.hash)
+        effect = "" if eff is None else ("ok" if eff.applied else "NO EFFECT")
+        if eff is not None and eff.note:
+            effect += f": {eff.note}" if effect else eff.note
+        who = _short(e.author) + (" (us)" if e.author == ledger.author else "")
+        table.add_row(str(e.lamport), who, str(e.seq), e.type, _summary(e), effect)
+    console.print(table)
+    for author, seq in quarantine.items():
+        console.print(f"[bold]quarantined:[/bold] {author.hex()} from seq {seq} (equivocated)")
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    ledger = _open(args)
+    try:
+        econ = ledger.view().economy
+    finally:
+        ledger.close()
+    balances = dict(sorted(econ.balances.items(), key=lambda kv: (-kv[1], kv[0])))
+    if args.actor:
+        balances = {args.actor: econ.balance(args.actor)}
+    table = Table(title="balances")
+    table.add_column("actor")
+    table.add_column("balance", justify="right")
+    for actor, amount in balances.items():
+        table.add_row(actor, str(amount))
+    console.print(table)
+    console.print(f"minted {econ.minted}, burned {econ.burned}, supply {econ.supply}")
+    _publish("gift/balance", {"balances": balances, "supply": econ.supply})
+    return 0
+
+
+def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:
+    ledger = _open(args)
+    try:
+        e = make(ledger)
+        eff = ledger.view().effects[e.hash]
+    finally:
+        ledger.close()
+    note = f" ({eff.note})" if eff.note else ""
+    console.print(f"{e.type} appended: seq {e.seq}, lamport {e.lamport}, {e.hash_hex[:16]}{note}")
+    _publish("gift/txn", txn_payload(e, eff.applied, eff.note))
+    return 0
+
+
+def cmd_gift(args: argparse.Namespace) -> int:
+    return _txn(args, lambda lg: lg.gift(args.giver, args.receiver, args.amount, args.memo))
+
+
+def cmd_mint(args: argparse.Namespace) -> int:
+    return _txn(args, lambda lg: lg.mint(args.actor, args.amount, args.ritual))
+
+
+def cmd_burn(args: argparse.Namespace) -> int:
+    return _txn(args, lambda lg: lg.burn(args.actor, args.amount, args.reason))
+
+
+def cmd_propose(args: argparse.Namespace) -> int:
+    if args.file:
+        target = hashlib.sha256(Path(args.file).read_bytes()).hexdigest()
+    elif args.target:
+        target = args.target.lower()
+    else:
+        console.print("error: give --target HASH or --file PATH (what the proposal applies)")
+        return 2
+    ledger = _open(args)
+    try:
+        e = ledger.propose(args.action, target, args.title, args.by)
+        eff = ledger.view().effects[e.hash]
+    finally:
+        ledger.close()
+    console.print(f"hearing opened: {e.hash_hex} (lamport {e.lamport}) {eff.note}")
+    return 0
+
+
+def cmd_vote(args: argparse.Namespace) -> int:
+    ledger = _open(args)
+    try:
+        e = ledger.vote(args.proposal, args.actor, args.choice)
+        eff = ledger.view().effects[e.hash]
+    finally:
+        ledger.close()
+    console.print(f"vote appended: seq {e.seq}, lamport {e.lamport}: {eff.note}")
+    return 0
+
+
+def cmd_hearings(args: argparse.Namespace) -> int:
+    ledger = _open(args)
+    try:
+        gov = ledger.view().governance
+        done = executions(ledger.store)
+    finally:
+        ledger.close()
+    table = Table(title="Schrödinger hearings")
+    for col in ("proposal", "action", "title", "status", "yes/no of total", "closes after", "here"):
+        table.add_column(col)
+    for p in sorted(gov.proposals.values(), key=lambda p: p.lamport):
+        if not args.all and p.status not in (Status.OPEN, Status.PASSED):
+            continue
+        ex = done.get(p.hash)
+        here = ex.status if ex else ("awaiting executor" if p.status is Status.PASSED else "")
+        table.add_row(
+            p.hash_hex[:12],
+            p.action,
+            p.title,
+            p.status.value,
+            f"{p.yes}/{p.no} of {p.total}",
+            f"lamport {p.deadline}",
+            here,
+        )
+    console.print(table)
+    return 0
+
+
+# ---- registration -------------------------------------------------------------------------------
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn a refused operation into a one-line message and exit status 1, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except Rejected as exc:
+            console.print(f"refused ({exc.reason.value}): {exc.detail}")
+        except LedgerError as exc:
+            console.print(f"refused: {exc}")
+        return 1
+
+    return run
+
+
+def _data_option() -> argparse.ArgumentParser:
+    """`--data DIR` for the ledger's own parsers, defaulting to SUPPRESS.
+
+    argparse copies every sub-parser default over the parent's namespace, so a plain
+    `default=None` here would erase the `--data` given before `ledger` (`gibsey --data D
+    ledger show`); with SUPPRESS the option is only set where it is actually typed.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the node's data directory (default: $GIBSEY_DATA, else a per-user folder)",
+    )
+    return p
+
+
+def register(
+    subparsers: Any, common: argparse.ArgumentParser, publish_hook: PublishHook | None = None
+) -> None:
+    """Add `gibsey ledger ...`. `common` (the top-level `--data`) is accepted for the shared
+    interface; the ledger parsers use a SUPPRESS-default copy so they never reset it."""
+    if publish_hook is not None:
+        set_publish_hook(publish_hook)
+    data = _data_option()
+    ledger_p = subparsers.add_parser(
+        "ledger",
+        parents=[data],
+        help="the gift ledger: feeds, balances, hearings",
+        description="Signed hash-chained feeds, the gift economy and Schrödinger hearings.",
+    )
+    sub = ledger_p.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
+
+    def dispatch(args: argparse.Namespace) -> int:
+        fn: Callable[[argparse.Namespace], int] | None = getattr(args, "ledger_func", None)
+        if fn is None:
+            ledger_p.print_help()
+            return 2
+        if not hasattr(args, "data"):
+            args.data = None
+        return fn(args)
+
+    ledger_p.set_defaults(func=dispatch)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> Any:
+        p = sub.add_parser(name, parents=[data], help=help_, description=help_)
+        p.set_defaults(ledger_func=_guard(fn))
+        return p
+
+    add("verify", cmd_verify, "re-check every chain and signature; report the first bad entry")
+    p = add("show", cmd_show, "print entries in fold order with their effect")
+    p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
+    p.add_argument("--type", choices=sorted(KNOWN_TYPES), help="only entries of this type")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="only the last N")
+    p = add("balance", cmd_balance, "balances of every actor (or one)")
+    p.add_argument("actor", nargs="?", help="just this actor")
+    p = add("gift", cmd_gift, "gift AMOUNT from one actor to another (must be covered)")
+    p.add_argument("giver", metavar="FROM")
+    p.add_argument("receiver", metavar="TO")
+    p.add_argument("amount", type=int, metavar="AMOUNT")
+    p.add_argument("--memo", default=None)
+    p = add("mint", cmd_mint, "mint AMOUNT to ACTOR for a ritual performed")
+    p.add_argument("actor", metavar="ACTOR")
+    p.add_argument("amount", type=int, metavar="AMOUNT")
+    p.add_argument("--ritual", default="manual", help="which ritual (default: manual)")
+    p = add("burn", cmd_burn, "burn AMOUNT of ACTOR's balance")
+    p.add_argument("actor", metavar="ACTOR")
+    p.add_argument("amount", type=int, metavar="AMOUNT")
+    p.add_argument("--reason", default=None)
+    p = add("propose", cmd_propose, "open a hearing on an action")
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("--title", required=True)
+    p.add_argument("--by", required=True, metavar="ACTOR", help="the proposing actor")
+    p.add_argument("--target", metavar="SHA256", help="hash of what the action would apply")
+    p.add_argument("--file", metavar="PATH", help="hash this file as the target")
+    p = add("vote", cmd_vote, "vote on an open hearing for an actor")
+    p.add_argument("proposal", metavar="PROPOSAL", help="proposal hash (a unique prefix is ok)")
+    p.add_argument("choice", choices=CHOICES)
+    p.add_argument("--as", dest="actor", required=True, metavar="ACTOR")
+    p = add("hearings", cmd_hearings, "open and passed hearings (--all: every one)")
+    p.add_argument("--all", action="store_true")

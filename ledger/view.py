@@ -1,0 +1,57 @@
+"""The view: a deterministic fold of every held feed into balances and hearings.
+
+Entries are folded in the total order (lamport, author key bytes, seq), which depends only on
+the entries themselves - never on the order they arrived in - so two nodes holding the same set
+of feeds (and fork proofs) compute identical views. Entries of a forked author from the fork
+point on are skipped (quarantined) on every node that holds the proof.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .economy import OK, Economy, Effect
+from .entry import Entry, OrderKey
+from .governance import Governance, Proposal, Status
+
+
+@dataclass
+class View:
+    economy: Economy = field(default_factory=Economy)
+    governance: Governance = field(default_factory=Governance)
+    effects: dict[bytes, Effect] = field(default_factory=dict)  # entry hash -> effect
+    last_key: OrderKey | None = None
+    folded: int = 0
+
+    def apply(self, e: Entry) -> Effect:
+        """Fold one entry; it must come after every entry folded so far."""
+        key = e.order_key
+        if self.last_key is not None and key <= self.last_key:
+            raise ValueError("entries must be folded in (lamport, author, seq) order")
+        self.last_key = key
+        self.governance.tick(e.lamport)
+        effect = self.economy.apply(e.type, e.body, e.lamport)
+        if effect is None:
+            effect = self.governance.apply(e, self.economy) or OK
+        self.effects[e.hash] = effect
+        self.folded += 1
+        return effect
+
+    def quarantined(self, e: Entry, start: int) -> None:
+        self.effects[e.hash] = Effect(False, f"quarantined: author equivocated at seq {start}")
+
+    def passed(self) -> list[Proposal]:
+        return [p for p in self.governance.proposals.values() if p.status is Status.PASSED]
+
+
+def build(entries: Iterable[Entry], quarantine: Mapping[bytes, int]) -> View:
+    """Fold `entries` (already in fold order) into a fresh view."""
+    view = View()
+    for e in entries:
+        start = quarantine.get(e.author)
+        if start is not None and e.seq >= start:
+            view.quarantined(e, start)
+        else:
+            view.apply(e)
+    return view

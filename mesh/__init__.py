@@ -1,0 +1,1 @@
+"""ZeroMQ gossip of the ledger's feeds between the nodes of a gallery (issue 5)."""

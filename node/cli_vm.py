@@ -1,0 +1,322 @@
+"""`gibsey vm`: assemble, disassemble, verify and run glyph programs.
+
+Registered by gibsey/cli.py through `register(subparsers, common)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gibsey.node import vm, vm_asm
+from gibsey.node import vm_isa as isa
+
+BYTECODE_SUFFIX = ".gbc"
+
+# The 16 character symbols in corpus order (DESIGN.md); ids 16..63 are the hidden symbols.
+CHARACTER_SLUGS: tuple[str, ...] = (
+    "an-author",
+    "london-fox",
+    "glyph-marrow",
+    "phillip-bafflemint",
+    "jacklyn-variance",
+    "oren-progresso",
+    "old-natalie",
+    "princhetta",
+    "cop-e-right",
+    "new-natalie",
+    "arieol-owlist",
+    "jack-parlance",
+    "manny-valentinas",
+    "shamrock-stillman",
+    "todd-fishbone",
+    "the-author",
+)
+ROTATION_NAMES: tuple[str, ...] = ("read", "write", "remember", "dream")
+
+_EPILOG = """\
+FILE may be assembly text (.gasm) or assembled bytecode (starts with the GZVM magic); the kind is
+detected from the content. The instruction set and file format are in vm_zig/ISA.md.
+
+examples:
+  gibsey vm asm vm_zig/examples/dream.gasm            # writes vm_zig/examples/dream.gbc
+  gibsey vm dis vm_zig/examples/dream.gbc
+  gibsey vm run vm_zig/examples/dream.gasm --symbol london-fox --rotation dream --actor 7
+"""
+
+
+class _CliError(Exception):
+    pass
+
+
+def _symbol(text: str) -> int:
+    if text in CHARACTER_SLUGS:
+        return CHARACTER_SLUGS.index(text)
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected 0..63 or a character slug ({', '.join(CHARACTER_SLUGS[:3])}, ...)"
+        ) from None
+    if not 0 <= value < isa.SYMBOLS:
+        raise argparse.ArgumentTypeError(f"symbol {value} out of range 0..63")
+    return value
+
+
+def _rotation(text: str) -> int:
+    if text.lower() in ROTATION_NAMES:
+        return ROTATION_NAMES.index(text.lower())
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected 0..3 or one of {', '.join(ROTATION_NAMES)}"
+        ) from None
+    if not 0 <= value < isa.ROTATIONS:
+        raise argparse.ArgumentTypeError(f"rotation {value} out of range 0..3")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _fuel(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("fuel must not be negative")
+    return value
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = subparsers.add_parser(
+        "vm",
+        parents=[common],
+        help="assemble, disassemble and run glyph programs (the Zig VM)",
+        description="Work with glyph programs for the Zig opcode VM.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="vm_command", metavar="ACTION", title="actions")
+
+    def usage(_args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
+
+    asm = sub.add_parser(
+        "asm",
+        parents=[common],
+        help="assemble .gasm text into bytecode",
+        description="Assemble a .gasm program into verified bytecode.",
+    )
+    asm.add_argument("file", metavar="FILE", help="assembly text (.gasm)")
+    asm.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help=f"where to write the bytecode (default: FILE with {BYTECODE_SUFFIX}; '-' = stdout)",
+    )
+    asm.set_defaults(func=cmd_asm)
+
+    dis = sub.add_parser(
+        "dis",
+        parents=[common],
+        help="disassemble bytecode into text that re-assembles to the same bytes",
+        description="Print bytecode as .gasm text (pc offsets in the right-hand comments).",
+    )
+    dis.add_argument("file", metavar="FILE", help="bytecode, or .gasm (assembled first)")
+    dis.set_defaults(func=cmd_dis)
+
+    check = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="run the verifier only",
+        description="Verify a program with the Zig verifier; exit 0 if it would be accepted.",
+    )
+    check.add_argument("file", metavar="FILE", help="bytecode or .gasm")
+    check.set_defaults(func=cmd_verify)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a program against a glyph rotation and print its effects",
+        description="Verify and run FILE as if the dial had turned to (--symbol, --rotation). "
+        "Effects are printed, not performed: nothing is published or written.",
+    )
+    run.add_argument("file", metavar="FILE", help="bytecode or .gasm")
+    run.add_argument(
+        "--symbol",
+        "-s",
+        type=_symbol,
+        required=True,
+        metavar="S",
+        help="base symbol 0..63 or a character slug (london-fox, ...)",
+    )
+    run.add_argument(
+        "--rotation",
+        "-r",
+        type=_rotation,
+        required=True,
+        metavar="R",
+        help="0..3 or read, write, remember, dream",
+    )
+    run.add_argument("--actor", type=_int, default=0, metavar="A", help="actor id (default 0)")
+    run.add_argument("--node", type=_int, default=0, metavar="N", help="node id (default 0)")
+    run.add_argument(
+        "--arg", type=_int, default=0, metavar="X", help="trigger argument (default 0)"
+    )
+    run.add_argument(
+        "--fuel",
+        type=_fuel,
+        default=vm.DEFAULT_FUEL,
+        metavar="N",
+        help=f"instruction budget (default {vm.DEFAULT_FUEL})",
+    )
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.set_defaults(func=cmd_run)
+
+
+def _load(path_text: str) -> bytes:
+    path = Path(path_text)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if vm_asm.is_bytecode(data):
+        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _CliError(f"{path} is neither bytecode (GZVM) nor UTF-8 assembly text") from None
+    try:
+        return vm_asm.assemble(text, filename=str(path))
+    except vm_asm.AsmError as exc:
+        raise _CliError(str(exc)) from exc
+
+
+def cmd_asm(args: argparse.Namespace) -> int:
+    try:
+        path = Path(args.file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _CliError(f"cannot read {path} as text: {exc}") from exc
+        try:
+            data = vm_asm.assemble(text, filename=str(path))
+        except vm_asm.AsmError as exc:
+            raise _CliError(str(exc)) from exc
+        if args.output == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return 0
+        out = Path(args.output) if args.output else path.with_suffix(BYTECODE_SUFFIX)
+        out.write_bytes(data)
+        print(f"wrote {out} ({len(data)} bytes)")
+        return 0
+    except _CliError as exc:
+        print(f"gibsey vm asm: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_dis(args: argparse.Namespace) -> int:
+    try:
+        data = _load(args.file)
+        sys.stdout.write(vm_asm.disassemble(data))
+        return 0
+    except (_CliError, vm_asm.DisasmError) as exc:
+        print(f"gibsey vm dis: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        data = _load(args.file)
+        vm.verify(data)
+    except (_CliError, vm.VerifyError, vm.VmLibraryError) as exc:
+        print(f"gibsey vm verify: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok ({len(data)} bytes)")
+    return 0
+
+
+def _persona(pid: int) -> str:
+    return CHARACTER_SLUGS[pid] if 0 <= pid < len(CHARACTER_SLUGS) else f"hidden-{pid}"
+
+
+def _describe(effect: vm.Effect) -> str:
+    text = effect.describe()
+    if effect.kind is vm.EffectKind.ASK:
+        text += f"  ({_persona(effect.a)})"
+    return text
+
+
+def _instruction_at(data: bytes, pc: int) -> str:
+    try:
+        decoded = vm_asm.decode(data)
+    except vm_asm.DisasmError:
+        return ""
+    for at, op, _raw in decoded.instrs:
+        if at == pc:
+            return op.name
+    return ""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        data = _load(args.file)
+        trigger = vm.Trigger(args.symbol, args.rotation, args.actor, args.node, args.arg)
+        result = vm.run(data, trigger, fuel=args.fuel)
+    except (_CliError, vm.VerifyError, vm.VmLibraryError, ValueError) as exc:
+        print(f"gibsey vm run: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "error": None
+                    if result.error is None
+                    else {
+                        "status": str(getattr(result.error.status, "name", result.error.status)),
+                        "pc": result.error.pc,
+                        "reason": result.error.reason,
+                    },
+                    "fuel_used": result.fuel_used,
+                    "effects": [e.to_dict() for e in result.effects],
+                    "partial_effects": [e.to_dict() for e in result.partial_effects],
+                    "stack": result.stack,
+                },
+                indent=2,
+            )
+        )
+        return 0 if result.ok else 1
+    state = trigger.state
+    print(
+        f"symbol {args.symbol} ({_persona(args.symbol)}), rotation {args.rotation} "
+        f"({ROTATION_NAMES[args.rotation]}), state {state}: "
+        f"{result.fuel_used} instructions of {args.fuel} fuel"
+    )
+    if result.error is not None:
+        where = _instruction_at(data, result.error.pc)
+        print(f"error: {result.error}{f' ({where})' if where else ''}")
+        if result.partial_effects:
+            print(f"{len(result.partial_effects)} effect(s) requested before the error, discarded:")
+            for i, e in enumerate(result.partial_effects, start=1):
+                print(f"  {i}. {_describe(e)}")
+        return 1
+    if not result.effects:
+        print("no effects")
+    for i, e in enumerate(result.effects, start=1):
+        print(f"  {i}. {_describe(e)}")
+    if result.stack:
+        print(f"stack at HALT: {result.stack}")
+    return 0

@@ -1,0 +1,161 @@
+"""The node daemon: identity, clock, broker connection, router and status, in one asyncio loop.
+
+`Node` is what `gibsey up` runs, and what tests start in-process. Parts attach by registering
+router handlers (`node.router.register(...)`) and put events on the spine with `node.emit(...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from gibsey import __version__
+from gibsey.node.broker import EmbeddedBroker
+from gibsey.node.config import NodeConfig
+from gibsey.node.discovery import discovery_messages
+from gibsey.node.envelope import Event, NodeStatus, Payload, SafetyAlert, make_event
+from gibsey.node.identity import Identity, load_or_create
+from gibsey.node.lamport import LamportClock
+from gibsey.node.rate import RateMeter
+from gibsey.node.rituals import RitualHandler
+from gibsey.node.router import Router
+from gibsey.node.spine import Spine
+from gibsey.node.topics import ALL_EVENTS, status_topic, topic_for
+
+log = logging.getLogger("gibsey.node")
+
+
+class Node:
+    def __init__(self, data_dir: Path, config: NodeConfig, node_id: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.identity: Identity = load_or_create(data_dir, node_id)
+        self.node_id = self.identity.node_id
+        self.clock = LamportClock(data_dir / "lamport")
+        self.router = Router(
+            self.node_id,
+            alert_sink=self._publish_alert,
+            max_payload=config.max_payload,
+            queue_size=config.handler_queue,
+            on_event=self._observe,
+        )
+        self.rituals = RitualHandler(self.emit)
+        self.router.register_inline("rituals", ["glyph/rotated"], self.rituals)
+        self.embedded: EmbeddedBroker | None = None
+        self.spine: Spine | None = None
+        self.started_at = time.monotonic()
+        self.rate = RateMeter()
+        self.events_per_s = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- events ---------------------------------------------------------------------------------
+    def _observe(self, event: Event) -> None:
+        # Every accepted event moves the clock past it (our own echoes included: harmless), so
+        # whatever the node emits in response is ordered after its cause.
+        self.clock.observe(event.lamport)
+
+    def emit(self, kind: str, payload: Payload, actor: str = "node") -> Event:
+        """Put an event of this node on the spine (QoS 1; sent as soon as a broker is there)."""
+        return self.emit_acked(kind, payload, actor)[0]
+
+    def emit_acked(
+        self, kind: str, payload: Payload, actor: str = "node"
+    ) -> tuple[Event, asyncio.Future[None]]:
+        """Like emit, with a future that resolves when the broker has acknowledged the event."""
+        event = make_event(self.node_id, kind, payload, self.clock.tick(), actor)
+        return event, self.publish_event(event)
+
+    def publish_event(self, event: Event) -> asyncio.Future[None]:
+        assert self.spine is not None, "node not started"
+        return self.spine.publish(topic_for(event.node, event.kind), event.to_bytes())
+
+    def _publish_alert(self, alert: SafetyAlert) -> None:
+        if self.spine is not None:
+            self.emit("safety/alert", alert)
+
+    # -- status -----------------------------------------------------------------------------------
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def status(self, state: str = "online") -> NodeStatus:
+        return NodeStatus(
+            state="online" if state == "online" else "offline",
+            node=self.node_id,
+            version=__version__,
+            broker=self.spine.url if self.spine else "",
+            events_per_s=round(self.events_per_s, 2),
+            uptime_s=round(self.uptime, 1),
+            events_total=self.router.stats.accepted,
+            rejected_total=self.router.stats.rejected_total,
+        )
+
+    def _status_bytes(self, state: str = "online") -> bytes:
+        return self.status(state).model_dump_json().encode()
+
+    def _on_connect(self) -> None:
+        assert self.spine is not None
+        self.spine.publish(status_topic(self.node_id), self._status_bytes(), retain=True)
+        if self.config.discovery_prefix:
+            for topic, payload in discovery_messages(self.node_id, self.config.discovery_prefix):
+                self.spine.publish(topic, payload, retain=True)
+
+    async def _status_loop(self) -> None:
+        last_published = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            self.events_per_s = self.rate.sample(self.router.stats.accepted)
+            now = time.monotonic()
+            if (
+                self.spine
+                and self.spine.connected
+                and now - last_published >= self.config.status_interval
+            ):
+                self.spine.publish(status_topic(self.node_id), self._status_bytes(), retain=True)
+                last_published = now
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self, broker_url: str | None = None) -> None:
+        url = broker_url or self.config.broker
+        if not url:
+            self.embedded = EmbeddedBroker(self.config.embedded_host, self.config.embedded_port)
+            await self.embedded.start()
+            url = self.embedded.url
+        offline = json.dumps({"state": "offline", "node": self.node_id}).encode()
+        self.spine = Spine(
+            url,
+            client_id=f"gibsey-{self.node_id}",
+            subscriptions=[ALL_EVENTS],
+            on_message=self.router.handle_message,
+            will=(status_topic(self.node_id), offline),
+            on_connect=self._on_connect,
+        )
+        self.started_at = time.monotonic()
+        self.router.start()
+        self._tasks = [
+            asyncio.create_task(self.spine.run(), name="spine"),
+            asyncio.create_task(self._status_loop(), name="status"),
+        ]
+
+    async def stop(self) -> None:
+        """Clean stop: say offline (retained), finish queued work, disconnect."""
+        if self.spine is not None and self.spine.connected:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.router.drain(), timeout=2.0)
+            self.spine.publish(
+                status_topic(self.node_id), self._status_bytes("offline"), retain=True
+            )
+            # Everything already handed to the spine gets its chance to be acknowledged.
+            await self.spine.flush(timeout=3.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.router.stop()
+        if self.embedded is not None:
+            await self.embedded.stop()
+            self.embedded = None

@@ -1,0 +1,40 @@
+"""Topic names of the event spine: gibsey/v1/<node_id>/<domain>/<event>.
+
+The kind of an event is its last two topic levels ("glyph/rotated"), so a dashboard can subscribe
+to one kind across every node with `gibsey/v1/+/glyph/rotated`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "gibsey"
+VERSION = "v1"
+ROOT = f"{PREFIX}/{VERSION}"
+# Every event of every node on the broker: what the router subscribes to.
+ALL_EVENTS = f"{ROOT}/+/+/+"
+STATUS_KIND = "node/status"
+
+
+def topic_for(node_id: str, kind: str) -> str:
+    return f"{ROOT}/{node_id}/{kind}"
+
+
+def status_topic(node_id: str) -> str:
+    return topic_for(node_id, STATUS_KIND)
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    node_id: str
+    kind: str
+
+
+def parse_topic(topic: str) -> ParsedTopic | None:
+    """Split an event topic; None when it is not a gibsey/v1 event topic."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != VERSION:
+        return None
+    if not all(parts[2:]):
+        return None
+    return ParsedTopic(node_id=parts[2], kind=f"{parts[3]}/{parts[4]}")

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from tests.brokers import Mosquitto, free_port
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class RunningNode:
+    node: Node
+    url: str
+    port: int
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+async def running_node(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[RunningNode]:
+    """A node started in-process, against a real Mosquitto or its own embedded amqtt broker."""
+    config = NodeConfig()
+    broker: Mosquitto | None = None
+    if request.param == "mosquitto":
+        broker = Mosquitto(tmp_path / "mosquitto").start()
+        url: str | None = broker.url
+        port = broker.port
+    else:
+        port = free_port()
+        config.embedded_port = port
+        url = None
+    node = Node(tmp_path / "data", config)
+    await node.start(url)
+    assert node.spine is not None
+    await node.spine.wait_connected(timeout=10)
+    yield RunningNode(node, node.spine.url, port)
+    await node.stop()
+    if broker is not None:
+        broker.stop()
+
+
+@dataclass
+class Collector:
+    """A test MQTT client that records what arrives on its subscriptions."""
+
+    client: aiomqtt.Client
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [json.loads(p) for t, p in self.messages if t.endswith("/" + kind)]
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+        async def _wait() -> Any:
+            while True:
+                result = predicate(self)
+                if result:
+                    return result
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        await self.client.publish(topic, payload, qos=qos)
+
+
+async def _pump(col: Collector) -> None:
+    async for msg in col.client.messages:
+        payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
+        col.messages.append((msg.topic.value, bytes(payload)))
+        col._changed.set()
+
+
+CollectorFactory = Callable[..., Awaitable[Collector]]
+
+
+@pytest.fixture
+async def collector_factory() -> AsyncIterator[CollectorFactory]:
+    stack: list[tuple[aiomqtt.Client, asyncio.Task[None]]] = []
+
+    async def make(port: int, *topics: str) -> Collector:
+        client = aiomqtt.Client("127.0.0.1", port)
+        await client.__aenter__()
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        col = Collector(client)
+        task = asyncio.create_task(_pump(col))
+        stack.append((client, task))
+        return col
+
+    yield make
+    for client, task in reversed(stack):
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        try:
+            await client.__aexit__(None, None, None)
+        except aiomqtt.MqttError:
+            pass

@@ -1,0 +1,243 @@
+"""Canonical encoding and single-entry checks (no store)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from gibsey.ledger import canonical
+from gibsey.ledger.entry import DOMAIN, SIG_LEN, create, parse, payload_object
+from gibsey.ledger.errors import Rejected, RejectReason
+
+SEED = bytes(range(32))
+
+# The exact wire bytes of a known entry: if these change, every node's signatures and hashes
+# change with them - that is a format break, not a refactor.
+PINNED_PAYLOAD = (
+    b'{"author":"03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",'
+    b'"body":{"actor":"london-fox","amount":5,"ritual":"read"},"lamport":1,"prev":null,'
+    b'"seq":1,"type":"mint","v":1,"wall":1700000000000}'
+)
+PINNED_SIG = (
+    "1113d0b6b8ad818feedbea747a163e94061522a28dcc1799fa0a6df7dc6c15b3"
+    "3dfa0c1264d888fa3727cc95eebc08696ebce8705b737f9eaf71d9b1cffd8c03"
+)
+PINNED_HASH = "c7de6ae21b8b499f20725fa58b896613fbc42921589f035962196740e6fb62d3"
+
+
+def pinned_entry() -> Any:
+    return create(
+        SigningKey(SEED),
+        seq=1,
+        prev=None,
+        lamport=1,
+        type_="mint",
+        body={"actor": "london-fox", "amount": 5, "ritual": "read"},
+        wall=1_700_000_000_000,
+    )
+
+
+def test_pinned_entry_bytes() -> None:
+    e = pinned_entry()
+    assert e.payload == PINNED_PAYLOAD
+    assert e.signature.hex() == PINNED_SIG
+    assert e.raw == PINNED_PAYLOAD + bytes.fromhex(PINNED_SIG)
+    assert e.hash.hex() == PINNED_HASH == hashlib.sha256(e.raw).hexdigest()
+    # The signature covers DOMAIN || payload, nothing else.
+    SigningKey(SEED).verify_key.verify(DOMAIN + PINNED_PAYLOAD, e.signature)
+
+
+def test_parse_roundtrip_and_second_entry_links() -> None:
+    first = pinned_entry()
+    assert parse(first.raw) == first
+    second = create(
+        SigningKey(SEED),
+        seq=2,
+        prev=first.hash,
+        lamport=7,
+        type_="gift",
+        body={"from": "london-fox", "to": "glyph-marrow", "amount": 3, "memo": "ü"},
+        wall=5,
+    )
+    back = parse(second.raw)
+    assert back == second and back.prev == first.hash
+    assert b'"prev":"' + PINNED_HASH.encode() + b'"' in second.payload
+    assert "ü".encode() in second.payload  # UTF-8 literal, not \u00fc
+
+
+# ---- canonical JSON ---------------------------------------------------------------------------
+
+
+def _ref_string(s: str) -> str:
+    """RFC 8785 string serialisation, written out from the spec (CANONICAL.md section 2)."""
+    short = {
+        '"': '\\"',
+        "\\": "\\\\",
+        "\b": "\\b",
+        "\f": "\\f",
+        "\n": "\\n",
+        "\r": "\\r",
+        "\t": "\\t",
+    }
+    out = []
+    for ch in s:
+        if ch in short:
+            out.append(short[ch])
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def reference_encode(v: Any) -> bytes:
+    def enc(x: Any) -> str:
+        if x is None:
+            return "null"
+        if x is True:
+            return "true"
+        if x is False:
+            return "false"
+        if type(x) is int:
+            return str(x)
+        if type(x) is str:
+            return _ref_string(x)
+        if type(x) is list:
+            return "[" + ",".join(enc(i) for i in x) + "]"
+        assert type(x) is dict
+        # Keys sorted by Unicode code point (== by UTF-8 bytes).
+        items = sorted(x.items(), key=lambda kv: kv[0].encode("utf-8"))
+        return "{" + ",".join(_ref_string(k) + ":" + enc(val) for k, val in items) + "}"
+
+    return enc(v).encode("utf-8")
+
+
+text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(values)
+def test_fast_encoder_matches_reference_and_decodes_back(v: Any) -> None:
+    data = canonical.encode(v)
+    assert data == reference_encode(v)
+    assert canonical.decode(data) == v
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1.5,
+        float("nan"),
+        float("inf"),
+        {1: "x"},
+        2**53,
+        -(2**53),
+        (1, 2),
+        b"x",
+        "\ud800",
+        {"a": [{"b": 1.0}]},
+    ],
+)
+def test_encode_rejects_outside_the_data_model(value: Any) -> None:
+    with pytest.raises(canonical.CanonicalError):
+        canonical.encode(value)
+
+
+def test_encode_rejects_deep_nesting() -> None:
+    v: Any = 1
+    for _ in range(canonical.MAX_DEPTH + 2):
+        v = [v]
+    with pytest.raises(canonical.CanonicalError, match="deeper"):
+        canonical.encode(v)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1.0}',
+        b'{"a":1e2}',
+        b'{"a":NaN}',
+        b'{"a":Infinity}',
+        b'{"a":"\\ud800"}',
+        b"\xff\xfe",
+        b'{"a":1',
+        b"",
+        b'{"a":9007199254740992}',
+    ],
+)
+def test_decode_rejects_non_json_values(data: bytes) -> None:
+    with pytest.raises(canonical.CanonicalError):
+        canonical.decode(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"b":1,"a":2}',
+        b'{"a":1,"a":2}',
+        b'{ "a":1}',
+        b'{"a":-0}',
+        b'{"a":"\\u0041"}',
+        b'{"a":"\\/"}',
+        b'{"a":1}\n',
+    ],
+)
+def test_decode_rejects_non_canonical_forms(data: bytes) -> None:
+    json.loads(data)  # each is valid JSON...
+    with pytest.raises(canonical.NotCanonicalError):
+        canonical.decode(data)  # ...but not the canonical form
+
+
+# ---- single-entry rejections -------------------------------------------------------------------
+
+
+def test_parse_reports_reason_per_fault() -> None:
+    e = pinned_entry()
+    key = SigningKey(SEED)
+
+    def reason(raw: bytes) -> RejectReason:
+        with pytest.raises(Rejected) as info:
+            parse(raw)
+        return info.value.reason
+
+    flipped = e.raw[:-1] + bytes([e.raw[-1] ^ 1])
+    assert reason(flipped) is RejectReason.BAD_SIGNATURE
+    assert reason(b"\x00" * 100) is RejectReason.MALFORMED
+    assert reason(b"{}") is RejectReason.MALFORMED
+    assert reason(b"x" * 9000) is RejectReason.TOO_LARGE
+    spaced = e.payload.replace(b'"seq":1', b'"seq": 1')
+    assert reason(spaced + key.sign(DOMAIN + spaced).signature) is RejectReason.NOT_CANONICAL
+    obj = payload_object(e.author, 1, None, 1, 0, "teleport", {"to": "moon"})
+    p = canonical.encode(obj)
+    assert reason(p + key.sign(DOMAIN + p).signature) is RejectReason.UNKNOWN_TYPE
+    assert len(e.signature) == SIG_LEN
+
+
+@given(
+    memo=st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
+    seq=st.integers(1, 2**53 - 1),
+    lamport=st.integers(1, 2**53 - 1),
+    wall=st.integers(0, 2**53 - 1),
+)
+def test_created_payload_is_the_canonical_encoding(
+    memo: str, seq: int, lamport: int, wall: int
+) -> None:
+    # create() assembles the payload directly for speed; it must equal the canonical form.
+    key = SigningKey(SEED)
+    prev = None if seq == 1 else b"\x11" * 32
+    body = {"from": "a", "to": "b", "amount": 1, "memo": memo}
+    e = create(key, seq=seq, prev=prev, lamport=lamport, type_="gift", body=body, wall=wall)
+    assert e.payload == canonical.encode(
+        payload_object(e.author, seq, prev, lamport, wall, "gift", body)
+    )
+    assert parse(e.raw) == e

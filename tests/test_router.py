@@ -1,0 +1,113 @@
+"""The router in isolation: bounded per-handler queues, exactly-once dispatch, alert limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gibsey.node.envelope import Event, Payload, SafetyAlert
+from gibsey.node.router import Router
+from tests.events import raw_event, topic
+
+
+def _gift(nid: str, i: int) -> bytes:
+    return raw_event(
+        nid, "gift/txn", {"giver": "a", "receiver": "b", "amount": 1}, event_id=f"g{i}"
+    )
+
+
+async def test_a_slow_handler_does_not_stall_the_others() -> None:
+    alerts: list[SafetyAlert] = []
+    router = Router("n1", alerts.append, queue_size=10)
+    release = asyncio.Event()
+    fast_seen: list[str] = []
+    slow_seen: list[str] = []
+
+    async def slow(event: Event, payload: Payload) -> None:
+        await release.wait()  # wedged until the test lets go
+        slow_seen.append(event.id)
+
+    async def fast(event: Event, payload: Payload) -> None:
+        fast_seen.append(event.id)
+
+    slow_reg = router.register("slow", ["gift/txn"], slow)
+    router.register("fast", ["gift/txn"], fast)
+    router.start()
+    try:
+        for i in range(1000):
+            router.handle_message(topic("n1", "gift/txn"), _gift("n1", i))
+            await asyncio.sleep(0)  # the MQTT loop yields between messages, as here
+        await asyncio.wait_for(router._registrations[1].queue.join(), 5)
+        assert len(fast_seen) == 1000
+        # The wedged handler holds at most its queue (plus the one it is stuck on).
+        assert slow_reg.queue.qsize() <= 10
+        assert slow_reg.dropped >= 1000 - 11
+        release.set()
+        await asyncio.wait_for(slow_reg.queue.join(), 5)
+        assert slow_seen[-1] == "g999"  # it keeps the newest, drops the oldest
+    finally:
+        await router.stop()
+
+
+async def test_failing_handler_is_reported_and_others_continue() -> None:
+    alerts: list[SafetyAlert] = []
+    router = Router("n1", alerts.append)
+    seen: list[str] = []
+
+    async def broken(event: Event, payload: Payload) -> None:
+        raise RuntimeError("boom")
+
+    async def fine(event: Event, payload: Payload) -> None:
+        seen.append(event.id)
+
+    router.register("broken", ["gift/txn"], broken)
+    router.register("fine", ["gift/txn"], fine)
+    router.start()
+    try:
+        for i in range(3):
+            router.handle_message(topic("n1", "gift/txn"), _gift("n1", i))
+        await asyncio.wait_for(router.drain(), 5)
+        assert seen == ["g0", "g1", "g2"]
+        assert [a.reason for a in alerts] == ["handler_failed"] * 3
+        assert "boom" in alerts[0].detail
+    finally:
+        await router.stop()
+
+
+async def test_a_flood_of_garbage_is_counted_but_alerts_are_rate_limited() -> None:
+    alerts: list[SafetyAlert] = []
+    router = Router("n1", alerts.append, alerts_per_second=5)
+    for _ in range(500):
+        router.handle_message(topic("n1", "glyph/rotated"), b"\xff\xfe garbage")
+    assert router.stats.rejected["malformed_json"] == 500
+    assert 1 <= len(alerts) <= 6
+    assert router.stats.alerts_suppressed == 500 - len(alerts)
+
+
+async def test_local_only_handlers_ignore_other_nodes() -> None:
+    router = Router("n1", lambda a: None)
+    seen: list[str] = []
+
+    async def handler(event: Event, payload: Payload) -> None:
+        seen.append(event.node)
+
+    router.register("local", ["gift/txn"], handler)
+    router.start()
+    try:
+        router.handle_message(
+            topic("n2", "gift/txn"),
+            raw_event("n2", "gift/txn", {"giver": "a", "receiver": "b", "amount": 1}),
+        )
+        router.handle_message(topic("n1", "gift/txn"), _gift("n1", 1))
+        await asyncio.wait_for(router.drain(), 5)
+        assert seen == ["n1"]
+        assert router.stats.accepted == 2
+    finally:
+        await router.stop()
+
+
+async def test_envelope_must_match_its_topic() -> None:
+    alerts: list[SafetyAlert] = []
+    router = Router("n1", alerts.append)
+    router.handle_message(topic("n1", "ritual/performed"), _gift("n1", 1))
+    assert router.stats.rejected["topic_mismatch"] == 1
+    assert "gift/txn" in alerts[0].detail

@@ -1,0 +1,130 @@
+"""The event spine against real brokers: Mosquitto and the embedded amqtt broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gibsey.node.envelope import Event, Payload
+from tests.conftest import Collector, CollectorFactory, RunningNode
+from tests.events import raw_event, topic
+
+
+async def test_rotation_runs_a_ritual(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    col: Collector = await collector_factory(running_node.port, topic(nid, "ritual/performed"))
+    await col.publish(
+        topic(nid, "glyph/rotated"),
+        raw_event(nid, "glyph/rotated", {"symbol": 5, "rotation": 3}, event_id="turn-1"),
+    )
+    rituals = await col.wait_for(lambda c: c.of_kind("ritual/performed"))
+    ritual = rituals[0]
+    assert ritual["node"] == nid
+    assert ritual["actor"] == "visitor"
+    assert ritual["payload"]["cause"] == "turn-1"
+    assert ritual["payload"]["state"] == 5 * 4 + 3
+    assert ritual["lamport"] > 1
+
+
+async def test_handler_sees_every_valid_event_exactly_once(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    seen: list[str] = []
+
+    async def handler(event: Event, payload: Payload) -> None:
+        seen.append(event.id)
+
+    running_node.node.router.register("test", ["gift/txn"], handler)
+    col: Collector = await collector_factory(running_node.port)
+    sent = [f"gift-{i}" for i in range(150)]
+    for i, eid in enumerate(sent):
+        body = raw_event(
+            nid, "gift/txn", {"giver": "a", "receiver": "b", "amount": i + 1}, event_id=eid
+        )
+        await col.publish(topic(nid, "gift/txn"), body)
+        if i % 10 == 0:  # a QoS 1 resend of the same event: must not be handled twice
+            await col.publish(topic(nid, "gift/txn"), body)
+        if i % 25 == 0:  # interleaved garbage must not disturb anything
+            await col.publish(topic(nid, "gift/txn"), b"{not json")
+    # A last marker on the same connection: QoS 1 from one client keeps order through the
+    # broker, so once it is handled every event before it has been dispatched.
+    marker = raw_event(
+        nid, "gift/txn", {"giver": "a", "receiver": "b", "amount": 1}, event_id="end"
+    )
+    await col.publish(topic(nid, "gift/txn"), marker)
+
+    async def until_marker() -> None:
+        while "end" not in seen:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(until_marker(), 10)
+    await running_node.node.router.drain()
+    assert seen == [*sent, "end"]
+    assert running_node.node.router.stats.duplicates == 15
+    assert running_node.node.router.stats.rejected["malformed_json"] == 6
+
+
+BAD_INPUTS = {
+    "malformed_json": ("glyph/rotated", b'{"id": "x", "node": '),
+    "bad_payload": (
+        "glyph/rotated",
+        raw_event("{nid}", "glyph/rotated", {"symbol": 99, "rotation": 7}),
+    ),
+    "too_large": ("glyph/rotated", b"x" * (1024 * 1024)),
+    "unknown_kind": (
+        "dance/party",
+        raw_event("{nid}", "glyph/rotated", {"symbol": 1, "rotation": 0}),
+    ),
+    "bad_envelope": ("glyph/rotated", json.dumps({"id": "x", "payload": {}}).encode()),
+}
+
+
+@pytest.mark.parametrize("reason", list(BAD_INPUTS))
+async def test_bad_input_is_rejected_with_a_reason(
+    running_node: RunningNode, collector_factory: CollectorFactory, reason: str
+) -> None:
+    nid = running_node.node_id
+    kind, body = BAD_INPUTS[reason]
+    body = body.replace(b"{nid}", nid.encode())
+    col: Collector = await collector_factory(
+        running_node.port, topic(nid, "safety/alert"), topic(nid, "ritual/performed")
+    )
+    await col.publish(topic(nid, kind), body)
+    alerts = await col.wait_for(lambda c: c.of_kind("safety/alert"))
+    assert alerts[0]["payload"]["reason"] == reason
+    assert alerts[0]["payload"]["topic"] == topic(nid, kind)
+    assert alerts[0]["payload"]["detail"]  # says what was wrong, in words
+    assert running_node.node.router.stats.rejected[reason] == 1
+    # ... and the node keeps going: the next good rotation still performs its ritual.
+    await col.publish(
+        topic(nid, "glyph/rotated"), raw_event(nid, "glyph/rotated", {"symbol": 0, "rotation": 1})
+    )
+    await col.wait_for(lambda c: c.of_kind("ritual/performed"))
+
+
+async def test_status_is_retained_and_discovery_announces_the_node(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    col: Collector = await collector_factory(
+        running_node.port, topic(nid, "node/status"), f"homeassistant/sensor/{nid}/+/config"
+    )
+    await col.wait_for(lambda c: len(c.messages) >= 5)
+    status = json.loads(next(p for t, p in col.messages if t.endswith("node/status")))
+    assert status["state"] == "online"
+    assert status["node"] == nid
+    configs = {t: json.loads(p) for t, p in col.messages if t.startswith("homeassistant/")}
+    objects = {t.split("/")[3] for t in configs}
+    assert {"status", "events_per_s", "uptime"} <= objects
+    for cfg in configs.values():
+        assert cfg["state_topic"] == topic(nid, "node/status")
+        assert cfg["device"]["identifiers"] == [f"gibsey_{nid}"]
+        assert cfg["unique_id"].startswith(f"gibsey_{nid}_")
+    eps = configs[f"homeassistant/sensor/{nid}/events_per_s/config"]
+    assert eps["availability_topic"] == topic(nid, "node/status")
+    assert eps["payload_not_available"] == "offline"

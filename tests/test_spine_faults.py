@@ -1,0 +1,181 @@
+"""Broker faults: missing at start, restarted mid-run, node killed; nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from gibsey.node.envelope import GiftTxn
+from tests.brokers import Mosquitto
+from tests.events import topic
+
+
+async def test_node_starts_without_broker_and_connects_when_it_appears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gibsey.spine")
+    broker = Mosquitto(tmp_path / "mosq")  # configured, not started yet
+    node = Node(tmp_path / "data", NodeConfig())
+    await node.start(broker.url)
+    assert node.spine is not None
+    try:
+        # Wait until the node has tried, failed and said so.
+        async def said_unreachable() -> None:
+            while not any("not reachable" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(said_unreachable(), 10)
+        assert not node.spine.connected
+        message = next(r.getMessage() for r in caplog.records if "not reachable" in r.getMessage())
+        assert broker.url in message and "retrying in" in message
+        # An event emitted while the broker is away waits in the outbox ...
+        early = node.emit("gift/txn", GiftTxn(giver="a", receiver="b", amount=1))
+        broker.start()
+        await node.spine.wait_connected(timeout=15)
+        # ... and is delivered once the broker is there.
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            await client.subscribe(topic(node.node_id, "node/status"), qos=1)
+            async for msg in client.messages:  # retained status proves the node announced itself
+                assert json.loads(bytes(msg.payload))["state"] == "online"
+                break
+        await node.spine.flush(timeout=10)
+        assert node.spine.stats.published >= 1
+        assert early.id
+    finally:
+        await node.stop()
+        broker.stop()
+
+
+async def _persistent_subscriber(
+    port: int, sub_topic: str, got: set[str], stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    """A dashboard-like subscriber with a persistent session that reconnects after a restart."""
+    while not stop.is_set():
+        try:
+            async with aiomqtt.Client(
+                "127.0.0.1", port, identifier="dash-1", clean_session=False
+            ) as client:
+                await client.subscribe(sub_topic, qos=1)
+                ready.set()
+                async for msg in client.messages:
+                    got.add(json.loads(bytes(msg.payload))["id"])
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.1)
+
+
+async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "mosq", persistence=True).start()
+    node = Node(tmp_path / "data", NodeConfig())
+    await node.start(broker.url)
+    assert node.spine is not None
+    await node.spine.wait_connected(timeout=10)
+    got: set[str] = set()
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    sub = asyncio.create_task(
+        _persistent_subscriber(broker.port, topic(node.node_id, "gift/txn"), got, stop, ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+
+        async def emit_batch(n: int, start: int) -> list[tuple[str, asyncio.Future[None]]]:
+            out = []
+            for i in range(start, start + n):
+                ev, acked = node.emit_acked(
+                    "gift/txn", GiftTxn(giver="a", receiver="b", amount=i + 1)
+                )
+                out.append((ev.id, acked))
+            return out
+
+        before = await emit_batch(50, 0)
+        await asyncio.wait_for(asyncio.gather(*(f for _, f in before)), 10)
+
+        async def until(cond: object) -> None:
+            while not cond():  # type: ignore[operator]
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(until(lambda: {i for i, _ in before} <= got), 10)
+
+        broker.stop()  # SIGTERM: Mosquitto saves the dashboard's session
+        during = await emit_batch(50, 50)  # emitted while the broker is down
+        broker.start()
+        await node.spine.wait_connected(timeout=15)
+        after = await emit_batch(50, 100)
+        acked = before + during + after
+        await asyncio.wait_for(asyncio.gather(*(f for _, f in acked)), 20)
+        await asyncio.wait_for(until(lambda: {i for i, _ in acked} <= got), 20)
+        assert {i for i, _ in acked} <= got
+        assert node.spine.stats.connects >= 2
+    finally:
+        stop.set()
+        sub.cancel()
+        await asyncio.gather(sub, return_exceptions=True)
+        await node.stop()
+        broker.stop()
+
+
+def _start_up(data: Path, broker_url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, GIBSEY_DATA=str(data))
+    return subprocess.Popen(
+        [sys.executable, "-m", "gibsey", "up", "--broker", broker_url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _status_of(port: int, node_id: str, want: str) -> dict[str, object]:
+    while True:
+        async with aiomqtt.Client("127.0.0.1", port) as client:
+            await client.subscribe(topic(node_id, "node/status"), qos=1)
+            async for msg in client.messages:
+                doc: dict[str, object] = json.loads(bytes(msg.payload))
+                if doc["state"] == want:
+                    return doc
+                break
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+async def test_gibsey_up_process_says_offline_when_it_goes(
+    mosquitto: Mosquitto, tmp_path: Path, how: str
+) -> None:
+    data = tmp_path / "data"
+    proc = _start_up(data, mosquitto.url)
+    try:
+
+        async def node_id() -> str:
+            while not (data / "node_id").exists():
+                await asyncio.sleep(0.02)
+            return (data / "node_id").read_text().strip()
+
+        nid = await asyncio.wait_for(node_id(), 20)
+        assert (data / "node.key").stat().st_mode & 0o777 == 0o600
+        await asyncio.wait_for(_status_of(mosquitto.port, nid, "online"), 20)
+        if how == "sigkill":
+            proc.send_signal(signal.SIGKILL)  # no goodbye: the broker's last will speaks
+        else:
+            proc.send_signal(signal.SIGINT)
+        rc = await asyncio.to_thread(proc.wait, 20)
+        doc = await asyncio.wait_for(_status_of(mosquitto.port, nid, "offline"), 30)
+        assert doc["node"] == nid
+        if how == "ctrl-c":
+            assert rc == 0
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            assert "stopped cleanly" in out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
