@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from gibsey import __version__
 from gibsey.node.broker import EmbeddedBroker
@@ -20,6 +23,7 @@ from gibsey.node.discovery import discovery_messages
 from gibsey.node.envelope import Event, NodeStatus, Payload, SafetyAlert, make_event
 from gibsey.node.identity import Identity, load_or_create
 from gibsey.node.lamport import LamportClock
+from gibsey.node.parts import PARTS
 from gibsey.node.rate import RateMeter
 from gibsey.node.rituals import RitualHandler
 from gibsey.node.router import Router
@@ -51,6 +55,37 @@ class Node:
         self.rate = RateMeter()
         self.events_per_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._services: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        self._attach_parts()
+
+    def _attach_parts(self) -> None:
+        for name in PARTS:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name == name:
+                    log.debug("part %s is not built on this checkout", name)
+                    continue
+                raise
+            module.attach(self)
+
+    def add_service(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `factory()` as a task while the node runs (started by start(), cancelled by stop()).
+        A service that raises is logged and reported as a safety/alert; the node keeps serving."""
+        self._services.append((name, factory))
+        if self.spine is not None:
+            self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
+
+    async def _supervise(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await factory()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("service %s failed", name)
+            self._publish_alert(
+                SafetyAlert(reason="service_failed", detail=f"{name}: {exc!r}", severity="critical")
+            )
 
     # -- events ---------------------------------------------------------------------------------
     def _observe(self, event: Event) -> None:
@@ -140,6 +175,8 @@ class Node:
             asyncio.create_task(self.spine.run(), name="spine"),
             asyncio.create_task(self._status_loop(), name="status"),
         ]
+        for name, factory in self._services:
+            self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
 
     async def stop(self) -> None:
         """Clean stop: say offline (retained), finish queued work, disconnect."""
