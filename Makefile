@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static
+DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2
 VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
 
 .PHONY: all run test setup debian vm lint typecheck pytest zig-test bench clean help

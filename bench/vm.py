@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from gibsey.bench import rotation
 from gibsey.bench.report import Row as ReportRow
 from gibsey.node import vm
 from gibsey.node import vm_reference as ref
@@ -118,7 +119,7 @@ def run() -> list[ReportRow]:
             "vm.verify_run.p99": "baseline: reference model",
         }.get(row.name, "")
         out.append(ReportRow(row.name, row.figure, row.baseline, row.unit, goal=goal, note=note))
-    return out
+    return out + rotation.run()
 
 
 if __name__ == "__main__":

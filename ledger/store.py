@@ -123,6 +123,8 @@ class Store:
         self._listeners: list[Listener] = []
         self._in_tx = False
         self._load_caches()
+        # Changes only when another connection commits (see refresh()).
+        self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
 
     @classmethod
     def open(cls, data_dir: Path, **kwargs: Any) -> Store:
@@ -151,8 +153,11 @@ class Store:
         (top,) = self._db.execute("SELECT COALESCE(MAX(lamport), 0) FROM entries").fetchone()
         self._max_lamport: int = top
         self._quarantine: dict[bytes, int] = {}
-        for author, seq in self._db.execute("SELECT author, MIN(seq) FROM forks GROUP BY author"):
-            self._quarantine[author] = seq
+        self._fork_keys: set[tuple[bytes, int]] = set()
+        for author, seq in self._db.execute("SELECT author, seq FROM forks"):
+            self._fork_keys.add((author, seq))
+            old = self._quarantine.get(author)
+            self._quarantine[author] = seq if old is None else min(old, seq)
         self._count: int = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     # ---- transactions and listeners ---------------------------------------------------------
@@ -188,6 +193,39 @@ class Store:
         for item in items:
             for listener in self._listeners:
                 listener(item)
+
+    def refresh(self) -> int:
+        """Catch up with commits made by *other* connections (e.g. `gibsey ledger gift` run in
+        another process while the mesh serves this data directory): reload the caches and
+        notify listeners of every entry and fork proof they added. Returns how many items
+        were new; cheap (one PRAGMA) when nothing changed. Used by the mesh before it imports
+        and on a short poll."""
+        with self.lock:
+            if self._in_tx:
+                return 0
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+            if version == self._data_version:
+                return 0
+            self._data_version = version
+            old_heads = {a: h.seq for a, h in self._heads.items()}
+            old_forks = set(self._fork_keys)
+            self._load_caches()
+            new: list[Entry | ForkProof] = []
+            for author, head in self._heads.items():
+                held = old_heads.get(author, 0)
+                if head.seq > held:
+                    rows = self._db.execute(
+                        "SELECT raw FROM entries WHERE author = ? AND seq > ? ORDER BY seq",
+                        (author, held),
+                    ).fetchall()
+                    new.extend(parse(r[0], verify=False) for r in rows)
+            for author, seq in self._fork_keys - old_forks:
+                (data,) = self._db.execute(
+                    "SELECT proof FROM forks WHERE author = ? AND seq = ?", (author, seq)
+                ).fetchone()
+                new.append(forkproof.from_bytes(data))
+        self._notify(new)
+        return len(new)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -439,6 +477,7 @@ class Store:
             (proof.author, proof.seq, proof.to_bytes()),
         )
         if cur.rowcount:
+            self._fork_keys.add((proof.author, proof.seq))
             old = self._quarantine.get(proof.author)
             self._quarantine[proof.author] = proof.seq if old is None else min(old, proof.seq)
         return bool(cur.rowcount)

@@ -12,28 +12,14 @@ from pathlib import Path
 
 from gibsey.node import vm, vm_asm
 from gibsey.node import vm_isa as isa
+from gibsey.node.config import resolve_data_dir
+from gibsey.node.opcode_table import STATES, OpcodeTable
+from gibsey.node.symbols import CHARACTERS, SYMBOLS, state_of
 
 BYTECODE_SUFFIX = ".gbc"
 
 # The 16 character symbols in corpus order (DESIGN.md); ids 16..63 are the hidden symbols.
-CHARACTER_SLUGS: tuple[str, ...] = (
-    "an-author",
-    "london-fox",
-    "glyph-marrow",
-    "phillip-bafflemint",
-    "jacklyn-variance",
-    "oren-progresso",
-    "old-natalie",
-    "princhetta",
-    "cop-e-right",
-    "new-natalie",
-    "arieol-owlist",
-    "jack-parlance",
-    "manny-valentinas",
-    "shamrock-stillman",
-    "todd-fishbone",
-    "the-author",
-)
+CHARACTER_SLUGS: tuple[str, ...] = tuple(slug for slug, _colour in CHARACTERS)
 ROTATION_NAMES: tuple[str, ...] = ("read", "write", "remember", "dream")
 
 _EPILOG = """\
@@ -184,6 +170,46 @@ def register(
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
 
+    load = sub.add_parser(
+        "load",
+        parents=[common],
+        help="bind a program to a glyph state in the node's opcode table",
+        description="Verify FILE and bind it to (--symbol, --rotation) in the opcode table of the "
+        "node's data directory. A running node uses it from the next rotation on, with no "
+        "restart. A program the verifier refuses changes nothing.",
+    )
+    load.add_argument("file", metavar="FILE", help="bytecode or .gasm")
+    load.add_argument(
+        "--symbol",
+        "-s",
+        type=_symbol,
+        required=True,
+        metavar="S",
+        help="base symbol 0..63 or a character slug",
+    )
+    load.add_argument(
+        "--rotation",
+        "-r",
+        type=_rotation,
+        required=True,
+        metavar="R",
+        help="0..3 or read, write, remember, dream",
+    )
+    load.set_defaults(func=cmd_load)
+
+    table = sub.add_parser(
+        "table",
+        parents=[common],
+        help="show which program each glyph state runs",
+        description="Print the opcode table of the node's data directory: one line per state "
+        "(symbol:rotation, version, program hash, where it came from).",
+    )
+    table.add_argument(
+        "--symbol", "-s", type=_symbol, default=None, metavar="S", help="only this base symbol"
+    )
+    table.add_argument("--history", action="store_true", help="every version, not only the current")
+    table.set_defaults(func=cmd_table)
+
 
 def _load(path_text: str) -> bytes:
     path = Path(path_text)
@@ -319,4 +345,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {i}. {_describe(e)}")
     if result.stack:
         print(f"stack at HALT: {result.stack}")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> OpcodeTable:
+    return OpcodeTable.open(resolve_data_dir(getattr(args, "data", None)))
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    try:
+        code = _load(args.file)
+    except _CliError as exc:
+        print(f"gibsey vm load: {exc}", file=sys.stderr)
+        return 1
+    source = None
+    if not vm_asm.is_bytecode(Path(args.file).read_bytes()):
+        source = Path(args.file).read_text(encoding="utf-8")
+    table = _table(args)
+    try:
+        binding = table.bind(
+            state_of(args.symbol, args.rotation), code, source=source, origin=f"cli:{args.file}"
+        )
+    except (vm.VerifyError, ValueError) as exc:
+        print(f"gibsey vm load: refused, nothing changed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        table.close()
+    name = SYMBOLS[args.symbol].slug
+    print(
+        f"bound {binding.key} ({name}, {ROTATION_NAMES[args.rotation]}) "
+        f"to program {binding.short} (version {binding.version})"
+    )
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    table = _table(args)
+    try:
+        if args.history:
+            rows = [
+                b
+                for state in range(STATES)
+                if args.symbol is None or state // 4 == args.symbol
+                for b in table.history(state)
+            ]
+        else:
+            current = table.current()
+            rows = [
+                current[state]
+                for state in sorted(current)
+                if args.symbol is None or state // 4 == args.symbol
+            ]
+    finally:
+        table.close()
+    for b in rows:
+        symbol, rotation = divmod(b.state, 4)
+        print(
+            f"{b.key:>6}  {SYMBOLS[symbol].slug:<20} {ROTATION_NAMES[rotation]:<9}"
+            f" v{b.version:<3} {b.short}  {b.origin}"
+        )
     return 0

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gibsey import __version__
 from gibsey.node.broker import EmbeddedBroker
@@ -29,6 +29,10 @@ from gibsey.node.rituals import RitualHandler
 from gibsey.node.router import Router
 from gibsey.node.spine import Spine
 from gibsey.node.topics import ALL_EVENTS, status_topic, topic_for
+
+if TYPE_CHECKING:
+    from gibsey.ledger.ledger import Ledger
+    from gibsey.node.runtime import Runtime
 
 log = logging.getLogger("gibsey.node")
 
@@ -48,6 +52,10 @@ class Node:
             on_event=self._observe,
         )
         self.rituals = RitualHandler(self.emit)
+        # Set by the parts that provide them (node/parts.py); None when a part is not built.
+        self.ledger: Ledger | None = None
+        self.runtime: Runtime | None = None
+        self._closers: list[Callable[[], None]] = []
         self.router.register_inline("rituals", ["glyph/rotated"], self.rituals)
         self.embedded: EmbeddedBroker | None = None
         self.spine: Spine | None = None
@@ -68,6 +76,14 @@ class Node:
                     continue
                 raise
             module.attach(self)
+
+    def add_closer(self, close: Callable[[], None]) -> None:
+        """Call `close()` when the node stops (after its services are cancelled)."""
+        self._closers.append(close)
+
+    def alert(self, alert: SafetyAlert) -> None:
+        """Report something that went wrong, through the router's rate limit."""
+        self.router.report(alert)
 
     def add_service(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `factory()` as a task while the node runs (started by start(), cancelled by stop()).
@@ -193,6 +209,9 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.router.stop()
+        for close in reversed(self._closers):
+            close()
+        self._closers = []
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None

@@ -12,9 +12,8 @@ Schema for clients in other languages.
 
 from __future__ import annotations
 
-import json
+import os
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -54,6 +53,34 @@ class RitualPerformed(Payload):
     cause: ShortText = Field(description="id of the event that triggered the ritual")
     program: ShortText = Field("", description="name or hash of the program that ran")
     effects: Annotated[int, Field(ge=0)] = 0
+    fuel: Annotated[int, Field(ge=0)] = 0
+    error: ShortText = Field("", description="why the program stopped, if it failed")
+
+
+class RitualEffect(Payload):
+    """An EMIT from a glyph's program: a named signal for dashboards and installations."""
+
+    name: ShortText = Field(description="the program's topic constant, e.g. glyph/read")
+    value: int | None = None
+    text: LongText | None = None
+    cause: ShortText = Field(description="id of the glyph/rotated event")
+
+
+class VmLoad(Payload):
+    """A command: bind a program to a QDPI state (verified before anything changes)."""
+
+    symbol: QdpiSymbol
+    rotation: QdpiRotation
+    bytecode: Annotated[str, Field(max_length=60_000, description="the program, base64")]
+    source: LongText | None = None
+
+
+class VmLoaded(Payload):
+    symbol: QdpiSymbol
+    rotation: QdpiRotation
+    program: ShortText = Field(description="sha256 of the bytecode")
+    version: Annotated[int, Field(ge=1)]
+    cause: ShortText | None = None
 
 
 class AgentRequest(Payload):
@@ -91,11 +118,21 @@ class SafetyAlert(Payload):
 
 
 class GiftTxn(Payload):
-    giver: ShortText
+    type: Literal["gift", "mint", "burn"] = "gift"
+    giver: ShortText = Field("", description="empty for a mint")
     receiver: ShortText
     amount: Annotated[int, Field(gt=0)]
     value: Annotated[int, Field(ge=0)] | None = Field(None, description="value after the curve")
     entry: ShortText | None = Field(None, description="ledger entry hash")
+
+
+class MeshPeer(Payload):
+    """A mesh peer changed state (up, down, banned); `key` is its ed25519 public key (hex)."""
+
+    key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    state: Literal["up", "down", "banned"]
+    endpoint: ShortText = ""
+    detail: ShortText = ""
 
 
 PAYLOADS: dict[str, type[Payload]] = {
@@ -106,6 +143,10 @@ PAYLOADS: dict[str, type[Payload]] = {
     "narrative/change": NarrativeChange,
     "safety/alert": SafetyAlert,
     "gift/txn": GiftTxn,
+    "ritual/effect": RitualEffect,
+    "vm/load": VmLoad,
+    "vm/loaded": VmLoaded,
+    "mesh/peer": MeshPeer,
 }
 
 
@@ -133,7 +174,8 @@ class Event(BaseModel):
         return PAYLOADS[self.kind].model_validate(self.payload)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.model_dump(mode="json"), separators=(",", ":")).encode()
+        # pydantic's serializer (Rust) is ~4x faster than model_dump + json.dumps; compact JSON.
+        return self.model_dump_json().encode()
 
 
 class NodeStatus(BaseModel):
@@ -152,22 +194,41 @@ class NodeStatus(BaseModel):
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits, like uuid4, at a quarter of uuid4's cost (this runs for every event).
+    return os.urandom(16).hex()
 
 
 def make_event(node: str, kind: str, payload: Payload, lamport: int, actor: str = "node") -> Event:
     expected = PAYLOADS[kind]
     if not isinstance(payload, expected):
         raise TypeError(f"{kind} takes a {expected.__name__} payload, not {type(payload).__name__}")
-    return Event(
-        id=new_event_id(),
-        node=node,
-        kind=kind,
-        lamport=lamport,
-        wall=time.time(),
-        actor=actor,
-        payload=payload.model_dump(mode="json"),
+    # Every field is already valid: the payload model validated itself when it was made, the
+    # node id when the identity was created, and the kind is checked above. So the envelope is
+    # built the way pydantic's own model_construct builds one, minus its generic bookkeeping
+    # (2.7 us -> 0.5 us; this runs for every effect of every ritual). A test checks that the
+    # result equals a fully validated Event, so a pydantic upgrade cannot break it silently.
+    assert lamport >= 0 and len(actor) <= 256
+    event = Event.__new__(Event)
+    object.__setattr__(
+        event,
+        "__dict__",
+        {
+            "id": new_event_id(),
+            "node": node,
+            "kind": kind,
+            "lamport": lamport,
+            "wall": time.time(),
+            "actor": actor,
+            "payload": payload.model_dump(mode="json"),
+        },
     )
+    object.__setattr__(event, "__pydantic_fields_set__", _EVENT_FIELDS)
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
+
+
+_EVENT_FIELDS = frozenset(Event.model_fields)
 
 
 class Rejection(ValueError):
@@ -195,14 +256,12 @@ def parse_event(topic: str, raw: bytes, max_payload: int) -> tuple[Event, Payloa
     if parsed.kind not in PAYLOADS:
         raise Rejection("unknown_kind", f"no event kind {parsed.kind!r} (topic {topic})")
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejection("malformed_json", str(exc)) from None
-    if not isinstance(doc, dict):
-        raise Rejection("malformed_json", f"expected a JSON object, got {type(doc).__name__}")
-    try:
-        event = Event.model_validate(doc)
+        # One pass in pydantic's Rust core: parse and validate together.
+        event = Event.model_validate_json(raw)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] in ("json_invalid", "json_type") or first["type"] == "model_type":
+            raise Rejection("malformed_json", f"{first['msg']}") from None
         raise Rejection("bad_envelope", _first_error(exc)) from None
     if event.kind != parsed.kind or event.node != parsed.node_id:
         raise Rejection(

@@ -8,4 +8,7 @@ is the declarative process list of the daemon: what runs is read here, not scatt
 
 from __future__ import annotations
 
-PARTS: tuple[str, ...] = ()
+PARTS: tuple[str, ...] = (
+    "gibsey.ledger.part",  # the node's own feed and the view of every feed it holds
+    "gibsey.node.runtime",  # glyph rotation -> opcode table -> Zig VM -> effects
+)

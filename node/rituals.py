@@ -1,28 +1,37 @@
 """Glyph rotation -> ritual: the handler that answers every `glyph/rotated` on this node.
 
-A rotation names one QDPI state (`state = symbol * 4 + rotation`). The ritual runs whatever
-program the runtime has bound to that state and records what ran as one `ritual/performed`
-event. Until the Zig VM runtime is wired in (issue 3) the bound program is empty, and the ritual
-only records the state it was asked to perform.
+A rotation names one QDPI state (`state = symbol * 4 + rotation`). The ritual runs whatever the
+runtime has bound to that state (node/runtime.py: the Zig VM and the opcode table) and records
+what ran as one `ritual/performed` event, after the program's own effects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from gibsey.node.envelope import Event, GlyphRotated, Payload, RitualPerformed
+
+
+@dataclass(frozen=True)
+class RitualOutcome:
+    program: str  # short hash of the program that ran ("" when none is bound)
+    effects: int
+    fuel: int
+    error: str
 
 
 class Emitter(Protocol):
     def __call__(self, kind: str, payload: Payload, actor: str = ...) -> Event: ...
 
 
-ProgramRunner = Callable[[Event, GlyphRotated], tuple[str, int]]
+ProgramRunner = Callable[[Event, GlyphRotated], RitualOutcome]
 
 
-def no_program(event: Event, rotated: GlyphRotated) -> tuple[str, int]:
-    return "", 0
+def no_program(event: Event, rotated: GlyphRotated) -> RitualOutcome:
+    """Before the runtime attaches: the ritual only records the state it was asked for."""
+    return RitualOutcome("", 0, 0, "")
 
 
 class RitualHandler:
@@ -32,7 +41,7 @@ class RitualHandler:
 
     def __call__(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, GlyphRotated)
-        program, effects = self.runner(event, payload)
+        outcome = self.runner(event, payload)
         self._emit(
             "ritual/performed",
             RitualPerformed(
@@ -40,8 +49,10 @@ class RitualHandler:
                 rotation=payload.rotation,
                 state=payload.symbol * 4 + payload.rotation,
                 cause=event.id,
-                program=program,
-                effects=effects,
+                program=outcome.program,
+                effects=outcome.effects,
+                fuel=outcome.fuel,
+                error=outcome.error[:256],
             ),
             actor=event.actor,
         )

@@ -197,6 +197,10 @@ class Router:
                 reg.queue.task_done()
 
     # -- the boundary ---------------------------------------------------------------------------
+    def report(self, alert: SafetyAlert) -> None:
+        """Publish a safety/alert for a part, under the same rate limit as rejections."""
+        self._alert(alert)
+
     def _alert(self, alert: SafetyAlert) -> None:
         now = time.monotonic()
         self._alert_budget = min(

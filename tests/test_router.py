@@ -111,3 +111,19 @@ async def test_envelope_must_match_its_topic() -> None:
     router.handle_message(topic("n1", "ritual/performed"), _gift("n1", 1))
     assert router.stats.rejected["topic_mismatch"] == 1
     assert "gift/txn" in alerts[0].detail
+
+
+def test_fast_built_events_equal_validated_ones() -> None:
+    from gibsey.node.envelope import Event, RitualEffect, make_event
+
+    event = make_event(
+        "n1",
+        "ritual/effect",
+        RitualEffect(name="glyph/x", value=1, cause="c"),
+        7,
+        actor='a "quoted" actor',
+    )
+    validated = Event.model_validate_json(event.to_bytes())
+    assert validated == event
+    assert validated.model_dump() == event.model_dump()
+    assert event.model_fields_set == set(Event.model_fields)

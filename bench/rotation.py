@@ -1,0 +1,104 @@
+"""The cost of one rotation inside the host, excluding MQTT.
+
+From the raw bytes of a `glyph/rotated` message (as the broker hands them over) through the
+router's validation, the opcode table, the verified Zig VM run, to every resulting event built
+and serialised for the broker (4 events for a Dream: agent/request, narrative/change,
+ritual/effect, ritual/performed). The spine's publish is replaced by a list append: the one
+narrow stand-in, because the network is what this figure leaves out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from gibsey.bench.report import Row
+from gibsey.node import vm
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from gibsey.node.envelope import Event
+
+ROTATIONS = 20_000
+WARMUP = 2_000
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _measure(data: Path, n: int) -> tuple[list[float], list[float], int]:
+    node = Node(data, NodeConfig())
+    sent: list[bytes] = []
+
+    def sink(event: Event) -> asyncio.Future[None]:
+        sent.append(event.to_bytes())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    node.publish_event = sink  # type: ignore[method-assign]
+    topic = f"gibsey/v1/{node.node_id}/glyph/rotated"
+    messages = [
+        json.dumps(
+            {
+                "id": f"r{i}",
+                "node": node.node_id,
+                "kind": "glyph/rotated",
+                "lamport": i,
+                "wall": 0.0,
+                "actor": "bench",
+                "payload": {"symbol": 1, "rotation": 3},
+            }
+        ).encode()
+        for i in range(n + WARMUP)
+    ]
+    host_us: list[float] = []
+    for i, raw in enumerate(messages):
+        t0 = time.perf_counter_ns()
+        node.router.handle_message(topic, raw)
+        elapsed = (time.perf_counter_ns() - t0) / 1e3
+        if i >= WARMUP:
+            host_us.append(elapsed)
+    assert node.runtime is not None
+    binding = node.runtime.bindings[1 * 4 + 3]
+    trigger = vm.Trigger(symbol=1, rotation=3, actor=1000)
+    machine = vm.Vm()
+    bare_us: list[float] = []
+    for i in range(n + WARMUP):
+        t0 = time.perf_counter_ns()
+        machine.run(binding.bytecode, trigger)
+        elapsed = (time.perf_counter_ns() - t0) / 1e3
+        if i >= WARMUP:
+            bare_us.append(elapsed)
+    machine.close()
+    events_per_rotation = len(sent) // (n + WARMUP)
+    for close in node._closers:
+        close()
+    return host_us, bare_us, events_per_rotation
+
+
+def run(n: int = ROTATIONS) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="gibsey-bench-rotation-") as tmp:
+        host, bare, per = asyncio.run(_measure(Path(tmp), n))
+    note = f"event in -> verified run -> {per} events out; baseline: the bare VM call"
+    return [
+        Row(
+            "rotation in the host, median",
+            statistics.median(host),
+            statistics.median(bare),
+            "us",
+            note=note,
+        ),
+        Row(
+            "rotation in the host, p99",
+            _percentile(host, 0.99),
+            _percentile(bare, 0.99),
+            "us",
+            limit=("<=", 50.0),
+        ),
+    ]

@@ -1,0 +1,219 @@
+"""Glyph rotation -> opcode table -> Zig VM -> events, on a running node with a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gibsey.node.opcode_table import STATES, OpcodeTable, program_hash
+from gibsey.node.vm_asm import assemble
+from tests.conftest import Collector, CollectorFactory, RunningNode
+from tests.events import raw_event, topic
+
+KINDS = (
+    "ritual/performed",
+    "ritual/effect",
+    "agent/request",
+    "narrative/change",
+    "gift/txn",
+    "safety/alert",
+    "vm/loaded",
+)
+
+
+async def _watch(running_node: RunningNode, collector_factory: CollectorFactory) -> Collector:
+    nid = running_node.node_id
+    return await collector_factory(running_node.port, *(topic(nid, k) for k in KINDS))
+
+
+async def _turn(
+    col: Collector, nid: str, symbol: int, rotation: int, eid: str, actor: str = "visitor-1"
+) -> dict[str, Any]:
+    await col.publish(
+        topic(nid, "glyph/rotated"),
+        raw_event(
+            nid,
+            "glyph/rotated",
+            {"symbol": symbol, "rotation": rotation},
+            event_id=eid,
+            actor=actor,
+        ),
+    )
+
+    def performed(c: Collector) -> dict[str, Any] | None:
+        return next(
+            (r for r in c.of_kind("ritual/performed") if r["payload"]["cause"] == eid), None
+        )
+
+    result: dict[str, Any] = await col.wait_for(performed)
+    return result
+
+
+async def test_dream_asks_the_symbols_persona_and_proposes_a_branch(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    col = await _watch(running_node, collector_factory)
+    ritual = await _turn(col, nid, symbol=1, rotation=3, eid="dream-1")
+    table = running_node.node.runtime.bindings  # type: ignore[union-attr]
+    assert ritual["payload"]["program"] == table[1 * 4 + 3].short
+    assert ritual["payload"]["effects"] == 3 and ritual["payload"]["error"] == ""
+    asks = [e for e in col.of_kind("agent/request") if e["payload"]["correlation"] == "dream-1"]
+    assert asks[0]["payload"]["persona"] == "london-fox"
+    assert asks[0]["actor"] == "visitor-1"
+    assert any(
+        e["payload"]["branch"] == "dream-london-fox" for e in col.of_kind("narrative/change")
+    )
+    effect = next(e for e in col.of_kind("ritual/effect") if e["payload"]["cause"] == "dream-1")
+    assert effect["payload"] == {
+        "name": "glyph/dream",
+        "value": 7,
+        "text": None,
+        "cause": "dream-1",
+    }
+    # Effects are emitted before the ritual that records them, and ordered after the turn.
+    assert asks[0]["lamport"] < ritual["lamport"]
+
+
+async def test_read_and_write_mint_and_gift_on_the_ledger(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    col = await _watch(running_node, collector_factory)
+    await _turn(col, nid, symbol=2, rotation=0, eid="read-1", actor="ada")  # mint 1 to ada
+    await _turn(col, nid, symbol=2, rotation=1, eid="write-1", actor="ada")  # mint 1, gift 1
+
+    def txns(c: Collector) -> list[dict[str, Any]] | None:
+        found = [e["payload"] for e in c.of_kind("gift/txn")]
+        return found if len(found) >= 3 else None
+
+    found = await col.wait_for(txns)
+    assert [(t["type"], t["giver"], t["receiver"], t["amount"]) for t in found] == [
+        ("mint", "", "ada", 1),
+        ("mint", "", "ada", 1),
+        ("gift", "ada", "glyph-marrow", 1),
+    ]
+    ledger = running_node.node.ledger
+    assert ledger is not None
+    balances = ledger.view().economy.balances
+    assert balances["ada"] == 1
+    assert balances["glyph-marrow"] >= 1
+
+
+async def test_a_new_program_takes_effect_on_the_next_rotation_without_restart(
+    running_node: RunningNode, collector_factory: CollectorFactory, tmp_path: Path
+) -> None:
+    nid = running_node.node_id
+    col = await _watch(running_node, collector_factory)
+    before = await _turn(col, nid, symbol=4, rotation=0, eid="before")
+    program = tmp_path / "chime.gasm"
+    program.write_text('    PUSH 42\n    EMIT "glyph/chime"\n    HALT\n')
+    data = running_node.node.data_dir
+    loaded = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "gibsey",
+            "vm",
+            "load",
+            str(program),
+            "--symbol",
+            "4",
+            "--rotation",
+            "read",
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert "version 2" in loaded.stdout
+    after = await _turn(col, nid, symbol=4, rotation=0, eid="after")
+    assert after["payload"]["program"] != before["payload"]["program"]
+    assert after["payload"]["program"] == program_hash(assemble(program.read_text()))[:12]
+    chimes = [e for e in col.of_kind("ritual/effect") if e["payload"]["cause"] == "after"]
+    assert [c["payload"]["name"] for c in chimes] == ["glyph/chime"]
+    assert chimes[0]["payload"]["value"] == 42
+
+
+async def test_mqtt_load_refuses_bad_bytecode_and_keeps_the_old_program(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    col = await _watch(running_node, collector_factory)
+    before = await _turn(col, nid, symbol=5, rotation=2, eid="b")
+    good = assemble('    PUSH 1\n    EMIT "glyph/one"\n    HALT\n')
+    garbage = good[:-3] + b"\xff\xff\xff"  # corrupt the last instructions
+    for eid, code in (("load-bad", garbage), ("load-good", good)):
+        await col.publish(
+            topic(nid, "vm/load"),
+            raw_event(
+                nid,
+                "vm/load",
+                {"symbol": 5, "rotation": 2, "bytecode": base64.b64encode(code).decode()},
+                event_id=eid,
+                actor="artist",
+            ),
+        )
+    loaded = await col.wait_for(lambda c: c.of_kind("vm/loaded"))
+    assert loaded[0]["payload"]["cause"] == "load-good"
+    refused = [
+        a for a in col.of_kind("safety/alert") if a["payload"]["reason"] == "program_refused"
+    ]
+    assert len(refused) == 1
+    assert "5:2" in refused[0]["payload"]["detail"]
+    after = await _turn(col, nid, symbol=5, rotation=2, eid="a")
+    assert before["payload"]["program"] != after["payload"]["program"]
+    assert after["payload"]["program"] == program_hash(good)[:12]
+
+
+async def test_a_failing_program_publishes_no_effects_and_says_why(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    nid = running_node.node_id
+    runtime = running_node.node.runtime
+    assert runtime is not None
+    spin = assemble('    PUSH 9\n    EMIT "glyph/partial"\nloop:\n    JMP loop\n')
+    runtime.load(6, 0, spin, None, origin="test")
+    col = await _watch(running_node, collector_factory)
+    ritual = await _turn(col, nid, symbol=6, rotation=0, eid="spin")
+    assert "FUEL" in ritual["payload"]["error"].upper()
+    assert ritual["payload"]["effects"] == 0
+    assert ritual["payload"]["fuel"] == runtime.fuel
+    alerts = await col.wait_for(
+        lambda c: [
+            a for a in c.of_kind("safety/alert") if a["payload"]["reason"] == "program_failed"
+        ]
+    )
+    assert "spin" in alerts[0]["payload"]["detail"]
+    assert not [e for e in col.of_kind("ritual/effect") if e["payload"]["cause"] == "spin"]
+
+
+def test_the_table_is_seeded_versioned_and_refuses_bad_programs(tmp_path: Path) -> None:
+    table = OpcodeTable.open(tmp_path)
+    current = table.current()
+    assert len(current) == STATES == 256
+    assert all(b.version == 1 and b.origin == "default" for b in current.values())
+    before = table.current()
+    try:
+        table.bind(9, b"GZVM garbage")
+    except ValueError as exc:  # VerifyError is a ValueError
+        assert "byte" in str(exc)
+    else:
+        raise AssertionError("garbage was bound")
+    assert table.current() == before
+    good = assemble("    HALT\n")
+    assert table.bind(9, good).version == 2
+    assert [b.version for b in table.history(9)] == [1, 2]
+    table.close()
+    # Reopening keeps what was bound; seeding does not overwrite it.
+    again = OpcodeTable.open(tmp_path)
+    assert again.current()[9].bytecode == good
+    again.close()
