@@ -34,9 +34,18 @@ def set_publish_hook(hook: PublishHook | None) -> None:
     _publish_hook = hook
 
 
-def _publish(event: str, payload: dict[str, Any]) -> None:
+def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> None:
+    """Hand the event to the hook (tests) or, by default, announce it on the node's spine."""
     if _publish_hook is not None:
         _publish_hook(event, payload)
+        return
+    from gibsey.node.config import resolve_data_dir
+
+    from .announce import announce_ledger_event
+
+    problem = announce_ledger_event(resolve_data_dir(args.data), event, payload)
+    if problem:
+        console.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
 
 
 def _open(args: argparse.Namespace) -> Ledger:
@@ -151,7 +160,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         table.add_row(actor, str(amount))
     console.print(table)
     console.print(f"minted {econ.minted}, burned {econ.burned}, supply {econ.supply}")
-    _publish("gift/balance", {"balances": balances, "supply": econ.supply})
+    _publish(args, "gift/balance", {"balances": balances, "supply": econ.supply})
     return 0
 
 
@@ -164,7 +173,7 @@ def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:
         ledger.close()
     note = f" ({eff.note})" if eff.note else ""
     console.print(f"{e.type} appended: seq {e.seq}, lamport {e.lamport}, {e.hash_hex[:16]}{note}")
-    _publish("gift/txn", txn_payload(e, eff.applied, eff.note))
+    _publish(args, "gift/txn", txn_payload(e, eff.applied, eff.note))
     return 0
 
 

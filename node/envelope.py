@@ -135,14 +135,33 @@ class MeshPeer(Payload):
     detail: ShortText = ""
 
 
+class GiftBalance(Payload):
+    """The balances of a node's view, as announced by `gibsey ledger balance`."""
+
+    balances: dict[Annotated[str, Field(max_length=256)], int] = Field(max_length=500)
+    supply: int
+    truncated: bool = Field(False, description="more actors exist than are listed")
+
+
+class DialPressed(Payload):
+    """The dial's button was pressed (short) or held (long: the board cycles its base symbol)."""
+
+    symbol: QdpiSymbol
+    rotation: QdpiRotation
+    press: Literal["short", "long"] = "short"
+    source: ShortText = Field("dial", description="which dial was pressed")
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     "glyph/rotated": GlyphRotated,
+    "dial/pressed": DialPressed,
     "ritual/performed": RitualPerformed,
     "agent/request": AgentRequest,
     "agent/emit": AgentEmit,
     "narrative/change": NarrativeChange,
     "safety/alert": SafetyAlert,
     "gift/txn": GiftTxn,
+    "gift/balance": GiftBalance,
     "ritual/effect": RitualEffect,
     "vm/load": VmLoad,
     "vm/loaded": VmLoaded,

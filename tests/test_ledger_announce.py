@@ -1,0 +1,66 @@
+"""Ledger commands announce on the node's spine: gift/txn and gift/balance on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gibsey.ledger.ledger import Ledger
+from tests.brokers import Mosquitto, free_port
+from tests.conftest import Collector, CollectorFactory
+
+
+def _gibsey(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gibsey", "ledger", *args, "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_gift_and_balance_are_announced(
+    mosquitto: Mosquitto, tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    data = tmp_path / "node"
+    data.mkdir()
+    (data / "gibsey.toml").write_text(f'[node]\nbroker = "{mosquitto.url}"\n')
+    col: Collector = await collector_factory(mosquitto.port, "gibsey/v1/+/gift/+")
+    for args in (("mint", "ada", "5"), ("gift", "ada", "bob", "2"), ("balance",)):
+        done = await asyncio.to_thread(_gibsey, data, *args)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert "not announced" not in done.stdout
+    await col.wait_for(lambda c: len(c.of_kind("txn")) == 2 and c.of_kind("balance"))
+    mint, gift = (e["payload"] for e in col.of_kind("txn"))
+    assert (mint["type"], mint["receiver"], mint["amount"]) == ("mint", "ada", 5)
+    assert (gift["type"], gift["giver"], gift["receiver"], gift["amount"]) == (
+        "gift",
+        "ada",
+        "bob",
+        2,
+    )
+    ledger = Ledger.open(data)
+    try:
+        hashes = [e.hash_hex for e in ledger.store.entries_after(ledger.author, 0, 10)]
+    finally:
+        ledger.close()
+    assert [mint["entry"], gift["entry"]] == hashes
+    balance = col.of_kind("balance")[0]["payload"]
+    assert balance["balances"]["ada"] == 3 and balance["balances"]["bob"] >= 1
+    node_id = (data / "node_id").read_text().strip()
+    assert all(t.startswith(f"gibsey/v1/{node_id}/gift/") for t, _ in col.messages)
+    assert json.loads(col.messages[0][1])["node"] == node_id
+
+
+def test_without_a_broker_the_entry_is_kept_and_the_command_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    data.mkdir()
+    (data / "gibsey.toml").write_text(f'[node]\nbroker = "mqtt://127.0.0.1:{free_port()}"\n')
+    done = _gibsey(data, "mint", "ada", "5")
+    assert done.returncode == 0
+    assert "not announced on MQTT: no broker at" in done.stdout
+    shown = _gibsey(data, "balance", "ada")
+    assert "5" in shown.stdout
