@@ -20,7 +20,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gibsey.node.cli_up",
     "gibsey.node.cli_schema",
     "gibsey.node.cli_vm",
+    "gibsey.node.cli_dial",
+    "gibsey.node.cli_firmware",
+    "gibsey.node.cli_watchdog",
     "gibsey.ledger.cli",
+    "gibsey.mesh.cli",
     "gibsey.bench.cli",
 )
 

@@ -38,6 +38,10 @@ def _positive(v: Any) -> bool:
     return type(v) is int and v > 0
 
 
+def _non_negative(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
 def _mint_amount(v: Any) -> bool:
     return type(v) is int and 0 < v <= MINT_MAX
 
@@ -98,6 +102,17 @@ SHAPES: dict[str, Shape] = {
         {"proposal": _hash, "actor": _actor, "choice": _one_of(CHOICES)},
         {},
         "proposal (entry hash hex), actor, choice yes|no",
+    ),
+    # The node died and came back (node/rebirth.py): what is known of the death.
+    "rebirth": Shape(
+        {
+            "node": _text(32),
+            "uptime_ms": _non_negative,
+            "cause": _text(96),
+            "restarts": _non_negative,
+        },
+        {"pid": _non_negative, "exit_code": _text(32), "exit_status": _text(32)},
+        "node, uptime_ms, cause, restarts (deaths in the crash-loop window), optional pid/exit",
     ),
     # What happened when this node ran a passed proposal's executor.
     "outcome": Shape(

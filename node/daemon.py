@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import json
 import logging
@@ -20,13 +21,22 @@ from gibsey import __version__
 from gibsey.node.broker import EmbeddedBroker
 from gibsey.node.config import NodeConfig
 from gibsey.node.discovery import discovery_messages
-from gibsey.node.envelope import Event, NodeStatus, Payload, SafetyAlert, make_event
+from gibsey.node.envelope import (
+    Event,
+    NodeStatus,
+    Payload,
+    RitualRebirth,
+    SafetyAlert,
+    make_event,
+)
 from gibsey.node.identity import Identity, load_or_create
 from gibsey.node.lamport import LamportClock
 from gibsey.node.parts import PARTS
 from gibsey.node.rate import RateMeter
+from gibsey.node.rebirth import Death, DeathLedger, RunRecord
 from gibsey.node.rituals import RitualHandler
 from gibsey.node.router import Router
+from gibsey.node.sdnotify import Notifier
 from gibsey.node.spine import Spine
 from gibsey.node.topics import ALL_EVENTS, status_topic, topic_for
 
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
     from gibsey.node.runtime import Runtime
 
 log = logging.getLogger("gibsey.node")
+# How often the run record is refreshed: a dead run's uptime is known to within this much.
+HEARTBEAT_S = 10.0
 
 
 class Node:
@@ -56,6 +68,9 @@ class Node:
         self.ledger: Ledger | None = None
         self.runtime: Runtime | None = None
         self._closers: list[Callable[[], None]] = []
+        self._drainers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.notifier = Notifier()
+        self.run_record = RunRecord(data_dir)
         self.router.register_inline("rituals", ["glyph/rotated"], self.rituals)
         self.embedded: EmbeddedBroker | None = None
         self.spine: Spine | None = None
@@ -76,6 +91,11 @@ class Node:
                     continue
                 raise
             module.attach(self)
+
+    def add_drainer(self, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Await `drain()` at a clean stop, before services are cancelled (bounded by 5 s), so
+        work a part has accepted is finished rather than dropped."""
+        self._drainers.append(drain)
 
     def add_closer(self, close: Callable[[], None]) -> None:
         """Call `close()` when the node stops (after its services are cancelled)."""
@@ -156,18 +176,89 @@ class Node:
                 self.spine.publish(topic, payload, retain=True)
 
     async def _status_loop(self) -> None:
-        last_published = 0.0
+        last_published = last_heartbeat = 0.0
         while True:
             await asyncio.sleep(1.0)
             self.events_per_s = self.rate.sample(self.router.stats.accepted)
             now = time.monotonic()
-            if (
-                self.spine
-                and self.spine.connected
-                and now - last_published >= self.config.status_interval
-            ):
-                self.spine.publish(status_topic(self.node_id), self._status_bytes(), retain=True)
+            if now - last_published >= self.config.status_interval:
                 last_published = now
+                self.notifier.status(self.summary())
+                if self.spine and self.spine.connected:
+                    self.spine.publish(
+                        status_topic(self.node_id), self._status_bytes(), retain=True
+                    )
+            if now - last_heartbeat >= HEARTBEAT_S:
+                last_heartbeat = now
+                self.run_record.heartbeat()
+
+    def summary(self) -> str:
+        """One readable line: systemd's STATUS= and the log's status line."""
+        broker = "no broker"
+        if self.spine is not None:
+            broker = f"broker {self.spine.url} " + (
+                "connected" if self.spine.connected else "unreachable"
+            )
+        return (
+            f"node {self.node_id}: {broker}, {self.events_per_s:.1f} events/s, "
+            f"{self.router.stats.accepted} events, {self.router.stats.rejected_total} rejected"
+        )
+
+    # -- death and rebirth ----------------------------------------------------------------------
+    def _record_rebirth(self, death: Death) -> None:
+        cfg = self.config.extra.get("watchdog", {})
+        limit = int(cfg.get("restarts", 5))
+        window_min = float(cfg.get("window_minutes", 10))
+        deaths = DeathLedger(self.data_dir)
+        deaths.add(death)
+        now = death.died_at_boottime
+        restarts = deaths.recent(self.run_record.boot, now, window_min * 60)
+        log.warning(
+            "the previous run (pid %d) died after %.1fs: %s; %d death(s) in %g min",
+            death.pid,
+            death.uptime_s,
+            death.cause,
+            restarts,
+            window_min,
+        )
+        entry_hash = hearing = None
+        if self.ledger is not None:
+            body: dict[str, Any] = {
+                "node": self.node_id,
+                "uptime_ms": int(death.uptime_s * 1000),
+                "cause": death.cause[:96],
+                "restarts": restarts,
+                "pid": death.pid,
+            }
+            if death.exit_code:
+                body["exit_code"] = death.exit_code
+                body["exit_status"] = death.exit_status
+            entry_hash = self.ledger.append("rebirth", body).hash_hex
+            if restarts > limit and not deaths.hearing_open_in_window(
+                self.run_record.boot, now, window_min * 60
+            ):
+                # A crash loop: the room decides whether this node goes on as it is. The
+                # proposal's target names the change it would apply: degraded agents.
+                change = f"config-change:{self.node_id}:[agent] degraded = true"
+                target = hashlib.sha256(change.encode()).hexdigest()
+                title = (
+                    f"Schrödinger Hearing: {self.node_id} died {restarts} times "
+                    f"in {window_min:g} min; degrade its agents?"
+                )
+                hearing = self.ledger.propose("config-change", target, title, self.node_id).hash_hex
+                deaths.note_hearing(self.run_record.boot, now, hearing)
+        self.emit(
+            "ritual/rebirth",
+            RitualRebirth(
+                uptime_s=death.uptime_s,
+                cause=death.cause[:256],
+                restarts=restarts,
+                window_minutes=window_min,
+                previous_pid=death.pid,
+                entry=entry_hash,
+                hearing=hearing,
+            ),
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, broker_url: str | None = None) -> None:
@@ -186,16 +277,27 @@ class Node:
             on_connect=self._on_connect,
         )
         self.started_at = time.monotonic()
+        death = self.run_record.begin()
         self.router.start()
         self._tasks = [
             asyncio.create_task(self.spine.run(), name="spine"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog"),
         ]
         for name, factory in self._services:
             self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
+        if death is not None:
+            self._record_rebirth(death)
+        # Serving: events are accepted and queued from here on, broker or not (a missing broker
+        # is retried, not a reason for systemd to restart the node).
+        self.notifier.ready(self.summary())
 
     async def stop(self) -> None:
         """Clean stop: say offline (retained), finish queued work, disconnect."""
+        self.notifier.stopping()
+        for drain in self._drainers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(drain(), timeout=5.0)
         if self.spine is not None and self.spine.connected:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.router.drain(), timeout=2.0)
@@ -215,3 +317,5 @@ class Node:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
+        self.run_record.end()
+        self.notifier.close()

@@ -66,6 +66,18 @@ class RitualEffect(Payload):
     cause: ShortText = Field(description="id of the glyph/rotated event")
 
 
+class RitualRebirth(Payload):
+    """The node died and came back: the death-rebirth ritual."""
+
+    uptime_s: Annotated[float, Field(ge=0)] = Field(description="how long the dead run lived")
+    cause: ShortText = Field(description="signal KILL, watchdog, exit 1, or unknown")
+    restarts: Annotated[int, Field(ge=0)] = Field(description="deaths within the crash window")
+    window_minutes: Annotated[float, Field(gt=0)]
+    previous_pid: Annotated[int, Field(ge=0)] = 0
+    entry: ShortText | None = Field(None, description="ledger entry hash")
+    hearing: ShortText | None = Field(None, description="proposal opened for a crash loop")
+
+
 class VmLoad(Payload):
     """A command: bind a program to a QDPI state (verified before anything changes)."""
 
@@ -99,6 +111,24 @@ class AgentEmit(Payload):
     seq: Annotated[int, Field(ge=0)]
     text: LongText
     final: bool = False
+
+
+class AgentReload(Payload):
+    """A command: load another GGUF model beside the serving one, swap only if it loaded."""
+
+    path: ShortText = Field(description="GGUF file on the node; empty means the default model")
+    reply_to: ShortText | None = Field(None, description="topic for the agent/reloaded answer")
+    correlation: ShortText | None = None
+
+
+class AgentReloaded(Payload):
+    """The outcome of an agent/reload (ok=False: the old model is still serving)."""
+
+    ok: bool
+    path: ShortText = Field(description="the model now serving")
+    requested: ShortText = ""
+    error: ShortText = ""
+    correlation: ShortText | None = None
 
 
 class NarrativeChange(Payload):
@@ -152,20 +182,44 @@ class DialPressed(Payload):
     source: ShortText = Field("dial", description="which dial was pressed")
 
 
+class HearingOpened(Payload):
+    """A proposal was appended to this node's ledger feed: a Schrödinger hearing opened."""
+
+    proposal: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="entry hash")]
+    action: ShortText
+    target: ShortText
+    title: ShortText
+    proposer: ShortText
+
+
+class HearingVote(Payload):
+    """A vote on a hearing was appended to this node's ledger feed."""
+
+    proposal: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    actor: ShortText
+    choice: ShortText
+    entry: ShortText = Field(description="hash of the vote entry")
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     "glyph/rotated": GlyphRotated,
     "dial/pressed": DialPressed,
     "ritual/performed": RitualPerformed,
     "agent/request": AgentRequest,
     "agent/emit": AgentEmit,
+    "agent/reload": AgentReload,
+    "agent/reloaded": AgentReloaded,
     "narrative/change": NarrativeChange,
     "safety/alert": SafetyAlert,
     "gift/txn": GiftTxn,
     "gift/balance": GiftBalance,
     "ritual/effect": RitualEffect,
+    "ritual/rebirth": RitualRebirth,
     "vm/load": VmLoad,
     "vm/loaded": VmLoaded,
     "mesh/peer": MeshPeer,
+    "hearing/opened": HearingOpened,
+    "hearing/vote": HearingVote,
 }
 
 

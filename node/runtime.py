@@ -298,5 +298,6 @@ def attach(node: Node) -> Runtime:
     node.rituals.runner = runtime.perform
     node.router.register("vm-load", ["vm/load"], runtime.on_vm_load)
     node.add_service("ledger-effects", runtime.ledger_service)
+    node.add_drainer(runtime.ledger_queue.join)
     node.add_closer(runtime.table.close)
     return runtime
