@@ -138,11 +138,13 @@ class Node:
     ) -> tuple[Event, asyncio.Future[None]]:
         """Like emit, with a future that resolves when the broker has acknowledged the event."""
         event = make_event(self.node_id, kind, payload, self.clock.tick(), actor)
-        return event, self.publish_event(event)
+        raw = event.to_bytes()
+        self.router.remember_emitted(event, payload, raw)
+        return event, self.publish_event(event, raw)
 
-    def publish_event(self, event: Event) -> asyncio.Future[None]:
+    def publish_event(self, event: Event, raw: bytes | None = None) -> asyncio.Future[None]:
         assert self.spine is not None, "node not started"
-        return self.spine.publish(topic_for(event.node, event.kind), event.to_bytes())
+        return self.spine.publish(topic_for(event.node, event.kind), raw or event.to_bytes())
 
     def _publish_alert(self, alert: SafetyAlert) -> None:
         if self.spine is not None:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gibsey.node.topics import STATUS_KIND, parse_topic
+from gibsey.node.topics import STATUS_KIND, ParsedTopic, parse_topic
 
 NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 ShortText = Annotated[str, Field(max_length=256)]
@@ -319,11 +319,14 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']} ({len(exc.errors())} error(s))"
 
 
-def parse_event(topic: str, raw: bytes, max_payload: int) -> tuple[Event, Payload]:
-    """Validate one MQTT message as an event; raise Rejection saying what is wrong."""
+def parse_event(
+    topic: str, raw: bytes, max_payload: int, parsed: ParsedTopic | None = None
+) -> tuple[Event, Payload]:
+    """Validate one MQTT message as an event; raise Rejection saying what is wrong.
+    `parsed` is the already split topic, when the caller has it."""
     if len(raw) > max_payload:
         raise Rejection("too_large", f"{len(raw)} bytes, the limit is {max_payload}")
-    parsed = parse_topic(topic)
+    parsed = parsed or parse_topic(topic)
     if parsed is None:
         raise Rejection("bad_topic", f"{topic!r} is not gibsey/v1/<node>/<domain>/<event>")
     if parsed.kind not in PAYLOADS:

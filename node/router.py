@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gibsey.node.envelope import Event, Payload, Rejection, SafetyAlert, parse_event
-from gibsey.node.topics import STATUS_KIND, parse_topic
+from gibsey.node.topics import STATUS_KIND, ParsedTopic, parse_topic
 
 log = logging.getLogger("gibsey.router")
 
@@ -100,6 +100,8 @@ class Router:
         self._alert_rate = alerts_per_second
         self._alert_refill = time.monotonic()
         self._on_event = on_event
+        self._emitted: dict[str, tuple[Event, Payload, bytes]] = {}
+        self._emitted_cap = 4096
         self.stats = RouterStats()
         self._running = False
 
@@ -218,8 +220,9 @@ class Router:
         parsed = parse_topic(topic)
         if parsed is not None and parsed.kind == STATUS_KIND:
             return None  # retained status documents are not events
+        own = self._own_echo(parsed, raw)
         try:
-            event, payload = parse_event(topic, raw, self._max_payload)
+            event, payload = own or parse_event(topic, raw, self._max_payload, parsed)
         except Rejection as rej:
             self.stats.rejected[rej.reason] += 1
             log.warning("rejected message on %s: %s", topic, rej)
@@ -237,6 +240,26 @@ class Router:
             self._on_event(event)
         self.dispatch(event, payload)
         return event
+
+    def remember_emitted(self, event: Event, payload: Payload, raw: bytes) -> None:
+        """Keep what this node just published, so its echo from the broker needs no parsing."""
+        self._emitted[event.id] = (event, payload, raw)
+        if len(self._emitted) > self._emitted_cap:
+            del self._emitted[next(iter(self._emitted))]
+
+    def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> tuple[Event, Payload] | None:
+        # Every event the node emits comes back from the broker (it subscribes to gibsey/v1/#).
+        # Parsing and validating it again would cost more than the ritual that made it, so an
+        # echo that is byte-for-byte what we published is taken from memory. Anything else,
+        # including a message that reuses one of our ids, is validated like any input.
+        if parsed is None or parsed.node_id != self.node_id or raw[:7] != b'{"id":"':
+            return None
+        key = raw[7:39].decode("ascii", "replace")
+        own = self._emitted.get(key)
+        if own is None or own[2] != raw:
+            return None
+        del self._emitted[key]
+        return own[0], own[1]
 
     def dispatch(self, event: Event, payload: Payload) -> None:
         for name, inline, local_only in self._inline.get(event.kind, ()):

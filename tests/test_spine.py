@@ -128,3 +128,30 @@ async def test_status_is_retained_and_discovery_announces_the_node(
     eps = configs[f"homeassistant/sensor/{nid}/events_per_s/config"]
     assert eps["availability_topic"] == topic(nid, "node/status")
     assert eps["payload_not_available"] == "offline"
+
+
+async def test_own_events_come_back_once_and_forgeries_are_still_checked(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    node = running_node.node
+    nid = running_node.node_id
+    seen: list[tuple[str, int]] = []
+
+    async def handler(event: Event, payload: Payload) -> None:
+        seen.append((event.id, event.payload["amount"]))
+
+    node.router.register("test", ["gift/txn"], handler)
+    col: Collector = await collector_factory(running_node.port, topic(nid, "safety/alert"))
+    from gibsey.node.envelope import GiftTxn
+
+    ours, acked = node.emit_acked("gift/txn", GiftTxn(giver="a", receiver="b", amount=5))
+    await acked
+    # Someone else publishes an invalid message carrying our event's id on our topic.
+    forged = raw_event(
+        nid, "gift/txn", {"giver": "a", "receiver": "b", "amount": -1}, event_id=ours.id
+    )
+    await col.publish(topic(nid, "gift/txn"), forged)
+    alerts = await col.wait_for(lambda c: c.of_kind("safety/alert"))
+    assert alerts[0]["payload"]["reason"] == "bad_payload"
+    await node.router.drain()
+    assert seen == [(ours.id, 5)]
