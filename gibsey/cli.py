@@ -23,8 +23,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gibsey.node.cli_dial",
     "gibsey.node.cli_firmware",
     "gibsey.node.cli_watchdog",
+    "gibsey.node.cli_image",
+    "gibsey.node.cli_doctor",
     "gibsey.ledger.cli",
+    "gibsey.node.story.cli",
     "gibsey.mesh.cli",
+    "gibsey.node.agents.cli",
     "gibsey.bench.cli",
 )
 

@@ -24,6 +24,10 @@ MINT_MAX = 1000
 ACTIONS = ("narrative-merge", "opcode-table-change", "config-change")
 CHOICES = ("yes", "no")
 OUTCOME_STATUSES = ("executed", "failed", "interrupted")
+# Narrative engine (node/story/STORY.md): branch names, and the largest chunk of a story object.
+BRANCH_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,63}$")
+STORY_CHUNK_CHARS = 3700
+STORY_MAX_PARTS = 4096
 
 
 class BodyError(ValueError):
@@ -48,6 +52,18 @@ def _mint_amount(v: Any) -> bool:
 
 def _hash(v: Any) -> bool:
     return type(v) is str and HASH_RE.match(v) is not None
+
+
+def _branch(v: Any) -> bool:
+    return type(v) is str and BRANCH_RE.match(v) is not None
+
+
+def _part(v: Any) -> bool:
+    return type(v) is int and 0 <= v < STORY_MAX_PARTS
+
+
+def _parts(v: Any) -> bool:
+    return type(v) is int and 0 < v <= STORY_MAX_PARTS
 
 
 def _text(limit: int) -> Callable[[Any], bool]:
@@ -125,6 +141,19 @@ SHAPES: dict[str, Shape] = {
         {},
         "proposal, action, status, detail",
     ),
+    # The narrative engine (node/story/STORY.md). A story object (a page version or a commit,
+    # canonical JSON named by its SHA-256) travels as parts 0..parts-1 of its text.
+    "story-object": Shape(
+        {"hash": _hash, "part": _part, "parts": _parts, "data": _text(STORY_CHUNK_CHARS)},
+        {},
+        f"hash (sha256 hex of the whole object), part < parts <= {STORY_MAX_PARTS}, data",
+    ),
+    # A branch moves to a commit: created (no `old`, optional `from`) or advanced from `old`.
+    "story-ref": Shape(
+        {"branch": _branch, "commit": _hash, "actor": _actor},
+        {"old": _hash, "from": _branch},
+        "branch, commit (hash), actor, optional old (hash) or from (branch)",
+    ),
 }
 
 KNOWN_TYPES = frozenset(SHAPES)
@@ -150,3 +179,7 @@ def validate(type_: str, body: Mapping[str, Any]) -> None:
             raise BodyError(f"{type_}: bad value for {key!r}: {value!r}")
     if type_ == "gift" and body["from"] == body["to"]:
         raise BodyError("gift: from and to are the same actor")
+    if type_ == "story-object" and body["part"] >= body["parts"]:
+        raise BodyError(f"story-object: part {body['part']} of only {body['parts']}")
+    if type_ == "story-ref" and "old" in body and "from" in body:
+        raise BodyError("story-ref: a branch is either created (from) or moved (old), not both")

@@ -89,6 +89,16 @@ def _summary(e: Entry) -> str:
         return f"{b['actor']} votes {b['choice']} on {b['proposal'][:12]}"
     if e.type == "outcome":
         return f"{b['action']} {b['proposal'][:12]}: {b['status']} {b['detail']}"
+    if e.type == "rebirth":
+        return (
+            f"{b['node']} reborn after {b['uptime_ms'] / 1000:.1f}s: {b['cause']} "
+            f"({b['restarts']} in the crash window)"
+        )
+    if e.type == "story-object":
+        return f"story object {b['hash'][:12]} part {b['part'] + 1}/{b['parts']}"
+    if e.type == "story-ref":
+        move = f"from {b['old'][:12]}" if "old" in b else f"new (from {b.get('from', '-')})"
+        return f"branch {b['branch']} -> {b['commit'][:12]} by {b['actor']}, {move}"
     return str(b)
 
 

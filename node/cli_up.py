@@ -99,6 +99,10 @@ def _run(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data)
     try:
         config = load_config(data_dir)
+        gateway = config.extra.setdefault("gateway", {})
+        if args.http:
+            gateway["listen"] = args.http
+        gateway.setdefault("listen", "0.0.0.0:8080")
         node = Node(data_dir, config, node_id=args.node_id)
     except (ConfigError, IdentityError) as exc:
         console.print(f"[red]gibsey up:[/red] {exc}")
@@ -135,6 +139,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--embedded-port", type=int, default=None, help="port of the embedded broker (default 1883)"
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="HTTP gateway and dashboard address (default: [gateway] listen, else 0.0.0.0:8080; "
+        "port 0 picks a free port, written to DATA/gateway.json; 'off' disables it)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=_run)

@@ -69,6 +69,7 @@ class Node:
         self.runtime: Runtime | None = None
         self._closers: list[Callable[[], None]] = []
         self._drainers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._extra_subscriptions: list[tuple[str, Callable[[str, bytes], object]]] = []
         self.notifier = Notifier()
         self.run_record = RunRecord(data_dir)
         self.router.register_inline("rituals", ["glyph/rotated"], self.rituals)
@@ -91,6 +92,13 @@ class Node:
                     continue
                 raise
             module.attach(self)
+
+    def add_subscription(self, topic_filter: str, callback: Callable[[str, bytes], object]) -> None:
+        """Have messages on `topic_filter` (outside the event topics) handed to `callback` on the
+        node's own broker connection, from the next connect on."""
+        self._extra_subscriptions.append((topic_filter, callback))
+        if self.spine is not None:
+            self.spine.add_subscription(topic_filter, callback)
 
     def add_drainer(self, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Await `drain()` at a clean stop, before services are cancelled (bounded by 5 s), so
@@ -278,6 +286,8 @@ class Node:
             will=(status_topic(self.node_id), offline),
             on_connect=self._on_connect,
         )
+        for topic_filter, callback in self._extra_subscriptions:
+            self.spine.add_subscription(topic_filter, callback)
         self.started_at = time.monotonic()
         death = self.run_record.begin()
         self.router.start()

@@ -10,5 +10,10 @@ from __future__ import annotations
 
 PARTS: tuple[str, ...] = (
     "gibsey.ledger.part",  # the node's own feed and the view of every feed it holds
+    "gibsey.mesh.part",  # ledger gossip with the gallery's peers (when gibsey.toml has [mesh])
     "gibsey.node.runtime",  # glyph rotation -> opcode table -> Zig VM -> effects
+    "gibsey.node.story.part",  # narrative engine: story graph from the ledger, merge hearings
+    "gibsey.node.dial_bridge",  # the glyph dial: USB serial / MQTT frames -> glyph/rotated
+    "gibsey.node.agents.part",  # personas (llama.cpp worker), memory, facts, tensor, safety
+    "gibsey.node.gateway.part",  # HTTP gateway, dashboard, /metrics (when [gateway] listen is set)
 )

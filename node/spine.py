@@ -100,6 +100,7 @@ class Spine:
         self._outbox_limit = outbox_limit
         self._unacked: set[asyncio.Future[None]] = set()
         self._inflight_limit = inflight
+        self._extra: list[tuple[str, MessageHandler]] = []
         self._waiting: dict[int, Outgoing] = {}
         self._paho: mqtt.Client | None = None
         self._flush_scheduled = False
@@ -144,6 +145,28 @@ class Spine:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- extra subscriptions --------------------------------------------------------------------
+    def add_subscription(self, topic_filter: str, callback: MessageHandler) -> None:
+        """Deliver messages matching `topic_filter` to `callback(topic, payload)` instead of the
+        router, on this same connection (subscribed now if connected, and after every
+        reconnect). For parts with their own wire format on their own topics, e.g. dial frames."""
+        self._extra.append((topic_filter, callback))
+        if self._paho is not None and self._connected.is_set():
+            self._subscribe_extra(self._paho, topic_filter, callback)
+
+    def _subscribe_extra(
+        self, paho: mqtt.Client, topic_filter: str, callback: MessageHandler
+    ) -> None:
+        def deliver(c: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+            self.stats.received += 1
+            try:
+                callback(message.topic, bytes(message.payload))
+            except Exception:  # a part's bug must not break the connection's read loop
+                log.exception("subscription %s: callback failed on %s", topic_filter, message.topic)
+
+        paho.message_callback_add(topic_filter, deliver)
+        paho.subscribe(topic_filter, qos=1)
 
     # -- the fast path ---------------------------------------------------------------------------
     # aiomqtt costs, per QoS 1 publish, an asyncio.Event, a wait_for task, a thread-safe wake-up
@@ -238,7 +261,7 @@ class Spine:
             )
             try:
                 async with client:
-                    self._paho = self._attach(client)
+                    paho = self._paho = self._attach(client)
                     self._connected.set()
                     self.stats.connected = True
                     self.stats.connects += 1
@@ -250,6 +273,8 @@ class Spine:
                     delay = 0.25
                     for sub in self._subscriptions:
                         await client.subscribe(sub, qos=1)
+                    for topic_filter, callback in self._extra:
+                        self._subscribe_extra(paho, topic_filter, callback)
                     if self._on_connect:
                         self._on_connect()
                     try:

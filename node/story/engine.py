@@ -1,0 +1,387 @@
+"""The narrative engine: git for story, on the node's ledger.
+
+`Story` is what the CLI, the node part, GraphQL and the tests use. Every change is appended to
+the node's own feed in one transaction (objects first, then the branch move or the proposal),
+so a change is either wholly on the ledger or not at all; the graph (graph.py) then folds it.
+Each change is computed and appended under the ledger's store lock against a freshly synced
+graph, so the branch move it appends is valid when it is folded on this node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gibsey.ledger.entry import Entry
+from gibsey.ledger.governance import Execution, Executors, Proposal
+from gibsey.ledger.ledger import Ledger
+
+from .corpus import Corpus
+from .graph import StoryGraph
+from .model import (
+    CANON,
+    Commit,
+    PageVersion,
+    StoryError,
+    UnknownPage,
+    UnrelatedHistories,
+    check_actor,
+    check_branch,
+    check_page_id,
+    object_entries,
+)
+from .text import Conflict, Prefer, WordDiff, merge_text, word_diff
+
+log = logging.getLogger("gibsey.story")
+
+# (change, branch, page, version, actor): what a change announces as narrative/change.
+Publish = Callable[[str, str, str | None, str | None, str], None]
+
+
+class MergeConflict(StoryError):
+    def __init__(self, source: str, into: str, conflicts: list[Conflict]) -> None:
+        self.conflicts = conflicts
+        lines = "\n  ".join(c.describe() for c in conflicts)
+        super().__init__(
+            f"merging {source} into {into} conflicts in {len(conflicts)} place(s); resolve "
+            f"them (--resolve PAGE=FILE, or --prefer ours|theirs):\n  {lines}"
+        )
+
+
+@dataclass(frozen=True)
+class PageDiff:
+    page: str
+    old: str | None  # version hashes (None: the page is not on that side)
+    new: str | None
+    diff: WordDiff
+
+
+@dataclass
+class MergePlan:
+    source: str
+    into: str
+    ours: str  # head commits
+    theirs: str
+    base: str
+    changes: dict[str, PageVersion] = field(default_factory=dict)  # page -> merged version
+    clean: list[str] = field(default_factory=list)  # pages taken or merged without conflict
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.changes and not self.conflicts
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a change appended: its commit and the entry that moved a branch (or proposed)."""
+
+    commit: str
+    entry: Entry
+    entries: int
+
+
+class Story:
+    def __init__(self, ledger: Ledger, data_dir: Path, graph: StoryGraph | None = None) -> None:
+        self.ledger = ledger
+        self.graph = graph or StoryGraph.open(data_dir)
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Story:
+        return cls(Ledger.open(data_dir), data_dir)
+
+    def close(self) -> None:
+        self.graph.close()
+
+    def close_all(self) -> None:
+        self.graph.close()
+        self.ledger.close()
+
+    def sync(self, rebuild: bool = False) -> int:
+        return self.graph.sync(self.ledger, rebuild=rebuild)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def head(self, branch: str) -> str:
+        b = self.graph.branch(branch)
+        if b is None:
+            raise StoryError(f"no branch {branch!r}")
+        return b.head
+
+    def page(self, ref: str, page: str) -> tuple[str, PageVersion]:
+        tree = self.graph.tree(self.graph.resolve(ref))
+        h = tree.get(page)
+        if h is None:
+            raise UnknownPage(f"no page {page!r} on {ref}")
+        return h, self.graph.version(h)
+
+    def diff(self, a: str, b: str, page: str | None = None) -> list[PageDiff]:
+        """Word diffs of every page that differs between refs `a` and `b` (or just `page`)."""
+        ta = self.graph.tree(self.graph.resolve(a))
+        tb = self.graph.tree(self.graph.resolve(b))
+        if page is not None:
+            if page not in ta and page not in tb:
+                raise UnknownPage(f"no page {page!r} on {a} or {b}")
+            pages = [page]
+        else:
+            pages = sorted(p for p in ta.keys() | tb.keys() if ta.get(p) != tb.get(p))
+        out = []
+        for p in pages:
+            va, vb = ta.get(p), tb.get(p)
+            old = self.graph.version(va).text if va else ""
+            new = self.graph.version(vb).text if vb else ""
+            out.append(PageDiff(p, va, vb, word_diff(old, new)))
+        return out
+
+    def plan_merge(
+        self,
+        source: str,
+        into: str,
+        resolutions: dict[str, str] | None = None,
+        prefer: Prefer = None,
+    ) -> MergePlan:
+        """The three-way merge of branch `source` into branch `into`, without applying it."""
+        resolutions = resolutions or {}
+        ours, theirs = self.head(into), self.head(source)
+        base = self.graph.merge_base(ours, theirs)
+        if base is None:
+            raise UnrelatedHistories(
+                f"{source} and {into} share no history (imported separately?): nothing to merge"
+            )
+        plan = MergePlan(source, into, ours, theirs, base)
+        tz, ta, tb = self.graph.tree(base), self.graph.tree(ours), self.graph.tree(theirs)
+        for p in resolutions:
+            if p not in ta and p not in tb:
+                raise UnknownPage(f"resolution for page {p!r}, which is on neither branch")
+        for p in sorted(ta.keys() | tb.keys()):
+            vz, va, vb = tz.get(p), ta.get(p), tb.get(p)
+            if va == vb or vb == vz or vb is None:
+                if p in resolutions and va is not None:
+                    self._resolved(plan, p, va, resolutions[p])
+                continue
+            assert vb is not None
+            if va == vz or va is None:
+                plan.changes[p] = self.graph.version(vb)
+                plan.clean.append(p)
+                continue
+            z = self.graph.version(vz).text if vz else ""
+            a, b = self.graph.version(va), self.graph.version(vb)
+            if p in resolutions:
+                self._resolved(plan, p, va, resolutions[p])
+                continue
+            m = merge_text(p, z, a.text, b.text, prefer)
+            if m.conflicts:
+                plan.conflicts.extend(m.conflicts)
+                continue
+            if m.text != a.text:
+                plan.changes[p] = a.with_text(m.text)
+            plan.clean.append(p)
+        return plan
+
+    def _resolved(self, plan: MergePlan, page: str, ours: str, text: str) -> None:
+        v = self.graph.version(ours)
+        if v.text != text:
+            plan.changes[page] = v.with_text(text)
+        plan.clean.append(page)
+
+    # ---- changing ---------------------------------------------------------------------------
+
+    def _append(
+        self, objects: list[dict[str, Any]], last: tuple[str, dict[str, Any]]
+    ) -> list[Entry]:
+        items: list[tuple[str, dict[str, Any]]] = []
+        for obj in objects:
+            items.extend(object_entries(obj))
+        items.append(last)
+        return self.ledger.store.append_many(self.ledger.key, items)
+
+    def _check_effect(self, e: Entry) -> None:
+        self.sync()
+        effect = self.graph.effect(e.hash_hex)
+        if effect is not None and not effect[0]:
+            raise StoryError(f"appended, but it had no effect: {effect[1]}")
+
+    def import_corpus(
+        self, corpus: Corpus, branch: str = CANON, actor: str = "node", message: str = ""
+    ) -> Change:
+        """Import every page as the root commit of a new branch: all of it, or nothing."""
+        check_branch(branch)
+        check_actor(actor)
+        with self.ledger.store.lock:
+            self.sync()
+            if self.graph.branch(branch) is not None:
+                raise StoryError(
+                    f"branch {branch} exists; import into a new branch (--branch NAME)"
+                )
+            versions = {p.page: p for p in corpus.pages}
+            commit = Commit(
+                (),
+                branch,
+                actor,
+                message or f"import {len(versions)} pages from {corpus.root.name}",
+                {p: v.hash for p, v in versions.items()},
+            )
+            objs = [v.to_object() for v in versions.values()] + [commit.to_object()]
+            ref = {"branch": branch, "commit": commit.hash, "actor": actor}
+            entries = self._append(objs, ("story-ref", ref))
+            self._check_effect(entries[-1])
+        return Change(commit.hash, entries[-1], len(entries))
+
+    def create_branch(self, name: str, source: str = CANON, actor: str = "node") -> Change:
+        check_branch(name)
+        check_actor(actor)
+        with self.ledger.store.lock:
+            self.sync()
+            if self.graph.branch(name) is not None:
+                raise StoryError(f"branch {name} already exists")
+            head = self.graph.resolve(source)
+            body: dict[str, Any] = {"branch": name, "commit": head, "actor": actor}
+            if self.graph.branch(source) is not None:
+                body["from"] = source
+            entries = self._append([], ("story-ref", body))
+            self._check_effect(entries[-1])
+        return Change(head, entries[-1], len(entries))
+
+    def write(
+        self,
+        branch: str,
+        page: str,
+        text: str,
+        actor: str,
+        *,
+        message: str = "",
+        title: str | None = None,
+        symbol: str | None = None,
+    ) -> Change:
+        """A new version of `page` on `branch` (a new page needs `title` and `symbol`)."""
+        check_actor(actor)
+        check_page_id(page)
+        with self.ledger.store.lock:
+            self.sync()
+            if branch == CANON:
+                raise StoryError(
+                    f"{CANON} is canon: write on a branch and propose it (gibsey story propose)"
+                )
+            head = self.head(branch)
+            tree = self.graph.tree(head)
+            if page in tree:
+                old = self.graph.version(tree[page])
+                v = PageVersion(
+                    page,
+                    symbol or old.symbol,
+                    title or old.title,
+                    old.index,
+                    text,
+                    old.section,
+                    old.chapter,
+                )
+            elif title is None or symbol is None:
+                raise UnknownPage(
+                    f"no page {page!r} on {branch}; a new page needs --title and --symbol"
+                )
+            else:
+                index = 1 + max((self.graph.version(h).index for h in tree.values()), default=0)
+                v = PageVersion(page, symbol, title, index, text)
+            if tree.get(page) == v.hash:
+                raise StoryError(f"page {page} on {branch} already reads exactly so")
+            commit = Commit((head,), branch, actor, message or f"write {page}", {page: v.hash})
+            ref = {"branch": branch, "commit": commit.hash, "actor": actor, "old": head}
+            entries = self._append([v.to_object(), commit.to_object()], ("story-ref", ref))
+            self._check_effect(entries[-1])
+        return Change(commit.hash, entries[-1], len(entries))
+
+    def _merge_commit(self, plan: MergePlan, actor: str) -> tuple[Commit, list[dict[str, Any]]]:
+        if plan.conflicts:
+            raise MergeConflict(plan.source, plan.into, plan.conflicts)
+        if plan.up_to_date:
+            raise StoryError(f"{plan.into} already has everything on {plan.source}")
+        commit = Commit(
+            (plan.ours, plan.theirs),
+            plan.into,
+            actor,
+            f"merge {plan.source} into {plan.into}",
+            {p: v.hash for p, v in plan.changes.items()},
+            plan.source,
+        )
+        objs = [v.to_object() for v in plan.changes.values()] + [commit.to_object()]
+        return commit, objs
+
+    def merge(
+        self,
+        source: str,
+        into: str,
+        actor: str,
+        resolutions: dict[str, str] | None = None,
+        prefer: Prefer = None,
+    ) -> Change:
+        """Merge `source` into a branch that is not canon, at once (canon needs a hearing)."""
+        check_actor(actor)
+        with self.ledger.store.lock:
+            self.sync()
+            if into == CANON:
+                raise StoryError(f"{CANON} is canon: a merge into it is proposed (story propose)")
+            plan = self.plan_merge(source, into, resolutions, prefer)
+            commit, objs = self._merge_commit(plan, actor)
+            ref = {"branch": into, "commit": commit.hash, "actor": actor, "old": plan.ours}
+            entries = self._append(objs, ("story-ref", ref))
+            self._check_effect(entries[-1])
+        return Change(commit.hash, entries[-1], len(entries))
+
+    def propose(
+        self,
+        source: str,
+        actor: str,
+        into: str = CANON,
+        resolutions: dict[str, str] | None = None,
+        prefer: Prefer = None,
+        title: str | None = None,
+    ) -> Change:
+        """Open a narrative-merge hearing whose target is the merge commit's hash.
+
+        Refused (nothing appended) while the merge conflicts and no resolution settles it."""
+        check_actor(actor)
+        with self.ledger.store.lock:
+            self.sync()
+            plan = self.plan_merge(source, into, resolutions, prefer)
+            commit, objs = self._merge_commit(plan, actor)
+            body = {
+                "action": "narrative-merge",
+                "target": commit.hash,
+                "title": (title or f"merge {source} into {into} ({len(plan.changes)} pages)")[:200],
+                "proposer": actor,
+            }
+            entries = self._append(objs, ("proposal", body))
+            self._check_effect(entries[-1])
+        return Change(commit.hash, entries[-1], len(entries))
+
+    # ---- the merge ritual: what runs when a hearing passes ----------------------------------
+
+    def executor(self, publish: Publish | None = None) -> Callable[[Proposal], str]:
+        def run(p: Proposal) -> str:
+            self.sync()
+            h = self.graph.hearing(p.hash_hex)
+            if h is None or h.status == "not-a-merge":
+                raise StoryError("the proposal's target is not a merge commit held here")
+            if h.status != "applied":
+                raise StoryError(f"merge not applied: {h.status}")
+            assert h.branch is not None
+            detail = f"{h.source} merged into {h.branch} at {h.target[:12]}"
+            if publish is not None:
+                try:
+                    publish("merge", h.branch, None, h.target, p.proposer)
+                except Exception as exc:  # the merge stands; only the announcement failed
+                    log.warning("narrative/change for %s not published: %s", h.target, exc)
+                    detail += f" (not announced: {exc})"
+            return detail
+
+        return run
+
+    def run_executors(self, publish: Publish | None = None) -> list[Execution]:
+        """Apply-side of passed narrative-merge hearings: exactly once per node (ledger rule)."""
+        self.sync()
+        ex = Executors()
+        ex.register("narrative-merge", self.executor(publish))
+        return self.ledger.run_executors(ex)

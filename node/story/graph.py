@@ -1,0 +1,659 @@
+"""The story graph: a SQLite view folded from the ledger, alike on all nodes holding the same feeds.
+
+`StoryGraph.sync(ledger)` folds every ledger entry in the ledger's total order (lamport, author,
+seq), skipping quarantined ones, into `story.sqlite3`:
+
+- `story-object` parts are reassembled per author; a complete object whose hash checks becomes a
+  page version or a commit (a commit must name known parents and known versions of its pages);
+- `story-ref` entries create or advance branches (compare-and-swap on `old`, fast-forward only;
+  the canon branch `main` can be created once but never advanced this way);
+- the vote that decides a narrative-merge hearing as passed (per the ledger's governance fold)
+  moves the hearing's branch to the proposed merge commit - if that branch still stands where the
+  merge commit's first parent says; otherwise the hearing is `stale` and nothing moves.
+
+Nothing here reads a clock or the arrival order, so the result is a function of the feeds held.
+The view is incremental: entries sorting after the last folded one are folded in; anything else
+(a late entry sorting earlier, a new fork proof) rebuilds it from scratch in one transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gibsey.ledger.entry import Entry, parse
+from gibsey.ledger.governance import Status
+from gibsey.ledger.ledger import Ledger
+
+from .model import (
+    CANON,
+    Commit,
+    PageVersion,
+    StoryError,
+    UnknownRef,
+    commit_from_object,
+    page_from_object,
+    parse_object,
+)
+
+DB_FILENAME = "story.sqlite3"
+FORMAT = "1"  # bump to force a rebuild after a change of the fold rules
+TREE_CACHE = 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    hash TEXT NOT NULL, author TEXT NOT NULL, part INTEGER NOT NULL, parts INTEGER NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (hash, author, part));
+CREATE TABLE IF NOT EXISTS objects (
+    hash TEXT PRIMARY KEY, kind TEXT NOT NULL, entry TEXT NOT NULL, lamport INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    hash TEXT PRIMARY KEY, page TEXT NOT NULL, symbol TEXT NOT NULL, title TEXT NOT NULL,
+    idx INTEGER NOT NULL, section INTEGER, chapter TEXT, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS versions_page ON versions (page);
+CREATE TABLE IF NOT EXISTS commits (
+    hash TEXT PRIMARY KEY, branch TEXT NOT NULL, author TEXT NOT NULL, message TEXT NOT NULL,
+    parent TEXT, parents TEXT NOT NULL, source TEXT, gen INTEGER NOT NULL,
+    lamport INTEGER NOT NULL, entry TEXT NOT NULL, pages INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (
+    commit_hash TEXT NOT NULL, page TEXT NOT NULL, version TEXT NOT NULL, previous TEXT,
+    PRIMARY KEY (commit_hash, page));
+CREATE TABLE IF NOT EXISTS branches (
+    name TEXT PRIMARY KEY, head TEXT NOT NULL, base TEXT, created_by TEXT NOT NULL,
+    created INTEGER NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reflog (
+    n INTEGER PRIMARY KEY, branch TEXT NOT NULL, old TEXT, new TEXT NOT NULL,
+    actor TEXT NOT NULL, how TEXT NOT NULL, entry TEXT NOT NULL, lamport INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS actors (
+    name TEXT PRIMARY KEY, first INTEGER NOT NULL, commits INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS edges (
+    src TEXT NOT NULL, kind TEXT NOT NULL, dst TEXT NOT NULL, PRIMARY KEY (src, kind, dst));
+CREATE INDEX IF NOT EXISTS edges_dst ON edges (dst, kind);
+CREATE TABLE IF NOT EXISTS effects (
+    entry TEXT PRIMARY KEY, lamport INTEGER NOT NULL, ok INTEGER NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hearings (
+    proposal TEXT PRIMARY KEY, target TEXT NOT NULL, branch TEXT, source TEXT,
+    title TEXT NOT NULL, proposer TEXT NOT NULL, status TEXT NOT NULL, lamport INTEGER NOT NULL);
+"""
+TABLES = (
+    "chunks objects versions commits changes branches reflog actors edges effects hearings"
+).split()
+
+EDGE_KINDS = ("FOLLOWS", "ALTERNATE_OF", "AUTHORED_BY")
+
+
+@dataclass(frozen=True)
+class Branch:
+    name: str
+    head: str
+    base: str | None
+    created_by: str
+    created: int
+    updated: int
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    hash: str
+    branch: str
+    author: str
+    message: str
+    parents: tuple[str, ...]
+    source: str | None
+    gen: int
+    lamport: int
+    entry: str
+    pages: int
+
+
+@dataclass(frozen=True)
+class Hearing:
+    proposal: str
+    target: str
+    branch: str | None
+    source: str | None
+    title: str
+    proposer: str
+    status: str  # open | applied | stale | rejected | expired | void | not-a-merge
+    lamport: int
+
+
+class StoryGraph:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # A view: rebuilt from the ledger when lost, so NORMAL (survives kill -9) is enough.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(_SCHEMA)
+        self._trees: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+
+    @classmethod
+    def open(cls, data_dir: Path) -> StoryGraph:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(data_dir / DB_FILENAME)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ---- folding ----------------------------------------------------------------------------
+
+    def sync(self, ledger: Ledger, *, rebuild: bool = False) -> int:
+        """Bring the view up to the ledger; returns how many entries were folded."""
+        store = ledger.store
+        store.refresh()  # entries other processes (the CLI, the mesh) committed
+        with store.lock, self._tx():
+            view = ledger.view()
+            deciders: dict[bytes, str] = {}
+            for p in view.governance.proposals.values():
+                if p.action == "narrative-merge" and p.status is Status.PASSED and p.decided_by:
+                    deciders[p.decided_by] = p.hash_hex
+            statuses = {
+                p.hash_hex: p.status.value
+                for p in view.governance.proposals.values()
+                if p.action == "narrative-merge"
+            }
+            quarantine = store.quarantine()
+            qmark = json.dumps(sorted((a.hex(), s) for a, s in quarantine.items()))
+            last = self._meta("last")
+            folded = int(self._meta("folded") or 0)
+            start: tuple[int, bytes, int] | None = None
+            if last is not None:
+                lam, author, seq = last.split(":")
+                start = (int(lam), bytes.fromhex(author), int(seq))
+            fresh = rebuild or self._meta("format") != FORMAT or self._meta("quarantine") != qmark
+            if not fresh and start is not None:
+                (held,) = store.db.execute(
+                    "SELECT COUNT(*) FROM entries WHERE (lamport, author, seq) <= (?, ?, ?)",
+                    start,
+                ).fetchone()
+                fresh = held != folded
+            if fresh:
+                for table in TABLES:
+                    self.db.execute(f"DELETE FROM {table}")
+                self._trees.clear()
+                start, folded = None, 0
+                self._set_meta("format", FORMAT)
+                self._set_meta("quarantine", qmark)
+            if start is None:
+                rows = store.db.execute(
+                    "SELECT raw FROM entries ORDER BY lamport, author, seq"
+                ).fetchall()
+            else:
+                rows = store.db.execute(
+                    "SELECT raw FROM entries WHERE (lamport, author, seq) > (?, ?, ?) "
+                    "ORDER BY lamport, author, seq",
+                    start,
+                ).fetchall()
+            n = 0
+            e: Entry | None = None
+            for (raw,) in rows:
+                e = parse(raw, verify=False)
+                n += 1
+                q = quarantine.get(e.author)
+                if q is not None and e.seq >= q:
+                    continue
+                self._fold(e, deciders)
+            if e is not None:
+                self._set_meta("last", f"{e.lamport}:{e.author.hex()}:{e.seq}")
+            self._set_meta("folded", str(folded + n))
+            # Hearings still undecided (or decided against) in the ledger's view.
+            for h, status in statuses.items():
+                self.db.execute(
+                    "UPDATE hearings SET status = ? WHERE proposal = ? AND status = 'open' "
+                    "AND ? != 'passed'",
+                    (status, h, status),
+                )
+            return n
+
+    def _effect(self, e: Entry, ok: bool, note: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO effects (entry, lamport, ok, note) VALUES (?,?,?,?)",
+            (e.hash_hex, e.lamport, int(ok), note),
+        )
+
+    def _fold(self, e: Entry, deciders: dict[bytes, str]) -> None:
+        if e.type == "story-object":
+            self._fold_object(e)
+        elif e.type == "story-ref":
+            self._fold_ref(e)
+        elif e.type == "proposal" and e.body["action"] == "narrative-merge":
+            self._fold_proposal(e)
+        elif e.type == "vote" and e.hash in deciders:
+            self._fold_decision(e, deciders[e.hash])
+
+    def _fold_object(self, e: Entry) -> None:
+        b = e.body
+        h, author = b["hash"], e.author_hex
+        if self.db.execute("SELECT 1 FROM objects WHERE hash = ?", (h,)).fetchone():
+            self._effect(e, True, "object already held")
+            return
+        self.db.execute(
+            "INSERT OR IGNORE INTO chunks (hash, author, part, parts, data) VALUES (?,?,?,?,?)",
+            (h, author, b["part"], b["parts"], b["data"]),
+        )
+        rows = self.db.execute(
+            "SELECT part, data FROM chunks WHERE hash = ? AND author = ? AND parts = ? "
+            "ORDER BY part",
+            (h, author, b["parts"]),
+        ).fetchall()
+        if len(rows) < b["parts"]:
+            self._effect(e, True, f"part {b['part'] + 1} of {b['parts']}")
+            return
+        try:
+            obj = parse_object("".join(r[1] for r in rows), h)
+            if obj["kind"] == "page":
+                self._add_version(page_from_object(obj), h)
+            else:
+                self._add_commit(commit_from_object(obj), h, e)
+        except StoryError as exc:
+            self._effect(e, False, f"object {h[:12]} refused: {exc}")
+            return
+        finally:
+            self.db.execute("DELETE FROM chunks WHERE hash = ? AND author = ?", (h, author))
+        self.db.execute(
+            "INSERT INTO objects (hash, kind, entry, lamport) VALUES (?,?,?,?)",
+            (h, obj["kind"], e.hash_hex, e.lamport),
+        )
+        self._effect(e, True, f"{obj['kind']} {h[:12]}")
+
+    def _add_version(self, v: PageVersion, h: str) -> None:
+        self.db.execute(
+            "INSERT INTO versions (hash, page, symbol, title, idx, section, chapter, text) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (h, v.page, v.symbol, v.title, v.index, v.section, v.chapter, v.text),
+        )
+
+    def _add_commit(self, c: Commit, h: str, e: Entry) -> None:
+        gens = []
+        for p in c.parents:
+            row = self.db.execute("SELECT gen FROM commits WHERE hash = ?", (p,)).fetchone()
+            if row is None:
+                raise StoryError(f"parent {p[:12]} is not a known commit")
+            gens.append(row[0])
+        parent = c.parents[0] if c.parents else None
+        before = self.tree(parent) if parent else {}
+        for page, version in c.changes.items():
+            row = self.db.execute("SELECT page FROM versions WHERE hash = ?", (version,)).fetchone()
+            if row is None:
+                raise StoryError(f"version {version[:12]} of page {page} is not held")
+            if row[0] != page:
+                raise StoryError(f"version {version[:12]} is of page {row[0]}, not {page}")
+        other = self.tree(c.parents[1]) if len(c.parents) == 2 else {}
+        self.db.execute(
+            "INSERT INTO commits (hash, branch, author, message, parent, parents, source, gen, "
+            "lamport, entry, pages) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                h,
+                c.branch,
+                c.author,
+                c.message,
+                parent,
+                json.dumps(list(c.parents)),
+                c.source,
+                1 + max(gens, default=0),
+                e.lamport,
+                e.hash_hex,
+                len(c.changes),
+            ),
+        )
+        self._actor(c.author, e.lamport, commits=1)
+        edge = self._edge
+        edge(f"commit:{h}", "AUTHORED_BY", f"actor:{c.author}")
+        for p in c.parents:
+            edge(f"commit:{h}", "FOLLOWS", f"commit:{p}")
+        new_pages: list[str] = []
+        for page in sorted(c.changes):
+            version = c.changes[page]
+            prev = before.get(page)
+            self.db.execute(
+                "INSERT INTO changes (commit_hash, page, version, previous) VALUES (?,?,?,?)",
+                (h, page, version, prev),
+            )
+            # The first commit (in fold order) that introduces a version authored it.
+            if not self.db.execute(
+                "SELECT 1 FROM edges WHERE src = ? AND kind = 'AUTHORED_BY'",
+                (f"version:{version}",),
+            ).fetchone():
+                edge(f"version:{version}", "AUTHORED_BY", f"actor:{c.author}")
+            if prev is None:
+                new_pages.append(page)
+            for before_v in {prev, other.get(page)} - {None, version}:
+                edge(f"version:{version}", "FOLLOWS", f"version:{before_v}")
+                # Versions that follow the same version are alternates of each other.
+                for (sib,) in self.db.execute(
+                    "SELECT src FROM edges WHERE kind = 'FOLLOWS' AND dst = ? AND src != ?",
+                    (f"version:{before_v}", f"version:{version}"),
+                ).fetchall():
+                    if sib.startswith("version:"):
+                        edge(f"version:{version}", "ALTERNATE_OF", sib)
+                        edge(sib, "ALTERNATE_OF", f"version:{version}")
+        # Reading order of the pages this commit adds: page FOLLOWS the one before it.
+        if len(new_pages) > 1:
+            order = self.db.execute(
+                "SELECT page FROM versions WHERE hash IN (SELECT version FROM changes "
+                "WHERE commit_hash = ? AND previous IS NULL) ORDER BY section, idx, page",
+                (h,),
+            ).fetchall()
+            for (a,), (b,) in itertools.pairwise(order):
+                edge(f"page:{b}", "FOLLOWS", f"page:{a}")
+
+    def _edge(self, src: str, kind: str, dst: str) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO edges (src, kind, dst) VALUES (?,?,?)", (src, kind, dst)
+        )
+
+    def _actor(self, name: str, lamport: int, commits: int = 0) -> None:
+        self.db.execute(
+            "INSERT INTO actors (name, first, commits) VALUES (?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET commits = commits + excluded.commits",
+            (name, lamport, commits),
+        )
+
+    def _move(self, branch: str, old: str | None, new: str, actor: str, how: str, e: Entry) -> None:
+        self.db.execute(
+            "UPDATE branches SET head = ?, updated = ? WHERE name = ?", (new, e.lamport, branch)
+        )
+        self.db.execute(
+            "INSERT INTO reflog (branch, old, new, actor, how, entry, lamport) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (branch, old, new, actor, how, e.hash_hex, e.lamport),
+        )
+
+    def _fold_ref(self, e: Entry) -> None:
+        b = e.body
+        name, commit, actor = b["branch"], b["commit"], b["actor"]
+        if not self.db.execute("SELECT 1 FROM commits WHERE hash = ?", (commit,)).fetchone():
+            self._effect(e, False, f"commit {commit[:12]} is not held")
+            return
+        row = self.db.execute("SELECT head FROM branches WHERE name = ?", (name,)).fetchone()
+        old = b.get("old")
+        if old is None:
+            if row is not None:
+                self._effect(e, False, f"branch {name} already exists")
+                return
+            base = b.get("from")
+            self.db.execute(
+                "INSERT INTO branches (name, head, base, created_by, created, updated) "
+                "VALUES (?,?,?,?,?,?)",
+                (name, commit, base, actor, e.lamport, e.lamport),
+            )
+            self.db.execute(
+                "INSERT INTO reflog (branch, old, new, actor, how, entry, lamport) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (name, None, commit, actor, "create", e.hash_hex, e.lamport),
+            )
+            self._actor(actor, e.lamport)
+            self._edge(f"branch:{name}", "AUTHORED_BY", f"actor:{actor}")
+            if base is not None and base != name:
+                self._edge(f"branch:{name}", "ALTERNATE_OF", f"branch:{base}")
+            self._effect(e, True, f"branch {name} created at {commit[:12]}")
+            return
+        if row is None:
+            self._effect(e, False, f"no branch {name}")
+            return
+        if name == CANON:
+            self._effect(e, False, f"{CANON} moves only by a passed narrative-merge hearing")
+            return
+        if row[0] != old:
+            self._effect(e, False, f"stale: {name} is at {row[0][:12]}, not {old[:12]}")
+            return
+        if old not in self.ancestors(commit):
+            self._effect(e, False, f"{commit[:12]} does not descend from {old[:12]}")
+            return
+        self._move(name, old, commit, actor, "write", e)
+        self._actor(actor, e.lamport)
+        self._effect(e, True, f"{name} -> {commit[:12]}")
+
+    def _fold_proposal(self, e: Entry) -> None:
+        b = e.body
+        row = self.db.execute(
+            "SELECT branch, source FROM commits WHERE hash = ? AND source IS NOT NULL",
+            (b["target"],),
+        ).fetchone()
+        status = "open" if row is not None else "not-a-merge"
+        self.db.execute(
+            "INSERT OR REPLACE INTO hearings (proposal, target, branch, source, title, proposer, "
+            "status, lamport) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                e.hash_hex,
+                b["target"],
+                row[0] if row else None,
+                row[1] if row else None,
+                b["title"],
+                b["proposer"],
+                status,
+                e.lamport,
+            ),
+        )
+        self._effect(e, row is not None, status)
+
+    def _fold_decision(self, e: Entry, proposal: str) -> None:
+        """The vote that passed a narrative-merge hearing: apply the merge, here, in fold order."""
+        h = self.db.execute(
+            "SELECT target, branch, status FROM hearings WHERE proposal = ?", (proposal,)
+        ).fetchone()
+        if h is None or h[2] != "open":
+            return
+        target, branch = h[0], h[1]
+        parents = json.loads(
+            self.db.execute("SELECT parents FROM commits WHERE hash = ?", (target,)).fetchone()[0]
+        )
+        row = self.db.execute("SELECT head FROM branches WHERE name = ?", (branch,)).fetchone()
+        if row is None or row[0] != parents[0]:
+            status = "stale"
+            note = f"hearing {proposal[:12]} passed, but {branch} moved since: merge not applied"
+        else:
+            status = "applied"
+            note = f"hearing {proposal[:12]} passed: {branch} -> {target[:12]}"
+            self._move(branch, row[0], target, f"hearing:{proposal[:12]}", "merge", e)
+        self.db.execute("UPDATE hearings SET status = ? WHERE proposal = ?", (status, proposal))
+        self._effect(e, status == "applied", note)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def tree(self, commit: str) -> dict[str, str]:
+        """{page id: version hash} at `commit`."""
+        with self.lock:
+            cached = self._trees.get(commit)
+            if cached is not None:
+                self._trees.move_to_end(commit)
+                return cached
+            chain: list[str] = []
+            c: str | None = commit
+            base: dict[str, str] = {}
+            while c is not None:
+                if c in self._trees:
+                    base = dict(self._trees[c])
+                    break
+                row = self.db.execute("SELECT parent FROM commits WHERE hash = ?", (c,)).fetchone()
+                if row is None:
+                    raise UnknownRef(f"no commit {c[:12]}")
+                chain.append(c)
+                c = row[0]
+            for c in reversed(chain):
+                base.update(
+                    self.db.execute(
+                        "SELECT page, version FROM changes WHERE commit_hash = ?", (c,)
+                    ).fetchall()
+                )
+            self._trees[commit] = base
+            if len(self._trees) > TREE_CACHE:
+                self._trees.popitem(last=False)
+            return base
+
+    def ancestors(self, commit: str) -> set[str]:
+        """`commit` and every commit it descends from."""
+        seen = {commit}
+        todo = [commit]
+        while todo:
+            c = todo.pop()
+            row = self.db.execute("SELECT parents FROM commits WHERE hash = ?", (c,)).fetchone()
+            for p in json.loads(row[0]) if row else []:
+                if p not in seen:
+                    seen.add(p)
+                    todo.append(p)
+        return seen
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor: the common one with the highest generation (ties by hash)."""
+        with self.lock:
+            common = self.ancestors(a) & self.ancestors(b)
+            if not common:
+                return None
+            marks = ",".join("?" * len(common))
+            row = self.db.execute(
+                f"SELECT hash FROM commits WHERE hash IN ({marks}) ORDER BY gen DESC, hash LIMIT 1",
+                tuple(common),
+            ).fetchone()
+            return str(row[0])
+
+    def version(self, h: str) -> PageVersion:
+        row = self.db.execute(
+            "SELECT page, symbol, title, idx, text, section, chapter FROM versions WHERE hash = ?",
+            (h,),
+        ).fetchone()
+        if row is None:
+            raise UnknownRef(f"no page version {h[:12]}")
+        return PageVersion(*row)
+
+    def branches(self) -> list[Branch]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT name, head, base, created_by, created, updated FROM branches ORDER BY name"
+            ).fetchall()
+        return [Branch(*r) for r in rows]
+
+    def branch(self, name: str) -> Branch | None:
+        row = self.db.execute(
+            "SELECT name, head, base, created_by, created, updated FROM branches WHERE name = ?",
+            (name,),
+        ).fetchone()
+        return Branch(*row) if row else None
+
+    def commit(self, h: str) -> CommitInfo:
+        row = self.db.execute(
+            "SELECT hash, branch, author, message, parents, source, gen, lamport, entry, pages "
+            "FROM commits WHERE hash = ?",
+            (h,),
+        ).fetchone()
+        if row is None:
+            raise UnknownRef(f"no commit {h[:12]}")
+        return CommitInfo(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), *row[5:])
+
+    def resolve(self, ref: str) -> str:
+        """A branch name, or a unique prefix (>= 4 hex digits) of a commit hash -> commit hash."""
+        with self.lock:
+            b = self.branch(ref)
+            if b is not None:
+                return b.head
+            if len(ref) >= 4 and all(ch in "0123456789abcdef" for ch in ref):
+                rows = self.db.execute(
+                    "SELECT hash FROM commits WHERE hash LIKE ? LIMIT 2", (ref + "%",)
+                ).fetchall()
+                if len(rows) == 1:
+                    return str(rows[0][0])
+            raise UnknownRef(f"no branch or commit {ref!r}")
+
+    def log(self, commit: str, limit: int = 50) -> list[CommitInfo]:
+        """History from `commit` back, newest first (by generation, then hash)."""
+        out: list[CommitInfo] = []
+        seen = {commit}
+        frontier = [self.commit(commit)]
+        while frontier and len(out) < limit:
+            frontier.sort(key=lambda c: (-c.gen, c.hash))
+            c = frontier.pop(0)
+            out.append(c)
+            for p in c.parents:
+                if p not in seen:
+                    seen.add(p)
+                    frontier.append(self.commit(p))
+        return out
+
+    def hearings(self) -> list[Hearing]:
+        rows = self.db.execute(
+            "SELECT proposal, target, branch, source, title, proposer, status, lamport "
+            "FROM hearings ORDER BY lamport, proposal"
+        ).fetchall()
+        return [Hearing(*r) for r in rows]
+
+    def hearing(self, proposal: str) -> Hearing | None:
+        row = self.db.execute(
+            "SELECT proposal, target, branch, source, title, proposer, status, lamport "
+            "FROM hearings WHERE proposal = ?",
+            (proposal,),
+        ).fetchone()
+        return Hearing(*row) if row else None
+
+    def effect(self, entry: str) -> tuple[bool, str] | None:
+        row = self.db.execute("SELECT ok, note FROM effects WHERE entry = ?", (entry,)).fetchone()
+        return (bool(row[0]), str(row[1])) if row else None
+
+    def actors(self) -> list[tuple[str, int, int]]:
+        return [
+            (str(n), int(f), int(c))
+            for n, f, c in self.db.execute(
+                "SELECT name, first, commits FROM actors ORDER BY name"
+            ).fetchall()
+        ]
+
+    def edges(self, kind: str | None = None, node: str | None = None) -> list[tuple[str, str, str]]:
+        sql = "SELECT src, kind, dst FROM edges"
+        cond: list[str] = []
+        args: list[Any] = []
+        if kind:
+            cond.append("kind = ?")
+            args.append(kind)
+        if node:
+            cond.append("(src = ? OR dst = ?)")
+            args += [node, node]
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        return [tuple(r) for r in self.db.execute(sql + " ORDER BY src, kind, dst", args)]
+
+    def reflog(self, branch: str | None = None) -> list[tuple[str, str | None, str, str, str, int]]:
+        sql = "SELECT branch, old, new, actor, how, lamport FROM reflog"
+        args: tuple[Any, ...] = ()
+        if branch:
+            sql += " WHERE branch = ?"
+            args = (branch,)
+        return [tuple(r) for r in self.db.execute(sql + " ORDER BY n", args)]
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every table's rows, sorted: what two replicas compare to show they agree."""
+        with self.lock:
+            out: dict[str, list[tuple[Any, ...]]] = {}
+            for table in TABLES:
+                cols = "*" if table != "reflog" else "branch, old, new, actor, how, entry, lamport"
+                rows = self.db.execute(f"SELECT {cols} FROM {table}").fetchall()
+                out[table] = sorted(rows, key=repr)
+            return out

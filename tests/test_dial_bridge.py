@@ -1,0 +1,272 @@
+"""The dial bridge against a real Mosquitto, with a pseudo-terminal pair as the USB serial port.
+
+The test holds the pty's master side (the board's end); the bridge opens the slave by a stable
+path, a symlink like /dev/serial/by-id/... is for a real Pico. Unplugging is closing the master
+(the slave then reads EIO/EOF, as a vanished /dev/ttyACM0 does); replugging is a new pty pair with
+the symlink pointed at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gibsey.dialcore import frame as df
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from gibsey.node.dial_bridge import (
+    DialBridge,
+    DialConfig,
+    bridge_of,
+    discovery_messages,
+    frame_topic,
+    state_topic,
+)
+from tests.brokers import Mosquitto
+from tests.conftest import Collector, CollectorFactory
+from tests.events import topic
+
+
+class Pty:
+    """One end of a fake USB serial port: write frames to the master; the bridge reads the slave
+    through `link` (a symlink, like /dev/serial/by-id/...)."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link
+        self.master, slave = os.openpty()
+        tmp = link.with_suffix(".new")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.ttyname(slave))
+        os.replace(tmp, link)
+        os.close(slave)
+
+    def write(self, data: str | bytes) -> None:
+        os.write(self.master, data.encode() if isinstance(data, str) else data)
+
+    def unplug(self) -> None:
+        os.close(self.master)
+        self.link.unlink(missing_ok=True)
+
+
+async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
+    async def _wait() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(_wait(), timeout)
+
+
+@dataclass
+class Rig:
+    node: Node
+    bridge: DialBridge
+    broker: Mosquitto
+    port_link: Path
+
+    @property
+    def nid(self) -> str:
+        return self.node.node_id
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Rig]:
+    config = NodeConfig()
+    link = tmp_path / "ttyDIAL"
+    config.extra["dial"] = {"serial": str(link), "scan_interval": 0.02, "alert_interval": 0.0}
+    node = Node(tmp_path / "data", config)
+    bridge = bridge_of(node)
+    assert bridge is not None, "the dial bridge is not in node/parts.py"
+    await node.start(mosquitto.url)
+    assert node.spine is not None
+    await node.spine.wait_connected(timeout=10)
+    yield Rig(node, bridge, mosquitto, link)
+    await node.stop()
+
+
+async def say_hello_over_mqtt(rig: Rig, pico: Collector, dial_id: str, symbol: int) -> None:
+    """Until the bridge has it: its subscription is on the node's connection, confirmed by the
+    broker some time after the node connected (a boot hello again is harmless)."""
+    t = frame_topic(rig.nid, dial_id)
+
+    async def _hello() -> None:
+        while dial_id not in rig.bridge.dials:
+            await pico.publish(t, df.hello(0, dial_id, "fw", symbol, 0, True).strip())
+            for _ in range(20):
+                if dial_id in rig.bridge.dials:
+                    return
+                await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(_hello(), 10)
+
+
+async def subscribe(rig: Rig, factory: CollectorFactory, *kinds: str) -> Collector:
+    return await factory(rig.broker.port, *(topic(rig.nid, k) for k in kinds))
+
+
+def payloads(col: Collector, kind: str) -> list[dict[str, object]]:
+    return [e["payload"] for e in col.of_kind(kind)]
+
+
+async def test_frames_in_events_out(rig: Rig, collector_factory: CollectorFactory) -> None:
+    col = await subscribe(
+        rig, collector_factory, "glyph/rotated", "ritual/performed", "dial/pressed"
+    )
+    state = await collector_factory(rig.broker.port, state_topic(rig.nid, "dial7"))
+    pty = Pty(rig.port_link)
+    await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    pty.write(b"MicroPython v1.29.0; Raspberry Pi Pico with RP2040\r\n")  # noise on the port
+    pty.write(df.hello(0, "dial7", "gdial-1.0.0", 2, 0, True))
+    pty.write(df.rotate(1, 2, 1, 1) + df.rotate(2, 2, 2, 2))
+    pty.write(df.rotate(3, 2, 3, 3)[:10])  # split across writes, as USB packets split lines
+    pty.write(df.rotate(3, 2, 3, 3)[10:] + df.press(4, 2, 3, True))
+    await col.wait_for(lambda c: len(c.of_kind("ritual/performed")) >= 3)
+    await col.wait_for(lambda c: c.of_kind("dial/pressed"))
+    rotated = payloads(col, "glyph/rotated")
+    assert [(p["symbol"], p["rotation"], p["source"]) for p in rotated] == [
+        (2, 1, "dial7"),
+        (2, 2, "dial7"),
+        (2, 3, "dial7"),
+    ]
+    assert all(e["actor"] == "dial" for e in col.of_kind("glyph/rotated"))
+    assert {p["state"] for p in payloads(col, "ritual/performed")} == {9, 10, 11}
+    assert payloads(col, "dial/pressed") == [
+        {"symbol": 2, "rotation": 3, "press": "long", "source": "dial7"}
+    ]
+    await state.wait_for(lambda c: c.messages and json.loads(c.messages[-1][1])["state"] == 11)
+    doc = json.loads(state.messages[-1][1])
+    assert doc["glyph"] == "glyph-marrow" and doc["rotation_name"] == "dream"
+    assert doc["firmware"] == "gdial-1.0.0" and doc["transport"] == "serial"
+    s = rig.bridge.stats
+    assert (s.frames, s.rotations, s.presses, s.noise) == (5, 3, 1, 1)
+    assert s.lost == s.corrupt == s.truncated == s.stale == 0
+
+
+async def test_bad_frames_are_counted_dropped_and_reported(
+    rig: Rig, collector_factory: CollectorFactory
+) -> None:
+    col = await subscribe(rig, collector_factory, "glyph/rotated", "safety/alert")
+    pty = Pty(rig.port_link)
+    await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    good = df.rotate(1, 0, 1, 1)
+    corrupt = good.replace(",0,1,", ",0,2,")  # a flipped digit: the CRC no longer matches
+    truncated = df.rotate(2, 0, 2, 2)[:12] + "\n"
+    pty.write(df.hello(0, "d1", "fw", 0, 0, True) + good + corrupt + truncated)
+    pty.write(df.rotate(5, 0, 3, 3))  # seq 2..4 never arrived: 3 lost
+    pty.write(df.rotate(4, 0, 2, 2))  # out of order: counted and dropped
+    pty.write(df.rotate(6, 0, 0, 4))
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) >= 3)
+    await until(lambda: rig.bridge.stats.stale == 1)
+    rotations = [p["rotation"] for p in payloads(col, "glyph/rotated")]
+    assert rotations == [1, 3, 0]
+    s = rig.bridge.stats
+    assert (s.corrupt, s.truncated, s.lost, s.stale) == (1, 1, 3, 1)
+    want = {
+        "dial_frames_corrupt",
+        "dial_frames_truncated",
+        "dial_frames_lost",
+        "dial_frames_out_of_order",
+    }
+    await col.wait_for(lambda c: want <= {p["reason"] for p in payloads(c, "safety/alert")})
+    lost = next(p for p in payloads(col, "safety/alert") if p["reason"] == "dial_frames_lost")
+    assert "3 frame(s) lost" in str(lost["detail"])
+
+
+async def test_unplug_and_replug(rig: Rig, collector_factory: CollectorFactory) -> None:
+    col = await subscribe(rig, collector_factory, "glyph/rotated", "safety/alert")
+    pty = Pty(rig.port_link)
+    await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    pty.write(df.hello(0, "d1", "fw", 1, 0, True) + df.rotate(1, 1, 1, 1))
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 1)
+    sent = rig.bridge.stats.bytes_in
+    pty.write(df.rotate(2, 1, 2, 2)[:8])  # the cable is pulled mid-frame
+    await until(lambda: rig.bridge.stats.bytes_in == sent + 8)
+    pty.unplug()
+    await asyncio.wait_for(rig.bridge.serial_gone.wait(), 10)
+    assert rig.bridge.stats.serial_disconnects == 1
+    assert rig.bridge.stats.truncated == 1
+    # The board comes back (it rebooted: sequence from 0 again, not counted as a loss).
+    pty = Pty(rig.port_link)
+    await until(lambda: rig.bridge.stats.serial_opens == 2)
+    pty.write(df.hello(0, "d1", "fw", 1, 0, True) + df.rotate(1, 1, 3, 3))
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 2)
+    assert payloads(col, "glyph/rotated")[-1]["rotation"] == 3
+    assert rig.bridge.stats.lost == 0
+    reasons = {p["reason"] for p in payloads(col, "safety/alert")}
+    assert {"dial_connected", "dial_disconnected"} <= reasons
+    pty.unplug()
+
+
+async def test_frames_over_mqtt_like_a_pico_w(
+    rig: Rig, collector_factory: CollectorFactory
+) -> None:
+    col = await subscribe(rig, collector_factory, "glyph/rotated", "dial/pressed")
+    pico = await collector_factory(rig.broker.port)
+    await say_hello_over_mqtt(rig, pico, "wifi-dial", 4)
+    t = frame_topic(rig.nid, "wifi-dial")
+    await pico.publish(t, df.rotate(1, 4, 1, 1).strip())
+    await pico.publish(t, df.rotate(3, 4, 3, 3).strip())  # seq 2 lost on Wi-Fi
+    await pico.publish(t, df.press(4, 4, 3, False).strip())
+    await pico.publish(t, "garbage$GD,5,R*0000")
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 2 and c.of_kind("dial/pressed"))
+    assert [p["source"] for p in payloads(col, "glyph/rotated")] == ["wifi-dial", "wifi-dial"]
+    await until(lambda: rig.bridge.stats.truncated == 1)
+    assert rig.bridge.stats.lost == 1
+    assert rig.bridge.dials["wifi-dial"].transport == "mqtt"
+
+
+async def test_home_assistant_discovery(rig: Rig, collector_factory: CollectorFactory) -> None:
+    col = await collector_factory(rig.broker.port, f"homeassistant/+/{rig.nid}_dial_hall/+/config")
+    pico = await collector_factory(rig.broker.port)
+    await say_hello_over_mqtt(rig, pico, "hall", 0)
+    await col.wait_for(lambda c: len(c.messages) >= 4)
+    configs = {t.split("/")[1] + "/" + t.split("/")[3]: json.loads(p) for t, p in col.messages}
+    event = configs["event/turn"]
+    assert event["event_types"] == ["rotated", "pressed", "long_pressed"]
+    assert event["state_topic"] == f"gibsey/v1/{rig.nid}/dial/hall/event"
+    assert configs["sensor/position"]["state_topic"] == state_topic(rig.nid, "hall")
+    assert all(c["device"]["identifiers"] == [f"gibsey_{rig.nid}"] for c in configs.values())
+
+
+def test_alerts_are_coalesced_per_reason() -> None:
+    sent: list[str] = []
+
+    class FakeNode:
+        node_id = "n1"
+        spine = object()
+        config = NodeConfig()
+
+        def alert(self, alert: object) -> None:
+            sent.append(str(getattr(alert, "detail", "")))
+
+        def emit(self, *a: object, **k: object) -> None:
+            pass
+
+    bridge = DialBridge(FakeNode(), DialConfig(alert_interval=10.0))  # type: ignore[arg-type]
+    bridge.flush_alerts(now=0.0)
+    from gibsey.node.dial_bridge import Channel
+
+    ch = Channel("test", "serial", "d")
+    for _ in range(50):
+        bridge.feed_line(ch, "$GD,1,R,1,1,1*0000")
+    assert bridge.stats.corrupt == 50
+    assert len(sent) == 1
+    bridge.flush_alerts(now=1e12)
+    assert len(sent) == 2 and "49 frame(s) corrupt" in sent[1] and "(50 in all)" in sent[1]
+
+
+def test_config_and_discovery_shapes() -> None:
+    cfg = DialConfig.from_extra({"dial": {"serial": "/dev/ttyACM0", "scan_interval": "2"}})
+    assert cfg.serial == "/dev/ttyACM0" and cfg.scan_interval == 2.0 and cfg.mqtt
+    msgs = discovery_messages("n1", "d-1", "homeassistant")
+    assert [t for t, _ in msgs] == [
+        "homeassistant/event/n1_dial_d-1/turn/config",
+        "homeassistant/sensor/n1_dial_d-1/position/config",
+        "homeassistant/sensor/n1_dial_d-1/glyph/config",
+        "homeassistant/sensor/n1_dial_d-1/frames_lost/config",
+    ]

@@ -1,0 +1,153 @@
+"""`gibsey dial` in a pseudo-terminal, driven by key presses, against a node on a real Mosquitto:
+the keys become frames, the node's dial bridge turns them into events, the node answers."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gibsey.node.cli_dial import VirtualDial, parse_keys
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from gibsey.node.dial_bridge import bridge_of
+from tests.brokers import Mosquitto
+from tests.conftest import CollectorFactory
+from tests.events import topic
+
+
+class Terminal:
+    """A child process on a pty: what it drew so far, and keys to type."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        env = dict(os.environ, TERM="xterm-256color", COLUMNS="100", LINES="24")
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, env=env
+        )
+        os.close(slave)
+        self.screen = b""
+        self._changed = asyncio.Event()
+        asyncio.get_running_loop().add_reader(self.master, self._read)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.master)
+        self.screen += data
+        self._changed.set()
+
+    async def wait_for(self, text: bytes, timeout: float = 20.0) -> None:
+        async def _wait() -> None:
+            while text not in self.screen:
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{text!r} not on screen: {self.screen[-2000:]!r}") from None
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.master)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        os.close(self.master)
+
+
+@pytest.fixture
+async def node(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Node]:
+    config = NodeConfig()
+    config.extra["dial"] = {"serial": "off"}
+    node = Node(tmp_path / "data", config)
+    await node.start(mosquitto.url)
+    assert node.spine is not None
+    await node.spine.wait_connected(timeout=10)
+    yield node
+    await node.stop()
+
+
+async def test_keys_turn_the_node_through_the_bridge(
+    node: Node, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    nid = node.node_id
+    col = await collector_factory(
+        mosquitto.port,
+        topic(nid, "glyph/rotated"),
+        topic(nid, "dial/pressed"),
+        topic(nid, "ritual/performed"),
+    )
+    term = Terminal(
+        [
+            sys.executable,
+            "-m",
+            "gibsey",
+            "dial",
+            "--data",
+            str(node.data_dir),
+            "--broker",
+            mosquitto.url,
+            "--symbol",
+            "2",
+        ]
+    )
+    try:
+        await term.wait_for(b"connected")
+        await term.wait_for(b"glyph-marrow")
+        term.type(b"\x1b[C\x1b[C")  # two detents clockwise: Write, Remember
+        await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 2)
+        term.type(b"\x1b[D \x1b[A")  # back to Write, press, next symbol
+        await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 4)
+        await col.wait_for(lambda c: c.of_kind("dial/pressed"))
+        await col.wait_for(lambda c: len(c.of_kind("ritual/performed")) == 4)
+        rotated = [e["payload"] for e in col.of_kind("glyph/rotated")]
+        assert [(p["symbol"], p["rotation"]) for p in rotated] == [(2, 1), (2, 2), (2, 1), (3, 0)]
+        assert {p["source"] for p in rotated} == {"virtual"}
+        pressed = col.of_kind("dial/pressed")[0]["payload"]
+        assert (pressed["symbol"], pressed["rotation"], pressed["press"]) == (2, 1, "short")
+        await term.wait_for(b"phillip-bafflemint")  # the new glyph is drawn
+        await term.wait_for(b"ritual/performed state 12")  # and the node's answer
+        bridge = bridge_of(node)
+        assert bridge is not None
+        assert bridge.stats.lost == 0 and bridge.stats.hellos == 1
+        assert bridge.dials["virtual"].transport == "mqtt"
+        term.type(b"q")
+        assert await asyncio.to_thread(term.proc.wait, 10) == 0
+    finally:
+        term.close()
+
+
+def test_key_parsing() -> None:
+    assert parse_keys(b"\x1b[C\x1b[D \r q") == (
+        ["cw", "ccw", "press", "long", "press", "quit"],
+        b"",
+    )
+    assert parse_keys(b"\x1b[A\x1b[") == (["next"], b"\x1b[")
+    assert parse_keys(b"\x1bOB") == (["prev"], b"")
+
+
+def test_virtual_dial_frames_are_valid_firmware_frames() -> None:
+    from gibsey.dialcore import frame as df
+    from gibsey.dialcore.qdpi import QdpiDial
+
+    vd = VirtualDial("n1", "virtual", QdpiDial(0, [0, 1]))
+    lines = [*vd.next_frame("hello"), *vd.next_frame("cw"), *vd.next_frame("long")]
+    frames = [df.decode(line) for line in lines]
+    assert [(f.seq, f.kind) for f in frames] == [(0, "H"), (1, "R"), (2, "P"), (3, "R")]
+    assert (frames[-1].symbol, frames[-1].rotation) == (1, 0)

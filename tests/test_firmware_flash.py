@@ -1,0 +1,65 @@
+"""`gibsey firmware flash`: the files staged for the board and the mpremote session that copies
+them (a stand-in mpremote records what it was asked to do; no board is attached in CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FAKE_MPREMOTE = """#!/bin/sh
+# records its arguments and the files of its working directory, like a copy to the board
+echo "$@" > "$RECORD/argv"
+find . -type f | sort > "$RECORD/files"
+cp dial.json "$RECORD/dial.json"
+"""
+
+
+def run(*args: str, record: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = None
+    if record is not None:
+        import os
+
+        env = dict(os.environ, RECORD=str(record))
+    return subprocess.run(
+        [sys.executable, "-m", "gibsey", "firmware", "flash", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_flash_copies_package_main_and_config_then_resets(tmp_path: Path) -> None:
+    fake = tmp_path / "mpremote"
+    fake.write_text(FAKE_MPREMOTE)
+    fake.chmod(0o755)
+    proc = run(
+        "--port", "/dev/ttyACM7", "--mpremote", str(fake), "--dial-id", "hall", "--symbol", "5",
+        "--compile", record=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:2] == ["connect", "/dev/ttyACM7"]
+    assert " ".join(argv[2:]) == "fs cp -r gdial : + fs cp main.py dial.json : + reset"
+    files = (tmp_path / "files").read_text().split()
+    assert "./main.py" in files and "./dial.json" in files
+    assert "./gdial/quad.mpy" in files and "./gdial/frame.mpy" in files
+    cfg = json.loads((tmp_path / "dial.json").read_text())
+    assert cfg["dial_id"] == "hall" and cfg["symbol"] == 5 and cfg["steps_per_detent"] == 4
+
+
+def test_flash_refuses_a_bad_config_before_touching_the_board(tmp_path: Path) -> None:
+    proc = run("--port", "/dev/null", "--symbol", "99", "--dry-run")
+    assert proc.returncode == 2 and "symbol" in proc.stderr
+    proc = run("--port", "/dev/null", "--mqtt-host", "10.0.0.1", "--dry-run")
+    assert proc.returncode == 2 and "--node" in proc.stderr
+
+
+def test_dry_run_for_a_pico_w(tmp_path: Path) -> None:
+    proc = run("--dry-run", "--node", "n01", "--mqtt-host", "192.168.4.1", "--wifi-ssid", "gallery")
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(proc.stdout)
+    assert cfg["mqtt"] == {"host": "192.168.4.1", "port": 1883, "node": "n01", "keepalive": 30}
+    assert "MQTT 192.168.4.1" in proc.stderr
