@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # part not built yet on this checkout
+            if exc.name is not None and (
+                name == exc.name or name.startswith(exc.name + ".")
+            ):  # part not built yet on this checkout
                 continue
             raise
         module.register(sub, common)

@@ -87,7 +87,7 @@ class Node:
             try:
                 module = importlib.import_module(name)
             except ModuleNotFoundError as exc:
-                if exc.name == name:
+                if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
                     log.debug("part %s is not built on this checkout", name)
                     continue
                 raise

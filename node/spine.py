@@ -101,6 +101,7 @@ class Spine:
         self._unacked: set[asyncio.Future[None]] = set()
         self._inflight_limit = inflight
         self._extra: list[tuple[str, MessageHandler]] = []
+        self._extra_mids: set[int] = set()
         self._waiting: dict[int, Outgoing] = {}
         self._paho: mqtt.Client | None = None
         self._flush_scheduled = False
@@ -166,7 +167,9 @@ class Spine:
                 log.exception("subscription %s: callback failed on %s", topic_filter, message.topic)
 
         paho.message_callback_add(topic_filter, deliver)
-        paho.subscribe(topic_filter, qos=1)
+        _rc, mid = paho.subscribe(topic_filter, qos=1)
+        if mid is not None:
+            self._extra_mids.add(mid)
 
     # -- the fast path ---------------------------------------------------------------------------
     # aiomqtt costs, per QoS 1 publish, an asyncio.Event, a wait_for task, a thread-safe wake-up
@@ -197,8 +200,20 @@ class Spine:
             self.stats.received += 1
             self._on_message(message.topic, bytes(message.payload))
 
+        aiomqtt_on_subscribe = paho.on_subscribe
+
+        def on_subscribe(
+            c: mqtt.Client, userdata: object, mid: int, codes: object, props: object
+        ) -> None:
+            # Our own extra subscriptions are not aiomqtt's; it would log their acks as errors.
+            if mid in self._extra_mids:
+                self._extra_mids.discard(mid)
+            elif aiomqtt_on_subscribe is not None:
+                aiomqtt_on_subscribe(c, userdata, mid, codes, props)  # type: ignore[call-arg, arg-type]
+
         paho.on_publish = on_publish
         paho.on_message = on_message
+        paho.on_subscribe = on_subscribe
         return paho
 
     def _pump(self) -> None:
