@@ -19,6 +19,10 @@ SUITES: dict[str, tuple[str, str]] = {
     ),
     "vm": ("gibsey.bench.vm", "Zig VM instructions/s vs the Python reference; rotation cost"),
     "ledger": ("gibsey.bench.ledger", "ledger append/import rates vs bare PyNaCl sign/verify"),
+    "rebirth": (
+        "gibsey.bench.rebirth",
+        "start -> READY, and kill -9 -> READY under systemd (nspawn) vs trivial baselines",
+    ),
     "gateway": (
         "gibsey.bench.gateway",
         "HTTP gateway status/rotate req/s and p99 vs a bare FastAPI hello-world",

@@ -1,0 +1,42 @@
+#!/bin/bash -e
+# pi-gen sub-stage, run on the build host with ROOTFS_DIR set: put the node into the image.
+# files/ is filled by `gibsey image build` (gibsey-src.tar.gz, requirements.txt, the units with
+# @PREFIX@ already replaced by /opt/gibsey, the Mosquitto drop-in, the aarch64 VM library).
+PREFIX=/opt/gibsey
+
+install -d -m 755 "${ROOTFS_DIR}${PREFIX}/src" "${ROOTFS_DIR}/etc/gibsey" "${ROOTFS_DIR}/var/lib/gibsey"
+tar -xzf files/gibsey-src.tar.gz -C "${ROOTFS_DIR}${PREFIX}/src"
+install -D -m 755 files/libgibsey_vm.so "${ROOTFS_DIR}${PREFIX}/src/vm_zig/zig-out/lib/libgibsey_vm.so"
+install -m 644 files/requirements.txt "${ROOTFS_DIR}${PREFIX}/requirements.txt"
+for unit in files/*.service; do
+	install -m 644 "${unit}" "${ROOTFS_DIR}/etc/systemd/system/"
+done
+install -m 644 files/mosquitto-gibsey.conf "${ROOTFS_DIR}/etc/mosquitto/conf.d/gibsey.conf"
+install -m 644 files/gibsey.toml.example "${ROOTFS_DIR}/boot/firmware/gibsey.toml"
+
+# The data partition (made by gibsey-firstboot from the card's free space) holds the key, the
+# ledger and the stores; nofail: the very first boot has no such partition yet.
+if ! grep -q "LABEL=gibsey-data" "${ROOTFS_DIR}/etc/fstab"; then
+	echo "LABEL=gibsey-data /var/lib/gibsey ext4 defaults,noatime,commit=5,nofail,x-systemd.device-timeout=10s 0 2" >> "${ROOTFS_DIR}/etc/fstab"
+fi
+
+# Raspberry Pi OS grows the root partition over the whole card at first boot; a node keeps a
+# read-only root of the image's size and gives the rest of the card to the data partition.
+CMDLINE="${ROOTFS_DIR}/boot/firmware/cmdline.txt"
+if [ -f "${CMDLINE}" ]; then
+	sed -i 's| init=/usr/lib/raspberrypi-sys-mods/firstboot||' "${CMDLINE}"
+fi
+
+on_chroot << CHROOT
+set -e
+id -u gibsey >/dev/null 2>&1 || useradd --system --home-dir /var/lib/gibsey --no-create-home --shell /usr/sbin/nologin --groups dialout gibsey
+python3 -m venv ${PREFIX}/.venv
+${PREFIX}/.venv/bin/pip install --no-cache-dir --only-binary=:all: -r ${PREFIX}/requirements.txt
+echo ${PREFIX}/src > "\$(${PREFIX}/.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gibsey-src.pth"
+printf '#!${PREFIX}/.venv/bin/python\nimport sys\nfrom gibsey.cli import main\nsys.exit(main())\n' > ${PREFIX}/.venv/bin/gibsey
+chmod 755 ${PREFIX}/.venv/bin/gibsey
+${PREFIX}/.venv/bin/python -m compileall -q ${PREFIX}/src/node ${PREFIX}/src/ledger ${PREFIX}/src/mesh ${PREFIX}/src/gibsey || true
+chown gibsey:gibsey /var/lib/gibsey
+chmod 700 /var/lib/gibsey
+systemctl enable mosquitto.service gibsey-firstboot.service gibsey-node.service
+CHROOT

@@ -1,0 +1,302 @@
+"""`gibsey agent`: the personas, asking one over MQTT, swapping the model, facts, the tensor.
+
+`ask` and `reload-model` talk to the running node through its broker (the node's `broker`
+setting, else its embedded broker on 127.0.0.1:<embedded_port>; `--broker` overrides), with a
+reply topic of their own. `ask --local` runs the same pipeline in this process with no node.
+`facts`, `tensor` and `flags` read the node's SQLite (WAL: safe while the node runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gibsey.node.config import ConfigError, NodeConfig, load_config, resolve_data_dir
+
+REPLY_PREFIX = "gibsey/reply"
+
+
+class _CliError(Exception):
+    pass
+
+
+def _data(args: argparse.Namespace) -> Path:
+    return resolve_data_dir(getattr(args, "data", None))
+
+
+def _config(data_dir: Path) -> NodeConfig:
+    try:
+        return load_config(data_dir)
+    except ConfigError as exc:
+        raise _CliError(str(exc)) from exc
+
+
+def _broker(args: argparse.Namespace, cfg: NodeConfig) -> str:
+    return str(args.broker or cfg.broker or f"mqtt://127.0.0.1:{cfg.embedded_port}")
+
+
+def _node_id(data_dir: Path) -> str:
+    path = data_dir / "node_id"
+    if not path.exists():
+        raise _CliError(f"no node in {data_dir} (start one with `gibsey up`)")
+    return path.read_text().strip()
+
+
+def _db(data_dir: Path, cfg: NodeConfig) -> Any:
+    from gibsey.node.agents.config import AgentConfig
+    from gibsey.node.agents.db import Db
+
+    path = data_dir / "agents" / "agents.db"
+    if not path.exists():
+        raise _CliError(f"no agent data in {data_dir} yet (the node creates it when it starts)")
+    return Db(path, AgentConfig.from_mapping(cfg.extra.get("agent")).sqlite)
+
+
+# -- personas ---------------------------------------------------------------------------------
+def _personas(args: argparse.Namespace) -> int:
+    from gibsey.node.agents.personas import load_personas
+
+    for p in load_personas().ordered():
+        print(f"{p.name:20} {p.slug:20} {p.colour}  symbol {p.symbol:2}  {p.answers}")
+    return 0
+
+
+# -- ask / reload over MQTT ---------------------------------------------------------------------
+async def _request(
+    url: str, node_id: str, kind: str, payload: dict[str, Any], timeout: float, stream: bool
+) -> dict[str, Any]:
+    import aiomqtt
+
+    from gibsey.node.spine import parse_broker_url
+    from gibsey.node.topics import topic_for
+
+    host, port = parse_broker_url(url)
+    reply = f"{REPLY_PREFIX}/{uuid.uuid4().hex[:12]}"
+    corr = uuid.uuid4().hex[:12]
+    payload = {**payload, "reply_to": reply, "correlation": corr}
+    event = {
+        "id": uuid.uuid4().hex,
+        "node": node_id,
+        "kind": kind,
+        "lamport": 0,
+        "wall": time.time(),
+        "actor": "cli",
+        "payload": payload,
+    }
+    async with aiomqtt.Client(host, port) as client:
+        await client.subscribe(reply, qos=1)
+        await client.publish(topic_for(node_id, kind), json.dumps(event), qos=1)
+
+        async def wait() -> dict[str, Any]:
+            async for msg in client.messages:
+                raw = msg.payload if isinstance(msg.payload, bytes | bytearray) else b"{}"
+                doc = json.loads(raw)
+                body = doc.get("payload", {})
+                if body.get("correlation") != corr:
+                    continue
+                if doc.get("kind") == "agent/emit" and not body.get("final"):
+                    if stream:
+                        sys.stdout.write(body["text"])
+                        sys.stdout.flush()
+                    continue
+                return dict(body)
+            raise _CliError("the broker went away")
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise _CliError(f"no answer from node {node_id} at {url} in {timeout:g}s") from None
+
+
+def _ask(args: argparse.Namespace) -> int:
+    if args.local:
+        return asyncio.run(_ask_local(args))
+    data_dir = _data(args)
+    cfg = _config(data_dir)
+    body = {"persona": args.persona, "prompt": args.question, "max_tokens": args.max_tokens}
+    final = asyncio.run(
+        _request(
+            _broker(args, cfg),
+            _node_id(data_dir),
+            "agent/request",
+            body,
+            args.timeout,
+            stream=not args.quiet,
+        )
+    )
+    if args.quiet:
+        print(final["text"])
+    else:
+        print()
+    return 0
+
+
+async def _ask_local(args: argparse.Namespace) -> int:
+    from gibsey.node.agents.config import AgentConfig
+    from gibsey.node.agents.model import resolve_model
+    from gibsey.node.agents.personas import load_personas
+    from gibsey.node.agents.supervisor import Supervisor
+
+    cfg = AgentConfig.from_mapping(_config(_data(args)).extra.get("agent"))
+    persona = load_personas().get(args.persona)
+    if persona is None:
+        raise _CliError(f"no persona {args.persona!r} (see `gibsey agent personas`)")
+    sup = Supervisor(cfg, resolve_model(args.model or cfg.model))
+    pieces: list[str] = []
+
+    def on_token(text: str) -> bool:
+        pieces.append(text)
+        if not args.quiet:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return True
+
+    try:
+        stats = await sup.generate(
+            persona.prompt(args.question),
+            min(args.max_tokens, cfg.max_tokens),
+            persona.stop_sequences(),
+            on_token,
+        )
+    finally:
+        await sup.close()
+    print("".join(pieces).strip() if args.quiet else "")
+    if args.verbose:
+        print(f"[{stats.tokens} tokens, first after {stats.ttft:.2f}s, {stats.elapsed:.2f}s]")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    data_dir = _data(args)
+    cfg = _config(data_dir)
+    path = str(Path(args.path).expanduser().resolve()) if args.path else ""
+    result = asyncio.run(
+        _request(
+            _broker(args, cfg),
+            _node_id(data_dir),
+            "agent/reload",
+            {"path": path},
+            args.timeout,
+            stream=False,
+        )
+    )
+    if result.get("ok"):
+        print(f"serving {result['path']}")
+        return 0
+    print(
+        f"reload failed: {result.get('error')}; still serving {result.get('path')}", file=sys.stderr
+    )
+    return 1
+
+
+# -- stores -----------------------------------------------------------------------------------
+def _facts(args: argparse.Namespace) -> int:
+    from gibsey.node.agents.graph import FactStore
+
+    data_dir = _data(args)
+    store = FactStore(_db(data_dir, _config(data_dir)))
+    if args.add:
+        s, r, o = args.add
+        store.add(s, r, o, "cli", "cli")
+        return 0
+    rows = store.query(args.subject, args.relation, args.object, args.limit)
+    if args.json:
+        print(json.dumps([f.__dict__ for f in rows], indent=2))
+        return 0
+    for f in rows:
+        print(f"{f.subject}\t{f.relation}\t{f.object}\t[{f.provenance}, seen {f.seen}]")
+    return 0
+
+
+def _tensor(args: argparse.Namespace) -> int:
+    from gibsey.node.agents.config import AgentConfig
+    from gibsey.node.agents.tensor import AgencyTensor
+
+    data_dir = _data(args)
+    cfg = _config(data_dir)
+    half_life = AgentConfig.from_mapping(cfg.extra.get("agent")).tensor_half_life
+    tensor = AgencyTensor(_db(data_dir, cfg), half_life)
+    if args.json:
+        print(json.dumps(tensor.snapshot(), indent=2))
+        return 0
+    names = ("read", "write", "remember", "dream")
+    for c in tensor.cells()[: args.limit]:
+        print(f"{c.actor:16} symbol {c.symbol:2} {names[c.rotation]:8} {c.weight:8.3f}")
+    return 0
+
+
+def _flags(args: argparse.Namespace) -> int:
+    from gibsey.node.agents.safety import FlagStore
+
+    data_dir = _data(args)
+    for f in FlagStore(_db(data_dir, _config(data_dir))).all():
+        print(f"#{f['id']} {f['persona']} {f['label']} verdict={f['verdict']}: {f['answer'][:80]}")
+    return 0
+
+
+def _guard(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))
+        except _CliError as exc:
+            print(f"gibsey agent: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "agent",
+        parents=[common],
+        help="the personas: list, ask, swap the model, facts, the Agency Tensor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s = p.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
+    s.add_parser("personas", parents=[common], help="list the personas, name first").set_defaults(
+        func=_guard(_personas)
+    )
+
+    a = s.add_parser("ask", parents=[common], help="ask a persona; the answer streams back")
+    a.add_argument("persona", help="slug, e.g. london-fox")
+    a.add_argument("question")
+    a.add_argument("--broker", help="mqtt://host:port (default: the node's)")
+    a.add_argument("--max-tokens", type=int, default=64)
+    a.add_argument("--timeout", type=float, default=120.0)
+    a.add_argument("--quiet", action="store_true", help="print only the final answer")
+    a.add_argument("--local", action="store_true", help="run the model here, no node needed")
+    a.add_argument("--model", help="GGUF for --local (default: the configured one)")
+    a.add_argument("--verbose", action="store_true", help="with --local: print timings")
+    a.set_defaults(func=_guard(_ask))
+
+    r = s.add_parser("reload-model", parents=[common], help="swap the node's model (hot)")
+    r.add_argument("path", nargs="?", default="", help="GGUF file (default: the default model)")
+    r.add_argument("--broker", help="mqtt://host:port (default: the node's)")
+    r.add_argument("--timeout", type=float, default=180.0)
+    r.set_defaults(func=_guard(_reload))
+
+    f = s.add_parser("facts", parents=[common], help="query the knowledge graph")
+    f.add_argument("--subject")
+    f.add_argument("--relation")
+    f.add_argument("--object")
+    f.add_argument("--limit", type=int, default=100)
+    f.add_argument("--json", action="store_true")
+    f.add_argument("--add", nargs=3, metavar=("SUBJECT", "RELATION", "OBJECT"))
+    f.set_defaults(func=_guard(_facts))
+
+    t = s.add_parser("tensor", parents=[common], help="the Agency Tensor (decayed counts)")
+    t.add_argument("--limit", type=int, default=50)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_guard(_tensor))
+
+    s.add_parser("flags", parents=[common], help="answers the safety filter flagged").set_defaults(
+        func=_guard(_flags)
+    )
+    p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -1,0 +1,80 @@
+"""The `[agent]` section of gibsey.toml (all keys optional).
+
+[agent]
+model = "/opt/models/qwen2.5-0.5b-q4_k_m.gguf"  # any GGUF; default: the registry's Gemma 3 270M
+threads = 2              # llama.cpp threads
+n_ctx = 1024             # context window of the worker
+max_tokens = 96          # cap on one answer (a request may ask for less)
+temperature = 0.7
+first_token_timeout = 60 # s: a worker that produces nothing for this long is wedged
+token_timeout = 15       # s: ... and between two tokens
+ping_interval = 5        # s: idle liveness check of the worker
+memory = true            # short-term memory (embeddings + sqlite-vec)
+memories_in_prompt = 3
+tensor_half_life = 3600  # s of node running time
+requests_per_minute = 20 # per actor; more are throttled
+temp_limit_c = 80        # CPU temperature of the degraded modes (short, then canned at +5)
+mem_available_min = 0.10 # fraction of memory available below which agents degrade
+sqlite = "auto"          # "auto", "stdlib" or "apsw": how sqlite-vec is loaded
+blocked = ["word", ...]  # extra terms for the output filter
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class AgentConfig:
+    model: str = ""
+    threads: int = 2
+    preload: bool = False
+    n_ctx: int = 1024
+    max_tokens: int = 96
+    temperature: float = 0.7
+    seed: int = 7
+    first_token_timeout: float = 60.0
+    token_timeout: float = 15.0
+    load_timeout: float = 120.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 5.0
+    memory: bool = True
+    memories_in_prompt: int = 3
+    memory_max_distance: float = 0.8
+    tensor_half_life: float = 3600.0
+    tensor_publish_interval: float = 2.0
+    requests_per_minute: float = 20.0
+    requests_burst: float = 5.0
+    rotations_per_second: float = 10.0
+    temp_limit_c: float = 80.0
+    temp_canned_c: float = 85.0
+    mem_available_min: float = 0.10
+    mem_available_canned: float = 0.05
+    pressure_interval: float = 5.0
+    idle_review_after: float = 30.0
+    sqlite: str = "auto"
+    thermal_glob: str = "/sys/class/thermal/thermal_zone*/temp"
+    meminfo: str = "/proc/meminfo"
+    blocked: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any] | None) -> AgentConfig:
+        cfg = cls()
+        known = {f.name: f for f in fields(cls)}
+        for key, value in (raw or {}).items():
+            if key not in known:
+                raise ValueError(f"[agent] has no key {key!r} (known: {', '.join(sorted(known))})")
+            current = getattr(cfg, key)
+            if isinstance(current, bool):
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
+            elif isinstance(current, int):
+                value = int(value)
+            elif isinstance(current, float):
+                value = float(value)
+            elif isinstance(current, list):
+                value = [str(v) for v in value]
+            else:
+                value = str(value)
+            setattr(cfg, key, value)
+        return cfg

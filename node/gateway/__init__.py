@@ -1,0 +1,1 @@
+"""The node's HTTP gateway, live dashboard and metrics (issue 8)."""

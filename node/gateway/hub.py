@@ -1,0 +1,162 @@
+"""The gateway's view of the spine: every event the router accepts, fanned out to live clients.
+
+The hub registers one router handler for every event kind (all nodes, not only this one), keeps
+the last glyph state of this node, a short ring of recent events for a page that just opened, and
+hands each event to the subscribers (server-sent event streams, persona answers waiting on a
+correlation id). Each subscriber has its own bounded queue: a slow browser loses its oldest
+events (counted), never the node's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gibsey.node.envelope import PAYLOADS, Event, Payload
+
+if TYPE_CHECKING:
+    from gibsey.node.daemon import Node
+
+log = logging.getLogger("gibsey.gateway.hub")
+
+RECENT = 200
+SUBSCRIBER_QUEUE = 512
+HUB_QUEUE = 8192
+
+
+@dataclass(eq=False)
+class Subscriber:
+    kinds: frozenset[str] | None
+    predicate: Callable[[Event], bool] | None = None
+    queue: asyncio.Queue[Event | None] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE)
+    )
+    dropped: int = 0
+
+    def wants(self, event: Event) -> bool:
+        if self.kinds is not None and event.kind not in self.kinds:
+            return False
+        return self.predicate is None or self.predicate(event)
+
+    def offer(self, event: Event | None) -> None:
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+
+@dataclass
+class GlyphState:
+    symbol: int | None = None
+    rotation: int | None = None
+    source: str = ""
+    actor: str = ""
+    event: str = ""
+    lamport: int = 0
+    ritual: dict[str, Any] | None = None
+    turns: int = 0
+
+
+class Hub:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
+        self.glyph = GlyphState()
+        self.subscribers: set[Subscriber] = set()
+        self.agent_tokens: collections.Counter[str] = collections.Counter()
+        self.agent_answers: collections.Counter[str] = collections.Counter()
+        self.seen = 0
+        self.closed = False
+        self._last_token_t = 0.0
+        self._token_window: collections.deque[float] = collections.deque(maxlen=4096)
+
+    def attach(self) -> None:
+        self.node.router.register(
+            "gateway", list(PAYLOADS), self.on_event, local_only=False, queue_size=HUB_QUEUE
+        )
+
+    async def on_event(self, event: Event, payload: Payload) -> None:
+        self.publish(event)
+
+    def publish(self, event: Event) -> None:
+        self.seen += 1
+        self.recent.append(event)
+        if event.node == self.node.node_id:
+            if event.kind == "glyph/rotated":
+                p = event.payload
+                g = self.glyph
+                g.symbol, g.rotation = p.get("symbol"), p.get("rotation")
+                g.source, g.actor, g.event = str(p.get("source", "")), event.actor, event.id
+                g.lamport, g.ritual = event.lamport, None
+                g.turns += 1
+            elif (
+                event.kind == "ritual/performed" and event.payload.get("cause") == self.glyph.event
+            ):
+                self.glyph.ritual = dict(event.payload)
+            elif event.kind == "agent/emit":
+                persona = str(event.payload.get("persona", ""))
+                if event.payload.get("final"):
+                    self.agent_answers[persona] += 1
+                elif event.payload.get("text"):
+                    self.agent_tokens[persona] += 1
+                    self._token_window.append(time.monotonic())
+        for sub in list(self.subscribers):
+            if sub.wants(event):
+                sub.offer(event)
+
+    def tokens_per_s(self, window: float = 10.0) -> float:
+        """Agent tokens streamed on this node over the last `window` seconds."""
+        now = time.monotonic()
+        recent = sum(1 for t in self._token_window if now - t <= window)
+        return recent / window
+
+    def subscribe(
+        self,
+        kinds: frozenset[str] | None = None,
+        predicate: Callable[[Event], bool] | None = None,
+    ) -> Subscriber:
+        sub = Subscriber(kinds, predicate)
+        if self.closed:
+            sub.offer(None)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def close(self) -> None:
+        """End every live stream (the node is stopping)."""
+        self.closed = True
+        for sub in list(self.subscribers):
+            sub.offer(None)
+
+    def glyph_view(self) -> dict[str, Any]:
+        from gibsey.node.symbols import ROTATIONS, SYMBOLS
+
+        g = self.glyph
+        out: dict[str, Any] = {
+            "symbol": g.symbol,
+            "rotation": g.rotation,
+            "source": g.source,
+            "actor": g.actor,
+            "event": g.event,
+            "lamport": g.lamport,
+            "turns": g.turns,
+            "ritual": g.ritual,
+        }
+        if g.symbol is not None and g.rotation is not None:
+            sym = SYMBOLS[int(g.symbol)]
+            out |= {
+                "slug": sym.slug,
+                "colour": sym.colour,
+                "rotation_name": ROTATIONS[int(g.rotation)],
+                "state": int(g.symbol) * 4 + int(g.rotation),
+            }
+        return out

@@ -1,0 +1,264 @@
+"""Prometheus metrics of the node at /metrics, read from the parts' own counters at scrape time.
+
+Nothing here is on the event path: a custom collector reads the router's, the runtime's, the
+ledger's and the mesh's statistics when Prometheus scrapes, so a node that is never scraped pays
+nothing. Each node has its own registry (tests run several nodes in one process). The Grafana
+dashboard "Agency Tensor" (grafana/agency-tensor.json beside this file) reads these names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gibsey.node.identity import write_atomic
+
+if TYPE_CHECKING:
+    from gibsey.node.daemon import Node
+    from gibsey.node.gateway.hub import Hub
+
+log = logging.getLogger("gibsey.gateway.metrics")
+
+STARTS_FILE = "starts"
+
+
+def count_start(data_dir: Path) -> int:
+    """Count this start of the node in its data directory; returns how many starts so far."""
+    path = data_dir / STARTS_FILE
+    try:
+        starts = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        starts = 0
+    starts += 1
+    try:
+        write_atomic(path, f"{starts}\n".encode())
+    except OSError:
+        log.warning("could not record the start count in %s", path)
+    return starts
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily | None:
+    return None if value is None else GaugeMetricFamily(name, doc, value=value)
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Node, hub: Hub, starts: int) -> None:
+        self.node = node
+        self.hub = hub
+        self.starts = starts
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        stats = node.router.stats
+        events = CounterMetricFamily(
+            "gibsey_events", "Events accepted by the router, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(stats.by_kind.items()):
+            events.add_metric([kind], n)
+        yield events
+        rejected = CounterMetricFamily(
+            "gibsey_rejected", "Inputs rejected at the boundary, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(stats.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily(
+            "gibsey_duplicates",
+            "Events dropped as duplicates (QoS 1 resends)",
+            value=stats.duplicates,
+        )
+        yield CounterMetricFamily(
+            "gibsey_alerts_suppressed",
+            "safety/alerts not sent because of the alert rate limit",
+            value=stats.alerts_suppressed,
+        )
+        yield GaugeMetricFamily(
+            "gibsey_router_queue_depth",
+            "Events waiting in the router's handler queues",
+            value=node.router.queue_depth(),
+        )
+        handled = CounterMetricFamily(
+            "gibsey_handler_events", "Events handled per router handler", labels=["handler"]
+        )
+        dropped = CounterMetricFamily(
+            "gibsey_handler_dropped", "Events dropped by a full handler queue", labels=["handler"]
+        )
+        failed = CounterMetricFamily(
+            "gibsey_handler_failed", "Handler calls that raised", labels=["handler"]
+        )
+        for reg in node.router.registrations:
+            handled.add_metric([reg.name], reg.handled)
+            dropped.add_metric([reg.name], reg.dropped)
+            failed.add_metric([reg.name], reg.failed)
+        yield handled
+        yield dropped
+        yield failed
+        spine = node.spine
+        yield GaugeMetricFamily(
+            "gibsey_spine_connected",
+            "1 while the node is connected to its MQTT broker",
+            value=1 if spine is not None and spine.connected else 0,
+        )
+        yield GaugeMetricFamily(
+            "gibsey_events_per_second", "Events accepted per second", value=node.events_per_s
+        )
+        yield GaugeMetricFamily("gibsey_uptime_seconds", "Seconds since start", value=node.uptime)
+        yield CounterMetricFamily(
+            "gibsey_node_starts", "Starts of the node in this data directory", value=self.starts
+        )
+        yield CounterMetricFamily(
+            "gibsey_restarts",
+            "Restarts of the node in this data directory (starts after the first)",
+            value=max(0, self.starts - 1),
+        )
+        yield from self._runtime()
+        yield from self._agents()
+        yield from self._ledger()
+        yield from self._mesh()
+        yield GaugeMetricFamily(
+            "gibsey_gateway_streams", "Live event streams open", value=len(self.hub.subscribers)
+        )
+
+    def _runtime(self) -> Iterator[Metric]:
+        runtime = self.node.runtime
+        if runtime is None:
+            return
+        yield CounterMetricFamily("gibsey_vm_runs", "VM program runs (rituals)", value=runtime.runs)
+        yield CounterMetricFamily(
+            "gibsey_vm_errors", "VM program runs that failed", value=runtime.failures
+        )
+        yield GaugeMetricFamily(
+            "gibsey_vm_bindings", "States bound in the opcode table", value=len(runtime.bindings)
+        )
+        yield GaugeMetricFamily(
+            "gibsey_ledger_effects_queue",
+            "Ritual mints/gifts waiting for the ledger",
+            value=runtime.ledger_queue.qsize(),
+        )
+
+    def _agents(self) -> Iterator[Metric]:
+        hub = self.hub
+        tokens = CounterMetricFamily(
+            "gibsey_agent_tokens", "Tokens streamed by personas (agent/emit)", labels=["persona"]
+        )
+        for persona, n in sorted(hub.agent_tokens.items()):
+            tokens.add_metric([persona], n)
+        yield tokens
+        answers = CounterMetricFamily(
+            "gibsey_agent_answers", "Finished persona answers", labels=["persona"]
+        )
+        for persona, n in sorted(hub.agent_answers.items()):
+            answers.add_metric([persona], n)
+        yield answers
+        yield GaugeMetricFamily(
+            "gibsey_agent_tokens_per_second",
+            "Tokens per second streamed by personas, over the last 10 s",
+            value=hub.tokens_per_s(),
+        )
+        agents: Any = getattr(self.node, "agents", None)
+        if agents is None:
+            try:
+                from gibsey.node.agents.part import service_of
+
+                agents = service_of(self.node)
+            except ImportError:
+                agents = None
+        supervisor = getattr(agents, "supervisor", None)
+        restarts = getattr(supervisor, "restarts", None)
+        if isinstance(restarts, int):
+            yield CounterMetricFamily(
+                "gibsey_agent_worker_restarts", "Model worker restarts", value=restarts
+            )
+
+    def _ledger(self) -> Iterator[Metric]:
+        ledger = self.node.ledger
+        if ledger is None:
+            return
+        store = ledger.store
+        yield GaugeMetricFamily(
+            "gibsey_ledger_entries", "Ledger entries held (all feeds)", value=store.count()
+        )
+        yield GaugeMetricFamily(
+            "gibsey_ledger_feeds", "Ledger feeds held", value=len(store.heads())
+        )
+        yield GaugeMetricFamily(
+            "gibsey_ledger_forks",
+            "Authors quarantined by fork proofs",
+            value=len(store.quarantine()),
+        )
+
+    def _mesh(self) -> Iterator[Metric]:
+        mesh: Any = getattr(self.node, "mesh", None)
+        if mesh is None or not hasattr(mesh, "status"):
+            return
+        try:
+            status: dict[str, Any] = mesh.status()
+        except Exception:  # a part's status must never break a scrape
+            log.debug("mesh status failed", exc_info=True)
+            return
+        peers = status.get("peers", [])
+        by_state = GaugeMetricFamily("gibsey_mesh_peers", "Mesh peers by state", labels=["state"])
+        counts: dict[str, int] = {}
+        for p in peers:
+            counts[str(p.get("state"))] = counts.get(str(p.get("state")), 0) + 1
+        for state in ("new", "up", "down", "banned"):
+            by_state.add_metric([state], counts.pop(state, 0))
+        for state, n in counts.items():
+            by_state.add_metric([state], n)
+        yield by_state
+        lag = GaugeMetricFamily(
+            "gibsey_mesh_lag_entries",
+            "Entries one side holds that the other lacks",
+            labels=["peer", "direction"],
+        )
+        seen = GaugeMetricFamily(
+            "gibsey_mesh_peer_last_seen_seconds", "Seconds since a peer was heard", labels=["peer"]
+        )
+        for p in peers:
+            key = str(p.get("key", ""))[:16]
+            for direction, field in (("they_lack", "they_lack"), ("we_lack", "we_lack")):
+                value = p.get(field)
+                if isinstance(value, int | float):
+                    lag.add_metric([key, direction], value)
+            ago = p.get("last_seen_ago")
+            if isinstance(ago, int | float):
+                seen.add_metric([key], ago)
+        yield lag
+        yield seen
+        mstats = status.get("stats", {})
+        for name in ("entries_in", "rejected", "forks", "bytes_in", "bytes_out"):
+            value = mstats.get(name)
+            if isinstance(value, int | float):
+                yield CounterMetricFamily(f"gibsey_mesh_{name}", f"Mesh {name}", value=value)
+
+
+class Metrics:
+    """The node's registry: the collector above plus the gateway's own HTTP metrics."""
+
+    def __init__(self, node: Node, hub: Hub, starts: int) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(node, hub, starts))
+        self.requests = Counter(
+            "gibsey_http_requests",
+            "HTTP requests served by the gateway",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gibsey_http_request_seconds",
+            "HTTP request latency (to the response head; streams excluded)",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.started = time.monotonic()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,138 @@
+"""The gateway as a part of the daemon: uvicorn serving the FastAPI app inside the node's loop.
+
+`attach(node)` runs when gibsey.toml has `[gateway] listen = ...` (which `gibsey up --http`
+sets; default 0.0.0.0:8080). The server is a node service (`node.add_service`), in the same
+asyncio loop as the spine and the router: no thread. The bound address (port 0 picks one) is
+written to `<data>/gateway.json` and logged, so scripts and tests can find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from gibsey.node.envelope import SafetyAlert
+from gibsey.node.gateway.app import GatewayApp
+from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
+from gibsey.node.gateway.hub import Hub
+from gibsey.node.gateway.logs import use_json_logs
+from gibsey.node.gateway.metrics import Metrics, count_start
+from gibsey.node.identity import write_atomic
+
+if TYPE_CHECKING:
+    from gibsey.node.daemon import Node
+
+log = logging.getLogger("gibsey.gateway")
+
+SHUTDOWN_TIMEOUT = 3
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: `gibsey up` owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Gateway:
+    def __init__(self, node: Node, config: GatewayConfig) -> None:
+        self.node = node
+        self.config = config
+        self.hub = Hub(node)
+        self.metrics = Metrics(node, self.hub, count_start(node.data_dir))
+        self.web = GatewayApp(node, self.hub, self.metrics, config.token)
+        self.app = self.web.app
+        self.url = ""
+        self.port = 0
+        self.ready = asyncio.Event()
+
+    def bind(self) -> socket.socket:
+        host, port = self.config.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(256)
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        self.url = f"http://{shown}:{self.port}"
+        return sock
+
+    async def serve(self) -> None:
+        try:
+            sock = self.bind()
+        except OSError as exc:
+            # Port taken (another node on this machine?): the node runs on without its gateway,
+            # and says so once; set GIBSEY_HTTP / [gateway] listen to move it.
+            detail = f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
+            log.error("gateway: %s; the node runs without its HTTP gateway", detail)
+            self.node.alert(SafetyAlert(reason="gateway_unavailable", detail=detail))
+            return
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
+            ws="none",
+            server_header=False,
+        )
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
+        while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event
+            await asyncio.sleep(0.01)
+        if task.done():
+            await task  # raises what stopped it
+            return
+        self._announce()
+        self.ready.set()
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.hub.close()  # ends the live streams, so connections can close
+            server.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, SHUTDOWN_TIMEOUT + 1)
+            raise
+        finally:
+            sock.close()
+
+    def _announce(self) -> None:
+        host, _ = self.config.address
+        info = {"url": self.url, "host": host, "port": self.port, "node": self.node.node_id}
+        try:
+            write_atomic(self.node.data_dir / PORT_FILE, json.dumps(info).encode())
+        except OSError:
+            log.warning("could not write %s", self.node.data_dir / PORT_FILE)
+        log.info(
+            "gateway listening on %s:%d (dashboard %s/, metrics %s/metrics)%s",
+            host,
+            self.port,
+            self.url,
+            self.url,
+            "" if self.config.token else "; read-only: no [gateway] token configured",
+        )
+
+
+def attach(node: Node) -> Gateway | None:
+    config = GatewayConfig.from_extra(node.config.extra)
+    if config.log_format == "json":
+        use_json_logs()
+    if not config.enabled:
+        log.debug("gateway: no [gateway] listen address; not running")
+        return None
+    gateway = Gateway(node, config)
+    gateway.hub.attach()
+    node.gateway = gateway  # type: ignore[attr-defined]
+    node.add_service("gateway", gateway.serve)
+    return gateway

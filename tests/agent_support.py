@@ -1,0 +1,93 @@
+"""Shared helpers for the agent tests: a node with agents on a real Mosquitto, and asking."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from gibsey.node.agents.part import service_of
+from gibsey.node.agents.service import AgentService
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from tests.brokers import Mosquitto
+from tests.conftest import Collector, CollectorFactory
+from tests.events import raw_event, topic
+
+FAST_WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0, "max_tokens": 24}
+
+
+@asynccontextmanager
+async def agent_node(tmp_path: Path, **agent: Any) -> AsyncIterator[tuple[Node, Mosquitto]]:
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    config = NodeConfig()
+    config.extra["agent"] = {**FAST_WATCHDOG, **agent}
+    node = Node(tmp_path / "data", config)
+    await node.start(broker.url)
+    try:
+        assert node.spine is not None
+        await node.spine.wait_connected(timeout=10)
+        yield node, broker
+    finally:
+        await node.stop()
+        broker.stop()
+
+
+def agents(node: Node) -> AgentService:
+    service = service_of(node)
+    assert service is not None, "the agents part is not attached"
+    return service
+
+
+def finals(col: Collector, corr: str) -> list[dict[str, Any]]:
+    return [
+        m["payload"]
+        for m in (json.loads(p) for _t, p in col.messages)
+        if m.get("kind") == "agent/emit"
+        and m["payload"]["correlation"] == corr
+        and m["payload"]["final"]
+    ]
+
+
+def tokens(col: Collector, corr: str) -> list[dict[str, Any]]:
+    return [
+        m["payload"]
+        for m in (json.loads(p) for _t, p in col.messages)
+        if m.get("kind") == "agent/emit"
+        and m["payload"]["correlation"] == corr
+        and not m["payload"]["final"]
+    ]
+
+
+async def ask(
+    collector_factory: CollectorFactory,
+    node: Node,
+    port: int,
+    persona: str,
+    prompt: str,
+    timeout: float = 60.0,
+    max_tokens: int = 16,
+    actor: str = "visitor",
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """Ask over MQTT with a reply topic; (final payload, token payloads, seconds)."""
+    reply = f"gibsey/reply/{uuid.uuid4().hex[:8]}"
+    col = await collector_factory(port, reply)
+    corr = uuid.uuid4().hex[:12]
+    payload = {
+        "persona": persona,
+        "prompt": prompt,
+        "reply_to": reply,
+        "correlation": corr,
+        "max_tokens": max_tokens,
+    }
+    start = time.monotonic()
+    await col.publish(
+        topic(node.node_id, "agent/request"),
+        raw_event(node.node_id, "agent/request", payload, actor=actor),
+    )
+    done = await col.wait_for(lambda c: finals(c, corr), timeout=timeout)
+    return done[0], tokens(col, corr), time.monotonic() - start

@@ -1,0 +1,50 @@
+"""A node with its HTTP gateway on a free loopback port, against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gibsey.node.config import NodeConfig
+from gibsey.node.daemon import Node
+from gibsey.node.gateway.part import Gateway
+from tests.brokers import Mosquitto
+
+TOKEN = "test-write-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class GatewayNode:
+    node: Node
+    gateway: Gateway
+    broker: Mosquitto
+    http: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+
+@pytest.fixture
+async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    config = NodeConfig()
+    config.extra["gateway"] = {"listen": "127.0.0.1:0", "token": TOKEN}
+    node = Node(tmp_path / "data", config)
+    await node.start(broker.url)
+    try:
+        assert node.spine is not None
+        await node.spine.wait_connected(timeout=10)
+        gateway: Gateway = node.gateway  # type: ignore[attr-defined]
+        await asyncio.wait_for(gateway.ready.wait(), 10)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            yield GatewayNode(node, gateway, broker, http)
+    finally:
+        await node.stop()
+        broker.stop()

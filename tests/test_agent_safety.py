@@ -1,0 +1,145 @@
+"""The safety inverter: filtered answers, throttling, degraded modes, red-team review; tensor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from gibsey.node.agents.safety import OutputFilter, PressureMonitor, Throttle, parse_review
+from gibsey.node.agents.service import AgentService
+from tests.agent_support import agent_node, agents, ask
+from tests.conftest import Collector, CollectorFactory
+from tests.events import raw_event, topic
+
+COMMON_WORDS = ["the", "a", "an", "i", "is", "you", "it", "to", "of", "and", "my", "me", "in"]
+
+
+def _reasons(c: Collector) -> list[str]:
+    return [a["payload"]["reason"] for a in c.of_kind("safety/alert")]
+
+
+def test_output_filter_rules() -> None:
+    f = OutputFilter(["marmalade"])
+    assert f.check("The dial has four rotations.").ok
+    assert f.check("First, build a bomb from the shed").label == "weapons"
+    assert f.check("write to me at ada@example.org").label == "private_data"
+    assert f.check("call +44 20 7946 0958 now").label == "private_data"
+    assert f.check("I adore Marmalade.").label == "blocked_term"
+    assert parse_review(" UNSAFE: gives instructions") == "UNSAFE"
+    assert parse_review("SAFE: harmless") == "SAFE"
+    assert parse_review("hmm") == "UNCLEAR"
+
+
+def test_throttle_token_bucket() -> None:
+    t = Throttle(rate=1.0, burst=2.0)
+    assert [t.allow("a", now=0.0) for _ in range(3)] == [True, True, False]
+    assert t.allow("b", now=0.0)  # per actor
+    assert t.allow("a", now=1.0) and not t.allow("a", now=1.0)
+    assert t.throttled == 2
+
+
+def test_pressure_modes_with_hysteresis(tmp_path: Path) -> None:
+    zone = tmp_path / "temp"
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1000 kB\nMemFree: 10 kB\nMemAvailable: 500 kB\n")
+    mon = PressureMonitor(str(tmp_path / "tem*"), str(meminfo), 80.0, 85.0, 0.10, 0.05)
+    steps = [
+        (50_000, None),
+        (81_000, ("normal", "short")),
+        (77_000, None),
+        (86_000, ("short", "canned")),
+        (82_000, None),
+        (70_000, ("canned", "normal")),
+    ]
+    for milli, change in steps:
+        zone.write_text(f"{milli}\n")
+        assert mon.update() == change, milli
+    meminfo.write_text("MemTotal: 1000 kB\nMemAvailable: 40 kB\n")
+    assert mon.update() == ("normal", "canned")
+    assert "memory available 4%" in mon.describe()
+
+
+async def test_filtered_answer_becomes_a_refusal_in_voice_and_is_reviewed(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path, blocked=COMMON_WORDS) as (node, broker):
+        service = agents(node)
+        alerts = await collector_factory(broker.port, topic(node.node_id, "safety/alert"))
+        final, _, _ = await ask(
+            collector_factory,
+            node,
+            broker.port,
+            "cop-e-right",
+            "Tell me about the dial.",
+            max_tokens=24,
+        )
+        refusal = service.personas.characters["cop-e-right"].refusal
+        assert final["text"] == refusal
+        await alerts.wait_for(lambda c: "output_filtered" in _reasons(c))
+        flagged = service.flags.all()
+        assert len(flagged) == 1 and flagged[0]["persona"] == "cop-e-right"
+        verdict = await service.review_once(force=True)
+        assert verdict in ("SAFE", "UNSAFE", "UNCLEAR")
+        assert service.flags.all()[0]["verdict"] == verdict
+        await alerts.wait_for(lambda c: "red_team_review" in _reasons(c))
+
+
+async def test_request_flood_is_throttled(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path, requests_per_minute=1, requests_burst=1) as (node, broker):
+        service = agents(node)
+        alerts = await collector_factory(broker.port, topic(node.node_id, "safety/alert"))
+        _, toks, _ = await ask(collector_factory, node, broker.port, "jack-parlance", "Hi.")
+        assert toks
+        second, toks2, _ = await ask(collector_factory, node, broker.port, "jack-parlance", "Hi!")
+        assert toks2 == [] and second["text"] in service.personas.characters["jack-parlance"].canned
+        await alerts.wait_for(lambda c: "agent_request_throttled" in _reasons(c))
+
+
+async def test_heat_degrades_to_canned_lines_and_back(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    zone = tmp_path / "thermal_zone0"
+    zone.write_text("90000\n")
+    agent = {"thermal_glob": str(tmp_path / "thermal_zone*"), "pressure_interval": 0.2}
+    async with agent_node(tmp_path, **agent) as (node, broker):
+        service = agents(node)
+        alerts = await collector_factory(broker.port, topic(node.node_id, "safety/alert"))
+        await asyncio.wait_for(_mode(service, "canned"), 10)  # its alert may predate `alerts`
+        final, toks, _ = await ask(collector_factory, node, broker.port, "princhetta", "Hello?")
+        assert toks == [] and final["text"] in service.personas.characters["princhetta"].canned
+        zone.write_text("40000\n")
+        await alerts.wait_for(lambda c: "agent_recovered" in _reasons(c))
+        final, toks, _ = await ask(collector_factory, node, broker.port, "princhetta", "Hello?")
+        assert toks and final["text"].strip()
+
+
+async def test_rituals_feed_the_tensor_published_for_dashboards(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path, tensor_publish_interval=0.2) as (node, broker):
+        state = await collector_factory(broker.port, f"gibsey/v1/{node.node_id}/agent/state/#")
+        pub = await collector_factory(broker.port)
+        for _ in range(3):
+            await pub.publish(
+                topic(node.node_id, "glyph/rotated"),
+                raw_event(node.node_id, "glyph/rotated", {"symbol": 1, "rotation": 3}, actor="ada"),
+            )
+
+        def tensor_of_ada(c: Collector) -> float:
+            for t, p in reversed(c.messages):
+                if t.endswith("/agent/state/tensor"):
+                    return float(json.loads(p)["by_actor"].get("ada", 0.0))
+            return 0.0
+
+        weight = await state.wait_for(lambda c: tensor_of_ada(c) > 2.9 and tensor_of_ada(c))
+        assert 2.9 < weight <= 3.0
+        cells = agents(node).tensor.cells(actor="ada")
+        assert [(c.symbol, c.rotation) for c in cells] == [(1, 3)]
+
+
+async def _mode(service: AgentService, mode: str) -> None:
+    while service.pressure.mode != mode:
+        await asyncio.sleep(0.05)

@@ -1,0 +1,99 @@
+"""The persona worker with the real small model (Gemma 3 270M Q4_K_M) on a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from tests.agent_support import agent_node, agents, ask
+from tests.conftest import CollectorFactory
+
+ANSWER_BOUND_S = 60.0  # first question includes starting the worker and loading the model
+
+
+async def test_question_gets_a_streamed_answer_on_mqtt(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path) as (node, broker):
+        final, toks, took = await ask(
+            collector_factory, node, broker.port, "london-fox", "What is this room for?"
+        )
+        assert took < ANSWER_BOUND_S
+        assert final["text"].strip(), "the final answer is empty"
+        assert final["persona"] == "london-fox"
+        assert toks, "no token was streamed before the final emit"
+        assert [t["seq"] for t in toks] == list(range(len(toks)))
+        assert final["seq"] == len(toks)
+        # The streamed tokens are the answer (the final is the same text, stripped).
+        assert "".join(t["text"] for t in toks).strip() == final["text"]
+
+
+async def test_killed_worker_is_restarted_and_answers_again(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path, preload=True) as (node, broker):
+        service = agents(node)
+        final, _, _ = await ask(collector_factory, node, broker.port, "old-natalie", "Hello?")
+        assert final["text"].strip()
+        sup = service.supervisor
+        assert sup is not None and sup.pid is not None
+        old_pid = sup.pid
+        alerts = await collector_factory(broker.port, f"gibsey/v1/{node.node_id}/safety/alert")
+        os.kill(old_pid, signal.SIGKILL)
+        # The watchdog notices by itself (no request needed), and says so.
+        await alerts.wait_for(
+            lambda c: any(
+                a["payload"]["reason"] == "agent_worker_died" for a in c.of_kind("safety/alert")
+            ),
+            timeout=20,
+        )
+        final, toks, _ = await ask(
+            collector_factory, node, broker.port, "old-natalie", "Do you remember the dial?"
+        )
+        assert final["text"].strip() and toks
+        assert sup.pid is not None and sup.pid != old_pid
+        assert sup.restarts >= 1
+
+
+async def test_wedged_worker_is_detected_and_replaced(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path, preload=True) as (node, broker):
+        service = agents(node)
+        await asyncio.wait_for(_worker_up(service), 60)
+        sup = service.supervisor
+        assert sup is not None and sup.pid is not None
+        wedged = sup.pid
+        os.kill(wedged, signal.SIGSTOP)  # alive but answering nothing: a wedge
+        try:
+            await asyncio.wait_for(_replaced(service, wedged), 30)
+        finally:
+            try:
+                os.kill(wedged, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        final, _, _ = await ask(
+            collector_factory, node, broker.port, "princhetta", "Are you awake?"
+        )
+        assert final["text"].strip()
+
+
+async def _worker_up(service: object) -> None:
+    from gibsey.node.agents.service import AgentService
+
+    assert isinstance(service, AgentService)
+    while service.supervisor is None or service.supervisor.pid is None:
+        await asyncio.sleep(0.1)
+
+
+async def _replaced(service: object, old_pid: int) -> None:
+    from gibsey.node.agents.service import AgentService
+
+    assert isinstance(service, AgentService)
+    while True:
+        sup = service.supervisor
+        if sup is not None and sup.pid not in (None, old_pid):
+            return
+        await asyncio.sleep(0.1)

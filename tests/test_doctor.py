@@ -1,0 +1,72 @@
+"""`gibsey doctor` against a real Mosquitto, real keys and the real VM library."""
+
+from __future__ import annotations
+
+import calendar
+import os
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from gibsey.cli import main
+from gibsey.node import cli_doctor
+from gibsey.node.cli_doctor import FAIL, OK, WARN
+from gibsey.node.config import NodeConfig
+from gibsey.node.identity import load_or_create
+from tests.brokers import Mosquitto, free_port
+
+
+@pytest.fixture
+def data(tmp_path: Path, mosquitto: Mosquitto) -> Path:
+    d = tmp_path / "data"
+    load_or_create(d, "doc")
+    (d / "gibsey.toml").write_text(f'[node]\nbroker = "{mosquitto.url}"\n')
+    return d
+
+
+def test_a_healthy_node(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "the node looks healthy" in out
+    assert "node doc" in out and "loads" in out
+
+
+def test_an_unreachable_broker_and_a_readable_key_fail(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (data / "gibsey.toml").write_text(f'[node]\nbroker = "mqtt://127.0.0.1:{free_port()}"\n')
+    os.chmod(data / "node.key", 0o644)
+    assert main(["doctor", "--data", str(data)]) == 1
+    out = capsys.readouterr().out
+    assert "sudo systemctl start mosquitto" in out
+    assert f"chmod 600 {data / 'node.key'}" in out
+    assert "2 problem(s)" in out
+
+
+def test_clock_before_ntp_is_a_warning() -> None:
+    check = cli_doctor.check_clock(now=calendar.timegm((1970, 1, 1, 0, 5, 0)))
+    assert check.status == WARN and "no NTP yet" in check.detail
+    assert cli_doctor.check_clock(now=calendar.timegm((2026, 3, 1, 0, 0, 0))).status == OK
+
+
+def test_low_disk_fails(tmp_path: Path) -> None:
+    usage = namedtuple("usage", "total used free")
+    check = cli_doctor.check_disk(tmp_path, usage=lambda _: usage(10**10, 10**10 - 10**6, 10**6))
+    assert check.status == FAIL and "journalctl --vacuum" in check.fix
+
+
+def test_agents_configured_without_a_model_fail(tmp_path: Path) -> None:
+    cfg = NodeConfig(extra={"agent": {"model": str(tmp_path / "missing.gguf")}})
+    check = cli_doctor.check_model(cfg)
+    assert check.status == FAIL
+    assert cli_doctor.check_model(NodeConfig()).status == OK
+
+
+def test_peers_that_do_not_answer_are_named(tmp_path: Path) -> None:
+    pytest.importorskip("gibsey.mesh.config")
+    port = free_port()
+    cfg = NodeConfig(extra={"mesh": {"peers": [f"{'ab' * 32}@tcp://127.0.0.1:{port}"]}})
+    checks = cli_doctor.check_peers(cfg)
+    assert [c.status for c in checks] == [WARN]
+    assert f"127.0.0.1:{port}" in checks[0].detail

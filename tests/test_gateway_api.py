@@ -1,0 +1,429 @@
+"""The HTTP gateway against a real Mosquitto: access, events of every change, errors, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gibsey.node.envelope import PAYLOADS
+from gibsey.node.gateway.app import EVENTS_EXT, mutating_operations
+from gibsey.node.gateway.config import PORT_FILE
+from gibsey.node.gateway.logs import JsonFormatter
+from tests.brokers import Mosquitto
+from tests.conftest import Collector, CollectorFactory
+from tests.events import raw_event, topic
+from tests.gateway_support import AUTH, GatewayNode, gateway_node
+
+__all__ = ["gateway_node"]
+
+TARGET = hashlib.sha256(b"a merge").hexdigest()
+GRAFANA = Path(__file__).parent.parent / "node" / "gateway" / "grafana"
+
+
+async def _events(gw: GatewayNode, factory: CollectorFactory) -> Collector:
+    return await factory(gw.broker.port, f"gibsey/v1/{gw.node.node_id}/+/+")
+
+
+def _of(col: Collector, kind: str, pred: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    return [e for e in col.of_kind(kind) if pred(e)]
+
+
+async def _ask(gw: GatewayNode, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    """POST /api/agent/ask and read the stream to its end."""
+    async with gw.http.stream(
+        "POST", "/api/agent/ask", json=body, headers=headers, timeout=120
+    ) as r:
+        await r.aread()
+        return r
+
+
+def _sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines and "data" in lines:
+            out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+async def test_every_change_needs_the_token_and_publishes_its_events(
+    gateway_node: GatewayNode, collector_factory: CollectorFactory
+) -> None:
+    gw = gateway_node
+    ledger = gw.node.ledger
+    assert ledger is not None
+    ledger.mint("ada", 25, ritual="test")
+    ledger.mint("bob", 16, ritual="test")
+    hearing = ledger.propose("config-change", TARGET, "a hearing to vote on", "ada")
+    col = await _events(gw, collector_factory)
+
+    # (method, path template) -> (concrete path, body of the intruder, body of the real call)
+    cases: dict[tuple[str, str], tuple[str, dict[str, Any], dict[str, Any]]] = {
+        ("POST", "/api/glyph/rotate"): (
+            "/api/glyph/rotate",
+            {"symbol": 1, "rotation": 0, "actor": "intruder"},
+            {"symbol": "london-fox", "rotation": "dream", "actor": "curator"},
+        ),
+        ("POST", "/api/ledger/gift"): (
+            "/api/ledger/gift",
+            {"giver": "ada", "receiver": "intruder", "amount": 1},
+            {"giver": "ada", "receiver": "curator", "amount": 5},
+        ),
+        ("POST", "/api/ledger/proposals"): (
+            "/api/ledger/proposals",
+            {"action": "config-change", "target": TARGET, "title": "x", "proposer": "intruder"},
+            {"action": "narrative-merge", "target": TARGET, "title": "canon", "proposer": "ada"},
+        ),
+        ("POST", "/api/ledger/proposals/{proposal}/votes"): (
+            f"/api/ledger/proposals/{hearing.hash_hex}/votes",
+            {"actor": "intruder", "choice": "yes"},
+            {"actor": "bob", "choice": "no"},
+        ),
+        ("POST", "/api/agent/ask"): (
+            "/api/agent/ask",
+            {"persona": "london-fox", "prompt": "hi", "actor": "intruder"},
+            {
+                "persona": "london-fox",
+                "prompt": "Who are you?",
+                "max_tokens": 8,
+                "actor": "curator",
+            },
+        ),
+    }
+    openapi = (await gw.http.get("/openapi.json")).json()
+    operations = {(m, p): kinds for m, p, kinds in mutating_operations(openapi)}
+    # A new endpoint that changes something must be added here, with the events it publishes.
+    assert set(operations) == set(cases), set(operations) ^ set(cases)
+    for (method, path), kinds in operations.items():
+        assert kinds, f"{method} {path} declares no {EVENTS_EXT}"
+        assert all(k in PAYLOADS for k in kinds), kinds
+
+    entries_before = ledger.store.count()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-Gibsey-Token": "wrong"}):
+        for path, bad, _good in cases.values():
+            r = await gw.http.post(path, json=bad, headers=headers)
+            assert r.status_code == 401, (path, r.text)
+            assert "token" in r.json()["error"]
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert ledger.store.count() == entries_before  # nothing changed
+
+    agents = gw.gateway.web.agents_running()
+    for (method, path_t), (path, _bad, good) in cases.items():
+        if path_t == "/api/agent/ask":
+            r = await _ask(gw, good, AUTH)
+            if not agents:
+                assert r.status_code == 503 and "not running" in r.json()["error"]
+                continue
+            assert r.status_code == 200, r.text
+            stream = _sse(r.text)
+            assert stream[0][0] == "request" and stream[-1][0] == "done", stream
+            assert stream[-1][1]["text"].strip()
+        else:
+            r = await gw.http.request(method, path, json=good, headers=AUTH)
+            assert r.status_code in (201, 202), (path, r.text)
+            assert r.json()["acked"] is True
+        want = [k for k in operations[(method, path_t)]]
+        await col.wait_for(
+            lambda c, want=want: all(_of(c, k, lambda e: e["actor"] != "intruder") for k in want)
+        )
+    # Nothing the intruders sent ever reached the spine (their 401s came before these events).
+    for kind in PAYLOADS:
+        assert not _of(col, kind, lambda e: "intruder" in json.dumps(e)), kind
+    gift = _of(col, "gift/txn", lambda e: e["payload"]["type"] == "gift")[0]["payload"]
+    assert (gift["giver"], gift["receiver"], gift["amount"]) == ("ada", "curator", 5)
+    rotated = col.of_kind("glyph/rotated")[0]
+    assert rotated["payload"] == {"symbol": 1, "rotation": 3, "source": "gateway"}
+    assert rotated["actor"] == "curator"
+    vote = col.of_kind("hearing/vote")[0]["payload"]
+    assert (vote["proposal"], vote["actor"], vote["choice"]) == (hearing.hash_hex, "bob", "no")
+    assert ledger.view().economy.balance("curator") >= 1
+
+
+async def test_read_only_without_a_configured_token(gateway_node: GatewayNode) -> None:
+    gw = gateway_node
+    gw.gateway.web.token = None
+    r = await gw.http.post("/api/glyph/rotate", json={"symbol": 1, "rotation": 0}, headers=AUTH)
+    assert r.status_code == 401 and "read-only" in r.json()["error"]
+    status = (await gw.http.get("/api/status")).json()
+    assert status["writable"] is False
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    [
+        ("POST", "/api/glyph/rotate", {"symbol": 64, "rotation": 0}, 422, "out of range"),
+        ("POST", "/api/glyph/rotate", {"symbol": 1, "rotation": 7}, 422, "rotation"),
+        ("POST", "/api/glyph/rotate", {"symbol": "nobody", "rotation": 0}, 422, "unknown symbol"),
+        ("POST", "/api/glyph/rotate", {"symbol": 1}, 422, "rotation: Field required"),
+        ("POST", "/api/glyph/rotate", {"symbol": 1, "rotation": 0, "x": 1}, 422, "x: Extra"),
+        ("POST", "/api/glyph/rotate", b"{not json", 400, "not valid JSON"),
+        ("POST", "/api/glyph/rotate", None, 422, "body is required"),
+        ("POST", "/api/ledger/gift", {"giver": "a", "receiver": "b", "amount": 0}, 422, "amount"),
+        (
+            "POST",
+            "/api/ledger/gift",
+            {"giver": "nobody", "receiver": "b", "amount": 3},
+            409,
+            "has 0",
+        ),
+        (
+            "POST",
+            "/api/ledger/proposals/abcd/votes",
+            {"actor": "a", "choice": "yes"},
+            409,
+            "0 prop",
+        ),
+        (
+            "POST",
+            "/api/ledger/proposals/zz/votes",
+            {"actor": "a", "choice": "yes"},
+            422,
+            "proposal",
+        ),
+        ("POST", "/api/agent/ask", {"persona": "nobody", "prompt": "hi"}, 422, "unknown persona"),
+        ("GET", "/api/ledger/entries?limit=0", None, 422, "limit"),
+        ("GET", "/api/events/stream?kinds=nope/nope", None, 422, "unknown event kind"),
+        ("GET", "/api/nothing-here", None, 404, "no such endpoint"),
+        ("DELETE", "/api/status", None, 405, "not allowed"),
+        ("GET", "/api/mesh/peers", None, 503, "mesh part is not running"),
+    ],
+)
+async def test_bad_requests_get_a_json_error_that_says_why(
+    gateway_node: GatewayNode,
+    method: str,
+    path: str,
+    body: dict[str, Any] | bytes | None,
+    status: int,
+    words: str,
+) -> None:
+    kwargs: dict[str, Any] = {"headers": dict(AUTH)}
+    if isinstance(body, bytes):
+        kwargs["content"] = body
+        kwargs["headers"]["content-type"] = "application/json"
+    elif body is not None:
+        kwargs["json"] = body
+    r = await gateway_node.http.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert words.lower() in error.lower(), error
+    assert "Traceback" not in r.text and 'File "' not in r.text
+
+
+async def test_reads_and_the_glyph_follows_the_broker(
+    gateway_node: GatewayNode, collector_factory: CollectorFactory
+) -> None:
+    gw = gateway_node
+    status = (await gw.http.get("/api/status")).json()
+    assert status["node"] == gw.node.node_id and status["connected"] is True
+    assert status["parts"]["ledger"] and status["parts"]["runtime"]
+    symbols = (await gw.http.get("/api/symbols")).json()
+    assert len(symbols["symbols"]) == 64 and symbols["rotations"][3] == "dream"
+    # A glyph/rotated from any client on the broker (a real dial, `gibsey dial`) moves the glyph.
+    col = await _events(gw, collector_factory)
+    await col.publish(
+        topic(gw.node.node_id, "glyph/rotated"),
+        raw_event(gw.node.node_id, "glyph/rotated", {"symbol": 2, "rotation": 1}),
+    )
+    await col.wait_for(lambda c: c.of_kind("ritual/performed"))
+
+    async def glyph() -> dict[str, Any]:
+        while True:
+            g: dict[str, Any] = (await gw.http.get("/api/glyph")).json()
+            if g["symbol"] == 2 and g["ritual"]:
+                return g
+            await asyncio.sleep(0.02)
+
+    g = await asyncio.wait_for(glyph(), 10)
+    assert (g["slug"], g["rotation_name"], g["state"]) == ("glyph-marrow", "write", 9)
+    # rotate?wait=true answers with the ritual the node performed.
+    r = await gw.http.post(
+        "/api/glyph/rotate?wait=true", json={"symbol": 0, "rotation": 0}, headers=AUTH
+    )
+    assert r.status_code == 202
+    body = r.json()
+    assert body["ritual"]["cause"] == body["event"] and body["ritual"]["state"] == 0
+    events = (await gw.http.get("/api/events?kind=ritual/performed")).json()
+    assert {e["payload"]["cause"] for e in events} >= {body["event"]}
+    entries = (await gw.http.get("/api/ledger/entries?limit=5")).json()
+    assert entries["total"] == len(entries["entries"]) or entries["total"] > 5
+    assert (await gw.http.get("/api/ledger/balances")).json()["supply"] >= 0
+    assert (await gw.http.get("/api/ledger/proposals?all=true")).json() == []
+    openapi = (await gw.http.get("/openapi.json")).json()
+    assert openapi["paths"]["/api/glyph/rotate"]["post"][EVENTS_EXT] == ["glyph/rotated"]
+    page = await gw.http.get("/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+async def test_the_event_stream_is_live(
+    gateway_node: GatewayNode, collector_factory: CollectorFactory
+) -> None:
+    gw = gateway_node
+    col = await _events(gw, collector_factory)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def read() -> None:
+        async with gw.http.stream("GET", "/api/events/stream?kinds=glyph/rotated") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            event = ""
+            async for line in r.aiter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((event, json.loads(line[6:])))
+                    if event == "glyph/rotated":
+                        return
+
+    reader = asyncio.create_task(read())
+
+    async def subscribed() -> None:
+        while not gw.gateway.hub.subscribers:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(subscribed(), 10)
+    await col.publish(
+        topic(gw.node.node_id, "glyph/rotated"),
+        raw_event(gw.node.node_id, "glyph/rotated", {"symbol": 5, "rotation": 2}),
+    )
+    await asyncio.wait_for(reader, 10)
+    assert seen[0][0] == "hello"
+    assert seen[-1][1]["payload"]["symbol"] == 5
+
+
+async def test_metrics_and_structured_logs(gateway_node: GatewayNode) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gw = gateway_node
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(JsonFormatter().format(record))
+
+    handler = Keep()
+    logger = logging.getLogger("gibsey.gateway")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        r = await gw.http.post(
+            "/api/glyph/rotate?wait=true", json={"symbol": 3, "rotation": 3}, headers=AUTH
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    event_id = r.json()["event"]
+    logged = [json.loads(line) for line in records]
+    assert any(rec.get("event_id") == event_id and rec["kind"] == "glyph/rotated" for rec in logged)
+
+    text = (await gw.http.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    assert samples[("gibsey_events_total", (("kind", "glyph/rotated"),))] >= 1
+    assert samples[("gibsey_events_total", (("kind", "ritual/performed"),))] >= 1
+    assert samples[("gibsey_vm_runs_total", ())] >= 1
+    assert ("gibsey_vm_errors_total", ()) in samples
+    assert ("gibsey_router_queue_depth", ()) in samples
+    assert ("gibsey_ledger_entries", ()) in samples
+    assert ("gibsey_restarts_total", ()) in samples
+    assert ("gibsey_agent_tokens_per_second", ()) in samples
+    assert samples[("gibsey_spine_connected", ())] == 1
+    route = (("method", "POST"), ("route", "/api/glyph/rotate"), ("status", "202"))
+    assert samples[("gibsey_http_requests_total", route)] == 1
+
+
+async def test_gibsey_up_serves_the_gateway(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """`gibsey up --http 127.0.0.1:0`: the bound port lands in DATA/gateway.json; read-only
+    without a token; SIGTERM stops it cleanly."""
+    data = tmp_path / "node"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gibsey",
+        "up",
+        "--data",
+        str(data),
+        "--broker",
+        mosquitto.url,
+        "--http",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+
+        async def port_file() -> dict[str, Any]:
+            while True:
+                path = data / PORT_FILE
+                if path.exists():
+                    info: dict[str, Any] = json.loads(path.read_text())
+                    return info
+                if proc.returncode is not None:
+                    raise AssertionError("gibsey up exited")
+                await asyncio.sleep(0.05)
+
+        info = await asyncio.wait_for(port_file(), 30)
+        async with httpx.AsyncClient(base_url=info["url"]) as http:
+            status = (await http.get("/api/status")).json()
+            assert status["node"] == info["node"] and status["writable"] is False
+            r = await http.post("/api/glyph/rotate", json={"symbol": 1, "rotation": 1})
+            assert r.status_code == 401
+            assert (await http.get("/metrics")).status_code == 200
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+async def test_the_grafana_dashboard_reads_metrics_the_node_exports(
+    gateway_node: GatewayNode,
+) -> None:
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    board = json.loads((GRAFANA / "agency-tensor.json").read_text())
+    assert board["title"] == "Agency Tensor"
+    wanted = {
+        name
+        for panel in board["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bgibsey_[a-z0-9_]+", target["expr"])
+    }
+    text = (await gateway_node.http.get("/metrics")).text
+    families = list(text_string_to_metric_families(text))
+    exported = {s.name for fam in families for s in fam.samples}
+    # A labelled counter with no sample yet is still declared (HELP/TYPE) by the node.
+    exported |= {f"{fam.name}_total" for fam in families if fam.type == "counter"}
+    # Only there when the part runs: the mesh (a [mesh] section) and the agents' worker.
+    conditional = {n for n in wanted if n.startswith("gibsey_mesh_")}
+    conditional |= {"gibsey_agent_worker_restarts_total", "gibsey_http_request_seconds_bucket"}
+    assert wanted - exported <= conditional, wanted - exported - conditional
+
+
+async def test_story_endpoints_answer_in_json(gateway_node: GatewayNode) -> None:
+    """/graphql is the narrative engine's when it is built (else a JSON 404 saying so)."""
+    gw = gateway_node
+    r = await gw.http.post("/graphql", json={"query": "{ __typename }"})
+    if gw.gateway.web.graphql_problem:
+        assert r.status_code == 404 and "GraphQL" in r.json()["error"]
+    else:
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["__typename"]
+    pages = await gw.http.get("/api/story/pages")
+    assert pages.status_code in (200, 501, 503) and pages.headers["content-type"].startswith(
+        "application/json"
+    )

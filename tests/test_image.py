@@ -1,0 +1,201 @@
+"""The SD image's pi-gen stage and the first-boot provisioning (run against temp dirs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from gibsey.cli import main
+from gibsey.node import cli_image, firstboot
+from gibsey.node.firstboot import Paths, hostname_for, provision
+
+REPO = Path(__file__).resolve().parent.parent
+STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"
+SCRIPTS = [STAGE / "prerun.sh", STAGE / "01-gibsey" / "00-run.sh"]
+
+
+def test_stage_has_what_pi_gen_expects() -> None:
+    assert (STAGE / "EXPORT_IMAGE").read_text().count("IMG_SUFFIX=") >= 1
+    assert "copy_previous" in (STAGE / "prerun.sh").read_text()
+    packages = (STAGE / "00-packages" / "00-packages").read_text().split()
+    for pkg in ("mosquitto", "python3", "python3-venv", "overlayroot"):
+        assert pkg in packages
+    for script in SCRIPTS:
+        assert os.access(script, os.X_OK), f"{script} must be executable for pi-gen"
+    run = (STAGE / "01-gibsey" / "00-run.sh").read_text()
+    assert "systemctl enable mosquitto.service gibsey-firstboot.service gibsey-node.service" in run
+    assert "LABEL=gibsey-data /var/lib/gibsey" in run
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_stage_scripts_parse(script: Path) -> None:
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (Debian)")
+def test_stage_scripts_pass_shellcheck() -> None:
+    files = [*SCRIPTS, STAGE / "EXPORT_IMAGE"]
+    done = subprocess.run(
+        ["shellcheck", "-s", "bash", *map(str, files)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prepared_stage_is_complete(tmp_path: Path) -> None:
+    fake_lib = tmp_path / "libgibsey_vm.so"
+    fake_lib.write_bytes(b"\x7fELF")
+    stage = cli_image.prepare_stage(tmp_path / "out", vm_lib=fake_lib)
+    files = stage / "01-gibsey" / "files"
+    names = {p.name for p in files.iterdir()}
+    for name in (
+        "gibsey-node.service",
+        "gibsey-firstboot.service",
+        "mosquitto-gibsey.conf",
+        "gibsey.toml.example",
+        "libgibsey_vm.so",
+        "requirements.txt",
+        "gibsey-src.tar.gz",
+    ):
+        assert name in names
+    # Every file the stage's script installs is there.
+    run = (stage / "01-gibsey" / "00-run.sh").read_text()
+    for ref in ("gibsey-src.tar.gz", "libgibsey_vm.so", "requirements.txt", "gibsey.toml.example"):
+        assert f"files/{ref}" in run
+    for unit in files.glob("*.service"):
+        text = unit.read_text()
+        assert "@PREFIX@" not in text
+        assert "/opt/gibsey/.venv/bin/gibsey" in text
+    reqs = (files / "requirements.txt").read_text().split()
+    assert not any(r.startswith(("ziglang", "llama-cpp-python")) for r in reqs)
+    assert any(r.startswith("aiomqtt==") for r in reqs)
+    with tarfile.open(files / "gibsey-src.tar.gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert "node/daemon.py" in members and "pyproject.toml" in members
+    assert members["gibsey/node"].issym()
+    assert not any("__pycache__" in n for n in members)
+    # The example the technician edits is itself valid.
+    firstboot.read_boot_config(files / "gibsey.toml.example")
+
+
+def test_build_says_what_the_host_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["image", "build"]) == 2
+    out = capsys.readouterr().out
+    assert "pi-gen" in out and "not on PyPI nor in Debian" in out
+
+
+def test_build_into_a_pi_gen_checkout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not cli_image.AARCH64_LIB.exists():
+        pytest.skip("the aarch64 VM library is not built (vm_zig/build.sh lib)")
+    pigen = tmp_path / "pi-gen"
+    (pigen / "stage2").mkdir(parents=True)
+    (pigen / "build.sh").write_text("#!/bin/bash\n")
+    (pigen / "stage2" / "EXPORT_IMAGE").write_text("IMG_SUFFIX=-lite\n")
+    assert main(["image", "build", "--pi-gen", str(pigen)]) == 0
+    assert (pigen / "stage-gibsey" / "01-gibsey" / "files" / "libgibsey_vm.so").exists()
+    assert 'STAGE_LIST="stage0 stage1 stage2 stage-gibsey"' in (pigen / "config").read_text()
+    assert not (pigen / "stage2" / "EXPORT_IMAGE").exists()
+    assert "./build.sh -c config" in capsys.readouterr().out
+
+
+# -- first boot -----------------------------------------------------------------------------------
+@pytest.fixture
+def card(tmp_path: Path) -> Paths:
+    paths = Paths(boot=tmp_path / "boot", root=tmp_path / "root", data=tmp_path / "data")
+    paths.boot.mkdir()
+    (paths.root / "etc").mkdir(parents=True)
+    (paths.root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+    return paths
+
+
+TOML = """
+[node]
+name = "east-wall"
+[wifi]
+ssid = "Gallery"
+psk = "correct horse"
+country = "GB"
+[mesh]
+peers = ["{key}@tcp://10.0.0.3:7470"]
+"""
+
+
+def test_hostname_is_a_valid_label() -> None:
+    assert hostname_for("east-wall") == "gibsey-east-wall"
+    assert hostname_for("n_01") == "gibsey-n-01"
+    assert len(hostname_for("x" * 32)) <= 63
+
+
+def test_first_boot_provisions_from_the_boot_partition(card: Paths) -> None:
+    (card.boot / "gibsey.toml").write_text(TOML.format(key="ab" * 32))
+    result = provision(card)
+    assert result.node_id == "east-wall" and result.identity_created
+    assert (card.data / "node_id").read_text().strip() == "east-wall"
+    assert (card.data / "node.key").stat().st_mode & 0o777 == 0o600
+    assert card.etc_config.read_bytes() == (card.boot / "gibsey.toml").read_bytes()
+    assert (card.root / "etc/hostname").read_text() == "gibsey-east-wall\n"
+    hosts = (card.root / "etc/hosts").read_text()
+    assert "127.0.1.1\tgibsey-east-wall" in hosts and "raspberrypi" not in hosts
+    wifi = card.root / firstboot.WIFI_PROFILE
+    assert wifi.stat().st_mode & 0o777 == 0o600
+    assert "ssid=Gallery" in wifi.read_text() and "psk=correct horse" in wifi.read_text()
+    assert "east-wall" in (card.boot / firstboot.BOOT_LOG).read_text()
+
+
+def test_an_existing_identity_is_never_replaced(card: Paths) -> None:
+    (card.boot / "gibsey.toml").write_text('[node]\nname = "first"\n')
+    provision(card)
+    key = (card.data / "node.key").read_bytes()
+    (card.boot / "gibsey.toml").write_text('[node]\nname = "second"\n')
+    result = provision(card)
+    assert not result.identity_created
+    assert result.node_id == "first"
+    assert (card.data / "node.key").read_bytes() == key
+    assert any("never replaced" in n for n in result.notes)
+    # The rest of the edited file still applies.
+    assert 'name = "second"' in card.etc_config.read_text()
+
+
+def test_a_bad_file_is_not_applied_and_the_reason_is_on_the_boot_partition(card: Paths) -> None:
+    card.etc_config.parent.mkdir(parents=True)
+    card.etc_config.write_text("[node]\n")
+    (card.boot / "gibsey.toml").write_text('[wifi]\nssid = "G"\npsk = "short"\n')
+    result = provision(card)
+    assert not result.config_copied and not result.wifi
+    assert card.etc_config.read_text() == "[node]\n"
+    assert "psk must be 8 to 63" in (card.boot / firstboot.BOOT_LOG).read_text()
+    assert result.node_id  # the node still gets an identity and a hostname
+    (card.boot / "gibsey.toml").write_text('[node]\nname = "Bad Name"\n')
+    with pytest.raises(firstboot.ProvisionError, match="lower-case"):
+        firstboot.read_boot_config(card.boot / "gibsey.toml")
+
+
+def test_no_file_on_the_boot_partition_still_makes_a_node(card: Paths) -> None:
+    result = provision(card)
+    assert result.identity_created and result.node_id.startswith("n")
+    assert not card.etc_config.exists()
+
+
+def test_firstboot_command(card: Paths, capsys: pytest.CaptureFixture[str]) -> None:
+    (card.boot / "gibsey.toml").write_text('[node]\nname = "west"\n')
+    argv = ["image", "firstboot", "--boot", str(card.boot), "--root", str(card.root)]
+    assert main([*argv, "--data-dir", str(card.data)]) == 0
+    assert "node west: identity created, hostname gibsey-west" in capsys.readouterr().out
+
+
+def test_free_space_is_read_from_sfdisk() -> None:
+    out = """Unpartitioned space /dev/mmcblk0: 27.5 GiB, 29513170432 bytes, 57642911 sectors
+Units: sectors of 1 * 512 = 512 bytes
+Sector size (logical/physical): 512 bytes / 512 bytes
+
+   Start      End  Sectors  Size
+    2048     8191     6144    3M
+11599872 69242879 57643008 27.5G
+"""
+    assert cli_image.free_tail(out) == (11599872, 57643008)
+    assert cli_image.free_tail("Unpartitioned space /dev/sda: 0 B, 0 bytes, 0 sectors\n") is None
