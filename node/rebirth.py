@@ -124,6 +124,7 @@ class RunRecord:
 
 def record_exit(data_dir: Path, env: dict[str, str]) -> None:
     """Called from systemd's ExecStopPost with EXIT_CODE/EXIT_STATUS/SERVICE_RESULT set."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     run = _read_json(data_dir / RUN_FILE) or {}
     doc = {
         "pid": run.get("pid", 0),

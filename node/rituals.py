@@ -27,6 +27,9 @@ class Emitter(Protocol):
 
 
 ProgramRunner = Callable[[Event, GlyphRotated], RitualOutcome]
+# A gate may refuse a ritual before its program runs (the safety inverter throttling a flood of
+# rotations): it returns the reason, or None to let it through.
+RitualGate = Callable[[Event, GlyphRotated], str | None]
 
 
 def no_program(event: Event, rotated: GlyphRotated) -> RitualOutcome:
@@ -38,10 +41,13 @@ class RitualHandler:
     def __init__(self, emit: Emitter, runner: ProgramRunner = no_program) -> None:
         self._emit = emit
         self.runner = runner
+        self.gates: list[RitualGate] = []
 
     def __call__(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, GlyphRotated)
-        outcome = self.runner(event, payload)
+        refusal = next((r for gate in self.gates if (r := gate(event, payload))), None)
+        # A refused ritual is still recorded, so a dashboard sees the turn and why nothing ran.
+        outcome = RitualOutcome("", 0, 0, refusal) if refusal else self.runner(event, payload)
         self._emit(
             "ritual/performed",
             RitualPerformed(

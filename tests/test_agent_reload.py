@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -75,6 +76,7 @@ async def test_reload_of_a_corrupt_model_keeps_the_old_one(
     bad = tmp_path / "corrupt.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(4096))
     async with agent_node(tmp_path, preload=True) as (node, broker):
+        await asyncio.wait_for(agents(node).ready.wait(), 60)  # the preload has started it
         sup = agents(node).supervisor
         result, _ = await _reload(collector_factory, node, broker.port, str(bad))
         assert result["ok"] is False

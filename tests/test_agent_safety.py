@@ -143,3 +143,35 @@ async def test_rituals_feed_the_tensor_published_for_dashboards(
 async def _mode(service: AgentService, mode: str) -> None:
     while service.pressure.mode != mode:
         await asyncio.sleep(0.05)
+
+
+async def test_a_flood_of_rotations_performs_no_rituals_until_it_passes(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    async with agent_node(tmp_path, rotations_per_second=0.5) as (node, broker):
+        rituals = await collector_factory(broker.port, topic(node.node_id, "ritual/performed"))
+        alerts = await collector_factory(broker.port, topic(node.node_id, "safety/alert"))
+        pub = await collector_factory(broker.port)
+        for i in range(4):  # a burst of 1 is allowed (2 x 0.5/s); the rest are throttled
+            await pub.publish(
+                topic(node.node_id, "glyph/rotated"),
+                raw_event(
+                    node.node_id,
+                    "glyph/rotated",
+                    {"symbol": 2, "rotation": 0},
+                    event_id=f"flood-{i}",
+                    actor="mallory",
+                ),
+            )
+        done = await rituals.wait_for(
+            lambda c: len(c.of_kind("ritual/performed")) >= 4 and c.of_kind("ritual/performed")
+        )
+        errors = [r["payload"]["error"] for r in done]
+        assert errors[0] == ""
+        assert all(e.startswith("throttled: mallory") for e in errors[1:])
+        assert all(r["payload"]["effects"] == 0 for r in done[1:])
+        await alerts.wait_for(lambda c: any("throttled" in r for r in _reasons(c)))
+        ledger = node.ledger
+        assert ledger is not None
+        await asyncio.wait_for(node.runtime.ledger_queue.join(), 10)  # type: ignore[union-attr]
+        assert ledger.view().economy.balances.get("mallory") == 1  # only the first turn minted

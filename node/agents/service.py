@@ -48,6 +48,7 @@ from gibsey.node.envelope import (
     AgentReloaded,
     AgentRequest,
     Event,
+    GlyphRotated,
     Payload,
     RitualPerformed,
     SafetyAlert,
@@ -111,7 +112,7 @@ class AgentService:
         r.register("agent-requests", ["agent/request"], self.on_request, queue_size=64)
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
         r.register("agent-rituals", ["ritual/performed"], self.on_ritual)
-        r.register("agent-rotations", ["glyph/rotated"], self.on_rotation)
+        self.node.rituals.gates.append(self.rotation_gate)
         self.node.add_service("agent-worker", self.run_worker)
         self.node.add_service("agent-pressure", self.run_pressure)
         self.node.add_service("agent-publish", self.run_publish)
@@ -394,11 +395,10 @@ class AgentService:
         assert isinstance(payload, RitualPerformed)
         self.tensor.add(event.actor, payload.symbol, payload.rotation)
 
-    async def on_rotation(self, event: Event, payload: Payload) -> None:
-        if not self.rotations.allow(event.actor):
-            self._throttle_alert(event.actor, "rotation")
-
-    def rotation_flooding(self, actor: str) -> bool:
-        """For the ritual path (a hook, not wired yet): True while `actor` floods the dial."""
-        tokens, _ = self.rotations._buckets.get(actor, (self.rotations.burst, 0.0))
-        return tokens < 1.0
+    def rotation_gate(self, event: Event, rotated: GlyphRotated) -> str | None:
+        """A ritual gate: an actor turning faster than the throttle allows performs no ritual
+        (no program runs, nothing is minted) until the flood passes."""
+        if self.rotations.allow(event.actor):
+            return None
+        self._throttle_alert(event.actor, "rotation")
+        return f"throttled: {event.actor} turns faster than {self.cfg.rotations_per_second:g}/s"
