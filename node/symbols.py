@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROTATIONS = ("read", "write", "remember", "dream")
+from gibsey.dialcore.qdpi import CHARACTERS as _CHARACTERS
+from gibsey.dialcore.qdpi import ROTATIONS as _ROTATIONS
+
+ROTATIONS: tuple[str, ...] = _ROTATIONS
 BASE_SYMBOLS = 64
 
 
@@ -23,24 +26,9 @@ class Symbol:
         return self.id < len(CHARACTERS)
 
 
-CHARACTERS: tuple[tuple[str, str], ...] = (
-    ("an-author", "#34FF78"),
-    ("london-fox", "#FF3B3B"),
-    ("glyph-marrow", "#00A2FF"),
-    ("phillip-bafflemint", "#FFFF33"),
-    ("jacklyn-variance", "#FF00FF"),
-    ("oren-progresso", "#00FFAA"),
-    ("old-natalie", "#7A3CFF"),
-    ("princhetta", "#AAAAAA"),
-    ("cop-e-right", "#FFFFFF"),
-    ("new-natalie", "#CC66FF"),
-    ("arieol-owlist", "#99CCFF"),
-    ("jack-parlance", "#FF3385"),
-    ("manny-valentinas", "#FFB000"),
-    ("shamrock-stillman", "#00FFFF"),
-    ("todd-fishbone", "#FF7744"),
-    ("the-author", "#BFFF00"),
-)
+# One table for the dial and the node: the firmware's own module (MicroPython-compatible, shared
+# as gibsey.dialcore) holds the 16 character symbols in corpus order, (slug, colour).
+CHARACTERS: tuple[tuple[str, str], ...] = _CHARACTERS
 
 SYMBOLS: tuple[Symbol, ...] = tuple(
     Symbol(i, *CHARACTERS[i]) if i < len(CHARACTERS) else Symbol(i, f"hidden-{i:02d}", "#404040")
