@@ -14,7 +14,7 @@ import pytest
 from gibsey.node import vm
 from gibsey.node.vm_asm import assemble
 from gibsey.node.vm_isa import I64_MAX, I64_MIN, EffectKind, Status
-from tests.vm_support import BUILD_SH, REPO, header
+from tests.vm_support import BUILD_ENV, BUILD_SH, REPO, header
 
 TRIG = vm.Trigger(symbol=5, rotation=3, actor=7, node=2, arg=-9)
 
@@ -339,7 +339,9 @@ def test_results_do_not_alias_vm_buffers() -> None:
 
 
 def test_zig_unit_tests_native() -> None:
-    out = subprocess.run([str(BUILD_SH), "test"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [str(BUILD_SH), "test"], capture_output=True, text=True, timeout=600, env=BUILD_ENV
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -347,7 +349,7 @@ def test_zig_unit_tests_aarch64_under_qemu() -> None:
     if shutil.which("qemu-aarch64-static") is None:
         pytest.skip("qemu-aarch64-static is not installed (apt-get install qemu-user-static)")
     out = subprocess.run(
-        [str(BUILD_SH), "test-aarch64"], capture_output=True, text=True, timeout=600
+        [str(BUILD_SH), "test-aarch64"], capture_output=True, text=True, timeout=600, env=BUILD_ENV
     )
     assert out.returncode == 0, out.stderr
 
@@ -355,7 +357,7 @@ def test_zig_unit_tests_aarch64_under_qemu() -> None:
 def test_aarch64_library_is_built() -> None:
     lib = REPO / "vm_zig" / "zig-out" / "aarch64" / "libgibsey_vm.so"
     if not lib.exists():
-        subprocess.run([str(BUILD_SH), "lib"], check=True, timeout=600)
+        subprocess.run([str(BUILD_SH), "lib"], check=True, timeout=600, env=BUILD_ENV)
     head = lib.read_bytes()[:20]
     assert head[:4] == b"\x7fELF"
     assert int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from gibsey.node.vm_isa import Status
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SH = REPO / "vm_zig" / "build.sh"
+# build.sh runs `$PYTHON -m ziglang`: the interpreter running the tests has the pinned toolchain.
+BUILD_ENV = dict(os.environ, PYTHON=sys.executable)
 
 
 def ensure_library() -> None:
@@ -21,7 +24,7 @@ def ensure_library() -> None:
     failing every test with 'library missing'."""
     if os.environ.get("GIBSEY_VM_LIB") or vm.DEFAULT_LIB.exists():
         return
-    subprocess.run([str(BUILD_SH), "lib"], check=True, timeout=600)
+    subprocess.run([str(BUILD_SH), "lib"], check=True, timeout=600, env=BUILD_ENV)
 
 
 ensure_library()

@@ -11,7 +11,8 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
-zig() { python -m ziglang "$@"; }
+# $PYTHON picks the interpreter (tests pass their own); else the first python on PATH.
+zig() { "${PYTHON:-python}" -m ziglang "$@"; }
 # Local cache next to the sources; the global cache (~/.cache/zig) stays Zig's default.
 cache="--cache-dir $here/.zig-cache"
 

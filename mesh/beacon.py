@@ -1,0 +1,114 @@
+"""LAN discovery: a signed UDP broadcast carrying the node's key and mesh endpoint.
+
+    datagram = MAGIC || canonical JSON {"ep": endpoint, "key": hex, "t": wall ms} || signature
+    signature = ed25519(node key, DOMAIN || MAGIC || json)
+
+Every `beacon_interval` seconds the node broadcasts to `beacon_addr:beacon_port`; it listens on
+the same port (SO_REUSEADDR/SO_REUSEPORT, so several nodes on one host can share it). A beacon
+only tells where an allow-listed key can be dialed: keys not on the allow-list are ignored, and
+the CurveZMQ handshake still authenticates whoever answers at that endpoint, so a spoofed beacon
+can at most waste a connection attempt. A wildcard host in the endpoint is replaced by the
+datagram's source address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+if TYPE_CHECKING:
+    from .node import MeshNode
+
+log = logging.getLogger("gibsey.mesh.beacon")
+MAGIC = b"GIBSEY-MESH1"
+DOMAIN = b"gibsey/mesh-beacon/v1\x00"
+MAX_DATAGRAM = 1024
+
+
+def encode(mesh: MeshNode) -> bytes:
+    body = json.dumps(
+        {"ep": mesh.advertised(), "key": mesh.me.hex(), "t": int(time.time() * 1000)},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    return MAGIC + body + mesh.key.sign(DOMAIN + MAGIC + body).signature
+
+
+def decode(data: bytes) -> tuple[bytes, str] | None:
+    """(key, endpoint) of a valid beacon, else None."""
+    if len(data) > MAX_DATAGRAM or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 66:
+        return None
+    body, sig = data[len(MAGIC) : -64], data[-64:]
+    try:
+        obj = json.loads(body)
+        key = bytes.fromhex(obj["key"])
+        endpoint = str(obj["ep"])
+        VerifyKey(key).verify(DOMAIN + MAGIC + body, sig)
+    except (ValueError, KeyError, TypeError, BadSignatureError):
+        return None
+    return key, endpoint
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, beacon: Beacon) -> None:
+        self.beacon = beacon
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.beacon.received(data, str(addr[0]))
+
+
+class Beacon:
+    def __init__(self, mesh: MeshNode) -> None:
+        self.mesh = mesh
+        self.transport: asyncio.DatagramTransport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.heard = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind(("", self.mesh.cfg.beacon_port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        self.transport = transport
+        self.task = asyncio.create_task(self._announce(), name="mesh-beacon")
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _announce(self) -> None:
+        cfg = self.mesh.cfg
+        while True:
+            if self.transport is not None:
+                try:
+                    self.transport.sendto(encode(self.mesh), (cfg.beacon_addr, cfg.beacon_port))
+                except OSError as exc:  # no route yet (link down): try again next time
+                    log.debug("beacon: %s", exc)
+            await asyncio.sleep(cfg.beacon_interval)
+
+    def received(self, data: bytes, source: str) -> None:
+        got = decode(data)
+        if got is None:
+            return
+        key, endpoint = got
+        if key == self.mesh.me or key not in self.mesh.allowed:
+            return
+        if endpoint.startswith("tcp://"):
+            host, _, port = endpoint[6:].rpartition(":")
+            if host in ("0.0.0.0", "*", ""):
+                endpoint = f"tcp://{source}:{port}"
+        self.heard += 1
+        self.mesh.add_peer(key, endpoint)

@@ -1,0 +1,875 @@
+"""The mesh engine: gossip of the ledger's feeds with the node's peers over CurveZMQ.
+
+Sockets, and why. Every node binds one ROUTER (a CurveZMQ server) and opens one DEALER (a
+CurveZMQ client) per peer it dials, so between two nodes there are two connections, one each
+way. A dialer runs anti-entropy rounds on its DEALER; the listener answers on its ROUTER,
+addressed by the routing id, so one socket serves any number of peers. DEALER/ROUTER is fully
+asynchronous: a round is "send S, receive E.. F.. H" with no lockstep, a lost reply costs a
+timeout instead of wedging the socket (REQ/REP's failure mode), and pushes of new entries share
+the same connection. Peers are told apart by their CurveZMQ key (the ZAP `User-Id`), which the
+handshake authenticated; routing ids are never trusted.
+
+A round (the dialer A, the listener B):
+  A -> B  S(vv_A, forks_A, endpoint_A)
+  B -> A  E(entries A lacks, bounded)..., F(proofs A lacks)..., H(vv_B, forks_B, more)
+  A -> B  E(entries B lacks, bounded)..., F(proofs B lacks)...
+A version vector carries each feed's head seq and the first bytes of the head's hash, so a
+node that holds a different entry at a seq its peer holds (a fork) sends its own entry at that
+seq: the import on the other side turns the pair into a fork proof, which then travels like
+entries (F). New entries of this node's own feed are pushed to connected peers at once (E,
+coalesced into batches); entries of other feeds are relayed by rounds, so in a full mesh (one
+room) each entry crosses each link once, from its author.
+
+Bounds: frame size (ZMQ_MAXMSGSIZE), frames per message, entries per message and per round,
+version-vector length, peers held, socket queues (HWM; a push that would block is dropped and
+left to anti-entropy), and a token bucket per peer on inbound messages. A peer that sends
+forged or malformed data gets a strike: its rate drops to one message a second; at
+`max_strikes` it is dropped (its messages ignored, its key refused at the handshake, our
+connection to it closed) for `ban_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from nacl.signing import SigningKey
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+from gibsey.ledger.entry import Entry
+from gibsey.ledger.errors import Rejected, RejectReason
+from gibsey.ledger.forkproof import ForkProof
+from gibsey.ledger.store import ImportResult, ImportStatus, Store
+
+from . import wire
+from .config import MeshConfig, PeerSpec, curve_keypair, curve_public
+
+log = logging.getLogger("gibsey.mesh")
+
+STATUS_FILENAME = "mesh-status.json"
+# Rejections that only a forger or a broken peer produces; chain-position rejections (a gap, a
+# wrong prev, a quarantined author) can happen to honest peers and are not held against them.
+FORGED = frozenset(
+    {
+        RejectReason.MALFORMED,
+        RejectReason.NOT_CANONICAL,
+        RejectReason.TOO_LARGE,
+        RejectReason.BODY_TOO_LARGE,
+        RejectReason.UNKNOWN_TYPE,
+        RejectReason.INVALID_BODY,
+        RejectReason.BAD_SIGNATURE,
+        RejectReason.BAD_FORK_PROOF,
+    }
+)
+PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
+SNDHWM = 64
+RCVHWM = 1000
+
+
+class Bucket:
+    """Token bucket: `rate` tokens a second, at most `burst`."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.t = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class Stats:
+    bytes_out: int = 0
+    bytes_in: int = 0
+    msgs_out: int = 0
+    frames_out: int = 0
+    msgs_in: int = 0
+    entries_in: int = 0  # appended from peers
+    duplicates: int = 0
+    rejected: int = 0
+    forks: int = 0
+    strikes: int = 0
+    limited: int = 0  # inbound messages dropped by a rate limit or a ban
+    dropped_out: int = 0  # outbound messages dropped (peer queue full / not connected)
+    refused: int = 0  # handshakes refused: key not on the allow-list, or banned
+    rounds: int = 0
+
+
+@dataclass
+class Peer:
+    key: bytes
+    endpoint: str
+    curve: bytes
+    bucket: Bucket
+    state: str = "new"  # new -> up <-> down; banned
+    last_seen: float = 0.0  # monotonic
+    created: float = field(default_factory=time.monotonic)
+    last_seen_wall: float = 0.0
+    known: dict[bytes, int] = field(default_factory=dict)  # what the peer holds (our belief)
+    known_forks: set[tuple[bytes, int]] = field(default_factory=set)
+    heard: bool = False  # a heads message has told us what it holds
+    strikes: int = 0
+    banned_until: float = 0.0
+    more: bool = False
+    rounds: int = 0  # rounds this node completed as the dialer
+    pushed_seq: int = 0  # our own feed: last seq pushed to this peer, and when
+    pushed_t: float = 0.0
+    sock: zmq.asyncio.Socket | None = None
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    heads_evt: asyncio.Event = field(default_factory=asyncio.Event)
+    bytes_out: int = 0
+    bytes_in: int = 0
+    entries_in: int = 0
+    entries_out: int = 0
+    rejected: int = 0
+    last_reject: str = ""
+
+    @property
+    def hex(self) -> str:
+        return self.key.hex()
+
+
+class _Gate:
+    """ZAP credentials provider: only allow-listed, unbanned keys complete the handshake."""
+
+    def __init__(self, mesh: MeshNode) -> None:
+        self.mesh = mesh
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ed = self.mesh.curve_to_ed.get(key)
+        if ed is None:
+            self.mesh.stats.refused += 1
+            log.warning("mesh: refused a connection from unknown key %s", key.decode())
+            return False
+        peer = self.mesh.peers.get(ed)
+        if peer is not None and peer.banned_until > time.monotonic():
+            self.mesh.stats.refused += 1
+            log.warning("mesh: refused banned peer %s", ed.hex()[:16])
+            return False
+        return True
+
+
+class MeshNode:
+    """One node's mesh: its listener, its dialers, its beacon, its status file."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: SigningKey,
+        config: MeshConfig,
+        *,
+        data_dir: Path | None = None,
+        emit: Callable[[str, dict[str, Any]], None] | None = None,
+        listen: bool = True,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.me = bytes(key.verify_key)
+        self.cfg = config
+        self.data_dir = data_dir
+        self.emit = emit
+        self.listen = listen
+        self.curve_secret, self.curve_public = curve_keypair(key)
+        self.allowed: set[bytes] = config.allowed() - {self.me}
+        self.curve_to_ed: dict[bytes, bytes] = {curve_public(k): k for k in self.allowed}
+        self.peers: dict[bytes, Peer] = {}
+        self.stats = Stats()
+        self.endpoint = ""  # the bound endpoint (with the real port when listen used port 0)
+        self.ctx: zmq.asyncio.Context | None = None
+        self.router: zmq.asyncio.Socket | None = None
+        self._auth: AsyncioAuthenticator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty = asyncio.Event()
+        self._new_proofs: list[bytes] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started = asyncio.Event()
+        self._beacon: Any = None
+        self.linger_ms = 0
+        # author -> when we last imported one of its entries (the relay hold-off, see _effective)
+        self.fresh: dict[bytes, float] = {}
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.ctx = zmq.asyncio.Context()
+        self._auth = AsyncioAuthenticator(self.ctx, log=logging.getLogger("gibsey.mesh.zap"))
+        self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=_Gate(self))
+        self.store.subscribe(self._on_stored)
+        if self.listen:
+            r = self.ctx.socket(zmq.ROUTER)
+            r.curve_server = True
+            r.curve_secretkey = self.curve_secret
+            r.curve_publickey = self.curve_public
+            r.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME)
+            r.setsockopt(zmq.RCVHWM, RCVHWM)
+            r.setsockopt(zmq.SNDHWM, SNDHWM * 4)
+            r.setsockopt(zmq.LINGER, 0)
+            r.bind(self.cfg.listen)
+            self.endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.router = r
+            self._tasks.append(asyncio.create_task(self._serve(), name="mesh-serve"))
+        for spec in self.cfg.peers:
+            self.add_peer(spec.key, spec.endpoint)
+        self._tasks += [
+            asyncio.create_task(self._flush_loop(), name="mesh-push"),
+            asyncio.create_task(self._refresh_loop(), name="mesh-refresh"),
+        ]
+        if self.data_dir is not None:
+            self._tasks.append(asyncio.create_task(self._status_loop(), name="mesh-status"))
+        if self.listen and self.cfg.beacon_port:
+            from .beacon import Beacon
+
+            self._beacon = Beacon(self)
+            await self._beacon.start()
+        self.started.set()
+        log.info("mesh: %s listening on %s", self.me.hex()[:16], self.endpoint or "-")
+
+    async def stop(self) -> None:
+        if self._beacon is not None:
+            self._beacon.stop()
+        tasks = self._tasks + [p.task for p in self.peers.values() if p.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        for p in self.peers.values():
+            if p.sock is not None:
+                p.sock.close(linger=self.linger_ms)
+                p.sock = None
+        if self.router is not None:
+            self.router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self.ctx is not None:
+            self.ctx.term()
+        if self.data_dir is not None:
+            self.write_status()
+
+    async def run(self) -> None:
+        """Start and serve until cancelled (the daemon's service factory)."""
+        await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+    # ---- peers ----------------------------------------------------------------------------
+
+    def advertised(self) -> str:
+        return self.cfg.advertise or self.endpoint
+
+    def add_peer(self, key: bytes, endpoint: str) -> Peer | None:
+        """Dial `key` at `endpoint` (or move it there); only allow-listed keys, bounded count."""
+        if key == self.me or key not in self.allowed:
+            return None
+        peer = self.peers.get(key)
+        if peer is not None:
+            if endpoint and peer.endpoint != endpoint and peer.sock is not None:
+                log.info("mesh: peer %s moved to %s", key.hex()[:16], endpoint)
+                peer.sock.disconnect(peer.endpoint) if peer.endpoint else None
+                peer.sock.connect(endpoint)
+                peer.endpoint = endpoint
+                peer.wake.set()
+            elif endpoint and not peer.endpoint:
+                peer.endpoint = endpoint
+                self._start_dialer(peer)
+            return peer
+        if len(self.peers) >= self.cfg.max_peers:
+            log.warning("mesh: max_peers=%d reached, ignoring %s", self.cfg.max_peers, key.hex())
+            return None
+        burst = max(self.cfg.peer_rate * 2, 10.0)
+        peer = Peer(key, endpoint, curve_public(key), Bucket(self.cfg.peer_rate, burst))
+        self.peers[key] = peer
+        if endpoint:
+            self._start_dialer(peer)
+        return peer
+
+    def _start_dialer(self, peer: Peer) -> None:
+        if self.ctx is None or peer.task is not None:
+            return
+        peer.task = asyncio.create_task(self._dial(peer), name=f"mesh-peer-{peer.hex[:8]}")
+
+    def _set_state(self, peer: Peer, state: str, detail: str = "") -> None:
+        if peer.state == state:
+            return
+        peer.state = state
+        log.info("mesh: peer %s %s %s", peer.hex[:16], state, detail)
+        if self.emit is not None and state in ("up", "down", "banned"):
+            payload = {"key": peer.hex, "state": state, "endpoint": peer.endpoint}
+            if detail:
+                payload["detail"] = detail[:256]
+            try:
+                self.emit("mesh/peer", payload)
+            except Exception:  # the spine may not be connected; the mesh keeps going
+                log.debug("mesh: could not emit mesh/peer", exc_info=True)
+
+    def _seen(self, peer: Peer) -> None:
+        peer.last_seen = time.monotonic()
+        peer.last_seen_wall = time.time()
+        if peer.state != "banned":
+            self._set_state(peer, "up")
+
+    def _strike(self, peer: Peer, why: str) -> None:
+        peer.strikes += 1
+        self.stats.strikes += 1
+        peer.last_reject = why[:200]
+        log.warning("mesh: strike %d against %s: %s", peer.strikes, peer.hex[:16], why)
+        if peer.strikes >= self.cfg.max_strikes:
+            peer.banned_until = time.monotonic() + self.cfg.ban_seconds
+            self._set_state(peer, "banned", why)
+            if peer.sock is not None and peer.endpoint:
+                with contextlib.suppress(zmq.ZMQError):
+                    peer.sock.disconnect(peer.endpoint)
+        else:
+            peer.bucket = Bucket(PENALTY_RATE, 2.0)
+
+    def _banned(self, peer: Peer) -> bool:
+        if peer.banned_until and peer.banned_until <= time.monotonic():
+            peer.banned_until, peer.strikes = 0.0, 0
+            peer.bucket = Bucket(self.cfg.peer_rate, max(self.cfg.peer_rate * 2, 10.0))
+            self._set_state(peer, "down", "ban expired")
+            if peer.sock is not None and peer.endpoint:
+                peer.sock.connect(peer.endpoint)
+        return peer.banned_until > 0
+
+    # ---- what we hold, what they lack ---------------------------------------------------------
+
+    def version_vector(self) -> wire.VersionVector:
+        self.store.refresh()  # one PRAGMA unless another process (the ledger CLI) committed
+        with self.store.lock:
+            out: wire.VersionVector = {}
+            for author_hex, seq in self.store.heads().items():
+                author = bytes.fromhex(author_hex)
+                head = self.store.head(author)
+                if head is not None:
+                    out[author] = (seq, head.hash[:8])
+            return out
+
+    def fork_keys(self) -> set[tuple[bytes, int]]:
+        return {(p.author, p.seq) for p in self.store.fork_proofs()}
+
+    def missing_for(
+        self, theirs: wire.VersionVector, their_forks: wire.ForkKeys, limit: int = wire.MAX_ROUND
+    ) -> tuple[list[bytes], bool]:
+        """Entries the holder of `theirs` lacks (seq order per feed), at most `limit`; and
+        whether more remain. Where they hold a different entry at a seq we hold, ours at that
+        seq is sent: importing it gives them the fork proof."""
+        out: list[bytes] = []
+        more = False
+        quarantine = self.store.quarantine()
+        for a, fs in their_forks:  # nothing from a fork point on is trusted: not sent either
+            quarantine[a] = min(quarantine.get(a, fs), fs)
+        for author, (seq, h8) in self.version_vector().items():
+            q = quarantine.get(author)
+            top = seq if q is None else min(seq, q - 1)
+            their_seq, their_h8 = theirs.get(author, (0, b""))
+            if their_seq and their_seq <= seq and (q is None or their_seq < q):
+                ours = h8 if their_seq == seq else self._hash8(author, their_seq)
+                if ours != their_h8:
+                    e = self.store.get(author, their_seq)
+                    if e is not None:
+                        out.append(e.raw)
+                    continue
+            if top <= their_seq:
+                continue
+            room = limit - len(out)
+            if room <= 0:
+                more = True
+                break
+            got = self.store.entries_after(author, their_seq, min(room, top - their_seq))
+            out.extend(e.raw for e in got)
+            if their_seq + len(got) < top:
+                more = True
+        return out, more
+
+    def _hash8(self, author: bytes, seq: int) -> bytes:
+        e = self.store.get(author, seq)
+        return e.hash[:8] if e is not None else b""
+
+    def _proofs_for(self, their_forks: wire.ForkKeys) -> list[bytes]:
+        return [
+            p.to_bytes() for p in self.store.fork_proofs() if (p.author, p.seq) not in their_forks
+        ][: wire.MAX_PROOFS_PER_MSG * 4]
+
+    # ---- sending --------------------------------------------------------------------------
+
+    def _send(self, sock: zmq.asyncio.Socket, frames: list[bytes], peer: Peer | None) -> bool:
+        """Send without blocking; a full queue or an absent connection drops the message."""
+        try:
+            # On an asyncio socket a NOBLOCK send completes (or fails) at once, in a future.
+            fut: Any = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            if not fut.done():
+                fut.add_done_callback(lambda f: f.exception())
+            elif fut.exception() is not None:
+                raise fut.exception()
+        except zmq.ZMQError as exc:  # Again: queue full / no connection; or a closed socket
+            log.debug("mesh: send failed: %s", exc)
+            self.stats.dropped_out += 1
+            return False
+        n = sum(len(f) for f in frames) - (len(frames[0]) if sock is self.router else 0)
+        self.stats.bytes_out += n
+        self.stats.msgs_out += 1
+        self.stats.frames_out += len(frames) - (1 if sock is self.router else 0)
+        if peer is not None:
+            peer.bytes_out += n
+        return True
+
+    def _send_entries(
+        self, sock: zmq.asyncio.Socket, prefix: list[bytes], raws: list[bytes], peer: Peer
+    ) -> int:
+        sent = 0
+        for batch in wire.batches(raws):
+            if not self._send(sock, [*prefix, wire.ENTRIES, *batch], peer):
+                break
+            sent += len(batch)
+        peer.entries_out += sent
+        return sent
+
+    def _send_proofs(
+        self, sock: zmq.asyncio.Socket, prefix: list[bytes], proofs: list[bytes], peer: Peer
+    ) -> None:
+        for batch in wire.batches(proofs, wire.MAX_PROOFS_PER_MSG):
+            self._send(sock, [*prefix, wire.FORKS, *batch], peer)
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    async def _handle(
+        self, peer: Peer, frames: list[bytes], *, reply: list[bytes] | None, peer_addr: str = ""
+    ) -> None:
+        """One message from `peer` (reply = ROUTER routing prefix, None on our DEALER)."""
+        n = sum(len(f) for f in frames)
+        self.stats.bytes_in += n
+        self.stats.msgs_in += 1
+        peer.bytes_in += n
+        if self._banned(peer) or not peer.bucket.take():
+            self.stats.limited += 1
+            return
+        try:
+            kind = wire.check(frames)
+            if (kind == wire.SYNC and reply is None) or (kind == wire.HEADS and reply is not None):
+                raise wire.WireError(f"{kind!r} in the wrong direction")
+            if kind == wire.ENTRIES:
+                self._seen(peer)
+                await self._import_entries(peer, frames[1:])
+            elif kind == wire.FORKS:
+                self._seen(peer)
+                await self._import_proofs(peer, frames[1:])
+            elif kind == wire.SYNC:
+                assert reply is not None
+                vv, forks = wire.decode_vv(frames[1]), wire.decode_forks(frames[2])
+                self._seen(peer)
+                self._on_sync(peer, reply, vv, forks, frames[3].decode("utf-8", "replace"))
+                if peer_addr and peer.task is None:
+                    self._dial_back(peer, frames[3].decode("utf-8", "replace"), peer_addr)
+            elif kind == wire.HEADS:
+                vv, forks = wire.decode_vv(frames[1]), wire.decode_forks(frames[2])
+                self._seen(peer)
+                self._on_heads(peer, vv, forks, bool(frames[3][0] & wire.FLAG_MORE))
+        except wire.WireError as exc:
+            self._strike(peer, f"malformed message: {exc}")
+
+    def _dial_back(self, peer: Peer, endpoint: str, peer_addr: str) -> None:
+        """A peer that dialed us but that we do not dial yet: dial it back at its endpoint."""
+        if not endpoint.startswith("tcp://"):
+            return
+        host, _, port = endpoint[6:].rpartition(":")
+        if host in ("0.0.0.0", "*", "") and peer_addr:
+            endpoint = f"tcp://{peer_addr}:{port}"
+        self.add_peer(peer.key, endpoint)
+
+    def _on_sync(
+        self,
+        peer: Peer,
+        reply: list[bytes],
+        vv: wire.VersionVector,
+        forks: wire.ForkKeys,
+        endpoint: str,
+    ) -> None:
+        assert self.router is not None
+        self.stats.rounds += 1
+        peer.known = {a: s for a, (s, _) in vv.items()}
+        peer.known_forks = forks
+        peer.heard = True
+        raws, more = self.missing_for(self._effective(peer, vv), forks)
+        self._update_known(peer, raws[: self._send_entries(self.router, reply, raws, peer)])
+        self._send_proofs(self.router, reply, self._proofs_for(forks), peer)
+        mine = self.version_vector()
+        flags = bytes([wire.FLAG_MORE if more else 0])
+        self._send(
+            self.router,
+            [*reply, wire.HEADS, wire.encode_vv(mine), wire.encode_forks(self.fork_keys()), flags],
+            peer,
+        )
+
+    def _on_heads(
+        self, peer: Peer, vv: wire.VersionVector, forks: wire.ForkKeys, more: bool
+    ) -> None:
+        peer.known = {a: s for a, (s, _) in vv.items()}
+        peer.known_forks = forks
+        peer.heard = True
+        if peer.sock is not None:
+            raws, we_have_more = self.missing_for(self._effective(peer, vv), forks)
+            sent = self._send_entries(peer.sock, [], raws, peer)
+            self._update_known(peer, raws[:sent])
+            self._send_proofs(peer.sock, [], self._proofs_for(forks), peer)
+            more = more or we_have_more or sent < len(raws)
+        peer.more = more
+        peer.rounds += 1
+        peer.heads_evt.set()
+
+    def _effective(self, peer: Peer, vv: wire.VersionVector) -> wire.VersionVector:
+        """`vv` adjusted for what is already on its way to `peer`, so a round does not send
+        it a second time: our own entries pushed to it in the last hold-off period, and entries
+        of an author we are connected to that we imported in that period (that author pushes
+        them to everyone itself). Past the hold-off, a round sends whatever is still missing,
+        so a lost push or a partitioned author costs delay, never data."""
+        hold = self.cfg.sync_interval * 2
+        now = time.monotonic()
+        out = dict(vv)
+        if now - peer.pushed_t < hold and peer.pushed_seq > out.get(self.me, (0, b""))[0]:
+            head = self.store.get(self.me, peer.pushed_seq)
+            if head is not None:
+                out[self.me] = (peer.pushed_seq, head.hash[:8])
+        for author, t in self.fresh.items():
+            if now - t >= hold or author == peer.key:
+                continue
+            p = self.peers.get(author)
+            if p is None or p.state != "up":
+                continue
+            h = self.store.head(author)
+            if h is not None and h.seq > out.get(author, (0, b""))[0]:
+                out[author] = (h.seq, h.hash[:8])
+        return out
+
+    def _update_known(self, peer: Peer, raws: list[bytes]) -> None:
+        from gibsey.ledger.entry import parse
+
+        mine = b'{"author":"' + self.me.hex().encode()
+        own = next((r for r in reversed(raws) if r.startswith(mine)), None)
+        if own is None:
+            return
+        last = parse(own, verify=False)
+        if last.author == self.me:
+            peer.known[self.me] = max(peer.known.get(self.me, 0), last.seq)
+            peer.pushed_seq, peer.pushed_t = last.seq, time.monotonic()
+
+    def _import_sync(self, raws: list[bytes]) -> list[ImportResult | Rejected]:
+        self.store.refresh()
+        try:
+            return self.store.import_many(raws)
+        except sqlite3.IntegrityError:  # another process imported the same entries just now
+            self.store.refresh()
+            return self.store.import_many(raws)
+
+    async def _import_entries(self, peer: Peer, raws: list[bytes]) -> None:
+        results = await asyncio.to_thread(self._import_sync, raws)
+        forged: list[Rejected] = []
+        for r in results:
+            if isinstance(r, Rejected):
+                self.stats.rejected += 1
+                peer.rejected += 1
+                peer.last_reject = str(r)[:200]
+                if r.reason in FORGED:
+                    forged.append(r)
+                continue
+            e = r.entry
+            if peer.known.get(e.author, 0) < e.seq and r.status is not ImportStatus.FORK:
+                peer.known[e.author] = e.seq
+            if r.status is ImportStatus.APPENDED:
+                self.fresh[e.author] = time.monotonic()
+                self.stats.entries_in += 1
+                peer.entries_in += 1
+            elif r.status is ImportStatus.DUPLICATE:
+                self.stats.duplicates += 1
+            else:
+                self.stats.forks += 1
+                log.warning(
+                    "mesh: fork of %s at seq %d (from %s)", e.author_hex[:16], e.seq, peer.hex[:16]
+                )
+        if forged:
+            self._strike(peer, f"{len(forged)} forged/malformed entries, e.g. {forged[0]}")
+
+    async def _import_proofs(self, peer: Peer, proofs: list[bytes]) -> None:
+        bad: list[str] = []
+        for data in proofs:
+            try:
+                if await asyncio.to_thread(self.store.import_fork_proof, data):
+                    self.stats.forks += 1
+            except Rejected as exc:
+                bad.append(str(exc))
+        if bad:
+            self._strike(peer, f"bad fork proof: {bad[0]}")
+
+    # ---- the listener ---------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        assert self.router is not None
+        while True:
+            msg = await self.router.recv_multipart(copy=False)
+            if len(msg) < 2:
+                continue
+            user = str(msg[1].get("User-Id") or "")
+            try:
+                addr = str(msg[1].get("Peer-Address") or "")
+            except zmq.ZMQError:
+                addr = ""
+            ed = self.curve_to_ed.get(user.encode()) if user else None
+            if ed is None:  # cannot happen past ZAP; never served
+                self.stats.refused += 1
+                continue
+            peer = self.peers.get(ed) or self.add_peer(ed, "")
+            if peer is None:
+                continue
+            try:
+                await self._handle(
+                    peer, [f.bytes for f in msg[1:]], reply=[msg[0].bytes], peer_addr=addr
+                )
+            except Exception:
+                log.exception("mesh: error handling a message from %s", ed.hex()[:16])
+
+    # ---- the dialers ----------------------------------------------------------------------
+
+    def _dealer(self, peer: Peer) -> zmq.asyncio.Socket:
+        assert self.ctx is not None
+        s = self.ctx.socket(zmq.DEALER)
+        s.curve_secretkey = self.curve_secret
+        s.curve_publickey = self.curve_public
+        s.curve_serverkey = peer.curve
+        s.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME)
+        s.setsockopt(zmq.SNDHWM, SNDHWM)
+        s.setsockopt(zmq.RCVHWM, RCVHWM)
+        s.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a connection whose handshake completed
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, int(min(self.cfg.backoff_max, 5.0) * 1000))
+        s.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        s.connect(peer.endpoint)
+        return s
+
+    async def _dial(self, peer: Peer) -> None:
+        sock = peer.sock = self._dealer(peer)
+        mon = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_DISCONNECTED
+        )
+        helpers = [
+            asyncio.create_task(self._read(peer, sock)),
+            asyncio.create_task(self._monitor(peer, mon)),
+        ]
+        backoff = self.cfg.sync_interval
+        try:
+            while True:
+                if self._banned(peer):
+                    await asyncio.sleep(1.0)
+                    continue
+                peer.heads_evt.clear()
+                peer.more = False
+                sent = self._send(
+                    sock,
+                    [
+                        wire.SYNC,
+                        wire.encode_vv(self.version_vector()),
+                        wire.encode_forks(self.fork_keys()),
+                        self.advertised().encode(),
+                    ],
+                    peer,
+                )
+                got = False
+                if sent:
+                    with contextlib.suppress(TimeoutError):
+                        got = await asyncio.wait_for(
+                            peer.heads_evt.wait(), self.cfg.sync_interval * 2
+                        )
+                now = time.monotonic()
+                if got:
+                    backoff = self.cfg.sync_interval
+                    if peer.more:
+                        continue
+                elif now - max(peer.last_seen, peer.created) > self.cfg.down_after:
+                    if peer.state in ("up", "new"):
+                        self._set_state(peer, "down", "silent")
+                    backoff = min(backoff * 2, self.cfg.backoff_max)
+                peer.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(peer.wake.wait(), backoff * random.uniform(0.8, 1.2))
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            mon.close(linger=0)
+            sock.close(linger=self.linger_ms)
+            peer.sock = None
+
+    async def _read(self, peer: Peer, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                await self._handle(peer, frames, reply=None)
+            except Exception:
+                log.exception("mesh: error handling a message from %s", peer.hex[:16])
+
+    async def _monitor(self, peer: Peer, mon: zmq.asyncio.Socket) -> None:
+        while True:
+            event = parse_monitor_message(await mon.recv_multipart())
+            ev = event["event"]
+            if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                peer.wake.set()  # a (re)connection: run a round now
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                log.warning(
+                    "mesh: handshake with %s at %s failed (%s)",
+                    peer.hex[:16],
+                    peer.endpoint,
+                    event.get("value"),
+                )
+
+    # ---- pushing new entries --------------------------------------------------------------
+
+    def _on_stored(self, item: Entry | ForkProof) -> None:
+        """Store listener (any thread): our feed grew or a fork proof arrived."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if isinstance(item, ForkProof):
+            data = item.to_bytes()
+            loop.call_soon_threadsafe(self._queue_proof, data)
+        elif item.author == self.me:
+            loop.call_soon_threadsafe(self._dirty.set)
+
+    def _queue_proof(self, data: bytes) -> None:
+        if len(self._new_proofs) < 64:
+            self._new_proofs.append(data)
+        self._dirty.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(0.002)  # coalesce a burst of appends into one batch
+            self._dirty.clear()
+            proofs, self._new_proofs = self._new_proofs, []
+            head = self.store.head(self.me)
+            for peer in list(self.peers.values()):
+                sock = peer.sock
+                if sock is None or peer.state != "up" or peer.banned_until:
+                    continue
+                if proofs:
+                    self._send_proofs(sock, [], proofs, peer)
+                if head is None:
+                    continue
+                known = peer.known.get(self.me, 0)
+                if not peer.heard:
+                    peer.wake.set()
+                    continue
+                if head.seq > known:
+                    todo = self.store.entries_after(self.me, known, wire.MAX_ROUND)
+                    raws = [e.raw for e in todo]
+                    sent = self._send_entries(sock, [], raws, peer)
+                    self._update_known(peer, raws[:sent])
+                    if sent < len(raws) or head.seq > known + len(raws):
+                        peer.wake.set()
+
+    async def _refresh_loop(self) -> None:
+        """Pick up entries other processes (the ledger CLI) committed to our data directory."""
+        while True:
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(self.store.refresh)
+
+    # ---- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now, wall = time.monotonic(), time.time()
+        ours = self.store.heads()
+        peers = []
+        for p in self.peers.values():
+            known = {a.hex(): s for a, s in p.known.items()}
+            peers.append(
+                {
+                    "key": p.hex,
+                    "endpoint": p.endpoint,
+                    "state": p.state,
+                    "last_seen_wall": p.last_seen_wall or None,
+                    "last_seen_ago": round(now - p.last_seen, 1) if p.last_seen else None,
+                    "heard": p.heard,
+                    "they_lack": sum(max(0, s - known.get(a, 0)) for a, s in ours.items())
+                    if p.heard
+                    else None,
+                    "we_lack": sum(max(0, s - ours.get(a, 0)) for a, s in known.items())
+                    if p.heard
+                    else None,
+                    "strikes": p.strikes,
+                    "banned": p.banned_until > now,
+                    "entries_in": p.entries_in,
+                    "entries_out": p.entries_out,
+                    "bytes_in": p.bytes_in,
+                    "bytes_out": p.bytes_out,
+                    "rejected": p.rejected,
+                    "last_reject": p.last_reject,
+                }
+            )
+        return {
+            "key": self.me.hex(),
+            "endpoint": self.advertised(),
+            "updated_wall": wall,
+            "feeds": len(ours),
+            "entries": self.store.count(),
+            "forks": len(self.store.quarantine()),
+            "peers": peers,
+            "stats": self.stats.__dict__.copy(),
+        }
+
+    def write_status(self) -> None:
+        if self.data_dir is None:
+            return
+        from gibsey.node.identity import write_atomic
+
+        data = json.dumps(self.status(), indent=1, sort_keys=True).encode()
+        try:
+            write_atomic(self.data_dir / STATUS_FILENAME, data)
+        except OSError:
+            log.debug("mesh: could not write status", exc_info=True)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.to_thread(self.write_status)
+            await asyncio.sleep(1.0)
+
+    # ---- one-shot sync (gibsey mesh sync) -----------------------------------------------------
+
+    async def sync_once(self, spec: PeerSpec, timeout: float = 10.0) -> Peer:
+        """Run rounds with one peer until neither side has more to send; return the peer."""
+        self.allowed.add(spec.key)
+        self.curve_to_ed[curve_public(spec.key)] = spec.key
+        peer = self.add_peer(spec.key, spec.endpoint)
+        if peer is None:
+            raise ValueError("cannot sync with ourselves")
+        deadline = time.monotonic() + timeout
+        while peer.rounds == 0 or peer.more:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete sync with {spec.endpoint} in {timeout}s")
+            await asyncio.sleep(0.01)
+        self.linger_ms = 2000  # let what we pushed leave before the sockets close
+        return peer
