@@ -29,7 +29,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.bench.report import Row
+from gibsey.node.opcode_table import OpcodeTable
+from gibsey.node.vm_asm import assemble
 from tests.brokers import Mosquitto, free_port, wait_port  # test helpers double as bench helpers
+
+BENCH_SYMBOL, BENCH_ROTATION = 7, 3
 
 ECHO_SCRIPT = """
 import socket, sys, paho.mqtt.client as mqtt
@@ -128,17 +132,63 @@ def _rotation(node_id: str) -> Callable[[str], bytes]:
                 "lamport": 1,
                 "wall": 0.0,
                 "actor": "bench",
-                "payload": {"symbol": 7, "rotation": 3},
+                "payload": {"symbol": BENCH_SYMBOL, "rotation": BENCH_ROTATION},
             }
         ).encode()
 
     return make
 
 
+def _prepare(data: Path) -> None:
+    """Measure the spine, not a glyph's program: the benchmark's state runs a bare HALT, the
+    rotation throttle is opened wide (the driver is one actor turning thousands of times a
+    second), and the gateway stays off."""
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "gibsey.toml").write_text("[agent]\nrotations_per_second = 1000000.0\n")
+    table = OpcodeTable.open(data)
+    try:
+        table.bind(BENCH_SYMBOL * 4 + BENCH_ROTATION, assemble("    HALT\n"), origin="bench")
+    finally:
+        table.close()
+
+
+def _wait_online(port: int, node_id: str, timeout: float = 60.0) -> None:
+    """The node announces itself (retained node/status) only after it has subscribed."""
+    online = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:6]}")
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        if json.loads(msg.payload).get("state") == "online":
+            online.set()
+
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"gibsey/v1/{node_id}/node/status", 1)
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        if not online.wait(timeout):
+            raise RuntimeError(f"node {node_id} did not come online within {timeout:g}s")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 def _start_node(workdir: Path, broker: Mosquitto) -> tuple[subprocess.Popen[bytes], str]:
     data = workdir / "node"
+    _prepare(data)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gibsey", "up", "--data", str(data), "--broker", broker.url],
+        [
+            sys.executable,
+            "-m",
+            "gibsey",
+            "up",
+            "--data",
+            str(data),
+            "--broker",
+            broker.url,
+            "--http",
+            "off",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX=""),
@@ -148,7 +198,9 @@ def _start_node(workdir: Path, broker: Mosquitto) -> tuple[subprocess.Popen[byte
         if time.monotonic() > deadline or proc.poll() is not None:
             raise RuntimeError("the node did not start for the benchmark")
         time.sleep(0.05)
-    return proc, (data / "node_id").read_text().strip()
+    node_id = (data / "node_id").read_text().strip()
+    _wait_online(broker.port, node_id)
+    return proc, node_id
 
 
 def run(rounds: int = 300, burst: int = 3000, repeats: int = 3, window: int = 100) -> list[Row]:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.agents")
 ROTATIONS = ("read", "write", "remember", "dream")
 SHORT_MODE_TOKENS = 24
+TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
 
 
 def state_topic(node_id: str, name: str) -> str:
@@ -82,6 +83,7 @@ class AgentService:
         self.memory = MemoryStore(self.db)
         self.facts = FactStore(self.db)
         self.tensor = AgencyTensor(self.db, self.cfg.tensor_half_life)
+        self._tensor_pending: list[tuple[str, int, int, float]] = []
         self.flags = FlagStore(self.db)
         self.embedder = Embedder()
         self.filter = OutputFilter(self.cfg.blocked)
@@ -113,6 +115,7 @@ class AgentService:
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
         r.register("agent-rituals", ["ritual/performed"], self.on_ritual)
         self.node.rituals.gates.append(self.rotation_gate)
+        self.node.add_closer(self.flush_tensor)  # the last rituals' counts are not lost
         self.node.add_service("agent-worker", self.run_worker)
         self.node.add_service("agent-pressure", self.run_pressure)
         self.node.add_service("agent-publish", self.run_publish)
@@ -182,6 +185,7 @@ class AgentService:
         published = -1
         last_clock = time.monotonic()
         while True:
+            self.flush_tensor()
             if self.tensor.version != published:
                 published = self.tensor.version
                 doc = self.tensor.snapshot()
@@ -393,7 +397,16 @@ class AgentService:
 
     async def on_ritual(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, RitualPerformed)
-        self.tensor.add(event.actor, payload.symbol, payload.rotation)
+        # Counted now, written in batches by run_publish (see AgencyTensor.add_many).
+        self._tensor_pending.append(
+            (event.actor, payload.symbol, payload.rotation, self.tensor.now())
+        )
+        if len(self._tensor_pending) >= TENSOR_BATCH_MAX:
+            self.flush_tensor()
+
+    def flush_tensor(self) -> None:
+        pending, self._tensor_pending = self._tensor_pending, []
+        self.tensor.add_many(pending)
 
     def rotation_gate(self, event: Event, rotated: GlyphRotated) -> str | None:
         """A ritual gate: an actor turning faster than the throttle allows performs no ritual

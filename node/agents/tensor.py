@@ -61,20 +61,34 @@ class AgencyTensor:
         self, actor: str, symbol: int, rotation: int, amount: float = 1.0, now: float | None = None
     ) -> float:
         t = self.now() if now is None else now
+        return self.add_many([(actor, symbol, rotation, t)], amount)[-1]
+
+    def add_many(
+        self, items: list[tuple[str, int, int, float]], amount: float = 1.0
+    ) -> list[float]:
+        """Add `amount` to each (actor, symbol, rotation) cell at its running time, in one
+        transaction: the daemon batches rituals (one commit per batch, not per turn of the
+        dial, which kept the event loop waiting on SQLite). Returns each cell's new weight."""
+        out: list[float] = []
+        if not items:
+            return out
         with self.db.transaction():
-            row = self.db.execute(
-                "SELECT weight, at FROM tensor WHERE actor=? AND symbol=? AND rotation=?",
-                (actor, symbol, rotation),
-            )
-            weight = (self._decay(row[0][0], row[0][1], t) if row else 0.0) + amount
-            self.db.execute(
-                "INSERT OR REPLACE INTO tensor(actor, symbol, rotation, weight, at)"
-                " VALUES (?,?,?,?,?)",
-                (actor, symbol, rotation, weight, t),
-            )
-            self.db.execute("INSERT OR REPLACE INTO tensor_clock(id, t) VALUES (0, ?)", (t,))
+            for actor, symbol, rotation, t in items:
+                row = self.db.execute(
+                    "SELECT weight, at FROM tensor WHERE actor=? AND symbol=? AND rotation=?",
+                    (actor, symbol, rotation),
+                )
+                weight = (self._decay(row[0][0], row[0][1], t) if row else 0.0) + amount
+                self.db.execute(
+                    "INSERT OR REPLACE INTO tensor(actor, symbol, rotation, weight, at)"
+                    " VALUES (?,?,?,?,?)",
+                    (actor, symbol, rotation, weight, t),
+                )
+                out.append(weight)
+            last = max(t for *_, t in items)
+            self.db.execute("INSERT OR REPLACE INTO tensor_clock(id, t) VALUES (0, ?)", (last,))
         self.version += 1
-        return weight
+        return out
 
     def cells(self, now: float | None = None, actor: str | None = None) -> list[Cell]:
         t = self.now() if now is None else now
