@@ -12,6 +12,7 @@ Schema for clients in other languages.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Annotated, Any, Literal
@@ -266,9 +267,24 @@ class NodeStatus(BaseModel):
     rejected_total: int = 0
 
 
+_ID_PREFIX = os.urandom(8).hex()  # 64 random bits per process ...
+_ID_COUNTER = itertools.count()  # ... and a counter: unique without a syscall per event
+
+
 def new_event_id() -> str:
-    # 128 random bits, like uuid4, at a quarter of uuid4's cost (this runs for every event).
-    return os.urandom(16).hex()
+    """32 hex digits, unique: a random per-process prefix and a counter. (uuid4 per event
+    cost 3 us, urandom 1 us; this runs for every event the node emits.) The fork-safe reset
+    below keeps a forked worker from reusing the parent's ids."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def _reseed_ids() -> None:
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(8).hex()
+    _ID_COUNTER = itertools.count()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def make_event(node: str, kind: str, payload: Payload, lamport: int, actor: str = "node") -> Event:

@@ -231,7 +231,9 @@ class Router:
                     SafetyAlert(reason=rej.reason, detail=rej.detail[:16_000], topic=topic[:256])
                 )
             return None
-        if not self._seen.add(event.id):
+        # Our own echo (byte-identical to what we published) is dispatched even if its id was
+        # seen: ids are not secret, and a forged event reusing one must not suppress ours.
+        if not self._seen.add(event.id) and own is None:
             self.stats.duplicates += 1
             return None
         self.stats.accepted += 1

@@ -127,3 +127,31 @@ def test_fast_built_events_equal_validated_ones() -> None:
     assert validated == event
     assert validated.model_dump() == event.model_dump()
     assert event.model_fields_set == set(Event.model_fields)
+
+
+async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
+    from gibsey.node.envelope import GiftTxn, make_event
+
+    router = Router("n1", lambda a: None)
+    seen: list[int] = []
+
+    async def handler(event: Event, payload: Payload) -> None:
+        seen.append(event.payload["amount"])
+
+    router.register("h", ["gift/txn"], handler)
+    router.start()
+    try:
+        ours = GiftTxn(giver="a", receiver="b", amount=5)
+        event = make_event("n1", "gift/txn", ours, 9)
+        raw = event.to_bytes()
+        router.remember_emitted(event, ours, raw)
+        forged = raw_event(
+            "n1", "gift/txn", {"giver": "x", "receiver": "y", "amount": 1}, event_id=event.id
+        )
+        router.handle_message(topic("n1", "gift/txn"), forged)  # arrives first, valid
+        router.handle_message(topic("n1", "gift/txn"), raw)  # our own echo
+        router.handle_message(topic("n1", "gift/txn"), raw)  # a QoS 1 redelivery of it
+        await asyncio.wait_for(router.drain(), 5)
+        assert sorted(seen) == [1, 5]
+    finally:
+        await router.stop()
