@@ -40,6 +40,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.agent",
         "persona tokens/s + first token via MQTT vs bare llama.cpp; embeddings; vector search",
     ),
+    "rehearse": (
+        "gibsey.bench.rehearse",
+        "1/3/5/10-node gallery on this machine: dial frame -> ritual p99, RSS per node",
+    ),
 }
 
 

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "mesh": "gibsey.mesh.cli",
     "agent": "gibsey.node.agents.cli",
     "bench": "gibsey.bench.cli",
+    "rehearse": "gibsey.node.rehearse.cli",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 

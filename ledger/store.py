@@ -176,6 +176,12 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             self._in_tx = True
             try:
+                # Another process (the ledger or story CLI beside a running node) may have
+                # appended to this feed since our caches were read: catch up under the write
+                # lock, or we would sign a second entry at a seq that is already taken.
+                caught_up = self._catch_up()
+                if caught_up:
+                    self._notify(caught_up)
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
@@ -203,29 +209,34 @@ class Store:
         with self.lock:
             if self._in_tx:
                 return 0
-            (version,) = self._db.execute("PRAGMA data_version").fetchone()
-            if version == self._data_version:
-                return 0
-            self._data_version = version
-            old_heads = {a: h.seq for a, h in self._heads.items()}
-            old_forks = set(self._fork_keys)
-            self._load_caches()
-            new: list[Entry | ForkProof] = []
-            for author, head in self._heads.items():
-                held = old_heads.get(author, 0)
-                if head.seq > held:
-                    rows = self._db.execute(
-                        "SELECT raw FROM entries WHERE author = ? AND seq > ? ORDER BY seq",
-                        (author, held),
-                    ).fetchall()
-                    new.extend(parse(r[0], verify=False) for r in rows)
-            for author, seq in self._fork_keys - old_forks:
-                (data,) = self._db.execute(
-                    "SELECT proof FROM forks WHERE author = ? AND seq = ?", (author, seq)
-                ).fetchone()
-                new.append(forkproof.from_bytes(data))
+            new = self._catch_up()
         self._notify(new)
         return len(new)
+
+    def _catch_up(self) -> list[Entry | ForkProof]:
+        """Reload the caches if another connection committed; what it added (hold `lock`)."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if version == self._data_version:
+            return []
+        self._data_version = version
+        old_heads = {a: h.seq for a, h in self._heads.items()}
+        old_forks = set(self._fork_keys)
+        self._load_caches()
+        new: list[Entry | ForkProof] = []
+        for author, head in self._heads.items():
+            held = old_heads.get(author, 0)
+            if head.seq > held:
+                rows = self._db.execute(
+                    "SELECT raw FROM entries WHERE author = ? AND seq > ? ORDER BY seq",
+                    (author, held),
+                ).fetchall()
+                new.extend(parse(r[0], verify=False) for r in rows)
+        for author, seq in self._fork_keys - old_forks:
+            (data,) = self._db.execute(
+                "SELECT proof FROM forks WHERE author = ? AND seq = ?", (author, seq)
+            ).fetchone()
+            new.append(forkproof.from_bytes(data))
+        return new
 
     @property
     def db(self) -> sqlite3.Connection:
