@@ -132,7 +132,18 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
             broker.port, "gibsey/v1/+/ritual/performed", "gibsey/v1/+/safety/alert", "bench/relay"
         )
         node = subprocess.Popen(
-            [sys.executable, "-m", "gibsey", "up", "--data", str(data), "--broker", broker.url],
+            [
+                sys.executable,
+                "-m",
+                "gibsey",
+                "up",
+                "--data",
+                str(data),
+                "--broker",
+                broker.url,
+                "--http",
+                "off",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX=""),

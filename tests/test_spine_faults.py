@@ -129,7 +129,7 @@ async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> Non
 def _start_up(data: Path, broker_url: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, GIBSEY_DATA=str(data))
     return subprocess.Popen(
-        [sys.executable, "-m", "gibsey", "up", "--broker", broker_url],
+        [sys.executable, "-m", "gibsey", "up", "--broker", broker_url, "--http", "off"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

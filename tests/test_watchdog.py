@@ -118,7 +118,7 @@ def _up(data: Path, broker: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, GIBSEY_DATA=str(data), GIBSEY_DISCOVERY_PREFIX="")
     env.pop("NOTIFY_SOCKET", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "gibsey", "up", "--broker", broker],
+        [sys.executable, "-m", "gibsey", "up", "--broker", broker, "--http", "off"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
