@@ -100,9 +100,9 @@ class WorkerProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
-            # llama.cpp's OpenMP threads spin while waiting; beside the daemon and the broker on a
-            # 2-core Pi that spinning costs ~4x in tokens/s (measured: 17 vs 52 tok/s here).
-            env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ},
+            # llama.cpp's OpenMP threads spin while they wait; bounded here (AgentConfig) so the
+            # daemon and the broker get the cores back between steps.
+            env={**os.environ, "GOMP_SPINCOUNT": str(self.cfg.omp_spincount)},
             limit=1 << 20,
         )
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-worker-{self.pid}")
