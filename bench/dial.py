@@ -28,6 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gibsey.bench.nodeproc import start_up, stop
 from gibsey.bench.report import Row
 from gibsey.dialcore import frame as df
 from tests.brokers import Mosquitto, free_port
@@ -131,23 +132,7 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
         arrivals = Arrivals(
             broker.port, "gibsey/v1/+/ritual/performed", "gibsey/v1/+/safety/alert", "bench/relay"
         )
-        node = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gibsey",
-                "up",
-                "--data",
-                str(data),
-                "--broker",
-                broker.url,
-                "--http",
-                "off",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX=""),
-        )
+        node = start_up(data, broker.url)
         relay = subprocess.Popen(
             [sys.executable, "-c", RELAY_SCRIPT, str(broker.port), str(relay_link)],
             stdout=subprocess.PIPE,
@@ -189,12 +174,7 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
             last = json.loads(arrivals.payloads[rituals][-1])["payload"]
         finally:
             arrivals.close()
-            node.terminate()
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
+            stop(node, timeout=30)
             relay.kill()
             relay.wait()
             os.close(node_master)

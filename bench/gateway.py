@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
 from tests.brokers import Mosquitto, free_port  # test helpers double as bench helpers
 
@@ -111,39 +111,9 @@ def measure(
 
 def _start_node(work: Path, broker: Mosquitto) -> tuple[subprocess.Popen[bytes], int]:
     data = work / "node"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gibsey",
-            "up",
-            "--data",
-            str(data),
-            "--broker",
-            broker.url,
-            "--http",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", GIBSEY_GATEWAY_TOKEN=TOKEN),
-    )
-    deadline = time.monotonic() + 60
-    while not (data / "gateway.json").exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("the node's gateway did not start for the benchmark")
-        time.sleep(0.05)
+    proc = start_up(data, broker.url, "127.0.0.1:0", GIBSEY_GATEWAY_TOKEN=TOKEN)
+    wait_for_file(proc, data / "gateway.json", 60, "the node's gateway")
     return proc, int(json.loads((data / "gateway.json").read_text())["port"])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def run(connections: int = 16, requests: int = 5000, seconds: float = 5.0) -> list[Row]:
@@ -168,8 +138,8 @@ def run(connections: int = 16, requests: int = 5000, seconds: float = 5.0) -> li
             )
         finally:
             if node is not None:
-                _stop(node)
-            _stop(hello)
+                stop(node)
+            stop(hello)
             broker.stop()
     note = f"{connections} keep-alive connections"
     rows = [

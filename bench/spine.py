@@ -13,7 +13,6 @@ a burst of events, counted when the last answer arrives.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
 from gibsey.node.opcode_table import OpcodeTable
 from gibsey.node.vm_asm import assemble
@@ -176,28 +176,8 @@ def _wait_online(port: int, node_id: str, timeout: float = 60.0) -> None:
 def _start_node(workdir: Path, broker: Mosquitto) -> tuple[subprocess.Popen[bytes], str]:
     data = workdir / "node"
     _prepare(data)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gibsey",
-            "up",
-            "--data",
-            str(data),
-            "--broker",
-            broker.url,
-            "--http",
-            "off",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX=""),
-    )
-    deadline = time.monotonic() + 30
-    while not (data / "node_id").exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError("the node did not start for the benchmark")
-        time.sleep(0.05)
+    proc = start_up(data, broker.url)
+    wait_for_file(proc, data / "node_id", 30, "the node")
     node_id = (data / "node_id").read_text().strip()
     _wait_online(broker.port, node_id)
     return proc, node_id
@@ -238,8 +218,7 @@ def run(rounds: int = 300, burst: int = 3000, repeats: int = 3, window: int = 10
             bare.close()
             via_node.close()
         finally:
-            node.terminate()
-            node.wait(10)
+            stop(node, timeout=10)
             echo.kill()
             echo.wait()
             broker.stop()
