@@ -50,6 +50,7 @@ from gibsey.node.envelope import (
 from gibsey.node.symbols import BY_SLUG, CHARACTERS, ROTATIONS, SYMBOLS
 
 if TYPE_CHECKING:
+    from gibsey.ledger.entry import Entry
     from gibsey.ledger.ledger import Ledger
     from gibsey.node.daemon import Node
     from gibsey.node.gateway.hub import Hub
@@ -267,6 +268,23 @@ class GatewayApp:
     async def publish(self, kind: str, payload: Payload, actor: str) -> tuple[Event, bool]:
         """Put one event on the spine and wait (briefly) for the broker's acknowledgement."""
         return await self.publish_with_id(kind, payload, actor, {})
+
+    async def announce_entry(
+        self, entry: Entry, kind: str, payload: Payload, actor: str
+    ) -> LedgerWrite:
+        """Publish the event for a ledger entry just appended, and say what the entry did."""
+        eff = self.ledger().view().effects.get(entry.hash)
+        event, acked = await self.publish(kind, payload, actor)
+        return LedgerWrite(
+            event=event.id,
+            kind=kind,
+            acked=acked,
+            entry=entry.hash_hex,
+            seq=entry.seq,
+            lamport=entry.lamport,
+            applied=bool(eff and eff.applied),
+            note=eff.note if eff else "",
+        )
 
     def ledger(self) -> Ledger:
         if self.node.ledger is None:
@@ -609,7 +627,6 @@ class GatewayApp:
             e = gw._ledger_call(
                 lambda: ledger.gift(body.giver, body.receiver, body.amount, body.memo)
             )
-            eff = ledger.view().effects.get(e.hash)
             txn = GiftTxn(
                 type="gift",
                 giver=body.giver,
@@ -617,17 +634,7 @@ class GatewayApp:
                 amount=body.amount,
                 entry=e.hash_hex[:64],
             )
-            event, acked = await gw.publish("gift/txn", txn, body.giver)
-            return LedgerWrite(
-                event=event.id,
-                kind="gift/txn",
-                acked=acked,
-                entry=e.hash_hex,
-                seq=e.seq,
-                lamport=e.lamport,
-                applied=bool(eff and eff.applied),
-                note=eff.note if eff else "",
-            )
+            return await gw.announce_entry(e, "gift/txn", txn, body.giver)
 
         @app.get("/api/ledger/proposals", tags=["governance"], summary="Schrödinger hearings")
         async def proposals(
@@ -668,7 +675,6 @@ class GatewayApp:
             e = gw._ledger_call(
                 lambda: ledger.propose(body.action, body.target, body.title, body.proposer)
             )
-            eff = ledger.view().effects.get(e.hash)
             opened = HearingOpened(
                 proposal=e.hash_hex,
                 action=body.action,
@@ -676,17 +682,7 @@ class GatewayApp:
                 title=body.title,
                 proposer=body.proposer,
             )
-            event, acked = await gw.publish("hearing/opened", opened, body.proposer)
-            return LedgerWrite(
-                event=event.id,
-                kind="hearing/opened",
-                acked=acked,
-                entry=e.hash_hex,
-                seq=e.seq,
-                lamport=e.lamport,
-                applied=bool(eff and eff.applied),
-                note=eff.note if eff else "",
-            )
+            return await gw.announce_entry(e, "hearing/opened", opened, body.proposer)
 
         @app.post(
             "/api/ledger/proposals/{proposal}/votes",
@@ -705,21 +701,10 @@ class GatewayApp:
             ledger = gw.ledger()
             p = gw._ledger_call(lambda: ledger.find_proposal(proposal))
             e = gw._ledger_call(lambda: ledger.vote(p.hash_hex, body.actor, body.choice))
-            eff = ledger.view().effects.get(e.hash)
             voted = HearingVote(
                 proposal=p.hash_hex, actor=body.actor, choice=body.choice, entry=e.hash_hex
             )
-            event, acked = await gw.publish("hearing/vote", voted, body.actor)
-            return LedgerWrite(
-                event=event.id,
-                kind="hearing/vote",
-                acked=acked,
-                entry=e.hash_hex,
-                seq=e.seq,
-                lamport=e.lamport,
-                applied=bool(eff and eff.applied),
-                note=eff.note if eff else "",
-            )
+            return await gw.announce_entry(e, "hearing/vote", voted, body.actor)
 
         # -- mesh and story ---------------------------------------------------------------------
         @app.get("/api/mesh/peers", tags=["mesh"], summary="The mesh: this node and its peers")
