@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,14 @@ def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily | None
     return None if value is None else GaugeMetricFamily(name, doc, value=value)
 
 
+def _counts(name: str, help_: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter with one label, one sample per key of `counts` (in key order)."""
+    family = CounterMetricFamily(name, help_, labels=[label])
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
+
+
 class NodeCollector(Collector):
     def __init__(self, node: Node, hub: Hub, starts: int) -> None:
         self.node = node
@@ -57,18 +65,15 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         node = self.node
         stats = node.router.stats
-        events = CounterMetricFamily(
-            "gibsey_events", "Events accepted by the router, by kind", labels=["kind"]
+        yield _counts(
+            "gibsey_events", "Events accepted by the router, by kind", "kind", stats.by_kind
         )
-        for kind, n in sorted(stats.by_kind.items()):
-            events.add_metric([kind], n)
-        yield events
-        rejected = CounterMetricFamily(
-            "gibsey_rejected", "Inputs rejected at the boundary, by reason", labels=["reason"]
+        yield _counts(
+            "gibsey_rejected",
+            "Inputs rejected at the boundary, by reason",
+            "reason",
+            stats.rejected,
         )
-        for reason, n in sorted(stats.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
         yield CounterMetricFamily(
             "gibsey_duplicates",
             "Events dropped as duplicates (QoS 1 resends)",
@@ -145,18 +150,15 @@ class NodeCollector(Collector):
 
     def _agents(self) -> Iterator[Metric]:
         hub = self.hub
-        tokens = CounterMetricFamily(
-            "gibsey_agent_tokens", "Tokens streamed by personas (agent/emit)", labels=["persona"]
+        yield _counts(
+            "gibsey_agent_tokens",
+            "Tokens streamed by personas (agent/emit)",
+            "persona",
+            hub.agent_tokens,
         )
-        for persona, n in sorted(hub.agent_tokens.items()):
-            tokens.add_metric([persona], n)
-        yield tokens
-        answers = CounterMetricFamily(
-            "gibsey_agent_answers", "Finished persona answers", labels=["persona"]
+        yield _counts(
+            "gibsey_agent_answers", "Finished persona answers", "persona", hub.agent_answers
         )
-        for persona, n in sorted(hub.agent_answers.items()):
-            answers.add_metric([persona], n)
-        yield answers
         yield GaugeMetricFamily(
             "gibsey_agent_tokens_per_second",
             "Tokens per second streamed by personas, over the last 10 s",
