@@ -18,9 +18,8 @@ import asyncio
 import collections
 import logging
 import socket
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -63,14 +62,11 @@ class Outgoing:
 
 @dataclass
 class SpineStats:
-    connected: bool = False
     connects: int = 0
     published: int = 0
     received: int = 0
     outbox_dropped: int = 0
     last_error: str = ""
-    connected_since: float = 0.0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 MessageHandler = Callable[[str, bytes], object]
@@ -278,9 +274,7 @@ class Spine:
                 async with client:
                     paho = self._paho = self._attach(client)
                     self._connected.set()
-                    self.stats.connected = True
                     self.stats.connects += 1
-                    self.stats.connected_since = time.monotonic()
                     if not first or delay > 0.25:
                         log.warning("connected to broker %s", self.url)
                     else:
@@ -306,7 +300,6 @@ class Spine:
                         self._requeue_in_flight()
             except aiomqtt.MqttError as exc:
                 self._connected.clear()
-                self.stats.connected = False
                 self.stats.last_error = str(exc)
                 verb = "not reachable" if first or self.stats.connects == 0 else "lost"
                 log.warning(
