@@ -79,6 +79,26 @@ def _fuel(text: str) -> int:
     return value
 
 
+def _add_state_arguments(p: argparse.ArgumentParser) -> None:
+    """--symbol and --rotation: the QDPI state a program runs for (or is bound to)."""
+    p.add_argument(
+        "--symbol",
+        "-s",
+        type=_symbol,
+        required=True,
+        metavar="S",
+        help="base symbol 0..63 or a character slug (london-fox, ...)",
+    )
+    p.add_argument(
+        "--rotation",
+        "-r",
+        type=_rotation,
+        required=True,
+        metavar="R",
+        help="0..3 or read, write, remember, dream",
+    )
+
+
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -139,22 +159,7 @@ def register(
         "Effects are printed, not performed: nothing is published or written.",
     )
     run.add_argument("file", metavar="FILE", help="bytecode or .gasm")
-    run.add_argument(
-        "--symbol",
-        "-s",
-        type=_symbol,
-        required=True,
-        metavar="S",
-        help="base symbol 0..63 or a character slug (london-fox, ...)",
-    )
-    run.add_argument(
-        "--rotation",
-        "-r",
-        type=_rotation,
-        required=True,
-        metavar="R",
-        help="0..3 or read, write, remember, dream",
-    )
+    _add_state_arguments(run)
     run.add_argument("--actor", type=_int, default=0, metavar="A", help="actor id (default 0)")
     run.add_argument("--node", type=_int, default=0, metavar="N", help="node id (default 0)")
     run.add_argument(
@@ -179,22 +184,7 @@ def register(
         "restart. A program the verifier refuses changes nothing.",
     )
     load.add_argument("file", metavar="FILE", help="bytecode or .gasm")
-    load.add_argument(
-        "--symbol",
-        "-s",
-        type=_symbol,
-        required=True,
-        metavar="S",
-        help="base symbol 0..63 or a character slug",
-    )
-    load.add_argument(
-        "--rotation",
-        "-r",
-        type=_rotation,
-        required=True,
-        metavar="R",
-        help="0..3 or read, write, remember, dream",
-    )
+    _add_state_arguments(load)
     load.set_defaults(func=cmd_load)
 
     table = sub.add_parser(
