@@ -14,13 +14,12 @@ from gibsey.node import vm, vm_asm
 from gibsey.node import vm_isa as isa
 from gibsey.node.config import resolve_data_dir
 from gibsey.node.opcode_table import STATES, OpcodeTable
-from gibsey.node.symbols import CHARACTERS, SYMBOLS, state_of
+from gibsey.node.symbols import CHARACTERS, ROTATIONS, SYMBOLS, state_of
 
 BYTECODE_SUFFIX = ".gbc"
 
 # The 16 character symbols in corpus order (DESIGN.md); ids 16..63 are the hidden symbols.
 CHARACTER_SLUGS: tuple[str, ...] = tuple(slug for slug, _colour in CHARACTERS)
-ROTATION_NAMES: tuple[str, ...] = ("read", "write", "remember", "dream")
 
 _EPILOG = """\
 FILE may be assembly text (.gasm) or assembled bytecode (starts with the GZVM magic); the kind is
@@ -52,13 +51,13 @@ def _symbol(text: str) -> int:
 
 
 def _rotation(text: str) -> int:
-    if text.lower() in ROTATION_NAMES:
-        return ROTATION_NAMES.index(text.lower())
+    if text.lower() in ROTATIONS:
+        return ROTATIONS.index(text.lower())
     try:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected 0..3 or one of {', '.join(ROTATION_NAMES)}"
+            f"{text!r}: expected 0..3 or one of {', '.join(ROTATIONS)}"
         ) from None
     if not 0 <= value < isa.ROTATIONS:
         raise argparse.ArgumentTypeError(f"rotation {value} out of range 0..3")
@@ -318,7 +317,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = trigger.state
     print(
         f"symbol {args.symbol} ({_persona(args.symbol)}), rotation {args.rotation} "
-        f"({ROTATION_NAMES[args.rotation]}), state {state}: "
+        f"({ROTATIONS[args.rotation]}), state {state}: "
         f"{result.fuel_used} instructions of {args.fuel} fuel"
     )
     if result.error is not None:
@@ -363,7 +362,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         table.close()
     name = SYMBOLS[args.symbol].slug
     print(
-        f"bound {binding.key} ({name}, {ROTATION_NAMES[args.rotation]}) "
+        f"bound {binding.key} ({name}, {ROTATIONS[args.rotation]}) "
         f"to program {binding.short} (version {binding.version})"
     )
     return 0
@@ -391,7 +390,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     for b in rows:
         symbol, rotation = divmod(b.state, 4)
         print(
-            f"{b.key:>6}  {SYMBOLS[symbol].slug:<20} {ROTATION_NAMES[rotation]:<9}"
+            f"{b.key:>6}  {SYMBOLS[symbol].slug:<20} {ROTATIONS[rotation]:<9}"
             f" v{b.version:<3} {b.short}  {b.origin}"
         )
     return 0

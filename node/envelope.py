@@ -28,7 +28,6 @@ QdpiSymbol = Annotated[
     int, Field(ge=0, le=63, description="base symbol 0..63 (16 characters + 48 hidden)")
 ]
 QdpiRotation = Annotated[int, Field(ge=0, le=3, description="0 Read, 1 Write, 2 Remember, 3 Dream")]
-ROTATION_NAMES = ("read", "write", "remember", "dream")
 
 
 class Payload(BaseModel):

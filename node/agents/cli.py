@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.node.config import ConfigError, NodeConfig, load_config, resolve_data_dir
+from gibsey.node.symbols import ROTATIONS
 
 REPLY_PREFIX = "gibsey/reply"
 
@@ -225,9 +226,8 @@ def _tensor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(tensor.snapshot(), indent=2))
         return 0
-    names = ("read", "write", "remember", "dream")
     for c in tensor.cells()[: args.limit]:
-        print(f"{c.actor:16} symbol {c.symbol:2} {names[c.rotation]:8} {c.weight:8.3f}")
+        print(f"{c.actor:16} symbol {c.symbol:2} {ROTATIONS[c.rotation]:8} {c.weight:8.3f}")
     return 0
 
 

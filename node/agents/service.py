@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from gibsey.node.daemon import Node
 
 log = logging.getLogger("gibsey.agents")
-ROTATIONS = ("read", "write", "remember", "dream")
 SHORT_MODE_TOKENS = 24
 TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
 
