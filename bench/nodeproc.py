@@ -9,6 +9,13 @@ import time
 from pathlib import Path
 
 
+def open_rotation_throttle(data: Path) -> None:
+    """A benchmark drives one actor thousands of times a second: open the safety inverter's
+    rotation throttle in the node's gibsey.toml, or rituals would be refused, not measured."""
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "gibsey.toml").write_text("[agent]\nrotations_per_second = 1000000.0\n")
+
+
 def start_up(data: Path, broker_url: str, http: str = "off", **env: str) -> subprocess.Popen[bytes]:
     """`gibsey up` on `data` against `broker_url`, quiet, without Home Assistant discovery."""
     return subprocess.Popen(

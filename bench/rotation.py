@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gibsey.bench.nodeproc import open_rotation_throttle
 from gibsey.bench.report import Row
 from gibsey.node import vm
 from gibsey.node.config import load_config
@@ -31,15 +32,10 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _open_throttle(data: Path) -> None:
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "gibsey.toml").write_text("[agent]\nrotations_per_second = 1000000.0\n")
-
-
 async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[float], int]:
     # One bench actor turns 22,000 times: open the safety inverter's rotation throttle, or most
     # rituals would be refused before their program runs (and this would measure the refusal).
-    _open_throttle(data)
+    open_rotation_throttle(data)
     node = Node(data, load_config(data))
     sent: list[bytes] = []
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gibsey.bench.nodeproc import start_up, stop, wait_for_file
+from gibsey.bench.nodeproc import open_rotation_throttle, start_up, stop, wait_for_file
 from gibsey.bench.report import Row
 from gibsey.node.opcode_table import OpcodeTable
 from gibsey.node.vm_asm import assemble
@@ -143,8 +143,7 @@ def _prepare(data: Path) -> None:
     """Measure the spine, not a glyph's program: the benchmark's state runs a bare HALT, the
     rotation throttle is opened wide (the driver is one actor turning thousands of times a
     second), and the gateway stays off."""
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "gibsey.toml").write_text("[agent]\nrotations_per_second = 1000000.0\n")
+    open_rotation_throttle(data)
     table = OpcodeTable.open(data)
     try:
         table.bind(BENCH_SYMBOL * 4 + BENCH_ROTATION, assemble("    HALT\n"), origin="bench")
