@@ -3,8 +3,8 @@
 From the raw bytes of a `glyph/rotated` message (as the broker hands them over) through the
 router's validation, the opcode table, the verified Zig VM run, to every resulting event built
 and serialised for the broker (4 events for a Dream: agent/request, narrative/change,
-ritual/effect, ritual/performed). The spine's publish is replaced by a list append: the one
-narrow stand-in, because the network is what this figure leaves out.
+ritual/effect, ritual/performed). The node's one seam to the broker (publish_raw) is replaced
+by a list append: the one narrow stand-in, because the network is what this figure leaves out.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from gibsey.bench.report import Row
 from gibsey.node import vm
 from gibsey.node.config import load_config
 from gibsey.node.daemon import Node
-from gibsey.node.envelope import Event
 
 ROTATIONS = 20_000
 WARMUP = 2_000
@@ -39,13 +38,13 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
     node = Node(data, load_config(data))
     sent: list[bytes] = []
 
-    def sink(event: Event, raw: bytes | None = None) -> asyncio.Future[None]:
-        sent.append(raw or event.to_bytes())
+    def sink(kind: str, raw: bytes) -> asyncio.Future[None]:
+        sent.append(raw)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
-    node.publish_event = sink  # type: ignore[method-assign]
+    node.publish_raw = sink  # type: ignore[method-assign]
     topic = f"gibsey/v1/{node.node_id}/glyph/rotated"
     messages = [
         json.dumps(

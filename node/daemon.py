@@ -24,10 +24,11 @@ from gibsey.node.discovery import discovery_messages
 from gibsey.node.envelope import (
     Event,
     NodeStatus,
+    Outgoing,
     Payload,
     RitualRebirth,
     SafetyAlert,
-    make_event,
+    encode_event,
 )
 from gibsey.node.identity import Identity, load_or_create
 from gibsey.node.lamport import LamportClock
@@ -63,7 +64,7 @@ class Node:
             queue_size=config.handler_queue,
             on_event=self._observe,
         )
-        self.rituals = RitualHandler(self.emit)
+        self.rituals = RitualHandler(self.send)
         # Set by the parts that provide them (node/parts.py); None when a part is not built.
         self.ledger: Ledger | None = None
         self.runtime: Runtime | None = None
@@ -137,22 +138,31 @@ class Node:
         # whatever the node emits in response is ordered after its cause.
         self.clock.observe(event.lamport)
 
+    def send(
+        self, kind: str, payload: Payload, actor: str = "node"
+    ) -> tuple[Outgoing, asyncio.Future[None]]:
+        """Put an event of this node on the spine (QoS 1; sent as soon as a broker is there).
+        Returns what was sent and a future that resolves when the broker has acknowledged it.
+        The cheapest way to emit: no Event object is built unless someone asks for one."""
+        out = encode_event(self.node_id, kind, payload, self.clock.tick(), actor)
+        self.router.remember_emitted(out)
+        return out, self.publish_raw(kind, out.raw)
+
     def emit(self, kind: str, payload: Payload, actor: str = "node") -> Event:
-        """Put an event of this node on the spine (QoS 1; sent as soon as a broker is there)."""
-        return self.emit_acked(kind, payload, actor)[0]
+        """Like send, returning the event."""
+        return self.send(kind, payload, actor)[0].event
 
     def emit_acked(
         self, kind: str, payload: Payload, actor: str = "node"
     ) -> tuple[Event, asyncio.Future[None]]:
         """Like emit, with a future that resolves when the broker has acknowledged the event."""
-        event = make_event(self.node_id, kind, payload, self.clock.tick(), actor)
-        raw = event.to_bytes()
-        self.router.remember_emitted(event, payload, raw)
-        return event, self.publish_event(event, raw)
+        out, acked = self.send(kind, payload, actor)
+        return out.event, acked
 
-    def publish_event(self, event: Event, raw: bytes | None = None) -> asyncio.Future[None]:
+    def publish_raw(self, kind: str, raw: bytes) -> asyncio.Future[None]:
+        """Publish an encoded event of this node on its topic (the one seam to the broker)."""
         assert self.spine is not None, "node not started"
-        return self.spine.publish(topic_for(event.node, event.kind), raw or event.to_bytes())
+        return self.spine.publish(topic_for(self.node_id, kind), raw)
 
     def _publish_alert(self, alert: SafetyAlert) -> None:
         if self.spine is not None:

@@ -13,6 +13,7 @@ Schema for clients in other languages.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from typing import Annotated, Any, Literal
@@ -286,34 +287,106 @@ def _reseed_ids() -> None:
 os.register_at_fork(after_in_child=_reseed_ids)
 
 
-def make_event(node: str, kind: str, payload: Payload, lamport: int, actor: str = "node") -> Event:
-    expected = PAYLOADS[kind]
-    if not isinstance(payload, expected):
-        raise TypeError(f"{kind} takes a {expected.__name__} payload, not {type(payload).__name__}")
-    # Every field is already valid: the payload model validated itself when it was made, the
-    # node id when the identity was created, and the kind is checked above. So the envelope is
-    # built the way pydantic's own model_construct builds one, minus its generic bookkeeping
-    # (2.7 us -> 0.5 us; this runs for every effect of every ritual). A test checks that the
-    # result equals a fully validated Event, so a pydantic upgrade cannot break it silently.
-    assert lamport >= 0 and len(actor) <= 256
-    event = Event.__new__(Event)
-    object.__setattr__(
-        event,
-        "__dict__",
-        {
-            "id": new_event_id(),
-            "node": node,
-            "kind": kind,
-            "lamport": lamport,
-            "wall": time.time(),
-            "actor": actor,
-            "payload": payload.model_dump(mode="json"),
-        },
+class Outgoing:
+    """An event this node sends. Its wire bytes are built straight from the payload model (one
+    serialisation in pydantic's Rust core, no intermediate dict), and the `Event` envelope only
+    when something asks for it: the echo's handlers, or a caller that keeps the event. A ritual
+    sends four events in the hot path of every rotation; building and serialising each as an
+    Event cost 6 us, this costs 2 us. A test checks that the bytes validate to exactly `event`."""
+
+    __slots__ = ("_event", "actor", "id", "kind", "lamport", "node", "payload", "raw", "wall")
+
+    def __init__(
+        self,
+        event_id: str,
+        node: str,
+        kind: str,
+        lamport: int,
+        wall: float,
+        actor: str,
+        payload: Payload,
+        raw: bytes,
+    ) -> None:
+        self.id = event_id
+        self.node = node
+        self.kind = kind
+        self.lamport = lamport
+        self.wall = wall
+        self.actor = actor
+        self.payload = payload
+        self.raw = raw
+        self._event: Event | None = None
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            # Every field is already valid: the payload model validated itself when it was
+            # made, the node id when the identity was created, the kind in encode_event. So the
+            # envelope is built the way pydantic's model_construct builds one, minus its generic
+            # bookkeeping (2.7 us -> 0.5 us).
+            event = Event.__new__(Event)
+            object.__setattr__(
+                event,
+                "__dict__",
+                {
+                    "id": self.id,
+                    "node": self.node,
+                    "kind": self.kind,
+                    "lamport": self.lamport,
+                    "wall": self.wall,
+                    "actor": self.actor,
+                    "payload": self.payload.model_dump(mode="json"),
+                },
+            )
+            object.__setattr__(event, "__pydantic_fields_set__", _EVENT_FIELDS)
+            object.__setattr__(event, "__pydantic_extra__", None)
+            object.__setattr__(event, "__pydantic_private__", None)
+            self._event = event
+        return self._event
+
+
+# The envelope's field order is Event's: the router recognises its own echoes by the id at a
+# fixed offset (`{"id":"` then 32 hex digits).
+_WIRE = b'{"id":"%s","node":"%s","kind":"%s","lamport":%d,"wall":%r,"actor":%s,"payload":%s}'
+_ACTOR_JSON: dict[str, bytes] = {}  # actor -> its JSON string; bounded below
+
+
+def _actor_json(actor: str) -> bytes:
+    encoded = _ACTOR_JSON.get(actor)
+    if encoded is None:
+        encoded = json.dumps(actor).encode()  # ASCII-escaped: always valid UTF-8 bytes
+        if len(_ACTOR_JSON) < 4096:
+            _ACTOR_JSON[actor] = encoded
+    return encoded
+
+
+def encode_event(
+    node: str, kind: str, payload: Payload, lamport: int, actor: str = "node"
+) -> Outgoing:
+    """A new event of this node, ready for the wire (see Outgoing)."""
+    expected = PAYLOADS.get(kind)
+    if expected is None or not isinstance(payload, expected):
+        want = expected.__name__ if expected else "known kind"
+        raise TypeError(f"{kind} takes a {want} payload, not {type(payload).__name__}")
+    if not 0 <= lamport < 2**63 or len(actor) > 256:
+        raise ValueError(f"lamport {lamport} or actor of {len(actor)} chars out of range")
+    event_id = new_event_id()
+    wall = time.time()
+    raw = _WIRE % (
+        event_id.encode(),
+        node.encode(),
+        kind.encode(),
+        lamport,
+        wall,
+        _actor_json(actor),
+        payload.__pydantic_serializer__.to_json(payload),
     )
-    object.__setattr__(event, "__pydantic_fields_set__", _EVENT_FIELDS)
-    object.__setattr__(event, "__pydantic_extra__", None)
-    object.__setattr__(event, "__pydantic_private__", None)
-    return event
+    return Outgoing(event_id, node, kind, lamport, wall, actor, payload, raw)
+
+
+def make_event(node: str, kind: str, payload: Payload, lamport: int, actor: str = "node") -> Event:
+    """A new event of this node as an Event (see encode_event for the wire bytes too)."""
+    return encode_event(node, kind, payload, lamport, actor).event
 
 
 _EVENT_FIELDS = frozenset(Event.model_fields)

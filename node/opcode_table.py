@@ -6,13 +6,15 @@ verifier runs before the insert, and a refused program leaves the old binding in
 
 The daemon and `gibsey vm load` open the same file (WAL mode, so they can); the daemon notices a
 commit from another process through `PRAGMA data_version` (a counter SQLite bumps when another
-connection commits), which costs microseconds, so it can check on every rotation and a new
-program takes effect on the very next turn of the dial, with no restart.
+connection commits), so it can check on every rotation and a new program takes effect on the very
+next turn of the dial, with no restart. The PRAGMA costs ~3 us through the sqlite3 module, so a
+cheaper look goes first (WalIndexWatch): only when the WAL index changed is the PRAGMA asked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -64,6 +66,51 @@ class Binding:
         return self.program[:12]
 
 
+class WalIndexWatch:
+    """A first look for commits to a WAL-mode database, at memory speed.
+
+    Every commit rewrites the wal-index header at the start of the database's -shm file (its
+    change counter, last valid frame and checkpoint salts; https://www.sqlite.org/walformat.html,
+    "the wal-index header"): SQLite itself compares that header to know whether its cache is
+    stale. Comparing those bytes through a read-only mapping costs ~0.1 us, against ~3 us for
+    `PRAGMA data_version`. The watch only says "maybe changed": any difference, or no -shm file
+    to map, falls through to the PRAGMA, which stays the authority. A commit is complete (and
+    its writer's call returned) only after the header was rewritten, so a commit that finished
+    before a rotation is always seen by that rotation."""
+
+    HEADER = 96  # two copies of the 48-byte header; a writer updates both
+
+    def __init__(self, db_path: Path) -> None:
+        self._path = Path(f"{db_path}-shm")
+        self._map: mmap.mmap | None = None
+        self._last = b""
+
+    def maybe_changed(self) -> bool:
+        if self._map is None and not self._open():
+            return True
+        assert self._map is not None
+        header = self._map[: self.HEADER]
+        if header == self._last:
+            return False
+        self._last = header
+        return True
+
+    def _open(self) -> bool:
+        try:
+            with open(self._path, "rb") as f:
+                if f.seek(0, 2) < self.HEADER:
+                    return False
+                self._map = mmap.mmap(f.fileno(), self.HEADER, access=mmap.ACCESS_READ)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
 class OpcodeTable:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -74,6 +121,8 @@ class OpcodeTable:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._seed()
+        self._wal = WalIndexWatch(path)
+        self._wal.maybe_changed()
         self._data_version = self._current_data_version()
 
     @classmethod
@@ -81,6 +130,7 @@ class OpcodeTable:
         return cls(data_dir / FILENAME)
 
     def close(self) -> None:
+        self._wal.close()
         self._db.close()
 
     def _current_data_version(self) -> int:
@@ -88,6 +138,8 @@ class OpcodeTable:
 
     def changed_elsewhere(self) -> bool:
         """True once after another process committed to the table."""
+        if not self._wal.maybe_changed():
+            return False
         now = self._current_data_version()
         if now != self._data_version:
             self._data_version = now

@@ -8,14 +8,12 @@ what ran as one `ritual/performed` event, after the program's own effects.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gibsey.node.envelope import Event, GlyphRotated, Payload, RitualPerformed
 
 
-@dataclass(frozen=True)
-class RitualOutcome:
+class RitualOutcome(NamedTuple):  # immutable, and cheap to make on every rotation
     program: str  # short hash of the program that ran ("" when none is bound)
     effects: int
     fuel: int
@@ -23,7 +21,9 @@ class RitualOutcome:
 
 
 class Emitter(Protocol):
-    def __call__(self, kind: str, payload: Payload, actor: str = ...) -> Event: ...
+    """Node.send: puts an event on the spine (what it returns is not needed here)."""
+
+    def __call__(self, kind: str, payload: Payload, actor: str = ...) -> object: ...
 
 
 ProgramRunner = Callable[[Event, GlyphRotated], RitualOutcome]
@@ -45,9 +45,14 @@ class RitualHandler:
 
     def __call__(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, GlyphRotated)
-        refusal = next((r for gate in self.gates if (r := gate(event, payload))), None)
-        # A refused ritual is still recorded, so a dashboard sees the turn and why nothing ran.
-        outcome = RitualOutcome("", 0, 0, refusal) if refusal else self.runner(event, payload)
+        for gate in self.gates:
+            refusal = gate(event, payload)
+            if refusal:
+                # A refused ritual is still recorded: a dashboard sees the turn and why nothing ran.
+                outcome = RitualOutcome("", 0, 0, refusal)
+                break
+        else:
+            outcome = self.runner(event, payload)
         self._emit(
             "ritual/performed",
             RitualPerformed(

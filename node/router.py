@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from gibsey.node.envelope import Event, Payload, Rejection, SafetyAlert, parse_event
+from gibsey.node.envelope import Event, Outgoing, Payload, Rejection, SafetyAlert, parse_event
 from gibsey.node.topics import STATUS_KIND, ParsedTopic, parse_topic
 
 log = logging.getLogger("gibsey.router")
@@ -100,7 +100,9 @@ class Router:
         self._alert_rate = alerts_per_second
         self._alert_refill = time.monotonic()
         self._on_event = on_event
-        self._emitted: dict[str, tuple[Event, Payload, bytes]] = {}
+        # Ordered, so the oldest is dropped in O(1) (a plain dict's next(iter()) rescans the slots
+        # its deletions left behind).
+        self._emitted: collections.OrderedDict[str, Outgoing] = collections.OrderedDict()
         self._emitted_cap = 4096
         self.stats = RouterStats()
         self._running = False
@@ -243,11 +245,11 @@ class Router:
         self.dispatch(event, payload)
         return event
 
-    def remember_emitted(self, event: Event, payload: Payload, raw: bytes) -> None:
+    def remember_emitted(self, out: Outgoing) -> None:
         """Keep what this node just published, so its echo from the broker needs no parsing."""
-        self._emitted[event.id] = (event, payload, raw)
+        self._emitted[out.id] = out
         if len(self._emitted) > self._emitted_cap:
-            del self._emitted[next(iter(self._emitted))]
+            self._emitted.popitem(last=False)
 
     def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> tuple[Event, Payload] | None:
         # Every event the node emits comes back from the broker (it subscribes to gibsey/v1/#).
@@ -258,10 +260,10 @@ class Router:
             return None
         key = raw[7:39].decode("ascii", "replace")
         own = self._emitted.get(key)
-        if own is None or own[2] != raw:
+        if own is None or own.raw != raw:
             return None
         del self._emitted[key]
-        return own[0], own[1]
+        return own.event, own.payload
 
     def dispatch(self, event: Event, payload: Payload) -> None:
         for name, inline, local_only in self._inline.get(event.kind, ()):

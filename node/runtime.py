@@ -160,7 +160,7 @@ class Runtime:
         kind = effect.kind
         if kind in (vm.EffectKind.EMIT, vm.EffectKind.EMITS):
             value = effect.a if kind is vm.EffectKind.EMIT else None
-            self.node.emit(
+            self.node.send(
                 "ritual/effect",
                 RitualEffect(name=effect.s1 or "", value=value, text=effect.s2, cause=event.id),
                 actor=event.actor,
@@ -170,14 +170,14 @@ class Runtime:
             persona = SYMBOLS[effect.a].slug if 0 <= effect.a < BASE_SYMBOLS else None
             if persona is None:
                 return self._bad_effect(event, f"ASK names persona {effect.a}, not 0..63")
-            self.node.emit(
+            self.node.send(
                 "agent/request",
                 AgentRequest(persona=persona, prompt=effect.s1 or "", correlation=event.id),
                 actor=event.actor,
             )
             return 1
         if kind is vm.EffectKind.PROPOSE:
-            self.node.emit(
+            self.node.send(
                 "narrative/change",
                 NarrativeChange(branch=effect.s1 or "", change="propose"),
                 actor=event.actor,
@@ -252,7 +252,7 @@ class Runtime:
                 SafetyAlert(reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000])
             )
             return
-        self.node.emit("gift/txn", txn, actor=work.actor)
+        self.node.send("gift/txn", txn, actor=work.actor)
 
     # -- loading programs over MQTT -------------------------------------------------------------
     async def on_vm_load(self, event: Event, payload: Payload) -> None:
@@ -279,7 +279,7 @@ class Runtime:
                 )
             )
             return
-        self.node.emit(
+        self.node.send(
             "vm/loaded",
             VmLoaded(
                 symbol=payload.symbol,

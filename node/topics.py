@@ -6,6 +6,7 @@ to one kind across every node with `gibsey/v1/+/glyph/rotated`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PREFIX = "gibsey"
@@ -30,6 +31,9 @@ class ParsedTopic:
     kind: str
 
 
+# Cached: a node sees the same few hundred topics over and over, and splitting one into a
+# ParsedTopic costs ~1 us on every message. Bounded, so a flood of distinct topics only evicts.
+@functools.lru_cache(maxsize=4096)
 def parse_topic(topic: str) -> ParsedTopic | None:
     """Split an event topic; None when it is not a gibsey/v1 event topic."""
     parts = topic.split("/")

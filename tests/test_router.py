@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
 
 from gibsey.node.envelope import Event, Payload, SafetyAlert
 from gibsey.node.router import Router
@@ -113,24 +116,40 @@ async def test_envelope_must_match_its_topic() -> None:
     assert "gift/txn" in alerts[0].detail
 
 
-def test_fast_built_events_equal_validated_ones() -> None:
-    from gibsey.node.envelope import Event, RitualEffect, make_event
+@pytest.mark.parametrize(
+    "actor", ["node", 'a "quoted" actor', "visitor \\ with \n escapes", "ünïcode ✓ visitor"]
+)
+def test_fast_built_events_equal_validated_ones(actor: str) -> None:
+    from gibsey.node.envelope import Event, RitualEffect, encode_event
 
-    event = make_event(
+    out = encode_event(
         "n1",
         "ritual/effect",
-        RitualEffect(name="glyph/x", value=1, cause="c"),
+        RitualEffect(name="glyph/x", value=1, text='ünï "text"', cause="c"),
         7,
-        actor='a "quoted" actor',
+        actor=actor,
     )
-    validated = Event.model_validate_json(event.to_bytes())
-    assert validated == event
-    assert validated.model_dump() == event.model_dump()
-    assert event.model_fields_set == set(Event.model_fields)
+    # What goes on the wire validates to exactly the event the node dispatches on its echo.
+    validated = Event.model_validate_json(out.raw)
+    assert validated == out.event
+    assert validated.model_dump() == out.event.model_dump()
+    assert out.event.model_fields_set == set(Event.model_fields)
+    assert out.raw.startswith(b'{"id":"' + out.id.encode() + b'"')
+    # And the lazily built envelope serialises back to the same document.
+    assert json.loads(out.event.to_bytes()) == json.loads(out.raw)
+
+
+def test_encoding_refuses_a_payload_of_the_wrong_kind() -> None:
+    from gibsey.node.envelope import GiftTxn, encode_event
+
+    with pytest.raises(TypeError, match="ritual/effect takes a RitualEffect"):
+        encode_event("n1", "ritual/effect", GiftTxn(giver="a", receiver="b", amount=1), 1)
+    with pytest.raises(TypeError, match="no/such takes a known kind"):
+        encode_event("n1", "no/such", GiftTxn(giver="a", receiver="b", amount=1), 1)
 
 
 async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
-    from gibsey.node.envelope import GiftTxn, make_event
+    from gibsey.node.envelope import GiftTxn, encode_event
 
     router = Router("n1", lambda a: None)
     seen: list[int] = []
@@ -142,9 +161,9 @@ async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
     router.start()
     try:
         ours = GiftTxn(giver="a", receiver="b", amount=5)
-        event = make_event("n1", "gift/txn", ours, 9)
-        raw = event.to_bytes()
-        router.remember_emitted(event, ours, raw)
+        out = encode_event("n1", "gift/txn", ours, 9)
+        event, raw = out.event, out.raw
+        router.remember_emitted(out)
         forged = raw_event(
             "n1", "gift/txn", {"giver": "x", "receiver": "y", "amount": 1}, event_id=event.id
         )

@@ -217,3 +217,46 @@ def test_the_table_is_seeded_versioned_and_refuses_bad_programs(tmp_path: Path) 
     again = OpcodeTable.open(tmp_path)
     assert again.current()[9].bytecode == good
     again.close()
+
+
+_BINDER = """
+import sys
+from pathlib import Path
+from gibsey.node.opcode_table import OpcodeTable
+from gibsey.node.vm_asm import assemble
+table = OpcodeTable.open(Path(sys.argv[1]))
+for i in range(int(sys.argv[2])):
+    table.bind(i % 256, assemble(f"    PUSH {i}\\n    HALT\\n"), origin="test")
+    print(i, flush=True)
+    sys.stdin.readline()
+table.close()
+"""
+
+
+def test_every_commit_by_another_process_is_seen_across_wal_checkpoints(tmp_path: Path) -> None:
+    # The daemon looks for other processes' commits on every rotation, first through the WAL
+    # index header (cheap), then PRAGMA data_version. 400 binds cross several automatic WAL
+    # checkpoints (the WAL restarts from its first frame): not one commit may go unseen, and
+    # nothing may be reported changed when nothing was.
+    table = OpcodeTable.open(tmp_path)
+    commits = 400
+    binder = subprocess.Popen(
+        [sys.executable, "-c", _BINDER, str(tmp_path), str(commits)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert binder.stdin is not None and binder.stdout is not None
+    try:
+        assert not table.changed_elsewhere()
+        for i in range(commits):
+            assert binder.stdout.readline().split() == [str(i)]
+            assert table.changed_elsewhere(), f"commit {i} by another process was not seen"
+            assert not table.changed_elsewhere(), "one commit reported twice"
+            binder.stdin.write("\n")
+            binder.stdin.flush()
+        assert binder.wait(timeout=30) == 0
+        assert table.current()[(commits - 1) % 256].version > 1
+    finally:
+        binder.kill()
+        table.close()

@@ -44,7 +44,6 @@ from gibsey.node.envelope import (
     HearingOpened,
     HearingVote,
     Payload,
-    make_event,
     new_event_id,
 )
 from gibsey.node.symbols import BY_SLUG, CHARACTERS, ROTATIONS, SYMBOLS
@@ -751,9 +750,9 @@ class GatewayApp:
         if correlation is not None:
             payload = payload.model_copy(update={"correlation": correlation})
             box["correlation"] = correlation
-        event = make_event(self.node.node_id, kind, payload, self.node.clock.tick(), actor)
+        out, acked = self.node.send(kind, payload, actor)
+        event = out.event
         box["id"] = event.id
-        acked = self.node.publish_event(event)
         log.info(
             "published %s %s for %s",
             kind,
