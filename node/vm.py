@@ -391,7 +391,9 @@ class Vm:
                 self._live(), code, len(code), self._trigger_ref, fuel, self._result_ref
             )
             raw_status = r.status
-            status = _STATUS.get(raw_status) or isa.status_of(raw_status)
+            status = _STATUS.get(raw_status)  # (not `or`: Status.OK is 0, and falsy)
+            if status is None:
+                status = isa.status_of(raw_status)
             if status in _VERIFY_ERRORS:
                 raise VerifyError(status, r.offset, _reason(status))
             count = r.effect_count
@@ -411,7 +413,7 @@ class Vm:
             stack = r.stack[:depth] if depth else []
             local = r.locals[:n_locals] if n_locals else []
             fuel_used, pc = r.fuel_used, r.pc
-        if status is Status.OK:
+        if status is _OK:
             return RunResult(effects, fuel_used, None, pc, stack, local, effects)
         error = VmError(status, pc, _reason(status))
         return RunResult([], fuel_used, error, pc, stack, local, effects)
@@ -425,6 +427,7 @@ _STATUS: dict[int, Status] = {s.value: s for s in Status}
 _KINDS: dict[int, EffectKind] = {k.value: k for k in EffectKind}
 _I64_MIN, _I64_MAX = isa.I64_MIN, isa.I64_MAX
 _U32_MAX = 2**32 - 1
+_OK = Status.OK
 _VERIFY_ERRORS = frozenset(s for s in Status if s.is_verify_error)
 # kind u32, pc u32, a b c i64, s1_off s1_len s2_off s2_len u32: the extern struct Effect.
 _EFFECT_FORMAT = struct.Struct("<IIqqqIIII")
