@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import concurrent.futures
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -218,41 +219,48 @@ class Runtime:
         return 1
 
     async def ledger_service(self) -> None:
-        """Append queued mints and gifts to this node's feed, one at a time, in ritual order."""
-        while True:
-            work = await self.ledger_queue.get()
-            try:
-                self._append(work)
-            finally:
-                self.ledger_queue.task_done()
+        """Append queued mints and gifts to this node's feed, one at a time, in ritual order.
+        Each append signs and commits with fsync (milliseconds on an SD card), so it runs on
+        one worker thread: the event loop keeps answering the dial meanwhile (the store's own
+        lock serialises it with everything else that touches the ledger)."""
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger") as thread:
+            while True:
+                work = await self.ledger_queue.get()
+                try:
+                    outcome = await loop.run_in_executor(thread, self._append, work)
+                    if isinstance(outcome, SafetyAlert):
+                        self.node.alert(outcome)
+                    else:
+                        self.node.send("gift/txn", outcome, actor=work.actor)
+                finally:
+                    self.ledger_queue.task_done()
 
-    def _append(self, work: LedgerWork) -> None:
+    def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert:
+        """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused."""
         ledger = self.node.ledger
         assert ledger is not None
         try:
             if work.kind == "mint":
                 entry = ledger.mint(work.actor, work.amount, ritual=work.ritual)
-                txn = GiftTxn(
+                return GiftTxn(
                     type="mint",
                     receiver=work.actor,
                     amount=work.amount,
                     entry=entry.hash.hex()[:64],
                 )
-            else:
-                entry = ledger.gift(work.actor, work.receiver, work.amount)
-                txn = GiftTxn(
-                    type="gift",
-                    giver=work.actor,
-                    receiver=work.receiver,
-                    amount=work.amount,
-                    entry=entry.hash.hex()[:64],
-                )
-        except Exception as exc:  # refused by the economy (overdraw, caps): say so, go on
-            self.node.alert(
-                SafetyAlert(reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000])
+            entry = ledger.gift(work.actor, work.receiver, work.amount)
+            return GiftTxn(
+                type="gift",
+                giver=work.actor,
+                receiver=work.receiver,
+                amount=work.amount,
+                entry=entry.hash.hex()[:64],
             )
-            return
-        self.node.send("gift/txn", txn, actor=work.actor)
+        except Exception as exc:  # refused by the economy (overdraw, caps): say so, go on
+            return SafetyAlert(
+                reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000]
+            )
 
     # -- loading programs over MQTT -------------------------------------------------------------
     async def on_vm_load(self, event: Event, payload: Payload) -> None:

@@ -391,9 +391,8 @@ class Vm:
                 self._live(), code, len(code), self._trigger_ref, fuel, self._result_ref
             )
             raw_status = r.status
-            status = _STATUS.get(raw_status)  # (not `or`: Status.OK is 0, and falsy)
-            if status is None:
-                status = isa.status_of(raw_status)
+            known = _STATUS.get(raw_status)  # (not `or`: Status.OK is 0, and falsy)
+            status = isa.status_of(raw_status) if known is None else known
             if status in _VERIFY_ERRORS:
                 raise VerifyError(status, r.offset, _reason(status))
             count = r.effect_count
