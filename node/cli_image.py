@@ -89,7 +89,8 @@ def prepare_stage(out: Path, with_agents: bool = False, vm_lib: Path = AARCH64_L
     shutil.copytree(STAGE, stage, symlinks=True)
     files = stage / "01-gibsey" / "files"
     files.mkdir(parents=True, exist_ok=True)
-    for unit in sorted((REPO / "images" / "systemd").glob("*.service")):
+    units = REPO / "images" / "systemd"
+    for unit in sorted([*units.glob("*.service"), *units.glob("*.socket")]):
         (files / unit.name).write_text(unit.read_text().replace("@PREFIX@", PREFIX))
     shutil.copy2(REPO / "images" / "mosquitto" / "gibsey.conf", files / "mosquitto-gibsey.conf")
     shutil.copy2(REPO / "images" / "gibsey.toml.example", files / "gibsey.toml.example")

@@ -15,8 +15,9 @@ folder named by a hash of everything that goes into it; a changed package list b
 Each boot leaves the cached root untouched: `--volatile=overlay` puts a tmpfs over it. What
 changes between runs comes in by bind mounts: the checkout (read-only, at /opt/gibsey/src, which
 the venv's .pth puts on sys.path, so the Zig VM library built on the host in vm_zig/zig-out comes
-with it), the unit with @PREFIX@=/opt/gibsey, the Mosquitto drop-in, and the node's data
-directory /var/lib/gibsey (a host folder, so the host reads the ledger afterwards).
+with it), the units with @PREFIX@=/opt/gibsey (the node's, the agent worker's socket and its
+template), the Mosquitto drop-in, and the node's data directory /var/lib/gibsey (a host folder,
+so the host reads the ledger afterwards).
 
 Commands run inside the booted container through `nsenter` into its PID 1's namespaces (this
 machine may have no systemd-machined, so `machinectl`/`systemd-run --machine` are not used).
@@ -329,8 +330,13 @@ def build_seconds(root: Path) -> float | None:
         return None
 
 
-def unit_text(prefix: str = PREFIX) -> str:
-    return (REPO / "images/systemd/gibsey-node.service").read_text().replace("@PREFIX@", prefix)
+# The units bound into /etc/systemd/system at each boot; gibsey-node.service is enabled in the
+# cached root, the agent worker's socket is pulled in by the node's Wants=.
+BOOT_UNITS = ("gibsey-node.service", "gibsey-agent-worker.socket", "gibsey-agent-worker@.service")
+
+
+def unit_text(prefix: str = PREFIX, name: str = "gibsey-node.service") -> str:
+    return (REPO / "images/systemd" / name).read_text().replace("@PREFIX@", prefix)
 
 
 class Container:
@@ -352,8 +358,10 @@ class Container:
         self._lock = open(self.root.with_name(f"{self.root.name}.lock"), "a")
         fcntl.flock(self._lock, fcntl.LOCK_SH)
         self.data.mkdir(exist_ok=True)
-        unit = self.workdir / "gibsey-node.service"
-        unit.write_text(unit_text())
+        units = []
+        for name in BOOT_UNITS:
+            (self.workdir / name).write_text(unit_text(name=name))
+            units.append(f"--bind-ro={self.workdir / name}:/etc/systemd/system/{name}")
         cmd = [
             "systemd-nspawn",
             "--boot",
@@ -366,7 +374,7 @@ class Container:
             "--console=read-only",
             f"--bind-ro={REPO}:{SRC}",
             f"--bind={self.data}:/var/lib/gibsey",
-            f"--bind-ro={unit}:/etc/systemd/system/gibsey-node.service",
+            *units,
             f"--bind-ro={REPO / 'images/mosquitto/gibsey.conf'}:/etc/mosquitto/conf.d/gibsey.conf",
         ]
         with open(self.console_log, "wb") as out:

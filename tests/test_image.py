@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -56,6 +57,8 @@ def test_prepared_stage_is_complete(tmp_path: Path) -> None:
     for name in (
         "gibsey-node.service",
         "gibsey-firstboot.service",
+        "gibsey-agent-worker.socket",
+        "gibsey-agent-worker@.service",
         "mosquitto-gibsey.conf",
         "gibsey.toml.example",
         "libgibsey_vm.so",
@@ -67,10 +70,12 @@ def test_prepared_stage_is_complete(tmp_path: Path) -> None:
     run = (stage / "01-gibsey" / "00-run.sh").read_text()
     for ref in ("gibsey-src.tar.gz", "libgibsey_vm.so", "requirements.txt", "gibsey.toml.example"):
         assert f"files/{ref}" in run
-    for unit in files.glob("*.service"):
+    for unit in [*files.glob("*.service"), *files.glob("*.socket")]:
         text = unit.read_text()
         assert "@PREFIX@" not in text
-        assert "/opt/gibsey/.venv/bin/gibsey" in text
+        if unit.suffix == ".service":
+            assert re.search(r"^ExecStart=/opt/gibsey/\.venv/bin/(gibsey|python) ", text, re.M)
+    assert "gibsey-agent-worker.socket" in run.split("systemctl enable", 1)[1]
     reqs = (files / "requirements.txt").read_text().split()
     assert not any(r.startswith(("ziglang", "llama-cpp-python")) for r in reqs)
     assert any(r.startswith("aiomqtt==") for r in reqs)

@@ -5,6 +5,8 @@ Inside the container the repository's own unit (images/systemd/gibsey-node.servi
 READY (Type=notify: `active` only after READY=1), and after `kill -9` of its main process systemd
 must restart it and the new run must record a death-rebirth ritual (deaths.json via `gibsey
 watchdog deaths`, and a signed `rebirth` entry on the node's ledger).
+The agent worker's socket unit (gibsey-agent-worker.socket, pulled in by the node) must listen,
+start one worker unit per connection with the unit's limits, and lose its workers with the node.
 
 The root is cached between runs (see gibsey.node.testroot); the first build on a new machine
 takes about two minutes. On a machine that cannot do this (not root, no systemd-nspawn, no
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -148,3 +151,111 @@ def test_kill_9_is_followed_by_a_restart_and_a_recorded_rebirth(box: Container) 
     assert body["pid"] == old_pid
     assert body["cause"] == "signal KILL"
     assert body["exit_status"] == "KILL"
+
+
+# Run as the node's user inside the container: one raw connection (the worker's settings are read
+# from /proc while it waits for its load request), then the daemon's own transport.
+WORKER_SOCKET_PROBE = """
+import asyncio, json, os, socket, struct
+from gibsey.node.agents.transport import UNKNOWN_EXIT, SocketWorker
+PATH = "/run/gibsey/agent-worker.sock"
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+s.connect(PATH)
+data, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(12))
+pid, uid, _gid = struct.unpack("3i", anc[0][2][:12])
+proc = f"/proc/{pid}"
+live = {
+    "hello": json.loads(data),
+    "pid": pid,
+    "uid": uid,
+    "nice": int(open(f"{proc}/stat").read().rsplit(")", 1)[1].split()[16]),
+    "oom_score_adj": int(open(f"{proc}/oom_score_adj").read()),
+    "cgroup": open(f"{proc}/cgroup").read().strip(),
+}
+s.sendall(json.dumps({"op": "load", "argv": ["--model", "/no/such.gguf"]}).encode() + b"\\n")
+live["reply"] = json.loads(s.makefile().readline())
+
+async def transport():
+    w = await SocketWorker.connect(PATH, ["--model", "/no/such.gguf"], {}, timeout=30)
+    line = json.loads(await w.stdout.readline())
+    return {"pid": w.pid, "reply": line, "returncode": await w.wait()}
+
+print(json.dumps({"live": live, "transport": asyncio.run(transport()),
+                  "unknown_exit": UNKNOWN_EXIT, "me": os.getuid()}))
+"""
+
+
+def test_the_agent_worker_socket_starts_one_limited_worker_unit_per_connection(
+    box: Container,
+) -> None:
+    _wait_active(box)  # the node's Wants= pulls the socket in
+    assert box.systemctl("is-active", "gibsey-agent-worker.socket").stdout.strip() == "active"
+    stat = box.exec("stat", "-c", "%U %a %F", "/run/gibsey/agent-worker.sock").stdout.split()
+    assert stat[:3] == ["gibsey", "600", "socket"], stat
+
+    done = box.exec("runuser", "-u", "gibsey", "--", PYTHON, "-c", WORKER_SOCKET_PROBE, timeout=60)
+    assert done.returncode == 0, f"{done.stderr}\n{box.journal('gibsey-agent-worker@*')}"
+    probe = json.loads(done.stdout)
+    live = probe["live"]
+    # The worker systemd started: the kernel's pid is the one the worker says, as the node's user,
+    # in a unit (cgroup) of its own, with the unit's priorities.
+    assert live["hello"] == {"ev": "hello", "pid": live["pid"], "proto": 1}
+    assert live["uid"] == probe["me"]
+    assert re.search(r"/gibsey-agent-worker@[^/]+\.service$", live["cgroup"]), live["cgroup"]
+    assert (live["nice"], live["oom_score_adj"]) == (10, 500)
+    assert live["reply"]["ev"] == "load_failed" and "no model file" in live["reply"]["error"]
+    # The daemon's side of the same: a second connection is a second worker.
+    via = probe["transport"]
+    assert via["pid"] not in (0, live["pid"])
+    assert via["reply"]["ev"] == "load_failed"
+    assert via["returncode"] == probe["unknown_exit"]
+    # What systemd applies to every instance (a limit systemd could not parse would be absent).
+    limits = box.show("gibsey-agent-worker@probe.service", "MemoryMax", "MemoryHigh", "CPUWeight")
+    assert limits["CPUWeight"] == "20", limits
+    assert limits["MemoryMax"].isdigit() and limits["MemoryHigh"].isdigit(), limits
+
+    # Dead workers do not pile up as failed units (CollectMode=inactive-or-failed).
+    def collected() -> bool:
+        units = box.systemctl("list-units", "--all", "--no-legend", "gibsey-agent-worker@*")
+        return "gibsey-agent-worker@" not in units.stdout
+
+    box.wait_for(collected, 20, "the finished worker units to be collected")
+
+
+# Holds one connection (so one worker unit) open, as a daemon would, without being the daemon.
+HOLD_A_WORKER = """
+import socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("/run/gibsey/agent-worker.sock")
+s.recv(100)
+time.sleep(120)
+"""
+
+
+def _workers(box: Container) -> str:
+    return box.systemctl("list-units", "--all", "--no-legend", "gibsey-agent-worker@*").stdout
+
+
+def test_a_killed_node_takes_its_workers_with_it(box: Container) -> None:
+    before = _wait_active(box)
+    holder = box.exec(
+        "sh", "-c", f'{PYTHON} -c "$1" >/dev/null 2>&1 & echo $!', "sh", HOLD_A_WORKER
+    ).stdout.strip()
+    try:
+        box.wait_for(lambda: " active running " in _workers(box), 20, "a running worker unit")
+        # The connection stays open, yet the worker goes with the node (BindsTo=): a restarted
+        # node never loads its model beside a stale worker, wedged or not.
+        killed = box.systemctl("kill", "--signal=KILL", "--kill-whom=main", "gibsey-node")
+        assert killed.returncode == 0, killed.stderr
+        box.wait_for(lambda: "gibsey-agent-worker@" not in _workers(box), 20, "no worker unit")
+        alive = box.exec("sh", "-c", 'kill -0 "$1"', "sh", holder)
+        assert alive.returncode == 0, "the connection holder is gone"
+    finally:
+        box.exec("sh", "-c", 'kill "$1"', "sh", holder)
+
+    def reborn() -> bool:
+        s = _node(box)
+        return s.get("ActiveState") == "active" and s.get("MainPID") != before["MainPID"]
+
+    box.wait_for(reborn, 60, "the node to be back")

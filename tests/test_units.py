@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.node.agents.config import AgentConfig
 from tests.brokers import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-UNITS = sorted((REPO / "images" / "systemd").glob("*.service"))
+SYSTEMD_DIR = REPO / "images" / "systemd"
+UNITS = sorted([*SYSTEMD_DIR.glob("*.service"), *SYSTEMD_DIR.glob("*.socket")])
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
 def _verify(unit_text: str, name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     # The image installs the project under a prefix; here the checkout is the prefix, so every
-    # ExecStart= names an executable that really exists.
+    # ExecStart= names an executable that really exists. All units sit side by side as they do in
+    # /etc/systemd/system: verify loads the socket's service template from the same folder.
+    for other in UNITS:
+        (tmp_path / other.name).write_text(other.read_text().replace("@PREFIX@", str(REPO)))
     unit = tmp_path / name
     unit.write_text(unit_text.replace("@PREFIX@", str(REPO)))
     return subprocess.run(
@@ -42,13 +47,18 @@ def test_unit_passes_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
 @pytest.mark.skipif(
     SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (Debian: systemd)"
 )
-def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
-    text = (
-        (REPO / "images/systemd/gibsey-node.service")
-        .read_text()
-        .replace("Type=notify", "Type=bogus")
-    )
-    result = _verify(text, "gibsey-node.service", tmp_path)
+@pytest.mark.parametrize(
+    ("name", "good", "bad"),
+    [
+        ("gibsey-node.service", "Type=notify", "Type=bogus"),
+        # A template is verified too (systemd-analyze instantiates it).
+        ("gibsey-agent-worker@.service", "StandardOutput=socket", "StandardOutput=bogus"),
+    ],
+)
+def test_verify_catches_a_broken_unit(name: str, good: str, bad: str, tmp_path: Path) -> None:
+    text = (SYSTEMD_DIR / name).read_text()
+    assert good in text
+    result = _verify(text.replace(good, bad), name, tmp_path)
     assert "bogus" in result.stderr
 
 
@@ -61,6 +71,45 @@ def test_node_unit_is_supervised_the_way_the_issue_asks() -> None:
         assert re.search(rf"^{line}$", service, re.M)
     assert re.search(r"^WatchdogSec=\d+", service, re.M)
     assert "ExecStopPost=@PREFIX@/.venv/bin/gibsey watchdog record-exit" in service
+
+
+def _settings(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_agent_worker_units_are_one_worker_per_connection_of_the_node() -> None:
+    sock = _settings((SYSTEMD_DIR / "gibsey-agent-worker.socket").read_text())
+    worker = _settings((SYSTEMD_DIR / "gibsey-agent-worker@.service").read_text())
+    node = _settings((SYSTEMD_DIR / "gibsey-node.service").read_text())
+    assert sock["Accept"] == ["yes"]
+    assert (sock["SocketUser"], sock["SocketMode"]) == (node["User"], ["0600"])
+    # The node reaches the socket the unit listens on, and pulls the socket in.
+    (listen,) = sock["ListenStream"]
+    assert f"GIBSEY_AGENT_WORKER=socket:{listen}" in node["Environment"]
+    assert AgentConfig.from_mapping({"worker": f"socket:{listen}"}).worker.endswith(listen)
+    for key in ("Wants", "After"):
+        assert "gibsey-agent-worker.socket" in node[key][0].split()
+    # ... and a worker lives no longer than the node (a killed node takes its workers along).
+    assert worker["BindsTo"] == ["gibsey-node.service"]
+    # The connection is the protocol: stdout is the socket, stderr must not be (the default).
+    assert (worker["StandardInput"], worker["StandardOutput"]) == (["socket"], ["socket"])
+    assert worker["StandardError"] == ["journal"]
+    assert worker["ExecStart"] == ["@PREFIX@/.venv/bin/python -m gibsey.node.agents.transport"]
+    # The model, not the node, is what the limits and the OOM killer take first.
+    for key in ("MemoryHigh", "MemoryMax", "CPUWeight", "Nice", "OOMScoreAdjust"):
+        assert key in worker, key
+    assert int(worker["CPUWeight"][0]) < 100 and int(worker["OOMScoreAdjust"][0]) > 0
+    assert (
+        "Restart" not in worker
+        and "[Install]" not in (SYSTEMD_DIR / "gibsey-agent-worker@.service").read_text()
+    )
+    for key in ("User", "Group", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp"):
+        assert worker[key] == node[key], key
 
 
 def test_mosquitto_drop_in_starts_a_broker(tmp_path: Path) -> None:

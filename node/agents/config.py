@@ -17,12 +17,33 @@ temp_limit_c = 80        # CPU temperature of the degraded modes (short, then ca
 mem_available_min = 0.10 # fraction of memory available below which agents degrade
 sqlite = "auto"          # "auto", "stdlib" or "apsw": how sqlite-vec is loaded
 blocked = ["word", ...]  # extra terms for the output filter
+worker = "spawn"         # how the daemon gets a model worker: "spawn" (a child process) or
+                         # "socket:/run/gibsey/agent-worker.sock" (a systemd socket unit: each
+                         # connection is one worker unit; see transport.py). The environment
+                         # variable GIBSEY_AGENT_WORKER overrides it (gibsey-node.service sets it).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+WORKER_SPAWN = "spawn"
+WORKER_SOCKET = "socket:"
+
+
+def worker_socket_path(value: str) -> str | None:
+    """The socket path of an `[agent] worker` value, None for "spawn"; ValueError when invalid."""
+    if value == WORKER_SPAWN:
+        return None
+    path = value.removeprefix(WORKER_SOCKET)
+    if value.startswith(WORKER_SOCKET) and path.startswith("/") and len(path.encode()) < 108:
+        return path
+    raise ValueError(
+        f"[agent] worker = {value!r}: expected {WORKER_SPAWN!r} or "
+        f"'{WORKER_SOCKET}/absolute/path/of/the/socket' (at most 107 bytes)"
+    )
 
 
 @dataclass
@@ -62,6 +83,7 @@ class AgentConfig:
     thermal_glob: str = "/sys/class/thermal/thermal_zone*/temp"
     meminfo: str = "/proc/meminfo"
     blocked: list[str] = field(default_factory=list)
+    worker: str = WORKER_SPAWN
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any] | None) -> AgentConfig:
@@ -82,4 +104,6 @@ class AgentConfig:
             else:
                 value = str(value)
             setattr(cfg, key, value)
+        cfg.worker = os.environ.get("GIBSEY_AGENT_WORKER") or cfg.worker
+        worker_socket_path(cfg.worker)
         return cfg

@@ -1,6 +1,7 @@
 """The daemon's side of the model worker: start, stream, watch, restart, hot-swap.
 
-* One `WorkerProcess` is one `python -m gibsey.node.agents.worker` child with one model loaded.
+* One `WorkerProcess` is one `python -m gibsey.node.agents.worker` child with one model loaded
+  (or, with `[agent] worker = "socket:..."`, one worker unit reached over a socket: transport.py).
 * The `Supervisor` owns the serving worker. Liveness is progress: during a generation the worker
   must produce a token within `first_token_timeout` (then `token_timeout` between tokens); when
   idle it must answer a ping within `ping_timeout` every `ping_interval`. A worker that exits
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gibsey.node.agents.config import AgentConfig
+from gibsey.node.agents.transport import TransportFailed, WorkerProc, open_worker
 
 log = logging.getLogger("gibsey.agents")
 
@@ -60,7 +61,7 @@ class WorkerProcess:
         self.model = model
         self.cfg = cfg
         self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: WorkerProc | None = None
         self.load_s = 0.0
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._current: asyncio.Queue[dict[str, Any] | None] | None = None
@@ -85,26 +86,13 @@ class WorkerProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: ASYNC230 - a local log file
             stderr = self._log
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gibsey.node.agents.worker",
-            "--model",
-            str(self.model),
-            "--n-ctx",
-            str(self.cfg.n_ctx),
-            "--threads",
-            str(self.cfg.threads),
-            "--seed",
-            str(self.cfg.seed),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            # llama.cpp's OpenMP threads spin while they wait; bounded here (AgentConfig) so the
-            # daemon and the broker get the cores back between steps.
-            env={**os.environ, "GOMP_SPINCOUNT": str(self.cfg.omp_spincount)},
-            limit=1 << 20,
-        )
+        try:  # a child process, or a worker unit behind a socket ([agent] worker; transport.py)
+            self.proc = await open_worker(self.model, self.cfg, stderr)
+        except BaseException as exc:
+            await asyncio.shield(self.stop())  # the log file
+            if isinstance(exc, TransportFailed):
+                raise ModelLoadFailed(f"{self.model}: {exc}") from None
+            raise
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-worker-{self.pid}")
         try:
             msg = await asyncio.wait_for(asyncio.shield(self._ready), self.cfg.load_timeout)

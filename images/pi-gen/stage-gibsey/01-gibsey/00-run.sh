@@ -1,14 +1,15 @@
 #!/bin/bash -e
 # pi-gen sub-stage, run on the build host with ROOTFS_DIR set: put the node into the image.
-# files/ is filled by `gibsey image build` (gibsey-src.tar.gz, requirements.txt, the units with
-# @PREFIX@ already replaced by /opt/gibsey, the Mosquitto drop-in, the aarch64 VM library).
+# files/ is filled by `gibsey image build` (gibsey-src.tar.gz, requirements.txt, the units (.service,
+# .socket) with @PREFIX@ already replaced by /opt/gibsey, the Mosquitto drop-in, the aarch64 VM
+# library).
 PREFIX=/opt/gibsey
 
 install -d -m 755 "${ROOTFS_DIR}${PREFIX}/src" "${ROOTFS_DIR}/etc/gibsey" "${ROOTFS_DIR}/var/lib/gibsey"
 tar -xzf files/gibsey-src.tar.gz -C "${ROOTFS_DIR}${PREFIX}/src"
 install -D -m 755 files/libgibsey_vm.so "${ROOTFS_DIR}${PREFIX}/src/vm_zig/zig-out/lib/libgibsey_vm.so"
 install -m 644 files/requirements.txt "${ROOTFS_DIR}${PREFIX}/requirements.txt"
-for unit in files/*.service; do
+for unit in files/*.service files/*.socket; do
 	install -m 644 "${unit}" "${ROOTFS_DIR}/etc/systemd/system/"
 done
 install -m 644 files/mosquitto-gibsey.conf "${ROOTFS_DIR}/etc/mosquitto/conf.d/gibsey.conf"
@@ -25,6 +26,10 @@ fi
 CMDLINE="${ROOTFS_DIR}/boot/firmware/cmdline.txt"
 if [ -f "${CMDLINE}" ]; then
 	sed -i 's| init=/usr/lib/raspberrypi-sys-mods/firstboot||' "${CMDLINE}"
+	# Raspberry Pi kernels turn the memory cgroup off (cgroup_disable=memory from the device
+	# tree, before cmdline.txt); without it MemoryMax= of gibsey-agent-worker@.service is
+	# silently ignored and a model can push the node into the OOM killer.
+	grep -q "cgroup_enable=memory" "${CMDLINE}" || sed -i '1 s|$| cgroup_enable=memory|' "${CMDLINE}"
 fi
 
 on_chroot << CHROOT
@@ -38,5 +43,5 @@ chmod 755 ${PREFIX}/.venv/bin/gibsey
 ${PREFIX}/.venv/bin/python -m compileall -q ${PREFIX}/src/node ${PREFIX}/src/ledger ${PREFIX}/src/mesh ${PREFIX}/src/gibsey || true
 chown gibsey:gibsey /var/lib/gibsey
 chmod 700 /var/lib/gibsey
-systemctl enable mosquitto.service gibsey-firstboot.service gibsey-node.service
+systemctl enable mosquitto.service gibsey-firstboot.service gibsey-node.service gibsey-agent-worker.socket
 CHROOT
