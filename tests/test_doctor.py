@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import os
+import socket
 from collections import namedtuple
 from pathlib import Path
 
@@ -61,6 +62,26 @@ def test_agents_configured_without_a_model_fail(tmp_path: Path) -> None:
     check = cli_doctor.check_model(cfg)
     assert check.status == FAIL
     assert cli_doctor.check_model(NodeConfig()).status == OK
+
+
+def test_the_agent_worker_socket_must_be_listening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GIBSEY_AGENT_WORKER", raising=False)
+    assert cli_doctor.check_agent_worker(NodeConfig()).status == OK  # spawn: nothing to check
+    path = tmp_path / "worker.sock"
+    cfg = NodeConfig(extra={"agent": {"worker": f"socket:{path}"}})
+    missing = cli_doctor.check_agent_worker(cfg)
+    assert missing.status == FAIL and "gibsey-agent-worker.socket" in missing.fix
+    path.write_text("")
+    assert "not a socket" in cli_doctor.check_agent_worker(cfg).detail
+    path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(path))
+        listening.listen()
+        assert cli_doctor.check_agent_worker(cfg).status == OK
+    bad = NodeConfig(extra={"agent": {"worker": "socket:relative"}})
+    assert cli_doctor.check_agent_worker(bad).status == FAIL
 
 
 def test_peers_that_do_not_answer_are_named(tmp_path: Path) -> None:
