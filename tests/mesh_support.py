@@ -16,6 +16,7 @@ from typing import Any
 
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.view import build
+from gibsey.mesh.netns import exec_prefix
 from gibsey.node.identity import load_or_create
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ class MeshProc:
         cmd = [sys.executable, "-m", "gibsey", "mesh", "serve", "--data", str(self.data)]
         cmd += self.extra
         if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+            cmd = [*exec_prefix(self.netns), *cmd]
         log = open(self.data / "serve.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=ROOT, env=env)

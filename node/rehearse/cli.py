@@ -8,9 +8,16 @@ visitors loose on every node (visitors.py). On the way the room rehearses its ba
 (its rebirth is recorded), two thirds in one node is cut off from the mesh for 15 s and healed;
 every minute or so a visitor writes a page on a branch, proposes it, and the room votes.
 
-Ctrl-C (or the end of --minutes) stops the visitors, waits for the room to converge (timed),
-writes the report (`kill -USR1 <pid>` writes it on demand while running), then sends SIGINT to
-each `gibsey up`, waits for them, and stops the brokers.
+The room's network (--net): `netns` puts each node (its `gibsey up` and its Mosquitto) in a
+network namespace of its own, the namespaces joined by a bridge (root only); `loopback` meshes
+the nodes over 127.0.0.1 through relays; `auto` (the default) picks netns when running as root
+where `ip netns` works, else loopback, and says which and why. The live view and the report
+show the mode that ran.
+
+Ctrl-C (or SIGTERM, or the end of --minutes) stops the visitors, waits for the room to converge
+(timed), writes the report (`kill -USR1 <pid>` writes it on demand while running), then sends
+SIGINT to each `gibsey up`, waits for them, stops the brokers and removes the namespaces (a run
+killed with SIGKILL leaves them behind: the next netns run removes them first).
 """
 
 from __future__ import annotations
@@ -31,20 +38,31 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gibsey.node.rehearse.gallery import Gallery, GalleryConfig, GalleryError
+from gibsey.node.rehearse.gallery import (
+    NETS,
+    Gallery,
+    GalleryConfig,
+    GalleryError,
+    choose_net,
+    describe_net,
+    wait_until,
+)
 from gibsey.node.rehearse.report import Timeline, write_report
 from gibsey.node.rehearse.visitors import Visitors
 
 
 class Rehearsal:
-    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+    def __init__(
+        self, args: argparse.Namespace, console: Console, net: str = "loopback", why: str = ""
+    ) -> None:
         self.args = args
         self.console = console
+        self.net, self.net_why = net, why
         root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="gibsey-rehearse-"))
         self.root = root
         self.report_dir = Path(args.report) if args.report else root / "report"
         agent: dict[str, Any] = {"max_tokens": 24, "threads": 1}
-        self.gallery = Gallery(root, GalleryConfig(nodes=args.nodes, agent=agent))
+        self.gallery = Gallery(root, GalleryConfig(nodes=args.nodes, agent=agent, net=net))
         self.visitors: list[Visitors] = []
         self.timeline = Timeline([n.name for n in self.gallery])
         self.t0 = time.monotonic()
@@ -186,7 +204,10 @@ class Rehearsal:
     def view(self) -> Group:
         tl = self.timeline
         t = time.monotonic() - self.t0
-        table = Table(title=f"Gibsey rehearsal: {len(tl.names)} nodes, {t:5.0f}s", expand=False)
+        table = Table(
+            title=f"Gibsey rehearsal: {len(tl.names)} nodes, net {self.net}, {t:5.0f}s",
+            expand=False,
+        )
         for col in (
             "node",
             "state",
@@ -222,12 +243,13 @@ class Rehearsal:
                 f"{self.last.get('rss', [0] * len(tl.names))[i] / 1024:.0f}",
             )
         tail = Text("\n".join(self.events_log[-6:]) or "(the gallery is open)", style="dim")
+        net = Text(f"network: {describe_net(self.net)} ({self.net_why})", style="dim")
         hint = Text(
             "Ctrl-C stops the gallery and writes the report; "
             f"kill -USR1 {os.getpid()} writes it now.  data: {self.root}",
             style="dim",
         )
-        return Group(table, tail, hint)
+        return Group(table, tail, net, hint)
 
     # -- the report -------------------------------------------------------------------------
     def write(self) -> Path:
@@ -252,6 +274,12 @@ class Rehearsal:
         rows.append(("restarts", [n.restarts for n in self.gallery]))
         rows.append(
             (
+                "mesh peers up (last sample)",
+                [f"{p}/{len(names) - 1}" for p in self.last.get("peers", [0] * len(names))],
+            )
+        )
+        rows.append(
+            (
                 "visitor gifts refused (not covered)",
                 [v.stats.gifts_refused for v in self.visitors] or [0] * len(names),
             )
@@ -271,32 +299,56 @@ class Rehearsal:
                 "time to converge after the visitors left",
                 "-" if self.converge_s is None else f"{self.converge_s:.2f} s",
             ),
-            ("brokers", "one Mosquitto per node (as on the Pis); mesh over loopback relays"),
+            ("network", f"{describe_net(self.net)} ({self.net_why})"),
+            ("mesh endpoints", ", ".join(self._endpoints())),
+            ("brokers", "one Mosquitto per node (as on the Pis)"),
             ("data", str(self.root)),
             ("what happened", "; ".join(self.events_log[-30:]) or "-"),
         ]
         return write_report(self.report_dir, self.timeline, rows, facts)
+
+    def _endpoints(self) -> list[str]:
+        g = self.gallery
+        return [f"{n.name} tcp://{g.mesh_host(n)}:{n.mesh_port}" for n in g]
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> int:
         console = self.console
         console.print(f"starting {self.args.nodes} nodes in {self.root} ...")
         signal.signal(signal.SIGUSR1, lambda *_: self.report_now.set())
+        # Ctrl-C, `kill -INT` (even from a shell that started us ignoring it) and `kill` stop
+        # the gallery the same way.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.gallery.start()
-        except GalleryError as exc:
-            console.print(f"[red]gibsey rehearse:[/red] {exc}")
-            self.gallery.stop()
-            return 1
+        except (GalleryError, KeyboardInterrupt) as exc:
+            if isinstance(exc, GalleryError):
+                console.print(f"[red]gibsey rehearse:[/red] {exc}")
+            self._stop()
+            return 1 if isinstance(exc, GalleryError) else 130
+        if self.gallery.swept:
+            console.print(f"removed what a killed rehearsal left: {', '.join(self.gallery.swept)}")
         try:
             return self._run()
         finally:
-            codes = self.gallery.stop()
-            bad = {k: v for k, v in codes.items() if v not in (0, None)}
-            if bad:
-                console.print(f"[yellow]nodes that did not stop cleanly: {bad}[/yellow]")
+            self._stop()
+
+    def _stop(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the shutdown is not interrupted
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        codes = self.gallery.stop()
+        bad = {k: v for k, v in codes.items() if v not in (0, None)}
+        if bad:
+            self.console.print(f"[yellow]nodes that did not stop cleanly: {bad}[/yellow]")
+        else:
+            self.console.print("every node stopped cleanly; brokers stopped")
+        if self.net == "netns":
+            left = self.gallery.leftovers()
+            if left:
+                self.console.print(f"[yellow]could not remove: {', '.join(left)}[/yellow]")
             else:
-                console.print("every node stopped cleanly; brokers stopped")
+                self.console.print(f"network namespaces removed ({self.gallery.room_prefix()}-*)")
 
     def _run(self) -> int:
         args, g = self.args, self.gallery
@@ -338,6 +390,7 @@ class Rehearsal:
         except KeyboardInterrupt:
             interrupted = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the shutdown below is not interrupted
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for v in self.visitors:
             v.close()
         for n in g:
@@ -346,9 +399,7 @@ class Rehearsal:
         self.console.print("the visitors have left; waiting for the room to converge ...")
         start = time.monotonic()
         try:
-            g.links.cut.clear()
-            from gibsey.node.rehearse.gallery import wait_until
-
+            g.heal_all()
             wait_until(
                 lambda: g.converged() and len({str(n.balances()) for n in g}) == 1,
                 120,
@@ -365,10 +416,26 @@ class Rehearsal:
         return 130 if interrupted else 0
 
 
+def _interrupt(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         raise SystemExit("--nodes must be at least 1")
-    return Rehearsal(args, Console()).run()
+    console = Console()
+    try:
+        net, why = choose_net(args.net)
+    except GalleryError as exc:
+        console.print(f"[red]gibsey rehearse:[/red] {exc}")
+        return 2
+    console.print(f"network: {net} ({why})")
+    try:
+        rehearsal = Rehearsal(args, console, net, why)
+    except GalleryError as exc:
+        console.print(f"[red]gibsey rehearse:[/red] {exc}")
+        return 2
+    return rehearsal.run()
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -378,12 +445,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="run a whole gallery on this machine (N nodes, visitors), live view and report",
         description=(
             "Start N complete nodes on this machine: each its own `gibsey up`, data directory, "
-            "identity, Mosquitto, gateway port and mesh endpoint, meshed over loopback ports "
-            "(through relays that can partition a node; network namespaces are not used, so "
-            "no root is needed), each driven by a virtual dial (dial frames on MQTT, as a Pico W "
-            "sends them) and a seeded stream of visitors turning glyphs, giving gifts and asking "
-            "personas on the real small model. A live view shows every node; Ctrl-C stops them "
-            "all cleanly and writes an HTML report with plots."
+            "identity, Mosquitto, gateway port and mesh endpoint, meshed with each other: in "
+            "network namespaces joined by a bridge when run as root, else over loopback ports "
+            "(through relays; see --net), each driven by a virtual dial (dial frames on MQTT, as "
+            "a Pico W sends them) and a seeded stream of visitors turning glyphs, giving gifts "
+            "and asking personas on the real small model. A live view shows every node; "
+            "Ctrl-C stops them all cleanly and writes an HTML report with plots."
         ),
     )
     p.add_argument("--nodes", type=int, default=3, help="nodes in the gallery (default 3)")
@@ -411,4 +478,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="where the nodes' data directories go (default: a new temp folder)",
     )
     p.add_argument("--calm", action="store_true", help="no SIGKILL and no partition during the run")
+    p.add_argument(
+        "--net",
+        choices=NETS,
+        default="auto",
+        help="the room's network: netns (one network namespace per node, on a bridge; root), "
+        "loopback (127.0.0.1 through relays), or auto (default): netns when running as root "
+        "and `ip netns` works, else loopback",
+    )
     p.set_defaults(func=_run)

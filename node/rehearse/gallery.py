@@ -3,12 +3,22 @@
 Each node is a real `gibsey up` process with its own data directory (identity, ledger, story,
 agents), its own Mosquitto (a Pi in a room runs its own broker, so one node's load never lands
 on another's spine, and the mesh is the only path between nodes, as in a gallery), its own
-gateway on a free loopback port (DATA/gateway.json) and its own mesh endpoint.
+gateway (DATA/gateway.json) and its own mesh endpoint. The room's network is one of two:
 
-Mesh links go through small TCP relays run by this process, one per ordered pair of nodes
-(node i dials node j at relay (i, j), which forwards to j's real endpoint). Cutting a node's
-relays partitions it from the room while every daemon keeps running, with no root and no
-network namespaces; healing opens them again. CurveZMQ runs end to end through the relays.
+- `loopback` (any user): everything on 127.0.0.1, on free ports. Mesh links go through small
+  TCP relays run by this process, one per ordered pair of nodes (node i dials node j at relay
+  (i, j), which forwards to j's real endpoint). Cutting a node's relays partitions it from the
+  room while every daemon keeps running; healing opens them again. CurveZMQ runs end to end
+  through the relays.
+- `netns` (root): each node's `gibsey up` and Mosquitto run inside a network namespace of its
+  own (gibsey.mesh.netns), joined to the others by a bridge: the mesh endpoint listens on
+  10.77.0.<i>:7470 and peers dial each other there, with nothing in between. The daemon reaches
+  its broker on 127.0.0.1:1883 inside its namespace (as on a Pi, and so do `gibsey` commands run
+  beside it); this process reaches the broker and the gateway (:8080) over the node's host link,
+  a point-to-point veth that leads nowhere else, so the live view and the report keep reading
+  a node while it is partitioned. A partition sets the node's bridge port down.
+
+`choose_net("auto")` picks netns when running as root where `ip netns` works, else loopback.
 
 Used by `gibsey rehearse`, `gibsey bench rehearse` and tests/test_acceptance.py.
 """
@@ -41,6 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.dialcore import frame as df
 from gibsey.ledger.store import DB_FILENAME
+from gibsey.mesh import netns
 from gibsey.node.dial_bridge import frame_topic
 from gibsey.node.identity import load_or_create
 
@@ -70,47 +81,97 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float =
         time.sleep(step)
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with socket.create_connection((host, port), timeout=0.2):
             return True
     except OSError:
         return False
+
+
+# ---- the room's network ------------------------------------------------------------------
+
+NETS = ("auto", "netns", "loopback")
+MESH_PORT = 7470  # in netns mode every node has ports of its own: the usual ones
+BROKER_PORT = 1883
+GATEWAY_PORT = 8080
+
+
+def choose_net(wanted: str) -> tuple[str, str]:
+    """(net, why): the network a gallery runs on for `--net wanted`, and the reason in words.
+    GalleryError when netns is asked for and cannot be had."""
+    if wanted not in NETS:
+        raise GalleryError(f"--net {wanted!r}: expected one of {', '.join(NETS)}")
+    if wanted == "loopback":
+        return "loopback", "asked for (--net loopback)"
+    why_not = netns.unavailable()
+    if wanted == "netns":
+        if why_not:
+            raise GalleryError(f"--net netns: {why_not}")
+        return "netns", "asked for (--net netns)"
+    if why_not:
+        return "loopback", f"auto: {why_not}"
+    return "netns", "auto: running as root and `ip netns` works"
+
+
+def describe_net(net: str) -> str:
+    """One line on what the network of a gallery is, for the live view and the report."""
+    if net == "netns":
+        return (
+            f"netns: one network namespace per node, mesh on a bridge ({netns.MESH_SUBNET}.0/24,"
+            f" port {MESH_PORT}); broker and gateway reached over per-node host links"
+        )
+    return "loopback: mesh over 127.0.0.1 through relays run by the rehearsal"
 
 
 # ---- the broker ------------------------------------------------------------------------------
 
 
 class Broker:
-    """Mosquitto on 127.0.0.1:<free port>, as the image configures it (TCP_NODELAY)."""
+    """Mosquitto as the image configures it (TCP_NODELAY): on 127.0.0.1:<free port>, or (netns)
+    inside the node's namespace on 127.0.0.1:1883 and the node's host-link address."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.hosts = ["127.0.0.1"]  # where it listens; the first is the daemon's, the last ours
+        self.prefix: list[str] = []  # the command prefix (netns: `ip netns exec NS`)
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-            "max_queued_messages 100000\n"
-        )
+
+    def in_netns(self, prefix: list[str], host: str) -> None:
+        self.prefix, self.port, self.hosts = prefix, BROKER_PORT, ["127.0.0.1", host]
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        """Where the node's daemon (and a `gibsey` command beside it) reaches the broker."""
+        return f"mqtt://{self.hosts[0]}:{self.port}"
+
+    @property
+    def host(self) -> str:
+        """Where this process reaches the broker."""
+        return self.hosts[-1]
 
     def start(self) -> Broker:
         if not Path(MOSQUITTO).exists():
             raise GalleryError("mosquitto is not installed (apt-get install mosquitto)")
+        listeners = "".join(f"listener {self.port} {h}\n" for h in self.hosts)
+        self.conf.write_text(
+            f"{listeners}allow_anonymous true\nset_tcp_nodelay true\n"
+            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "max_queued_messages 100000\n"
+        )
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.conf)],
+                [*self.prefix, MOSQUITTO, "-c", str(self.conf)],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # Ctrl-C in the terminal is ours to hand out
             )
-        wait_until(lambda: _port_open(self.port), 10, f"mosquitto on port {self.port}")
+        wait_until(
+            lambda: _port_open(self.port, self.host), 10, f"mosquitto on {self.host}:{self.port}"
+        )
         return self
 
     def stop(self) -> None:
@@ -242,7 +303,9 @@ class NodeClient:
     (hello, then R frames with sequence numbers and CRCs on .../dial/<id>/frame), and taps the
     node's events (counts per kind, dial frame -> ritual latency, acknowledged entries)."""
 
-    def __init__(self, node_id: str, port: int, dial_id: str = "rehearsal") -> None:
+    def __init__(
+        self, node_id: str, port: int, dial_id: str = "rehearsal", host: str = "127.0.0.1"
+    ) -> None:
         self.node_id = node_id
         self.dial_id = dial_id
         self.topic = frame_topic(node_id, dial_id)
@@ -265,10 +328,10 @@ class NodeClient:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
-        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(10):
-            raise GalleryError(f"cannot connect to the broker of {node_id} on port {port}")
+            raise GalleryError(f"cannot connect to the broker of {node_id} at {host}:{port}")
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         client.subscribe(f"gibsey/v1/{self.node_id}/+/+", qos=1)
@@ -382,6 +445,8 @@ class NodeProc:
     restarts: int = 0
     client: NodeClient | None = None
     started_at: float = 0.0
+    prefix: list[str] = field(default_factory=list)  # netns: `ip netns exec NS` runs it there
+    http_listen: str = "127.0.0.1:0"  # the gateway's --http address
 
     @property
     def name(self) -> str:
@@ -397,6 +462,7 @@ class NodeProc:
         env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="160")
         env.pop("GIBSEY_HTTP", None)
         cmd = [
+            *self.prefix,
             sys.executable,
             "-m",
             "gibsey",
@@ -406,7 +472,7 @@ class NodeProc:
             "--broker",
             self.broker.url,
             "--http",
-            "127.0.0.1:0",
+            self.http_listen,
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -615,9 +681,10 @@ class NodeProc:
         return sum(1 for p in self.mesh_status().get("peers", []) if p.get("state") == "up")
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """`gibsey --data DATA ARGS...` beside the running daemon (as a technician would)."""
+        """`gibsey --data DATA ARGS...` beside the running daemon (as a technician would; in
+        netns mode inside the node's namespace, where the broker is on the default port)."""
         return subprocess.run(
-            [sys.executable, "-m", "gibsey", "--data", str(self.data), *args],
+            [*self.prefix, sys.executable, "-m", "gibsey", "--data", str(self.data), *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -640,15 +707,31 @@ class GalleryConfig:
     agent: dict[str, Any] = field(
         default_factory=lambda: {"max_tokens": 24, "threads": 1, "memory": False}
     )
+    # the room's network: "loopback" (relays on 127.0.0.1) or "netns" (root; see the docstring)
+    net: str = "loopback"
 
 
 class Gallery:
-    """N nodes on this machine. start() brings them all up and meshed; stop() is Ctrl-C."""
+    """N nodes on this machine. start() brings them all up and meshed; stop() is Ctrl-C.
+
+    In netns mode start() first removes what killed runs left behind (netns.sweep()), then
+    makes the room's namespaces; stop() removes them, even when a node would not stop."""
 
     def __init__(self, root: Path, config: GalleryConfig | None = None) -> None:
         self.root = root
         self.config = config or GalleryConfig()
-        self.links = Links()
+        self.net = self.config.net
+        if self.net not in ("loopback", "netns"):
+            raise GalleryError(f"net {self.net!r}: expected loopback or netns")
+        self.links: Links | None = Links() if self.net == "loopback" else None
+        self.room: netns.Room | None = None
+        if self.net == "netns":
+            try:
+                self.room = netns.Room(self.config.nodes)
+            except netns.NetnsError as exc:
+                raise GalleryError(str(exc)) from exc
+        self.swept: list[str] = []  # leftovers of killed runs removed at start (netns)
+        self.cut: set[int] = set()  # nodes partitioned now
         self.nodes: list[NodeProc] = []
         root.mkdir(parents=True, exist_ok=True)
         n = self.config.nodes
@@ -661,7 +744,7 @@ class Gallery:
                 data=data,
                 token=secrets.token_hex(16),
                 broker=Broker(root / f"n{i + 1}-mosquitto"),
-                mesh_port=free_port(),
+                mesh_port=free_port() if self.room is None else MESH_PORT,
             )
             node.node_id, node.key = identity.node_id, identity.public_hex
             self.nodes.append(node)
@@ -670,16 +753,31 @@ class Gallery:
             for b in self.nodes:
                 if a is b:
                     continue
-                port = self.links.add(a.index, b.index, b.mesh_port)
-                peers.append(f"{b.key}@tcp://127.0.0.1:{port}")
+                if self.links is not None:
+                    port = self.links.add(a.index, b.index, b.mesh_port)
+                    peers.append(f"{b.key}@tcp://127.0.0.1:{port}")
+                else:
+                    peers.append(f"{b.key}@tcp://{self.mesh_host(b)}:{b.mesh_port}")
             self._write_config(a, peers)
+
+    def room_prefix(self) -> str:
+        """What the names of this run's namespaces begin with ("" on loopback)."""
+        return self.room.prefix if self.room is not None else ""
+
+    def leftovers(self) -> list[str]:
+        """This run's namespaces and host links still present (after stop(): none)."""
+        return netns.leftovers(self.room.run) if self.room is not None else []
+
+    def mesh_host(self, node: NodeProc) -> str:
+        """The address node's mesh endpoint listens on."""
+        return "127.0.0.1" if self.room is None else self.room.mesh_addr(node.index)
 
     def _write_config(self, node: NodeProc, peers: list[str]) -> None:
         cfg = self.config
         allow = [b.key for b in self.nodes if b is not node]
         lines = [
             "[mesh]",
-            f'listen = "tcp://127.0.0.1:{node.mesh_port}"',
+            f'listen = "tcp://{self.mesh_host(node)}:{node.mesh_port}"',
             "beacon_port = 0",
             f"sync_interval = {cfg.sync_interval}",
             f"down_after = {cfg.down_after}",
@@ -701,13 +799,23 @@ class Gallery:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> None:
+        if self.room is not None:
+            self.swept = netns.sweep()
+            try:
+                self.room.create()
+            except netns.NetnsError as exc:
+                raise GalleryError(f"cannot make the network namespaces: {exc}") from exc
+            for node in self.nodes:
+                node.prefix = self.room.exec_prefix(node.index)
+                node.http_listen = f"{self.room.node_addr(node.index)}:{GATEWAY_PORT}"
+                node.broker.in_netns(node.prefix, self.room.node_addr(node.index))
         for node in self.nodes:
             node.broker.start()
         for node in self.nodes:
             node.start()
         for node in self.nodes:
             node.wait_ready(timeout)
-            node.client = NodeClient(node.node_id, node.broker.port)
+            node.client = NodeClient(node.node_id, node.broker.port, host=node.broker.host)
             node.client.hello()
 
     def meshed(self) -> bool:
@@ -715,18 +823,24 @@ class Gallery:
         return all(n.peers_up() >= want for n in self.nodes)
 
     def stop(self) -> dict[str, int | None]:
-        """Ctrl-C: SIGINT to every `gibsey up` (all at once), wait for them, then the brokers."""
-        for node in self.nodes:
-            if node.alive():
-                assert node.proc is not None
-                node.proc.send_signal(signal.SIGINT)
-        codes = {node.name: node.interrupt(signalled=True) for node in self.nodes}
-        for node in self.nodes:
-            if node.client is not None:
-                node.client.close()
-                node.client = None
-            node.broker.stop()
-        self.links.close()
+        """Ctrl-C: SIGINT to every `gibsey up` (all at once), wait for them, then the brokers;
+        last the relays or the namespaces (whatever happened before)."""
+        try:
+            for node in self.nodes:
+                if node.alive():
+                    assert node.proc is not None
+                    node.proc.send_signal(signal.SIGINT)
+            codes = {node.name: node.interrupt(signalled=True) for node in self.nodes}
+            for node in self.nodes:
+                if node.client is not None:
+                    node.client.close()
+                    node.client = None
+                node.broker.stop()
+        finally:
+            if self.links is not None:
+                self.links.close()
+            if self.room is not None:
+                self.room.remove()
         return codes
 
     def kill(self, i: int) -> int:
@@ -748,10 +862,30 @@ class Gallery:
             node.client.hello()
 
     def partition(self, i: int) -> None:
-        self.links.partition(i)
+        """Cut node i off the mesh (its relays, or its bridge port); its daemon keeps running."""
+        if self.room is not None:
+            self._netns(self.room.cut, i)
+        elif self.links is not None:
+            self.links.partition(i)
+        self.cut.add(i)
 
     def heal(self, i: int) -> None:
-        self.links.heal(i)
+        if self.room is not None:
+            self._netns(self.room.mend, i)
+        elif self.links is not None:
+            self.links.heal(i)
+        self.cut.discard(i)
+
+    @staticmethod
+    def _netns(fn: Callable[[int], None], i: int) -> None:
+        try:
+            fn(i)
+        except netns.NetnsError as exc:
+            raise GalleryError(str(exc)) from exc
+
+    def heal_all(self) -> None:
+        for i in sorted(self.cut):
+            self.heal(i)
 
     # -- the room's state -------------------------------------------------------------------
     def heads(self) -> list[dict[str, int]]:
