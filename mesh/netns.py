@@ -298,7 +298,8 @@ class Room:
                     self.hub,
                 )
                 ip("-n", self.hub, "link", "set", port, "master", "br0", "up")
-                ip("-n", ns, "addr", "add", f"{self.mesh_addr(i)}/24", "dev", "mesh0")
+                # brd +: the beacon broadcasts to the subnet's .255
+                ip("-n", ns, "addr", "add", f"{self.mesh_addr(i)}/24", "brd", "+", "dev", "mesh0")
                 ip("-n", ns, "link", "set", "mesh0", "up")
             if self.host_links:
                 with _locked():
