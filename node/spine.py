@@ -20,6 +20,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -207,9 +208,30 @@ class Spine:
             elif aiomqtt_on_subscribe is not None:
                 aiomqtt_on_subscribe(c, userdata, mid, codes, props)  # type: ignore[call-arg, arg-type]
 
+        aiomqtt_register_write = paho.on_socket_register_write
+        loop = asyncio.get_running_loop()
+
+        def on_socket_register_write(c: mqtt.Client, userdata: object, sock: Any) -> None:
+            # aiomqtt adds its writer later (call_soon_threadsafe: paho may call this from the
+            # connect thread) but removes it at once. When the spine's own flush drains paho's
+            # queue in between, the late add_writer leaves a writer on an always-writable
+            # socket that nothing removes, and the event loop spins at 100% CPU (seen in
+            # rehearsals). Right after that late add (call_soon runs in order), drop the writer
+            # again if paho has nothing left to write.
+            if aiomqtt_register_write is not None:
+                aiomqtt_register_write(c, userdata, sock)
+            fd = sock.fileno()
+
+            def drop_if_idle() -> None:
+                if not c.want_write():
+                    loop.remove_writer(fd)
+
+            loop.call_soon_threadsafe(drop_if_idle)
+
         paho.on_publish = on_publish
         paho.on_message = on_message
         paho.on_subscribe = on_subscribe
+        paho.on_socket_register_write = on_socket_register_write
         return paho
 
     def _pump(self) -> None:
