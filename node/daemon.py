@@ -139,14 +139,19 @@ class Node:
         self.clock.observe(event.lamport)
 
     def send(
-        self, kind: str, payload: Payload, actor: str = "node"
+        self, kind: str, payload: Payload, actor: str = "node", *, handle_now: bool = False
     ) -> tuple[Outgoing, asyncio.Future[None]]:
         """Put an event of this node on the spine (QoS 1; sent as soon as a broker is there).
         Returns what was sent and a future that resolves when the broker has acknowledged it.
-        The cheapest way to emit: no Event object is built unless someone asks for one."""
+        The cheapest way to emit: no Event object is built unless someone asks for one.
+        Its handlers run when the broker echoes it back, or at once with `handle_now` (the
+        dial's turns: a ritual waits for no broker)."""
         out = encode_event(self.node_id, kind, payload, self.clock.tick(), actor)
         self.router.remember_emitted(out)
-        return out, self.publish_raw(kind, out.raw)
+        acked = self.publish_raw(kind, out.raw)
+        if handle_now:
+            self.router.dispatch_local(out)
+        return out, acked
 
     def emit(self, kind: str, payload: Payload, actor: str = "node") -> Event:
         """Like send, returning the event."""

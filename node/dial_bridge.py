@@ -210,10 +210,12 @@ class DialBridge:
         elif fr.kind == df.ROTATE:
             self.stats.rotations += 1
             view.position = fr.position
-            self.node.emit(
+            # The ritual runs now, not after a broker round trip: the visitor is waiting.
+            self.node.send(
                 "glyph/rotated",
                 GlyphRotated(symbol=fr.symbol, rotation=fr.rotation, source=channel.dial_id),
                 actor="dial",
+                handle_now=True,
             )
             self._event(view, "rotated")
         elif fr.kind == df.PRESS:

@@ -294,7 +294,18 @@ class Outgoing:
     sends four events in the hot path of every rotation; building and serialising each as an
     Event cost 6 us, this costs 2 us. A test checks that the bytes validate to exactly `event`."""
 
-    __slots__ = ("_event", "actor", "id", "kind", "lamport", "node", "payload", "raw", "wall")
+    __slots__ = (
+        "_event",
+        "actor",
+        "dispatched",
+        "id",
+        "kind",
+        "lamport",
+        "node",
+        "payload",
+        "raw",
+        "wall",
+    )
 
     def __init__(
         self,
@@ -315,6 +326,7 @@ class Outgoing:
         self.actor = actor
         self.payload = payload
         self.raw = raw
+        self.dispatched = False  # handled locally when sent (Router.dispatch_local)
         self._event: Event | None = None
 
     @property

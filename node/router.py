@@ -223,8 +223,14 @@ class Router:
         if parsed is not None and parsed.kind == STATUS_KIND:
             return None  # retained status documents are not events
         own = self._own_echo(parsed, raw)
+        if own is not None and own.dispatched:
+            return None  # handled when it was sent (dispatch_local): the echo only confirms it
         try:
-            event, payload = own or parse_event(topic, raw, self._max_payload, parsed)
+            event, payload = (
+                (own.event, own.payload)
+                if own is not None
+                else parse_event(topic, raw, self._max_payload, parsed)
+            )
         except Rejection as rej:
             self.stats.rejected[rej.reason] += 1
             log.warning("rejected message on %s: %s", topic, rej)
@@ -238,12 +244,24 @@ class Router:
         if not self._seen.add(event.id) and own is None:
             self.stats.duplicates += 1
             return None
+        self._accept(event, payload)
+        return event
+
+    def dispatch_local(self, out: Outgoing) -> None:
+        """Handle an event this node is sending now, without waiting for the broker's echo
+        (which is then only counted as delivered). For the dial's own turns: a visitor's ritual
+        should not wait for a broker round trip, nor for a broker at all."""
+        out.dispatched = True
+        event = out.event
+        self._seen.add(event.id)
+        self._accept(event, out.payload)
+
+    def _accept(self, event: Event, payload: Payload) -> None:
         self.stats.accepted += 1
         self.stats.by_kind[event.kind] += 1
         if self._on_event:
             self._on_event(event)
         self.dispatch(event, payload)
-        return event
 
     def remember_emitted(self, out: Outgoing) -> None:
         """Keep what this node just published, so its echo from the broker needs no parsing."""
@@ -251,7 +269,7 @@ class Router:
         if len(self._emitted) > self._emitted_cap:
             self._emitted.popitem(last=False)
 
-    def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> tuple[Event, Payload] | None:
+    def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> Outgoing | None:
         # Every event the node emits comes back from the broker (it subscribes to gibsey/v1/#).
         # Parsing and validating it again would cost more than the ritual that made it, so an
         # echo that is byte-for-byte what we published is taken from memory. Anything else,
@@ -263,7 +281,7 @@ class Router:
         if own is None or own.raw != raw:
             return None
         del self._emitted[key]
-        return own.event, own.payload
+        return own
 
     def dispatch(self, event: Event, payload: Payload) -> None:
         for name, inline, local_only in self._inline.get(event.kind, ()):

@@ -174,3 +174,30 @@ async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
         assert sorted(seen) == [1, 5]
     finally:
         await router.stop()
+
+
+async def test_an_event_handled_when_sent_is_not_handled_again_on_its_echo() -> None:
+    from gibsey.node.envelope import GiftTxn, encode_event
+
+    router = Router("n1", lambda a: None)
+    seen: list[int] = []
+
+    async def handler(event: Event, payload: Payload) -> None:
+        seen.append(event.payload["amount"])
+
+    router.register("h", ["gift/txn"], handler)
+    router.start()
+    try:
+        out = encode_event("n1", "gift/txn", GiftTxn(giver="a", receiver="b", amount=5), 3)
+        router.remember_emitted(out)
+        router.dispatch_local(out)
+        forged = raw_event(
+            "n1", "gift/txn", {"giver": "x", "receiver": "y", "amount": 1}, event_id=out.id
+        )
+        router.handle_message(topic("n1", "gift/txn"), out.raw)  # the broker's echo
+        router.handle_message(topic("n1", "gift/txn"), forged)  # reuses the handled id
+        await asyncio.wait_for(router.drain(), 5)
+        assert seen == [5]
+        assert router.stats.accepted == 1 and router.stats.duplicates == 1
+    finally:
+        await router.stop()
