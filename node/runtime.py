@@ -129,11 +129,9 @@ class Runtime:
     # -- a ritual -----------------------------------------------------------------------------
     def perform(self, event: Event, rotated: GlyphRotated) -> RitualOutcome:
         self.reload_if_changed()
-        state = state_of(rotated.symbol, rotated.rotation)
-        binding = self.bindings[state]
-        trigger = vm.Trigger(
-            symbol=rotated.symbol, rotation=rotated.rotation, actor=self.actors.id_for(event.actor)
-        )
+        symbol, rotation = rotated.symbol, rotated.rotation  # validated: 0..63, 0..3
+        binding = self.bindings[symbol * 4 + rotation]
+        trigger = vm.Trigger(symbol, rotation, self.actors.id_for(event.actor))
         self.runs += 1
         try:
             result = self.vm.run(binding.bytecode, trigger, self.fuel)
