@@ -16,7 +16,7 @@ import itertools
 import json
 import os
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -285,6 +285,15 @@ def _reseed_ids() -> None:
 
 
 os.register_at_fork(after_in_child=_reseed_ids)
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def payload_of(cls: type[P], fields: dict[str, Any]) -> P:
+    """`cls(**fields)`, validated the same way, without BaseModel.__init__'s Python wrapper
+    (0.3-0.5 us less; the runtime builds several payloads on every rotation)."""
+    return cls.__pydantic_validator__.validate_python(fields)  # type: ignore[no-any-return]
 
 
 class Outgoing:

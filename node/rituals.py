@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from gibsey.node.envelope import Event, GlyphRotated, Payload, RitualPerformed
+from gibsey.node.envelope import Event, GlyphRotated, Payload, RitualPerformed, payload_of
 
 
 class RitualOutcome(NamedTuple):  # immutable, and cheap to make on every rotation
@@ -55,15 +55,18 @@ class RitualHandler:
             outcome = self.runner(event, payload)
         self._emit(
             "ritual/performed",
-            RitualPerformed(
-                symbol=payload.symbol,
-                rotation=payload.rotation,
-                state=payload.symbol * 4 + payload.rotation,
-                cause=event.id,
-                program=outcome.program,
-                effects=outcome.effects,
-                fuel=outcome.fuel,
-                error=outcome.error[:256],
+            payload_of(
+                RitualPerformed,
+                {
+                    "symbol": payload.symbol,
+                    "rotation": payload.rotation,
+                    "state": payload.symbol * 4 + payload.rotation,
+                    "cause": event.id,
+                    "program": outcome.program,
+                    "effects": outcome.effects,
+                    "fuel": outcome.fuel,
+                    "error": outcome.error[:256],
+                },
             ),
             actor=event.actor,
         )

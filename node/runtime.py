@@ -36,6 +36,7 @@ from gibsey.node.envelope import (
     SafetyAlert,
     VmLoad,
     VmLoaded,
+    payload_of,
 )
 from gibsey.node.opcode_table import Binding, OpcodeTable
 from gibsey.node.rituals import RitualOutcome
@@ -161,7 +162,10 @@ class Runtime:
             value = effect.a if kind is vm.EffectKind.EMIT else None
             self.node.send(
                 "ritual/effect",
-                RitualEffect(name=effect.s1 or "", value=value, text=effect.s2, cause=event.id),
+                payload_of(
+                    RitualEffect,
+                    {"name": effect.s1 or "", "value": value, "text": effect.s2, "cause": event.id},
+                ),
                 actor=event.actor,
             )
             return 1
@@ -171,14 +175,17 @@ class Runtime:
                 return self._bad_effect(event, f"ASK names persona {effect.a}, not 0..63")
             self.node.send(
                 "agent/request",
-                AgentRequest(persona=persona, prompt=effect.s1 or "", correlation=event.id),
+                payload_of(
+                    AgentRequest,
+                    {"persona": persona, "prompt": effect.s1 or "", "correlation": event.id},
+                ),
                 actor=event.actor,
             )
             return 1
         if kind is vm.EffectKind.PROPOSE:
             self.node.send(
                 "narrative/change",
-                NarrativeChange(branch=effect.s1 or "", change="propose"),
+                payload_of(NarrativeChange, {"branch": effect.s1 or "", "change": "propose"}),
                 actor=event.actor,
             )
             return 1

@@ -201,3 +201,14 @@ async def test_an_event_handled_when_sent_is_not_handled_again_on_its_echo() -> 
         assert router.stats.accepted == 1 and router.stats.duplicates == 1
     finally:
         await router.stop()
+
+
+def test_payload_of_validates_like_the_constructor() -> None:
+    from pydantic import ValidationError
+
+    from gibsey.node.envelope import RitualPerformed, payload_of
+
+    fields = {"symbol": 3, "rotation": 2, "state": 14, "cause": "c", "effects": 1}
+    assert payload_of(RitualPerformed, fields) == RitualPerformed(**fields)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="symbol"):
+        payload_of(RitualPerformed, {**fields, "symbol": 64})
