@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -208,7 +209,7 @@ def test_payload_of_validates_like_the_constructor() -> None:
 
     from gibsey.node.envelope import RitualPerformed, payload_of
 
-    fields = {"symbol": 3, "rotation": 2, "state": 14, "cause": "c", "effects": 1}
-    assert payload_of(RitualPerformed, fields) == RitualPerformed(**fields)  # type: ignore[arg-type]
+    fields: dict[str, Any] = {"symbol": 3, "rotation": 2, "state": 14, "cause": "c", "effects": 1}
+    assert payload_of(RitualPerformed, fields) == RitualPerformed(**fields)
     with pytest.raises(ValidationError, match="symbol"):
         payload_of(RitualPerformed, {**fields, "symbol": 64})
