@@ -44,7 +44,7 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
     acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     acked.set_result(None)
 
-    def sink(kind: str, raw: bytes) -> asyncio.Future[None]:
+    def sink(kind: str, raw: bytes, qos: int = 1) -> asyncio.Future[None]:
         sent[0] += 1
         return acked
 

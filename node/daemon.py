@@ -139,16 +139,23 @@ class Node:
         self.clock.observe(event.lamport)
 
     def send(
-        self, kind: str, payload: Payload, actor: str = "node", *, handle_now: bool = False
+        self,
+        kind: str,
+        payload: Payload,
+        actor: str = "node",
+        *,
+        handle_now: bool = False,
+        qos: int = 1,
     ) -> tuple[Outgoing, asyncio.Future[None]]:
         """Put an event of this node on the spine (QoS 1; sent as soon as a broker is there).
         Returns what was sent and a future that resolves when the broker has acknowledged it.
         The cheapest way to emit: no Event object is built unless someone asks for one.
         Its handlers run when the broker echoes it back, or at once with `handle_now` (the
-        dial's turns: a ritual waits for no broker)."""
+        dial's turns: a ritual waits for no broker). `qos=0` for what may be lost with a broken
+        connection (an answer's tokens: its final event carries the whole answer)."""
         out = encode_event(self.node_id, kind, payload, self.clock.tick(), actor)
         self.router.remember_emitted(out)
-        acked = self.publish_raw(kind, out.raw)
+        acked = self.publish_raw(kind, out.raw, qos)
         if handle_now:
             self.router.dispatch_local(out)
         return out, acked
@@ -164,10 +171,10 @@ class Node:
         out, acked = self.send(kind, payload, actor)
         return out.event, acked
 
-    def publish_raw(self, kind: str, raw: bytes) -> asyncio.Future[None]:
+    def publish_raw(self, kind: str, raw: bytes, qos: int = 1) -> asyncio.Future[None]:
         """Publish an encoded event of this node on its topic (the one seam to the broker)."""
         assert self.spine is not None, "node not started"
-        return self.spine.publish(topic_for(self.node_id, kind), raw)
+        return self.spine.publish(topic_for(self.node_id, kind), raw, qos=qos)
 
     def _publish_alert(self, alert: SafetyAlert) -> None:
         if self.spine is not None:

@@ -6,6 +6,8 @@ threads = 2              # llama.cpp threads
 n_ctx = 1024             # context window of the worker
 max_tokens = 96          # cap on one answer (a request may ask for less)
 temperature = 0.7
+token_batch = 0.05       # s: tokens closer together than this share a write to the daemon
+                         # (the first never waits; see worker.py; 0: every token alone)
 first_token_timeout = 60 # s: a worker that produces nothing for this long is wedged
 token_timeout = 15       # s: ... and between two tokens
 ping_interval = 5        # s: idle liveness check of the worker
@@ -60,6 +62,9 @@ class AgentConfig:
     max_tokens: int = 96
     temperature: float = 0.7
     seed: int = 7
+    # Tokens that come faster than this share a write from the worker (worker.py): fewer wake-ups
+    # of the daemon, the broker and the clients per token, each still its own agent/emit.
+    token_batch: float = 0.05
     first_token_timeout: float = 60.0
     token_timeout: float = 15.0
     load_timeout: float = 120.0

@@ -5,8 +5,9 @@ A persona file says who the character is (`voice`), what it knows (`knows`), how
 when the safety filter trips) and canned lines (used in the most degraded mode, with no model).
 
 The default model is a *base* model with no chat template, so the prompt is completion-style:
-a short framing paragraph, what the character knows and remembers, the example exchange, then
-`Visitor: <question>` and `<Name>:` for the model to continue. Generation stops at the next
+a short framing paragraph, what the character knows, the example exchange (the same for every
+request: the preamble), then what it knows about the visitor and remembers from earlier ones,
+then `Visitor: <question>` and `<Name>:` for the model to continue. Generation stops at the next
 speaker turn or a blank line.
 """
 
@@ -52,27 +53,38 @@ class Persona:
         memories: Sequence[str] = (),
         facts: Sequence[str] = (),
     ) -> str:
-        lines = [
-            f"This is a transcript from a gallery installation called Gibsey, where visitors talk "
-            f"with {self.name}. {self.voice}",
-            f"{self.name} answers in {self.answers}.",
-            "",
-            f"What {self.name} knows:",
-            *(f"- {k}" for k in self.knows),
-            *(f"- {f}" for f in facts),
-        ]
+        # What is the same for every request to this persona comes first, what changes (facts
+        # about the asker, memories, the question) last: llama.cpp keeps the evaluated prompt
+        # and re-evaluates only from the first token that differs, so asking the persona that
+        # answered last evaluates just the tail (measured on this Gemma: ~30 ms less to the first
+        # token than with the memories before the example exchange).
+        lines = [self.preamble()]
+        if facts:
+            lines += [f"What {self.name} knows about this visitor:", *(f"- {f}" for f in facts), ""]
         if memories:
-            lines += ["", f"What {self.name} remembers from earlier visitors:"]
+            lines += [f"What {self.name} remembers from earlier visitors:"]
             lines += [f"- {m}" for m in memories]
-        lines += [
-            "",
-            f"{VISITOR}: {self.example_question}",
-            f"{self.name}: {self.example_answer}",
-            "",
-            f"{VISITOR}: {_one_line(question)}",
-            f"{self.name}:",
-        ]
+            lines += [""]
+        lines += [f"{VISITOR}: {_one_line(question)}", f"{self.name}:"]
         return "\n".join(lines)
+
+    def preamble(self) -> str:
+        """The start of every prompt of this persona (framing, knowledge, the example exchange),
+        ending in a blank line."""
+        return "\n".join(
+            [
+                f"This is a transcript from a gallery installation called Gibsey, where visitors "
+                f"talk with {self.name}. {self.voice}",
+                f"{self.name} answers in {self.answers}.",
+                "",
+                f"What {self.name} knows:",
+                *(f"- {k}" for k in self.knows),
+                "",
+                f"{VISITOR}: {self.example_question}",
+                f"{self.name}: {self.example_answer}",
+                "",
+            ]
+        )
 
 
 def _one_line(text: str) -> str:

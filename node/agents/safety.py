@@ -48,13 +48,43 @@ class OutputFilter:
         for term in extra_terms or []:
             rules.append(("blocked_term", r"\b" + re.escape(term) + r"\b"))
         self._rules = [(label, re.compile(p, re.IGNORECASE | re.DOTALL)) for label, p in rules]
+        # How far back a match that ends in newly streamed text can start (see check_from): the
+        # default rules span at most ~70 characters; a configured term may be longer.
+        self.lookback = max([256, *(len(t) + 16 for t in extra_terms or [])])
 
     def check(self, text: str) -> Verdict:
+        return self.check_from(text, 0)
+
+    def check_from(self, text: str, start: int) -> Verdict:
+        """Search `text` from index `start` (earlier characters still count for \\b)."""
         for label, rx in self._rules:
-            m = rx.search(text)
+            m = rx.search(text, start)
             if m:
                 return Verdict(False, label, m.group(0)[:80])
         return Verdict(True)
+
+    def stream(self) -> StreamCheck:
+        return StreamCheck(self)
+
+
+class StreamCheck:
+    """The filter over an answer as it streams, piece by piece, at a cost per piece that does not
+    grow with the answer: a match that was not there before this piece ends in it (or right
+    before it), so only the last `lookback` characters before it are searched again. (An e-mail
+    address whose local part alone is longer than that would be missed; the final answer of
+    record is checked whole, see `whole`.)"""
+
+    def __init__(self, flt: OutputFilter) -> None:
+        self._filter = flt
+        self.text = ""
+
+    def feed(self, piece: str) -> Verdict:
+        start = max(0, len(self.text) - self._filter.lookback)
+        self.text += piece
+        return self._filter.check_from(self.text, start)
+
+    def whole(self) -> Verdict:
+        return self._filter.check(self.text)
 
 
 class Throttle:

@@ -56,6 +56,63 @@ class GenStats:
 _ids = itertools.count(1)
 
 
+class _Generation:
+    """One completion in flight: the worker's events for it, handled as the read loop reads them.
+    `done` resolves with the GenStats, or fails (the worker's error, or what `on_token` raised)."""
+
+    def __init__(
+        self,
+        rid: str,
+        on_token: Callable[[str], bool],
+        cancel: Callable[[], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.rid = rid
+        self.on_token = on_token
+        self.cancel = cancel
+        self.loop = loop
+        self.done: asyncio.Future[GenStats] = loop.create_future()
+        self.progress = loop.time()  # when the request went out, then the last token
+        self.tokens = 0
+        self.cancelled = False
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        if msg.get("id") != self.rid or self.done.done():
+            return
+        ev = msg.get("ev")
+        if ev == "tok" or ev == "toks":
+            texts = [msg.get("text", "")] if ev == "tok" else msg.get("texts") or []
+            self.progress = self.loop.time()
+            self.tokens += len(texts)
+            for text in texts:
+                if self.cancelled:
+                    return
+                try:
+                    keep = self.on_token(str(text))
+                except Exception as exc:
+                    keep = False
+                    self.done.set_exception(exc)
+                if not keep:
+                    self.cancelled = True
+                    with contextlib.suppress(WorkerFailed):
+                        self.cancel()
+        elif ev == "done":
+            self.done.set_result(
+                GenStats(
+                    tokens=int(msg.get("tokens", 0)),
+                    reason="cancel" if self.cancelled else str(msg.get("reason", "")),
+                    ttft=float(msg.get("ttft", 0.0)),
+                    elapsed=float(msg.get("elapsed", 0.0)),
+                )
+            )
+        elif ev == "error":
+            self.done.set_exception(RuntimeError(f"generation failed: {msg.get('error')}"))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
 class WorkerProcess:
     def __init__(self, model: Path, cfg: AgentConfig, log_path: Path | None = None) -> None:
         self.model = model
@@ -64,7 +121,7 @@ class WorkerProcess:
         self.proc: WorkerProc | None = None
         self.load_s = 0.0
         self._ready: asyncio.Future[dict[str, Any]] | None = None
-        self._current: asyncio.Queue[dict[str, Any] | None] | None = None
+        self._current: _Generation | None = None
         self._pongs: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._log: IO[bytes] | None = None
@@ -125,7 +182,7 @@ class WorkerProcess:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result({"ev": "exited", "error": "worker exited while loading"})
             if self._current is not None:
-                self._current.put_nowait(None)
+                self._current.fail(WorkerFailed(f"worker exited (status {self.returncode})"))
             for fut in self._pongs.values():
                 if not fut.done():
                     fut.set_exception(WorkerFailed("worker exited"))
@@ -140,7 +197,7 @@ class WorkerProcess:
             if fut is not None and not fut.done():
                 fut.set_result(None)
         elif self._current is not None:
-            self._current.put_nowait(msg)
+            self._current.handle(msg)
 
     def _send(self, **msg: Any) -> None:
         if not self.alive or self.proc is None or self.proc.stdin is None:
@@ -167,13 +224,17 @@ class WorkerProcess:
         on_token: Callable[[str], bool],
         temperature: float | None = None,
     ) -> GenStats:
-        """Stream one completion; `on_token` returns False to cancel. Raises WorkerFailed."""
+        """Stream one completion; `on_token` returns False to cancel. Raises WorkerFailed.
+
+        Tokens are handed to `on_token` by the read loop as each line is read: no queue and no
+        timeout task per token. The wedge deadline is checked here, once per timeout period."""
+        if self._exited:
+            raise WorkerFailed(f"worker exited (status {self.returncode})")
+        loop = asyncio.get_running_loop()
         rid = f"g{next(_ids)}"
-        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._current = q
+        gen = _Generation(rid, on_token, lambda: self._send(op="cancel", id=rid), loop)
+        self._current = gen
         try:
-            if self._exited:
-                raise WorkerFailed(f"worker exited (status {self.returncode})")
             self._send(
                 op="generate",
                 id=rid,
@@ -182,36 +243,19 @@ class WorkerProcess:
                 stop=stop,
                 temperature=self.cfg.temperature if temperature is None else temperature,
                 seed=self.cfg.seed,
+                batch_s=self.cfg.token_batch,
             )
-            got_token = False
-            cancelled = False
-            while True:
-                timeout = self.cfg.token_timeout if got_token else self.cfg.first_token_timeout
-                try:
-                    msg = await asyncio.wait_for(q.get(), timeout)
-                except TimeoutError:
-                    raise WorkerFailed(f"wedged: no token in {timeout:g}s") from None
-                if msg is None:
-                    raise WorkerFailed(f"worker exited (status {self.returncode})")
-                if msg.get("id") != rid:
-                    continue
-                ev = msg.get("ev")
-                if ev == "tok":
-                    got_token = True
-                    if not cancelled and not on_token(str(msg.get("text", ""))):
-                        cancelled = True
-                        self._send(op="cancel", id=rid)
-                elif ev == "done":
-                    return GenStats(
-                        tokens=int(msg.get("tokens", 0)),
-                        reason="cancel" if cancelled else str(msg.get("reason", "")),
-                        ttft=float(msg.get("ttft", 0.0)),
-                        elapsed=float(msg.get("elapsed", 0.0)),
-                    )
-                elif ev == "error":
-                    raise RuntimeError(f"generation failed: {msg.get('error')}")
+            while not gen.done.done():
+                timeout = self.cfg.token_timeout if gen.tokens else self.cfg.first_token_timeout
+                remaining = gen.progress + timeout - loop.time()
+                if remaining <= 0:
+                    raise WorkerFailed(f"wedged: no token in {timeout:g}s")
+                await asyncio.wait((gen.done,), timeout=remaining)
+            return gen.done.result()
         finally:
             self._current = None
+            if gen.done.done() and not gen.done.cancelled():
+                gen.done.exception()  # seen: a failure nobody waits for is not logged as lost
 
     @property
     def returncode(self) -> int | None:
