@@ -7,11 +7,20 @@ Wire protocol (see also AGENTS.md):
   `final: true` whose `text` is the whole answer of record (after the safety filter: a refusal in
   the persona's voice if it tripped, a canned line in degraded modes). `correlation` is the
   request's `correlation`, or the request event's id when it had none.
-* The spine speaks MQTT 3.1.1, which has no response topic or correlation data, so a client names
-  its reply topic in the payload (`reply_to`): every emit envelope is published there too (with
-  the same QoS: 0 for a token, 1 for the final; see `_emit`), besides
-  `gibsey/v1/<node>/agent/emit` for dashboards. A `reply_to` must be a plain topic (no
-  wildcards) outside `gibsey/v1/...`'s event topics, e.g. `gibsey/reply/<client-id>`.
+* Where else the emits go, two ways, both with every emit envelope (the same bytes, the same QoS:
+  0 for a token, 1 for the final; see `_emit`) besides `gibsey/v1/<node>/agent/emit` for
+  dashboards:
+  - MQTT 5: a request published with a ResponseTopic property is answered on that topic, each
+    emit carrying the request's CorrelationData property unchanged. The spine stays MQTT 3.1.1
+    (MQTT 5 costs it ~20% of its throughput), so a small MQTT 5 side connection of this service
+    (mqtt5.py) subscribes to this node's `agent/request` and remembers each request's properties
+    by event id; the emits to a response topic go out through it.
+  - MQTT 3.1.1 (or a broker without MQTT 5, e.g. the embedded amqtt): the client names its reply
+    topic in the payload (`reply_to`).
+  A request with both answers on the response topic only (MQTT 5 wins). Either topic must be a
+  plain topic (no wildcards) outside `gibsey/v1/...`'s event topics, e.g.
+  `gibsey/reply/<client-id>`; one that is not raises a `bad_reply_topic` safety/alert and is not
+  used (a refused response topic leaves a valid `reply_to` in use).
 * `agent/reload` (AgentReload) swaps the model; the outcome is an `agent/reloaded` event (and on
   `reply_to`). A failed load leaves the old model serving and raises a `safety/alert`.
 * Retained state for dashboards: `gibsey/v1/<node>/agent/state/worker` (model, pid, restarts,
@@ -26,6 +35,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gibsey.node.agents.config import AgentConfig
@@ -33,6 +43,7 @@ from gibsey.node.agents.db import Db
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
 from gibsey.node.agents.memory import Embedder, Memory, MemoryStore
 from gibsey.node.agents.model import resolve_model
+from gibsey.node.agents.mqtt5 import ResponseLink
 from gibsey.node.agents.personas import Persona, PersonaSet, load_personas
 from gibsey.node.agents.safety import (
     FlagStore,
@@ -54,7 +65,7 @@ from gibsey.node.envelope import (
     RitualPerformed,
     SafetyAlert,
 )
-from gibsey.node.topics import ROOT, parse_topic
+from gibsey.node.topics import ROOT, parse_topic, topic_for
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -62,6 +73,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.agents")
 SHORT_MODE_TOKENS = 24
 TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
+COPY_WAIT = 1.0  # s: how long an answer waits for its request's MQTT 5 copy (only while linked)
 
 
 def state_topic(node_id: str, name: str) -> str:
@@ -70,6 +82,16 @@ def state_topic(node_id: str, name: str) -> str:
 
 def valid_reply_topic(topic: str) -> bool:
     return bool(topic) and not any(c in topic for c in "+#\0") and parse_topic(topic) is None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Where a request's emits go besides the event topic: `reply_to` (over the spine), or an
+    MQTT 5 response topic (over the side connection, with the correlation data)."""
+
+    topic: str
+    correlation: bytes | None = None
+    mqtt5: bool = False
 
 
 class AgentService:
@@ -99,6 +121,7 @@ class AgentService:
         )
         self.log_path = node.data_dir / "logs" / "agent-worker.log"
         self.supervisor: Supervisor | None = None
+        self.link: ResponseLink | None = None  # the MQTT 5 side connection, while running
         self.ready = asyncio.Event()
         self.answered = 0
         self.filtered = 0
@@ -120,6 +143,7 @@ class AgentService:
         self.node.add_service("agent-pressure", self.run_pressure)
         self.node.add_service("agent-publish", self.run_publish)
         self.node.add_service("agent-review", self.run_review)
+        self.node.add_service("agent-mqtt5", self.run_mqtt5)
 
     def alert(self, reason: str, detail: str = "", severity: str = "warning") -> None:
         if self.node.spine is None:
@@ -197,6 +221,23 @@ class AgentService:
                 last_clock = time.monotonic()
             await asyncio.sleep(self.cfg.tensor_publish_interval)
 
+    async def run_mqtt5(self) -> None:
+        """The MQTT 5 side connection to the spine's broker (see mqtt5.py), open while the node
+        runs; off (and retried rarely) when the broker has no MQTT 5."""
+        spine = self.node.spine
+        assert spine is not None, "services run once the node has started"
+        node_id = self.node.node_id
+        link = ResponseLink(
+            spine.host, spine.port, f"gibsey-{node_id}-agents5", topic_for(node_id, "agent/request")
+        )
+        link.start()
+        self.link = link
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.link = None
+            await asyncio.shield(link.close())
+
     async def run_review(self) -> None:
         """The red-team persona reviews flagged answers while the node is idle."""
         while True:
@@ -239,9 +280,10 @@ class AgentService:
 
     # -- handlers ---------------------------------------------------------------------------------
     def _emit(
-        self, persona: str, corr: str | None, seq: int, text: str, final: bool, reply_to: str | None
+        self, persona: str, corr: str | None, seq: int, text: str, final: bool, reply: Reply | None
     ) -> None:
-        """One `agent/emit`, encoded once and published on the event topic and the reply topic.
+        """One `agent/emit`, encoded once and published on the event topic and the reply topic
+        (an MQTT 5 response topic through the side connection, with the correlation data).
 
         A token is published at QoS 0 and the final at QoS 1 (as every event): each QoS 1
         message costs two more packets (the broker's PUBACK to the node, the client's PUBACK
@@ -253,8 +295,17 @@ class AgentService:
         payload = AgentEmit(persona=persona, correlation=corr, seq=seq, text=text, final=final)
         qos = 1 if final else 0
         out, _acked = self.node.send("agent/emit", payload, persona, qos=qos)
-        if reply_to and self.node.spine is not None:
-            self.node.spine.publish(reply_to, out.raw, qos=qos)
+        if reply is None:
+            return
+        link = self.link
+        if (
+            reply.mqtt5
+            and link is not None
+            and link.publish(reply.topic, out.raw, qos, reply.correlation)
+        ):
+            return
+        if self.node.spine is not None:  # reply_to, or the link dropped mid-answer
+            self.node.spine.publish(reply.topic, out.raw, qos=qos)
 
     def _canned(self, persona: Persona) -> str:
         self._canned_n += 1
@@ -269,24 +320,40 @@ class AgentService:
     async def on_request(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, AgentRequest)
         corr = payload.correlation or event.id
-        reply_to = payload.reply_to
-        if reply_to is not None and not valid_reply_topic(reply_to):
-            self.alert("bad_reply_topic", f"{reply_to!r}: a plain topic outside gibsey/v1 events")
-            reply_to = None
+        reply = await self.reply_route(event, payload)
         persona = self.personas.get(payload.persona)
         if persona is None:
             known = ", ".join(p.slug for p in self.personas.ordered())
             self.alert("unknown_persona", f"{payload.persona!r}; known: {known}")
-            self._emit(
-                payload.persona, corr, 0, f"(no persona {payload.persona!r})", True, reply_to
-            )
+            self._emit(payload.persona, corr, 0, f"(no persona {payload.persona!r})", True, reply)
             return
         if not self.requests.allow(event.actor):
             self._throttle_alert(event.actor, "agent_request")
-            self._emit(persona.slug, corr, 0, self._canned(persona), True, reply_to)
+            self._emit(persona.slug, corr, 0, self._canned(persona), True, reply)
             return
-        answer, seq = await self.answer(persona, payload, event, corr, reply_to)
-        self._emit(persona.slug, corr, seq, answer, True, reply_to)
+        answer, seq = await self.answer(persona, payload, event, corr, reply)
+        self._emit(persona.slug, corr, seq, answer, True, reply)
+
+    async def reply_route(self, event: Event, req: AgentRequest) -> Reply | None:
+        """Where the emits of `event` go besides the event topic: its MQTT 5 response topic if
+        it had one (awaiting its copy on the side connection for up to COPY_WAIT s, only while
+        the link is up and only for this node's own request topic), else its `reply_to`."""
+        reply_to = req.reply_to
+        if reply_to is not None and not valid_reply_topic(reply_to):
+            self.alert("bad_reply_topic", f"{reply_to!r}: a plain topic outside gibsey/v1 events")
+            reply_to = None
+        link = self.link
+        if link is not None:
+            wait = COPY_WAIT if event.node == self.node.node_id else 0.0
+            route = await link.route(event.id, wait)
+            if route is not None and route.topic is not None:
+                if valid_reply_topic(route.topic):
+                    return Reply(route.topic, route.correlation, mqtt5=True)
+                self.alert(
+                    "bad_reply_topic",
+                    f"response topic {route.topic[:200]!r}: a plain topic outside gibsey/v1 events",
+                )
+        return Reply(reply_to) if reply_to else None
 
     async def answer(
         self,
@@ -294,7 +361,7 @@ class AgentService:
         req: AgentRequest,
         event: Event,
         corr: str | None,
-        reply_to: str | None,
+        reply: Reply | None,
     ) -> tuple[str, int]:
         """Generate, streaming each token; returns (answer of record, next seq)."""
         mode = self.pressure.mode
@@ -322,7 +389,7 @@ class AgentService:
             if not verdict.ok:
                 tripped.append(verdict.label)
                 return False
-            self._emit(persona.slug, corr, seq, text, False, reply_to)
+            self._emit(persona.slug, corr, seq, text, False, reply)
             seq += 1
             return True
 
