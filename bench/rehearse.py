@@ -2,7 +2,8 @@
 
 For 1, 3, 5 and 10 nodes (gibsey.node.rehearse.gallery: each a real `gibsey up` with its own
 Mosquitto, meshed over loopback), every node's virtual dial turns at RATE frames per second
-(Read/Write/Remember, as visitors would) for SECONDS; measured per gallery size:
+(Read/Write/Remember, as visitors would; each dial at its own seeded phase, as independent
+visitors turn them) for SECONDS; measured per gallery size:
 
 - dial frame -> ritual p99 (ms): publish of the dial frame on the node's broker to the arrival
   of its `ritual/performed` at a client on the same broker, over all nodes. Limit 5 ms.
@@ -28,7 +29,7 @@ from gibsey.node.rehearse.gallery import Gallery, GalleryConfig, GalleryError, w
 
 SIZES = (1, 3, 5, 10)
 RATE = 5.0  # dial frames per second per node
-SECONDS = 10.0
+SECONDS = 20.0  # 100 turns per node: a p99 that is not just the maximum
 LIMIT_MS = 5.0
 
 
@@ -51,16 +52,24 @@ def _measure(n: int, rate: float = RATE, seconds: float = SECONDS) -> tuple[floa
             for node in g:
                 assert node.client is not None
                 node.client.latencies.clear()
+            # Each dial is turned steadily at `rate`, by its own visitor: dials are independent,
+            # so each gets its own (seeded) phase in the period. Turning every dial in the same
+            # millisecond would measure a synchronised burst no gallery produces.
+            nodes = list(g)
+            phases = [rng.random() * period for _ in nodes]
+            schedule = sorted(
+                (k * period + phases[i], i)
+                for k in range(int(seconds * rate))
+                for i in range(len(nodes))
+            )
             start = time.monotonic()
-            k = 0
-            while time.monotonic() - start < seconds:
-                for node in g:
-                    assert node.client is not None
-                    node.client.turn(rng.randrange(16), rng.choice((0, 0, 1, 2)))
-                k += 1
-                delay = start + k * period - time.monotonic()
+            for at, i in schedule:
+                delay = start + at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+                client = nodes[i].client
+                assert client is not None
+                client.turn(rng.randrange(16), rng.choice((0, 0, 1, 2)))
             t_stop = time.monotonic()
             wait_until(g.converged, 120, "convergence", step=0.05)
             converge = time.monotonic() - t_stop

@@ -57,6 +57,8 @@ class AgentConfig:
     # daemon on a 2-core Pi; a short spin keeps most of the speed (measured: 37 tok/s passive,
     # 63 at 10,000, 70 at the 300,000 default, through the node) and yields the core soon.
     omp_spincount: int = 10_000
+    # Load the model worker and the embedder with the node, not at the first question: the
+    # first visitor's answer is faster, and the node holds ~600 MiB more from the start.
     preload: bool = False
     n_ctx: int = 1024
     max_tokens: int = 96

@@ -183,7 +183,9 @@ class AgentService:
             if self.cfg.preload:
                 await self.supervisor.start()
             self.publish_state()
-            if self.cfg.memory:
+            # The embedder (~190 MiB in the daemon) follows the model's policy: loaded with the
+            # node when `preload` asks for it, else at the first question.
+            if self.cfg.memory and self.cfg.preload:
                 await self._warm_embedder()
             while True:
                 await asyncio.sleep(self.cfg.ping_interval)
