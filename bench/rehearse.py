@@ -20,6 +20,7 @@ safety inverter's.
 from __future__ import annotations
 
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +42,20 @@ def _measure(n: int, rate: float = RATE, seconds: float = SECONDS) -> tuple[floa
         try:
             g.start(timeout=180)
             if n > 1:
-                wait_until(g.meshed, 60, "the mesh")
+                try:
+                    wait_until(g.meshed, 60, "the mesh")
+                except GalleryError:
+                    # Say which links never came up (seen once at 10 nodes, not reproduced in
+                    # five runs since): the next person needs more than "timed out".
+                    for node in g:
+                        down = [
+                            f"{p.get('endpoint')}={p.get('state')}"
+                            for p in node.mesh_status().get("peers", [])
+                            if p.get("state") != "up"
+                        ]
+                        if down:
+                            print(f"{node.name}: peers not up: {', '.join(down)}", file=sys.stderr)
+                    raise
             rng = random.Random(n)
             period = 1.0 / rate
             # warm up (first ritual opens SQLite pages, JITs nothing but caches plenty)
