@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gibsey.bench.report import Row
 from gibsey.node import testroot
+from gibsey.node.ports import free_port
 
 RUNS = 5
 GOAL_S = 2.0
@@ -38,12 +39,6 @@ Restart=on-failure
 RestartSec=200ms
 ExecStart=/bin/sh -c 'systemd-notify --ready; exec sleep infinity'
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _time_to_ready(cmd: list[str], env: dict[str, str], sock_path: Path, timeout: float) -> float:
@@ -79,7 +74,7 @@ def start_to_ready(runs: int = RUNS) -> list[Row]:
     gibsey = Path(sys.executable).with_name("gibsey")
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-rebirth-") as tmp:
         work = Path(tmp)
-        port = _free_port()
+        port = free_port()
         conf = work / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
         broker = subprocess.Popen(

@@ -9,13 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from gibsey.node.ports import free_port as free_port  # re-exported: tests and benches use it
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10.0, up: bool = True) -> None:

@@ -54,6 +54,7 @@ from gibsey.ledger.store import DB_FILENAME
 from gibsey.mesh import netns
 from gibsey.node.dial_bridge import frame_topic
 from gibsey.node.identity import load_or_create
+from gibsey.node.ports import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -61,12 +62,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 class GalleryError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
