@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from gibsey.node.rehearse.gallery import Gallery, GalleryConfig, GalleryError, NodeProc
+from tests.gallery_support import started
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -61,13 +62,7 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @pytest.fixture
 def gallery(tmp_path: Path) -> Iterator[Gallery]:
-    g = Gallery(tmp_path / "gallery", GalleryConfig(nodes=3))
-    try:
-        g.start()
-    except GalleryError:
-        logs = "\n".join(f"--- {n.name}\n{n.log_tail()}" for n in g)
-        g.stop()
-        raise AssertionError(f"the gallery did not start\n{logs}") from None
+    g = started(Gallery(tmp_path / "gallery", GalleryConfig(nodes=3)))
     yield g
     codes = g.stop()
     bad = {k: v for k, v in codes.items() if v not in (0, None)}

@@ -36,6 +36,7 @@ from gibsey.node.rehearse.gallery import (
     choose_net,
     wait_until,
 )
+from tests.gallery_support import started
 from tests.mesh_support import ROOT, balances, heads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -150,13 +151,7 @@ def test_rehearse_meshes_three_nodes_in_namespaces(can_netns: None, tmp_path: Pa
 
 @pytest.fixture
 def gallery(can_netns: None, tmp_path: Path) -> Iterator[Gallery]:
-    g = Gallery(tmp_path / "gallery", GalleryConfig(nodes=3, net="netns"))
-    try:
-        g.start()
-    except GalleryError:
-        logs = "\n".join(f"--- {n.name}\n{n.log_tail()}" for n in g)
-        g.stop()
-        raise AssertionError(f"the gallery did not start\n{logs}") from None
+    g = started(Gallery(tmp_path / "gallery", GalleryConfig(nodes=3, net="netns")))
     try:
         yield g
     finally:

@@ -149,9 +149,8 @@ def test_encoding_refuses_a_payload_of_the_wrong_kind() -> None:
         encode_event("n1", "no/such", GiftTxn(giver="a", receiver="b", amount=1), 1)
 
 
-async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
-    from gibsey.node.envelope import GiftTxn, encode_event
-
+def _gift_amounts_router() -> tuple[Router, list[int]]:
+    """A started router whose one handler records the amount of every gift/txn it is given."""
     router = Router("n1", lambda a: None)
     seen: list[int] = []
 
@@ -160,6 +159,13 @@ async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
 
     router.register("h", ["gift/txn"], handler)
     router.start()
+    return router, seen
+
+
+async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
+    from gibsey.node.envelope import GiftTxn, encode_event
+
+    router, seen = _gift_amounts_router()
     try:
         ours = GiftTxn(giver="a", receiver="b", amount=5)
         out = encode_event("n1", "gift/txn", ours, 9)
@@ -180,14 +186,7 @@ async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
 async def test_an_event_handled_when_sent_is_not_handled_again_on_its_echo() -> None:
     from gibsey.node.envelope import GiftTxn, encode_event
 
-    router = Router("n1", lambda a: None)
-    seen: list[int] = []
-
-    async def handler(event: Event, payload: Payload) -> None:
-        seen.append(event.payload["amount"])
-
-    router.register("h", ["gift/txn"], handler)
-    router.start()
+    router, seen = _gift_amounts_router()
     try:
         out = encode_event("n1", "gift/txn", GiftTxn(giver="a", receiver="b", amount=5), 3)
         router.remember_emitted(out)
