@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.node.config import load_config
-from gibsey.node.envelope import Payload, make_event
+from gibsey.node.envelope import Payload, encode_event
 from gibsey.node.identity import load_or_create
 from gibsey.node.spine import parse_broker_url
 from gibsey.node.topics import topic_for
@@ -36,7 +36,7 @@ def announce(
     identity = load_or_create(data_dir)
     url = broker_url(data_dir)
     host, port = parse_broker_url(url)
-    event = make_event(identity.node_id, kind, payload, lamport, actor)
+    event = encode_event(identity.node_id, kind, payload, lamport, actor)
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"gibsey-cli-{uuid.uuid4().hex[:8]}"
     )
@@ -47,7 +47,7 @@ def announce(
         return f"no broker at {url} ({exc.strerror or exc})"
     client.loop_start()
     try:
-        info = client.publish(topic_for(identity.node_id, kind), event.to_bytes(), qos=1)
+        info = client.publish(topic_for(identity.node_id, kind), event.raw, qos=1)
         info.wait_for_publish(timeout=TIMEOUT)
         if not info.is_published():
             return f"the broker at {url} did not acknowledge within {TIMEOUT:g}s"

@@ -164,13 +164,6 @@ class Node:
         """Like send, returning the event."""
         return self.send(kind, payload, actor)[0].event
 
-    def emit_acked(
-        self, kind: str, payload: Payload, actor: str = "node"
-    ) -> tuple[Event, asyncio.Future[None]]:
-        """Like emit, with a future that resolves when the broker has acknowledged the event."""
-        out, acked = self.send(kind, payload, actor)
-        return out.event, acked
-
     def publish_raw(self, kind: str, raw: bytes, qos: int = 1) -> asyncio.Future[None]:
         """Publish an encoded event of this node on its topic (the one seam to the broker)."""
         assert self.spine is not None, "node not started"

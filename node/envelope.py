@@ -405,11 +405,6 @@ def encode_event(
     return Outgoing(event_id, node, kind, lamport, wall, actor, payload, raw)
 
 
-def make_event(node: str, kind: str, payload: Payload, lamport: int, actor: str = "node") -> Event:
-    """A new event of this node as an Event (see encode_event for the wire bytes too)."""
-    return encode_event(node, kind, payload, lamport, actor).event
-
-
 _EVENT_FIELDS = frozenset(Event.model_fields)
 
 

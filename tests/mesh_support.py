@@ -8,8 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,9 @@ from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.view import build
 from gibsey.mesh.netns import exec_prefix
 from gibsey.node.identity import load_or_create
+from gibsey.node.rehearse.gallery import wait_until as wait_until  # re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from gibsey.ledger.testing import FeedWriter, forge
 from gibsey.mesh import wire
 from gibsey.mesh.config import curve_keypair, curve_public
 from gibsey.node.identity import load_or_create
+from gibsey.node.rehearse.gallery import GalleryError
 from tests.brokers import free_port
 from tests.mesh_support import (
     ROOT,
@@ -226,7 +227,7 @@ def test_forged_replayed_and_equivocating_data(trio: list[MeshProc]) -> None:
     append_mints(b.data, 2, "arieol-owlist")
     try:
         wait_until(lambda: converged(trio) and heads(a.data).get(b.key) == 2, 20, "serving")
-    except AssertionError:
+    except GalleryError:  # wait_until's timeout: say where things stand
         print([heads(n.data) for n in trio], a.log(), b.log(), sep="\n")
         raise
     hs = heads(a.data)

@@ -145,7 +145,7 @@ async def test_own_events_come_back_once_and_forgeries_are_still_checked(
     col: Collector = await collector_factory(running_node.port, topic(nid, "safety/alert"))
     from gibsey.node.envelope import GiftTxn
 
-    ours, acked = node.emit_acked("gift/txn", GiftTxn(giver="a", receiver="b", amount=5))
+    ours, acked = node.send("gift/txn", GiftTxn(giver="a", receiver="b", amount=5))
     await acked
     # Someone else publishes an invalid message carrying our event's id on our topic.
     forged = raw_event(

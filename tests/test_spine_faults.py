@@ -93,10 +93,8 @@ async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> Non
         async def emit_batch(n: int, start: int) -> list[tuple[str, asyncio.Future[None]]]:
             out = []
             for i in range(start, start + n):
-                ev, acked = node.emit_acked(
-                    "gift/txn", GiftTxn(giver="a", receiver="b", amount=i + 1)
-                )
-                out.append((ev.id, acked))
+                sent, acked = node.send("gift/txn", GiftTxn(giver="a", receiver="b", amount=i + 1))
+                out.append((sent.id, acked))
             return out
 
         before = await emit_batch(50, 0)
