@@ -74,6 +74,12 @@ class Db:
                 return [tuple(r) for r in self._std.execute(sql, params).fetchall()]
             return [tuple(r) for r in self._apsw.execute(sql, params)]
 
+    def create(self, schema: str) -> None:
+        """Run a schema of `;`-separated statements (one at a time: both backends take that)."""
+        for stmt in schema.split(";"):
+            if stmt.strip():
+                self.execute(stmt)
+
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._lock:
             if self._std is not None:

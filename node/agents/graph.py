@@ -56,9 +56,7 @@ class Fact:
 class FactStore:
     def __init__(self, db: Db) -> None:
         self.db = db
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                self.db.execute(stmt)
+        self.db.create(SCHEMA)
 
     def add(
         self,

@@ -139,9 +139,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS memory_vec USING vec0(
 class MemoryStore:
     def __init__(self, db: Db) -> None:
         self.db = db
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                self.db.execute(stmt)
+        self.db.create(SCHEMA)
 
     def add(
         self, persona: str, text: str, vector: Vectors, actor: str = "", event: str | None = None

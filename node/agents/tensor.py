@@ -42,9 +42,7 @@ class AgencyTensor:
     def __init__(self, db: Db, half_life: float = 3600.0) -> None:
         self.db = db
         self.half_life = half_life
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                self.db.execute(stmt)
+        self.db.create(SCHEMA)
         rows = self.db.execute("SELECT t FROM tensor_clock WHERE id = 0")
         self._base = float(rows[0][0]) if rows else 0.0
         self._started = time.monotonic()
