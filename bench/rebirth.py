@@ -3,7 +3,7 @@
 - start -> READY on this machine: `gibsey up` against Mosquitto, timed from the process start to
   its READY=1 datagram on a NOTIFY_SOCKET (what systemd waits for); baseline: a Python process
   that sends READY=1 at once (the interpreter's own start).
-- kill -9 -> READY under systemd: inside the nspawn test root (gibsey.node.testroot) the node's
+- kill -9 -> READY under systemd: inside the nspawn test root (gibsey.harness.testroot) the node's
   unit is killed with SIGKILL and timed until systemd reports it active (READY=1) with a new
   main PID; this includes the unit's RestartSec (200 ms). Baseline: a trivial Type=notify unit
   with the same RestartSec, killed the same way.
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from gibsey.bench.report import Row
-from gibsey.node import testroot
-from gibsey.node.ports import free_port
+from gibsey.harness import testroot
+from gibsey.harness.ports import free_port
 
 RUNS = 5
 GOAL_S = 2.0

@@ -1,6 +1,6 @@
 """`gibsey bench rehearse`: how many nodes this machine sustains as a rehearsal gallery.
 
-For 1, 3, 5 and 10 nodes (gibsey.node.rehearse.gallery: each a real `gibsey up` with its own
+For 1, 3, 5 and 10 nodes (gibsey.harness.gallery: each a real `gibsey up` with its own
 Mosquitto, meshed over loopback), every node's virtual dial turns at RATE frames per second
 (Read/Write/Remember, as visitors would; each dial at its own seeded phase, as independent
 visitors turn them) for SECONDS; measured per gallery size:
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from gibsey.bench.report import Row
-from gibsey.node.rehearse.gallery import Gallery, GalleryConfig, GalleryError, wait_until
+from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError, wait_until
 
 SIZES = (1, 3, 5, 10)
 RATE = 5.0  # dial frames per second per node

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from gibsey.bench.nodeproc import open_rotation_throttle
 from gibsey.bench.report import Row
-from gibsey.node import vm
-from gibsey.node.config import load_config
+from gibsey.core.config import load_config
 from gibsey.node.daemon import Node
+from gibsey.node.glyph.vm import binding as vm
 
 ROTATIONS = 20_000
 WARMUP = 2_000
@@ -75,8 +75,8 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
         if i >= WARMUP:
             host_us.append(elapsed)
             cpu_us.append(cpu)
-    assert node.runtime is not None
-    binding = node.runtime.bindings[1 * 4 + 3]
+    assert node.parts.glyph is not None
+    binding = node.parts.glyph.bindings[1 * 4 + 3]
     trigger = vm.Trigger(symbol=1, rotation=3, actor=1000)
     machine = vm.Vm()
     bare_us: list[float] = []
@@ -88,7 +88,8 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
             bare_us.append(elapsed)
     machine.close()
     events_per_rotation = sent[0] // (n + WARMUP)
-    assert node.runtime.failures == 0 and node.runtime.runs == n + WARMUP, "rituals were refused"
+    runtime = node.parts.glyph
+    assert runtime.failures == 0 and runtime.runs == n + WARMUP, "rituals were refused"
     for close in node._closers:
         close()
     return host_us, cpu_us, bare_us, events_per_rotation

@@ -29,8 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.bench.nodeproc import open_rotation_throttle, start_up, stop, wait_for_file
 from gibsey.bench.report import Row
-from gibsey.node.opcode_table import OpcodeTable
-from gibsey.node.vm_asm import assemble
+from gibsey.node.glyph.opcode_table import OpcodeTable
+from gibsey.node.glyph.vm.asm import assemble
 from tests.brokers import Mosquitto, free_port, wait_port  # test helpers double as bench helpers
 
 BENCH_SYMBOL, BENCH_ROTATION = 7, 3

@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 from gibsey.bench import rotation
 from gibsey.bench.report import Row as ReportRow
-from gibsey.node import vm
-from gibsey.node import vm_reference as ref
-from gibsey.node.vm_asm import assemble
+from gibsey.node.glyph.vm import binding as vm
+from gibsey.node.glyph.vm import reference as ref
+from gibsey.node.glyph.vm.asm import assemble
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "vm_zig" / "examples"
 SPEEDUP_GOAL = 100.0

@@ -1,7 +1,8 @@
 """The `gibsey` command line: one subcommand per part of the node.
 
 Each part owns its subcommands in its own module (`<part>/cli.py`) and exposes
-`register(subparsers, common)`; this file only lists which parts exist, so adding a part never
+`register(subparsers, common)` (a part with a second command names its function:
+`module:function`); this file only lists which parts exist, so adding a part never
 means editing another part's code. `common` is a parent parser carrying the options every command
 takes (`--data DIR`).
 """
@@ -19,22 +20,21 @@ from gibsey import __version__
 # one command imports only its module: `gibsey watchdog record-exit` runs in systemd's restart
 # path, and importing every part (the model runtime, the web framework) would cost it ~0.4 s.
 COMMANDS: dict[str, str] = {
-    "up": "gibsey.node.cli_up",
-    "schema": "gibsey.node.cli_schema",
-    "vm": "gibsey.node.cli_vm",
-    "dial": "gibsey.node.cli_dial",
-    "firmware": "gibsey.node.cli_firmware",
-    "watchdog": "gibsey.node.cli_watchdog",
-    "image": "gibsey.node.cli_image",
-    "doctor": "gibsey.node.cli_doctor",
+    "up": "gibsey.node.cli",
+    "schema": "gibsey.node.spine.cli",
+    "vm": "gibsey.node.glyph.cli",
+    "dial": "gibsey.node.dial.cli",
+    "firmware": "gibsey.node.dial.cli:register_firmware",
+    "watchdog": "gibsey.node.watchdog.cli",
+    "image": "gibsey.node.image.cli",
+    "doctor": "gibsey.node.cli:register_doctor",
     "ledger": "gibsey.ledger.cli",
     "story": "gibsey.node.story.cli",
     "mesh": "gibsey.mesh.cli",
     "agent": "gibsey.node.agents.cli",
     "bench": "gibsey.bench.cli",
-    "rehearse": "gibsey.node.rehearse.cli",
+    "rehearse": "gibsey.harness.rehearse.cli",
 }
-COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 DATA_HELP = "the node's data directory (default: $GIBSEY_DATA, else a per-user folder)"
@@ -73,17 +73,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR", default=None, help=DATA_HELP)
     parser.add_argument("--version", action="version", version=f"gibsey {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    modules = (COMMANDS[only],) if only else COMMAND_MODULES
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and (
-                name == exc.name or name.startswith(exc.name + ".")
-            ):  # part not built yet on this checkout
-                continue
-            raise
-        module.register(sub, common)
+    for target in (COMMANDS[only],) if only else COMMANDS.values():
+        module_name, _, function = target.partition(":")
+        register = getattr(importlib.import_module(module_name), function or "register")
+        register(sub, common)
     return parser
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.announce import announce
-from gibsey.node.envelope import GiftBalance, GiftTxn
+from gibsey.core.announce import announce
+from gibsey.core.envelope import GiftBalance, GiftTxn
 
 MAX_LISTED = 500
 

@@ -39,7 +39,7 @@ def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> N
     if _publish_hook is not None:
         _publish_hook(event, payload)
         return
-    from gibsey.node.config import resolve_data_dir
+    from gibsey.core.config import resolve_data_dir
 
     from .announce import announce_ledger_event
 
@@ -49,7 +49,7 @@ def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> N
 
 
 def _open(args: argparse.Namespace) -> Ledger:
-    from gibsey.node.config import resolve_data_dir
+    from gibsey.core.config import resolve_data_dir
 
     return Ledger.open(resolve_data_dir(args.data))
 

@@ -33,7 +33,7 @@ class Ledger:
     @classmethod
     def open(cls, data_dir: Path, key: SigningKey | None = None, **store_kwargs: Any) -> Ledger:
         if key is None:
-            from gibsey.node.identity import load_or_create
+            from gibsey.core.identity import load_or_create
 
             key = load_or_create(data_dir).signing_key
         return cls(Store.open(data_dir, **store_kwargs), key)

@@ -23,13 +23,13 @@ from .config import MeshConfig, MeshConfigError, PeerSpec, parse_key
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from gibsey.node.config import resolve_data_dir
+    from gibsey.core.config import resolve_data_dir
 
     return resolve_data_dir(getattr(args, "data", None))
 
 
 def _mesh_config(data_dir: Path, args: argparse.Namespace) -> MeshConfig:
-    from gibsey.node.config import load_config
+    from gibsey.core.config import load_config
 
     section = dict(load_config(data_dir).extra.get("mesh") or {})
     section.pop("bridge", None)
@@ -46,8 +46,8 @@ def _mesh_config(data_dir: Path, args: argparse.Namespace) -> MeshConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gibsey.core.identity import load_or_create
     from gibsey.ledger.store import Store
-    from gibsey.node.identity import load_or_create
 
     from .node import MeshNode
 
@@ -83,7 +83,7 @@ def _ago(seconds: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gibsey.node.identity import load_or_create
+    from gibsey.core.identity import load_or_create
 
     from .node import STATUS_FILENAME
 
@@ -144,8 +144,8 @@ def _find_peer(cfg: MeshConfig, text: str, key: str | None) -> PeerSpec:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from gibsey.core.identity import load_or_create
     from gibsey.ledger.store import Store
-    from gibsey.node.identity import load_or_create
 
     from .node import MeshNode
 
@@ -178,8 +178,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge_config(args: argparse.Namespace) -> int:
-    from gibsey.node.config import load_config
-    from gibsey.node.identity import load_or_create
+    from gibsey.core.config import load_config
+    from gibsey.core.identity import load_or_create
 
     from .bridge import BridgeConfig, render
 

@@ -1,6 +1,6 @@
 """Network namespaces for a room of nodes on one machine (root only): made, cut, removed.
 
-Used by `gibsey rehearse --net netns` (gibsey.node.rehearse.gallery). One room per run:
+Used by `gibsey rehearse --net netns` (gibsey.harness.gallery). One room per run:
 
     hub namespace   gibsey-<pid>-<run>-hub   a Linux bridge br0 and one port p<i> per node
     node namespace  gibsey-<pid>-<run>-n<i>  lo; mesh0, a veth to the bridge, 10.77.0.<i>/24;

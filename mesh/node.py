@@ -844,7 +844,7 @@ class MeshNode:
     def write_status(self) -> None:
         if self.data_dir is None:
             return
-        from gibsey.node.identity import write_atomic
+        from gibsey.core.identity import write_atomic
 
         data = json.dumps(self.status(), indent=1, sort_keys=True).encode()
         try:

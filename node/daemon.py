@@ -8,42 +8,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import importlib
 import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gibsey import __version__
-from gibsey.node.broker import EmbeddedBroker
-from gibsey.node.config import NodeConfig
-from gibsey.node.discovery import discovery_messages
-from gibsey.node.envelope import (
+from gibsey.core.config import NodeConfig
+from gibsey.core.envelope import (
     Event,
     NodeStatus,
     Outgoing,
     Payload,
-    RitualRebirth,
     SafetyAlert,
     encode_event,
 )
-from gibsey.node.identity import Identity, load_or_create
-from gibsey.node.lamport import LamportClock
-from gibsey.node.parts import PARTS
-from gibsey.node.rate import RateMeter
-from gibsey.node.rebirth import Death, DeathLedger, RunRecord
-from gibsey.node.rituals import RitualHandler
-from gibsey.node.router import Router
-from gibsey.node.sdnotify import Notifier
-from gibsey.node.spine import Spine
-from gibsey.node.topics import ALL_EVENTS, status_topic, topic_for
-
-if TYPE_CHECKING:
-    from gibsey.ledger.ledger import Ledger
-    from gibsey.node.runtime import Runtime
+from gibsey.core.identity import Identity, load_or_create
+from gibsey.core.lamport import LamportClock
+from gibsey.core.rate import RateMeter
+from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
+from gibsey.node.parts import Parts, attach_parts
+from gibsey.node.spine.broker import EmbeddedBroker
+from gibsey.node.spine.discovery import discovery_messages
+from gibsey.node.spine.router import Router
+from gibsey.node.spine.spine import Spine
+from gibsey.node.watchdog.part import record_rebirth
+from gibsey.node.watchdog.rebirth import RunRecord
+from gibsey.node.watchdog.sdnotify import Notifier
 
 log = logging.getLogger("gibsey.node")
 # How often the run record is refreshed: a dead run's uptime is known to within this much.
@@ -64,16 +57,13 @@ class Node:
             queue_size=config.handler_queue,
             on_event=self._observe,
         )
-        self.rituals = RitualHandler(self.send)
-        # Set by the parts that provide them (node/parts.py); None when a part is not built.
-        self.ledger: Ledger | None = None
-        self.runtime: Runtime | None = None
+        # What each running part gives the others (node/parts.py), filled by attach_parts.
+        self.parts = Parts()
         self._closers: list[Callable[[], None]] = []
         self._drainers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._extra_subscriptions: list[tuple[str, Callable[[str, bytes], object]]] = []
         self.notifier = Notifier()
         self.run_record = RunRecord(data_dir)
-        self.router.register_inline("rituals", ["glyph/rotated"], self.rituals)
         self.embedded: EmbeddedBroker | None = None
         self.spine: Spine | None = None
         self.started_at = time.monotonic()
@@ -81,18 +71,7 @@ class Node:
         self.events_per_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
-        self._attach_parts()
-
-    def _attach_parts(self) -> None:
-        for name in PARTS:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-                    log.debug("part %s is not built on this checkout", name)
-                    continue
-                raise
-            module.attach(self)
+        attach_parts(self)
 
     def add_subscription(self, topic_filter: str, callback: Callable[[str, bytes], object]) -> None:
         """Have messages on `topic_filter` (outside the event topics) handed to `callback` on the
@@ -229,62 +208,6 @@ class Node:
             f"{self.router.stats.accepted} events, {self.router.stats.rejected_total} rejected"
         )
 
-    # -- death and rebirth ----------------------------------------------------------------------
-    def _record_rebirth(self, death: Death) -> None:
-        cfg = self.config.extra.get("watchdog", {})
-        limit = int(cfg.get("restarts", 5))
-        window_min = float(cfg.get("window_minutes", 10))
-        deaths = DeathLedger(self.data_dir)
-        deaths.add(death)
-        now = death.died_at_boottime
-        restarts = deaths.recent(self.run_record.boot, now, window_min * 60)
-        log.warning(
-            "the previous run (pid %d) died after %.1fs: %s; %d death(s) in %g min",
-            death.pid,
-            death.uptime_s,
-            death.cause,
-            restarts,
-            window_min,
-        )
-        entry_hash = hearing = None
-        if self.ledger is not None:
-            body: dict[str, Any] = {
-                "node": self.node_id,
-                "uptime_ms": int(death.uptime_s * 1000),
-                "cause": death.cause[:96],
-                "restarts": restarts,
-                "pid": death.pid,
-            }
-            if death.exit_code:
-                body["exit_code"] = death.exit_code
-                body["exit_status"] = death.exit_status
-            entry_hash = self.ledger.append("rebirth", body).hash_hex
-            if restarts > limit and not deaths.hearing_open_in_window(
-                self.run_record.boot, now, window_min * 60
-            ):
-                # A crash loop: the room decides whether this node goes on as it is. The
-                # proposal's target names the change it would apply: degraded agents.
-                change = f"config-change:{self.node_id}:[agent] degraded = true"
-                target = hashlib.sha256(change.encode()).hexdigest()
-                title = (
-                    f"Schrödinger Hearing: {self.node_id} died {restarts} times "
-                    f"in {window_min:g} min; degrade its agents?"
-                )
-                hearing = self.ledger.propose("config-change", target, title, self.node_id).hash_hex
-                deaths.note_hearing(self.run_record.boot, now, hearing)
-        self.emit(
-            "ritual/rebirth",
-            RitualRebirth(
-                uptime_s=death.uptime_s,
-                cause=death.cause[:256],
-                restarts=restarts,
-                window_minutes=window_min,
-                previous_pid=death.pid,
-                entry=entry_hash,
-                hearing=hearing,
-            ),
-        )
-
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, broker_url: str | None = None) -> None:
         url = broker_url or self.config.broker
@@ -314,7 +237,7 @@ class Node:
         for name, factory in self._services:
             self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
         if death is not None:
-            self._record_rebirth(death)
+            record_rebirth(self, death)
         # Serving: events are accepted and queued from here on, broker or not (a missing broker
         # is retried, not a reason for systemd to restart the node).
         self.notifier.ready(self.summary())

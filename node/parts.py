@@ -1,19 +1,168 @@
-"""The parts that attach to a running node, in start order.
+"""The parts of a running node: what runs, when, in which order, and how they reach each other.
 
-Each module named here provides `attach(node: Node) -> None`, which registers router handlers
-(`node.router.register(...)` / `register_inline(...)`) and long-running services
-(`node.add_service(name, factory)`). A part that is not built on this checkout is skipped. This
-is the declarative process list of the daemon: what runs is read here, not scattered in code.
+This is the daemon's declarative process list (as openpilot's process_config): each `Part` names
+its attach function and the condition, read from the configuration, under which it runs. Parts
+attach in the order listed; each puts what it gives the others in its typed slot of `Parts`
+(`node.parts.ledger`, `node.parts.glyph`, ...), and a later part finds an earlier one there, never
+by a registry or an attribute lookup. A slot is None when its part does not run on this node.
+
+An attach function registers router handlers (`node.router.register(...)`) and services
+(`node.add_service(...)`); it imports its part only when called, so a command that never starts
+a node never loads the model runtime or the web framework.
 """
 
 from __future__ import annotations
 
-PARTS: tuple[str, ...] = (
-    "gibsey.ledger.part",  # the node's own feed and the view of every feed it holds
-    "gibsey.mesh.part",  # ledger gossip with the gallery's peers (when gibsey.toml has [mesh])
-    "gibsey.node.runtime",  # glyph rotation -> opcode table -> Zig VM -> effects
-    "gibsey.node.story.part",  # narrative engine: story graph from the ledger, merge hearings
-    "gibsey.node.dial_bridge",  # the glyph dial: USB serial / MQTT frames -> glyph/rotated
-    "gibsey.node.agents.part",  # personas (llama.cpp worker), memory, facts, tensor, safety
-    "gibsey.node.gateway.part",  # HTTP gateway, dashboard, /metrics (when [gateway] listen is set)
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from gibsey.core.config import NodeConfig
+
+if TYPE_CHECKING:
+    from gibsey.ledger.ledger import Ledger
+    from gibsey.mesh.node import MeshNode
+    from gibsey.node.agents.service import AgentService
+    from gibsey.node.daemon import Node
+    from gibsey.node.dial.bridge import DialBridge
+    from gibsey.node.gateway.part import Gateway
+    from gibsey.node.glyph.rituals import RitualHandler
+    from gibsey.node.glyph.runtime import Runtime
+    from gibsey.node.story.engine import Story
+
+log = logging.getLogger("gibsey.node")
+
+
+@dataclass
+class Parts:
+    """What each running part gives the others; None where that part does not run."""
+
+    ledger: Ledger | None = None  # this node's own feed and the view of every feed it holds
+    mesh: MeshNode | None = None  # gossip of the feeds with the gallery's peers
+    glyph: Runtime | None = None  # glyph rotation -> opcode table -> Zig VM -> effects
+    story: Story | None = None  # the narrative engine over the ledger
+    dial: DialBridge | None = None  # the glyph dial's frames -> glyph/rotated
+    agents: AgentService | None = None  # personas, memory, the safety inverter
+    gateway: Gateway | None = None  # HTTP API, dashboard, /metrics
+    rituals: RitualHandler | None = None  # glyph/rotated -> gates -> the runtime -> ritual
+
+
+def _always(config: NodeConfig) -> bool:
+    return True
+
+
+class Part(NamedTuple):
+    name: str
+    attach: Callable[[Node], None]
+    runs_when: Callable[[NodeConfig], bool] = _always
+    why: str = "always"
+
+
+def attach_ledger(node: Node) -> None:
+    from gibsey.ledger.ledger import Ledger
+
+    ledger = Ledger.open(node.data_dir, node.identity.signing_key)
+    node.add_closer(ledger.close)
+    node.parts.ledger = ledger
+
+
+def attach_mesh(node: Node) -> None:
+    from gibsey.core.envelope import MeshPeer
+    from gibsey.mesh.config import MeshConfig
+    from gibsey.mesh.node import MeshNode
+
+    ledger = node.parts.ledger
+    assert ledger is not None, "the mesh gossips the ledger: attach the ledger first"
+    section = {k: v for k, v in node.config.extra["mesh"].items() if k != "bridge"}
+    config = MeshConfig.from_dict(section)
+    if not config.enabled:
+        return
+
+    def emit(kind: str, payload: dict[str, object]) -> None:
+        node.emit(kind, MeshPeer.model_validate(payload))
+
+    mesh = MeshNode(
+        ledger.store, node.identity.signing_key, config, data_dir=node.data_dir, emit=emit
+    )
+    node.add_service("mesh", mesh.run)
+    node.parts.mesh = mesh
+
+
+def attach_glyph(node: Node) -> None:
+    from gibsey.node.glyph.part import attach
+
+    node.parts.glyph = attach(node)
+
+
+def attach_story(node: Node) -> None:
+    from gibsey.node.story.part import attach
+
+    node.parts.story = attach(node)
+
+
+def attach_dial(node: Node) -> None:
+    from gibsey.node.dial.part import attach
+
+    node.parts.dial = attach(node)
+
+
+def attach_agents(node: Node) -> None:
+    from gibsey.node.agents.part import attach
+
+    node.parts.agents = attach(node)
+
+
+def attach_gateway(node: Node) -> None:
+    from gibsey.node.gateway.part import attach
+
+    node.parts.gateway = attach(node)
+
+
+def attach_rituals(node: Node) -> None:
+    """The ritual pipeline, built once every part is there: glyph/rotated -> the gates (the
+    safety inverter's flood throttle) -> the glyph runtime's program -> ritual/performed."""
+    from gibsey.node.glyph.rituals import RitualHandler, no_program
+
+    parts = node.parts
+    gates = [parts.agents.rotation_gate] if parts.agents is not None else []
+    runner = parts.glyph.perform if parts.glyph is not None else no_program
+    handler = RitualHandler(node.send, runner, gates)
+    node.router.register_inline("rituals", ["glyph/rotated"], handler)
+    parts.rituals = handler
+
+
+def _has_mesh(config: NodeConfig) -> bool:
+    return isinstance(config.extra.get("mesh"), dict)
+
+
+def _has_gateway(config: NodeConfig) -> bool:
+    from gibsey.node.gateway.config import GatewayConfig
+
+    return GatewayConfig.from_extra(config.extra).enabled
+
+
+def _has_dial(config: NodeConfig) -> bool:
+    from gibsey.node.dial.bridge import DialConfig
+
+    return DialConfig.from_extra(config.extra).enabled
+
+
+PARTS: tuple[Part, ...] = (
+    Part("ledger", attach_ledger),
+    Part("mesh", attach_mesh, _has_mesh, "gibsey.toml has a [mesh] section"),
+    Part("glyph", attach_glyph),
+    Part("story", attach_story),
+    Part("dial", attach_dial, _has_dial, "[dial] enabled (the default)"),
+    Part("agents", attach_agents),
+    Part("gateway", attach_gateway, _has_gateway, "[gateway] listen is set (gibsey up --http)"),
+    Part("rituals", attach_rituals),
 )
+
+
+def attach_parts(node: Node) -> None:
+    for part in PARTS:
+        if part.runs_when(node.config):
+            part.attach(node)
+        else:
+            log.debug("part %s does not run: it runs when %s", part.name, part.why)

@@ -10,9 +10,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.agents.part import service_of
+from gibsey.core.config import NodeConfig
 from gibsey.node.agents.service import AgentService
-from gibsey.node.config import NodeConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
@@ -38,7 +37,7 @@ async def agent_node(tmp_path: Path, **agent: Any) -> AsyncIterator[tuple[Node, 
 
 
 def agents(node: Node) -> AgentService:
-    service = service_of(node)
+    service = node.parts.agents
     assert service is not None, "the agents part is not attached"
     return service
 

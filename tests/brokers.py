@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gibsey.node.ports import free_port as free_port  # re-exported: tests and benches use it
+from gibsey.harness.ports import free_port as free_port  # re-exported: tests and benches use it
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

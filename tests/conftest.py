@@ -10,7 +10,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gibsey.node.config import NodeConfig
+from gibsey.core.config import NodeConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto, free_port
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gibsey.node.rehearse.gallery import Gallery, GalleryError
+from gibsey.harness.gallery import Gallery, GalleryError
 
 
 def started(g: Gallery) -> Gallery:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gibsey.node.config import NodeConfig
+from gibsey.core.config import NodeConfig
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.part import Gateway
 from tests.brokers import Mosquitto
@@ -41,7 +41,8 @@ async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
     try:
         assert node.spine is not None
         await node.spine.wait_connected(timeout=10)
-        gateway: Gateway = node.gateway  # type: ignore[attr-defined]
+        gateway = node.parts.gateway
+        assert gateway is not None
         await asyncio.wait_for(gateway.ready.wait(), 10)
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
             yield GatewayNode(node, gateway, broker, http)

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gibsey.core.identity import load_or_create
+from gibsey.harness.gallery import wait_until as wait_until  # re-exported
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.view import build
 from gibsey.mesh.netns import exec_prefix
-from gibsey.node.identity import load_or_create
-from gibsey.node.rehearse.gallery import wait_until as wait_until  # re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 Three real `gibsey up` processes, each with its own real Mosquitto, data directory, gateway and
 mesh endpoint, meshed over loopback through relays that can cut one node off
-(gibsey.node.rehearse.gallery). Every step waits on a condition with a deadline and prints a
+(gibsey.harness.gallery). Every step waits on a condition with a deadline and prints a
 numbered check as it holds (`pytest -s` shows them live; a failure shows them too), and the test
 fails at the first check that does not hold.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gibsey.node.rehearse.gallery import Gallery, GalleryConfig, GalleryError, NodeProc
+from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError, NodeProc
 from tests.gallery_support import started
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gibsey.core.config import NodeConfig
 from gibsey.node.agents.mqtt5 import ResponseLink, Route
 from gibsey.node.agents.service import AgentService
-from gibsey.node.config import NodeConfig
 from gibsey.node.daemon import Node
 from tests.agent_support import FAST_WATCHDOG, agent_node, agents, ask
 from tests.brokers import free_port

@@ -171,7 +171,7 @@ async def test_a_flood_of_rotations_performs_no_rituals_until_it_passes(
         assert all(e.startswith("throttled: mallory") for e in errors[1:])
         assert all(r["payload"]["effects"] == 0 for r in done[1:])
         await alerts.wait_for(lambda c: any("throttled" in r for r in _reasons(c)))
-        ledger = node.ledger
+        ledger = node.parts.ledger
         assert ledger is not None
-        await asyncio.wait_for(node.runtime.ledger_queue.join(), 10)  # type: ignore[union-attr]
+        await asyncio.wait_for(node.parts.glyph.ledger_queue.join(), 10)  # type: ignore[union-attr]
         assert ledger.view().economy.balances.get("mallory") == 1  # only the first turn minted

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.core.config import NodeConfig
 from gibsey.dialcore import frame as df
-from gibsey.node.config import NodeConfig
 from gibsey.node.daemon import Node
-from gibsey.node.dial_bridge import (
+from gibsey.node.dial.bridge import (
     DialBridge,
     DialConfig,
-    bridge_of,
     discovery_messages,
     frame_topic,
     state_topic,
@@ -80,7 +79,7 @@ async def rig(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Rig]:
     link = tmp_path / "ttyDIAL"
     config.extra["dial"] = {"serial": str(link), "scan_interval": 0.02, "alert_interval": 0.0}
     node = Node(tmp_path / "data", config)
-    bridge = bridge_of(node)
+    bridge = node.parts.dial
     assert bridge is not None, "the dial bridge is not in node/parts.py"
     await node.start(mosquitto.url)
     assert node.spine is not None
@@ -249,7 +248,7 @@ def test_alerts_are_coalesced_per_reason() -> None:
 
     bridge = DialBridge(FakeNode(), DialConfig(alert_interval=10.0))  # type: ignore[arg-type]
     bridge.flush_alerts(now=0.0)
-    from gibsey.node.dial_bridge import Channel
+    from gibsey.node.dial.bridge import Channel
 
     ch = Channel("test", "serial", "d")
     for _ in range(50):

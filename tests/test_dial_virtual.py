@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.node.cli_dial import VirtualDial, parse_keys
-from gibsey.node.config import NodeConfig
+from gibsey.core.config import NodeConfig
 from gibsey.node.daemon import Node
-from gibsey.node.dial_bridge import bridge_of
+from gibsey.node.dial.cli import VirtualDial, parse_keys
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory
 from tests.events import topic
@@ -123,7 +122,7 @@ async def test_keys_turn_the_node_through_the_bridge(
         assert (pressed["symbol"], pressed["rotation"], pressed["press"]) == (2, 1, "short")
         await term.wait_for(b"phillip-bafflemint")  # the new glyph is drawn
         await term.wait_for(b"ritual/performed state 12")  # and the node's answer
-        bridge = bridge_of(node)
+        bridge = node.parts.dial
         assert bridge is not None
         assert bridge.stats.lost == 0 and bridge.stats.hellos == 1
         assert bridge.dials["virtual"].transport == "mqtt"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from gibsey.cli import main
-from gibsey.node import cli_doctor
-from gibsey.node.cli_doctor import FAIL, OK, WARN
-from gibsey.node.config import NodeConfig
-from gibsey.node.identity import load_or_create
+from gibsey.core.config import NodeConfig
+from gibsey.core.identity import load_or_create
+from gibsey.node import doctor as cli_doctor
+from gibsey.node.doctor import FAIL, OK, WARN
 from tests.brokers import Mosquitto, free_port
 
 

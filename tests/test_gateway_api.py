@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gibsey.node.envelope import PAYLOADS
+from gibsey.core.envelope import PAYLOADS
 from gibsey.node.gateway.app import EVENTS_EXT, mutating_operations
 from gibsey.node.gateway.config import PORT_FILE
 from gibsey.node.gateway.logs import JsonFormatter
@@ -60,7 +60,7 @@ async def test_every_change_needs_the_token_and_publishes_its_events(
     gateway_node: GatewayNode, collector_factory: CollectorFactory
 ) -> None:
     gw = gateway_node
-    ledger = gw.node.ledger
+    ledger = gw.node.parts.ledger
     assert ledger is not None
     ledger.mint("ada", 25, ritual="test")
     ledger.mint("bob", 16, ritual="test")

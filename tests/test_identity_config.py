@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.node.config import ConfigError, load_config, resolve_data_dir
-from gibsey.node.identity import IdentityError, load_or_create
-from gibsey.node.lamport import MAX_JUMP, LamportClock
+from gibsey.core.config import ConfigError, load_config, resolve_data_dir
+from gibsey.core.identity import IdentityError, load_or_create
+from gibsey.core.lamport import MAX_JUMP, LamportClock
 
 
 def test_identity_is_created_once_with_a_private_key_file(tmp_path: Path) -> None:

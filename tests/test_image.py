@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gibsey.cli import main
-from gibsey.node import cli_image, firstboot
-from gibsey.node.firstboot import Paths, hostname_for, provision
+from gibsey.node.image import cli as cli_image
+from gibsey.node.image import firstboot
+from gibsey.node.image.firstboot import Paths, hostname_for, provision
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.core.config import NodeConfig
+from gibsey.core.envelope import SafetyAlert
+from gibsey.core.identity import load_or_create
 from gibsey.mesh.bridge import BridgeConfig, render
 from gibsey.mesh.config import MeshConfig, MeshConfigError, PeerSpec
-from gibsey.node.config import NodeConfig
 from gibsey.node.daemon import Node
-from gibsey.node.envelope import SafetyAlert
-from gibsey.node.identity import load_or_create
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory
 from tests.mesh_support import ROOT

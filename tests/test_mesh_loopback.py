@@ -12,13 +12,13 @@ import pytest
 import zmq
 from nacl.signing import SigningKey
 
+from gibsey.core.identity import load_or_create
+from gibsey.harness.gallery import GalleryError
 from gibsey.ledger.entry import create
 from gibsey.ledger.store import Store
 from gibsey.ledger.testing import FeedWriter, forge
 from gibsey.mesh import wire
 from gibsey.mesh.config import curve_keypair, curve_public
-from gibsey.node.identity import load_or_create
-from gibsey.node.rehearse.gallery import GalleryError
 from tests.brokers import free_port
 from tests.mesh_support import (
     ROOT,

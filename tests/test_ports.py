@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from gibsey.node import ports
+from gibsey.harness import ports
 
 
 def test_ports_avoid_the_ephemeral_range_and_are_not_repeated() -> None:

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.mesh import netns
-from gibsey.node.rehearse.gallery import (
+from gibsey.harness.gallery import (
     Gallery,
     GalleryConfig,
     GalleryError,
@@ -36,6 +35,7 @@ from gibsey.node.rehearse.gallery import (
     choose_net,
     wait_until,
 )
+from gibsey.mesh import netns
 from tests.gallery_support import started
 from tests.mesh_support import ROOT, balances, heads
 

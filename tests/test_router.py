@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gibsey.node.envelope import Event, Payload, SafetyAlert
-from gibsey.node.router import Router
+from gibsey.core.envelope import Event, Payload, SafetyAlert
+from gibsey.node.spine.router import Router
 from tests.events import raw_event, topic
 
 
@@ -121,7 +121,7 @@ async def test_envelope_must_match_its_topic() -> None:
     "actor", ["node", 'a "quoted" actor', "visitor \\ with \n escapes", "ünïcode ✓ visitor"]
 )
 def test_fast_built_events_equal_validated_ones(actor: str) -> None:
-    from gibsey.node.envelope import Event, RitualEffect, encode_event
+    from gibsey.core.envelope import Event, RitualEffect, encode_event
 
     out = encode_event(
         "n1",
@@ -141,7 +141,7 @@ def test_fast_built_events_equal_validated_ones(actor: str) -> None:
 
 
 def test_encoding_refuses_a_payload_of_the_wrong_kind() -> None:
-    from gibsey.node.envelope import GiftTxn, encode_event
+    from gibsey.core.envelope import GiftTxn, encode_event
 
     with pytest.raises(TypeError, match="ritual/effect takes a RitualEffect"):
         encode_event("n1", "ritual/effect", GiftTxn(giver="a", receiver="b", amount=1), 1)
@@ -163,7 +163,7 @@ def _gift_amounts_router() -> tuple[Router, list[int]]:
 
 
 async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
-    from gibsey.node.envelope import GiftTxn, encode_event
+    from gibsey.core.envelope import GiftTxn, encode_event
 
     router, seen = _gift_amounts_router()
     try:
@@ -184,7 +184,7 @@ async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
 
 
 async def test_an_event_handled_when_sent_is_not_handled_again_on_its_echo() -> None:
-    from gibsey.node.envelope import GiftTxn, encode_event
+    from gibsey.core.envelope import GiftTxn, encode_event
 
     router, seen = _gift_amounts_router()
     try:
@@ -206,7 +206,7 @@ async def test_an_event_handled_when_sent_is_not_handled_again_on_its_echo() -> 
 def test_payload_of_validates_like_the_constructor() -> None:
     from pydantic import ValidationError
 
-    from gibsey.node.envelope import RitualPerformed, payload_of
+    from gibsey.core.envelope import RitualPerformed, payload_of
 
     fields: dict[str, Any] = {"symbol": 3, "rotation": 2, "state": 14, "cause": "c", "effects": 1}
     assert payload_of(RitualPerformed, fields) == RitualPerformed(**fields)

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.opcode_table import STATES, OpcodeTable, program_hash
-from gibsey.node.vm_asm import assemble
+from gibsey.node.glyph.opcode_table import STATES, OpcodeTable, program_hash
+from gibsey.node.glyph.vm.asm import assemble
 from tests.conftest import Collector, CollectorFactory, RunningNode
 from tests.events import raw_event, topic
 
@@ -59,7 +59,7 @@ async def test_dream_asks_the_symbols_persona_and_proposes_a_branch(
     nid = running_node.node_id
     col = await _watch(running_node, collector_factory)
     ritual = await _turn(col, nid, symbol=1, rotation=3, eid="dream-1")
-    table = running_node.node.runtime.bindings  # type: ignore[union-attr]
+    table = running_node.node.parts.glyph.bindings  # type: ignore[union-attr]
     assert ritual["payload"]["program"] == table[1 * 4 + 3].short
     assert ritual["payload"]["effects"] == 3 and ritual["payload"]["error"] == ""
     asks = [e for e in col.of_kind("agent/request") if e["payload"]["correlation"] == "dream-1"]
@@ -97,7 +97,7 @@ async def test_read_and_write_mint_and_gift_on_the_ledger(
         ("mint", "", "ada", 1),
         ("gift", "ada", "glyph-marrow", 1),
     ]
-    ledger = running_node.node.ledger
+    ledger = running_node.node.parts.ledger
     assert ledger is not None
     balances = ledger.view().economy.balances
     assert balances["ada"] == 1
@@ -178,7 +178,7 @@ async def test_a_failing_program_publishes_no_effects_and_says_why(
     running_node: RunningNode, collector_factory: CollectorFactory
 ) -> None:
     nid = running_node.node_id
-    runtime = running_node.node.runtime
+    runtime = running_node.node.parts.glyph
     assert runtime is not None
     spin = assemble('    PUSH 9\n    EMIT "glyph/partial"\nloop:\n    JMP loop\n')
     runtime.load(6, 0, spin, None, origin="test")
@@ -222,8 +222,8 @@ def test_the_table_is_seeded_versioned_and_refuses_bad_programs(tmp_path: Path) 
 _BINDER = """
 import sys
 from pathlib import Path
-from gibsey.node.opcode_table import OpcodeTable
-from gibsey.node.vm_asm import assemble
+from gibsey.node.glyph.opcode_table import OpcodeTable
+from gibsey.node.glyph.vm.asm import assemble
 table = OpcodeTable.open(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     table.bind(i % 256, assemble(f"    PUSH {i}\\n    HALT\\n"), origin="test")

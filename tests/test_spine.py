@@ -8,7 +8,7 @@ import selectors
 
 import pytest
 
-from gibsey.node.envelope import Event, Payload
+from gibsey.core.envelope import Event, Payload
 from tests.conftest import Collector, CollectorFactory, RunningNode
 from tests.events import raw_event, topic
 
@@ -143,7 +143,7 @@ async def test_own_events_come_back_once_and_forgeries_are_still_checked(
 
     node.router.register("test", ["gift/txn"], handler)
     col: Collector = await collector_factory(running_node.port, topic(nid, "safety/alert"))
-    from gibsey.node.envelope import GiftTxn
+    from gibsey.core.envelope import GiftTxn
 
     ours, acked = node.send("gift/txn", GiftTxn(giver="a", receiver="b", amount=5))
     await acked

@@ -15,9 +15,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gibsey.node.config import NodeConfig
+from gibsey.core.config import NodeConfig
+from gibsey.core.envelope import GiftTxn
 from gibsey.node.daemon import Node
-from gibsey.node.envelope import GiftTxn
 from tests.brokers import Mosquitto
 from tests.events import topic
 

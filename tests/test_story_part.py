@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 from gibsey.node.story.corpus import SAMPLE, read_corpus
-from gibsey.node.story.part import story_of
 from tests.conftest import Collector, CollectorFactory, RunningNode
 from tests.events import raw_event, topic
 
@@ -16,7 +15,7 @@ async def test_glyph_propose_branches_and_passed_merge_is_announced(
 ) -> None:
     node = running_node.node
     nid = running_node.node_id
-    story = story_of(node)
+    story = node.parts.story
     assert story is not None
     await asyncio.to_thread(story.import_corpus, read_corpus(SAMPLE), "main", "an-author")
     col = await collector_factory(running_node.port, f"gibsey/v1/{nid}/narrative/change")
@@ -38,10 +37,10 @@ async def test_glyph_propose_branches_and_passed_merge_is_announced(
     def rite() -> str:
         text = story.page("main", "004")[1].text
         story.write("dream-london-fox", "004", text.replace("twice", "in a dream"), "london-fox")
-        assert node.ledger is not None
-        node.ledger.mint("london-fox", 100, "dream")
+        assert node.parts.ledger is not None
+        node.parts.ledger.mint("london-fox", 100, "dream")
         p = story.propose("dream-london-fox", "london-fox")
-        node.ledger.vote(p.entry.hash_hex, "london-fox", "yes")
+        node.parts.ledger.vote(p.entry.hash_hex, "london-fox", "yes")
         return p.commit
 
     commit = await asyncio.to_thread(rite)

@@ -8,7 +8,7 @@ watchdog deaths`, and a signed `rebirth` entry on the node's ledger).
 The agent worker's socket unit (gibsey-agent-worker.socket, pulled in by the node) must listen,
 start one worker unit per connection with the unit's limits, and lose its workers with the node.
 
-The root is cached between runs (see gibsey.node.testroot); the first build on a new machine
+The root is cached between runs (see gibsey.harness.testroot); the first build on a new machine
 takes about two minutes. On a machine that cannot do this (not root, no systemd-nspawn, no
 debootstrap, no mirror, namespaces refused) the test is skipped with the exact reason; set
 GIBSEY_REQUIRE_SUPERVISION=1 to make that a failure instead.
@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from gibsey.node import testroot
-from gibsey.node.testroot import Container
+from gibsey.harness import testroot
+from gibsey.harness.testroot import Container
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from gibsey.cli import main
-from gibsey.node import vm
-from gibsey.node.vm_asm import AsmError, DisasmError, assemble, decode, disassemble
-from gibsey.node.vm_isa import OPS, Operand
+from gibsey.node.glyph.vm import binding as vm
+from gibsey.node.glyph.vm.asm import AsmError, DisasmError, assemble, decode, disassemble
+from gibsey.node.glyph.vm.isa import OPS, Operand
 from tests.vm_support import REPO
 
 EXAMPLES = sorted((REPO / "vm_zig" / "examples").glob("*.gasm"))

@@ -15,10 +15,10 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gibsey.node import vm
-from gibsey.node import vm_reference as ref
-from gibsey.node.vm_asm import assemble
-from gibsey.node.vm_isa import HEADER_SIZE, I64_MAX, I64_MIN, MAGIC, OPS, Status
+from gibsey.node.glyph.vm import binding as vm
+from gibsey.node.glyph.vm import reference as ref
+from gibsey.node.glyph.vm.asm import assemble
+from gibsey.node.glyph.vm.isa import HEADER_SIZE, I64_MAX, I64_MIN, MAGIC, OPS, Status
 from tests.vm_support import header, ref_outcome, zig_outcome
 
 settings.register_profile(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.node import vm
-from gibsey.node.vm_asm import assemble
-from gibsey.node.vm_isa import I64_MAX, I64_MIN, EffectKind, Status
+from gibsey.node.glyph.vm import binding as vm
+from gibsey.node.glyph.vm.asm import assemble
+from gibsey.node.glyph.vm.isa import I64_MAX, I64_MIN, EffectKind, Status
 from tests.vm_support import BUILD_ENV, BUILD_SH, REPO, header
 
 TRIG = vm.Trigger(symbol=5, rotation=3, actor=7, node=2, arg=-9)
@@ -312,7 +312,7 @@ def test_vm_sizes_are_checked() -> None:
 
 def test_missing_library_says_run_make(tmp_path: Path) -> None:
     script = (
-        "from gibsey.node import vm\n"
+        "from gibsey.node.glyph.vm import binding as vm\n"
         "try:\n    vm.run(b'', vm.Trigger(0, 0))\n"
         "except vm.VmLibraryError as e:\n    print('MSG', e)\n"
     )

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from gibsey.core.config import NodeConfig
 from gibsey.ledger.ledger import Ledger
-from gibsey.node.config import NodeConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gibsey.node import vm
-from gibsey.node import vm_reference as ref
-from gibsey.node.vm_isa import Status
+from gibsey.node.glyph.vm import binding as vm
+from gibsey.node.glyph.vm import reference as ref
+from gibsey.node.glyph.vm.isa import Status
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SH = REPO / "vm_zig" / "build.sh"

@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.config import ConfigError, NodeConfig, load_config, resolve_data_dir
-from gibsey.node.symbols import ROTATIONS
+from gibsey.core.config import ConfigError, NodeConfig, load_config, resolve_data_dir
+from gibsey.core.symbols import ROTATIONS
 
 REPLY_PREFIX = "gibsey/reply"
 
@@ -74,8 +74,8 @@ async def _request(
 ) -> dict[str, Any]:
     import aiomqtt
 
-    from gibsey.node.spine import parse_broker_url
-    from gibsey.node.topics import topic_for
+    from gibsey.core.topics import topic_for
+    from gibsey.node.spine.spine import parse_broker_url
 
     host, port = parse_broker_url(url)
     reply = f"{REPLY_PREFIX}/{uuid.uuid4().hex[:12]}"

@@ -1,8 +1,9 @@
-"""`attach(node)`: the agents part of the daemon (listed in gibsey.node.parts.PARTS)."""
+"""The agents as a part of the daemon (listed in gibsey.node.parts.PARTS): personas on the
+supervised llama.cpp worker, memory, facts, the Agency Tensor and the safety inverter, whose
+rotation gate the ritual pipeline asks before every program runs."""
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 from gibsey.node.agents.service import AgentService
@@ -10,14 +11,8 @@ from gibsey.node.agents.service import AgentService
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
 
-_SERVICES: weakref.WeakKeyDictionary[Node, AgentService] = weakref.WeakKeyDictionary()
 
-
-def attach(node: Node) -> None:
+def attach(node: Node) -> AgentService:
     service = AgentService(node)
     service.attach()
-    _SERVICES[node] = service
-
-
-def service_of(node: Node) -> AgentService | None:
-    return _SERVICES.get(node)
+    return service

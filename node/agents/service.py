@@ -38,6 +38,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gibsey.core.envelope import (
+    AgentEmit,
+    AgentReload,
+    AgentReloaded,
+    AgentRequest,
+    Event,
+    GlyphRotated,
+    Payload,
+    RitualPerformed,
+    SafetyAlert,
+)
+from gibsey.core.topics import ROOT, parse_topic, topic_for
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.db import Db
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
@@ -54,18 +66,6 @@ from gibsey.node.agents.safety import (
 )
 from gibsey.node.agents.supervisor import Supervisor, WorkerFailed
 from gibsey.node.agents.tensor import AgencyTensor, persist_clock
-from gibsey.node.envelope import (
-    AgentEmit,
-    AgentReload,
-    AgentReloaded,
-    AgentRequest,
-    Event,
-    GlyphRotated,
-    Payload,
-    RitualPerformed,
-    SafetyAlert,
-)
-from gibsey.node.topics import ROOT, parse_topic, topic_for
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -137,7 +137,6 @@ class AgentService:
         r.register("agent-requests", ["agent/request"], self.on_request, queue_size=64)
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
         r.register("agent-rituals", ["ritual/performed"], self.on_ritual)
-        self.node.rituals.gates.append(self.rotation_gate)
         self.node.add_closer(self.flush_tensor)  # the last rituals' counts are not lost
         self.node.add_service("agent-worker", self.run_worker)
         self.node.add_service("agent-pressure", self.run_pressure)

@@ -33,9 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gibsey import __version__
-from gibsey.ledger.bodies import ACTIONS, CHOICES
-from gibsey.ledger.errors import LedgerError, Overdraw, Rejected
-from gibsey.node.envelope import (
+from gibsey.core.envelope import (
     PAYLOADS,
     AgentRequest,
     Event,
@@ -46,7 +44,9 @@ from gibsey.node.envelope import (
     Payload,
     new_event_id,
 )
-from gibsey.node.symbols import BY_SLUG, CHARACTERS, ROTATIONS, SYMBOLS
+from gibsey.core.symbols import BY_SLUG, CHARACTERS, ROTATIONS, SYMBOLS
+from gibsey.ledger.bodies import ACTIONS, CHOICES
+from gibsey.ledger.errors import LedgerError, Overdraw, Rejected
 
 if TYPE_CHECKING:
     from gibsey.ledger.entry import Entry
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from gibsey.node.daemon import Node
     from gibsey.node.gateway.hub import Hub
     from gibsey.node.gateway.metrics import Metrics
+    from gibsey.node.story.engine import Story
 
 log = logging.getLogger("gibsey.gateway")
 
@@ -286,9 +287,10 @@ class GatewayApp:
         )
 
     def ledger(self) -> Ledger:
-        if self.node.ledger is None:
+        ledger = self.node.parts.ledger
+        if ledger is None:
             raise ApiError(503, "the ledger part is not running on this node")
-        return self.node.ledger
+        return ledger
 
     def parts(self) -> dict[str, bool]:
         node: Any = self.node
@@ -851,7 +853,7 @@ class GatewayApp:
         mutation publishes narrative/change through the node (resolvers run on the loop)."""
         from strawberry.asgi import GraphQL
 
-        from gibsey.node.envelope import NarrativeChange
+        from gibsey.core.envelope import NarrativeChange
 
         node = self.node
 
@@ -919,15 +921,8 @@ class GatewayApp:
         app.add_api_route("/graphql", no_graphql, methods=["GET", "POST"], include_in_schema=False)
 
 
-def _story_of(node: Any) -> Any:
-    story = getattr(node, "story", None)
-    if story is not None:
-        return story
-    try:
-        from gibsey.node.story.part import story_of
-    except ImportError:
-        return None
-    return story_of(node)
+def _story_of(node: Node) -> Story | None:
+    return node.parts.story
 
 
 def mutating_operations(openapi: dict[str, Any]) -> list[tuple[str, str, list[str]]]:

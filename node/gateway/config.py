@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.config import ConfigError
+from gibsey.core.config import ConfigError
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 PORT_FILE = "gateway.json"

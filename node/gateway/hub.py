@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gibsey.node.envelope import PAYLOADS, Event, Payload
+from gibsey.core.envelope import PAYLOADS, Event, Payload
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -138,7 +138,7 @@ class Hub:
             sub.offer(None)
 
     def glyph_view(self) -> dict[str, Any]:
-        from gibsey.node.symbols import ROTATIONS, SYMBOLS
+        from gibsey.core.symbols import ROTATIONS, SYMBOLS
 
         g = self.glyph
         out: dict[str, Any] = {

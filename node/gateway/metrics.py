@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gibsey.node.identity import write_atomic
+from gibsey.core.identity import write_atomic
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -132,7 +132,7 @@ class NodeCollector(Collector):
         )
 
     def _runtime(self) -> Iterator[Metric]:
-        runtime = self.node.runtime
+        runtime = self.node.parts.glyph
         if runtime is None:
             return
         yield CounterMetricFamily("gibsey_vm_runs", "VM program runs (rituals)", value=runtime.runs)
@@ -164,23 +164,16 @@ class NodeCollector(Collector):
             "Tokens per second streamed by personas, over the last 10 s",
             value=hub.tokens_per_s(),
         )
-        agents: Any = getattr(self.node, "agents", None)
-        if agents is None:
-            try:
-                from gibsey.node.agents.part import service_of
-
-                agents = service_of(self.node)
-            except ImportError:
-                agents = None
-        supervisor = getattr(agents, "supervisor", None)
-        restarts = getattr(supervisor, "restarts", None)
-        if isinstance(restarts, int):
+        agents = self.node.parts.agents
+        if agents is not None and agents.supervisor is not None:
             yield CounterMetricFamily(
-                "gibsey_agent_worker_restarts", "Model worker restarts", value=restarts
+                "gibsey_agent_worker_restarts",
+                "Model worker restarts",
+                value=agents.supervisor.restarts,
             )
 
     def _ledger(self) -> Iterator[Metric]:
-        ledger = self.node.ledger
+        ledger = self.node.parts.ledger
         if ledger is None:
             return
         store = ledger.store
@@ -197,8 +190,8 @@ class NodeCollector(Collector):
         )
 
     def _mesh(self) -> Iterator[Metric]:
-        mesh: Any = getattr(self.node, "mesh", None)
-        if mesh is None or not hasattr(mesh, "status"):
+        mesh = self.node.parts.mesh
+        if mesh is None:
             return
         try:
             status: dict[str, Any] = mesh.status()

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from gibsey.node.envelope import SafetyAlert
+from gibsey.core.envelope import SafetyAlert
+from gibsey.core.identity import write_atomic
 from gibsey.node.gateway.app import GatewayApp
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.hub import Hub
 from gibsey.node.gateway.logs import use_json_logs
 from gibsey.node.gateway.metrics import Metrics, count_start
-from gibsey.node.identity import write_atomic
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -124,15 +124,11 @@ class Gateway:
         )
 
 
-def attach(node: Node) -> Gateway | None:
+def attach(node: Node) -> Gateway:
     config = GatewayConfig.from_extra(node.config.extra)
     if config.log_format == "json":
         use_json_logs()
-    if not config.enabled:
-        log.debug("gateway: no [gateway] listen address; not running")
-        return None
     gateway = Gateway(node, config)
     gateway.hub.attach()
-    node.gateway = gateway  # type: ignore[attr-defined]
     node.add_service("gateway", gateway.serve)
     return gateway

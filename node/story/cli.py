@@ -35,7 +35,7 @@ def set_publish_hook(hook: PublishHook | None) -> None:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from gibsey.node.config import resolve_data_dir
+    from gibsey.core.config import resolve_data_dir
 
     return resolve_data_dir(getattr(args, "data", None))
 
@@ -59,8 +59,8 @@ def _announce(
     if _publish_hook is not None:
         _publish_hook("narrative/change", payload)
         return
-    from gibsey.node.announce import announce
-    from gibsey.node.envelope import NarrativeChange
+    from gibsey.core.announce import announce
+    from gibsey.core.envelope import NarrativeChange
 
     problem = announce(
         _data_dir(args),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from typing import TYPE_CHECKING
 
 from gibsey.ledger.bodies import ACTOR_RE
@@ -23,27 +22,19 @@ from .engine import Story
 from .model import CANON, StoryError, check_branch
 
 if TYPE_CHECKING:
+    from gibsey.core.envelope import Event, Payload
     from gibsey.node.daemon import Node
-    from gibsey.node.envelope import Event, Payload
 
 log = logging.getLogger("gibsey.story")
 SYNC_INTERVAL = 1.0
-_STORIES: weakref.WeakKeyDictionary[Node, Story] = weakref.WeakKeyDictionary()
-
-
-def story_of(node: Node) -> Story | None:
-    """The node's Story (for the gateway's GraphQL endpoint), None if the part is not attached."""
-    return _STORIES.get(node)
-
-
 def attach(node: Node) -> Story | None:
-    from gibsey.node.envelope import NarrativeChange, SafetyAlert
+    from gibsey.core.envelope import NarrativeChange, SafetyAlert
 
-    if node.ledger is None:
+    ledger = node.parts.ledger
+    if ledger is None:
         log.info("no ledger on this node: the narrative engine is not attached")
         return None
-    story = Story(node.ledger, node.data_dir)
-    _STORIES[node] = story
+    story = Story(ledger, node.data_dir)
 
     def publish(
         change: str, branch: str, page: str | None, version: str | None, actor: str

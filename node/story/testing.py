@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.symbols import CHARACTERS
+from gibsey.core.symbols import CHARACTERS
 
 WORDS = (
     "the dial turned once and the room went quiet a page remembered what the visitor forgot "

@@ -1,0 +1,158 @@
+"""`gibsey up`: run a node in the foreground with a live status line; Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.text import Text
+
+from gibsey.core.config import ConfigError, load_config, resolve_data_dir
+from gibsey.core.identity import IdentityError
+from gibsey.node.daemon import Node
+from gibsey.node.spine.broker import EmbeddedBrokerError
+from gibsey.node.spine.spine import BrokerUrlError
+
+log = logging.getLogger("gibsey.up")
+
+
+def _fmt_uptime(seconds: float) -> str:
+    s = int(seconds)
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+    )
+
+
+def status_line(node: Node) -> Text:
+    spine = node.spine
+    if spine is None:
+        broker = "starting"
+        style = "yellow"
+    elif spine.connected:
+        broker = spine.url
+        style = "green"
+    else:
+        broker = f"{spine.url} (unreachable, retrying)"
+        style = "red"
+    text = Text()
+    text.append(f"node {node.node_id}", style="bold")
+    text.append("  broker ")
+    text.append(broker, style=style)
+    if node.embedded is not None:
+        text.append(" (embedded)")
+    stats = node.router.stats
+    text.append(f"  {node.events_per_s:7.1f} events/s  {stats.accepted} events")
+    if stats.rejected_total:
+        text.append(f"  {stats.rejected_total} rejected", style="red")
+    text.append(f"  up {_fmt_uptime(node.uptime)}")
+    return text
+
+
+async def _serve(node: Node, broker: str | None, console: Console) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start(broker)
+    except EmbeddedBrokerError as exc:
+        console.print(f"[red]gibsey up:[/red] {exc}")
+        return 1
+    log.info("node %s started; data in %s; Ctrl-C stops it", node.node_id, node.data_dir)
+    if console.is_terminal:
+        with Live(status_line(node), console=console, refresh_per_second=2, transient=True) as live:
+            while not stop.is_set():
+                live.update(status_line(node))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+    else:
+        # Under systemd or a pipe: a status line every 30 s in the log instead of a live line.
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=30)
+            except TimeoutError:
+                log.info("%s", status_line(node).plain)
+    log.info("stopping node %s", node.node_id)
+    await node.stop()
+    log.info("stopped cleanly")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+    )
+    data_dir = resolve_data_dir(args.data)
+    try:
+        config = load_config(data_dir)
+        gateway = config.extra.setdefault("gateway", {})
+        if args.http:
+            gateway["listen"] = args.http
+        gateway.setdefault("listen", "0.0.0.0:8080")
+        node = Node(data_dir, config, node_id=args.node_id)
+    except (ConfigError, IdentityError) as exc:
+        console.print(f"[red]gibsey up:[/red] {exc}")
+        return 2
+    if args.embedded_port is not None:
+        config.embedded_port = args.embedded_port
+    try:
+        return asyncio.run(_serve(node, args.broker, console))
+    except BrokerUrlError as exc:
+        console.print(f"[red]gibsey up:[/red] {exc}")
+        return 2
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run a node in the foreground with a live status line",
+        description=(
+            "Run a Gibsey node in the foreground. With no broker configured it starts an "
+            "embedded MQTT broker (amqtt) in the same process; with --broker it connects to that "
+            "broker (Mosquitto in production) and keeps retrying if it is not there yet. "
+            "The first start creates the node id and its ed25519 key in the data directory."
+        ),
+    )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        default=None,
+        help="mqtt://host:port of the broker (default: config 'broker', else embedded)",
+    )
+    p.add_argument(
+        "--node-id", default=None, help="node id to create on first start (default: from the key)"
+    )
+    p.add_argument(
+        "--embedded-port", type=int, default=None, help="port of the embedded broker (default 1883)"
+    )
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="HTTP gateway and dashboard address (default: [gateway] listen, else 0.0.0.0:8080; "
+        "port 0 picks a free port, written to DATA/gateway.json; 'off' disables it)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=_run)
+
+
+def register_doctor(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`gibsey doctor` (node/doctor.py): checks of the whole node, imported only when asked."""
+    from gibsey.node import doctor
+
+    doctor.register(sub, common)

@@ -1,0 +1,485 @@
+"""The dial bridge: frames from the glyph dial (USB serial, or MQTT from a Pico W) -> events.
+
+A part of the daemon (`attach(node)`, listed in parts.py). It
+
+* finds the board on USB serial (a Raspberry Pi Pico, USB vendor id 0x2e8a, or the path set in
+  `[dial] serial = "/dev/..."`), reads its frame lines, and when the port vanishes (unplugged,
+  the board reset) goes back to looking for it: an unplug and replug is survived;
+* takes the same frames from MQTT, one per message on `gibsey/v1/<node>/dial/<dial_id>/frame`,
+  which is where a Pico W on Wi-Fi and `gibsey dial` (the virtual dial) publish them;
+* decodes each frame with the firmware's own decoder (`gibsey.dialcore` is `firmware/gdial`),
+  tracks the sequence numbers of each connection, and turns a rotation into a `glyph/rotated`
+  event and a press into `dial/pressed`;
+* counts lost (sequence gaps), stale (out of order, dropped), corrupt (checksum), truncated and
+  malformed frames, and reports them as `safety/alert`s, coalesced to one per reason per
+  `alert_interval` seconds so a noisy cable cannot flood the spine;
+* keeps a retained state document per dial on `gibsey/v1/<node>/dial/<dial_id>/state` and sends
+  each turn and press to `.../dial/<dial_id>/event`, announced to Home Assistant by MQTT discovery
+  as an `event` entity and position sensors. These topics have six levels, so the router's
+  `gibsey/v1/+/+/+` subscription never mistakes them for events.
+
+Configuration (`gibsey.toml`):
+
+    [dial]
+    serial = "auto"        # "auto": any Pico on USB; a device path; "off": no serial
+    baud = 115200
+    mqtt = true            # take frames from MQTT too
+    scan_interval = 1.0    # seconds between looks for the board
+    alert_interval = 10.0  # seconds between alerts of one reason
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gibsey import __version__
+from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
+from gibsey.core.topics import ROOT, status_topic
+from gibsey.dialcore import frame as df
+from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, symbol_name
+
+if TYPE_CHECKING:
+    import serial
+
+    from gibsey.node.daemon import Node
+
+log = logging.getLogger("gibsey.dial")
+
+PICO_VID = 0x2E8A
+DIAL_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
+ALERT_REASONS = {
+    "lost": "dial_frames_lost",
+    "stale": "dial_frames_out_of_order",
+    "corrupt": "dial_frames_corrupt",
+    "truncated": "dial_frames_truncated",
+    "malformed": "dial_frames_malformed",
+}
+
+
+def frame_topic(node_id: str, dial_id: str) -> str:
+    return f"{ROOT}/{node_id}/dial/{dial_id}/frame"
+
+
+def frame_subscription(node_id: str) -> str:
+    return f"{ROOT}/{node_id}/dial/+/frame"
+
+
+def state_topic(node_id: str, dial_id: str) -> str:
+    return f"{ROOT}/{node_id}/dial/{dial_id}/state"
+
+
+def event_topic(node_id: str, dial_id: str) -> str:
+    return f"{ROOT}/{node_id}/dial/{dial_id}/event"
+
+
+@dataclass
+class DialConfig:
+    serial: str = "auto"
+    baud: int = 115200
+    vid: int = PICO_VID
+    mqtt: bool = True
+    scan_interval: float = 1.0
+    alert_interval: float = 10.0
+    enabled: bool = True
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> DialConfig:
+        section = extra.get("dial", {})
+        cfg = cls()
+        if not isinstance(section, dict):
+            return cfg
+        for key, value in section.items():
+            if not hasattr(cfg, key):
+                log.warning("[dial] %s: unknown key, ignored", key)
+                continue
+            current = getattr(cfg, key)
+            setattr(cfg, key, type(current)(value))
+        return cfg
+
+
+@dataclass
+class DialStats:
+    frames: int = 0
+    rotations: int = 0
+    presses: int = 0
+    hellos: int = 0
+    lost: int = 0
+    stale: int = 0
+    corrupt: int = 0
+    truncated: int = 0
+    malformed: int = 0
+    noise: int = 0
+    serial_opens: int = 0
+    serial_disconnects: int = 0
+    bytes_in: int = 0
+
+
+@dataclass
+class Channel:
+    """One connection a dial's frames arrive on: a serial port, or one dial's MQTT topic."""
+
+    name: str
+    transport: str
+    dial_id: str
+    tracker: df.SeqTracker = field(default_factory=df.SeqTracker)
+    splitter: df.LineSplitter = field(default_factory=df.LineSplitter)
+
+
+@dataclass
+class DialView:
+    dial_id: str
+    transport: str = ""
+    firmware: str = ""
+    symbol: int = 0
+    rotation: int = 0
+    position: int = 0
+    last_seen: float = 0.0
+    frames: int = 0
+
+
+class DialBridge:
+    def __init__(self, node: Node, config: DialConfig) -> None:
+        self.node = node
+        self.config = config
+        self.stats = DialStats()
+        self.dials: dict[str, DialView] = {}
+        self.serial_port: str | None = None
+        self._announced: set[str] = set()
+        self._pending: collections.Counter[str] = collections.Counter()
+        self._pending_detail: dict[str, str] = {}
+        self._last_alert: dict[str, float] = {}
+        self._connects_seen = -1
+        self.serial_connected = asyncio.Event()
+        self.serial_gone = asyncio.Event()
+        self._mqtt_channels: dict[str, Channel] = {}
+
+    # -- frames in ---------------------------------------------------------------------------
+    def feed_bytes(self, channel: Channel, data: bytes) -> None:
+        self.stats.bytes_in += len(data)
+        before = channel.splitter.overlong
+        for line in channel.splitter.feed(data):
+            self.feed_line(channel, line)
+        if channel.splitter.overlong != before:
+            self._anomaly("truncated", channel.splitter.overlong - before, channel, "overlong")
+
+    def feed_line(self, channel: Channel, line: str) -> None:
+        """One frame line from a channel: decode, check its sequence, emit its event."""
+        try:
+            fr = df.decode(line)
+        except df.FrameError as exc:
+            reason = df.REASONS[exc.reason]
+            if reason == "noise":
+                self.stats.noise += 1
+            else:
+                self._anomaly(reason, 1, channel, exc.detail)
+            return
+        gap = channel.tracker.accept(fr.seq, fr.kind == df.HELLO and fr.boot)
+        if gap < 0:
+            self._anomaly("stale", 1, channel, f"seq {fr.seq} arrived after a later frame")
+            return
+        if gap > 0:
+            self._anomaly("lost", gap, channel, f"gap before seq {fr.seq}")
+        self.stats.frames += 1
+        if fr.kind == df.HELLO:
+            if fr.dial_id and DIAL_ID.match(fr.dial_id) and channel.transport == "serial":
+                channel.dial_id = fr.dial_id
+            self.stats.hellos += 1
+        view = self._view(channel)
+        view.frames += 1
+        view.last_seen = time.time()
+        view.symbol, view.rotation = fr.symbol, fr.rotation
+        if fr.kind == df.HELLO:
+            view.firmware = fr.firmware
+        elif fr.kind == df.ROTATE:
+            self.stats.rotations += 1
+            view.position = fr.position
+            # The ritual runs now, not after a broker round trip: the visitor is waiting.
+            self.node.send(
+                "glyph/rotated",
+                GlyphRotated(symbol=fr.symbol, rotation=fr.rotation, source=channel.dial_id),
+                actor="dial",
+                handle_now=True,
+            )
+            self._event(view, "rotated")
+        elif fr.kind == df.PRESS:
+            self.stats.presses += 1
+            self.node.emit(
+                "dial/pressed",
+                DialPressed(
+                    symbol=fr.symbol,
+                    rotation=fr.rotation,
+                    press="long" if fr.long else "short",
+                    source=channel.dial_id,
+                ),
+                actor="dial",
+            )
+            self._event(view, "long_pressed" if fr.long else "pressed")
+        self._publish_state(view)
+
+    def _view(self, channel: Channel) -> DialView:
+        view = self.dials.get(channel.dial_id)
+        if view is None:
+            view = self.dials[channel.dial_id] = DialView(channel.dial_id)
+        view.transport = channel.transport
+        if channel.dial_id not in self._announced:
+            self._announce(channel.dial_id)
+        return view
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _anomaly(self, kind: str, n: int, channel: Channel, detail: str) -> None:
+        setattr(self.stats, kind, getattr(self.stats, kind) + n)
+        self._pending[kind] += n
+        self._pending_detail[kind] = f"{channel.name}: {detail}"
+        self.flush_alerts()
+
+    def flush_alerts(self, now: float | None = None) -> None:
+        """Send what is pending, at most one alert per reason per alert_interval."""
+        now = time.monotonic() if now is None else now
+        for kind, n in list(self._pending.items()):
+            if n <= 0 or now - self._last_alert.get(kind, -1e9) < self.config.alert_interval:
+                continue
+            self._last_alert[kind] = now
+            del self._pending[kind]
+            total = getattr(self.stats, kind)
+            detail = (
+                f"{n} frame(s) {kind} since the last report ({total} in all); "
+                f"last: {self._pending_detail.pop(kind, '')}"
+            )
+            log.warning("dial: %s", detail)
+            if self.node.spine is not None:
+                self.node.alert(
+                    SafetyAlert(reason=ALERT_REASONS[kind], detail=detail[:16_000], topic=None)
+                )
+
+    def _info(self, reason: str, detail: str) -> None:
+        log.info("dial: %s", detail)
+        if self.node.spine is not None:
+            self.node.alert(SafetyAlert(reason=reason, detail=detail, severity="info"))
+
+    def state_doc(self, view: DialView) -> dict[str, Any]:
+        colour = CHARACTERS[view.symbol][1] if view.symbol < len(CHARACTERS) else ""
+        return {
+            **asdict(view),
+            "state": view.symbol * 4 + view.rotation,
+            "glyph": symbol_name(view.symbol),
+            "colour": colour,
+            "rotation_name": ROTATIONS[view.rotation],
+            "stats": asdict(self.stats),
+        }
+
+    def _publish_state(self, view: DialView) -> None:
+        if self.node.spine is None:
+            return
+        doc = json.dumps(self.state_doc(view), separators=(",", ":")).encode()
+        self.node.spine.publish(state_topic(self.node.node_id, view.dial_id), doc, retain=True)
+
+    def _event(self, view: DialView, kind: str) -> None:
+        if self.node.spine is None:
+            return
+        doc = {
+            "event_type": kind,
+            "symbol": view.symbol,
+            "rotation": view.rotation,
+            "state": view.symbol * 4 + view.rotation,
+            "glyph": symbol_name(view.symbol),
+            "rotation_name": ROTATIONS[view.rotation],
+        }
+        self.node.spine.publish(
+            event_topic(self.node.node_id, view.dial_id), json.dumps(doc).encode(), qos=0
+        )
+
+    def _announce(self, dial_id: str) -> None:
+        prefix = self.node.config.discovery_prefix
+        if not prefix or self.node.spine is None:
+            return
+        self._announced.add(dial_id)
+        for topic, payload in discovery_messages(self.node.node_id, dial_id, prefix):
+            self.node.spine.publish(topic, payload, retain=True)
+
+    # -- services ----------------------------------------------------------------------------
+    async def housekeeping(self) -> None:
+        """Coalesced alerts go out; after a broker reconnect the dials are announced again."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.flush_alerts()
+            spine = self.node.spine
+            if spine is not None and spine.stats.connects != self._connects_seen:
+                if self._connects_seen >= 0:
+                    self._announced.clear()
+                    for dial_id in self.dials:
+                        self._announce(dial_id)
+                self._connects_seen = spine.stats.connects
+
+    def find_port(self) -> str | None:
+        setting = self.config.serial
+        if setting in ("", "off", "none"):
+            return None
+        if setting != "auto":
+            return setting if os.path.exists(setting) else None
+        from serial.tools import list_ports
+
+        for port in sorted(list_ports.comports(), key=lambda p: p.device):
+            if port.vid == self.config.vid:
+                return str(port.device)
+        return None
+
+    async def serial_loop(self) -> None:
+        import serial
+
+        while True:
+            path = self.find_port()
+            if path is None:
+                await asyncio.sleep(self.config.scan_interval)
+                continue
+            try:
+                port = serial.Serial(path, self.config.baud, timeout=0, exclusive=True)
+            except (OSError, serial.SerialException) as exc:
+                log.debug("dial: cannot open %s: %s", path, exc)
+                await asyncio.sleep(self.config.scan_interval)
+                continue
+            try:
+                await self._read_port(port, path)
+            finally:
+                with contextlib.suppress(Exception):
+                    port.close()
+
+    async def _read_port(self, port: serial.Serial, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        channel = Channel(name=path, transport="serial", dial_id="serial")
+        gone = asyncio.Event()
+        fd = port.fileno()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+                gone.set()
+                return
+            self.feed_bytes(channel, data)
+
+        self.stats.serial_opens += 1
+        self.serial_port = path
+        self.serial_gone.clear()
+        self.serial_connected.set()
+        self._info("dial_connected", f"dial board on {path}")
+        loop.add_reader(fd, readable)
+        try:
+            await gone.wait()
+        finally:
+            loop.remove_reader(fd)
+            self.serial_port = None
+            self.serial_connected.clear()
+        if channel.splitter.reset():
+            self._anomaly("truncated", 1, channel, "the port went away mid-frame")
+        self.stats.serial_disconnects += 1
+        self.serial_gone.set()
+        self._info("dial_disconnected", f"dial board on {path} went away; looking for it again")
+
+    def on_mqtt_frame(self, topic: str, payload: bytes) -> None:
+        """Frames from MQTT (a Pico W, `gibsey dial`), on the node's own connection: the frame
+        topic is a subscription of its own (Node.add_subscription), so these six-level topics
+        never reach the router and no second connection is opened."""
+        self._mqtt_frame(self._mqtt_channels, topic, payload)
+
+    def _mqtt_frame(self, channels: dict[str, Channel], topic: str, payload: bytes) -> None:
+        dial_id = topic.split("/")[4]
+        channel = channels.get(dial_id)
+        if channel is None:
+            if not DIAL_ID.match(dial_id):
+                ch = Channel(f"mqtt:{dial_id[:40]}", "mqtt", "invalid")
+                self._anomaly("malformed", 1, ch, "bad dial id in topic")
+                return
+            channel = channels[dial_id] = Channel(f"mqtt:{dial_id}", "mqtt", dial_id)
+        self.feed_line(channel, payload.decode("ascii", "replace"))
+
+
+def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[str, bytes]]:
+    """Home Assistant: the dial as an `event` entity, its position and glyph as sensors, and its
+    frame losses as a diagnostic sensor; grouped under the node's device."""
+    state = state_topic(node_id, dial_id)
+    avail = status_topic(node_id)
+    device = {
+        "identifiers": [f"gibsey_{node_id}"],
+        "name": f"Gibsey {node_id}",
+        "manufacturer": "Gibsey",
+        "model": "Gibsey node",
+        "sw_version": __version__,
+    }
+    base = {
+        "availability_topic": avail,
+        "availability_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device,
+    }
+    uid = f"gibsey_{node_id}_dial_{dial_id}".replace("-", "_")
+    # Its own discovery node id: the node's sensors under <prefix>/sensor/<node>/ all read the
+    # node's status document, and dashboards (and tests) rely on that.
+    disc = f"{node_id}_dial_{dial_id}"
+    entities: list[tuple[str, str, dict[str, Any]]] = [
+        (
+            "event",
+            "turn",
+            {
+                "name": f"Dial {dial_id}",
+                "state_topic": event_topic(node_id, dial_id),
+                "event_types": ["rotated", "pressed", "long_pressed"],
+                "icon": "mdi:rotate-right",
+            },
+        ),
+        (
+            "sensor",
+            "position",
+            {
+                "name": f"Dial {dial_id} position",
+                "state_topic": state,
+                "value_template": "{{ value_json.state }}",
+                "json_attributes_topic": state,
+                "json_attributes_template": (
+                    "{{ {'symbol': value_json.symbol, 'rotation': value_json.rotation, "
+                    "'glyph': value_json.glyph, 'colour': value_json.colour} | tojson }}"
+                ),
+                "icon": "mdi:knob",
+            },
+        ),
+        (
+            "sensor",
+            "glyph",
+            {
+                "name": f"Dial {dial_id} glyph",
+                "state_topic": state,
+                "value_template": "{{ value_json.glyph }} ({{ value_json.rotation_name }})",
+                "icon": "mdi:alpha-g-circle",
+            },
+        ),
+        (
+            "sensor",
+            "frames_lost",
+            {
+                "name": f"Dial {dial_id} frames lost",
+                "state_topic": state,
+                "value_template": "{{ value_json.stats.lost }}",
+                "state_class": "total_increasing",
+                "entity_category": "diagnostic",
+                "icon": "mdi:lan-disconnect",
+            },
+        ),
+    ]
+    out = []
+    for component, object_id, extra in entities:
+        config = {**extra, **base, "unique_id": f"{uid}_{object_id}"}
+        config["object_id"] = config["unique_id"]
+        out.append((f"{prefix}/{component}/{disc}/{object_id}/config", json.dumps(config).encode()))
+    return out

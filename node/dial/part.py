@@ -1,0 +1,22 @@
+"""The glyph dial as a part of the daemon (listed in gibsey.node.parts.PARTS): frames from the
+Pico over USB serial, or over MQTT from a Pico W, become glyph/rotated events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gibsey.node.dial.bridge import DialBridge, DialConfig, frame_subscription
+
+if TYPE_CHECKING:
+    from gibsey.node.daemon import Node
+
+
+def attach(node: Node) -> DialBridge:
+    config = DialConfig.from_extra(node.config.extra)
+    bridge = DialBridge(node, config)
+    node.add_service("dial-housekeeping", bridge.housekeeping)
+    if config.serial not in ("", "off", "none"):
+        node.add_service("dial-serial", bridge.serial_loop)
+    if config.mqtt:
+        node.add_subscription(frame_subscription(node.node_id), bridge.on_mqtt_frame)
+    return bridge

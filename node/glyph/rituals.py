@@ -1,0 +1,77 @@
+"""Glyph rotation -> ritual: the handler that answers every `glyph/rotated` on this node.
+
+A rotation names one QDPI state (`state = symbol * 4 + rotation`). The ritual runs whatever the
+runtime has bound to that state (node/runtime.py: the Zig VM and the opcode table) and records
+what ran as one `ritual/performed` event, after the program's own effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from gibsey.core.envelope import Event, GlyphRotated, Payload, RitualPerformed, payload_of
+
+
+class RitualOutcome(NamedTuple):  # immutable, and cheap to make on every rotation
+    program: str  # short hash of the program that ran ("" when none is bound)
+    effects: int
+    fuel: int
+    error: str
+
+
+class Emitter(Protocol):
+    """Node.send: puts an event on the spine (what it returns is not needed here)."""
+
+    def __call__(self, kind: str, payload: Payload, actor: str = ...) -> object: ...
+
+
+ProgramRunner = Callable[[Event, GlyphRotated], RitualOutcome]
+# A gate may refuse a ritual before its program runs (the safety inverter throttling a flood of
+# rotations): it returns the reason, or None to let it through.
+RitualGate = Callable[[Event, GlyphRotated], str | None]
+
+
+def no_program(event: Event, rotated: GlyphRotated) -> RitualOutcome:
+    """Before the runtime attaches: the ritual only records the state it was asked for."""
+    return RitualOutcome("", 0, 0, "")
+
+
+class RitualHandler:
+    """The ritual pipeline, built once with everything it asks (gibsey.node.parts.attach_rituals):
+    each gate in order may refuse the turn; else the runner runs its program."""
+
+    def __init__(
+        self, emit: Emitter, runner: ProgramRunner = no_program, gates: Sequence[RitualGate] = ()
+    ) -> None:
+        self._emit = emit
+        self.runner = runner
+        self.gates: tuple[RitualGate, ...] = tuple(gates)
+
+    def __call__(self, event: Event, payload: Payload) -> None:
+        assert isinstance(payload, GlyphRotated)
+        for gate in self.gates:
+            refusal = gate(event, payload)
+            if refusal:
+                # A refused ritual is still recorded: a dashboard sees the turn and why nothing ran.
+                outcome = RitualOutcome("", 0, 0, refusal)
+                break
+        else:
+            outcome = self.runner(event, payload)
+        self._emit(
+            "ritual/performed",
+            payload_of(
+                RitualPerformed,
+                {
+                    "symbol": payload.symbol,
+                    "rotation": payload.rotation,
+                    "state": payload.symbol * 4 + payload.rotation,
+                    "cause": event.id,
+                    "program": outcome.program,
+                    "effects": outcome.effects,
+                    "fuel": outcome.fuel,
+                    "error": outcome.error[:256],
+                },
+            ),
+            actor=event.actor,
+        )

@@ -1,0 +1,306 @@
+"""The symbolic runtime: a glyph rotation runs the program bound to its QDPI state in the Zig VM,
+and the program's effects become events (and ledger entries).
+
+    glyph/rotated --> opcode table[state] --> Zig VM (verified, fuelled) --> effects
+        EMIT/EMITS -> ritual/effect          ASK     -> agent/request (to the persona)
+        PROPOSE    -> narrative/change       MINT    -> ledger mint  + gift/txn
+                                             GIFT    -> ledger gift  + gift/txn
+    and one ritual/performed recording what ran.
+
+The VM part runs inline in the router's dispatch (it takes microseconds and cannot block); the
+ledger writes wait on a disk, so they go through a bounded queue to a service task. A program that
+fails publishes none of its effects (runs are atomic), only the ritual with its error and a
+safety/alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gibsey.core.envelope import (
+    AgentRequest,
+    Event,
+    GiftTxn,
+    GlyphRotated,
+    NarrativeChange,
+    Payload,
+    RitualEffect,
+    SafetyAlert,
+    VmLoad,
+    VmLoaded,
+    payload_of,
+)
+from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, SYMBOLS, state_of
+from gibsey.node.glyph.opcode_table import Binding, OpcodeTable
+from gibsey.node.glyph.rituals import RitualOutcome
+from gibsey.node.glyph.vm import binding as vm
+
+if TYPE_CHECKING:
+    from gibsey.node.daemon import Node
+
+log = logging.getLogger("gibsey.runtime")
+
+FIRST_VISITOR_ID = 1000
+MAX_ACTORS = 65_536
+LEDGER_QUEUE = 4096
+
+
+class ActorDirectory:
+    """Names <-> the small integers the VM passes around. Ids 0..63 are the keepers of the 64
+    base symbols (their slugs); visitors get ids from 1000, remembered for the most recent
+    MAX_ACTORS of them. Ids are local to this process: effects are turned back into names before
+    anything leaves the runtime."""
+
+    def __init__(self) -> None:
+        self._ids: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._names: dict[int, str] = {s.id: s.slug for s in SYMBOLS}
+        for s in SYMBOLS:
+            self._ids[s.slug] = s.id
+        self._next = FIRST_VISITOR_ID
+
+    def id_for(self, name: str) -> int:
+        found = self._ids.get(name)
+        if found is not None:
+            if found >= FIRST_VISITOR_ID:
+                self._ids.move_to_end(name)
+            return found
+        actor_id = self._next
+        self._next += 1
+        self._ids[name] = actor_id
+        self._names[actor_id] = name
+        if len(self._ids) > MAX_ACTORS + BASE_SYMBOLS:
+            for old_name, old_id in self._ids.items():
+                if old_id >= FIRST_VISITOR_ID:
+                    del self._ids[old_name]
+                    del self._names[old_id]
+                    break
+        return actor_id
+
+    def name_of(self, actor_id: int) -> str | None:
+        return self._names.get(actor_id)
+
+
+@dataclass(frozen=True)
+class LedgerWork:
+    kind: str  # "mint" | "gift"
+    actor: str
+    receiver: str
+    amount: int
+    ritual: str
+    cause: str
+
+
+class Runtime:
+    def __init__(self, node: Node, fuel: int = vm.DEFAULT_FUEL) -> None:
+        self.node = node
+        self.table = OpcodeTable.open(node.data_dir)
+        self.bindings: dict[int, Binding] = self.table.current()
+        self.vm = vm.Vm()
+        self.fuel = fuel
+        self.actors = ActorDirectory()
+        self.ledger_queue: asyncio.Queue[LedgerWork] = asyncio.Queue(maxsize=LEDGER_QUEUE)
+        self.runs = 0
+        self.failures = 0
+        self.reloads = 0
+
+    # -- the opcode table ---------------------------------------------------------------------
+    def reload_if_changed(self) -> None:
+        if self.table.changed_elsewhere():
+            self.bindings = self.table.current()
+            self.reloads += 1
+            log.info("opcode table changed on disk: reloaded %d bindings", len(self.bindings))
+
+    def load(
+        self, symbol: int, rotation: int, bytecode: bytes, source: str | None, origin: str
+    ) -> Binding:
+        """Bind a program (raises vm.VerifyError and keeps the old one if it is refused)."""
+        binding = self.table.bind(
+            state_of(symbol, rotation), bytecode, source=source, origin=origin
+        )
+        self.bindings[binding.state] = binding
+        return binding
+
+    # -- a ritual -----------------------------------------------------------------------------
+    def perform(self, event: Event, rotated: GlyphRotated) -> RitualOutcome:
+        self.reload_if_changed()
+        symbol, rotation = rotated.symbol, rotated.rotation  # validated: 0..63, 0..3
+        binding = self.bindings[symbol * 4 + rotation]
+        trigger = vm.Trigger(symbol, rotation, self.actors.id_for(event.actor))
+        self.runs += 1
+        try:
+            result = self.vm.run(binding.bytecode, trigger, self.fuel)
+        except vm.VerifyError as exc:  # only if the table was corrupted behind our back
+            return self._failed(binding, event, 0, f"refused by the verifier: {exc}")
+        if result.error is not None:
+            return self._failed(binding, event, result.fuel_used, str(result.error))
+        ritual = f"{rotated.symbol}:{rotated.rotation}"
+        applied = 0
+        for effect in result.effects:
+            applied += self._apply(effect, event, ritual)
+        return RitualOutcome(binding.short, applied, result.fuel_used, "")
+
+    def _failed(self, binding: Binding, event: Event, fuel: int, error: str) -> RitualOutcome:
+        self.failures += 1
+        self.node.alert(
+            SafetyAlert(
+                reason="program_failed",
+                detail=f"program {binding.short} for state {binding.key} ({event.id}): {error}",
+            )
+        )
+        return RitualOutcome(binding.short, 0, fuel, error)
+
+    def _apply(self, effect: vm.Effect, event: Event, ritual: str) -> int:
+        kind = effect.kind
+        if kind in (vm.EffectKind.EMIT, vm.EffectKind.EMITS):
+            value = effect.a if kind is vm.EffectKind.EMIT else None
+            self.node.send(
+                "ritual/effect",
+                payload_of(
+                    RitualEffect,
+                    {"name": effect.s1 or "", "value": value, "text": effect.s2, "cause": event.id},
+                ),
+                actor=event.actor,
+            )
+            return 1
+        if kind is vm.EffectKind.ASK:
+            persona = SYMBOLS[effect.a].slug if 0 <= effect.a < BASE_SYMBOLS else None
+            if persona is None:
+                return self._bad_effect(event, f"ASK names persona {effect.a}, not 0..63")
+            self.node.send(
+                "agent/request",
+                payload_of(
+                    AgentRequest,
+                    {"persona": persona, "prompt": effect.s1 or "", "correlation": event.id},
+                ),
+                actor=event.actor,
+            )
+            return 1
+        if kind is vm.EffectKind.PROPOSE:
+            self.node.send(
+                "narrative/change",
+                payload_of(NarrativeChange, {"branch": effect.s1 or "", "change": "propose"}),
+                actor=event.actor,
+            )
+            return 1
+        if kind is vm.EffectKind.MINT:
+            actor = self.actors.name_of(effect.a)
+            if actor is None or effect.b <= 0:
+                return self._bad_effect(event, f"MINT to actor {effect.a} of {effect.b}")
+            return self._queue_ledger(LedgerWork("mint", actor, actor, effect.b, ritual, event.id))
+        if kind is vm.EffectKind.GIFT:
+            giver, receiver = self.actors.name_of(effect.a), self.actors.name_of(effect.b)
+            if giver is None or receiver is None or effect.c <= 0:
+                return self._bad_effect(
+                    event, f"GIFT from {effect.a} to {effect.b} of {effect.c}: unknown actor"
+                )
+            return self._queue_ledger(
+                LedgerWork("gift", giver, receiver, effect.c, ritual, event.id)
+            )
+        return self._bad_effect(event, f"unknown effect kind {kind}")
+
+    def _bad_effect(self, event: Event, detail: str) -> int:
+        self.node.alert(SafetyAlert(reason="bad_effect", detail=f"{event.id}: {detail}"))
+        return 0
+
+    def _queue_ledger(self, work: LedgerWork) -> int:
+        if self.node.parts.ledger is None:
+            return 0
+        try:
+            self.ledger_queue.put_nowait(work)
+        except asyncio.QueueFull:
+            self.node.alert(
+                SafetyAlert(
+                    reason="ledger_overloaded", detail=f"{work.kind} for {work.cause} dropped"
+                )
+            )
+            return 0
+        return 1
+
+    async def ledger_service(self) -> None:
+        """Append queued mints and gifts to this node's feed, one at a time, in ritual order.
+        Each append signs and commits with fsync (milliseconds on an SD card), so it runs on
+        one worker thread: the event loop keeps answering the dial meanwhile (the store's own
+        lock serialises it with everything else that touches the ledger)."""
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger") as thread:
+            while True:
+                work = await self.ledger_queue.get()
+                try:
+                    outcome = await loop.run_in_executor(thread, self._append, work)
+                    if isinstance(outcome, SafetyAlert):
+                        self.node.alert(outcome)
+                    else:
+                        self.node.send("gift/txn", outcome, actor=work.actor)
+                finally:
+                    self.ledger_queue.task_done()
+
+    def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert:
+        """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused."""
+        ledger = self.node.parts.ledger
+        assert ledger is not None
+        try:
+            if work.kind == "mint":
+                entry = ledger.mint(work.actor, work.amount, ritual=work.ritual)
+                return GiftTxn(
+                    type="mint",
+                    receiver=work.actor,
+                    amount=work.amount,
+                    entry=entry.hash.hex()[:64],
+                )
+            entry = ledger.gift(work.actor, work.receiver, work.amount)
+            return GiftTxn(
+                type="gift",
+                giver=work.actor,
+                receiver=work.receiver,
+                amount=work.amount,
+                entry=entry.hash.hex()[:64],
+            )
+        except Exception as exc:  # refused by the economy (overdraw, caps): say so, go on
+            return SafetyAlert(
+                reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000]
+            )
+
+    # -- loading programs over MQTT -------------------------------------------------------------
+    async def on_vm_load(self, event: Event, payload: Payload) -> None:
+        assert isinstance(payload, VmLoad)
+        try:
+            bytecode = base64.b64decode(payload.bytecode, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            self.node.alert(SafetyAlert(reason="program_refused", detail=f"bytecode: {exc}"))
+            return
+        try:
+            binding = self.load(
+                payload.symbol,
+                payload.rotation,
+                bytecode,
+                payload.source,
+                origin=f"mqtt:{event.actor}",
+            )
+        except (vm.VerifyError, ValueError) as exc:
+            self.node.alert(
+                SafetyAlert(
+                    reason="program_refused",
+                    detail=f"{payload.symbol}:{payload.rotation} "
+                    f"({ROTATIONS[payload.rotation]}): {exc}",
+                )
+            )
+            return
+        self.node.send(
+            "vm/loaded",
+            VmLoaded(
+                symbol=payload.symbol,
+                rotation=payload.rotation,
+                program=binding.program,
+                version=binding.version,
+                cause=event.id,
+            ),
+            actor=event.actor,
+        )
+

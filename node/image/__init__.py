@@ -1,0 +1,1 @@
+"""The SD image: the files that turn a card into a node, and first boot."""

