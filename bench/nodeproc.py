@@ -1,12 +1,19 @@
-"""A `gibsey up` process for a benchmark: start it, wait for a file it writes, stop it."""
+"""A `gibsey up` process for a benchmark: start it, wait for a file it writes, stop it.
+
+The process control is the harness's (gibsey.harness.nodeproc and .waiting, shared with the
+rehearsal's nodes); a benchmark's node differs only in being quiet, without Home Assistant
+discovery, and with its rotation throttle open.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
+
+from gibsey.harness.nodeproc import spawn_up
+from gibsey.harness.nodeproc import wait_for_file as wait_for_file  # re-exported for the benches
+from gibsey.harness.waiting import stop_process
 
 
 def open_rotation_throttle(data: Path) -> None:
@@ -18,40 +25,9 @@ def open_rotation_throttle(data: Path) -> None:
 
 def start_up(data: Path, broker_url: str, http: str = "off", **env: str) -> subprocess.Popen[bytes]:
     """`gibsey up` on `data` against `broker_url`, quiet, without Home Assistant discovery."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gibsey",
-            "up",
-            "--data",
-            str(data),
-            "--broker",
-            broker_url,
-            "--http",
-            http,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", **env),
-    )
-
-
-def wait_for_file(proc: subprocess.Popen[bytes], path: Path, timeout: float, what: str) -> None:
-    """Wait until the node writes `path`; kill it and raise if it dies or takes too long."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError(f"{what} did not start for the benchmark")
-        time.sleep(0.05)
+    return spawn_up(data, broker_url, http, env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", **env))
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM (a clean stop), then SIGKILL if it has not stopped within `timeout`."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """SIGTERM (a clean stop), then SIGKILL if it has not stopped within `timeout` seconds."""
+    stop_process(proc, timeout_s=timeout)

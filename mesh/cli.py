@@ -29,11 +29,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _mesh_config(data_dir: Path, args: argparse.Namespace) -> MeshConfig:
-    from gibsey.core.config import load_config
+    from gibsey.core.config import load_section
 
-    section = dict(load_config(data_dir).extra.get("mesh") or {})
-    section.pop("bridge", None)
-    cfg = MeshConfig.from_dict(section)
+    cfg = load_section(MeshConfig, "mesh", data_dir)
     if getattr(args, "listen", None):
         cfg.listen = args.listen
     for value in getattr(args, "add_peer", None) or []:
@@ -178,15 +176,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge_config(args: argparse.Namespace) -> int:
-    from gibsey.core.config import load_config
+    from gibsey.core.config import load_section
     from gibsey.core.identity import load_or_create
 
-    from .bridge import BridgeConfig, render
+    from .bridge import render
 
     data_dir = _data_dir(args)
     ident = load_or_create(data_dir)
-    section = (load_config(data_dir).extra.get("mesh") or {}).get("bridge") or {}
-    cfg = BridgeConfig.from_dict(section)
+    cfg = load_section(MeshConfig, "mesh", data_dir).bridge
     if args.central:
         cfg.central = args.central
     if args.topic:

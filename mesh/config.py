@@ -28,6 +28,7 @@
     max_strikes = 3
     ban_seconds = 600.0
     enabled = true
+    # [mesh.bridge]: the Mosquitto bridge to a central broker (mesh/bridge.py)
 
 The mesh runs inside `gibsey up` only when the `[mesh]` section exists (and `enabled` is not
 false): a node without an allow-list has nobody to talk to.
@@ -36,12 +37,17 @@ false): a node without an allow-list has nobody to talk to.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.signing import SigningKey
+from pydantic import BeforeValidator, Field
 from zmq.utils import z85
+
+from gibsey.core.config import ConfigSection
+
+from .bridge import BridgeConfig
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_LISTEN = "tcp://0.0.0.0:7470"
@@ -66,6 +72,8 @@ class PeerSpec:
 
     @classmethod
     def parse(cls, value: Any) -> PeerSpec:
+        if isinstance(value, PeerSpec):
+            return value
         if isinstance(value, str):
             key, sep, endpoint = value.partition("@")
             if not sep:
@@ -79,12 +87,23 @@ class PeerSpec:
         return cls(parse_key(key), endpoint)
 
 
-@dataclass
-class MeshConfig:
+def _keys(value: Any) -> set[bytes]:
+    if not isinstance(value, list | set | frozenset):
+        raise ValueError("must be a list of keys")
+    return {v if isinstance(v, bytes) else parse_key(str(v)) for v in value}
+
+
+def _peers(value: Any) -> list[PeerSpec]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list")
+    return [PeerSpec.parse(v) for v in value]
+
+
+class MeshConfig(ConfigSection):
     listen: str = DEFAULT_LISTEN
     advertise: str = ""
-    allow: set[bytes] = field(default_factory=set)
-    peers: list[PeerSpec] = field(default_factory=list)
+    allow: Annotated[set[bytes], BeforeValidator(_keys)] = Field(default_factory=set)
+    peers: Annotated[list[PeerSpec], BeforeValidator(_peers)] = Field(default_factory=list)
     beacon_port: int = DEFAULT_BEACON_PORT
     beacon_addr: str = "255.255.255.255"
     beacon_interval: float = 5.0
@@ -96,33 +115,8 @@ class MeshConfig:
     max_strikes: int = 3
     ban_seconds: float = 600.0
     enabled: bool = True
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> MeshConfig:
-        cfg = cls()
-        known = {f.name: f for f in fields(cls)}
-        for name, value in raw.items():
-            if name not in known:
-                raise MeshConfigError(f"[mesh] unknown key {name!r}")
-            if name == "allow":
-                if not isinstance(value, list):
-                    raise MeshConfigError("[mesh] allow must be a list of keys")
-                cfg.allow = {parse_key(str(v)) for v in value}
-            elif name == "peers":
-                if not isinstance(value, list):
-                    raise MeshConfigError("[mesh] peers must be a list")
-                cfg.peers = [PeerSpec.parse(v) for v in value]
-            else:
-                current = getattr(cfg, name)
-                try:
-                    if isinstance(current, bool):
-                        value = value if isinstance(value, bool) else str(value).lower() == "true"
-                    else:
-                        value = type(current)(value)
-                except (TypeError, ValueError) as exc:
-                    raise MeshConfigError(f"[mesh] {name}: {value!r}") from exc
-                setattr(cfg, name, value)
-        return cfg
+    # Not the mesh's gossip: what `gibsey mesh bridge-config` writes for Mosquitto.
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
 
     def allowed(self) -> set[bytes]:
         """The effective allow-list: `allow` plus every configured peer's key."""

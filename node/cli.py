@@ -11,13 +11,16 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.text import Text
 
-from gibsey.core.config import ConfigError, load_config, resolve_data_dir
+from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import IdentityError
+from gibsey.core.mqtt import BrokerUrlError
+from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
+from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
-from gibsey.node.spine.spine import BrokerUrlError
 
 log = logging.getLogger("gibsey.up")
 
@@ -64,7 +67,7 @@ async def _serve(node: Node, broker: str | None, console: Console) -> int:
     try:
         await node.start(broker)
     except EmbeddedBrokerError as exc:
-        console.print(f"[red]gibsey up:[/red] {exc}")
+        console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
         return 1
     log.info("node %s started; data in %s; Ctrl-C stops it", node.node_id, node.data_dir)
     if console.is_terminal:
@@ -98,21 +101,19 @@ def _run(args: argparse.Namespace) -> int:
     )
     data_dir = resolve_data_dir(args.data)
     try:
-        config = load_config(data_dir)
-        gateway = config.extra.setdefault("gateway", {})
-        if args.http:
-            gateway["listen"] = args.http
-        gateway.setdefault("listen", "0.0.0.0:8080")
+        config = load_gibsey_config(data_dir)
+        # --http, else [gateway] listen (or GIBSEY_HTTP), else every interface on 8080.
+        config.gateway.listen_on(args.http or config.gateway.listen or DEFAULT_LISTEN)
         node = Node(data_dir, config, node_id=args.node_id)
     except (ConfigError, IdentityError) as exc:
-        console.print(f"[red]gibsey up:[/red] {exc}")
+        console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
         return 2
     if args.embedded_port is not None:
-        config.embedded_port = args.embedded_port
+        config.node.embedded_port = args.embedded_port
     try:
         return asyncio.run(_serve(node, args.broker, console))
     except BrokerUrlError as exc:
-        console.print(f"[red]gibsey up:[/red] {exc}")
+        console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
         return 2
 
 
@@ -144,7 +145,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--http",
         metavar="HOST:PORT",
         default=None,
-        help="HTTP gateway and dashboard address (default: [gateway] listen, else 0.0.0.0:8080; "
+        help="HTTP gateway and dashboard address (default: $GIBSEY_HTTP or [gateway] listen, "
+        "else 0.0.0.0:8080; "
         "port 0 picks a free port, written to DATA/gateway.json; 'off' disables it)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

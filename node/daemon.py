@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from gibsey import __version__
-from gibsey.core.config import NodeConfig
 from gibsey.core.envelope import (
     Event,
     NodeStatus,
@@ -29,6 +28,7 @@ from gibsey.core.identity import Identity, load_or_create
 from gibsey.core.lamport import LamportClock
 from gibsey.core.rate import RateMeter
 from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
+from gibsey.node.config import GibseyConfig
 from gibsey.node.parts import Parts, attach_parts
 from gibsey.node.spine.broker import EmbeddedBroker
 from gibsey.node.spine.discovery import discovery_messages
@@ -44,7 +44,7 @@ HEARTBEAT_S = 10.0
 
 
 class Node:
-    def __init__(self, data_dir: Path, config: NodeConfig, node_id: str | None = None) -> None:
+    def __init__(self, data_dir: Path, config: GibseyConfig, node_id: str | None = None) -> None:
         self.data_dir = data_dir
         self.config = config
         self.identity: Identity = load_or_create(data_dir, node_id)
@@ -53,8 +53,8 @@ class Node:
         self.router = Router(
             self.node_id,
             alert_sink=self._publish_alert,
-            max_payload=config.max_payload,
-            queue_size=config.handler_queue,
+            max_payload=config.node.max_payload,
+            queue_size=config.node.handler_queue,
             on_event=self._observe,
         )
         # What each running part gives the others (node/parts.py), filled by attach_parts.
@@ -175,8 +175,9 @@ class Node:
     def _on_connect(self) -> None:
         assert self.spine is not None
         self.spine.publish(status_topic(self.node_id), self._status_bytes(), retain=True)
-        if self.config.discovery_prefix:
-            for topic, payload in discovery_messages(self.node_id, self.config.discovery_prefix):
+        prefix = self.config.node.discovery_prefix
+        if prefix:
+            for topic, payload in discovery_messages(self.node_id, prefix):
                 self.spine.publish(topic, payload, retain=True)
 
     async def _status_loop(self) -> None:
@@ -185,7 +186,7 @@ class Node:
             await asyncio.sleep(1.0)
             self.events_per_s = self.rate.sample(self.router.stats.accepted)
             now = time.monotonic()
-            if now - last_published >= self.config.status_interval:
+            if now - last_published >= self.config.node.status_interval:
                 last_published = now
                 self.notifier.status(self.summary())
                 if self.spine and self.spine.connected:
@@ -210,9 +211,10 @@ class Node:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, broker_url: str | None = None) -> None:
-        url = broker_url or self.config.broker
+        settings = self.config.node
+        url = broker_url or settings.broker
         if not url:
-            self.embedded = EmbeddedBroker(self.config.embedded_host, self.config.embedded_port)
+            self.embedded = EmbeddedBroker(settings.embedded_host, settings.embedded_port)
             await self.embedded.start()
             url = self.embedded.url
         offline = json.dumps({"state": "offline", "node": self.node_id}).encode()

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gibsey.core.config import ConfigError, NodeConfig, load_config, resolve_data_dir
+from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME
+from gibsey.node.config import GibseyConfig, load_gibsey_config
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -49,7 +50,8 @@ def _reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str 
         return exc.strerror or str(exc)
 
 
-def check_broker(cfg: NodeConfig) -> Check:
+def check_broker(config: GibseyConfig) -> Check:
+    cfg = config.node
     if cfg.broker:
         url = urlsplit(cfg.broker)
         host, port = url.hostname or "127.0.0.1", url.port or 1883
@@ -83,9 +85,8 @@ def check_vm() -> Check:
     return Check("vm library", OK, f"{vm.library_path()} loads")
 
 
-def check_model(cfg: NodeConfig) -> Check:
-    agent = cfg.extra.get("agent")
-    if not isinstance(agent, dict):
+def check_model(cfg: GibseyConfig) -> Check:
+    if "agent" not in cfg.model_fields_set:
         return Check("model", OK, "no [agent] section: agents not configured")
     if importlib.util.find_spec("llama_cpp") is None:
         return Check(
@@ -94,7 +95,7 @@ def check_model(cfg: NodeConfig) -> Check:
             "[agent] is configured but llama-cpp-python is not installed",
             "pip install llama-cpp-python (compiles llama.cpp), or remove [agent]",
         )
-    configured = str(agent.get("model", ""))
+    configured = cfg.agent.model
     if configured:
         path = Path(configured).expanduser()
         if not path.is_file():
@@ -112,19 +113,13 @@ def check_model(cfg: NodeConfig) -> Check:
     return Check("model", OK, "the default Gemma 3 270M package is installed (loaded lazily)")
 
 
-def check_agent_worker(cfg: NodeConfig) -> Check:
-    """With `[agent] worker = "socket:PATH"` (the SD image), the worker unit's socket must be
-    listening. Only its presence is checked: a connection would start a worker."""
-    from gibsey.node.agents.config import WORKER_SPAWN, worker_socket_path
+def check_agent_worker(cfg: GibseyConfig) -> Check:
+    """With `[agent] worker = "socket:PATH"` (the SD image, or GIBSEY_AGENT_WORKER), the worker
+    unit's socket must be listening. Only its presence is checked: a connection would start a
+    worker. (A malformed setting never gets here: loading the configuration refuses it.)"""
+    from gibsey.node.agents.config import worker_socket_path
 
-    agent = cfg.extra.get("agent")
-    value = os.environ.get("GIBSEY_AGENT_WORKER") or (
-        str(agent.get("worker", WORKER_SPAWN)) if isinstance(agent, dict) else WORKER_SPAWN
-    )
-    try:
-        path = worker_socket_path(value)
-    except ValueError as exc:
-        return Check("agent worker", FAIL, str(exc), "set [agent] worker in gibsey.toml")
+    path = worker_socket_path(cfg.agent.worker)
     if path is None:
         return Check("agent worker", OK, "a child process of the daemon (worker = spawn)")
     try:
@@ -207,18 +202,10 @@ def check_clock(now: float | None = None) -> Check:
     return Check("clock", OK, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now)))
 
 
-def check_peers(cfg: NodeConfig) -> list[Check]:
-    raw = cfg.extra.get("mesh")
-    if not isinstance(raw, dict):
+def check_peers(cfg: GibseyConfig) -> list[Check]:
+    mesh = cfg.mesh
+    if mesh is None:
         return [Check("peers", OK, "no [mesh] section: this node runs alone")]
-    try:
-        from gibsey.mesh.config import MeshConfig
-
-        mesh = MeshConfig.from_dict(raw)
-    except ImportError:
-        return [Check("peers", WARN, "[mesh] configured but the mesh part is not installed")]
-    except ValueError as exc:
-        return [Check("peers", FAIL, f"[mesh] is invalid: {exc}", "fix gibsey.toml [mesh]")]
     if not mesh.peers:
         return [Check("peers", OK, "no peers listed (LAN beacons find them)")]
     checks = []
@@ -238,7 +225,7 @@ def check_peers(cfg: NodeConfig) -> list[Check]:
     return checks
 
 
-def run_checks(data: Path, cfg: NodeConfig, now: float | None = None) -> list[Check]:
+def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[Check]:
     return [
         check_broker(cfg),
         check_vm(),
@@ -254,10 +241,11 @@ def run_checks(data: Path, cfg: NodeConfig, now: float | None = None) -> list[Ch
 def _doctor(args: argparse.Namespace) -> int:
     data = resolve_data_dir(getattr(args, "data", None))
     try:
-        cfg = load_config(data)
+        cfg = load_gibsey_config(data)
     except ConfigError as exc:
-        print(f"{FAIL:4}  config      {exc}")
-        print("      fix: correct gibsey.toml (the message names the key)")
+        detail = str(exc).replace("\n", "\n" + " " * 18)  # one problem a line, aligned
+        print(f"{FAIL:4}  config      {detail}")
+        print("      fix: correct gibsey.toml or the variable (the message names the key)")
         return 1
     checks = run_checks(data, cfg)
     for c in checks:

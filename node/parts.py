@@ -1,7 +1,8 @@
 """The parts of a running node: what runs, when, in which order, and how they reach each other.
 
 This is the daemon's declarative process list (as openpilot's process_config): each `Part` names
-its attach function and the condition, read from the configuration, under which it runs. Parts
+its attach function and the condition under which it runs, a function of the typed configuration
+(gibsey.node.config.GibseyConfig), with the reason in words for the log. Parts
 attach in the order listed; each puts what it gives the others in its typed slot of `Parts`
 (`node.parts.ledger`, `node.parts.glyph`, ...), and a later part finds an earlier one there, never
 by a registry or an attribute lookup. A slot is None when its part does not run on this node.
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from gibsey.core.config import NodeConfig
+from gibsey.node.config import GibseyConfig
 
 if TYPE_CHECKING:
     from gibsey.ledger.ledger import Ledger
@@ -48,14 +49,14 @@ class Parts:
     rituals: RitualHandler | None = None  # glyph/rotated -> gates -> the runtime -> ritual
 
 
-def _always(config: NodeConfig) -> bool:
+def _always(config: GibseyConfig) -> bool:
     return True
 
 
 class Part(NamedTuple):
     name: str
     attach: Callable[[Node], None]
-    runs_when: Callable[[NodeConfig], bool] = _always
+    runs_when: Callable[[GibseyConfig], bool] = _always
     why: str = "always"
 
 
@@ -69,15 +70,12 @@ def attach_ledger(node: Node) -> None:
 
 def attach_mesh(node: Node) -> None:
     from gibsey.core.envelope import MeshPeer
-    from gibsey.mesh.config import MeshConfig
     from gibsey.mesh.node import MeshNode
 
     ledger = node.parts.ledger
     assert ledger is not None, "the mesh gossips the ledger: attach the ledger first"
-    section = {k: v for k, v in node.config.extra["mesh"].items() if k != "bridge"}
-    config = MeshConfig.from_dict(section)
-    if not config.enabled:
-        return
+    config = node.config.mesh
+    assert config is not None, "the mesh runs only with a [mesh] section"
 
     def emit(kind: str, payload: dict[str, object]) -> None:
         node.emit(kind, MeshPeer.model_validate(payload))
@@ -132,30 +130,29 @@ def attach_rituals(node: Node) -> None:
     parts.rituals = handler
 
 
-def _has_mesh(config: NodeConfig) -> bool:
-    return isinstance(config.extra.get("mesh"), dict)
-
-
-def _has_gateway(config: NodeConfig) -> bool:
-    from gibsey.node.gateway.config import GatewayConfig
-
-    return GatewayConfig.from_extra(config.extra).enabled
-
-
-def _has_dial(config: NodeConfig) -> bool:
-    from gibsey.node.dial.bridge import DialConfig
-
-    return DialConfig.from_extra(config.extra).enabled
-
-
 PARTS: tuple[Part, ...] = (
     Part("ledger", attach_ledger),
-    Part("mesh", attach_mesh, _has_mesh, "gibsey.toml has a [mesh] section"),
+    Part(
+        "mesh",
+        attach_mesh,
+        runs_when=lambda c: c.mesh is not None and c.mesh.enabled,
+        why="gibsey.toml has a [mesh] section, not enabled = false",
+    ),
     Part("glyph", attach_glyph),
     Part("story", attach_story),
-    Part("dial", attach_dial, _has_dial, "[dial] enabled (the default)"),
+    Part(
+        "dial",
+        attach_dial,
+        runs_when=lambda c: c.dial.enabled,
+        why="[dial] enabled (the default)",
+    ),
     Part("agents", attach_agents),
-    Part("gateway", attach_gateway, _has_gateway, "[gateway] listen is set (gibsey up --http)"),
+    Part(
+        "gateway",
+        attach_gateway,
+        runs_when=lambda c: c.gateway.enabled,
+        why="[gateway] listen is set and not off (gibsey up --http, GIBSEY_HTTP)",
+    ),
     Part("rituals", attach_rituals),
 )
 

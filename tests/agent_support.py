@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from gibsey.core.config import NodeConfig
+from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.service import AgentService
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
@@ -23,8 +24,7 @@ FAST_WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0, "max_tokens": 24}
 @asynccontextmanager
 async def agent_node(tmp_path: Path, **agent: Any) -> AsyncIterator[tuple[Node, Mosquitto]]:
     broker = Mosquitto(tmp_path / "mosquitto").start()
-    config = NodeConfig()
-    config.extra["agent"] = {**FAST_WATCHDOG, **agent}
+    config = GibseyConfig(agent=AgentConfig.model_validate({**FAST_WATCHDOG, **agent}))
     node = Node(tmp_path / "data", config)
     await node.start(broker.url)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gibsey.core.config import NodeConfig
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto, free_port
 
@@ -38,7 +38,7 @@ async def running_node(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[RunningNode]:
     """A node started in-process, against a real Mosquitto or its own embedded amqtt broker."""
-    config = NodeConfig()
+    config = GibseyConfig()
     broker: Mosquitto | None = None
     if request.param == "mosquitto":
         broker = Mosquitto(tmp_path / "mosquitto").start()
@@ -46,7 +46,7 @@ async def running_node(
         port = broker.port
     else:
         port = free_port()
-        config.embedded_port = port
+        config.node.embedded_port = port
         url = None
     node = Node(tmp_path / "data", config)
     await node.start(url)

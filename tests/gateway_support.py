@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gibsey.core.config import NodeConfig
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
+from gibsey.node.gateway.config import GatewayConfig
 from gibsey.node.gateway.part import Gateway
 from tests.brokers import Mosquitto
 
@@ -34,8 +35,7 @@ class GatewayNode:
 @pytest.fixture
 async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
     broker = Mosquitto(tmp_path / "mosquitto").start()
-    config = NodeConfig()
-    config.extra["gateway"] = {"listen": "127.0.0.1:0", "token": TOKEN}
+    config = GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token=TOKEN))
     node = Node(tmp_path / "data", config)
     await node.start(broker.url)
     try:

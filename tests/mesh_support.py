@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.core.identity import load_or_create
-from gibsey.harness.gallery import wait_until as wait_until  # re-exported
+from gibsey.harness.waiting import stop_process
+from gibsey.harness.waiting import wait_until as wait_until  # re-exported
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.view import build
 from gibsey.mesh.netns import exec_prefix
@@ -57,13 +58,7 @@ class MeshProc:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def status(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError, NodeProc
+from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError
+from gibsey.harness.nodeproc import NodeProc
 from tests.gallery_support import started
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

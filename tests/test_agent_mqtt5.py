@@ -21,9 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gibsey.core.config import NodeConfig
+from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.mqtt5 import ResponseLink, Route
 from gibsey.node.agents.service import AgentService
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.agent_support import FAST_WATCHDOG, agent_node, agents, ask
 from tests.brokers import free_port
@@ -203,9 +204,8 @@ async def test_a_bad_response_topic_is_refused_with_an_alert(tmp_path: Path) -> 
 
 @asynccontextmanager
 async def embedded_agent_node(tmp_path: Path) -> AsyncIterator[tuple[Node, int]]:
-    config = NodeConfig()
-    config.embedded_port = port = free_port()
-    config.extra["agent"] = dict(FAST_WATCHDOG)
+    config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
+    config.node.embedded_port = port = free_port()
     node = Node(tmp_path / "data", config)
     await node.start(None)
     try:

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.core.config import ConfigError
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.service import AgentService
 from gibsey.node.agents.supervisor import Supervisor
 from gibsey.node.agents.transport import UNKNOWN_EXIT, SocketWorker
+from gibsey.node.config import parse_gibsey_config
 from tests.agent_support import agent_node, agents, ask
 from tests.conftest import CollectorFactory
 
@@ -141,7 +143,7 @@ async def test_without_pidfds_the_end_of_the_worker_is_polled(
 
 
 async def test_no_socket_is_a_failed_load_not_a_crash(tmp_path: Path) -> None:
-    cfg = AgentConfig.from_mapping({"worker": f"socket:{tmp_path}/nothing.sock"})
+    cfg = AgentConfig(worker=f"socket:{tmp_path}/nothing.sock")
     sup = Supervisor(cfg, tmp_path / "model.gguf", tmp_path / "worker.log")
     try:
         await sup.start()
@@ -155,12 +157,13 @@ async def test_no_socket_is_a_failed_load_not_a_crash(tmp_path: Path) -> None:
 def test_worker_setting_is_checked_and_the_environment_overrides_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert AgentConfig.from_mapping(None).worker == "spawn"
+    monkeypatch.delenv("GIBSEY_AGENT_WORKER", raising=False)
+    assert parse_gibsey_config({}).agent.worker == "spawn"
     for bad in ("socket", "socket:relative.sock", "fork", "socket:/" + "x" * 120):
-        with pytest.raises(ValueError, match="worker"):
-            AgentConfig.from_mapping({"worker": bad})
+        with pytest.raises(ConfigError, match=r"\[agent\] worker"):
+            parse_gibsey_config({"agent": {"worker": bad}})
     monkeypatch.setenv("GIBSEY_AGENT_WORKER", "socket:/run/gibsey/agent-worker.sock")
-    cfg = AgentConfig.from_mapping({"worker": "spawn"})
+    cfg = parse_gibsey_config({"agent": {"worker": "spawn"}}).agent
     assert cfg.worker == "socket:/run/gibsey/agent-worker.sock"
 
 

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.core.config import NodeConfig
 from gibsey.dialcore import frame as df
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.dial.bridge import (
     DialBridge,
-    DialConfig,
     discovery_messages,
     frame_topic,
     state_topic,
 )
+from gibsey.node.dial.config import DialConfig
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
 from tests.events import topic
@@ -75,9 +75,8 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Rig]:
-    config = NodeConfig()
     link = tmp_path / "ttyDIAL"
-    config.extra["dial"] = {"serial": str(link), "scan_interval": 0.02, "alert_interval": 0.0}
+    config = GibseyConfig(dial=DialConfig(serial=str(link), scan_interval=0.02, alert_interval=0.0))
     node = Node(tmp_path / "data", config)
     bridge = node.parts.dial
     assert bridge is not None, "the dial bridge is not in node/parts.py"
@@ -238,7 +237,7 @@ def test_alerts_are_coalesced_per_reason() -> None:
     class FakeNode:
         node_id = "n1"
         spine = object()
-        config = NodeConfig()
+        config = GibseyConfig()
 
         def alert(self, alert: object) -> None:
             sent.append(str(getattr(alert, "detail", "")))
@@ -260,7 +259,7 @@ def test_alerts_are_coalesced_per_reason() -> None:
 
 
 def test_config_and_discovery_shapes() -> None:
-    cfg = DialConfig.from_extra({"dial": {"serial": "/dev/ttyACM0", "scan_interval": "2"}})
+    cfg = DialConfig.model_validate({"serial": "/dev/ttyACM0", "scan_interval": "2"})
     assert cfg.serial == "/dev/ttyACM0" and cfg.scan_interval == 2.0 and cfg.mqtt
     msgs = discovery_messages("n1", "d-1", "homeassistant")
     assert [t for t, _ in msgs] == [

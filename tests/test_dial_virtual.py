@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.core.config import NodeConfig
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.dial.cli import VirtualDial, parse_keys
+from gibsey.node.dial.config import DialConfig
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory
 from tests.events import topic
@@ -72,8 +73,7 @@ class Terminal:
 
 @pytest.fixture
 async def node(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Node]:
-    config = NodeConfig()
-    config.extra["dial"] = {"serial": "off"}
+    config = GibseyConfig(dial=DialConfig(serial="off"))
     node = Node(tmp_path / "data", config)
     await node.start(mosquitto.url)
     assert node.spine is not None

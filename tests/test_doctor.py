@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from gibsey.cli import main
-from gibsey.core.config import NodeConfig
 from gibsey.core.identity import load_or_create
+from gibsey.mesh.config import MeshConfig
 from gibsey.node import doctor as cli_doctor
+from gibsey.node.agents.config import AgentConfig
+from gibsey.node.config import GibseyConfig
 from gibsey.node.doctor import FAIL, OK, WARN
 from tests.brokers import Mosquitto, free_port
 
@@ -58,19 +60,19 @@ def test_low_disk_fails(tmp_path: Path) -> None:
 
 
 def test_agents_configured_without_a_model_fail(tmp_path: Path) -> None:
-    cfg = NodeConfig(extra={"agent": {"model": str(tmp_path / "missing.gguf")}})
+    cfg = GibseyConfig(agent=AgentConfig(model=str(tmp_path / "missing.gguf")))
     check = cli_doctor.check_model(cfg)
     assert check.status == FAIL
-    assert cli_doctor.check_model(NodeConfig()).status == OK
+    assert cli_doctor.check_model(GibseyConfig()).status == OK
 
 
 def test_the_agent_worker_socket_must_be_listening(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("GIBSEY_AGENT_WORKER", raising=False)
-    assert cli_doctor.check_agent_worker(NodeConfig()).status == OK  # spawn: nothing to check
+    assert cli_doctor.check_agent_worker(GibseyConfig()).status == OK  # spawn: nothing to check
     path = tmp_path / "worker.sock"
-    cfg = NodeConfig(extra={"agent": {"worker": f"socket:{path}"}})
+    cfg = GibseyConfig(agent=AgentConfig(worker=f"socket:{path}"))
     missing = cli_doctor.check_agent_worker(cfg)
     assert missing.status == FAIL and "gibsey-agent-worker.socket" in missing.fix
     path.write_text("")
@@ -80,14 +82,19 @@ def test_the_agent_worker_socket_must_be_listening(
         listening.bind(str(path))
         listening.listen()
         assert cli_doctor.check_agent_worker(cfg).status == OK
-    bad = NodeConfig(extra={"agent": {"worker": "socket:relative"}})
-    assert cli_doctor.check_agent_worker(bad).status == FAIL
+    # A malformed setting is refused when the configuration loads: doctor says so and fails.
+    (tmp_path / "gibsey.toml").write_text('[agent]\nworker = "socket:relative"\n')
+    assert main(["doctor", "--data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  config" in out and "[agent] worker 'socket:relative'" in out
 
 
 def test_peers_that_do_not_answer_are_named(tmp_path: Path) -> None:
     pytest.importorskip("gibsey.mesh.config")
     port = free_port()
-    cfg = NodeConfig(extra={"mesh": {"peers": [f"{'ab' * 32}@tcp://127.0.0.1:{port}"]}})
+    cfg = GibseyConfig(
+        mesh=MeshConfig.model_validate({"peers": [f"{'ab' * 32}@tcp://127.0.0.1:{port}"]})
+    )
     checks = cli_doctor.check_peers(cfg)
     assert [c.status for c in checks] == [WARN]
     assert f"127.0.0.1:{port}" in checks[0].detail

@@ -16,9 +16,11 @@ import httpx
 import pytest
 
 from gibsey.core.envelope import PAYLOADS
-from gibsey.node.gateway.app import EVENTS_EXT, mutating_operations
 from gibsey.node.gateway.config import PORT_FILE
 from gibsey.node.gateway.logs import JsonFormatter
+from gibsey.node.gateway.openapi import EVENTS_EXT, mutating_operations
+from gibsey.node.story.corpus import SAMPLE, read_corpus
+from gibsey.node.story.model import CANON
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
 from tests.events import raw_event, topic
@@ -56,19 +58,13 @@ def _sse(text: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-async def test_every_change_needs_the_token_and_publishes_its_events(
-    gateway_node: GatewayNode, collector_factory: CollectorFactory
-) -> None:
-    gw = gateway_node
-    ledger = gw.node.parts.ledger
-    assert ledger is not None
-    ledger.mint("ada", 25, ritual="test")
-    ledger.mint("bob", 16, ritual="test")
-    hearing = ledger.propose("config-change", TARGET, "a hearing to vote on", "ada")
-    col = await _events(gw, collector_factory)
+# (method, path template) -> (concrete path, body of the intruder, body of the real call)
+Cases = dict[tuple[str, str], tuple[str, dict[str, Any], dict[str, Any]]]
 
-    # (method, path template) -> (concrete path, body of the intruder, body of the real call)
-    cases: dict[tuple[str, str], tuple[str, dict[str, Any], dict[str, Any]]] = {
+
+def _changes(hearing: str) -> Cases:
+    """Every endpoint that changes something, with a call of an intruder and a real one."""
+    return {
         ("POST", "/api/glyph/rotate"): (
             "/api/glyph/rotate",
             {"symbol": 1, "rotation": 0, "actor": "intruder"},
@@ -85,7 +81,7 @@ async def test_every_change_needs_the_token_and_publishes_its_events(
             {"action": "narrative-merge", "target": TARGET, "title": "canon", "proposer": "ada"},
         ),
         ("POST", "/api/ledger/proposals/{proposal}/votes"): (
-            f"/api/ledger/proposals/{hearing.hash_hex}/votes",
+            f"/api/ledger/proposals/{hearing}/votes",
             {"actor": "intruder", "choice": "yes"},
             {"actor": "bob", "choice": "no"},
         ),
@@ -100,6 +96,41 @@ async def test_every_change_needs_the_token_and_publishes_its_events(
             },
         ),
     }
+
+
+async def _change(
+    gw: GatewayNode, method: str, path_t: str, path: str, good: dict[str, Any]
+) -> bool:
+    """Make the real call of one change; False when it was refused because the agents part is
+    not running (so it published nothing)."""
+    if path_t == "/api/agent/ask":
+        r = await _ask(gw, good, AUTH)
+        if not gw.gateway.web.agents_running():
+            assert r.status_code == 503 and "not running" in r.json()["error"]
+            return False
+        assert r.status_code == 200, r.text
+        stream = _sse(r.text)
+        assert stream[0][0] == "request" and stream[-1][0] == "done", stream
+        assert stream[-1][1]["text"].strip()
+    else:
+        r = await gw.http.request(method, path, json=good, headers=AUTH)
+        assert r.status_code in (201, 202), (path, r.text)
+        assert r.json()["acked"] is True
+    return True
+
+
+async def test_every_change_needs_the_token_and_publishes_its_events(
+    gateway_node: GatewayNode, collector_factory: CollectorFactory
+) -> None:
+    gw = gateway_node
+    ledger = gw.node.parts.ledger
+    assert ledger is not None
+    ledger.mint("ada", 25, ritual="test")
+    ledger.mint("bob", 16, ritual="test")
+    hearing = ledger.propose("config-change", TARGET, "a hearing to vote on", "ada")
+    col = await _events(gw, collector_factory)
+
+    cases = _changes(hearing.hash_hex)
     openapi = (await gw.http.get("/openapi.json")).json()
     operations = {(m, p): kinds for m, p, kinds in mutating_operations(openapi)}
     # A new endpoint that changes something must be added here, with the events it publishes.
@@ -117,21 +148,9 @@ async def test_every_change_needs_the_token_and_publishes_its_events(
             assert r.headers["www-authenticate"] == "Bearer"
     assert ledger.store.count() == entries_before  # nothing changed
 
-    agents = gw.gateway.web.agents_running()
     for (method, path_t), (path, _bad, good) in cases.items():
-        if path_t == "/api/agent/ask":
-            r = await _ask(gw, good, AUTH)
-            if not agents:
-                assert r.status_code == 503 and "not running" in r.json()["error"]
-                continue
-            assert r.status_code == 200, r.text
-            stream = _sse(r.text)
-            assert stream[0][0] == "request" and stream[-1][0] == "done", stream
-            assert stream[-1][1]["text"].strip()
-        else:
-            r = await gw.http.request(method, path, json=good, headers=AUTH)
-            assert r.status_code in (201, 202), (path, r.text)
-            assert r.json()["acked"] is True
+        if not await _change(gw, method, path_t, path, good):
+            continue
         want = [k for k in operations[(method, path_t)]]
         await col.wait_for(
             lambda c, want=want: all(_of(c, k, lambda e: e["actor"] != "intruder") for k in want)
@@ -415,15 +434,28 @@ async def test_the_grafana_dashboard_reads_metrics_the_node_exports(
 
 
 async def test_story_endpoints_answer_in_json(gateway_node: GatewayNode) -> None:
-    """/graphql is the narrative engine's when it is built (else a JSON 404 saying so)."""
+    """/graphql is the narrative engine's; /api/story/pages lists a branch's pages in order."""
     gw = gateway_node
     r = await gw.http.post("/graphql", json={"query": "{ __typename }"})
-    if gw.gateway.web.graphql_problem:
-        assert r.status_code == 404 and "GraphQL" in r.json()["error"]
-    else:
-        assert r.status_code == 200, r.text
-        assert r.json()["data"]["__typename"]
-    pages = await gw.http.get("/api/story/pages")
-    assert pages.status_code in (200, 501, 503) and pages.headers["content-type"].startswith(
-        "application/json"
-    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["__typename"]
+    # Nothing imported yet: the story has no pages (and no canon branch to read them from).
+    empty = await gw.http.get("/api/story/pages")
+    assert empty.status_code == 200, empty.text
+    assert empty.headers["content-type"].startswith("application/json")
+    assert empty.json() == {"branch": CANON, "pages": []}
+
+    story = gw.node.parts.story
+    assert story is not None
+    await asyncio.to_thread(story.import_corpus, read_corpus(SAMPLE), CANON, "an-author")
+    pages = (await gw.http.get("/api/story/pages")).json()
+    query = "{ pages { id version title text } }"
+    graphql = (await gw.http.post("/graphql", json={"query": query})).json()["data"]["pages"]
+    assert pages["branch"] == CANON and len(pages["pages"]) == len(graphql) > 2
+    assert [(p["id"], p["version"], p["title"], p["text"]) for p in pages["pages"]] == [
+        (p["id"], p["version"], p["title"], p["text"]) for p in graphql
+    ]
+    two = (await gw.http.get(f"/api/story/pages?branch={CANON}&limit=2")).json()
+    assert two["pages"] == pages["pages"][:2]
+    missing = await gw.http.get("/api/story/pages?branch=no-such-branch")
+    assert missing.status_code == 404 and "no-such-branch" in missing.json()["error"]

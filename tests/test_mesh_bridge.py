@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.core.config import NodeConfig
+from gibsey.core.config import ConfigError
 from gibsey.core.envelope import SafetyAlert
 from gibsey.core.identity import load_or_create
 from gibsey.mesh.bridge import BridgeConfig, render
-from gibsey.mesh.config import MeshConfig, MeshConfigError, PeerSpec
+from gibsey.mesh.config import MeshConfig, PeerSpec
+from gibsey.node.config import GibseyConfig, parse_gibsey_config
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory
@@ -62,7 +63,7 @@ async def test_bridge_config_forwards_node_events_to_a_central_broker(
     assert f"topic gibsey/v1/{node_id}/# out 1" in conf.read_text()
     local = Mosquitto(tmp_path / "local", extra_conf=conf.read_text()).start()
     brokers.append(local)
-    node = Node(data, NodeConfig())
+    node = Node(data, GibseyConfig())
     try:
         col = await collector_factory(central.port, "gibsey/#")
         await node.start(local.url)
@@ -98,7 +99,7 @@ def test_bridge_render_rejects_bad_settings() -> None:
 
 def test_mesh_config_parsing() -> None:
     key = "ab" * 32
-    cfg = MeshConfig.from_dict(
+    cfg = MeshConfig.model_validate(
         {
             "listen": "tcp://127.0.0.1:9",
             "allow": [key],
@@ -108,7 +109,15 @@ def test_mesh_config_parsing() -> None:
         }
     )
     assert cfg.sync_interval == 1.0 and cfg.allowed() == {bytes.fromhex(key), b"\xcd" * 32}
-    for bad in ({"allow": ["nothex"]}, {"peers": ["x"]}, {"nope": 1}, {"sync_interval": "x"}):
-        with pytest.raises(MeshConfigError):
-            MeshConfig.from_dict(bad)
+    for bad, named in (
+        ({"allow": ["nothex"]}, "allow"),
+        ({"peers": ["x"]}, "peers"),
+        ({"nope": 1}, "nope"),
+        ({"sync_interval": "x"}, "sync_interval"),
+        ({"bridge": {"centrl": "h:1"}}, r"\.bridge\] has no key 'centrl'"),
+    ):
+        with pytest.raises(ConfigError, match=rf"\[mesh.*{named}"):
+            parse_gibsey_config({"mesh": bad}, environ={})
+    bridged = parse_gibsey_config({"mesh": {"bridge": {"central": "hub:1883"}}}, environ={})
+    assert bridged.mesh is not None and bridged.mesh.bridge.central == "hub:1883"
     assert PeerSpec.parse({"key": key, "endpoint": "tcp://h:2"}).endpoint == "tcp://h:2"

@@ -27,14 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from gibsey.harness.gallery import (
-    Gallery,
-    GalleryConfig,
-    GalleryError,
-    NodeProc,
-    choose_net,
-    wait_until,
-)
+from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError, choose_net
+from gibsey.harness.nodeproc import NodeProc
+from gibsey.harness.waiting import wait_until
 from gibsey.mesh import netns
 from tests.gallery_support import started
 from tests.mesh_support import ROOT, balances, heads

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import selectors
+import time
 
 import pytest
 
@@ -161,22 +162,33 @@ async def test_own_events_come_back_once_and_forgeries_are_still_checked(
 async def test_no_writer_is_left_on_the_broker_socket_once_all_is_sent(
     running_node: RunningNode,
 ) -> None:
-    # aiomqtt adds its socket writer late and removes it at once; when the spine's flush drains
-    # paho's queue between the two, a writer stayed on an always-writable socket and the node
-    # spun at 100% CPU while idle. The exact order: publish, the socket turns writable and is
-    # drained, publish again (its late add lands after the flush that drains it).
+    # A writer left on an always-writable socket spins the event loop at 100% CPU while idle
+    # (it happened with aiomqtt's late writer). The order that caught it: publish, the socket
+    # turns writable and is drained before the scheduled write, publish again.
     spine = running_node.node.spine
-    assert spine is not None and spine._paho is not None
-    paho = spine._paho
-    sock = paho.socket()
+    assert spine is not None and spine._conn is not None
+    client = spine._conn.client
+    sock = client.socket()
     assert sock is not None
     fd = sock.fileno()
     loop = asyncio.get_running_loop()
     first = spine.publish("test/writer", b"1")
-    paho.loop_write()  # what aiomqtt's writer does when the socket turns writable
+    client.loop_write()  # what a writer does when the socket turns writable
     second = spine.publish("test/writer", b"2")
     await asyncio.wait_for(asyncio.gather(first, second), 10)
     for _ in range(5):  # let every late callback run
         await asyncio.sleep(0)
     key = loop._selector.get_map().get(fd)  # type: ignore[attr-defined]
     assert key is None or not key.events & selectors.EVENT_WRITE, "writer left on the socket"
+
+
+async def test_an_idle_node_leaves_the_cpu_alone(running_node: RunningNode) -> None:
+    # Connected and idle, the spine wakes once a second for paho's keepalive and otherwise
+    # sleeps: a busy loop would use a full second of CPU here.
+    spine = running_node.node.spine
+    assert spine is not None
+    await spine.flush(timeout=5)
+    await asyncio.sleep(0.2)  # the start's announcements and discovery settle
+    cpu_s = time.process_time()
+    await asyncio.sleep(1.0)
+    assert time.process_time() - cpu_s < 0.25

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gibsey.core.config import NodeConfig
 from gibsey.core.envelope import GiftTxn
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.events import topic
@@ -27,7 +27,7 @@ async def test_node_starts_without_broker_and_connects_when_it_appears(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="gibsey.spine")
     broker = Mosquitto(tmp_path / "mosq")  # configured, not started yet
-    node = Node(tmp_path / "data", NodeConfig())
+    node = Node(tmp_path / "data", GibseyConfig())
     await node.start(broker.url)
     assert node.spine is not None
     try:
@@ -77,7 +77,7 @@ async def _persistent_subscriber(
 
 async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path / "mosq", persistence=True).start()
-    node = Node(tmp_path / "data", NodeConfig())
+    node = Node(tmp_path / "data", GibseyConfig())
     await node.start(broker.url)
     assert node.spine is not None
     await node.spine.wait_connected(timeout=10)

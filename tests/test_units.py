@@ -91,7 +91,7 @@ def test_agent_worker_units_are_one_worker_per_connection_of_the_node() -> None:
     # The node reaches the socket the unit listens on, and pulls the socket in.
     (listen,) = sock["ListenStream"]
     assert f"GIBSEY_AGENT_WORKER=socket:{listen}" in node["Environment"]
-    assert AgentConfig.from_mapping({"worker": f"socket:{listen}"}).worker.endswith(listen)
+    assert AgentConfig(worker=f"socket:{listen}").worker.endswith(listen)
     for key in ("Wants", "After"):
         assert "gibsey-agent-worker.socket" in node[key][0].split()
     # ... and a worker lives no longer than the node (a killed node takes its workers along).

@@ -21,6 +21,7 @@ import pytest
 
 from gibsey.core.config import NodeConfig
 from gibsey.ledger.ledger import Ledger
+from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
@@ -78,8 +79,7 @@ async def test_ready_status_watchdog_and_stopping(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s: pings every 0.1 s
-    config = NodeConfig()
-    config.status_interval = 1.0
+    config = GibseyConfig(node=NodeConfig(status_interval=1.0))
     node = Node(tmp_path / "data", config)
     await node.start(mosquitto.url)
     try:
@@ -109,7 +109,7 @@ async def test_no_notify_socket_means_nothing_is_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    node = Node(tmp_path / "data", NodeConfig())
+    node = Node(tmp_path / "data", GibseyConfig())
     assert node.notifier.enabled is False
     assert node.notifier.ready("x") is False
 

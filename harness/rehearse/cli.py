@@ -45,10 +45,10 @@ from gibsey.harness.gallery import (
     GalleryError,
     choose_net,
     describe_net,
-    wait_until,
 )
 from gibsey.harness.rehearse.report import Timeline, write_report
 from gibsey.harness.rehearse.visitors import Visitors
+from gibsey.harness.waiting import wait_until
 
 
 class Rehearsal:

@@ -19,7 +19,8 @@ import threading
 from dataclasses import dataclass
 
 from gibsey.core.symbols import SYMBOLS
-from gibsey.harness.gallery import GalleryError, NodeProc
+from gibsey.harness.nodeproc import NodeProc
+from gibsey.harness.waiting import GalleryError
 
 CHARACTERS = [s for s in SYMBOLS if s.is_character]
 QUESTIONS = (

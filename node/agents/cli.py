@@ -17,8 +17,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gibsey.core.config import ConfigError, NodeConfig, load_config, resolve_data_dir
+from gibsey.core.config import ConfigError, NodeConfig, load_config, load_section, resolve_data_dir
 from gibsey.core.symbols import ROTATIONS
+from gibsey.node.agents.config import AgentConfig
 
 REPLY_PREFIX = "gibsey/reply"
 
@@ -38,6 +39,14 @@ def _config(data_dir: Path) -> NodeConfig:
         raise _CliError(str(exc)) from exc
 
 
+def _agent_config(data_dir: Path) -> AgentConfig:
+    """The [agent] section (the rest of gibsey.toml is the node's to check)."""
+    try:
+        return load_section(AgentConfig, "agent", data_dir)
+    except ConfigError as exc:
+        raise _CliError(str(exc)) from exc
+
+
 def _broker(args: argparse.Namespace, cfg: NodeConfig) -> str:
     return str(args.broker or cfg.broker or f"mqtt://127.0.0.1:{cfg.embedded_port}")
 
@@ -49,14 +58,13 @@ def _node_id(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _db(data_dir: Path, cfg: NodeConfig) -> Any:
-    from gibsey.node.agents.config import AgentConfig
+def _db(data_dir: Path) -> Any:
     from gibsey.node.agents.db import Db
 
     path = data_dir / "agents" / "agents.db"
     if not path.exists():
         raise _CliError(f"no agent data in {data_dir} yet (the node creates it when it starts)")
-    return Db(path, AgentConfig.from_mapping(cfg.extra.get("agent")).sqlite)
+    return Db(path, _agent_config(data_dir).sqlite)
 
 
 # -- personas ---------------------------------------------------------------------------------
@@ -72,12 +80,9 @@ def _personas(args: argparse.Namespace) -> int:
 async def _request(
     url: str, node_id: str, kind: str, payload: dict[str, Any], timeout: float, stream: bool
 ) -> dict[str, Any]:
-    import aiomqtt
-
+    from gibsey.core.mqtt import ClientSettings, MqttError, Session, new_client_id
     from gibsey.core.topics import topic_for
-    from gibsey.node.spine.spine import parse_broker_url
 
-    host, port = parse_broker_url(url)
     reply = f"{REPLY_PREFIX}/{uuid.uuid4().hex[:12]}"
     corr = uuid.uuid4().hex[:12]
     payload = {**payload, "reply_to": reply, "correlation": corr}
@@ -90,29 +95,30 @@ async def _request(
         "actor": "cli",
         "payload": payload,
     }
-    async with aiomqtt.Client(host, port) as client:
-        await client.subscribe(reply, qos=1)
-        await client.publish(topic_for(node_id, kind), json.dumps(event), qos=1)
+    try:
+        async with Session(ClientSettings(url, new_client_id("gibsey-agent-cli"))) as session:
+            await session.subscribe(reply, qos=1)
+            await session.publish(topic_for(node_id, kind), json.dumps(event), qos=1)
 
-        async def wait() -> dict[str, Any]:
-            async for msg in client.messages:
-                raw = msg.payload if isinstance(msg.payload, bytes | bytearray) else b"{}"
-                doc = json.loads(raw)
-                body = doc.get("payload", {})
-                if body.get("correlation") != corr:
-                    continue
-                if doc.get("kind") == "agent/emit" and not body.get("final"):
-                    if stream:
-                        sys.stdout.write(body["text"])
-                        sys.stdout.flush()
-                    continue
-                return dict(body)
-            raise _CliError("the broker went away")
+            async def wait() -> dict[str, Any]:
+                async for msg in session.messages():
+                    doc = json.loads(msg.payload)
+                    body = doc.get("payload", {})
+                    if body.get("correlation") != corr:
+                        continue
+                    if doc.get("kind") == "agent/emit" and not body.get("final"):
+                        if stream:
+                            sys.stdout.write(body["text"])
+                            sys.stdout.flush()
+                        continue
+                    return dict(body)
+                raise _CliError("the broker went away")
 
-        try:
             return await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
-            raise _CliError(f"no answer from node {node_id} at {url} in {timeout:g}s") from None
+    except TimeoutError:
+        raise _CliError(f"no answer from node {node_id} at {url} in {timeout:g}s") from None
+    except MqttError as exc:
+        raise _CliError(f"the broker at {url}: {exc}") from None
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -139,12 +145,11 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 async def _ask_local(args: argparse.Namespace) -> int:
-    from gibsey.node.agents.config import AgentConfig
     from gibsey.node.agents.model import resolve_model
     from gibsey.node.agents.personas import load_personas
     from gibsey.node.agents.supervisor import Supervisor
 
-    cfg = AgentConfig.from_mapping(_config(_data(args)).extra.get("agent"))
+    cfg = _agent_config(_data(args))
     persona = load_personas().get(args.persona)
     if persona is None:
         raise _CliError(f"no persona {args.persona!r} (see `gibsey agent personas`)")
@@ -201,7 +206,7 @@ def _facts(args: argparse.Namespace) -> int:
     from gibsey.node.agents.graph import FactStore
 
     data_dir = _data(args)
-    store = FactStore(_db(data_dir, _config(data_dir)))
+    store = FactStore(_db(data_dir))
     if args.add:
         s, r, o = args.add
         store.add(s, r, o, "cli", "cli")
@@ -216,13 +221,11 @@ def _facts(args: argparse.Namespace) -> int:
 
 
 def _tensor(args: argparse.Namespace) -> int:
-    from gibsey.node.agents.config import AgentConfig
     from gibsey.node.agents.tensor import AgencyTensor
 
     data_dir = _data(args)
-    cfg = _config(data_dir)
-    half_life = AgentConfig.from_mapping(cfg.extra.get("agent")).tensor_half_life
-    tensor = AgencyTensor(_db(data_dir, cfg), half_life)
+    half_life = _agent_config(data_dir).tensor_half_life
+    tensor = AgencyTensor(_db(data_dir), half_life)
     if args.json:
         print(json.dumps(tensor.snapshot(), indent=2))
         return 0
@@ -235,7 +238,7 @@ def _flags(args: argparse.Namespace) -> int:
     from gibsey.node.agents.safety import FlagStore
 
     data_dir = _data(args)
-    for f in FlagStore(_db(data_dir, _config(data_dir))).all():
+    for f in FlagStore(_db(data_dir)).all():
         print(f"#{f['id']} {f['persona']} {f['label']} verdict={f['verdict']}: {f['answer'][:80]}")
     return 0
 

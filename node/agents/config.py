@@ -27,9 +27,11 @@ worker = "spawn"         # how the daemon gets a model worker: "spawn" (a child 
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from gibsey.core.config import ConfigSection, Env
 
 WORKER_SPAWN = "spawn"
 WORKER_SOCKET = "socket:"
@@ -43,13 +45,12 @@ def worker_socket_path(value: str) -> str | None:
     if value.startswith(WORKER_SOCKET) and path.startswith("/") and len(path.encode()) < 108:
         return path
     raise ValueError(
-        f"[agent] worker = {value!r}: expected {WORKER_SPAWN!r} or "
+        f"worker {value!r}: expected {WORKER_SPAWN!r} or "
         f"'{WORKER_SOCKET}/absolute/path/of/the/socket' (at most 107 bytes)"
     )
 
 
-@dataclass
-class AgentConfig:
+class AgentConfig(ConfigSection):
     model: str = ""
     threads: int = 2
     # How long llama.cpp's OpenMP threads spin before sleeping between steps (GOMP_SPINCOUNT).
@@ -89,28 +90,12 @@ class AgentConfig:
     sqlite: str = "auto"
     thermal_glob: str = "/sys/class/thermal/thermal_zone*/temp"
     meminfo: str = "/proc/meminfo"
-    blocked: list[str] = field(default_factory=list)
-    worker: str = WORKER_SPAWN
+    blocked: list[str] = Field(default_factory=list)
+    # gibsey-node.service sets GIBSEY_AGENT_WORKER to the socket unit's path.
+    worker: Annotated[str, Env("GIBSEY_AGENT_WORKER")] = WORKER_SPAWN
 
+    @field_validator("worker")
     @classmethod
-    def from_mapping(cls, raw: dict[str, Any] | None) -> AgentConfig:
-        cfg = cls()
-        known = {f.name: f for f in fields(cls)}
-        for key, value in (raw or {}).items():
-            if key not in known:
-                raise ValueError(f"[agent] has no key {key!r} (known: {', '.join(sorted(known))})")
-            current = getattr(cfg, key)
-            if isinstance(current, bool):
-                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true")
-            elif isinstance(current, int):
-                value = int(value)
-            elif isinstance(current, float):
-                value = float(value)
-            elif isinstance(current, list):
-                value = [str(v) for v in value]
-            else:
-                value = str(value)
-            setattr(cfg, key, value)
-        cfg.worker = os.environ.get("GIBSEY_AGENT_WORKER") or cfg.worker
-        worker_socket_path(cfg.worker)
-        return cfg
+    def _worker_is_spawn_or_a_socket(cls, value: str) -> str:
+        worker_socket_path(value)
+        return value

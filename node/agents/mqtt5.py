@@ -13,9 +13,8 @@ A broker without MQTT 5 (the embedded amqtt broker) refuses the connect: that is
 the link stays off (retried once a minute), and the service answers on `reply_to` as before,
 never waiting for a copy while the link is down.
 
-paho runs this connection's network loop in its own thread (loop_start); what arrives is handed
-to the event loop with call_soon_threadsafe, and paho's publish is safe to call from the event
-loop's thread (it queues the packet and wakes paho's thread).
+The connection is core/mqtt.py's, driven by the event loop: what arrives is handled on the loop's
+thread, and publishing needs no hand-over.
 """
 
 from __future__ import annotations
@@ -25,20 +24,20 @@ import collections
 import contextlib
 import json
 import logging
-import socket
 from dataclasses import dataclass
-from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from gibsey.core.mqtt import ClientSettings, Connection, ConnectRefused, MqttError
 
 log = logging.getLogger("gibsey.agents")
 
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason code 0x84, "Unsupported Protocol Version"
 RETRY_MIN = 1  # s: after losing a broker that spoke MQTT 5 (doubling up to RETRY_MAX)
 RETRY_MAX = 60  # s: and always, once the broker said it has no MQTT 5
+KEEPALIVE_S = 30
 ROUTES_KEPT = 1024  # copies remembered for requests not answered yet
 
 
@@ -57,45 +56,90 @@ class ResponseLink:
         self.host, self.port = host, port
         self.url = f"mqtt://{host}:{port}"
         self.topic = topic
-        self._client_id = client_id
+        self._settings = ClientSettings(self.url, client_id, keepalive_s=KEEPALIVE_S, mqtt5=True)
         self._keep = keep
         self._loop = asyncio.get_running_loop()
         self._routes: collections.OrderedDict[str, Route] = collections.OrderedDict()
         self._waiters: dict[str, asyncio.Future[Route | None]] = {}
-        self._client: mqtt.Client | None = None
+        self._conn: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
         self._up = False
-        self.unsupported = False  # the broker refused MQTT 5 (set from paho's thread)
+        self.unsupported = False  # the broker refused MQTT 5
         self.copies = 0
 
     @property
     def up(self) -> bool:
-        """Connected and subscribed: copies of requests arrive (read on the event loop)."""
+        """Connected and subscribed: copies of requests arrive."""
         return self._up
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5
-        )
-        client.reconnect_delay_set(RETRY_MIN, RETRY_MAX)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
-        client.loop_start()
-        self._client = client
+        self._task = self._loop.create_task(self._run(), name="agents-mqtt5")
 
     async def close(self) -> None:
-        client, self._client = self._client, None
+        task, self._task = self._task, None
         self._set_up(False)
-        if client is not None:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-            def stop() -> None:
-                client.disconnect()
-                client.loop_stop()  # paho's thread sleeps in steps of at most 1 s
+    async def _run(self) -> None:
+        """Stay connected until cancelled: retry after RETRY_MIN s doubling up to RETRY_MAX,
+        and every RETRY_MAX s while the broker has no MQTT 5."""
+        delay = RETRY_MIN
+        while True:
+            conn = Connection(self._settings)
+            conn.client.on_message = self._on_message
+            try:
+                await conn.connect()
+            except ConnectRefused as exc:
+                delay = self._refused(exc, delay)
+            except MqttError:
+                pass
+            else:
+                self._now_supported()
+                delay = RETRY_MIN
+                await self._serve(conn)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
-            await asyncio.to_thread(stop)
+    def _refused(self, exc: ConnectRefused, delay: int) -> int:
+        """The next retry's delay after the broker refused the connect."""
+        if exc.reason_code != UNSUPPORTED_PROTOCOL:
+            log.warning("MQTT 5 link to %s refused: %s", self.url, exc)
+            return delay
+        if not self.unsupported:
+            log.warning(
+                "MQTT 5 not supported by the broker: answering on reply_to only (%s)", self.url
+            )
+        self.unsupported = True
+        return RETRY_MAX  # the broker will not change soon
+
+    def _now_supported(self) -> None:
+        if self.unsupported:
+            log.warning("MQTT 5 link to %s: the broker speaks MQTT 5 now", self.url)
+        self.unsupported = False
+
+    async def _serve(self, conn: Connection) -> None:
+        """Subscribe to the requests, then stay up until the connection ends."""
+        self._conn = conn
+        try:
+            try:
+                await conn.subscribe(self.topic, qos=1)
+            except MqttError:
+                if not conn.closed.done():
+                    log.warning(
+                        "MQTT 5 link: %s refused the subscription to %s", self.url, self.topic
+                    )
+            else:
+                log.info("MQTT 5 link to %s up: response topics answered", self.url)
+                self._set_up(True)
+            await conn.wait_closed()
+        finally:
+            self._conn = None
+            self._set_up(False)
+            await conn.close()
 
     # -- the event loop's side ------------------------------------------------------------------
     async def route(self, event_id: str, wait: float) -> Route | None:
@@ -117,14 +161,14 @@ class ResponseLink:
 
     def publish(self, topic: str, payload: bytes, qos: int, correlation: bytes | None) -> bool:
         """Publish with CorrelationData; False when the link is down (the caller falls back)."""
-        client = self._client
-        if client is None or not self._up:
+        conn = self._conn
+        if conn is None or not self._up:
             return False
         props = None
         if correlation is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation
-        client.publish(topic, payload, qos, properties=props)
+        conn.client.publish(topic, payload, qos, properties=props)
         return True
 
     def _arrived(self, event_id: str, route: Route) -> None:
@@ -146,51 +190,6 @@ class ResponseLink:
                 if not fut.done():
                     fut.set_result(None)
 
-    def _call(self, fn: Any, *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the event loop is closed: the node stopped
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    # -- paho's thread ----------------------------------------------------------------------------
-    def _on_connect(
-        self, c: mqtt.Client, userdata: object, flags: object, reason: Any, props: object
-    ) -> None:
-        if reason.is_failure:
-            if reason.value == UNSUPPORTED_PROTOCOL:
-                if not self.unsupported:
-                    log.warning(
-                        "MQTT 5 not supported by the broker: answering on reply_to only (%s)",
-                        self.url,
-                    )
-                self.unsupported = True
-                c.reconnect_delay_set(RETRY_MAX, RETRY_MAX)  # the broker will not change soon
-            else:
-                log.warning("MQTT 5 link to %s refused: %s", self.url, reason)
-            return
-        if self.unsupported:
-            log.warning("MQTT 5 link to %s: the broker speaks MQTT 5 now", self.url)
-        self.unsupported = False
-        c.reconnect_delay_set(RETRY_MIN, RETRY_MAX)
-        sock = c.socket()
-        if isinstance(sock, socket.socket):
-            # paho leaves Nagle's algorithm on: each token would wait for a delayed ACK.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.subscribe(self.topic, qos=1)
-
-    def _on_subscribe(
-        self, c: mqtt.Client, userdata: object, mid: int, codes: Any, props: object
-    ) -> None:
-        if any(code.is_failure for code in codes):
-            log.warning("MQTT 5 link: %s refused the subscription to %s", self.url, self.topic)
-            return
-        log.info("MQTT 5 link to %s up: response topics answered", self.url)
-        self._call(self._set_up, True)
-
-    def _on_disconnect(
-        self, c: mqtt.Client, userdata: object, flags: object, reason: Any, props: object
-    ) -> None:
-        self._call(self._set_up, False)
-
     def _on_message(self, c: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:
             event_id = json.loads(message.payload).get("id")
@@ -198,11 +197,11 @@ class ResponseLink:
             return  # not an envelope: the router rejects (and reports) it
         if not isinstance(event_id, str) or not event_id or len(event_id) > 256:
             return
-        props = getattr(message, "properties", None)
+        props = message.properties
         topic = getattr(props, "ResponseTopic", None)
         corr = getattr(props, "CorrelationData", None)
         route = Route(
             topic if isinstance(topic, str) else None,
             bytes(corr) if isinstance(corr, bytes | bytearray) else None,
         )
-        self._call(self._arrived, event_id, route)
+        self._arrived(event_id, route)

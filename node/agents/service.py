@@ -97,7 +97,7 @@ class Reply:
 class AgentService:
     def __init__(self, node: Node, cfg: AgentConfig | None = None) -> None:
         self.node = node
-        self.cfg = cfg or AgentConfig.from_mapping(node.config.extra.get("agent"))
+        self.cfg = cfg or node.config.agent
         self.personas: PersonaSet = load_personas()
         folder = node.data_dir / "agents"
         folder.mkdir(parents=True, exist_ok=True)

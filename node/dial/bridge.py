@@ -18,14 +18,7 @@ A part of the daemon (`attach(node)`, listed in parts.py). It
   as an `event` entity and position sensors. These topics have six levels, so the router's
   `gibsey/v1/+/+/+` subscription never mistakes them for events.
 
-Configuration (`gibsey.toml`):
-
-    [dial]
-    serial = "auto"        # "auto": any Pico on USB; a device path; "off": no serial
-    baud = 115200
-    mqtt = true            # take frames from MQTT too
-    scan_interval = 1.0    # seconds between looks for the board
-    alert_interval = 10.0  # seconds between alerts of one reason
+Its configuration is the `[dial]` section (config.py).
 """
 
 from __future__ import annotations
@@ -46,6 +39,7 @@ from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
 from gibsey.core.topics import ROOT, status_topic
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, symbol_name
+from gibsey.node.dial.config import DialConfig
 
 if TYPE_CHECKING:
     import serial
@@ -54,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gibsey.dial")
 
-PICO_VID = 0x2E8A
 DIAL_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
 ALERT_REASONS = {
     "lost": "dial_frames_lost",
@@ -79,31 +72,6 @@ def state_topic(node_id: str, dial_id: str) -> str:
 
 def event_topic(node_id: str, dial_id: str) -> str:
     return f"{ROOT}/{node_id}/dial/{dial_id}/event"
-
-
-@dataclass
-class DialConfig:
-    serial: str = "auto"
-    baud: int = 115200
-    vid: int = PICO_VID
-    mqtt: bool = True
-    scan_interval: float = 1.0
-    alert_interval: float = 10.0
-    enabled: bool = True
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> DialConfig:
-        section = extra.get("dial", {})
-        cfg = cls()
-        if not isinstance(section, dict):
-            return cfg
-        for key, value in section.items():
-            if not hasattr(cfg, key):
-                log.warning("[dial] %s: unknown key, ignored", key)
-                continue
-            current = getattr(cfg, key)
-            setattr(cfg, key, type(current)(value))
-        return cfg
 
 
 @dataclass
@@ -298,7 +266,7 @@ class DialBridge:
         )
 
     def _announce(self, dial_id: str) -> None:
-        prefix = self.node.config.discovery_prefix
+        prefix = self.node.config.node.discovery_prefix
         if not prefix or self.node.spine is None:
             return
         self._announced.add(dial_id)

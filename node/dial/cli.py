@@ -32,16 +32,17 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
 from gibsey.core.config import ConfigError, load_config, resolve_data_dir
+from gibsey.core.mqtt import BrokerUrlError, ClientSettings, MqttError, Session, parse_broker_url
 from gibsey.core.topics import topic_for
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.app import FIRMWARE
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, QdpiDial, symbol_name
 from gibsey.node.dial.bridge import frame_topic
-from gibsey.node.spine.spine import BrokerUrlError, parse_broker_url
 
 ARROWS = "↑→↓←"  # the glyph's orientation per rotation: Read, Write, Remember, Dream
 KEYS = {
@@ -167,83 +168,84 @@ def _broker_url(args: argparse.Namespace) -> str:
     return f"mqtt://{config.embedded_host}:{config.embedded_port}"
 
 
-async def _run_dial(vd: VirtualDial, url: str, console: Console) -> int:
-    import aiomqtt
+class KeyReader:
+    """Reads the terminal when it is readable and queues the key presses it finds."""
 
-    host, port = parse_broker_url(url)
-    loop = asyncio.get_running_loop()
-    actions: asyncio.Queue[str] = asyncio.Queue()
-    fd = sys.stdin.fileno()
-    pending = b""
+    def __init__(self, fd: int, actions: asyncio.Queue[str]) -> None:
+        self.fd = fd
+        self.actions = actions
+        self._pending = b""  # an escape sequence cut between two reads
 
-    def on_key() -> None:
-        nonlocal pending
+    def __call__(self) -> None:
         try:
-            data = os.read(fd, 64)
+            data = os.read(self.fd, 64)
         except OSError:
             data = b""
         if not data:
-            loop.remove_reader(fd)
-            actions.put_nowait("quit")
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self.actions.put_nowait("quit")
             return
-        keys, pending = parse_keys(pending + data)
+        keys, self._pending = parse_keys(self._pending + data)
         for key in keys:
-            actions.put_nowait(key)
+            self.actions.put_nowait(key)
 
-    loop.add_reader(fd, on_key)
+
+async def _run_dial(vd: VirtualDial, url: str, console: Console) -> int:
+    loop = asyncio.get_running_loop()
+    actions: asyncio.Queue[str] = asyncio.Queue()
+    fd = sys.stdin.fileno()
+    loop.add_reader(fd, KeyReader(fd, actions))
     live = Live(vd.render(), console=console, auto_refresh=False, transient=False)
-    topic = frame_topic(vd.node_id, vd.dial_id)
-    rituals = topic_for(vd.node_id, "ritual/performed")
     try:
         with live:
             while True:
                 try:
-                    async with aiomqtt.Client(
-                        host, port, identifier=f"gibsey-dial-{vd.dial_id}-{os.getpid()}"
-                    ) as client:
-                        await client.subscribe(rituals, qos=1)
-                        vd.connected = True
-                        for line in vd.next_frame("hello"):
-                            await client.publish(topic, line, qos=1)
-                        live.update(vd.render(), refresh=True)
-
-                        async def answers(client: aiomqtt.Client = client) -> None:
-                            async for msg in client.messages:
-                                if not isinstance(msg.payload, bytes | bytearray):
-                                    continue
-                                with contextlib.suppress(ValueError, KeyError, TypeError):
-                                    doc = json.loads(msg.payload)
-                                    vd.last_ritual = doc["payload"]
-                                    if vd.last_sent_at:
-                                        vd.last_rtt_ms = (
-                                            time.perf_counter() - vd.last_sent_at
-                                        ) * 1e3
-                                    live.update(vd.render(), refresh=True)
-
-                        reader = asyncio.create_task(answers())
-                        try:
-                            while True:
-                                action = await actions.get()
-                                if action == "quit":
-                                    return 0
-                                vd.last_sent_at = time.perf_counter()
-                                for line in vd.next_frame(action):
-                                    await client.publish(topic, line, qos=1)
-                                live.update(vd.render(), refresh=True)
-                        finally:
-                            reader.cancel()
-                            await asyncio.gather(reader, return_exceptions=True)
-                except aiomqtt.MqttError:
+                    await _dial_session(vd, url, live, actions)
+                    return 0  # the session ends cleanly only when the user quits
+                except MqttError:
                     vd.connected = False
                     live.update(vd.render(), refresh=True)
                     try:
-                        action = await asyncio.wait_for(actions.get(), 1.0)
-                        if action == "quit":
+                        if await asyncio.wait_for(actions.get(), 1.0) == "quit":
                             return 0
                     except TimeoutError:
                         pass
     finally:
         loop.remove_reader(fd)
+
+
+async def _dial_session(vd: VirtualDial, url: str, live: Live, actions: asyncio.Queue[str]) -> None:
+    """One broker connection: the boot hello, then the frames of each key until the user quits
+    (returns) or the broker goes (MqttError)."""
+    topic = frame_topic(vd.node_id, vd.dial_id)
+    settings = ClientSettings(url, f"gibsey-dial-{vd.dial_id}-{os.getpid()}")
+    async with Session(settings) as session:
+        await session.subscribe(topic_for(vd.node_id, "ritual/performed"), qos=1)
+        vd.connected = True
+        for line in vd.next_frame("hello"):
+            await session.publish(topic, line, qos=1)
+        live.update(vd.render(), refresh=True)
+        reader = asyncio.create_task(_show_answers(vd, session, live))
+        try:
+            while (action := await actions.get()) != "quit":
+                vd.last_sent_at = time.perf_counter()
+                for line in vd.next_frame(action):
+                    await session.publish(topic, line, qos=1)
+                live.update(vd.render(), refresh=True)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _show_answers(vd: VirtualDial, session: Session, live: Live) -> None:
+    """The node's `ritual/performed` answers, shown as they arrive."""
+    async for msg in session.messages():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            doc = json.loads(msg.payload)
+            vd.last_ritual = doc["payload"]
+            if vd.last_sent_at:
+                vd.last_rtt_ms = (time.perf_counter() - vd.last_sent_at) * 1e3
+            live.update(vd.render(), refresh=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -264,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         parse_broker_url(url)
         dial = QdpiDial(args.symbol, list(range(16)) if args.symbol < 16 else [args.symbol])
     except (ConfigError, BrokerUrlError, ValueError) as exc:
-        console.print(f"[red]gibsey dial:[/red] {exc}")
+        console.print(f"[red]gibsey dial:[/red] {escape(str(exc))}")  # [node] is no markup
         return 2
     vd = VirtualDial(node_id=node_id, dial_id=args.dial_id, dial=dial)
     fd = sys.stdin.fileno()

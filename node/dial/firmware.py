@@ -32,7 +32,7 @@ from rich.console import Console
 
 import gibsey.dialcore
 from gibsey.dialcore.config import ConfigError, merge
-from gibsey.node.dial.bridge import PICO_VID
+from gibsey.node.dial.config import PICO_VID
 
 FIRMWARE_DIR = Path(gibsey.dialcore.__file__).resolve().parent.parent
 

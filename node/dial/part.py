@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gibsey.node.dial.bridge import DialBridge, DialConfig, frame_subscription
+from gibsey.node.dial.bridge import DialBridge, frame_subscription
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
 
 
 def attach(node: Node) -> DialBridge:
-    config = DialConfig.from_extra(node.config.extra)
+    config = node.config.dial
     bridge = DialBridge(node, config)
     node.add_service("dial-housekeeping", bridge.housekeeping)
     if config.serial not in ("", "off", "none"):

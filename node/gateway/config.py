@@ -1,27 +1,31 @@
-"""The gateway's configuration: the `[gateway]` section of gibsey.toml, overridable by env.
+"""The gateway's sections of gibsey.toml: `[gateway]` and `[log]`.
 
     [gateway]
     listen = "0.0.0.0:8080"   # HOST:PORT; port 0 picks a free port; "off" disables the gateway
     token = "..."             # the write token: anything that changes state needs it
     token_file = "/path"      # or read the token from a file (first line), e.g. on the boot card
 
-Environment: `GIBSEY_HTTP` overrides `listen`, `GIBSEY_GATEWAY_TOKEN` the token. `gibsey up`
-sets `listen` from `--http` (default 0.0.0.0:8080). A node started in-process without a
-`[gateway]` section (most tests) runs no gateway. With no token configured the gateway is
-read-only: every change is refused with 401.
+    [log]
+    format = "text"           # "json": one JSON object a line, for the journal (logs.py)
+
+Environment: `GIBSEY_HTTP` overrides `listen`, `GIBSEY_GATEWAY_TOKEN` the token,
+`GIBSEY_LOG_FORMAT` the log format. `gibsey up` sets `listen` from `--http` (default
+0.0.0.0:8080). A node started in-process without a `[gateway]` section (most tests) runs no
+gateway. With no token configured the gateway is read-only: every change is refused with 401.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-from gibsey.core.config import ConfigError
+from pydantic import field_validator, model_validator
+
+from gibsey.core.config import ConfigError, ConfigSection, Env
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 PORT_FILE = "gateway.json"
+LISTEN_OFF = "off"
 
 
 class GatewayConfigError(ConfigError):
@@ -46,42 +50,47 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
-@dataclass
-class GatewayConfig:
-    listen: str | None = None
-    token: str | None = None
-    log_format: str = "text"
+def _check_listen(value: str | None) -> str | None:
+    if value and value != LISTEN_OFF:
+        parse_listen(value)
+    return value
+
+
+class GatewayConfig(ConfigSection):
+    listen: Annotated[str | None, Env("GIBSEY_HTTP")] = None
+    token: Annotated[str | None, Env("GIBSEY_GATEWAY_TOKEN")] = None
+    # Read when no token is given: its first line is the token.
+    token_file: str | None = None
 
     @property
     def enabled(self) -> bool:
-        return bool(self.listen) and self.listen != "off"
+        return bool(self.listen) and self.listen != LISTEN_OFF
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.listen
         return parse_listen(self.listen)
 
+    def listen_on(self, listen: str) -> None:
+        """Listen where `gibsey up --http` says, checked as the file's `listen` is."""
+        self.listen = _check_listen(listen)
+
+    @field_validator("listen")
     @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> GatewayConfig:
-        section = extra.get("gateway")
-        section = section if isinstance(section, dict) else {}
-        listen = os.environ.get("GIBSEY_HTTP") or section.get("listen")
-        token = os.environ.get("GIBSEY_GATEWAY_TOKEN") or section.get("token")
-        token_file = section.get("token_file")
-        if not token and token_file:
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        return _check_listen(value)
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> GatewayConfig:
+        if not self.token and self.token_file:
             try:
-                token = Path(str(token_file)).read_text().splitlines()[0].strip()
+                self.token = Path(self.token_file).read_text().splitlines()[0].strip()
             except (OSError, IndexError) as exc:
-                raise GatewayConfigError(f"[gateway] token_file {token_file!r}: {exc}") from exc
-        log_section = extra.get("log")
-        log_format = os.environ.get("GIBSEY_LOG_FORMAT") or (
-            log_section.get("format") if isinstance(log_section, dict) else None
-        )
-        cfg = cls(
-            listen=str(listen) if listen else None,
-            token=str(token) if token else None,
-            log_format=str(log_format or "text"),
-        )
-        if cfg.enabled:
-            cfg.address  # noqa: B018 - validate early, with the key's name in the message
-        return cfg
+                raise ValueError(f"token_file {self.token_file!r}: {exc}") from exc
+        # An empty token is no token (read-only), never a token that "" would match.
+        self.token = self.token or None
+        return self
+
+
+class LogConfig(ConfigSection):
+    format: Annotated[Literal["text", "json"], Env("GIBSEY_LOG_FORMAT")] = "text"

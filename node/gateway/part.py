@@ -20,11 +20,12 @@ import uvicorn
 
 from gibsey.core.envelope import SafetyAlert
 from gibsey.core.identity import write_atomic
-from gibsey.node.gateway.app import GatewayApp
+from gibsey.node.gateway.app import build_app
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.hub import Hub
 from gibsey.node.gateway.logs import use_json_logs
 from gibsey.node.gateway.metrics import Metrics, count_start
+from gibsey.node.gateway.state import GatewayState
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -48,8 +49,8 @@ class Gateway:
         self.config = config
         self.hub = Hub(node)
         self.metrics = Metrics(node, self.hub, count_start(node.data_dir))
-        self.web = GatewayApp(node, self.hub, self.metrics, config.token)
-        self.app = self.web.app
+        self.web = GatewayState(node, self.hub, self.metrics, config.token)
+        self.app = build_app(self.web)
         self.url = ""
         self.port = 0
         self.ready = asyncio.Event()
@@ -125,10 +126,9 @@ class Gateway:
 
 
 def attach(node: Node) -> Gateway:
-    config = GatewayConfig.from_extra(node.config.extra)
-    if config.log_format == "json":
+    if node.config.log.format == "json":
         use_json_logs()
-    gateway = Gateway(node, config)
+    gateway = Gateway(node, node.config.gateway)
     gateway.hub.attach()
     node.add_service("gateway", gateway.serve)
     return gateway

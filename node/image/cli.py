@@ -22,7 +22,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from gibsey.core.config import ConfigError, validate_section
 from gibsey.node.image import firstboot
+from gibsey.node.image.config import ImageConfig
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"
@@ -211,11 +213,13 @@ def _data_partition(args: argparse.Namespace) -> int:
 
 
 def _overlay_wanted(config: Path) -> bool:
+    """`[image] read_only`; a file that cannot be read keeps the power-cut-safe default."""
     try:
         raw: dict[str, Any] = tomllib.loads(config.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        image = validate_section(ImageConfig, "image", raw.get("image"), str(config), environ={})
+    except (OSError, tomllib.TOMLDecodeError, ConfigError):
         return True
-    return bool(raw.get("image", {}).get("read_only", True))
+    return image.read_only
 
 
 def _firstboot(args: argparse.Namespace) -> int:

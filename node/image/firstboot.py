@@ -16,7 +16,9 @@ A technician edits `gibsey.toml` on the card's boot partition (FAT, readable fro
 What it does, idempotently (it runs at every boot, so an edit on the boot partition applies at
 the next power-on, also under a read-only root whose /etc is an overlay in RAM):
 
-- validates the file; a bad file is not applied, and the reason is written next to it on the boot
+- validates the sections it applies ([node], [wifi]), and [mesh] and [image], with the
+  models the node loads them with (`gibsey up` and `gibsey doctor` check the rest); a bad file is
+  not applied, and the reason is written next to it on the boot
   partition (`gibsey-firstboot.log`), where the technician will look;
 - copies it to /etc/gibsey/gibsey.toml (mode 0640, readable by the service user);
 - creates the node's key and id in the data directory on the first boot, and NEVER replaces an
@@ -34,9 +36,12 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
-from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, NODE_ID_RE, load_or_create, write_atomic
+from gibsey.core.config import ConfigError, NodeConfig, validate_section
+from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, load_or_create, write_atomic
+from gibsey.mesh.config import MeshConfig
+from gibsey.node.image.config import ImageConfig, WifiConfig
 
 BOOT_TOML = "gibsey.toml"
 BOOT_LOG = "gibsey-firstboot.log"
@@ -75,7 +80,14 @@ def hostname_for(node_id: str) -> str:
     return f"gibsey-{label}"[:63].rstrip("-")
 
 
-def read_boot_config(path: Path) -> dict[str, Any]:
+class BootConfig(NamedTuple):
+    """What first boot applies from the technician's file."""
+
+    name: str | None = None  # [node] name
+    wifi: WifiConfig | None = None
+
+
+def read_boot_config(path: Path) -> BootConfig:
     """Parse and check the technician's file; ProvisionError names what is wrong."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
@@ -83,36 +95,17 @@ def read_boot_config(path: Path) -> dict[str, Any]:
         raise ProvisionError(f"{path.name} is not UTF-8 text ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProvisionError(f"{path.name} is not valid TOML: {exc}") from exc
-    node = raw.get("node", {})
-    if not isinstance(node, dict):
-        raise ProvisionError("[node] must be a section")
-    name = node.get("name")
-    if name is not None and (not isinstance(name, str) or not NODE_ID_RE.match(name)):
-        raise ProvisionError(
-            f"[node] name = {name!r}: use 1-32 lower-case letters, digits, '-' or '_', "
-            "starting with a letter or digit"
-        )
-    wifi = raw.get("wifi")
-    if wifi is not None:
-        if not isinstance(wifi, dict) or not isinstance(wifi.get("ssid"), str):
-            raise ProvisionError('[wifi] needs ssid = "..." (and psk = "..." unless open)')
-        psk = wifi.get("psk", "")
-        if not isinstance(psk, str) or (psk and not 8 <= len(psk) <= 63):
-            raise ProvisionError("[wifi] psk must be 8 to 63 characters (WPA2)")
-        country = wifi.get("country", "")
-        if not isinstance(country, str) or (country and not re.fullmatch(r"[A-Z]{2}", country)):
-            raise ProvisionError('[wifi] country must be two capital letters, e.g. "GB"')
-    mesh = raw.get("mesh")
-    if mesh is not None:
-        try:
-            from gibsey.mesh.config import MeshConfig
-        except ImportError:  # the mesh part is not built on this checkout
-            return raw
-        try:
-            MeshConfig.from_dict(mesh)
-        except ValueError as exc:
-            raise ProvisionError(f"[mesh]: {exc}") from exc
-    return raw
+    try:
+        # environ={}: the file is checked as written; the node's environment is not first boot's.
+        node = validate_section(NodeConfig, "node", raw.get("node"), path.name, environ={})
+        validate_section(MeshConfig, "mesh", raw.get("mesh"), path.name, environ={})
+        validate_section(ImageConfig, "image", raw.get("image"), path.name, environ={})
+        wifi = None
+        if "wifi" in raw:
+            wifi = validate_section(WifiConfig, "wifi", raw["wifi"], path.name, environ={})
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from exc
+    return BootConfig(node.name, wifi)
 
 
 def _chown_service_user(*paths: Path) -> None:
@@ -158,14 +151,13 @@ def _log(paths: Paths, message: str) -> None:
 
 def provision(paths: Paths) -> Result:
     result = Result()
-    raw: dict[str, Any] = {}
+    boot = BootConfig()
     boot_toml = paths.boot / BOOT_TOML
     if boot_toml.exists():
         try:
-            raw = read_boot_config(boot_toml)
+            boot = read_boot_config(boot_toml)
         except ProvisionError as exc:
             result.notes.append(f"{boot_toml} not applied: {exc}")
-            raw = {}
         else:
             paths.etc_config.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(paths.etc_config, boot_toml.read_bytes(), mode=0o640)
@@ -174,7 +166,7 @@ def provision(paths: Paths) -> Result:
     else:
         result.notes.append(f"no {boot_toml}: keeping the configuration the card has")
 
-    wanted = raw.get("node", {}).get("name")
+    wanted = boot.name
     stored_id = paths.data / ID_FILENAME
     had_identity = (paths.data / KEY_FILENAME).exists()
     if stored_id.exists():
@@ -193,11 +185,10 @@ def provision(paths: Paths) -> Result:
     result.hostname = hostname_for(identity.node_id)
     _set_hostname(paths.root, result.hostname)
 
-    wifi = raw.get("wifi")
-    if isinstance(wifi, dict):
+    if boot.wifi is not None:
         profile = paths.root / WIFI_PROFILE
         profile.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(profile, wifi_profile(wifi["ssid"], wifi.get("psk", "")).encode(), 0o600)
+        write_atomic(profile, wifi_profile(boot.wifi.ssid, boot.wifi.psk).encode(), 0o600)
         result.wifi = True
     summary = (
         f"node {result.node_id} ({'new identity' if result.identity_created else 'identity kept'})"

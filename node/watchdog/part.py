@@ -22,9 +22,8 @@ log = logging.getLogger("gibsey.watchdog")
 
 
 def record_rebirth(node: Node, death: Death) -> None:
-    cfg = node.config.extra.get("watchdog", {})
-    limit = int(cfg.get("restarts", 5))
-    window_min = float(cfg.get("window_minutes", 10))
+    limit = node.config.watchdog.restarts
+    window_min = node.config.watchdog.window_minutes
     deaths = DeathLedger(node.data_dir)
     deaths.add(death)
     now = death.died_at_boottime

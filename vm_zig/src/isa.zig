@@ -1,6 +1,6 @@
 //! The instruction set of the Gibsey glyph VM: opcodes, operand shapes, stack effects, the
 //! bytecode header layout and every status code. Single source of truth for the verifier and the
-//! interpreter; `ISA.md` documents the same table for people, and `node/vm_asm.py` mirrors it for
+//! interpreter; `ISA.md` documents the same table for people, and `node/glyph/vm/asm.py` mirrors it for
 //! the assembler (a test checks the two agree through the shared library's table export).
 
 const std = @import("std");

@@ -5,7 +5,7 @@
 //! those facts (and asserts them) instead of re-checking them per instruction.
 //!
 //! The order of the checks is part of the contract: the first failure found is the one reported,
-//! and `node/vm_reference.py` implements the same order so tests can compare the two byte for byte.
+//! and `node/glyph/vm/reference.py` implements the same order so tests can compare the two byte for byte.
 //! No recursion and no allocation: all scratch space is sized once, at VM creation.
 
 const std = @import("std");

@@ -1,0 +1,501 @@
+"""The one MQTT layer: from a broker URL to a connection, with paho driven by the asyncio loop.
+
+Every MQTT client of the product is made here: the spine's connection (node/spine/spine.py), the
+agents' MQTT 5 side connection (node/agents/mqtt5.py), the commands that talk to a running node
+(`gibsey agent ask`, `gibsey dial`: `Session`) and the one-shot announcement of a short-lived
+command (`publish_once`, used by core/announce.py).
+
+paho is driven through its public external-loop API, as paho's examples/loop_asyncio.py does: the
+loop reads when the socket is readable (`loop_read`), writes what paho queued at the end of the
+loop iteration (`loop_write`, on `on_socket_register_write`), waits for writability only while the
+socket's send buffer is full, and runs `loop_misc` once a second for the keepalive. Everything
+runs on the event loop's thread, so paho's own callbacks (`on_message`, `on_publish`,
+`message_callback_add`), which a user sets on `Connection.client`, run there too: no queue, task or
+thread hop between a packet and its handler. Only the blocking TCP connect runs in a worker
+thread, before any of the loop's callbacks is installed.
+
+Why not aiomqtt: per QoS 1 publish it costs an asyncio.Event, a wait_for task, a thread-safe
+wake-up of the loop and two extra loop iterations before the bytes leave (measured: ~2.4x the bare
+paho round trip), and a fast path around it needed its private attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("gibsey.mqtt")
+
+DEFAULT_PORT = 1883
+MISC_INTERVAL_S = 1.0  # how often paho's keepalive bookkeeping (PINGREQ, a silent broker) runs
+
+
+class BrokerUrlError(ValueError):
+    pass
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """mqtt://host:port -> (host, port); port defaults to 1883."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.scheme not in ("mqtt", "tcp"):
+        raise BrokerUrlError(f"broker {url!r}: only mqtt://host:port is supported")
+    if not parsed.hostname:
+        raise BrokerUrlError(f"broker {url!r}: no host name")
+    try:
+        port = parsed.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise BrokerUrlError(f"broker {url!r}: {exc}") from None
+    return parsed.hostname, port
+
+
+def new_client_id(prefix: str) -> str:
+    """A client id unique enough for a short-lived client: `prefix-` and 8 hex digits."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class MqttError(Exception):
+    """No connection: the broker is not there, refused us, or the connection ended."""
+
+
+class BrokerUnreachable(MqttError):
+    """The TCP connection could not be made (nothing listens, no route, no such name)."""
+
+
+class ConnectRefused(MqttError):
+    """The broker answered CONNECT with a failure (`reason_code`: the CONNACK reason code)."""
+
+    def __init__(self, url: str, reason: ReasonCode) -> None:
+        super().__init__(f"{url} refused the connection: {reason}")
+        self.reason_code = reason.value
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How to connect: where, as whom, and what the broker says for us if we vanish."""
+
+    url: str  # mqtt://host:port
+    client_id: str
+    keepalive_s: int = 60
+    will: tuple[str, bytes] | None = None  # (topic, payload): published retained with QoS 1
+    mqtt5: bool = False  # MQTT 5 (properties on every message); else 3.1.1
+    max_inflight: int = 20  # QoS 1 messages awaiting their PUBACK before paho queues more
+    connect_timeout_s: float = 5.0  # the TCP connect
+    connack_timeout_s: float = 10.0  # CONNECT sent -> CONNACK
+
+    def __post_init__(self) -> None:
+        parse_broker_url(self.url)  # a bad URL fails here, where it was written
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_broker_url(self.url)
+
+
+def _new_client(settings: ClientSettings) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id,
+        protocol=mqtt.MQTTv5 if settings.mqtt5 else mqtt.MQTTv311,
+        # Reconnecting is the caller's (with its backoff), never paho's own: paho would reconnect
+        # with a blocking connect on the event loop's thread.
+        reconnect_on_failure=False,
+    )
+    client.max_inflight_messages_set(settings.max_inflight)
+    client.connect_timeout = settings.connect_timeout_s
+    if settings.will is not None:
+        client.will_set(settings.will[0], settings.will[1], qos=1, retain=True)
+    return client
+
+
+def _connect_blocking(client: mqtt.Client, host: str, port: int, keepalive_s: int) -> None:
+    """In a worker thread: TCP connect and CONNECT sent (paho writes it itself: no loop yet)."""
+    client.connect(host, port, keepalive=keepalive_s)
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        # paho leaves Nagle's algorithm on: each small QoS 1 message would then wait for the
+        # broker's delayed ACK (~40 ms on loopback, measured by `gibsey bench spine`).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _close_socket(client: mqtt.Client, connected: asyncio.Future[None]) -> None:
+    """Once an abandoned connect finishes: close what it opened (nobody will use it)."""
+    if connected.cancelled() or connected.exception() is not None:
+        return
+    sock = client.socket()
+    if sock is not None:
+        sock.close()
+
+
+class Connection:
+    """One MQTT connection driven by the running event loop.
+
+    Make it, set paho's callbacks on `client` (on_message, on_publish, message_callback_add; this
+    class owns on_connect, on_disconnect, on_subscribe and the socket callbacks), then `connect()`.
+    A connection is used once: after it closed, make a new one."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self.client = _new_client(settings)
+        self.reason = ""  # why the connection ended, in words
+        self._loop = asyncio.get_running_loop()
+        self._connack: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._subscribing: dict[int, asyncio.Future[None]] = {}
+        self._fd: int | None = None
+        self._writing = False  # a writer is on the socket (its send buffer was full)
+        self._write_scheduled = False
+        self._misc: asyncio.Task[None] | None = None
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+
+    # -- connecting -----------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Connect and wait for the broker's CONNACK. BrokerUnreachable when the TCP connect
+        fails, ConnectRefused when the broker says no, MqttError when it says nothing."""
+        host, port = self.settings.address
+        connected = self._loop.run_in_executor(
+            None, _connect_blocking, self.client, host, port, self.settings.keepalive_s
+        )
+        try:
+            await asyncio.shield(connected)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: close what it connects, once it has.
+            connected.add_done_callback(lambda done: _close_socket(self.client, done))
+            raise
+        except OSError as exc:
+            raise BrokerUnreachable(exc.strerror or str(exc) or type(exc).__name__) from None
+        self._watch()
+        timeout_s = self.settings.connack_timeout_s
+        try:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives with the CONNACK, and the node's stop would then wait forever.
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._connack)
+        except TimeoutError:
+            self.abort("no CONNACK")
+            raise MqttError(f"{self.url}: no answer to CONNECT within {timeout_s:g}s") from None
+        except BaseException:
+            self.abort("connect failed")
+            raise
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._connack.done():
+            return
+        if reason.is_failure:
+            self._connack.set_exception(ConnectRefused(self.url, reason))
+        else:
+            self._connack.set_result(None)
+
+    # -- the event loop drives paho -------------------------------------------------------------
+    def _watch(self) -> None:
+        sock = self.client.socket()
+        if sock is None:
+            raise MqttError(f"{self.url}: no socket after connecting")
+        self._fd = sock.fileno()
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_register_write
+        self.client.on_socket_unregister_write = self._on_unregister_write
+        self._loop.add_reader(self._fd, self._read)
+        self._misc = self._loop.create_task(self._misc_loop(), name=f"mqtt-misc-{self.url}")
+        if self.client.want_write():
+            self._schedule_write()
+
+    def _read(self) -> None:
+        try:
+            self.client.loop_read()
+        except Exception as exc:  # a handler raised through paho: this connection is done
+            log.exception("MQTT %s: a message handler failed; dropping the connection", self.url)
+            self.abort(f"a message handler failed: {exc!r}")
+
+    def _on_register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        # paho queued bytes: write them at the end of this loop iteration, so that everything
+        # queued in one go (a burst of publishes from one handler) leaves in one write.
+        self._schedule_write()
+
+    def _schedule_write(self) -> None:
+        if self._fd is not None and not self._write_scheduled:
+            self._write_scheduled = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._write_scheduled = False
+        if self._fd is None:
+            return
+        try:
+            self.client.loop_write()
+        except Exception as exc:
+            log.exception("MQTT %s: writing failed; dropping the connection", self.url)
+            self.abort(f"writing failed: {exc!r}")
+            return
+        # A writer only while paho has bytes the socket would not take: a writer left on an
+        # always-writable socket spins the loop at 100% CPU (seen in rehearsals with aiomqtt).
+        self._set_writer(self._fd is not None and self.client.want_write())
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._set_writer(False)
+
+    def _set_writer(self, wanted: bool) -> None:
+        if wanted == self._writing or self._fd is None:
+            return
+        self._writing = wanted
+        if wanted:
+            self._loop.add_writer(self._fd, self._write)
+        else:
+            self._loop.remove_writer(self._fd)
+
+    async def _misc_loop(self) -> None:
+        # paho sends PINGREQ, and notices a broker gone silent, only when loop_misc runs.
+        try:
+            while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (a timer)
+                await asyncio.sleep(MISC_INTERVAL_S)
+        except Exception as exc:
+            log.exception("MQTT %s: keepalive failed; dropping the connection", self.url)
+            self.abort(f"keepalive failed: {exc!r}")
+
+    # -- subscribing ----------------------------------------------------------------------------
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe and wait for the SUBACK; MqttError if refused or the connection ended.
+        (A subscription made on `client` directly is not awaited, and its SUBACK is ignored.)"""
+        rc, mid = self.client.subscribe(topic_filter, qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None or self.closed.done():
+            raise MqttError(f"{self.url}: cannot subscribe to {topic_filter}: not connected")
+        waiter = self._subscribing[mid] = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._subscribing.pop(mid, None)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        waiter = self._subscribing.pop(mid, None)
+        if waiter is None or waiter.done():
+            return
+        if any(code.is_failure for code in codes):
+            waiter.set_exception(MqttError(f"{self.url} refused the subscription"))
+        else:
+            waiter.set_result(None)
+
+    # -- ending ---------------------------------------------------------------------------------
+    async def wait_closed(self) -> str:
+        """Wait until the connection ends (cancelling the waiter leaves it open); why it ended."""
+        await asyncio.shield(self.closed)
+        return self.reason
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Say goodbye (DISCONNECT: the broker discards the will) and wait for the socket to
+        close; dropped without a goodbye if that takes longer than `timeout_s`."""
+        if self.closed.done():
+            return
+        self.reason = self.reason or "closed"
+        try:
+            self.client.disconnect()
+            self._write()
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self.closed)
+        except TimeoutError:
+            pass
+        finally:
+            self.abort("closed")
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, without DISCONNECT (so the broker publishes the will)."""
+        if self.closed.done():
+            return
+        sock = self.client.socket()
+        self._ended(reason)
+        if sock is not None:
+            sock.close()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self.reason = f"the broker disconnected us: {reason}"
+        elif not self.reason and reason.is_failure:
+            self.reason = "connection lost"
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        self._ended("connection lost")
+
+    def _ended(self, reason: str) -> None:
+        """The socket is gone (paho closed it, or we are about to): stop watching it and tell
+        everyone waiting."""
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            if self._writing:
+                self._loop.remove_writer(self._fd)
+            self._fd = None
+            self._writing = False
+        if self._misc is not None:
+            self._misc.cancel()
+        if not self.reason:
+            self.reason = reason
+        failure = MqttError(f"{self.url}: {self.reason}")
+        if not self._connack.done():
+            self._connack.set_exception(failure)
+            self._connack.exception()  # retrieved: connect() may have stopped waiting for it
+        for waiter in self._subscribing.values():
+            if not waiter.done():
+                waiter.set_exception(failure)
+        self._subscribing.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+
+
+class Session:
+    """A connection for a command (`gibsey agent ask`, `gibsey dial`): subscribe, publish and wait
+    for the broker's acknowledgement, read what arrives. Closed with a goodbye on exit.
+
+        async with Session(ClientSettings(url, new_client_id("gibsey-cli"))) as session:
+            await session.subscribe(topic)
+            await session.publish(other_topic, b"...")
+            async for message in session.messages():
+                ...
+    """
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.url = settings.url
+        self._conn = Connection(settings)
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._conn.client.on_message = self._on_message
+        self._conn.client.on_publish = self._on_publish
+
+    async def __aenter__(self) -> Session:
+        await self._conn.connect()
+        self._conn.closed.add_done_callback(self._on_closed)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._conn.close()
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        await self._conn.subscribe(topic_filter, qos)
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish; with QoS 1, return once the broker acknowledged (MqttError if the
+        connection ended first)."""
+        if self._conn.closed.done():
+            raise MqttError(f"{self.url}: {self._conn.reason}")
+        info = self._conn.client.publish(topic, payload, qos, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise MqttError(f"{self.url}: publish failed: {mqtt.error_string(info.rc)}")
+        if qos == 0:
+            return
+        acked = self._acks[info.mid] = asyncio.get_running_loop().create_future()
+        try:
+            await acked
+        finally:
+            self._acks.pop(info.mid, None)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """What arrives on the subscriptions, in order; MqttError once the connection ended."""
+        while True:
+            message = await self._inbox.get()
+            if message is None:
+                self._inbox.put_nowait(None)  # for any other reader
+                raise MqttError(f"{self.url}: {self._conn.reason}")
+            yield message
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put_nowait(Message(msg.topic, bytes(msg.payload)))
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        acked = self._acks.pop(mid, None)
+        if acked is not None and not acked.done():
+            acked.set_result(None)
+
+    def _on_closed(self, closed: asyncio.Future[None]) -> None:
+        failure = MqttError(f"{self.url}: {self._conn.reason}")
+        for acked in self._acks.values():
+            if not acked.done():
+                acked.set_exception(failure)
+        self._acks.clear()
+        self._inbox.put_nowait(None)
+
+
+def publish_once(
+    url: str,
+    topic: str,
+    payload: bytes,
+    *,
+    client_prefix: str = "gibsey-cli",
+    timeout_s: float = 3.0,
+) -> str | None:
+    """From a short-lived command (not inside an event loop): connect, publish with QoS 1, wait
+    for the broker's acknowledgement, disconnect. None when acknowledged, else why not."""
+    return asyncio.run(_publish_once(url, topic, payload, client_prefix, timeout_s))
+
+
+async def _publish_once(
+    url: str, topic: str, payload: bytes, client_prefix: str, timeout_s: float
+) -> str | None:
+    settings = ClientSettings(
+        url,
+        new_client_id(client_prefix),
+        keepalive_s=10,
+        connect_timeout_s=timeout_s,
+        connack_timeout_s=timeout_s,
+    )
+    try:
+        async with Session(settings) as session:
+            async with asyncio.timeout(timeout_s):
+                await session.publish(topic, payload, qos=1)
+    except BrokerUnreachable as exc:
+        return f"no broker at {url} ({exc})"
+    except TimeoutError:
+        return f"the broker at {url} did not acknowledge within {timeout_s:g}s"
+    except MqttError as exc:
+        return f"publishing to {url} failed: {exc}"
+    return None

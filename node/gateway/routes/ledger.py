@@ -1,0 +1,86 @@
+"""The ledger: balances and entries in this node's view, and gifts between actors."""
+
+from __future__ import annotations
+
+import collections
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from gibsey.core.envelope import GiftTxn
+from gibsey.ledger.economy import Effect
+from gibsey.ledger.entry import Entry
+from gibsey.node.gateway.auth import Token
+from gibsey.node.gateway.errors import ledger_refusals
+from gibsey.node.gateway.models import GiftRequest, LedgerWrite
+from gibsey.node.gateway.openapi import mutating
+from gibsey.node.gateway.state import State
+
+router = APIRouter(tags=["ledger"])
+
+
+@router.get("/api/ledger/balances", summary="Balances in this node's view")
+async def balances(gw: State) -> dict[str, Any]:
+    econ = gw.ledger().view().economy
+    ordered = dict(sorted(econ.balances.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {
+        "balances": ordered,
+        "minted": econ.minted,
+        "burned": econ.burned,
+        "supply": econ.supply,
+    }
+
+
+def _entry_json(e: Entry, ours: bool, eff: Effect | None) -> dict[str, Any]:
+    return {
+        "hash": e.hash_hex,
+        "author": e.author_hex,
+        "ours": ours,
+        "seq": e.seq,
+        "lamport": e.lamport,
+        "type": e.type,
+        "body": e.body,
+        "applied": None if eff is None else eff.applied,
+        "note": "" if eff is None else eff.note,
+    }
+
+
+@router.get("/api/ledger/entries", summary="Ledger entries, in fold order")
+async def entries(
+    gw: State,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    type: Annotated[str | None, Query(max_length=32)] = None,
+    author: Annotated[str | None, Query(pattern=r"^[0-9a-f]{1,64}$")] = None,
+) -> dict[str, Any]:
+    ledger = gw.ledger()
+    view = ledger.view()
+    last: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+    total = 0
+    for e in ledger.store.iter_ordered():
+        if type and e.type != type:
+            continue
+        if author and not e.author_hex.startswith(author):
+            continue
+        total += 1
+        last.append(_entry_json(e, e.author == ledger.author, view.effects.get(e.hash)))
+    return {"total": total, "entries": list(last)}
+
+
+@router.post(
+    "/api/ledger/gift",
+    summary="Gift tokens from one actor to another (must be covered)",
+    status_code=201,
+    **mutating("gift/txn"),
+)
+async def gift(body: GiftRequest, _: Token, gw: State) -> LedgerWrite:
+    ledger = gw.ledger()
+    with ledger_refusals():
+        e = ledger.gift(body.giver, body.receiver, body.amount, body.memo)
+    txn = GiftTxn(
+        type="gift",
+        giver=body.giver,
+        receiver=body.receiver,
+        amount=body.amount,
+        entry=e.hash_hex[:64],
+    )
+    return await gw.announce_entry(e, "gift/txn", txn, body.giver)

@@ -1,0 +1,33 @@
+"""The node: identity, broker connection, parts, glyph, router statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from gibsey.core.envelope import PAYLOADS
+from gibsey.node.gateway.state import State
+
+router = APIRouter(tags=["node"])
+
+
+@router.get("/api/status", summary="The node: identity, broker, parts, glyph")
+async def status(gw: State) -> dict[str, Any]:
+    node = gw.node
+    stats = node.router.stats
+    spine = node.spine
+    return {
+        **node.status().model_dump(),
+        "connected": bool(spine and spine.connected),
+        "parts": gw.parts(),
+        "glyph": gw.hub.glyph_view(),
+        "router": {
+            "accepted": stats.accepted,
+            "duplicates": stats.duplicates,
+            "rejected": dict(stats.rejected),
+            "queue_depth": node.router.queue_depth(),
+        },
+        "writable": gw.token is not None,
+        "kinds": sorted(PAYLOADS),
+    }

@@ -1,0 +1,139 @@
+"""What the gateway's endpoints reach: the node, its parts, the hub, the write token, publishing.
+
+An endpoint takes `gw: State` (a FastAPI dependency) and finds a part through it: `gw.ledger()`,
+`gw.mesh()`, `gw.story()` answer 503 when that part does not run on this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+
+from gibsey.core.envelope import Event, Payload
+from gibsey.node.gateway.errors import ApiError
+from gibsey.node.gateway.models import LedgerWrite
+
+if TYPE_CHECKING:
+    from gibsey.ledger.entry import Entry
+    from gibsey.ledger.ledger import Ledger
+    from gibsey.mesh.node import MeshNode
+    from gibsey.node.daemon import Node
+    from gibsey.node.gateway.hub import Hub
+    from gibsey.node.gateway.metrics import Metrics
+    from gibsey.node.story.engine import Story
+
+log = logging.getLogger("gibsey.gateway")
+
+ACK_TIMEOUT_S = 5.0
+
+
+@dataclass(eq=False)
+class GatewayState:
+    node: Node
+    hub: Hub
+    metrics: Metrics
+    token: str | None  # the write token; None: the gateway is read-only
+
+    # -- the parts ------------------------------------------------------------------------------
+    def ledger(self) -> Ledger:
+        ledger = self.node.parts.ledger
+        if ledger is None:
+            raise ApiError(503, "the ledger part is not running on this node")
+        return ledger
+
+    def mesh(self) -> MeshNode:
+        mesh = self.node.parts.mesh
+        if mesh is None:
+            raise ApiError(
+                503, "the mesh part is not running on this node (no [mesh] in gibsey.toml)"
+            )
+        return mesh
+
+    def story(self) -> Story:
+        story = self.node.parts.story
+        if story is None:
+            raise ApiError(503, "the narrative engine (story) part is not running on this node")
+        return story
+
+    def agents_running(self) -> bool:
+        return self.node.parts.agents is not None
+
+    def parts(self) -> dict[str, bool]:
+        """Which parts run on this node (what /api/status reports)."""
+        parts = self.node.parts
+        return {
+            "ledger": parts.ledger is not None,
+            "runtime": parts.glyph is not None,
+            "mesh": parts.mesh is not None,
+            "agents": parts.agents is not None,
+            "story": parts.story is not None,
+            "graphql": parts.story is not None,  # /graphql answers while the story runs
+            "dial": parts.dial is not None,
+        }
+
+    # -- publishing -----------------------------------------------------------------------------
+    async def publish(self, kind: str, payload: Payload, actor: str) -> tuple[Event, bool]:
+        """Put one event on the spine and wait (briefly) for the broker's acknowledgement."""
+        return await self.publish_with_id(kind, payload, actor, {})
+
+    async def publish_with_id(
+        self,
+        kind: str,
+        payload: Payload,
+        actor: str,
+        box: dict[str, str],
+        correlation: str | None = None,
+    ) -> tuple[Event, bool]:
+        """Publish, recording the event's id in `box` before the broker can echo it back (so a
+        subscriber's predicate sees it); `correlation` goes into the payload's field of that
+        name, and into box["correlation"]."""
+        if self.node.spine is None:
+            raise ApiError(503, "the node's event spine is not running")
+        if correlation is not None:
+            payload = payload.model_copy(update={"correlation": correlation})
+            box["correlation"] = correlation
+        out, acked = self.node.send(kind, payload, actor)
+        event = out.event
+        box["id"] = event.id
+        log.info(
+            "published %s %s for %s",
+            kind,
+            event.id,
+            actor,
+            extra={"event_id": event.id, "kind": kind, "actor": actor},
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(acked), ACK_TIMEOUT_S)
+            return event, True
+        except (TimeoutError, OverflowError):
+            return event, False
+
+    async def announce_entry(
+        self, entry: Entry, kind: str, payload: Payload, actor: str
+    ) -> LedgerWrite:
+        """Publish the event for a ledger entry just appended, and say what the entry did."""
+        eff = self.ledger().view().effects.get(entry.hash)
+        event, acked = await self.publish(kind, payload, actor)
+        return LedgerWrite(
+            event=event.id,
+            kind=kind,
+            acked=acked,
+            entry=entry.hash_hex,
+            seq=entry.seq,
+            lamport=entry.lamport,
+            applied=bool(eff and eff.applied),
+            note=eff.note if eff else "",
+        )
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state = request.app.state.gateway
+    assert isinstance(state, GatewayState)
+    return state
+
+
+State = Annotated[GatewayState, Depends(gateway_state)]

@@ -1,0 +1,230 @@
+"""The one MQTT layer (core/mqtt.py): broker URLs, paho driven by the event loop (writes under
+back-pressure, the keepalive, goodbye vs. the will), the commands' Session and the one-shot
+publish of a short-lived command."""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gibsey.core.mqtt import (
+    BrokerUnreachable,
+    BrokerUrlError,
+    ClientSettings,
+    Connection,
+    ConnectRefused,
+    MqttError,
+    Session,
+    new_client_id,
+    parse_broker_url,
+    publish_once,
+)
+from tests.brokers import Mosquitto, free_port
+
+
+def test_broker_urls() -> None:
+    assert parse_broker_url("mqtt://broker.local:1884") == ("broker.local", 1884)
+    assert parse_broker_url("tcp://10.0.0.2") == ("10.0.0.2", 1883)
+    assert parse_broker_url("127.0.0.1:2000") == ("127.0.0.1", 2000)
+    for bad in ("http://x:1", "mqtt://:1883", "mqtt://x:99999"):
+        with pytest.raises(BrokerUrlError):
+            parse_broker_url(bad)
+    with pytest.raises(BrokerUrlError):
+        ClientSettings("ws://x", "id")  # a bad URL fails where the settings are written
+
+
+# -- a broker that misbehaves on purpose ----------------------------------------------------------
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> int:
+    """One MQTT packet off the wire; its type (the high nibble of the first byte)."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    await reader.readexactly(length)
+    return first >> 4
+
+
+@asynccontextmanager
+async def fake_broker(
+    connack_rc: int = 0, reading: asyncio.Event | None = None
+) -> AsyncIterator[str]:
+    """Answers CONNECT with CONNACK `connack_rc`, then reads (and never answers) only once
+    `reading` is set: a broker whose socket fills up, or that ignores PINGREQ."""
+    go = reading or asyncio.Event()
+    if reading is None:
+        go.set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await _read_packet(reader)  # CONNECT
+        writer.write(bytes([0x20, 0x02, 0x00, connack_rc]))
+        await writer.drain()
+        await go.wait()
+        while await reader.read(1 << 16):
+            pass
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=1024)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+
+
+def _writer_on(fd: int) -> bool:
+    key = asyncio.get_running_loop()._selector.get_map().get(fd)  # type: ignore[attr-defined]
+    return key is not None and bool(key.events & selectors.EVENT_WRITE)
+
+
+async def _until(condition: object, timeout_s: float) -> None:
+    async def wait() -> None:
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout_s)
+
+
+async def test_a_full_socket_gets_a_writer_until_it_drains_and_then_none() -> None:
+    reading = asyncio.Event()
+    async with fake_broker(reading=reading) as url:
+        conn = Connection(ClientSettings(url, new_client_id("t")))
+        await conn.connect()
+        sock = conn.client.socket()
+        assert sock is not None
+        fd = sock.fileno()
+        for _ in range(32):  # 32 MiB: more than loopback's socket buffers hold
+            conn.client.publish("big", b"x" * (1 << 20), qos=0)
+        await _until(lambda: _writer_on(fd), 5)
+        assert conn.client.want_write()
+        reading.set()
+        await _until(lambda: not conn.client.want_write(), 20)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not _writer_on(fd), "writer left on a drained socket (the loop would spin)"
+        await conn.close()
+        assert conn.closed.done()
+
+
+async def test_a_broker_that_stops_answering_is_noticed_by_the_keepalive() -> None:
+    async with fake_broker() as url:
+        conn = Connection(ClientSettings(url, new_client_id("t"), keepalive_s=1))
+        await conn.connect()
+        # PINGREQ after 1 s of silence, no PINGRESP within 1 s more: the connection is closed.
+        await asyncio.wait_for(conn.wait_closed(), 5)
+
+
+async def test_a_refused_connect_says_so() -> None:
+    async with fake_broker(connack_rc=5) as url:  # 5: not authorised
+        conn = Connection(ClientSettings(url, new_client_id("t")))
+        with pytest.raises(ConnectRefused) as refused:
+            await conn.connect()
+        assert "refused" in str(refused.value) and refused.value.reason_code == 135
+        assert conn.closed.done()
+
+
+async def test_a_stop_that_comes_with_the_connack_is_not_lost() -> None:
+    # Python 3.11's wait_for swallowed a cancellation that arrived together with the CONNACK:
+    # the node's stop then waited forever on a connection it had just made.
+    async with fake_broker() as url:
+        conn = Connection(ClientSettings(url, new_client_id("t")))
+        connecting = asyncio.create_task(conn.connect())
+
+        def connack_then_stop(
+            c: mqtt.Client, u: object, f: mqtt.ConnectFlags, rc: ReasonCode, p: Properties | None
+        ) -> None:
+            conn._on_connect(c, u, f, rc, p)
+            connecting.cancel()
+
+        conn.client.on_connect = connack_then_stop
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        assert conn.closed.done()
+
+
+async def test_nothing_listening_is_unreachable() -> None:
+    conn = Connection(ClientSettings(f"mqtt://127.0.0.1:{free_port()}", new_client_id("t")))
+    with pytest.raises(BrokerUnreachable):
+        await conn.connect()
+
+
+# -- against Mosquitto ----------------------------------------------------------------------------
+
+
+async def test_a_goodbye_drops_the_will_and_an_abort_sends_it(mosquitto: Mosquitto) -> None:
+    async with Session(ClientSettings(mosquitto.url, new_client_id("watch"))) as watcher:
+        await watcher.subscribe("t/will/+")
+        for name in ("polite", "gone"):
+            conn = Connection(
+                ClientSettings(mosquitto.url, new_client_id(name), will=(f"t/will/{name}", b"x"))
+            )
+            await conn.connect()
+            if name == "polite":
+                await conn.close()
+            else:
+                conn.abort("test")
+        wills = watcher.messages()
+        first = await asyncio.wait_for(anext(wills), 5)
+        assert first.topic == "t/will/gone" and first.payload == b"x"
+        await watcher.publish("t/will/end", b"")  # everything before it has arrived
+        assert (await asyncio.wait_for(anext(wills), 5)).topic == "t/will/end"
+
+
+async def test_a_session_publishes_receives_and_says_when_the_broker_went(
+    mosquitto: Mosquitto,
+) -> None:
+    async with Session(ClientSettings(mosquitto.url, new_client_id("t"))) as session:
+        await session.subscribe("t/echo")
+        await session.publish("t/echo", b"hello")  # returns once the broker acknowledged
+        messages = session.messages()
+        got = await asyncio.wait_for(anext(messages), 5)
+        assert (got.topic, got.payload) == ("t/echo", b"hello")
+        mosquitto.stop()
+        with pytest.raises(MqttError):
+            await asyncio.wait_for(anext(messages), 10)
+        with pytest.raises(MqttError):
+            await session.publish("t/echo", b"late")
+
+
+async def test_a_failing_handler_drops_the_connection_not_the_loop(mosquitto: Mosquitto) -> None:
+    conn = Connection(ClientSettings(mosquitto.url, new_client_id("t")))
+
+    def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        raise RuntimeError("a handler's bug")
+
+    conn.client.on_message = on_message
+    await conn.connect()
+    await conn.subscribe("t/bug")
+    conn.client.publish("t/bug", b"boom", qos=1)
+    reason = await asyncio.wait_for(conn.wait_closed(), 5)
+    assert "handler failed" in reason
+
+
+def test_publish_once_says_no_broker_at_the_url_when_none_listens() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    problem = publish_once(url, "t/once", b"x")
+    assert problem is not None and problem.startswith(f"no broker at {url} (")
+
+
+async def test_publish_once_is_acknowledged(mosquitto: Mosquitto) -> None:
+    async with Session(ClientSettings(mosquitto.url, new_client_id("watch"))) as watcher:
+        await watcher.subscribe("t/once")
+        problem = await asyncio.to_thread(publish_once, mosquitto.url, "t/once", b"one")
+        assert problem is None
+        got = await asyncio.wait_for(anext(watcher.messages()), 5)
+        assert got.payload == b"one"
