@@ -59,6 +59,7 @@ run: setup vm
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/python tools/function_length.py
 
 ## Who may import whom (ARCHITECTURE.md): the import-linter contracts in pyproject.toml.
 layers: $(VENV)/.installed

@@ -52,13 +52,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
+from gibsey.harness.mosquitto import Mosquitto
 from gibsey.node.agents import worker
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.db import Db
 from gibsey.node.agents.memory import DIM, Embedder, MemoryStore
 from gibsey.node.agents.model import default_model_path
 from gibsey.node.agents.personas import load_personas
-from tests.brokers import Mosquitto  # test helpers double as bench helpers
 
 PERSONA = "the-author"
 QUESTION = "Describe, in detail, everything you see in this room, one thing after another."

@@ -31,7 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gibsey.bench.nodeproc import start_up, stop
 from gibsey.bench.report import Row
 from gibsey.dialcore import frame as df
-from tests.brokers import Mosquitto, free_port
+from gibsey.harness.mosquitto import Mosquitto
+from gibsey.harness.ports import free_port
 
 GOAL_P99_MS = 5.0
 
@@ -118,6 +119,11 @@ def _round_trips(
     return out
 
 
+_RITUALS = "gibsey/v1/+/ritual/performed"
+_ALERTS = "gibsey/v1/+/safety/alert"
+_RELAYED = "bench/relay"
+
+
 def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-dial-") as tmp:
         work = Path(tmp)
@@ -129,9 +135,7 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
         (data / "gibsey.toml").write_text(
             f'[dial]\nserial = "{node_link}"\nscan_interval = 0.05\nmqtt = false\n'
         )
-        arrivals = Arrivals(
-            broker.port, "gibsey/v1/+/ritual/performed", "gibsey/v1/+/safety/alert", "bench/relay"
-        )
+        arrivals = Arrivals(broker.port, _RITUALS, _ALERTS, _RELAYED)
         node = start_up(data, broker.url)
         relay = subprocess.Popen(
             [sys.executable, "-c", RELAY_SCRIPT, str(broker.port), str(relay_link)],
@@ -139,39 +143,11 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
         )
         try:
             assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
-            # The bridge says it has the port (dial_connected) once it is reading it.
-            deadline = time.monotonic() + 30
-            alerts = "gibsey/v1/+/safety/alert"
-            while not any(b"dial_connected" in p for p in arrivals.payloads[alerts]):
-                if time.monotonic() > deadline or node.poll() is not None:
-                    raise RuntimeError("the node's dial bridge did not open the bench's pty")
-                arrivals.wait(alerts, len(arrivals.times[alerts]) + 1, timeout=30)
-            rituals = "gibsey/v1/+/ritual/performed"
-            seq = 0
-
-            def frames(n: int) -> list[str]:
-                nonlocal seq
-                out = []
-                for _ in range(n):
-                    seq += 1
-                    out.append(df.rotate(seq, 7, seq % 4, seq))
-                return out
-
+            _wait_for_bridge(arrivals, node)
             os.write(node_master, df.hello(0, "bench", "gdial-1.0.0", 7, 0, True).encode())
-            node_rt: list[float] = []
-            bare_rt: list[float] = []
-            _round_trips(node_master, arrivals, rituals, frames(warmup), 0)
-            _round_trips(relay_master, arrivals, "bench/relay", frames(warmup), 0)
-            for _ in range(repeats):  # interleaved, so machine noise hits both alike
-                node_rt += _round_trips(
-                    node_master, arrivals, rituals, frames(rounds // repeats),
-                    len(arrivals.times[rituals]),
-                )  # fmt: skip
-                bare_rt += _round_trips(
-                    relay_master, arrivals, "bench/relay", frames(rounds // repeats),
-                    len(arrivals.times["bench/relay"]),
-                )  # fmt: skip
-            last = json.loads(arrivals.payloads[rituals][-1])["payload"]
+            paths = {_RITUALS: node_master, _RELAYED: relay_master}
+            times = _interleaved(paths, arrivals, rounds // repeats, repeats, warmup)
+            last = json.loads(arrivals.payloads[_RITUALS][-1])["payload"]
         finally:
             arrivals.close()
             stop(node, timeout=30)
@@ -180,11 +156,49 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
             os.close(node_master)
             os.close(relay_master)
             broker.stop()
+    return _rows(times[_RITUALS], times[_RELAYED], last["program"] or "-")
+
+
+def _wait_for_bridge(arrivals: Arrivals, node: subprocess.Popen[bytes]) -> None:
+    """The bridge says it has the port (dial_connected) once it is reading it."""
+    deadline = time.monotonic() + 30
+    while not any(b"dial_connected" in p for p in arrivals.payloads[_ALERTS]):
+        if time.monotonic() > deadline or node.poll() is not None:
+            raise RuntimeError("the node's dial bridge did not open the bench's pty")
+        arrivals.wait(_ALERTS, len(arrivals.times[_ALERTS]) + 1, timeout=30)
+
+
+def _interleaved(
+    paths: dict[str, int], arrivals: Arrivals, rounds: int, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Round trips of each path (the topic its frames arrive on -> the pty master they are
+    written to): `warmup` unmeasured, then `repeats` turns of `rounds`, interleaved so machine
+    noise hits every path alike. Frames are numbered across paths, as one dial would."""
+    seq = 0
+
+    def frames(n: int) -> list[str]:
+        nonlocal seq
+        out = []
+        for _ in range(n):
+            seq += 1
+            out.append(df.rotate(seq, 7, seq % 4, seq))
+        return out
+
+    for topic, master in paths.items():
+        _round_trips(master, arrivals, topic, frames(warmup), 0)
+    times: dict[str, list[float]] = {topic: [] for topic in paths}
+    for _ in range(repeats):
+        for topic, master in paths.items():
+            start = len(arrivals.times[topic])
+            times[topic] += _round_trips(master, arrivals, topic, frames(rounds), start)
+    return times
+
+
+def _rows(node_rt: list[float], bare_rt: list[float], program: str) -> list[Row]:
     med_node = statistics.median(node_rt) * 1e3
     med_bare = statistics.median(bare_rt) * 1e3
     p99_node = statistics.quantiles(node_rt, n=100)[98] * 1e3
     p99_bare = statistics.quantiles(bare_rt, n=100)[98] * 1e3
-    program = last["program"] or "-"
     met = "met" if p99_node < GOAL_P99_MS else "NOT met"
     return [
         Row(

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
-from tests.brokers import Mosquitto, free_port  # test helpers double as bench helpers
+from gibsey.harness.mosquitto import Mosquitto
+from gibsey.harness.ports import free_port
 
 TOKEN = "bench-token"
 HELLO_SCRIPT = """

@@ -14,7 +14,6 @@ Goal: each under 2 s (the model load is lazy and not part of it). Medians over R
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from gibsey.bench.report import Row
 from gibsey.harness import testroot
-from gibsey.harness.ports import free_port
+from gibsey.harness.mosquitto import Mosquitto
 
 RUNS = 5
 GOAL_S = 2.0
@@ -70,28 +69,21 @@ def _time_to_ready(cmd: list[str], env: dict[str, str], sock_path: Path, timeout
 
 
 def start_to_ready(runs: int = RUNS) -> list[Row]:
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     gibsey = Path(sys.executable).with_name("gibsey")
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-rebirth-") as tmp:
         work = Path(tmp)
-        port = free_port()
-        conf = work / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen(
-            [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        broker = Mosquitto(work / "mosq").start()
         try:
             env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
             env["GIBSEY_DATA"] = str(work / "data")
-            node = [str(gibsey), "up", "--broker", f"mqtt://127.0.0.1:{port}"]
+            node = [str(gibsey), "up", "--broker", broker.url]
             # The first start makes the identity and the stores; the figure is a later start.
             _time_to_ready(node, env, work / "n.sock", 60)
             figures = [_time_to_ready(node, env, work / "n.sock", 60) for _ in range(runs)]
             bare = [sys.executable, "-c", _BARE_READY]
             baselines = [_time_to_ready(bare, env, work / "b.sock", 30) for _ in range(runs)]
         finally:
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     return [
         Row(
             "start -> READY (gibsey up, this machine)",

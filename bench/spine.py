@@ -31,9 +31,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gibsey.bench.nodeproc import open_rotation_throttle, start_up, stop, wait_for_file
 from gibsey.bench.report import Row
 from gibsey.core.mqtt import ClientSettings, Session, new_client_id
+from gibsey.harness.mosquitto import Mosquitto
+from gibsey.harness.ports import free_port
+from gibsey.harness.waiting import wait_port
 from gibsey.node.glyph.opcode_table import OpcodeTable
 from gibsey.node.glyph.vm.asm import assemble
-from tests.brokers import Mosquitto, free_port, wait_port  # test helpers double as bench helpers
 
 BENCH_SYMBOL, BENCH_ROTATION = 7, 3
 

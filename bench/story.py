@@ -88,7 +88,6 @@ def run() -> list[Row]:
         rebuild_s = _best(lambda: story.sync(rebuild=True), 2)
         ledger_s = _best(lambda: story.ledger.rebuild(), 2)
         entries = story.ledger.store.count()
-        rows: list[Row] = []
         git_diff = git_merge = None
         if git:
             for name, tree in (("a", tf), ("b", tt)):
@@ -98,28 +97,10 @@ def run() -> list[Row]:
             for p in both:
                 for name, tree in (("o", tf), ("z", tb), ("t", tt)):
                     (tmp / f"{p}.{name}").write_text(g.version(tree[p]).text)
-
-            def gdiff() -> None:
-                subprocess.run(
-                    [git, "diff", "--no-index", "--word-diff=plain", "a", "b"],
-                    cwd=tmp,
-                    capture_output=True,
-                    check=False,
-                )
-
-            def gmerge() -> None:
-                for p in both:
-                    subprocess.run(
-                        [git, "merge-file", "-p", f"{p}.o", f"{p}.z", f"{p}.t"],
-                        cwd=tmp,
-                        capture_output=True,
-                        check=False,
-                    )
-
-            git_diff, git_merge = _best(gdiff), _best(gmerge)
+            git_diff, git_merge = _time_git(git, tmp, both)
         story.close_all()
     note = "git not installed" if git is None else ""
-    rows.append(
+    return [
         Row(
             f"diff fox..todd, {PAGES} pages ({2 * EACH - BOTH} differ)",
             diff_s * 1000,
@@ -127,9 +108,7 @@ def run() -> list[Row]:
             "ms",
             goal=("<=", 3.0),
             note=note or "baseline: git diff --no-index --word-diff",
-        )
-    )
-    rows.append(
+        ),
         Row(
             f"merge todd into fox ({len(both)} both-sided, {len(plan.conflicts)} conflicts)",
             merge_s * 1000,
@@ -137,15 +116,36 @@ def run() -> list[Row]:
             "ms",
             goal=("<=", 1.0),
             note=note or f"baseline: git merge-file on the {len(both)} both-sided pages",
-        )
-    )
-    rows.append(
+        ),
         Row(
             f"rebuild story graph from {entries} ledger entries",
             rebuild_s * 1000,
             ledger_s * 1000,
             "ms",
             note="baseline: the ledger's own view rebuild over the same entries",
+        ),
+    ]
+
+
+def _time_git(git: str, tmp: Path, both: list[str]) -> tuple[float, float]:
+    """Seconds for git's word diff of folders a/ and b/, and for its three-way merge of each
+    both-sided page (<page>.o ours, .z base, .t theirs), as written under `tmp`."""
+
+    def gdiff() -> None:
+        subprocess.run(
+            [git, "diff", "--no-index", "--word-diff=plain", "a", "b"],
+            cwd=tmp,
+            capture_output=True,
+            check=False,
         )
-    )
-    return rows
+
+    def gmerge() -> None:
+        for p in both:
+            subprocess.run(
+                [git, "merge-file", "-p", f"{p}.o", f"{p}.z", f"{p}.t"],
+                cwd=tmp,
+                capture_output=True,
+                check=False,
+            )
+
+    return _best(gdiff), _best(gmerge)

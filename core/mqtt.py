@@ -249,7 +249,7 @@ class Connection:
             return
         # A writer only while paho has bytes the socket would not take: a writer left on an
         # always-writable socket spins the loop at 100% CPU (seen in rehearsals with aiomqtt).
-        self._set_writer(self._fd is not None and self.client.want_write())
+        self._set_writer(self.client.want_write())
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         self._set_writer(False)

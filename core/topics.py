@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 PREFIX = "gibsey"
 VERSION = "v1"
-ROOT = f"{PREFIX}/{VERSION}"
+TOPIC_ROOT = f"{PREFIX}/{VERSION}"
 # Every event of every node on the broker: what the router subscribes to.
-ALL_EVENTS = f"{ROOT}/+/+/+"
+ALL_EVENTS = f"{TOPIC_ROOT}/+/+/+"
 STATUS_KIND = "node/status"
 
 
 def topic_for(node_id: str, kind: str) -> str:
-    return f"{ROOT}/{node_id}/{kind}"
+    return f"{TOPIC_ROOT}/{node_id}/{kind}"
 
 
 def status_topic(node_id: str) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from gibsey.harness.loopthread import LoopThread
 from gibsey.harness.ports import free_port
 
 RELAY_CHUNK_BYTES = 65536
@@ -46,14 +46,12 @@ class Links:
     """TCP relays between nodes, on an asyncio loop in a thread of their own."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="links", daemon=True)
-        self.thread.start()
+        self.loop_thread = LoopThread("links")
         self.relays: dict[tuple[int, int], Relay] = {}
         self.cut: set[int] = set()
 
     def _call(self, coro: Coroutine[Any, Any, None], timeout: float = 10.0) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        self.loop_thread.run(coro, timeout)
 
     def add(self, src: int, dst: int, target_port: int) -> int:
         """A relay for src's connections to dst's endpoint on target_port; the relay's port."""
@@ -106,5 +104,4 @@ class Links:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._call(self._close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.loop_thread.stop()

@@ -1,13 +1,18 @@
-"""Watching one node over MQTT from outside: a paho client on the node's broker that turns a
-virtual dial (frames exactly as a Pico W publishes them) and taps the node's events (counts per
-kind, dial frame -> ritual latency, the ledger entries it announced).
+"""Watching one node over MQTT from outside: a client on the node's broker that turns a virtual
+dial (frames exactly as a Pico W publishes them) and taps the node's events (counts per kind,
+dial frame -> ritual latency, the ledger entries it announced).
+
+The connection is core/mqtt.py's (`Connection`, TCP_NODELAY on, as the node's own), driven by an
+asyncio loop that each `NodeClient` runs in a daemon thread of its own (loopthread.py): paho's
+callbacks, and so the tap, run on that thread. The callers are synchronous (a visitor's thread,
+the live view, a test body): a dial frame is handed to the loop thread (`call_soon`), and
+everything both sides touch (counts, latencies, entries) is guarded by `lock`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import secrets
+import logging
 import threading
 import time
 from collections import deque
@@ -15,11 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from gibsey.core.mqtt import ClientSettings, Connection, MqttError, new_client_id
 from gibsey.dialcore import frame as df
+from gibsey.harness.loopthread import LoopThread
 from gibsey.harness.waiting import GalleryError
 from gibsey.node.dial.bridge import frame_topic
+
+log = logging.getLogger("gibsey.harness.watch")
+
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0  # TCP connect, CONNACK and SUBACK
+CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -40,9 +54,10 @@ class Counts:
 
 
 class NodeClient:
-    """A paho client on a node's broker: publishes dial frames exactly as a Pico W does
-    (hello, then R frames with sequence numbers and CRCs on .../dial/<id>/frame), and taps the
-    node's events (counts per kind, dial frame -> ritual latency, acknowledged entries)."""
+    """A client on a node's broker: publishes dial frames exactly as a Pico W does (hello, then
+    R frames with sequence numbers and CRCs on .../dial/<id>/frame), and taps the node's events
+    (counts per kind, dial frame -> ritual latency, acknowledged entries). Connected and
+    subscribed once made (GalleryError if it cannot be); `close()` when done."""
 
     def __init__(
         self, node_id: str, port: int, dial_id: str = "rehearsal", host: str = "127.0.0.1"
@@ -58,33 +73,50 @@ class NodeClient:
         self.kinds: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []  # kept only when keep_events
         self.keep_events = False
-        self._acked: set[int] = set()
-        self._mids: dict[int, int] = {}  # mid -> frame seq
         self.seq = 0
         self.position = 0
-        self.connected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"rehearse-{node_id}-{secrets.token_hex(3)}"
+        self._closed = False
+        self._loop = LoopThread(f"watch-{node_id}")
+        settings = ClientSettings(
+            f"mqtt://{host}:{port}", new_client_id(f"rehearse-{node_id}"), keepalive_s=KEEPALIVE_S
         )
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_publish = self._on_publish
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-        if not self.connected.wait(10):
-            raise GalleryError(f"cannot connect to the broker of {node_id} at {host}:{port}")
+        try:
+            self._conn = self._loop.run(self._connect(settings), CONNECT_TIMEOUT_S)
+        except (MqttError, TimeoutError) as exc:
+            self._loop.stop()
+            why = str(exc) or "no answer"
+            raise GalleryError(
+                f"cannot connect to the broker of {node_id} at {host}:{port}: {why}"
+            ) from exc
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        client.subscribe(f"gibsey/v1/{self.node_id}/+/+", qos=1)
-        self.connected.set()
+    async def _connect(self, settings: ClientSettings) -> Connection:
+        """On the loop: connect and subscribe to the node's events (every event of this node,
+        so that no frame's ritual can arrive before the subscription)."""
+        conn = Connection(settings)
+        conn.client.on_message = self._on_message
+        conn.client.on_publish = self._on_publish
+        await conn.connect()
+        try:
+            await conn.subscribe(f"gibsey/v1/{self.node_id}/+/+", qos=1)
+        except BaseException:
+            conn.abort("not subscribed")
+            raise
+        return conn
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any = None, _p: Any = None) -> None:
+    # -- the loop's thread: paho's callbacks ----------------------------------------------------
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        # Only dial frames are published here, each with QoS 1: one PUBACK each.
         with self.lock:
-            if mid in self._mids:
-                self._mids.pop(mid)
-                self.counts.frames_acked += 1
+            self.counts.frames_acked += 1
 
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         now = time.perf_counter()
         kind = "/".join(msg.topic.split("/")[3:5])
         try:
@@ -93,62 +125,52 @@ class NodeClient:
             return
         if not isinstance(event, dict):
             return
-        payload = event.get("payload") or {}
+        payload = event.get("payload")
+        if not isinstance(payload, dict):
+            payload = {}  # a handler that raised would drop the connection (core/mqtt.py)
         with self.lock:
-            c = self.counts
-            c.events += 1
+            self.counts.events += 1
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
             if self.keep_events:
                 self.events.append(event)
-            if kind == "glyph/rotated":
-                c.rotations += 1
-            elif kind == "ritual/performed":
-                if event.get("actor") == "dial" and self._sent:
-                    self.latencies.append(now - self._sent.popleft())
-                if str(payload.get("error", "")).startswith("throttled"):
-                    c.throttled += 1
-                else:
-                    c.rituals += 1
+            _tally(self.counts, kind, payload)
+            if kind == "ritual/performed" and event.get("actor") == "dial" and self._sent:
+                self.latencies.append(now - self._sent.popleft())
             elif kind == "gift/txn":
                 entry = payload.get("entry")
                 if isinstance(entry, str) and len(entry) == 64:
                     self.entries.add(entry)
-                if payload.get("type") == "mint":
-                    c.mints += 1
-                elif payload.get("type") == "gift":
-                    c.gifts += 1
-            elif kind == "agent/request":
-                c.requests += 1
-            elif kind == "agent/emit" and payload.get("final"):
-                c.answers += 1
-            elif kind == "narrative/change" and payload.get("change") == "merge":
-                c.merges += 1
-            elif kind == "ritual/rebirth":
-                c.rebirths += 1
-            elif kind == "safety/alert":
-                c.alerts += 1
 
+    def _send(self, line: str) -> None:
+        info = self._conn.client.publish(self.topic, line, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:  # never acknowledged: all_acked() stays False
+            log.warning("%s: dial frame not sent: %s", self.node_id, mqtt.error_string(info.rc))
+
+    # -- the caller's thread --------------------------------------------------------------------
     def _publish_frame(self, line: str, rotate: bool) -> None:
-        with self.lock:
-            if rotate:
-                self._sent.append(time.perf_counter())
-            info = self.client.publish(self.topic, line, qos=1)
-            self.counts.frames += 1
-            self._mids[info.mid] = self.seq
+        """Hand one frame to the loop's thread; called with `lock` held, so that frames leave
+        in the order of their sequence numbers whichever thread turns the dial."""
+        if self._closed:
+            return
+        if rotate:
+            self._sent.append(time.perf_counter())
+        self.counts.frames += 1
+        self._loop.call_soon(self._send, line)
 
     def hello(self, symbol: int = 0, rotation: int = 0) -> None:
         """The board's boot hello: resets the bridge's sequence tracking for this dial."""
-        self.seq = 0
-        self._publish_frame(
-            df.hello(self.seq, self.dial_id, "rehearsal", symbol, rotation, True), False
-        )
-        self.seq += 1
+        with self.lock:
+            self.seq = 0
+            line = df.hello(self.seq, self.dial_id, "rehearsal", symbol, rotation, True)
+            self._publish_frame(line, False)
+            self.seq += 1
 
     def turn(self, symbol: int, rotation: int) -> None:
         """One detent: an R frame, as the firmware sends it."""
-        self.position += 1
-        self._publish_frame(df.rotate(self.seq, symbol, rotation, self.position), True)
-        self.seq += 1
+        with self.lock:
+            self.position += 1
+            self._publish_frame(df.rotate(self.seq, symbol, rotation, self.position), True)
+            self.seq += 1
 
     def reset_latency(self) -> None:
         """Forget unanswered frames (after a node restart, their rituals never come)."""
@@ -160,10 +182,43 @@ class NodeClient:
             return Counts(**self.counts.__dict__)
 
     def all_acked(self) -> bool:
+        """Whether the broker acknowledged every frame published so far."""
         with self.lock:
-            return not self._mids
+            return self.counts.frames_acked == self.counts.frames
 
     def close(self) -> None:
-        self.client.loop_stop()
-        with contextlib.suppress(Exception):
-            self.client.disconnect()
+        """Say goodbye to the broker and stop the loop's thread; frames turned after this go
+        nowhere."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._loop.run(self._conn.close(CLOSE_TIMEOUT_S), CLOSE_TIMEOUT_S + 1)
+        except (MqttError, TimeoutError) as exc:
+            log.warning("%s: closing the watch: %s", self.node_id, exc)
+        finally:
+            self._loop.stop()
+
+
+def _tally(counts: Counts, kind: str, payload: dict[str, Any]) -> None:
+    """Add one event of `kind` to the per-kind figures (a bool adds 1 when the event counts)."""
+    if kind == "glyph/rotated":
+        counts.rotations += 1
+    elif kind == "ritual/performed":
+        throttled = str(payload.get("error", "")).startswith("throttled")
+        counts.throttled += throttled
+        counts.rituals += not throttled
+    elif kind == "gift/txn":
+        counts.mints += payload.get("type") == "mint"
+        counts.gifts += payload.get("type") == "gift"
+    elif kind == "agent/request":
+        counts.requests += 1
+    elif kind == "agent/emit":
+        counts.answers += bool(payload.get("final"))
+    elif kind == "narrative/change":
+        counts.merges += payload.get("change") == "merge"
+    elif kind == "ritual/rebirth":
+        counts.rebirths += 1
+    elif kind == "safety/alert":
+        counts.alerts += 1

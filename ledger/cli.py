@@ -20,7 +20,7 @@ from rich.table import Table
 from .bodies import ACTIONS, CHOICES, KNOWN_TYPES
 from .entry import Entry
 from .errors import LedgerError, Rejected
-from .governance import Status, executions
+from .governance import ProposalStatus, executions
 from .ledger import Ledger
 
 PublishHook = Callable[[str, dict[str, Any]], None]  # (event, payload), e.g. ("gift/txn", {...})
@@ -239,10 +239,12 @@ def cmd_hearings(args: argparse.Namespace) -> int:
     for col in ("proposal", "action", "title", "status", "yes/no of total", "closes after", "here"):
         table.add_column(col)
     for p in sorted(gov.proposals.values(), key=lambda p: p.lamport):
-        if not args.all and p.status not in (Status.OPEN, Status.PASSED):
+        if not args.all and p.status not in (ProposalStatus.OPEN, ProposalStatus.PASSED):
             continue
         ex = done.get(p.hash)
-        here = ex.status if ex else ("awaiting executor" if p.status is Status.PASSED else "")
+        here = (
+            ex.status if ex else ("awaiting executor" if p.status is ProposalStatus.PASSED else "")
+        )
         table.add_row(
             p.hash_hex[:12],
             p.action,

@@ -187,6 +187,30 @@ def _int_field(obj: dict[str, Any], name: str, minimum: int) -> int:
     return value
 
 
+def _decode_payload(payload: bytes) -> dict[str, Any]:
+    """The payload's object: canonical, with exactly the entry's fields, in our format."""
+    try:
+        obj = canonical.decode(payload)
+    except canonical.NotCanonicalError as exc:
+        raise Rejected(RejectReason.NOT_CANONICAL, str(exc)) from exc
+    except canonical.CanonicalError as exc:
+        raise Rejected(RejectReason.MALFORMED, str(exc)) from exc
+    if type(obj) is not dict or obj.keys() != _FIELDS:
+        raise Rejected(RejectReason.MALFORMED, f"payload must have exactly {sorted(_FIELDS)}")
+    if obj["v"] != FORMAT_VERSION:
+        raise Rejected(RejectReason.MALFORMED, f"format v={obj['v']!r}, we speak {FORMAT_VERSION}")
+    return obj
+
+
+def _prev_field(prev_raw: Any, seq: int) -> bytes | None:
+    """The previous entry's hash: null for a feed's first entry, a hash for every other."""
+    if seq == 1:
+        if prev_raw is not None:
+            raise Rejected(RejectReason.MALFORMED, "seq 1 must have prev null")
+        return None
+    return _hex_bytes(prev_raw, HASH_LEN, "prev")
+
+
 def parse(raw: bytes, *, verify: bool = True) -> Entry:
     """Decode wire bytes, checking everything that needs no other entry.
 
@@ -201,27 +225,12 @@ def parse(raw: bytes, *, verify: bool = True) -> Entry:
     if len(raw) <= SIG_LEN + 2:
         raise Rejected(RejectReason.MALFORMED, f"only {len(raw)} bytes")
     payload, signature = raw[:-SIG_LEN], raw[-SIG_LEN:]
-    try:
-        obj = canonical.decode(payload)
-    except canonical.NotCanonicalError as exc:
-        raise Rejected(RejectReason.NOT_CANONICAL, str(exc)) from exc
-    except canonical.CanonicalError as exc:
-        raise Rejected(RejectReason.MALFORMED, str(exc)) from exc
-    if type(obj) is not dict or obj.keys() != _FIELDS:
-        raise Rejected(RejectReason.MALFORMED, f"payload must have exactly {sorted(_FIELDS)}")
-    if obj["v"] != FORMAT_VERSION:
-        raise Rejected(RejectReason.MALFORMED, f"format v={obj['v']!r}, we speak {FORMAT_VERSION}")
+    obj = _decode_payload(payload)
     author = _hex_bytes(obj["author"], KEY_LEN, "author")
     seq = _int_field(obj, "seq", 1)
     lamport = _int_field(obj, "lamport", 1)
     wall = _int_field(obj, "wall", 0)
-    prev_raw = obj["prev"]
-    if seq == 1:
-        if prev_raw is not None:
-            raise Rejected(RejectReason.MALFORMED, "seq 1 must have prev null")
-        prev = None
-    else:
-        prev = _hex_bytes(prev_raw, HASH_LEN, "prev")
+    prev = _prev_field(obj["prev"], seq)
     type_ = obj["type"]
     if type(type_) is not str:
         raise Rejected(RejectReason.MALFORMED, "type must be a string")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 VOTE_WINDOW = 1024  # Lamport ticks a hearing stays open
 
 
-class Status(StrEnum):
+class ProposalStatus(StrEnum):
     OPEN = "open"
     PASSED = "passed"
     REJECTED = "rejected"
@@ -56,7 +56,7 @@ class Proposal:
     yes: int = 0
     no: int = 0
     votes: dict[str, str] = field(default_factory=dict)
-    status: Status = Status.OPEN
+    status: ProposalStatus = ProposalStatus.OPEN
     decided_by: bytes | None = None  # hash of the vote that decided it
 
     @property
@@ -79,7 +79,7 @@ class Governance:
             return
         for h, p in list(self._open.items()):
             if lamport > p.deadline:
-                p.status = Status.EXPIRED
+                p.status = ProposalStatus.EXPIRED
                 del self._open[h]
 
     def apply(self, e: Entry, economy: Economy) -> Effect | None:
@@ -105,7 +105,7 @@ class Governance:
         )
         self.proposals[e.hash] = p
         if p.total == 0:
-            p.status = Status.VOID
+            p.status = ProposalStatus.VOID
             return Effect(True, "void: no actor held tokens at the snapshot")
         self._open[e.hash] = p
         return OK
@@ -115,7 +115,7 @@ class Governance:
         p = self.proposals.get(bytes.fromhex(e.body["proposal"]))
         if p is None:
             return Effect(False, "unknown proposal (not held, or after this vote in fold order)")
-        if p.status is not Status.OPEN:
+        if p.status is not ProposalStatus.OPEN:
             return Effect(False, f"hearing already {p.status.value}")
         if actor in p.votes:
             return Effect(False, f"{actor} already voted {p.votes[actor]}")
@@ -128,10 +128,10 @@ class Governance:
         else:
             p.no += w
         if 2 * p.yes > p.total:
-            p.status, p.decided_by = Status.PASSED, e.hash
+            p.status, p.decided_by = ProposalStatus.PASSED, e.hash
         elif 2 * p.no >= p.total:
-            p.status, p.decided_by = Status.REJECTED, e.hash
-        if p.status is not Status.OPEN:
+            p.status, p.decided_by = ProposalStatus.REJECTED, e.hash
+        if p.status is not ProposalStatus.OPEN:
             del self._open[p.hash]
             return Effect(True, f"weight {w}; decided: {p.status.value}")
         return Effect(True, f"weight {w}")

@@ -16,7 +16,7 @@ from . import governance
 from .entry import Entry
 from .errors import LedgerError, Overdraw, Rejected
 from .forkproof import ForkProof
-from .governance import Execution, Executors, Status
+from .governance import Execution, Executors, ProposalStatus
 from .store import ImportResult, Store
 from .view import View, build
 
@@ -123,7 +123,7 @@ class Ledger:
 
         def check() -> None:
             p = self.find_proposal(proposal)
-            if p.status is not Status.OPEN:
+            if p.status is not ProposalStatus.OPEN:
                 raise LedgerError(f"hearing {p.hash_hex[:12]} is {p.status.value}")
             if actor in p.votes:
                 raise LedgerError(f"{actor} already voted {p.votes[actor]}")

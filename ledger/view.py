@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .economy import OK, Economy, Effect
 from .entry import Entry, OrderKey
-from .governance import Governance, Proposal, Status
+from .governance import Governance, Proposal, ProposalStatus
 
 
 @dataclass
@@ -42,7 +42,7 @@ class View:
         self.effects[e.hash] = Effect(False, f"quarantined: author equivocated at seq {start}")
 
     def passed(self) -> list[Proposal]:
-        return [p for p in self.governance.proposals.values() if p.status is Status.PASSED]
+        return [p for p in self.governance.proposals.values() if p.status is ProposalStatus.PASSED]
 
 
 def build(entries: Iterable[Entry], quarantine: Mapping[bytes, int]) -> View:

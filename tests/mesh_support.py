@@ -20,7 +20,7 @@ from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.view import build
 from gibsey.mesh.netns import exec_prefix
 
-ROOT = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -39,7 +39,7 @@ class MeshProc:
             cmd = [*exec_prefix(self.netns), *cmd]
         log = open(self.data / "serve.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=ROOT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO, env=env)
         log.close()
         wait_until(
             lambda: b"mesh: serving" in (self.data / "serve.log").read_bytes() or self._died(),

@@ -18,7 +18,7 @@ from gibsey.core.config import ConfigError, env_overrides, load_config, section_
 from gibsey.node.config import GibseyConfig, load_gibsey_config, parse_gibsey_config
 from gibsey.node.parts import PARTS
 
-ROOT = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 KEY = "ab" * 32
 
 
@@ -87,7 +87,7 @@ DECLARED = {var: (section, key) for var, section, key in env_overrides(GibseyCon
 
 def test_the_overrides_are_exactly_those_documented() -> None:
     assert set(DECLARED) == set(OVERRIDES)
-    readme = (ROOT / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     for var, (section, key) in DECLARED.items():
         assert f"| `{var}` | `[{section}] {key}` |" in readme, f"{var} is not in README's table"
 
@@ -164,7 +164,7 @@ def test_the_kernel_loader_reads_only_its_section(tmp_path: Path) -> None:
 def test_the_example_file_of_the_sd_image_is_valid() -> None:
     import tomllib
 
-    raw = tomllib.loads((ROOT / "images" / "gibsey.toml.example").read_text())
+    raw = tomllib.loads((REPO / "images" / "gibsey.toml.example").read_text())
     cfg = parse_gibsey_config(raw, "gibsey.toml.example", {})
     assert cfg.watchdog.restarts == 5 and cfg.image.read_only
 

@@ -8,7 +8,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from gibsey.ledger.errors import LedgerError
-from gibsey.ledger.governance import VOTE_WINDOW, Executors, Proposal, Status, executions
+from gibsey.ledger.governance import VOTE_WINDOW, Executors, Proposal, ProposalStatus, executions
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import Store
 from gibsey.ledger.testing import FeedWriter
@@ -46,11 +46,11 @@ def test_passes_on_weighted_majority_and_executes_exactly_once(tmp_path: Path) -
     hearing = ledger.view().governance.proposals[p.hash]
     assert (hearing.weights, hearing.total) == ({"alice": 10, "bob": 7, "carol": 5}, 22)
     ledger.vote(p.hash_hex[:10], "alice", "yes")  # 10 of 22: not a majority yet
-    assert hearing.status is Status.OPEN
+    assert hearing.status is ProposalStatus.OPEN
     counter = Counter()
     assert ledger.run_executors(registry(counter)) == []
     v = ledger.vote(p.hash_hex, "bob", "yes")  # 17 of 22
-    assert ledger.view().governance.proposals[p.hash].status is Status.PASSED
+    assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.PASSED
     assert ledger.view().governance.proposals[p.hash].decided_by == v.hash
 
     done = ledger.run_executors(registry(counter))
@@ -99,9 +99,9 @@ def test_rejected_when_no_weight_reaches_half_and_double_votes_ignored() -> None
     ledger.import_many([first.raw, again.raw])
     assert "already voted" in ledger.view().effects[again.hash].note
     ledger.vote(p.hash_hex, "bob", "yes")
-    assert ledger.view().governance.proposals[p.hash].status is Status.OPEN  # 7 yes, 10 no
+    assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.OPEN  # 7 yes, 10 no
     ledger.vote(p.hash_hex, "carol", "no")  # 15 no of 22 >= half
-    assert ledger.view().governance.proposals[p.hash].status is Status.REJECTED
+    assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.REJECTED
     counter = Counter()
     assert ledger.run_executors(registry(counter)) == [] and counter.calls == []
 
@@ -120,9 +120,9 @@ def test_closes_by_lamport_not_wall_time() -> None:
     )
     ledger.import_entry(v)
     assert ledger.view().effects[v.hash].applied
-    assert ledger.view().governance.proposals[p.hash].status is Status.OPEN
+    assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.OPEN
     ledger.mint("alice", 1, "read")  # lamport p.lamport + VOTE_WINDOW + 1
-    assert ledger.view().governance.proposals[p.hash].status is Status.EXPIRED
+    assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.EXPIRED
     late = peer.next("vote", {"proposal": p.hash_hex, "actor": "bob", "choice": "yes"})
     ledger.import_entry(late)
     assert "expired" in ledger.view().effects[late.hash].note
@@ -173,4 +173,4 @@ def test_failing_executor_records_failure_once_and_missing_executor_waits() -> N
 def test_void_when_nobody_holds_tokens() -> None:
     ledger = Ledger(Store(":memory:"), KEY)
     p = ledger.propose("config-change", TARGET, "x", "alice")
-    assert ledger.view().governance.proposals[p.hash].status is Status.VOID
+    assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.VOID

@@ -20,7 +20,7 @@ from gibsey.node.config import GibseyConfig, parse_gibsey_config
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory
-from tests.mesh_support import ROOT
+from tests.mesh_support import REPO
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ async def test_bridge_config_forwards_node_events_to_a_central_broker(
             "--out",
             str(conf),
         ],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,

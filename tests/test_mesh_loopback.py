@@ -21,7 +21,7 @@ from gibsey.mesh import wire
 from gibsey.mesh.config import curve_keypair, curve_public
 from tests.brokers import free_port
 from tests.mesh_support import (
-    ROOT,
+    REPO,
     MeshProc,
     append_mints,
     balances,
@@ -79,7 +79,7 @@ def test_three_processes_converge_to_identical_feeds_and_balances(trio: list[Mes
             "princhetta",
             "7",
         ],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -95,7 +95,7 @@ def test_three_processes_converge_to_identical_feeds_and_balances(trio: list[Mes
     wait_until(lambda: all(a.peer_state(o.key) == "up" for o in (b, c)), 10, "peers up")
     st = subprocess.run(
         [sys.executable, "-m", "gibsey", "--data", str(a.data), "mesh", "status"],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
@@ -258,7 +258,7 @@ def test_sync_cli_moves_entries_both_ways(tmp_path: Path) -> None:
                 "sync",
                 f"{server.key}@{server.endpoint}",
             ],
-            cwd=ROOT,
+            cwd=REPO,
             capture_output=True,
             text=True,
             timeout=60,

@@ -32,7 +32,7 @@ from gibsey.harness.nodeproc import NodeProc
 from gibsey.harness.waiting import wait_until
 from gibsey.mesh import netns
 from tests.gallery_support import started
-from tests.mesh_support import ROOT, balances, heads
+from tests.mesh_support import REPO, balances, heads
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -77,7 +77,7 @@ def test_rehearse_meshes_three_nodes_in_namespaces(can_netns: None, tmp_path: Pa
             cmd,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=REPO,
             env=dict(os.environ, COLUMNS="200"),
         )
     prefix = f"{netns.NS_PREFIX}{proc.pid}-"
@@ -128,7 +128,11 @@ def test_rehearse_meshes_three_nodes_in_namespaces(can_netns: None, tmp_path: Pa
     views = [balances(d) for d in datas]
     assert views[0] and views[0] == views[1] == views[2]
 
-    # Over the bridge: every node listened on 10.77.0.<i> and saw both peers up there.
+    _assert_meshed_over_the_bridge(datas, root / "report" / "index.html")
+
+
+def _assert_meshed_over_the_bridge(datas: list[Path], report_path: Path) -> None:
+    """Every node listened on 10.77.0.<i> and saw both peers up there; the report says so."""
     for i, d in enumerate(datas):
         status = json.loads((d / "mesh-status.json").read_text())
         assert status["endpoint"] == f"tcp://10.77.0.{i + 1}:7470"
@@ -136,7 +140,7 @@ def test_rehearse_meshes_three_nodes_in_namespaces(can_netns: None, tmp_path: Pa
         others = {f"tcp://10.77.0.{j + 1}:7470" for j in range(3) if j != i}
         assert set(peers) == others, status["peers"]
         assert all(p["state"] == "up" and p["heard"] for p in peers.values()), status["peers"]
-    report = (root / "report" / "index.html").read_text()
+    report = report_path.read_text()
     assert "netns: one network namespace per node" in report
     # The row is the live view's last sample, which may predate the last peer coming up (the
     # status files above are the truth); it is there, with one cell per node.

@@ -10,6 +10,7 @@ HYPOTHESIS_PROFILE=vm-long for a soak run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -61,6 +62,46 @@ STRINGS = ["glyph/chime", "ritual/dream", "", "ünï ✓", "fox"]
 N_LOCALS = 3
 
 
+BINARY_OPS = ["ADD", "SUB", "MUL", "DIV", "MOD", "AND", "OR", "XOR"]
+BINARY_OPS += ["EQ", "NE", "LT", "LE", "GT", "GE"]
+
+
+def _string(draw: st.DrawFn) -> str:
+    return draw(st.sampled_from(STRINGS))
+
+
+# The straight-line statements: kind -> (stack depth it needs, its change to the depth, its line).
+SIMPLE: dict[str, tuple[int, int, Callable[[st.DrawFn], str]]] = {
+    "push": (0, +1, lambda draw: f"PUSH {draw(INTS)}"),
+    "load": (0, +1, lambda draw: f"LOAD {draw(st.integers(0, N_LOCALS - 1))}"),
+    "ldt": (0, +1, lambda draw: f"LDT {draw(st.integers(0, 5))}"),
+    "propose": (0, 0, lambda draw: f'PROPOSE "{_string(draw)}"'),
+    "emits": (0, 0, lambda draw: f'EMITS "{_string(draw)}" "{_string(draw)}"'),
+    "unary": (1, 0, lambda draw: draw(st.sampled_from(["NEG", "NOT"]))),
+    "store": (1, -1, lambda draw: f"STORE {draw(st.integers(0, N_LOCALS - 1))}"),
+    "dup": (1, +1, lambda _draw: "DUP"),
+    "pop": (1, -1, lambda _draw: "POP"),
+    "emit": (1, -1, lambda draw: f'EMIT "{_string(draw)}"'),
+    "ask": (1, -1, lambda draw: f'ASK "{_string(draw)}"'),
+    "binary": (2, -1, lambda draw: draw(st.sampled_from(BINARY_OPS))),
+    "swap": (2, 0, lambda _draw: "SWAP"),
+    "over": (2, +1, lambda _draw: "OVER"),
+    "mint": (2, -2, lambda _draw: "MINT"),
+    "gift": (3, -3, lambda _draw: "GIFT"),
+}
+
+
+def _choices(depth: int, nest: int) -> list[str]:
+    """The kinds of statement that fit at this stack depth and nesting."""
+    fits = {kind: (need, change) for kind, (need, change, _line) in SIMPLE.items()}
+    if nest < 2:
+        fits |= {"loop": (0, 0), "if": (1, -1)}
+    choices = [kind for kind, (need, _change) in fits.items() if depth >= need]
+    if depth >= 6:  # keep within the small VM's stack: only statements that consume
+        choices = [kind for kind in choices if fits[kind][0] >= 1 and fits[kind][1] <= 0]
+    return choices
+
+
 @st.composite
 def statements(draw: st.DrawFn, depth: int, nest: int, labels: list[int]) -> tuple[list[str], int]:
     """A straight-line-or-structured run of statements from stack depth `depth`; returns the lines
@@ -68,97 +109,38 @@ def statements(draw: st.DrawFn, depth: int, nest: int, labels: list[int]) -> tup
     program passes the verifier by construction."""
     lines: list[str] = []
     for _ in range(draw(st.integers(0, 8))):
-        choices = ["push", "load", "ldt", "propose", "emits"]
-        if depth >= 1:
-            choices += ["unary", "store", "dup", "pop", "emit", "ask"]
-        if depth >= 2:
-            choices += ["binary", "swap", "over", "mint"]
-        if depth >= 3:
-            choices += ["gift"]
-        if nest < 2:
-            choices += ["loop"]
-            if depth >= 1:
-                choices += ["if"]
-        if depth >= 6:  # keep within the small VM's stack
-            choices = [
-                c
-                for c in choices
-                if c
-                in ("unary", "store", "pop", "binary", "swap", "mint", "gift", "emit", "ask", "if")
-            ]
-        kind = draw(st.sampled_from(choices))
-        if kind == "push":
-            lines.append(f"PUSH {draw(INTS)}")
-            depth += 1
-        elif kind == "load":
-            lines.append(f"LOAD {draw(st.integers(0, N_LOCALS - 1))}")
-            depth += 1
-        elif kind == "ldt":
-            lines.append(f"LDT {draw(st.integers(0, 5))}")
-            depth += 1
-        elif kind == "propose":
-            lines.append(f'PROPOSE "{draw(st.sampled_from(STRINGS))}"')
-        elif kind == "emits":
-            a, b = draw(st.sampled_from(STRINGS)), draw(st.sampled_from(STRINGS))
-            lines.append(f'EMITS "{a}" "{b}"')
-        elif kind == "unary":
-            lines.append(draw(st.sampled_from(["NEG", "NOT"])))
-        elif kind == "store":
-            lines.append(f"STORE {draw(st.integers(0, N_LOCALS - 1))}")
-            depth -= 1
-        elif kind == "dup":
-            lines.append("DUP")
-            depth += 1
-        elif kind == "pop":
-            lines.append("POP")
-            depth -= 1
-        elif kind == "emit":
-            lines.append(f'EMIT "{draw(st.sampled_from(STRINGS))}"')
-            depth -= 1
-        elif kind == "ask":
-            lines.append(f'ASK "{draw(st.sampled_from(STRINGS))}"')
-            depth -= 1
-        elif kind == "binary":
-            ops = ["ADD", "SUB", "MUL", "DIV", "MOD", "AND", "OR", "XOR"]
-            ops += ["EQ", "NE", "LT", "LE", "GT", "GE"]
-            lines.append(draw(st.sampled_from(ops)))
-            depth -= 1
-        elif kind == "swap":
-            lines.append("SWAP")
-        elif kind == "over":
-            lines.append("OVER")
-            depth += 1
-        elif kind == "mint":
-            lines.append("MINT")
-            depth -= 2
-        elif kind == "gift":
-            lines.append("GIFT")
-            depth -= 3
-        elif kind == "if":
-            label = len(labels)
-            labels.append(label)
-            body, d = draw(statements(depth - 1, nest + 1, labels))
-            lines.append(f"{draw(st.sampled_from(['JZ', 'JNZ']))} L{label}")
-            lines += body + _rebalance(d, depth - 1)
-            lines.append(f"L{label}:")
+        kind = draw(st.sampled_from(_choices(depth, nest)))
+        if kind == "if":
+            lines += _if_block(draw, depth, nest, labels)
             depth -= 1
         elif kind == "loop":
-            label = len(labels)
-            labels.append(label)
-            counter = draw(st.integers(0, N_LOCALS - 1))
-            # Count 0 runs away downwards; the fuel budget ends it.
-            lines += [f"PUSH {draw(st.integers(0, 4))}", f"STORE {counter}", f"L{label}:"]
-            body, d = draw(statements(depth, nest + 1, labels))
-            lines += body + _rebalance(d, depth)
-            lines += [
-                f"LOAD {counter}",
-                "PUSH 1",
-                "SUB",
-                "DUP",
-                f"STORE {counter}",
-                f"JNZ L{label}",
-            ]
+            lines += _loop_block(draw, depth, nest, labels)
+        else:
+            _need, change, line = SIMPLE[kind]
+            lines.append(line(draw))
+            depth += change
     return lines, depth
+
+
+def _if_block(draw: st.DrawFn, depth: int, nest: int, labels: list[int]) -> list[str]:
+    """JZ/JNZ over a body: consumes the condition, the body is stack-neutral."""
+    label = len(labels)
+    labels.append(label)
+    body, d = draw(statements(depth - 1, nest + 1, labels))
+    lines = [f"{draw(st.sampled_from(['JZ', 'JNZ']))} L{label}"]
+    return [*lines, *body, *_rebalance(d, depth - 1), f"L{label}:"]
+
+
+def _loop_block(draw: st.DrawFn, depth: int, nest: int, labels: list[int]) -> list[str]:
+    """A counted loop around a stack-neutral body; a count of 0 runs away downwards and the fuel
+    budget ends it."""
+    label = len(labels)
+    labels.append(label)
+    counter = draw(st.integers(0, N_LOCALS - 1))
+    lines = [f"PUSH {draw(st.integers(0, 4))}", f"STORE {counter}", f"L{label}:"]
+    body, d = draw(statements(depth, nest + 1, labels))
+    lines += body + _rebalance(d, depth)
+    return [*lines, f"LOAD {counter}", "PUSH 1", "SUB", "DUP", f"STORE {counter}", f"JNZ L{label}"]
 
 
 def _rebalance(have: int, want: int) -> list[str]:

@@ -49,7 +49,7 @@ from gibsey.core.envelope import (
     RitualPerformed,
     SafetyAlert,
 )
-from gibsey.core.topics import ROOT, parse_topic, topic_for
+from gibsey.core.topics import TOPIC_ROOT, parse_topic, topic_for
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.db import Db
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
@@ -77,7 +77,7 @@ COPY_WAIT = 1.0  # s: how long an answer waits for its request's MQTT 5 copy (on
 
 
 def state_topic(node_id: str, name: str) -> str:
-    return f"{ROOT}/{node_id}/agent/state/{name}"
+    return f"{TOPIC_ROOT}/{node_id}/agent/state/{name}"
 
 
 def valid_reply_topic(topic: str) -> bool:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from gibsey import __version__
 from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
-from gibsey.core.topics import ROOT, status_topic
+from gibsey.core.topics import TOPIC_ROOT, status_topic
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, symbol_name
 from gibsey.node.dial.config import DialConfig
@@ -59,19 +59,19 @@ ALERT_REASONS = {
 
 
 def frame_topic(node_id: str, dial_id: str) -> str:
-    return f"{ROOT}/{node_id}/dial/{dial_id}/frame"
+    return f"{TOPIC_ROOT}/{node_id}/dial/{dial_id}/frame"
 
 
 def frame_subscription(node_id: str) -> str:
-    return f"{ROOT}/{node_id}/dial/+/frame"
+    return f"{TOPIC_ROOT}/{node_id}/dial/+/frame"
 
 
 def state_topic(node_id: str, dial_id: str) -> str:
-    return f"{ROOT}/{node_id}/dial/{dial_id}/state"
+    return f"{TOPIC_ROOT}/{node_id}/dial/{dial_id}/state"
 
 
 def event_topic(node_id: str, dial_id: str) -> str:
-    return f"{ROOT}/{node_id}/dial/{dial_id}/event"
+    return f"{TOPIC_ROOT}/{node_id}/dial/{dial_id}/event"
 
 
 @dataclass
@@ -376,8 +376,6 @@ class DialBridge:
 def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[str, bytes]]:
     """Home Assistant: the dial as an `event` entity, its position and glyph as sensors, and its
     frame losses as a diagnostic sensor; grouped under the node's device."""
-    state = state_topic(node_id, dial_id)
-    avail = status_topic(node_id)
     device = {
         "identifiers": [f"gibsey_{node_id}"],
         "name": f"Gibsey {node_id}",
@@ -386,7 +384,7 @@ def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[st
         "sw_version": __version__,
     }
     base = {
-        "availability_topic": avail,
+        "availability_topic": status_topic(node_id),
         "availability_template": "{{ value_json.state }}",
         "payload_available": "online",
         "payload_not_available": "offline",
@@ -396,7 +394,18 @@ def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[st
     # Its own discovery node id: the node's sensors under <prefix>/sensor/<node>/ all read the
     # node's status document, and dashboards (and tests) rely on that.
     disc = f"{node_id}_dial_{dial_id}"
-    entities: list[tuple[str, str, dict[str, Any]]] = [
+    out = []
+    for component, object_id, extra in _dial_entities(node_id, dial_id):
+        config = {**extra, **base, "unique_id": f"{uid}_{object_id}"}
+        config["object_id"] = config["unique_id"]
+        out.append((f"{prefix}/{component}/{disc}/{object_id}/config", json.dumps(config).encode()))
+    return out
+
+
+def _dial_entities(node_id: str, dial_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(component, object id, entity config) of each Home Assistant entity of one dial."""
+    state = state_topic(node_id, dial_id)
+    return [
         (
             "event",
             "turn",
@@ -445,9 +454,3 @@ def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[st
             },
         ),
     ]
-    out = []
-    for component, object_id, extra in entities:
-        config = {**extra, **base, "unique_id": f"{uid}_{object_id}"}
-        config["object_id"] = config["unique_id"]
-        out.append((f"{prefix}/{component}/{disc}/{object_id}/config", json.dumps(config).encode()))
-    return out

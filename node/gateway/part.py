@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gibsey.gateway")
 
-SHUTDOWN_TIMEOUT = 3
+SHUTDOWN_TIMEOUT_S = 3
 
 
 class _Server(uvicorn.Server):
@@ -84,7 +84,7 @@ class Gateway:
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
+            timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
             ws="none",
             server_header=False,
         )
@@ -103,7 +103,7 @@ class Gateway:
             self.hub.close()  # ends the live streams, so connections can close
             server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, SHUTDOWN_TIMEOUT + 1)
+                await asyncio.wait_for(task, SHUTDOWN_TIMEOUT_S + 1)
             raise
         finally:
             sock.close()

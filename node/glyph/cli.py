@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 from gibsey.core.config import resolve_data_dir
 from gibsey.core.symbols import CHARACTERS, ROTATIONS, SYMBOLS, state_of
@@ -99,9 +100,11 @@ def _add_state_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+# Quoted: argparse's action class is generic only to the type checker.
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(subparsers: _Subparsers, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "vm",
         parents=[common],
@@ -117,7 +120,13 @@ def register(
         return 2
 
     p.set_defaults(func=usage)
+    _add_asm(sub, common)
+    _add_dis_and_verify(sub, common)
+    _add_run(sub, common)
+    _add_load_and_table(sub, common)
 
+
+def _add_asm(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     asm = sub.add_parser(
         "asm",
         parents=[common],
@@ -133,6 +142,8 @@ def register(
     )
     asm.set_defaults(func=cmd_asm)
 
+
+def _add_dis_and_verify(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     dis = sub.add_parser(
         "dis",
         parents=[common],
@@ -151,6 +162,8 @@ def register(
     check.add_argument("file", metavar="FILE", help="bytecode or .gasm")
     check.set_defaults(func=cmd_verify)
 
+
+def _add_run(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     run = sub.add_parser(
         "run",
         parents=[common],
@@ -175,6 +188,8 @@ def register(
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
 
+
+def _add_load_and_table(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     load = sub.add_parser(
         "load",
         parents=[common],

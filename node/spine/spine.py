@@ -37,7 +37,10 @@ FIRST_RETRY_S = 0.25
 
 
 @dataclass
-class Outgoing:
+class QueuedMessage:
+    """One MQTT publish waiting in the outbox or for its PUBACK (the bytes of an event, a retained
+    status, a discovery config); `done` resolves when the broker has acknowledged it."""
+
     topic: str
     payload: bytes
     qos: int
@@ -78,12 +81,12 @@ class Spine:
         self._subscriptions = subscriptions
         self._deliver = on_message
         self._on_connect = on_connect
-        self._outbox: collections.deque[Outgoing] = collections.deque()
+        self._outbox: collections.deque[QueuedMessage] = collections.deque()
         self._outbox_limit = outbox_limit
         self._unacked: set[asyncio.Future[None]] = set()
         self._inflight_limit = inflight
         self._extra: list[tuple[str, MessageHandler]] = []
-        self._waiting: dict[int, Outgoing] = {}
+        self._waiting: dict[int, QueuedMessage] = {}
         self._conn: Connection | None = None
         self._backoff_max = backoff_max
         self._connected = asyncio.Event()
@@ -102,7 +105,7 @@ class Spine:
             self.stats.outbox_dropped += 1
             if not dropped.done.done():
                 dropped.done.set_exception(OverflowError("outbox full while the broker was away"))
-        self._outbox.append(Outgoing(topic, payload, qos, retain, done))
+        self._outbox.append(QueuedMessage(topic, payload, qos, retain, done))
         self._unacked.add(done)
         done.add_done_callback(self._unacked.discard)
         self._pump()
@@ -236,8 +239,7 @@ class Spine:
                 self._on_connect()
             self._pump()
             # Messages are handled in paho's read callback; here we only wait for the end.
-            reason = await conn.wait_closed()
-            raise MqttError(f"connection lost: {reason}")
+            raise MqttError(await conn.wait_closed())
         finally:
             self._conn = None
             self._connected.clear()

@@ -323,6 +323,11 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return run
 
 
+_Command = Callable[[argparse.Namespace], int]
+# Adds one subcommand: (name, command, help) -> its parser, for the command's own arguments.
+_AddCommand = Callable[[str, _Command, str], argparse.ArgumentParser]
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "story",
@@ -333,14 +338,35 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     ss = p.add_subparsers(dest="story_command", metavar="SUBCOMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> Any:
-        q = ss.add_parser(name, parents=[common], help=help_, description=help_)
+    def add(name: str, fn: _Command, help_: str) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = ss.add_parser(
+            name, parents=[common], help=help_, description=help_
+        )
         q.set_defaults(func=_guard(fn))
         return q
 
-    def actor(q: Any) -> None:
-        q.add_argument("--actor", default="node", help="who makes the change (default: node)")
+    _add_reading_commands(add)
+    _add_branch_and_write(add)
+    _add_merge_commands(add)
+    q = add("import", cmd_import, "import a corpus in the public Gibsey layout (all or nothing)")
+    q.add_argument("dir", nargs="?", help="corpus directory (index.json, metadata/, pages/)")
+    q.add_argument("--sample", action="store_true", help="import the bundled sample corpus")
+    q.add_argument("--branch", default=CANON)
+    _actor_option(q)
+    add("rebuild", cmd_rebuild, "rebuild the story graph from the ledger")
 
+    def usage(_: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
+
+
+def _actor_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--actor", default="node", help="who makes the change (default: node)")
+
+
+def _add_reading_commands(add: _AddCommand) -> None:
     q = add("log", cmd_log, "history of a branch or commit, newest first")
     q.add_argument("ref", nargs="?", help=f"branch or commit (default: {CANON})")
     q.add_argument("-n", "--limit", type=int, default=30)
@@ -353,10 +379,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("b", nargs="?")
     q.add_argument("--page", help="only this page")
     q.add_argument("--context", type=int, default=8, help="unchanged words shown around changes")
+
+
+def _add_branch_and_write(add: _AddCommand) -> None:
     q = add("branch", cmd_branch, "list branches, or create one")
     q.add_argument("name", nargs="?")
     q.add_argument("--from", dest="source", default=CANON, help="branch or commit to start at")
-    actor(q)
+    _actor_option(q)
     q = add("write", cmd_write, "write a new version of a page on a branch")
     q.add_argument("branch")
     q.add_argument("page")
@@ -366,33 +395,24 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("--title", help="title (required for a new page)")
     q.add_argument("--symbol", help="character symbol slug (required for a new page)")
     q.add_argument("-m", "--message")
-    actor(q)
+    _actor_option(q)
 
-    def merge_options(q: Any) -> None:
-        q.add_argument("--resolve", action="append", metavar="PAGE=FILE", help="resolved text")
-        q.add_argument("--prefer", choices=["ours", "theirs"], help="settle every conflict so")
-        actor(q)
 
+def _merge_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--resolve", action="append", metavar="PAGE=FILE", help="resolved text")
+    q.add_argument("--prefer", choices=["ours", "theirs"], help="settle every conflict so")
+    _actor_option(q)
+
+
+def _add_merge_commands(add: _AddCommand) -> None:
     q = add("merge", cmd_merge, f"merge a branch into another branch (not {CANON}: propose)")
     q.add_argument("source")
     q.add_argument("--into", required=True)
-    merge_options(q)
+    _merge_options(q)
     q = add("propose", cmd_propose, f"open a hearing to merge a branch into {CANON}")
     q.add_argument("source")
     q.add_argument("--into", default=CANON)
     q.add_argument("--title")
     q.add_argument("--dry-run", action="store_true", help="only report what would merge")
-    merge_options(q)
-    q = add("apply", cmd_apply, "apply passed merge hearings on this node (the daemon does it)")
-    q = add("import", cmd_import, "import a corpus in the public Gibsey layout (all or nothing)")
-    q.add_argument("dir", nargs="?", help="corpus directory (index.json, metadata/, pages/)")
-    q.add_argument("--sample", action="store_true", help="import the bundled sample corpus")
-    q.add_argument("--branch", default=CANON)
-    actor(q)
-    add("rebuild", cmd_rebuild, "rebuild the story graph from the ledger")
-
-    def usage(_: argparse.Namespace) -> int:
-        p.print_help()
-        return 2
-
-    p.set_defaults(func=usage)
+    _merge_options(q)
+    add("apply", cmd_apply, "apply passed merge hearings on this node (the daemon does it)")

@@ -72,7 +72,21 @@ def read_corpus(root: Path) -> Corpus:
     root = Path(root)
     if not root.is_dir():
         raise CorpusError(root, "directory", "not a directory")
-    index_path = root / "index.json"
+    symbols = _read_symbols(root / "index.json")
+    meta_path = root / "metadata" / "pages.json"
+    records = _load_json(meta_path)
+    if not isinstance(records, list):
+        raise CorpusError(meta_path, "top level", "must be a list of page records")
+    pages: list[PageVersion] = []
+    seen: dict[str, int] = {}  # page id -> the record that named it first
+    for n, rec in enumerate(records):
+        pages.append(_read_page(root, meta_path, n, rec, symbols, seen))
+    if not pages:
+        raise CorpusError(meta_path, "top level", "no pages")
+    return Corpus(root, symbols, pages)
+
+
+def _read_symbols(index_path: Path) -> dict[str, Symbol]:
     index = _load_json(index_path)
     if not isinstance(index, dict) or not isinstance(index.get("symbols"), dict):
         raise CorpusError(index_path, "top level", "must be an object with a 'symbols' object")
@@ -90,56 +104,54 @@ def read_corpus(root: Path) -> Corpus:
         if not all(isinstance(p, int) and not isinstance(p, bool) for p in listed):
             raise CorpusError(index_path, where, "field 'pages' must be a list of integers")
         symbols[slug] = Symbol(slug, title, colour, folder)
+    return symbols
 
-    meta_path = root / "metadata" / "pages.json"
-    records = _load_json(meta_path)
-    if not isinstance(records, list):
-        raise CorpusError(meta_path, "top level", "must be a list of page records")
-    pages: list[PageVersion] = []
-    seen: dict[str, int] = {}
-    for n, rec in enumerate(records):
-        where = f"record {n}"
-        if not isinstance(rec, dict):
-            raise CorpusError(meta_path, where, "must be an object")
-        page_id = _field(meta_path, where, rec, "id", (str, int))
-        page_id = str(page_id)
-        where = f"record {n} (id {page_id})"
-        if not PAGE_ID_RE.match(page_id):
-            raise CorpusError(meta_path, where, f"field 'id' {page_id!r} is not a usable page id")
-        if page_id in seen:
-            raise CorpusError(meta_path, where, f"field 'id' repeats record {seen[page_id]}")
-        seen[page_id] = n
-        symbol = _field(meta_path, where, rec, "symbolId", str)
-        if symbol not in symbols:
-            raise CorpusError(meta_path, where, f"field 'symbolId' {symbol!r} is not in index.json")
-        title = _field(meta_path, where, rec, "title", str)
-        if len(title) > MAX_TITLE:
-            raise CorpusError(meta_path, where, f"field 'title' longer than {MAX_TITLE}")
-        index_ = _field(meta_path, where, rec, "pageIndex", int)
-        section = _field(meta_path, where, rec, "section", int)
-        chapter = rec.get("chapter")
-        if chapter is not None and not isinstance(chapter, str):
-            raise CorpusError(meta_path, where, "field 'chapter' must be a string")
-        filename = _field(meta_path, where, rec, "filename", str)
-        if "/" in filename or "\\" in filename or filename.startswith("."):
-            raise CorpusError(meta_path, where, f"field 'filename' {filename!r} is not a file name")
-        candidates = [
-            root / "pages" / filename,
-            root / filename,
-            root / symbols[symbol].folder / filename,
-        ]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise CorpusError(
-                meta_path, where, f"field 'filename': {filename} not found under pages/"
-            )
-        try:
-            text = found.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorpusError(found, "file", f"not UTF-8 ({exc.reason})") from exc
-        if len(text) > MAX_PAGE_CHARS:
-            raise CorpusError(found, "file", f"longer than {MAX_PAGE_CHARS} characters")
-        pages.append(PageVersion(page_id, symbol, title, index_, text, section, chapter))
-    if not pages:
-        raise CorpusError(meta_path, "top level", "no pages")
-    return Corpus(root, symbols, pages)
+
+def _read_page(
+    root: Path,
+    meta_path: Path,
+    n: int,
+    rec: Any,
+    symbols: dict[str, Symbol],
+    seen: dict[str, int],
+) -> PageVersion:
+    """Record `n` of metadata/pages.json, checked, with its page's text."""
+    where = f"record {n}"
+    if not isinstance(rec, dict):
+        raise CorpusError(meta_path, where, "must be an object")
+    page_id = str(_field(meta_path, where, rec, "id", (str, int)))
+    where = f"record {n} (id {page_id})"
+    if not PAGE_ID_RE.match(page_id):
+        raise CorpusError(meta_path, where, f"field 'id' {page_id!r} is not a usable page id")
+    if page_id in seen:
+        raise CorpusError(meta_path, where, f"field 'id' repeats record {seen[page_id]}")
+    seen[page_id] = n
+    symbol = _field(meta_path, where, rec, "symbolId", str)
+    if symbol not in symbols:
+        raise CorpusError(meta_path, where, f"field 'symbolId' {symbol!r} is not in index.json")
+    title = _field(meta_path, where, rec, "title", str)
+    if len(title) > MAX_TITLE:
+        raise CorpusError(meta_path, where, f"field 'title' longer than {MAX_TITLE}")
+    index_ = _field(meta_path, where, rec, "pageIndex", int)
+    section = _field(meta_path, where, rec, "section", int)
+    chapter = rec.get("chapter")
+    if chapter is not None and not isinstance(chapter, str):
+        raise CorpusError(meta_path, where, "field 'chapter' must be a string")
+    filename = _field(meta_path, where, rec, "filename", str)
+    if "/" in filename or "\\" in filename or filename.startswith("."):
+        raise CorpusError(meta_path, where, f"field 'filename' {filename!r} is not a file name")
+    folders = (root / "pages", root, root / symbols[symbol].folder)
+    found = next((f / filename for f in folders if (f / filename).is_file()), None)
+    if found is None:
+        raise CorpusError(meta_path, where, f"field 'filename': {filename} not found under pages/")
+    return PageVersion(page_id, symbol, title, index_, _page_text(found), section, chapter)
+
+
+def _page_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(path, "file", f"not UTF-8 ({exc.reason})") from exc
+    if len(text) > MAX_PAGE_CHARS:
+        raise CorpusError(path, "file", f"longer than {MAX_PAGE_CHARS} characters")
+    return text

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.ledger.entry import Entry, parse
-from gibsey.ledger.governance import Status
+from gibsey.ledger.governance import Governance, ProposalStatus
 from gibsey.ledger.ledger import Ledger
+from gibsey.ledger.store import Store
 
 from .model import (
     CANON,
@@ -172,38 +173,9 @@ class StoryGraph:
         store = ledger.store
         store.refresh()  # entries other processes (the CLI, the mesh) committed
         with store.lock, self._tx():
-            view = ledger.view()
-            deciders: dict[bytes, str] = {}
-            for p in view.governance.proposals.values():
-                if p.action == "narrative-merge" and p.status is Status.PASSED and p.decided_by:
-                    deciders[p.decided_by] = p.hash_hex
-            statuses = {
-                p.hash_hex: p.status.value
-                for p in view.governance.proposals.values()
-                if p.action == "narrative-merge"
-            }
+            deciders, statuses = _merge_hearings(ledger.view().governance)
             quarantine = store.quarantine()
-            qmark = json.dumps(sorted((a.hex(), s) for a, s in quarantine.items()))
-            last = self._meta("last")
-            folded = int(self._meta("folded") or 0)
-            start: tuple[int, bytes, int] | None = None
-            if last is not None:
-                lam, author, seq = last.split(":")
-                start = (int(lam), bytes.fromhex(author), int(seq))
-            fresh = rebuild or self._meta("format") != FORMAT or self._meta("quarantine") != qmark
-            if not fresh and start is not None:
-                (held,) = store.db.execute(
-                    "SELECT COUNT(*) FROM entries WHERE (lamport, author, seq) <= (?, ?, ?)",
-                    start,
-                ).fetchone()
-                fresh = held != folded
-            if fresh:
-                for table in TABLES:
-                    self.db.execute(f"DELETE FROM {table}")
-                self._trees.clear()
-                start, folded = None, 0
-                self._set_meta("format", FORMAT)
-                self._set_meta("quarantine", qmark)
+            start, folded = self._resume_point(store, quarantine, rebuild=rebuild)
             if start is None:
                 rows = store.db.execute(
                     "SELECT raw FROM entries ORDER BY lamport, author, seq"
@@ -234,6 +206,35 @@ class StoryGraph:
                     (status, h, status),
                 )
             return n
+
+    def _resume_point(
+        self, store: Store, quarantine: dict[bytes, int], *, rebuild: bool
+    ) -> tuple[tuple[int, bytes, int] | None, int]:
+        """(last entry folded, how many were) to go on from; (None, 0) after emptying the view
+        when it must be folded afresh: asked to, another format or quarantine, or the ledger
+        holds a different number of entries up to the last one folded (a merge slotted some in)."""
+        qmark = json.dumps(sorted((a.hex(), s) for a, s in quarantine.items()))
+        last = self._meta("last")
+        folded = int(self._meta("folded") or 0)
+        start: tuple[int, bytes, int] | None = None
+        if last is not None:
+            lam, author, seq = last.split(":")
+            start = (int(lam), bytes.fromhex(author), int(seq))
+        fresh = rebuild or self._meta("format") != FORMAT or self._meta("quarantine") != qmark
+        if not fresh and start is not None:
+            (held,) = store.db.execute(
+                "SELECT COUNT(*) FROM entries WHERE (lamport, author, seq) <= (?, ?, ?)",
+                start,
+            ).fetchone()
+            fresh = held != folded
+        if not fresh:
+            return start, folded
+        for table in TABLES:
+            self.db.execute(f"DELETE FROM {table}")
+        self._trees.clear()
+        self._set_meta("format", FORMAT)
+        self._set_meta("quarantine", qmark)
+        return None, 0
 
     def _effect(self, e: Entry, ok: bool, note: str) -> None:
         self.db.execute(
@@ -294,20 +295,10 @@ class StoryGraph:
         )
 
     def _add_commit(self, c: Commit, h: str, e: Entry) -> None:
-        gens = []
-        for p in c.parents:
-            row = self.db.execute("SELECT gen FROM commits WHERE hash = ?", (p,)).fetchone()
-            if row is None:
-                raise StoryError(f"parent {p[:12]} is not a known commit")
-            gens.append(row[0])
+        gen = self._generation(c)
         parent = c.parents[0] if c.parents else None
         before = self.tree(parent) if parent else {}
-        for page, version in c.changes.items():
-            row = self.db.execute("SELECT page FROM versions WHERE hash = ?", (version,)).fetchone()
-            if row is None:
-                raise StoryError(f"version {version[:12]} of page {page} is not held")
-            if row[0] != page:
-                raise StoryError(f"version {version[:12]} is of page {row[0]}, not {page}")
+        self._check_changes_held(c)
         other = self.tree(c.parents[1]) if len(c.parents) == 2 else {}
         self.db.execute(
             "INSERT INTO commits (hash, branch, author, message, parent, parents, source, gen, "
@@ -320,17 +311,16 @@ class StoryGraph:
                 parent,
                 json.dumps(list(c.parents)),
                 c.source,
-                1 + max(gens, default=0),
+                gen,
                 e.lamport,
                 e.hash_hex,
                 len(c.changes),
             ),
         )
         self._actor(c.author, e.lamport, commits=1)
-        edge = self._edge
-        edge(f"commit:{h}", "AUTHORED_BY", f"actor:{c.author}")
+        self._edge(f"commit:{h}", "AUTHORED_BY", f"actor:{c.author}")
         for p in c.parents:
-            edge(f"commit:{h}", "FOLLOWS", f"commit:{p}")
+            self._edge(f"commit:{h}", "FOLLOWS", f"commit:{p}")
         new_pages: list[str] = []
         for page in sorted(c.changes):
             version = c.changes[page]
@@ -339,33 +329,59 @@ class StoryGraph:
                 "INSERT INTO changes (commit_hash, page, version, previous) VALUES (?,?,?,?)",
                 (h, page, version, prev),
             )
-            # The first commit (in fold order) that introduces a version authored it.
-            if not self.db.execute(
-                "SELECT 1 FROM edges WHERE src = ? AND kind = 'AUTHORED_BY'",
-                (f"version:{version}",),
-            ).fetchone():
-                edge(f"version:{version}", "AUTHORED_BY", f"actor:{c.author}")
+            self._version_edges(c.author, version, {prev, other.get(page)} - {None, version})
             if prev is None:
                 new_pages.append(page)
-            for before_v in {prev, other.get(page)} - {None, version}:
-                edge(f"version:{version}", "FOLLOWS", f"version:{before_v}")
-                # Versions that follow the same version are alternates of each other.
-                for (sib,) in self.db.execute(
-                    "SELECT src FROM edges WHERE kind = 'FOLLOWS' AND dst = ? AND src != ?",
-                    (f"version:{before_v}", f"version:{version}"),
-                ).fetchall():
-                    if sib.startswith("version:"):
-                        edge(f"version:{version}", "ALTERNATE_OF", sib)
-                        edge(sib, "ALTERNATE_OF", f"version:{version}")
-        # Reading order of the pages this commit adds: page FOLLOWS the one before it.
         if len(new_pages) > 1:
-            order = self.db.execute(
-                "SELECT page FROM versions WHERE hash IN (SELECT version FROM changes "
-                "WHERE commit_hash = ? AND previous IS NULL) ORDER BY section, idx, page",
-                (h,),
-            ).fetchall()
-            for (a,), (b,) in itertools.pairwise(order):
-                edge(f"page:{b}", "FOLLOWS", f"page:{a}")
+            self._reading_order_edges(h)
+
+    def _generation(self, c: Commit) -> int:
+        """One more than the deepest parent's; every parent must be a known commit."""
+        gens = []
+        for p in c.parents:
+            row = self.db.execute("SELECT gen FROM commits WHERE hash = ?", (p,)).fetchone()
+            if row is None:
+                raise StoryError(f"parent {p[:12]} is not a known commit")
+            gens.append(row[0])
+        return 1 + max(gens, default=0)
+
+    def _check_changes_held(self, c: Commit) -> None:
+        for page, version in c.changes.items():
+            row = self.db.execute("SELECT page FROM versions WHERE hash = ?", (version,)).fetchone()
+            if row is None:
+                raise StoryError(f"version {version[:12]} of page {page} is not held")
+            if row[0] != page:
+                raise StoryError(f"version {version[:12]} is of page {row[0]}, not {page}")
+
+    def _version_edges(self, author: str, version: str, follows: set[str | None]) -> None:
+        """Edges of a version a commit brings: who authored it, which versions it follows (its
+        previous on each parent's side) and which it is an alternate of."""
+        # The first commit (in fold order) that introduces a version authored it.
+        if not self.db.execute(
+            "SELECT 1 FROM edges WHERE src = ? AND kind = 'AUTHORED_BY'",
+            (f"version:{version}",),
+        ).fetchone():
+            self._edge(f"version:{version}", "AUTHORED_BY", f"actor:{author}")
+        for before_v in follows:
+            self._edge(f"version:{version}", "FOLLOWS", f"version:{before_v}")
+            # Versions that follow the same version are alternates of each other.
+            for (sib,) in self.db.execute(
+                "SELECT src FROM edges WHERE kind = 'FOLLOWS' AND dst = ? AND src != ?",
+                (f"version:{before_v}", f"version:{version}"),
+            ).fetchall():
+                if sib.startswith("version:"):
+                    self._edge(f"version:{version}", "ALTERNATE_OF", sib)
+                    self._edge(sib, "ALTERNATE_OF", f"version:{version}")
+
+    def _reading_order_edges(self, h: str) -> None:
+        """Reading order of the pages commit `h` adds: page FOLLOWS the one before it."""
+        order = self.db.execute(
+            "SELECT page FROM versions WHERE hash IN (SELECT version FROM changes "
+            "WHERE commit_hash = ? AND previous IS NULL) ORDER BY section, idx, page",
+            (h,),
+        ).fetchall()
+        for (a,), (b,) in itertools.pairwise(order):
+            self._edge(f"page:{b}", "FOLLOWS", f"page:{a}")
 
     def _edge(self, src: str, kind: str, dst: str) -> None:
         self.db.execute(
@@ -657,3 +673,15 @@ class StoryGraph:
                 rows = self.db.execute(f"SELECT {cols} FROM {table}").fetchall()
                 out[table] = sorted(rows, key=repr)
             return out
+
+
+def _merge_hearings(governance: Governance) -> tuple[dict[bytes, str], dict[str, str]]:
+    """From the ledger's view of the merge hearings: (deciding vote -> hearing) of those passed,
+    and (hearing -> status) of all."""
+    merges = [p for p in governance.proposals.values() if p.action == "narrative-merge"]
+    deciders = {
+        p.decided_by: p.hash_hex
+        for p in merges
+        if p.status is ProposalStatus.PASSED and p.decided_by
+    }
+    return deciders, {p.hash_hex: p.status.value for p in merges}

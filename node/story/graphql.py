@@ -142,8 +142,8 @@ class Conflict:
     theirs: str
 
 
-@strawberry.type
-class Hearing:
+@strawberry.type(name="Hearing")
+class HearingNode:
     proposal: str
     target: str
     branch: str | None
@@ -290,9 +290,9 @@ class Query:
         )
 
     @strawberry.field
-    def hearings(self, info: Info) -> list[Hearing]:
+    def hearings(self, info: Info) -> list[HearingNode]:
         return [
-            Hearing(
+            HearingNode(
                 proposal=h.proposal,
                 target=h.target,
                 branch=h.branch,

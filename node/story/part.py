@@ -22,11 +22,19 @@ from .engine import Story
 from .model import CANON, StoryError, check_branch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gibsey.core.envelope import Event, Payload
+    from gibsey.ledger.governance import Execution
     from gibsey.node.daemon import Node
 
+    # (change, branch, page, version, actor): announce a narrative/change.
+    _Announce = Callable[[str, str, str | None, str | None, str], None]
+
 log = logging.getLogger("gibsey.story")
-SYNC_INTERVAL = 1.0
+SYNC_INTERVAL_S = 1.0
+
+
 def attach(node: Node) -> Story | None:
     from gibsey.core.envelope import NarrativeChange, SafetyAlert
 
@@ -68,22 +76,25 @@ def attach(node: Node) -> Story | None:
             try:
                 await asyncio.to_thread(story.sync)
                 done = await asyncio.to_thread(story.run_executors, None)
-                for x in done:
-                    h = story.graph.hearing(x.proposal)
-                    if x.status == "executed" and h is not None and h.branch:
-                        publish("merge", h.branch, None, h.target, h.proposer)
-                    elif x.status != "executed":
-                        node.alert(
-                            SafetyAlert(
-                                reason="merge_not_applied", detail=f"{x.proposal}: {x.detail}"
-                            )
-                        )
+                _report_merges(node, story, done, publish)
             except Exception as exc:  # keep serving; a bad fold is reported, not fatal
                 log.exception("story sync failed")
                 node.alert(SafetyAlert(reason="story_sync_failed", detail=repr(exc)[:1000]))
-            await asyncio.sleep(SYNC_INTERVAL)
+            await asyncio.sleep(SYNC_INTERVAL_S)
 
     node.router.register("story", ["narrative/change"], on_change)
     node.add_service("story-sync", service)
     node.add_closer(story.close)
     return story
+
+
+def _report_merges(node: Node, story: Story, done: list[Execution], publish: _Announce) -> None:
+    """Announce each merge this node applied for a passed hearing; alert on each it could not."""
+    from gibsey.core.envelope import SafetyAlert
+
+    for x in done:
+        h = story.graph.hearing(x.proposal)
+        if x.status == "executed" and h is not None and h.branch:
+            publish("merge", h.branch, None, h.target, h.proposer)
+        elif x.status != "executed":
+            node.alert(SafetyAlert(reason="merge_not_applied", detail=f"{x.proposal}: {x.detail}"))

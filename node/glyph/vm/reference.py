@@ -6,8 +6,8 @@ stack and locals), and the benchmark uses it as the "same program in Python" bas
 assembler borrows `verify` to compute a program's maximum stack depth.
 
 The verifier follows the Zig verifier's check order exactly, so the first error and its offset
-agree too. The interpreter is a dispatch table from opcode byte to one small function per
-instruction (or per family, built from the family's operator).
+agree too. The interpreter decodes each instruction from the ISA table and hands it to the function
+for its family (stack, arithmetic, comparison, jumps, variables, effects).
 """
 
 from __future__ import annotations
@@ -264,8 +264,8 @@ class Outcome:
 
 
 class _Stopped(Exception):
-    """Ends a run at the current instruction: HALT (with OK) or a run-time error. Raised once per
-    run, so it is kept to the bare exception (args = (status,)): the benchmark times short runs."""
+    """Ends a run at the current instruction: HALT (with OK) or a run-time error. Every run ends
+    with one, so it is the bare exception (args = (status,)): the benchmark times short runs."""
 
     @property
     def status(self) -> Status:
@@ -306,8 +306,9 @@ def run(data: bytes, trigger: Trigger, fuel: int, limits: Limits = Limits()) -> 
         trigger.node,
         trigger.arg,
     )
-    m = _Machine(data[prog.code_start :], prog.consts, fields, limits.effects_cap)
-    m.local = [0] * prog.n_locals
+    m = _Machine(
+        data[prog.code_start :], prog.consts, fields, limits.effects_cap, local=[0] * prog.n_locals
+    )
     code = m.code
     pc = 0
     used = 0
