@@ -22,7 +22,7 @@ from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.glyph.vm import binding as vm
 
-ROTATIONS = 20_000
+TURNS = 20_000
 WARMUP = 2_000
 
 
@@ -95,7 +95,7 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
     return host_us, cpu_us, bare_us, events_per_rotation
 
 
-def run(n: int = ROTATIONS) -> list[Row]:
+def run(n: int = TURNS) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-rotation-") as tmp:
         host, cpu, bare, per = asyncio.run(_measure(Path(tmp), n))
     note = f"event in -> verified run -> {per} events out; baseline: the bare VM call"

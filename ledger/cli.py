@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .bodies import ACTIONS, CHOICES, KNOWN_TYPES
+from .economy import EntryEffect
 from .entry import Entry
 from .errors import LedgerError, Rejected
 from .governance import ProposalStatus, executions
@@ -106,12 +108,9 @@ def _summary(e: Entry) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    ledger = _open(args)
-    try:
+    with closing(_open(args)) as ledger:
         report = ledger.store.verify()
         forks = len(ledger.store.quarantine())
-    finally:
-        ledger.close()
     if not report.ok:
         who = report.bad_author.hex() if report.bad_author else "?"
         console.print(f"BAD: feed {who} seq {report.bad_seq}: {report.problem}")
@@ -124,8 +123,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    ledger = _open(args)
-    try:
+    with closing(_open(args)) as ledger:
         view = ledger.view()
         quarantine = ledger.store.quarantine()
         rows = [
@@ -134,8 +132,6 @@ def cmd_show(args: argparse.Namespace) -> int:
             if (not args.author or e.author_hex.startswith(args.author.lower()))
             and (not args.type or e.type == args.type)
         ]
-    finally:
-        ledger.close()
     if args.limit:
         rows = rows[-args.limit :]
     table = Table(title=f"ledger entries ({len(rows)} shown, fold order)")
@@ -155,11 +151,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
-    ledger = _open(args)
-    try:
+    with closing(_open(args)) as ledger:
         econ = ledger.view().economy
-    finally:
-        ledger.close()
     balances = dict(sorted(econ.balances.items(), key=lambda kv: (-kv[1], kv[0])))
     if args.actor:
         balances = {args.actor: econ.balance(args.actor)}
@@ -174,13 +167,15 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:
-    ledger = _open(args)
-    try:
+def _append(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> tuple[Entry, EntryEffect]:
+    """Append the entry `make` writes to the node's ledger; with its effect in the ledger's view."""
+    with closing(_open(args)) as ledger:
         e = make(ledger)
-        eff = ledger.view().effects[e.hash]
-    finally:
-        ledger.close()
+        return e, ledger.view().effects[e.hash]
+
+
+def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:
+    e, eff = _append(args, make)
     note = f" ({eff.note})" if eff.note else ""
     console.print(f"{e.type} appended: seq {e.seq}, lamport {e.lamport}, {e.hash_hex[:16]}{note}")
     _publish(args, "gift/txn", txn_payload(e, eff.applied, eff.note))
@@ -207,34 +202,21 @@ def cmd_propose(args: argparse.Namespace) -> int:
     else:
         console.print("error: give --target HASH or --file PATH (what the proposal applies)")
         return 2
-    ledger = _open(args)
-    try:
-        e = ledger.propose(args.action, target, args.title, args.by)
-        eff = ledger.view().effects[e.hash]
-    finally:
-        ledger.close()
+    e, eff = _append(args, lambda lg: lg.propose(args.action, target, args.title, args.by))
     console.print(f"hearing opened: {e.hash_hex} (lamport {e.lamport}) {eff.note}")
     return 0
 
 
 def cmd_vote(args: argparse.Namespace) -> int:
-    ledger = _open(args)
-    try:
-        e = ledger.vote(args.proposal, args.actor, args.choice)
-        eff = ledger.view().effects[e.hash]
-    finally:
-        ledger.close()
+    e, eff = _append(args, lambda lg: lg.vote(args.proposal, args.actor, args.choice))
     console.print(f"vote appended: seq {e.seq}, lamport {e.lamport}: {eff.note}")
     return 0
 
 
 def cmd_hearings(args: argparse.Namespace) -> int:
-    ledger = _open(args)
-    try:
+    with closing(_open(args)) as ledger:
         gov = ledger.view().governance
         done = executions(ledger.store)
-    finally:
-        ledger.close()
     table = Table(title="Schrödinger hearings")
     for col in ("proposal", "action", "title", "status", "yes/no of total", "closes after", "here"):
         table.add_column(col)

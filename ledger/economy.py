@@ -30,14 +30,14 @@ def gift_value(amount: int, k: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Effect:
+class EntryEffect:
     """What one entry did to the view. `applied=False` entries stay in the log, with a reason."""
 
     applied: bool
     note: str = ""
 
 
-OK = Effect(True)
+OK = EntryEffect(True)
 
 
 @dataclass
@@ -62,18 +62,18 @@ class Economy:
             return 0
         return sum(1 for t in q if t > lamport - GIFT_WINDOW)
 
-    def preview_gift(self, giver: str, receiver: str, amount: int, lamport: int) -> Effect:
+    def preview_gift(self, giver: str, receiver: str, amount: int, lamport: int) -> EntryEffect:
         """Whether a gift would apply at `lamport`, without changing anything."""
         have = self.balance(giver)
         if have < amount:
-            return Effect(False, f"overdraw: {giver} has {have}, gift needs {amount}")
+            return EntryEffect(False, f"overdraw: {giver} has {have}, gift needs {amount}")
         k = self.recent_gifts(giver, receiver, lamport)
         value = gift_value(amount, k)
         if k:
-            return Effect(True, f"{receiver} receives {value} of {amount} ({k} recent gifts)")
+            return EntryEffect(True, f"{receiver} receives {value} of {amount} ({k} recent gifts)")
         return OK
 
-    def apply(self, type_: str, body: dict[str, Any], lamport: int) -> Effect | None:
+    def apply(self, type_: str, body: dict[str, Any], lamport: int) -> EntryEffect | None:
         """Apply one entry's body; None if the type is not an economy type."""
         if type_ == "mint":
             actor, amount = body["actor"], body["amount"]
@@ -98,7 +98,7 @@ class Economy:
             actor, amount = body["actor"], body["amount"]
             have = self.balance(actor)
             if have < amount:
-                return Effect(False, f"overdraw: {actor} has {have}, burn needs {amount}")
+                return EntryEffect(False, f"overdraw: {actor} has {have}, burn needs {amount}")
             self.balances[actor] = have - amount
             self.burned += amount
             return OK

@@ -20,7 +20,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from .economy import OK, Economy, Effect
+from .economy import OK, Economy, EntryEffect
 from .entry import Entry
 from .store import Store
 
@@ -82,14 +82,14 @@ class Governance:
                 p.status = ProposalStatus.EXPIRED
                 del self._open[h]
 
-    def apply(self, e: Entry, economy: Economy) -> Effect | None:
+    def apply(self, e: Entry, economy: Economy) -> EntryEffect | None:
         if e.type == "proposal":
             return self._propose(e, economy)
         if e.type == "vote":
             return self._vote(e)
         return None
 
-    def _propose(self, e: Entry, economy: Economy) -> Effect:
+    def _propose(self, e: Entry, economy: Economy) -> EntryEffect:
         weights = {a: w for a, b in economy.balances.items() if (w := weight(b)) > 0}
         b = e.body
         p = Proposal(
@@ -106,22 +106,24 @@ class Governance:
         self.proposals[e.hash] = p
         if p.total == 0:
             p.status = ProposalStatus.VOID
-            return Effect(True, "void: no actor held tokens at the snapshot")
+            return EntryEffect(True, "void: no actor held tokens at the snapshot")
         self._open[e.hash] = p
         return OK
 
-    def _vote(self, e: Entry) -> Effect:
+    def _vote(self, e: Entry) -> EntryEffect:
         actor, choice = e.body["actor"], e.body["choice"]
         p = self.proposals.get(bytes.fromhex(e.body["proposal"]))
         if p is None:
-            return Effect(False, "unknown proposal (not held, or after this vote in fold order)")
+            return EntryEffect(
+                False, "unknown proposal (not held, or after this vote in fold order)"
+            )
         if p.status is not ProposalStatus.OPEN:
-            return Effect(False, f"hearing already {p.status.value}")
+            return EntryEffect(False, f"hearing already {p.status.value}")
         if actor in p.votes:
-            return Effect(False, f"{actor} already voted {p.votes[actor]}")
+            return EntryEffect(False, f"{actor} already voted {p.votes[actor]}")
         w = p.weights.get(actor, 0)
         if w == 0:
-            return Effect(False, f"{actor} held no tokens at the snapshot")
+            return EntryEffect(False, f"{actor} held no tokens at the snapshot")
         p.votes[actor] = choice
         if choice == "yes":
             p.yes += w
@@ -133,8 +135,8 @@ class Governance:
             p.status, p.decided_by = ProposalStatus.REJECTED, e.hash
         if p.status is not ProposalStatus.OPEN:
             del self._open[p.hash]
-            return Effect(True, f"weight {w}; decided: {p.status.value}")
-        return Effect(True, f"weight {w}")
+            return EntryEffect(True, f"weight {w}; decided: {p.status.value}")
+        return EntryEffect(True, f"weight {w}")
 
 
 # ---- executors: what a passed proposal does on this node ---------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .economy import OK, Economy, Effect
+from .economy import OK, Economy, EntryEffect
 from .entry import Entry, OrderKey
 from .governance import Governance, Proposal, ProposalStatus
 
@@ -20,11 +20,11 @@ from .governance import Governance, Proposal, ProposalStatus
 class View:
     economy: Economy = field(default_factory=Economy)
     governance: Governance = field(default_factory=Governance)
-    effects: dict[bytes, Effect] = field(default_factory=dict)  # entry hash -> effect
+    effects: dict[bytes, EntryEffect] = field(default_factory=dict)  # entry hash -> effect
     last_key: OrderKey | None = None
     folded: int = 0
 
-    def apply(self, e: Entry) -> Effect:
+    def apply(self, e: Entry) -> EntryEffect:
         """Fold one entry; it must come after every entry folded so far."""
         key = e.order_key
         if self.last_key is not None and key <= self.last_key:
@@ -39,7 +39,7 @@ class View:
         return effect
 
     def quarantined(self, e: Entry, start: int) -> None:
-        self.effects[e.hash] = Effect(False, f"quarantined: author equivocated at seq {start}")
+        self.effects[e.hash] = EntryEffect(False, f"quarantined: author equivocated at seq {start}")
 
     def passed(self) -> list[Proposal]:
         return [p for p in self.governance.proposals.values() if p.status is ProposalStatus.PASSED]

@@ -247,9 +247,9 @@ def test_alerts_are_coalesced_per_reason() -> None:
 
     bridge = DialBridge(FakeNode(), DialConfig(alert_interval=10.0))  # type: ignore[arg-type]
     bridge.flush_alerts(now=0.0)
-    from gibsey.node.dial.bridge import Channel
+    from gibsey.node.dial.bridge import FrameChannel
 
-    ch = Channel("test", "serial", "d")
+    ch = FrameChannel("test", "serial", "d")
     for _ in range(50):
         bridge.feed_line(ch, "$GD,1,R,1,1,1*0000")
     assert bridge.stats.corrupt == 50

@@ -351,48 +351,67 @@ class Rehearsal:
                 self.console.print(f"network namespaces removed ({self.gallery.room_prefix()}-*)")
 
     def _run(self) -> int:
+        """Open the gallery, let the visitors in until the time is up (or Ctrl-C), then let the
+        room converge and write the report."""
         args, g = self.args, self.gallery
         self.t0 = time.monotonic()
-        deadline = time.monotonic() + args.minutes * 60 if args.minutes else math.inf
         g.nodes[0].cli("story", "import", "--sample")
         self.note("gallery open; canon imported on n1")
         self.visitors = [Visitors(n, args.visitors, args.seed) for n in g]
         for v in self.visitors:
             v.start()
-        span = (args.minutes * 60) if args.minutes else 300.0
-        plan: list[tuple[float, Any, tuple[Any, ...]]] = []
-        if not args.calm and len(g.nodes) > 1:
-            plan.append((span / 3, self.chaos_kill, (self.rng.randrange(len(g.nodes)),)))
-            plan.append((2 * span / 3, self.chaos_partition, (self.rng.randrange(len(g.nodes)),)))
-        k = 0
-        next_hearing = 20.0
         interrupted = False
         try:
-            with Live(
-                self.view(), console=self.console, refresh_per_second=2, transient=False
-            ) as live:
-                while time.monotonic() < deadline:
-                    now = time.monotonic() - self.t0
-                    for item in [p for p in plan if p[0] <= now]:
-                        plan.remove(item)
-                        self._background(item[1], *item[2])
-                    if now >= next_hearing:
-                        k += 1
-                        next_hearing = now + 60.0
-                        self._background(self.hearing, k)
-                    self.sample()
-                    live.update(self.view())
-                    if self.report_now.is_set():
-                        self.report_now.clear()
-                        path = self.write()
-                        self.events_log.append(f"report written: {path}")
-                    time.sleep(1.0)
+            self._live()
         except KeyboardInterrupt:
             interrupted = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the shutdown below is not interrupted
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for v in self.visitors:
             v.close()
+        self._converge()
+        self.sample()
+        path = self.write()
+        self.console.print(f"report: {path}")
+        return 130 if interrupted else 0
+
+    def _chaos_plan(self, span_s: float) -> list[tuple[float, Any, tuple[Any, ...]]]:
+        """What goes wrong and when: a node killed at a third, one partitioned at two thirds."""
+        g = self.gallery
+        if self.args.calm or len(g.nodes) < 2:
+            return []
+        return [
+            (span_s / 3, self.chaos_kill, (self.rng.randrange(len(g.nodes)),)),
+            (2 * span_s / 3, self.chaos_partition, (self.rng.randrange(len(g.nodes)),)),
+        ]
+
+    def _live(self) -> None:
+        """The live table, once a second, while the chaos plan and the hearings run."""
+        minutes = self.args.minutes
+        deadline = time.monotonic() + minutes * 60 if minutes else math.inf
+        plan = self._chaos_plan(minutes * 60 if minutes else 300.0)
+        hearings = 0
+        next_hearing_s = 20.0
+        with Live(self.view(), console=self.console, refresh_per_second=2, transient=False) as live:
+            while time.monotonic() < deadline:
+                now = time.monotonic() - self.t0
+                for item in [p for p in plan if p[0] <= now]:
+                    plan.remove(item)
+                    self._background(item[1], *item[2])
+                if now >= next_hearing_s:
+                    hearings += 1
+                    next_hearing_s = now + 60.0
+                    self._background(self.hearing, hearings)
+                self.sample()
+                live.update(self.view())
+                if self.report_now.is_set():
+                    self.report_now.clear()
+                    self.events_log.append(f"report written: {self.write()}")
+                time.sleep(1.0)
+
+    def _converge(self) -> None:
+        """Bring back what a restart left down, heal every partition, wait for one truth."""
+        g = self.gallery
         for n in g:
             if not n.alive():  # a restart was under way
                 g.restart(n.index)
@@ -410,10 +429,6 @@ class Rehearsal:
             self.note(f"converged in {self.converge_s:.2f}s")
         except GalleryError as exc:
             self.console.print(f"[yellow]{exc}[/yellow]")
-        self.sample()
-        path = self.write()
-        self.console.print(f"report: {path}")
-        return 130 if interrupted else 0
 
 
 def _interrupt(_sig: int, _frame: Any) -> None:

@@ -42,7 +42,7 @@ import time
 from typing import IO, Any
 
 
-class Channel:
+class ProtocolChannel:
     def __init__(self) -> None:
         proto_fd = os.dup(1)
         os.dup2(2, 1)  # native prints now go to stderr
@@ -99,14 +99,14 @@ def _reader(commands: queue.Queue[dict[str, Any] | None], cancelled: set[str]) -
     commands.put(None)  # stdin closed: the supervisor went away
 
 
-def _send_tokens(ch: Channel, rid: str, texts: list[str]) -> None:
+def _send_tokens(ch: ProtocolChannel, rid: str, texts: list[str]) -> None:
     if len(texts) == 1:
         ch.send(ev="tok", id=rid, text=texts[0])
     else:
         ch.send(ev="toks", id=rid, texts=texts)
 
 
-def _generate(llm: Any, ch: Channel, msg: dict[str, Any], cancelled: set[str]) -> None:
+def _generate(llm: Any, ch: ProtocolChannel, msg: dict[str, Any], cancelled: set[str]) -> None:
     rid = str(msg.get("id"))
     batch_s = float(msg.get("batch_s", 0.0))
     start = written = time.perf_counter()
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
-    ch = Channel()
+    ch = ProtocolChannel()
     started = time.perf_counter()
     try:
         if not os.path.isfile(args.model):

@@ -92,7 +92,7 @@ class DialStats:
 
 
 @dataclass
-class Channel:
+class FrameChannel:
     """One connection a dial's frames arrive on: a serial port, or one dial's MQTT topic."""
 
     name: str
@@ -128,10 +128,10 @@ class DialBridge:
         self._connects_seen = -1
         self.serial_connected = asyncio.Event()
         self.serial_gone = asyncio.Event()
-        self._mqtt_channels: dict[str, Channel] = {}
+        self._mqtt_channels: dict[str, FrameChannel] = {}
 
     # -- frames in ---------------------------------------------------------------------------
-    def feed_bytes(self, channel: Channel, data: bytes) -> None:
+    def feed_bytes(self, channel: FrameChannel, data: bytes) -> None:
         self.stats.bytes_in += len(data)
         before = channel.splitter.overlong
         for line in channel.splitter.feed(data):
@@ -139,7 +139,7 @@ class DialBridge:
         if channel.splitter.overlong != before:
             self._anomaly("truncated", channel.splitter.overlong - before, channel, "overlong")
 
-    def feed_line(self, channel: Channel, line: str) -> None:
+    def feed_line(self, channel: FrameChannel, line: str) -> None:
         """One frame line from a channel: decode, check its sequence, emit its event."""
         try:
             fr = df.decode(line)
@@ -193,7 +193,7 @@ class DialBridge:
             self._event(view, "long_pressed" if fr.long else "pressed")
         self._publish_state(view)
 
-    def _view(self, channel: Channel) -> DialView:
+    def _view(self, channel: FrameChannel) -> DialView:
         view = self.dials.get(channel.dial_id)
         if view is None:
             view = self.dials[channel.dial_id] = DialView(channel.dial_id)
@@ -203,7 +203,7 @@ class DialBridge:
         return view
 
     # -- reporting ---------------------------------------------------------------------------
-    def _anomaly(self, kind: str, n: int, channel: Channel, detail: str) -> None:
+    def _anomaly(self, kind: str, n: int, channel: FrameChannel, detail: str) -> None:
         setattr(self.stats, kind, getattr(self.stats, kind) + n)
         self._pending[kind] += n
         self._pending_detail[kind] = f"{channel.name}: {detail}"
@@ -322,7 +322,7 @@ class DialBridge:
 
     async def _read_port(self, port: serial.Serial, path: str) -> None:
         loop = asyncio.get_running_loop()
-        channel = Channel(name=path, transport="serial", dial_id="serial")
+        channel = FrameChannel(name=path, transport="serial", dial_id="serial")
         gone = asyncio.Event()
         fd = port.fileno()
 
@@ -361,15 +361,15 @@ class DialBridge:
         never reach the router and no second connection is opened."""
         self._mqtt_frame(self._mqtt_channels, topic, payload)
 
-    def _mqtt_frame(self, channels: dict[str, Channel], topic: str, payload: bytes) -> None:
+    def _mqtt_frame(self, channels: dict[str, FrameChannel], topic: str, payload: bytes) -> None:
         dial_id = topic.split("/")[4]
         channel = channels.get(dial_id)
         if channel is None:
             if not DIAL_ID.match(dial_id):
-                ch = Channel(f"mqtt:{dial_id[:40]}", "mqtt", "invalid")
+                ch = FrameChannel(f"mqtt:{dial_id[:40]}", "mqtt", "invalid")
                 self._anomaly("malformed", 1, ch, "bad dial id in topic")
                 return
-            channel = channels[dial_id] = Channel(f"mqtt:{dial_id}", "mqtt", dial_id)
+            channel = channels[dial_id] = FrameChannel(f"mqtt:{dial_id}", "mqtt", dial_id)
         self.feed_line(channel, payload.decode("ascii", "replace"))
 
 

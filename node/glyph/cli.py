@@ -47,7 +47,7 @@ def _symbol(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected 0..63 or a character slug ({', '.join(CHARACTER_SLUGS[:3])}, ...)"
         ) from None
-    if not 0 <= value < isa.SYMBOLS:
+    if not 0 <= value < isa.SYMBOL_COUNT:
         raise argparse.ArgumentTypeError(f"symbol {value} out of range 0..63")
     return value
 
@@ -61,7 +61,7 @@ def _rotation(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected 0..3 or one of {', '.join(ROTATIONS)}"
         ) from None
-    if not 0 <= value < isa.ROTATIONS:
+    if not 0 <= value < isa.ROTATION_COUNT:
         raise argparse.ArgumentTypeError(f"rotation {value} out of range 0..3")
     return value
 

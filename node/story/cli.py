@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from rich.text import Text
 from gibsey.ledger.errors import LedgerError, Rejected
 
 from .corpus import SAMPLE, read_corpus
-from .engine import Story
+from .engine import Change, Story
 from .model import CANON, StoryError
 from .text import render
 
@@ -40,10 +41,16 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return resolve_data_dir(getattr(args, "data", None))
 
 
-def _open(args: argparse.Namespace) -> Story:
+@contextmanager
+def _opened(args: argparse.Namespace, *, sync: bool = True) -> Iterator[Story]:
+    """The node's story (synced with its ledger unless told not to), closed when done."""
     story = Story.open(_data_dir(args))
-    story.sync()
-    return story
+    try:
+        if sync:
+            story.sync()
+        yield story
+    finally:
+        story.close_all()
 
 
 def _announce(
@@ -73,13 +80,26 @@ def _announce(
         console.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
 
 
+def _announce_change(
+    args: argparse.Namespace,
+    kind: str,
+    branch: str,
+    change: Change,
+    *,
+    page: str | None = None,
+    version: str | None = None,
+) -> None:
+    """Announce what this command appended, by --actor at its entry's lamport; the version
+    announced is the change's commit unless a page version is named."""
+    _announce(args, kind, branch, page, version or change.commit, args.actor, change.entry.lamport)
+
+
 def _short(h: str | None) -> str:
     return h[:12] if h else "-"
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         ref = args.ref or CANON
         table = Table(title=f"story log {ref}", title_justify="left")
         for col in ("commit", "author", "pages", "lamport", "message"):
@@ -88,14 +108,11 @@ def cmd_log(args: argparse.Namespace) -> int:
             msg = c.message + (f" [dim](merge of {c.source})[/dim]" if c.source else "")
             table.add_row(_short(c.hash), c.author, str(c.pages), str(c.lamport), msg)
         console.print(table)
-    finally:
-        story.close_all()
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         g = story.graph
         if args.page:
             h, v = story.page(args.ref, args.page)
@@ -134,14 +151,11 @@ def cmd_show(args: argparse.Namespace) -> int:
             v = g.version(h)
             table.add_row(page, v.symbol, v.title[:60], _short(h))
         console.print(table)
-    finally:
-        story.close_all()
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         a, b = (args.a, args.b) if args.b else (CANON, args.a)
         diffs = story.diff(a, b, args.page)
         if not diffs:
@@ -154,14 +168,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
             )
             console.print(render(d.diff, args.context))
             console.print()
-    finally:
-        story.close_all()
     return 0
 
 
 def cmd_branch(args: argparse.Namespace) -> int:
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         if not args.name:
             table = Table(title="branches", title_justify="left")
             for col in ("branch", "head", "from", "created by", "updated"):
@@ -173,9 +184,7 @@ def cmd_branch(args: argparse.Namespace) -> int:
             return 0
         change = story.create_branch(args.name, args.source, args.actor)
         console.print(f"branch {args.name} at {_short(change.commit)} (from {args.source})")
-        _announce(args, "branch", args.name, None, change.commit, args.actor, change.entry.lamport)
-    finally:
-        story.close_all()
+        _announce_change(args, "branch", args.name, change)
     return 0
 
 
@@ -189,8 +198,7 @@ def _read_text(args: argparse.Namespace) -> str:
 
 def cmd_write(args: argparse.Namespace) -> int:
     text = _read_text(args)
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         change = story.write(
             args.branch,
             args.page,
@@ -204,9 +212,7 @@ def cmd_write(args: argparse.Namespace) -> int:
         console.print(
             f"{args.branch}: page {args.page} version {_short(h)}, commit {_short(change.commit)}"
         )
-        _announce(args, "write", args.branch, args.page, h, args.actor, change.entry.lamport)
-    finally:
-        story.close_all()
+        _announce_change(args, "write", args.branch, change, page=args.page, version=h)
     return 0
 
 
@@ -222,20 +228,16 @@ def _resolutions(args: argparse.Namespace) -> dict[str, str]:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     resolutions = _resolutions(args)
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         change = story.merge(args.source, args.into, args.actor, resolutions, args.prefer)
         console.print(f"merged {args.source} into {args.into}: {_short(change.commit)}")
-        _announce(args, "merge", args.into, None, change.commit, args.actor, change.entry.lamport)
-    finally:
-        story.close_all()
+        _announce_change(args, "merge", args.into, change)
     return 0
 
 
 def cmd_propose(args: argparse.Namespace) -> int:
     resolutions = _resolutions(args)
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         if args.dry_run:
             plan = story.plan_merge(args.source, args.into, resolutions, args.prefer)
             console.print(
@@ -253,19 +255,14 @@ def cmd_propose(args: argparse.Namespace) -> int:
             f"(merge commit {_short(change.commit)})\n"
             f"vote with: gibsey ledger vote {change.entry.hash_hex[:12]} yes|no --as ACTOR"
         )
-        _announce(
-            args, "propose", args.source, None, change.commit, args.actor, change.entry.lamport
-        )
-    finally:
-        story.close_all()
+        _announce_change(args, "propose", args.source, change)
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Run this node's executor for narrative-merge hearings that passed (the daemon does this
     on its own; this is for a node run from the command line)."""
-    story = _open(args)
-    try:
+    with _opened(args) as story:
 
         def publish(
             change: str, branch: str, page: str | None, version: str | None, actor: str
@@ -277,8 +274,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
             console.print(f"{x.proposal[:12]} {x.status}: {x.detail}")
         if not done:
             console.print("no passed hearing waiting here")
-    finally:
-        story.close_all()
     return 0
 
 
@@ -287,28 +282,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     if root is None:
         raise StoryError("give a corpus directory, or --sample for the bundled sample")
     corpus = read_corpus(Path(root))
-    story = _open(args)
-    try:
+    with _opened(args) as story:
         change = story.import_corpus(corpus, args.branch, args.actor)
         console.print(
             f"imported {len(corpus.pages)} pages into {args.branch} "
             f"({change.entries} ledger entries), commit {_short(change.commit)}"
         )
-        _announce(
-            args, "branch", args.branch, None, change.commit, args.actor, change.entry.lamport
-        )
-    finally:
-        story.close_all()
+        _announce_change(args, "branch", args.branch, change)
     return 0
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    story = Story.open(_data_dir(args))
-    try:
+    with _opened(args, sync=False) as story:
         n = story.sync(rebuild=True)
         console.print(f"story graph rebuilt from {n} ledger entries")
-    finally:
-        story.close_all()
     return 0
 
 

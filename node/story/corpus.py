@@ -31,7 +31,7 @@ class CorpusError(StoryError):
 
 
 @dataclass(frozen=True)
-class Symbol:
+class CorpusSymbol:
     slug: str
     title: int
     colour: str
@@ -41,7 +41,7 @@ class Symbol:
 @dataclass(frozen=True)
 class Corpus:
     root: Path
-    symbols: dict[str, Symbol]
+    symbols: dict[str, CorpusSymbol]
     pages: list[PageVersion]  # in corpus order
 
 
@@ -86,11 +86,11 @@ def read_corpus(root: Path) -> Corpus:
     return Corpus(root, symbols, pages)
 
 
-def _read_symbols(index_path: Path) -> dict[str, Symbol]:
+def _read_symbols(index_path: Path) -> dict[str, CorpusSymbol]:
     index = _load_json(index_path)
     if not isinstance(index, dict) or not isinstance(index.get("symbols"), dict):
         raise CorpusError(index_path, "top level", "must be an object with a 'symbols' object")
-    symbols: dict[str, Symbol] = {}
+    symbols: dict[str, CorpusSymbol] = {}
     for slug, rec in index["symbols"].items():
         where = f"symbols.{slug}"
         if not isinstance(rec, dict):
@@ -103,7 +103,7 @@ def _read_symbols(index_path: Path) -> dict[str, Symbol]:
         listed = _field(index_path, where, rec, "pages", list)
         if not all(isinstance(p, int) and not isinstance(p, bool) for p in listed):
             raise CorpusError(index_path, where, "field 'pages' must be a list of integers")
-        symbols[slug] = Symbol(slug, title, colour, folder)
+        symbols[slug] = CorpusSymbol(slug, title, colour, folder)
     return symbols
 
 
@@ -112,7 +112,7 @@ def _read_page(
     meta_path: Path,
     n: int,
     rec: Any,
-    symbols: dict[str, Symbol],
+    symbols: dict[str, CorpusSymbol],
     seen: dict[str, int],
 ) -> PageVersion:
     """Record `n` of metadata/pages.json, checked, with its page's text."""

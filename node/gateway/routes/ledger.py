@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from gibsey.core.envelope import GiftTxn
-from gibsey.ledger.economy import Effect
+from gibsey.ledger.economy import EntryEffect
 from gibsey.ledger.entry import Entry
 from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ledger_refusals
@@ -31,7 +31,7 @@ async def balances(gw: State) -> dict[str, Any]:
     }
 
 
-def _entry_json(e: Entry, ours: bool, eff: Effect | None) -> dict[str, Any]:
+def _entry_json(e: Entry, ours: bool, eff: EntryEffect | None) -> dict[str, Any]:
     return {
         "hash": e.hash_hex,
         "author": e.author_hex,

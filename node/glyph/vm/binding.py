@@ -94,7 +94,7 @@ class Trigger(NamedTuple):
     @property
     def state(self) -> int:
         """The QDPI-256 byte: symbol * 4 + rotation."""
-        return self.symbol * isa.ROTATIONS + self.rotation
+        return self.symbol * isa.ROTATION_COUNT + self.rotation
 
 
 class Effect(NamedTuple):

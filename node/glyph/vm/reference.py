@@ -50,7 +50,7 @@ class Program:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class VerifyVerdict:
     status: Status
     offset: int
     program: Program | None
@@ -79,12 +79,12 @@ class _Header(NamedTuple):
     code_len: int
 
 
-def verify(data: bytes, limits: Limits = Limits()) -> Verdict:
+def verify(data: bytes, limits: Limits = Limits()) -> VerifyVerdict:
     try:
         program = _verified(data, limits)
     except _Rejected as rejected:
-        return Verdict(rejected.status, rejected.offset, None)
-    return Verdict(Status.OK, 0, program)
+        return VerifyVerdict(rejected.status, rejected.offset, None)
+    return VerifyVerdict(Status.OK, 0, program)
 
 
 def _verified(data: bytes, limits: Limits) -> Program:
@@ -296,7 +296,7 @@ def run(data: bytes, trigger: Trigger, fuel: int, limits: Limits = Limits()) -> 
     if verdict.status is not Status.OK or verdict.program is None:
         return Outcome(verdict.status, offset=verdict.offset)
     prog = verdict.program
-    if not (0 <= trigger.symbol < isa.SYMBOLS and 0 <= trigger.rotation < isa.ROTATIONS):
+    if not (0 <= trigger.symbol < isa.SYMBOL_COUNT and 0 <= trigger.rotation < isa.ROTATION_COUNT):
         return Outcome(Status.BAD_TRIGGER, locals=[0] * prog.n_locals)
     fields = (
         trigger.symbol,
@@ -461,7 +461,7 @@ def _gift(m: _Machine, pc: int, arg: int) -> tuple[RawEffect, int]:
 
 def _ask(m: _Machine, pc: int, arg: int) -> tuple[RawEffect, int]:
     persona = m.stack[-1]
-    if not 0 <= persona < isa.SYMBOLS:
+    if not 0 <= persona < isa.SYMBOL_COUNT:
         raise _Stopped(Status.BAD_PERSONA)
     so, sl = m.consts[arg]
     return (isa.EffectKind.ASK, pc, persona, 0, 0, so, sl, 0, 0), 1
