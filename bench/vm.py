@@ -69,7 +69,7 @@ def run_vm_bench(*, quick: bool = False) -> list[BenchRow]:
         return r.fuel_used
 
     def ref_loop() -> int:
-        o = ref.run(loop, ref.Trigger(symbol=1, rotation=0, arg=ref_iters), fuel)
+        o = ref.run(loop, vm.Trigger(symbol=1, rotation=0, arg=ref_iters), fuel)
         assert o.status is vm.Status.OK, o.status
         return o.fuel_used
 
@@ -78,7 +78,7 @@ def run_vm_bench(*, quick: bool = False) -> list[BenchRow]:
 
     small = _program("gift.gasm")
     trigger = vm.Trigger(symbol=3, rotation=1, actor=7, node=1)
-    ref_trigger = ref.Trigger(symbol=3, rotation=1, actor=7, node=1)
+    ref_trigger = vm.Trigger(symbol=3, rotation=1, actor=7, node=1)
     n_zig, n_ref = (300, 30) if quick else (5_000, 500)
     for _ in range(100):  # warm up: first calls pay for ctypes and cache misses
         machine.run(small, trigger)

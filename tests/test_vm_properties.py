@@ -50,7 +50,7 @@ INTS = st.one_of(
     st.integers(I64_MIN, I64_MAX),
 )
 TRIGGERS = st.builds(
-    ref.Trigger,
+    vm.Trigger,
     # 64 and 4 are out of range: rare on purpose, so most runs get to execute.
     symbol=st.integers(0, 64),
     rotation=st.integers(0, 4),
@@ -154,7 +154,7 @@ def programs(draw: st.DrawFn) -> bytes:
     return assemble(text)
 
 
-def agree(data: bytes, trigger: ref.Trigger, fuel: int) -> tuple[Any, ...]:
+def agree(data: bytes, trigger: vm.Trigger, fuel: int) -> tuple[Any, ...]:
     zig = zig_outcome(MACHINE, data, trigger, fuel)
     model = ref_outcome(data, trigger, fuel, LIMITS)
     assert zig == model
@@ -166,7 +166,7 @@ def agree(data: bytes, trigger: ref.Trigger, fuel: int) -> tuple[Any, ...]:
 @PROFILE
 @given(data=programs(), trigger=TRIGGERS, fuel=st.integers(0, MAX_FUEL))
 def test_generated_programs_agree_with_the_reference(
-    data: bytes, trigger: ref.Trigger, fuel: int
+    data: bytes, trigger: vm.Trigger, fuel: int
 ) -> None:
     outcome = agree(data, trigger, fuel)
     status = outcome[0]
@@ -209,7 +209,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 @PROFILE
 @given(data=mutated(), trigger=TRIGGERS, fuel=st.integers(0, MAX_FUEL))
 def test_mutated_bytecode_never_crashes_and_agrees(
-    data: bytes, trigger: ref.Trigger, fuel: int
+    data: bytes, trigger: vm.Trigger, fuel: int
 ) -> None:
     agree(data, trigger, fuel)
 
@@ -244,7 +244,7 @@ def random_programs(draw: st.DrawFn) -> bytes:
     trigger=TRIGGERS,
     fuel=st.integers(0, MAX_FUEL),
 )
-def test_random_bytes_never_crash_and_agree(data: bytes, trigger: ref.Trigger, fuel: int) -> None:
+def test_random_bytes_never_crash_and_agree(data: bytes, trigger: vm.Trigger, fuel: int) -> None:
     agree(data, trigger, fuel)
 
 

@@ -73,7 +73,7 @@ def zig_effects(effects: list[vm.Effect]) -> list[tuple[Any, ...]]:
     return [(e.kind, e.pc, e.a, e.b, e.c, e.s1, e.s2) for e in effects]
 
 
-def zig_outcome(machine: vm.Vm, data: bytes, trigger: ref.Trigger, fuel: int) -> tuple[Any, ...]:
+def zig_outcome(machine: vm.Vm, data: bytes, trigger: vm.Trigger, fuel: int) -> tuple[Any, ...]:
     """Everything observable about one run on the Zig VM, in a comparable shape."""
     status, offset = machine.check(data)
     if status != Status.OK:
@@ -85,9 +85,7 @@ def zig_outcome(machine: vm.Vm, data: bytes, trigger: ref.Trigger, fuel: int) ->
     return (st, r.pc, r.fuel_used, zig_effects(r.partial_effects), r.stack, r.locals)
 
 
-def ref_outcome(
-    data: bytes, trigger: ref.Trigger, fuel: int, limits: ref.Limits
-) -> tuple[Any, ...]:
+def ref_outcome(data: bytes, trigger: vm.Trigger, fuel: int, limits: ref.Limits) -> tuple[Any, ...]:
     o = ref.run(data, trigger, fuel, limits)
     if o.status.is_verify_error:
         return (o.status, o.offset)

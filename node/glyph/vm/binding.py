@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gibsey.node.glyph.vm import isa
-from gibsey.node.glyph.vm.isa import EffectKind, Status
+from gibsey.node.glyph.vm.isa import EffectKind, Status, Trigger
 
 __all__ = [
     "DEFAULT_FUEL",
@@ -78,23 +78,6 @@ class VmError:
 
 def _name(status: Status | int) -> str:
     return status.name if isinstance(status, Status) else f"status {status}"
-
-
-class Trigger(NamedTuple):
-    """The event that runs a program. Actors and nodes are small integer ids the host maps to
-    names (the VM only passes them through into effects). A NamedTuple, not a frozen dataclass:
-    one is made per rotation, and a frozen dataclass costs 0.5 us to build against 0.15."""
-
-    symbol: int
-    rotation: int
-    actor: int = 0
-    node: int = 0
-    arg: int = 0
-
-    @property
-    def state(self) -> int:
-        """The QDPI-256 byte: symbol * 4 + rotation."""
-        return self.symbol * isa.ROTATION_COUNT + self.rotation
 
 
 class Effect(NamedTuple):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from gibsey.node.glyph.vm import isa
-from gibsey.node.glyph.vm.isa import Status
+from gibsey.node.glyph.vm.isa import Status, Trigger
 
 _UNSEEN = -1
 
@@ -237,15 +237,6 @@ def _depth_pass(code: bytes, cs: int, max_stack: int) -> tuple[list[int], list[i
 
 
 # --- The interpreter ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    symbol: int
-    rotation: int
-    actor: int = 0
-    node: int = 0
-    arg: int = 0
 
 
 # (kind, pc, a, b, c, s1_off, s1_len, s2_off, s2_len): the Zig Effect struct, field for field.
