@@ -6,6 +6,7 @@ during first boot leaves either no key or a whole one, and other users cannot re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
+
+from gibsey.core.storage import disk_write
 
 KEY_FILENAME = "node.key"
 ID_FILENAME = "node_id"
@@ -38,20 +41,36 @@ class Identity:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` so a crash leaves the old file or the new one, never a torn one."""
+    """Write `data` to `path` so a crash leaves the old file or the new one, never a torn one.
+
+    A disk that refuses the write (full, failing, read-only) raises StorageError, with the old
+    file intact and the temp file removed: a full disk must not also collect empty temp files.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with disk_write(f"writing {path}"):
+        try:
+            _write_synced(tmp, data, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a nearly full disk may take part of the write before refusing the rest
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_or_create(data_dir: Path, node_id: str | None = None) -> Identity:

@@ -4,6 +4,12 @@ Persisting every tick would cost an fsync per event, so the clock reserves block
 a ceiling, the clock hands out values below it, and only crossing the ceiling writes a new one
 (atomically). After a crash the clock restarts at the last ceiling: values are skipped, never
 reused. This is the same trick as a database sequence cache.
+
+A full or failing disk must not stop the node's events (a ritual needs no disk), so a ceiling
+that cannot be written is reported (DiskHealth) and retried every tenth of a block while the clock
+goes on in memory. The ceiling is renewed halfway through its block, which leaves half a block of
+ticks covered by the ceiling already on disk while the disk refuses writes; only a crash after
+the clock has run past that, on a disk still refusing writes, could reuse values.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gibsey.core.identity import write_atomic
+from gibsey.core.storage import DiskHealth, StorageError
 
 BLOCK = 10_000
 # A remote clock far ahead of ours is believed only this far: one buggy or hostile sender must
@@ -20,20 +27,32 @@ LIMIT = 2**63 - 1
 
 
 class LamportClock:
-    def __init__(self, path: Path, block: int = BLOCK) -> None:
+    def __init__(self, path: Path, block: int = BLOCK, disk: DiskHealth | None = None) -> None:
         self._path = path
         self._block = block
+        self._disk = disk
         start = 0
         if path.exists():
             text = path.read_text().strip()
             start = int(text) if text.isdigit() else 0
         self._value = start
         self._ceiling = start
+        self._renew_at = start
         self._reserve(start + block)
 
     def _reserve(self, ceiling: int) -> None:
-        write_atomic(self._path, f"{ceiling}\n".encode())
+        try:
+            write_atomic(self._path, f"{ceiling}\n".encode())
+        except StorageError as exc:
+            # Go on in memory; try again a tenth of a block later (not at every tick).
+            self._renew_at = self._value + max(1, self._block // 10)
+            if self._disk is not None:
+                self._disk.refused_write(exc)
+            return
         self._ceiling = ceiling
+        self._renew_at = ceiling - self._block // 2
+        if self._disk is not None:
+            self._disk.wrote()
 
     @property
     def value(self) -> int:
@@ -42,7 +61,7 @@ class LamportClock:
     def _set(self, value: int) -> int:
         assert value <= LIMIT, "lamport clock exhausted"
         self._value = value
-        if value >= self._ceiling:
+        if value >= self._renew_at:
             self._reserve(value + self._block)
         return value
 

@@ -11,18 +11,21 @@ check has passed; a rejected import raises before the first write, so nothing ch
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
+
+from gibsey.core.storage import DiskHealth, StorageError, likely_errno
 
 from . import entry as entry_mod
 from . import forkproof
@@ -56,6 +59,9 @@ CREATE TABLE IF NOT EXISTS forks (
 
 
 _INSERT = "INSERT INTO entries (author, seq, hash, lamport, type, raw) VALUES (?,?,?,?,?,?)"
+# SQLite's primary result codes for a disk that refuses a write (full, failing, read-only).
+_DISK_FULL = sqlite3.SQLITE_FULL
+_DISK_REFUSED = (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
 
 
 def _row(e: Entry) -> tuple[bytes, int, bytes, int, str, bytes]:
@@ -98,13 +104,31 @@ class VerifyReport:
 Listener = Callable[[Entry | ForkProof], None]
 
 
+class _Caches(NamedTuple):
+    """What a write transaction may change in the caches (put back if it fails)."""
+
+    heads: dict[bytes, Head]
+    max_lamport: int
+    count: int
+    quarantine: dict[bytes, int]
+    fork_keys: set[tuple[bytes, int]]
+
+
 class Store:
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", verify_threads: int | None = None
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        verify_threads: int | None = None,
+        disk: DiskHealth | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise ValueError(f"synchronous={synchronous!r}")
         self.path = str(path)
+        # Told of every refused and every working write (the node shares one with its other
+        # writers, to say "disk full" once per episode).
+        self.disk = disk if disk is not None else DiskHealth()
         # Ed25519 verification releases the GIL (PyNaCl calls libsodium through cffi), so a
         # batch import verifies on several cores; a Pi 4/5 has four.
         self.verify_threads = verify_threads or min(4, os.cpu_count() or 1)
@@ -173,8 +197,10 @@ class Store:
             if self._in_tx:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
             self._in_tx = True
+            before: _Caches | None = None
+            changes = self._db.total_changes
             try:
                 # Another process (the ledger or story CLI beside a running node) may have
                 # appended to this feed since our caches were read: catch up under the write
@@ -182,14 +208,78 @@ class Store:
                 caught_up = self._catch_up()
                 if caught_up:
                     self._notify(caught_up)
+                before = self._caches()
                 yield self._db
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._load_caches()  # caches may hold rows that were rolled back
-                raise
+            except BaseException as exc:
+                self._abandon(before)
+                refused = self._refused(exc)
+                if refused is None:
+                    raise
+                raise refused from exc
             finally:
                 self._in_tx = False
+            if self._db.total_changes != changes:
+                self.disk.wrote()
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE (first ending a transaction a failing disk left open)."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            refused = self._refused(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _caches(self) -> _Caches:
+        return _Caches(
+            dict(self._heads),
+            self._max_lamport,
+            self._count,
+            dict(self._quarantine),
+            set(self._fork_keys),
+        )
+
+    def _abandon(self, before: _Caches | None) -> None:
+        """After a failed transaction: roll back what SQLite has not rolled back already (a full
+        disk or an I/O error rolls it back by itself, and a second ROLLBACK would raise over the
+        real error), and read the caches back from what is stored, so no head stays advanced
+        for an entry that was never stored."""
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        try:
+            self._load_caches()
+        except sqlite3.Error:
+            # A failing disk may refuse the reads too: the caches as they were when this
+            # transaction began (nothing of it was stored), read again at the next one.
+            if before is not None:
+                self._heads, self._max_lamport = before.heads, before.max_lamport
+                self._count, self._quarantine = before.count, before.quarantine
+                self._fork_keys = before.fork_keys
+            self._data_version = -1
+
+    def _refused(self, exc: BaseException) -> StorageError | None:
+        """`exc` as a StorageError (reported to `disk`) when the disk refused the write."""
+        if isinstance(exc, StorageError):
+            refused: StorageError | None = exc  # from a writer nested in the transaction
+        elif isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            what = f"the ledger {self.path}"
+            if code == _DISK_FULL:
+                refused = StorageError(errno.ENOSPC, what)
+            elif code in _DISK_REFUSED:
+                refused = StorageError(likely_errno(os.path.dirname(self.path) or "."), what)
+            else:
+                refused = None
+        else:
+            refused = None
+        if refused is not None:
+            self.disk.refused_write(refused)
+        return refused
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` after each committed new entry or fork proof (in commit order)."""

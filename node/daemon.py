@@ -24,9 +24,10 @@ from gibsey.core.envelope import (
     SafetyAlert,
     encode_event,
 )
-from gibsey.core.identity import Identity, load_or_create
+from gibsey.core.identity import Identity, load_or_create, write_atomic
 from gibsey.core.lamport import LamportClock
 from gibsey.core.rate import RateMeter
+from gibsey.core.storage import ALERT_REASON, EPISODE_FILE, DiskHealth, StorageError, episode_json
 from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
 from gibsey.node.config import GibseyConfig
 from gibsey.node.parts import Parts, attach_parts
@@ -49,7 +50,11 @@ class Node:
         self.config = config
         self.identity: Identity = load_or_create(data_dir, node_id)
         self.node_id = self.identity.node_id
-        self.clock = LamportClock(data_dir / "lamport")
+        # Every writer of the data directory reports to this one, so a full or failing disk is
+        # said once per episode (safety/alert disk_full), whichever write hit it first.
+        self.disk = DiskHealth(self._disk_changed)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.clock = LamportClock(data_dir / "lamport", disk=self.disk)
         self.router = Router(
             self.node_id,
             alert_sink=self._publish_alert,
@@ -64,6 +69,7 @@ class Node:
         self._extra_subscriptions: list[tuple[str, Callable[[str, bytes], object]]] = []
         self.notifier = Notifier()
         self.run_record = RunRecord(data_dir)
+        self.heartbeat_s = HEARTBEAT_S
         self.embedded: EmbeddedBroker | None = None
         self.spine: Spine | None = None
         self.started_at = time.monotonic()
@@ -72,6 +78,8 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         attach_parts(self)
+        if self.parts.ledger is not None:
+            self.parts.ledger.store.disk = self.disk
 
     def add_subscription(self, topic_filter: str, callback: Callable[[str, bytes], object]) -> None:
         """Have messages on `topic_filter` (outside the event topics) handed to `callback` on the
@@ -152,6 +160,55 @@ class Node:
         if self.spine is not None:
             self.emit("safety/alert", alert)
 
+    # -- the disk ---------------------------------------------------------------------------------
+    def _disk_changed(self, error: StorageError | None) -> None:
+        """The disk began (error) or stopped (None) refusing writes; called from any thread.
+        Said once per episode, outside the router's rate limit (DiskHealth is the limit)."""
+        if error is not None:
+            log.error("the disk refuses writes: %s", error)
+            alert = SafetyAlert(
+                reason=ALERT_REASON,
+                detail=f"{error.errno_name}: {error}. Writes are refused (HTTP 507) and nothing "
+                "is stored until the disk takes writes again; reads and rituals go on, and "
+                "writing resumes by itself",
+                severity="critical",
+            )
+        else:
+            episode = self.disk.last_episode
+            refused = episode.refused if episode is not None else 0
+            log.warning("the disk takes writes again (%d writes were refused)", refused)
+            alert = SafetyAlert(
+                reason="disk_recovered",
+                detail=f"the disk takes writes again; {refused} writes were refused meanwhile",
+                severity="info",
+            )
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._publish_alert, alert)
+            if error is None:
+                loop.call_soon_threadsafe(self._record_disk_episode)
+
+    def _record_disk_episode(self) -> None:
+        """Keep the episode that just ended for `gibsey doctor` (it could not be written while
+        the disk refused writes)."""
+        episode = self.disk.last_episode
+        if episode is not None:
+            self._write_safely(
+                lambda: write_atomic(self.data_dir / EPISODE_FILE, episode_json(episode, time.time()))
+            )
+
+    def _write_safely(self, write: Callable[[], None]) -> None:
+        """A write of the node's own files (run record, ...): a disk that refuses it is reported,
+        never fatal, and one that takes it again ends the episode."""
+        try:
+            write()
+        except StorageError as exc:
+            self.disk.refused_write(exc)
+        except OSError as exc:
+            log.warning("could not write in %s: %s", self.data_dir, exc)
+        else:
+            self.disk.wrote()
+
     # -- status -----------------------------------------------------------------------------------
     @property
     def uptime(self) -> float:
@@ -193,9 +250,9 @@ class Node:
                     self.spine.publish(
                         status_topic(self.node_id), self._status_bytes(), retain=True
                     )
-            if now - last_heartbeat >= HEARTBEAT_S:
+            if now - last_heartbeat >= self.heartbeat_s:
                 last_heartbeat = now
-                self.run_record.heartbeat()
+                self._write_safely(self.run_record.heartbeat)
 
     def summary(self) -> str:
         """One readable line: systemd's STATUS= and the log's status line."""
@@ -204,9 +261,11 @@ class Node:
             broker = f"broker {self.spine.url} " + (
                 "connected" if self.spine.connected else "unreachable"
             )
+        disk = ", the disk refuses writes" if self.disk.episode is not None else ""
         return (
             f"node {self.node_id}: {broker}, {self.events_per_s:.1f} events/s, "
             f"{self.router.stats.accepted} events, {self.router.stats.rejected_total} rejected"
+            f"{disk}"
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -229,7 +288,9 @@ class Node:
         for topic_filter, callback in self._extra_subscriptions:
             self.spine.add_subscription(topic_filter, callback)
         self.started_at = time.monotonic()
-        death = self.run_record.begin()
+        self._loop = asyncio.get_running_loop()
+        death = self.run_record.previous_death()
+        self._write_safely(self.run_record.heartbeat)
         self.router.start()
         self._tasks = [
             asyncio.create_task(self.spine.run(), name="spine"),
@@ -239,7 +300,11 @@ class Node:
         for name, factory in self._services:
             self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
         if death is not None:
-            record_rebirth(self, death)
+            try:
+                record_rebirth(self, death)
+            except StorageError as exc:  # reported by the ledger; the node serves all the same
+                log.error("the previous run's death could not be recorded: %s", exc)
+                self.disk.refused_write(exc)
         # Serving: events are accepted and queued from here on, broker or not (a missing broker
         # is retried, not a reason for systemd to restart the node).
         self.notifier.ready(self.summary())
@@ -269,5 +334,5 @@ class Node:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
-        self.run_record.end()
+        self._write_safely(self.run_record.end)
         self.notifier.close()

@@ -2,15 +2,17 @@
 
 Checks: the broker is reachable, the Zig VM library loads, the model is there when agents are
 configured (and, on the SD image, the agent worker unit's socket listens), the key file is
-private (0600), the data directory has room (and, on the SD image, is its own partition), the
-clock is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
+private (0600), the data directory has room (and, on the SD image, is its own partition) and
+takes a write now (and when it last refused writes), the clock is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
 Exit 1 when something is wrong (a FAIL); warnings do not fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -23,7 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gibsey.core.config import ConfigError, resolve_data_dir
-from gibsey.core.identity import ID_FILENAME, KEY_FILENAME
+from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
+from gibsey.core.storage import EPISODE_FILE, StorageError
 from gibsey.node.config import GibseyConfig, load_gibsey_config
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -189,6 +192,53 @@ def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> 
     return Check("disk", OK, detail)
 
 
+DISK_FIXES = {
+    errno.EROFS: "the kernel made the file system read-only after an error: see `dmesg`, "
+    "check it (fsck) and reboot; the node resumes writing on a writable disk",
+    errno.EIO: "the card fails writes: back up the data directory and replace the card",
+}
+DISK_FULL_FIX = (
+    "free space (`journalctl --vacuum-size=50M`, old files in the data directory); the node "
+    "resumes writing by itself"
+)
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def check_disk_writes(data: Path) -> Check:
+    """Whether the data directory takes a write now (a probe file, written atomically and
+    removed), and the node's last episode of refused writes (disk.json)."""
+    if not data.is_dir():
+        return Check("disk writes", OK, f"no {data} yet")
+    probe = data / ".doctor-probe"
+    try:
+        write_atomic(probe, b"probe\n")
+        probe.unlink()
+    except StorageError as exc:
+        return Check(
+            "disk writes",
+            FAIL,
+            f"{data} refuses writes: {exc.strerror}; the node serves reads and stores nothing",
+            DISK_FIXES.get(exc.errno or 0, DISK_FULL_FIX),
+        )
+    except OSError as exc:
+        return Check(
+            "disk writes", WARN, f"could not probe {data}: {exc}", "run as the node's user"
+        )
+    try:
+        last = json.loads((data / EPISODE_FILE).read_text())
+        since, until = _utc(float(last["since"])), _utc(float(last["until"]))
+        detail = (
+            f"; the last refused writes: {int(last['refused'])} ({last['errno']}) "
+            f"from {since} to {until}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        detail = ""  # never refused (or no record of it)
+    return Check("disk writes", OK, f"{data} takes writes{detail}")
+
+
 def check_clock(now: float | None = None) -> Check:
     year = time.gmtime(time.time() if now is None else now).tm_year
     if year < 2025:
@@ -233,6 +283,7 @@ def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[
         check_agent_worker(cfg),
         check_key(data),
         check_disk(data),
+        check_disk_writes(data),
         check_clock(now),
         *check_peers(cfg),
     ]

@@ -15,7 +15,7 @@ from gibsey.node.agents.service import AgentService
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
-from tests.conftest import Collector, CollectorFactory
+from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
 
 FAST_WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0, "max_tokens": 24}
@@ -26,13 +26,10 @@ async def agent_node(tmp_path: Path, **agent: Any) -> AsyncIterator[tuple[Node, 
     broker = Mosquitto(tmp_path / "mosquitto").start()
     config = GibseyConfig(agent=AgentConfig.model_validate({**FAST_WATCHDOG, **agent}))
     node = Node(tmp_path / "data", config)
-    await node.start(broker.url)
     try:
-        assert node.spine is not None
-        await node.spine.wait_connected(timeout=10)
-        yield node, broker
+        async with started(node, broker.url):
+            yield node, broker
     finally:
-        await node.stop()
         broker.stop()
 
 
@@ -42,24 +39,23 @@ def agents(node: Node) -> AgentService:
     return service
 
 
-def finals(col: Collector, corr: str) -> list[dict[str, Any]]:
+def _emits(col: Collector, corr: str, final: bool) -> list[dict[str, Any]]:
+    """The agent/emit payloads `col` got for request `corr`: its final ones, or its tokens."""
     return [
         m["payload"]
         for m in (json.loads(p) for _t, p in col.messages)
         if m.get("kind") == "agent/emit"
         and m["payload"]["correlation"] == corr
-        and m["payload"]["final"]
+        and bool(m["payload"]["final"]) is final
     ]
+
+
+def finals(col: Collector, corr: str) -> list[dict[str, Any]]:
+    return _emits(col, corr, final=True)
 
 
 def tokens(col: Collector, corr: str) -> list[dict[str, Any]]:
-    return [
-        m["payload"]
-        for m in (json.loads(p) for _t, p in col.messages)
-        if m.get("kind") == "agent/emit"
-        and m["payload"]["correlation"] == corr
-        and not m["payload"]["final"]
-    ]
+    return _emits(col, corr, final=False)
 
 
 async def ask(

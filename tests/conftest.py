@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
+from gibsey.node.spine.spine import Spine
 from tests.brokers import Mosquitto, free_port
 
 
@@ -20,6 +22,19 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path / "mosquitto").start()
     yield broker
     broker.stop()
+
+
+@asynccontextmanager
+async def started(node: Node, broker_url: str | None) -> AsyncIterator[Spine]:
+    """`node` started on `broker_url` (None: its own embedded broker), until its spine is
+    connected; the spine, and the node stopped on the way out."""
+    await node.start(broker_url)
+    try:
+        assert node.spine is not None
+        await node.spine.wait_connected(timeout=10)
+        yield node.spine
+    finally:
+        await node.stop()
 
 
 @dataclass
@@ -49,11 +64,8 @@ async def running_node(
         config.node.embedded_port = port
         url = None
     node = Node(tmp_path / "data", config)
-    await node.start(url)
-    assert node.spine is not None
-    await node.spine.wait_connected(timeout=10)
-    yield RunningNode(node, node.spine.url, port)
-    await node.stop()
+    async with started(node, url) as spine:
+        yield RunningNode(node, spine.url, port)
     if broker is not None:
         broker.stop()
 

@@ -15,6 +15,7 @@ from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import GatewayConfig
 from gibsey.node.gateway.part import Gateway
 from tests.brokers import Mosquitto
+from tests.conftest import started
 
 TOKEN = "test-write-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,15 +38,12 @@ async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
     broker = Mosquitto(tmp_path / "mosquitto").start()
     config = GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token=TOKEN))
     node = Node(tmp_path / "data", config)
-    await node.start(broker.url)
     try:
-        assert node.spine is not None
-        await node.spine.wait_connected(timeout=10)
-        gateway = node.parts.gateway
-        assert gateway is not None
-        await asyncio.wait_for(gateway.ready.wait(), 10)
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-            yield GatewayNode(node, gateway, broker, http)
+        async with started(node, broker.url):
+            gateway = node.parts.gateway
+            assert gateway is not None
+            await asyncio.wait_for(gateway.ready.wait(), 10)
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+                yield GatewayNode(node, gateway, broker, http)
     finally:
-        await node.stop()
         broker.stop()

@@ -28,7 +28,7 @@ from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.agent_support import FAST_WATCHDOG, agent_node, agents, ask
 from tests.brokers import free_port
-from tests.conftest import CollectorFactory
+from tests.conftest import CollectorFactory, started
 from tests.events import raw_event, topic
 
 CORR = b"\x00\x01corr"
@@ -207,13 +207,8 @@ async def embedded_agent_node(tmp_path: Path) -> AsyncIterator[tuple[Node, int]]
     config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
     config.node.embedded_port = port = free_port()
     node = Node(tmp_path / "data", config)
-    await node.start(None)
-    try:
-        assert node.spine is not None
-        await node.spine.wait_connected(timeout=10)
+    async with started(node, None):
         yield node, port
-    finally:
-        await node.stop()
 
 
 async def test_without_mqtt5_the_link_stays_off_and_reply_to_is_answered_at_once(

@@ -15,6 +15,7 @@ from gibsey.node.agents.memory import DIM, Embedder, MemoryStore
 from gibsey.node.agents.personas import load_personas
 from gibsey.node.agents.tensor import AgencyTensor
 
+# Restated from DESIGN.md, not imported from dialcore.qdpi: an independent check of the personas.
 CHARACTERS = (
     ("an-author", "#34FF78"),
     ("london-fox", "#FF3B3B"),

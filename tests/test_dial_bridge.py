@@ -28,7 +28,7 @@ from gibsey.node.dial.bridge import (
 )
 from gibsey.node.dial.config import DialConfig
 from tests.brokers import Mosquitto
-from tests.conftest import Collector, CollectorFactory
+from tests.conftest import Collector, CollectorFactory, started
 from tests.events import topic
 
 
@@ -80,11 +80,8 @@ async def rig(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Rig]:
     node = Node(tmp_path / "data", config)
     bridge = node.parts.dial
     assert bridge is not None, "the dial bridge is not in node/parts.py"
-    await node.start(mosquitto.url)
-    assert node.spine is not None
-    await node.spine.wait_connected(timeout=10)
-    yield Rig(node, bridge, mosquitto, link)
-    await node.stop()
+    async with started(node, mosquitto.url):
+        yield Rig(node, bridge, mosquitto, link)
 
 
 async def say_hello_over_mqtt(rig: Rig, pico: Collector, dial_id: str, symbol: int) -> None:

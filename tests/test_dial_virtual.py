@@ -17,10 +17,11 @@ import pytest
 
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
+from gibsey.node.dial.bridge import read_ready
 from gibsey.node.dial.cli import VirtualDial, parse_keys
 from gibsey.node.dial.config import DialConfig
 from tests.brokers import Mosquitto
-from tests.conftest import CollectorFactory
+from tests.conftest import CollectorFactory, started
 from tests.events import topic
 
 
@@ -40,13 +41,7 @@ class Terminal:
         asyncio.get_running_loop().add_reader(self.master, self._read)
 
     def _read(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(self.master)
-        self.screen += data
+        self.screen += read_ready(self.master, 65536)
         self._changed.set()
 
     async def wait_for(self, text: bytes, timeout: float = 20.0) -> None:
@@ -75,11 +70,8 @@ class Terminal:
 async def node(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Node]:
     config = GibseyConfig(dial=DialConfig(serial="off"))
     node = Node(tmp_path / "data", config)
-    await node.start(mosquitto.url)
-    assert node.spine is not None
-    await node.spine.wait_connected(timeout=10)
-    yield node
-    await node.stop()
+    async with started(node, mosquitto.url):
+        yield node
 
 
 async def test_keys_turn_the_node_through_the_bridge(

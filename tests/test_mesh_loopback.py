@@ -169,24 +169,10 @@ def test_forged_replayed_and_equivocating_data(trio: list[MeshProc]) -> None:
         s.send_multipart([wire.ENTRIES, *old])
         # An equivocating author: two different entries at seq 1 of one feed.
         x = SigningKey(b"\x0b" * 32)
-        e1 = create(
-            x,
-            seq=1,
-            prev=None,
-            lamport=10,
-            type_="mint",
-            body={"actor": "todd-fishbone", "amount": 5, "ritual": "read"},
-        )
-        e2 = create(
-            x,
-            seq=1,
-            prev=None,
-            lamport=10,
-            type_="mint",
-            body={"actor": "todd-fishbone", "amount": 50, "ritual": "read"},
-        )
-        s.send_multipart([wire.ENTRIES, e1.raw])
-        s.send_multipart([wire.ENTRIES, e2.raw])
+        for amount in (5, 50):
+            body = {"actor": "todd-fishbone", "amount": amount, "ritual": "read"}
+            e = create(x, seq=1, prev=None, lamport=10, type_="mint", body=body)
+            s.send_multipart([wire.ENTRIES, e.raw])
         wait_until(lambda: all(fork_count(n.data) == 1 for n in trio), 20, "fork proof everywhere")
         assert a.status()["peers"] and all(
             p["strikes"] == 0

@@ -28,6 +28,17 @@ def text(story: Story, ref: str, page: str = FOX) -> str:
     return story.page(ref, page)[1].text
 
 
+def rival_branches(story: Story, fox: tuple[str, str], todd: tuple[str, str]) -> str:
+    """Branches fox (by london-fox) and todd (by todd-fishbone) off main, each rewriting page FOX
+    with one replacement (old, new) of main's text; returns main's text."""
+    story.create_branch("fox", actor="london-fox")
+    story.create_branch("todd", actor="todd-fishbone")
+    base = text(story, "main")
+    story.write("fox", FOX, base.replace(*fox), "london-fox")
+    story.write("todd", FOX, base.replace(*todd), "todd-fishbone")
+    return base
+
+
 def test_sample_corpus_imports_every_symbol(story: Story) -> None:
     corpus = read_corpus(SAMPLE)
     tree = story.graph.tree(story.head("main"))
@@ -39,11 +50,7 @@ def test_sample_corpus_imports_every_symbol(story: Story) -> None:
 
 
 def test_branch_write_and_word_diff(story: Story) -> None:
-    story.create_branch("fox", actor="london-fox")
-    story.create_branch("todd", actor="todd-fishbone")
-    base = text(story, "main")
-    story.write("fox", FOX, base.replace("twice", "three times"), "london-fox")
-    story.write("todd", FOX, base.replace("came out odd", "came out even"), "todd-fishbone")
+    base = rival_branches(story, ("twice", "three times"), ("came out odd", "came out even"))
     assert text(story, "main") == base  # canon untouched
     [d] = story.diff("main", "fox")
     assert d.page == FOX
@@ -61,11 +68,7 @@ def test_branch_write_and_word_diff(story: Story) -> None:
 
 
 def test_merge_clean_applies_both_sides(story: Story) -> None:
-    story.create_branch("fox", actor="london-fox")
-    story.create_branch("todd", actor="todd-fishbone")
-    base = text(story, "main")
-    story.write("fox", FOX, base.replace("twice", "three times"), "london-fox")
-    story.write("todd", FOX, base.replace("came out odd", "came out even"), "todd-fishbone")
+    rival_branches(story, ("twice", "three times"), ("came out odd", "came out even"))
     story.write("todd", "001", "A new preface.\n", "todd-fishbone")
     plan = story.plan_merge("todd", "fox")
     assert plan.conflicts == [] and sorted(plan.clean) == ["001", FOX]
@@ -80,11 +83,7 @@ def test_merge_clean_applies_both_sides(story: Story) -> None:
 
 
 def test_merge_conflict_reported_precisely_and_nothing_appended(story: Story) -> None:
-    story.create_branch("fox", actor="london-fox")
-    story.create_branch("todd", actor="todd-fishbone")
-    base = text(story, "main")
-    story.write("fox", FOX, base.replace("twice", "three times"), "london-fox")
-    story.write("todd", FOX, base.replace("twice", "four times"), "todd-fishbone")
+    base = rival_branches(story, ("twice", "three times"), ("twice", "four times"))
     plan = story.plan_merge("todd", "fox")
     [c] = plan.conflicts
     words = base.split()
@@ -107,11 +106,7 @@ def test_merge_conflict_reported_precisely_and_nothing_appended(story: Story) ->
 
 def test_propose_vote_apply_through_the_ledger_exactly_once(story: Story) -> None:
     ledger = story.ledger
-    story.create_branch("fox", actor="london-fox")
-    story.create_branch("todd", actor="todd-fishbone")
-    base = text(story, "main")
-    story.write("fox", FOX, base.replace("twice", "three times"), "london-fox")
-    story.write("todd", FOX, base.replace("twice", "four times"), "todd-fishbone")
+    base = rival_branches(story, ("twice", "three times"), ("twice", "four times"))
     for actor in ("london-fox", "todd-fishbone", "glyph-marrow"):
         ledger.mint(actor, 100, "read")
     first = story.propose("fox", "london-fox")

@@ -147,7 +147,7 @@ def _ask(args: argparse.Namespace) -> int:
 async def _ask_local(args: argparse.Namespace) -> int:
     from gibsey.node.agents.model import resolve_model
     from gibsey.node.agents.personas import load_personas
-    from gibsey.node.agents.supervisor import Supervisor
+    from gibsey.node.agents.supervisor import GenRequest, Supervisor
 
     cfg = _agent_config(_data(args))
     persona = load_personas().get(args.persona)
@@ -165,10 +165,12 @@ async def _ask_local(args: argparse.Namespace) -> int:
 
     try:
         stats = await sup.generate(
-            persona.prompt(args.question),
-            min(args.max_tokens, cfg.max_tokens),
-            persona.stop_sequences(),
-            on_token,
+            GenRequest(
+                persona.prompt(args.question),
+                min(args.max_tokens, cfg.max_tokens),
+                persona.stop_sequences(),
+                on_token,
+            )
         )
     finally:
         await sup.close()

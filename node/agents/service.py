@@ -64,7 +64,7 @@ from gibsey.node.agents.safety import (
     Throttle,
     parse_review,
 )
-from gibsey.node.agents.supervisor import Supervisor, WorkerFailed
+from gibsey.node.agents.supervisor import GenRequest, Supervisor, WorkerFailed
 from gibsey.node.agents.tensor import AgencyTensor, persist_clock
 
 if TYPE_CHECKING:
@@ -260,11 +260,13 @@ class AgentService:
         text: list[str] = []
         try:
             await sup.generate(
-                reviewer.prompt(f'Answer to review: "{answer[:600]}"'),
-                12,
-                reviewer.stop_sequences(),
-                lambda t: bool(text.append(t) or True),  # type: ignore[func-returns-value]
-                temperature=0.0,
+                GenRequest(
+                    reviewer.prompt(f'Answer to review: "{answer[:600]}"'),
+                    12,
+                    reviewer.stop_sequences(),
+                    lambda t: bool(text.append(t) or True),  # type: ignore[func-returns-value]
+                    temperature=0.0,
+                )
             )
         except (WorkerFailed, RuntimeError) as exc:
             log.warning("red-team review failed: %s", exc)
@@ -395,7 +397,7 @@ class AgentService:
             return True
 
         try:
-            await sup.generate(prompt, max_tokens, persona.stop_sequences(), on_token)
+            await sup.generate(GenRequest(prompt, max_tokens, persona.stop_sequences(), on_token))
         except WorkerFailed as exc:
             log.warning("request %s cut short: %s", event.id, exc)
             return self._canned(persona), seq

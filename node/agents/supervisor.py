@@ -45,6 +45,18 @@ class ModelLoadFailed(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class GenRequest:
+    """One completion asked of a worker; `on_token` returns False to cancel. A temperature of
+    None means the configured one."""
+
+    prompt: str
+    max_tokens: int
+    stop: list[str]
+    on_token: Callable[[str], bool]
+    temperature: float | None = None
+
+
 @dataclass
 class GenStats:
     tokens: int = 0
@@ -216,15 +228,8 @@ class WorkerProcess:
         finally:
             self._pongs.pop(pid, None)
 
-    async def generate(
-        self,
-        prompt: str,
-        max_tokens: int,
-        stop: list[str],
-        on_token: Callable[[str], bool],
-        temperature: float | None = None,
-    ) -> GenStats:
-        """Stream one completion; `on_token` returns False to cancel. Raises WorkerFailed.
+    async def generate(self, request: GenRequest) -> GenStats:
+        """Stream one completion. Raises WorkerFailed.
 
         Tokens are handed to `on_token` by the read loop as each line is read: no queue and no
         timeout task per token. The wedge deadline is checked here, once per timeout period."""
@@ -232,15 +237,16 @@ class WorkerProcess:
             raise WorkerFailed(f"worker exited (status {self.returncode})")
         loop = asyncio.get_running_loop()
         rid = f"g{next(_ids)}"
-        gen = _Generation(rid, on_token, lambda: self._send(op="cancel", id=rid), loop)
+        gen = _Generation(rid, request.on_token, lambda: self._send(op="cancel", id=rid), loop)
         self._current = gen
+        temperature = request.temperature
         try:
             self._send(
                 op="generate",
                 id=rid,
-                prompt=prompt,
-                max_tokens=max_tokens,
-                stop=stop,
+                prompt=request.prompt,
+                max_tokens=request.max_tokens,
+                stop=request.stop,
                 temperature=self.cfg.temperature if temperature is None else temperature,
                 seed=self.cfg.seed,
                 batch_s=self.cfg.token_batch,
@@ -392,20 +398,13 @@ class Supervisor:
             self._alert("agent_worker_restarted", f"pid {worker.pid} serving {self.model}", "info")
         return worker
 
-    async def generate(
-        self,
-        prompt: str,
-        max_tokens: int,
-        stop: list[str],
-        on_token: Callable[[str], bool],
-        temperature: float | None = None,
-    ) -> GenStats:
+    async def generate(self, request: GenRequest) -> GenStats:
         async with self._lock:
             self.busy_since = time.monotonic()
             try:
                 worker = await self._ensure()
                 try:
-                    return await worker.generate(prompt, max_tokens, stop, on_token, temperature)
+                    return await worker.generate(request)
                 except WorkerFailed as exc:
                     reason = "agent_worker_wedged" if "wedged" in str(exc) else "agent_worker_died"
                     await self._discard(worker, reason, str(exc))

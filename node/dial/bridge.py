@@ -34,12 +34,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gibsey import __version__
 from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
-from gibsey.core.topics import TOPIC_ROOT, status_topic
+from gibsey.core.topics import TOPIC_ROOT
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, symbol_name
 from gibsey.node.dial.config import DialConfig
+from gibsey.node.spine.discovery import availability_config, device_config
 
 if TYPE_CHECKING:
     import serial
@@ -327,12 +327,8 @@ class DialBridge:
         fd = port.fileno()
 
         def readable() -> None:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                data = b""
+            data = read_ready(fd, 4096)
             if not data:
-                loop.remove_reader(fd)
                 gone.set()
                 return
             self.feed_bytes(channel, data)
@@ -373,23 +369,22 @@ class DialBridge:
         self.feed_line(channel, payload.decode("ascii", "replace"))
 
 
+def read_ready(fd: int, size: int) -> bytes:
+    """Up to `size` bytes from `fd`, which the loop has said is readable; at its end (or on an
+    error, which ends it as surely) b"", and the loop stops watching it."""
+    try:
+        data = os.read(fd, size)
+    except OSError:
+        data = b""
+    if not data:
+        asyncio.get_running_loop().remove_reader(fd)
+    return data
+
+
 def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[str, bytes]]:
     """Home Assistant: the dial as an `event` entity, its position and glyph as sensors, and its
     frame losses as a diagnostic sensor; grouped under the node's device."""
-    device = {
-        "identifiers": [f"gibsey_{node_id}"],
-        "name": f"Gibsey {node_id}",
-        "manufacturer": "Gibsey",
-        "model": "Gibsey node",
-        "sw_version": __version__,
-    }
-    base = {
-        "availability_topic": status_topic(node_id),
-        "availability_template": "{{ value_json.state }}",
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "device": device,
-    }
+    base = {**availability_config(node_id), "device": device_config(node_id)}
     uid = f"gibsey_{node_id}_dial_{dial_id}".replace("-", "_")
     # Its own discovery node id: the node's sensors under <prefix>/sensor/<node>/ all read the
     # node's status document, and dashboards (and tests) rely on that.

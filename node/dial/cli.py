@@ -42,7 +42,7 @@ from gibsey.core.topics import topic_for
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.app import FIRMWARE
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, QdpiDial, symbol_name
-from gibsey.node.dial.bridge import frame_topic
+from gibsey.node.dial.bridge import frame_topic, read_ready
 
 ARROWS = "↑→↓←"  # the glyph's orientation per rotation: Read, Write, Remember, Dream
 KEYS = {
@@ -177,12 +177,8 @@ class KeyReader:
         self._pending = b""  # an escape sequence cut between two reads
 
     def __call__(self) -> None:
-        try:
-            data = os.read(self.fd, 64)
-        except OSError:
-            data = b""
+        data = read_ready(self.fd, 64)
         if not data:
-            asyncio.get_running_loop().remove_reader(self.fd)
             self.actions.put_nowait("quit")
             return
         keys, self._pending = parse_keys(self._pending + data)

@@ -1,8 +1,9 @@
 """The gateway's errors: every failure is a JSON object whose `error` field says what was wrong.
 
 `ApiError` is what an endpoint raises to answer with a status of its choosing; `install` makes
-the app answer validation errors, unknown paths and methods the same way, and a failure inside
-the node with a bare 500 (the traceback goes to the log, never to the client).
+the app answer validation errors, unknown paths and methods the same way, a write the node's disk
+refused (full, failing, read-only) with 507 Insufficient Storage, and a failure inside the node
+with a bare 500 (the traceback goes to the log, never to the client).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gibsey.core.storage import StorageError
 from gibsey.ledger.errors import LedgerError, Overdraw, Rejected
 
 log = logging.getLogger("gibsey.gateway")
@@ -93,6 +95,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def _disk_refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageError)
+    # Said once by the node (safety/alert disk_full); each request only gets its answer.
+    log.debug("gateway: %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {
+            "error": f"the node's disk refused the write ({exc.strerror}): nothing was stored; "
+            "reads go on, and writes work again by themselves once the disk takes them",
+            "errno": exc.errno_name,
+        },
+        status_code=507,
+    )
+
+
 async def _crashed(request: Request, exc: Exception) -> Response:
     log.exception("gateway: %s %s failed", request.method, request.url.path)
     return JSONResponse(
@@ -103,6 +119,7 @@ async def _crashed(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StorageError, _disk_refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _crashed)

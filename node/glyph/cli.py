@@ -38,32 +38,29 @@ class _CliError(Exception):
     pass
 
 
-def _symbol(text: str) -> int:
-    if text in CHARACTER_SLUGS:
-        return CHARACTER_SLUGS.index(text)
+def _number_below(text: str, count: int, what: str, expected: str) -> int:
+    """`text` as a number 0..count-1 (0x.. too), or the error that says what was `expected`."""
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected 0..63 or a character slug ({', '.join(CHARACTER_SLUGS[:3])}, ...)"
-        ) from None
-    if not 0 <= value < isa.SYMBOL_COUNT:
-        raise argparse.ArgumentTypeError(f"symbol {value} out of range 0..63")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}") from None
+    if not 0 <= value < count:
+        raise argparse.ArgumentTypeError(f"{what} {value} out of range 0..{count - 1}")
     return value
+
+
+def _symbol(text: str) -> int:
+    if text in CHARACTER_SLUGS:
+        return CHARACTER_SLUGS.index(text)
+    slugs = f"{', '.join(CHARACTER_SLUGS[:3])}, ..."
+    return _number_below(text, isa.SYMBOL_COUNT, "symbol", f"0..63 or a character slug ({slugs})")
 
 
 def _rotation(text: str) -> int:
     if text.lower() in ROTATIONS:
         return ROTATIONS.index(text.lower())
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected 0..3 or one of {', '.join(ROTATIONS)}"
-        ) from None
-    if not 0 <= value < isa.ROTATION_COUNT:
-        raise argparse.ArgumentTypeError(f"rotation {value} out of range 0..3")
-    return value
+    expected = f"0..3 or one of {', '.join(ROTATIONS)}"
+    return _number_below(text, isa.ROTATION_COUNT, "rotation", expected)
 
 
 def _int(text: str) -> int:

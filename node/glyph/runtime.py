@@ -37,6 +37,7 @@ from gibsey.core.envelope import (
     VmLoaded,
     payload_of,
 )
+from gibsey.core.storage import StorageError
 from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, SYMBOLS, state_of
 from gibsey.node.glyph.opcode_table import Binding, OpcodeTable
 from gibsey.node.glyph.rituals import RitualOutcome
@@ -108,6 +109,7 @@ class Runtime:
         self.ledger_queue: asyncio.Queue[LedgerWork] = asyncio.Queue(maxsize=LEDGER_QUEUE)
         self.runs = 0
         self.failures = 0
+        self.disk_refused = 0  # mints and gifts the disk refused to store
         self.reloads = 0
 
     # -- the opcode table ---------------------------------------------------------------------
@@ -236,13 +238,14 @@ class Runtime:
                     outcome = await loop.run_in_executor(thread, self._append, work)
                     if isinstance(outcome, SafetyAlert):
                         self.node.alert(outcome)
-                    else:
+                    elif outcome is not None:
                         self.node.send("gift/txn", outcome, actor=work.actor)
                 finally:
                     self.ledger_queue.task_done()
 
-    def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert:
-        """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused."""
+    def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert | None:
+        """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused
+        (None: the disk refused it, which the node says once for the whole episode)."""
         ledger = self.node.parts.ledger
         assert ledger is not None
         try:
@@ -262,6 +265,11 @@ class Runtime:
                 amount=work.amount,
                 entry=entry.hash.hex()[:64],
             )
+        except StorageError:
+            # Not stored, not announced: the ritual's token is lost with the write, counted here
+            # and said once by the node (DiskHealth), not once per ritual.
+            self.disk_refused += 1
+            return None
         except Exception as exc:  # refused by the economy (overdraw, caps): say so, go on
             return SafetyAlert(
                 reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000]

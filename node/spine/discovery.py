@@ -50,38 +50,41 @@ SENSORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def discovery_messages(node_id: str, prefix: str = "homeassistant") -> list[tuple[str, bytes]]:
-    """(topic, retained payload) for every entity of this node."""
-    state = status_topic(node_id)
-    device = {
+def device_config(node_id: str) -> dict[str, Any]:
+    """The node as a Home Assistant device: its own sensors and its dials' entities name it."""
+    return {
         "identifiers": [f"gibsey_{node_id}"],
         "name": f"Gibsey {node_id}",
         "manufacturer": "Gibsey",
         "model": "Gibsey node",
         "sw_version": __version__,
     }
+
+
+def availability_config(node_id: str) -> dict[str, Any]:
+    """An entity is available while the node's retained status document says `online`."""
+    return {
+        "availability_topic": status_topic(node_id),
+        "availability_template": "{{ value_json.state }}",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+
+
+def discovery_messages(node_id: str, prefix: str = "homeassistant") -> list[tuple[str, bytes]]:
+    """(topic, retained payload) for every entity of this node."""
+    device = device_config(node_id)
     out: list[tuple[str, bytes]] = []
     for object_id, name, extra in SENSORS:
         config: dict[str, Any] = {
             "name": name,
             "unique_id": f"gibsey_{node_id}_{object_id}",
             "object_id": f"gibsey_{node_id}_{object_id}",
-            "state_topic": state,
-            "availability_topic": state,
-            "availability_template": "{{ value_json.state }}",
-            "payload_available": "online",
-            "payload_not_available": "offline",
+            "state_topic": status_topic(node_id),
+            # The status sensor itself stays available so it can show "offline".
+            **({} if object_id == "status" else availability_config(node_id)),
             "device": device,
             **extra,
         }
-        if object_id == "status":
-            # The status sensor itself stays available so it can show "offline".
-            for key in (
-                "availability_topic",
-                "availability_template",
-                "payload_available",
-                "payload_not_available",
-            ):
-                config.pop(key)
         out.append((f"{prefix}/sensor/{node_id}/{object_id}/config", json.dumps(config).encode()))
     return out

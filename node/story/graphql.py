@@ -25,6 +25,9 @@ with `loop.call_soon_threadsafe` (node.emit is not thread-safe).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +36,9 @@ from strawberry.types import ExecutionResult as GraphQLResult
 from strawberry.types import Info
 
 from .engine import Publish, Story
+from .graph import Hearing
 from .model import CANON, StoryError
+from .text import Conflict
 
 
 @dataclass
@@ -132,25 +137,23 @@ class PageDiff:
     hunks: list[Hunk]
 
 
-@strawberry.type
-class Conflict:
-    page: str
-    start: int
-    end: int
-    base: str
-    ours: str
-    theirs: str
+def _object_type(model: type, name: str, hidden: frozenset[str] = frozenset()) -> type:
+    """The GraphQL object type `name` with the fields of the dataclass `model`, less `hidden`.
+
+    The fields are declared once, on the model; resolvers return the model's own objects, which
+    strawberry reads attribute by attribute (no `is_type_of` check on a type without
+    interfaces). The type is made at run time, so a field names it in
+    `strawberry.field(graphql_type=...)` and keeps the model in its Python signature for mypy."""
+    hints = typing.get_type_hints(model)
+    annotations = {f.name: hints[f.name] for f in dataclasses.fields(model) if f.name not in hidden}
+    cls = types.new_class(name, (), {}, lambda ns: ns.update(__annotations__=annotations))
+    return strawberry.type(cls, name=name)
 
 
-@strawberry.type(name="Hearing")
-class HearingNode:
-    proposal: str
-    target: str
-    branch: str | None
-    source: str | None
-    title: str
-    proposer: str
-    status: str
+# The story's own dataclasses, as they are (typed Any: mypy cannot see a type made at run time);
+# a hearing's lamport orders the fold and stays out of the schema.
+ConflictType: Any = _object_type(Conflict, "Conflict")
+HearingType: Any = _object_type(Hearing, "Hearing", hidden=frozenset({"lamport"}))
 
 
 @strawberry.type
@@ -159,7 +162,7 @@ class MergePreview:
     into: str
     base: str
     pages_changed: list[str]
-    conflicts: list[Conflict]
+    conflicts: list[Conflict] = strawberry.field(graphql_type=list[ConflictType])
 
 
 @strawberry.type
@@ -206,6 +209,10 @@ def _branch(b: Any) -> Branch:
     return Branch(
         name=b.name, head=b.head, base=b.base, created_by=b.created_by, canon=b.name == CANON
     )
+
+
+def _hearings(info: Info) -> list[Hearing]:
+    return _ctx(info).story.graph.hearings()
 
 
 @strawberry.type
@@ -281,28 +288,10 @@ class Query:
             into=into,
             base=plan.base,
             pages_changed=sorted(plan.changes),
-            conflicts=[
-                Conflict(
-                    page=c.page, start=c.start, end=c.end, base=c.base, ours=c.ours, theirs=c.theirs
-                )
-                for c in plan.conflicts
-            ],
+            conflicts=plan.conflicts,
         )
 
-    @strawberry.field
-    def hearings(self, info: Info) -> list[HearingNode]:
-        return [
-            HearingNode(
-                proposal=h.proposal,
-                target=h.target,
-                branch=h.branch,
-                source=h.source,
-                title=h.title,
-                proposer=h.proposer,
-                status=h.status,
-            )
-            for h in _ctx(info).story.graph.hearings()
-        ]
+    hearings = strawberry.field(resolver=_hearings, graphql_type=list[HearingType])
 
 
 def _announce(

@@ -87,6 +87,13 @@ class RunRecord:
 
     def begin(self) -> Death | None:
         """Start this run; return the previous run's death, if it did not stop cleanly."""
+        death = self.previous_death()
+        self._write(clean=False)
+        return death
+
+    def previous_death(self) -> Death | None:
+        """The previous run's death, if it did not stop cleanly (read only: a node whose disk
+        refuses writes still learns how its last run ended)."""
         previous = _read_json(self.path)
         death = None
         if previous is not None and not previous.get("clean", False):
@@ -102,7 +109,6 @@ class RunRecord:
                 death.exit_code = str(exit_doc.get("exit_code", ""))[:32]
                 death.exit_status = str(exit_doc.get("exit_status", ""))[:32]
                 death.service_result = str(exit_doc.get("service_result", ""))[:32]
-        self._write(clean=False)
         return death
 
     def _write(self, clean: bool) -> None:
@@ -116,6 +122,7 @@ class RunRecord:
         write_atomic(self.path, json.dumps(doc).encode())
 
     def heartbeat(self) -> None:
+        """Refresh the record (raises StorageError when the disk refuses it)."""
         self._write(clean=False)
 
     def end(self) -> None:

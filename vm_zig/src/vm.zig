@@ -281,22 +281,13 @@ pub const Vm = struct {
                 // failing effect leaves the stack exactly as it was before the instruction.
                 .emit => {
                     if (n_eff == vm.effects.len) break :run .effects_full;
-                    const k = code[pc + 1];
-                    vm.effects[n_eff] = effect(.emit, pc, stack[sp - 1], 0, 0);
-                    vm.effects[n_eff].s1_off = s.const_off[k];
-                    vm.effects[n_eff].s1_len = s.const_len[k];
+                    vm.effects[n_eff] = text_effect(.emit, pc, stack[sp - 1], s, code[pc + 1], null);
                     n_eff += 1;
                     sp -= 1;
                 },
                 .emits => {
                     if (n_eff == vm.effects.len) break :run .effects_full;
-                    const k1 = code[pc + 1];
-                    const k2 = code[pc + 2];
-                    vm.effects[n_eff] = effect(.emits, pc, 0, 0, 0);
-                    vm.effects[n_eff].s1_off = s.const_off[k1];
-                    vm.effects[n_eff].s1_len = s.const_len[k1];
-                    vm.effects[n_eff].s2_off = s.const_off[k2];
-                    vm.effects[n_eff].s2_len = s.const_len[k2];
+                    vm.effects[n_eff] = text_effect(.emits, pc, 0, s, code[pc + 1], code[pc + 2]);
                     n_eff += 1;
                 },
                 .mint => {
@@ -324,19 +315,13 @@ pub const Vm = struct {
                     const persona = stack[sp - 1];
                     if (persona < 0 or persona >= isa.symbols_count) break :run .bad_persona;
                     if (n_eff == vm.effects.len) break :run .effects_full;
-                    const k = code[pc + 1];
-                    vm.effects[n_eff] = effect(.ask, pc, persona, 0, 0);
-                    vm.effects[n_eff].s1_off = s.const_off[k];
-                    vm.effects[n_eff].s1_len = s.const_len[k];
+                    vm.effects[n_eff] = text_effect(.ask, pc, persona, s, code[pc + 1], null);
                     n_eff += 1;
                     sp -= 1;
                 },
                 .propose => {
                     if (n_eff == vm.effects.len) break :run .effects_full;
-                    const k = code[pc + 1];
-                    vm.effects[n_eff] = effect(.propose, pc, 0, 0, 0);
-                    vm.effects[n_eff].s1_off = s.const_off[k];
-                    vm.effects[n_eff].s1_len = s.const_len[k];
+                    vm.effects[n_eff] = text_effect(.propose, pc, 0, s, code[pc + 1], null);
                     n_eff += 1;
                 },
             }
@@ -360,6 +345,19 @@ fn effect(kind: isa.EffectKind, pc: u32, a: i64, b: i64, c: i64) Effect {
         .s2_off = 0,
         .s2_len = 0,
     };
+}
+
+/// An effect that carries one or two of the program's string constants (`k1`, `k2`), as their
+/// offset and length in the program bytes.
+fn text_effect(kind: isa.EffectKind, pc: u32, a: i64, s: *const verifier.Scratch, k1: u8, k2: ?u8) Effect {
+    var e = effect(kind, pc, a, 0, 0);
+    e.s1_off = s.const_off[k1];
+    e.s1_len = s.const_len[k1];
+    if (k2) |k| {
+        e.s2_off = s.const_off[k];
+        e.s2_len = s.const_len[k];
+    }
+    return e;
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -46,24 +46,19 @@ def test_boot_hello_then_rotations():
     ]
 
 
+def press(app, btn, clock, polls):
+    """Hold the button down for `polls` polls 10 ms apart, then let it go for 5."""
+    for level, n in ((0, polls), (1, 5)):
+        btn.drive(level)
+        for _ in range(n):
+            clock.advance(10)
+            app.poll()
+
+
 def test_short_and_long_press():
     app, a, b, btn, clock, _, sent = make(symbol=0, symbols=[0, 7])
-    btn.drive(0)
-    for _ in range(5):
-        clock.advance(10)
-        app.poll()
-    btn.drive(1)
-    for _ in range(5):
-        clock.advance(10)
-        app.poll()
-    btn.drive(0)
-    for _ in range(100):
-        clock.advance(10)
-        app.poll()
-    btn.drive(1)
-    for _ in range(5):
-        clock.advance(10)
-        app.poll()
+    press(app, btn, clock, 5)
+    press(app, btn, clock, 100)
     frames = [frame.decode(x) for x in sent]
     kinds = [(f.kind, f.long) for f in frames if f.kind == "P"]
     assert kinds == [("P", False), ("P", True)], kinds
