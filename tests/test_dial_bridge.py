@@ -22,7 +22,7 @@ from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.dial.bridge import (
     DialBridge,
-    discovery_messages,
+    dial_discovery_messages,
     frame_topic,
     state_topic,
 )
@@ -258,7 +258,7 @@ def test_alerts_are_coalesced_per_reason() -> None:
 def test_config_and_discovery_shapes() -> None:
     cfg = DialConfig.model_validate({"serial": "/dev/ttyACM0", "scan_interval": "2"})
     assert cfg.serial == "/dev/ttyACM0" and cfg.scan_interval == 2.0 and cfg.mqtt
-    msgs = discovery_messages("n1", "d-1", "homeassistant")
+    msgs = dial_discovery_messages("n1", "d-1", "homeassistant")
     assert [t for t, _ in msgs] == [
         "homeassistant/event/n1_dial_d-1/turn/config",
         "homeassistant/sensor/n1_dial_d-1/position/config",

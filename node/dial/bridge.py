@@ -270,7 +270,7 @@ class DialBridge:
         if not prefix or self.node.spine is None:
             return
         self._announced.add(dial_id)
-        for topic, payload in discovery_messages(self.node.node_id, dial_id, prefix):
+        for topic, payload in dial_discovery_messages(self.node.node_id, dial_id, prefix):
             self.node.spine.publish(topic, payload, retain=True)
 
     # -- services ----------------------------------------------------------------------------
@@ -381,7 +381,7 @@ def read_ready(fd: int, size: int) -> bytes:
     return data
 
 
-def discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[str, bytes]]:
+def dial_discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[str, bytes]]:
     """Home Assistant: the dial as an `event` entity, its position and glyph as sensors, and its
     frame losses as a diagnostic sensor; grouped under the node's device."""
     base = {**availability_config(node_id), "device": device_config(node_id)}
