@@ -85,8 +85,8 @@ class Arrivals:
         if not subscribed.wait(10):
             raise RuntimeError("bench subscriber could not subscribe")
 
-    def wait(self, topic: str, count: int, timeout: float = 10.0) -> float:
-        deadline = time.monotonic() + timeout
+    def wait(self, topic: str, count: int, timeout_s: float = 10.0) -> float:
+        deadline = time.monotonic() + timeout_s
         with self._cond:
             while len(self.times[topic]) < count:
                 left = deadline - time.monotonic()
@@ -150,7 +150,7 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
             last = json.loads(arrivals.payloads[_RITUALS][-1])["payload"]
         finally:
             arrivals.close()
-            stop(node, timeout=30)
+            stop(node, timeout_s=30)
             relay.kill()
             relay.wait()
             os.close(node_master)
@@ -165,7 +165,7 @@ def _wait_for_bridge(arrivals: Arrivals, node: subprocess.Popen[bytes]) -> None:
     while not any(b"dial_connected" in p for p in arrivals.payloads[_ALERTS]):
         if time.monotonic() > deadline or node.poll() is not None:
             raise RuntimeError("the node's dial bridge did not open the bench's pty")
-        arrivals.wait(_ALERTS, len(arrivals.times[_ALERTS]) + 1, timeout=30)
+        arrivals.wait(_ALERTS, len(arrivals.times[_ALERTS]) + 1, timeout_s=30)
 
 
 def _interleaved(

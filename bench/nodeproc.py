@@ -28,6 +28,6 @@ def start_up(data: Path, broker_url: str, http: str = "off", **env: str) -> subp
     return spawn_up(data, broker_url, http, env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", **env))
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
     """SIGTERM (a clean stop), then SIGKILL if it has not stopped within `timeout` seconds."""
-    stop_process(proc, timeout_s=timeout)
+    stop_process(proc, timeout_s=timeout_s)

@@ -40,10 +40,10 @@ ExecStart=/bin/sh -c 'systemd-notify --ready; exec sleep infinity'
 """
 
 
-def _time_to_ready(cmd: list[str], env: dict[str, str], sock_path: Path, timeout: float) -> float:
+def _time_to_ready(cmd: list[str], env: dict[str, str], sock_path: Path, timeout_s: float) -> float:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
-        sock.settimeout(timeout)
+        sock.settimeout(timeout_s)
         started = time.monotonic()
         proc = subprocess.Popen(
             cmd,
@@ -52,7 +52,7 @@ def _time_to_ready(cmd: list[str], env: dict[str, str], sock_path: Path, timeout
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = started + timeout
+            deadline = started + timeout_s
             while True:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))
                 msg = sock.recv(4096).decode()
@@ -102,12 +102,12 @@ _BARE_READY = (
 )
 
 
-def _kill_until_active(box: testroot.Container, unit: str, timeout: float = 30.0) -> float:
+def _kill_until_active(box: testroot.Container, unit: str, timeout_s: float = 30.0) -> float:
     def state() -> tuple[str, int]:
         s = box.show(unit, "ActiveState", "MainPID")
         return s.get("ActiveState", ""), int(s.get("MainPID", "0") or 0)
 
-    box.wait_for(lambda: state()[0] == "active", timeout, f"{unit} active")
+    box.wait_for(lambda: state()[0] == "active", timeout_s, f"{unit} active")
     old = state()[1]
     started = time.monotonic()
     done = box.systemctl("kill", "--signal=KILL", "--kill-whom=main", unit)
@@ -115,7 +115,7 @@ def _kill_until_active(box: testroot.Container, unit: str, timeout: float = 30.0
         raise RuntimeError(f"systemctl kill {unit}: {done.stderr.strip()}")
     box.wait_for(
         lambda: (s := state())[0] == "active" and s[1] not in (0, old),
-        timeout,
+        timeout_s,
         f"{unit} to be READY again after kill -9",
     )
     return time.monotonic() - started

@@ -41,7 +41,7 @@ def _measure(n: int, rate: float = RATE, seconds: float = SECONDS) -> tuple[floa
         agent = {"rotations_per_second": 1000.0, "threads": 1}
         g = Gallery(Path(tmp), GalleryConfig(nodes=n, agent=agent))
         try:
-            g.start(timeout=180)
+            g.start(timeout_s=180)
             if n > 1:
                 try:
                     wait_until(g.meshed, 60, "the mesh")
@@ -86,7 +86,7 @@ def _measure(n: int, rate: float = RATE, seconds: float = SECONDS) -> tuple[floa
                 assert client is not None
                 client.turn(rng.randrange(16), rng.choice((0, 0, 1, 2)))
             t_stop = time.monotonic()
-            wait_until(g.converged, 120, "convergence", step=0.05)
+            wait_until(g.converged, 120, "convergence", step_s=0.05)
             converge = time.monotonic() - t_stop
             lat: list[float] = []
             for node in g:

@@ -89,14 +89,14 @@ class Driver:
             self._arrived[self._key(bytes(msg.payload))] = now
             self._cond.notify_all()
 
-    def wait_for(self, keys: set[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_for(self, keys: set[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
         with self._cond:
             while not keys <= self._arrived.keys():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = len(keys - self._arrived.keys())
-                    raise TimeoutError(f"{missing} answers missing after {timeout}s")
+                    raise TimeoutError(f"{missing} answers missing after {timeout_s}s")
                 self._cond.wait(left)
 
     def round_trips(self, topic: str, make: Callable[[str], bytes], n: int) -> list[float]:
@@ -155,12 +155,12 @@ def _prepare(data: Path) -> None:
         table.close()
 
 
-def _wait_online(port: int, node_id: str, timeout: float = 60.0) -> None:
+def _wait_online(port: int, node_id: str, timeout_s: float = 60.0) -> None:
     """The node announces itself (retained node/status) only after it has subscribed."""
-    asyncio.run(_until_online(port, node_id, timeout))
+    asyncio.run(_until_online(port, node_id, timeout_s))
 
 
-async def _until_online(port: int, node_id: str, timeout: float) -> None:
+async def _until_online(port: int, node_id: str, timeout_s: float) -> None:
     settings = ClientSettings(f"mqtt://127.0.0.1:{port}", new_client_id("wait"))
     async with Session(settings) as session:
         await session.subscribe(f"gibsey/v1/{node_id}/node/status", qos=1)
@@ -171,9 +171,11 @@ async def _until_online(port: int, node_id: str, timeout: float) -> None:
                     return
 
         try:
-            await asyncio.wait_for(online(), timeout)
+            await asyncio.wait_for(online(), timeout_s)
         except TimeoutError:
-            raise RuntimeError(f"node {node_id} did not come online within {timeout:g}s") from None
+            raise RuntimeError(
+                f"node {node_id} did not come online within {timeout_s:g}s"
+            ) from None
 
 
 def _start_node(workdir: Path, broker: Mosquitto) -> tuple[subprocess.Popen[bytes], str]:
@@ -221,7 +223,7 @@ def run(rounds: int = 300, burst: int = 3000, repeats: int = 3, window: int = 10
             bare.close()
             via_node.close()
         finally:
-            stop(node, timeout=10)
+            stop(node, timeout_s=10)
             echo.kill()
             echo.wait()
             broker.stop()

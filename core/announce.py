@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gibsey.core.config import load_config
+from gibsey.core.config import ConfigError, load_config
 from gibsey.core.envelope import Payload, encode_event
 from gibsey.core.identity import load_or_create
 from gibsey.core.mqtt import publish_once
@@ -29,10 +29,14 @@ def announce(
     data_dir: Path, kind: str, payload: Payload, *, actor: str, lamport: int
 ) -> str | None:
     """Publish one event; None when the broker acknowledged it, else why it was not sent."""
+    try:
+        url = broker_url(data_dir)
+    except ConfigError as exc:  # the command's work is done: say why it was not announced
+        return str(exc)
     identity = load_or_create(data_dir)
     event = encode_event(identity.node_id, kind, payload, lamport, actor)
     return publish_once(
-        broker_url(data_dir),
+        url,
         topic_for(identity.node_id, kind),
         event.raw,
         client_prefix="gibsey-cli",

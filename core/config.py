@@ -16,15 +16,17 @@ Every problem is a `ConfigError` that names the file or the variable, the sectio
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gibsey.core.identity import NODE_ID_RE
 
@@ -63,10 +65,65 @@ class Env:
     name: str
 
 
-class ConfigSection(BaseModel):
-    """One `[section]` of gibsey.toml: every key declared, an unknown one refused."""
+@dataclass(frozen=True)
+class Secret:
+    """Marks a key whose value an error message must not repeat (a token, a password)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+SECRET = Secret()
+
+
+# ---- the types and ranges keys share ------------------------------------------------------------
+
+# Longest string any key takes (a path, a URL, a token): a longer one is a mistake or an attack.
+MAX_TEXT = 4096
+DAY_S = 86_400.0
+Port = Annotated[int, Field(ge=1, le=65_535)]
+PortOrOff = Annotated[int, Field(ge=0, le=65_535)]  # 0: off (or, where said, any free port)
+# Intervals and timeouts: at least 10 ms (a shorter loop only spins a core), at most a day.
+Seconds = Annotated[float, Field(ge=0.01, le=DAY_S)]
+SecondsOrZero = Annotated[float, Field(ge=0.0, le=DAY_S)]  # 0: no wait at all
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# The largest MQTT packet (the limit of its Remaining Length field): no payload can be larger.
+MQTT_MAX_PACKET = 268_435_455
+_HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def check_host(host: str, what: str) -> str:
+    """`host` if it is an IP address or a DNS name; ValueError naming `what` otherwise."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not _HOST_RE.match(host) or ".." in host:
+            raise ValueError(f"{what} {host!r} is not a host name or IP address") from None
+    return host
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a key's type is a number: int, float, a Literal of numbers, or a union with one."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) is Literal:
+        return any(type(arg) in (int, float) for arg in get_args(annotation))
+    return any(_takes_numbers(arg) for arg in get_args(annotation))
+
+
+class ConfigSection(BaseModel):
+    """One `[section]` of gibsey.toml: every key declared with its type and range (the models'
+    `Field`s), an unknown one refused. In every section NaN and the infinities are refused, so
+    is a string longer than MAX_TEXT, and a boolean where a number is wanted: pydantic would
+    read TOML's `true` as 1 (`embedded_port = true` ran the broker on port 1)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=MAX_TEXT)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _a_boolean_is_no_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _takes_numbers(field.annotation):
+                raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
 
 
 class NodeConfig(ConfigSection):
@@ -78,15 +135,21 @@ class NodeConfig(ConfigSection):
     broker: Annotated[str, Env("GIBSEY_BROKER")] = ""
     # Where the embedded broker listens when it is started.
     embedded_host: Annotated[str, Env("GIBSEY_EMBEDDED_HOST")] = "127.0.0.1"
-    embedded_port: Annotated[int, Env("GIBSEY_EMBEDDED_PORT")] = 1883
+    embedded_port: Annotated[Port, Env("GIBSEY_EMBEDDED_PORT")] = 1883
     # Router: how many events may wait per handler before the oldest is dropped (and counted).
-    handler_queue: Annotated[int, Env("GIBSEY_HANDLER_QUEUE")] = 1024
-    # Largest accepted event payload in bytes; larger ones are rejected at the boundary.
-    max_payload: Annotated[int, Env("GIBSEY_MAX_PAYLOAD")] = 64 * 1024
+    # At most 100,000: each waiting event is held in memory, per handler.
+    handler_queue: Annotated[int, Env("GIBSEY_HANDLER_QUEUE"), Field(ge=1, le=100_000)] = 1024
+    # Largest accepted event payload in bytes; larger ones are rejected at the boundary. At
+    # least 1 KiB (a smaller limit would refuse a plain turn of the dial), at most MQTT's own.
+    max_payload: Annotated[
+        int, Env("GIBSEY_MAX_PAYLOAD"), Field(ge=1024, le=MQTT_MAX_PACKET)
+    ] = 64 * 1024
     # Home Assistant MQTT discovery prefix; empty disables discovery.
     discovery_prefix: Annotated[str, Env("GIBSEY_DISCOVERY_PREFIX")] = "homeassistant"
-    # Seconds between node/status + metrics publications.
-    status_interval: Annotated[float, Env("GIBSEY_STATUS_INTERVAL")] = 5.0
+    # Seconds between node/status + metrics publications (at least 0.1: it is a publication).
+    status_interval: Annotated[
+        float, Env("GIBSEY_STATUS_INTERVAL"), Field(ge=0.1, le=DAY_S)
+    ] = 5.0
 
     @field_validator("name")
     @classmethod
@@ -95,6 +158,31 @@ class NodeConfig(ConfigSection):
             raise ValueError(
                 f"name {value!r}: use 1-32 lower-case letters, digits, '-' or '_', "
                 "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if value:
+            from gibsey.core.mqtt import parse_broker_url  # paho: only when a broker is named
+
+            host, _ = parse_broker_url(value)
+            check_host(host, "broker host")
+        return value
+
+    @field_validator("embedded_host")
+    @classmethod
+    def _embedded_host(cls, value: str) -> str:
+        return check_host(value, "embedded_host")
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _topic_levels(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[^/+#\x00]+(/[^/+#\x00]+)*", value):
+            raise ValueError(
+                f"discovery_prefix {value!r}: topic levels joined by '/', without '+', '#', "
+                "or an empty level (e.g. homeassistant)"
             )
         return value
 
@@ -305,13 +393,22 @@ def _problem(
         return f"{source}: [{section}] has no key {key!r}{_did_you_mean(key, model.model_fields)}"
     value = err["input"]
     if err["type"] not in ("value_error", "missing") and isinstance(value, int | float | str):
-        message += f" (got {value!r})"
+        shown = repr(value)
+        if len(shown) > 80:  # a 100 kB value is not echoed whole
+            shown = f"{shown[:60]}... ({len(shown)} characters)"
+        secret = bool(loc) and _is_secret(model, loc[0])
+        message += " (got a secret)" if secret else f" (got {shown})"
     for at, var in origins.items():
         if full[: len(at)] == at:
             return f"{var} (overrides [{section}] {key}): {message}"
     if key and not message.startswith(f"{key} "):
         message = f"{key}: {message}"
     return f"{source}: [{section}] {message}"
+
+
+def _is_secret(model: type[BaseModel], key: str) -> bool:
+    info = model.model_fields.get(key)
+    return info is not None and any(isinstance(m, Secret) for m in info.metadata)
 
 
 def _field_annotation(model: type[BaseModel], key: str) -> Any:

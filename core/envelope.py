@@ -29,12 +29,14 @@ QdpiSymbol = Annotated[
     int, Field(ge=0, le=63, description="base symbol 0..63 (16 characters + 48 hidden)")
 ]
 QdpiRotation = Annotated[int, Field(ge=0, le=3, description="0 Read, 1 Write, 2 Remember, 3 Dream")]
+MAX_WALL_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second datetime can hold
 
 
 class Payload(BaseModel):
     # Unknown fields are an error, not silently dropped: a typo in a dashboard's payload should
-    # be reported, not ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # be reported, not ignored. NaN and the infinities (JSON's `NaN`/`Infinity` literals, which
+    # the parser takes) are no measurement: refused in every payload.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GlyphRotated(Payload):
@@ -232,8 +234,13 @@ class Event(BaseModel):
     id: Annotated[str, Field(min_length=1, max_length=64)]
     node: NodeId
     kind: Annotated[str, Field(pattern=r"^[a-z_]+/[a-z_]+$")]
-    lamport: Annotated[int, Field(ge=0, lt=2**63)]
-    wall: float = Field(description="sender's wall clock, seconds since the epoch; advisory only")
+    # Strict: `true` is not the timestamp 1, nor "7" the timestamp 7.
+    lamport: Annotated[int, Field(ge=0, lt=2**63, strict=True)]
+    # Advisory, but a time: finite, not before 1970, not after the last second of year 9999
+    # (so any reader can turn it into a date); strict, so `true` or "nan" is no time.
+    wall: Annotated[
+        float, Field(ge=0.0, le=MAX_WALL_S, strict=True, allow_inf_nan=False)
+    ] = Field(description="sender's wall clock, seconds since the epoch; advisory only")
     actor: ShortText = "node"
     payload: dict[str, Any]
 

@@ -20,10 +20,18 @@ from gibsey.core.identity import write_atomic
 from gibsey.core.storage import DiskHealth, StorageError
 
 BLOCK = 10_000
-# A remote clock far ahead of ours is believed only this far: one buggy or hostile sender must
-# not be able to push every node's clock to the end of the 63-bit range.
-MAX_JUMP = 1_000_000_000
+# A remote timestamp more than this far ahead of ours is not believed: the event is refused
+# (LamportAhead; the router says `lamport_ahead`), never half-believed. Capping the jump instead
+# would order the node's replies before their cause; believing it would let one buggy or hostile
+# sender push the clock to the end of its 63-bit range. A billion is years of a busy gallery's
+# events (a node's clock and its clients' never drift that far apart), and 9.2e9 such jumps,
+# each accepted, are needed to exhaust the range.
+MAX_AHEAD = 1_000_000_000
 LIMIT = 2**63 - 1
+
+
+class LamportAhead(ValueError):
+    """A received timestamp too far ahead of this node's clock to believe."""
 
 
 class LamportClock:
@@ -70,6 +78,10 @@ class LamportClock:
         return self._set(self._value + 1)
 
     def observe(self, remote: int) -> int:
-        """Merge a received timestamp: max(local, remote) + 1, with the jump bounded."""
-        bounded = min(max(remote, 0), self._value + MAX_JUMP)
-        return self._set(max(self._value, bounded) + 1)
+        """Merge a received timestamp: max(local, remote) + 1, always greater than `remote`.
+        One more than MAX_AHEAD ahead raises LamportAhead and leaves the clock as it was."""
+        if remote > self._value + MAX_AHEAD:
+            raise LamportAhead(
+                f"lamport {remote} is more than {MAX_AHEAD} ahead of this node's {self._value}"
+            )
+        return self._set(max(self._value, remote) + 1)

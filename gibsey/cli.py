@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "watchdog": "gibsey.node.watchdog.cli",
     "image": "gibsey.node.image.cli",
     "doctor": "gibsey.node.cli:register_doctor",
+    "gateway": "gibsey.node.gateway.cli",
     "ledger": "gibsey.ledger.cli",
     "story": "gibsey.node.story.cli",
     "mesh": "gibsey.mesh.cli",

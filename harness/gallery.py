@@ -195,7 +195,7 @@ class Gallery:
         (node.data / "gibsey.toml").write_text("\n".join(lines) + "\n")
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout_s: float = 90.0) -> None:
         if self.room is not None:
             self.swept = netns.sweep()
             try:
@@ -211,7 +211,7 @@ class Gallery:
         for node in self.nodes:
             node.start()
         for node in self.nodes:
-            node.wait_ready(timeout)
+            node.wait_ready(timeout_s)
             node.client = NodeClient(node.node_id, node.broker.port, host=node.broker.host)
             node.client.hello()
 
@@ -247,13 +247,13 @@ class Gallery:
             node.client.reset_latency()
         return pid
 
-    def restart(self, i: int, timeout: float = 90.0) -> None:
+    def restart(self, i: int, timeout_s: float = 90.0) -> None:
         node = self.nodes[i]
         if node.alive():
             node.interrupt()
         node.start()
         node.restarts += 1
-        node.wait_ready(timeout)
+        node.wait_ready(timeout_s)
         if node.client is not None:
             node.client.reset_latency()
             node.client.hello()

@@ -55,7 +55,7 @@ def spawn_up(
         )
 
 
-def wait_for_file(proc: subprocess.Popen[bytes], path: Path, timeout: float, what: str) -> None:
+def wait_for_file(proc: subprocess.Popen[bytes], path: Path, timeout_s: float, what: str) -> None:
     """Wait until the node writes `path`; kill it and raise GalleryError if it dies first or
     takes longer than `timeout` seconds."""
 
@@ -65,7 +65,7 @@ def wait_for_file(proc: subprocess.Popen[bytes], path: Path, timeout: float, wha
         return path.exists()
 
     try:
-        wait_until(written, timeout, f"{what} to write {path.name}")
+        wait_until(written, timeout_s, f"{what} to write {path.name}")
     except GalleryError:
         proc.kill()
         proc.wait()
@@ -116,7 +116,7 @@ class NodeProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
         def ready() -> bool:
             if not self.alive():
                 raise GalleryError(f"{self.name}: gibsey up exited\n{self.log_tail()}")
@@ -127,7 +127,7 @@ class NodeProc:
             self.url = str(info["url"])
             return True
 
-        wait_until(ready, timeout, f"{self.name}'s gateway", step=0.1)
+        wait_until(ready, timeout_s, f"{self.name}'s gateway", step_s=0.1)
 
     def log_tail(self, n: int = 3000) -> str:
         try:
@@ -135,13 +135,13 @@ class NodeProc:
         except OSError:
             return ""
 
-    def interrupt(self, timeout: float = 30.0, *, signalled: bool = False) -> int | None:
+    def interrupt(self, timeout_s: float = 30.0, *, signalled: bool = False) -> int | None:
         """Ctrl-C for this node (SIGINT, as the terminal would send), and wait for it.
         One SIGINT only: a second one, arriving after the daemon's clean stop, would kill the
         interpreter on its way out (exit status -2)."""
         if self.proc is None:
             return None
-        rc = stop_process(self.proc, None if signalled else signal.SIGINT, timeout)
+        rc = stop_process(self.proc, None if signalled else signal.SIGINT, timeout_s)
         self.proc = None
         return rc
 
@@ -168,14 +168,14 @@ class NodeProc:
 
     # -- the gateway (HTTP) ------------------------------------------------------------------
     def http(
-        self, method: str, path: str, body: Any = None, timeout: float = 15.0
+        self, method: str, path: str, body: Any = None, timeout_s: float = 15.0
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as exc:
@@ -226,7 +226,7 @@ class NodeProc:
             "edges": sorted((e["src"], e["kind"], e["dst"]) for e in doc["edges"]),
         }
 
-    def ask(self, persona: str, prompt: str, max_tokens: int = 32, timeout: float = 120) -> str:
+    def ask(self, persona: str, prompt: str, max_tokens: int = 32, timeout_s: float = 120) -> str:
         """Ask a persona through the gateway; the final answer's text (raises on an error)."""
         body = json.dumps(
             {"persona": persona, "prompt": prompt, "max_tokens": max_tokens, "actor": "visitor"}
@@ -235,7 +235,7 @@ class NodeProc:
         req.add_header("Content-Type", "application/json")
         req.add_header("Authorization", f"Bearer {self.token}")
         event = ""
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             for raw in resp:
                 line = raw.decode().rstrip("\n")
                 if line.startswith("event: "):
@@ -297,7 +297,7 @@ class NodeProc:
     def peers_up(self) -> int:
         return sum(1 for p in self.mesh_status().get("peers", []) if p.get("state") == "up")
 
-    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
         """`gibsey --data DATA ARGS...` beside the running daemon (as a technician would; in
         netns mode inside the node's namespace, where the broker is on the default port)."""
         return subprocess.run(
@@ -305,6 +305,6 @@ class NodeProc:
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=timeout_s,
             env=dict(os.environ, COLUMNS="200"),
         )

@@ -50,8 +50,8 @@ class Links:
         self.relays: dict[tuple[int, int], Relay] = {}
         self.cut: set[int] = set()
 
-    def _call(self, coro: Coroutine[Any, Any, None], timeout: float = 10.0) -> None:
-        self.loop_thread.run(coro, timeout)
+    def _call(self, coro: Coroutine[Any, Any, None], timeout_s: float = 10.0) -> None:
+        self.loop_thread.run(coro, timeout_s)
 
     def add(self, src: int, dst: int, target_port: int) -> int:
         """A relay for src's connections to dst's endpoint on target_port; the relay's port."""

@@ -171,18 +171,18 @@ class RootSpec:
         return f"{self.suite}-{digest[:16]}"
 
 
-def _run(cmd: list[str], log: Log, timeout: float, what: str) -> None:
+def _run(cmd: list[str], log: Log, timeout_s: float, what: str) -> None:
     log(f"$ {' '.join(cmd)}")
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
-        raise Unavailable(f"{what} took longer than {timeout:.0f}s") from exc
+        raise Unavailable(f"{what} took longer than {timeout_s:.0f}s") from exc
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
         raise Unavailable(f"{what} failed (exit {done.returncode}):\n{tail}")
 
 
-def _nspawn_run(root: Path, args: list[str], binds: list[str], log: Log, timeout: float) -> None:
+def _nspawn_run(root: Path, args: list[str], binds: list[str], log: Log, timeout_s: float) -> None:
     cmd = [
         "systemd-nspawn",
         "--quiet",
@@ -193,7 +193,7 @@ def _nspawn_run(root: Path, args: list[str], binds: list[str], log: Log, timeout
         *(f"--bind-ro={b}" for b in binds),
         *args,
     ]
-    _run(cmd, log, timeout, f"in the test root: {' '.join(args)[:80]}")
+    _run(cmd, log, timeout_s, f"in the test root: {' '.join(args)[:80]}")
 
 
 def _download_wheels(spec: RootSpec, dest: Path, log: Log) -> None:
@@ -344,7 +344,7 @@ class Container:
         self.leader: int | None = None
         self._lock: IO[str] | None = None
 
-    def start(self, boot_timeout: float = 90.0) -> None:
+    def start(self, boot_timeout_s: float = 90.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A shared lock on the root while it is booted: pruning by another run skips it.
         self._lock = open(self.root.with_name(f"{self.root.name}.lock"), "a")
@@ -376,7 +376,7 @@ class Container:
         self.leader = self._wait_leader(deadline=time.monotonic() + 30)
         self.wait_for(
             lambda: self.systemctl("is-system-running").stdout.strip() in ("running", "degraded"),
-            boot_timeout,
+            boot_timeout_s,
             "the container's systemd to finish booting",
         )
 
@@ -412,7 +412,7 @@ class Container:
         return "\n".join(text.splitlines()[-lines:])
 
     def exec(
-        self, *args: str, timeout: float = 30.0, input: str | None = None
+        self, *args: str, timeout_s: float = 30.0, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the booted container, as its root."""
         assert self.leader is not None
@@ -422,7 +422,7 @@ class Container:
              "--pid", "--root", "--wd", "--", *args],
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=timeout_s,
             env=env,
             input=input,
         )  # fmt: skip
@@ -437,8 +437,8 @@ class Container:
     def journal(self, unit: str, lines: int = 60) -> str:
         return self.exec("journalctl", "--no-pager", "-u", unit, "-n", str(lines)).stdout
 
-    def wait_for(self, cond: Callable[[], object], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_for(self, cond: Callable[[], object], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"the container stopped while waiting for {what}")
@@ -446,21 +446,21 @@ class Container:
                 return
             time.sleep(0.05)
         raise AssertionError(
-            f"timed out after {timeout:.0f}s waiting for {what}\n--- console:\n{self.console()}"
+            f"timed out after {timeout_s:.0f}s waiting for {what}\n--- console:\n{self.console()}"
         )
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         try:
-            self._stop(timeout)
+            self._stop(timeout_s)
         finally:
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
 
-    def _stop(self, timeout: float) -> None:
+    def _stop(self, timeout_s: float) -> None:
         if self.proc is not None:
             # SIGTERM to systemd-nspawn makes the container's systemd power off cleanly.
-            stop_process(self.proc, signal.SIGTERM, timeout)
+            stop_process(self.proc, signal.SIGTERM, timeout_s)
 
 
 @contextlib.contextmanager

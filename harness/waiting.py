@@ -19,16 +19,16 @@ class GalleryError(RuntimeError):
     gibsey.harness: a broker, a relay, the MQTT watch, a node, the gallery)."""
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+def wait_until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.05) -> Any:
     """Poll `pred` until it returns something true; GalleryError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     while True:
         got = pred()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise GalleryError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(step)
+            raise GalleryError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(step_s)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -41,11 +41,11 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_port(
-    port: int, timeout: float = 10.0, up: bool = True, host: str = "127.0.0.1", what: str = ""
+    port: int, timeout_s: float = 10.0, up: bool = True, host: str = "127.0.0.1", what: str = ""
 ) -> None:
     """Wait until host:port accepts connections (up) or refuses them (not up)."""
     what = what or f"port {port} on {host} to come {'up' if up else 'down'}"
-    wait_until(lambda: port_open(port, host) == up, timeout, what, step=0.02)
+    wait_until(lambda: port_open(port, host) == up, timeout_s, what, step_s=0.02)
 
 
 def stop_process(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -48,6 +49,18 @@ def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> N
     problem = announce_ledger_event(resolve_data_dir(args.data), event, payload)
     if problem:
         console.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
+
+
+def _config_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with gibsey.toml's [node] (the broker the commands announce on), found
+    before anything is written: a command refused after its write would invite a second one."""
+    from gibsey.core.config import ConfigError, load_config, resolve_data_dir
+
+    try:
+        load_config(resolve_data_dir(args.data))
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _open(args: argparse.Namespace) -> Ledger:
@@ -298,6 +311,10 @@ def register(
             return 2
         if not hasattr(args, "data"):
             args.data = None
+        problem = _config_problem(args)
+        if problem:
+            print(f"gibsey ledger: {problem}", file=sys.stderr)
+            return 2
         return fn(args)
 
     ledger_p.set_defaults(func=dispatch)

@@ -109,7 +109,7 @@ class _Caches(NamedTuple):
 
     heads: dict[bytes, Head]
     max_lamport: int
-    count: int
+    entries: int
     quarantine: dict[bytes, int]
     fork_keys: set[tuple[bytes, int]]
 
@@ -258,7 +258,7 @@ class Store:
             # transaction began (nothing of it was stored), read again at the next one.
             if before is not None:
                 self._heads, self._max_lamport = before.heads, before.max_lamport
-                self._count, self._quarantine = before.count, before.quarantine
+                self._count, self._quarantine = before.entries, before.quarantine
                 self._fork_keys = before.fork_keys
             self._data_version = -1
 

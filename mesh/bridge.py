@@ -18,18 +18,40 @@ across a dropped link; Mosquitto itself reconnects (`restart_timeout`).
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
 
-from gibsey.core.config import ConfigSection
+from pydantic import Field, field_validator
+
+from gibsey.core.config import ConfigSection, check_host
 
 
 class BridgeConfig(ConfigSection):
-    """`[mesh.bridge]`; `render` checks the values, which the command line may also give."""
+    """`[mesh.bridge]`; `render` checks the values again: the command line may also give them."""
 
     central: str = ""
-    topics: list[str] = Field(default_factory=lambda: ["gibsey/v1/<node>/#"])
-    direction: str = "out"
-    qos: int = 1
+    topics: Annotated[list[str], Field(min_length=1, max_length=100)] = Field(
+        default_factory=lambda: ["gibsey/v1/<node>/#"]
+    )
+    direction: Literal["out", "in", "both"] = "out"
+    qos: Literal[0, 1, 2] = 1
+
+    @field_validator("central")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"central {value!r}: expected HOST:PORT, the port 1..65535")
+            check_host(host, f"central {value!r}: host")
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_filters(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            if not topic or any(c.isspace() for c in topic) or len(topic) > 1024:
+                raise ValueError(f"topic {topic!r}: 1 to 1024 characters, no spaces")
+        return value
 
 
 def render(node_id: str, cfg: BridgeConfig) -> str:

@@ -36,22 +36,31 @@ false): a node without an allow-list has nobody to talk to.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.signing import SigningKey
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator
 from zmq.utils import z85
 
-from gibsey.core.config import ConfigSection
+from gibsey.core.config import (
+    DAY_S,
+    ConfigSection,
+    PortOrOff,
+    Seconds,
+    check_host,
+)
 
 from .bridge import BridgeConfig
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_LISTEN = "tcp://0.0.0.0:7470"
 DEFAULT_BEACON_PORT = 7471
+# More keys or peers than this in a gallery's file is a mistake (max_peers is bounded alike).
+MAX_KEYS = 1024
 
 
 class MeshConfigError(ValueError):
@@ -63,6 +72,22 @@ def parse_key(text: str) -> bytes:
     if not KEY_RE.match(text):
         raise MeshConfigError(f"{text!r} is not an ed25519 public key (64 hex digits)")
     return bytes.fromhex(text)
+
+
+def check_endpoint(endpoint: str, what: str, *, wildcard: bool = False) -> str:
+    """A ZeroMQ endpoint, tcp://HOST:PORT or ipc://PATH; `wildcard`: one this node binds, where
+    the host may be `*` and the port `*` or 0 (any free port)."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return endpoint
+    host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not endpoint.startswith("tcp://") or not sep:
+        raise MeshConfigError(f"{what} {endpoint!r}: expected tcp://HOST:PORT")
+    if not (wildcard and host == "*"):
+        check_host(host, f"{what} {endpoint!r}: host")
+    lowest = 0 if wildcard else 1
+    if not (wildcard and port == "*") and not (port.isdigit() and lowest <= int(port) <= 65535):
+        raise MeshConfigError(f"{what} {endpoint!r}: port must be {lowest}..65535")
+    return endpoint
 
 
 @dataclass(frozen=True)
@@ -79,23 +104,29 @@ class PeerSpec:
             if not sep:
                 raise MeshConfigError(f"peer {value!r}: expected KEY@ENDPOINT")
         elif isinstance(value, dict):
-            key, endpoint = str(value.get("key", "")), str(value.get("endpoint", ""))
+            if set(value) != {"key", "endpoint"}:
+                raise MeshConfigError(
+                    f"peer {value!r}: a peer table has exactly the keys key and endpoint"
+                )
+            key, endpoint = str(value["key"]), str(value["endpoint"])
         else:
             raise MeshConfigError(f"peer {value!r}: expected KEY@ENDPOINT or a table")
-        if not endpoint.startswith(("tcp://", "ipc://")):
-            raise MeshConfigError(f"peer endpoint {endpoint!r} must be tcp://HOST:PORT")
-        return cls(parse_key(key), endpoint)
+        return cls(parse_key(key), check_endpoint(endpoint, "peer endpoint"))
 
 
 def _keys(value: Any) -> set[bytes]:
     if not isinstance(value, list | set | frozenset):
         raise ValueError("must be a list of keys")
+    if len(value) > MAX_KEYS:
+        raise ValueError(f"{len(value)} keys: at most {MAX_KEYS}")
     return {v if isinstance(v, bytes) else parse_key(str(v)) for v in value}
 
 
 def _peers(value: Any) -> list[PeerSpec]:
     if not isinstance(value, list):
         raise ValueError("must be a list")
+    if len(value) > MAX_KEYS:
+        raise ValueError(f"{len(value)} peers: at most {MAX_KEYS}")
     return [PeerSpec.parse(v) for v in value]
 
 
@@ -104,19 +135,41 @@ class MeshConfig(ConfigSection):
     advertise: str = ""
     allow: Annotated[set[bytes], BeforeValidator(_keys)] = Field(default_factory=set)
     peers: Annotated[list[PeerSpec], BeforeValidator(_peers)] = Field(default_factory=list)
-    beacon_port: int = DEFAULT_BEACON_PORT
+    beacon_port: PortOrOff = DEFAULT_BEACON_PORT  # 0: no beacon
     beacon_addr: str = "255.255.255.255"
-    beacon_interval: float = 5.0
-    sync_interval: float = 2.0
-    down_after: float = 6.0
-    backoff_max: float = 30.0
-    max_peers: int = 32
-    peer_rate: float = 200.0
-    max_strikes: int = 3
-    ban_seconds: float = 600.0
+    beacon_interval: Annotated[float, Field(ge=0.1, le=DAY_S)] = 5.0
+    sync_interval: Seconds = 2.0
+    down_after: Seconds = 6.0
+    backoff_max: Seconds = 30.0
+    max_peers: Annotated[int, Field(ge=1, le=MAX_KEYS)] = 32
+    peer_rate: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 200.0
+    max_strikes: Annotated[int, Field(ge=1, le=1000)] = 3
+    ban_seconds: Annotated[float, Field(ge=0.0, le=30 * DAY_S)] = 600.0  # 0: no ban
     enabled: bool = True
     # Not the mesh's gossip: what `gibsey mesh bridge-config` writes for Mosquitto.
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_endpoint(cls, value: str) -> str:
+        return check_endpoint(value, "listen", wildcard=True)
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise_endpoint(cls, value: str) -> str:
+        return check_endpoint(value, "advertise") if value else value
+
+    @field_validator("beacon_addr")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(
+                f"beacon_addr {value!r}: an IPv4 address (a broadcast address such as "
+                "255.255.255.255 or 10.0.0.255)"
+            ) from None
+        return value
 
     def allowed(self) -> set[bytes]:
         """The effective allow-list: `allow` plus every configured peer's key."""

@@ -74,8 +74,22 @@ FORGED = frozenset(
     }
 )
 PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
+STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
 SNDHWM = 64
 RCVHWM = 1000
+
+
+async def _wait_set(evt: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for `evt` at most `timeout_s`; True if it is set. Not `asyncio.wait_for`: on Python
+    3.11 it swallows a cancel that arrives in the loop turn in which the event fires (a peer's
+    reply landing as the node stops), and the dialer then never ends; `asyncio.timeout` awaits
+    in this task and lets the cancel through."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await evt.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class Bucket:
@@ -203,6 +217,7 @@ class MeshNode:
         self.started = asyncio.Event()
         self._beacon: Any = None
         self.linger_ms = 0
+        self._stopping = False
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
         self.fresh: dict[bytes, float] = {}
 
@@ -210,7 +225,22 @@ class MeshNode:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         self.ctx = zmq.asyncio.Context()
+        try:
+            await self._start_parts()
+        except BaseException:
+            # A half-started node leaves no task running and no context for the collector.
+            for t in self._tasks:
+                t.cancel()
+            self._tasks = []
+            self._close_zmq()
+            raise
+        self.started.set()
+        log.info("mesh: %s listening on %s", self.me.hex()[:16], self.endpoint or "-")
+
+    async def _start_parts(self) -> None:
+        assert self.ctx is not None
         self._auth = AsyncioAuthenticator(self.ctx, log=logging.getLogger("gibsey.mesh.zap"))
         self._auth.start()
         self._auth.configure_curve_callback("*", credentials_provider=_Gate(self))
@@ -241,29 +271,47 @@ class MeshNode:
 
             self._beacon = Beacon(self)
             await self._beacon.start()
-        self.started.set()
-        log.info("mesh: %s listening on %s", self.me.hex()[:16], self.endpoint or "-")
 
     async def stop(self) -> None:
+        """Stop every task, then close every socket and the context, here in the event loop's
+        thread, which owns them - also when this stop is itself cancelled (a caller's timeout).
+        Never left to the garbage collector: pyzmq's `Context.__del__` terminates a context
+        from whatever thread the collector happens to run in, and `term` blocks for good while
+        any socket is open (the hung `gibsey bench mesh`)."""
+        self._stopping = True  # no new dialers from here on (a SYNC's dial-back)
         if self._beacon is not None:
             self._beacon.stop()
-        tasks = self._tasks + [p.task for p in self.peers.values() if p.task]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks = []
+        try:
+            tasks = self._tasks + [p.task for p in self.peers.values() if p.task]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                # Bounded: every task ends at its cancel; if one ever did not, its sockets are
+                # closed below anyway rather than waited for.
+                await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        finally:
+            self._tasks = []
+            self._close_zmq()
+            if self.data_dir is not None:
+                self.write_status()
+
+    def _close_zmq(self) -> None:
+        """Close every socket of this node with a bounded linger, then terminate its context
+        (synchronous: nothing here can be interrupted by a cancel)."""
         for p in self.peers.values():
             if p.sock is not None:
                 p.sock.close(linger=self.linger_ms)
                 p.sock = None
         if self.router is not None:
             self.router.close(linger=0)
+            self.router = None
         if self._auth is not None:
             self._auth.stop()
-        if self.ctx is not None:
-            self.ctx.term()
-        if self.data_dir is not None:
-            self.write_status()
+            self._auth = None
+        if self.ctx is not None and not self.ctx.closed:
+            # Closes whatever is still open (a dialer's monitor socket whose task never got to
+            # its `finally`), each with the same linger bound, then terminates.
+            self.ctx.destroy(linger=self.linger_ms)
 
     async def run(self) -> None:
         """Start and serve until cancelled (the daemon's service factory)."""
@@ -305,7 +353,7 @@ class MeshNode:
         return peer
 
     def _start_dialer(self, peer: Peer) -> None:
-        if self.ctx is None or peer.task is not None:
+        if self.ctx is None or peer.task is not None or self._stopping:
             return
         peer.task = asyncio.create_task(self._dial(peer), name=f"mesh-peer-{peer.hex[:8]}")
 
@@ -697,12 +745,7 @@ class MeshNode:
                     ],
                     peer,
                 )
-                got = False
-                if sent:
-                    with contextlib.suppress(TimeoutError):
-                        got = await asyncio.wait_for(
-                            peer.heads_evt.wait(), self.cfg.sync_interval * 2
-                        )
+                got = sent and await _wait_set(peer.heads_evt, self.cfg.sync_interval * 2)
                 now = time.monotonic()
                 if got:
                     backoff = self.cfg.sync_interval
@@ -713,8 +756,7 @@ class MeshNode:
                         self._set_state(peer, "down", "silent")
                     backoff = min(backoff * 2, self.cfg.backoff_max)
                 peer.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(peer.wake.wait(), backoff * random.uniform(0.8, 1.2))
+                await _wait_set(peer.wake, backoff * random.uniform(0.8, 1.2))
         finally:
             for t in helpers:
                 t.cancel()

@@ -117,6 +117,13 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _port(text: str) -> int:
+    """A TCP port 1..65535, as `[node] embedded_port` takes it (argparse: a usage error)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1..65535)")
+    return int(text)
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "up",
@@ -139,7 +146,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--node-id", default=None, help="node id to create on first start (default: from the key)"
     )
     p.add_argument(
-        "--embedded-port", type=int, default=None, help="port of the embedded broker (default 1883)"
+        "--embedded-port",
+        type=_port,
+        default=None,
+        help="port of the embedded broker (default 1883)",
     )
     p.add_argument(
         "--http",

@@ -21,11 +21,12 @@ from gibsey.core.envelope import (
     NodeStatus,
     Outgoing,
     Payload,
+    Rejection,
     SafetyAlert,
     encode_event,
 )
 from gibsey.core.identity import Identity, load_or_create, write_atomic
-from gibsey.core.lamport import LamportClock
+from gibsey.core.lamport import LamportAhead, LamportClock
 from gibsey.core.rate import RateMeter
 from gibsey.core.storage import ALERT_REASON, EPISODE_FILE, DiskHealth, StorageError, episode_json
 from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
@@ -54,6 +55,7 @@ class Node:
         # said once per episode (safety/alert disk_full), whichever write hit it first.
         self.disk = DiskHealth(self._disk_changed)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsaid: SafetyAlert | None = None  # a disk change before start(), said at start
         self.clock = LamportClock(data_dir / "lamport", disk=self.disk)
         self.router = Router(
             self.node_id,
@@ -69,7 +71,7 @@ class Node:
         self._extra_subscriptions: list[tuple[str, Callable[[str, bytes], object]]] = []
         self.notifier = Notifier()
         self.run_record = RunRecord(data_dir)
-        self.heartbeat_s = HEARTBEAT_S
+        self.heartbeat_s = HEARTBEAT_S  # how often the run record is rewritten (tests shorten it)
         self.embedded: EmbeddedBroker | None = None
         self.spine: Spine | None = None
         self.started_at = time.monotonic()
@@ -121,9 +123,13 @@ class Node:
 
     # -- events ---------------------------------------------------------------------------------
     def _observe(self, event: Event) -> None:
-        # Every accepted event moves the clock past it (our own echoes included: harmless), so
-        # whatever the node emits in response is ordered after its cause.
-        self.clock.observe(event.lamport)
+        # Every event from the broker moves the clock past it, so whatever the node emits in
+        # response is ordered after its cause. One stamped too far ahead to believe is refused
+        # at the boundary (the router counts and alerts it), never believed only in part.
+        try:
+            self.clock.observe(event.lamport)
+        except LamportAhead as exc:
+            raise Rejection("lamport_ahead", str(exc)) from None
 
     def send(
         self,
@@ -183,19 +189,20 @@ class Node:
                 severity="info",
             )
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._publish_alert, alert)
-            if error is None:
-                loop.call_soon_threadsafe(self._record_disk_episode)
+        if loop is None or loop.is_closed():
+            self._unsaid = alert  # e.g. the clock's ceiling refused while the node was made
+            return
+        loop.call_soon_threadsafe(self._publish_alert, alert)
+        if error is None:
+            loop.call_soon_threadsafe(self._record_disk_episode)
 
     def _record_disk_episode(self) -> None:
         """Keep the episode that just ended for `gibsey doctor` (it could not be written while
         the disk refused writes)."""
         episode = self.disk.last_episode
         if episode is not None:
-            self._write_safely(
-                lambda: write_atomic(self.data_dir / EPISODE_FILE, episode_json(episode, time.time()))
-            )
+            doc = episode_json(episode, time.time())
+            self._write_safely(lambda: write_atomic(self.data_dir / EPISODE_FILE, doc))
 
     def _write_safely(self, write: Callable[[], None]) -> None:
         """A write of the node's own files (run record, ...): a disk that refuses it is reported,
@@ -305,6 +312,9 @@ class Node:
             except StorageError as exc:  # reported by the ledger; the node serves all the same
                 log.error("the previous run's death could not be recorded: %s", exc)
                 self.disk.refused_write(exc)
+        if self._unsaid is not None:
+            self._publish_alert(self._unsaid)  # queued in the outbox until the broker is there
+            self._unsaid = None
         # Serving: events are accepted and queued from here on, broker or not (a missing broker
         # is retried, not a reason for systemd to restart the node).
         self.notifier.ready(self.summary())
@@ -322,14 +332,18 @@ class Node:
                 status_topic(self.node_id), self._status_bytes("offline"), retain=True
             )
             # Everything already handed to the spine gets its chance to be acknowledged.
-            await self.spine.flush(timeout=3.0)
+            await self.spine.flush(timeout_s=3.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.router.stop()
         for close in reversed(self._closers):
-            close()
+            try:
+                close()
+            except Exception:
+                # E.g. a part's last write on a disk that refuses it: the others still close.
+                log.exception("closing %r failed", close)
         self._closers = []
         if self.embedded is not None:
             await self.embedded.stop()

@@ -2,8 +2,9 @@
 
 Checks: the broker is reachable, the Zig VM library loads, the model is there when agents are
 configured (and, on the SD image, the agent worker unit's socket listens), the key file is
-private (0600), the data directory has room (and, on the SD image, is its own partition) and
-takes a write now (and when it last refused writes), the clock is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
+private (0600), so is the gateway's write token, the data directory has room (and, on the SD
+image, is its own partition) and takes a write now (and when it last refused writes), the clock
+is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
 Exit 1 when something is wrong (a FAIL); warnings do not fail.
 """
 
@@ -170,6 +171,30 @@ def check_key(data: Path) -> Check:
     return Check("identity", OK, f"node {node_id}, {key} mode 0600")
 
 
+def check_gateway_token(data: Path, cfg: GibseyConfig) -> Check:
+    """The file that holds the gateway's write token (DATA/gateway.token, made at the first
+    start, or `[gateway] token_file`) must be private: anyone who reads it may change the node."""
+    from gibsey.node.gateway.tokens import token_path
+
+    gw = cfg.gateway
+    files = [Path(gw.token_file)] if gw.token_file else []
+    files += [token_path(data)] if token_path(data).exists() else []
+    for path in files:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0
+        if mode & 0o077:
+            return Check(
+                "write token",
+                WARN,
+                f"{path} has mode {mode:04o}: other users can read the gateway's write token",
+                f"chmod 600 {path}",
+            )
+    if files:
+        return Check("write token", OK, f"{files[0]} is private (`gibsey gateway token`)")
+    if gw.token:
+        return Check("write token", OK, "configured ([gateway] token or GIBSEY_GATEWAY_TOKEN)")
+    return Check("write token", OK, f"made at the first start in {token_path(data)}")
+
+
 def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> Check:
     probe = data if data.exists() else data.parent
     u = usage(probe)
@@ -282,6 +307,7 @@ def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[
         check_model(cfg),
         check_agent_worker(cfg),
         check_key(data),
+        check_gateway_token(data, cfg),
         check_disk(data),
         check_disk_writes(data),
         check_clock(now),

@@ -64,7 +64,7 @@ async def ask(
     port: int,
     persona: str,
     prompt: str,
-    timeout: float = 60.0,
+    timeout_s: float = 60.0,
     max_tokens: int = 16,
     actor: str = "visitor",
 ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
@@ -84,5 +84,5 @@ async def ask(
         topic(node.node_id, "agent/request"),
         raw_event(node.node_id, "agent/request", payload, actor=actor),
     )
-    done = await col.wait_for(lambda c: finals(c, corr), timeout=timeout)
+    done = await col.wait_for(lambda c: finals(c, corr), timeout_s=timeout_s)
     return done[0], tokens(col, corr), time.monotonic() - start

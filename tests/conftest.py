@@ -31,7 +31,7 @@ async def started(node: Node, broker_url: str | None) -> AsyncIterator[Spine]:
     await node.start(broker_url)
     try:
         assert node.spine is not None
-        await node.spine.wait_connected(timeout=10)
+        await node.spine.wait_connected(timeout_s=10)
         yield node.spine
     finally:
         await node.stop()
@@ -81,7 +81,7 @@ class Collector:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [json.loads(p) for t, p in self.messages if t.endswith("/" + kind)]
 
-    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+    async def wait_for(self, predicate: Any, timeout_s: float = 10.0) -> Any:
         async def _wait() -> Any:
             while True:
                 result = predicate(self)
@@ -90,7 +90,7 @@ class Collector:
                 self._changed.clear()
                 await self._changed.wait()
 
-        return await asyncio.wait_for(_wait(), timeout)
+        return await asyncio.wait_for(_wait(), timeout_s)
 
     async def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
         await self.client.publish(topic, payload, qos=qos)

@@ -31,11 +31,11 @@ class Checklist:
         self.passed: list[str] = []
         self.started = time.monotonic()
 
-    def check(self, what: str, pred: Callable[[], Any], timeout: float = 30.0) -> Any:
+    def check(self, what: str, pred: Callable[[], Any], timeout_s: float = 30.0) -> Any:
         """Wait (up to `timeout`) for `pred` to hold; print the check, or fail with it."""
         n = len(self.passed) + 1
         try:
-            got = _wait(pred, timeout, what)
+            got = _wait(pred, timeout_s, what)
         except (GalleryError, AssertionError) as exc:
             done = "\n".join(self.passed) or "  (none)"
             pytest.fail(f"check {n} failed: {what}\n  {exc}\nchecks that held:\n{done}")
@@ -45,8 +45,8 @@ class Checklist:
         return got
 
 
-def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+def _wait(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while True:
         try:
@@ -57,7 +57,7 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
             last = exc
         if time.monotonic() > deadline:
             detail = f" (last error: {last})" if last else ""
-            raise AssertionError(f"not true after {timeout:g}s{detail}")
+            raise AssertionError(f"not true after {timeout_s:g}s{detail}")
         time.sleep(0.1)
 
 
@@ -95,7 +95,7 @@ def test_a_gallery_of_three_nodes_end_to_end(gallery: Gallery) -> None:
             and len({n.node_id for n in g}) == 3
         ),
     )
-    cl.check("the mesh is up: every node sees both peers", g.meshed, timeout=30)
+    cl.check("the mesh is up: every node sees both peers", g.meshed, timeout_s=30)
 
     # The story's canon, imported on one node, before anyone turns a Remember glyph.
     done = a.cli("story", "import", "--sample")
@@ -151,7 +151,7 @@ def test_a_gallery_of_three_nodes_end_to_end(gallery: Gallery) -> None:
         answer.append(b.ask("london-fox", "Who counts the exits?", max_tokens=16))
         return bool(answer[-1].strip())
 
-    cl.check("a persona (london-fox on n2) answers on the real small model", asked, timeout=150)
+    cl.check("a persona (london-fox on n2) answers on the real small model", asked, timeout_s=150)
     print(f"       london-fox: {answer[-1][:100]!r}", flush=True)
 
     # A story branch written on n1, proposed, voted by the room, merged everywhere.
@@ -242,16 +242,16 @@ def test_a_gallery_of_three_nodes_end_to_end(gallery: Gallery) -> None:
         f"n2 killed with SIGKILL (pid {dead_pid}), restarted: ritual/rebirth on its spine and "
         "its signed rebirth entry on every node",
         reborn,
-        timeout=60,
+        timeout_s=60,
     )
-    cl.check("n2 rejoins the mesh", g.meshed, timeout=30)
+    cl.check("n2 rejoins the mesh", g.meshed, timeout_s=30)
 
     # One node is partitioned (its links cut, its daemon running) and healed.
     g.partition(2)
     cl.check(
         "n3 is partitioned: it sees no peer, and no peer sees it",
         lambda: c.peers_up() == 0 and a.peers_up() == 1 and b.peers_up() == 1,
-        timeout=30,
+        timeout_s=30,
     )
     status, doc = a.gift("dial", "visitor-bo", 1)
     assert status == 201, doc
@@ -269,10 +269,10 @@ def test_a_gallery_of_three_nodes_end_to_end(gallery: Gallery) -> None:
     cl.check("during the partition n1's gift reaches n2 but not n3; n3 keeps performing", split)
     assert c.heads().get(a_key, 0) < a.heads()[a_key]
     g.heal(2)
-    cl.check("the partition heals: n3 sees both peers again", g.meshed, timeout=30)
+    cl.check("the partition heals: n3 sees both peers again", g.meshed, timeout_s=30)
 
     # The end: the same feeds, balances and story graph everywhere; nothing acknowledged lost.
-    cl.check("every node holds the same feeds (mesh heads)", g.converged, timeout=30)
+    cl.check("every node holds the same feeds (mesh heads)", g.converged, timeout_s=30)
     cl.check(
         "every node holds the same balances",
         lambda: a.balances() == b.balances() == c.balances(),

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.agent_support import agent_node, agents
 
 
-async def _gibsey(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+async def _gibsey(*args: str, timeout_s: float = 120.0) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -18,7 +18,7 @@ async def _gibsey(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     return int(proc.returncode or 0), out.decode(), err.decode()
 
 

@@ -98,14 +98,14 @@ class V5Client:
         props.CorrelationData = correlation
         self.client.publish(t, body, qos=1, properties=props)
 
-    async def wait_for(self, predicate: Callable[[list[Got]], Any], timeout: float) -> Any:
+    async def wait_for(self, predicate: Callable[[list[Got]], Any], timeout_s: float) -> Any:
         async def wait() -> Any:
             while not (result := predicate(self.got)):
                 self._changed.clear()
                 await self._changed.wait()
             return result
 
-        return await asyncio.wait_for(wait(), timeout)
+        return await asyncio.wait_for(wait(), timeout_s)
 
 
 def emits(got: list[Got], t: str, corr: str) -> list[Got]:
@@ -122,8 +122,8 @@ def final_in(t: str, corr: str) -> Callable[[list[Got]], bool]:
     return lambda got: any(g.doc["payload"]["final"] for g in emits(got, t, corr))
 
 
-async def linked(service: AgentService, timeout: float = 10.0) -> ResponseLink:
-    deadline = time.monotonic() + timeout
+async def linked(service: AgentService, timeout_s: float = 10.0) -> ResponseLink:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.link is not None and service.link.up:
             return service.link

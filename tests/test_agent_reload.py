@@ -39,7 +39,7 @@ async def _reload(
                     return dict(doc["payload"])
         return None
 
-    result = await col.wait_for(outcome, timeout=60)
+    result = await col.wait_for(outcome, timeout_s=60)
     return result, col
 
 

@@ -105,7 +105,7 @@ async def test_the_worker_pid_comes_from_the_kernel_not_from_so_peercred(
     unit: SocketUnit, tmp_path: Path
 ) -> None:
     missing = tmp_path / "missing.gguf"
-    w = await SocketWorker.connect(str(unit.path), ["--model", str(missing)], {}, timeout=30)
+    w = await SocketWorker.connect(str(unit.path), ["--model", str(missing)], {}, timeout_s=30)
     try:
         # SCM_CREDENTIALS: the process systemd (here: this stand-in) started for the connection.
         assert w.pid == unit.workers[0].pid
@@ -134,7 +134,7 @@ async def test_without_pidfds_the_end_of_the_worker_is_polled(
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfds)
     missing = tmp_path / "missing.gguf"
-    w = await SocketWorker.connect(str(unit.path), ["--model", str(missing)], {}, timeout=30)
+    w = await SocketWorker.connect(str(unit.path), ["--model", str(missing)], {}, timeout_s=30)
     assert w.pid == unit.workers[0].pid
     assert b"load_failed" in await asyncio.wait_for(w.stdout.readline(), 30)
     # Gone once its parent (systemd; here the stand-in) reaped it.
@@ -220,7 +220,7 @@ async def test_killed_worker_is_reconnected(
             lambda c: any(
                 a["payload"]["reason"] == "agent_worker_died" for a in c.of_kind("safety/alert")
             ),
-            timeout=20,
+            timeout_s=20,
         )
         new_pid = await asyncio.wait_for(_replaced(service, old_pid), 60)
         assert unit.worker(new_pid) is unit.workers[-1]

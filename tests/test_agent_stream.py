@@ -31,9 +31,9 @@ from tests.events import raw_event, topic
 class _Llm:
     """create_completion's stream, one piece a step, `step` seconds apart."""
 
-    def __init__(self, pieces: list[str], step: float = 0.0) -> None:
+    def __init__(self, pieces: list[str], step_s: float = 0.0) -> None:
         self.pieces = pieces
-        self.step = step
+        self.step = step_s
 
     def create_completion(self, prompt: str, **kw: Any) -> Any:
         for i, p in enumerate(self.pieces):
@@ -51,10 +51,10 @@ class _Channel:
         self.sent.append(msg)
 
 
-def _writes(pieces: list[str], batch_s: float, step: float = 0.0) -> list[dict[str, Any]]:
+def _writes(pieces: list[str], batch_s: float, step_s: float = 0.0) -> list[dict[str, Any]]:
     ch = _Channel()
     msg = {"id": "r1", "prompt": "p", "batch_s": batch_s}
-    worker._generate(_Llm(pieces, step), ch, msg, set())  # type: ignore[arg-type]
+    worker._generate(_Llm(pieces, step_s), ch, msg, set())  # type: ignore[arg-type]
     return ch.sent
 
 
@@ -83,7 +83,7 @@ def test_worker_writes_the_first_token_at_once_and_batches_the_rest() -> None:
 
 def test_worker_batches_by_time_since_the_last_write() -> None:
     pieces = [f" t{i}" for i in range(12)]
-    sent = _writes(pieces, batch_s=0.05, step=0.02)  # a token every 20 ms, writes >= 50 ms apart
+    sent = _writes(pieces, batch_s=0.05, step_s=0.02)  # a token every 20 ms, writes >= 50 ms apart
     writes = [m for m in sent if m["ev"] in ("tok", "toks")]
     assert _texts(sent) == pieces
     assert writes[0]["ev"] == "tok"  # the first token never waits

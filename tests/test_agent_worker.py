@@ -47,7 +47,7 @@ async def test_killed_worker_is_restarted_and_answers_again(
             lambda c: any(
                 a["payload"]["reason"] == "agent_worker_died" for a in c.of_kind("safety/alert")
             ),
-            timeout=20,
+            timeout_s=20,
         )
         final, toks, _ = await ask(
             collector_factory, node, broker.port, "old-natalie", "Do you remember the dial?"

@@ -53,12 +53,12 @@ class Pty:
         self.link.unlink(missing_ok=True)
 
 
-async def until(cond: Callable[[], object], timeout: float = 10.0) -> None:
+async def until(cond: Callable[[], object], timeout_s: float = 10.0) -> None:
     async def _wait() -> None:
         while not cond():
             await asyncio.sleep(0.01)
 
-    await asyncio.wait_for(_wait(), timeout)
+    await asyncio.wait_for(_wait(), timeout_s)
 
 
 @dataclass

@@ -44,14 +44,14 @@ class Terminal:
         self.screen += read_ready(self.master, 65536)
         self._changed.set()
 
-    async def wait_for(self, text: bytes, timeout: float = 20.0) -> None:
+    async def wait_for(self, text: bytes, timeout_s: float = 20.0) -> None:
         async def _wait() -> None:
             while text not in self.screen:
                 self._changed.clear()
                 await self._changed.wait()
 
         try:
-            await asyncio.wait_for(_wait(), timeout)
+            await asyncio.wait_for(_wait(), timeout_s)
         except TimeoutError:
             raise AssertionError(f"{text!r} not on screen: {self.screen[-2000:]!r}") from None
 

@@ -12,7 +12,7 @@ import pytest
 
 from gibsey.core.config import ConfigError, load_config, resolve_data_dir
 from gibsey.core.identity import IdentityError, load_or_create
-from gibsey.core.lamport import MAX_JUMP, LamportClock
+from gibsey.core.lamport import MAX_AHEAD, LamportAhead, LamportClock
 
 
 def test_identity_is_created_once_with_a_private_key_file(tmp_path: Path) -> None:
@@ -47,9 +47,13 @@ def test_lamport_clock_never_runs_backwards_across_restarts(tmp_path: Path) -> N
     # A crash (no clean shutdown) and a restart: the new clock starts above every value issued.
     restarted = LamportClock(path, block=100)
     assert restarted.tick() > values[-1]
-    # A remote clock far ahead is believed only up to MAX_JUMP.
+    # A remote clock far ahead is not believed at all (a capped jump would order our replies
+    # before their cause); up to MAX_AHEAD ahead, the next value is past it.
     now = restarted.value
-    assert restarted.observe(2**62) == now + MAX_JUMP + 1
+    with pytest.raises(LamportAhead):
+        restarted.observe(2**62)
+    assert restarted.value == now
+    assert restarted.observe(now + MAX_AHEAD) == now + MAX_AHEAD + 1
 
 
 def test_config_file_and_environment_overrides(

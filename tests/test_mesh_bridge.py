@@ -68,16 +68,16 @@ async def test_bridge_config_forwards_node_events_to_a_central_broker(
         col = await collector_factory(central.port, "gibsey/#")
         await node.start(local.url)
         assert node.spine is not None
-        await node.spine.wait_connected(timeout=10)
+        await node.spine.wait_connected(timeout_s=10)
         # The retained status arrives centrally through the bridge ...
-        await col.wait_for(lambda c: c.of_kind("node/status"), timeout=20)
+        await col.wait_for(lambda c: c.of_kind("node/status"), timeout_s=20)
         # ... and so does an event the node emits while running.
         node.emit("safety/alert", SafetyAlert(reason="bridge test", severity="info"))
         alerts = await col.wait_for(
             lambda c: [
                 a for a in c.of_kind("safety/alert") if a["payload"]["reason"] == "bridge test"
             ],
-            timeout=20,
+            timeout_s=20,
         )
         assert alerts[0]["node"] == node_id
         topics = {t for t, _ in col.messages}

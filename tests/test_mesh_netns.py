@@ -74,7 +74,7 @@ def test_partition_heal_and_kill9_in_namespaces(tmp_path: Path, room: Room) -> N
         c.stop()
         append_mints(a.data, 6000, "london-fox")
         c.start()
-        wait_until(lambda: 7 < heads(c.data).get(a.key, 0), 60, "c syncing", step=0.005)
+        wait_until(lambda: 7 < heads(c.data).get(a.key, 0), 60, "c syncing", step_s=0.005)
         c.stop(signal.SIGKILL)
         got = heads(c.data)[a.key]
         report = Store.open(c.data).verify()

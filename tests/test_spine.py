@@ -187,7 +187,7 @@ async def test_an_idle_node_leaves_the_cpu_alone(running_node: RunningNode) -> N
     # sleeps: a busy loop would use a full second of CPU here.
     spine = running_node.node.spine
     assert spine is not None
-    await spine.flush(timeout=5)
+    await spine.flush(timeout_s=5)
     await asyncio.sleep(0.2)  # the start's announcements and discovery settle
     cpu_s = time.process_time()
     await asyncio.sleep(1.0)

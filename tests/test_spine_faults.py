@@ -43,14 +43,14 @@ async def test_node_starts_without_broker_and_connects_when_it_appears(
         # An event emitted while the broker is away waits in the outbox ...
         early = node.emit("gift/txn", GiftTxn(giver="a", receiver="b", amount=1))
         broker.start()
-        await node.spine.wait_connected(timeout=15)
+        await node.spine.wait_connected(timeout_s=15)
         # ... and is delivered once the broker is there.
         async with aiomqtt.Client("127.0.0.1", broker.port) as client:
             await client.subscribe(topic(node.node_id, "node/status"), qos=1)
             async for msg in client.messages:  # retained status proves the node announced itself
                 assert json.loads(bytes(msg.payload))["state"] == "online"
                 break
-        await node.spine.flush(timeout=10)
+        await node.spine.flush(timeout_s=10)
         assert node.spine.stats.published >= 1
         assert early.id
     finally:
@@ -80,7 +80,7 @@ async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> Non
     node = Node(tmp_path / "data", GibseyConfig())
     await node.start(broker.url)
     assert node.spine is not None
-    await node.spine.wait_connected(timeout=10)
+    await node.spine.wait_connected(timeout_s=10)
     got: set[str] = set()
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -109,7 +109,7 @@ async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> Non
         broker.stop()  # SIGTERM: Mosquitto saves the dashboard's session
         during = await emit_batch(50, 50)  # emitted while the broker is down
         broker.start()
-        await node.spine.wait_connected(timeout=15)
+        await node.spine.wait_connected(timeout_s=15)
         after = await emit_batch(50, 100)
         acked = before + during + after
         await asyncio.wait_for(asyncio.gather(*(f for _, f in acked)), 20)

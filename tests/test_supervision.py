@@ -68,12 +68,12 @@ def _node(box: Container) -> dict[str, str]:
     )
 
 
-def _wait_active(box: Container, timeout: float = 60.0) -> dict[str, str]:
+def _wait_active(box: Container, timeout_s: float = 60.0) -> dict[str, str]:
     def active() -> bool:
         return _node(box).get("ActiveState") == "active"
 
     try:
-        box.wait_for(active, timeout, "gibsey-node.service to be active (READY=1)")
+        box.wait_for(active, timeout_s, "gibsey-node.service to be active (READY=1)")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- journal:\n{box.journal('gibsey-node')}") from None
     return _node(box)
@@ -177,7 +177,7 @@ s.sendall(json.dumps({"op": "load", "argv": ["--model", "/no/such.gguf"]}).encod
 live["reply"] = json.loads(s.makefile().readline())
 
 async def transport():
-    w = await SocketWorker.connect(PATH, ["--model", "/no/such.gguf"], {}, timeout=30)
+    w = await SocketWorker.connect(PATH, ["--model", "/no/such.gguf"], {}, timeout_s=30)
     line = json.loads(await w.stdout.readline())
     return {"pid": w.pid, "reply": line, "returncode": await w.wait()}
 
@@ -194,7 +194,9 @@ def test_the_agent_worker_socket_starts_one_limited_worker_unit_per_connection(
     stat = box.exec("stat", "-c", "%U %a %F", "/run/gibsey/agent-worker.sock").stdout.split()
     assert stat[:3] == ["gibsey", "600", "socket"], stat
 
-    done = box.exec("runuser", "-u", "gibsey", "--", PYTHON, "-c", WORKER_SOCKET_PROBE, timeout=60)
+    done = box.exec(
+        "runuser", "-u", "gibsey", "--", PYTHON, "-c", WORKER_SOCKET_PROBE, timeout_s=60
+    )
     assert done.returncode == 0, f"{done.stderr}\n{box.journal('gibsey-agent-worker@*')}"
     probe = json.loads(done.stdout)
     live = probe["live"]

@@ -66,12 +66,12 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     ns.close()
 
 
-async def _until(cond: Any, timeout: float = 10.0) -> None:
+async def _until(cond: Any, timeout_s: float = 10.0) -> None:
     async def wait() -> None:
         while not cond():
             await asyncio.sleep(0.01)
 
-    await asyncio.wait_for(wait(), timeout)
+    await asyncio.wait_for(wait(), timeout_s)
 
 
 async def test_ready_status_watchdog_and_stopping(

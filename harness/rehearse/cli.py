@@ -423,7 +423,7 @@ class Rehearsal:
                 lambda: g.converged() and len({str(n.balances()) for n in g}) == 1,
                 120,
                 "convergence",
-                step=0.1,
+                step_s=0.1,
             )
             self.converge_s = time.monotonic() - start
             self.note(f"converged in {self.converge_s:.2f}s")

@@ -78,7 +78,7 @@ def _personas(args: argparse.Namespace) -> int:
 
 # -- ask / reload over MQTT ---------------------------------------------------------------------
 async def _request(
-    url: str, node_id: str, kind: str, payload: dict[str, Any], timeout: float, stream: bool
+    url: str, node_id: str, kind: str, payload: dict[str, Any], timeout_s: float, stream: bool
 ) -> dict[str, Any]:
     from gibsey.core.mqtt import ClientSettings, MqttError, Session, new_client_id
     from gibsey.core.topics import topic_for
@@ -114,9 +114,9 @@ async def _request(
                     return dict(body)
                 raise _CliError("the broker went away")
 
-            return await asyncio.wait_for(wait(), timeout)
+            return await asyncio.wait_for(wait(), timeout_s)
     except TimeoutError:
-        raise _CliError(f"no answer from node {node_id} at {url} in {timeout:g}s") from None
+        raise _CliError(f"no answer from node {node_id} at {url} in {timeout_s:g}s") from None
     except MqttError as exc:
         raise _CliError(f"the broker at {url}: {exc}") from None
 

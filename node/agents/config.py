@@ -27,11 +27,11 @@ worker = "spawn"         # how the daemon gets a model worker: "spawn" (a child 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from gibsey.core.config import ConfigSection, Env
+from gibsey.core.config import DAY_S, ConfigSection, Env, Fraction, Seconds, SecondsOrZero
 
 WORKER_SPAWN = "spawn"
 WORKER_SOCKET = "socket:"
@@ -52,47 +52,66 @@ def worker_socket_path(value: str) -> str | None:
 
 class AgentConfig(ConfigSection):
     model: str = ""
-    threads: int = 2
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
     # How long llama.cpp's OpenMP threads spin before sleeping between steps (GOMP_SPINCOUNT).
     # Spinning forever (OpenMP's passive/active extremes) is either 2x slower or starves the
     # daemon on a 2-core Pi; a short spin keeps most of the speed (measured: 37 tok/s passive,
     # 63 at 10,000, 70 at the 300,000 default, through the node) and yields the core soon.
-    omp_spincount: int = 10_000
+    omp_spincount: Annotated[int, Field(ge=0, le=2**31 - 1)] = 10_000
     # Load the model worker and the embedder with the node, not at the first question: the
     # first visitor's answer is faster, and the node holds ~600 MiB more from the start.
     preload: bool = False
-    n_ctx: int = 1024
-    max_tokens: int = 96
-    temperature: float = 0.7
-    seed: int = 7
+    n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 1024
+    max_tokens: Annotated[int, Field(ge=1, le=65_536)] = 96  # and at most n_ctx
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.7
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7  # llama.cpp's seeds are 32-bit
     # Tokens that come faster than this share a write from the worker (worker.py): fewer wake-ups
     # of the daemon, the broker and the clients per token, each still its own agent/emit.
-    token_batch: float = 0.05
-    first_token_timeout: float = 60.0
-    token_timeout: float = 15.0
-    load_timeout: float = 120.0
-    ping_interval: float = 5.0
-    ping_timeout: float = 5.0
+    token_batch: Annotated[float, Field(ge=0.0, le=5.0)] = 0.05
+    first_token_timeout: Seconds = 60.0
+    token_timeout: Seconds = 15.0
+    load_timeout: Seconds = 120.0
+    ping_interval: Seconds = 5.0
+    ping_timeout: Seconds = 5.0
     memory: bool = True
-    memories_in_prompt: int = 3
-    memory_max_distance: float = 0.8
-    tensor_half_life: float = 3600.0
-    tensor_publish_interval: float = 2.0
-    requests_per_minute: float = 20.0
-    requests_burst: float = 5.0
-    rotations_per_second: float = 10.0
-    temp_limit_c: float = 80.0
-    temp_canned_c: float = 85.0
-    mem_available_min: float = 0.10
-    mem_available_canned: float = 0.05
-    pressure_interval: float = 5.0
-    idle_review_after: float = 30.0
-    sqlite: str = "auto"
-    thermal_glob: str = "/sys/class/thermal/thermal_zone*/temp"
-    meminfo: str = "/proc/meminfo"
-    blocked: list[str] = Field(default_factory=list)
+    memories_in_prompt: Annotated[int, Field(ge=0, le=50)] = 3
+    memory_max_distance: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8  # cosine: 0..2
+    tensor_half_life: Annotated[float, Field(gt=0.0, le=365 * DAY_S)] = 3600.0
+    tensor_publish_interval: Seconds = 2.0
+    requests_per_minute: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 20.0
+    requests_burst: Annotated[float, Field(ge=1.0, le=1_000_000.0)] = 5.0  # < 1: never one
+    rotations_per_second: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 10.0
+    # CPU temperatures (C) of the degraded modes; canned at least as hot as short.
+    temp_limit_c: Annotated[float, Field(ge=0.0, le=150.0)] = 80.0
+    temp_canned_c: Annotated[float, Field(ge=0.0, le=150.0)] = 85.0
+    # Fractions of memory available; canned at most as much as short.
+    mem_available_min: Fraction = 0.10
+    mem_available_canned: Fraction = 0.05
+    pressure_interval: Seconds = 5.0
+    idle_review_after: SecondsOrZero = 30.0
+    sqlite: Literal["auto", "stdlib", "apsw"] = "auto"
+    thermal_glob: Annotated[str, Field(min_length=1)] = "/sys/class/thermal/thermal_zone*/temp"
+    meminfo: Annotated[str, Field(min_length=1)] = "/proc/meminfo"
+    blocked: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=10_000)
+    ] = Field(default_factory=list)
     # gibsey-node.service sets GIBSEY_AGENT_WORKER to the socket unit's path.
     worker: Annotated[str, Env("GIBSEY_AGENT_WORKER")] = WORKER_SPAWN
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> AgentConfig:
+        if self.max_tokens > self.n_ctx:
+            raise ValueError(f"max_tokens ({self.max_tokens}) is more than n_ctx ({self.n_ctx})")
+        if self.temp_canned_c < self.temp_limit_c:
+            raise ValueError(
+                f"temp_canned_c ({self.temp_canned_c}) is below temp_limit_c ({self.temp_limit_c})"
+            )
+        if self.mem_available_canned > self.mem_available_min:
+            raise ValueError(
+                f"mem_available_canned ({self.mem_available_canned}) is above "
+                f"mem_available_min ({self.mem_available_min})"
+            )
+        return self
 
     @field_validator("worker")
     @classmethod

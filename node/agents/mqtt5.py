@@ -104,11 +104,11 @@ class ResponseLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
 
-    def _refused(self, exc: ConnectRefused, delay: int) -> int:
+    def _refused(self, exc: ConnectRefused, delay_s: int) -> int:
         """The next retry's delay after the broker refused the connect."""
         if exc.reason_code != UNSUPPORTED_PROTOCOL:
             log.warning("MQTT 5 link to %s refused: %s", self.url, exc)
-            return delay
+            return delay_s
         if not self.unsupported:
             log.warning(
                 "MQTT 5 not supported by the broker: answering on reply_to only (%s)", self.url

@@ -216,15 +216,15 @@ class WorkerProcess:
             raise WorkerFailed("worker is not running")
         self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
 
-    async def ping(self, timeout: float) -> None:
+    async def ping(self, timeout_s: float) -> None:
         pid = f"p{next(_ids)}"
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pongs[pid] = fut
         try:
             self._send(op="ping", id=pid)
-            await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
-            raise WorkerFailed(f"no pong in {timeout:g}s") from None
+            raise WorkerFailed(f"no pong in {timeout_s:g}s") from None
         finally:
             self._pongs.pop(pid, None)
 

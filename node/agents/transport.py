@@ -93,7 +93,7 @@ async def open_worker(model: Path, cfg: AgentConfig, stderr: Any) -> WorkerProc:
             limit=READ_LIMIT,
         )
     return await SocketWorker.connect(
-        path, worker_args(model, cfg), worker_env(cfg), timeout=cfg.load_timeout
+        path, worker_args(model, cfg), worker_env(cfg), timeout_s=cfg.load_timeout
     )
 
 
@@ -124,7 +124,7 @@ class SocketWorker:
 
     @classmethod
     async def connect(
-        cls, path: str, argv: list[str], env: dict[str, str], timeout: float
+        cls, path: str, argv: list[str], env: dict[str, str], timeout_s: float
     ) -> SocketWorker:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         pidfd: int | None = None
@@ -135,7 +135,7 @@ class SocketWorker:
             sock.setblocking(False)
             loop = asyncio.get_running_loop()
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, path), timeout)
+                await asyncio.wait_for(loop.sock_connect(sock, path), timeout_s)
             except (OSError, TimeoutError) as exc:
                 raise TransportFailed(
                     f"cannot connect to the agent worker socket {path}: {str(exc) or 'timed out'} "
@@ -143,9 +143,11 @@ class SocketWorker:
                     "gibsey-agent-worker.socket`)"
                 ) from None
             try:
-                hello, pid, uid = await asyncio.wait_for(_recv_hello(sock), timeout)
+                hello, pid, uid = await asyncio.wait_for(_recv_hello(sock), timeout_s)
             except TimeoutError:
-                raise TransportFailed(f"{path}: no hello from the worker in {timeout:g}s") from None
+                raise TransportFailed(
+                    f"{path}: no hello from the worker in {timeout_s:g}s"
+                ) from None
             if pid <= 0:
                 raise TransportFailed(
                     f"{path}: the worker's pid is not visible from here (another pid namespace?)"

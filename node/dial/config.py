@@ -14,16 +14,29 @@ Each key is optional; unknown keys are refused (gibsey.core.config).
 
 from __future__ import annotations
 
-from gibsey.core.config import ConfigSection
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from gibsey.core.config import ConfigSection, Seconds, SecondsOrZero
 
 PICO_VID = 0x2E8A
 
 
 class DialConfig(ConfigSection):
     serial: str = "auto"
-    baud: int = 115200
-    vid: int = PICO_VID
+    baud: Annotated[int, Field(ge=300, le=4_000_000)] = 115200
+    vid: Annotated[int, Field(ge=0, le=0xFFFF)] = PICO_VID  # USB ids are 16 bits
     mqtt: bool = True
-    scan_interval: float = 1.0
-    alert_interval: float = 10.0
+    scan_interval: Seconds = 1.0
+    alert_interval: SecondsOrZero = 10.0  # 0: every alert
     enabled: bool = True
+
+    @field_validator("serial")
+    @classmethod
+    def _auto_off_or_a_path(cls, value: str) -> str:
+        if value not in ("auto", "off") and not value.startswith("/"):
+            raise ValueError(
+                f'serial {value!r}: "auto", "off" or the device\'s path, e.g. /dev/ttyACM0'
+            )
+        return value

@@ -3,7 +3,9 @@
 Reading is open to anyone on the LAN; every endpoint that changes something needs the node's
 write token (`Authorization: Bearer <token>` or `X-Gibsey-Token`; auth.py), publishes at least
 one event on the spine (declared per operation in the OpenAPI document as `x-gibsey-events`;
-openapi.py), and answers 401 without touching anything when the token is wrong or missing.
+openapi.py), and answers 401 without touching anything, and without reading the request's body,
+when the token is wrong or missing (middleware.BodyGuard, which also bounds every body: 413).
+GraphQL's mutations need the same token (graphql_route.py).
 Errors are JSON objects with an `error` field that says what was wrong (errors.py).
 
 This module only assembles the app: the endpoints are in routes/ (one router per OpenAPI tag),
@@ -18,7 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from gibsey import __version__
 from gibsey.node.gateway import errors
 from gibsey.node.gateway.graphql_route import graphql_route
-from gibsey.node.gateway.middleware import MetricsMiddleware
+from gibsey.node.gateway.middleware import BodyGuard, MetricsMiddleware
+from gibsey.node.gateway.openapi import document_security
 from gibsey.node.gateway.routes import ROUTERS
 from gibsey.node.gateway.routes.dashboard import STATIC
 from gibsey.node.gateway.state import GatewayState
@@ -36,10 +39,13 @@ def build_app(state: GatewayState) -> FastAPI:
         redoc_url=None,
     )
     app.state.gateway = state
+    # The last added is the outermost: metrics count what the body guard refuses too.
+    app.add_middleware(BodyGuard, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.router.routes.append(graphql_route(state.node))
+    app.router.routes.append(graphql_route(state))
+    document_security(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

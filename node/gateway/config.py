@@ -11,7 +11,8 @@
 Environment: `GIBSEY_HTTP` overrides `listen`, `GIBSEY_GATEWAY_TOKEN` the token,
 `GIBSEY_LOG_FORMAT` the log format. `gibsey up` sets `listen` from `--http` (default
 0.0.0.0:8080). A node started in-process without a `[gateway]` section (most tests) runs no
-gateway. With no token configured the gateway is read-only: every change is refused with 401.
+gateway. With no token configured the node makes one at its first start, kept in
+`<data>/gateway.token` (0600; tokens.py, `gibsey gateway token` prints it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import field_validator, model_validator
 
-from gibsey.core.config import ConfigError, ConfigSection, Env
+from gibsey.core.config import SECRET, ConfigError, ConfigSection, Env, check_host
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 PORT_FILE = "gateway.json"
@@ -47,6 +48,10 @@ def parse_listen(value: str) -> tuple[str, int]:
         ) from exc
     if not 0 <= port <= 65535:
         raise GatewayConfigError(f"--http/listen {value!r}: port out of range 0..65535")
+    try:
+        check_host(host, f"--http/listen {value!r}: host")
+    except ValueError as exc:
+        raise GatewayConfigError(str(exc)) from None
     return host, port
 
 
@@ -58,7 +63,7 @@ def _check_listen(value: str | None) -> str | None:
 
 class GatewayConfig(ConfigSection):
     listen: Annotated[str | None, Env("GIBSEY_HTTP")] = None
-    token: Annotated[str | None, Env("GIBSEY_GATEWAY_TOKEN")] = None
+    token: Annotated[str | None, Env("GIBSEY_GATEWAY_TOKEN"), SECRET] = None
     # Read when no token is given: its first line is the token.
     token_file: str | None = None
 
@@ -87,7 +92,7 @@ class GatewayConfig(ConfigSection):
                 self.token = Path(self.token_file).read_text().splitlines()[0].strip()
             except (OSError, IndexError) as exc:
                 raise ValueError(f"token_file {self.token_file!r}: {exc}") from exc
-        # An empty token is no token (read-only), never a token that "" would match.
+        # An empty token is no token (one is made), never a token that "" would match.
         self.token = self.token or None
         return self
 

@@ -86,8 +86,20 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     )
 
 
+def _too_many_digits(exc: Exception) -> bool:
+    """FastAPI's 400 for a body json.loads could not read because an integer in it has more
+    digits than Python converts (4,300: a ValueError, not a JSONDecodeError)."""
+    cause = exc.__cause__
+    return isinstance(cause, ValueError) and "integer string conversion" in str(cause)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if _too_many_digits(exc):
+        return JSONResponse(
+            {"error": "invalid request: a number in the body has too many digits"},
+            status_code=422,
+        )
     message = {
         404: f"no such endpoint: {request.method} {request.url.path}",
         405: f"{request.method} is not allowed on {request.url.path}",

@@ -1,15 +1,30 @@
-"""Request metrics: every request counted, and its latency to the response head, by route."""
+"""The gateway's ASGI middleware: request metrics (every request counted, and its latency to
+the response head, by route), and the body guard (a write's token before its body, every body
+bounded)."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gibsey.node.gateway.tokens import refusal
+
 if TYPE_CHECKING:
     from gibsey.node.gateway.metrics import Metrics
+    from gibsey.node.gateway.state import GatewayState
+
+# The largest request body the gateway reads. Every write is a small JSON object (an event
+# payload is at most 64 KiB) or a GraphQL document; a page of the story fits many times over.
+MAX_BODY_BYTES = 256 * 1024
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# POSTs that may be reads: a GraphQL query. Its mutations need the same token, checked by the
+# schema before anything runs (graphql_route.py); its body is bounded all the same.
+OPEN_POSTS = frozenset({"/graphql"})
 
 
 def route_template(scope: Scope) -> str:
@@ -41,3 +56,106 @@ class MetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, sending)
+
+
+class _Gone(Exception):
+    """The client went away while sending its body: nobody is left to answer."""
+
+
+def _declared_length(headers: Headers) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None  # chunked (or a length uvicorn already refused): counted as it streams
+
+
+class BodyGuard:
+    """Checks a write's token before its body is read, and bounds every body.
+
+    A write (POST, PUT, PATCH, DELETE, bar OPEN_POSTS) without the right token is answered 401
+    and its body is never read (uvicorn discards it as it arrives, holding none of it); a
+    declared Content-Length over the bound is answered 413, unread; a body streamed past the
+    bound (chunked, or a lying length) is answered 413 as soon as it passes it. A body within
+    the bound is read here and handed on whole, so nothing behind this reads more. Endpoints
+    check the token again (auth.Token): a route can never be reached without it."""
+
+    def __init__(
+        self, app: ASGIApp, state: GatewayState, max_body_bytes: int = MAX_BODY_BYTES
+    ) -> None:
+        self.app = app
+        self.state = state
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if scope["method"] in WRITE_METHODS and scope["path"] not in OPEN_POSTS:
+            reason = refusal(headers, self.state.token)
+            if reason is not None:
+                await self._refuse(scope, send, 401, reason)
+                return
+        if "content-length" not in headers and "transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body (a GET; a live stream's disconnect)
+            return
+        declared = _declared_length(headers)
+        try:
+            body = None if (declared or 0) > self.max_body_bytes else await self._read(receive)
+        except _Gone:
+            return
+        if body is None:
+            await self._refuse(scope, send, 413, self._too_large(declared))
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the bound (the rest is left unread)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Gone
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self, declared: int | None) -> str:
+        size = f"{declared:,} bytes" if declared is not None else "a streamed body"
+        return (
+            f"the request body is too large ({size}): the node reads at most "
+            f"{self.max_body_bytes:,} bytes"
+        )
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, error: str) -> None:
+        client = scope.get("client") or ("?", 0)
+        label = "http_unauthorized" if status == 401 else "http_too_large"
+        self.state.refused(label, f"{scope['method']} {scope['path']} from {client[0]}: {error}")
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        response = JSONResponse({"error": error}, status_code=status, headers=headers)
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    # A refused request's body is never read; a response that asks gets an end of stream.
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body read already, then whatever the connection says next
+    (a disconnect, for a streaming response that listens for one)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

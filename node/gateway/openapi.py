@@ -1,16 +1,44 @@
 """What the gateway's OpenAPI document says of an operation that changes something: the events
-it publishes (`x-gibsey-events`), that it needs the write token, and how it refuses."""
+it publishes (`x-gibsey-events`), that it needs the write token, and how it refuses; and the
+parts FastAPI cannot see: the token's security schemes, and /graphql (a plain ASGI route)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from gibsey.node.gateway.middleware import MAX_BODY_BYTES
+from gibsey.node.story.graphql import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 EVENTS_EXT = "x-gibsey-events"
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "token": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the node's write token (`gibsey gateway token` prints it)",
+    },
+    "tokenHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Gibsey-Token",
+        "description": "the same write token, in a header of its own",
+    },
+}
+# Either scheme will do (a list of requirements is an "or").
+WRITE_SECURITY: list[dict[str, list[str]]] = [{"token": []}, {"tokenHeader": []}]
+
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong write token; nothing changed, the body unread"},
+    413: {"description": f"the body is larger than {MAX_BODY_BYTES:,} bytes; nothing changed"},
+}
 
 
 def publishes(*kinds: str) -> dict[str, Any]:
     """The `openapi_extra` of an operation that publishes `kinds` and needs the write token."""
-    return {EVENTS_EXT: list(kinds), "security": [{"token": []}]}
+    return {EVENTS_EXT: list(kinds), "security": WRITE_SECURITY}
 
 
 def mutating(*kinds: str) -> dict[str, Any]:
@@ -18,7 +46,7 @@ def mutating(*kinds: str) -> dict[str, Any]:
     return {
         "openapi_extra": publishes(*kinds),
         "responses": {
-            401: {"description": "missing or wrong write token; nothing changed"},
+            **_REFUSALS,
             422: {"description": "the request is invalid; the error says why"},
         },
     }
@@ -32,3 +60,65 @@ def mutating_operations(openapi: dict[str, Any]) -> list[tuple[str, str, list[st
             if method.lower() in ("post", "put", "patch", "delete"):
                 out.append((method.upper(), path, list(op.get(EVENTS_EXT, []))))
     return out
+
+
+_GRAPHQL_LIMITS = (
+    f"One operation: at most {MAX_QUERY_TOKENS:,} tokens, depth {MAX_DEPTH}, {MAX_ALIASES} "
+    "aliases, and a bounded answer (an error says which limit)."
+)
+GRAPHQL_PATH: dict[str, Any] = {
+    "post": {
+        "tags": ["story"],
+        "summary": "GraphQL: the story graph (queries are open; mutations need the write token)",
+        "description": "createBranch, writePage and proposeMerge publish narrative/change. "
+        "A mutation without the token is answered 401 with one GraphQL error; nothing runs. "
+        + _GRAPHQL_LIMITS,
+        "operationId": "graphql",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["query"],
+                        "properties": {
+                            "query": {"type": "string"},
+                            "variables": {"type": "object"},
+                            "operationName": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "a GraphQL answer: `data`, and `errors` saying what failed"},
+            **{str(status): r for status, r in _REFUSALS.items()},
+        },
+        # {}: a query needs nothing; a mutation needs one of the token's schemes.
+        "security": [{}, *WRITE_SECURITY],
+        EVENTS_EXT: ["narrative/change"],
+    },
+    "get": {
+        "tags": ["story"],
+        "summary": "GraphQL query in the URL (`?query=...`); no mutations",
+        "operationId": "graphql_get",
+        "parameters": [
+            {"name": "query", "in": "query", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {"200": {"description": "a GraphQL answer"}},
+    },
+}
+
+
+def document_security(app: FastAPI) -> None:
+    """Add the token's security schemes and /graphql to the app's OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()  # FastAPI's, which it caches in app.openapi_schema
+            doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            doc["paths"]["/graphql"] = GRAPHQL_PATH
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -26,6 +26,7 @@ from gibsey.node.gateway.hub import Hub
 from gibsey.node.gateway.logs import use_json_logs
 from gibsey.node.gateway.metrics import Metrics, count_start
 from gibsey.node.gateway.state import GatewayState
+from gibsey.node.gateway.tokens import node_token
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -49,11 +50,23 @@ class Gateway:
         self.config = config
         self.hub = Hub(node)
         self.metrics = Metrics(node, self.hub, count_start(node.data_dir))
-        self.web = GatewayState(node, self.hub, self.metrics, config.token)
+        token, self.token_source = self._token()
+        self.web = GatewayState(node, self.hub, self.metrics, token)
         self.app = build_app(self.web)
         self.url = ""
         self.port = 0
         self.ready = asyncio.Event()
+
+    def _token(self) -> tuple[str | None, str]:
+        """The write token (made at the first start when none is configured), and its source.
+        A data directory that cannot keep a new one leaves the gateway read-only, saying so."""
+        try:
+            return node_token(self.config, self.node.data_dir)
+        except OSError as exc:
+            detail = f"cannot keep a write token in {self.node.data_dir}: {exc}"
+            log.error("gateway: %s; the gateway is read-only", detail)
+            self.node.alert(SafetyAlert(reason="gateway_read_only", detail=detail))
+            return None, "none: " + detail
 
     def bind(self) -> socket.socket:
         host, port = self.config.address
@@ -116,12 +129,12 @@ class Gateway:
         except OSError:
             log.warning("could not write %s", self.node.data_dir / PORT_FILE)
         log.info(
-            "gateway listening on %s:%d (dashboard %s/, metrics %s/metrics)%s",
+            "gateway listening on %s:%d (dashboard %s/, metrics %s/metrics); write token: %s",
             host,
             self.port,
             self.url,
             self.url,
-            "" if self.config.token else "; read-only: no [gateway] token configured",
+            self.token_source,  # where it is, never the token itself
         )
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
-from gibsey.core.envelope import Event, Payload
+from gibsey.core.envelope import Event, Payload, SafetyAlert
 from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.models import LedgerWrite
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.gateway")
 
 ACK_TIMEOUT_S = 5.0
+REFUSAL_ALERT_INTERVAL_S = 60.0
 
 
 @dataclass(eq=False)
@@ -37,6 +40,8 @@ class GatewayState:
     hub: Hub
     metrics: Metrics
     token: str | None  # the write token; None: the gateway is read-only
+    # reason -> (when its last alert went out, refusals since then)
+    refusals: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     # -- the parts ------------------------------------------------------------------------------
     def ledger(self) -> Ledger:
@@ -74,6 +79,21 @@ class GatewayState:
             "graphql": parts.story is not None,  # /graphql answers while the story runs
             "dial": parts.dial is not None,
         }
+
+    def refused(self, reason: str, detail: str) -> None:
+        """Say that a request was refused (`http_unauthorized`, `http_too_large`): a safety/alert
+        at most once a minute per reason, counting the refusals since the last one, so that a
+        stranger's flood of refusals neither fills the log nor spends the node's alert budget."""
+        now = time.monotonic()
+        last, count = self.refusals.get(reason, (-math.inf, 0))
+        if now - last < REFUSAL_ALERT_INTERVAL_S:
+            self.refusals[reason] = (last, count + 1)
+            return
+        self.refusals[reason] = (now, 0)
+        log.info("gateway refused: %s (%d more since the last alert)", detail, count)
+        self.node.alert(
+            SafetyAlert(reason=reason, detail=f"{detail} ({count} more since the last alert)")
+        )
 
     # -- publishing -----------------------------------------------------------------------------
     async def publish(self, kind: str, payload: Payload, actor: str) -> tuple[Event, bool]:

@@ -14,16 +14,24 @@ First boot (firstboot.py) checks both before it copies the file into /etc.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import field_validator
 
-from gibsey.core.config import ConfigSection
+from gibsey.core.config import SECRET, ConfigSection
 
 
 class WifiConfig(ConfigSection):
     ssid: str
-    psk: str = ""
+    psk: Annotated[str, SECRET] = ""
     country: str = ""
+
+    @field_validator("ssid")
+    @classmethod
+    def _ssid_length(cls, value: str) -> str:
+        if not 1 <= len(value.encode()) <= 32:
+            raise ValueError("ssid must be 1 to 32 bytes")
+        return value
 
     @field_validator("psk")
     @classmethod

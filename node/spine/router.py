@@ -84,6 +84,8 @@ class Router:
         queue_size: int = 1024,
         dedup_window: int = 65_536,
         alerts_per_second: float = 5.0,
+        # Called with each valid event from others before it is accepted; may refuse it by
+        # raising Rejection. The node passes its Lamport clock's observe (node/daemon.py).
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -231,6 +233,10 @@ class Router:
                 if own is not None
                 else parse_event(topic, raw, self._max_payload, parsed)
             )
+            if own is None and self._on_event is not None:
+                # The node's clock, before the id is remembered: it may refuse the event
+                # (lamport_ahead), which then counts and alerts like any bad input.
+                self._on_event(event)
         except Rejection as rej:
             self.stats.rejected[rej.reason] += 1
             log.warning("rejected message on %s: %s", topic, rej)
@@ -259,8 +265,6 @@ class Router:
     def _accept(self, event: Event, payload: Payload) -> None:
         self.stats.accepted += 1
         self.stats.by_kind[event.kind] += 1
-        if self._on_event:
-            self._on_event(event)
         self.dispatch(event, payload)
 
     def remember_emitted(self, out: Outgoing) -> None:

@@ -111,12 +111,12 @@ class Spine:
         self._pump()
         return done
 
-    async def flush(self, timeout: float) -> bool:
+    async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message is acknowledged; False if the time ran out."""
         pending = set(self._unacked)
         if not pending:
             return True
-        _done, not_done = await asyncio.wait(pending, timeout=timeout)
+        _done, not_done = await asyncio.wait(pending, timeout=timeout_s)
         return not not_done
 
     @property
@@ -127,8 +127,8 @@ class Spine:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
 
     # -- extra subscriptions --------------------------------------------------------------------
     def add_subscription(self, topic_filter: str, callback: MessageHandler) -> None:

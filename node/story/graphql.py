@@ -4,22 +4,17 @@
 context (`StoryContext`). `execute(story, query, variables, publish=...)` runs a query without
 HTTP (tests, the CLI). Every mutation publishes a `narrative/change` through `publish`.
 
-Mounting it in the node's HTTP gateway (FastAPI):
+What one operation may cost is bounded before and while it runs (the schema's extensions):
+its document (MAX_QUERY_TOKENS, checked while parsing), its depth (MAX_DEPTH), its aliases
+(MAX_ALIASES), and what it makes (ResponseBudget: MAX_RESPONSE_FIELDS fields, about
+MAX_RESPONSE_BYTES of answer). A mutation runs only when its context says the caller may write
+(`StoryContext.may_write`, false unless given): the gateway sets it from the node's write token
+(node/gateway/graphql_route.py), so GraphQL writes need what REST writes need; a refused one is
+one error with the code WRITE_REFUSED, and nothing runs.
 
-    from strawberry.fastapi import GraphQLRouter
-    from gibsey.node.story.graphql import schema, context_for
-    from gibsey.node.story.part import story_of
-
-    def publish(change, branch, page, version, actor):  # on the node's loop thread
-        node.emit("narrative/change", NarrativeChange(branch=branch, page=page,
-                  version=version, change=change), actor=actor)
-
-    router = GraphQLRouter(schema, context_getter=lambda: context_for(story_of(node), publish))
-    app.include_router(router, prefix="/graphql")
-
-Resolvers are synchronous (SQLite reads of a few ms). Where strawberry calls them on the event
-loop, `publish` may call node.emit directly; where they run in a worker thread, hop to the loop
-with `loop.call_soon_threadsafe` (node.emit is not thread-safe).
+Resolvers are synchronous (SQLite reads and ledger writes): the gateway runs each operation in
+a worker thread (`execute_sync`), never on the node's event loop; `publish` hops to the loop
+(node.emit is not thread-safe).
 """
 
 from __future__ import annotations
@@ -28,29 +23,64 @@ import asyncio
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import strawberry
+from graphql import ExecutionResult as CoreResult
+from graphql import GraphQLError, GraphQLResolveInfo
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+from strawberry.types import ExecutionContext, Info
 from strawberry.types import ExecutionResult as GraphQLResult
-from strawberry.types import Info
+from strawberry.types.graphql import OperationType
+
+from gibsey.ledger.errors import LedgerError
 
 from .engine import Publish, Story
 from .graph import Hearing
 from .model import CANON, StoryError
 from .text import Conflict
 
+# Parsing costs about 0.15 ms and 3 KB a token (a 5,000-alias document: 0.8 s, 14 MB): the
+# document is refused as soon as it passes this many. A hand-written query is tens of tokens;
+# an IDE's introspection query some 300.
+MAX_QUERY_TOKENS = 2000
+MAX_DEPTH = 8  # the schema's own paths are at most 3 deep (branch > history > author)
+MAX_ALIASES = 20
+MAX_RESPONSE_FIELDS = 100_000
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # about: field names and text as they resolve
+WRITE_REFUSED = "UNAUTHENTICATED"  # the `code` of a refused mutation's error
+TOO_LARGE = "RESPONSE_TOO_LARGE"
+
 
 @dataclass
 class StoryContext:
     story: Story
     publish: Publish | None = None
+    # Whether this caller may run mutations, and if not, why (the error it gets).
+    may_write: bool = False
+    refusal: str = "writes need the node's write token"
 
 
-def context_for(story: Story | None, publish: Publish | None = None) -> StoryContext:
+def context_for(
+    story: Story | None,
+    publish: Publish | None = None,
+    *,
+    may_write: bool = False,
+    refusal: str | None = None,
+) -> StoryContext:
     if story is None:
         raise StoryError("the narrative engine is not attached on this node")
-    return StoryContext(story, publish)
+    ctx = StoryContext(story, publish, may_write)
+    if refusal:
+        ctx.refusal = refusal
+    return ctx
 
 
 def _ctx(info: Info) -> StoryContext:
@@ -339,7 +369,93 @@ class Mutation:
         return ChangeResult(commit=c.commit, entry=c.entry.hash_hex)
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation)
+class WritesNeedToken(SchemaExtension):
+    """A mutation runs only for a caller that may write (`StoryContext.may_write`): otherwise
+    the answer is one error saying why, with the code WRITE_REFUSED, and no resolver runs."""
+
+    def on_execute(self) -> Iterator[None]:
+        ec = self.execution_context
+        ctx = ec.context
+        if ec.operation_type is OperationType.MUTATION and not (
+            isinstance(ctx, StoryContext) and ctx.may_write
+        ):
+            why = ctx.refusal if isinstance(ctx, StoryContext) else StoryContext.refusal
+            error = GraphQLError(why, extensions={"code": WRITE_REFUSED})
+            ec.result = CoreResult(data=None, errors=[error])  # set before: nothing executes
+        yield
+
+
+class ResponseBudget(SchemaExtension):
+    """Bounds what one operation makes, counted as its fields resolve: past MAX_RESPONSE_FIELDS
+    fields or about MAX_RESPONSE_BYTES of answer, every field left is refused unresolved, and
+    the answer is one error (no partial data). Introspection counts too: the depth limit skips
+    it, and its types nest without end."""
+
+    def __init__(self, *, execution_context: ExecutionContext | None = None) -> None:
+        self.fields = 0
+        self.size = 0
+        self.over = False
+
+    def _refusal(self) -> GraphQLError:
+        return GraphQLError(
+            f"the answer would pass the node's limit ({MAX_RESPONSE_FIELDS:,} fields, "
+            f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB): ask for fewer fields or pages",
+            extensions={"code": TOO_LARGE},
+        )
+
+    def resolve(
+        self,
+        _next: Callable[..., Any],
+        root: Any,
+        info: GraphQLResolveInfo[Any],
+        *args: str,
+        **kwargs: Any,
+    ) -> Any:
+        if self.over:
+            raise self._refusal()
+        value = _next(root, info, *args, **kwargs)
+        self.fields += 1
+        # The key, quotes and separators, and the text: what the JSON answer will hold.
+        self.size += len(info.field_name) + 8 + (len(value) if isinstance(value, str) else 0)
+        if self.fields > MAX_RESPONSE_FIELDS or self.size > MAX_RESPONSE_BYTES:
+            self.over = True
+            raise self._refusal()
+        return value
+
+    def on_execute(self) -> Iterator[None]:
+        yield
+        if self.over:
+            self.execution_context.result = CoreResult(data=None, errors=[self._refusal()])
+
+
+class StorySchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # A client's mistakes (a bad query, an unknown page, a limit) are its answer, not the
+        # node's trouble: only failures from inside the node are logged (with their traceback).
+        # An error without a path was found before anything ran (parsing, validation).
+        inside = [
+            e
+            for e in errors
+            if e.path is not None
+            and e.original_error is not None
+            and not isinstance(e.original_error, StoryError | LedgerError | GraphQLError)
+        ]
+        super().process_errors(inside, execution_context)
+
+
+schema = StorySchema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[
+        lambda: MaxTokensLimiter(max_token_count=MAX_QUERY_TOKENS),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        WritesNeedToken,
+        ResponseBudget,
+    ],
+)
 
 
 def execute(
@@ -347,9 +463,13 @@ def execute(
     query: str,
     variables: dict[str, Any] | None = None,
     publish: Publish | None = None,
+    *,
+    may_write: bool = True,
 ) -> GraphQLResult:
-    """Run one GraphQL operation against `story` (no HTTP)."""
-    return schema.execute_sync(query, variables, context_value=StoryContext(story, publish))
+    """Run one GraphQL operation against `story` (no HTTP: the caller is the node's own user,
+    who may write unless told otherwise)."""
+    ctx = StoryContext(story, publish, may_write)
+    return schema.execute_sync(query, variables, context_value=ctx)
 
 
 async def execute_async(

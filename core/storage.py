@@ -1,0 +1,174 @@
+"""The disk refused a write: one error for every layer, and one place that knows it happened.
+
+A gallery node runs for months on an SD card. The card fills up (ENOSPC), wears out (EIO), or
+the kernel remounts it read-only after an error (EROFS). None of these is a bug of the caller and
+none is mended by retrying at once, so every layer turns them into the same `StorageError`: the
+ledger keeps its head at what is stored, the gateway answers 507, the status loop carries on, and
+`DiskHealth` lets the node say so once per episode and notice by itself when writes work again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# What a disk that refuses writes answers. EDQUOT is ENOSPC for one user's share of the disk.
+REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+ALERT_REASON = "disk_full"
+# Below this much free space an opaque failure (SQLite's "disk I/O error") is taken for a full
+# disk: SQLite needs a few pages of room for any commit.
+NEARLY_FULL_BYTES = 64 * 1024
+
+
+class StorageError(OSError):
+    """The disk refused a write (full, failing or read-only): nothing was stored.
+
+    An OSError (with `errno`), so code that already handles OSError keeps doing so; `what` says
+    which write it was."""
+
+    def __init__(self, code: int, what: str) -> None:
+        name = errno.errorcode.get(code, str(code))
+        super().__init__(code, f"{os.strerror(code)} ({name})")
+        self.what = what
+
+    @property
+    def errno_name(self) -> str:
+        return errno.errorcode.get(self.errno or 0, str(self.errno))
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.strerror}"
+
+
+def refusal(exc: OSError, what: str) -> StorageError | None:
+    """`exc` as a StorageError when it means the disk refused the write, else None."""
+    if isinstance(exc, StorageError):
+        return exc
+    if exc.errno in REFUSED_ERRNOS:
+        return StorageError(exc.errno, what)
+    return None
+
+
+@contextmanager
+def disk_write(what: str) -> Iterator[None]:
+    """Raise a StorageError (from the OSError) when the disk refuses a write in this block."""
+    try:
+        yield
+    except OSError as exc:
+        refused = refusal(exc, what)
+        if refused is None:
+            raise
+        raise refused from exc
+
+
+def likely_errno(directory: str | Path) -> int:
+    """The errno behind a failure that does not carry one (SQLite says "disk I/O error" for a
+    read-only remount and a failing card alike), found by trying: a small file is created,
+    written and removed in `directory`. What that write says (EROFS, ENOSPC, EIO), else ENOSPC
+    when the disk is nearly full, else EIO."""
+    probe = Path(directory) / f".probe-{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in REFUSED_ERRNOS:
+            return exc.errno
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return errno.EIO
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES:
+        return errno.ENOSPC
+    return errno.EIO
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Writes refused from `since` (wall clock) on: how many, and the first refusal."""
+
+    since: float
+    first: StorageError
+    refused: int
+
+
+DiskListener = Callable[[StorageError | None], None]
+
+
+class DiskHealth:
+    """Whether the node's last write to its disk failed.
+
+    Writers report each refusal (`refused_write`) and each success (`wrote`); the listener hears
+    only the changes: the first refusal of an episode, and the first success after it. Thread
+    safe: the ledger writes on its own thread."""
+
+    def __init__(self, listener: DiskListener | None = None) -> None:
+        self.listener = listener
+        self._lock = threading.Lock()
+        self._episode: Episode | None = None
+        self.last_episode: Episode | None = None  # the last one that ended
+        self.refused_total = 0
+
+    @property
+    def episode(self) -> Episode | None:
+        """The current episode of refused writes, None while writes work."""
+        return self._episode
+
+    def refused_write(self, exc: StorageError) -> bool:
+        """Report a refused write; True when it starts an episode (the listener was told)."""
+        with self._lock:
+            self.refused_total += 1
+            episode = self._episode
+            if episode is not None:
+                self._episode = Episode(episode.since, episode.first, episode.refused + 1)
+                return False
+            self._episode = Episode(time.time(), exc, 1)
+        if self.listener is not None:
+            self.listener(exc)
+        return True
+
+    def wrote(self) -> bool:
+        """Report a write that worked; True when it ends an episode (the listener was told)."""
+        if self._episode is None:  # the common case, without the lock
+            return False
+        with self._lock:
+            if self._episode is None:
+                return False
+            self.last_episode, self._episode = self._episode, None
+        if self.listener is not None:
+            self.listener(None)
+        return True
+
+
+# The last episode of refused writes, written by the node when writes work again (it could not
+# be written during the episode); `gibsey doctor` shows it.
+EPISODE_FILE = "disk.json"
+
+
+def episode_json(episode: Episode, until: float) -> bytes:
+    first = episode.first
+    return json.dumps(
+        {
+            "since": episode.since,
+            "until": until,
+            "refused": episode.refused,
+            "errno": first.errno_name,
+            "first": str(first),
+        }
+    ).encode()

@@ -1,0 +1,374 @@
+"""Strangers on the gallery's Wi-Fi against the node's HTTP gateway (issue 16, items 2 and 7).
+
+What is tried, over real HTTP against a real node (in-process with its uvicorn and a real
+Mosquitto, or a `gibsey up` process): GraphQL's mutations (createBranch, writePage,
+proposeMerge) and every REST write without the write token, with a wrong one, and on a node
+without a token; a 5,000-alias GraphQL query, one too deep, one whose answer is too large, and a
+slow resolver while /api/status is asked; 50 MB bodies (without a token, with a token and a
+declared length, streamed in chunks); a 5,000-digit number in a JSON field; the OpenAPI
+document; a node started as the README says (no token configured) and its token file's mode.
+
+What must hold: every write in every API needs the token and is refused (401, GraphQL: one
+error) with nothing written (ledger counts, `gibsey ledger verify`); GraphQL's cost is bounded
+by clear errors before anything runs, and its resolvers leave the event loop free; a body is
+never read without the token and never past the bound (413), so the node's memory does not grow
+by the body; a number too long is invalid input (422), not a crash; the OpenAPI document
+defines the `token` scheme it names and lists /graphql; the first start makes a token file of
+mode 0600, `gibsey gateway token` prints it, and `gibsey doctor` warns about a wider mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gibsey.harness.nodeproc import spawn_up, wait_for_file
+from gibsey.harness.waiting import stop_process
+from gibsey.node.gateway.openapi import mutating_operations
+from gibsey.node.gateway.tokens import TOKEN_FILE
+from gibsey.node.story import graphql as story_graphql
+from gibsey.node.story.corpus import SAMPLE, read_corpus
+from gibsey.node.story.model import CANON
+from tests.brokers import Mosquitto
+from tests.conftest import CollectorFactory
+from tests.gateway_support import AUTH, TOKEN, GatewayNode, gateway_node
+
+__all__ = ["gateway_node"]
+
+REPO = Path(__file__).resolve().parents[2]
+FOX = "004"  # a page of the sample corpus
+BIG_BODY_BYTES = 50 * 1024 * 1024
+RSS_GROWTH_LIMIT_BYTES = 20 * 1024 * 1024
+HOLD_S = 15.0  # how long a held resolver waits at most: a guard against a blocked loop
+WRONG = ({}, {"Authorization": "Bearer wrong"}, {"X-Gibsey-Token": "wrong"})
+INTRUSIONS = (
+    'mutation { createBranch(name: "mallory", actor: "mallory") { commit } }',
+    f'mutation {{ writePage(branch: "{CANON}", page: "{FOX}", text: "defaced", '
+    'actor: "mallory") { commit } }',
+    'mutation { proposeMerge(source: "fox", actor: "mallory") { commit } }',
+)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _gibsey(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gibsey", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "GIBSEY_GATEWAY_TOKEN"},
+    )
+
+
+async def _story_with_a_branch(gw: GatewayNode) -> None:
+    """The sample corpus as canon, and a branch `fox` with one change (so that a proposal of it
+    would go through): what an intruder's mutations would otherwise change."""
+    story = gw.node.parts.story
+    assert story is not None
+    await asyncio.to_thread(story.import_corpus, read_corpus(SAMPLE), CANON, "an-author")
+    for query in (
+        'mutation { createBranch(name: "fox", actor: "london-fox") { commit } }',
+        f'mutation {{ writePage(branch: "fox", page: "{FOX}", text: "She counted twice.\\n", '
+        'actor: "london-fox") { commit } }',
+    ):
+        r = await gw.http.post("/graphql", json={"query": query}, headers=AUTH)
+        assert r.status_code == 200 and "errors" not in r.json(), r.text
+
+
+async def _graphql(gw: GatewayNode, query: str, **kwargs: Any) -> dict[str, Any]:
+    r = await gw.http.post("/graphql", json={"query": query}, **kwargs)
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@contextmanager
+def _gibsey_up(data: Path, broker: Mosquitto, **env: str) -> Iterator[tuple[int, str]]:
+    """`gibsey up` on `data` with no token configured unless `env` gives one: (pid, url)."""
+    (data / "gateway.json").unlink(missing_ok=True)
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("GIBSEY_GATEWAY_TOKEN", "GIBSEY_HTTP")
+    }
+    environ.update(PYTHONUNBUFFERED="1", GIBSEY_DISCOVERY_PREFIX="", **env)
+    proc = spawn_up(data, broker.url, "127.0.0.1:0", env=environ, log=data.parent / "up.log")
+    try:
+        wait_for_file(proc, data / "gateway.json", 60, "gibsey up")
+        yield proc.pid, str(json.loads((data / "gateway.json").read_text())["url"])
+    finally:
+        stop_process(proc, signal.SIGTERM)
+
+
+def _megabytes(n: int) -> Iterator[bytes]:
+    chunk = b"x" * (1024 * 1024)
+    for _ in range(n):
+        yield chunk
+
+
+# ---- writes need the token ------------------------------------------------------------------
+
+
+async def test_writes_in_every_api_need_the_token_and_write_nothing_without_it(
+    gateway_node: GatewayNode, collector_factory: CollectorFactory
+) -> None:
+    """Tried: createBranch, writePage (on canon) and proposeMerge over GraphQL, and every REST
+    write the OpenAPI document lists, each with no token, a wrong Bearer token and a wrong
+    X-Gibsey-Token; a mutation over GET; the same with the right token on a node that has
+    none. Must hold: 401 (GraphQL: `data` null and one error with code UNAUTHENTICATED saying
+    what is missing), no ledger entry, no branch, no narrative/change, `ledger verify` ok."""
+    gw = gateway_node
+    ledger = gw.node.parts.ledger
+    story = gw.node.parts.story
+    assert ledger is not None and story is not None
+    await _story_with_a_branch(gw)
+    col = await collector_factory(gw.broker.port, f"gibsey/v1/{gw.node.node_id}/+/+")
+    entries = ledger.store.count()
+    branches = {b.name for b in story.graph.branches()}
+    openapi = (await gw.http.get("/openapi.json")).json()
+    rest = [(m, p) for m, p, _ in mutating_operations(openapi) if p != "/graphql"]
+    assert rest, "the OpenAPI document lists no REST write"
+
+    for headers in WRONG:
+        for query in INTRUSIONS:
+            r = await gw.http.post("/graphql", json={"query": query}, headers=headers)
+            assert r.status_code == 401, r.text
+            assert r.headers["www-authenticate"] == "Bearer"
+            answer = r.json()
+            assert answer["data"] is None and len(answer["errors"]) == 1, answer
+            assert answer["errors"][0]["extensions"]["code"] == story_graphql.WRITE_REFUSED
+            assert "token" in answer["errors"][0]["message"]
+        for method, path in rest:
+            r = await gw.http.request(
+                method, path.replace("{proposal}", "0" * 64), json={}, headers=headers
+            )
+            assert r.status_code == 401 and "token" in r.json()["error"], (path, r.text)
+    r = await gw.http.get("/graphql", params={"query": INTRUSIONS[0]}, headers=AUTH)
+    assert r.status_code == 400 and "not allowed" in r.json()["error"], r.text
+
+    gw.gateway.web.token = None  # a node whose data directory could not keep a token
+    for query in INTRUSIONS:
+        r = await gw.http.post("/graphql", json={"query": query}, headers=AUTH)
+        assert r.status_code == 401 and "read-only" in r.json()["errors"][0]["message"], r.text
+
+    assert ledger.store.count() == entries
+    assert {b.name for b in story.graph.branches()} == branches
+    assert not [e for e in col.of_kind("narrative/change") if e["actor"] == "mallory"]
+    verified = _gibsey("ledger", "verify", "--data", str(gw.node.data_dir))
+    assert verified.returncode == 0 and verified.stdout.startswith("ok"), verified.stdout
+
+
+# ---- GraphQL's cost is bounded --------------------------------------------------------------
+
+
+async def test_a_5000_alias_query_is_refused_before_it_runs(gateway_node: GatewayNode) -> None:
+    """Tried: one anonymous query of 5,000 aliases of every page's text (the issue's: 49 MB
+    in 9 s), and one of 100 aliases short enough to parse. Must hold: each is refused with
+    one error naming the limit it passed, no data, and the node answers /api/status after."""
+    gw = gateway_node
+    await _story_with_a_branch(gw)
+    flood = "{" + " ".join(f"a{i}: pages {{ id text }}" for i in range(5000)) + "}"
+    answer = await _graphql(gw, flood)
+    assert answer["data"] is None and len(answer["errors"]) == 1, answer
+    message = answer["errors"][0]["message"]
+    assert f"more than {story_graphql.MAX_QUERY_TOKENS} tokens" in message, message
+
+    aliases = "{" + " ".join(f"a{i}: __typename" for i in range(100)) + "}"
+    answer = await _graphql(gw, aliases)
+    assert answer["data"] is None
+    assert [e["message"] for e in answer["errors"]] == [
+        f"100 aliases found. Allowed: {story_graphql.MAX_ALIASES}"
+    ]
+    assert (await gw.http.get("/api/status")).status_code == 200
+
+
+async def test_a_query_deeper_than_the_limit_is_refused(gateway_node: GatewayNode) -> None:
+    """Tried: a query nested 12 deep. Must hold: an error names the depth limit, no data."""
+    gw = gateway_node
+    deep = "{ " + " { ".join(f"f{i}" for i in range(12)) + " }" * 12
+    answer = await _graphql(gw, deep)
+    assert answer["data"] is None
+    messages = [e["message"] for e in answer["errors"]]
+    depth = f"'anonymous' exceeds maximum operation depth of {story_graphql.MAX_DEPTH}"
+    assert depth in messages, messages
+
+
+async def test_an_answer_larger_than_the_budget_is_one_error(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: three aliases of every page's text, with the answer's budget lowered (the real
+    one is 8 MiB; the sample corpus is some 10 KB) to 20 KB. Must hold: the answer is one
+    error saying the limit was passed, no partial data; under the budget the same query
+    answers in full."""
+    gw = gateway_node
+    await _story_with_a_branch(gw)
+    query = "{ a: pages { text } b: pages { text } c: pages { text } }"
+    full = await _graphql(gw, query)
+    assert "errors" not in full and len(full["data"]["a"]) > 2
+    monkeypatch.setattr(story_graphql, "MAX_RESPONSE_BYTES", 20_000)
+    answer = await _graphql(gw, query)
+    assert answer["data"] is None and len(answer["errors"]) == 1, answer
+    assert answer["errors"][0]["extensions"]["code"] == story_graphql.TOO_LARGE
+    assert "limit" in answer["errors"][0]["message"]
+
+
+async def test_graphql_resolvers_run_off_the_event_loop(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: a GraphQL query whose resolver is held inside its SQLite read (the story graph's
+    `actors`, held until released, at most HOLD_S), and /api/status asked meanwhile. Must
+    hold: /api/status answers while the resolver is still held (it runs in a worker thread,
+    not on the node's event loop); the query then answers."""
+    gw = gateway_node
+    story = gw.node.parts.story
+    assert story is not None
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+    actors = story.graph.actors
+
+    def held_actors() -> list[tuple[str, int, int]]:
+        entered.set()
+        release.wait(HOLD_S)
+        try:
+            return actors()
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(story.graph, "actors", held_actors)
+    query = asyncio.create_task(gw.http.post("/graphql", json={"query": "{ actors { name } }"}))
+    try:
+        assert await asyncio.to_thread(entered.wait, 30)
+        status = await gw.http.get("/api/status")
+        answered_while_held = not finished.is_set()
+    finally:
+        release.set()
+    r = await query
+    assert status.status_code == 200 and answered_while_held
+    assert r.status_code == 200 and r.json()["data"] == {"actors": []}, r.text
+
+
+# ---- bodies, numbers, the OpenAPI document --------------------------------------------------
+
+
+def test_large_bodies_are_refused_without_being_read(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Tried, against a `gibsey up` process: a 50 MB POST without a token, one with the token
+    and its Content-Length, one with the token streamed in chunks (no length), and one to the
+    open /graphql. Must hold: the first is 401 (the token is checked before the body is read),
+    the others 413 saying the limit; the node's resident memory grows by less than 20 MB over
+    all four (before: 400 after reading each body whole, some +100 MB each), and it serves
+    on, with nothing written."""
+    data = tmp_path / "node"
+    with _gibsey_up(data, mosquitto, GIBSEY_GATEWAY_TOKEN=TOKEN) as (pid, url):
+        body = b"x" * BIG_BODY_BYTES
+        json_type = {"content-type": "application/json"}
+        with httpx.Client(base_url=url, timeout=120) as http:
+            assert http.post("/api/ledger/gift", json={}, headers=json_type).status_code == 401
+            before = _rss_bytes(pid)
+            r = http.post("/api/ledger/gift", content=body, headers=json_type)
+            assert r.status_code == 401 and "token" in r.json()["error"], r.text
+            r = http.post("/api/ledger/gift", content=body, headers={**json_type, **AUTH})
+            assert r.status_code == 413 and "too large" in r.json()["error"], r.text
+            r = http.post("/api/ledger/gift", content=_megabytes(50), headers={**json_type, **AUTH})
+            assert r.status_code == 413 and "streamed" in r.json()["error"], r.text
+            r = http.post("/graphql", content=body, headers=json_type)
+            assert r.status_code == 413, r.text
+            grown = _rss_bytes(pid) - before
+            assert grown < RSS_GROWTH_LIMIT_BYTES, f"RSS grew by {grown / 1e6:.0f} MB"
+            assert http.get("/api/status").status_code == 200
+    verified = _gibsey("ledger", "verify", "--data", str(data))
+    assert verified.returncode == 0 and verified.stdout.startswith("ok"), verified.stdout
+
+
+async def test_a_5000_digit_number_is_invalid_input(gateway_node: GatewayNode) -> None:
+    """Tried: a gift whose amount has 5,000 digits (Python's JSON reader refuses integers of
+    more than 4,300 with a ValueError), and the same number as a GraphQL variable. Must hold:
+    422 with an error that says a number has too many digits, nothing written."""
+    gw = gateway_node
+    ledger = gw.node.parts.ledger
+    assert ledger is not None
+    entries = ledger.store.count()
+    digits = "9" * 5000
+    body = f'{{"giver": "ada", "receiver": "bob", "amount": {digits}}}'
+    headers = {"content-type": "application/json", **AUTH}
+    r = await gw.http.post("/api/ledger/gift", content=body, headers=headers)
+    assert r.status_code == 422 and "too many digits" in r.json()["error"], r.text
+    query = "query Q($n: Int!) { history(limit: $n) { hash } }"
+    raw = f'{{"query": {json.dumps(query)}, "variables": {{"n": {digits}}}}}'
+    r = await gw.http.post("/graphql", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "too many digits" in r.json()["error"], r.text
+    assert ledger.store.count() == entries
+
+
+async def test_openapi_defines_the_token_scheme_and_lists_graphql(
+    gateway_node: GatewayNode,
+) -> None:
+    """Tried: reading /openapi.json as a client generator would. Must hold: every security
+    scheme an operation names is defined in components.securitySchemes (`token`: HTTP bearer;
+    `tokenHeader`: the X-Gibsey-Token header), every write names one, and /graphql is listed
+    (queries open, mutations with the token)."""
+    openapi = (await gateway_node.http.get("/openapi.json")).json()
+    schemes = openapi["components"]["securitySchemes"]
+    assert schemes["token"] == {**schemes["token"], "type": "http", "scheme": "bearer"}
+    assert schemes["tokenHeader"]["in"] == "header"
+    assert schemes["tokenHeader"]["name"] == "X-Gibsey-Token"
+    for method, path, _kinds in mutating_operations(openapi):
+        security = openapi["paths"][path][method.lower()]["security"]
+        named = {name for requirement in security for name in requirement}
+        assert named and named <= set(schemes), (method, path, security)
+    graphql = openapi["paths"]["/graphql"]
+    assert {"get", "post"} <= set(graphql)
+    assert {} in graphql["post"]["security"] and {"token": []} in graphql["post"]["security"]
+
+
+# ---- the token: made at the first start, private --------------------------------------------
+
+
+def test_the_first_start_makes_a_private_token(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Tried: `gibsey up` with no token configured (as the README starts it), a write with
+    and without the token it made, `gibsey gateway token`, a restart, and the token file
+    made readable by all (0644). Must hold: DATA/gateway.token exists with mode 0600, writes
+    need its token (401 without, 202 with), the command prints the same token, a restart
+    keeps it, and `gibsey doctor` warns about the 0644 file saying how to fix it."""
+    data = tmp_path / "node"
+    turn = {"symbol": 1, "rotation": 0, "actor": "curator"}
+    with _gibsey_up(data, mosquitto) as (_pid, url):
+        path = data / TOKEN_FILE
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        token = path.read_text().strip()
+        assert len(token) >= 40
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.get("/api/status").json()["writable"] is True
+            assert http.post("/api/glyph/rotate", json=turn).status_code == 401
+            r = http.post("/api/glyph/rotate", json=turn, headers={"X-Gibsey-Token": token})
+            assert r.status_code == 202, r.text
+        shown = _gibsey("gateway", "token", "--data", str(data))
+        assert shown.returncode == 0 and shown.stdout.strip() == token, shown.stderr
+    with _gibsey_up(data, mosquitto) as (_pid, url):
+        assert path.read_text().strip() == token
+    doctor = _gibsey("doctor", "--data", str(data)).stdout
+    assert f"ok    write token {path} is private" in doctor, doctor
+    path.chmod(0o644)
+    doctor = _gibsey("doctor", "--data", str(data)).stdout
+    line = f"warn  write token {path} has mode 0644: other users can read the gateway's write token"
+    assert line in doctor.splitlines(), doctor
+    assert f"fix: chmod 600 {path}" in doctor
