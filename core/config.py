@@ -141,15 +141,13 @@ class NodeConfig(ConfigSection):
     handler_queue: Annotated[int, Env("GIBSEY_HANDLER_QUEUE"), Field(ge=1, le=100_000)] = 1024
     # Largest accepted event payload in bytes; larger ones are rejected at the boundary. At
     # least 1 KiB (a smaller limit would refuse a plain turn of the dial), at most MQTT's own.
-    max_payload: Annotated[
-        int, Env("GIBSEY_MAX_PAYLOAD"), Field(ge=1024, le=MQTT_MAX_PACKET)
-    ] = 64 * 1024
+    max_payload: Annotated[int, Env("GIBSEY_MAX_PAYLOAD"), Field(ge=1024, le=MQTT_MAX_PACKET)] = (
+        64 * 1024
+    )
     # Home Assistant MQTT discovery prefix; empty disables discovery.
     discovery_prefix: Annotated[str, Env("GIBSEY_DISCOVERY_PREFIX")] = "homeassistant"
     # Seconds between node/status + metrics publications (at least 0.1: it is a publication).
-    status_interval: Annotated[
-        float, Env("GIBSEY_STATUS_INTERVAL"), Field(ge=0.1, le=DAY_S)
-    ] = 5.0
+    status_interval: Annotated[float, Env("GIBSEY_STATUS_INTERVAL"), Field(ge=0.1, le=DAY_S)] = 5.0
 
     @field_validator("name")
     @classmethod

@@ -238,9 +238,9 @@ class Event(BaseModel):
     lamport: Annotated[int, Field(ge=0, lt=2**63, strict=True)]
     # Advisory, but a time: finite, not before 1970, not after the last second of year 9999
     # (so any reader can turn it into a date); strict, so `true` or "nan" is no time.
-    wall: Annotated[
-        float, Field(ge=0.0, le=MAX_WALL_S, strict=True, allow_inf_nan=False)
-    ] = Field(description="sender's wall clock, seconds since the epoch; advisory only")
+    wall: Annotated[float, Field(ge=0.0, le=MAX_WALL_S, strict=True, allow_inf_nan=False)] = Field(
+        description="sender's wall clock, seconds since the epoch; advisory only"
+    )
     actor: ShortText = "node"
     payload: dict[str, Any]
 

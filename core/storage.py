@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,13 @@ from pathlib import Path
 
 # What a disk that refuses writes answers. EDQUOT is ENOSPC for one user's share of the disk.
 REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+# SQLite's primary result codes for a disk that refuses a write: full, and the ones that carry
+# no errno (a failing card, a read-only remount, WAL files it cannot create).
+SQLITE_FULL = sqlite3.SQLITE_FULL
+SQLITE_REFUSED = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+# The exit status of a command stopped by a disk that refuses writes: EX_TEMPFAIL (sysexits.h),
+# "try again later". Not 0, so systemd's Restart=on-failure starts the node again.
+EXIT_DISK_REFUSED = 75
 ALERT_REASON = "disk_full"
 # Below this much free space an opaque failure (SQLite's "disk I/O error") is taken for a full
 # disk: SQLite needs a few pages of room for any commit.
@@ -55,6 +63,38 @@ def refusal(exc: OSError, what: str) -> StorageError | None:
     if exc.errno in REFUSED_ERRNOS:
         return StorageError(exc.errno, what)
     return None
+
+
+def sqlite_refusal(exc: BaseException, what: str, directory: str | Path) -> StorageError | None:
+    """`exc` as a StorageError when SQLite (or the OS) says the disk refused a write, else None.
+    SQLite gives no errno but for a full disk: the one behind "disk I/O error" is found by
+    probing `directory` (likely_errno)."""
+    if isinstance(exc, OSError):
+        return refusal(exc, what)
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == SQLITE_FULL:
+        return StorageError(errno.ENOSPC, what)
+    if code in SQLITE_REFUSED:
+        return StorageError(likely_errno(directory), what)
+    return None
+
+
+def refused_advice(data_dir: str | Path, exc: StorageError) -> str:
+    """One line for a command the disk stopped: what is wrong with the data directory, the
+    write it refused (with its errno), and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the data directory {data_dir} has no room: {exc}; free space and start again"
+    if exc.errno == errno.EROFS:
+        return (
+            f"the data directory {data_dir} is read-only: {exc}; after an error the kernel "
+            "remounts a card read-only: check it (fsck, `dmesg`), reboot and start again"
+        )
+    return (
+        f"the data directory {data_dir} refuses writes: {exc}; the card may be failing: check it "
+        "(`dmesg`), back up the data directory and start again"
+    )
 
 
 @contextmanager

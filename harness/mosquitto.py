@@ -2,11 +2,14 @@
 
 One broker per gallery node (a Pi in a room runs its own), and the tests' and benchmarks'
 brokers (tests/brokers.py re-exports this class). Configured as the image configures it:
-anonymous, TCP_NODELAY on.
+anonymous, TCP_NODELAY on; or (`dropin=`) exactly as the image does, from the production drop-in
+(images/mosquitto/gibsey.conf) under a main file like Debian's own /etc/mosquitto/mosquitto.conf
+(persistence on, in this broker's folder), its listeners moved to this broker's ports.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +20,8 @@ from gibsey.harness.waiting import GalleryError, stop_process, wait_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BROKER_PORT = 1883  # inside a node's network namespace: the usual port
+REPO = Path(__file__).resolve().parents[1]
+PRODUCTION_DROPIN = REPO / "images" / "mosquitto" / "gibsey.conf"
 STOP_TIMEOUT_S = 10.0
 
 
@@ -33,10 +38,15 @@ class Mosquitto:
         extra_conf: str = "",
         *,
         own_session: bool = False,
+        dropin: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
-        self.persistence = persistence
+        # dropin: run the image's configuration (Debian's main file says `persistence true`)
+        self.dropin = dropin
+        self.persistence = persistence or dropin is not None
+        # the drop-in's listener ports -> this broker's (its 1883 is `port`)
+        self.listeners: dict[int, int] = {}
         self.extra_conf = extra_conf
         # own_session: a gallery keeps Ctrl-C in the terminal for itself to hand out
         self.own_session = own_session
@@ -48,6 +58,9 @@ class Mosquitto:
         self._write_conf()
 
     def _write_conf(self) -> None:
+        if self.dropin is not None:
+            self._write_production_conf(self.dropin)
+            return
         lines = [
             *(f"listener {self.port} {host}" for host in self.hosts),
             "allow_anonymous true",
@@ -59,7 +72,29 @@ class Mosquitto:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            *_as_root(),
             self.extra_conf,
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def _write_production_conf(self, dropin: Path) -> None:
+        """Debian's main file (persistence in this broker's folder, the drop-ins' folder
+        included) and the drop-in itself, only its listeners moved to this broker's ports."""
+        conf_d = self.workdir / "conf.d"
+        conf_d.mkdir(exist_ok=True)
+        # On a node every interface (as the image's drop-in says); here loopback only, unless
+        # inside a node's own network namespace.
+        bind = self.hosts[0] if len(self.hosts) == 1 else None
+        text, self.listeners = rebind_listeners(dropin.read_text(), self.port, bind)
+        (conf_d / dropin.name).write_text(text)
+        lines = [
+            "# As Debian's /etc/mosquitto/mosquitto.conf, in this broker's folder",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "log_dest stderr",
+            *_as_root(),
+            self.extra_conf,
+            f"include_dir {conf_d}",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -105,3 +140,28 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _as_root() -> list[str]:
+    # Started as root, Mosquitto becomes the `mosquitto` user, who cannot enter a test's temp
+    # folder (0700, root's) to save its database: it then loses its sessions on every stop
+    # and says so only in its log. The image's broker has its own folder, /var/lib/mosquitto.
+    return ["user root"] if os.geteuid() == 0 else []
+
+
+def rebind_listeners(
+    dropin: str, port: int, host: str | None
+) -> tuple[str, dict[int, int]]:
+    """The drop-in's text with its MQTT listener (1883) on `port` and any other listener (the
+    WebSockets one) on a free port, bound to `host` (None: every interface); and which port
+    went where."""
+    moved: dict[int, int] = {}
+    lines = []
+    for line in dropin.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "listener" and words[1].isdigit():
+            was = int(words[1])
+            moved[was] = port if was == BROKER_PORT else free_port()
+            line = f"listener {moved[was]}" + (f" {host}" if host else "")
+        lines.append(line)
+    return "\n".join(lines) + "\n", moved

@@ -51,16 +51,18 @@ def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> N
         console.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
 
 
-def _config_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with gibsey.toml's [node] (the broker the commands announce on), found
-    before anything is written: a command refused after its write would invite a second one."""
+def _config_refused(args: argparse.Namespace) -> bool:
+    """Say what is wrong with gibsey.toml's [node] (the broker the commands announce on), if
+    anything, before anything is written: a command refused after its write would invite a
+    second one."""
     from gibsey.core.config import ConfigError, load_config, resolve_data_dir
 
     try:
         load_config(resolve_data_dir(args.data))
     except ConfigError as exc:
-        return str(exc)
-    return None
+        print(f"gibsey ledger: {exc}", file=sys.stderr)
+        return True
+    return False
 
 
 def _open(args: argparse.Namespace) -> Ledger:
@@ -311,9 +313,7 @@ def register(
             return 2
         if not hasattr(args, "data"):
             args.data = None
-        problem = _config_problem(args)
-        if problem:
-            print(f"gibsey ledger: {problem}", file=sys.stderr)
+        if _config_refused(args):
             return 2
         return fn(args)
 

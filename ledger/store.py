@@ -11,7 +11,6 @@ check has passed; a rejected import raises before the first write, so nothing ch
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
 import threading
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
-from gibsey.core.storage import DiskHealth, StorageError, likely_errno
+from gibsey.core.storage import DiskHealth, StorageError, sqlite_refusal
 
 from . import entry as entry_mod
 from . import forkproof
@@ -59,9 +58,6 @@ CREATE TABLE IF NOT EXISTS forks (
 
 
 _INSERT = "INSERT INTO entries (author, seq, hash, lamport, type, raw) VALUES (?,?,?,?,?,?)"
-# SQLite's primary result codes for a disk that refuses a write (full, failing, read-only).
-_DISK_FULL = sqlite3.SQLITE_FULL
-_DISK_REFUSED = (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN)
 
 
 def _row(e: Entry) -> tuple[bytes, int, bytes, int, str, bytes]:
@@ -137,13 +133,23 @@ class Store:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
         # what the code says. check_same_thread=False: the lock serialises all use.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-        )
+        try:
+            # Opening writes too: SQLite creates the WAL files (a full disk refuses them).
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            self._db.close()
+            where = os.path.dirname(self.path) or "."
+            refused = sqlite_refusal(exc, f"the ledger {self.path}", where)
+            if refused is None:
+                raise
+            raise refused from exc
         self._listeners: list[Listener] = []
         self._in_tx = False
         self._load_caches()
@@ -267,14 +273,8 @@ class Store:
         if isinstance(exc, StorageError):
             refused: StorageError | None = exc  # from a writer nested in the transaction
         elif isinstance(exc, sqlite3.Error):
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            what = f"the ledger {self.path}"
-            if code == _DISK_FULL:
-                refused = StorageError(errno.ENOSPC, what)
-            elif code in _DISK_REFUSED:
-                refused = StorageError(likely_errno(os.path.dirname(self.path) or "."), what)
-            else:
-                refused = None
+            where = os.path.dirname(self.path) or "."
+            refused = sqlite_refusal(exc, f"the ledger {self.path}", where)
         else:
             refused = None
         if refused is not None:

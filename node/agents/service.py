@@ -159,7 +159,9 @@ class AgentService:
     def state(self) -> dict[str, Any]:
         sup = self.supervisor
         return {
-            "model": str(sup.model) if sup else "",
+            # Retained for any client of the broker: the model's file name, never the node's
+            # folders (a path says who runs it and where it keeps things).
+            "model": sup.model.name if sup else "",
             "pid": sup.pid if sup else None,
             "restarts": sup.restarts if sup else 0,
             "crashes": sup.crashes if sup else 0,

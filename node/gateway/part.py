@@ -3,7 +3,9 @@
 `attach(node)` runs when gibsey.toml has `[gateway] listen = ...` (which `gibsey up --http`
 sets; default 0.0.0.0:8080). The server is a node service (`node.add_service`), in the same
 asyncio loop as the spine and the router: no thread. The bound address (port 0 picks one) is
-written to `<data>/gateway.json` and logged, so scripts and tests can find it.
+written to `<data>/gateway.json` and logged, so scripts and tests can find it. With no token
+configured, the write token is made at the first start and kept in `<data>/gateway.token`
+(tokens.py); the log says where, never what.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ BAD: list[tuple[str, str, Any]] = [
     ("mesh", "allow", [KEY] * 2 + [f"{n:064x}" for n in range(1025)]),
     ("mesh", "peers", ["abc"]),
     ("mesh", "peers", [f"{KEY}@udp://10.0.0.3:7470"]),
-    ("mesh", "peers", [f"zz@tcp://10.0.0.3:7470"]),
+    ("mesh", "peers", ["zz@tcp://10.0.0.3:7470"]),
     ("mesh", "peers", [f"{KEY}@tcp://10.0.0.3:99999"]),
     ("mesh", "peers", [f"{KEY}@tcp://10.0.0.3"]),
     ("mesh", "peers", [{"key": KEY, "endpoint": "tcp://10.0.0.3:7470", "port": 1}]),

@@ -53,7 +53,11 @@ FOX = "004"  # a page of the sample corpus
 BIG_BODY_BYTES = 50 * 1024 * 1024
 RSS_GROWTH_LIMIT_BYTES = 20 * 1024 * 1024
 HOLD_S = 15.0  # how long a held resolver waits at most: a guard against a blocked loop
-WRONG = ({}, {"Authorization": "Bearer wrong"}, {"X-Gibsey-Token": "wrong"})
+WRONG: tuple[dict[str, str], ...] = (
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"X-Gibsey-Token": "wrong"},
+)
 INTRUSIONS = (
     'mutation { createBranch(name: "mallory", actor: "mallory") { commit } }',
     f'mutation {{ writePage(branch: "{CANON}", page: "{FOX}", text: "defaced", '
@@ -137,7 +141,8 @@ async def test_writes_in_every_api_need_the_token_and_write_nothing_without_it(
     write the OpenAPI document lists, each with no token, a wrong Bearer token and a wrong
     X-Gibsey-Token; a mutation over GET; the same with the right token on a node that has
     none. Must hold: 401 (GraphQL: `data` null and one error with code UNAUTHENTICATED saying
-    what is missing), no ledger entry, no branch, no narrative/change, `ledger verify` ok."""
+    what is missing), no ledger entry, no branch, no narrative/change, `ledger verify` ok, and
+    the node says so in one rate-limited `safety/alert` (http_unauthorized)."""
     gw = gateway_node
     ledger = gw.node.parts.ledger
     story = gw.node.parts.story
@@ -174,6 +179,15 @@ async def test_writes_in_every_api_need_the_token_and_write_nothing_without_it(
 
     assert ledger.store.count() == entries
     assert {b.name for b in story.graph.branches()} == branches
+    # Said, once a minute: one safety/alert, the other refusals counted for the next one.
+    alerts = await col.wait_for(
+        lambda c: [
+            e for e in c.of_kind("safety/alert") if e["payload"]["reason"] == "http_unauthorized"
+        ]
+    )
+    assert "token" in alerts[0]["payload"]["detail"]
+    refused = len(WRONG) * (len(INTRUSIONS) + len(rest)) + len(INTRUSIONS)
+    assert gw.gateway.web.refusals["http_unauthorized"][1] == refused - 1
     assert not [e for e in col.of_kind("narrative/change") if e["actor"] == "mallory"]
     verified = _gibsey("ledger", "verify", "--data", str(gw.node.data_dir))
     assert verified.returncode == 0 and verified.stdout.startswith("ok"), verified.stdout
