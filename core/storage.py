@@ -81,6 +81,25 @@ def sqlite_refusal(exc: BaseException, what: str, directory: str | Path) -> Stor
     return None
 
 
+def open_sqlite(
+    path: str, what: str, setup: Callable[[sqlite3.Connection], object]
+) -> sqlite3.Connection:
+    """A connection to the SQLite database at `path` (autocommit: the caller BEGINs and
+    COMMITs; any thread: the caller's lock serialises use), made ready by `setup` (pragmas, the
+    schema). Opening writes too - SQLite creates the WAL files - so a disk that refuses that
+    raises StorageError, naming the database as `what`."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        setup(db)
+    except sqlite3.Error as exc:
+        db.close()
+        refused = sqlite_refusal(exc, what, os.path.dirname(path) or ".")
+        if refused is None:
+            raise
+        raise refused from exc
+    return db
+
+
 def refused_advice(data_dir: str | Path, exc: StorageError) -> str:
     """One line for a command the disk stopped: what is wrong with the data directory, the
     write it refused (with its errno), and what to do."""

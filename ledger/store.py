@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from nacl.signing import SigningKey
 
-from gibsey.core.storage import DiskHealth, StorageError, sqlite_refusal
+from gibsey.core.storage import DiskHealth, StorageError, open_sqlite, sqlite_refusal
 
 from . import entry as entry_mod
 from . import forkproof
@@ -132,29 +132,26 @@ class Store:
         self.lock = threading.RLock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
         # what the code says. check_same_thread=False: the lock serialises all use.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            # Opening writes too: SQLite creates the WAL files (a full disk refuses them).
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        except sqlite3.Error as exc:
-            self._db.close()
-            where = os.path.dirname(self.path) or "."
-            refused = sqlite_refusal(exc, f"the ledger {self.path}", where)
-            if refused is None:
-                raise
-            raise refused from exc
+        self._db = open_sqlite(self.path, f"the ledger {self.path}", self._setup(synchronous))
         self._listeners: list[Listener] = []
         self._in_tx = False
         self._load_caches()
         # Changes only when another connection commits (see refresh()).
         self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    @staticmethod
+    def _setup(synchronous: str) -> Callable[[sqlite3.Connection], None]:
+        def setup(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+        return setup
 
     @classmethod
     def open(cls, data_dir: Path, **kwargs: Any) -> Store:

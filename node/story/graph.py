@@ -24,11 +24,12 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gibsey.core.storage import DiskHealth, StorageError, open_sqlite, sqlite_refusal
 from gibsey.ledger.entry import Entry, parse
 from gibsey.ledger.governance import Governance, ProposalStatus
 from gibsey.ledger.ledger import Ledger
@@ -127,16 +128,22 @@ class Hearing:
     lamport: int
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    # A view: rebuilt from the ledger when lost, so NORMAL (survives kill -9) is enough.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=10000")
+    db.executescript(_SCHEMA)
+
+
 class StoryGraph:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, disk: DiskHealth | None = None) -> None:
         self.path = str(path)
         self.lock = threading.RLock()
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # A view: rebuilt from the ledger when lost, so NORMAL (survives kill -9) is enough.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(_SCHEMA)
+        # Told of every refused and every working write (the node's own, so that a full disk
+        # is said once per episode whichever writer meets it first).
+        self.disk = disk if disk is not None else DiskHealth()
+        self.db = open_sqlite(self.path, f"the story graph {self.path}", _setup)
         self._trees: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
 
     @classmethod
@@ -150,14 +157,41 @@ class StoryGraph:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A disk that refuses it raises StorageError (reported to
+        `disk`), with nothing of it stored: SQLite rolls a transaction back by itself on a full
+        disk or an I/O error, so it is rolled back here only if still open (a second ROLLBACK
+        would raise "cannot rollback" over the real error)."""
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            changes = self.db.total_changes
             try:
-                yield self.db
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+                if self.db.in_transaction:  # one a failing COMMIT left open
+                    self.db.execute("ROLLBACK")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    self._trees.clear()  # may hold trees of commits that were not stored
+                    if self.db.in_transaction:
+                        with suppress(sqlite3.Error):
+                            self.db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                refused = sqlite_refusal(exc, f"the story graph {self.path}", self._folder)
+                if refused is None:
+                    raise
+                self.disk.refused_write(refused)
+                raise refused from exc
+            if self.db.total_changes != changes:
+                self.disk.wrote()
+
+    @property
+    def _folder(self) -> str:
+        return str(Path(self.path).parent)
+
+    def folded(self) -> int:
+        """How many ledger entries the view has folded (quarantined ones included)."""
+        return int(self._meta("folded") or 0)
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -186,6 +220,10 @@ class StoryGraph:
                     "ORDER BY lamport, author, seq",
                     start,
                 ).fetchall()
+            if start is not None and not rows:
+                # Nothing new: no write at all (an idle node's card is not worn once a second,
+                # and a full disk is not met where nothing needs storing).
+                return 0
             n = 0
             e: Entry | None = None
             for (raw,) in rows:
