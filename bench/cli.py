@@ -17,6 +17,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.spine",
         "event spine round trip and throughput vs bare paho + Mosquitto",
     ),
+    "restart": (
+        "gibsey.bench.restart",
+        "turns acknowledged vs performed across a broker kill -9 and restart (20 turns/s)",
+    ),
     "vm": ("gibsey.bench.vm", "Zig VM instructions/s vs the Python reference; rotation cost"),
     "ledger": ("gibsey.bench.ledger", "ledger append/import rates vs bare PyNaCl sign/verify"),
     "rebirth": (

@@ -24,11 +24,21 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from urllib.parse import quote
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gibsey.core.identity import NODE_ID_RE
+from gibsey.core.operator import check_public_key
 
 CONFIG_FILENAME = "gibsey.toml"
 NODE_SECTION = "node"
@@ -133,6 +143,10 @@ class NodeConfig(ConfigSection):
     name: str | None = None
     # mqtt://host:port of the local broker; empty means "start the embedded broker".
     broker: Annotated[str, Env("GIBSEY_BROKER")] = ""
+    # A file holding the password of the user `broker` names (mqtt://gibsey-node@host:port),
+    # made by first boot (node/image/firstboot.py), so no password is written in gibsey.toml.
+    # A password in the URL itself (mqtt://user:password@host:port) is used as it is.
+    broker_password_file: str = ""
     # Where the embedded broker listens when it is started.
     embedded_host: Annotated[str, Env("GIBSEY_EMBEDDED_HOST")] = "127.0.0.1"
     embedded_port: Annotated[Port, Env("GIBSEY_EMBEDDED_PORT")] = 1883
@@ -148,6 +162,9 @@ class NodeConfig(ConfigSection):
     discovery_prefix: Annotated[str, Env("GIBSEY_DISCOVERY_PREFIX")] = "homeassistant"
     # Seconds between node/status + metrics publications (at least 0.1: it is a publication).
     status_interval: Annotated[float, Env("GIBSEY_STATUS_INTERVAL"), Field(ge=0.1, le=DAY_S)] = 5.0
+    # Hex ed25519 public keys whose signed changes (`vm/load`, `agent/reload`) the node accepts
+    # (core/operator.py); the node's own key always counts. At most 64: a gallery's technicians.
+    operators: Annotated[list[str], Field(max_length=64)] = []
 
     @field_validator("name")
     @classmethod
@@ -169,6 +186,44 @@ class NodeConfig(ConfigSection):
             check_host(host, "broker host")
         return value
 
+    @field_validator("broker_password_file")
+    @classmethod
+    def _password_file(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        from gibsey.core.mqtt import broker_credentials
+
+        broker = info.data.get("broker", "")
+        credentials = broker_credentials(broker) if broker else None
+        if credentials is None or credentials[1]:
+            raise ValueError(
+                "needs a broker URL naming its user and no password "
+                '(broker = "mqtt://gibsey-node@127.0.0.1:1883")'
+            )
+        _read_password(Path(value))
+        return value
+
+    @model_validator(mode="after")
+    def _broker_password(self) -> NodeConfig:
+        if not (self.broker and self.broker_password_file):
+            return self
+        password = _read_password(Path(self.broker_password_file))
+        if password is None:
+            return self
+        from gibsey.core.mqtt import broker_credentials
+
+        credentials = broker_credentials(self.broker)
+        assert credentials is not None  # _password_file checked it
+        user = quote(credentials[0], safe="")
+        # Kept in memory only: every client of the node (the spine, its CLIs) reads `broker`.
+        self.broker = self.broker.replace(f"{user}@", f"{user}:{quote(password, safe='')}@", 1)
+        return self
+
+    @field_validator("operators")
+    @classmethod
+    def _operator_keys(cls, value: list[str]) -> list[str]:
+        return [check_public_key(key) for key in value]
+
     @field_validator("embedded_host")
     @classmethod
     def _embedded_host(cls, value: str) -> str:
@@ -183,6 +238,18 @@ class NodeConfig(ConfigSection):
                 "or an empty level (e.g. homeassistant)"
             )
         return value
+
+
+def _read_password(path: Path) -> str | None:
+    """The password in `path`; None while there is no such file (first boot validates the file
+    before it makes the credentials; a laptop checks a card's file): the broker will then say
+    `not authorised`."""
+    if not path.exists():
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 Root = TypeVar("Root", bound=BaseModel)

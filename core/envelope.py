@@ -29,6 +29,9 @@ QdpiSymbol = Annotated[
     int, Field(ge=0, le=63, description="base symbol 0..63 (16 characters + 48 hidden)")
 ]
 QdpiRotation = Annotated[int, Field(ge=0, le=3, description="0 Read, 1 Write, 2 Remember, 3 Dream")]
+# An operator's proof on a change (core/operator.py): the hex ed25519 key and its signature.
+OperatorKey = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$", description="operator's key")]
+OperatorSignature = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{128}$")]
 MAX_WALL_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second datetime can hold
 
 
@@ -88,6 +91,8 @@ class VmLoad(Payload):
     rotation: QdpiRotation
     bytecode: Annotated[str, Field(max_length=60_000, description="the program, base64")]
     source: LongText | None = None
+    operator: OperatorKey | None = None
+    signature: OperatorSignature | None = None
 
 
 class VmLoaded(Payload):
@@ -122,6 +127,8 @@ class AgentReload(Payload):
     path: ShortText = Field(description="GGUF file on the node; empty means the default model")
     reply_to: ShortText | None = Field(None, description="topic for the agent/reloaded answer")
     correlation: ShortText | None = None
+    operator: OperatorKey | None = None
+    signature: OperatorSignature | None = None
 
 
 class AgentReloaded(Payload):
@@ -272,6 +279,11 @@ class NodeStatus(BaseModel):
     uptime_s: float = 0.0
     events_total: int = 0
     rejected_total: int = 0
+    broker_connects: int = 0  # connections made since start: more than 1, the broker went away
+    # What the node dropped, by where (also in /metrics, and said in a rate-limited safety/alert):
+    outbox_dropped: int = 0  # messages from a full outbox (the broker away, or slower)
+    handler_dropped: int = 0  # events from a part's full handler queue (node/spine/router.py)
+    throttled: int = 0  # visitors' turns and questions refused by the flood throttle
 
 
 _ID_PREFIX = os.urandom(8).hex()  # 64 random bits per process ...

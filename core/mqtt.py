@@ -29,10 +29,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -47,7 +48,8 @@ class BrokerUrlError(ValueError):
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """mqtt://host:port -> (host, port); port defaults to 1883."""
+    """mqtt://host:port (or mqtt://user:password@host:port) -> (host, port); port defaults to
+    1883."""
     parsed = urlparse(url if "://" in url else f"mqtt://{url}")
     if parsed.scheme not in ("mqtt", "tcp"):
         raise BrokerUrlError(f"broker {url!r}: only mqtt://host:port is supported")
@@ -58,6 +60,23 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     except ValueError as exc:
         raise BrokerUrlError(f"broker {url!r}: {exc}") from None
     return parsed.hostname, port
+
+
+def broker_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password) from mqtt://user:password@host:port (percent-escapes undone), or None
+    when the URL names no user (an anonymous client)."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if not parsed.username:
+        return None
+    return unquote(parsed.username), unquote(parsed.password or "")
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown (logs, errors, status): the password replaced by `***`."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.password is None:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
 
 
 def new_client_id(prefix: str) -> str:
@@ -93,9 +112,17 @@ class ClientSettings:
     max_inflight: int = 20  # QoS 1 messages awaiting their PUBACK before paho queues more
     connect_timeout_s: float = 5.0  # the TCP connect
     connack_timeout_s: float = 10.0  # CONNECT sent -> CONNACK
+    # 0: a clean session (the broker forgets us when we go). Else a persistent one, resumed on
+    # every connect: the broker keeps our subscriptions and queues QoS 1 messages for us while we
+    # are away (a broker restart, with persistence on), for this long with MQTT 5; MQTT 3.1.1
+    # has no expiry on the wire (the broker's persistent_client_expiration applies). Needs a
+    # client id that stays the same from one connection to the next.
+    session_expiry_s: int = 0
 
     def __post_init__(self) -> None:
         parse_broker_url(self.url)  # a bad URL fails here, where it was written
+        if self.session_expiry_s < 0:
+            raise ValueError(f"session_expiry_s must be >= 0, not {self.session_expiry_s}")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -107,20 +134,37 @@ def _new_client(settings: ClientSettings) -> mqtt.Client:
         CallbackAPIVersion.VERSION2,
         client_id=settings.client_id,
         protocol=mqtt.MQTTv5 if settings.mqtt5 else mqtt.MQTTv311,
+        # MQTT 5 says it in CONNECT instead (clean_start, _connect_blocking)
+        clean_session=None if settings.mqtt5 else settings.session_expiry_s == 0,
         # Reconnecting is the caller's (with its backoff), never paho's own: paho would reconnect
         # with a blocking connect on the event loop's thread.
         reconnect_on_failure=False,
     )
     client.max_inflight_messages_set(settings.max_inflight)
+    credentials = broker_credentials(settings.url)
+    if credentials is not None:  # the production broker refuses anonymous clients
+        client.username_pw_set(*credentials)
     client.connect_timeout = settings.connect_timeout_s
     if settings.will is not None:
         client.will_set(settings.will[0], settings.will[1], qos=1, retain=True)
     return client
 
 
-def _connect_blocking(client: mqtt.Client, host: str, port: int, keepalive_s: int) -> None:
+def _connect_blocking(client: mqtt.Client, settings: ClientSettings) -> None:
     """In a worker thread: TCP connect and CONNECT sent (paho writes it itself: no loop yet)."""
-    client.connect(host, port, keepalive=keepalive_s)
+    host, port = settings.address
+    if settings.mqtt5 and settings.session_expiry_s:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = settings.session_expiry_s
+        client.connect(
+            host,
+            port,
+            keepalive=settings.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+    else:
+        client.connect(host, port, keepalive=settings.keepalive_s)
     sock = client.socket()
     if isinstance(sock, socket.socket):
         # paho leaves Nagle's algorithm on: each small QoS 1 message would then wait for the
@@ -146,9 +190,11 @@ class Connection:
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
-        self.url = settings.url
+        self.url = redact_url(settings.url)  # for messages: never the password
         self.client = _new_client(settings)
         self.reason = ""  # why the connection ended, in words
+        # The broker resumed our persistent session (CONNACK): what it queued for us comes now.
+        self.session_present = False
         self._loop = asyncio.get_running_loop()
         self._connack: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -165,10 +211,7 @@ class Connection:
     async def connect(self) -> None:
         """Connect and wait for the broker's CONNACK. BrokerUnreachable when the TCP connect
         fails, ConnectRefused when the broker says no, MqttError when it says nothing."""
-        host, port = self.settings.address
-        connected = self._loop.run_in_executor(
-            None, _connect_blocking, self.client, host, port, self.settings.keepalive_s
-        )
+        connected = self._loop.run_in_executor(None, _connect_blocking, self.client, self.settings)
         try:
             await asyncio.shield(connected)
         except asyncio.CancelledError:
@@ -204,6 +247,7 @@ class Connection:
         if reason.is_failure:
             self._connack.set_exception(ConnectRefused(self.url, reason))
         else:
+            self.session_present = bool(flags.session_present)
             self._connack.set_result(None)
 
     # -- the event loop drives paho -------------------------------------------------------------
@@ -391,7 +435,7 @@ class Session:
     """
 
     def __init__(self, settings: ClientSettings) -> None:
-        self.url = settings.url
+        self.url = redact_url(settings.url)
         self._conn = Connection(settings)
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._inbox: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -410,6 +454,11 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         await self._conn.close()
+
+    @property
+    def session_present(self) -> bool:
+        """The broker resumed a persistent session (`ClientSettings.session_expiry_s`)."""
+        return self._conn.session_present
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         await self._conn.subscribe(topic_filter, qos)

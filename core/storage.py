@@ -28,6 +28,14 @@ REFUSED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 # no errno (a failing card, a read-only remount, WAL files it cannot create).
 SQLITE_FULL = sqlite3.SQLITE_FULL
 SQLITE_REFUSED = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+# apsw (the agents' database, where the stdlib's sqlite3 cannot load extensions) names the same
+# result codes as exception classes.
+_APSW_CODES = {
+    "FullError": SQLITE_FULL,
+    "IOError": sqlite3.SQLITE_IOERR,
+    "ReadOnlyError": sqlite3.SQLITE_READONLY,
+    "CantOpenError": sqlite3.SQLITE_CANTOPEN,
+}
 # The exit status of a command stopped by a disk that refuses writes: EX_TEMPFAIL (sysexits.h),
 # "try again later". Not 0, so systemd's Restart=on-failure starts the node again.
 EXIT_DISK_REFUSED = 75
@@ -71,9 +79,12 @@ def sqlite_refusal(exc: BaseException, what: str, directory: str | Path) -> Stor
     probing `directory` (likely_errno)."""
     if isinstance(exc, OSError):
         return refusal(exc, what)
-    if not isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    elif type(exc).__module__ == "apsw":
+        code = _APSW_CODES.get(type(exc).__name__, 0)
+    else:
         return None
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code == SQLITE_FULL:
         return StorageError(errno.ENOSPC, what)
     if code in SQLITE_REFUSED:
@@ -100,20 +111,18 @@ def open_sqlite(
     return db
 
 
-def refused_advice(data_dir: str | Path, exc: StorageError) -> str:
-    """One line for a command the disk stopped: what is wrong with the data directory, the
-    write it refused (with its errno), and what to do."""
+def refused_advice(data_dir: str | Path, exc: StorageError, again: str = "start again") -> str:
+    """One line for a command the disk stopped: what is wrong with the data directory (or the
+    disk, for a write outside it), the write it refused with its errno, and what to do."""
+    where = f"the data directory {data_dir}" if str(data_dir) in exc.what else "the disk"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"the data directory {data_dir} has no room: {exc}; free space and start again"
+        return f"{where} has no room: {exc}; free space and {again}"
     if exc.errno == errno.EROFS:
         return (
-            f"the data directory {data_dir} is read-only: {exc}; after an error the kernel "
-            "remounts a card read-only: check it (fsck, `dmesg`), reboot and start again"
+            f"{where} is read-only: {exc}; the kernel remounts a card read-only after an "
+            f"error: check it (`dmesg`, fsck), reboot and {again}"
         )
-    return (
-        f"the data directory {data_dir} refuses writes: {exc}; the card may be failing: check it "
-        "(`dmesg`), back up the data directory and start again"
-    )
+    return f"{where} refuses writes: {exc}; the card may be failing: check it (`dmesg`) and {again}"
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -92,7 +93,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except (OSError, sqlite3.Error) as exc:
+        return _disk_refused(args, exc)
     return int(rc or 0)
+
+
+def _disk_refused(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> int:
+    """A command the disk refused a write (full, read-only, failing; nothing was stored, every
+    write is atomic): one line on stderr and EXIT_DISK_REFUSED, no traceback. Any other error
+    is raised on."""
+    from gibsey.core.config import resolve_data_dir
+    from gibsey.core.storage import EXIT_DISK_REFUSED, StorageError, refused_advice, sqlite_refusal
+
+    data_dir = resolve_data_dir(getattr(args, "data", None))
+    # A plain OSError is one only when it is a StorageError (a write of ours that was refused):
+    # the commands also write elsewhere (an SD image, a firmware drive), and say so themselves.
+    if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+        raise exc
+    refused = sqlite_refusal(exc, f"a database in {data_dir}", data_dir)
+    if refused is None:
+        raise exc
+    advice = refused_advice(data_dir, refused, again="try again")
+    print(f"gibsey {args.command}: {advice}", file=sys.stderr)
+    return EXIT_DISK_REFUSED
 
 
 if __name__ == "__main__":

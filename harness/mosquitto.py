@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gibsey.harness.ports import free_port
 from gibsey.harness.waiting import GalleryError, stop_process, wait_port
+from gibsey.node.image import firstboot
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BROKER_PORT = 1883  # inside a node's network namespace: the usual port
@@ -48,6 +49,7 @@ class Mosquitto:
         # the drop-in's listener ports -> this broker's (its 1883 is `port`)
         self.listeners: dict[int, int] = {}
         self.extra_conf = extra_conf
+        self.passwords: dict[str, str] = {}  # user -> password, when the broker has users
         # own_session: a gallery keeps Ctrl-C in the terminal for itself to hand out
         self.own_session = own_session
         self.hosts = ["127.0.0.1"]  # where it listens; the first is the daemon's, the last ours
@@ -86,6 +88,10 @@ class Mosquitto:
         # inside a node's own network namespace.
         bind = self.hosts[0] if len(self.hosts) == 1 else None
         text, self.listeners = rebind_listeners(dropin.read_text(), self.port, bind)
+        # Its users and ACL as first boot makes them, in this broker's folder.
+        auth = self.workdir / "auth"
+        text = text.replace(f"/{firstboot.MQTT_BROKER_FILES}/", f"{auth}/")
+        self.passwords = firstboot.mqtt_credentials(self.workdir / "secrets", auth)
         (conf_d / dropin.name).write_text(text)
         lines = [
             "# As Debian's /etc/mosquitto/mosquitto.conf, in this broker's folder",
@@ -106,8 +112,15 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        """Where the node's daemon (and a `gibsey` command beside it) reaches the broker."""
-        return f"mqtt://{self.hosts[0]}:{self.port}"
+        """Where the node's daemon (and a `gibsey` command beside it) reaches the broker: as
+        the node's user when the broker has users (the production drop-in)."""
+        return self.url_as("gibsey-node") if self.passwords else self.url_as(None)
+
+    def url_as(self, user: str | None) -> str:
+        """The broker's URL with `user`'s credentials (None: anonymous)."""
+        if user is None:
+            return f"mqtt://{self.hosts[0]}:{self.port}"
+        return f"mqtt://{user}:{self.passwords[user]}@{self.hosts[0]}:{self.port}"
 
     @property
     def host(self) -> str:
@@ -149,9 +162,7 @@ def _as_root() -> list[str]:
     return ["user root"] if os.geteuid() == 0 else []
 
 
-def rebind_listeners(
-    dropin: str, port: int, host: str | None
-) -> tuple[str, dict[int, int]]:
+def rebind_listeners(dropin: str, port: int, host: str | None) -> tuple[str, dict[int, int]]:
     """The drop-in's text with its MQTT listener (1883) on `port` and any other listener (the
     WebSockets one) on a free port, bound to `host` (None: every interface); and which port
     went where."""

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 # Actors are people and personas at a dial: "london-fox", "visitor:0042", "node:n01ab23cd".
-ACTOR_RE = re.compile(r"^[a-z0-9][a-z0-9:._-]{0,63}$")
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: `$` also matches before a final newline, which took "london-fox\n" for an actor
+# (a rule no reader of CANONICAL.md could know).
+ACTOR_RE = re.compile(r"^[a-z0-9][a-z0-9:._-]{0,63}\Z")
+HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # A single ritual mints at most this much; bigger mints are forged or buggy.
 MINT_MAX = 1000
 
@@ -25,7 +27,7 @@ ACTIONS = ("narrative-merge", "opcode-table-change", "config-change")
 CHOICES = ("yes", "no")
 OUTCOME_STATUSES = ("executed", "failed", "interrupted")
 # Narrative engine (node/story/STORY.md): branch names, and the largest chunk of a story object.
-BRANCH_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,63}$")
+BRANCH_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,63}\Z")
 STORY_CHUNK_CHARS = 3700
 STORY_MAX_PARTS = 4096
 

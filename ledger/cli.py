@@ -29,7 +29,9 @@ from .ledger import Ledger
 PublishHook = Callable[[str, dict[str, Any]], None]  # (event, payload), e.g. ("gift/txn", {...})
 
 _publish_hook: PublishHook | None = None
-console = Console(highlight=False)
+# soft_wrap: a line is never broken at the terminal's width (a key and a seq stay greppable).
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(highlight=False, soft_wrap=True, stderr=True)
 
 
 def set_publish_hook(hook: PublishHook | None) -> None:
@@ -122,18 +124,47 @@ def _summary(e: Entry) -> str:
 # ---- commands ----------------------------------------------------------------------------------
 
 
+def _say_quarantined(ledger: Ledger) -> None:
+    """One line (on standard error) for each bad stored row that a read command set aside."""
+    for bad in ledger.store.bad_rows():
+        errors.print(
+            f"[yellow]quarantined: {bad} - it and the later entries of that feed count for "
+            "nothing here and are not served (`gibsey ledger verify`)[/yellow]"
+        )
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     with closing(_open(args)) as ledger:
         report = ledger.store.verify()
         forks = len(ledger.store.quarantine())
-    if not report.ok:
-        who = report.bad_author.hex() if report.bad_author else "?"
-        console.print(f"BAD: feed {who} seq {report.bad_seq}: {report.problem}")
+    for bad in report.bad_rows:
+        console.print(f"BAD: {bad}")
+    if report.bad_rows:
+        console.print(
+            f"{len(report.bad_rows)} bad row(s) in {report.entries} entries of {report.feeds} "
+            "feeds: each is quarantined with the later entries of its feed; the entries "
+            "before it still count and are served"
+        )
         return 1
     msg = f"ok: {report.entries} entries in {report.feeds} feeds"
     if forks:
         msg += f"; {forks} author(s) quarantined by fork proofs"
     console.print(msg)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Every checked entry, feed by feed in seq order, one a line: its payload (canonical JSON,
+    which never holds a raw tab or newline), a tab, its signature in hex (CANONICAL.md)."""
+    with closing(_open(args)) as ledger:
+        entries = sorted(ledger.store.iter_ordered(), key=lambda e: (e.author, e.seq))
+        if args.author:
+            entries = [e for e in entries if e.author_hex.startswith(args.author.lower())]
+        out = sys.stdout.buffer
+        for e in entries:
+            out.write(e.payload + b"\t" + e.signature.hex().encode() + b"\n")
+        out.flush()
+        _say_quarantined(ledger)
     return 0
 
 
@@ -147,6 +178,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             if (not args.author or e.author_hex.startswith(args.author.lower()))
             and (not args.type or e.type == args.type)
         ]
+        _say_quarantined(ledger)
     if args.limit:
         rows = rows[-args.limit :]
     table = Table(title=f"ledger entries ({len(rows)} shown, fold order)")
@@ -168,6 +200,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_balance(args: argparse.Namespace) -> int:
     with closing(_open(args)) as ledger:
         econ = ledger.view().economy
+        _say_quarantined(ledger)
     balances = dict(sorted(econ.balances.items(), key=lambda kv: (-kv[1], kv[0])))
     if args.actor:
         balances = {args.actor: econ.balance(args.actor)}
@@ -232,6 +265,7 @@ def cmd_hearings(args: argparse.Namespace) -> int:
     with closing(_open(args)) as ledger:
         gov = ledger.view().governance
         done = executions(ledger.store)
+        _say_quarantined(ledger)
     table = Table(title="Schrödinger hearings")
     for col in ("proposal", "action", "title", "status", "yes/no of total", "closes after", "here"):
         table.add_column(col)
@@ -271,6 +305,34 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         return 1
 
     return run
+
+
+def _amount(text: str) -> int:
+    """An amount on the command line: ASCII digits only. Python's int() would also take
+    full-width or other scripts' digits, `_` separators, a sign and spaces ("１０", "1_0")."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: an amount is ASCII digits, e.g. 10")
+    return int(text)
+
+
+AddCommand = Callable[[str, Callable[[argparse.Namespace], int], str], Any]
+
+
+def _add_token_commands(add: AddCommand) -> None:
+    """`gift`, `mint`, `burn`: the commands that move tokens."""
+    p = add("gift", cmd_gift, "gift AMOUNT from one actor to another (must be covered)")
+    p.add_argument("giver", metavar="FROM")
+    p.add_argument("receiver", metavar="TO")
+    p.add_argument("amount", type=_amount, metavar="AMOUNT")
+    p.add_argument("--memo", default=None)
+    p = add("mint", cmd_mint, "mint AMOUNT to ACTOR for a ritual performed")
+    p.add_argument("actor", metavar="ACTOR")
+    p.add_argument("amount", type=_amount, metavar="AMOUNT")
+    p.add_argument("--ritual", default="manual", help="which ritual (default: manual)")
+    p = add("burn", cmd_burn, "burn AMOUNT of ACTOR's balance")
+    p.add_argument("actor", metavar="ACTOR")
+    p.add_argument("amount", type=_amount, metavar="AMOUNT")
+    p.add_argument("--reason", default=None)
 
 
 def _data_option() -> argparse.ArgumentParser:
@@ -324,26 +386,16 @@ def register(
         p.set_defaults(ledger_func=_guard(fn))
         return p
 
-    add("verify", cmd_verify, "re-check every chain and signature; report the first bad entry")
+    add("verify", cmd_verify, "re-check every row, chain and signature; name each bad row")
+    p = add("export", cmd_export, "print the checked entries, one a line (see CANONICAL.md)")
+    p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
     p = add("show", cmd_show, "print entries in fold order with their effect")
     p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
     p.add_argument("--type", choices=sorted(KNOWN_TYPES), help="only entries of this type")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="only the last N")
     p = add("balance", cmd_balance, "balances of every actor (or one)")
     p.add_argument("actor", nargs="?", help="just this actor")
-    p = add("gift", cmd_gift, "gift AMOUNT from one actor to another (must be covered)")
-    p.add_argument("giver", metavar="FROM")
-    p.add_argument("receiver", metavar="TO")
-    p.add_argument("amount", type=int, metavar="AMOUNT")
-    p.add_argument("--memo", default=None)
-    p = add("mint", cmd_mint, "mint AMOUNT to ACTOR for a ritual performed")
-    p.add_argument("actor", metavar="ACTOR")
-    p.add_argument("amount", type=int, metavar="AMOUNT")
-    p.add_argument("--ritual", default="manual", help="which ritual (default: manual)")
-    p = add("burn", cmd_burn, "burn AMOUNT of ACTOR's balance")
-    p.add_argument("actor", metavar="ACTOR")
-    p.add_argument("amount", type=int, metavar="AMOUNT")
-    p.add_argument("--reason", default=None)
+    _add_token_commands(add)
     p = add("propose", cmd_propose, "open a hearing on an action")
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("--title", required=True)

@@ -26,6 +26,7 @@ class RejectReason(StrEnum):
     WRONG_PREV = "wrong-prev"  # prev is not the hash of the entry we hold at seq-1
     LAMPORT_REGRESSION = "lamport-regression"  # lamport not above the previous entry's
     AUTHOR_QUARANTINED = "author-quarantined"  # the author has equivocated (fork proof held)
+    HELD_DAMAGED = "held-damaged"  # we hold a bad row of that feed at or before this seq
     BAD_FORK_PROOF = "bad-fork-proof"
 
 

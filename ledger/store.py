@@ -7,10 +7,15 @@ APIs (`append_many`, `import_many`) pay that fsync once per batch.
 
 Everything that changes the store happens under one lock and inside one transaction, after every
 check has passed; a rejected import raises before the first write, so nothing changes.
+
+What is read is checked too: a row damaged on disk, or stored under another release's rules,
+is found before anything folds, serves or extends it (`_check_pending`), quarantined with the
+rest of its feed (`bad_rows()`), and everything before it goes on counting and serving.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -31,6 +36,8 @@ from . import forkproof
 from .entry import Entry, parse, verify_signature
 from .errors import LedgerError, Rejected, RejectReason
 from .forkproof import ForkProof
+
+log = logging.getLogger("gibsey.ledger")
 
 DB_FILENAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -58,6 +65,8 @@ CREATE TABLE IF NOT EXISTS forks (
 
 
 _INSERT = "INSERT INTO entries (author, seq, hash, lamport, type, raw) VALUES (?,?,?,?,?,?)"
+_COLUMNS = "author, seq, hash, lamport, type, raw"
+StoredRow = tuple[bytes, int, bytes, int, str, bytes]  # a row of `entries`, in _COLUMNS order
 
 
 def _row(e: Entry) -> tuple[bytes, int, bytes, int, str, bytes]:
@@ -85,12 +94,29 @@ class Head:
 
 
 @dataclass(frozen=True, slots=True)
+class BadRow:
+    """A stored row that fails its checks (damaged on disk, or stored under other rules): it
+    and every later entry of its feed are quarantined - never folded, served or extended."""
+
+    author: bytes
+    seq: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"feed {self.author.hex()} seq {self.seq}: {self.problem}"
+
+
+BadRowListener = Callable[[BadRow], None]
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
     entries: int
     feeds: int
-    bad_author: bytes | None = None
+    bad_author: bytes | None = None  # the first bad row (of all feeds, then of the fork proofs)
     bad_seq: int | None = None
     problem: str = ""
+    bad_rows: tuple[BadRow, ...] = ()  # the first bad row of every feed, then bad fork proofs
 
     @property
     def ok(self) -> bool:
@@ -134,6 +160,12 @@ class Store:
         # what the code says. check_same_thread=False: the lock serialises all use.
         self._db = open_sqlite(self.path, f"the ledger {self.path}", self._setup(synchronous))
         self._listeners: list[Listener] = []
+        # Reading: per feed, the last entry of its prefix that passed every check; the first
+        # row that failed one (quarantined from there on); the feeds checked at least once.
+        self._checked: dict[bytes, Head] = {}
+        self._bad: dict[bytes, BadRow] = {}
+        self._looked: set[bytes] = set()
+        self._bad_listeners: list[BadRowListener] = []
         self._in_tx = False
         self._load_caches()
         # Changes only when another connection commits (see refresh()).
@@ -283,6 +315,7 @@ class Store:
         self._listeners.append(listener)
 
     def _notify(self, items: Sequence[Entry | ForkProof]) -> None:
+        self._mark_checked(items)
         for item in items:
             for listener in self._listeners:
                 listener(item)
@@ -309,15 +342,11 @@ class Store:
         old_heads = {a: h.seq for a, h in self._heads.items()}
         old_forks = set(self._fork_keys)
         self._load_caches()
-        new: list[Entry | ForkProof] = []
-        for author, head in self._heads.items():
-            held = old_heads.get(author, 0)
-            if head.seq > held:
-                rows = self._db.execute(
-                    "SELECT raw FROM entries WHERE author = ? AND seq > ? ORDER BY seq",
-                    (author, held),
-                ).fetchall()
-                new.extend(parse(r[0], verify=False) for r in rows)
+        # Only what passes its checks is news; a bad row the other process wrote is
+        # quarantined here, never handed to a listener (the view, the mesh).
+        new: list[Entry | ForkProof] = [
+            e for e in self._check_pending() if e.seq > old_heads.get(e.author, 0)
+        ]
         for author, seq in self._fork_keys - old_forks:
             (data,) = self._db.execute(
                 "SELECT proof FROM forks WHERE author = ? AND seq = ?", (author, seq)
@@ -330,16 +359,106 @@ class Store:
         """The connection, for read queries by other ledger modules (hold `lock` to write)."""
         return self._db
 
+    # ---- checking what is stored -------------------------------------------------------------
+
+    def _check_pending(self) -> list[Entry]:
+        """Check the rows stored since the last check (by this process or another); return the
+        entries that passed, feed by feed in seq order. A feed's first row that fails is
+        recorded, logged and told to `on_bad_row` listeners, and it and the rest of its feed
+        are quarantined (hold `lock`). Cheap when nothing is new: a comparison per feed."""
+        out: list[Entry] = []
+        for author, head in self._heads.items():
+            self._looked.add(author)
+            bad = self._bad.get(author)
+            if bad is not None and head.seq >= bad.seq:
+                continue
+            self._bad.pop(author, None)  # (the bad row is no longer stored)
+            done = self._checked.get(author)
+            if done is not None and done.seq == head.seq and done.hash == head.hash:
+                continue
+            if done is not None and done.seq >= head.seq:
+                done = None  # rows replaced or gone since: judge the feed afresh
+            good, found = self._check_from(author, done)
+            if found is not None and done is not None:
+                # `done` may be an entry seen inside a transaction that was rolled back since:
+                # judge the whole feed afresh before quarantining anything.
+                done = None
+                good, found = self._check_from(author, None)
+            if good:
+                self._checked[author] = Head(good[-1].seq, good[-1].hash, good[-1].lamport)
+            elif done is None:
+                self._checked.pop(author, None)
+            out.extend(good)
+            if found is not None:
+                self._quarantine_row(found)
+        for author in [a for a in self._checked if a not in self._heads]:
+            del self._checked[author]
+        return out
+
+    def _check_from(self, author: bytes, done: Head | None) -> tuple[list[Entry], BadRow | None]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE author = ? AND seq > ? ORDER BY seq",
+            (author, 0 if done is None else done.seq),
+        ).fetchall()
+        return check_feed(rows, done)
+
+    def _quarantine_row(self, bad: BadRow) -> None:
+        self._bad[bad.author] = bad
+        log.warning(
+            "ledger: quarantined a bad stored row, %s; it and the later entries of its feed "
+            "count for nothing and are not served (`gibsey ledger verify`)",
+            bad,
+        )
+        for listener in self._bad_listeners:
+            listener(bad)
+
+    def _ensure_checked(self, author: bytes) -> None:
+        """Check the stored rows once before relying on a feed this process never looked at."""
+        if author in self._heads and author not in self._looked:
+            self._check_pending()
+
+    def _mark_checked(self, items: Sequence[Entry | ForkProof]) -> None:
+        """Entries this store committed were checked on their way in (signed here, or imported
+        after every check): they extend their feed's checked prefix without a second look."""
+        with self.lock:
+            for e in items:
+                if isinstance(e, ForkProof):
+                    continue
+                done = self._checked.get(e.author)
+                if (done is None and e.seq == 1) or (
+                    done is not None and e.seq == done.seq + 1 and e.prev == done.hash
+                ):
+                    self._checked[e.author] = Head(e.seq, e.hash, e.lamport)
+
+    def bad_rows(self) -> list[BadRow]:
+        """The first row of each feed that fails its checks (checking what is new first)."""
+        with self.lock:
+            self._check_pending()
+            return sorted(self._bad.values(), key=lambda b: b.author)
+
+    def on_bad_row(self, listener: BadRowListener) -> None:
+        """Call `listener` for each bad row found from now on (in the thread that finds it)."""
+        self._bad_listeners.append(listener)
+
+    def _served(self, author: bytes) -> int:
+        """The last seq of `author` that passed every check (hold `lock`, after checking)."""
+        head = self._checked.get(author)
+        return 0 if head is None else head.seq
+
     # ---- reading ----------------------------------------------------------------------------
+    # Everything here returns checked entries only: a bad row and the rest of its feed are
+    # neither folded nor served, and the heads are where the checked prefixes end.
 
     def heads(self) -> dict[str, int]:
         """Version vector: {author hex: latest seq held} - what the mesh compares with a peer."""
         with self.lock:
-            return {a.hex(): h.seq for a, h in self._heads.items()}
+            self._check_pending()
+            return {a.hex(): h.seq for a, h in self._checked.items()}
 
     def head(self, author: bytes) -> Head | None:
         with self.lock:
-            return self._heads.get(author)
+            self._check_pending()
+            return self._checked.get(author)
 
     @property
     def max_lamport(self) -> int:
@@ -350,6 +469,9 @@ class Store:
 
     def get(self, author: bytes, seq: int) -> Entry | None:
         with self.lock:
+            self._check_pending()
+            if seq > self._served(author):
+                return None
             row = self._db.execute(
                 "SELECT raw FROM entries WHERE author = ? AND seq = ?", (author, seq)
             ).fetchone()
@@ -357,26 +479,44 @@ class Store:
 
     def get_by_hash(self, hash_: bytes) -> Entry | None:
         with self.lock:
-            row = self._db.execute("SELECT raw FROM entries WHERE hash = ?", (hash_,)).fetchone()
-        return parse(row[0], verify=False) if row else None
+            self._check_pending()
+            row = self._db.execute(
+                "SELECT author, seq, raw FROM entries WHERE hash = ?", (hash_,)
+            ).fetchone()
+            if row is None or row[1] > self._served(row[0]):
+                return None
+        return parse(row[2], verify=False)
 
     def entries_after(self, author: bytes, seq: int, limit: int = 100) -> list[Entry]:
         """Entries of `author` with seq > `seq`, in order, at most `limit` (for the mesh)."""
         with self.lock:
+            self._check_pending()
             rows = self._db.execute(
-                "SELECT raw FROM entries WHERE author = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (author, seq, limit),
+                "SELECT raw FROM entries WHERE author = ? AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (author, seq, self._served(author), limit),
             ).fetchall()
         return [parse(r[0], verify=False) for r in rows]
 
     def iter_ordered(self) -> Iterator[Entry]:
-        """Every entry in fold order (lamport, author, seq), quarantined ones included."""
+        """Every checked entry in fold order (lamport, author, seq), the fork-quarantined ones
+        included (the view skips those); never a bad row or what follows it in its feed."""
         with self.lock:
+            fresh = {(e.author, e.seq): e for e in self._check_pending()}
+            tops = {a: h.seq for a, h in self._checked.items()}
             rows = self._db.execute(
-                "SELECT raw FROM entries ORDER BY lamport, author, seq"
+                "SELECT author, seq, raw FROM entries ORDER BY lamport, author, seq"
             ).fetchall()
-        for (raw,) in rows:
-            yield parse(raw, verify=False)
+        for author, seq, raw in rows:
+            if seq > tops.get(author, 0):
+                continue  # quarantined, or stored after the check: not checked, not folded
+            e = fresh.get((author, seq))
+            if e is None:
+                try:
+                    e = parse(raw, verify=False)  # checked earlier by this process
+                except Rejected:
+                    continue  # rewritten by another process since: the next check says so
+            yield e
 
     def quarantine(self) -> dict[bytes, int]:
         """{author: first seq no longer trusted}: every entry at or after a fork point."""
@@ -385,7 +525,8 @@ class Store:
 
     def is_quarantined(self, e: Entry) -> bool:
         start = self._quarantine.get(e.author)
-        return start is not None and e.seq >= start
+        bad = self._bad.get(e.author)
+        return (start is not None and e.seq >= start) or (bad is not None and e.seq >= bad.seq)
 
     def fork_proofs(self) -> list[ForkProof]:
         with self.lock:
@@ -399,6 +540,13 @@ class Store:
             raise LedgerError(
                 "this node's own feed is forked (a fork proof against our key is held) - "
                 "usually an old backup was restored; the feed cannot be extended safely"
+            )
+        self._ensure_checked(author)
+        bad = self._bad.get(author)
+        if bad is not None:
+            raise LedgerError(
+                f"this node's own feed holds a bad stored row ({bad}): an entry chained after "
+                "it would count nowhere; restore ledger.sqlite3 with node.key from a backup"
             )
         head = self._heads.get(author)
         return (1, None) if head is None else (head.seq + 1, head.hash)
@@ -532,6 +680,16 @@ class Store:
 
     def _import_checked(self, db: sqlite3.Connection, e: Entry) -> ImportResult:
         """Chain checks for a parsed, signature-verified entry; every raise precedes any write."""
+        self._ensure_checked(e.author)
+        bad = self._bad.get(e.author)
+        if bad is not None and e.seq >= bad.seq:
+            # Our row there is damaged: it proves nothing against its author (no fork proof),
+            # and a peer that sends the good entry did nothing wrong (not a forgery reason).
+            raise Rejected(
+                RejectReason.HELD_DAMAGED,
+                f"seq {e.seq}: we hold a bad row at seq {bad.seq} of {e.author_hex[:16]} "
+                f"({bad.problem}); that feed is quarantined here from there on",
+            )
         head = self._heads.get(e.author)
         held = 0 if head is None else head.seq
         if e.seq <= held:
@@ -592,43 +750,99 @@ class Store:
     # ---- verification -----------------------------------------------------------------------
 
     def verify(self) -> VerifyReport:
-        """Re-check every stored chain and signature from scratch; report the first bad entry."""
+        """Re-check every stored row from scratch - bytes, every signature, index columns,
+        chain - and every fork proof; report the first bad row of each feed."""
         with self.lock:
-            rows = self._db.execute(
-                "SELECT author, seq, hash, lamport, raw FROM entries ORDER BY author, seq"
+            rows: list[StoredRow] = self._db.execute(
+                f"SELECT {_COLUMNS} FROM entries ORDER BY author, seq"
             ).fetchall()
             proofs = self._db.execute("SELECT author, seq, proof FROM forks").fetchall()
+        bad: list[BadRow] = []
         feeds = 0
-        last: tuple[bytes, int, bytes, int] | None = None  # author, seq, hash, lamport
-        for author, seq, hash_, lamport, raw in rows:
-            try:
-                e = parse(raw)  # full checks, signature included
-            except Rejected as exc:
-                return VerifyReport(len(rows), feeds, author, seq, str(exc))
-            problem = ""
-            if e.author != author or e.seq != seq or e.hash != hash_ or e.lamport != lamport:
-                problem = "index columns disagree with the entry bytes"
-            elif last is None or last[0] != author:
+        author: bytes | None = None
+        last: Head | None = None
+        skip = False  # past this feed's first bad row
+        for row in rows:
+            if row[0] != author:
+                author, last, skip = row[0], None, False
                 feeds += 1
-                if seq != 1:
-                    problem = f"feed starts at seq {seq}, not 1"
-            elif seq != last[1] + 1:
-                problem = f"gap after seq {last[1]}"
-            elif e.prev != last[2]:
-                problem = "prev is not the hash of the previous entry"
-            elif lamport <= last[3]:
-                problem = "lamport does not increase"
-            if problem:
-                return VerifyReport(len(rows), feeds, author, seq, problem)
-            last = (author, seq, hash_, lamport)
-        for author, seq, data in proofs:
-            try:
-                proof = forkproof.from_bytes(data)
-            except Rejected as exc:
-                return VerifyReport(len(rows), feeds, author, seq, f"fork proof: {exc}")
-            if proof.author != author or proof.seq != seq:
-                return VerifyReport(len(rows), feeds, author, seq, "fork proof index mismatch")
-        return VerifyReport(len(rows), feeds)
+            if skip:
+                continue
+            checked = check_row(row, last, signature=True)
+            if isinstance(checked, str):
+                bad.append(BadRow(row[0], row[1], checked))
+                skip = True
+            else:
+                last = Head(checked.seq, checked.hash, checked.lamport)
+        bad += _bad_proofs(proofs)
+        if not bad:
+            return VerifyReport(len(rows), feeds)
+        first = bad[0]
+        return VerifyReport(len(rows), feeds, first.author, first.seq, first.problem, tuple(bad))
+
+
+def _bad_proofs(proofs: list[tuple[bytes, int, bytes]]) -> list[BadRow]:
+    bad: list[BadRow] = []
+    for author, seq, data in proofs:
+        try:
+            proof = forkproof.from_bytes(data)
+        except Rejected as exc:
+            bad.append(BadRow(author, seq, f"fork proof: {exc}"))
+            continue
+        if proof.author != author or proof.seq != seq:
+            bad.append(BadRow(author, seq, "fork proof index mismatch"))
+    return bad
+
+
+def check_row(row: StoredRow, last: Head | None, *, signature: bool) -> Entry | str:
+    """`row` as an entry if it passes every check that needs no later entry - its bytes (the
+    body rules and canonical form; its signature too if `signature`), its index columns, its
+    place in the chain after `last` (None: the feed's first row) - else what is wrong."""
+    author, seq, hash_, lamport, type_, raw = row
+    try:
+        e = parse(raw, verify=signature)
+    except Rejected as exc:
+        return str(exc)
+    stored = (author, seq, hash_, lamport, type_)
+    signed = (e.author, e.seq, e.hash, e.lamport, e.type)
+    names = ("author", "seq", "hash", "lamport", "type")
+    wrong = [n for n, x, y in zip(names, stored, signed, strict=True) if x != y]
+    if wrong:
+        return f"index columns disagree with the entry bytes: {', '.join(wrong)}"
+    if last is None:
+        return e if seq == 1 else f"feed starts at seq {seq}, not 1"
+    if seq != last.seq + 1:
+        return f"gap after seq {last.seq}"
+    if e.prev != last.hash:
+        return "prev is not the hash of the previous entry"
+    if e.lamport <= last.lamport:
+        return "lamport does not increase"
+    return e
+
+
+def check_feed(rows: Sequence[StoredRow], start: Head | None) -> tuple[list[Entry], BadRow | None]:
+    """One feed's rows (in seq order, continuing after `start`): the entries that pass every
+    check, and the first row that does not (None if all do).
+
+    Signatures: only the last passing entry's is verified (walking back past any that fail).
+    Each entry's hash is the next one's `prev`, so the author's signature over the last covers
+    every byte of those before it: a row changed on disk breaks the chain or that signature,
+    and a feed is checked for one signature instead of one per entry. `verify()` still checks
+    every signature one by one."""
+    good: list[Entry] = []
+    last = start
+    bad: BadRow | None = None
+    for row in rows:
+        checked = check_row(row, last, signature=False)
+        if isinstance(checked, str):
+            bad = BadRow(row[0], row[1], checked)
+            break
+        good.append(checked)
+        last = Head(checked.seq, checked.hash, checked.lamport)
+    while good and not verify_signature(good[-1]):
+        e = good.pop()
+        bad = BadRow(e.author, e.seq, f"{RejectReason.BAD_SIGNATURE.value}: not its author's")
+    return good, bad
 
 
 def _verify_chunk(entries: list[Entry]) -> list[bool]:

@@ -45,9 +45,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 from nacl.signing import SigningKey
-from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.auth.base import Authenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from gibsey.core.storage import StorageError
 from gibsey.ledger.entry import Entry
 from gibsey.ledger.errors import Rejected, RejectReason
 from gibsey.ledger.forkproof import ForkProof
@@ -75,6 +76,7 @@ FORGED = frozenset(
 )
 PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
 STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
+DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses imports
 SNDHWM = 64
 RCVHWM = 1000
 
@@ -124,6 +126,7 @@ class Stats:
     dropped_out: int = 0  # outbound messages dropped (peer queue full / not connected)
     refused: int = 0  # handshakes refused: key not on the allow-list, or banned
     rounds: int = 0
+    disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
 
 
 @dataclass
@@ -159,6 +162,32 @@ class Peer:
     @property
     def hex(self) -> str:
         return self.key.hex()
+
+
+class _Zap(Authenticator):
+    """The ZAP handler (who may complete a CurveZMQ handshake), on the event loop, reading an
+    asyncio socket of the node's own context.
+
+    Not pyzmq's AsyncioAuthenticator: that one polls a blocking ZAP socket through a wrapper
+    whose event-loop reader is removed by a callback that runs *after* the socket is closed,
+    by file-descriptor number - which by then can belong to the next node's new socket (a node
+    started after another stopped in the same loop then never completes a handshake). An
+    asyncio socket unregisters from the loop as it closes."""
+
+    def start(self) -> None:
+        sock: zmq.asyncio.Socket = self.context.socket(zmq.REP)
+        sock.linger = 1
+        sock.bind("inproc://zeromq.zap.01")
+        self.zap_socket = self._sock = sock
+        self._task = asyncio.ensure_future(self._serve())
+
+    async def _serve(self) -> None:
+        while True:
+            await self.handle_zap_message(await self._sock.recv_multipart())
+
+    def stop(self) -> None:
+        self._task.cancel()
+        super().stop()  # closes the socket (linger 1 ms), in this thread
 
 
 class _Gate:
@@ -209,7 +238,7 @@ class MeshNode:
         self.endpoint = ""  # the bound endpoint (with the real port when listen used port 0)
         self.ctx: zmq.asyncio.Context | None = None
         self.router: zmq.asyncio.Socket | None = None
-        self._auth: AsyncioAuthenticator | None = None
+        self._auth: _Zap | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty = asyncio.Event()
         self._new_proofs: list[bytes] = []
@@ -220,6 +249,7 @@ class MeshNode:
         self._stopping = False
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
         self.fresh: dict[bytes, float] = {}
+        self._disk_logged = -DISK_LOG_S  # when a refused import was last logged (monotonic)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -241,7 +271,7 @@ class MeshNode:
 
     async def _start_parts(self) -> None:
         assert self.ctx is not None
-        self._auth = AsyncioAuthenticator(self.ctx, log=logging.getLogger("gibsey.mesh.zap"))
+        self._auth = _Zap(self.ctx, log=logging.getLogger("gibsey.mesh.zap"))
         self._auth.start()
         self._auth.configure_curve_callback("*", credentials_provider=_Gate(self))
         self.store.subscribe(self._on_stored)
@@ -629,8 +659,28 @@ class MeshNode:
             self.store.refresh()
             return self.store.import_many(raws)
 
+    def _import_refused(self, peer: Peer, exc: StorageError) -> None:
+        """The disk refused an import: nothing of it was stored, and the version vector we send
+        still says so, so peers send the entries again once the disk takes writes. The store
+        told its DiskHealth (a node says it once per episode); here one log line a minute."""
+        self.stats.disk_refused += 1
+        now = time.monotonic()
+        if now - self._disk_logged >= DISK_LOG_S:
+            self._disk_logged = now
+            log.warning(
+                "mesh: the disk refuses writes (%s): an import from %s was not stored (%d so "
+                "far); peers send it again once the disk takes writes",
+                exc,
+                peer.hex[:16],
+                self.stats.disk_refused,
+            )
+
     async def _import_entries(self, peer: Peer, raws: list[bytes]) -> None:
-        results = await asyncio.to_thread(self._import_sync, raws)
+        try:
+            results = await asyncio.to_thread(self._import_sync, raws)
+        except StorageError as exc:
+            self._import_refused(peer, exc)
+            return
         forged: list[Rejected] = []
         for r in results:
             if isinstance(r, Rejected):
@@ -665,6 +715,9 @@ class MeshNode:
                     self.stats.forks += 1
             except Rejected as exc:
                 bad.append(str(exc))
+            except StorageError as exc:
+                self._import_refused(peer, exc)
+                break  # the rest would be refused too
         if bad:
             self._strike(peer, f"bad fork proof: {bad[0]}")
 

@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -17,12 +20,18 @@ from rich.text import Text
 from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import IdentityError
 from gibsey.core.mqtt import BrokerUrlError
+from gibsey.core.storage import EXIT_DISK_REFUSED, refused_advice, sqlite_refusal
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
+from gibsey.node.watchdog.sdnotify import Notifier
 
 log = logging.getLogger("gibsey.up")
+# Under systemd, how long a node that found no room waits before it exits to be restarted: the
+# unit's start limit (StartLimitBurst=20 in StartLimitIntervalSec=600) would otherwise be spent
+# in seconds, and systemd would stop trying for good while the disk is still full.
+DISK_RETRY_S = 40.0
 
 
 def _fmt_uptime(seconds: float) -> str:
@@ -91,6 +100,27 @@ async def _serve(node: Node, broker: str | None, console: Console) -> int:
     return 0
 
 
+def _disk_refused(console: Console, data_dir: Path, exc: OSError | sqlite3.Error) -> int:
+    """A start the data directory's disk refused (full, read-only, failing): one line saying so
+    and the exit status systemd restarts (EXIT_DISK_REFUSED); any other error is raised on."""
+    filename = exc.filename if isinstance(exc, OSError) else None
+    what = f"writing {filename}" if filename else f"a database in {data_dir}"
+    refused = sqlite_refusal(exc, what, data_dir)
+    if refused is None:
+        raise exc
+    line = refused_advice(data_dir, refused)
+    console.print(f"[red]gibsey up:[/red] {escape(line)}", soft_wrap=True)  # one line, unwrapped
+    notifier = Notifier()
+    if notifier.enabled:  # under systemd: `systemctl status` says why, meanwhile
+        notifier.status(f"{line} (the next start in {DISK_RETRY_S:g} s)")
+        deadline = time.monotonic() + DISK_RETRY_S
+        while (left_s := deadline - time.monotonic()) > 0:
+            notifier.send("WATCHDOG=1")  # a pause, not a hang: WatchdogSec must not end it
+            time.sleep(min(left_s, (notifier.watchdog_s or DISK_RETRY_S) / 2))
+        notifier.close()
+    return EXIT_DISK_REFUSED
+
+
 def _run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     logging.basicConfig(
@@ -108,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, IdentityError) as exc:
         console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
         return 2
+    except (OSError, sqlite3.Error) as exc:
+        return _disk_refused(console, data_dir, exc)
     if args.embedded_port is not None:
         config.node.embedded_port = args.embedded_port
     try:
@@ -115,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     except BrokerUrlError as exc:
         console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
         return 2
+    except (OSError, sqlite3.Error) as exc:
+        return _disk_refused(console, data_dir, exc)
 
 
 def _port(text: str) -> int:

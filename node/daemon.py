@@ -34,6 +34,7 @@ from gibsey.node.config import GibseyConfig
 from gibsey.node.parts import Parts, attach_parts
 from gibsey.node.spine.broker import EmbeddedBroker
 from gibsey.node.spine.discovery import discovery_messages
+from gibsey.node.spine.drops import HANDLER_OVERLOADED, OUTBOX_FULL, THROTTLED, DropAlerts, Due
 from gibsey.node.spine.router import Router
 from gibsey.node.spine.spine import Spine
 from gibsey.node.watchdog.part import record_rebirth
@@ -43,6 +44,8 @@ from gibsey.node.watchdog.sdnotify import Notifier
 log = logging.getLogger("gibsey.node")
 # How often the run record is refreshed: a dead run's uptime is known to within this much.
 HEARTBEAT_S = 10.0
+# While the node drops events, one safety/alert per reason this often, with the count.
+DROP_ALERT_S = 10.0
 
 
 class Node:
@@ -72,6 +75,7 @@ class Node:
         self.notifier = Notifier()
         self.run_record = RunRecord(data_dir)
         self.heartbeat_s = HEARTBEAT_S  # how often the run record is rewritten (tests shorten it)
+        self.drop_alerts = DropAlerts(DROP_ALERT_S, time.monotonic())
         self.embedded: EmbeddedBroker | None = None
         self.spine: Spine | None = None
         self.started_at = time.monotonic()
@@ -80,8 +84,6 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         attach_parts(self)
-        if self.parts.ledger is not None:
-            self.parts.ledger.store.disk = self.disk
 
     def add_subscription(self, topic_filter: str, callback: Callable[[str, bytes], object]) -> None:
         """Have messages on `topic_filter` (outside the event topics) handed to `callback` on the
@@ -222,6 +224,7 @@ class Node:
         return time.monotonic() - self.started_at
 
     def status(self, state: str = "online") -> NodeStatus:
+        drops = self.drops()
         return NodeStatus(
             state="online" if state == "online" else "offline",
             node=self.node_id,
@@ -231,7 +234,41 @@ class Node:
             uptime_s=round(self.uptime, 1),
             events_total=self.router.stats.accepted,
             rejected_total=self.router.stats.rejected_total,
+            broker_connects=self.spine.stats.connects if self.spine else 0,
+            outbox_dropped=drops[OUTBOX_FULL],
+            handler_dropped=drops[HANDLER_OVERLOADED],
+            throttled=drops[THROTTLED],
         )
+
+    def drops(self) -> dict[str, int]:
+        """What the node dropped since it started, by reason (node/spine/drops.py): its status,
+        /metrics and the drop alerts read this."""
+        agents = self.parts.agents
+        return {
+            OUTBOX_FULL: self.spine.stats.outbox_dropped if self.spine else 0,
+            HANDLER_OVERLOADED: self.router.stats.dropped,
+            THROTTLED: agents.rotations.throttled + agents.requests.throttled if agents else 0,
+        }
+
+    def _say_drops(self) -> None:
+        """A safety/alert for each reason the node dropped events since it last said so, at
+        most once per DROP_ALERT_S: outside the router's alert budget, which a flood of bad
+        input may have spent (this interval is the limit)."""
+        for due in self.drop_alerts.due(self.drops(), time.monotonic()):
+            detail = (
+                f"{due.dropped} dropped in the last {due.since_s:.0f}s ({due.total} since the "
+                f"start): {self._why_dropped(due)}"
+            )
+            log.warning("%s: %s", due.reason, detail)
+            self._publish_alert(SafetyAlert(reason=due.reason, detail=detail))
+
+    def _why_dropped(self, due: Due) -> str:
+        if due.reason == OUTBOX_FULL:
+            return self.spine.stats.last_drop if self.spine else ""
+        if due.reason == HANDLER_OVERLOADED:
+            behind = [f"{r.name} {r.dropped}" for r in self.router.registrations if r.dropped]
+            return "handlers behind, oldest events dropped: " + ", ".join(behind)
+        return "visitors' turns and questions over the flood throttle were refused"
 
     def _status_bytes(self, state: str = "online") -> bytes:
         return self.status(state).model_dump_json().encode()
@@ -249,6 +286,7 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             self.events_per_s = self.rate.sample(self.router.stats.accepted)
+            self._say_drops()
             now = time.monotonic()
             if now - last_published >= self.config.node.status_interval:
                 last_published = now

@@ -3,8 +3,10 @@
 Checks: the broker is reachable, the Zig VM library loads, the model is there when agents are
 configured (and, on the SD image, the agent worker unit's socket listens), the key file is
 private (0600), so is the gateway's write token, the data directory has room (and, on the SD
-image, is its own partition) and takes a write now (and when it last refused writes), the clock
-is plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
+image, is its own partition) and takes a write now (and when it last refused writes; a running
+node's own count of refused writes, ritual mints and gifts among them), every stored ledger row
+checks out (a bad one is named), the clock is plausible (a Pi without NTP starts in the past),
+and the configured mesh peers answer.
 Exit 1 when something is wrong (a FAIL); warnings do not fail.
 """
 
@@ -19,6 +21,7 @@ import shutil
 import socket
 import stat
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
 from gibsey.core.storage import EPISODE_FILE, StorageError
 from gibsey.node.config import GibseyConfig, load_gibsey_config
+from gibsey.node.gateway.config import PORT_FILE
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -59,7 +63,9 @@ def check_broker(config: GibseyConfig) -> Check:
     if cfg.broker:
         url = urlsplit(cfg.broker)
         host, port = url.hostname or "127.0.0.1", url.port or 1883
-        where = cfg.broker
+        from gibsey.core.mqtt import redact_url  # paho: only when a broker is named
+
+        where = redact_url(cfg.broker)  # its password may be in it (broker_password_file)
     else:
         host, port = cfg.embedded_host, cfg.embedded_port
         where = f"embedded broker mqtt://{host}:{port} (started by `gibsey up`)"
@@ -264,6 +270,74 @@ def check_disk_writes(data: Path) -> Check:
     return Check("disk writes", OK, f"{data} takes writes{detail}")
 
 
+def _node_metrics(data: Path) -> dict[str, float] | None:
+    """The running node's unlabelled metrics (its /metrics, found through gateway.json); None
+    when no node answers there (not running, its gateway off, or gateway.json unwritten)."""
+    try:
+        url = str(json.loads((data / PORT_FILE).read_text())["url"])
+        with urllib.request.urlopen(f"{url}/metrics", timeout=CONNECT_TIMEOUT_S) as answer:
+            text = answer.read().decode()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if not line.startswith("#") and "{" not in name:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def check_node_disk(data: Path) -> list[Check]:
+    """What the running node says of its writes: whether its disk refuses them now (the probe
+    above may pass where the node fails: root writes into ext4's reserved blocks), how many it
+    had refused, and how many of those were ritual mints and gifts (visitors' tokens lost)."""
+    metrics = _node_metrics(data)
+    if metrics is None:
+        return []
+    refused = int(metrics.get("gibsey_disk_refused_writes_total", 0))
+    rituals = int(metrics.get("gibsey_ritual_writes_refused_total", 0))
+    counts = f"{refused} writes refused since it started, {rituals} of them ritual mints/gifts"
+    if metrics.get("gibsey_disk_refusing", 0):
+        detail = f"the running node's disk refuses writes: {counts} (not stored)"
+        return [Check("node disk", FAIL, detail, DISK_FULL_FIX)]
+    if rituals:
+        fix = "those tokens were not stored; keep room on the card (`gibsey doctor` disk line)"
+        return [Check("node disk", WARN, f"the running node stores writes again; {counts}", fix)]
+    return [Check("node disk", OK, f"the running node stores its writes; {counts}")]
+
+
+def check_ledger(data: Path) -> Check:
+    """Every stored ledger row re-checked (`gibsey ledger verify`): a bad row is named."""
+    from gibsey.ledger.store import DB_FILENAME, Store
+
+    path = data / DB_FILENAME
+    if not path.exists():
+        return Check("ledger", OK, "no ledger yet (made at the first start)")
+    try:
+        store = Store(path)
+        try:
+            report = store.verify()
+        finally:
+            store.close()
+    except Exception as exc:  # a file SQLite cannot read at all: say so, never a traceback
+        return Check("ledger", FAIL, f"{path}: {exc}", "restore it from a backup, with node.key")
+    if not report.bad_rows:
+        return Check("ledger", OK, f"{report.entries} entries in {report.feeds} feeds verify")
+    named = "; ".join(str(b) for b in report.bad_rows[:3])
+    more = len(report.bad_rows) - 3
+    return Check(
+        "ledger",
+        FAIL,
+        f"bad stored row(s), quarantined: {named}" + (f"; {more} more" if more > 0 else ""),
+        "the entries before it still count and are served (`gibsey ledger verify` names every "
+        "one); another node's feed is still whole at its author and peers; for this node's own "
+        "feed, restore ledger.sqlite3 together with node.key from a backup",
+    )
+
+
 def check_clock(now: float | None = None) -> Check:
     year = time.gmtime(time.time() if now is None else now).tm_year
     if year < 2025:
@@ -310,6 +384,8 @@ def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[
         check_gateway_token(data, cfg),
         check_disk(data),
         check_disk_writes(data),
+        *check_node_disk(data),
+        check_ledger(data),
         check_clock(now),
         *check_peers(cfg),
     ]

@@ -63,9 +63,43 @@ class Part(NamedTuple):
 def attach_ledger(node: Node) -> None:
     from gibsey.ledger.ledger import Ledger
 
-    ledger = Ledger.open(node.data_dir, node.identity.signing_key)
+    # The store reports its writes to the node's DiskHealth: a full disk is said once.
+    ledger = Ledger.open(node.data_dir, node.identity.signing_key, disk=node.disk)
     node.add_closer(ledger.close)
     node.parts.ledger = ledger
+    node.add_service("ledger-check", lambda: _report_bad_rows(node, ledger))
+
+
+async def _report_bad_rows(node: Node, ledger: Ledger) -> None:
+    """Check every stored ledger row once at start (off the event loop), and raise a
+    `safety/alert` for each bad one found then or later (a row another process wrote); the
+    store quarantines it, and the node goes on with everything before it."""
+    import asyncio
+    import contextlib
+
+    from gibsey.core.envelope import SafetyAlert
+    from gibsey.ledger.store import BadRow
+
+    loop = asyncio.get_running_loop()
+    said: set[tuple[bytes, int]] = set()
+
+    def say(bad: BadRow) -> None:
+        if (bad.author, bad.seq) in said:
+            return
+        said.add((bad.author, bad.seq))
+        detail = (
+            f"quarantined {bad}: it and the later entries of its feed count for nothing and "
+            "are not served; the entries before it still are (`gibsey ledger verify`)"
+        )
+        node.alert(SafetyAlert(reason="ledger_bad_row", detail=detail, severity="critical"))
+
+    def found(bad: BadRow) -> None:  # in whichever thread checked
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the node has stopped
+            loop.call_soon_threadsafe(say, bad)
+
+    ledger.store.on_bad_row(found)
+    for bad in await asyncio.to_thread(ledger.store.bad_rows):
+        say(bad)
 
 
 def attach_mesh(node: Node) -> None:

@@ -6,6 +6,10 @@ import json
 import uuid
 from typing import Any
 
+from nacl.signing import SigningKey
+
+from gibsey.core.operator import sign_change
+
 
 def raw_event(
     node: str,
@@ -31,3 +35,19 @@ def raw_event(
 
 def topic(node: str, kind: str) -> str:
     return f"gibsey/v1/{node}/{kind}"
+
+
+def signed_event(
+    node: str,
+    kind: str,
+    payload: dict[str, Any],
+    key: SigningKey,
+    *,
+    event_id: str | None = None,
+    lamport: int = 1,
+    actor: str = "operator",
+) -> bytes:
+    """An operator's change (`vm/load`, `agent/reload`) signed with `key` (core/operator.py)."""
+    eid = event_id or uuid.uuid4().hex
+    signed = sign_change(key, eid, node, kind, lamport, payload)
+    return raw_event(node, kind, signed, event_id=eid, lamport=lamport, actor=actor)

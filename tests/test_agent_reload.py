@@ -13,7 +13,7 @@ from gibsey.node.agents.model import default_model_path
 from gibsey.node.daemon import Node
 from tests.agent_support import agent_node, agents, ask
 from tests.conftest import Collector, CollectorFactory
-from tests.events import raw_event, topic
+from tests.events import signed_event, topic
 
 
 async def _reload(
@@ -24,10 +24,12 @@ async def _reload(
     corr = uuid.uuid4().hex[:8]
     await col.publish(
         topic(node.node_id, "agent/reload"),
-        raw_event(
+        signed_event(
             node.node_id,
             "agent/reload",
             {"path": path, "reply_to": reply, "correlation": corr},
+            node.identity.signing_key,  # the node's own key is an operator's
+            lamport=node.clock.value + 1,  # past every change it accepted
         ),
     )
 

@@ -228,3 +228,26 @@ async def test_publish_once_is_acknowledged(mosquitto: Mosquitto) -> None:
         assert problem is None
         got = await asyncio.wait_for(anext(watcher.messages()), 5)
         assert got.payload == b"one"
+
+
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["mqtt311", "mqtt5"])
+async def test_a_persistent_session_is_resumed_with_what_was_queued_meanwhile(
+    mosquitto: Mosquitto, mqtt5: bool
+) -> None:
+    """session_expiry_s > 0 (a stable client id): the broker keeps the subscription while the
+    client is away and hands over what was published meanwhile; 0 (the default): forgotten."""
+    for expiry_s, kept in ((3600, True), (0, False)):
+        settings = ClientSettings(
+            mosquitto.url, new_client_id("sess"), mqtt5=mqtt5, session_expiry_s=expiry_s
+        )
+        async with Session(settings) as session:
+            await session.subscribe("t/queued", qos=1)
+        async with Session(ClientSettings(mosquitto.url, new_client_id("pub"))) as publisher:
+            await publisher.publish("t/queued", b"while away", qos=1)  # the broker has it
+        async with Session(settings) as session:
+            assert session.session_present is kept
+            if kept:
+                got = await asyncio.wait_for(anext(session.messages()), 5)
+                assert got.payload == b"while away"
+    with pytest.raises(ValueError, match="session_expiry_s"):
+        ClientSettings(mosquitto.url, "x", session_expiry_s=-1)

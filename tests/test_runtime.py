@@ -12,7 +12,7 @@ from typing import Any
 from gibsey.node.glyph.opcode_table import STATES, OpcodeTable, program_hash
 from gibsey.node.glyph.vm.asm import assemble
 from tests.conftest import Collector, CollectorFactory, RunningNode
-from tests.events import raw_event, topic
+from tests.events import raw_event, signed_event, topic
 
 KINDS = (
     "ritual/performed",
@@ -151,14 +151,16 @@ async def test_mqtt_load_refuses_bad_bytecode_and_keeps_the_old_program(
     before = await _turn(col, nid, symbol=5, rotation=2, eid="b")
     good = assemble('    PUSH 1\n    EMIT "glyph/one"\n    HALT\n')
     garbage = good[:-3] + b"\xff\xff\xff"  # corrupt the last instructions
-    for eid, code in (("load-bad", garbage), ("load-good", good)):
+    for lamport, (eid, code) in enumerate((("load-bad", garbage), ("load-good", good)), 1):
         await col.publish(
             topic(nid, "vm/load"),
-            raw_event(
+            signed_event(
                 nid,
                 "vm/load",
                 {"symbol": 5, "rotation": 2, "bytecode": base64.b64encode(code).decode()},
+                running_node.node.identity.signing_key,  # the node's own key is an operator's
                 event_id=eid,
+                lamport=lamport,
                 actor="artist",
             ),
         )

@@ -15,11 +15,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gibsey.core.envelope import GiftTxn
+from gibsey.core.envelope import GiftTxn, GlyphRotated
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
-from tests.events import topic
+from tests.conftest import Collector, CollectorFactory, started
+from tests.events import raw_event, topic
 
 
 async def test_node_starts_without_broker_and_connects_when_it_appears(
@@ -177,3 +178,42 @@ async def test_gibsey_up_process_says_offline_when_it_goes(
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
+
+
+async def test_a_new_run_never_performs_its_previous_runs_turn_again(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """The node's session is persistent (kept across reconnects and broker restarts: the hostile
+    suite's tests/hostile/test_broker_restart.py), but each run of the node starts it clean. Tried:
+    a run performs a dial turn (handled when sent), stops, and the broker then holds that turn's
+    bytes for the node's session, as it would an echo the dying run never acknowledged. What must
+    hold: the next run does not perform it again (its dedup by event id, in memory, is new)."""
+    broker = Mosquitto(tmp_path / "mosq", persistence=True).start()
+    try:
+        node = Node(tmp_path / "data", GibseyConfig())
+        async with started(node, broker.url):
+            performed = await collector_factory(
+                broker.port, topic(node.node_id, "ritual/performed")
+            )
+            turn, acked = node.send(
+                "glyph/rotated", GlyphRotated(symbol=3, rotation=0), "v", handle_now=True
+            )
+            await acked
+            await performed.wait_for(lambda c: len(c.of_kind("ritual/performed")) == 1)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as visitor:
+            # queued for the stopped node's persistent session
+            await visitor.publish(topic(node.node_id, "glyph/rotated"), turn.raw, qos=1)
+            again = Node(tmp_path / "data", GibseyConfig())
+            async with started(again, broker.url):
+                # A turn after it, from outside: once it is performed, so would the first be.
+                marker = raw_event(again.node_id, "glyph/rotated", {"symbol": 4, "rotation": 0})
+                await visitor.publish(topic(again.node_id, "glyph/rotated"), marker, qos=1)
+                marker_id = json.loads(marker)["id"]
+
+                def causes(c: Collector) -> list[str]:
+                    return [e["payload"]["cause"] for e in c.of_kind("ritual/performed")]
+
+                await performed.wait_for(lambda c: marker_id in causes(c))
+        assert causes(performed) == [turn.id, marker_id]
+    finally:
+        broker.stop()

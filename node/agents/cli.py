@@ -17,7 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
+
 from gibsey.core.config import ConfigError, NodeConfig, load_config, load_section, resolve_data_dir
+from gibsey.core.operator import fresh_lamport, read_operator_key
 from gibsey.core.symbols import ROTATIONS
 from gibsey.node.agents.config import AgentConfig
 
@@ -51,6 +54,16 @@ def _broker(args: argparse.Namespace, cfg: NodeConfig) -> str:
     return str(args.broker or cfg.broker or f"mqtt://127.0.0.1:{cfg.embedded_port}")
 
 
+def _operator_key(args: argparse.Namespace, data_dir: Path) -> SigningKey:
+    """The key a model swap is signed with: --operator-key, else the node's own (on its data
+    directory; the node counts its own key as an operator's)."""
+    path = Path(args.operator_key).expanduser() if args.operator_key else data_dir / "node.key"
+    try:
+        return read_operator_key(path)
+    except (OSError, ValueError) as exc:
+        raise _CliError(f"no operator key to sign with: {exc}") from exc
+
+
 def _node_id(data_dir: Path) -> str:
     path = data_dir / "node_id"
     if not path.exists():
@@ -78,19 +91,32 @@ def _personas(args: argparse.Namespace) -> int:
 
 # -- ask / reload over MQTT ---------------------------------------------------------------------
 async def _request(
-    url: str, node_id: str, kind: str, payload: dict[str, Any], timeout_s: float, stream: bool
+    url: str,
+    node_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    timeout_s: float,
+    stream: bool,
+    signer: tuple[SigningKey, int] | None = None,
 ) -> dict[str, Any]:
+    """Send one request and wait for its answer. `signer`: (an operator's key, a fresh lamport)
+    for a change the node takes only from its operators (core/operator.py)."""
     from gibsey.core.mqtt import ClientSettings, MqttError, Session, new_client_id
+    from gibsey.core.operator import sign_change
     from gibsey.core.topics import topic_for
 
     reply = f"{REPLY_PREFIX}/{uuid.uuid4().hex[:12]}"
     corr = uuid.uuid4().hex[:12]
     payload = {**payload, "reply_to": reply, "correlation": corr}
+    event_id, lamport = uuid.uuid4().hex, 0
+    if signer is not None:
+        lamport = signer[1]
+        payload = sign_change(signer[0], event_id, node_id, kind, lamport, payload)
     event = {
-        "id": uuid.uuid4().hex,
+        "id": event_id,
         "node": node_id,
         "kind": kind,
-        "lamport": 0,
+        "lamport": lamport,
         "wall": time.time(),
         "actor": "cli",
         "payload": payload,
@@ -192,6 +218,7 @@ def _reload(args: argparse.Namespace) -> int:
             {"path": path},
             args.timeout,
             stream=False,
+            signer=(_operator_key(args, data_dir), fresh_lamport(data_dir)),
         )
     )
     if result.get("ok"):
@@ -285,6 +312,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("path", nargs="?", default="", help="GGUF file (default: the default model)")
     r.add_argument("--broker", help="mqtt://host:port (default: the node's)")
     r.add_argument("--timeout", type=float, default=180.0)
+    r.add_argument(
+        "--operator-key",
+        metavar="PATH",
+        help="sign with this operator key (32-byte seed or 64 hex digits; default: the node's)",
+    )
     r.set_defaults(func=_guard(_reload))
 
     f = s.add_parser("facts", parents=[common], help="query the knowledge graph")

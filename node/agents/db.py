@@ -10,6 +10,7 @@ explicit transactions, WAL journal, so readers (the CLI) never block the daemon.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_vec
+
+from gibsey.core.storage import StorageError, sqlite_refusal
 
 
 class DbError(RuntimeError):
@@ -40,27 +43,50 @@ class Db:
         self.backend = pick_backend(backend)
         self.path = str(path)
         self._lock = threading.RLock()  # one connection, used from the loop and worker threads
+        self._std: sqlite3.Connection | None = None
+        self._apsw: Any = None
+        try:
+            with self._refusals():  # opening writes too: the WAL files, the pragmas
+                self._open(vec)
+        except BaseException:
+            self.close()
+            raise
+
+    @contextlib.contextmanager
+    def _refusals(self) -> Iterator[None]:
+        """A write the disk refuses (full, failing, read-only), from either backend, raises
+        StorageError: the node says so once and its commands say it in one line."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            where = os.path.dirname(self.path) or "."
+            refused = sqlite_refusal(exc, f"the agents' database {self.path}", where)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _open(self, vec: bool) -> None:
         if self.backend == "stdlib":
             if vec and not stdlib_can_load_extensions():
                 raise DbError("this Python's sqlite3 cannot load extensions; use the apsw backend")
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._std = conn
             if vec:
                 conn.enable_load_extension(True)
                 sqlite_vec.load(conn)
                 conn.enable_load_extension(False)
-            self._std: sqlite3.Connection | None = conn
-            self._apsw: Any = None
         else:
             import apsw
 
             aconn = apsw.Connection(self.path)
+            self._apsw = aconn
             if vec:
                 aconn.enable_load_extension(True)
                 aconn.load_extension(sqlite_vec.loadable_path())
                 aconn.enable_load_extension(False)
             aconn.set_busy_timeout(5000)
-            self._std = None
-            self._apsw = aconn
         if self.path != ":memory:":
             self.execute("PRAGMA journal_mode=WAL")
             self.execute("PRAGMA synchronous=NORMAL")
@@ -69,7 +95,7 @@ class Db:
     def execute(
         self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
     ) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, self._refusals():
             if self._std is not None:
                 return [tuple(r) for r in self._std.execute(sql, params).fetchall()]
             return [tuple(r) for r in self._apsw.execute(sql, params)]
@@ -81,7 +107,7 @@ class Db:
                 self.execute(stmt)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._lock:
+        with self._lock, self._refusals():
             if self._std is not None:
                 self._std.executemany(sql, rows)
             else:
@@ -90,13 +116,24 @@ class Db:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Db]:
         with self._lock:
+            if self._in_transaction():  # one a failing COMMIT left open
+                self.execute("ROLLBACK")
             self.execute("BEGIN IMMEDIATE")
             try:
                 yield self
+                self.execute("COMMIT")
             except BaseException:
-                self.execute("ROLLBACK")
+                # SQLite rolls back by itself on a full disk or an I/O error: a second ROLLBACK
+                # would raise "cannot rollback" over the real error. A COMMIT the disk refused
+                # may leave it open: rolled back here, or later writes would join it.
+                if self._in_transaction():
+                    with contextlib.suppress(Exception):
+                        self.execute("ROLLBACK")
                 raise
-            self.execute("COMMIT")
+
+    def _in_transaction(self) -> bool:
+        conn: Any = self._std if self._std is not None else self._apsw
+        return bool(conn.in_transaction)
 
     def vec_version(self) -> str:
         return str(self.execute("select vec_version()")[0][0])

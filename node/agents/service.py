@@ -49,6 +49,8 @@ from gibsey.core.envelope import (
     RitualPerformed,
     SafetyAlert,
 )
+from gibsey.core.operator import change_refusal
+from gibsey.core.storage import StorageError
 from gibsey.core.topics import TOPIC_ROOT, parse_topic, topic_for
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.db import Db
@@ -137,7 +139,7 @@ class AgentService:
         r.register("agent-requests", ["agent/request"], self.on_request, queue_size=64)
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
         r.register("agent-rituals", ["ritual/performed"], self.on_ritual)
-        self.node.add_closer(self.flush_tensor)  # the last rituals' counts are not lost
+        self.node.add_closer(self.close)
         self.node.add_service("agent-worker", self.run_worker)
         self.node.add_service("agent-pressure", self.run_pressure)
         self.node.add_service("agent-publish", self.run_publish)
@@ -214,14 +216,17 @@ class AgentService:
         published = -1
         last_clock = time.monotonic()
         while True:
-            self.flush_tensor()
+            try:
+                self.flush_tensor()
+                if time.monotonic() - last_clock > 10.0:
+                    persist_clock(self.tensor)
+                    last_clock = time.monotonic()
+            except StorageError as exc:  # said once by the node; written at a later turn
+                self.node.disk.refused_write(exc)
             if self.tensor.version != published:
                 published = self.tensor.version
                 doc = self.tensor.snapshot()
                 self._publish_raw(state_topic(self.node.node_id, "tensor"), doc, retain=True)
-            if time.monotonic() - last_clock > 10.0:
-                persist_clock(self.tensor)
-                last_clock = time.monotonic()
             await asyncio.sleep(self.cfg.tensor_publish_interval)
 
     async def run_mqtt5(self) -> None:
@@ -466,6 +471,20 @@ class AgentService:
 
     async def on_reload(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, AgentReload)
+        node = self.node
+        refused = change_refusal(
+            node.data_dir, node.config.node.operators, node.identity.public_hex, event
+        )
+        if refused is not None:  # a model swap is an operator's change, whoever can publish
+            # Through the router's rate limit: a flood of unsigned reloads is no flood of alerts.
+            node.alert(
+                SafetyAlert(
+                    reason="operator_refused",
+                    detail=f"agent/reload {event.id} by {event.actor[:64]}: {refused}",
+                    severity="critical",
+                )
+            )
+            return
         await self.ready.wait()
         sup = self.supervisor
         assert sup is not None
@@ -498,7 +517,20 @@ class AgentService:
 
     def flush_tensor(self) -> None:
         pending, self._tensor_pending = self._tensor_pending, []
-        self.tensor.add_many(pending)
+        try:
+            self.tensor.add_many(pending)
+        except StorageError:
+            # Kept for the next flush, when the disk may take it (the newest, up to the bound).
+            self._tensor_pending = (pending + self._tensor_pending)[-TENSOR_BATCH_MAX:]
+            raise
+
+    def close(self) -> None:
+        """At the node's stop: the last rituals' counts are written (not lost), and agents.db is
+        closed whatever that write met (a full disk), so no file stays open."""
+        try:
+            self.flush_tensor()
+        finally:
+            self.db.close()
 
     def rotation_gate(self, event: Event, rotated: GlyphRotated) -> str | None:
         """A ritual gate: an actor turning faster than the throttle allows performs no ritual

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gibsey.core.identity import write_atomic
+from gibsey.core.storage import DiskHealth, StorageError
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -29,8 +30,10 @@ log = logging.getLogger("gibsey.gateway.metrics")
 STARTS_FILE = "starts"
 
 
-def count_start(data_dir: Path) -> int:
-    """Count this start of the node in its data directory; returns how many starts so far."""
+def count_start(data_dir: Path, disk: DiskHealth | None = None) -> int:
+    """Count this start of the node in its data directory; returns how many starts so far. A
+    disk that refuses the write is reported to `disk` (the node's: said once per episode), and
+    the node starts all the same."""
     path = data_dir / STARTS_FILE
     try:
         starts = int(path.read_text().strip() or 0)
@@ -39,6 +42,9 @@ def count_start(data_dir: Path) -> int:
     starts += 1
     try:
         write_atomic(path, f"{starts}\n".encode())
+    except StorageError as exc:
+        if disk is not None:
+            disk.refused_write(exc)
     except OSError:
         log.warning("could not record the start count in %s", path)
     return starts
@@ -105,6 +111,7 @@ class NodeCollector(Collector):
         yield handled
         yield dropped
         yield failed
+        yield self._dropped()
         spine = node.spine
         yield GaugeMetricFamily(
             "gibsey_spine_connected",
@@ -123,6 +130,7 @@ class NodeCollector(Collector):
             "Restarts of the node in this data directory (starts after the first)",
             value=max(0, self.starts - 1),
         )
+        yield from self._disk()
         yield from self._runtime()
         yield from self._agents()
         yield from self._ledger()
@@ -131,10 +139,36 @@ class NodeCollector(Collector):
             "gibsey_gateway_streams", "Live event streams open", value=len(self.hub.subscribers)
         )
 
+    def _disk(self) -> Iterator[Metric]:
+        disk = self.node.disk
+        yield GaugeMetricFamily(
+            "gibsey_disk_refusing",
+            "1 while the data directory's disk refuses writes (full, failing, read-only)",
+            value=0 if disk.episode is None else 1,
+        )
+        yield CounterMetricFamily(
+            "gibsey_disk_refused_writes",
+            "Writes the data directory's disk refused since the node started",
+            value=disk.refused_total,
+        )
+
+    def _dropped(self) -> Metric:
+        return _counts(
+            "gibsey_dropped",
+            "Events the node dropped, by reason: outbox_full, handler_overloaded, throttled",
+            "reason",
+            self.node.drops(),
+        )
+
     def _runtime(self) -> Iterator[Metric]:
         runtime = self.node.parts.glyph
         if runtime is None:
             return
+        yield CounterMetricFamily(
+            "gibsey_ritual_writes_refused",
+            "Ritual mints and gifts not stored because the disk refused the write",
+            value=runtime.disk_refused,
+        )
         yield CounterMetricFamily("gibsey_vm_runs", "VM program runs (rituals)", value=runtime.runs)
         yield CounterMetricFamily(
             "gibsey_vm_errors", "VM program runs that failed", value=runtime.failures
@@ -228,7 +262,7 @@ class NodeCollector(Collector):
         yield lag
         yield seen
         mstats = status.get("stats", {})
-        for name in ("entries_in", "rejected", "forks", "bytes_in", "bytes_out"):
+        for name in ("entries_in", "rejected", "forks", "bytes_in", "bytes_out", "disk_refused"):
             value = mstats.get(name)
             if isinstance(value, int | float):
                 yield CounterMetricFamily(f"gibsey_mesh_{name}", f"Mesh {name}", value=value)

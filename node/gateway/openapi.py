@@ -41,13 +41,24 @@ def publishes(*kinds: str) -> dict[str, Any]:
     return {EVENTS_EXT: list(kinds), "security": WRITE_SECURITY}
 
 
-def mutating(*kinds: str) -> dict[str, Any]:
-    """Route arguments of an operation that changes something and publishes `kinds`."""
+# What an operation that stores on the node's disk before it answers may also say (errors.py).
+_DISK_REFUSED: dict[int | str, dict[str, Any]] = {
+    507: {
+        "description": "the node's disk refused the write (full, failing, read-only): nothing "
+        "was stored; reads go on, and writes work again by themselves once the disk takes them"
+    },
+}
+
+
+def mutating(*kinds: str, stores: bool = False) -> dict[str, Any]:
+    """Route arguments of an operation that changes something and publishes `kinds`; `stores`:
+    it writes to the node's disk before it answers (so it may answer 507)."""
     return {
         "openapi_extra": publishes(*kinds),
         "responses": {
             **_REFUSALS,
             422: {"description": "the request is invalid; the error says why"},
+            **(_DISK_REFUSED if stores else {}),
         },
     }
 

@@ -22,6 +22,7 @@ import uvicorn
 
 from gibsey.core.envelope import SafetyAlert
 from gibsey.core.identity import write_atomic
+from gibsey.core.storage import StorageError
 from gibsey.node.gateway.app import build_app
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.hub import Hub
@@ -51,7 +52,7 @@ class Gateway:
         self.node = node
         self.config = config
         self.hub = Hub(node)
-        self.metrics = Metrics(node, self.hub, count_start(node.data_dir))
+        self.metrics = Metrics(node, self.hub, count_start(node.data_dir, node.disk))
         token, self.token_source = self._token()
         self.web = GatewayState(node, self.hub, self.metrics, token)
         self.app = build_app(self.web)
@@ -128,6 +129,8 @@ class Gateway:
         info = {"url": self.url, "host": host, "port": self.port, "node": self.node.node_id}
         try:
             write_atomic(self.node.data_dir / PORT_FILE, json.dumps(info).encode())
+        except StorageError as exc:  # said once by the node; the log line below has the URL
+            self.node.disk.refused_write(exc)
         except OSError:
             log.warning("could not write %s", self.node.data_dir / PORT_FILE)
         log.info(

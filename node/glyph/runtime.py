@@ -37,6 +37,7 @@ from gibsey.core.envelope import (
     VmLoaded,
     payload_of,
 )
+from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
 from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, SYMBOLS, state_of
 from gibsey.node.glyph.opcode_table import Binding, OpcodeTable
@@ -278,6 +279,19 @@ class Runtime:
     # -- loading programs over MQTT -------------------------------------------------------------
     async def on_vm_load(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, VmLoad)
+        node = self.node
+        refused = change_refusal(
+            node.data_dir, node.config.node.operators, node.identity.public_hex, event
+        )
+        if refused is not None:  # anyone on the broker may publish: only operators bind programs
+            node.alert(
+                SafetyAlert(
+                    reason="operator_refused",
+                    detail=f"vm/load {event.id} by {event.actor[:64]}: {refused}",
+                    severity="critical",
+                )
+            )
+            return
         try:
             bytecode = base64.b64decode(payload.bytecode, validate=True)
         except (binascii.Error, ValueError) as exc:

@@ -24,6 +24,8 @@ the next power-on, also under a read-only root whose /etc is an overlay in RAM):
 - creates the node's key and id in the data directory on the first boot, and NEVER replaces an
   existing identity: a different `name` on a card that already has an identity is reported and
   the old id kept (a node's id is part of its signed feed; renaming is a new node);
+- makes the broker's users (`mqtt_credentials`: a random password each, once, kept in the data
+  directory; the hashed passwd and the ACL that images/mosquitto/gibsey.conf names, every boot);
 - sets the hostname (`gibsey-<node id>`) and writes a NetworkManager profile for the Wi-Fi.
 """
 
@@ -32,6 +34,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import secrets as secrets_module
+import shutil
+import subprocess
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -46,6 +51,7 @@ from gibsey.node.image.config import ImageConfig, WifiConfig
 BOOT_TOML = "gibsey.toml"
 BOOT_LOG = "gibsey-firstboot.log"
 SERVICE_USER = "gibsey"
+MOSQUITTO_USER = "mosquitto"
 WIFI_PROFILE = "etc/NetworkManager/system-connections/gibsey-wifi.nmconnection"
 
 
@@ -109,15 +115,73 @@ def read_boot_config(path: Path) -> BootConfig:
 
 
 def _chown_service_user(*paths: Path) -> None:
+    _chown(SERVICE_USER, *paths)
+
+
+def _chown(name: str, *paths: Path) -> None:
     if os.geteuid() != 0:
         return
     try:
-        user = pwd.getpwnam(SERVICE_USER)
+        user = pwd.getpwnam(name)
     except KeyError:
         return
     for path in paths:
         if path.exists():
             os.chown(path, user.pw_uid, user.pw_gid)
+
+
+# Who may do what on the node's own broker (images/mosquitto/gibsey.conf names these files).
+# One node per broker, so `+` in a topic is this node's id. The dial and dashboards publish only
+# visitors' inputs (operator changes are signed besides, core/operator.py); nobody but the node
+# writes its events, its retained node/status or Home Assistant's discovery configs.
+MQTT_ACL = """\
+# Made by `gibsey image firstboot` at every boot; edits are overwritten.
+user gibsey-node
+topic readwrite gibsey/v1/#
+topic readwrite gibsey/reply/#
+topic readwrite homeassistant/#
+
+user gibsey-dial
+topic write gibsey/v1/+/dial/+/frame
+topic write gibsey/v1/+/glyph/rotated
+
+user gibsey-dashboard
+topic read gibsey/v1/#
+topic write gibsey/v1/+/glyph/rotated
+topic write gibsey/v1/+/agent/request
+topic readwrite gibsey/reply/#
+
+user homeassistant
+topic read gibsey/v1/#
+topic read homeassistant/#
+"""
+MQTT_USERS = ("gibsey-node", "gibsey-dial", "gibsey-dashboard", "homeassistant")
+MQTT_SECRETS = "mqtt"  # in the data directory: each user's password, kept across boots
+MQTT_BROKER_FILES = "etc/mosquitto/gibsey"  # the broker's hashed passwd and acl, remade
+
+
+def mqtt_credentials(secrets: Path, broker_files: Path) -> dict[str, str]:
+    """Each broker user's password (made once, random, SECRETS/<user>.password, 0600; delete one
+    and run again to rotate it), and the broker's files made from them: BROKER_FILES/passwd
+    (hashed by mosquitto_passwd) and BROKER_FILES/acl, 0600, owned by Mosquitto's user."""
+    secrets.mkdir(parents=True, exist_ok=True)
+    broker_files.mkdir(parents=True, exist_ok=True)
+    passwords: dict[str, str] = {}
+    for user in MQTT_USERS:
+        path = secrets / f"{user}.password"
+        if not path.exists():
+            write_atomic(path, secrets_module.token_urlsafe(24).encode(), mode=0o600)
+        passwords[user] = path.read_text().strip()
+    _chown_service_user(secrets, secrets / "gibsey-node.password")  # the node reads its own
+    passwd = broker_files / "passwd"
+    write_atomic(passwd, "".join(f"{u}:{p}\n" for u, p in passwords.items()).encode(), 0o600)
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        raise ProvisionError("mosquitto_passwd is not installed: cannot hash the broker's users")
+    subprocess.run([tool, "-U", str(passwd)], check=True, capture_output=True)
+    write_atomic(broker_files / "acl", MQTT_ACL.encode(), 0o600)
+    _chown(MOSQUITTO_USER, broker_files, passwd, broker_files / "acl")
+    return passwords
 
 
 def wifi_profile(ssid: str, psk: str) -> str:
@@ -181,6 +245,11 @@ def provision(paths: Paths) -> Result:
     result.identity_created = not had_identity
     result.node_id = identity.node_id
     _chown_service_user(paths.data, paths.data / KEY_FILENAME, stored_id)
+
+    try:
+        mqtt_credentials(paths.data / MQTT_SECRETS, paths.root / MQTT_BROKER_FILES)
+    except (ProvisionError, OSError, subprocess.CalledProcessError) as exc:
+        result.notes.append(f"broker credentials not made: {exc}")
 
     result.hostname = hostname_for(identity.node_id)
     _set_hostname(paths.root, result.hostname)

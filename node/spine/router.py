@@ -3,9 +3,10 @@
 This is what the cloud plan's Faust worker did. Parts register handlers for event kinds; each
 handler gets its own bounded queue and its own worker task, so a slow handler only ever delays
 itself: when its queue is full the oldest waiting event is dropped for that handler and counted
-(memory stays bounded, the other handlers are untouched). Events are de-duplicated by id before
-dispatch, because QoS 1 is at-least-once and a resend after reconnecting must not run a ritual
-twice.
+(memory stays bounded, the other handlers are untouched; the node reports the count). Events
+are de-duplicated by id before dispatch, because QoS 1 is at-least-once and a resend after
+reconnecting must not run a ritual twice (the ids of this process's run: node/spine/spine.py
+starts each run with a clean session, so nothing of a previous run is redelivered).
 
 Bad input is rejected here, at the boundary, with a reason: counted, logged, and reported as a
 `safety/alert` (rate-limited, so a flood of garbage cannot turn into a flood of alerts).
@@ -24,6 +25,24 @@ from gibsey.core.envelope import Event, Outgoing, Payload, Rejection, SafetyAler
 from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic
 
 log = logging.getLogger("gibsey.router")
+
+# Kinds only the node's daemon emits about itself: one naming this node that it did not send is
+# forged (gift/txn, gift/balance and narrative/change are also announced by the node's own CLI
+# commands, and trigger nothing here but a relay to dashboards and a re-read of the ledger).
+NODE_OWNED_KINDS = frozenset(
+    {
+        "ritual/performed",
+        "ritual/effect",
+        "ritual/rebirth",
+        "safety/alert",
+        "vm/loaded",
+        "agent/emit",
+        "agent/reloaded",
+        "hearing/opened",
+        "hearing/vote",
+        "mesh/peer",
+    }
+)
 
 Handler = Callable[[Event, Payload], Awaitable[None]]
 InlineHandler = Callable[[Event, Payload], None]
@@ -47,6 +66,7 @@ class Registration:
 class RouterStats:
     accepted: int = 0
     duplicates: int = 0
+    dropped: int = 0  # events dropped by full handler queues (each handler's own: reg.dropped)
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     alerts_suppressed: int = 0
     by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -63,6 +83,9 @@ class SeenIds:
         self._capacity = capacity
         self._order: collections.deque[str] = collections.deque()
         self._set: set[str] = set()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._set
 
     def add(self, event_id: str) -> bool:
         """Remember the id; False if it was already there."""
@@ -106,6 +129,8 @@ class Router:
         # its deletions left behind).
         self._emitted: collections.OrderedDict[str, Outgoing] = collections.OrderedDict()
         self._emitted_cap = 4096
+        # The ids of what this node emitted (beyond _emitted's bytes): its echo is its own.
+        self._sent = SeenIds(dedup_window)
         self.stats = RouterStats()
         self._running = False
 
@@ -250,8 +275,30 @@ class Router:
         if not self._seen.add(event.id) and own is None:
             self.stats.duplicates += 1
             return None
+        if own is None and self._forged_own(event):
+            return None
         self._accept(event, payload)
         return event
+
+    def _forged_own(self, event: Event) -> bool:
+        """An event of a kind only this node's daemon emits, naming this node, that it did not
+        emit: any client of the broker can publish one. Counted (`forged_own`), alerted, never
+        dispatched to handlers that trust the node's own events. Visitors' inputs naming the
+        node (turns, questions, signed operator changes) are not of these kinds."""
+        if event.node != self.node_id or event.kind not in NODE_OWNED_KINDS:
+            return False
+        if event.id in self._sent:
+            return False  # ours, its echo no longer in memory (more than _emitted_cap in flight)
+        self.stats.rejected["forged_own"] += 1
+        log.warning("refused %s %s: names this node, which did not send it", event.kind, event.id)
+        self._alert(
+            SafetyAlert(
+                reason="forged_own",
+                detail=f"{event.kind} {event.id} by {event.actor[:64]} names this node, "
+                "which did not send it; ignored",
+            )
+        )
+        return True
 
     def dispatch_local(self, out: Outgoing) -> None:
         """Handle an event this node is sending now, without waiting for the broker's echo
@@ -270,6 +317,7 @@ class Router:
     def remember_emitted(self, out: Outgoing) -> None:
         """Keep what this node just published, so its echo from the broker needs no parsing."""
         self._emitted[out.id] = out
+        self._sent.add(out.id)
         if len(self._emitted) > self._emitted_cap:
             self._emitted.popitem(last=False)
 
@@ -306,14 +354,10 @@ class Router:
             if reg.local_only and event.node != self.node_id:
                 continue
             if reg.queue.full():
+                # Counted here, said by the node once per interval with the count
+                # (node/spine/drops.py), in its status and /metrics: never an alert per drop.
                 reg.queue.get_nowait()
                 reg.queue.task_done()
                 reg.dropped += 1
-                if reg.dropped == 1 or reg.dropped % 1000 == 0:
-                    self._alert(
-                        SafetyAlert(
-                            reason="handler_overloaded",
-                            detail=f"{reg.name} is behind; {reg.dropped} event(s) dropped so far",
-                        )
-                    )
+                self.stats.dropped += 1
             reg.queue.put_nowait((event, payload))

@@ -3,12 +3,20 @@
 Built on the one MQTT layer (core/mqtt.py: paho driven by the event loop). What this adds on top:
 
 * The broker may be missing at start, restarted, or vanish: `run()` keeps (re)connecting with
-  exponential backoff and says plainly what is happening.
+  exponential backoff, capped short for a broker on this machine, and says plainly what is
+  happening.
+* The session is persistent (a stable client id, clean_session off) and every subscription is
+  QoS 1: while the node reconnects, the broker keeps its subscriptions and queues the events
+  for it; with the broker's persistence on (the image's drop-in) that holds across a broker
+  restart, kill -9 included, so no event the broker acknowledged to its sender is lost.
 * `publish()` never fails for lack of a connection. The message goes into a bounded outbox and is
   sent as soon as a connection exists; the returned future resolves when the broker acknowledged
   it (PUBACK for QoS 1). A message whose send was cut by a disconnect goes back to the front of the
   outbox and is sent again after reconnecting: at-least-once, and the router drops duplicates by
   event id, so a handler sees each event exactly once.
+* The outbox is bounded: when it is full the oldest message is dropped, its future fails with
+  what happened (`OutboxFull`), and the drop is counted (`stats.outbox_dropped`), which the node
+  reports in its status, /metrics and a rate-limited alert (node/daemon.py).
 * The last will marks the node offline (retained) if the connection dies without a goodbye.
 
 The hot path is paho's own callbacks, on the event loop's thread: a message is routed inside
@@ -20,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
@@ -34,6 +44,30 @@ log = logging.getLogger("gibsey.spine")
 
 KEEPALIVE_S = 10
 FIRST_RETRY_S = 0.25
+# Trying a broker on this machine again costs a refused connect on loopback, nothing: the node
+# is back within a second of the broker (a backoff grown to 30 s kept it away for up to half a
+# minute after a 5 s broker restart, issue 16). One elsewhere on the LAN is spared a little more.
+LOCAL_RETRY_MAX_S = 1.0
+REMOTE_RETRY_MAX_S = 10.0
+RETRY_SAID_S = 30.0  # while the broker stays away, the log says so this often
+# How long the broker keeps the node's session while the node is away (MQTT 3.1.1 has no expiry
+# on the wire: there the broker's persistent_client_expiration, images/mosquitto/gibsey.conf).
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+def is_local(host: str) -> bool:
+    """Whether `host` names this machine (a loopback address or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OutboxFull(OverflowError):
+    """The message was dropped from a full outbox before it could be sent (the reason says
+    whether the broker was away or only slower than the node)."""
 
 
 @dataclass
@@ -54,6 +88,7 @@ class SpineStats:
     published: int = 0
     received: int = 0
     outbox_dropped: int = 0
+    last_drop: str = ""  # why the last message was dropped from the outbox
     last_error: str = ""
 
 
@@ -71,12 +106,17 @@ class Spine:
         on_connect: Callable[[], None] | None = None,
         outbox_limit: int = 10_000,
         inflight: int = 64,
-        backoff_max: float = 30.0,
+        backoff_max_s: float | None = None,  # None: short for a local broker, longer for others
     ) -> None:
         self.host, self.port = parse_broker_url(broker_url)
         self.url = f"mqtt://{self.host}:{self.port}"
         self._settings = ClientSettings(
-            self.url, client_id, keepalive_s=KEEPALIVE_S, will=will, max_inflight=inflight
+            broker_url,  # with its credentials, if it names any (self.url shows none)
+            client_id,  # the same on every connection: the broker resumes the session by it
+            keepalive_s=KEEPALIVE_S,
+            will=will,
+            max_inflight=inflight,
+            session_expiry_s=SESSION_EXPIRY_S,
         )
         self._subscriptions = subscriptions
         self._deliver = on_message
@@ -88,7 +128,11 @@ class Spine:
         self._extra: list[tuple[str, MessageHandler]] = []
         self._waiting: dict[int, QueuedMessage] = {}
         self._conn: Connection | None = None
-        self._backoff_max = backoff_max
+        if backoff_max_s is None:
+            backoff_max_s = LOCAL_RETRY_MAX_S if is_local(self.host) else REMOTE_RETRY_MAX_S
+        self._backoff_max_s = backoff_max_s
+        self._retries = 0  # connection attempts since the broker went away
+        self._retry_said_at = 0.0
         self._connected = asyncio.Event()
         self.stats = SpineStats()
 
@@ -99,17 +143,31 @@ class Spine:
         """Queue a message; the future resolves once the broker has acknowledged it."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if len(self._outbox) >= self._outbox_limit:
-            # Bounded memory while the broker is away: the oldest unacknowledged message goes,
-            # its future fails, and the loss is counted (never silent).
-            dropped = self._outbox.popleft()
-            self.stats.outbox_dropped += 1
-            if not dropped.done.done():
-                dropped.done.set_exception(OverflowError("outbox full while the broker was away"))
+            self._drop_oldest()
         self._outbox.append(QueuedMessage(topic, payload, qos, retain, done))
         self._unacked.add(done)
         done.add_done_callback(self._unacked.discard)
         self._pump()
         return done
+
+    def _drop_oldest(self) -> None:
+        """Bounded memory: the oldest message waiting goes, its future fails saying what really
+        happened, and the loss is counted (never silent, never a log line per message)."""
+        dropped = self._outbox.popleft()
+        if dropped.done.done():
+            return  # cancelled by its publisher: nothing was lost
+        self.stats.outbox_dropped += 1
+        waiting = f"{len(self._outbox) + 1} messages waiting"
+        if self._connected.is_set():
+            # A flood: the broker is there, only slower to acknowledge than the node publishes.
+            why = f"outbox full ({waiting}): the broker acknowledges slower than the node sends"
+        else:
+            why = f"outbox full ({waiting}) while the broker was away"
+        self.stats.last_drop = why
+        dropped.done.set_exception(OutboxFull(why))
+        # Retrieved here: a publisher that never awaits its future is told by the count, not by
+        # asyncio logging "exception was never retrieved" once for every message dropped.
+        dropped.done.exception()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every queued message is acknowledged; False if the time ran out."""
@@ -198,32 +256,68 @@ class Spine:
         """Stay connected until cancelled."""
         delay = FIRST_RETRY_S
         troubled = False  # a connect failed or a connection was lost since the start
+        away = False  # the last attempt failed: the broker is still away
         while True:
             conn = Connection(self._settings)
             conn.client.on_publish = self._on_publish
             conn.client.on_message = self._on_message
             try:
+                if not self.stats.connects:
+                    await self._end_previous_session()
                 await conn.connect()
                 self.stats.connects += 1
-                if troubled:
-                    log.warning("connected to broker %s", self.url)
-                else:
-                    log.info("connected to broker %s", self.url)
-                delay = FIRST_RETRY_S
+                self._say_connected(conn, troubled)
+                delay, away = FIRST_RETRY_S, False
                 await self._serve(conn)
             except MqttError as exc:
                 self.stats.last_error = str(exc)
-                verb = "lost" if self.stats.connects else "not reachable"
-                log.warning(
-                    "broker %s %s (%s); retrying in %.1fs",
-                    self.url,
-                    verb,
-                    exc or "no answer",
-                    delay,
-                )
-                troubled = True
+                self._say_retrying(exc, delay, fresh=not away)
+                troubled = away = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._backoff_max)
+                delay = min(delay * 2, self._backoff_max_s)
+
+    def _say_retrying(self, exc: MqttError, delay: float, fresh: bool) -> None:
+        """Say that the broker is away when it goes, then every RETRY_SAID_S while it stays away
+        (the capped retries come every second: a line each would bury the log in an outage)."""
+        self._retries = 1 if fresh else self._retries + 1
+        now = time.monotonic()
+        if not fresh and now - self._retry_said_at < RETRY_SAID_S:
+            return
+        self._retry_said_at = now
+        verb = "lost" if self.stats.connects else "not reachable"
+        tried = "" if fresh else f", {self._retries} tries so far"
+        log.warning(
+            "broker %s %s (%s); retrying in %.1fs%s",
+            self.url,
+            verb,
+            exc or "no answer",
+            delay,
+            tried,
+        )
+
+    async def _end_previous_session(self) -> None:
+        """Before this process's first persistent connection: one clean connection ends the
+        session a previous run of the node left on the broker. What the broker queued there is
+        the previous run's, and some of it was handled already (the dial's turns are handled when
+        sent, not on their echo) by a router whose dedup (in memory) is gone: a second ritual for
+        one turn. So each run starts clean, as MQTT 5's clean start on the first connection
+        only would (MQTT 3.1.1, which the embedded broker speaks, needs the extra connection);
+        from then on the session is kept, across every reconnect and broker restart."""
+        conn = Connection(replace(self._settings, session_expiry_s=0, will=None))
+        await conn.connect()
+        await conn.close()
+
+    def _say_connected(self, conn: Connection, troubled: bool) -> None:
+        if conn.session_present:
+            session = "session resumed: what the broker queued for us comes now"
+        elif self.stats.connects > 1:
+            # The broker lost our subscriptions (restarted without persistence, or before it
+            # saved them): what was published for us while we were away is gone.
+            session = "new session: the broker kept nothing for us while we were away"
+        else:
+            session = "new session"
+        level = logging.WARNING if troubled else logging.INFO
+        log.log(level, "connected to broker %s (%s)", self.url, session)
 
     async def _serve(self, conn: Connection) -> None:
         """Subscribe, send the outbox, and route messages until the connection ends (raises

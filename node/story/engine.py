@@ -87,7 +87,8 @@ class Change:
 class Story:
     def __init__(self, ledger: Ledger, data_dir: Path, graph: StoryGraph | None = None) -> None:
         self.ledger = ledger
-        self.graph = graph or StoryGraph.open(data_dir)
+        # The graph's writes report to the ledger's DiskHealth (the node's, in a node).
+        self.graph = graph or StoryGraph.open(data_dir, ledger.store.disk)
 
     @classmethod
     def open(cls, data_dir: Path) -> Story:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gibsey.core.storage import DiskHealth, StorageError, open_sqlite, sqlite_refusal
+from gibsey.core.storage import DiskHealth, open_sqlite, sqlite_refusal
 from gibsey.ledger.entry import Entry, parse
 from gibsey.ledger.governance import Governance, ProposalStatus
 from gibsey.ledger.ledger import Ledger
@@ -147,9 +147,9 @@ class StoryGraph:
         self._trees: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
 
     @classmethod
-    def open(cls, data_dir: Path) -> StoryGraph:
+    def open(cls, data_dir: Path, disk: DiskHealth | None = None) -> StoryGraph:
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / DB_FILENAME)
+        return cls(data_dir / DB_FILENAME, disk)
 
     def close(self) -> None:
         with self.lock:
@@ -209,15 +209,19 @@ class StoryGraph:
         with store.lock, self._tx():
             deciders, statuses = _merge_hearings(ledger.view().governance)
             quarantine = store.quarantine()
+            # A bad stored row counts like a fork point: nothing of its feed from there on.
+            for bad in store.bad_rows():
+                quarantine[bad.author] = min(quarantine.get(bad.author, bad.seq), bad.seq)
+            checked = {bytes.fromhex(a): seq for a, seq in store.heads().items()}
             start, folded = self._resume_point(store, quarantine, rebuild=rebuild)
             if start is None:
                 rows = store.db.execute(
-                    "SELECT raw FROM entries ORDER BY lamport, author, seq"
+                    "SELECT lamport, author, seq, raw FROM entries ORDER BY lamport, author, seq"
                 ).fetchall()
             else:
                 rows = store.db.execute(
-                    "SELECT raw FROM entries WHERE (lamport, author, seq) > (?, ?, ?) "
-                    "ORDER BY lamport, author, seq",
+                    "SELECT lamport, author, seq, raw FROM entries "
+                    "WHERE (lamport, author, seq) > (?, ?, ?) ORDER BY lamport, author, seq",
                     start,
                 ).fetchall()
             if start is not None and not rows:
@@ -225,16 +229,17 @@ class StoryGraph:
                 # and a full disk is not met where nothing needs storing).
                 return 0
             n = 0
-            e: Entry | None = None
-            for (raw,) in rows:
-                e = parse(raw, verify=False)
+            last: tuple[int, bytes, int] | None = None
+            for lamport, author, seq, raw in rows:
+                q = quarantine.get(author)
+                if q is None or seq < q:
+                    if seq > checked.get(author, 0):
+                        break  # stored after the store's check: folded at the next sync
+                    self._fold(parse(raw, verify=False), deciders)
                 n += 1
-                q = quarantine.get(e.author)
-                if q is not None and e.seq >= q:
-                    continue
-                self._fold(e, deciders)
-            if e is not None:
-                self._set_meta("last", f"{e.lamport}:{e.author.hex()}:{e.seq}")
+                last = (lamport, author, seq)
+            if last is not None:
+                self._set_meta("last", f"{last[0]}:{last[1].hex()}:{last[2]}")
             self._set_meta("folded", str(folded + n))
             # Hearings still undecided (or decided against) in the ledger's view.
             for h, status in statuses.items():

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from gibsey.core.storage import StorageError
 from gibsey.ledger.bodies import ACTOR_RE
 
 from .engine import Story
@@ -69,6 +70,9 @@ def attach(node: Node) -> Story | None:
         except StoryError as exc:
             node.alert(SafetyAlert(reason="story_refused", detail=f"{event.id}: {exc}"))
             return
+        except StorageError as exc:  # not stored; the node said so once (its DiskHealth)
+            log.warning("branch not made for %s: the disk refuses writes: %s", event.id, exc)
+            return
         publish("branch", name, None, change.commit, actor)
 
     async def service() -> None:
@@ -77,6 +81,10 @@ def attach(node: Node) -> Story | None:
                 await asyncio.to_thread(story.sync)
                 done = await asyncio.to_thread(story.run_executors, None)
                 _report_merges(node, story, done, publish)
+            except StorageError:
+                # Reported to the node's DiskHealth, which says it once per episode (not once a
+                # second); the view catches up by itself once the disk takes writes again.
+                pass
             except Exception as exc:  # keep serving; a bad fold is reported, not fatal
                 log.exception("story sync failed")
                 node.alert(SafetyAlert(reason="story_sync_failed", detail=repr(exc)[:1000]))

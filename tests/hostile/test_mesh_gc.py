@@ -84,45 +84,50 @@ def _node(
     return MeshNode(store, key, cfg, emit=emit, listen=listen), store
 
 
+async def _stop_as_reply_lands(tmp: Path, i: int) -> None:
+    b_key, a_key = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
+    b_pub, a_pub = bytes(b_key.verify_key), bytes(a_key.verify_key)
+    b, b_store = _node(tmp, f"b{i}", b_key, peers=[], allow={a_pub})
+    await b.start()
+    stopping: list[asyncio.Task[None]] = []
+    holder: list[MeshNode] = []
+
+    def on_emit(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "mesh/peer" and payload["state"] == "up" and not stopping:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(lambda: stopping.append(asyncio.ensure_future(holder[0].stop())))
+
+    # Listening off: `a` only dials, so its first message from `b` is the HEADS reply.
+    a, a_store = _node(
+        tmp,
+        f"a{i}",
+        a_key,
+        peers=[PeerSpec(b_pub, b.endpoint)],
+        allow=set(),
+        listen=False,
+        emit=on_emit,
+    )
+    holder.append(a)
+    await a.start()
+    while not stopping:
+        await asyncio.sleep(0.01)
+    await stopping[0]
+    assert a.ctx is not None and a.ctx.closed
+    await b.stop()
+    assert b.ctx is not None and b.ctx.closed
+    a_store.close()
+    b_store.close()
+
+
 async def test_stop_as_a_peer_reply_lands_returns_and_closes_everything(tmp_path: Path) -> None:
     """Tried: a dialer is stopped in the very loop turn in which its peer's first reply (HEADS)
-    arrives - the reply's `mesh/peer up` hook starts `stop()`. Must hold, eight times over:
-    stop() returns and the node's context is closed (before: the dialer swallowed the cancel,
-    stop() waited for it forever, and its context was left to the collector)."""
+    arrives - the reply's `mesh/peer up` hook starts `stop()`. Must hold, eight times over in one
+    event loop: stop() returns and the node's context is closed (before: the dialer swallowed
+    the cancel, stop() waited for it forever, and its context was left to the collector), and
+    the next pair still completes its handshake."""
     before = _open_contexts()
     for i in range(8):
-        b_key, a_key = SigningKey(os.urandom(32)), SigningKey(os.urandom(32))
-        b_pub, a_pub = bytes(b_key.verify_key), bytes(a_key.verify_key)
-        b, b_store = _node(tmp_path, f"b{i}", b_key, peers=[], allow={a_pub})
-        await b.start()
-        stopping: list[asyncio.Task[None]] = []
-        holder: list[MeshNode] = []
-
-        def on_emit(kind: str, payload: dict[str, Any]) -> None:
-            if kind == "mesh/peer" and payload["state"] == "up" and not stopping:
-                loop = asyncio.get_running_loop()
-                loop.call_soon(lambda: stopping.append(asyncio.ensure_future(holder[0].stop())))
-
-        # Listening off: `a` only dials, so its first message from `b` is the HEADS reply.
-        a, a_store = _node(
-            tmp_path,
-            f"a{i}",
-            a_key,
-            peers=[PeerSpec(b_pub, b.endpoint)],
-            allow=set(),
-            listen=False,
-            emit=on_emit,
-        )
-        holder.append(a)
-        await a.start()
-        while not stopping:
-            await asyncio.sleep(0.01)
-        await stopping[0]
-        assert a.ctx is not None and a.ctx.closed
-        await b.stop()
-        assert b.ctx is not None and b.ctx.closed
-        a_store.close()
-        b_store.close()
+        await _stop_as_reply_lands(tmp_path, i)
     assert _open_contexts() <= before
 
 

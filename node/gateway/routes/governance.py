@@ -52,7 +52,7 @@ async def proposals(
     "/api/ledger/proposals",
     summary="Open a hearing (a proposal on this node's feed)",
     status_code=201,
-    **mutating("hearing/opened"),
+    **mutating("hearing/opened", stores=True),
 )
 async def propose(body: ProposeRequest, _: Token, gw: State) -> LedgerWrite:
     ledger = gw.ledger()
@@ -72,7 +72,7 @@ async def propose(body: ProposeRequest, _: Token, gw: State) -> LedgerWrite:
     "/api/ledger/proposals/{proposal}/votes",
     summary="Vote on an open hearing for an actor",
     status_code=201,
-    **mutating("hearing/vote"),
+    **mutating("hearing/vote", stores=True),
 )
 async def vote(
     proposal: Annotated[

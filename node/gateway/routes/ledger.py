@@ -70,7 +70,7 @@ async def entries(
     "/api/ledger/gift",
     summary="Gift tokens from one actor to another (must be covered)",
     status_code=201,
-    **mutating("gift/txn"),
+    **mutating("gift/txn", stores=True),
 )
 async def gift(body: GiftRequest, _: Token, gw: State) -> LedgerWrite:
     ledger = gw.ledger()
