@@ -38,6 +38,8 @@ from .errors import LedgerError, Rejected, RejectReason
 from .forkproof import ForkProof
 
 log = logging.getLogger("gibsey.ledger")
+# Shown where logging is set up (the node, `mesh serve`); a command says it in its own words.
+log.addHandler(logging.NullHandler())
 
 DB_FILENAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -361,13 +363,15 @@ class Store:
 
     # ---- checking what is stored -------------------------------------------------------------
 
-    def _check_pending(self) -> list[Entry]:
-        """Check the rows stored since the last check (by this process or another); return the
-        entries that passed, feed by feed in seq order. A feed's first row that fails is
-        recorded, logged and told to `on_bad_row` listeners, and it and the rest of its feed
-        are quarantined (hold `lock`). Cheap when nothing is new: a comparison per feed."""
+    def _check_pending(self, only: bytes | None = None) -> list[Entry]:
+        """Check the rows stored since the last check (by this process or another), of every
+        feed or `only` one; return the entries that passed, feed by feed in seq order. A feed's
+        first row that fails is recorded, logged and told to `on_bad_row` listeners, and it and
+        the rest of its feed are quarantined (hold `lock`). Cheap when nothing is new: a
+        comparison per feed."""
         out: list[Entry] = []
-        for author, head in self._heads.items():
+        feeds = self._heads.items() if only is None else [(only, self._heads[only])]
+        for author, head in feeds:
             self._looked.add(author)
             bad = self._bad.get(author)
             if bad is not None and head.seq >= bad.seq:
@@ -415,7 +419,7 @@ class Store:
     def _ensure_checked(self, author: bytes) -> None:
         """Check the stored rows once before relying on a feed this process never looked at."""
         if author in self._heads and author not in self._looked:
-            self._check_pending()
+            self._check_pending(author)
 
     def _mark_checked(self, items: Sequence[Entry | ForkProof]) -> None:
         """Entries this store committed were checked on their way in (signed here, or imported

@@ -15,7 +15,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gibsey.core.envelope import GiftTxn, GlyphRotated
+from gibsey.core.envelope import GiftTxn
+from gibsey.core.mqtt import ClientSettings, Session
+from gibsey.harness.nodeproc import wait_for_file
+from gibsey.harness.turns import node_online
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
@@ -184,36 +187,57 @@ async def test_a_new_run_never_performs_its_previous_runs_turn_again(
     tmp_path: Path, collector_factory: CollectorFactory
 ) -> None:
     """The node's session is persistent (kept across reconnects and broker restarts: the hostile
-    suite's tests/hostile/test_broker_restart.py), but each run of the node starts it clean. Tried:
-    a run performs a dial turn (handled when sent), stops, and the broker then holds that turn's
-    bytes for the node's session, as it would an echo the dying run never acknowledged. What must
-    hold: the next run does not perform it again (its dedup by event id, in memory, is new)."""
+    suite's tests/hostile/test_broker_restart.py), but each run of the node starts it clean.
+    Tried: a `gibsey up` performs a visitor's turn and is killed with SIGKILL (no goodbye: its
+    session stays on the broker); the turn's bytes then reach the broker again, as the broker's
+    resend of a turn the dead run never acknowledged would. What must hold: the next run does
+    not perform it a second time (its dedup by event id, in memory, is new)."""
+    broker = Mosquitto(tmp_path / "mosq", persistence=True).start()
+    data = tmp_path / "data"
+    proc = _start_up(data, broker.url)
+    try:
+        await asyncio.to_thread(wait_for_file, proc, data / "node_id", 30, "gibsey up")
+        nid = (data / "node_id").read_text().strip()
+        await node_online(broker.url, nid, connects=1, timeout_s=30)
+        performed = await collector_factory(broker.port, topic(nid, "ritual/performed"))
+        turn = raw_event(nid, "glyph/rotated", {"symbol": 3, "rotation": 0})
+        turn_id = json.loads(turn)["id"]
+
+        def causes(c: Collector) -> list[str]:
+            return [e["payload"]["cause"] for e in c.of_kind("ritual/performed")]
+
+        await performed.publish(topic(nid, "glyph/rotated"), turn)
+        await performed.wait_for(lambda c: turn_id in causes(c))
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        await performed.publish(topic(nid, "glyph/rotated"), turn)  # held for the dead run
+        again = Node(data, GibseyConfig())
+        async with started(again, broker.url):
+            # A turn after it, from outside: once it is performed, so would the first be.
+            marker = raw_event(nid, "glyph/rotated", {"symbol": 4, "rotation": 0})
+            await performed.publish(topic(nid, "glyph/rotated"), marker)
+            marker_id = json.loads(marker)["id"]
+            await performed.wait_for(lambda c: marker_id in causes(c))
+        assert causes(performed) == [turn_id, marker_id]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        broker.stop()
+
+
+async def test_a_clean_stop_ends_the_nodes_session(tmp_path: Path) -> None:
+    """A node stopped cleanly leaves no session on the broker: nothing is queued (and saved to
+    the broker's database, message after message) for a node that is not running."""
     broker = Mosquitto(tmp_path / "mosq", persistence=True).start()
     try:
         node = Node(tmp_path / "data", GibseyConfig())
-        async with started(node, broker.url):
-            performed = await collector_factory(
-                broker.port, topic(node.node_id, "ritual/performed")
-            )
-            turn, acked = node.send(
-                "glyph/rotated", GlyphRotated(symbol=3, rotation=0), "v", handle_now=True
-            )
-            await acked
-            await performed.wait_for(lambda c: len(c.of_kind("ritual/performed")) == 1)
-        async with aiomqtt.Client("127.0.0.1", broker.port) as visitor:
-            # queued for the stopped node's persistent session
-            await visitor.publish(topic(node.node_id, "glyph/rotated"), turn.raw, qos=1)
-            again = Node(tmp_path / "data", GibseyConfig())
-            async with started(again, broker.url):
-                # A turn after it, from outside: once it is performed, so would the first be.
-                marker = raw_event(again.node_id, "glyph/rotated", {"symbol": 4, "rotation": 0})
-                await visitor.publish(topic(again.node_id, "glyph/rotated"), marker, qos=1)
-                marker_id = json.loads(marker)["id"]
-
-                def causes(c: Collector) -> list[str]:
-                    return [e["payload"]["cause"] for e in c.of_kind("ritual/performed")]
-
-                await performed.wait_for(lambda c: marker_id in causes(c))
-        assert causes(performed) == [turn.id, marker_id]
+        async with started(node, broker.url) as spine:
+            await asyncio.to_thread(broker.restart)  # SIGTERM: Mosquitto saves the session ...
+            await spine.wait_connected(timeout_s=10)
+            assert spine.session_present  # ... and the node resumed it
+        settings = ClientSettings(broker.url, f"gibsey-{node.node_id}", session_expiry_s=60)
+        async with Session(settings) as session:
+            assert not session.session_present
     finally:
         broker.stop()

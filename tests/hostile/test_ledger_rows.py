@@ -164,16 +164,18 @@ def damaged(tmp_path: Path, how: str) -> Path:
 def test_read_commands_answer_and_fold_only_what_precedes_the_bad_row(
     tmp_path: Path, how: str
 ) -> None:
-    """Tried: `ledger balance`, `show`, `hearings`, `export` on a feed whose seq 3 is bad.
-    Must hold: each exits 0 without a traceback, says which row it set aside, and folds only
-    seq 1-2 (minted 15: the gift, the bad row and the mint after it count for nothing;
-    mallory's forged 1000 never appears)."""
+    """Tried: `ledger balance`, `show`, `hearings`, `export`, `story rebuild` on a feed whose
+    seq 3 is bad. Must hold: each exits 0 without a traceback, the ledger ones say which row
+    they set aside, and they fold only seq 1-2 (minted 15: the gift, the bad row and the mint
+    after it count for nothing; mallory's forged 1000 never appears)."""
     data = damaged(tmp_path, how)
     for cmd in (("balance",), ("show",), ("hearings",)):
         out = gibsey(data, "ledger", *cmd)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "Traceback" not in out.stderr, out.stderr
         assert "quarantined" in out.stdout + out.stderr and "seq 3" in out.stdout + out.stderr
+    story = gibsey(data, "story", "rebuild")  # the story graph, another view of the ledger
+    assert story.returncode == 0 and "rebuilt" in story.stdout, story.stdout + story.stderr
     balance = gibsey(data, "ledger", "balance")
     assert "minted 15, burned 0, supply 15" in balance.stdout, balance.stdout
     assert "mallory" not in balance.stdout

@@ -176,9 +176,9 @@ async def test_forged_events_naming_the_node_are_not_its_own(
 
 
 def _production_broker(tmp_path: Path) -> Mosquitto:
-    """images/mosquitto/gibsey.conf under a Debian-like main file, its users and ACL made by
-    first boot's own function, in a temp folder (tests/brokers.py)."""
-    return Mosquitto(tmp_path / "mosquitto", dropin=PRODUCTION_DROPIN).start()
+    """images/mosquitto/gibsey.conf closed by gibsey-auth.conf beside it, under a Debian-like main
+    file, its users and ACL made by first boot's own function, in a temp folder."""
+    return Mosquitto(tmp_path / "mosquitto", dropin=PRODUCTION_DROPIN, closed=True).start()
 
 
 def _as(broker: Mosquitto, user: str | None) -> ClientSettings:
