@@ -3,6 +3,7 @@
 - waiting.py: deadlines (wait_until, wait_port, stop_process) and GalleryError
 - ports.py: free TCP ports below the ephemeral range
 - mosquitto.py: a Mosquitto process (the gallery's brokers, the tests' and benchmarks')
+- turns.py: visitors' glyph turns and the node's answers across a broker kill -9 and restart
 - loopthread.py: an asyncio loop in a daemon thread, for synchronous callers
 - relay.py: loopback TCP relays between nodes, to cut a node off the mesh
 - watch.py: a client (core/mqtt.py) on a node's broker: the virtual dial and the event tap

@@ -267,7 +267,7 @@ class Spine:
             conn.client.on_message = self._on_message
             try:
                 if not self.stats.connects:
-                    pass  # EXPERIMENT
+                    await self._end_session()
                 await conn.connect()
                 self.stats.connects += 1
                 self.session_present = conn.session_present
