@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.core.identity import load_or_create
+from gibsey.harness.ports import free_port
 from gibsey.harness.waiting import stop_process
 from gibsey.harness.waiting import wait_until as wait_until  # re-exported
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.view import build
+from gibsey.mesh.config import MeshConfig, PeerSpec
 from gibsey.mesh.netns import exec_prefix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,3 +172,18 @@ def converged(nodes: Sequence[MeshProc], expect: dict[str, int] | None = None) -
     if expect is not None and hs[0] != expect:
         return False
     return all(h == hs[0] for h in hs) and bool(hs[0])
+
+
+def quick_mesh_config(peers: list[PeerSpec], allow: set[bytes]) -> MeshConfig:
+    """An in-process mesh node's configuration on loopback: no beacon, a fast sync, a peer called
+    down quickly, so a test's nodes meet and part in fractions of a second."""
+    cfg = MeshConfig(
+        listen=f"tcp://127.0.0.1:{free_port()}",
+        beacon_port=0,
+        sync_interval=0.05,
+        down_after=1.0,
+        backoff_max=0.2,
+    )
+    cfg.peers = peers
+    cfg.allow = allow
+    return cfg

@@ -32,10 +32,9 @@ import pytest
 from nacl.signing import SigningKey
 
 from gibsey.core.storage import EXIT_DISK_REFUSED, DiskHealth
-from gibsey.harness.ports import free_port
 from gibsey.harness.waiting import stop_process
 from gibsey.ledger.store import Store
-from gibsey.mesh.config import MeshConfig, PeerSpec
+from gibsey.mesh.config import PeerSpec
 from gibsey.mesh.node import MeshNode
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
@@ -60,6 +59,7 @@ from tests.hostile.test_disk import (
     tmpfs,
     turn,
 )
+from tests.mesh_support import quick_mesh_config
 
 __all__ = ["gateway_node"]  # a fixture, used by name
 
@@ -149,15 +149,7 @@ async def test_story_sync_on_a_full_disk_says_so_once_and_catches_up(
 def mesh_node(
     store: Store, key: SigningKey, peers: list[PeerSpec], allow: set[bytes], listen: bool
 ) -> MeshNode:
-    cfg = MeshConfig(
-        listen=f"tcp://127.0.0.1:{free_port()}",
-        beacon_port=0,
-        sync_interval=0.05,
-        down_after=1.0,
-        backoff_max=0.2,
-    )
-    cfg.peers = peers
-    cfg.allow = allow
+    cfg = quick_mesh_config(peers, allow)
     return MeshNode(store, key, cfg, listen=listen)
 
 

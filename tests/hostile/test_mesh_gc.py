@@ -26,9 +26,10 @@ import zmq
 from nacl.signing import SigningKey
 
 from gibsey.ledger.store import Store
-from gibsey.mesh.config import MeshConfig, PeerSpec
+from gibsey.mesh.config import PeerSpec
 from gibsey.mesh.node import MeshNode
 from tests.brokers import free_port
+from tests.mesh_support import quick_mesh_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,15 +72,7 @@ def _node(
     listen: bool = True,
     emit: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> tuple[MeshNode, Store]:
-    cfg = MeshConfig(
-        listen=f"tcp://127.0.0.1:{free_port()}",
-        beacon_port=0,
-        sync_interval=0.05,
-        down_after=1.0,
-        backoff_max=0.2,
-    )
-    cfg.peers = peers
-    cfg.allow = allow
+    cfg = quick_mesh_config(peers, allow)
     store = Store.open(tmp / name)
     return MeshNode(store, key, cfg, emit=emit, listen=listen), store
 
