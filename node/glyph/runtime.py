@@ -325,4 +325,3 @@ class Runtime:
             ),
             actor=event.actor,
         )
-
