@@ -9,6 +9,7 @@ mesh status and `gibsey` commands run beside it.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -179,11 +180,26 @@ class NodeProc:
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as exc:
-            raw, status = exc.read(), exc.code
+            raw, status = self._error_body(exc, method, path), exc.code
+        except (http.client.HTTPException, OSError) as exc:
+            raise self._no_answer(method, path, exc) from exc
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, raw.decode(errors="replace")
+
+    def _no_answer(self, method: str, path: str, exc: BaseException) -> GalleryError:
+        """A node that went away mid-answer (killed, restarting, too slow on a loaded machine)
+        is the harness's ordinary GalleryError. A response cut short is http.client's
+        IncompleteRead, which is no OSError: it escaped every caller and crashed `gibsey
+        rehearse` when a SIGKILL scene landed during a read (issue 17)."""
+        return GalleryError(f"{self.name} {method} {path}: no answer ({type(exc).__name__}: {exc})")
+
+    def _error_body(self, exc: urllib.error.HTTPError, method: str, path: str) -> bytes:
+        try:
+            return exc.read()
+        except (http.client.HTTPException, OSError) as cut:
+            raise self._no_answer(method, path, cut) from cut
 
     def get(self, path: str) -> Any:
         status, doc = self.http("GET", path)
@@ -235,16 +251,21 @@ class NodeProc:
         req.add_header("Content-Type", "application/json")
         req.add_header("Authorization", f"Bearer {self.token}")
         event = ""
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            for raw in resp:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event in ("done", "error"):
-                    doc = json.loads(line[6:])
-                    if event == "error":
-                        raise GalleryError(f"{self.name} ask {persona}: {doc.get('error')}")
-                    return str(doc.get("text", ""))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                for raw in resp:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event in ("done", "error"):
+                        doc = json.loads(line[6:])
+                        if event == "error":
+                            raise GalleryError(f"{self.name} ask {persona}: {doc.get('error')}")
+                        return str(doc.get("text", ""))
+        except urllib.error.HTTPError as exc:
+            raise GalleryError(f"{self.name} ask {persona}: HTTP {exc.code}") from exc
+        except (http.client.HTTPException, OSError) as exc:
+            raise self._no_answer("POST", "/api/agent/ask", exc) from exc
         raise GalleryError(f"{self.name} ask {persona}: the stream ended without an answer")
 
     # -- the ledger, read through its store (works while the node is down) -------------------

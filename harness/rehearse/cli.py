@@ -38,6 +38,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gibsey.core.console import make_console
 from gibsey.harness.gallery import (
     NETS,
     Gallery,
@@ -169,14 +170,16 @@ class Rehearsal:
     def sample(self) -> None:
         t = time.monotonic() - self.t0
         events, supply, peers, hearings, rss = [], [], [], [], []
+        answering: list[bool] = []
         balances: dict[str, int] = {}
         for n in self.gallery:
             c = n.client.snapshot() if n.client else None
             events.append(c.events if c else 0)
             try:
                 bal: dict[str, int] | None = n.balances() if n.alive() else None
-            except (GalleryError, OSError):
+            except (GalleryError, OSError):  # shown as "no answer" in the table, never raised
                 bal = None
+            answering.append(bal is not None)
             if bal is None and self.timeline.balances:  # down: hold its last known view
                 bal = self.timeline.balances[-1] if n.index == 0 else None
             if n.index == 0:
@@ -199,7 +202,13 @@ class Rehearsal:
             rss.append(n.rss_kib())
         behind = self.gallery.behind()
         self.timeline.add(t, events, supply, balances, behind)
-        self.last = {"peers": peers, "hearings": hearings, "rss": rss, "supply": supply}
+        self.last = {
+            "peers": peers,
+            "hearings": hearings,
+            "rss": rss,
+            "supply": supply,
+            "answering": answering,
+        }
 
     def view(self) -> Group:
         tl = self.timeline
@@ -226,7 +235,7 @@ class Rehearsal:
         for i, n in enumerate(self.gallery):
             c = n.client.snapshot() if n.client else None
             rate = tl.rate[-1][i] if tl.rate else 0.0
-            state = Text("up", style="green") if n.alive() else Text("down", style="red")
+            state = self._state(n.alive(), self.last.get("answering", [True] * (i + 1))[i])
             hear = self.last.get("hearings", [(0, 0)] * len(tl.names))[i]
             table.add_row(
                 n.name,
@@ -250,6 +259,14 @@ class Rehearsal:
             style="dim",
         )
         return Group(table, tail, net, hint)
+
+    @staticmethod
+    def _state(alive: bool, answering: bool) -> Text:
+        """A node's state column: up, down, or running but its gateway did not answer the last
+        sample (restarting, or too busy)."""
+        if not alive:
+            return Text("down", style="red")
+        return Text("up", style="green") if answering else Text("no answer", style="yellow")
 
     # -- the report -------------------------------------------------------------------------
     def write(self) -> Path:
@@ -408,6 +425,8 @@ class Rehearsal:
                     self.report_now.clear()
                     self.events_log.append(f"report written: {self.write()}")
                 time.sleep(1.0)
+        if not self.console.is_terminal:
+            self.console.line()  # into a pipe, Live's last frame ends without a newline
 
     def _converge(self) -> None:
         """Bring back what a restart left down, heal every partition, wait for one truth."""
@@ -419,16 +438,21 @@ class Rehearsal:
         start = time.monotonic()
         try:
             g.heal_all()
-            wait_until(
-                lambda: g.converged() and len({str(n.balances()) for n in g}) == 1,
-                120,
-                "convergence",
-                step_s=0.1,
-            )
+            wait_until(self._one_truth, 120, "convergence", step_s=0.1)
             self.converge_s = time.monotonic() - start
             self.note(f"converged in {self.converge_s:.2f}s")
+            self.console.print(f"converged in {self.converge_s:.2f} s")
         except GalleryError as exc:
             self.console.print(f"[yellow]{exc}[/yellow]")
+
+    def _one_truth(self) -> bool:
+        """Every node holds the same heads and shows the same balances. A node that does not
+        answer yet (still starting after a restart) is not converged: keep waiting."""
+        g = self.gallery
+        try:
+            return g.converged() and len({str(n.balances()) for n in g}) == 1
+        except GalleryError:
+            return False
 
 
 def _interrupt(_sig: int, _frame: Any) -> None:
@@ -438,7 +462,7 @@ def _interrupt(_sig: int, _frame: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         raise SystemExit("--nodes must be at least 1")
-    console = Console()
+    console = make_console()
     try:
         net, why = choose_net(args.net)
     except GalleryError as exc:

@@ -1,0 +1,44 @@
+"""One way for every `gibsey` command to print: rich on a terminal, plain text into a pipe.
+
+On a terminal rich wraps to the window, colours and draws tables. Into a file or a pipe, what a
+script or `grep` reads must be what was meant: no wrapping at an imagined 80 columns, no `:smile:`
+turned into an emoji, no markup codes, no highlighting of numbers, tables wide enough for their
+columns. Commands that print stored text (a page) print it through `print_exact` (or `sys.stdout`)
+and never through rich at all.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from rich.console import Console
+
+# A table into a pipe is as wide as its columns need, up to this (a wide bench table fits).
+PIPE_WIDTH_CHARS = 400
+
+
+def make_console(stderr: bool = False, file: TextIO | None = None) -> Console:
+    """A Console for a command's output (or, `stderr=True`, its errors)."""
+    stream = file if file is not None else (sys.stderr if stderr else sys.stdout)
+    terminal = stream.isatty()
+    if terminal:
+        return Console(file=stream, highlight=False, emoji=False)
+    return Console(
+        file=stream,
+        highlight=False,
+        emoji=False,
+        soft_wrap=True,  # a long line stays one line
+        width=PIPE_WIDTH_CHARS,
+        no_color=True,
+        force_terminal=False,
+    )
+
+
+def print_exact(text: str, file: TextIO | None = None) -> None:
+    """Stored text exactly as stored: no markup, no wrapping, no emoji, tabs kept."""
+    stream = file if file is not None else sys.stdout
+    stream.write(text)
+    if text and not text.endswith("\n"):
+        stream.write("\n")
+    stream.flush()
