@@ -33,7 +33,7 @@ from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
 from gibsey.node.config import GibseyConfig
 from gibsey.node.parts import Parts, attach_parts
 from gibsey.node.spine.broker import EmbeddedBroker
-from gibsey.node.spine.discovery import discovery_messages
+from gibsey.node.spine.discovery import HA_ONLINE, discovery_messages, ha_status_topic
 from gibsey.node.spine.drops import HANDLER_OVERLOADED, OUTBOX_FULL, THROTTLED, DropAlerts, Due
 from gibsey.node.spine.router import Router
 from gibsey.node.spine.spine import Spine
@@ -84,6 +84,10 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         attach_parts(self)
+        if self.config.node.discovery_prefix:
+            self.add_subscription(
+                ha_status_topic(self.config.node.discovery_prefix), self._on_home_assistant
+            )
 
     def add_subscription(self, topic_filter: str, callback: Callable[[str, bytes], object]) -> None:
         """Have messages on `topic_filter` (outside the event topics) handed to `callback` on the
@@ -276,10 +280,22 @@ class Node:
     def _on_connect(self) -> None:
         assert self.spine is not None
         self.spine.publish(status_topic(self.node_id), self._status_bytes(), retain=True)
+        self._announce_to_home_assistant()
+
+    def _announce_to_home_assistant(self) -> None:
         prefix = self.config.node.discovery_prefix
-        if prefix:
-            for topic, payload in discovery_messages(self.node_id, prefix):
-                self.spine.publish(topic, payload, retain=True)
+        if prefix and self.spine is not None:
+            for msg in discovery_messages(self.node_id, prefix):
+                self.spine.publish(msg.topic, msg.payload, retain=msg.retain)
+
+    def _on_home_assistant(self, _topic: str, payload: bytes) -> None:
+        """Home Assistant's birth message: it (re)started and may have lost what it knew, so the
+        node and its dials announce themselves again."""
+        if payload.strip() != HA_ONLINE:
+            return
+        self._announce_to_home_assistant()
+        if self.parts.dial is not None:
+            self.parts.dial.announce_all()
 
     async def _status_loop(self) -> None:
         last_published = last_heartbeat = 0.0

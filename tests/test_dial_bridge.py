@@ -216,16 +216,19 @@ async def test_frames_over_mqtt_like_a_pico_w(
 
 
 async def test_home_assistant_discovery(rig: Rig, collector_factory: CollectorFactory) -> None:
-    col = await collector_factory(rig.broker.port, f"homeassistant/+/{rig.nid}_dial_hall/+/config")
+    uid = f"gibsey_{rig.nid}_dial_hall"
+    col = await collector_factory(rig.broker.port, f"homeassistant/device/{uid}/config")
     pico = await collector_factory(rig.broker.port)
     await say_hello_over_mqtt(rig, pico, "hall", 0)
-    await col.wait_for(lambda c: len(c.messages) >= 4)
-    configs = {t.split("/")[1] + "/" + t.split("/")[3]: json.loads(p) for t, p in col.messages}
-    event = configs["event/turn"]
+    await col.wait_for(lambda c: len(c.messages) >= 1)
+    config = json.loads(col.messages[0][1])
+    components = config["components"]
+    event = components["turn"]
+    assert event["platform"] == "event"
     assert event["event_types"] == ["rotated", "pressed", "long_pressed"]
     assert event["state_topic"] == f"gibsey/v1/{rig.nid}/dial/hall/event"
-    assert configs["sensor/position"]["state_topic"] == state_topic(rig.nid, "hall")
-    assert all(c["device"]["identifiers"] == [f"gibsey_{rig.nid}"] for c in configs.values())
+    assert components["position"]["state_topic"] == state_topic(rig.nid, "hall")
+    assert config["device"]["identifiers"] == [f"gibsey_{rig.nid}"]
 
 
 def test_alerts_are_coalesced_per_reason() -> None:
@@ -259,9 +262,13 @@ def test_config_and_discovery_shapes() -> None:
     cfg = DialConfig.model_validate({"serial": "/dev/ttyACM0", "scan_interval": "2"})
     assert cfg.serial == "/dev/ttyACM0" and cfg.scan_interval == 2.0 and cfg.mqtt
     msgs = dial_discovery_messages("n1", "d-1", "homeassistant")
-    assert [t for t, _ in msgs] == [
+    old = [
         "homeassistant/event/n1_dial_d-1/turn/config",
         "homeassistant/sensor/n1_dial_d-1/position/config",
         "homeassistant/sensor/n1_dial_d-1/glyph/config",
         "homeassistant/sensor/n1_dial_d-1/frames_lost/config",
     ]
+    # The old per-entity configs migrated, the device config, the old topics cleared.
+    assert [m.topic for m in msgs] == [*old, "homeassistant/device/gibsey_n1_dial_d_1/config", *old]
+    assert [m.retain for m in msgs] == [False] * 4 + [True] * 5
+    assert json.loads(msgs[4].payload)["components"]["turn"]["platform"] == "event"

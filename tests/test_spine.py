@@ -114,20 +114,20 @@ async def test_status_is_retained_and_discovery_announces_the_node(
 ) -> None:
     nid = running_node.node_id
     col: Collector = await collector_factory(
-        running_node.port, topic(nid, "node/status"), f"homeassistant/sensor/{nid}/+/config"
+        running_node.port, topic(nid, "node/status"), f"homeassistant/device/gibsey_{nid}/config"
     )
-    await col.wait_for(lambda c: len(c.messages) >= 5)
+    await col.wait_for(lambda c: len(c.messages) >= 2)
     status = json.loads(next(p for t, p in col.messages if t.endswith("node/status")))
     assert status["state"] == "online"
     assert status["node"] == nid
-    configs = {t: json.loads(p) for t, p in col.messages if t.startswith("homeassistant/")}
-    objects = {t.split("/")[3] for t in configs}
-    assert {"status", "events_per_s", "uptime"} <= objects
-    for cfg in configs.values():
+    config = json.loads(next(p for t, p in col.messages if t.startswith("homeassistant/")))
+    assert config["device"]["identifiers"] == [f"gibsey_{nid}"]
+    components = config["components"]
+    assert {"status", "events_per_s", "uptime"} <= set(components)
+    for cfg in components.values():
         assert cfg["state_topic"] == topic(nid, "node/status")
-        assert cfg["device"]["identifiers"] == [f"gibsey_{nid}"]
         assert cfg["unique_id"].startswith(f"gibsey_{nid}_")
-    eps = configs[f"homeassistant/sensor/{nid}/events_per_s/config"]
+    eps = components["events_per_s"]
     assert eps["availability_topic"] == topic(nid, "node/status")
     assert eps["payload_not_available"] == "offline"
 

@@ -39,7 +39,13 @@ from gibsey.core.topics import TOPIC_ROOT
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, symbol_name
 from gibsey.node.dial.config import DialConfig
-from gibsey.node.spine.discovery import availability_config, device_config
+from gibsey.node.spine.discovery import (
+    DiscoveryMessage,
+    availability_config,
+    component,
+    device_config,
+    device_messages,
+)
 
 if TYPE_CHECKING:
     import serial
@@ -270,8 +276,15 @@ class DialBridge:
         if not prefix or self.node.spine is None:
             return
         self._announced.add(dial_id)
-        for topic, payload in dial_discovery_messages(self.node.node_id, dial_id, prefix):
-            self.node.spine.publish(topic, payload, retain=True)
+        for msg in dial_discovery_messages(self.node.node_id, dial_id, prefix):
+            self.node.spine.publish(msg.topic, msg.payload, retain=msg.retain)
+
+    def announce_all(self) -> None:
+        """Every known dial announced to Home Assistant again (after a reconnect, or when Home
+        Assistant says it is back: node.daemon hears its birth message)."""
+        self._announced.clear()
+        for dial_id in self.dials:
+            self._announce(dial_id)
 
     # -- services ----------------------------------------------------------------------------
     async def housekeeping(self) -> None:
@@ -282,9 +295,7 @@ class DialBridge:
             spine = self.node.spine
             if spine is not None and spine.stats.connects != self._connects_seen:
                 if self._connects_seen >= 0:
-                    self._announced.clear()
-                    for dial_id in self.dials:
-                        self._announce(dial_id)
+                    self.announce_all()
                 self._connects_seen = spine.stats.connects
 
     def find_port(self) -> str | None:
@@ -381,20 +392,21 @@ def read_ready(fd: int, size: int) -> bytes:
     return data
 
 
-def dial_discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[tuple[str, bytes]]:
+def dial_discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[DiscoveryMessage]:
     """Home Assistant: the dial as an `event` entity, its position and glyph as sensors, and its
-    frame losses as a diagnostic sensor; grouped under the node's device."""
-    base = {**availability_config(node_id), "device": device_config(node_id)}
+    frame losses as a diagnostic sensor; one device config of its own, grouped under the node's
+    device (the same `device` identifiers)."""
     uid = f"gibsey_{node_id}_dial_{dial_id}".replace("-", "_")
-    # Its own discovery node id: the node's sensors under <prefix>/sensor/<node>/ all read the
-    # node's status document, and dashboards (and tests) rely on that.
+    # The topics of the old per-entity configs, migrated and cleared (spine/discovery.py).
     disc = f"{node_id}_dial_{dial_id}"
-    out = []
-    for component, object_id, extra in _dial_entities(node_id, dial_id):
-        config = {**extra, **base, "unique_id": f"{uid}_{object_id}"}
-        config["object_id"] = config["unique_id"]
-        out.append((f"{prefix}/{component}/{disc}/{object_id}/config", json.dumps(config).encode()))
-    return out
+    components: dict[str, dict[str, Any]] = {}
+    legacy: list[str] = []
+    for platform, object_id, extra in _dial_entities(node_id, dial_id):
+        components[object_id] = component(
+            platform, f"{uid}_{object_id}", {**extra, **availability_config(node_id)}
+        )
+        legacy.append(f"{prefix}/{platform}/{disc}/{object_id}/config")
+    return device_messages(prefix, uid, device_config(node_id), components, legacy)
 
 
 def _dial_entities(node_id: str, dial_id: str) -> list[tuple[str, str, dict[str, Any]]]:
