@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from gibsey.core.console import make_console
+
 
 @dataclass(frozen=True)
 class Row:
@@ -56,7 +58,8 @@ def _num(value: float | None) -> str:
 
 
 def print_rows(title: str, rows: list[Row], console: Console | None = None) -> None:
-    console = console or Console(width=max(Console().width, 150))
+    # On a terminal as wide as it is; into a pipe or file a row is one line (core/console.py).
+    console = console or make_console()
     table = Table(title=title, title_justify="left")
     for col in ("figure", "value", "baseline", "unit", "ratio", "goal", "met"):
         table.add_column(col, justify="left" if col in ("figure", "unit") else "right")

@@ -19,19 +19,20 @@ PIPE_WIDTH_CHARS = 400
 
 
 def make_console(stderr: bool = False, file: TextIO | None = None) -> Console:
-    """A Console for a command's output (or, `stderr=True`, its errors)."""
+    """A Console for a command's output (or, `stderr=True`, its errors). Without `file` it
+    writes to whatever sys.stdout / sys.stderr is when it prints (as rich's own default does,
+    so a captured stream is honoured); whether that is a terminal is decided now."""
     stream = file if file is not None else (sys.stderr if stderr else sys.stdout)
-    terminal = stream.isatty()
-    if terminal:
-        return Console(file=stream, highlight=False, emoji=False)
+    if stream.isatty():
+        return Console(file=file, stderr=stderr, highlight=False, emoji=False)
     return Console(
-        file=stream,
+        file=file,
+        stderr=stderr,
         highlight=False,
         emoji=False,
         soft_wrap=True,  # a long line stays one line
         width=PIPE_WIDTH_CHARS,
         no_color=True,
-        force_terminal=False,
     )
 
 

@@ -16,8 +16,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
+
+from gibsey.core.console import make_console
 
 from .bodies import ACTIONS, CHOICES, KNOWN_TYPES
 from .economy import EntryEffect
@@ -30,8 +31,9 @@ PublishHook = Callable[[str, dict[str, Any]], None]  # (event, payload), e.g. ("
 
 _publish_hook: PublishHook | None = None
 # soft_wrap: a line is never broken at the terminal's width (a key and a seq stay greppable).
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(highlight=False, soft_wrap=True, stderr=True)
+# Rich on a terminal, plain text into a pipe (core/console.py).
+console = make_console()
+errors = make_console(stderr=True)
 
 
 def set_publish_hook(hook: PublishHook | None) -> None:
@@ -39,8 +41,12 @@ def set_publish_hook(hook: PublishHook | None) -> None:
     _publish_hook = hook
 
 
-def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> None:
-    """Hand the event to the hook (tests) or, by default, announce it on the node's spine."""
+def _publish(
+    args: argparse.Namespace, event: str, payload: dict[str, Any], wrote: bool = True
+) -> None:
+    """Hand the event to the hook (tests) or, by default, announce it on the node's spine. A
+    broker that cannot be reached is said on stderr (stdout stays the command's answer); a read
+    (`wrote=False`) recorded nothing, and says only that its snapshot was not announced."""
     if _publish_hook is not None:
         _publish_hook(event, payload)
         return
@@ -50,7 +56,8 @@ def _publish(args: argparse.Namespace, event: str, payload: dict[str, Any]) -> N
 
     problem = announce_ledger_event(resolve_data_dir(args.data), event, payload)
     if problem:
-        console.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
+        what = "recorded, but not announced" if wrote else "not announced"
+        errors.print(f"[yellow]{what} on MQTT: {problem}[/yellow]")
 
 
 def _config_refused(args: argparse.Namespace) -> bool:
@@ -211,7 +218,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         table.add_row(actor, str(amount))
     console.print(table)
     console.print(f"minted {econ.minted}, burned {econ.burned}, supply {econ.supply}")
-    _publish(args, "gift/balance", {"balances": balances, "supply": econ.supply})
+    _publish(args, "gift/balance", {"balances": balances, "supply": econ.supply}, wrote=False)
     return 0
 
 

@@ -30,8 +30,11 @@ def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """The exit code and what the command said: its answer (stdout), then its errors and
+    warnings (stderr)."""
     rc = cli.main(list(argv))
-    return rc, capsys.readouterr().out
+    said = capsys.readouterr()
+    return rc, said.out + said.err
 
 
 def test_story_commands(

@@ -14,18 +14,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gibsey.core.console import make_console, print_exact
 from gibsey.ledger.errors import LedgerError, Rejected
 
 from .corpus import SAMPLE, read_corpus
 from .engine import Change, Story
 from .model import CANON, StoryError
-from .text import render
+from .text import render, render_plain
 
-console = Console(highlight=False)
+# Rich on a terminal, plain text into a pipe (core/console.py); errors and warnings on stderr.
+console = make_console()
+errors = make_console(stderr=True)
 PublishHook = Callable[[str, dict[str, Any]], None]  # (kind, payload) - tests
 _publish_hook: PublishHook | None = None
 
@@ -77,7 +79,7 @@ def _announce(
         lamport=lamport,
     )
     if problem:
-        console.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
+        errors.print(f"[yellow]recorded, but not announced on MQTT: {problem}[/yellow]")
 
 
 def _announce_change(
@@ -111,15 +113,27 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def page_id(story: Story, ref: str, page: str) -> str:
+    """The page id as stored on `ref`: `1` names page `001` when there is no page `1`."""
+    if page.isdigit() and page not in story.graph.tree(story.graph.resolve(ref)):
+        padded = f"{int(page):03d}"
+        if padded in story.graph.tree(story.graph.resolve(ref)):
+            return padded
+    return page
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     with _opened(args) as story:
         g = story.graph
         if args.page:
-            h, v = story.page(args.ref, args.page)
+            h, v = story.page(args.ref, page_id(story, args.ref, args.page))
+            if args.raw or not console.is_terminal:
+                print_exact(v.text)  # byte for byte what is stored: no header, no wrapping
+                return 0
             console.print(
                 f"[bold]{v.title}[/bold]  page {v.page} - {v.symbol} - version {_short(h)}"
             )
-            console.print(v.text, markup=False)
+            console.print(v.text, markup=False, soft_wrap=True)
             return 0
         hearing = next((x for x in g.hearings() if x.proposal.startswith(args.ref)), None)
         if hearing is not None and len(args.ref) >= 8:
@@ -157,7 +171,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     with _opened(args) as story:
         a, b = (args.a, args.b) if args.b else (CANON, args.a)
-        diffs = story.diff(a, b, args.page)
+        page = args.page and page_id(story, b, page_id(story, a, args.page))
+        diffs = story.diff(a, b, page)
         if not diffs:
             console.print(f"{a} and {b} read the same")
         for d in diffs:
@@ -166,8 +181,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 f"[bold]page {d.page}[/bold] {_short(d.old)} -> {_short(d.new)}  "
                 f"[red]-{removed}[/red] [green]+{added}[/green] words"
             )
-            console.print(render(d.diff, args.context))
-            console.print()
+            if console.is_terminal:
+                console.print(render(d.diff, args.context))
+                console.print()
+            else:  # colours mean nothing in a pipe: git's --word-diff=plain markers instead
+                print_exact(render_plain(d.diff, args.context) + "\n")
     return 0
 
 
@@ -191,14 +209,16 @@ def cmd_branch(args: argparse.Namespace) -> int:
 def _read_text(args: argparse.Namespace) -> str:
     if args.text is not None:
         return str(args.text)
+    # Bytes decoded, not text mode: a page keeps its CRLFs and every other byte as written.
     if args.file:
-        return Path(args.file).read_text(encoding="utf-8")
-    return sys.stdin.read()
+        return Path(args.file).read_bytes().decode("utf-8")
+    return sys.stdin.buffer.read().decode("utf-8")
 
 
 def cmd_write(args: argparse.Namespace) -> int:
     text = _read_text(args)
     with _opened(args) as story:
+        args.page = page_id(story, args.branch, args.page)
         change = story.write(
             args.branch,
             args.page,
@@ -303,8 +323,8 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (StoryError, LedgerError, Rejected, OSError) as exc:
-            console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        except (StoryError, LedgerError, Rejected, OSError, UnicodeDecodeError) as exc:
+            errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
             return 1
 
     return run
@@ -359,7 +379,12 @@ def _add_reading_commands(add: _AddCommand) -> None:
     q.add_argument("-n", "--limit", type=int, default=30)
     q = add("show", cmd_show, "a branch, commit or hearing; or a page's text on it")
     q.add_argument("ref", nargs="?", default=CANON, help="branch, commit or hearing")
-    q.add_argument("page", nargs="?", help="page id: print that page")
+    q.add_argument("page", nargs="?", help="page id (`1` finds `001`): print that page")
+    q.add_argument(
+        "--raw",
+        action="store_true",
+        help="the page's text exactly as stored, nothing else (the default into a pipe)",
+    )
     q.add_argument("-n", "--limit", type=int, default=40, help="pages listed")
     q = add("diff", cmd_diff, f"word diff between two refs (one ref: {CANON} against it)")
     q.add_argument("a")

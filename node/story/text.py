@@ -101,6 +101,29 @@ def render(diff: WordDiff, context: int = 8) -> Text:
     return out
 
 
+def render_plain(diff: WordDiff, context: int = 8) -> str:
+    """The diff for a pipe or a file, marked as git's `--word-diff=plain` marks it: removed words
+    as `[-...-]`, added words as `{+...+}`; unchanged runs elided as in `render`."""
+    out: list[str] = []
+    ops = diff.opcodes
+    for n, (tag, i1, i2, j1, j2) in enumerate(ops):
+        if tag == "equal":
+            words = diff.old[i1:i2]
+            head = 0 if n == 0 else context
+            tail = 0 if n == len(ops) - 1 else context
+            if len(words) > head + tail + 1:
+                skipped = f"[... {len(words) - head - tail} words ...] "
+                out.append("".join(words[:head]) + skipped + "".join(words[len(words) - tail :]))
+            else:
+                out.append("".join(words))
+            continue
+        if tag in ("delete", "replace"):
+            out.append("[-" + "".join(diff.old[i1:i2]) + "-]")
+        if tag in ("insert", "replace"):
+            out.append("{+" + "".join(diff.new[j1:j2]) + "+}")
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class Conflict:
     """Both sides changed the same words of the base differently.
