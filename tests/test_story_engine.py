@@ -4,6 +4,7 @@ apply - and bad input that changes nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,8 +180,12 @@ def test_bad_input_changes_nothing(story: Story, tmp_path: Path) -> None:
     with pytest.raises(StoryError, match="branch main exists"):
         story.import_corpus(read_corpus(SAMPLE), actor="an-author")
     assert story.ledger.store.count() == before
-    # a second, separate import shares no history with canon: merging it is refused
-    story.import_corpus(read_corpus(SAMPLE), branch="elsewhere", actor="an-author")
+    # a separate import of a corpus that differs shares no history with canon: merging it is
+    # refused (an import of the very same corpus joins canon's history: test_corpus_real.py)
+    other = tmp_path / "other"
+    shutil.copytree(SAMPLE, other)
+    (other / "pages" / "001-a-preface-left-in-the-lobby.md").write_text("another preface\n")
+    story.import_corpus(read_corpus(other), branch="elsewhere", actor="an-author")
     story.write("elsewhere", FOX, "different\n", "an-author")
     before = story.ledger.store.count()
     with pytest.raises(UnrelatedHistories, match="share no history"):

@@ -301,13 +301,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     root = SAMPLE if args.sample else args.dir
     if root is None:
         raise StoryError("give a corpus directory, or --sample for the bundled sample")
-    corpus = read_corpus(Path(root))
+    corpus = read_corpus(Path(root), strict=args.strict)
+    for note in corpus.notes:  # each correction once, on one line, as plain text
+        console.print(str(note), markup=False, highlight=False, soft_wrap=True)
     with _opened(args) as story:
         change = story.import_corpus(corpus, args.branch, args.actor)
-        console.print(
-            f"imported {len(corpus.pages)} pages into {args.branch} "
-            f"({change.entries} ledger entries), commit {_short(change.commit)}"
-        )
+        done = f"imported {len(corpus.pages)} pages into {args.branch} "
+        if change.shared is not None:
+            done += (
+                f"({change.entries} ledger entry): the same pages as the import on "
+                f"{change.shared}, whose commit {_short(change.commit)} it shares"
+            )
+        else:
+            reused = f", {change.reused} pages already on the ledger" if change.reused else ""
+            done += f"({change.entries} ledger entries{reused}), commit {_short(change.commit)}"
+        console.print(done, markup=False, highlight=False, soft_wrap=True)
         _announce_change(args, "branch", args.branch, change)
     return 0
 
@@ -359,6 +367,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("dir", nargs="?", help="corpus directory (index.json, metadata/, pages/)")
     q.add_argument("--sample", action="store_true", help="import the bundled sample corpus")
     q.add_argument("--branch", default=CANON)
+    q.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse the corpus on any warning (unnamed page files, pageIndex numbers that "
+        "differ from index.json, a section number index.json contradicts), not only on errors",
+    )
     _actor_option(q)
     add("rebuild", cmd_rebuild, "rebuild the story graph from the ledger")
 

@@ -27,6 +27,7 @@ from .model import (
     PageVersion,
     StoryError,
     UnknownPage,
+    UnknownRef,
     UnrelatedHistories,
     check_actor,
     check_branch,
@@ -82,6 +83,8 @@ class Change:
     commit: str
     entry: Entry
     entries: int
+    shared: str | None = None  # an import that reused this earlier import's commit (its branch)
+    reused: int = 0  # page versions an import found already on the ledger, not appended again
 
 
 class Story:
@@ -208,7 +211,12 @@ class Story:
     def import_corpus(
         self, corpus: Corpus, branch: str = CANON, actor: str = "node", message: str = ""
     ) -> Change:
-        """Import every page as the root commit of a new branch: all of it, or nothing."""
+        """Import every page as the root commit of a new branch: all of it, or nothing.
+
+        What is already on the ledger is not appended again: when an earlier import's root
+        commit holds exactly these page versions, the new branch is created at that commit (one
+        `story-ref`: the two branches share history, merges between them work); otherwise the
+        new root commit names the versions already held without re-appending them."""
         check_branch(branch)
         check_actor(actor)
         with self.ledger.store.lock:
@@ -218,18 +226,52 @@ class Story:
                     f"branch {branch} exists; import into a new branch (--branch NAME)"
                 )
             versions = {p.page: p for p in corpus.pages}
+            tree = {p: v.hash for p, v in versions.items()}
+            earlier = self._imported_as(tree)
+            if earlier is not None:
+                return self._branch_at_import(branch, actor, earlier, len(versions))
             commit = Commit(
                 (),
                 branch,
                 actor,
                 message or f"import {len(versions)} pages from {corpus.root.name}",
-                {p: v.hash for p, v in versions.items()},
+                tree,
             )
-            objs = [v.to_object() for v in versions.values()] + [commit.to_object()]
+            new = [v for v in versions.values() if not self._holds_version(v.hash)]
+            objs = [v.to_object() for v in new] + [commit.to_object()]
             ref = {"branch": branch, "commit": commit.hash, "actor": actor}
             entries = self._append(objs, ("story-ref", ref))
             self._check_effect(entries[-1])
-        return Change(commit.hash, entries[-1], len(entries))
+        return Change(commit.hash, entries[-1], len(entries), reused=len(versions) - len(new))
+
+    def _imported_as(self, tree: dict[str, str]) -> str | None:
+        """The root commit (an import) whose pages are exactly `tree`, if one is held.
+
+        Oldest first, so every later import of the same corpus joins the same history."""
+        with self.graph.lock:
+            rows = self.graph.db.execute(
+                "SELECT hash FROM commits WHERE parent IS NULL AND pages = ? "
+                "ORDER BY lamport, hash",
+                (len(tree),),
+            ).fetchall()
+        return next((str(h) for (h,) in rows if self.graph.tree(h) == tree), None)
+
+    def _holds_version(self, h: str) -> bool:
+        try:
+            self.graph.version(h)
+        except UnknownRef:
+            return False
+        return True
+
+    def _branch_at_import(self, branch: str, actor: str, commit: str, pages: int) -> Change:
+        """`branch` created at an earlier import's root commit (called under the store lock)."""
+        origin = self.graph.commit(commit).branch
+        body: dict[str, Any] = {"branch": branch, "commit": commit, "actor": actor}
+        if self.graph.branch(origin) is not None:
+            body["from"] = origin
+        entries = self._append([], ("story-ref", body))
+        self._check_effect(entries[-1])
+        return Change(commit, entries[-1], len(entries), shared=origin, reused=pages)
 
     def create_branch(self, name: str, source: str = CANON, actor: str = "node") -> Change:
         check_branch(name)
