@@ -9,7 +9,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck
+# prometheus (with promtool) and prometheus-alertmanager (with amtool): `gibsey monitor`'s files
+# are checked and its alert rules unit-tested with them, and the end-to-end test runs both.
+DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck prometheus prometheus-alertmanager
 VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
 # llama-cpp-python (the agents) has no wheel: pip compiles llama.cpp during the install, about
 # 15 minutes on 2 cores; build on every core and skip llama.cpp's own tools, tests and examples.

@@ -21,6 +21,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.restart",
         "turns acknowledged vs performed across a broker kill -9 and restart (20 turns/s)",
     ),
+    "flood": (
+        "gibsey.bench.flood",
+        "20,000 turns in 10 s from many names: acknowledged vs performed + dropped, status p99",
+    ),
     "vm": ("gibsey.bench.vm", "Zig VM instructions/s vs the Python reference; rotation cost"),
     "ledger": ("gibsey.bench.ledger", "ledger append/import rates vs bare PyNaCl sign/verify"),
     "rebirth": (

@@ -96,12 +96,17 @@ def _rebuild_seconds(tmp: Path, n: int) -> float:
     for i in range(n):
         w = writers[i % 4]
         w.observe(writers[(i - 1) % 4].lamport)
+        # A second of wall clock per entry: the mints stay within each feed's mint budget.
+        wall = i * 1000
         if i % 10 == 0:
-            e = w.next("mint", {"actor": f"visitor:{i % 97}", "amount": 50, "ritual": "read"})
+            body = {"actor": f"visitor:{i % 97}", "amount": 50, "ritual": "read"}
+            e = w.next("mint", body, wall=wall)
         else:
             giver, receiver = i % 97, (i % 97 + 1 + i % 7) % 97
             e = w.next(
-                "gift", {"from": f"visitor:{giver}", "to": f"visitor:{receiver}", "amount": 7}
+                "gift",
+                {"from": f"visitor:{giver}", "to": f"visitor:{receiver}", "amount": 7},
+                wall=wall,
             )
         batch.append(e.raw)
         if len(batch) == 5000:

@@ -80,7 +80,7 @@ async def _run_once(tmp: Path, n: int, k: int) -> tuple[float, int, int]:
             new = stores[i].append_many(keys[i], [("mint", body)] * k)
             entry_bytes += sum(len(e.raw) for e in new)
             await asyncio.sleep(0)
-        total = n * k
+        total = n * k + n  # and each node's `members` entry, recorded when its mesh starts
         while not all(s.count() == total for s in stores):
             if time.perf_counter() - t0 > 60:
                 counts = [s.count() for s in stores]

@@ -18,9 +18,14 @@ from gibsey.harness.waiting import stop_process
 
 def open_rotation_throttle(data: Path) -> None:
     """A benchmark drives one actor thousands of times a second: open the safety inverter's
-    rotation throttle in the node's gibsey.toml, or rituals would be refused, not measured."""
+    rotation throttle and the node's bounds on visitors' inputs in the node's gibsey.toml, or
+    rituals would be refused, not measured."""
     data.mkdir(parents=True, exist_ok=True)
-    (data / "gibsey.toml").write_text("[agent]\nrotations_per_second = 1000000.0\n")
+    (data / "gibsey.toml").write_text(
+        "[node]\nvisitor_inputs_per_second = 1000000.0\n"
+        "visitor_inputs_per_source_per_second = 1000000.0\n"
+        "[agent]\nrotations_per_second = 1000000.0\n"
+    )
 
 
 def start_up(data: Path, broker_url: str, http: str = "off", **env: str) -> subprocess.Popen[bytes]:

@@ -144,12 +144,28 @@ class NodeConfig(ConfigSection):
     # mqtt://host:port of the local broker; empty means "start the embedded broker".
     broker: Annotated[str, Env("GIBSEY_BROKER")] = ""
     # A file holding the password of the user `broker` names (mqtt://gibsey-node@host:port),
-    # made by first boot (node/image/firstboot.py), so no password is written in gibsey.toml.
-    # A password in the URL itself (mqtt://user:password@host:port) is used as it is.
-    broker_password_file: str = ""
+    # made by first boot (node/image/firstboot.py), so no password is written in gibsey.toml;
+    # read when the configuration is loaded, never shown. The image's unit sets both (its
+    # Environment=). A password in the URL itself (mqtt://user:password@host:port) is used as it is.
+    broker_password_file: Annotated[str, Env("GIBSEY_BROKER_PASSWORD_FILE")] = ""
     # Where the embedded broker listens when it is started.
     embedded_host: Annotated[str, Env("GIBSEY_EMBEDDED_HOST")] = "127.0.0.1"
     embedded_port: Annotated[Port, Env("GIBSEY_EMBEDDED_PORT")] = 1883
+    # Which embedded broker: "auto" is Mosquitto as a child process when it is installed (it
+    # holds a flood that amqtt, inside the node's own loop, does not), else amqtt.
+    embedded_broker: Annotated[
+        Literal["auto", "mosquitto", "amqtt"], Env("GIBSEY_EMBEDDED_BROKER")
+    ] = "auto"
+    # Visitors' inputs (turns and questions) the node takes per second, whatever names they
+    # carry, and per source (a turn's `source`, which its sender chooses): more are refused and
+    # counted. Each may come in a burst of 10 s worth (a broker hands over what it kept for the
+    # node while it reconnected all at once).
+    visitor_inputs_per_second: Annotated[
+        float, Env("GIBSEY_VISITOR_INPUTS_PER_SECOND"), Field(gt=0.0, le=1_000_000.0)
+    ] = 50.0
+    visitor_inputs_per_source_per_second: Annotated[
+        float, Env("GIBSEY_VISITOR_INPUTS_PER_SOURCE_PER_SECOND"), Field(gt=0.0, le=1_000_000.0)
+    ] = 20.0
     # Router: how many events may wait per handler before the oldest is dropped (and counted).
     # At most 100,000: each waiting event is held in memory, per handler.
     handler_queue: Annotated[int, Env("GIBSEY_HANDLER_QUEUE"), Field(ge=1, le=100_000)] = 1024
@@ -208,8 +224,6 @@ class NodeConfig(ConfigSection):
         if not (self.broker and self.broker_password_file):
             return self
         password = _read_password(Path(self.broker_password_file))
-        if password is None:
-            return self
         from gibsey.core.mqtt import broker_credentials
 
         credentials = broker_credentials(self.broker)
@@ -240,16 +254,22 @@ class NodeConfig(ConfigSection):
         return value
 
 
-def _read_password(path: Path) -> str | None:
-    """The password in `path`; None while there is no such file (first boot validates the file
-    before it makes the credentials; a laptop checks a card's file): the broker will then say
-    `not authorised`."""
-    if not path.exists():
-        return None
+def _read_password(path: Path) -> str:
+    """The password in `path`; ValueError (a ConfigError naming the key) when it is missing,
+    unreadable or empty: the node would otherwise only hear the broker's `not authorised`. The
+    message names the file, never its content."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        password = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path}: no such file (first boot makes it: `gibsey image firstboot`)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"{path}: cannot be read ({reason}; run as the node's user)") from None
+    if not password:
+        raise ValueError(f"{path} is empty: delete it and run `gibsey image firstboot`")
+    return password
 
 
 Root = TypeVar("Root", bound=BaseModel)

@@ -464,13 +464,18 @@ class Session:
         await self._conn.subscribe(topic_filter, qos)
 
     async def publish(
-        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> None:
-        """Publish; with QoS 1, return once the broker acknowledged (MqttError if the
-        connection ended first)."""
+        """Publish (with MQTT 5 `properties`, e.g. a ResponseTopic, on an MQTT 5 session); with
+        QoS 1, return once the broker acknowledged (MqttError if the connection ended first)."""
         if self._conn.closed.done():
             raise MqttError(f"{self.url}: {self._conn.reason}")
-        info = self._conn.client.publish(topic, payload, qos, retain)
+        info = self._conn.client.publish(topic, payload, qos, retain, properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise MqttError(f"{self.url}: publish failed: {mqtt.error_string(info.rc)}")
         if qos == 0:

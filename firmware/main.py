@@ -56,8 +56,14 @@ class MqttLink:
                 self.wdt.feed()
                 time.sleep_ms(100)
         m = self.cfg["mqtt"]
+        # The image's broker refuses anonymous clients: the dial logs in as its own user.
         client = MQTTClient(
-            "gdial-" + self.cfg["dial_id"], m["host"], port=m["port"], keepalive=m["keepalive"]
+            "gdial-" + self.cfg["dial_id"],
+            m["host"],
+            port=m["port"],
+            user=m["user"] or None,
+            password=m["password"] or None,
+            keepalive=m["keepalive"],
         )
         client.connect()
         self.client = client

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "agent": "gibsey.node.agents.cli",
     "bench": "gibsey.bench.cli",
     "rehearse": "gibsey.harness.rehearse.cli",
+    "monitor": "gibsey.node.monitor.cli",
 }
 
 

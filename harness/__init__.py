@@ -4,6 +4,7 @@
 - ports.py: free TCP ports below the ephemeral range
 - mosquitto.py: a Mosquitto process (the gallery's brokers, the tests' and benchmarks')
 - turns.py: visitors' glyph turns and the node's answers across a broker kill -9 and restart
+- flood.py: a flood of turns under thousands of names, /api/status probed, every turn accounted
 - loopthread.py: an asyncio loop in a daemon thread, for synchronous callers
 - relay.py: loopback TCP relays between nodes, to cut a node off the mesh
 - watch.py: a client (core/mqtt.py) on a node's broker: the virtual dial and the event tap

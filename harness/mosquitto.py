@@ -1,10 +1,12 @@
 """Mosquitto as a process: write its configuration, start it, wait for its port, stop it.
 
 One broker per gallery node (a Pi in a room runs its own), and the tests' and benchmarks'
-brokers (tests/brokers.py re-exports this class). Configured as the image configures it:
+brokers (tests/brokers.py re-exports this class). Configured for a test or a rehearsal:
 anonymous, TCP_NODELAY on; or (`dropin=`) exactly as the image does, from the production drop-in
 (images/mosquitto/gibsey.conf) under a main file like Debian's own /etc/mosquitto/mosquitto.conf
-(persistence on, in this broker's folder), its listeners moved to this broker's ports.
+(persistence on, in this broker's folder), its listeners moved to this broker's ports, closed to
+anonymous clients: its users, passwords and ACL made by first boot's own function in this
+broker's folder (`url` logs in as the node, `url_as(user)` as any other client).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BROKER_PORT = 1883  # inside a node's network namespace: the usual port
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_DROPIN = REPO / "images" / "mosquitto" / "gibsey.conf"
-AUTH_DROPIN_NAME = "gibsey-auth.conf"  # beside it: the broker closed to anonymous clients
 STOP_TIMEOUT_S = 10.0
 
 
@@ -41,14 +42,11 @@ class Mosquitto:
         *,
         own_session: bool = False,
         dropin: Path | None = None,
-        closed: bool = False,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         # dropin: run the image's configuration (Debian's main file says `persistence true`)
         self.dropin = dropin
-        # closed: with gibsey-auth.conf in place of the drop-in's `allow_anonymous true`
-        self.closed = closed
         self.persistence = persistence or dropin is not None
         # the drop-in's listener ports -> this broker's (its 1883 is `port`)
         self.listeners: dict[int, int] = {}
@@ -92,11 +90,10 @@ class Mosquitto:
         # inside a node's own network namespace.
         bind = self.hosts[0] if len(self.hosts) == 1 else None
         text, self.listeners = rebind_listeners(dropin.read_text(), self.port, bind)
-        if self.closed:  # its users and ACL as first boot makes them, in this broker's folder
-            closing = (dropin.parent / AUTH_DROPIN_NAME).read_text()
-            text = text.replace("allow_anonymous true\n", closing)
-            auth = self.workdir / "auth"
-            text = text.replace(f"/{firstboot.MQTT_BROKER_FILES}/", f"{auth}/")
+        # Its users and ACL as first boot makes them, in this broker's folder.
+        auth = self.workdir / "auth"
+        text = text.replace(f"/{firstboot.MQTT_BROKER_FILES}/", f"{auth}/")
+        if f"{auth}/" in text:
             self.passwords = firstboot.mqtt_credentials(self.workdir / "secrets", auth)
         (conf_d / dropin.name).write_text(text)
         lines = [

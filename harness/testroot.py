@@ -15,9 +15,11 @@ folder named by a hash of everything that goes into it; a changed package list b
 Each boot leaves the cached root untouched: `--volatile=overlay` puts a tmpfs over it. What
 changes between runs comes in by bind mounts: the checkout (read-only, at /opt/gibsey/src, which
 the venv's .pth puts on sys.path, so the Zig VM library built on the host in vm_zig/zig-out comes
-with it), the units with @PREFIX@=/opt/gibsey (the node's, the agent worker's socket and its
-template), the Mosquitto drop-in, and the node's data directory /var/lib/gibsey (a host folder,
-so the host reads the ledger afterwards).
+with it), the units with @PREFIX@=/opt/gibsey (first boot's, the node's, the agent worker's
+socket and its template), the Mosquitto drop-in, and the node's data directory /var/lib/gibsey (a
+host folder, so the host reads the ledger afterwards). First boot runs as on a card, before
+Mosquitto and the node: it makes the broker's users (the drop-in refuses anonymous clients) and
+the node logs in with its own.
 
 Commands run inside the booted container through `nsenter` into its PID 1's namespaces (this
 machine may have no systemd-machined, so `machinectl`/`systemd-run --machine` are not used).
@@ -323,8 +325,16 @@ def build_seconds(root: Path) -> float | None:
 
 
 # The units bound into /etc/systemd/system at each boot; gibsey-node.service is enabled in the
-# cached root, the agent worker's socket is pulled in by the node's Wants=.
-BOOT_UNITS = ("gibsey-node.service", "gibsey-agent-worker.socket", "gibsey-agent-worker@.service")
+# cached root, the agent worker's socket is pulled in by the node's Wants=, first boot by
+# FIRSTBOOT_WANTED (as `systemctl enable` does on the image, without rebuilding cached roots).
+BOOT_UNITS = (
+    "gibsey-firstboot.service",
+    "gibsey-node.service",
+    "gibsey-agent-worker.socket",
+    "gibsey-agent-worker@.service",
+)
+# Read by systemd in a container from its own command line (systemd-debug-generator).
+FIRSTBOOT_WANTED = "systemd.wants=gibsey-firstboot.service"
 
 
 def unit_text(prefix: str = PREFIX, name: str = "gibsey-node.service") -> str:
@@ -368,6 +378,7 @@ class Container:
             f"--bind={self.data}:/var/lib/gibsey",
             *units,
             f"--bind-ro={REPO / 'images/mosquitto/gibsey.conf'}:/etc/mosquitto/conf.d/gibsey.conf",
+            FIRSTBOOT_WANTED,  # after the options: an argument of the container's systemd
         ]
         with open(self.console_log, "wb") as out:
             self.proc = subprocess.Popen(

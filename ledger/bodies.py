@@ -10,6 +10,7 @@ breaks them is kept in the log with no effect (see economy.py, governance.py).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ OUTCOME_STATUSES = ("executed", "failed", "interrupted")
 BRANCH_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,63}\Z")
 STORY_CHUNK_CHARS = 3700
 STORY_MAX_PARTS = 4096
+# A node's recorded mesh allow-list (ledger/membership.py): 60 keys fit in a 4096-byte body.
+MEMBERS_MAX = 60
 
 
 class BodyError(ValueError):
@@ -54,6 +57,17 @@ def _mint_amount(v: Any) -> bool:
 
 def _hash(v: Any) -> bool:
     return type(v) is str and HASH_RE.match(v) is not None
+
+
+def _node_keys(v: Any) -> bool:
+    """1..MEMBERS_MAX ed25519 public keys (64 lowercase hex), strictly ascending: one spelling
+    of one set, so two nodes recording the same list sign the same body."""
+    return (
+        type(v) is list
+        and 0 < len(v) <= MEMBERS_MAX
+        and all(_hash(k) for k in v)
+        and all(a < b for a, b in itertools.pairwise(v))
+    )
 
 
 def _branch(v: Any) -> bool:
@@ -131,6 +145,12 @@ SHAPES: dict[str, Shape] = {
         },
         {"pid": _non_negative, "exit_code": _text(32), "exit_status": _text(32)},
         "node, uptime_ms, cause, restarts (deaths in the crash-loop window), optional pid/exit",
+    ),
+    # The gallery's member nodes as this node's mesh allow-list names them (GOVERNANCE.md).
+    "members": Shape(
+        {"nodes": _node_keys},
+        {},
+        f"nodes: 1..{MEMBERS_MAX} ed25519 public keys (64 hex digits), ascending, no repeats",
     ),
     # What happened when this node ran a passed proposal's executor.
     "outcome": Shape(

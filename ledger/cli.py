@@ -115,6 +115,8 @@ def _summary(e: Entry) -> str:
         return f"{b['actor']} votes {b['choice']} on {b['proposal'][:12]}"
     if e.type == "outcome":
         return f"{b['action']} {b['proposal'][:12]}: {b['status']} {b['detail']}"
+    if e.type == "members":
+        return f"gallery of {len(b['nodes'])}: " + " ".join(k[:12] for k in b["nodes"])
     if e.type == "rebirth":
         return (
             f"{b['node']} reborn after {b['uptime_ms'] / 1000:.1f}s: {b['cause']} "
@@ -257,7 +259,9 @@ def cmd_propose(args: argparse.Namespace) -> int:
     else:
         console.print("error: give --target HASH or --file PATH (what the proposal applies)")
         return 2
-    e, eff = _append(args, lambda lg: lg.propose(args.action, target, args.title, args.by))
+    e, eff = _append(
+        args, lambda lg: lg.propose(args.action, target, args.title, args.by, refuse_void=True)
+    )
     console.print(f"hearing opened: {e.hash_hex} (lamport {e.lamport}) {eff.note}")
     return 0
 
@@ -332,7 +336,12 @@ def _add_token_commands(add: AddCommand) -> None:
     p.add_argument("receiver", metavar="TO")
     p.add_argument("amount", type=_amount, metavar="AMOUNT")
     p.add_argument("--memo", default=None)
-    p = add("mint", cmd_mint, "mint AMOUNT to ACTOR for a ritual performed")
+    p = add(
+        "mint",
+        cmd_mint,
+        "mint AMOUNT to ACTOR for a ritual performed (within this node's mint budget, as a "
+        "ritual's mint: refused over it, ECONOMY.md)",
+    )
     p.add_argument("actor", metavar="ACTOR")
     p.add_argument("amount", type=_amount, metavar="AMOUNT")
     p.add_argument("--ritual", default="manual", help="which ritual (default: manual)")

@@ -28,6 +28,7 @@ class RejectReason(StrEnum):
     AUTHOR_QUARANTINED = "author-quarantined"  # the author has equivocated (fork proof held)
     HELD_DAMAGED = "held-damaged"  # we hold a bad row of that feed at or before this seq
     BAD_FORK_PROOF = "bad-fork-proof"
+    NOT_A_MEMBER = "not-a-member"  # the mesh holds only feeds of its allow-listed keys
 
 
 class Rejected(LedgerError):
@@ -41,3 +42,11 @@ class Rejected(LedgerError):
 
 class Overdraw(LedgerError):
     """Our own node refused to append a gift or burn its actor cannot cover in our view."""
+
+
+class OverMintBudget(LedgerError):
+    """Our own node refused to append a mint over its mint budget (ECONOMY.md)."""
+
+
+class VoidHearing(LedgerError):
+    """Our own node refused to open a hearing that would be void (GOVERNANCE.md)."""

@@ -1,11 +1,14 @@
 """Schrödinger Hearings: proposals, weighted votes, and running what passed exactly once here.
 
 The rule (GOVERNANCE.md): a proposal's voters and weights are frozen at its snapshot point -
-the balances just before the proposal in fold order - and each actor's weight is the integer
-square root of its snapshot balance. A proposal passes the moment its yes-weight is more than
-half the total snapshot weight, fails the moment its no-weight is at least half, and expires
-when the fold reaches an entry whose Lamport clock is past `lamport + VOTE_WINDOW`. No wall
-clock is ever read: two nodes holding the same feeds decide the same way.
+the balances just before it in fold order - and each actor's weight is the integer square root
+of its snapshot balance. A hearing needs two majorities: it passes at the vote that makes its
+yes-weight more than half the total snapshot weight *and* its yes-votes come through more than
+half of the gallery's member nodes (a vote's node is the author of the vote entry; the gallery
+is recorded on the ledger, membership.py); it is rejected likewise by no-weight of at least half
+and no-votes through more than half of the nodes; it expires when the fold reaches an entry
+whose Lamport clock is past `lamport + VOTE_WINDOW`. No wall clock is ever read: two nodes
+holding the same feeds decide the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from nacl.signing import SigningKey
 
 from .economy import OK, Economy, EntryEffect
 from .entry import Entry
+from .membership import hearing_nodes
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -34,12 +38,22 @@ class ProposalStatus(StrEnum):
     PASSED = "passed"
     REJECTED = "rejected"
     EXPIRED = "expired"
-    VOID = "void"  # nobody held tokens at the snapshot, so nobody could vote
+    VOID = "void"  # nobody held tokens at the snapshot, or a node outside the gallery proposed
 
 
 def weight(balance: int) -> int:
     """Voting weight of a snapshot balance: isqrt damps the richest actors' say."""
     return math.isqrt(balance) if balance > 0 else 0
+
+
+def void_reason(economy: Economy, members: frozenset[bytes], node: bytes) -> str | None:
+    """Why a proposal through `node` at this point of the fold would be void (None: it would
+    not). The fold and a node about to propose (`Ledger.propose`) both ask this."""
+    if members and node not in members:
+        return f"void: node {node.hex()[:12]} is not a member of the gallery"
+    if not any(weight(b) for b in economy.balances.values()):
+        return "void: no actor held tokens at the snapshot"
+    return None
 
 
 @dataclass
@@ -53,9 +67,12 @@ class Proposal:
     proposer: str
     weights: dict[str, int]
     total: int
+    nodes: frozenset[bytes] = frozenset()  # the member nodes whose say the hearing needs
     yes: int = 0
     no: int = 0
     votes: dict[str, str] = field(default_factory=dict)
+    yes_nodes: set[bytes] = field(default_factory=set)
+    no_nodes: set[bytes] = field(default_factory=set)
     status: ProposalStatus = ProposalStatus.OPEN
     decided_by: bytes | None = None  # hash of the vote that decided it
 
@@ -70,6 +87,7 @@ class Proposal:
 
 @dataclass
 class Governance:
+    members: frozenset[bytes] = frozenset()  # the gallery, from every feed's latest list
     proposals: dict[bytes, Proposal] = field(default_factory=dict)
     _open: dict[bytes, Proposal] = field(default_factory=dict)
 
@@ -102,11 +120,13 @@ class Governance:
             b["proposer"],
             weights,
             sum(weights.values()),
+            hearing_nodes(self.members, e.author),
         )
         self.proposals[e.hash] = p
-        if p.total == 0:
+        void = void_reason(economy, self.members, e.author)
+        if void is not None:
             p.status = ProposalStatus.VOID
-            return EntryEffect(True, "void: no actor held tokens at the snapshot")
+            return EntryEffect(True, void)
         self._open[e.hash] = p
         return OK
 
@@ -119,6 +139,8 @@ class Governance:
             )
         if p.status is not ProposalStatus.OPEN:
             return EntryEffect(False, f"hearing already {p.status.value}")
+        if e.author not in p.nodes:
+            return EntryEffect(False, f"node {e.author_hex[:12]} has no say: not a member")
         if actor in p.votes:
             return EntryEffect(False, f"{actor} already voted {p.votes[actor]}")
         w = p.weights.get(actor, 0)
@@ -127,16 +149,20 @@ class Governance:
         p.votes[actor] = choice
         if choice == "yes":
             p.yes += w
+            p.yes_nodes.add(e.author)
         else:
             p.no += w
-        if 2 * p.yes > p.total:
+            p.no_nodes.add(e.author)
+        n = len(p.nodes)
+        if 2 * p.yes > p.total and 2 * len(p.yes_nodes) > n:
             p.status, p.decided_by = ProposalStatus.PASSED, e.hash
-        elif 2 * p.no >= p.total:
+        elif 2 * p.no >= p.total and 2 * len(p.no_nodes) > n:
             p.status, p.decided_by = ProposalStatus.REJECTED, e.hash
+        said = f"weight {w}; nodes yes {len(p.yes_nodes)}, no {len(p.no_nodes)} of {n}"
         if p.status is not ProposalStatus.OPEN:
             del self._open[p.hash]
-            return EntryEffect(True, f"weight {w}; decided: {p.status.value}")
-        return EntryEffect(True, f"weight {w}")
+            return EntryEffect(True, f"{said}; decided: {p.status.value}")
+        return EntryEffect(True, said)
 
 
 # ---- executors: what a passed proposal does on this node ---------------------------------------

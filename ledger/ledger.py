@@ -7,16 +7,19 @@ from the store when one arrives that sorts earlier, or a fork proof changes the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
 
-from . import governance
-from .entry import Entry
-from .errors import LedgerError, Overdraw, Rejected
+from . import governance, membership
+from .economy import EntryEffect
+from .entry import Entry, now_ms
+from .errors import LedgerError, Overdraw, OverMintBudget, Rejected, VoidHearing
 from .forkproof import ForkProof
 from .governance import Execution, Executors, ProposalStatus
+from .membership import MEMBERS_TYPE, gallery
 from .store import ImportResult, Store
 from .view import View, build
 
@@ -50,6 +53,9 @@ class Ledger:
         if isinstance(item, ForkProof):
             self._view = None  # quarantine changed: some folded entries no longer count
             return
+        if item.type == MEMBERS_TYPE:
+            self._view = None  # the gallery changed: every hearing is weighed anew
+            return
         start = self.store.quarantine().get(item.author)
         if start is not None and item.seq >= start:
             v.quarantined(item, start)
@@ -61,7 +67,8 @@ class Ledger:
     def view(self) -> View:
         with self.store.lock:
             if self._view is None:
-                self._view = build(self.store.iter_ordered(), self.store.quarantine())
+                members = gallery(self.store.latest_of_type(MEMBERS_TYPE))
+                self._view = build(self.store.iter_ordered(), self.store.quarantine(), members)
             return self._view
 
     def rebuild(self) -> View:
@@ -75,10 +82,27 @@ class Ledger:
         """Append without view checks (outcome entries, tests); prefer the typed helpers."""
         return self.store.append(self.key, type_, body)
 
+    def mint_check(self, amount: int, wall: int) -> EntryEffect:
+        """Whether a mint of ours stamped `wall` would count: the fold's own rule, asked of the
+        view at its end, which is where our next entry (Lamport above all held) folds."""
+        return self.view().economy.budget.check(self.author, amount, wall)
+
     def mint(self, actor: str, amount: int, ritual: str) -> Entry:
-        return self.store.append(
-            self.key, "mint", {"actor": actor, "amount": amount, "ritual": ritual}
-        )
+        """Append a mint - only if it fits this node's mint budget (raises OverMintBudget, and
+        nothing is written: a mint the fold would not count costs no ledger write)."""
+        wall = now_ms()
+
+        def check() -> None:
+            effect = self.mint_check(amount, wall)
+            if not effect.applied:
+                raise OverMintBudget(effect.note)
+
+        body = {"actor": actor, "amount": amount, "ritual": ritual}
+        return self.store.append(self.key, "mint", body, wall=wall, check=check)
+
+    def record_members(self, nodes: Iterable[bytes]) -> Entry | None:
+        """Record the gallery's member nodes as this node knows them (its mesh allow-list)."""
+        return membership.record(self.store, self.key, nodes)
 
     def _cover(self, actor: str, amount: int, what: str) -> None:
         have = self.view().economy.balance(actor)
@@ -103,9 +127,25 @@ class Ledger:
             self.key, "burn", body, check=lambda: self._cover(actor, amount, "the burn")
         )
 
-    def propose(self, action: str, target: str, title: str, proposer: str) -> Entry:
+    def void_reason(self) -> str | None:
+        """Why a hearing this node opened now would be void (None: it would not be)."""
+        view = self.view()
+        return governance.void_reason(view.economy, view.governance.members, self.author)
+
+    def propose(
+        self, action: str, target: str, title: str, proposer: str, *, refuse_void: bool = False
+    ) -> Entry:
+        """Open a hearing. `refuse_void`: refused (VoidHearing, nothing written) if it would be
+        void in our view - what a person asking for a hearing wants; the watchdog's crash-loop
+        hearing is recorded even when void (it records the crash loop, too)."""
+
+        def check() -> None:
+            void = self.void_reason()
+            if void is not None:
+                raise VoidHearing(f"the hearing would be {void}")
+
         body = {"action": action, "target": target, "title": title, "proposer": proposer}
-        return self.store.append(self.key, "proposal", body)
+        return self.store.append(self.key, "proposal", body, check=check if refuse_void else None)
 
     def find_proposal(self, prefix: str) -> governance.Proposal:
         """A proposal by (a unique prefix of) its entry hash."""

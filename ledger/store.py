@@ -522,6 +522,26 @@ class Store:
                     continue  # rewritten by another process since: the next check says so
             yield e
 
+    def latest_of_type(self, type_: str) -> dict[bytes, Entry]:
+        """Each feed's last checked and trusted entry of `type_` (the membership lists)."""
+        with self.lock:
+            self._check_pending()
+            tops = {a: h.seq for a, h in self._checked.items()}
+            forks = dict(self._quarantine)
+            rows = self._db.execute(
+                "SELECT author, seq, raw FROM entries WHERE type = ? ORDER BY author, seq",
+                (type_,),
+            ).fetchall()
+        out: dict[bytes, Entry] = {}
+        for author, seq, raw in rows:
+            if seq > tops.get(author, 0) or seq >= forks.get(author, seq + 1):
+                continue  # not checked, a bad row's feed, or past a fork point: counts nowhere
+            try:
+                out[author] = parse(raw, verify=False)
+            except Rejected:
+                continue  # rewritten by another process since: the next check says so
+        return out
+
     def quarantine(self) -> dict[bytes, int]:
         """{author: first seq no longer trusted}: every entry at or after a fork point."""
         with self.lock:

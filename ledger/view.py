@@ -3,7 +3,9 @@
 Entries are folded in the total order (lamport, author key bytes, seq), which depends only on
 the entries themselves - never on the order they arrived in - so two nodes holding the same set
 of feeds (and fork proofs) compute identical views. Entries of a forked author from the fork
-point on are skipped (quarantined) on every node that holds the proof.
+point on are skipped (quarantined) on every node that holds the proof. The gallery's membership
+is read from every feed's latest `members` entry before the fold: it does not depend on a
+position in the fold, so no Lamport clock can place a hearing before the other nodes' lists.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class View:
             raise ValueError("entries must be folded in (lamport, author, seq) order")
         self.last_key = key
         self.governance.tick(e.lamport)
-        effect = self.economy.apply(e.type, e.body, e.lamport)
+        effect = self.economy.apply(e)
         if effect is None:
             effect = self.governance.apply(e, self.economy) or OK
         self.effects[e.hash] = effect
@@ -45,9 +47,14 @@ class View:
         return [p for p in self.governance.proposals.values() if p.status is ProposalStatus.PASSED]
 
 
-def build(entries: Iterable[Entry], quarantine: Mapping[bytes, int]) -> View:
-    """Fold `entries` (already in fold order) into a fresh view."""
-    view = View()
+def build(
+    entries: Iterable[Entry],
+    quarantine: Mapping[bytes, int],
+    members: frozenset[bytes] = frozenset(),
+) -> View:
+    """Fold `entries` (already in fold order) into a fresh view; `members` is the gallery as
+    recorded by every feed's latest list (membership.gallery), known before the fold starts."""
+    view = View(governance=Governance(members=members))
     for e in entries:
         start = quarantine.get(e.author)
         if start is not None and e.seq >= start:

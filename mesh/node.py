@@ -50,7 +50,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from gibsey.core.storage import StorageError
 from gibsey.ledger.entry import Entry
-from gibsey.ledger.errors import Rejected, RejectReason
+from gibsey.ledger.errors import LedgerError, Rejected, RejectReason
 from gibsey.ledger.forkproof import ForkProof
 from gibsey.ledger.store import ImportResult, ImportStatus, Store
 
@@ -74,6 +74,7 @@ FORGED = frozenset(
         RejectReason.BAD_FORK_PROOF,
     }
 )
+_AUTHOR_PREFIX = b'{"author":"'  # how every entry's canonical payload begins (CANONICAL.md)
 PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
 STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
 DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses imports
@@ -276,6 +277,7 @@ class MeshNode:
         self._auth.configure_curve_callback("*", credentials_provider=_Gate(self))
         self.store.subscribe(self._on_stored)
         if self.listen:
+            await asyncio.to_thread(self._record_members)
             r = self.ctx.socket(zmq.ROUTER)
             r.curve_server = True
             r.curve_secretkey = self.curve_secret
@@ -301,6 +303,19 @@ class MeshNode:
 
             self._beacon = Beacon(self)
             await self._beacon.start()
+
+    def _record_members(self) -> None:
+        """Record the gallery as our allow-list names it (a `members` entry, only if it changed
+        since our last one): hearings need the say of a majority of these nodes (GOVERNANCE.md).
+        A full disk, a list too long to record, or our own feed that cannot be extended (a bad
+        row, a fork) is said, and the mesh runs on: it still serves what it holds."""
+        from gibsey.ledger import membership
+
+        try:
+            if membership.record(self.store, self.key, self.allowed) is not None:
+                log.info("mesh: recorded the gallery's %d member nodes", len(self.allowed) + 1)
+        except (StorageError, LedgerError, ValueError) as exc:
+            log.error("mesh: the gallery's members were not recorded: %s", exc)
 
     async def stop(self) -> None:
         """Stop every task, then close every socket and the context, here in the event loop's
@@ -651,13 +666,30 @@ class MeshNode:
             peer.known[self.me] = max(peer.known.get(self.me, 0), last.seq)
             peer.pushed_seq, peer.pushed_t = last.seq, time.monotonic()
 
+    def _member_feed(self, raw: bytes) -> bool:
+        """Whether an entry is of a feed this node holds: its own or an allow-listed key's.
+        Feeds of other keys are refused, so keys a rogue member makes up (to mint under, to
+        vote through, to name in a membership list) never reach a view here (GOVERNANCE.md).
+        An entry that does not even start like one is left to the store to reject."""
+        head = raw[: len(_AUTHOR_PREFIX) + 64]
+        if not head.startswith(_AUTHOR_PREFIX):
+            return True
+        try:
+            author = bytes.fromhex(head[len(_AUTHOR_PREFIX) :].decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return True
+        return author == self.me or author in self.allowed
+
     def _import_sync(self, raws: list[bytes]) -> list[ImportResult | Rejected]:
+        members = [r for r in raws if self._member_feed(r)]
         self.store.refresh()
         try:
-            return self.store.import_many(raws)
+            done = iter(self.store.import_many(members))
         except sqlite3.IntegrityError:  # another process imported the same entries just now
             self.store.refresh()
-            return self.store.import_many(raws)
+            done = iter(self.store.import_many(members))
+        refused = Rejected(RejectReason.NOT_A_MEMBER, "the feed's key is not on the allow-list")
+        return [next(done) if self._member_feed(r) else refused for r in raws]
 
     def _import_refused(self, peer: Peer, exc: StorageError) -> None:
         """The disk refused an import: nothing of it was stored, and the version vector we send

@@ -59,7 +59,7 @@ def status_line(node: Node) -> Text:
     text.append("  broker ")
     text.append(broker, style=style)
     if node.embedded is not None:
-        text.append(" (embedded)")
+        text.append(f" (embedded {node.embedded.name})")
     stats = node.router.stats
     text.append(f"  {node.events_per_s:7.1f} events/s  {stats.accepted} events")
     if stats.rejected_total:
@@ -165,7 +165,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="run a node in the foreground with a live status line",
         description=(
             "Run a Gibsey node in the foreground. With no broker configured it starts an "
-            "embedded MQTT broker (amqtt) in the same process; with --broker it connects to that "
+            "embedded MQTT broker: Mosquitto as its child process when it is installed, else "
+            "amqtt in the same process ([node] embedded_broker); with --broker it connects to that "
             "broker (Mosquitto in production) and keeps retrying if it is not there yet. "
             "The first start creates the node id and its ed25519 key in the data directory."
         ),

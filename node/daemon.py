@@ -32,9 +32,10 @@ from gibsey.core.storage import ALERT_REASON, EPISODE_FILE, DiskHealth, StorageE
 from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
 from gibsey.node.config import GibseyConfig
 from gibsey.node.parts import Parts, attach_parts
-from gibsey.node.spine.broker import EmbeddedBroker
+from gibsey.node.spine.broker import EmbeddedBroker, embedded_broker
 from gibsey.node.spine.discovery import HA_ONLINE, discovery_messages, ha_status_topic
 from gibsey.node.spine.drops import HANDLER_OVERLOADED, OUTBOX_FULL, THROTTLED, DropAlerts, Due
+from gibsey.node.spine.inputs import VisitorInputs
 from gibsey.node.spine.router import Router
 from gibsey.node.spine.spine import Spine
 from gibsey.node.watchdog.part import record_rebirth
@@ -66,6 +67,11 @@ class Node:
             max_payload=config.node.max_payload,
             queue_size=config.node.handler_queue,
             on_event=self._observe,
+        )
+        # Visitors' turns and questions, bounded per source and node-wide whatever their names
+        # (node/spine/inputs.py): the ritual pipeline and the agents ask it before any work.
+        self.inputs = VisitorInputs(
+            config.node.visitor_inputs_per_second, config.node.visitor_inputs_per_source_per_second
         )
         # What each running part gives the others (node/parts.py), filled by attach_parts.
         self.parts = Parts()
@@ -251,7 +257,8 @@ class Node:
         return {
             OUTBOX_FULL: self.spine.stats.outbox_dropped if self.spine else 0,
             HANDLER_OVERLOADED: self.router.stats.dropped,
-            THROTTLED: agents.rotations.throttled + agents.requests.throttled if agents else 0,
+            THROTTLED: self.inputs.refused
+            + (agents.rotations.throttled + agents.requests.throttled if agents else 0),
         }
 
     def _say_drops(self) -> None:
@@ -272,7 +279,12 @@ class Node:
         if due.reason == HANDLER_OVERLOADED:
             behind = [f"{r.name} {r.dropped}" for r in self.router.registrations if r.dropped]
             return "handlers behind, oldest events dropped: " + ", ".join(behind)
-        return "visitors' turns and questions over the flood throttle were refused"
+        agents = self.parts.agents
+        actors = agents.rotations.throttled + agents.requests.throttled if agents else 0
+        return (
+            "visitors' turns and questions over the flood bounds were refused, with no reply: "
+            f"{self.inputs.describe()}, {actors} over an actor's"
+        )
 
     def _status_bytes(self, state: str = "online") -> bytes:
         return self.status(state).model_dump_json().encode()
@@ -334,7 +346,12 @@ class Node:
         settings = self.config.node
         url = broker_url or settings.broker
         if not url:
-            self.embedded = EmbeddedBroker(settings.embedded_host, settings.embedded_port)
+            self.embedded = embedded_broker(
+                settings.embedded_broker,
+                settings.embedded_host,
+                settings.embedded_port,
+                self.data_dir,
+            )
             await self.embedded.start()
             url = self.embedded.url
         offline = json.dumps({"state": "offline", "node": self.node_id}).encode()

@@ -1,6 +1,7 @@
 """`gibsey doctor`: check a node and say what is wrong and how to fix it.
 
-Checks: the broker is reachable, the Zig VM library loads, the model is there when agents are
+Checks: the broker is reachable, whether it refuses anonymous clients, and the node's broker
+password file is private (0600), the Zig VM library loads, the model is there when agents are
 configured (and, on the SD image, the agent worker unit's socket listens), the key file is
 private (0600), so is the gateway's write token, the data directory has room (and, on the SD
 image, is its own partition) and takes a write now (and when it last refused writes; a running
@@ -13,8 +14,10 @@ Exit 1 when something is wrong (a FAIL); warnings do not fail.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
@@ -78,6 +81,82 @@ def check_broker(config: GibseyConfig) -> Check:
         else "start the node: `gibsey up` (or `sudo systemctl start gibsey-node`)"
     )
     return Check("broker", FAIL, f"{where}: {error}", fix)
+
+
+def check_broker_login(config: GibseyConfig) -> list[Check]:
+    """Who may use the broker: the node's password file must be private (0600), and a broker
+    open to anonymous clients is said (anyone on the network may then publish, and subscribe).
+    The embedded broker takes anonymous clients: said by where it listens, not probed."""
+    cfg = config.node
+    checks = []
+    if cfg.broker_password_file:  # it was read when the configuration loaded: it is there
+        path = Path(cfg.broker_password_file)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            detail = f"{path} has mode {mode:04o}: other users can read the node's broker password"
+            checks.append(Check("broker login", WARN, detail, f"chmod 600 {path}"))
+        else:
+            checks.append(Check("broker login", OK, f"{path} is private (mode {mode:04o})"))
+    if not cfg.broker:
+        host = cfg.embedded_host
+        if _loopback(host):
+            checks.append(Check("anonymous", OK, f"embedded broker on {host}: this machine only"))
+        else:
+            detail = f"the embedded broker on {host} takes anonymous clients from the network"
+            checks.append(Check("anonymous", WARN, detail, OPEN_BROKER_FIX))
+        return checks
+    open_to_anyone = _anonymous_connects(cfg.broker)
+    if open_to_anyone is True:
+        detail = "the broker accepts anonymous clients: anyone who reaches it may publish"
+        checks.append(Check("anonymous", WARN, detail, OPEN_BROKER_FIX))
+    elif open_to_anyone is False:
+        checks.append(Check("anonymous", OK, "the broker refuses anonymous clients"))
+    return checks
+
+
+OPEN_BROKER_FIX = (
+    "close it: Mosquitto with images/mosquitto/gibsey.conf (allow_anonymous false) and the users "
+    "first boot makes (`sudo gibsey image firstboot`; images/README.md)"
+)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _anonymous_connects(url: str) -> bool | None:
+    """Whether the broker at `url` lets a client in without credentials; None when it cannot be
+    told (not reachable: the broker line says so)."""
+    from gibsey.core.mqtt import (  # paho: only when a broker is named
+        ClientSettings,
+        ConnectRefused,
+        MqttError,
+        Session,
+        new_client_id,
+        parse_broker_url,
+    )
+
+    host, port = parse_broker_url(url)
+    settings = ClientSettings(
+        f"mqtt://{host}:{port}",
+        new_client_id("gibsey-doctor"),
+        connect_timeout_s=CONNECT_TIMEOUT_S,
+        connack_timeout_s=CONNECT_TIMEOUT_S,
+    )
+
+    async def probe() -> bool | None:
+        try:
+            async with Session(settings):
+                return True
+        except ConnectRefused:
+            return False
+        except MqttError:
+            return None
+
+    return asyncio.run(probe())
 
 
 def check_vm() -> Check:
@@ -378,6 +457,7 @@ def check_peers(cfg: GibseyConfig) -> list[Check]:
 def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[Check]:
     return [
         check_broker(cfg),
+        *check_broker_login(cfg),
         check_vm(),
         check_model(cfg),
         check_agent_worker(cfg),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from gibsey.node.config import GibseyConfig
 
 if TYPE_CHECKING:
+    from gibsey.core.envelope import Event, GlyphRotated
     from gibsey.ledger.ledger import Ledger
     from gibsey.mesh.node import MeshNode
     from gibsey.node.agents.service import AgentService
@@ -152,12 +153,26 @@ def attach_gateway(node: Node) -> None:
 
 
 def attach_rituals(node: Node) -> None:
-    """The ritual pipeline, built once every part is there: glyph/rotated -> the gates (the
-    safety inverter's flood throttle) -> the glyph runtime's program -> ritual/performed."""
-    from gibsey.node.glyph.rituals import RitualHandler, no_program
+    """The ritual pipeline, built once every part is there: glyph/rotated -> the gates (a
+    source's bound, the safety inverter's per-actor throttle when the agents run, the node-wide
+    bound: node/spine/inputs.py) -> the glyph runtime's program -> ritual/performed. The bounds
+    by source and node-wide hold whichever parts run."""
+    from gibsey.node.glyph.rituals import RitualGate, RitualHandler, no_program
 
     parts = node.parts
-    gates = [parts.agents.rotation_gate] if parts.agents is not None else []
+    inputs, router = node.inputs, node.router
+
+    def by_source(event: Event, rotated: GlyphRotated) -> str | None:
+        return inputs.admit_source(rotated.source, router.emitted_here(event.id))
+
+    def node_wide(event: Event, rotated: GlyphRotated) -> str | None:
+        return inputs.admit()
+
+    # A sender over its source's or actor's bound is refused before it spends the node's.
+    gates: list[RitualGate] = [by_source]
+    if parts.agents is not None:
+        gates.append(parts.agents.rotation_gate)
+    gates.append(node_wide)
     runner = parts.glyph.perform if parts.glyph is not None else no_program
     handler = RitualHandler(node.send, runner, gates)
     node.router.register_inline("rituals", ["glyph/rotated"], handler)

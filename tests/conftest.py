@@ -62,6 +62,7 @@ async def running_node(
     else:
         port = free_port()
         config.node.embedded_port = port
+        config.node.embedded_broker = "amqtt"  # the fallback ("auto" is Mosquitto, tested above)
         url = None
     node = Node(tmp_path / "data", config)
     async with started(node, url) as spine:

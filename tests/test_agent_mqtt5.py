@@ -206,6 +206,7 @@ async def test_a_bad_response_topic_is_refused_with_an_alert(tmp_path: Path) -> 
 async def embedded_agent_node(tmp_path: Path) -> AsyncIterator[tuple[Node, int]]:
     config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
     config.node.embedded_port = port = free_port()
+    config.node.embedded_broker = "amqtt"  # a broker without MQTT 5 (Mosquitto speaks it)
     node = Node(tmp_path / "data", config)
     async with started(node, None):
         yield node, port
@@ -240,7 +241,7 @@ async def test_without_mqtt5_the_link_stays_off_and_reply_to_is_answered_at_once
 
 
 async def test_route_waits_only_while_up_and_keeps_a_bounded_table() -> None:
-    link = ResponseLink("127.0.0.1", 1, "unused", "gibsey/v1/n/agent/request", keep=3)
+    link = ResponseLink("mqtt://127.0.0.1:1", "unused", "gibsey/v1/n/agent/request", keep=3)
     r = Route("gibsey/reply/x", b"c")
     link._arrived("a", r)
     start = time.monotonic()

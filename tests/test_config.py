@@ -71,8 +71,13 @@ def test_every_problem_is_named_at_once() -> None:
 # variable: (a value, what the key then holds, a malformed value or None when any string goes)
 OVERRIDES: dict[str, tuple[str, object, str | None]] = {
     "GIBSEY_BROKER": ("mqtt://pi.local:1883", "mqtt://pi.local:1883", None),
+    # Empty: no password file (one needs a broker naming its user: tests/hostile/test_mqtt.py).
+    "GIBSEY_BROKER_PASSWORD_FILE": ("", "", "/no/broker/names/a/user"),
     "GIBSEY_EMBEDDED_HOST": ("0.0.0.0", "0.0.0.0", None),
     "GIBSEY_EMBEDDED_PORT": ("1884", 1884, "port"),
+    "GIBSEY_EMBEDDED_BROKER": ("amqtt", "amqtt", "hivemq"),
+    "GIBSEY_VISITOR_INPUTS_PER_SECOND": ("5", 5.0, "0"),
+    "GIBSEY_VISITOR_INPUTS_PER_SOURCE_PER_SECOND": ("2.5", 2.5, "-1"),
     "GIBSEY_HANDLER_QUEUE": ("7", 7, "lots"),
     "GIBSEY_MAX_PAYLOAD": ("2048", 2048, "1.5"),
     "GIBSEY_DISCOVERY_PREFIX": ("", "", None),  # empty is a value: discovery off

@@ -61,5 +61,37 @@ def test_dry_run_for_a_pico_w(tmp_path: Path) -> None:
     proc = run("--dry-run", "--node", "n01", "--mqtt-host", "192.168.4.1", "--wifi-ssid", "gallery")
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
-    assert cfg["mqtt"] == {"host": "192.168.4.1", "port": 1883, "node": "n01", "keepalive": 30}
+    assert cfg["mqtt"] == {
+        "host": "192.168.4.1",
+        "port": 1883,
+        "node": "n01",
+        "keepalive": 30,
+        "user": "",
+        "password": "",
+    }
     assert "MQTT 192.168.4.1" in proc.stderr
+
+
+def test_a_pico_w_gets_the_dial_credentials(tmp_path: Path) -> None:
+    """Tried: flashing a Pico W with the dial's password file (as first boot makes it on the
+    node), with --dry-run and for real (a stand-in mpremote), and with a password file that is
+    not there. Must hold: the board's dial.json logs in as gibsey-dial with that password; the
+    dry run shows `***` for it; a missing file is refused before the board is touched."""
+    secret = tmp_path / "gibsey-dial.password"
+    secret.write_text("dial-s3cret\n")
+    fake = tmp_path / "mpremote"
+    fake.write_text(FAKE_MPREMOTE)
+    fake.chmod(0o755)
+    pico_w = ("--node", "n01", "--mqtt-host", "192.168.4.1", "--wifi-ssid", "gallery")
+    login = ("--mqtt-password-file", str(secret))
+    proc = run("--port", "/dev/ttyACM7", "--mpremote", str(fake), *pico_w, *login, record=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    mqtt = json.loads((tmp_path / "dial.json").read_text())["mqtt"]
+    assert (mqtt["user"], mqtt["password"]) == ("gibsey-dial", "dial-s3cret")
+    assert "as gibsey-dial" in proc.stderr
+    dry = run("--dry-run", *pico_w, *login)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["mqtt"]["password"] == "***"
+    assert "dial-s3cret" not in dry.stdout + dry.stderr
+    missing = run("--dry-run", *pico_w, "--mqtt-password-file", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "--mqtt-password-file" in missing.stderr

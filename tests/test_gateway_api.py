@@ -90,6 +90,11 @@ def _changes(hearing: str) -> Cases:
             {"query": 'mutation { createBranch(name: "x", actor: "intruder") { commit } }'},
             {"query": 'mutation { createBranch(name: "curated", actor: "curator") { commit } }'},
         ),
+        ("POST", "/api/alerts/alertmanager"): (
+            "/api/alerts/alertmanager",
+            _alertmanager("intruder"),
+            _alertmanager("NodeDown"),
+        ),
         ("POST", "/api/agent/ask"): (
             "/api/agent/ask",
             {"persona": "london-fox", "prompt": "hi", "actor": "intruder"},
@@ -103,6 +108,19 @@ def _changes(hearing: str) -> Cases:
     }
 
 
+def _alertmanager(name: str) -> dict[str, Any]:
+    """Alertmanager's webhook body (version 4) with one firing alert."""
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": name, "instance": "10.0.0.3:8080", "severity": "critical"},
+        "annotations": {"summary": "a node is down"},
+        "startsAt": "2026-11-29T23:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": "0123456789abcdef",
+    }
+    return {"version": "4", "status": "firing", "receiver": "gibsey-node", "alerts": [alert]}
+
+
 # What each change answers: 202 where the node acts later (a turn goes through the spine), 201
 # where a ledger entry was written before the answer.
 CREATED = {
@@ -110,6 +128,7 @@ CREATED = {
     "/api/ledger/gift": 201,
     "/api/ledger/proposals": 201,
     "/api/ledger/proposals/{proposal}/votes": 201,
+    "/api/alerts/alertmanager": 200,  # Alertmanager's receiver: any 2xx is delivered
 }
 
 

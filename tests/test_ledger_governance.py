@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from gibsey.ledger.errors import LedgerError
+from gibsey.ledger.errors import LedgerError, VoidHearing
 from gibsey.ledger.governance import VOTE_WINDOW, Executors, Proposal, ProposalStatus, executions
 from gibsey.ledger.ledger import Ledger
+from gibsey.ledger.membership import body_of
 from gibsey.ledger.store import Store
 from gibsey.ledger.testing import FeedWriter
 
@@ -23,6 +24,16 @@ def funded(path: Path | None = None) -> Ledger:
     for actor, amount in (("alice", 100), ("bob", 49), ("carol", 25)):
         ledger.mint(actor, amount, "read")
     return ledger
+
+
+def with_peer(ledger: Ledger, seed: int) -> FeedWriter:
+    """A second node of the ledger's gallery: both record the two of them as the members, so
+    votes through the peer count (a gallery of two: a hearing needs both nodes' say)."""
+    peer = FeedWriter(seed)
+    ledger.record_members({peer.author})
+    peer.observe(ledger.store.max_lamport)
+    ledger.import_entry(peer.next("members", body_of({ledger.author, peer.author})))
+    return peer
 
 
 class Counter:
@@ -80,8 +91,7 @@ def test_snapshot_weights_ignore_tokens_gained_after_the_proposal() -> None:
     ledger.mint("dave", 1000, "read")
     with pytest.raises(LedgerError, match="no tokens"):
         ledger.vote(p.hash_hex, "dave", "yes")
-    peer = FeedWriter(7)  # a peer that lets dave vote anyway: recorded, no effect
-    peer.observe(ledger.store.max_lamport)
+    peer = with_peer(ledger, 7)  # a member that lets dave vote anyway: recorded, no effect
     v = peer.next("vote", {"proposal": p.hash_hex, "actor": "dave", "choice": "yes"})
     ledger.import_entry(v)
     eff = ledger.view().effects[v.hash]
@@ -92,15 +102,14 @@ def test_snapshot_weights_ignore_tokens_gained_after_the_proposal() -> None:
 def test_rejected_when_no_weight_reaches_half_and_double_votes_ignored() -> None:
     ledger = funded()
     p = ledger.propose("narrative-merge", TARGET, "merge branch b", "bob")
-    peer = FeedWriter(8)
-    peer.observe(ledger.store.max_lamport)
+    peer = with_peer(ledger, 8)
     first = peer.next("vote", {"proposal": p.hash_hex, "actor": "alice", "choice": "no"})
     again = peer.next("vote", {"proposal": p.hash_hex, "actor": "alice", "choice": "yes"})
     ledger.import_many([first.raw, again.raw])
     assert "already voted" in ledger.view().effects[again.hash].note
     ledger.vote(p.hash_hex, "bob", "yes")
     assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.OPEN  # 7 yes, 10 no
-    ledger.vote(p.hash_hex, "carol", "no")  # 15 no of 22 >= half
+    ledger.vote(p.hash_hex, "carol", "no")  # 15 no of 22 >= half, through both nodes
     assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.REJECTED
     counter = Counter()
     assert ledger.run_executors(registry(counter)) == [] and counter.calls == []
@@ -109,7 +118,7 @@ def test_rejected_when_no_weight_reaches_half_and_double_votes_ignored() -> None
 def test_closes_by_lamport_not_wall_time() -> None:
     ledger = funded()
     p = ledger.propose("config-change", TARGET, "quiet hours", "carol")
-    peer = FeedWriter(9)
+    peer = with_peer(ledger, 9)
     # A vote whose wall clock says "far in the future" but whose Lamport clock is in the
     # window still counts; a later entry past the window closes the hearing.
     v = peer.next(
@@ -171,6 +180,13 @@ def test_failing_executor_records_failure_once_and_missing_executor_waits() -> N
 
 
 def test_void_when_nobody_holds_tokens() -> None:
+    """Our node refuses to open a void hearing (nothing written); a peer's is void in the fold."""
     ledger = Ledger(Store(":memory:"), KEY)
-    p = ledger.propose("config-change", TARGET, "x", "alice")
+    with pytest.raises(VoidHearing, match="no actor held tokens"):
+        ledger.propose("config-change", TARGET, "x", "alice", refuse_void=True)
+    assert ledger.store.count() == 0
+    peer = FeedWriter(10)
+    body = {"action": "config-change", "target": TARGET, "title": "x", "proposer": "alice"}
+    p = peer.next("proposal", body)
+    ledger.import_entry(p)
     assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.VOID

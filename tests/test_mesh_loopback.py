@@ -33,13 +33,16 @@ from tests.mesh_support import (
 )
 
 ROGUE_SEED = b"\x07" * 32
+# A member of the gallery that equivocates: the mesh holds only feeds of allow-listed keys, so
+# its key is on the lists (a stranger's feed is refused before any fork could be seen).
+EQUIVOCATOR_SEED = b"\x0b" * 32
 
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[MeshProc]]:
-    rogue = SigningKey(ROGUE_SEED).verify_key.encode().hex()
+    extra = [SigningKey(s).verify_key.encode().hex() for s in (ROGUE_SEED, EQUIVOCATOR_SEED)]
     nodes = make_nodes(
-        tmp_path, ["127.0.0.1"] * 3, [free_port() for _ in range(3)], allow_extra=[rogue]
+        tmp_path, ["127.0.0.1"] * 3, [free_port() for _ in range(3)], allow_extra=extra
     )
     try:
         for n in nodes:
@@ -85,7 +88,8 @@ def test_three_processes_converge_to_identical_feeds_and_balances(trio: list[Mes
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    expect = {a.key: 6, b.key: 3, c.key: 5}
+    # Each feed also starts with its node's `members` entry (its gallery, recorded at start).
+    expect = {a.key: 7, b.key: 4, c.key: 6}
     wait_until(lambda: converged(trio, expect), 20, "convergence after the gift")
     views = [balances(n.data) for n in trio]
     assert views[0] == views[1] == views[2]
@@ -164,11 +168,11 @@ def test_forged_replayed_and_equivocating_data(trio: list[MeshProc]) -> None:
         replies = _recv_all(s, 10)
         assert replies and replies[-1][0] == wire.HEADS  # an allow-listed peer is served
         old = [f for m in replies if m[0] == wire.ENTRIES for f in m[1:]]
-        assert len(old) == 3
+        assert sum(f.startswith(b'{"author":"' + a.key.encode()) for f in old) == 4  # list, 3 mints
         # A replayed old batch: duplicates, nothing changes, no strike.
         s.send_multipart([wire.ENTRIES, *old])
         # An equivocating author: two different entries at seq 1 of one feed.
-        x = SigningKey(b"\x0b" * 32)
+        x = SigningKey(EQUIVOCATOR_SEED)
         for amount in (5, 50):
             body = {"actor": "todd-fishbone", "amount": amount, "ritual": "read"}
             e = create(x, seq=1, prev=None, lamport=10, type_="mint", body=body)
@@ -212,7 +216,7 @@ def test_forged_replayed_and_equivocating_data(trio: list[MeshProc]) -> None:
     # Everyone else is still served: a new entry on b reaches a and c.
     append_mints(b.data, 2, "arieol-owlist")
     try:
-        wait_until(lambda: converged(trio) and heads(a.data).get(b.key) == 2, 20, "serving")
+        wait_until(lambda: converged(trio) and heads(a.data).get(b.key) == 3, 20, "serving")
     except GalleryError:  # wait_until's timeout: say where things stand
         print([heads(n.data) for n in trio], a.log(), b.log(), sep="\n")
         raise
@@ -250,7 +254,7 @@ def test_sync_cli_moves_entries_both_ways(tmp_path: Path) -> None:
             timeout=60,
         )
         assert out.returncode == 0, out.stdout + out.stderr
-        assert "received 4 entries, sent 2" in out.stdout
+        assert "received 5 entries, sent 2" in out.stdout  # the server's list and 4 mints
         wait_until(lambda: heads(server.data) == heads(lone), 10, "server has the pushed feed")
     finally:
         server.stop()

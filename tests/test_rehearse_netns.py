@@ -101,9 +101,12 @@ def test_rehearse_meshes_three_nodes_in_namespaces(can_netns: None, tmp_path: Pa
         assert len(inodes) == 3 and _netns_inode(os.getpid()) not in inodes
 
         # The visitors' rituals mint on every node; every feed reaches every node; then Ctrl-C.
-        wait_until(
-            lambda: all(len(heads(d)) == 3 for d in datas), 60, "every node holds three feeds"
-        )
+        # (each feed starts with its node's `members` entry: wait for more than that)
+        def minted(d: Path) -> bool:
+            hs = heads(d)
+            return len(hs) == 3 and min(hs.values()) >= 2
+
+        wait_until(lambda: all(minted(d) for d in datas), 60, "every node holds three feeds")
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=120)
     finally:
@@ -179,9 +182,15 @@ def test_partition_at_the_bridge_port_and_heal(gallery: Gallery) -> None:
     assert a.url == "http://" + (g.room.node_addr(0) if g.room else "?") + ":8080"
     assert a.mesh_status()["endpoint"] == "tcp://10.77.0.1:7470"
     assert a.client is not None and b.client is not None
+    # Each feed already holds its node's `members` entry (recorded when its mesh started).
+    first = {n.key: _mine(n) + 1 for n in (a, b)}
     a.client.turn(1, 0)  # a Read ritual mints: an entry in n1's feed
     b.client.turn(2, 0)
-    wait_until(lambda: g.converged() and len(g.heads()[0]) == 2, 30, "the first entries")
+    wait_until(
+        lambda: g.converged() and all(g.heads()[0].get(k) == v for k, v in first.items()),
+        30,
+        "the first entries",
+    )
 
     # n2 cut off at its bridge port: n1 sees it down, the host still reads it.
     g.partition(1)

@@ -10,11 +10,14 @@ from tests.story_support import FOX, make_story
 
 
 def two_nodes_history(tmp_path: Path) -> list[list[Entry]]:
-    """Node A imports, branches, writes and proposes; node B (holding A's feed) writes on its
-    own branch, votes the hearing through and proposes a rival merge."""
+    """Node A imports, branches, writes, proposes and votes; node B (holding A's feed) writes on
+    its own branch, votes the hearing through (a gallery of the two: a hearing needs both nodes'
+    say) and proposes a rival merge."""
     a = make_story(tmp_path / "a", seed=1)
     b = make_story(tmp_path / "b", seed=2, sample=False)
     try:
+        a.ledger.record_members({b.ledger.author})
+        b.ledger.record_members({a.ledger.author})
         a.ledger.mint("london-fox", 100, "read")
         a.ledger.mint("todd-fishbone", 100, "read")
         a.create_branch("fox", actor="london-fox")
@@ -22,12 +25,12 @@ def two_nodes_history(tmp_path: Path) -> list[list[Entry]]:
         a.write("fox", FOX, base.replace("twice", "three times"), "london-fox")
         a.write("fox", "001", "A longer preface, " * 400, "london-fox")  # several parts
         proposal = a.propose("fox", "london-fox")
+        a.ledger.vote(proposal.entry.hash_hex, "london-fox", "yes")
         for e in a.ledger.store.iter_ordered():
             b.ledger.import_entry(e.raw)
         b.create_branch("todd", actor="todd-fishbone")
         b.write("todd", FOX, base.replace("counted", "recounted"), "todd-fishbone")
         b.ledger.vote(proposal.entry.hash_hex, "todd-fishbone", "yes")
-        b.ledger.vote(proposal.entry.hash_hex, "london-fox", "yes")
         b.sync()
         assert b.head("main") == proposal.commit
         b.propose("todd", "todd-fishbone")

@@ -1,7 +1,9 @@
 """The node under real systemd: a debootstrapped Debian root booted with systemd-nspawn.
 
-Inside the container the repository's own unit (images/systemd/gibsey-node.service, @PREFIX@ =
-/opt/gibsey) runs the node against Mosquitto with the repository's drop-in. The node must reach
+Inside the container the repository's own units (images/systemd/, @PREFIX@ = /opt/gibsey) run
+first boot (which makes the broker's users), then the node, logged in to Mosquitto with the
+repository's drop-in, closed to anonymous clients (tests/hostile/test_mqtt.py tries strangers on
+it). The node must reach
 READY (Type=notify: `active` only after READY=1), and after `kill -9` of its main process systemd
 must restart it and the new run must record a death-rebirth ritual (deaths.json via `gibsey
 watchdog deaths`, and a signed `rebirth` entry on the node's ledger).
@@ -21,6 +23,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +44,9 @@ def _cannot(reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def boot_image(workdir: Path) -> Container:
+    """The image's root booted under systemd (first boot, Mosquitto, the node), or the test
+    skipped (failed with GIBSEY_REQUIRE_SUPERVISION=1) with the reason this machine cannot."""
     reason = testroot.unavailable_reason()
     if reason is not None:
         _cannot(reason)
@@ -50,12 +54,18 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         root = testroot.ensure_root(log=lambda line: print(line, file=sys.stderr))
     except testroot.Unavailable as exc:
         _cannot(str(exc))
-    box = Container(root, tmp_path_factory.mktemp("nspawn"))
+    box = Container(root, workdir)
     try:
         box.start()
     except testroot.Unavailable as exc:
         box.stop()
         _cannot(str(exc))
+    return box
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    box = boot_image(tmp_path_factory.mktemp("nspawn"))
     try:
         yield box
     finally:
@@ -68,7 +78,7 @@ def _node(box: Container) -> dict[str, str]:
     )
 
 
-def _wait_active(box: Container, timeout_s: float = 60.0) -> dict[str, str]:
+def wait_active(box: Container, timeout_s: float = 60.0) -> dict[str, str]:
     def active() -> bool:
         return _node(box).get("ActiveState") == "active"
 
@@ -80,7 +90,7 @@ def _wait_active(box: Container, timeout_s: float = 60.0) -> dict[str, str]:
 
 
 def test_the_node_reaches_ready_under_systemd(box: Container) -> None:
-    state = _wait_active(box)
+    state = wait_active(box)
     assert state["SubState"] == "running"
     assert int(state["MainPID"]) > 0
     # STATUS= from the daemon, shown by `systemctl status`.
@@ -114,7 +124,7 @@ finally:
 
 
 def test_kill_9_is_followed_by_a_restart_and_a_recorded_rebirth(box: Container) -> None:
-    before = _wait_active(box)
+    before = wait_active(box)
     old_pid, restarts = int(before["MainPID"]), int(before["NRestarts"])
     deaths_before = len(_deaths(box)["deaths"])
 
@@ -189,7 +199,7 @@ print(json.dumps({"live": live, "transport": asyncio.run(transport()),
 def test_the_agent_worker_socket_starts_one_limited_worker_unit_per_connection(
     box: Container,
 ) -> None:
-    _wait_active(box)  # the node's Wants= pulls the socket in
+    wait_active(box)  # the node's Wants= pulls the socket in
     assert box.systemctl("is-active", "gibsey-agent-worker.socket").stdout.strip() == "active"
     stat = box.exec("stat", "-c", "%U %a %F", "/run/gibsey/agent-worker.sock").stdout.split()
     assert stat[:3] == ["gibsey", "600", "socket"], stat
@@ -240,7 +250,7 @@ def _workers(box: Container) -> str:
 
 
 def test_a_killed_node_takes_its_workers_with_it(box: Container) -> None:
-    before = _wait_active(box)
+    before = wait_active(box)
     holder = box.exec(
         "sh", "-c", f'{PYTHON} -c "$1" >/dev/null 2>&1 & echo $!', "sh", HOLD_A_WORKER
     ).stdout.strip()
@@ -261,3 +271,46 @@ def test_a_killed_node_takes_its_workers_with_it(box: Container) -> None:
         return s.get("ActiveState") == "active" and s.get("MainPID") != before["MainPID"]
 
     box.wait_for(reborn, 60, "the node to be back")
+
+
+# A visitor's turn to Dream, through the node's gateway inside the container (its network is the
+# container's own), with the write token the node made at its first start.
+DREAM_TURN = """
+import json, pathlib, urllib.request
+data = pathlib.Path("/var/lib/gibsey")
+url = json.loads((data / "gateway.json").read_text())["url"].replace("0.0.0.0", "127.0.0.1")
+token = (data / "gateway.token").read_text().splitlines()[0].strip()
+body = json.dumps({"symbol": 3, "rotation": "dream", "actor": "supervision"}).encode()
+request = urllib.request.Request(
+    url + "/api/glyph/rotate?wait=true", data=body, method="POST",
+    headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=20) as answer:
+    print(answer.read().decode())
+"""
+
+
+def test_the_journal_filters_the_node_s_records_by_ritual(box: Container) -> None:
+    """Under systemd the node's log goes to the journal with fields (JOURNAL_STREAM is its
+    stderr): after a turn to Dream, `journalctl -u gibsey-node GIBSEY_RITUAL=dream` finds that
+    ritual's record (its cause is the turn's event), with its kind and the id of its
+    ritual/performed event, and no record of another kind."""
+    wait_active(box)
+    turned = box.exec(PYTHON, "-c", DREAM_TURN, timeout_s=60)
+    assert turned.returncode == 0, f"{turned.stderr}\n{box.journal('gibsey-node')}"
+    answer = json.loads(turned.stdout)
+    assert answer["ritual"] is not None, answer  # performed (the answer waited for it)
+
+    def dream_records() -> list[dict[str, Any]]:
+        done = box.exec(
+            "journalctl", "--no-pager", "-o", "json", "-u", "gibsey-node", "GIBSEY_RITUAL=dream"
+        )
+        return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+    box.wait_for(dream_records, 20, "the dream ritual's record in the journal")
+    records = dream_records()
+    assert {r["GIBSEY_KIND"] for r in records} == {"ritual/performed"}, records
+    [mine] = [r for r in records if r.get("GIBSEY_CAUSE") == answer["event"]]
+    assert re.fullmatch(r"[0-9a-f]{32}", mine["GIBSEY_EVENT_ID"]), mine
+    assert mine["MESSAGE"].startswith("ritual dream performed: symbol 3 for supervision"), mine
+    assert mine["SYSLOG_IDENTIFIER"] == "gibsey" and mine["PRIORITY"] == "6", mine
+    assert mine["_SYSTEMD_UNIT"] == "gibsey-node.service", mine

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.harness.mosquitto import PRODUCTION_DROPIN
 from gibsey.node.agents.config import AgentConfig
-from tests.brokers import Mosquitto, free_port
+from tests.brokers import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD_DIR = REPO / "images" / "systemd"
@@ -113,21 +114,22 @@ def test_agent_worker_units_are_one_worker_per_connection_of_the_node() -> None:
 
 
 def test_mosquitto_drop_in_starts_a_broker(tmp_path: Path) -> None:
-    conf = (REPO / "images/mosquitto/gibsey.conf").read_text()
-    mqtt_port, ws_port = free_port(), free_port()
-    conf = conf.replace("listener 1883", f"listener {mqtt_port} 127.0.0.1")
-    conf = conf.replace("listener 9001", f"listener {ws_port} 127.0.0.1")
-    conf = conf.replace("/var/lib/mosquitto/", f"{tmp_path}/")
-    broker = Mosquitto(tmp_path, port=mqtt_port)
-    broker.conf.write_text(conf + "\nlog_dest stderr\n")
-    broker.start()
+    """The drop-in as the image installs it (its users and ACL made by first boot's function,
+    in the broker's folder): Mosquitto starts, lets the node's user publish, refuses anonymous."""
+    broker = Mosquitto(tmp_path, dropin=PRODUCTION_DROPIN).start()
     try:
-        done = subprocess.run(
-            ["mosquitto_pub", "-p", str(mqtt_port), "-t", "t", "-m", "x", "-q", "1"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+
+        def pub(*login: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["mosquitto_pub", "-p", str(broker.port), *login, "-t", "t", "-m", "x", "-q", "1"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        done = pub("-u", "gibsey-node", "-P", broker.passwords["gibsey-node"])
         assert done.returncode == 0, done.stderr
+        refused = pub()
+        assert refused.returncode != 0 and "not authori" in refused.stderr.lower(), refused
     finally:
         broker.stop()

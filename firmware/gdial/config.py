@@ -5,10 +5,14 @@
      "carry": false, "long_press_ms": 800, "debounce_ms": 20, "heartbeat_s": 5,
      "watchdog_ms": 5000, "serial": true,
      "wifi": {"ssid": "", "password": ""},
-     "mqtt": {"host": "", "port": 1883, "node": "", "keepalive": 30}}
+     "mqtt": {"host": "", "port": 1883, "node": "", "keepalive": 30, "user": "",
+              "password": ""}}
 
 MQTT is used when `wifi.ssid` and `mqtt.host` are set (a Pico W); frames then go to
-`gibsey/v1/<mqtt.node>/dial/<dial_id>/frame`. USB serial frames go out whenever `serial` is true.
+`gibsey/v1/<mqtt.node>/dial/<dial_id>/frame`, logged in as `mqtt.user` (the node's image makes
+`gibsey-dial`, its password in /var/lib/gibsey/mqtt/gibsey-dial.password: its broker refuses
+anonymous clients; `gibsey firmware flash --mqtt-password-file` puts it here). USB serial frames
+go out whenever `serial` is true.
 """
 
 TYPE_CHECKING = False
@@ -31,7 +35,7 @@ DEFAULTS: "dict[str, Any]" = {
     "watchdog_ms": 5000,
     "serial": True,
     "wifi": {"ssid": "", "password": ""},
-    "mqtt": {"host": "", "port": 1883, "node": "", "keepalive": 30},
+    "mqtt": {"host": "", "port": 1883, "node": "", "keepalive": 30, "user": "", "password": ""},
 }
 
 

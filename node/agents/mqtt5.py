@@ -9,6 +9,12 @@ still hands every request to the service as before. When the service answers, it
 request up here (`route`) and, if it named a response topic, publishes each emit there through
 this connection with the correlation data copied unchanged (`publish`).
 
+It logs in as the node (the spine's URL, with the node's user and password when it names them):
+it reads what the node's user reads and publishes only on the response topics requests name,
+which the image's broker lets the node's user write under gibsey/reply/# (a response topic
+elsewhere is dropped by the broker; dashboards read gibsey/reply/#). The agents' workers have no
+network at all (gibsey-agent-worker@.service, PrivateNetwork=yes): this link is the daemon's.
+
 A broker without MQTT 5 (the embedded amqtt broker) refuses the connect: that is logged once,
 the link stays off (retried once a minute), and the service answers on `reply_to` as before,
 never waiting for a copy while the link is down.
@@ -30,7 +36,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gibsey.core.mqtt import ClientSettings, Connection, ConnectRefused, MqttError
+from gibsey.core.mqtt import (
+    ClientSettings,
+    Connection,
+    ConnectRefused,
+    MqttError,
+    parse_broker_url,
+    redact_url,
+)
 
 log = logging.getLogger("gibsey.agents")
 
@@ -50,13 +63,12 @@ class Route:
 
 
 class ResponseLink:
-    def __init__(
-        self, host: str, port: int, client_id: str, topic: str, keep: int = ROUTES_KEPT
-    ) -> None:
-        self.host, self.port = host, port
-        self.url = f"mqtt://{host}:{port}"
+    def __init__(self, url: str, client_id: str, topic: str, keep: int = ROUTES_KEPT) -> None:
+        """`url`: the broker's, with the credentials to log in with (never shown: self.url)."""
+        self.host, self.port = parse_broker_url(url)
+        self.url = redact_url(url)
         self.topic = topic
-        self._settings = ClientSettings(self.url, client_id, keepalive_s=KEEPALIVE_S, mqtt5=True)
+        self._settings = ClientSettings(url, client_id, keepalive_s=KEEPALIVE_S, mqtt5=True)
         self._keep = keep
         self._loop = asyncio.get_running_loop()
         self._routes: collections.OrderedDict[str, Route] = collections.OrderedDict()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.node.agents.db import Db
+from gibsey.node.spine.inputs import KeyedBuckets
 
 # Broad on purpose: the audience is a public gallery. Each entry: (label, pattern).
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
@@ -88,27 +89,19 @@ class StreamCheck:
 
 
 class Throttle:
-    """Token buckets keyed by actor: `rate` per second, up to `burst` at once."""
+    """Token buckets keyed by actor: `rate` per second, up to `burst` at once. Actor names are
+    chosen by the sender, so this is fairness between visitors, not a bound on the node's work:
+    that is the node's (node/spine/inputs.py), which holds whatever names a flood uses."""
 
     def __init__(self, rate: float, burst: float, max_keys: int = 10_000) -> None:
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._max_keys = max_keys
+        self._buckets = KeyedBuckets(rate, burst, max_keys)
         self.throttled = 0
 
     def allow(self, key: str, now: float | None = None) -> bool:
-        t = time.monotonic() if now is None else now
-        tokens, last = self._buckets.get(key, (self.burst, t))
-        tokens = min(self.burst, tokens + (t - last) * self.rate)
-        ok = tokens >= 1.0
-        if ok:
-            tokens -= 1.0
-        else:
-            self.throttled += 1
-        if len(self._buckets) >= self._max_keys and key not in self._buckets:
-            self._buckets.pop(next(iter(self._buckets)))
-        self._buckets[key] = (tokens, t)
+        ok = self._buckets.allow(key, time.monotonic() if now is None else now)
+        self.throttled += not ok
         return ok
 
 

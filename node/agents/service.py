@@ -76,6 +76,7 @@ log = logging.getLogger("gibsey.agents")
 SHORT_MODE_TOKENS = 24
 TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
 COPY_WAIT = 1.0  # s: how long an answer waits for its request's MQTT 5 copy (only while linked)
+THROTTLE_ALERTS_KEPT = 4096  # actors whose last throttle alert is remembered
 
 
 def state_topic(node_id: str, name: str) -> str:
@@ -236,7 +237,7 @@ class AgentService:
         assert spine is not None, "services run once the node has started"
         node_id = self.node.node_id
         link = ResponseLink(
-            spine.host, spine.port, f"gibsey-{node_id}-agents5", topic_for(node_id, "agent/request")
+            spine.login_url, f"gibsey-{node_id}-agents5", topic_for(node_id, "agent/request")
         )
         link.start()
         self.link = link
@@ -323,12 +324,22 @@ class AgentService:
 
     def _throttle_alert(self, actor: str, what: str) -> None:
         now = time.monotonic()
+        if len(self._throttle_alerted) > THROTTLE_ALERTS_KEPT:
+            self._throttle_alerted.clear()  # bounded, whatever names a flood uses
         if now - self._throttle_alerted.get(f"{what}:{actor}", -1e9) >= 10.0:
             self._throttle_alerted[f"{what}:{actor}"] = now
             self.alert(f"{what}_throttled", f"actor {actor!r} is over the limit; throttled")
 
     async def on_request(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, AgentRequest)
+        # A visitor over their own rate, then over the node's (node/spine/inputs.py), whatever
+        # their names: no answer, not even a canned one (a flood of refusals must not become a
+        # flood of replies); counted in the node's `throttled` drops and said once per interval.
+        if not self.requests.allow(event.actor):
+            self._throttle_alert(event.actor, "agent_request")
+            return
+        if self.node.inputs.admit() is not None:
+            return
         corr = payload.correlation or event.id
         reply = await self.reply_route(event, payload)
         persona = self.personas.get(payload.persona)
@@ -336,10 +347,6 @@ class AgentService:
             known = ", ".join(p.slug for p in self.personas.ordered())
             self.alert("unknown_persona", f"{payload.persona!r}; known: {known}")
             self._emit(payload.persona, corr, 0, f"(no persona {payload.persona!r})", True, reply)
-            return
-        if not self.requests.allow(event.actor):
-            self._throttle_alert(event.actor, "agent_request")
-            self._emit(persona.slug, corr, 0, self._canned(persona), True, reply)
             return
         answer, seq = await self.answer(persona, payload, event, corr, reply)
         self._emit(persona.slug, corr, seq, answer, True, reply)
@@ -534,8 +541,9 @@ class AgentService:
 
     def rotation_gate(self, event: Event, rotated: GlyphRotated) -> str | None:
         """A ritual gate: an actor turning faster than the throttle allows performs no ritual
-        (no program runs, nothing is minted) until the flood passes."""
+        (no program runs, nothing is minted) until the flood passes. Counted in the node's
+        `throttled` drops, said once per interval with the count (never an alert per actor: a
+        flood may carry a new name on every turn)."""
         if self.rotations.allow(event.actor):
             return None
-        self._throttle_alert(event.actor, "rotation")
         return f"throttled: {event.actor} turns faster than {self.cfg.rotations_per_second:g}/s"

@@ -3,7 +3,7 @@
     gibsey firmware flash                          # the first Pico on USB, firmware/dial.json
     gibsey firmware flash --port /dev/ttyACM0 --dial-id hall --symbol 3
     gibsey firmware flash --wifi-ssid gallery --wifi-password ... --mqtt-host 192.168.4.1 \\
-        --node n01                                  # a Pico W that publishes over MQTT
+        --node n01 --mqtt-password-file gibsey-dial.password   # a Pico W that publishes over MQTT
     gibsey firmware flash --dry-run                 # show what would be copied and run
 
 The board needs MicroPython already (hold BOOTSEL, plug in, copy the RPI_PICO(_W) .uf2 from
@@ -11,6 +11,12 @@ micropython.org once). What is copied: `gdial/` (the decoder, frames, QDPI mappi
 .mpy with `--compile`), `main.py`, and a `dial.json` made from `--config` (default
 firmware/dial.json) with the options given here applied, checked by the firmware's own config
 code before anything is written. Then the board is reset and starts sending frames.
+
+A Pico W logs in to the node's broker as the dial (the image's Mosquitto refuses anonymous
+clients): `--mqtt-password-file` names a file holding the dial's password, made by the node's
+first boot in /var/lib/gibsey/mqtt/gibsey-dial.password (`sudo cat` it there, or copy it over),
+and the user is `gibsey-dial` unless `--mqtt-user` says otherwise. The password goes into the
+board's dial.json and nowhere else (`--dry-run` shows `***`).
 
 Stop `gibsey up` first, or set `[dial] serial = "off"`: the node's dial bridge holds the board's
 serial port while it runs.
@@ -65,10 +71,40 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         mqtt["port"] = args.mqtt_port
     if args.node is not None:
         mqtt["node"] = args.node
+    _login(args, mqtt)
     cfg = merge(user)  # the firmware's own checks: what the board would refuse, refused here
     if cfg["mqtt"]["host"] and not cfg["mqtt"]["node"]:
         raise ConfigError("mqtt.host is set but mqtt.node is not: give --node ID")
     return cfg
+
+
+DIAL_USER = "gibsey-dial"  # the dial's user on the image's broker (node/image/firstboot.py)
+
+
+def _login(args: argparse.Namespace, mqtt: dict[str, Any]) -> None:
+    """The dial's broker user and password (read from --mqtt-password-file) into `mqtt`."""
+    if args.mqtt_user is not None:
+        mqtt["user"] = args.mqtt_user
+    if args.mqtt_password_file is None:
+        return
+    path = Path(args.mqtt_password_file)
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--mqtt-password-file {path}: cannot be read ({exc})") from None
+    if not password:
+        raise ConfigError(f"--mqtt-password-file {path} is empty")
+    mqtt["password"] = password
+    mqtt["user"] = mqtt.get("user") or DIAL_USER
+
+
+def shown(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as it may be printed: the passwords replaced by `***`."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in cfg.items()}
+    for section in ("wifi", "mqtt"):
+        if out.get(section, {}).get("password"):
+            out[section]["password"] = "***"
+    return out
 
 
 def stage(cfg: dict[str, Any], compile_mpy: bool, into: Path) -> list[str]:
@@ -133,15 +169,15 @@ def _flash(args: argparse.Namespace) -> int:
         files = stage(cfg, args.compile, staged)
         argv = mpremote_argv(mpremote, port or "auto")
         console.print(f"firmware for dial [bold]{cfg['dial_id']}[/bold]: {', '.join(files)}")
+        mqtt = cfg["mqtt"]
+        login = f"as {mqtt['user']}" if mqtt["user"] else "anonymous: the image's broker refuses it"
         transport = "USB serial" + (
-            f" + MQTT {cfg['mqtt']['host']} (node {cfg['mqtt']['node']})"
-            if cfg["mqtt"]["host"]
-            else ""
+            f" + MQTT {mqtt['host']} (node {mqtt['node']}, {login})" if mqtt["host"] else ""
         )
         console.print(f"transports: {transport}")
         console.print(f"$ (cd <staged>; {shlex.join(argv)})")
         if args.dry_run:
-            print((staged / "dial.json").read_text(), end="")
+            print(json.dumps(shown(cfg), indent=1))
             return 0
         proc = subprocess.run(argv, cwd=staged)
     if proc.returncode != 0:
@@ -177,6 +213,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     f.add_argument("--mqtt-host", default=None, help="broker the Pico W publishes to")
     f.add_argument("--mqtt-port", type=int, default=None)
     f.add_argument("--node", default=None, help="node id the Pico W's frames are for")
+    f.add_argument(
+        "--mqtt-user",
+        default=None,
+        help=f"the dial's broker user (default with a password: {DIAL_USER})",
+    )
+    f.add_argument(
+        "--mqtt-password-file",
+        default=None,
+        metavar="FILE",
+        help="the dial's broker password (the node's /var/lib/gibsey/mqtt/gibsey-dial.password)",
+    )
     f.add_argument("--compile", action="store_true", help="copy gdial as .mpy (mpy-cross)")
     f.add_argument("--mpremote", default=None, help="the mpremote to run (default: on PATH)")
     f.add_argument("--dry-run", action="store_true", help="show what would be done, do nothing")

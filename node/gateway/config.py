@@ -6,7 +6,9 @@
     token_file = "/path"      # or read the token from a file (first line), e.g. on the boot card
 
     [log]
-    format = "text"           # "json": one JSON object a line, for the journal (logs.py)
+    format = "text"           # "json": one JSON object a line (logs.py); "journal": records
+                              # to journald with GIBSEY_* fields (journal.py), which "text"
+                              # also does when stderr is the journal (under systemd)
 
 Environment: `GIBSEY_HTTP` overrides `listen`, `GIBSEY_GATEWAY_TOKEN` the token,
 `GIBSEY_LOG_FORMAT` the log format. `gibsey up` sets `listen` from `--http` (default
@@ -98,4 +100,4 @@ class GatewayConfig(ConfigSection):
 
 
 class LogConfig(ConfigSection):
-    format: Annotated[Literal["text", "json"], Env("GIBSEY_LOG_FORMAT")] = "text"
+    format: Annotated[Literal["text", "json", "journal"], Env("GIBSEY_LOG_FORMAT")] = "text"

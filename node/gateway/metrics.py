@@ -9,6 +9,7 @@ dashboard "Agency Tensor" (grafana/agency-tensor.json beside this file) reads th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from gibsey.core.identity import write_atomic
 from gibsey.core.storage import DiskHealth, StorageError
+from gibsey.node.watchdog.rebirth import DeathLedger, boottime
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.gateway.metrics")
 
 STARTS_FILE = "starts"
+# Rejection reasons exported at 0 before the first one: Prometheus's increase() cannot see a
+# counter's first step when the series appears already at 1, and the alert rules of `gibsey
+# monitor` (node/monitor) ask `increase(gibsey_rejected_total{reason="lamport_ahead"}[...])`.
+ALWAYS_REJECTED = ("lamport_ahead",)
+# The agents' modes (node/agents/safety.py MODES), one 0/1 sample each in gibsey_agents_mode.
+AGENT_MODES = ("normal", "short", "canned")
 
 
 def count_start(data_dir: Path, disk: DiskHealth | None = None) -> int:
@@ -78,7 +86,7 @@ class NodeCollector(Collector):
             "gibsey_rejected",
             "Inputs rejected at the boundary, by reason",
             "reason",
-            stats.rejected,
+            {**dict.fromkeys(ALWAYS_REJECTED, 0), **stats.rejected},
         )
         yield CounterMetricFamily(
             "gibsey_duplicates",
@@ -122,14 +130,7 @@ class NodeCollector(Collector):
             "gibsey_events_per_second", "Events accepted per second", value=node.events_per_s
         )
         yield GaugeMetricFamily("gibsey_uptime_seconds", "Seconds since start", value=node.uptime)
-        yield CounterMetricFamily(
-            "gibsey_node_starts", "Starts of the node in this data directory", value=self.starts
-        )
-        yield CounterMetricFamily(
-            "gibsey_restarts",
-            "Restarts of the node in this data directory (starts after the first)",
-            value=max(0, self.starts - 1),
-        )
+        yield from self._lives()
         yield from self._disk()
         yield from self._runtime()
         yield from self._agents()
@@ -151,6 +152,48 @@ class NodeCollector(Collector):
             "Writes the data directory's disk refused since the node started",
             value=disk.refused_total,
         )
+        try:
+            fs = os.statvfs(self.node.data_dir)
+        except OSError:  # a vanished or unreadable data directory: the gauges are left out
+            return
+        yield GaugeMetricFamily(
+            "gibsey_disk_free_bytes",
+            "Bytes free for the node on the data directory's filesystem",
+            value=fs.f_bavail * fs.f_frsize,
+        )
+        yield GaugeMetricFamily(
+            "gibsey_disk_size_bytes",
+            "Size of the data directory's filesystem in bytes",
+            value=fs.f_blocks * fs.f_frsize,
+        )
+
+    def _lives(self) -> Iterator[Metric]:
+        """Starts, restarts and deaths (runs that did not end cleanly) in the watchdog's window,
+        read from the file the watchdog keeps: a crash loop is more of them than the limit (a
+        hearing opens then)."""
+        yield CounterMetricFamily(
+            "gibsey_node_starts", "Starts of the node in this data directory", value=self.starts
+        )
+        yield CounterMetricFamily(
+            "gibsey_restarts",
+            "Restarts of the node in this data directory (starts after the first)",
+            value=max(0, self.starts - 1),
+        )
+        cfg = self.node.config.watchdog
+        window_s = cfg.window_minutes * 60
+        recent = DeathLedger(self.node.data_dir).recent(
+            self.node.run_record.boot, boottime(), window_s
+        )
+        yield GaugeMetricFamily(
+            "gibsey_rebirths_recent",
+            "Deaths of the node in the watchdog's window (this boot)",
+            value=recent,
+        )
+        yield GaugeMetricFamily(
+            "gibsey_rebirths_limit",
+            "Deaths in the watchdog's window above which a crash-loop hearing opens",
+            value=cfg.restarts,
+        )
 
     def _dropped(self) -> Metric:
         return _counts(
@@ -169,6 +212,11 @@ class NodeCollector(Collector):
             "Ritual mints and gifts not stored because the disk refused the write",
             value=runtime.disk_refused,
         )
+        yield CounterMetricFamily(
+            "gibsey_mints_throttled",
+            "Ritual mints not written: over this node's mint budget (ledger/ECONOMY.md)",
+            value=runtime.mint_throttled,
+        )
         yield CounterMetricFamily("gibsey_vm_runs", "VM program runs (rituals)", value=runtime.runs)
         yield CounterMetricFamily(
             "gibsey_vm_errors", "VM program runs that failed", value=runtime.failures
@@ -184,21 +232,36 @@ class NodeCollector(Collector):
 
     def _agents(self) -> Iterator[Metric]:
         hub = self.hub
+        agents = self.node.parts.agents
+        # Every persona at 0 from the start (as ALWAYS_REJECTED): the board's rate() and
+        # increase() then see a persona's first answer, and its panels have data before it.
+        zero = dict.fromkeys((p.slug for p in agents.personas.ordered()), 0) if agents else {}
         yield _counts(
             "gibsey_agent_tokens",
             "Tokens streamed by personas (agent/emit)",
             "persona",
-            hub.agent_tokens,
+            {**zero, **hub.agent_tokens},
         )
         yield _counts(
-            "gibsey_agent_answers", "Finished persona answers", "persona", hub.agent_answers
+            "gibsey_agent_answers",
+            "Finished persona answers",
+            "persona",
+            {**zero, **hub.agent_answers},
         )
         yield GaugeMetricFamily(
             "gibsey_agent_tokens_per_second",
             "Tokens per second streamed by personas, over the last 10 s",
             value=hub.tokens_per_s(),
         )
-        agents = self.node.parts.agents
+        if agents is not None:
+            mode = GaugeMetricFamily(
+                "gibsey_agents_mode",
+                "1 for the agents' current mode: normal, or degraded (short, canned)",
+                labels=["mode"],
+            )
+            for name in AGENT_MODES:
+                mode.add_metric([name], 1 if agents.pressure.mode == name else 0)
+            yield mode
         if agents is not None and agents.supervisor is not None:
             yield CounterMetricFamily(
                 "gibsey_agent_worker_restarts",

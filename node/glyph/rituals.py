@@ -2,7 +2,10 @@
 
 A rotation names one QDPI state (`state = symbol * 4 + rotation`). The ritual runs whatever the
 runtime has bound to that state (node/runtime.py: the Zig VM and the opcode table) and records
-what ran as one `ritual/performed` event, after the program's own effects.
+what ran as one `ritual/performed` event, after the program's own effects. A turn a gate
+refuses (a flood) gets no `ritual/performed`: it is counted (`refused`, and by the gate that
+refused it in the node's `throttled` drops), said once per interval in a `safety/alert`, and
+costs nothing else, so a flood of refusals cannot become a flood of replies.
 """
 
 from __future__ import annotations
@@ -47,17 +50,20 @@ class RitualHandler:
         self._emit = emit
         self.runner = runner
         self.gates: tuple[RitualGate, ...] = tuple(gates)
+        self.performed = 0  # rituals recorded (a ritual/performed each)
+        self.refused = 0  # turns a gate refused: no program, no reply
+        self.last_refusal = ""
 
     def __call__(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, GlyphRotated)
         for gate in self.gates:
             refusal = gate(event, payload)
             if refusal:
-                # A refused ritual is still recorded: a dashboard sees the turn and why nothing ran.
-                outcome = RitualOutcome("", 0, 0, refusal)
-                break
-        else:
-            outcome = self.runner(event, payload)
+                self.refused += 1
+                self.last_refusal = refusal
+                return
+        outcome = self.runner(event, payload)
+        self.performed += 1
         self._emit(
             "ritual/performed",
             payload_of(

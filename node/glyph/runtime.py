@@ -21,6 +21,7 @@ import binascii
 import collections
 import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ from gibsey.core.envelope import (
 from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
 from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, SYMBOLS, state_of
+from gibsey.ledger.errors import OverMintBudget
 from gibsey.node.glyph.opcode_table import Binding, OpcodeTable
 from gibsey.node.glyph.rituals import RitualOutcome
 from gibsey.node.glyph.vm import binding as vm
@@ -52,6 +54,9 @@ log = logging.getLogger("gibsey.runtime")
 FIRST_VISITOR_ID = 1000
 MAX_ACTORS = 65_536
 LEDGER_QUEUE = 4096
+# Mints over this node's mint budget (ledger/ECONOMY.md) are refused before any write and said
+# at most once per interval, with the count since the last time.
+MINT_THROTTLE_ALERT_S = 60.0
 
 
 class ActorDirectory:
@@ -111,6 +116,9 @@ class Runtime:
         self.runs = 0
         self.failures = 0
         self.disk_refused = 0  # mints and gifts the disk refused to store
+        self.mint_throttled = 0  # mints refused: over this node's mint budget (never written)
+        self._throttle_said = 0  # mint_throttled when last alerted
+        self._throttle_said_at = -MINT_THROTTLE_ALERT_S  # when (monotonic)
         self.reloads = 0
 
     # -- the opcode table ---------------------------------------------------------------------
@@ -246,7 +254,8 @@ class Runtime:
 
     def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert | None:
         """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused
-        (None: the disk refused it, which the node says once for the whole episode)."""
+        (None: the disk refused it, which the node says once for the whole episode, or a mint
+        over the node's budget that was already said this interval)."""
         ledger = self.node.parts.ledger
         assert ledger is not None
         try:
@@ -271,10 +280,26 @@ class Runtime:
             # and said once by the node (DiskHealth), not once per ritual.
             self.disk_refused += 1
             return None
+        except OverMintBudget as exc:
+            return self._throttled(work, exc)
         except Exception as exc:  # refused by the economy (overdraw, caps): say so, go on
             return SafetyAlert(
                 reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000]
             )
+
+    def _throttled(self, work: LedgerWork, exc: OverMintBudget) -> SafetyAlert | None:
+        """A mint the fold would not count was not written: counted, and said once per
+        MINT_THROTTLE_ALERT_S with the count since (a flood is one alert, not one per turn)."""
+        self.mint_throttled += 1
+        now = time.monotonic()
+        if now - self._throttle_said_at < MINT_THROTTLE_ALERT_S:
+            return None
+        since, self._throttle_said = self.mint_throttled - self._throttle_said, self.mint_throttled
+        self._throttle_said_at = now
+        return SafetyAlert(
+            reason="mint_throttled",
+            detail=f"{since} mints refused ({self.mint_throttled} in all), {work.cause}: {exc}",
+        )
 
     # -- loading programs over MQTT -------------------------------------------------------------
     async def on_vm_load(self, event: Event, payload: Payload) -> None:

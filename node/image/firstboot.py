@@ -133,7 +133,10 @@ def _chown(name: str, *paths: Path) -> None:
 # Who may do what on the node's own broker (images/mosquitto/gibsey.conf names these files).
 # One node per broker, so `+` in a topic is this node's id. The dial and dashboards publish only
 # visitors' inputs (operator changes are signed besides, core/operator.py); nobody but the node
-# writes its events, its retained node/status or Home Assistant's discovery configs.
+# writes its events, its retained node/status or Home Assistant's discovery configs. The dial
+# reads the rituals its turns cause (`gibsey dial` shows them; a Pico W reads nothing). Home
+# Assistant says it restarted on homeassistant/status (its birth message: the node announces
+# itself again), and writes nothing else.
 MQTT_ACL = """\
 # Made by `gibsey image firstboot` at every boot; edits are overwritten.
 user gibsey-node
@@ -144,6 +147,7 @@ topic readwrite homeassistant/#
 user gibsey-dial
 topic write gibsey/v1/+/dial/+/frame
 topic write gibsey/v1/+/glyph/rotated
+topic read gibsey/v1/+/ritual/performed
 
 user gibsey-dashboard
 topic read gibsey/v1/#
@@ -154,6 +158,7 @@ topic readwrite gibsey/reply/#
 user homeassistant
 topic read gibsey/v1/#
 topic read homeassistant/#
+topic write homeassistant/status
 """
 MQTT_USERS = ("gibsey-node", "gibsey-dial", "gibsey-dashboard", "homeassistant")
 MQTT_SECRETS = "mqtt"  # in the data directory: each user's password, kept across boots
@@ -165,6 +170,7 @@ def mqtt_credentials(secrets: Path, broker_files: Path) -> dict[str, str]:
     and run again to rotate it), and the broker's files made from them: BROKER_FILES/passwd
     (hashed by mosquitto_passwd) and BROKER_FILES/acl, 0600, owned by Mosquitto's user."""
     secrets.mkdir(parents=True, exist_ok=True)
+    secrets.chmod(0o700)  # the folder of every client's password: its owner's only
     broker_files.mkdir(parents=True, exist_ok=True)
     passwords: dict[str, str] = {}
     for user in MQTT_USERS:
@@ -215,6 +221,12 @@ def _log(paths: Paths, message: str) -> None:
 
 def provision(paths: Paths) -> Result:
     result = Result()
+    # First: a technician's file may name the node's password file (`[node]
+    # broker_password_file`), which the check below reads.
+    try:
+        mqtt_credentials(paths.data / MQTT_SECRETS, paths.root / MQTT_BROKER_FILES)
+    except (ProvisionError, OSError, subprocess.CalledProcessError) as exc:
+        result.notes.append(f"broker credentials not made: {exc}")
     boot = BootConfig()
     boot_toml = paths.boot / BOOT_TOML
     if boot_toml.exists():
@@ -245,11 +257,6 @@ def provision(paths: Paths) -> Result:
     result.identity_created = not had_identity
     result.node_id = identity.node_id
     _chown_service_user(paths.data, paths.data / KEY_FILENAME, stored_id)
-
-    try:
-        mqtt_credentials(paths.data / MQTT_SECRETS, paths.root / MQTT_BROKER_FILES)
-    except (ProvisionError, OSError, subprocess.CalledProcessError) as exc:
-        result.notes.append(f"broker credentials not made: {exc}")
 
     result.hostname = hostname_for(identity.node_id)
     _set_hostname(paths.root, result.hostname)

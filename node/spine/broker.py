@@ -1,19 +1,44 @@
-"""The embedded MQTT broker: amqtt, run inside the node's own event loop.
+"""The embedded MQTT broker: what `gibsey up` runs when no broker is configured.
 
-Used when no broker is configured, so `gibsey up` on a laptop is one command. On a gallery node
-Mosquitto (the Debian package, under systemd) is the broker and this is not started.
+So that `gibsey up` on a laptop is one command. On a gallery node Mosquitto (the Debian package,
+under systemd) is the broker and none of this starts. Two kinds (`[node] embedded_broker`):
+
+* `MosquittoChild` (the default when `mosquitto` is installed; `make run` installs it): Mosquitto
+  as a child process of the node, configured in the node's data directory (`mosquitto/`) with
+  the image's settings where they apply (persistence, saving after every change, queue and size
+  limits, TCP_NODELAY). It speaks MQTT 5 and holds a flood (issue 16: 20,000 turns in 10 s
+  through amqtt left the node's outbox dropping what amqtt acknowledged too slowly). It dies
+  with the node: the kernel sends it SIGKILL when the node's process ends, kill -9 included
+  (`PR_SET_PDEATHSIG`, set between fork and exec in the thread that runs the event loop, which
+  lives as long as the node); and it is started again if it dies while the node runs.
+* `AmqttBroker` (the fallback): amqtt inside the node's own event loop; MQTT 3.1.1 only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
 import errno
 import logging
+import os
+import shutil
+import signal
 import socket
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from amqtt.broker import Broker
 
 log = logging.getLogger("gibsey.broker")
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+RESTART_FIRST_S = 0.5  # a Mosquitto that died is started again after this, doubling ...
+RESTART_MAX_S = 10.0  # ... up to this (a broker that cannot start is not spun on)
+STOP_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 10.0
 
 
 class EmbeddedBrokerError(RuntimeError):
@@ -32,7 +57,28 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-class EmbeddedBroker:
+def _check_port(host: str, port: int) -> None:
+    if not _port_free(host, port):
+        raise EmbeddedBrokerError(
+            f"cannot start the embedded broker: {host}:{port} is already in use. "
+            f"If a broker (e.g. Mosquitto) runs there, use --broker mqtt://{host}:{port}; "
+            "otherwise choose another port with GIBSEY_EMBEDDED_PORT."
+        )
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+class AmqttBroker:
+    """amqtt, run inside the node's own event loop."""
+
+    name = "amqtt"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
         self.host = host
         self.port = port
@@ -43,13 +89,7 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        if not _port_free(self.host, self.port):
-            raise EmbeddedBrokerError(
-                f"cannot start the embedded broker: {self.host}:{self.port} is already in use. "
-                f"If a broker (e.g. Mosquitto) runs there, use "
-                f"--broker mqtt://{self.host}:{self.port}; "
-                "otherwise choose another port with GIBSEY_EMBEDDED_PORT."
-            )
+        _check_port(self.host, self.port)
         # amqtt logs every connection at INFO; the node's own log says what matters.
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -61,9 +101,175 @@ class EmbeddedBroker:
         }
         self._broker = Broker(config)
         await self._broker.start()
-        log.info("embedded MQTT broker (amqtt) listening on %s", self.url)
+        log.info("embedded MQTT broker: amqtt in the node's process, on %s", self.url)
 
     async def stop(self) -> None:
         if self._broker is not None:
             await self._broker.shutdown()
             self._broker = None
+
+
+def mosquitto_conf(host: str, port: int, folder: Path) -> str:
+    """The child's configuration: images/mosquitto/gibsey.conf where it applies (one listener,
+    on this machine, no WebSockets), persistence in `folder`."""
+    lines = [
+        "# Written by gibsey up at every start: the embedded broker (node/spine/broker.py).",
+        f"listener {port} {host}",
+        "allow_anonymous true",
+        "set_tcp_nodelay true",
+        "persistence true",
+        f"persistence_location {folder}/",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        "persistent_client_expiration 7d",
+        "max_queued_messages 10000",
+        "message_size_limit 131072",
+        f"log_dest file {folder}/mosquitto.log",
+        "log_type error",
+        "log_type warning",
+    ]
+    if os.geteuid() == 0:
+        # As root Mosquitto would become the `mosquitto` user, who cannot write the node's data
+        # directory; and a change of user clears the parent-death signal.
+        lines.append("user root")
+    return "\n".join(lines) + "\n"
+
+
+def _death_signal() -> Callable[[], None]:
+    """What the child runs between fork and exec: SIGKILL when the node's thread that forked it
+    ends (its process, kill -9 included); if the node is already gone, go now. libc is looked up
+    here, in the node, so the child only makes one call (no loader lock after a fork)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
+
+
+class MosquittoChild:
+    """Mosquitto as the node's supervised child process."""
+
+    name = "mosquitto"
+
+    def __init__(self, binary: str, host: str, port: int, data_dir: Path) -> None:
+        self.binary = binary
+        self.host = host
+        self.port = port
+        self.folder = data_dir / "mosquitto"
+        self.conf = self.folder / "mosquitto.conf"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        _check_port(self.host, self.port)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.conf.write_text(mosquitto_conf(self.host, self.port, self.folder))
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="mosquitto")
+        log.info(
+            "embedded MQTT broker: Mosquitto (%s, child process %d, dies with the node; "
+            "config and persistence in %s) on %s",
+            self.binary,
+            self.proc.pid if self.proc else 0,
+            self.folder,
+            self.url,
+        )
+
+    async def _spawn(self) -> None:
+        # Started from the event loop's thread, which lives as long as the node: the death
+        # signal follows the thread that forked, not the process.
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary,
+            "-c",
+            str(self.conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_death_signal(),
+        )
+        await self._wait_listening(self.proc)
+
+    async def _wait_listening(self, proc: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while True:
+            if proc.returncode is not None:
+                raise EmbeddedBrokerError(
+                    f"Mosquitto exited ({proc.returncode}) at start: see {self.folder}/"
+                    "mosquitto.log"
+                )
+            with contextlib.suppress(OSError):
+                _reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                return
+            if loop.time() > deadline:
+                raise EmbeddedBrokerError(
+                    f"Mosquitto did not listen on {self.url} within {READY_TIMEOUT_S:g}s"
+                )
+            await asyncio.sleep(0.02)
+
+    async def _supervise(self) -> None:
+        """Start Mosquitto again whenever it dies while the node runs."""
+        delay = RESTART_FIRST_S
+        while True:
+            assert self.proc is not None
+            code = await self.proc.wait()
+            log.warning(
+                "the embedded Mosquitto died (exit %s); starting it again in %.1fs", code, delay
+            )
+            await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+            except (EmbeddedBrokerError, OSError) as exc:
+                log.error("the embedded Mosquitto did not start again: %s", exc)
+                delay = min(delay * 2, RESTART_MAX_S)
+                continue
+            self.restarts += 1
+            delay = RESTART_FIRST_S
+            log.warning("the embedded Mosquitto runs again (child process %d)", self.proc.pid)
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+EmbeddedBroker = AmqttBroker | MosquittoChild
+
+
+def embedded_broker(kind: str, host: str, port: int, data_dir: Path) -> EmbeddedBroker:
+    """The embedded broker `[node] embedded_broker` asks for ("auto": Mosquitto when it is
+    installed, else amqtt, saying so)."""
+    binary = find_mosquitto() if kind != "amqtt" else None
+    if binary is not None:
+        return MosquittoChild(binary, host, port, data_dir)
+    if kind == "mosquitto":
+        raise EmbeddedBrokerError(
+            "[node] embedded_broker = mosquitto, but mosquitto is not installed "
+            "(apt-get install mosquitto; `make run` installs it)"
+        )
+    if kind == "auto":
+        log.warning(
+            "mosquitto is not installed: the embedded broker is amqtt, which does not hold a "
+            "flood of visitors' turns (apt-get install mosquitto)"
+        )
+    return AmqttBroker(host, port)

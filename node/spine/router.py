@@ -321,6 +321,11 @@ class Router:
         if len(self._emitted) > self._emitted_cap:
             self._emitted.popitem(last=False)
 
+    def emitted_here(self, event_id: str) -> bool:
+        """Whether this node sent the event itself (its dial, its gateway), not a client of the
+        broker (within the last `dedup_window` events it sent)."""
+        return event_id in self._sent
+
     def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> Outgoing | None:
         # Every event the node emits comes back from the broker (it subscribes to gibsey/v1/#).
         # Parsing and validating it again would cost more than the ritual that made it, so an

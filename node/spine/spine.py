@@ -189,6 +189,12 @@ class Spine:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def login_url(self) -> str:
+        """The broker's URL with the node's credentials, for the node's other connection (the
+        agents' MQTT 5 link): a closed broker refuses it otherwise. Never shown: `url` is."""
+        return self._settings.url
+
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 

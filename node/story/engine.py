@@ -384,12 +384,20 @@ class Story:
     ) -> Change:
         """Open a narrative-merge hearing whose target is the merge commit's hash.
 
-        Refused (nothing appended) while the merge conflicts and no resolution settles it."""
+        Refused (nothing appended) while the merge conflicts and no resolution settles it, and
+        when the hearing would be void in our view (GOVERNANCE.md: nobody holds tokens, or this
+        node is not a member of the gallery) - the ledger's own rule, asked before writing."""
         check_actor(actor)
         with self.ledger.store.lock:
             self.sync()
             plan = self.plan_merge(source, into, resolutions, prefer)
             commit, objs = self._merge_commit(plan, actor)
+            void = self.ledger.void_reason()
+            if void is not None:
+                raise StoryError(
+                    f"refused: the hearing would be {void} - nothing was written "
+                    "(tokens come from rituals at a dial; see ledger/GOVERNANCE.md)"
+                )
             body = {
                 "action": "narrative-merge",
                 "target": commit.hash,

@@ -45,6 +45,12 @@ BAD: list[tuple[str, str, Any]] = [
     ("node", "embedded_port", -1),
     ("node", "embedded_port", True),
     ("node", "embedded_port", 1883.5),
+    ("node", "embedded_broker", "hivemq"),
+    ("node", "embedded_broker", 1),
+    ("node", "visitor_inputs_per_second", 0),
+    ("node", "visitor_inputs_per_second", True),
+    ("node", "visitor_inputs_per_source_per_second", -1.0),
+    ("node", "visitor_inputs_per_source_per_second", float("nan")),
     ("node", "handler_queue", 0),
     ("node", "handler_queue", -5),
     ("node", "handler_queue", 10**9),
@@ -182,6 +188,9 @@ BAD: list[tuple[str, str, Any]] = [
 EDGES: dict[str, dict[str, Any]] = {
     "node": {
         "embedded_port": 65535,
+        "embedded_broker": "mosquitto",
+        "visitor_inputs_per_second": 1_000_000.0,
+        "visitor_inputs_per_source_per_second": 0.01,
         "handler_queue": 1,
         "max_payload": MQTT_MAX,
         "status_interval": 0.1,

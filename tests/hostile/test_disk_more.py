@@ -178,7 +178,8 @@ async def test_the_mesh_on_a_full_disk_refuses_imports_quietly_and_catches_up(
             await until(lambda: b.stats.disk_refused >= 3, "3 refused imports")
             assert b_store.count() == 0
             filler.unlink()
-            await until(lambda: b_store.count() == 30, "B to catch up")
+            # A's 30 mints and its `members` entry (A's mesh records its gallery at start)
+            await until(lambda: b_store.count() == 31, "B to catch up")
         finally:
             await b.stop()
             await a.stop()

@@ -163,7 +163,8 @@ async def _round(tmp: Path, n: int, k: int) -> None:
         await mesh.start()
     for i, (_, store) in enumerate(nodes):
         store.append_many(keys[i], [("mint", MINT)] * k)
-    while not all(store.count() == n * k for _, store in nodes):
+    # n*k mints, and each node's `members` entry (its gallery, recorded when its mesh starts)
+    while not all(store.count() == n * k + n for _, store in nodes):
         await asyncio.sleep(0.01)
     for mesh, store in nodes:
         await mesh.stop()

@@ -4,12 +4,17 @@ Any client that reaches the broker can publish. What must hold whatever the brok
 alter what the node does (`vm/load`, `agent/reload`) carry an operator's ed25519 signature and
 are fresh, else they are refused with a `safety/alert` and change nothing; events of the kinds
 only the node emits, naming the node, that it did not send are not acted on. And the production
-Mosquitto drop-in itself refuses anonymous clients and keeps each client to its topics.
+Mosquitto drop-in itself refuses anonymous clients and keeps each client to its topics: against a
+Mosquitto with the drop-in here, and on the image's own root booted under systemd (first boot
+makes the users, the node's unit logs in; slow, root only: skipped with the reason elsewhere).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +22,10 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from gibsey.cli import main
 from gibsey.core.config import ConfigError, NodeConfig, validate_section
 from gibsey.core.mqtt import (
     ClientSettings,
@@ -28,10 +36,13 @@ from gibsey.core.mqtt import (
     redact_url,
 )
 from gibsey.harness.mosquitto import PRODUCTION_DROPIN
+from gibsey.node.agents.config import AgentConfig
+from gibsey.node.agents.service import AgentService
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.glyph.vm.asm import assemble
 from gibsey.node.image import firstboot
+from tests.agent_support import FAST_WATCHDOG
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, signed_event, topic
@@ -176,9 +187,9 @@ async def test_forged_events_naming_the_node_are_not_its_own(
 
 
 def _production_broker(tmp_path: Path) -> Mosquitto:
-    """images/mosquitto/gibsey.conf closed by gibsey-auth.conf beside it, under a Debian-like main
-    file, its users and ACL made by first boot's own function, in a temp folder."""
-    return Mosquitto(tmp_path / "mosquitto", dropin=PRODUCTION_DROPIN, closed=True).start()
+    """images/mosquitto/gibsey.conf under a Debian-like main file, its users and ACL made by
+    first boot's own function, in a temp folder."""
+    return Mosquitto(tmp_path / "mosquitto", dropin=PRODUCTION_DROPIN).start()
 
 
 def _as(broker: Mosquitto, user: str | None) -> ClientSettings:
@@ -280,3 +291,298 @@ def test_the_config_names_operators_and_the_broker_password(tmp_path: Path) -> N
     )
     assert broker_credentials(config.broker) == ("gibsey-node", "s3cret/+")
     assert "s3cret" not in redact_url(config.broker)
+
+
+# ---- the image: first boot, Mosquitto and the node under systemd --------------------------------
+
+# Run inside the booted image root (as root, with the node's venv): strangers and the dashboard's
+# user against the image's broker; prints what happened as JSON.
+IMAGE_BROKER_PROBE = """
+import asyncio, json, pathlib, uuid
+from gibsey.core.mqtt import ClientSettings, ConnectRefused, Session, new_client_id
+SECRETS = pathlib.Path("/var/lib/gibsey/mqtt")
+NID = pathlib.Path("/var/lib/gibsey/node_id").read_text().strip()
+
+def settings(user):
+    login = f"{user}:{(SECRETS / f'{user}.password').read_text().strip()}@" if user else ""
+    return ClientSettings(f"mqtt://{login}127.0.0.1:1883", new_client_id(user or "anonymous"))
+
+def topic(kind):
+    return f"gibsey/v1/{NID}/{kind}"
+
+def event(kind, payload):
+    return json.dumps({"id": uuid.uuid4().hex, "node": NID, "kind": kind, "lamport": 1,
+                       "wall": 0.0, "actor": "mallory", "payload": payload}).encode()
+
+async def online_status(user):
+    async with Session(settings(user)) as session:
+        await session.subscribe(topic("node/status"))
+        async for msg in session.messages():
+            doc = json.loads(msg.payload)
+            if doc.get("state") == "online":
+                return doc
+
+async def forge(dashboard):
+    forged = {
+        "vm/load": event("vm/load", {"symbol": 6, "rotation": 0, "bytecode": "AA=="}),
+        "ritual/performed": event("ritual/performed", {"symbol": 6, "rotation": 0, "state": 24}),
+        "safety/alert": event("safety/alert", {"reason": "fake_fire", "detail": "evacuate"}),
+    }
+    for kind, payload in forged.items():
+        await dashboard.publish(topic(kind), payload)
+    await dashboard.publish(topic("node/status"), b'{"state": "offline"}', retain=True)
+    await dashboard.publish("homeassistant/sensor/x/config", b"{}", retain=True)
+    return [json.loads(p)["id"] for p in forged.values()]
+
+async def probe():
+    out = {"node": NID}
+    try:
+        async with Session(settings(None)):
+            out["anonymous"] = "connected"
+    except ConnectRefused as exc:
+        out["anonymous"] = exc.reason_code
+    out["dashboard_read"] = await asyncio.wait_for(online_status("gibsey-dashboard"), 60)
+    async with Session(settings("gibsey-node")) as watcher:
+        await watcher.subscribe("gibsey/v1/#")
+        await watcher.subscribe("homeassistant/#")
+        async with Session(settings("gibsey-dashboard")) as dashboard:
+            out["forged_ids"] = await forge(dashboard)
+            turn = event("glyph/rotated", {"symbol": 6, "rotation": 0})
+            await dashboard.publish(topic("glyph/rotated"), turn)  # a visitor's input: let through
+        seen = []
+        async for msg in watcher.messages():
+            seen.append([msg.topic, msg.payload.decode(errors="replace")])
+            if msg.topic == topic("glyph/rotated"):
+                break
+    out["seen"] = seen
+    out["status_after"] = await asyncio.wait_for(online_status("homeassistant"), 60)
+    print(json.dumps(out))
+
+asyncio.run(asyncio.wait_for(probe(), 120))
+"""
+
+
+# images/README.md's command (as root already, without its sudo).
+DOCTOR_AS_THE_UNIT = (
+    "env $(systemctl show -p Environment --value gibsey-node) runuser -u gibsey "
+    "/opt/gibsey/.venv/bin/gibsey doctor"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_image_broker_refuses_strangers_and_its_node_logs_in(tmp_path: Path) -> None:
+    """Tried: the SD image's units and Mosquitto drop-in booted under systemd (a Debian root in
+    systemd-nspawn: first boot, then Mosquitto, then the node's unit as written); an anonymous
+    client CONNECTs; the dashboard's user publishes a vm/load, a ritual/performed and a
+    safety/alert naming the node, overwrites its retained node/status and a Home Assistant
+    discovery config, then one visitor's turn. Must hold: first boot made each client's password
+    (0600; the broker's files owned by the root's mosquitto user); the node and its agents' MQTT 5
+    link log in as gibsey-node and the node is online; the anonymous client is refused at CONNECT
+    (not authorised); a subscriber that may read everything sees none of the dashboard's forged
+    publishes, only its turn (after them, from the same client, in order); the dashboard reads
+    the node's status, which stays the node's own."""
+    from tests.test_supervision import PYTHON, boot_image, wait_active
+
+    box = boot_image(tmp_path / "nspawn")
+    try:
+        wait_active(box)
+        done = box.exec(PYTHON, "-c", IMAGE_BROKER_PROBE, timeout_s=180)
+        assert done.returncode == 0, f"{done.stderr}\n{box.journal('gibsey-node')}"
+        probe = json.loads(done.stdout)
+        owners = box.exec(
+            "stat", "-c", "%U %a %n", "/etc/mosquitto/gibsey/passwd", "/etc/mosquitto/gibsey/acl"
+        ).stdout.split("\n")
+        # Both of the node's connections log in as its user (Mosquitto logs whom it accepted);
+        # its agents' MQTT 5 link may come up after the probe is done.
+        logins = [
+            rf" as gibsey-{probe['node']} \(p2, .*u'gibsey-node'\)",
+            rf" as gibsey-{probe['node']}-agents5 \(p5, .*u'gibsey-node'\)",
+        ]
+
+        def logged_in() -> bool:
+            broker_log = box.exec("cat", "/var/log/mosquitto/mosquitto.log").stdout
+            return all(re.search(login, broker_log) for login in logins)
+
+        box.wait_for(logged_in, 60, "the node and its MQTT 5 link logged in as gibsey-node")
+        # As images/README.md says a technician runs it: as the node's user, the unit's settings.
+        doctor = box.exec("sh", "-c", DOCTOR_AS_THE_UNIT, timeout_s=120).stdout
+    finally:
+        box.stop()
+    secrets = box.data / firstboot.MQTT_SECRETS
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    made = {path.name: path.stat().st_mode & 0o777 for path in secrets.iterdir()}
+    assert made == {f"{user}.password": 0o600 for user in firstboot.MQTT_USERS}
+    assert "the broker refuses anonymous clients" in doctor, doctor
+    assert "/var/lib/gibsey/mqtt/gibsey-node.password is private" in doctor, doctor
+    assert [line.split()[:2] for line in owners if line] == [["mosquitto", "600"]] * 2
+    nid = probe["node"]
+    assert probe["anonymous"] == NOT_AUTHORISED
+    assert probe["dashboard_read"]["node"] == nid
+    seen = probe["seen"]
+    assert seen[-1][0] == topic(nid, "glyph/rotated")
+    forged = [s for s in seen if any(i in s[1] for i in probe["forged_ids"])]
+    assert forged == []
+    overwritten = [s for s in seen if s[1] == '{"state": "offline"}' or "/sensor/x/" in s[0]]
+    assert overwritten == []
+    assert probe["status_after"]["node"] == nid
+
+
+def test_the_unit_names_the_node_password_file_and_a_bad_one_is_said(tmp_path: Path) -> None:
+    """Tried: the image unit's way, GIBSEY_BROKER naming the node's user and
+    GIBSEY_BROKER_PASSWORD_FILE its password file; then that file missing, a folder, empty.
+    Must hold: the password reaches the URL the node connects with (and no shown form of it);
+    each bad file is refused at start in one error naming the variable, the key and the file
+    (before: a missing file was ignored and the node only heard the broker's `not authorised`)."""
+    secret = tmp_path / "gibsey-node.password"
+    secret.write_text("s3cret\n")
+    environ = {
+        "GIBSEY_BROKER": "mqtt://gibsey-node@127.0.0.1:1883",
+        "GIBSEY_BROKER_PASSWORD_FILE": str(secret),
+    }
+    config = validate_section(NodeConfig, "node", None, "gibsey.toml", environ)
+    assert broker_credentials(config.broker) == ("gibsey-node", "s3cret")
+    assert "s3cret" not in redact_url(config.broker)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty").write_text("\n")
+    said = {"missing": "no such file", "folder": "cannot be read", "empty": "empty"}
+    for bad, says in said.items():
+        environ["GIBSEY_BROKER_PASSWORD_FILE"] = str(tmp_path / bad)
+        with pytest.raises(ConfigError) as refused:
+            validate_section(NodeConfig, "node", None, "gibsey.toml", environ)
+        message = str(refused.value)
+        assert "GIBSEY_BROKER_PASSWORD_FILE" in message and "broker_password_file" in message
+        assert str(tmp_path / bad) in message and says in message, message
+
+
+def test_doctor_says_an_open_broker_and_a_wide_password_file(
+    tmp_path: Path, mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried: `gibsey doctor` on a node whose broker takes anonymous clients, then on one logging
+    in to the production broker with a password file readable by all (0644), then 0600. Must
+    hold: the open broker is a warning saying anyone may publish; the wide file a warning with
+    the chmod; the closed broker and a 0600 file are said to be fine; the password never shown."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gibsey.toml").write_text(f'[node]\nbroker = "{mosquitto.url}"\n')
+    main(["doctor", "--data", str(data)])
+    out = capsys.readouterr().out
+    assert "accepts anonymous clients: anyone who reaches it may publish" in out
+    broker = _production_broker(tmp_path)
+    try:
+        secret = tmp_path / "broker" / "gibsey-node.password"
+        secret.parent.mkdir()
+        secret.write_text(broker.passwords["gibsey-node"])
+        secret.chmod(0o644)
+        (data / "gibsey.toml").write_text(
+            f'[node]\nbroker = "mqtt://gibsey-node@127.0.0.1:{broker.port}"\n'
+            f'broker_password_file = "{secret}"\n'
+        )
+        main(["doctor", "--data", str(data)])
+        wide = capsys.readouterr().out
+        secret.chmod(0o600)
+        main(["doctor", "--data", str(data)])
+        private = capsys.readouterr().out
+    finally:
+        broker.stop()
+    assert f"chmod 600 {secret}" in wide and "other users can read" in wide
+    assert "the broker refuses anonymous clients" in wide
+    assert f"{secret} is private" in private and "chmod 600" not in private
+    assert broker.passwords["gibsey-node"] not in wide + private
+
+
+def test_the_pi_gen_stage_installs_the_closed_broker_and_the_node_login(tmp_path: Path) -> None:
+    """Tried: the SD image's pi-gen stage as `gibsey image build` writes it. Must hold: the
+    Mosquitto drop-in it installs is the one tested above (refusing anonymous clients, the users
+    and ACL first boot makes), the node's unit logs in as gibsey-node with the password file
+    first boot makes, and first boot's unit runs before Mosquitto and is enabled."""
+    from gibsey.node.image import cli as cli_image
+
+    fake_lib = tmp_path / "libgibsey_vm.so"
+    fake_lib.write_bytes(b"\x7fELF")
+    stage = cli_image.prepare_stage(tmp_path / "out", vm_lib=fake_lib)
+    files = stage / "01-gibsey" / "files"
+    run = (stage / "01-gibsey" / "00-run.sh").read_text()
+    dropin = (files / "mosquitto-gibsey.conf").read_text()
+    assert dropin == PRODUCTION_DROPIN.read_text()
+    settings = [line.split() for line in dropin.splitlines() if line and line[0] != "#"]
+    assert ["allow_anonymous", "false"] in settings and ["allow_anonymous", "true"] not in settings
+    assert ["password_file", f"/{firstboot.MQTT_BROKER_FILES}/passwd"] in settings
+    assert ["acl_file", f"/{firstboot.MQTT_BROKER_FILES}/acl"] in settings
+    assert "files/mosquitto-gibsey.conf" in run and "/etc/mosquitto/conf.d/gibsey.conf" in run
+    node = (files / "gibsey-node.service").read_text()
+    secret = f"{cli_image.DATA_MOUNT}/{firstboot.MQTT_SECRETS}/gibsey-node.password"
+    assert "Environment=GIBSEY_BROKER=mqtt://gibsey-node@127.0.0.1:1883\n" in node
+    assert f"Environment=GIBSEY_BROKER_PASSWORD_FILE={secret}\n" in node
+    assert "--broker" not in node  # a URL on the command line would bypass the password file
+    first = (files / "gibsey-firstboot.service").read_text()
+    before = re.search(r"^Before=(.*)$", first, re.M)
+    assert before is not None and "mosquitto.service" in before.group(1).split()
+    assert "gibsey-firstboot.service" in run.split("systemctl enable", 1)[1]
+
+
+async def test_the_agents_mqtt5_link_logs_in_and_answers_a_dashboard(tmp_path: Path) -> None:
+    """Tried: a node on the production broker (its own user) and a dashboard, with the
+    dashboard's user, asking over MQTT 5 with a response topic under gibsey/reply/ (a persona
+    that does not exist: answered at once, through the same route as a real answer). Must hold:
+    the agents' MQTT 5 side link logs in (as the node: before, it connected anonymously and was
+    refused, so no response topic was ever answered) and the answer to this request reaches the
+    response topic."""
+    broker = _production_broker(tmp_path)
+    config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
+    node = Node(tmp_path / "data", config)
+    try:
+        async with started(node, broker.url):
+            nid = node.node_id
+            service = node.parts.agents
+            assert service is not None
+            await _until_linked(service)
+            response = f"gibsey/reply/{new_client_id('dashboard')}"
+            dashboard = ClientSettings(
+                broker.url_as("gibsey-dashboard"), new_client_id("dashboard"), mqtt5=True
+            )
+            async with Session(dashboard) as session:
+                await session.subscribe(response)
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ResponseTopic = response
+                props.CorrelationData = b"corr-1"
+                ask = {"persona": "nobody", "prompt": "who?", "correlation": "q1"}
+                request = raw_event(nid, "agent/request", ask, actor="dashboard")
+                await session.publish(topic(nid, "agent/request"), request, properties=props)
+                answer = await asyncio.wait_for(anext(session.messages()), 30)
+        assert answer.topic == response
+        doc = json.loads(answer.payload)
+        assert doc["kind"] == "agent/emit" and doc["payload"]["correlation"] == "q1"
+    finally:
+        broker.stop()
+
+
+async def _until_linked(service: AgentService) -> None:
+    """Until the agents' MQTT 5 link is up (it retries after a refusal: a deadline, no count)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (service.link is not None and service.link.up):
+        assert asyncio.get_running_loop().time() < deadline, "the MQTT 5 link never came up"
+        await asyncio.sleep(0.02)
+
+
+async def test_home_assistant_may_say_it_restarted_and_nothing_else(tmp_path: Path) -> None:
+    """Tried: Home Assistant's user, on the production broker with a node on it, reads the node's
+    discovery config, publishes its birth message (`homeassistant/status` = online, as it does
+    at every start) and then overwrites the discovery config. Must hold: the birth message
+    reaches the node, which announces itself again (a second copy of its config arrives); the
+    overwrite never arrives (the broker drops it: Home Assistant may write nothing else)."""
+    broker = _production_broker(tmp_path)
+    try:
+        node = Node(tmp_path / "data", GibseyConfig())
+        async with started(node, broker.url):
+            config_topic = f"homeassistant/device/gibsey_{node.node_id}/config"
+            async with Session(_as(broker, "homeassistant")) as ha:
+                await ha.subscribe(config_topic)
+                arrived = ha.messages()
+                announced = (await anext(arrived)).payload  # the retained one
+                await ha.publish(config_topic, b'{"hijacked": true}', retain=True)
+                await ha.publish("homeassistant/status", b"online")
+                again = await asyncio.wait_for(anext(arrived), 30)
+        assert again.payload == announced
+    finally:
+        broker.stop()

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from gibsey.node.gateway.routes import (
     agents,
+    alerts,
     dashboard,
     events,
     glyph,
@@ -29,4 +30,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     governance.router,
     mesh.router,
     story.router,
+    alerts.router,
 )

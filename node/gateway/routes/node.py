@@ -28,6 +28,19 @@ async def status(gw: State) -> dict[str, Any]:
             "rejected": dict(stats.rejected),
             "queue_depth": node.router.queue_depth(),
         },
+        "rituals": _rituals(gw),
         "writable": gw.token is not None,
         "kinds": sorted(PAYLOADS),
+    }
+
+
+def _rituals(gw: State) -> dict[str, Any]:
+    """Turns performed and refused (no reply: a flood), and the node's bound on visitors."""
+    handler = gw.node.parts.rituals
+    inputs = gw.node.inputs
+    return {
+        "performed": handler.performed if handler is not None else 0,
+        "refused": handler.refused if handler is not None else 0,
+        "inputs_per_second": inputs.per_second,
+        "inputs_per_source_per_second": inputs.per_source_per_second,
     }

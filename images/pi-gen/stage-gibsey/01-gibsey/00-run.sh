@@ -12,6 +12,8 @@ install -m 644 files/requirements.txt "${ROOTFS_DIR}${PREFIX}/requirements.txt"
 for unit in files/*.service files/*.socket; do
 	install -m 644 "${unit}" "${ROOTFS_DIR}/etc/systemd/system/"
 done
+# Closed to anonymous clients: its users, passwords and ACL are made by gibsey-firstboot.service
+# (before Mosquitto, at every boot) and the node's unit logs in as gibsey-node.
 install -m 644 files/mosquitto-gibsey.conf "${ROOTFS_DIR}/etc/mosquitto/conf.d/gibsey.conf"
 install -m 644 files/gibsey.toml.example "${ROOTFS_DIR}/boot/firmware/gibsey.toml"
 
