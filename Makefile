@@ -23,7 +23,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 LLAMA_CPU_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,)
 export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(LLAMA_CPU_ARGS)
 
-.PHONY: all run test setup debian vm lint layers typecheck pytest zig-test firmware-test bench clean help
+.PHONY: all run test setup debian vm lint layers typecheck pytest zig-test firmware-test bench image image-boot clean help
 
 all: setup vm
 
@@ -102,6 +102,26 @@ test: setup vm lint layers typecheck zig-test firmware-test pytest
 
 bench: setup vm
 	$(BIN)/gibsey bench
+
+## The SD image (issue 18; root): Debian bookworm arm64 from Debian's packages, built here into
+## images/out/gibsey-node-arm64.img (+ .sha256, .bmap, build.json); caches in /var/cache/gibsey-image.
+## image-boot boots a throw-away copy under qemu-system-aarch64 and checks the node from the host.
+## llama-cpp-python has no aarch64 wheel: cross-built once (~10 min) into the cache, never under qemu.
+IMAGE_PACKAGES := mmdebstrap qemu-user-static binfmt-support qemu-system-arm dosfstools mtools fdisk e2fsprogs bmap-tools crossbuild-essential-arm64
+IMAGE_CACHE ?= /var/cache/gibsey-image
+LLAMA_PIN := $(shell sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+image: setup vm
+	@missing=""; for p in $(IMAGE_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+	@ls $(IMAGE_CACHE)/llama/llama_cpp_python-$(LLAMA_PIN)-*_aarch64.whl >/dev/null 2>&1 || \
+	  $(SUDO) env PYTHON=$(CURDIR)/$(BIN)/python LLAMA_CPP_PYTHON_VERSION=$(LLAMA_PIN) \
+	  images/build/llama-aarch64.sh $(IMAGE_CACHE)/llama
+	$(SUDO) env GIBSEY_IMAGE_CACHE=$(IMAGE_CACHE) $(BIN)/gibsey image build --debian
+
+image-boot: setup
+	$(BIN)/gibsey image boot images/out/gibsey-node-arm64.img
 
 clean:
 	vm_zig/build.sh clean

@@ -52,6 +52,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.rehearse",
         "1/3/5/10-node gallery on this machine: dial frame -> ritual p99, RSS per node",
     ),
+    "image": (
+        "gibsey.bench.image",
+        "SD image: build time, size, emulated boot-to-READY, node RSS (recorded by make image)",
+    ),
 }
 
 

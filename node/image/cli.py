@@ -3,6 +3,9 @@
     gibsey image build --pi-gen DIR   copy the stage into a pi-gen checkout (+ its config) and
                                       say how to run it; --run runs pi-gen's build.sh there
     gibsey image build --out DIR      write the ready stage to DIR only
+    gibsey image build --debian       the tested path: the image from Debian's arm64 packages,
+                                      built here (build.py) into images/out/
+    gibsey image boot IMG             boot a throw-away copy under qemu, check the node (boot.py)
     gibsey image firstboot            identity, hostname, gibsey.toml from the boot partition
     gibsey image data-partition       make/mount the data partition from the card's free space
 
@@ -46,7 +49,9 @@ AGENT_PACKAGES = frozenset(
         "tokenizers",
     }
 )
-SRC_DIRS = ("gibsey", "node", "ledger", "mesh", "bench", "images", "vm_zig/ISA.md")
+# gibsey/ is a folder of symlinks to these (core, harness and the dial's gdial too).
+SRC_DIRS = ("gibsey", "core", "node", "ledger", "mesh", "bench", "harness", "firmware/gdial",
+            "images", "vm_zig/ISA.md")  # fmt: skip
 PI_GEN_HOST_NEEDS = (
     "pi-gen itself (https://github.com/RPi-Distro/pi-gen, branch 'arm64' for 64-bit images): "
     "it is not on PyPI nor in Debian, so clone it and pass --pi-gen DIR; its host packages "
@@ -69,6 +74,8 @@ def _src_tarball(dest: Path) -> None:
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         parts = Path(info.name).parts
         if any(p in ("__pycache__", ".zig-cache", "zig-out", "node_modules") for p in parts):
+            return None
+        if parts[:2] == ("images", "out"):  # built images (GBs), never part of the source
             return None
         return info
 
@@ -116,8 +123,13 @@ STAGE_LIST="stage0 stage1 stage2 stage-gibsey"
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.debian:  # the tested path: Debian's arm64 packages, built here (build.py)
+        from gibsey.node.image.build import cli_build
+
+        return cli_build(args.out, args.mirror)
     if not args.pi_gen and not args.out:
         print("gibsey image build: give --pi-gen DIR (a pi-gen checkout) or --out DIR")
+        print("or, the tested path: gibsey image build --debian (as root; images/README.md)")
         print(f"needs on the host: {PI_GEN_HOST_NEEDS}")
         return 2
     target = Path(args.pi_gen or args.out).expanduser().resolve()
@@ -148,6 +160,12 @@ def _build(args: argparse.Namespace) -> int:
         print("pi-gen's build.sh needs root (or use its build-docker.sh)")
         return 1
     return subprocess.call(cmd, cwd=target)
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from gibsey.node.image.boot import cli_boot
+
+    return cli_boot(args.img, args.workdir, args.timeout, args.keep)
 
 
 # -- on the card ---------------------------------------------------------------------------------
@@ -277,7 +295,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="include llama-cpp-python and the models (compiles under qemu: hours)",
     )
+    b.add_argument(
+        "--debian",
+        action="store_true",
+        help="build the image here from Debian's arm64 packages (root; --out: its folder)",
+    )
+    b.add_argument("--mirror", help="the Debian mirror for --debian (deb.debian.org)")
     b.set_defaults(func=_build)
+    boot = actions.add_parser(
+        "boot", parents=[common], help="boot a throw-away copy under qemu and check the node"
+    )
+    boot.add_argument("img", help="the image (images/out/gibsey-node-arm64.img)")
+    boot.add_argument("--workdir", help="where the copy, console.log and qemu.log go")
+    boot.add_argument("--timeout", type=float, default=1800.0, help="seconds for it all")
+    boot.add_argument("--keep", action="store_true", help="keep the booted copy")
+    boot.set_defaults(func=_boot)
     f = actions.add_parser(
         "firstboot",
         parents=[common],

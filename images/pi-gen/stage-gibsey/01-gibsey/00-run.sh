@@ -18,10 +18,11 @@ install -m 644 files/mosquitto-gibsey.conf "${ROOTFS_DIR}/etc/mosquitto/conf.d/g
 install -m 644 files/gibsey.toml.example "${ROOTFS_DIR}/boot/firmware/gibsey.toml"
 
 # The data partition (made by gibsey-firstboot from the card's free space) holds the key, the
-# ledger and the stores; nofail: the very first boot has no such partition yet.
-if ! grep -q "LABEL=gibsey-data" "${ROOTFS_DIR}/etc/fstab"; then
-	echo "LABEL=gibsey-data /var/lib/gibsey ext4 defaults,noatime,commit=5,nofail,x-systemd.device-timeout=10s 0 2" >> "${ROOTFS_DIR}/etc/fstab"
-fi
+# ledger and the stores. No fstab line for it: gibsey-firstboot makes it and mounts it at every
+# boot, before Mosquitto and the node. A line, even `nofail`, makes the node's unit require the
+# mount (ReadWritePaths=/var/lib/gibsey), and on the first boot, with no such partition yet, the
+# node failed with "Dependency failed" (seen booting the Debian image under qemu, issue 18).
+sed -i '/LABEL=gibsey-data/d' "${ROOTFS_DIR}/etc/fstab"
 
 # Raspberry Pi OS grows the root partition over the whole card at first boot; a node keeps a
 # read-only root of the image's size and gives the rest of the card to the data partition.
