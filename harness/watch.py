@@ -129,6 +129,10 @@ class NodeClient:
         if not isinstance(payload, dict):
             payload = {}  # a handler that raised would drop the connection (core/mqtt.py)
         with self.lock:
+            if kind == "node/status":
+                # A refused turn gets no reply (issue 16): the node's own count, in its retained
+                # status (turns and questions over a flood bound, since that run's start).
+                self.counts.throttled = _int(event.get("throttled"))
             self.counts.events += 1
             self.kinds[kind] = self.kinds.get(kind, 0) + 1
             if self.keep_events:
@@ -201,14 +205,16 @@ class NodeClient:
             self._loop.stop()
 
 
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _tally(counts: Counts, kind: str, payload: dict[str, Any]) -> None:
     """Add one event of `kind` to the per-kind figures (a bool adds 1 when the event counts)."""
     if kind == "glyph/rotated":
         counts.rotations += 1
     elif kind == "ritual/performed":
-        throttled = str(payload.get("error", "")).startswith("throttled")
-        counts.throttled += throttled
-        counts.rituals += not throttled
+        counts.rituals += 1
     elif kind == "gift/txn":
         counts.mints += payload.get("type") == "mint"
         counts.gifts += payload.get("type") == "gift"

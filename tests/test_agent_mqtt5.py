@@ -26,6 +26,7 @@ from gibsey.node.agents.mqtt5 import ResponseLink, Route
 from gibsey.node.agents.service import AgentService
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
+from gibsey.node.spine.broker import AmqttBroker
 from tests.agent_support import FAST_WATCHDOG, agent_node, agents, ask
 from tests.brokers import free_port
 from tests.conftest import CollectorFactory, started
@@ -203,20 +204,49 @@ async def test_a_bad_response_topic_is_refused_with_an_alert(tmp_path: Path) -> 
 
 
 @asynccontextmanager
-async def embedded_agent_node(tmp_path: Path) -> AsyncIterator[tuple[Node, int]]:
+async def amqtt_agent_node(tmp_path: Path) -> AsyncIterator[tuple[Node, int]]:
+    """A node whose broker, given by URL, has no MQTT 5: amqtt (Mosquitto speaks it)."""
+    broker = AmqttBroker("127.0.0.1", free_port())
+    await broker.start()
+    try:
+        config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
+        node = Node(tmp_path / "data", config)
+        async with started(node, broker.url):
+            yield node, broker.port
+    finally:
+        await broker.stop()
+
+
+async def test_the_embedded_amqtt_broker_gets_no_mqtt5_link_and_logs_nothing_about_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried: the default node on the amqtt fallback. Must hold: the node knows its own broker
+    has no MQTT 5 and says so once; no connect is tried, so neither the node nor amqtt logs a
+    warning about it (before: two warning lines a minute, forever)."""
+    caplog.set_level(logging.INFO)
     config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
-    config.node.embedded_port = port = free_port()
-    config.node.embedded_broker = "amqtt"  # a broker without MQTT 5 (Mosquitto speaks it)
+    config.node.embedded_port = free_port()
+    config.node.embedded_broker = "amqtt"
     node = Node(tmp_path / "data", config)
     async with started(node, None):
-        yield node, port
+        deadline = time.monotonic() + 30
+        while not any("MQTT 5 link off" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the agents never said the MQTT 5 link is off"
+            await asyncio.sleep(0.02)
+        assert agents(node).link is None
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("MQTT 5 link off" in m for m in said) == 1
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "MQTT" in r.getMessage()
+    ]
+    assert not [m for m in said if "Invalid connection" in m or "Invalid protocol" in m]
 
 
 async def test_without_mqtt5_the_link_stays_off_and_reply_to_is_answered_at_once(
     tmp_path: Path, collector_factory: CollectorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="gibsey.agents")
-    async with embedded_agent_node(tmp_path) as (node, port):
+    async with amqtt_agent_node(tmp_path) as (node, port):
         service = agents(node)
         deadline = time.monotonic() + 10
         while not (service.link is not None and service.link.unsupported):

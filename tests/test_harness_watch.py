@@ -76,7 +76,8 @@ def test_the_tap_counts_and_times_the_node_events(mosquitto: Mosquitto) -> None:
     try:
         watch.turn(3, 0)
         _event(mosquitto.url, "n1", "ritual/performed", {"actor": "dial", "payload": {}})
-        _event(mosquitto.url, "n1", "ritual/performed", {"payload": {"error": "throttled: 5/s"}})
+        # A refused turn gets no reply: the node's retained status counts them (issue 16).
+        _event(mosquitto.url, "n1", "node/status", {"state": "online", "throttled": 4})
         entry = "ab" * 32
         _event(mosquitto.url, "n1", "gift/txn", {"payload": {"type": "mint", "entry": entry}})
         _event(mosquitto.url, "n1", "gift/txn", {"payload": ["not", "an", "object"]})
@@ -87,7 +88,7 @@ def test_the_tap_counts_and_times_the_node_events(mosquitto: Mosquitto) -> None:
         _event(mosquitto.url, "n1", "safety/alert", {"payload": {}})
         wait_until(lambda: watch.snapshot().alerts == 1, 10, "the alert")
         counts = watch.snapshot()
-        assert (counts.rituals, counts.throttled, counts.mints, counts.answers) == (1, 1, 1, 1)
+        assert (counts.rituals, counts.throttled, counts.mints, counts.answers) == (1, 4, 1, 1)
         assert counts.events == 7
         assert watch.entries == {entry}
         assert len(watch.latencies) == 1 and 0 < watch.latencies[0] < 10

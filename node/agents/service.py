@@ -235,6 +235,14 @@ class AgentService:
         runs; off (and retried rarely) when the broker has no MQTT 5."""
         spine = self.node.spine
         assert spine is not None, "services run once the node has started"
+        embedded = self.node.embedded
+        if embedded is not None and not embedded.speaks_mqtt5:
+            # Said once: trying anyway would make the broker log two warnings per retry, forever.
+            log.info(
+                "MQTT 5 link off: the embedded %s broker has no MQTT 5; answers go to reply_to",
+                embedded.name,
+            )
+            await asyncio.Event().wait()
         node_id = self.node.node_id
         link = ResponseLink(
             spine.login_url, f"gibsey-{node_id}-agents5", topic_for(node_id, "agent/request")

@@ -50,15 +50,20 @@ _DISK_REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def mutating(*kinds: str, stores: bool = False) -> dict[str, Any]:
+def mutating(*kinds: str, stores: bool = False, throttled: bool = False) -> dict[str, Any]:
     """Route arguments of an operation that changes something and publishes `kinds`; `stores`:
-    it writes to the node's disk before it answers (so it may answer 507)."""
+    it writes to the node's disk before it answers (so it may answer 507); `throttled`: the node
+    may refuse it over a flood bound (429)."""
+    refused = {
+        429: {"description": "the node refused it: over a flood bound; the error says which"}
+    }
     return {
         "openapi_extra": publishes(*kinds),
         "responses": {
             **_REFUSALS,
             422: {"description": "the request is invalid; the error says why"},
             **(_DISK_REFUSED if stores else {}),
+            **(refused if throttled else {}),
         },
     }
 

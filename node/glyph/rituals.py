@@ -53,6 +53,8 @@ class RitualHandler:
         self.performed = 0  # rituals recorded (a ritual/performed each)
         self.refused = 0  # turns a gate refused: no program, no reply
         self.last_refusal = ""
+        # Told of each refused turn (the gateway answers a waiting request with it at once).
+        self.refusal_listeners: list[Callable[[Event, str], None]] = []
 
     def __call__(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, GlyphRotated)
@@ -61,6 +63,8 @@ class RitualHandler:
             if refusal:
                 self.refused += 1
                 self.last_refusal = refusal
+                for listener in tuple(self.refusal_listeners):
+                    listener(event, refusal)
                 return
         outcome = self.runner(event, payload)
         self.performed += 1

@@ -78,6 +78,7 @@ class AmqttBroker:
     """amqtt, run inside the node's own event loop."""
 
     name = "amqtt"
+    speaks_mqtt5 = False  # amqtt 0.11 refuses an MQTT 5 CONNECT, and logs two warnings for each
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
         self.host = host
@@ -154,6 +155,7 @@ class MosquittoChild:
     """Mosquitto as the node's supervised child process."""
 
     name = "mosquitto"
+    speaks_mqtt5 = True
 
     def __init__(self, binary: str, host: str, port: int, data_dir: Path) -> None:
         self.binary = binary

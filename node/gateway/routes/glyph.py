@@ -63,20 +63,35 @@ async def glyph(gw: State) -> dict[str, Any]:
 async def _rotate_and_wait(
     gw: GatewayState, payload: GlyphRotated, actor: str
 ) -> tuple[Event, bool, dict[str, Any] | None]:
-    """Publish the turn and wait (briefly) for the ritual/performed this node runs for it."""
+    """Publish the turn and wait (briefly) for the ritual/performed this node runs for it; a turn
+    the node refuses (over a flood bound) is answered 429 as soon as it is refused."""
     box: dict[str, str] = {}
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_refused(event: Event, why: str) -> None:
+        if event.id == box.get("id") and not refused.done():
+            refused.set_result(why)
+
+    rituals = gw.node.parts.rituals
+    if rituals is not None:
+        rituals.refusal_listeners.append(on_refused)
     sub = gw.hub.subscribe(
         frozenset({"ritual/performed"}),
         lambda e: e.node == gw.node.node_id and e.payload.get("cause") == box.get("id"),
     )
+    performed = asyncio.ensure_future(sub.queue.get())
     try:
         event, acked = await gw.publish_with_id("glyph/rotated", payload, actor, box)
-        try:
-            got = await asyncio.wait_for(sub.queue.get(), RITUAL_TIMEOUT_S)
-        except TimeoutError:
-            return event, acked, None
+        either: list[asyncio.Future[Any]] = [performed, refused]
+        await asyncio.wait(either, timeout=RITUAL_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if refused.done():
+            raise ApiError(429, f"the node refused the turn: {refused.result()}")
+        got = performed.result() if performed.done() else None
         return event, acked, dict(got.payload) if got is not None else None
     finally:
+        performed.cancel()
+        if rituals is not None:
+            rituals.refusal_listeners.remove(on_refused)
         gw.hub.unsubscribe(sub)
 
 
@@ -84,13 +99,16 @@ async def _rotate_and_wait(
     "/api/glyph/rotate",
     summary="Turn the glyph dial (publishes glyph/rotated; the node runs the ritual)",
     status_code=202,
-    **mutating("glyph/rotated"),
+    **mutating("glyph/rotated", throttled=True),
 )
 async def rotate(
     body: RotateRequest,
     _: Token,
     gw: State,
-    wait: Annotated[bool, Query(description="wait for the ritual/performed and return it")] = False,
+    wait: Annotated[
+        bool,
+        Query(description="wait for the ritual/performed and return it (429 if refused)"),
+    ] = False,
 ) -> RotateResponse:
     symbol, rotation = symbol_of(body.symbol), rotation_of(body.rotation)
     payload = GlyphRotated(symbol=symbol, rotation=rotation, source=body.source)
