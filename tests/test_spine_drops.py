@@ -9,6 +9,7 @@ import asyncio
 import gc
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -75,6 +76,7 @@ async def test_an_outbox_flooded_while_the_broker_is_up_is_counted_and_said_trut
     assert spine is not None
     alerts = await collector_factory(gateway_node.broker.port, topic(node.node_id, "safety/alert"))
     kept = None  # one early message (past the in-flight window, which went out at once)
+    started = time.monotonic()
     for i in range(FLOOD):
         acked = spine.publish("gibsey/test/flood", str(i).encode())  # no one awaits these
         kept = acked if i == FLOOD // 4 else kept
@@ -86,15 +88,22 @@ async def test_an_outbox_flooded_while_the_broker_is_up_is_counted_and_said_trut
     assert "away" not in str(failure.value)
     assert node.status().outbox_dropped == dropped
     alert = await _alert(alerts, "outbox_full")
-    assert alert["payload"]["detail"].startswith(f"{dropped} dropped in the last")
+    # The node's own status and alerts queue behind the flood too, and each may push out one
+    # more of the oldest: the alert counts what was dropped when it was said, from the flood's
+    # drops up; once the outbox has drained, /metrics, the status and the spine agree exactly.
+    said_count = int(alert["payload"]["detail"].split(" dropped in the last")[0])
     assert "slower" in alert["payload"]["detail"]
-    assert await _metric(gateway_node, "outbox_full") == dropped
-    await spine.flush(timeout_s=30)
+    await spine.flush(timeout_s=60)
+    final = spine.stats.outbox_dropped
+    assert dropped <= said_count <= final
+    assert await _metric(gateway_node, "outbox_full") == final == node.status().outbox_dropped
     gc.collect()  # a dropped future nobody retrieved would be logged now
     said = [r.getMessage() for r in caplog.records]
     # (another test's client may leave an unretrieved future of its own for this collection)
     assert not [m for m in said if "OutboxFull" in m or "broker was away" in m]
-    assert sum("outbox_full" in m for m in said) == 1
+    # One line per reason per interval (10 s), never one per drop (~10,000 before).
+    intervals = 1 + int((time.monotonic() - started) // 10)
+    assert 1 <= sum("outbox_full" in m for m in said) <= intervals
 
 
 async def test_a_handler_behind_drops_are_counted_and_said_with_the_count(
