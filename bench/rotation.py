@@ -5,15 +5,25 @@ router's validation, the opcode table, the verified Zig VM run, to every resulti
 and serialised for the broker (4 events for a Dream: agent/request, narrative/change,
 ritual/effect, ritual/performed). The node's one seam to the broker (publish_raw) is replaced
 by a list append: the one narrow stand-in, because the network is what this figure leaves out.
+
+The same rotations run a second time with tracing on (`[telemetry] otlp_endpoint`, core/trace.py):
+each turn is a trace (the router's span, the VM's span, every event carrying the context) whose
+spans the SDK batches and exports over OTLP/HTTP to a receiver in this process (`_OtlpSink`,
+which takes each request and answers 200, as a collector does). The traced rows' baseline is
+the untraced figure of the same run, so their ratio is what tracing costs a rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gibsey.bench.nodeproc import open_rotation_throttle
@@ -31,10 +41,45 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[float], int]:
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Takes an OTLP/HTTP export and answers 200 with an empty ExportTraceServiceResponse."""
+
+    exports = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).exports += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per export would be the bench's only output
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """A local OTLP/HTTP receiver for the traced run; yields its traces URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    thread = threading.Thread(target=server.serve_forever, name="otlp-sink", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def _measure(
+    data: Path, n: int, otlp_endpoint: str = ""
+) -> tuple[list[float], list[float], list[float], int]:
     # One bench actor turns 22,000 times: open the safety inverter's rotation throttle, or most
     # rituals would be refused before their program runs (and this would measure the refusal).
     open_rotation_throttle(data)
+    if otlp_endpoint:  # the traced run: every turn a trace, its spans exported over OTLP
+        with (data / "gibsey.toml").open("a") as toml:
+            toml.write(f'[telemetry]\notlp_endpoint = "{otlp_endpoint}"\n')
     node = Node(data, load_gibsey_config(data))
     # Counted, not kept: a real spine lets go of each message once the broker has it, and a
     # list of every message would make this loop grow the heap (page faults) on every turn.
@@ -95,9 +140,19 @@ async def _measure(data: Path, n: int) -> tuple[list[float], list[float], list[f
     return host_us, cpu_us, bare_us, events_per_rotation
 
 
+def _traced(n: int) -> list[float]:
+    """The rotations' wall times with tracing on, exported to a local OTLP receiver."""
+    with otlp_sink() as url, tempfile.TemporaryDirectory(prefix="gibsey-bench-traced-") as tmp:
+        host, _, _, _ = asyncio.run(_measure(Path(tmp), n, url))
+    if not _OtlpSink.exports:
+        raise RuntimeError("the traced rotations exported no span: tracing was not on")
+    return host
+
+
 def run(n: int = TURNS) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-rotation-") as tmp:
         host, cpu, bare, per = asyncio.run(_measure(Path(tmp), n))
+    traced = _traced(n)
     note = f"event in -> verified run -> {per} events out; baseline: the bare VM call"
     return [
         Row(
@@ -118,4 +173,14 @@ def run(n: int = TURNS) -> list[Row]:
         # on a busy machine do to the wall clock.
         Row("rotation CPU time, median", statistics.median(cpu), None, "us"),
         Row("rotation CPU time, p99", _percentile(cpu, 0.99), None, "us"),
+        # What tracing costs: the same rotations traced (spans exported over OTLP), against
+        # the untraced ones above (the ratio column); off, tracing makes no SDK object at all.
+        Row(
+            "rotation traced, median",
+            statistics.median(traced),
+            statistics.median(host),
+            "us",
+            note="tracing on (OTLP/HTTP export); baseline: tracing off, same run",
+        ),
+        Row("rotation traced, p99", _percentile(traced, 0.99), _percentile(host, 0.99), "us"),
     ]

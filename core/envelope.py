@@ -5,6 +5,9 @@ Every event on the spine is JSON of the shape
     {"id": ..., "node": ..., "kind": "glyph/rotated", "lamport": 7,
      "wall": 1764000000.5, "actor": "visitor", "payload": {...}}
 
+and, for a traced turn only, `"trace": "00-<trace id>-<span id>-01"` (W3C traceparent) before
+`payload`: absent by default, so events without it stay valid both ways (core/trace.py).
+
 `wall` is advisory only: a Pi has no real-time clock and may boot in 1970, so nothing orders or
 expires events by it; the Lamport clock orders them. `gibsey schema` prints these models as JSON
 Schema for clients in other languages.
@@ -20,7 +23,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gibsey.core import trace as _trace
 from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic
+from gibsey.core.trace import Traceparent
 
 NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 ShortText = Annotated[str, Field(max_length=256)]
@@ -249,6 +254,9 @@ class Event(BaseModel):
         description="sender's wall clock, seconds since the epoch; advisory only"
     )
     actor: ShortText = "node"
+    # Optional, and absent (not null) unless the turn is traced: old events and clients stay
+    # valid, and an untraced event's JSON is what it always was.
+    trace: Traceparent | None = Field(None, exclude_if=lambda trace: trace is None)
     payload: dict[str, Any]
 
     @field_validator("kind")
@@ -332,6 +340,7 @@ class Outgoing:
         "node",
         "payload",
         "raw",
+        "trace",
         "wall",
     )
 
@@ -345,6 +354,7 @@ class Outgoing:
         actor: str,
         payload: Payload,
         raw: bytes,
+        trace: str | None = None,
     ) -> None:
         self.id = event_id
         self.node = node
@@ -354,6 +364,7 @@ class Outgoing:
         self.actor = actor
         self.payload = payload
         self.raw = raw
+        self.trace = trace
         self.dispatched = False  # handled locally when sent (Router.dispatch_local)
         self._event: Event | None = None
 
@@ -375,6 +386,7 @@ class Outgoing:
                     "lamport": self.lamport,
                     "wall": self.wall,
                     "actor": self.actor,
+                    "trace": self.trace,
                     "payload": self.payload.model_dump(mode="json"),
                 },
             )
@@ -388,6 +400,10 @@ class Outgoing:
 # The envelope's field order is Event's: the router recognises its own echoes by the id at a
 # fixed offset (`{"id":"` then 32 hex digits).
 _WIRE = b'{"id":"%s","node":"%s","kind":"%s","lamport":%d,"wall":%r,"actor":%s,"payload":%s}'
+_WIRE_TRACED = (
+    b'{"id":"%s","node":"%s","kind":"%s","lamport":%d,"wall":%r,"actor":%s,"trace":"%s",'
+    b'"payload":%s}'
+)
 _ACTOR_JSON: dict[str, bytes] = {}  # actor -> its JSON string; bounded below
 
 
@@ -403,7 +419,8 @@ def _actor_json(actor: str) -> bytes:
 def encode_event(
     node: str, kind: str, payload: Payload, lamport: int, actor: str = "node"
 ) -> Outgoing:
-    """A new event of this node, ready for the wire (see Outgoing)."""
+    """A new event of this node, ready for the wire (see Outgoing); sent while a traced turn
+    is handled (core/trace.py: `current()`), it carries that turn's trace context."""
     expected = PAYLOADS.get(kind)
     if expected is None or not isinstance(payload, expected):
         want = expected.__name__ if expected else "known kind"
@@ -412,16 +429,30 @@ def encode_event(
         raise ValueError(f"lamport {lamport} or actor of {len(actor)} chars out of range")
     event_id = new_event_id()
     wall = time.time()
-    raw = _WIRE % (
-        event_id.encode(),
-        node.encode(),
-        kind.encode(),
-        lamport,
-        wall,
-        _actor_json(actor),
-        payload.__pydantic_serializer__.to_json(payload),
-    )
-    return Outgoing(event_id, node, kind, lamport, wall, actor, payload, raw)
+    body = payload.__pydantic_serializer__.to_json(payload)
+    traced = _trace.current()  # one context variable read: the cost of tracing when it is off
+    if traced is None:
+        raw = _WIRE % (
+            event_id.encode(),
+            node.encode(),
+            kind.encode(),
+            lamport,
+            wall,
+            _actor_json(actor),
+            body,
+        )
+    else:
+        raw = _WIRE_TRACED % (
+            event_id.encode(),
+            node.encode(),
+            kind.encode(),
+            lamport,
+            wall,
+            _actor_json(actor),
+            traced.encode(),
+            body,
+        )
+    return Outgoing(event_id, node, kind, lamport, wall, actor, payload, raw, traced)
 
 
 _EVENT_FIELDS = frozenset(Event.model_fields)

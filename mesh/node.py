@@ -48,6 +48,7 @@ from nacl.signing import SigningKey
 from zmq.auth.base import Authenticator
 from zmq.utils.monitor import parse_monitor_message
 
+from gibsey.core import trace
 from gibsey.core.storage import StorageError
 from gibsey.ledger.entry import Entry
 from gibsey.ledger.errors import LedgerError, Rejected, RejectReason
@@ -532,11 +533,39 @@ class MeshNode:
     ) -> int:
         sent = 0
         for batch in wire.batches(raws):
-            if not self._send(sock, [*prefix, wire.ENTRIES, *batch], peer):
+            traces = self._traces_of(batch) if trace.enabled() else None
+            if traces:
+                if not self._send_traced(sock, prefix, batch, traces, peer):
+                    break
+            elif not self._send(sock, [*prefix, wire.ENTRIES, *batch], peer):
                 break
             sent += len(batch)
         peer.entries_out += sent
         return sent
+
+    @staticmethod
+    def _traces_of(batch: list[bytes]) -> dict[int, str]:
+        """Which of these entries a traced turn appended here (index -> its traceparent)."""
+        found = ((i, trace.entry_trace(raw)) for i, raw in enumerate(batch))
+        return {i: tp for i, tp in found if tp is not None}
+
+    def _send_traced(
+        self,
+        sock: zmq.asyncio.Socket,
+        prefix: list[bytes],
+        batch: list[bytes],
+        traces: dict[int, str],
+        peer: Peer,
+    ) -> bool:
+        """A T message: the entries with their turns' trace context beside them, and a span
+        of each of those turns for the send."""
+        start_ns = time.time_ns()
+        ok = self._send(sock, [*prefix, wire.TRACED, wire.encode_traces(traces), *batch], peer)
+        end_ns = time.time_ns()
+        attributes = {"gibsey.mesh": self.me.hex()[:16], "gibsey.peer": peer.hex[:16]}
+        for traceparent in traces.values():
+            trace.record("mesh send", traceparent, start_ns, end_ns, attributes)
+        return ok
 
     def _send_proofs(
         self, sock: zmq.asyncio.Socket, prefix: list[bytes], proofs: list[bytes], peer: Peer
@@ -564,6 +593,10 @@ class MeshNode:
             if kind == wire.ENTRIES:
                 self._seen(peer)
                 await self._import_entries(peer, frames[1:])
+            elif kind == wire.TRACED:
+                traces = wire.decode_traces(frames[1], len(frames) - 2)
+                self._seen(peer)
+                await self._import_entries(peer, frames[2:], traces)
             elif kind == wire.FORKS:
                 self._seen(peer)
                 await self._import_proofs(peer, frames[1:])
@@ -707,12 +740,19 @@ class MeshNode:
                 self.stats.disk_refused,
             )
 
-    async def _import_entries(self, peer: Peer, raws: list[bytes]) -> None:
+    async def _import_entries(
+        self, peer: Peer, raws: list[bytes], traces: dict[int, str] | None = None
+    ) -> None:
+        """Verify and store entries from `peer`; `traces` (a T message): the turns that
+        appended some of them on the peer, whose traces get a span for the import here."""
+        start_ns = time.time_ns()
         try:
             results = await asyncio.to_thread(self._import_sync, raws)
         except StorageError as exc:
             self._import_refused(peer, exc)
             return
+        if traces:
+            self._trace_imports(peer, results, traces, start_ns)
         forged: list[Rejected] = []
         for r in results:
             if isinstance(r, Rejected):
@@ -738,6 +778,28 @@ class MeshNode:
                 )
         if forged:
             self._strike(peer, f"{len(forged)} forged/malformed entries, e.g. {forged[0]}")
+
+    def _trace_imports(
+        self,
+        peer: Peer,
+        results: list[ImportResult | Rejected],
+        traces: dict[int, str],
+        start_ns: int,
+    ) -> None:
+        end_ns = time.time_ns()
+        for index, traceparent in traces.items():
+            r = results[index]
+            status = r.reason.value if isinstance(r, Rejected) else r.status.value
+            attributes = {
+                "gibsey.mesh": self.me.hex()[:16],
+                "gibsey.peer": peer.hex[:16],
+                "gibsey.import": str(status),
+            }
+            if not isinstance(r, Rejected):
+                attributes["gibsey.entry"] = f"{r.entry.author_hex[:16]}:{r.entry.seq}"
+            trace.record("mesh import", traceparent, start_ns, end_ns, attributes)
+        with trace.within(next(iter(traces.values()))):  # the journal's GIBSEY_TRACE_ID
+            log.info("mesh: imported %d traced entries from %s", len(traces), peer.hex[:16])
 
     async def _import_proofs(self, peer: Peer, proofs: list[bytes]) -> None:
         bad: list[str] = []

@@ -6,12 +6,18 @@ Frame 0 is the kind, one ASCII byte; the rest depend on it:
     H  heads    vv, forks, flags                  (listener -> dialer, closes a round)
     E  entries  entry, entry, ...                 (either way; each frame one entry's wire bytes)
     F  forks    proof, proof, ...                 (either way; each frame one fork proof)
+    T  traced   traces, entry, entry, ...         (E, sent when tracing is on and a visitor's
+                                                   turn appended some of the entries)
 
 vv (a version vector) is a run of 48-byte records: author (32 bytes) | seq (u64, big-endian) |
 the first 8 bytes of the hash of the entry at that seq - enough to see that two nodes hold
 different entries at one seq (a fork; the proof itself is checked in full by the ledger).
 forks is a run of 40-byte records: author | seq, one per fork proof held.
 Entries travel as their exact signed bytes: nothing is re-encoded on the way.
+traces (T only) is a run of 57-byte records: the index of an entry in the message (u16) | the
+W3C traceparent of the turn that appended it (55 ASCII bytes), so the peer's import is a span
+of that turn's trace (core/trace.py). The context is beside the entries, never in them: a signed
+entry is the same bytes whether or not its turn was traced.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from gibsey.core.trace import TRACEPARENT_LEN, valid_traceparent
 from gibsey.ledger.entry import MAX_ENTRY_BYTES
 from gibsey.ledger.forkproof import MAX_PROOF_BYTES
 
-SYNC, HEADS, ENTRIES, FORKS = b"S", b"H", b"E", b"F"
-KINDS = frozenset({SYNC, HEADS, ENTRIES, FORKS})
+SYNC, HEADS, ENTRIES, FORKS, TRACED = b"S", b"H", b"E", b"F", b"T"
+KINDS = frozenset({SYNC, HEADS, ENTRIES, FORKS, TRACED})
 
 MAX_FEEDS = 4096  # feeds in one version vector
 MAX_BATCH = 256  # entries (or proofs) in one E/F message
@@ -32,12 +39,13 @@ MAX_ROUND = 2048  # entries sent to one peer per round; the rest waits for the n
 MAX_PROOFS_PER_MSG = 8
 # ZMQ_MAXMSGSIZE (per frame): a peer sending a larger frame is disconnected by libzmq itself.
 MAX_FRAME = max(MAX_PROOF_BYTES, MAX_FEEDS * 48, MAX_ENTRY_BYTES) + 1024
-MAX_FRAMES = MAX_BATCH + 1
+MAX_FRAMES = MAX_BATCH + 2
 MAX_ENDPOINT = 256
 FLAG_MORE = 1
 
 _VV = struct.Struct(">32sQ8s")
 _FORK = struct.Struct(">32sQ")
+_TRACE = struct.Struct(f">H{TRACEPARENT_LEN}s")
 
 VersionVector = dict[bytes, tuple[int, bytes]]  # author -> (seq, hash8)
 ForkKeys = set[tuple[bytes, int]]
@@ -72,6 +80,23 @@ def decode_forks(data: bytes) -> ForkKeys:
     return {(a, s) for a, s in _FORK.iter_unpack(data)}
 
 
+def encode_traces(traces: dict[int, str]) -> bytes:
+    """index in the message -> traceparent, as T's traces frame."""
+    return b"".join(_TRACE.pack(i, tp.encode()) for i, tp in sorted(traces.items()))
+
+
+def decode_traces(data: bytes, entries: int) -> dict[int, str]:
+    if not data or len(data) % _TRACE.size or len(data) // _TRACE.size > entries:
+        raise WireError(f"traces of {len(data)} bytes for {entries} entries")
+    out: dict[int, str] = {}
+    for index, raw in _TRACE.iter_unpack(data):
+        traceparent = raw.decode("ascii", "replace")
+        if index >= entries or index in out or not valid_traceparent(traceparent):
+            raise WireError(f"trace record {index}: not an entry's index with a traceparent")
+        out[index] = traceparent
+    return out
+
+
 def check(frames: list[bytes]) -> bytes:
     """The kind of a message after its shape checks; raises WireError."""
     if not frames or frames[0] not in KINDS:
@@ -85,6 +110,8 @@ def check(frames: list[bytes]) -> bytes:
         raise WireError("heads needs vv, forks, flags")
     if kind == ENTRIES and not 2 <= len(frames) <= MAX_BATCH + 1:
         raise WireError("entries: 1..MAX_BATCH entries")
+    if kind == TRACED and not 3 <= len(frames) <= MAX_BATCH + 2:
+        raise WireError("traced entries: traces, then 1..MAX_BATCH entries")
     if kind == FORKS and not 2 <= len(frames) <= MAX_PROOFS_PER_MSG + 1:
         raise WireError("forks: 1..MAX_PROOFS_PER_MSG proofs")
     return kind

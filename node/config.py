@@ -16,6 +16,7 @@ names the parts; a command that needs only `[node]` (the ledger, announce) or it
     [watchdog]   WatchdogConfig   node/watchdog/config.py
     [wifi]       WifiConfig       node/image/config.py (absent: wired)
     [image]      ImageConfig      node/image/config.py
+    [telemetry]  TelemetryConfig  core/trace.py        (absent: no tracing; spans over OTLP)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gibsey.core.config import NodeConfig, load_root, validate_root
+from gibsey.core.trace import TelemetryConfig
 from gibsey.mesh.config import MeshConfig
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.dial.config import DialConfig
@@ -49,6 +51,7 @@ class GibseyConfig(BaseModel):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     wifi: WifiConfig | None = None
     image: ImageConfig = Field(default_factory=ImageConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
 
 def load_gibsey_config(data_dir: Path, path: Path | None = None) -> GibseyConfig:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gibsey import __version__
+from gibsey.core import trace
 from gibsey.core.envelope import (
     Event,
     NodeStatus,
@@ -89,6 +90,11 @@ class Node:
         self.events_per_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        # One trace per turn (core/trace.py): spans over OTLP when [telemetry] names an endpoint.
+        trace.install_log_records()
+        stop_tracing = trace.configure(config.telemetry, self.node_id)
+        if stop_tracing is not None:
+            self.add_closer(stop_tracing)
         attach_parts(self)
         if self.config.node.discovery_prefix:
             self.add_subscription(

@@ -116,7 +116,9 @@ async def test_status_is_retained_and_discovery_announces_the_node(
     col: Collector = await collector_factory(
         running_node.port, topic(nid, "node/status"), f"homeassistant/device/gibsey_{nid}/config"
     )
-    await col.wait_for(lambda c: len(c.messages) >= 2)
+    await col.wait_for(
+        lambda c: {t.split("/")[0] for t, _ in c.messages} >= {"gibsey", "homeassistant"}
+    )
     status = json.loads(next(p for t, p in col.messages if t.endswith("node/status")))
     assert status["state"] == "online"
     assert status["node"] == nid

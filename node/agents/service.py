@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gibsey.core import trace
 from gibsey.core.envelope import (
     AgentEmit,
     AgentReload,
@@ -356,8 +357,15 @@ class AgentService:
             self.alert("unknown_persona", f"{payload.persona!r}; known: {known}")
             self._emit(payload.persona, corr, 0, f"(no persona {payload.persona!r})", True, reply)
             return
-        answer, seq = await self.answer(persona, payload, event, corr, reply)
-        self._emit(persona.slug, corr, seq, answer, True, reply)
+        if event.trace is None or not trace.enabled():
+            answer, seq = await self.answer(persona, payload, event, corr, reply)
+            self._emit(persona.slug, corr, seq, answer, True, reply)
+            return
+        # A span of the visitor's turn (core/trace.py); its emits carry the turn's context.
+        attributes = {"gibsey.node": self.node.node_id, "gibsey.persona": persona.slug}
+        with trace.span("persona answer", event.trace, attributes):
+            answer, seq = await self.answer(persona, payload, event, corr, reply)
+            self._emit(persona.slug, corr, seq, answer, True, reply)
 
     async def reply_route(self, event: Event, req: AgentRequest) -> Reply | None:
         """Where the emits of `event` go besides the event topic: its MQTT 5 response topic if

@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gibsey.core import trace
 from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
 from gibsey.core.topics import TOPIC_ROOT
 from gibsey.dialcore import frame as df
@@ -176,13 +177,7 @@ class DialBridge:
         elif fr.kind == df.ROTATE:
             self.stats.rotations += 1
             view.position = fr.position
-            # The ritual runs now, not after a broker round trip: the visitor is waiting.
-            self.node.send(
-                "glyph/rotated",
-                GlyphRotated(symbol=fr.symbol, rotation=fr.rotation, source=channel.dial_id),
-                actor="dial",
-                handle_now=True,
-            )
+            self._rotated(channel, fr.symbol, fr.rotation, fr.seq)
             self._event(view, "rotated")
         elif fr.kind == df.PRESS:
             self.stats.presses += 1
@@ -198,6 +193,22 @@ class DialBridge:
             )
             self._event(view, "long_pressed" if fr.long else "pressed")
         self._publish_state(view)
+
+    def _rotated(self, channel: FrameChannel, symbol: int, rotation: int, seq: int) -> None:
+        """The turn's event, sent and handled at once: the ritual runs now, not after a broker
+        round trip (the visitor is waiting). With tracing on, the turn's trace begins here and
+        the glyph/rotated envelope carries it (core/trace.py)."""
+        rotated = GlyphRotated(symbol=symbol, rotation=rotation, source=channel.dial_id)
+        if not trace.enabled():
+            self.node.send("glyph/rotated", rotated, actor="dial", handle_now=True)
+            return
+        attributes: dict[str, str | int] = {
+            "gibsey.node": self.node.node_id,
+            "gibsey.dial": channel.name,
+            "gibsey.seq": seq,
+        }
+        with trace.span("dial frame", None, attributes):
+            self.node.send("glyph/rotated", rotated, actor="dial", handle_now=True)
 
     def _view(self, channel: FrameChannel) -> DialView:
         view = self.dials.get(channel.dial_id)

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gibsey.core import trace
 from gibsey.core.envelope import (
     AgentRequest,
     Event,
@@ -102,6 +103,7 @@ class LedgerWork:
     amount: int
     ritual: str
     cause: str
+    trace: str | None = None  # the turn's traceparent (core/trace.py), when it is traced
 
 
 class Runtime:
@@ -146,7 +148,7 @@ class Runtime:
         trigger = vm.Trigger(symbol, rotation, self.actors.id_for(event.actor))
         self.runs += 1
         try:
-            result = self.vm.run(binding.bytecode, trigger, self.fuel)
+            result = self._run(binding, trigger)
         except vm.VerifyError as exc:  # only if the table was corrupted behind our back
             return self._failed(binding, event, 0, f"refused by the verifier: {exc}")
         if result.error is not None:
@@ -156,6 +158,13 @@ class Runtime:
         for effect in result.effects:
             applied += self._apply(effect, event, ritual)
         return RitualOutcome(binding.short, applied, result.fuel_used, "")
+
+    def _run(self, binding: Binding, trigger: vm.Trigger) -> vm.RunResult:
+        if not trace.enabled():
+            return self.vm.run(binding.bytecode, trigger, self.fuel)
+        attributes = {"gibsey.node": self.node.node_id, "gibsey.program": binding.short}
+        with trace.span("vm run", None, attributes):
+            return self.vm.run(binding.bytecode, trigger, self.fuel)
 
     def _failed(self, binding: Binding, event: Event, fuel: int, error: str) -> RitualOutcome:
         self.failures += 1
@@ -204,7 +213,9 @@ class Runtime:
             actor = self.actors.name_of(effect.a)
             if actor is None or effect.b <= 0:
                 return self._bad_effect(event, f"MINT to actor {effect.a} of {effect.b}")
-            return self._queue_ledger(LedgerWork("mint", actor, actor, effect.b, ritual, event.id))
+            return self._queue_ledger(
+                LedgerWork("mint", actor, actor, effect.b, ritual, event.id, trace.current())
+            )
         if kind is vm.EffectKind.GIFT:
             giver, receiver = self.actors.name_of(effect.a), self.actors.name_of(effect.b)
             if giver is None or receiver is None or effect.c <= 0:
@@ -212,7 +223,7 @@ class Runtime:
                     event, f"GIFT from {effect.a} to {effect.b} of {effect.c}: unknown actor"
                 )
             return self._queue_ledger(
-                LedgerWork("gift", giver, receiver, effect.c, ritual, event.id)
+                LedgerWork("gift", giver, receiver, effect.c, ritual, event.id, trace.current())
             )
         return self._bad_effect(event, f"unknown effect kind {kind}")
 
@@ -244,13 +255,22 @@ class Runtime:
             while True:
                 work = await self.ledger_queue.get()
                 try:
-                    outcome = await loop.run_in_executor(thread, self._append, work)
+                    outcome = await loop.run_in_executor(thread, self._append_in_turn, work)
                     if isinstance(outcome, SafetyAlert):
                         self.node.alert(outcome)
                     elif outcome is not None:
-                        self.node.send("gift/txn", outcome, actor=work.actor)
+                        with trace.within(work.trace):
+                            self.node.send("gift/txn", outcome, actor=work.actor)
                 finally:
                     self.ledger_queue.task_done()
+
+    def _append_in_turn(self, work: LedgerWork) -> GiftTxn | SafetyAlert | None:
+        """`_append`, as a span of the turn that asked for it when tracing is on."""
+        if work.trace is None or not trace.enabled():
+            return self._append(work)
+        attributes = {"gibsey.node": self.node.node_id, "gibsey.ledger": work.kind}
+        with trace.span("ledger append", work.trace, attributes):
+            return self._append(work)
 
     def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert | None:
         """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused
@@ -261,6 +281,7 @@ class Runtime:
         try:
             if work.kind == "mint":
                 entry = ledger.mint(work.actor, work.amount, ritual=work.ritual)
+                _traced_entry(entry.raw)
                 return GiftTxn(
                     type="mint",
                     receiver=work.actor,
@@ -268,6 +289,7 @@ class Runtime:
                     entry=entry.hash.hex()[:64],
                 )
             entry = ledger.gift(work.actor, work.receiver, work.amount)
+            _traced_entry(entry.raw)
             return GiftTxn(
                 type="gift",
                 giver=work.actor,
@@ -350,3 +372,10 @@ class Runtime:
             ),
             actor=event.actor,
         )
+
+
+def _traced_entry(raw: bytes) -> None:
+    """Remember the appending turn's trace for the mesh, which sends it beside the entry."""
+    traceparent = trace.current()
+    if traceparent is not None and trace.enabled():
+        trace.note_entry(raw, traceparent)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from gibsey.core import trace
 from gibsey.core.envelope import Event, Outgoing, Payload, Rejection, SafetyAlert, parse_event
 from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic
 
@@ -43,6 +44,10 @@ NODE_OWNED_KINDS = frozenset(
         "mesh/peer",
     }
 )
+
+# Visitors' turns that start a trace of their own when they arrive without one and tracing is on
+# (a client that knows no trace context, the gateway's rotate): one trace per turn all the same.
+TURN_KINDS = frozenset({"glyph/rotated", "agent/request"})
 
 Handler = Callable[[Event, Payload], Awaitable[None]]
 InlineHandler = Callable[[Event, Payload], None]
@@ -209,7 +214,11 @@ class Router:
         while True:
             event, payload = await reg.queue.get()
             try:
-                await reg.handler(event, payload)
+                if event.trace is None:
+                    await reg.handler(event, payload)
+                else:  # the handler's sends and log records belong to the event's turn
+                    with trace.within(event.trace):
+                        await reg.handler(event, payload)
                 reg.handled += 1
             except asyncio.CancelledError:
                 raise
@@ -341,6 +350,15 @@ class Router:
         return own
 
     def dispatch(self, event: Event, payload: Payload) -> None:
+        traced = event.trace
+        if traced is None and (event.kind not in TURN_KINDS or not trace.enabled()):
+            self._dispatch(event, payload)  # the untraced path: one attribute, one lookup
+            return
+        attributes = {"gibsey.node": self.node_id, "gibsey.event_id": event.id}
+        with trace.span(f"router {event.kind}", traced, attributes):
+            self._dispatch(event, payload)
+
+    def _dispatch(self, event: Event, payload: Payload) -> None:
         for name, inline, local_only in self._inline.get(event.kind, ()):
             if local_only and event.node != self.node_id:
                 continue
