@@ -1,6 +1,7 @@
-"""`gibsey bench image`: the SD image's figures as the last `make image` and `gibsey image boot`
-on this machine recorded them (images/out/build.json, boot.json). Building takes ~36 minutes
-cold and booting several: this suite reads the figures, it does not build."""
+"""`gibsey bench image`: the SD image's figures as the last `make image`, `gibsey image boot`
+and `gibsey image mesh` on this machine recorded them (images/out/build.json, boot.json,
+mesh.json). Building takes ~36 minutes cold and booting several: this suite reads the figures,
+it does not build."""
 
 from __future__ import annotations
 
@@ -45,6 +46,23 @@ def run() -> list[Row]:
     else:
         rows.append(Row("emulated boot-to-READY", float("nan"), None, "s",
                         note="not booted: gibsey image boot IMG"))  # fmt: skip
+    if boot.get("second_boot_to_ready_s") is not None:
+        rows.append(Row("  second boot of the same copy", boot["second_boot_to_ready_s"], None,
+                        "s", note="read-only root; data kept"))  # fmt: skip
     if boot.get("node_rss_kib") is not None:
         rows.append(Row("node RSS in the image", boot["node_rss_kib"] / 1024, None, "MiB"))
+    return rows + _mesh_rows(_load("mesh.json"))
+
+
+def _mesh_rows(mesh: dict[str, Any]) -> list[Row]:
+    """`gibsey image mesh`: two copies booted side by side, and how long a gift took to cross."""
+    if not mesh.get("gift_seen_s"):
+        return [Row("two images: gift crosses the mesh", float("nan"), None, "s",
+                    note="not run: gibsey image mesh IMG")]  # fmt: skip
+    rows = [Row(f"two images: gift on {giver} seen at the other", seconds, None, "s")
+            for giver, seconds in mesh["gift_seen_s"].items()]  # fmt: skip
+    ready = mesh.get("ready_s", {})
+    if ready:
+        rows.append(Row("two images: slowest boot-to-READY", max(ready.values()), None, "s",
+                        note="two qemus at once on the same cores"))  # fmt: skip
     return rows

@@ -10,7 +10,8 @@ holds, and (its own slow target) that it boots to a working node under qemu.
   missing image a failure. Building one takes about 36 minutes cold here (so `make test` does not
   build it), about 2 minutes with the base root cached.
 - The boot (`gibsey image boot`) runs with `GIBSEY_IMAGE_BOOT=1` (`make image-boot` is the same
-  from the command line): about 2.5 minutes of emulated boot on two shared cores.
+  from the command line): two emulated boots of one copy, several minutes on two shared cores;
+  so does `gibsey image mesh` (two copies side by side, each booted twice).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import pytest
 from gibsey.node.image import boot as image_boot
 from gibsey.node.image import build as image_build
 from gibsey.node.image import cli as cli_image
+from gibsey.node.image import config as image_config
+from gibsey.node.image import firstboot
+from gibsey.node.image import mesh as image_mesh
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "images" / "out" / image_build.IMAGE_NAME
@@ -124,8 +128,69 @@ def test_assembled_image_has_the_layout_a_pi_and_qemu_boot(tmp_path: Path) -> No
     )
 
 
+def test_read_only_root_follows_image_read_only_in_cmdline_txt() -> None:
+    """Tried: `[image] read_only` on and off against cmdline.txt with and without the overlay's
+    init= word. Must hold: the word is there exactly when read_only is true, once, at the end of
+    the one line, every other word kept in its order; doing it again changes nothing."""
+    base = "console=ttyS1,115200 root=LABEL=gibsey-root rw rootwait"
+    word = f"init={image_config.OVERLAY_INIT}"
+    on = image_config.cmdline_with_overlay(base, True)
+    assert on == f"{base} {word}\n"
+    assert image_config.cmdline_with_overlay(on, True) == on
+    assert image_config.cmdline_with_overlay(on, False) == f"{base}\n"
+    middle = f"console=ttyS1,115200 {word} rootwait\n"
+    assert image_config.cmdline_with_overlay(middle, True).split() == [
+        "console=ttyS1,115200", "rootwait", word
+    ]  # fmt: skip
+
+
+@needs_tools
+def test_emulator_files_go_into_the_copy_only_readable_by_root(tmp_path: Path) -> None:
+    """Tried: the mesh test's NetworkManager keyfile written into a throw-away copy. Must hold:
+    it is in the copy's root, 0600 (NetworkManager ignores a keyfile others can read), and the
+    image itself has no such file."""
+    root = tmp_path / "root"
+    _fake_root(root)
+    (root / "etc/NetworkManager/system-connections").mkdir(parents=True)
+    image_build.make_boot_fs(root, tmp_path / "boot.vfat", lambda _: None)
+    image_build.make_root_fs(root, tmp_path / "root.ext4", lambda _: None)
+    image = tmp_path / "card.img"
+    image_build.assemble(image, tmp_path / "boot.vfat", tmp_path / "root.ext4", lambda _: None)
+    copy = tmp_path / "copy" / "disk.img"
+    copy.parent.mkdir()
+    keyfile = image_mesh.wire_keyfile("52:54:00:99:00:01", "10.99.0.1")
+    image_boot.throwaway_copy(image, copy, 8, "", lambda _: None, {image_mesh.KEYFILE: keyfile})
+    parts = image_boot.partitions(copy)
+    assert _debugfs_cat(copy, parts[1], image_mesh.KEYFILE) == keyfile
+    stat = _debugfs_stat(copy, parts[1], image_mesh.KEYFILE)
+    assert "Mode:  0600" in stat and "User:     0" in stat, stat
+    assert "address1=10.99.0.1/24" in keyfile
+    assert _debugfs_cat(image, parts[1], image_mesh.KEYFILE) == ""
+
+
+def test_first_boot_log_gives_the_technician_the_mesh_key(tmp_path: Path) -> None:
+    """Tried: first boot on a card (boot partition, root and data as folders), then its log read
+    as `gibsey image mesh` and a technician read it. Must hold: the log on the boot partition
+    names the node and its mesh key, the key of the identity first boot made."""
+    paths = firstboot.Paths(tmp_path / "boot", tmp_path / "root", tmp_path / "data")
+    for folder in (paths.boot, paths.root / "etc", paths.data):
+        folder.mkdir(parents=True)
+    (paths.boot / "gibsey.toml").write_text('[node]\nname = "east-wall"\n')
+    result = firstboot.provision(paths)
+    log = (paths.boot / firstboot.BOOT_LOG).read_text()
+    found = image_mesh.KEY_IN_LOG.findall(log)
+    assert found == [("east-wall", result.public_hex)]
+    assert len(result.public_hex) == 64
+
+
 def _debugfs_cat(image: Path, part: image_boot.Partition, path: str) -> str:
     done = subprocess.run(["debugfs", "-R", f"cat {path}", f"{image}?offset={part.start}"],
+                          capture_output=True, text=True)  # fmt: skip
+    return done.stdout
+
+
+def _debugfs_stat(image: Path, part: image_boot.Partition, path: str) -> str:
+    done = subprocess.run(["debugfs", "-R", f"stat {path}", f"{image}?offset={part.start}"],
                           capture_output=True, text=True)  # fmt: skip
     return done.stdout
 
@@ -152,6 +217,11 @@ def test_built_image_structure() -> None:
     assert image_boot.pi_checks(IMAGE, parts).ok, image_boot.pi_checks(IMAGE, parts).detail
     cmdline = image_boot.read_boot_file(IMAGE, parts[0], "cmdline.txt").decode()
     assert f"root=LABEL={image_build.ROOT_LABEL}" in cmdline and "cgroup_enable=memory" in cmdline
+    # The read-only root is on by default: its init runs before systemd.
+    assert f"init={image_config.OVERLAY_INIT}" in cmdline.split()
+    init = _debugfs_stat(IMAGE, parts[1], image_config.OVERLAY_INIT)
+    assert "Mode:  0755" in init, init
+    assert "root-ro" in _debugfs_ls(IMAGE, parts[1], "/media")
     config = image_boot.read_boot_file(IMAGE, parts[0], "config.txt").decode()
     assert "arm_64bit=1" in config
     wants = _debugfs_ls(IMAGE, parts[1], "/etc/systemd/system/multi-user.target.wants")
@@ -213,9 +283,10 @@ def test_built_image_imports_the_node_under_qemu_user(tmp_path: Path) -> None:
 )
 def test_image_boots_to_a_working_node(tmp_path: Path) -> None:
     """Tried: a throw-away copy of the built image booted under qemu-system-aarch64 with a
-    gibsey.toml (a name, a mesh peer) on its boot partition. Must hold, from the host: node/status
-    online, gibsey doctor clean inside, a glyph rotation answered by its ritual, the toml
-    applied, the data partition made and mounted."""
+    gibsey.toml (a name, a mesh peer) on its boot partition, then booted again. Must hold, from
+    the host: node/status online, gibsey doctor clean inside, a glyph rotation answered by its
+    ritual, the toml applied, the data partition made and mounted; on both boots `findmnt /` is
+    the overlay on a read-only card root, and the gift given on boot 1 is in boot 2's balances."""
     assert IMAGE.exists(), f"{IMAGE}: make image first"
     opts = image_boot.Options(IMAGE, tmp_path / "boot", timeout_s=3000)
     result = image_boot.boot(opts, lambda _: None)
@@ -223,6 +294,28 @@ def test_image_boots_to_a_working_node(tmp_path: Path) -> None:
     assert not failed, "\n".join(failed)
     names = {c.name for c in result.checks}
     assert {"node/status online", "gibsey doctor inside", "gibsey.toml applied"} <= names
+    assert {"read-only root (boot 1)", "read-only root (boot 2)"} <= names
+    assert "data kept across a reboot" in names
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(
+    os.environ.get("GIBSEY_IMAGE_BOOT") != "1",
+    reason="two emulated boots twice take many minutes: GIBSEY_IMAGE_BOOT=1",
+)
+def test_two_booted_images_mesh_and_exchange_gifts(tmp_path: Path) -> None:
+    """Tried: two copies of the built image booted side by side, a socket NIC between them; each
+    boots once, its mesh key is read from gibsey-firstboot.log on its boot partition and put in
+    the other's gibsey.toml `[mesh] peers`, both boot again. Must hold: both online with the root
+    read-only each time, and a gift given on each node (POST /api/ledger/gift) shows in the
+    other's /api/ledger/balances."""
+    assert IMAGE.exists(), f"{IMAGE}: make image first"
+    result = image_mesh.mesh(IMAGE, tmp_path / "mesh", 3000, lambda _: None)
+    failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.ok]
+    assert not failed, "\n".join(failed)
+    gifts = {c.name for c in result.checks if c.name.startswith("gift on")}
+    assert gifts == {"gift on east-wall seen at west-wall", "gift on west-wall seen at east-wall"}
 
 
 def test_emulator_shell_protocol_gives_output_and_status(tmp_path: Path) -> None:
@@ -274,6 +367,7 @@ def test_a_cross_built_llama_wheel_goes_on_the_card(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_build_scripts_pass_shellcheck() -> None:
     scripts = sorted((REPO / "images" / "build").glob("*.sh"))
+    scripts.append(REPO / "images" / "build" / "gibsey-overlayroot")
     assert scripts
     done = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -32,6 +32,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +63,8 @@ WantedBy=multi-user.target
 PI_BOOT_FILES = ("bootcode.bin", "start4.elf", "fixup4.dat", "config.txt", "cmdline.txt",
                  "bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb", "gibsey.toml")  # fmt: skip
 Log = Callable[[str], None]
+# The actor a gift on the first boot goes to; the second boot must still show its balance.
+KEEPSAKE = "boot-1-keepsake"
 
 
 class BootError(RuntimeError):
@@ -116,6 +120,7 @@ class Check:
 class BootResult:
     checks: list[Check] = field(default_factory=list)
     boot_to_ready_s: float | None = None
+    second_boot_to_ready_s: float | None = None
     node_rss_kib: int | None = None
 
     @property
@@ -129,18 +134,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def throwaway_copy(image: Path, dest: Path, data_mib: int, toml: str, log: Log) -> None:
+def throwaway_copy(image: Path, dest: Path, data_mib: int, toml: str, log: Log,
+                   root_files: dict[str, str] | None = None) -> None:  # fmt: skip
     """A sparse copy of the image, grown for the data partition, with the technician's
-    gibsey.toml on its boot partition and the emulator's shell in its root."""
+    gibsey.toml on its boot partition and the emulator's shell (and `root_files`: path in the
+    root -> text, 0600) in its root."""
     subprocess.run(["cp", "--sparse=always", str(image), str(dest)], check=True)
     with open(dest, "r+b") as f:
         f.truncate(image.stat().st_size + data_mib * 1024 * 1024)
-    parts = partitions(dest)
-    toml_file = dest.with_name("gibsey.toml")
-    toml_file.write_text(toml)
-    subprocess.run(
-        ["mcopy", "-o", "-i", fat(dest, parts[0]), str(toml_file), "::/gibsey.toml"], check=True
-    )
+    put_boot_file(dest, "gibsey.toml", toml)
     unit = dest.with_name(SHELL_UNIT)
     unit.write_text(SHELL_UNIT_TEXT)
     wants = "/etc/systemd/system/multi-user.target.wants"
@@ -148,19 +150,34 @@ def throwaway_copy(image: Path, dest: Path, data_mib: int, toml: str, log: Log) 
         f"write {unit} /etc/systemd/system/{SHELL_UNIT}\n"
         f"symlink {wants}/{SHELL_UNIT} /etc/systemd/system/{SHELL_UNIT}\n"
     )
+    for n, (path, text) in enumerate(sorted((root_files or {}).items())):
+        local = dest.with_name(f"root-file-{n}")
+        local.write_text(text)
+        local.chmod(0o600)  # NetworkManager ignores a keyfile others can read
+        commands += f"write {local} {path}\n"
     done = subprocess.run(
-        ["debugfs", "-w", "-f", "-", f"{dest}?offset={parts[1].start}"],
+        ["debugfs", "-w", "-f", "-", f"{dest}?offset={partitions(dest)[1].start}"],
         input=commands,
         capture_output=True,
         text=True,
     )
     if done.returncode != 0 or "rror" in done.stderr.replace("debugfs ", ""):
-        raise BootError(f"debugfs could not add the emulator's shell: {done.stderr.strip()}")
+        raise BootError(f"debugfs could not add the emulator's files: {done.stderr.strip()}")
     log(f"throw-away copy: {dest} (+{data_mib} MiB for the data partition)")
 
 
+def put_boot_file(disk: Path, name: str, text: str) -> None:
+    """Write a file onto the boot partition, as the technician's laptop does."""
+    local = disk.with_name(name)
+    local.write_text(text)
+    subprocess.run(
+        ["mcopy", "-o", "-i", fat(disk, partitions(disk)[0]), str(local), f"::/{name}"],
+        check=True,
+    )
+
+
 def qemu_command(work: Path, kernel: Path, initrd: Path, cmdline: str, fwd: dict[int, int],
-                 memory_mib: int = 2048) -> list[str]:  # fmt: skip
+                 memory_mib: int = 2048, console: str = "console.log") -> list[str]:  # fmt: skip
     hostfwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in fwd.items())
     return [
         "qemu-system-aarch64",
@@ -172,7 +189,7 @@ def qemu_command(work: Path, kernel: Path, initrd: Path, cmdline: str, fwd: dict
         "-device", "virtio-serial-pci",
         "-chardev", f"socket,id=shell,path={work / 'shell.sock'},server=on,wait=off",
         "-device", f"virtserialport,chardev=shell,name={SHELL_PORT}",
-        "-serial", f"file:{work / 'console.log'}", "-monitor", "none",
+        "-serial", f"file:{work / console}", "-monitor", "none",
     ]  # fmt: skip
 
 
@@ -229,12 +246,13 @@ class Shell:
             self.sock.close()
 
 
-def boot_toml(node_name: str, peer: str) -> str:
-    """The technician's gibsey.toml of the boot test: a name and one mesh peer (not running:
-    the node keeps dialling it; what is checked is that the file was applied)."""
+def boot_toml(node_name: str, peers: list[str]) -> str:
+    """The technician's gibsey.toml of the boot tests: a name, the mesh peers, the dashboard's
+    HTTP gateway on, and the read-only root (the default, said)."""
+    mesh = f"[mesh]\npeers = {json.dumps(peers)}\n\n" if peers else ""
     return (
-        f'[node]\nname = "{node_name}"\n\n[mesh]\npeers = ["{peer}"]\n\n'
-        "[image]\nread_only = false\n"
+        f'[node]\nname = "{node_name}"\n\n{mesh}[gateway]\nlisten = "0.0.0.0:8080"\n\n'
+        "[image]\nread_only = true\n"
     )
 
 
@@ -351,32 +369,169 @@ def _wait_password(shell: Shell, deadline: float) -> str:
     raise BootError(f"{path} did not appear: first boot did not make the broker's users")
 
 
-def run_booted(opts: Options, work: Path, ports: dict[int, int], started: float, log: Log,
-               result: BootResult) -> None:  # fmt: skip
-    shell = Shell(work / "shell.sock")
-    deadline = started + opts.timeout_s
-    shell.connect(min(deadline, time.monotonic() + 30))
+@dataclass
+class Machine:
+    """One throw-away copy and its qemu: its folder (disk.img, console-N.log, shell.sock), the
+    host's ports forwarded to the broker and HTTP, and extra qemu arguments (a second NIC)."""
+
+    work: Path
+    node_name: str
+    ports: dict[int, int] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
+    memory_mib: int = 2048
+    boots: int = 0
+    started: float = 0.0
+    qemu: subprocess.Popen[bytes] | None = None
+    shell: Shell | None = None
+    url: str = ""
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        self.ports = self.ports or {1883: free_port(), 8080: free_port()}
+
+    @property
+    def disk(self) -> Path:
+        return self.work / "disk.img"
+
+    def console(self) -> Path:
+        return self.work / f"console-{self.boots}.log"
+
+
+def start(m: Machine, log: Log) -> None:
+    """Boot the copy (again): its kernel, initrd and cmdline.txt read from its own boot
+    partition each time (first boot may have changed cmdline.txt)."""
+    parts = partitions(m.disk)
+    kernel, initrd, pi_cmdline = extract_kernel(m.disk, parts[0], m.work)
+    m.boots += 1
+    cmd = qemu_command(m.work, kernel, initrd, virt_cmdline(pi_cmdline), m.ports, m.memory_mib,
+                       m.console().name) + m.extra  # fmt: skip
+    log(f"{m.node_name} boot {m.boots}: $ {' '.join(cmd)}")
+    log(f"{m.node_name}: console {m.console()}; broker on 127.0.0.1:{m.ports[1883]}, "
+        f"HTTP on 127.0.0.1:{m.ports[8080]}")  # fmt: skip
+    m.started = time.monotonic()
+    with open(m.work / "qemu.log", "ab") as out:
+        m.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def ready(m: Machine, deadline: float, log: Log) -> float:
+    """Wait for the emulator's shell and the node's retained `online`; boot-to-READY seconds."""
+    m.shell = Shell(m.work / "shell.sock")
+    m.shell.connect(min(deadline, time.monotonic() + 30))
+    m.shell.run("echo ready", timeout_s=deadline - time.monotonic())
+    log(f"{m.node_name}: emulator's shell up after {time.monotonic() - m.started:.0f}s")
+    password = _wait_password(m.shell, deadline)
+    m.url = f"mqtt://gibsey-dashboard:{password}@127.0.0.1:{m.ports[1883]}"
+    asyncio.run(wait_online(m.url, m.node_name, deadline - time.monotonic()))
+    ready_s = time.monotonic() - m.started
+    log(f"{m.node_name}: node/status online after {ready_s:.0f}s (boot {m.boots})")
+    _, token = m.shell.run("cat /var/lib/gibsey/gateway.token", timeout_s=30)
+    m.token = token.strip()
+    return ready_s
+
+
+def stop(m: Machine, timeout_s: float = 180) -> None:
+    """Power the copy off from inside (as a technician pulls power after a clean shutdown), or
+    kill qemu when it does not stop."""
+    if m.shell is not None:
+        with contextlib.suppress(BootError, OSError):
+            m.shell.run("systemctl poweroff --no-block", timeout_s=30)
+        m.shell.close()
+        m.shell = None
+    if m.qemu is not None:
+        try:
+            m.qemu.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            m.qemu.kill()
+            m.qemu.wait()
+        m.qemu = None
+
+
+def http(m: Machine, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """The node's HTTP gateway, from the host (the write token for what changes something)."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {m.token}"}
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{m.ports[8080]}{path}", data, headers,
+                                 method=method)  # fmt: skip
     try:
-        shell.run("echo ready", timeout_s=deadline - time.monotonic())
-        log(f"emulator's shell up after {time.monotonic() - started:.0f}s")
-        password = _wait_password(shell, deadline)
-        url = f"mqtt://gibsey-dashboard:{password}@127.0.0.1:{ports[1883]}"
-        status = asyncio.run(wait_online(url, opts.node_name, deadline - time.monotonic()))
-        result.boot_to_ready_s = time.monotonic() - started
-        log(f"node/status online after {result.boot_to_ready_s:.0f}s")
-        result.checks.append(Check("node/status online", True, f"{status.get('state')}"))
-        ritual = asyncio.run(rotation_performed(url, opts.node_name, 300))
-        result.checks.append(
-            Check("glyph rotation -> ritual/performed", True, str(ritual.get("payload", ""))[:120])
-        )
-        inside_checks(shell, opts, result)
-        shell.run("systemctl poweroff --no-block", timeout_s=30)
-    finally:
-        shell.close()
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return int(resp.status), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+
+
+def give(m: Machine, giver: str, receiver: str, deadline: float) -> dict[str, Any]:
+    """POST /api/ledger/gift; a giver whose mint (the ritual's) is not folded yet is refused as
+    not covered, so ask again until the deadline."""
+    body = {"giver": giver, "receiver": receiver, "amount": 1}
+    while True:
+        status, doc = http(m, "POST", "/api/ledger/gift", body)
+        if status == 201:
+            return dict(doc)
+        if time.monotonic() > deadline:
+            raise BootError(f"{m.node_name}: gift {giver} -> {receiver} refused: {status} {doc}")
+        time.sleep(1)
+
+
+def balance(m: Machine, actor: str, wanted: int, deadline: float) -> int:
+    """`actor`'s balance in the node's view once it is `wanted` (or what it is at the deadline)."""
+    while True:
+        status, doc = http(m, "GET", "/api/ledger/balances")
+        got = int(doc["balances"].get(actor, 0)) if status == 200 else -1
+        if got == wanted or time.monotonic() > deadline:
+            return got
+        time.sleep(1)
+
+
+def read_only_root(m: Machine) -> Check:
+    """`findmnt /` inside: the overlay, its lower layer (the card's ext4 root) read-only."""
+    assert m.shell is not None
+    _, root = m.shell.run("findmnt -no FSTYPE,SOURCE /", timeout_s=30)
+    _, lower = m.shell.run("findmnt -no SOURCE,OPTIONS /media/root-ro", timeout_s=30)
+    ok = root.split()[:1] == ["overlay"] and ",".join(lower.split()[1:2]).startswith("ro")
+    detail = f"/ is {root.strip() or '?'}; the card's root: {lower.strip() or 'not mounted'}"
+    return Check(f"read-only root (boot {m.boots})", ok, detail)
+
+
+def console_tail(m: Machine) -> str:
+    if not m.console().exists():
+        return "(no console log)"
+    tail = m.console().read_text(errors="replace").splitlines()[-30:]
+    return "\n".join([f"--- {m.node_name}'s console (last lines):", *tail])
+
+
+def first_round(opts: Options, m: Machine, deadline: float, log: Log, result: BootResult) -> None:
+    """Boot 1: online, a rotation's ritual, doctor, gibsey.toml applied, the read-only root, and
+    a gift (the keepsake the second boot must still hold)."""
+    start(m, log)
+    result.boot_to_ready_s = ready(m, deadline, log)
+    result.checks.append(Check("node/status online", True, "online"))
+    assert m.shell is not None
+    ritual = asyncio.run(rotation_performed(m.url, opts.node_name, 300))
+    result.checks.append(
+        Check("glyph rotation -> ritual/performed", True, str(ritual.get("payload", ""))[:120])
+    )
+    inside_checks(m.shell, opts, result)
+    result.checks.append(read_only_root(m))
+    entry = give(m, "visitor", KEEPSAKE, min(deadline, time.monotonic() + 120))
+    result.checks.append(Check("gift on boot 1", True, f"visitor -> {KEEPSAKE}: {entry}"[:160]))
+    stop(m)
+
+
+def second_round(m: Machine, deadline: float, log: Log, result: BootResult) -> None:
+    """Boot 2 of the same copy: online again, the root read-only again, and boot 1's gift kept
+    (it is on the data partition; the RAM layer of the root was not)."""
+    start(m, log)
+    result.second_boot_to_ready_s = ready(m, deadline, log)
+    result.checks.append(read_only_root(m))
+    got = balance(m, KEEPSAKE, 1, min(deadline, time.monotonic() + 60))
+    detail = f"{KEEPSAKE}'s balance on boot 2: {got} (1 given on boot 1)"
+    result.checks.append(Check("data kept across a reboot", got == 1, detail))
+    stop(m)
 
 
 def boot(opts: Options, log: Log = print) -> BootResult:
-    """Boot a throw-away copy of the image under qemu; the checks and figures."""
+    """Boot a throw-away copy of the image under qemu twice; the checks and figures."""
     for tool in ("qemu-system-aarch64", "mcopy", "debugfs", "sfdisk"):
         if shutil.which(tool) is None:
             raise BootError(
@@ -391,27 +546,17 @@ def boot(opts: Options, log: Log = print) -> BootResult:
         opts.peer = f"{SigningKey.generate().verify_key.encode().hex()}@tcp://10.0.2.2:7471"
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="gibsey-image-boot-"))
     work.mkdir(parents=True, exist_ok=True)
-    kernel, initrd, pi_cmdline = extract_kernel(opts.image, parts[0], work)
-    throwaway_copy(opts.image, work / "disk.img", opts.data_mib,
-                   boot_toml(opts.node_name, opts.peer), log)  # fmt: skip
-    ports = {1883: free_port(), 8080: free_port()}
-    cmd = qemu_command(work, kernel, initrd, virt_cmdline(pi_cmdline), ports, opts.memory_mib)
-    log(f"$ {' '.join(cmd)}")
-    log(f"console: {work / 'console.log'}; broker on 127.0.0.1:{ports[1883]}, "
-        f"HTTP on 127.0.0.1:{ports[8080]}")  # fmt: skip
-    started = time.monotonic()
-    qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(work / "qemu.log", "wb"),
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    m = Machine(work, opts.node_name, memory_mib=opts.memory_mib)
+    throwaway_copy(opts.image, m.disk, opts.data_mib, boot_toml(opts.node_name, [opts.peer]), log)
+    deadline = time.monotonic() + opts.timeout_s
     try:
-        run_booted(opts, work, ports, started, log, result)
-        qemu.wait(timeout=180)
-    except (BootError, TimeoutError, MqttError, subprocess.TimeoutExpired) as exc:
-        tail = "\n".join((work / "console.log").read_text(errors="replace").splitlines()[-30:])
-        result.checks.append(Check("boot", False, f"{exc}\n--- console (last lines):\n{tail}"))
+        first_round(opts, m, deadline, log, result)
+        second_round(m, deadline, log, result)
+    except (BootError, TimeoutError, MqttError, OSError, KeyError, ValueError) as exc:
+        result.checks.append(Check("boot", False, f"{exc!r}\n{console_tail(m)}"))
     finally:
-        if qemu.poll() is None:
-            qemu.kill()
-            qemu.wait()
+        if m.qemu is not None:  # a round that failed: its qemu goes now
+            stop(m, timeout_s=1)
         if not opts.keep:  # the logs stay; the copy and the kernel's copies go
             for name in ("disk.img", "vmlinuz", "initrd.img"):
                 (work / name).unlink(missing_ok=True)
@@ -437,11 +582,14 @@ def cli_boot(image: str, workdir: str | None, timeout_s: float, keep: bool) -> i
     for check in result.checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     record = {"ok": result.ok, "boot_to_ready_s": result.boot_to_ready_s,
+              "second_boot_to_ready_s": result.second_boot_to_ready_s,
               "node_rss_kib": result.node_rss_kib, "image": str(path)}  # fmt: skip
     with contextlib.suppress(OSError):  # the figures for `gibsey bench image`, beside the image
         path.with_name("boot.json").write_text(json.dumps(record, indent=2) + "\n")
     if result.boot_to_ready_s is not None:
         print(f"boot-to-READY (qemu started -> node/status online): {result.boot_to_ready_s:.0f}s")
+    if result.second_boot_to_ready_s is not None:
+        print(f"second boot (same copy) to READY: {result.second_boot_to_ready_s:.0f}s")
     if result.node_rss_kib is not None:
         print(f"node RSS inside the image: {result.node_rss_kib / 1024:.0f} MiB")
     print("the image boots to a working node" if result.ok else "the boot test FAILED")

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gibsey.node.image.cli import SRC_DIRS
+from gibsey.node.image.config import OVERLAY_INIT
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/opt/gibsey"
@@ -327,7 +328,9 @@ LABEL={BOOT_LABEL} /boot/firmware vfat defaults,noatime 0 2
 # and the memory cgroup on (Raspberry Pi device trees turn it off; MemoryMax= of the agent
 # worker needs it).
 RASPI_FIRMWARE = f'ROOTPART="LABEL={ROOT_LABEL}"\nCONSOLES="ttyS1,115200 tty0"\nCMA=64M\n'
-RASPI_EXTRA_CMDLINE = "cgroup_enable=memory rootwait\n"
+# The read-only root: images/build/gibsey-overlayroot runs as PID 1 before systemd when
+# cmdline.txt names it (`[image] read_only`, true by default; first boot keeps it in step).
+RASPI_EXTRA_CMDLINE = f"cgroup_enable=memory rootwait init={OVERLAY_INIT}\n"
 
 
 def node_layer(root: Path, plan: Plan, wheels: Path, log: Log) -> None:
@@ -349,6 +352,11 @@ def node_layer(root: Path, plan: Plan, wheels: Path, log: Log) -> None:
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 gibsey-node\n")
     (root / "etc/default/raspi-firmware").write_text(RASPI_FIRMWARE)
     (root / "etc/default/raspi-extra-cmdline").write_text(RASPI_EXTRA_CMDLINE)
+    init = root / OVERLAY_INIT.lstrip("/")
+    shutil.copy2(REPO / "images/build/gibsey-overlayroot", init)
+    init.chmod(0o755)
+    for mount_point in ("media/root-ro", "media/root-rw", "mnt"):
+        (root / mount_point).mkdir(parents=True, exist_ok=True)
     shutil.copytree(wheels, root / "tmp/wheels", dirs_exist_ok=True)
     (root / "tmp/setup.sh").write_text(
         SETUP_SCRIPT.format(prefix=PREFIX, units=" ".join(UNITS_ENABLED))

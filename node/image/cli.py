@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.core.config import ConfigError, validate_section
+from gibsey.core.identity import write_atomic
 from gibsey.node.image import firstboot
-from gibsey.node.image.config import ImageConfig
+from gibsey.node.image.config import OVERLAY_INIT, ImageConfig, cmdline_with_overlay
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"
@@ -168,6 +169,12 @@ def _boot(args: argparse.Namespace) -> int:
     return cli_boot(args.img, args.workdir, args.timeout, args.keep)
 
 
+def _mesh(args: argparse.Namespace) -> int:
+    from gibsey.node.image.mesh import cli_mesh
+
+    return cli_mesh(args.img, args.workdir, args.timeout)
+
+
 # -- on the card ---------------------------------------------------------------------------------
 def _out(cmd: list[str]) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -194,6 +201,8 @@ def _data_partition(args: argparse.Namespace) -> int:
     device = _out(["blkid", "-L", DATA_LABEL])
     if not device:
         root = _out(["findmnt", "-no", "SOURCE", "/"])
+        if not root.startswith("/dev/"):  # the read-only root's overlay: the card is below it
+            root = _out(["findmnt", "-no", "SOURCE", "/media/root-ro"]) or root
         disk = _out(["lsblk", "-no", "PKNAME", root]) if root.startswith("/dev/") else ""
         if not disk:
             print(f"root is {root or '?'}, not a partition of a disk: data stays on the root")
@@ -240,6 +249,25 @@ def _overlay_wanted(config: Path) -> bool:
     return image.read_only
 
 
+def _debian_overlay(paths: firstboot.Paths) -> int:
+    """The Debian image's read-only root follows `[image] read_only`: cmdline.txt gets (or
+    loses) the overlay's init= word, and the card reboots once into what was asked for."""
+    wanted = _overlay_wanted(paths.etc_config)
+    if wanted and not os.path.ismount(DATA_MOUNT):
+        print("note: no data partition mounted; the root stays writable (data would be RAM)")
+        wanted = False
+    cmdline = paths.boot / "cmdline.txt"
+    before = cmdline.read_text()
+    after = cmdline_with_overlay(before, wanted)
+    if after != before:
+        write_atomic(cmdline, after.encode())
+    overlay_on = _out(["findmnt", "-no", "FSTYPE", "/"]) == "overlay"
+    if overlay_on != wanted:
+        print(f"read-only root {'on' if wanted else 'off'} from the next boot: rebooting")
+        subprocess.run(["systemctl", "reboot", "--no-block"], check=False)
+    return 0
+
+
 def _firstboot(args: argparse.Namespace) -> int:
     paths = firstboot.Paths(
         boot=Path(args.boot),
@@ -267,6 +295,8 @@ def _firstboot(args: argparse.Namespace) -> int:
         pass
     if raspi and country:
         subprocess.run([raspi, "nonint", "do_wifi_country", country], check=False)
+    if Path(OVERLAY_INIT).exists():
+        return _debian_overlay(paths)
     overlay_on = "overlayroot=" in Path("/proc/cmdline").read_text()
     if raspi and not overlay_on and _overlay_wanted(paths.etc_config):
         if not os.path.ismount(DATA_MOUNT):
@@ -310,6 +340,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     boot.add_argument("--timeout", type=float, default=1800.0, help="seconds for it all")
     boot.add_argument("--keep", action="store_true", help="keep the booted copy")
     boot.set_defaults(func=_boot)
+    mesh = actions.add_parser(
+        "mesh", parents=[common], help="boot two copies side by side: they mesh and trade gifts"
+    )
+    mesh.add_argument("img", help="the image (images/out/gibsey-node-arm64.img)")
+    mesh.add_argument("--workdir", help="where the copies and their console logs go")
+    mesh.add_argument("--timeout", type=float, default=2400.0, help="seconds for it all")
+    mesh.set_defaults(func=_mesh)
     f = actions.add_parser(
         "firstboot",
         parents=[common],

@@ -6,7 +6,9 @@
     country = "GB"         # the regulatory domain, two capital letters
 
     [image]
-    read_only = true       # read-only root with a RAM overlay (power-cut safe)
+    read_only = true       # read-only root with a RAM overlay (power-cut safe); the default.
+                           # First boot puts `init=/usr/sbin/gibsey-overlayroot` in (or takes it
+                           # out of) cmdline.txt and reboots once when it changed it.
 
 First boot (firstboot.py) checks both before it copies the file into /etc.
 """
@@ -46,6 +48,18 @@ class WifiConfig(ConfigSection):
         if value and not re.fullmatch(r"[A-Z]{2}", value):
             raise ValueError('country must be two capital letters, e.g. "GB"')
         return value
+
+
+# The read-only root on the Debian image: images/build/gibsey-overlayroot, run as PID 1 before
+# systemd when the kernel's command line (cmdline.txt on the boot partition) says `init=` it.
+OVERLAY_INIT = "/usr/sbin/gibsey-overlayroot"
+
+
+def cmdline_with_overlay(cmdline: str, read_only: bool) -> str:
+    """cmdline.txt with the read-only root's `init=` word put in or taken out (one line, the
+    other words and their order kept: the Pi's firmware reads the first line only)."""
+    words = [w for w in cmdline.split() if w != f"init={OVERLAY_INIT}"]
+    return " ".join([*words, *([f"init={OVERLAY_INIT}"] if read_only else [])]) + "\n"
 
 
 class ImageConfig(ConfigSection):

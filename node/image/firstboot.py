@@ -73,6 +73,7 @@ class Paths:
 @dataclass
 class Result:
     node_id: str = ""
+    public_hex: str = ""  # the node's ed25519 key: other nodes' [mesh] peers name it
     hostname: str = ""
     identity_created: bool = False
     config_copied: bool = False
@@ -256,6 +257,7 @@ def provision(paths: Paths) -> Result:
     identity = load_or_create(paths.data, wanted)
     result.identity_created = not had_identity
     result.node_id = identity.node_id
+    result.public_hex = identity.public_hex
     _chown_service_user(paths.data, paths.data / KEY_FILENAME, stored_id)
 
     result.hostname = hostname_for(identity.node_id)
@@ -267,7 +269,9 @@ def provision(paths: Paths) -> Result:
         write_atomic(profile, wifi_profile(boot.wifi.ssid, boot.wifi.psk).encode(), 0o600)
         result.wifi = True
     summary = (
-        f"node {result.node_id} ({'new identity' if result.identity_created else 'identity kept'})"
+        f"node {result.node_id} ({'new identity' if result.identity_created else 'identity kept'}"
+        # The mesh key, where the technician reads it to name this node in the others' [mesh].
+        f", key {result.public_hex})"
         f", hostname {result.hostname}, config {'applied' if result.config_copied else 'unchanged'}"
         f"{', wifi profile written' if result.wifi else ''}"
     )
