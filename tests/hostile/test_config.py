@@ -154,6 +154,12 @@ BAD: list[tuple[str, str, Any]] = [
     ("agent", "blocked", "word"),
     ("agent", "blocked", [""]),
     ("agent", "worker", "fork"),
+    ("telemetry", "otlp_endpoint", "collector:4318"),  # no scheme
+    ("telemetry", "otlp_endpoint", "ftp://collector/v1/traces"),
+    ("telemetry", "otlp_endpoint", 4318),
+    ("telemetry", "export_delay_s", 0),
+    ("telemetry", "export_delay_s", 3600),
+    ("telemetry", "export_delay_s", float("nan")),
     ("gateway", "listen", "127.0.0.1:99999"),
     ("gateway", "listen", "nowhere"),
     ("gateway", "listen", "two words:8080"),
