@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,15 @@ class GatewayNode:
         return self.gateway.url
 
 
-@pytest.fixture
-async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
+def gateway_config() -> GibseyConfig:
+    """A node's configuration with its gateway on a free loopback port and the test token."""
+    return GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token=TOKEN))
+
+
+@asynccontextmanager
+async def running_gateway(tmp_path: Path, config: GibseyConfig) -> AsyncIterator[GatewayNode]:
+    """A node of `config` on a real Mosquitto, its gateway ready, and an HTTP client for it."""
     broker = Mosquitto(tmp_path / "mosquitto").start()
-    config = GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token=TOKEN))
     node = Node(tmp_path / "data", config)
     try:
         async with started(node, broker.url):
@@ -47,3 +53,9 @@ async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
                 yield GatewayNode(node, gateway, broker, http)
     finally:
         broker.stop()
+
+
+@pytest.fixture
+async def gateway_node(tmp_path: Path) -> AsyncIterator[GatewayNode]:
+    async with running_gateway(tmp_path, gateway_config()) as gw:
+        yield gw

@@ -16,17 +16,15 @@ import httpx
 import pytest
 
 from gibsey.core.envelope import PAYLOADS
-from gibsey.node.config import GibseyConfig
-from gibsey.node.daemon import Node
-from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
+from gibsey.node.gateway.config import PORT_FILE
 from gibsey.node.gateway.logs import JsonFormatter
 from gibsey.node.gateway.openapi import EVENTS_EXT, mutating_operations
 from gibsey.node.story.corpus import SAMPLE, read_corpus
 from gibsey.node.story.model import CANON
 from tests.brokers import Mosquitto
-from tests.conftest import Collector, CollectorFactory, started
+from tests.conftest import Collector, CollectorFactory
 from tests.events import raw_event, topic
-from tests.gateway_support import AUTH, TOKEN, GatewayNode, gateway_node
+from tests.gateway_support import AUTH, GatewayNode, gateway_config, gateway_node, running_gateway
 
 __all__ = ["gateway_node"]
 
@@ -505,29 +503,20 @@ async def test_a_turn_the_node_refuses_is_answered_429_at_once(tmp_path: Path) -
     """Tried: `POST /api/glyph/rotate?wait=true` over the node-wide bound on visitors' inputs.
     Must hold: the first turn gets its ritual; the next is answered 429 naming the bound, as soon
     as the node refuses it (before: a 202 with no ritual after the whole 5 s wait)."""
-    broker = Mosquitto(tmp_path / "mosquitto").start()
-    config = GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token=TOKEN))
+    config = gateway_config()
     config.node.visitor_inputs_per_second = 0.01  # a burst of one turn, then one per 100 s
-    node = Node(tmp_path / "data", config)
-    try:
-        async with started(node, broker.url):
-            gateway = node.parts.gateway
-            assert gateway is not None
-            await asyncio.wait_for(gateway.ready.wait(), 10)
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-                turn = {"symbol": "london-fox", "rotation": "read", "actor": "a"}
-                first = await http.post("/api/glyph/rotate?wait=true", json=turn, headers=AUTH)
-                assert first.status_code == 202 and first.json()["ritual"] is not None
-                second = await http.post(
-                    "/api/glyph/rotate?wait=true", json={**turn, "actor": "b"}, headers=AUTH
-                )
-                assert second.status_code == 429, second.text
-                assert "refused the turn" in second.json()["error"]
-                assert (
-                    "429"
-                    in (await http.get("/openapi.json")).json()["paths"]["/api/glyph/rotate"][
-                        "post"
-                    ]["responses"]
-                )
-    finally:
-        broker.stop()
+    async with running_gateway(tmp_path, config) as gw:
+        turn = {"symbol": "london-fox", "rotation": "read", "actor": "a"}
+        first = await gw.http.post("/api/glyph/rotate?wait=true", json=turn, headers=AUTH)
+        assert first.status_code == 202 and first.json()["ritual"] is not None
+        second = await gw.http.post(
+            "/api/glyph/rotate?wait=true", json={**turn, "actor": "b"}, headers=AUTH
+        )
+        assert second.status_code == 429, second.text
+        assert "refused the turn" in second.json()["error"]
+        assert (
+            "429"
+            in (await gw.http.get("/openapi.json")).json()["paths"]["/api/glyph/rotate"]["post"][
+                "responses"
+            ]
+        )
