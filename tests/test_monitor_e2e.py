@@ -26,6 +26,7 @@ from gibsey.cli import main
 from gibsey.harness.gallery import Gallery, GalleryConfig
 from gibsey.harness.ports import free_port
 from gibsey.harness.waiting import GalleryError, stop_process, wait_until
+from gibsey.node.gateway.targets import TARGETS_PATH
 from gibsey.node.monitor.render import TOKEN_FILE, WEBHOOK_PATH
 from tests.gallery_support import started
 
@@ -108,7 +109,7 @@ def _write_monitor(out: Path, g: Gallery, am_port: int) -> list[str]:
     for t in targets:
         args += ["--target", t]
     args += ["--scrape-interval", "1s", "--evaluation-interval", "1s", "--down-after", "2s"]
-    args += ["--group-wait", "1s"]
+    args += ["--group-wait", "1s", "--group-interval", "1s"]
     args += ["--alertmanager", f"127.0.0.1:{am_port}"]
     args += ["--webhook", g.nodes[0].url + WEBHOOK_PATH, "--gallery", "e2e"]
     assert main(args) == 0
@@ -156,7 +157,8 @@ def test_prometheus_scrapes_the_gallery_and_node_down_reaches_alertmanager(
     are scraped, every PromQL expression of the Agency Tensor board returns data (none
     refused), and after `kill -9` of one node Alertmanager holds NodeDown for it (and not
     for the node still up), and its webhook makes that a `fleet_NodeDown` safety/alert on the
-    surviving node's MQTT, naming the dead node's instance. One turn of the dial on the first
+    surviving node's MQTT, naming the dead node's instance. Started again, the node is back:
+    the alert resolves and the survivor records that too. One turn of the dial on the first
     node feeds the rotation panels."""
     g = started(Gallery(tmp_path / "gallery", GalleryConfig(nodes=2)))
     with ExitStack() as stack:
@@ -207,3 +209,69 @@ def test_prometheus_scrapes_the_gallery_and_node_down_reaches_alertmanager(
         [alert] = _fleet_alerts(g, 0)
         assert (alert["reason"], alert["severity"]) == ("fleet_NodeDown", "critical")
         assert f"NodeDown firing on {targets[1]}" in alert["detail"]
+        _node_back_resolves(g, am, targets[1])
+
+
+def _node_back_resolves(g: Gallery, am: httpx.Client, target: str) -> None:
+    """The killed node started again on its address: Prometheus scrapes it, NodeDown resolves in
+    Alertmanager, and its resolved notification reaches the surviving node as one more
+    safety/alert, `fleet_NodeDown_resolved`, severity info."""
+    g.nodes[1].http_listen = target  # the same address: the same Prometheus target
+    g.restart(1)
+    wait_until(
+        lambda: not _active_alerts(am, "NodeDown"),
+        ALERT_TIMEOUT_S,
+        "NodeDown to resolve in Alertmanager",
+        step_s=0.2,
+    )
+    wait_until(
+        lambda: len(_fleet_alerts(g, 0)) == 2,
+        ALERT_TIMEOUT_S,
+        "the resolved NodeDown as a safety/alert on the surviving node",
+        step_s=0.2,
+    )
+    resolved = _fleet_alerts(g, 0)[1]
+    assert (resolved["reason"], resolved["severity"]) == ("fleet_NodeDown_resolved", "info")
+    assert target in resolved["detail"]
+
+
+def test_prometheus_finds_the_gallery_through_the_node_itself(tmp_path: Path) -> None:
+    """`gibsey monitor --data NODE` writes a Prometheus that asks the node for its targets
+    (http_sd at TARGETS_PATH) besides the file it wrote. The node answers what the file holds
+    (the same groups, the same labels); with the file gone, the real Prometheus still scrapes the
+    node, found through the node alone; a target found both ways is one target."""
+    g = started(Gallery(tmp_path / "gallery", GalleryConfig(nodes=1)))
+    with ExitStack() as stack:
+        stack.callback(g.stop)
+        node = g.nodes[0]
+        out = tmp_path / "monitor"
+        args = ["monitor", "--out", str(out), "--data", str(node.data), "--gallery", "e2e"]
+        args += ["--scrape-interval", "1s", "--alertmanager", f"127.0.0.1:{free_port()}"]
+        assert main(args) == 0
+        written = json.loads((out / "targets" / "gibsey.json").read_text())
+        served = httpx.get(node.url + TARGETS_PATH, params={"gallery": "e2e"}, timeout=10).json()
+        assert served == written
+        [group] = served
+        assert group["targets"] == [urlsplit(node.url).netloc]
+        assert group["labels"]["role"] == "self"
+        prom, _ = _start_servers(stack, out)
+
+        def scraped() -> list[dict[str, Any]]:
+            doc = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
+            return [t for t in doc if t["health"] == "up"]
+
+        wait_until(scraped, START_TIMEOUT_S, "Prometheus to scrape the node", step_s=0.2)
+        assert len(prom.get("/api/v1/targets").json()["data"]["activeTargets"]) == 1
+        (out / "targets" / "gibsey.json").unlink()
+        wait_until(
+            lambda: all(
+                t["discoveredLabels"].get("__meta_url", "").endswith(TARGETS_PATH + "?gallery=e2e")
+                for t in prom.get("/api/v1/targets").json()["data"]["activeTargets"]
+            ),
+            START_TIMEOUT_S,
+            "Prometheus to drop the file's target and keep the node's",
+            step_s=0.5,
+        )
+        [target] = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
+        assert target["labels"]["instance"] == urlsplit(node.url).netloc
+        assert target["labels"]["role"] == "self"

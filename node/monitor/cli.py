@@ -11,9 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from gibsey.core.config import ConfigError, config_path, resolve_data_dir
 from gibsey.core.identity import write_atomic
+from gibsey.node.gateway.targets import (
+    TARGETS_PATH,
+    Target,
+    TargetError,
+    file_sd,
+    membership,
+    own_gateway,
+    parse_target,
+)
 from gibsey.node.monitor.render import (
     RULES_FILE,
     TARGETS_DIR,
@@ -25,14 +35,6 @@ from gibsey.node.monitor.render import (
     alertmanager_yml,
     prometheus_yml,
     rules,
-)
-from gibsey.node.monitor.targets import (
-    Target,
-    TargetError,
-    file_sd,
-    membership,
-    own_gateway,
-    parse_target,
 )
 
 TOKEN_MODE = 0o600
@@ -63,15 +65,21 @@ def _membership(data_dir: Path) -> tuple[list[Target], str, str | None]:
     return targets, f"http://{host}:{port}{WEBHOOK_PATH}", token
 
 
-def _settings(args: argparse.Namespace, webhook: str) -> Settings:
+def _settings(args: argparse.Namespace, webhook: str, discovery: bool) -> Settings:
+    """`discovery`: Prometheus also asks this node's gateway for the targets (http_sd), which
+    follow the mesh; only when the targets came from a node's data directory."""
+    node_url = webhook.removesuffix(WEBHOOK_PATH)
+    query = urlencode({"gallery": args.gallery})
     return Settings(
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         down_after=args.down_after,
         group_wait=args.group_wait,
+        group_interval=args.group_interval,
         alertmanager=parse_target(args.alertmanager).address,
         webhook_url=args.webhook or webhook,
         gallery=args.gallery,
+        discovery_url=f"{node_url}{TARGETS_PATH}?{query}" if discovery else None,
     )
 
 
@@ -87,10 +95,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     try:
         targets = [parse_target(t) for t in args.target]
         webhook, token = DEFAULT_WEBHOOK, None
+        members: list[Target] = []
         if not args.no_mesh:
             members, webhook, token = _membership(resolve_data_dir(getattr(args, "data", None)))
             targets += [t for t in members if t not in targets]
-        settings = _settings(args, webhook)
+        settings = _settings(args, webhook, discovery=not args.no_mesh and bool(members))
         files = {
             "prometheus.yml": prometheus_yml(settings),
             RULES_FILE: rules(settings),
@@ -163,6 +172,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default="30s",
         metavar="DURATION",
         help="Alertmanager gathers a new group's alerts this long before it sends them (30s)",
+    )
+    p.add_argument(
+        "--group-interval",
+        default="5m",
+        metavar="DURATION",
+        help="Alertmanager sends a group's changes (a resolved alert, too) at most this often (5m)",
     )
     p.add_argument(
         "--alertmanager",

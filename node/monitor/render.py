@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import urlsplit
 
+from gibsey.node.gateway.targets import TARGETS_PATH
+
 JOB = "gibsey"  # the scrape job; the rules select up{job="gibsey"}
 RULES_FILE = "gibsey-rules.yml"
 TARGETS_DIR = "targets"
@@ -49,9 +51,13 @@ class Settings:
     evaluation_interval: str = "15s"
     down_after: str = "1m"  # how long a node may miss its scrapes before NodeDown
     group_wait: str = "30s"  # how long Alertmanager gathers a new group's alerts before it sends
+    # how often a group's changes are sent again: a resolved alert waits up to this long
+    group_interval: str = "5m"
     alertmanager: str = "127.0.0.1:9093"
     webhook_url: str = "http://127.0.0.1:8080" + WEBHOOK_PATH
     gallery: str = "gallery"
+    # This node's targets endpoint (http_sd): the targets as the node knows them now
+    discovery_url: str | None = None
 
 
 def rules(settings: Settings) -> str:
@@ -90,13 +96,28 @@ scrape_configs:
     # it or run the command again, Prometheus notices the change (no restart).
     file_sd_configs:
       - files: [{json.dumps(f"{TARGETS_DIR}/*.json")}]
-        refresh_interval: 30s
+        refresh_interval: 30s{_http_sd(settings)}
 """
+
+
+def _http_sd(settings: Settings) -> str:
+    """The node's own list of targets, asked again every 30 s: a node that joins the mesh is
+    scraped without anyone running `gibsey monitor` again. The same labels as the file's, so a
+    target in both is one target."""
+    if settings.discovery_url is None:
+        return ""
+    url = check_url(settings.discovery_url, "discovery URL")
+    return f"""
+    # This node keeps its list current from its mesh (GET {TARGETS_PATH}).
+    http_sd_configs:
+      - url: {json.dumps(url)}
+        refresh_interval: 30s"""
 
 
 def alertmanager_yml(settings: Settings) -> str:
     url = check_url(settings.webhook_url, "--webhook")
     group_wait = check_duration(settings.group_wait, "--group-wait")
+    group_interval = check_duration(settings.group_interval, "--group-interval")
     return f"""\
 # Alertmanager for a Gibsey gallery, written by `gibsey monitor`. Relative paths are relative to
 # this file. Run: prometheus-alertmanager --config.file=alertmanager.yml --storage.path=am-data
@@ -104,7 +125,7 @@ route:
   receiver: gibsey-node
   group_by: [alertname, instance]
   group_wait: {group_wait}
-  group_interval: 5m
+  group_interval: {group_interval}
   repeat_interval: 4h
   # A second receiver for the technician (uncomment one below, then this):
   # routes:

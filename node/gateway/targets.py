@@ -1,11 +1,13 @@
-"""Which nodes Prometheus scrapes: a file_sd JSON made from the node's mesh membership.
+"""Which nodes Prometheus scrapes: the node's mesh membership, as file_sd JSON (`gibsey monitor`
+writes it) and as HTTP service discovery (the gateway serves it at TARGETS_PATH, read anew at
+each request, so the targets follow the mesh while Prometheus runs).
 
-Prometheus re-reads a `file_sd_configs` file when it changes, so a gallery's targets can change
-without restarting it. The membership is what the node knows from its data directory: its own
-gateway (`gateway.json`, written by a running node, else `[gateway] listen`), the peers of
-`[mesh] peers` and the peers the running mesh has met (`mesh-status.json`: beacons too). A peer's
-gateway is assumed on the same port as this node's (a gallery's nodes share one image); a
-`--target HOST:PORT` adds any other.
+Prometheus re-reads a `file_sd_configs` file when it changes and polls `http_sd_configs`, so a
+gallery's targets can change without restarting it. The membership is what the node knows
+from its data directory: its own gateway (`gateway.json`, written by a running node, else
+`[gateway] listen`), the peers of `[mesh] peers` and the peers the running mesh has met
+(`mesh-status.json`: beacons too). A peer's gateway is assumed on the same port as this node's
+(a gallery's nodes share one image); a `--target HOST:PORT` adds any other.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from gibsey.node.gateway.config import DEFAULT_LISTEN, PORT_FILE, parse_listen
 WILDCARD_HOSTS = ("0.0.0.0", "::", "*", "")
 LOCAL_HOST = "127.0.0.1"
 MESH_STATUS_FILE = "mesh-status.json"  # mesh/node.py STATUS_FILENAME
+TARGETS_PATH = "/api/monitor/targets"
+GALLERY_LABEL_CHARS = 64
 # A mesh key in a label: the first 16 hex digits, as gibsey_mesh_peer_last_seen_seconds's `peer`.
 KEY_LABEL_CHARS = 16
 
@@ -108,10 +112,15 @@ def membership(data_dir: Path, listen: str | None, peers: list[tuple[str, str]])
     return list(targets.values())
 
 
-def file_sd(targets: list[Target], gallery: str) -> str:
-    """The file_sd JSON: one group per target, so each keeps its own labels."""
-    groups = [
+def http_sd(targets: list[Target], gallery: str) -> list[dict[str, Any]]:
+    """Target groups (file_sd and http_sd read the same): one per target, so each keeps its own
+    labels. The same labels either way, so Prometheus counts a target found both ways once."""
+    return [
         {"targets": [t.address], "labels": {"gallery": gallery, **t.labels}}
         for t in sorted(targets, key=lambda t: t.address)
     ]
-    return json.dumps(groups, indent=2) + "\n"
+
+
+def file_sd(targets: list[Target], gallery: str) -> str:
+    """The file_sd JSON."""
+    return json.dumps(http_sd(targets, gallery), indent=2) + "\n"
