@@ -35,12 +35,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gibsey.core.mqtt import ClientSettings, MqttError, Session, new_client_id
+from gibsey.node.image.config import Log, stamped_log
 
 SHELL_PORT = "gibsey.shell"
 SHELL_UNIT = "gibsey-emulator-shell.service"
@@ -62,7 +62,7 @@ WantedBy=multi-user.target
 # Pi boot files the firmware needs (checked for presence; qemu boots the kernel directly).
 PI_BOOT_FILES = ("bootcode.bin", "start4.elf", "fixup4.dat", "config.txt", "cmdline.txt",
                  "bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb", "gibsey.toml")  # fmt: skip
-Log = Callable[[str], None]
+
 # The actor a gift on the first boot goes to; the second boot must still show its balance.
 KEEPSAKE = "boot-1-keepsake"
 
@@ -571,11 +571,8 @@ def cli_boot(image: str, workdir: str | None, timeout_s: float, keep: bool) -> i
         return 2
     opts = Options(path, Path(workdir) if workdir else None, timeout_s=timeout_s, keep=keep)
 
-    def log(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
-
     try:
-        result = boot(opts, log)
+        result = boot(opts, stamped_log)
     except BootError as exc:
         print(f"gibsey image boot: {exc}")
         return 1

@@ -41,12 +41,11 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gibsey.node.image.cli import SRC_DIRS
-from gibsey.node.image.config import OVERLAY_INIT
+from gibsey.node.image.config import OVERLAY_INIT, Log, stamped_log
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/opt/gibsey"
@@ -106,7 +105,6 @@ UNITS_ENABLED = (
     "NetworkManager.service",
     "systemd-timesyncd.service",
 )
-Log = Callable[[str], None]
 
 
 class BuildError(RuntimeError):
@@ -509,11 +507,8 @@ def cli_build(out: str | None, mirror: str | None) -> int:
     if mirror:
         plan.mirror = mirror
 
-    def log(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
-
     try:
-        info = build(plan, log)
+        info = build(plan, stamped_log)
     except BuildError as exc:
         print(f"gibsey image build: {exc}")
         return 1

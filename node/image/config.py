@@ -16,6 +16,8 @@ First boot (firstboot.py) checks both before it copies the file into /etc.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import field_validator
@@ -53,6 +55,15 @@ class WifiConfig(ConfigSection):
 # The read-only root on the Debian image: images/build/gibsey-overlayroot, run as PID 1 before
 # systemd when the kernel's command line (cmdline.txt on the boot partition) says `init=` it.
 OVERLAY_INIT = "/usr/sbin/gibsey-overlayroot"
+
+# How the image commands say what they do: a line at a time, as it happens.
+Log = Callable[[str], None]
+
+
+def stamped_log(line: str) -> None:
+    """One progress line with the wall-clock time: builds and boots take minutes, and a
+    technician reading the output piped to a file wants to see where the time went."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 
 
 def cmdline_with_overlay(cmdline: str, read_only: bool) -> str:

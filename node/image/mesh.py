@@ -35,7 +35,6 @@ from gibsey.core.mqtt import MqttError
 from gibsey.node.image.boot import (
     BootError,
     Check,
-    Log,
     Machine,
     balance,
     boot_toml,
@@ -51,6 +50,7 @@ from gibsey.node.image.boot import (
     stop,
     throwaway_copy,
 )
+from gibsey.node.image.config import Log, stamped_log
 
 MESH_PORT = 7470
 WIRE_NET = "10.99.0"
@@ -173,10 +173,7 @@ def cli_mesh(image: str, workdir: str | None, timeout_s: float) -> int:
         print(f"gibsey image mesh: {path} is not a file (build it: make image)")
         return 2
 
-    def log(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
-
-    result = mesh(path, Path(workdir) if workdir else None, timeout_s, log)
+    result = mesh(path, Path(workdir) if workdir else None, timeout_s, stamped_log)
     for check in result.checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     for what, seconds in result.ready_s.items():
