@@ -61,28 +61,29 @@ def sign_change(
     return {**body, SIGNATURE_FIELD: signature.hex()}
 
 
+def _key_bytes(text: str) -> bytes | None:
+    """The 32 bytes of an ed25519 key written as 64 hex digits, else None."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
 def read_operator_key(path: Path) -> SigningKey:
     """An operator's key file: the 32-byte seed (the format of node.key) or its 64 hex digits.
     ValueError saying what is wrong."""
-    data = path.read_bytes()
-    if len(data) != 32:
-        text = data.decode("ascii", "replace").strip()
-        try:
-            data = bytes.fromhex(text)
-        except ValueError:
-            data = b""
-        if len(data) != 32:
-            raise ValueError(f"{path}: not an ed25519 key (32 bytes, or 64 hex digits)")
+    raw = path.read_bytes()
+    data = raw if len(raw) == 32 else _key_bytes(raw.decode("ascii", "replace").strip())
+    if data is None:
+        raise ValueError(f"{path}: not an ed25519 key (32 bytes, or 64 hex digits)")
     return SigningKey(data)
 
 
 def check_public_key(text: str) -> str:
     """`text` if it is a hex ed25519 public key, else ValueError."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
+    raw = _key_bytes(text)
+    if raw is None:
         raise ValueError(f"operator {text[:80]!r}: expected 64 hex digits (an ed25519 public key)")
     VerifyKey(raw)
     return text.lower()
