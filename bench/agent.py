@@ -24,9 +24,8 @@
   rows of their own. Both sides ask the same question each round, so both reuse llama.cpp's
   cached prompt prefix alike. Goal: the node reaches at least 0.9 of bare.
 * Worker memory: RSS of the worker process with the default model loaded.
-* Embedding: one sentence at a time through onnxruntime (int8 MiniLM).
-* Vector search: k=5 nearest of 100,000 stored memories in sqlite-vec, against NumPy brute force
-  (one matrix-vector product + argpartition) over the same vectors.
+* Embedding and vector search: `gibsey bench vectors` (gibsey.bench.vectors), whose rows end this
+  suite.
 """
 
 from __future__ import annotations
@@ -46,17 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gibsey.bench import vectors
 from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
 from gibsey.harness.mosquitto import Mosquitto
 from gibsey.node.agents import worker
 from gibsey.node.agents.config import AgentConfig
-from gibsey.node.agents.db import Db
-from gibsey.node.agents.memory import DIM, Embedder, MemoryStore
 from gibsey.node.agents.model import default_model_path
 from gibsey.node.agents.personas import load_personas
 
@@ -64,7 +61,6 @@ PERSONA = "the-author"
 QUESTION = "Describe, in detail, everything you see in this room, one thing after another."
 MAX_TOKENS = 48
 ROUNDS = 11  # counted rounds per side, after one warm-up round
-N_MEMORIES = 100_000
 _MARK = "GIBSEY-BENCH "  # prefix of the bare process's result lines (llama.cpp may print too)
 
 
@@ -316,56 +312,6 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _vectors(tmp: Path) -> list[Row]:
-    embedder = Embedder()
-    sentences = [
-        f"A visitor asked question number {i} about the {w} dial."
-        for i, w in enumerate(
-            ["red", "blue", "green", "quiet", "loud", "old", "new", "strange"] * 4
-        )
-    ]
-    embedder.embed_one("warm up")
-    times = []
-    for s in sentences:
-        t = time.perf_counter()
-        embedder.embed_one(s)
-        times.append(time.perf_counter() - t)
-    embed_ms = statistics.median(times) * 1000
-    rng = np.random.default_rng(7)
-    vecs = rng.standard_normal((N_MEMORIES, DIM)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    store = MemoryStore(Db(tmp / "vec.db"))
-    t = time.perf_counter()
-    batch = 10_000
-    for lo in range(0, N_MEMORIES, batch):
-        store.add_many([("bench", f"m{lo + j}", vecs[lo + j]) for j in range(batch)])
-    insert_s = time.perf_counter() - t
-    queries = rng.standard_normal((20, DIM)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    vec_t, np_t, agree = [], [], 0
-    for q in queries:
-        t = time.perf_counter()
-        hits = store.nearest(q, k=5)
-        vec_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        scores = vecs @ q
-        top = np.argpartition(-scores, 5)[:5]
-        top = top[np.argsort(-scores[top])]
-        np_t.append(time.perf_counter() - t)
-        agree += int([h.id - 1 for h in hits] == top.tolist())
-    return [
-        Row("embedding, one sentence", embed_ms, None, "ms", note="int8 MiniLM, onnxruntime"),
-        Row(f"store {N_MEMORIES:,} memories", insert_s, None, "s", note="sqlite-vec, batches"),
-        Row(
-            f"nearest 5 of {N_MEMORIES:,} memories",
-            statistics.median(vec_t) * 1000,
-            statistics.median(np_t) * 1000,
-            "ms",
-            note=f"vs NumPy brute force; same top-5 in {agree}/{len(queries)}",
-        ),
-    ]
-
-
 def run() -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-agent-") as d:
         tmp = Path(d)
@@ -409,5 +355,5 @@ def run() -> list[Row]:
             ),
             Row("worker RSS, default model", rss, None, "MiB", note="Gemma 3 270M Q4_K_M"),
         ]
-        rows += _vectors(tmp)
+        rows += vectors.rows(tmp)
     return rows

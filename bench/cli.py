@@ -48,6 +48,14 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.agent",
         "persona tokens/s + first token via MQTT vs bare llama.cpp; embeddings; vector search",
     ),
+    "vectors": (
+        "gibsey.bench.vectors",
+        "a persona's memory: embedding; nearest 5 of 100,000 in sqlite-vec vs NumPy brute force",
+    ),
+    "footprint": (
+        "gibsey.bench.footprint",
+        "daemon RSS with the model not loaded (gateway on/off) vs a bare Python process",
+    ),
     "rehearse": (
         "gibsey.bench.rehearse",
         "1/3/5/10-node gallery on this machine: dial frame -> ritual p99, RSS per node",

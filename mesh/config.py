@@ -44,7 +44,6 @@ from typing import Annotated, Any
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.signing import SigningKey
 from pydantic import BeforeValidator, Field, field_validator
-from zmq.utils import z85
 
 from gibsey.core.config import (
     DAY_S,
@@ -181,6 +180,9 @@ class MeshConfig(ConfigSection):
 
 def curve_public(ed_public: bytes) -> bytes:
     """The z85 CurveZMQ public key of an ed25519 public key."""
+    # zmq (~2 MiB resident) loads with the mesh, or here: not with every node's configuration.
+    from zmq.utils import z85
+
     return z85.encode(crypto_sign_ed25519_pk_to_curve25519(ed_public))
 
 
@@ -189,6 +191,8 @@ def curve_keypair(key: SigningKey) -> tuple[bytes, bytes]:
 
     The curve25519 secret is libsodium's conversion of the ed25519 secret, so a node has one
     key to keep (node.key) and its peers need only its ed25519 public key."""
+    from zmq.utils import z85
+
     secret = key.to_curve25519_private_key().encode()
     public = crypto_sign_ed25519_pk_to_curve25519(bytes(key.verify_key))
     return z85.encode(secret), z85.encode(public)

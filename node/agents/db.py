@@ -10,14 +10,14 @@ explicit transactions, WAL journal, so readers (the CLI) never block the daemon.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-import sqlite_vec
 
 from gibsey.core.storage import StorageError, sqlite_refusal
 
@@ -28,6 +28,17 @@ class DbError(RuntimeError):
 
 def stdlib_can_load_extensions() -> bool:
     return hasattr(sqlite3.Connection, "enable_load_extension")
+
+
+@functools.cache
+def vec_extension_path() -> str:
+    """sqlite-vec's loadable extension, found without importing the `sqlite_vec` package: its
+    __init__ imports NumPy when installed (~10 MiB resident in a daemon that needs none)."""
+    spec = importlib.util.find_spec("sqlite_vec")
+    if spec is None or spec.origin is None:
+        raise DbError("sqlite-vec is not installed")
+    # The path sqlite_vec.loadable_path() gives.
+    return os.path.join(os.path.dirname(spec.origin), "vec0")
 
 
 def pick_backend(choice: str = "auto") -> str:
@@ -75,7 +86,7 @@ class Db:
             self._std = conn
             if vec:
                 conn.enable_load_extension(True)
-                sqlite_vec.load(conn)
+                conn.load_extension(vec_extension_path())
                 conn.enable_load_extension(False)
         else:
             import apsw
@@ -84,7 +95,7 @@ class Db:
             self._apsw = aconn
             if vec:
                 aconn.enable_load_extension(True)
-                aconn.load_extension(sqlite_vec.loadable_path())
+                aconn.load_extension(vec_extension_path())
                 aconn.enable_load_extension(False)
             aconn.set_busy_timeout(5000)
         if self.path != ":memory:":

@@ -17,15 +17,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from gibsey.node.agents.db import Db
 
+if TYPE_CHECKING:
+    # NumPy (~10 MiB resident) loads with the first embedding or memory, not with the daemon:
+    # a node whose visitors never ask a persona does without it.
+    import numpy as np
+    import numpy.typing as npt
+
+    Vectors = npt.NDArray[np.float32]
+
 DIM = 384
-Vectors = npt.NDArray[np.float32]
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -88,6 +92,8 @@ class Embedder:
         self._tokenizer = tok
 
     def embed(self, texts: Sequence[str]) -> Vectors:
+        import numpy as np
+
         with self._lock:
             if self._session is None:
                 self._load()
@@ -199,4 +205,6 @@ class MemoryStore:
 
 
 def _blob(vector: Vectors) -> bytes:
+    import numpy as np
+
     return np.asarray(vector, dtype=np.float32).tobytes()

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from cross_web import AsyncHTTPRequestAdapter, HTTPException  # strawberry's own (its dependency)
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -147,8 +146,3 @@ class StoryGraphQL(GraphQL[StoryContext, None]):
             detail = f"a GraphQL mutation from {client}: {context.refusal}"
             self.state.refused("http_unauthorized", detail)
         return result
-
-
-def graphql_route(state: GatewayState) -> Route:
-    # A route, not a mount: /graphql itself answers (a mount would redirect to /graphql/).
-    return Route("/graphql", StoryGraphQL(state), methods=["GET", "POST"], name="graphql")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gibsey.node.gateway.middleware import MAX_BODY_BYTES
-from gibsey.node.story.graphql import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS
+from gibsey.node.story.limits import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

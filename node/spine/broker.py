@@ -27,9 +27,11 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from amqtt.broker import Broker
+if TYPE_CHECKING:
+    # amqtt (with websockets, yaml, transitions: ~4 MiB resident) loads only when it runs.
+    from amqtt.broker import Broker
 
 log = logging.getLogger("gibsey.broker")
 
@@ -100,6 +102,8 @@ class AmqttBroker:
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
             },
         }
+        from amqtt.broker import Broker
+
         self._broker = Broker(config)
         await self._broker.start()
         log.info("embedded MQTT broker: amqtt in the node's process, on %s", self.url)

@@ -45,15 +45,10 @@ from gibsey.ledger.errors import LedgerError
 
 from .engine import Publish, Story
 from .graph import Hearing
+from .limits import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS
 from .model import CANON, StoryError
 from .text import Conflict
 
-# Parsing costs about 0.15 ms and 3 KB a token (a 5,000-alias document: 0.8 s, 14 MB): the
-# document is refused as soon as it passes this many. A hand-written query is tens of tokens;
-# an IDE's introspection query some 300.
-MAX_QUERY_TOKENS = 2000
-MAX_DEPTH = 8  # the schema's own paths are at most 3 deep (branch > history > author)
-MAX_ALIASES = 20
 MAX_RESPONSE_FIELDS = 100_000
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # about: field names and text as they resolve
 WRITE_REFUSED = "UNAUTHENTICATED"  # the `code` of a refused mutation's error

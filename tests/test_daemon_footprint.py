@@ -1,0 +1,89 @@
+"""What a node without a loaded model holds in memory: the parts that do not run, or have not been
+used yet, are not imported (numpy with the first memory, strawberry with the first /graphql
+request, amqtt only as the embedded broker, zmq only with the mesh, llama.cpp and onnxruntime in
+the worker or the embedder); `gibsey bench footprint` measures the RSS this saves."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gibsey.harness.waiting import stop_process
+from tests.brokers import Mosquitto
+
+# Modules a node that nobody has asked anything does not load (the issue's RSS row); zmq is the
+# mesh's, which runs only with a [mesh] section.
+NOT_LOADED = (
+    *("numpy", "llama_cpp", "onnxruntime", "tokenizers"),
+    *("strawberry", "graphql", "amqtt", "zmq"),
+)
+# The shared objects of those that have any: what /proc/PID/maps of the real process shows.
+NOT_MAPPED = ("/numpy/", "/llama_cpp/", "/onnxruntime/", "/tokenizers/", "/zmq/", "/pyzmq.libs/")
+
+_BUILD_NODE = """
+import json, sys
+from pathlib import Path
+from gibsey.node.config import GibseyConfig
+from gibsey.node.daemon import Node
+config = GibseyConfig()
+config.gateway.listen_on("127.0.0.1:0")  # the gateway attached, as `gibsey up` has it
+node = Node(Path(sys.argv[1]), config)
+assert node.parts.agents is not None and node.parts.gateway is not None
+print(json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)))
+"""
+
+
+def test_a_node_built_with_agents_and_gateway_has_not_imported_what_it_has_not_used(
+    tmp_path: Path,
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _BUILD_NODE, str(tmp_path / "data"), json.dumps(NOT_LOADED)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def _wait_ready(sock: socket.socket, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "gibsey up exited before READY=1"
+        sock.settimeout(max(0.05, min(1.0, deadline - time.monotonic())))
+        try:
+            if "READY=1" in sock.recv(4096).decode().split("\n"):
+                return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"no READY=1 from gibsey up in {timeout_s} s")
+
+
+def test_a_running_node_maps_no_numpy_nor_model_runtime_until_asked(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    env = dict(os.environ, GIBSEY_DATA=str(tmp_path / "data"), GIBSEY_DISCOVERY_PREFIX="")
+    sock_path = tmp_path / "notify.sock"
+    env["NOTIFY_SOCKET"] = str(sock_path)
+    cmd = [sys.executable, "-m", "gibsey", "up", "--broker", mosquitto.url]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        proc = subprocess.Popen(
+            [*cmd, "--http", "127.0.0.1:0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_ready(sock, proc, 60)
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        finally:
+            stop_process(proc, timeout_s=15)
+    files = {line.split()[-1] for line in maps.splitlines() if "/" in line}
+    assert any("/sqlite_vec/" in f for f in files)  # the agents' database is open
+    assert sorted(f for f in files if any(name in f for name in NOT_MAPPED)) == []
