@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -251,3 +253,45 @@ async def test_a_persistent_session_is_resumed_with_what_was_queued_meanwhile(
                 assert got.payload == b"while away"
     with pytest.raises(ValueError, match="session_expiry_s"):
         ClientSettings(mosquitto.url, "x", session_expiry_s=-1)
+
+
+async def test_a_handlers_answer_leaves_before_what_the_loop_queued_meanwhile(
+    mosquitto: Mosquitto,
+) -> None:
+    """What a message handler publishes is written as the read that delivered the message
+    returns, not after every callback the event loop has queued meanwhile: a turn's answer
+    is not held behind other work (before: it waited one more turn of the loop)."""
+    loop = asyncio.get_running_loop()
+    answered = threading.Event()
+    outcome: list[bool] = []
+    # The watcher runs on paho's own thread: it sees the answer while this loop is busy.
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=new_client_id("watch"))
+    subscribed = threading.Event()
+    watcher.on_subscribe = lambda *args: subscribed.set()
+    watcher.on_message = lambda c, u, msg: answered.set()
+    watcher.connect(*parse_broker_url(mosquitto.url))
+    watcher.loop_start()
+    conn = Connection(ClientSettings(mosquitto.url, new_client_id("t")))
+
+    def busy() -> None:  # other work of the loop: it blocks until the answer is out, or 5 s
+        outcome.append(answered.wait(5))
+
+    def on_message(c: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        loop.call_soon(busy)  # queued before the answer is published
+        c.publish("t/answer", b"a", qos=0)
+
+    conn.client.on_message = on_message
+    try:
+        watcher.subscribe("t/answer", qos=0)
+        assert await asyncio.to_thread(subscribed.wait, 5)
+        await conn.connect()
+        await conn.subscribe("t/request")
+        watcher.publish("t/request", b"q", qos=0)
+        async with asyncio.timeout(10):
+            while not outcome:
+                await asyncio.sleep(0.01)
+        assert outcome == [True], "the answer waited behind the loop's other callbacks"
+    finally:
+        await conn.close()
+        watcher.loop_stop()
+        watcher.disconnect()
