@@ -13,7 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
-from gibsey.core.envelope import Event, GlyphRotated, Payload, RitualPerformed, payload_of
+from gibsey.core.envelope import (
+    Event,
+    GlyphRotated,
+    Payload,
+    RitualPerformed,
+    payload_of,
+    with_cause,
+)
+
+# Ritual records kept validated (RitualHandler): one per state and outcome seen, in practice.
+MADE_RECORDS = 4096
 
 
 class RitualOutcome(NamedTuple):  # immutable, and cheap to make on every rotation
@@ -55,6 +65,7 @@ class RitualHandler:
         self.last_refusal = ""
         # Told of each refused turn (the gateway answers a waiting request with it at once).
         self.refusal_listeners: list[Callable[[Event, str], None]] = []
+        self._made: dict[tuple[int, int, RitualOutcome], Payload] = {}  # see __call__
 
     def __call__(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, GlyphRotated)
@@ -68,20 +79,31 @@ class RitualHandler:
                 return
         outcome = self.runner(event, payload)
         self.performed += 1
-        self._emit(
-            "ritual/performed",
-            payload_of(
-                RitualPerformed,
-                {
-                    "symbol": payload.symbol,
-                    "rotation": payload.rotation,
-                    "state": payload.symbol * 4 + payload.rotation,
-                    "cause": event.id,
-                    "program": outcome.program,
-                    "effects": outcome.effects,
-                    "fuel": outcome.fuel,
-                    "error": outcome.error[:256],
-                },
-            ),
-            actor=event.actor,
+        # The record of a turn is the same but for its cause whenever the same state ran the
+        # same program to the same outcome: validated once per distinct outcome, then only the
+        # cause changes (with_cause).
+        key = (payload.symbol, payload.rotation, outcome)
+        made = self._made.get(key)
+        if made is None:
+            made = self._record(key, outcome)
+        self._emit("ritual/performed", with_cause(made, "cause", event.id), event.actor)
+
+    def _record(self, key: tuple[int, int, RitualOutcome], outcome: RitualOutcome) -> Payload:
+        symbol, rotation, _ = key
+        made = payload_of(
+            RitualPerformed,
+            {
+                "symbol": symbol,
+                "rotation": rotation,
+                "state": symbol * 4 + rotation,
+                "cause": "",
+                "program": outcome.program,
+                "effects": outcome.effects,
+                "fuel": outcome.fuel,
+                "error": outcome.error[:256],
+            },
         )
+        if len(self._made) >= MADE_RECORDS:  # outcomes that vary turn by turn: start afresh
+            self._made.clear()
+        self._made[key] = made
+        return made

@@ -38,6 +38,7 @@ from gibsey.core.envelope import (
     VmLoad,
     VmLoaded,
     payload_of,
+    with_cause,
 )
 from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
@@ -58,6 +59,9 @@ LEDGER_QUEUE = 4096
 # Mints over this node's mint budget (ledger/ECONOMY.md) are refused before any write and said
 # at most once per interval, with the count since the last time.
 MINT_THROTTLE_ALERT_S = 60.0
+# Effects whose payloads are kept validated (_apply); a program's effects are its constants, so
+# a few per bound program, unless it emits computed numbers.
+MADE_PAYLOADS = 4096
 
 
 class ActorDirectory:
@@ -122,6 +126,7 @@ class Runtime:
         self._throttle_said = 0  # mint_throttled when last alerted
         self._throttle_said_at = -MINT_THROTTLE_ALERT_S  # when (monotonic)
         self.reloads = 0
+        self._made: dict[vm.Effect, Payload] = {}  # effect -> its payload, validated (_apply)
 
     # -- the opcode table ---------------------------------------------------------------------
     def reload_if_changed(self) -> None:
@@ -178,36 +183,44 @@ class Runtime:
 
     def _apply(self, effect: vm.Effect, event: Event, ritual: str) -> int:
         kind = effect.kind
+        # A payload's fields besides the turn's id come from the program's constants and the
+        # effect's numbers: validated once per distinct effect (a refused one, e.g. a topic
+        # constant over 256 characters, raises every time and is never kept), then only the id
+        # changes (with_cause). The effect tuple itself is the key: it determines the rest.
+        made = self._made.get(effect)
         if kind in (vm.EffectKind.EMIT, vm.EffectKind.EMITS):
-            value = effect.a if kind is vm.EffectKind.EMIT else None
-            self.node.send(
-                "ritual/effect",
-                payload_of(
-                    RitualEffect,
-                    {"name": effect.s1 or "", "value": value, "text": effect.s2, "cause": event.id},
-                ),
-                actor=event.actor,
-            )
+            if made is None:
+                value = effect.a if kind is vm.EffectKind.EMIT else None
+                made = self._remember(
+                    effect,
+                    payload_of(
+                        RitualEffect,
+                        {"name": effect.s1 or "", "value": value, "text": effect.s2, "cause": ""},
+                    ),
+                )
+            self.node.send("ritual/effect", with_cause(made, "cause", event.id), event.actor)
             return 1
         if kind is vm.EffectKind.ASK:
             persona = SYMBOLS[effect.a].slug if 0 <= effect.a < BASE_SYMBOLS else None
             if persona is None:
                 return self._bad_effect(event, f"ASK names persona {effect.a}, not 0..63")
-            self.node.send(
-                "agent/request",
-                payload_of(
-                    AgentRequest,
-                    {"persona": persona, "prompt": effect.s1 or "", "correlation": event.id},
-                ),
-                actor=event.actor,
-            )
+            if made is None:
+                made = self._remember(
+                    effect,
+                    payload_of(
+                        AgentRequest,
+                        {"persona": persona, "prompt": effect.s1 or "", "correlation": ""},
+                    ),
+                )
+            self.node.send("agent/request", with_cause(made, "correlation", event.id), event.actor)
             return 1
         if kind is vm.EffectKind.PROPOSE:
-            self.node.send(
-                "narrative/change",
-                payload_of(NarrativeChange, {"branch": effect.s1 or "", "change": "propose"}),
-                actor=event.actor,
-            )
+            if made is None:  # nothing of the turn in it: one payload for every turn
+                made = self._remember(
+                    effect,
+                    payload_of(NarrativeChange, {"branch": effect.s1 or "", "change": "propose"}),
+                )
+            self.node.send("narrative/change", made, event.actor)
             return 1
         if kind is vm.EffectKind.MINT:
             actor = self.actors.name_of(effect.a)
@@ -226,6 +239,12 @@ class Runtime:
                 LedgerWork("gift", giver, receiver, effect.c, ritual, event.id, trace.current())
             )
         return self._bad_effect(event, f"unknown effect kind {kind}")
+
+    def _remember(self, effect: vm.Effect, payload: Payload) -> Payload:
+        if len(self._made) >= MADE_PAYLOADS:  # effects with computed numbers: start afresh
+            self._made.clear()
+        self._made[effect] = payload
+        return payload
 
     def _bad_effect(self, event: Event, detail: str) -> int:
         self.node.alert(SafetyAlert(reason="bad_effect", detail=f"{event.id}: {detail}"))

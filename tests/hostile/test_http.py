@@ -40,6 +40,7 @@ from gibsey.harness.waiting import stop_process
 from gibsey.node.gateway.openapi import mutating_operations
 from gibsey.node.gateway.tokens import TOKEN_FILE
 from gibsey.node.story import graphql as story_graphql
+from gibsey.node.story import limits as story_limits
 from gibsey.node.story.corpus import SAMPLE, read_corpus
 from gibsey.node.story.model import CANON
 from tests.brokers import Mosquitto
@@ -206,13 +207,13 @@ async def test_a_5000_alias_query_is_refused_before_it_runs(gateway_node: Gatewa
     answer = await _graphql(gw, flood)
     assert answer["data"] is None and len(answer["errors"]) == 1, answer
     message = answer["errors"][0]["message"]
-    assert f"more than {story_graphql.MAX_QUERY_TOKENS} tokens" in message, message
+    assert f"more than {story_limits.MAX_QUERY_TOKENS} tokens" in message, message
 
     aliases = "{" + " ".join(f"a{i}: __typename" for i in range(100)) + "}"
     answer = await _graphql(gw, aliases)
     assert answer["data"] is None
     assert [e["message"] for e in answer["errors"]] == [
-        f"100 aliases found. Allowed: {story_graphql.MAX_ALIASES}"
+        f"100 aliases found. Allowed: {story_limits.MAX_ALIASES}"
     ]
     assert (await gw.http.get("/api/status")).status_code == 200
 
@@ -224,7 +225,7 @@ async def test_a_query_deeper_than_the_limit_is_refused(gateway_node: GatewayNod
     answer = await _graphql(gw, deep)
     assert answer["data"] is None
     messages = [e["message"] for e in answer["errors"]]
-    depth = f"'anonymous' exceeds maximum operation depth of {story_graphql.MAX_DEPTH}"
+    depth = f"'anonymous' exceeds maximum operation depth of {story_limits.MAX_DEPTH}"
     assert depth in messages, messages
 
 
