@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,14 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.rehearse",
         "1/3/5/10-node gallery on this machine: dial frame -> ritual p99, RSS per node",
     ),
+    "wear": (
+        "gibsey.bench.wear",
+        "bytes the node writes to disk per dial turn (500 turns at 5/s, /proc/PID/io) vs the entry",
+    ),
+    "catchup": (
+        "gibsey.bench.catchup",
+        "a fresh node catching up a 1,000,000-entry history over the mesh vs 2-core bare verify",
+    ),
     "image": (
         "gibsey.bench.image",
         "SD image: build time, size, emulated boot-to-READY, node RSS (recorded by make image)",
@@ -83,8 +92,10 @@ def _run(args: argparse.Namespace) -> int:
         except (ModuleNotFoundError, AttributeError) as exc:
             console.print(f"[yellow]bench {name}: not available on this checkout ({exc})[/yellow]")
             continue
+        # --entries sizes the suites that take it (catchup); the others ignore it.
+        sized = args.entries is not None and "entries" in inspect.signature(run).parameters
         with console.status(f"measuring {name} ..."):
-            rows = run()
+            rows = run(entries=args.entries) if sized else run()  # type: ignore[call-arg]
         print_rows(f"gibsey bench {name}", rows, console)
         failed |= any(r.met is False for r in rows)
     return 1 if failed and args.strict else 0
@@ -102,4 +113,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("suite", nargs="?", default="all", choices=[*SUITES, "all"])
     p.add_argument("--strict", action="store_true", help="exit 1 if a goal is not met")
+    p.add_argument(
+        "--entries", type=int, metavar="N", help="history size for catchup (default 1,000,000)"
+    )
     p.set_defaults(func=_run)

@@ -176,6 +176,11 @@ class NodeConfig(ConfigSection):
     )
     # Home Assistant MQTT discovery prefix; empty disables discovery.
     discovery_prefix: Annotated[str, Env("GIBSEY_DISCOVERY_PREFIX")] = "homeassistant"
+    # Seconds the first mint or gift of a group waits for more of the node's turns to share its
+    # commit (ledger/ledger.py GroupCommit): one fsync and one set of WAL pages per group, not
+    # per entry - an SD card's wear (`gibsey bench wear`). Each gift/txn is announced after its
+    # group's commit, so it comes up to this much later; the ritual itself does not wait.
+    ledger_group_wait_s: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
     # Seconds between node/status + metrics publications (at least 0.1: it is a publication).
     status_interval: Annotated[float, Env("GIBSEY_STATUS_INTERVAL"), Field(ge=0.1, le=DAY_S)] = 5.0
     # Hex ed25519 public keys whose signed changes (`vm/load`, `agent/reload`) the node accepts

@@ -1,15 +1,23 @@
-"""One feed entry: its fields, its wire bytes, its signature and its hash.
+"""One feed entry: its fields, its wire bytes, its signature (if it carries one) and its hash.
 
 Wire bytes (specified in CANONICAL.md):
 
-    entry = payload || signature            (signature: the last 64 bytes)
-    payload = canonical JSON of {"author","body","lamport","prev","seq","type","v","wall"}
+    signed entry   = payload || signature   (signature: the last 64 bytes)
+    unsigned entry = payload                (format v2, "head": false; vouched for by the
+                                             signed head of its group through the prev hashes)
+    payload = canonical JSON of {"author","body",["head",]"lamport","prev","seq","type","v","wall"}
     signature = ed25519(author key, DOMAIN || payload)
     hash = sha256(entry)
 
 The signature is not inside the JSON. The classic canonical-JSON pitfall (Secure Scuttlebutt:
 "remove the signature field, re-serialise, and hope you print what the signer printed") cannot
 happen: the signed bytes are literally the bytes on the wire, minus the fixed-size tail.
+
+Format v2 signs groups: only a group's last entry (its head) carries a signature; each entry
+commits to its predecessor's hash, so the head's signature covers every byte of the entries
+before it. A group holds at most MAX_GROUP entries (and MAX_GROUP_BYTES of unsigned ones), so
+proving one entry offline needs at most MAX_GROUP - 1 entries after it. v1 entries (every one
+signed) stay valid.
 """
 
 from __future__ import annotations
@@ -28,14 +36,29 @@ from .errors import Rejected, RejectReason
 # Domain separation: the node key also signs other things (and CurveZMQ keys derive from it);
 # this prefix makes a ledger signature useless anywhere else and vice versa.
 DOMAIN = b"gibsey/ledger/v1\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this release writes; it reads v1 and v2
 SIG_LEN = 64
 KEY_LEN = 32
 HASH_LEN = 32
 # Limits keep one feed entry small enough for a Pi Zero to gossip and a peer to buffer.
 MAX_ENTRY_BYTES = 8192
 MAX_BODY_BYTES = 4096
-_FIELDS = frozenset({"author", "body", "lamport", "prev", "seq", "type", "v", "wall"})
+# A group: at most this many entries, the last one signed; so at most MAX_GROUP - 1 unsigned
+# entries in a row. Bounds what a receiver holds pending and what proves one entry offline.
+MAX_GROUP = 64
+# ... and the unsigned entries of a group hold at most this many bytes in all: a fork proof's
+# two segments (in hex) then fit in a mesh frame (mesh/wire.py), and a pending run stays small.
+MAX_GROUP_BYTES = 32 * 1024
+
+
+def run_too_long(count: int, size: int) -> bool:
+    """Whether `count` unsigned entries in a row, `size` bytes in all, are more than one signed
+    head may vouch for (CANONICAL.md section 1)."""
+    return count > MAX_GROUP - 1 or size > MAX_GROUP_BYTES
+
+
+_FIELDS_V1 = frozenset({"author", "body", "lamport", "prev", "seq", "type", "v", "wall"})
+_FIELDS_V2 = _FIELDS_V1 | {"head"}
 
 OrderKey = tuple[int, bytes, int]
 
@@ -49,13 +72,18 @@ class Entry:
     wall: int  # advisory wall time, ms since the Unix epoch; never used for decisions
     type: str
     body: dict[str, Any]
-    signature: bytes
+    signature: bytes  # b"" for an unsigned (v2, not a group's head) entry
     raw: bytes  # the wire bytes: payload || signature
     hash: bytes  # sha256(raw)
 
     @property
     def payload(self) -> bytes:
-        return self.raw[:-SIG_LEN]
+        return self.raw[: -len(self.signature)] if self.signature else self.raw
+
+    @property
+    def signed(self) -> bool:
+        """Whether this entry carries its author's signature (v1, or a v2 group's head)."""
+        return bool(self.signature)
 
     @property
     def author_hex(self) -> str:
@@ -79,17 +107,23 @@ def payload_object(
     wall: int,
     type_: str,
     body: dict[str, Any],
+    *,
+    head: bool = True,
+    version: int = FORMAT_VERSION,
 ) -> dict[str, Any]:
-    return {
+    obj = {
         "author": author.hex(),
         "body": body,
         "lamport": lamport,
         "prev": prev.hex() if prev is not None else None,
         "seq": seq,
         "type": type_,
-        "v": FORMAT_VERSION,
+        "v": version,
         "wall": wall,
     }
+    if version != 1:
+        obj["head"] = head
+    return obj
 
 
 def now_ms() -> int:
@@ -105,8 +139,12 @@ def create(
     type_: str,
     body: dict[str, Any],
     wall: int | None = None,
+    head: bool = True,
+    version: int = FORMAT_VERSION,
 ) -> Entry:
-    """Build and sign an entry; raises Rejected (the same reasons an importer would use)."""
+    """Build an entry, signed if `head` (every v1 entry is); raises Rejected (the same reasons
+    an importer would use). An unsigned entry (`head=False`, v2 only) counts only once a
+    signed head of its feed, at most MAX_GROUP - 1 entries later, chains to it."""
     if type_ not in bodies.KNOWN_TYPES:
         raise Rejected(RejectReason.UNKNOWN_TYPE, type_)
     try:
@@ -124,19 +162,45 @@ def create(
         or not 1 <= lamport <= canonical.MAX_SAFE_INT
         or not 0 <= wall <= canonical.MAX_SAFE_INT
         or seq > canonical.MAX_SAFE_INT
+        or version not in (1, 2)
+        or (version == 1 and not head)
     ):
-        raise ValueError(f"bad chain position seq={seq} prev={prev!r} lamport={lamport}")
+        raise ValueError(f"bad entry seq={seq} prev={prev!r} lamport={lamport} v={version}")
     author = bytes(key.verify_key)
-    # The payload's canonical encoding, assembled directly: its fields are fixed and already
-    # in key order, and everything but the body is hex, a small integer or a known ASCII type
-    # name, which canonical JSON writes verbatim. Equal to canonical.encode(payload_object(..))
-    # - the pinned-bytes test and parse() (which re-encodes and compares) both hold it to that.
-    payload = b"".join(
+    payload = _payload_bytes(author, body_bytes, head, lamport, prev, seq, type_, version, wall)
+    signature = key.sign(DOMAIN + payload).signature if head else b""
+    raw = payload + signature
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise Rejected(RejectReason.TOO_LARGE, f"{len(raw)} > {MAX_ENTRY_BYTES}")
+    return Entry(
+        author, seq, prev, lamport, wall, type_, body, signature, raw, hashlib.sha256(raw).digest()
+    )
+
+
+def _payload_bytes(
+    author: bytes,
+    body_bytes: bytes,
+    head: bool,
+    lamport: int,
+    prev: bytes | None,
+    seq: int,
+    type_: str,
+    version: int,
+    wall: int,
+) -> bytes:
+    """The payload's canonical encoding, assembled directly: its fields are fixed and already
+    in key order, and everything but the body is hex, a small integer, a boolean or a known
+    ASCII type name, which canonical JSON writes verbatim. Equal to
+    canonical.encode(payload_object(..)) - the pinned-bytes tests and parse() (which
+    re-encodes and compares) both hold it to that."""
+    head_field = b"" if version == 1 else (b',"head":true' if head else b',"head":false')
+    return b"".join(
         (
             b'{"author":"',
             author.hex().encode(),
             b'","body":',
             body_bytes,
+            head_field,
             b',"lamport":',
             str(lamport).encode(),
             b',"prev":',
@@ -146,18 +210,11 @@ def create(
             b',"type":"',
             type_.encode(),
             b'","v":',
-            str(FORMAT_VERSION).encode(),
+            str(version).encode(),
             b',"wall":',
             str(wall).encode(),
             b"}",
         )
-    )
-    signature = key.sign(DOMAIN + payload).signature
-    raw = payload + signature
-    if len(raw) > MAX_ENTRY_BYTES:
-        raise Rejected(RejectReason.TOO_LARGE, f"{len(raw)} > {MAX_ENTRY_BYTES}")
-    return Entry(
-        author, seq, prev, lamport, wall, type_, body, signature, raw, hashlib.sha256(raw).digest()
     )
 
 
@@ -187,19 +244,53 @@ def _int_field(obj: dict[str, Any], name: str, minimum: int) -> int:
     return value
 
 
-def _decode_payload(payload: bytes) -> dict[str, Any]:
-    """The payload's object: canonical, with exactly the entry's fields, in our format."""
+def _decode_object(payload: bytes) -> Any:
     try:
-        obj = canonical.decode(payload)
+        return canonical.decode(payload)
     except canonical.NotCanonicalError as exc:
         raise Rejected(RejectReason.NOT_CANONICAL, str(exc)) from exc
     except canonical.CanonicalError as exc:
         raise Rejected(RejectReason.MALFORMED, str(exc)) from exc
-    if type(obj) is not dict or obj.keys() != _FIELDS:
-        raise Rejected(RejectReason.MALFORMED, f"payload must have exactly {sorted(_FIELDS)}")
-    if obj["v"] != FORMAT_VERSION:
-        raise Rejected(RejectReason.MALFORMED, f"format v={obj['v']!r}, we speak {FORMAT_VERSION}")
-    return obj
+
+
+def _check_fields(obj: Any, signed: bool) -> None:
+    """The payload object has exactly its version's fields, and `head` says whether a
+    signature follows it (v1: always)."""
+    if type(obj) is not dict:
+        raise Rejected(RejectReason.MALFORMED, "payload must be an object")
+    version = obj.get("v")
+    fields = {1: _FIELDS_V1, 2: _FIELDS_V2}.get(version) if type(version) is int else None
+    if fields is None:
+        raise Rejected(RejectReason.MALFORMED, f"format v={version!r}, we speak 1 and 2")
+    if obj.keys() != fields:
+        raise Rejected(RejectReason.MALFORMED, f"payload v{version} must have {sorted(fields)}")
+    if version == 1 and not signed:
+        raise Rejected(RejectReason.MALFORMED, "a v1 entry carries a signature")
+    if version == 2 and obj["head"] is not signed:
+        raise Rejected(RejectReason.MALFORMED, "head must be true with a signature, else false")
+
+
+def _split(raw: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
+    """(payload, signature, payload object) of an entry's wire bytes.
+
+    An unsigned entry is a whole canonical object; a signed entry never is (its payload, one
+    complete object, is followed by 64 more bytes), and the first 64 bytes short of an
+    unsigned entry are never one (its last byte closes the outer object). So: the whole entry
+    if it decodes as an object, else the entry minus its 64-byte signature."""
+    if raw[-1:] == b"}":
+        try:
+            whole = canonical.decode(raw)
+        except canonical.CanonicalError:
+            whole = None
+        if type(whole) is dict:
+            _check_fields(whole, signed=False)
+            return raw, b"", whole
+    if len(raw) <= SIG_LEN + 2:
+        raise Rejected(RejectReason.MALFORMED, f"only {len(raw)} bytes")
+    payload = raw[:-SIG_LEN]
+    obj = _decode_object(payload)
+    _check_fields(obj, signed=True)
+    return payload, raw[-SIG_LEN:], obj
 
 
 def _prev_field(prev_raw: Any, seq: int) -> bytes | None:
@@ -215,17 +306,18 @@ def parse(raw: bytes, *, verify: bool = True) -> Entry:
     """Decode wire bytes, checking everything that needs no other entry.
 
     Checks size, canonical form, fields, known type, body shape and size, and (unless
-    `verify=False`, used only when re-reading our own already-verified store) the signature.
-    Chain checks (seq, prev, lamport) need the store and live there.
+    `verify=False`, used only when re-reading our own already-verified store) the signature
+    of a signed entry. An unsigned entry (`signed` False) is NOT authenticated by parsing: it
+    is vouched for only by its group's signed head (the store and forkproof check that).
+    Chain checks (seq, prev, lamport, groups) need the store and live there.
     """
     if type(raw) is not bytes:
         raw = bytes(raw)
     if len(raw) > MAX_ENTRY_BYTES:
         raise Rejected(RejectReason.TOO_LARGE, f"{len(raw)} > {MAX_ENTRY_BYTES} bytes")
-    if len(raw) <= SIG_LEN + 2:
+    if len(raw) < 2:
         raise Rejected(RejectReason.MALFORMED, f"only {len(raw)} bytes")
-    payload, signature = raw[:-SIG_LEN], raw[-SIG_LEN:]
-    obj = _decode_payload(payload)
+    payload, signature, obj = _split(raw)
     author = _hex_bytes(obj["author"], KEY_LEN, "author")
     seq = _int_field(obj, "seq", 1)
     lamport = _int_field(obj, "lamport", 1)
@@ -242,7 +334,7 @@ def parse(raw: bytes, *, verify: bool = True) -> Entry:
         bodies.validate(type_, body)
     except bodies.BodyError as exc:
         raise Rejected(RejectReason.INVALID_BODY, str(exc)) from exc
-    if verify:
+    if verify and signature:
         try:
             VerifyKey(author).verify(DOMAIN + payload, signature)
         except (BadSignatureError, ValueError) as exc:
@@ -253,8 +345,40 @@ def parse(raw: bytes, *, verify: bool = True) -> Entry:
 
 
 def verify_signature(entry: Entry) -> bool:
+    """Whether `entry` carries a good signature of its author (False for an unsigned one)."""
+    if not entry.signature:
+        return False
     try:
         VerifyKey(entry.author).verify(DOMAIN + entry.payload, entry.signature)
     except (BadSignatureError, ValueError):
         return False
     return True
+
+
+# An entry's fields in Entry's order, or (reason, detail) of its rejection: what a worker process
+# sends back (plain tuples pickle in ~1.5 us an entry; Entry objects and exceptions cost more,
+# and an exception with required arguments does not unpickle at all).
+EntryFields = tuple[bytes, int, bytes | None, int, int, str, dict[str, Any], bytes, bytes, bytes]
+ParsedFields = EntryFields | tuple[str, str]
+
+
+def parse_many(raws: list[bytes]) -> list[ParsedFields]:
+    """parse() of each of `raws`, signatures verified (run in a worker process on import)."""
+    out: list[ParsedFields] = []
+    for raw in raws:
+        try:
+            e = parse(raw)
+        except Rejected as exc:
+            out.append((exc.reason.value, exc.detail))
+            continue
+        out.append(
+            (e.author, e.seq, e.prev, e.lamport, e.wall, e.type, e.body, e.signature, e.raw, e.hash)
+        )
+    return out
+
+
+def from_fields(fields: ParsedFields) -> Entry | Rejected:
+    """What parse_many() sent back, as the Entry or the Rejected parse() gave."""
+    if len(fields) == 2:
+        return Rejected(RejectReason(fields[0]), fields[1])
+    return Entry(*fields)

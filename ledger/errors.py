@@ -29,6 +29,8 @@ class RejectReason(StrEnum):
     HELD_DAMAGED = "held-damaged"  # we hold a bad row of that feed at or before this seq
     BAD_FORK_PROOF = "bad-fork-proof"
     NOT_A_MEMBER = "not-a-member"  # the mesh holds only feeds of its allow-listed keys
+    # More than MAX_GROUP - 1 unsigned entries in a row: no head may vouch for so many (v2).
+    GROUP_TOO_LONG = "group-too-long"
 
 
 class Rejected(LedgerError):

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -32,8 +32,8 @@ from nacl.signing import SigningKey
 from gibsey.core.storage import DiskHealth, StorageError, open_sqlite, sqlite_refusal
 
 from . import entry as entry_mod
-from . import forkproof
-from .entry import Entry, parse, verify_signature
+from . import forkproof, parsepool
+from .entry import MAX_ENTRY_BYTES, MAX_GROUP, Entry, parse, run_too_long, verify_signature
 from .errors import LedgerError, Rejected, RejectReason
 from .forkproof import ForkProof
 
@@ -42,6 +42,11 @@ log = logging.getLogger("gibsey.ledger")
 log.addHandler(logging.NullHandler())
 
 DB_FILENAME = "ledger.sqlite3"
+# Unsigned entries held pending their group's head, over all feeds (at most MAX_GROUP - 1 per
+# feed): 1024 entries of at most 8 KiB. Past it the feed extended least recently is dropped;
+# its entries are not acknowledged (the version vector never says we hold them), so its peer
+# sends them again.
+MAX_PENDING_ENTRIES = 1024
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -49,7 +54,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     author  BLOB    NOT NULL,
     seq     INTEGER NOT NULL,
-    hash    BLOB    NOT NULL UNIQUE,
+    hash    BLOB    NOT NULL,
     lamport INTEGER NOT NULL,
     type    TEXT    NOT NULL,
     raw     BLOB    NOT NULL,
@@ -66,6 +71,36 @@ CREATE TABLE IF NOT EXISTS forks (
 """
 
 
+def _drop_hash_index(db: sqlite3.Connection) -> None:
+    """Rebuild an `entries` table made with `hash ... UNIQUE` without that index (once).
+
+    Why (gibsey bench wear): the hash is random, so its index put every new entry on another
+    leaf page - one more 4 KiB page in the WAL per entry, however many entries a commit holds,
+    while the table and the other two indexes grow at their right edge, where a group of
+    entries shares its pages. The index guarded nothing the key does not: two entries with
+    one hash are the same bytes, so the same (author, seq). `get_by_hash` (tests, the harness)
+    scans instead."""
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
+    if "UNIQUE" not in sql:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
+        if "UNIQUE" in sql:  # another process may have rebuilt it while we waited
+            db.execute("ALTER TABLE entries RENAME TO entries_unique_hash")
+            db.execute("DROP INDEX IF EXISTS entries_order")
+            for statement in _SCHEMA.split(";"):  # (executescript would commit first)
+                db.execute(statement)  # the table without the index, the fold order index
+            cols = "author, seq, hash, lamport, type, raw"
+            db.execute(f"INSERT INTO entries ({cols}) SELECT {cols} FROM entries_unique_hash")
+            db.execute("DROP TABLE entries_unique_hash")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 _INSERT = "INSERT INTO entries (author, seq, hash, lamport, type, raw) VALUES (?,?,?,?,?,?)"
 _COLUMNS = "author, seq, hash, lamport, type, raw"
 StoredRow = tuple[bytes, int, bytes, int, str, bytes]  # a row of `entries`, in _COLUMNS order
@@ -79,6 +114,9 @@ class ImportStatus(StrEnum):
     APPENDED = "appended"  # new entry, now the head of its feed
     DUPLICATE = "duplicate"  # we already held exactly this entry; nothing changed
     FORK = "fork"  # a second, different entry at a seq we hold: fork proof stored
+    # An unsigned entry (format v2) held in memory, not stored, until the signed head of its
+    # group arrives (CANONICAL.md section 3); dropped if the head does not come.
+    PENDING = "pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +124,8 @@ class ImportResult:
     status: ImportStatus
     entry: Entry
     proof: ForkProof | None = None
+    # A signed head's APPENDED result: the pending entries of its group stored with it.
+    earlier: tuple[Entry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +185,7 @@ class Store:
         *,
         synchronous: str = "FULL",
         verify_threads: int | None = None,
+        parse_process: bool | None = None,  # None: when a core is idle (parsepool.py)
         disk: DiskHealth | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
@@ -156,6 +197,8 @@ class Store:
         # Ed25519 verification releases the GIL (PyNaCl calls libsodium through cffi), so a
         # batch import verifies on several cores; a Pi 4/5 has four.
         self.verify_threads = verify_threads or min(4, os.cpu_count() or 1)
+        # A large import is parsed on a second core by a worker process (parsepool.py).
+        self.parse_process = parse_process
         self._pool: ThreadPoolExecutor | None = None
         self.lock = threading.RLock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
@@ -169,6 +212,13 @@ class Store:
         self._looked: set[bytes] = set()
         self._bad_listeners: list[BadRowListener] = []
         self._in_tx = False
+        # Unsigned entries of each feed waiting for their group's signed head: one chained run
+        # per feed, the feed extended most recently last.
+        self._pending: dict[bytes, list[Entry]] = {}
+        # Rows an import has checked but not yet written: written with one executemany before
+        # anything reads the table and at the end of the transaction (~40% of an import's
+        # SQLite time is per-statement overhead).
+        self._staged: list[StoredRow] = []
         self._load_caches()
         # Changes only when another connection commits (see refresh()).
         self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -180,6 +230,7 @@ class Store:
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(_SCHEMA)
+            _drop_hash_index(db)
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
@@ -492,15 +543,40 @@ class Store:
         return parse(row[2], verify=False)
 
     def entries_after(self, author: bytes, seq: int, limit: int = 100) -> list[Entry]:
-        """Entries of `author` with seq > `seq`, in order, at most `limit` (for the mesh)."""
+        """Entries of `author` with seq > `seq`, in order, for the mesh: `limit` of them, and
+        more (at most MAX_GROUP - 1) to end on a signed entry, so a receiver gets each group
+        whole with its head (the served prefix always ends on one)."""
         with self.lock:
             self._check_pending()
             rows = self._db.execute(
                 "SELECT raw FROM entries WHERE author = ? AND seq > ? AND seq <= ? "
                 "ORDER BY seq LIMIT ?",
-                (author, seq, self._served(author), limit),
+                (author, seq, self._served(author), limit + MAX_GROUP - 1),
             ).fetchall()
-        return [parse(r[0], verify=False) for r in rows]
+        out: list[Entry] = []
+        for (raw,) in rows:
+            out.append(parse(raw, verify=False))
+            if len(out) >= limit and out[-1].signed:
+                break
+        return out
+
+    def raws_after(self, author: bytes, seq: int, limit: int = 100) -> list[bytes]:
+        """What `entries_after` returns, as wire bytes for the mesh to send unchanged. Only
+        the entries from the `limit`-th on are parsed (to end on a signed one): parsing every
+        served entry was most of a serving node's work in a catch-up (gibsey bench catchup)."""
+        with self.lock:
+            self._check_pending()
+            rows = self._db.execute(
+                "SELECT raw FROM entries WHERE author = ? AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (author, seq, self._served(author), limit + MAX_GROUP - 1),
+            ).fetchall()
+        out = [raw for (raw,) in rows[: max(limit - 1, 0)]]
+        for (raw,) in rows[len(out) :]:
+            out.append(raw)
+            if parse(raw, verify=False).signed:
+                break
+        return out
 
     def iter_ordered(self) -> Iterator[Entry]:
         """Every checked entry in fold order (lamport, author, seq), the fork-quarantined ones
@@ -604,11 +680,20 @@ class Store:
     def append_many(
         self, key: SigningKey, items: Iterable[tuple[str, dict[str, Any]]]
     ) -> list[Entry]:
-        """Append several entries in one transaction: all or none, one fsync."""
+        """Append several entries in one transaction: all or none, one fsync.
+
+        They form groups of at most MAX_GROUP entries (format v2) and only each group's last
+        entry is signed: one signature per group, not per entry. Our feed's stored head is
+        always signed, so each group starts right after a signed entry."""
+        todo = list(items)
         out: list[Entry] = []
+        run = run_bytes = 0  # unsigned entries since the last head, and their bytes
         with self.transaction() as db:
-            for type_, body in items:
-                e = self._sign_next(key, type_, body, None)
+            for i, (type_, body) in enumerate(todo):
+                # A head where one more unsigned entry (of any size) could break the bound.
+                head = i == len(todo) - 1 or run_too_long(run + 1, run_bytes + MAX_ENTRY_BYTES)
+                e = self._sign_next(key, type_, body, None, head=head)
+                run, run_bytes = (0, 0) if head else (run + 1, run_bytes + len(e.raw))
                 self._advance(e)  # the next entry chains to this one
                 out.append(e)
             db.executemany(_INSERT, [_row(e) for e in out])  # one statement: ~3 us/entry less
@@ -616,7 +701,13 @@ class Store:
         return out
 
     def _sign_next(
-        self, key: SigningKey, type_: str, body: dict[str, Any], wall: int | None
+        self,
+        key: SigningKey,
+        type_: str,
+        body: dict[str, Any],
+        wall: int | None,
+        *,
+        head: bool = True,
     ) -> Entry:
         author = bytes(key.verify_key)
         seq, prev = self._next_position(author)
@@ -628,6 +719,7 @@ class Store:
             type_=type_,
             body=body,
             wall=wall,
+            head=head,
         )
 
     def _insert(self, db: sqlite3.Connection, e: Entry) -> None:
@@ -643,49 +735,57 @@ class Store:
     # ---- importing foreign entries ------------------------------------------------------------
 
     def import_entry(self, item: bytes | Entry) -> ImportResult:
-        """Check and store an entry from a peer; raise Rejected (store unchanged) if bad."""
-        e = parse(item.raw if isinstance(item, Entry) else item)  # signature always re-checked
-        with self.transaction() as db:
-            result = self._import_checked(db, e)
-        if result.status is not ImportStatus.DUPLICATE:
-            self._notify([result.proof or result.entry])
+        """Check and store an entry from a peer; raise Rejected (store unchanged) if bad. An
+        unsigned entry is held (PENDING), stored once its group's signed head arrives."""
+        [result] = self.import_many([item])
+        if isinstance(result, Rejected):
+            raise result
         return result
 
     def import_many(self, items: Iterable[bytes | Entry]) -> list[ImportResult | Rejected]:
         """Import a batch in one transaction; each item gets a result or its rejection.
 
         Items are applied in the given order, so a feed's entries should come in seq order.
-        A rejected item changes nothing; the accepted ones commit together.
-        """
+        A rejected item changes nothing; the accepted ones commit together. An unsigned entry
+        (format v2) is PENDING: held in memory, not stored, until the signed head of its group
+        arrives (in this batch or a later one); the head's result is then the group's (the
+        entries it vouches for are stored with it, and told to listeners)."""
         out: list[ImportResult | Rejected] = []
-        parsed = self._parse_batch(list(items))
-        with self.transaction() as db:
-            for p in parsed:
-                if isinstance(p, Rejected):
-                    out.append(p)
-                    continue
-                try:
-                    out.append(self._import_checked(db, p))
-                except Rejected as exc:
-                    out.append(exc)
-        self._notify(
-            [
-                r.proof or r.entry
-                for r in out
-                if isinstance(r, ImportResult) and r.status is not ImportStatus.DUPLICATE
-            ]
-        )
+        stored: list[Entry | ForkProof] = []
+        raws = [item.raw if isinstance(item, Entry) else item for item in items]
+        parsed = parsepool.parsed(raws, self._parse_batch, worker=self.parse_process)
+        with closing(parsed), self.transaction() as db:
+            try:
+                for p in parsed:
+                    if isinstance(p, Rejected):
+                        out.append(p)
+                        continue
+                    try:
+                        out.append(self._import_one(db, p, stored) if p.signed else self._hold(p))
+                    except Rejected as exc:
+                        out.append(exc)
+                self._flush(db)
+            finally:
+                self._staged.clear()  # (written, or rolled back with the transaction)
+        self._notify(stored)
         return out
 
-    def _parse_batch(self, items: list[bytes | Entry]) -> list[Entry | Rejected]:
-        """Parse every item, verifying signatures on `verify_threads` threads (outside the lock)."""
+    def _flush(self, db: sqlite3.Connection) -> None:
+        """Write the rows staged by this import (before reading the table, and at its end)."""
+        if self._staged:
+            db.executemany(_INSERT, self._staged)
+            self._staged.clear()
+
+    def _parse_batch(self, items: Sequence[bytes | Entry]) -> list[Entry | Rejected]:
+        """Parse every item, verifying the signed ones on `verify_threads` threads (outside
+        the lock). An unsigned entry has no signature: its group's head vouches for it."""
         parsed: list[Entry | Rejected] = []
         for item in items:
             try:
                 parsed.append(parse(item.raw if isinstance(item, Entry) else item, verify=False))
             except Rejected as exc:
                 parsed.append(exc)
-        todo = [p for p in parsed if isinstance(p, Entry)]
+        todo = [p for p in parsed if isinstance(p, Entry) and p.signed]
         if self.verify_threads > 1 and len(todo) >= 64:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.verify_threads, "ledger-verify")
@@ -702,8 +802,71 @@ class Store:
             for p in parsed
         ]
 
-    def _import_checked(self, db: sqlite3.Connection, e: Entry) -> ImportResult:
-        """Chain checks for a parsed, signature-verified entry; every raise precedes any write."""
+    def _hold(self, e: Entry) -> ImportResult:
+        """Keep an unsigned entry pending until the signed head of its group arrives: one run
+        of chained entries per feed, at most MAX_GROUP - 1 long (hold `lock`)."""
+        run = self._pending.pop(e.author, [])
+        if run and not _continues(run[-1], e):
+            run = []  # not the same run (sent again, or another branch): start over from here
+        if run_too_long(len(run) + 1, sum(len(x.raw) for x in run) + len(e.raw)):
+            raise Rejected(
+                RejectReason.GROUP_TOO_LONG,
+                f"seq {e.seq} of {e.author_hex[:16]}: {len(run) + 1} unsigned entries in a row, "
+                f"a group's head vouches for at most {MAX_GROUP - 1} (and 32 KiB of them)",
+            )
+        run.append(e)
+        self._pending[e.author] = run  # (re-)inserted last: the most recently extended
+        total = sum(len(r) for r in self._pending.values())
+        while total > MAX_PENDING_ENTRIES:
+            oldest = next(iter(self._pending))
+            total -= len(self._pending.pop(oldest))
+        return ImportResult(ImportStatus.PENDING, e)
+
+    def pending(self) -> int:
+        """How many unsigned entries are held waiting for their group's signed head."""
+        with self.lock:
+            return sum(len(r) for r in self._pending.values())
+
+    def _import_one(
+        self, db: sqlite3.Connection, head: Entry, stored: list[Entry | ForkProof]
+    ) -> ImportResult:
+        """A signed, verified entry and the pending run it vouches for (the run's last entry
+        is its `prev`): chain-check and store them in seq order; the result is the head's, or
+        the fork found on the way (hold `lock`)."""
+        run = self._pending.pop(head.author, [])
+        if run and not _continues(run[-1], head):
+            if run[0].seq > head.seq:
+                self._pending[head.author] = run  # a later group, still waiting for its head
+            run = []
+        group = [*run, head]
+        # Check what is stored of this feed now: looked at between the group's inserts, the
+        # feed would end on an unsigned entry of this group and be judged headless.
+        self._flush(db)
+        self._ensure_checked(head.author)
+        self._looked.add(head.author)
+        # The run chains with rising Lamport clocks (_continues), so once one entry of the group
+        # is appended every later one is too: never an unsigned entry stored without its head.
+        appended: list[Entry] = []
+        result: ImportResult | None = None
+        for i, e in enumerate(group):
+            result = self._import_checked(db, e, group[i + 1 :])
+            if result.status is ImportStatus.APPENDED:
+                appended.append(e)
+            elif result.status is ImportStatus.FORK:
+                assert result.proof is not None
+                stored.append(result.proof)
+                return result  # the rest of the group is past the fork point: quarantined
+        assert result is not None
+        stored.extend(appended)
+        if result.status is ImportStatus.APPENDED and len(appended) > 1:
+            result = ImportResult(result.status, result.entry, earlier=tuple(appended[:-1]))
+        return result
+
+    def _import_checked(
+        self, db: sqlite3.Connection, e: Entry, chain: Sequence[Entry] = ()
+    ) -> ImportResult:
+        """Chain checks for a parsed entry, vouched for by its signature or by `chain` (the
+        entries after it up to its group's verified head); every raise precedes any write."""
         self._ensure_checked(e.author)
         bad = self._bad.get(e.author)
         if bad is not None and e.seq >= bad.seq:
@@ -717,13 +880,14 @@ class Store:
         head = self._heads.get(e.author)
         held = 0 if head is None else head.seq
         if e.seq <= held:
+            self._flush(db)
             row = db.execute(
                 "SELECT raw FROM entries WHERE author = ? AND seq = ?", (e.author, e.seq)
             ).fetchone()
             ours = parse(row[0], verify=False)
             if ours.hash == e.hash:
                 return ImportResult(ImportStatus.DUPLICATE, ours)
-            proof = forkproof.make(ours, e)
+            proof = forkproof.make(ours, e, self._chain_after(db, ours), chain)
             self._store_proof(db, proof)
             return ImportResult(ImportStatus.FORK, e, proof)
         start = self._quarantine.get(e.author)
@@ -746,8 +910,28 @@ class Store:
                     RejectReason.LAMPORT_REGRESSION,
                     f"seq {e.seq} lamport {e.lamport} <= {head.lamport} of seq {head.seq}",
                 )
-        self._insert(db, e)
+        self._staged.append(_row(e))
+        self._advance(e)
         return ImportResult(ImportStatus.APPENDED, e)
+
+    def _chain_after(self, db: sqlite3.Connection, e: Entry) -> list[Entry]:
+        """Our stored entries after `e` up to the signed head that vouches for it (empty if
+        `e` is signed): our side of a fork proof."""
+        if e.signed:
+            return []
+        rows = db.execute(
+            "SELECT raw FROM entries WHERE author = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (e.author, e.seq, MAX_GROUP - 1),
+        ).fetchall()
+        chain: list[Entry] = []
+        for (raw,) in rows:
+            chain.append(parse(raw, verify=False))
+            if chain[-1].signed:
+                return chain
+        raise Rejected(
+            RejectReason.HELD_DAMAGED,
+            f"seq {e.seq} of {e.author_hex[:16]}: our entry there has no signed head stored",
+        )
 
     # ---- fork proofs ------------------------------------------------------------------------
 
@@ -775,7 +959,7 @@ class Store:
 
     def verify(self) -> VerifyReport:
         """Re-check every stored row from scratch - bytes, every signature, index columns,
-        chain - and every fork proof; report the first bad row of each feed."""
+        chain, groups - and every fork proof; report the first bad row of each feed."""
         with self.lock:
             rows: list[StoredRow] = self._db.execute(
                 f"SELECT {_COLUMNS} FROM entries ORDER BY author, seq"
@@ -783,26 +967,43 @@ class Store:
             proofs = self._db.execute("SELECT author, seq, proof FROM forks").fetchall()
         bad: list[BadRow] = []
         feeds = 0
-        author: bytes | None = None
-        last: Head | None = None
-        skip = False  # past this feed's first bad row
-        for row in rows:
-            if row[0] != author:
-                author, last, skip = row[0], None, False
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i][0] != rows[start][0]:
                 feeds += 1
-            if skip:
-                continue
-            checked = check_row(row, last, signature=True)
-            if isinstance(checked, str):
-                bad.append(BadRow(row[0], row[1], checked))
-                skip = True
-            else:
-                last = Head(checked.seq, checked.hash, checked.lamport)
+                found = _verify_feed(rows[start:i])
+                if found is not None:
+                    bad.append(found)
+                start = i
         bad += _bad_proofs(proofs)
         if not bad:
             return VerifyReport(len(rows), feeds)
         first = bad[0]
         return VerifyReport(len(rows), feeds, first.author, first.seq, first.problem, tuple(bad))
+
+
+def _verify_feed(rows: Sequence[StoredRow]) -> BadRow | None:
+    """The first bad row of one feed's rows (seq order), every signature checked."""
+    last: Head | None = None
+    unsigned: list[Entry] = []  # since the last signed entry
+    size = 0  # their bytes
+    for row in rows:
+        checked = check_row(row, last, signature=True)
+        if isinstance(checked, str):
+            return BadRow(row[0], row[1], checked)
+        if checked.signed:
+            unsigned.clear()
+            size = 0
+        elif run_too_long(len(unsigned) + 1, size + len(checked.raw)):
+            first = unsigned[0] if unsigned else checked  # the first entry nothing vouches for
+            return BadRow(first.author, first.seq, TOO_MANY_UNSIGNED)
+        else:
+            unsigned.append(checked)
+            size += len(checked.raw)
+        last = Head(checked.seq, checked.hash, checked.lamport)
+    if unsigned:
+        return BadRow(unsigned[0].author, unsigned[0].seq, NO_HEAD)
+    return None
 
 
 def _bad_proofs(proofs: list[tuple[bytes, int, bytes]]) -> list[BadRow]:
@@ -845,28 +1046,48 @@ def check_row(row: StoredRow, last: Head | None, *, signature: bool) -> Entry | 
 
 
 def check_feed(rows: Sequence[StoredRow], start: Head | None) -> tuple[list[Entry], BadRow | None]:
-    """One feed's rows (in seq order, continuing after `start`): the entries that pass every
-    check, and the first row that does not (None if all do).
+    """One feed's rows (in seq order, continuing after `start`, a signed entry or None): the
+    entries that pass every check, and the first row that does not (None if all do).
 
-    Signatures: only the last passing entry's is verified (walking back past any that fail).
-    Each entry's hash is the next one's `prev`, so the author's signature over the last covers
-    every byte of those before it: a row changed on disk breaks the chain or that signature,
-    and a feed is checked for one signature instead of one per entry. `verify()` still checks
-    every signature one by one."""
+    Signatures: only the last passing signed entry's is verified (walking back past any that
+    fail, and past unsigned entries no signed head follows). Each entry's hash is the next
+    one's `prev`, so the author's signature over the last covers every byte of those before
+    it: a row changed on disk breaks the chain or that signature, and a feed is checked for
+    one signature instead of one per entry. `verify()` still checks every signature."""
     good: list[Entry] = []
     last = start
     bad: BadRow | None = None
+    unsigned = size = 0  # entries in a row since the last signed one, and their bytes
     for row in rows:
         checked = check_row(row, last, signature=False)
-        if isinstance(checked, str):
-            bad = BadRow(row[0], row[1], checked)
+        if isinstance(checked, str) or checked.signed:
+            unsigned = size = 0
+        else:
+            unsigned, size = unsigned + 1, size + len(checked.raw)
+        if isinstance(checked, str) or run_too_long(unsigned, size):
+            bad = BadRow(row[0], row[1], checked if isinstance(checked, str) else TOO_MANY_UNSIGNED)
             break
         good.append(checked)
         last = Head(checked.seq, checked.hash, checked.lamport)
     while good and not verify_signature(good[-1]):
         e = good.pop()
-        bad = BadRow(e.author, e.seq, f"{RejectReason.BAD_SIGNATURE.value}: not its author's")
+        if e.signed:
+            problem = f"{RejectReason.BAD_SIGNATURE.value}: not its author's"
+        else:  # the run that broke the bound, or one that no head ends
+            problem = TOO_MANY_UNSIGNED if bad and bad.problem == TOO_MANY_UNSIGNED else NO_HEAD
+        bad = BadRow(e.author, e.seq, problem)
     return good, bad
+
+
+NO_HEAD = "an unsigned entry with no signed head after it: nothing vouches for it"
+TOO_MANY_UNSIGNED = (
+    f"more than {MAX_GROUP - 1} unsigned entries (or 32 KiB of them) in a row: a group's bound"
+)
+
+
+def _continues(last: Entry, e: Entry) -> bool:
+    """Whether `e` is the next entry of `last`'s feed (seq, prev and a rising Lamport clock)."""
+    return e.seq == last.seq + 1 and e.prev == last.hash and e.lamport > last.lamport
 
 
 def _verify_chunk(entries: list[Entry]) -> list[bool]:

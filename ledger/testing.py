@@ -12,7 +12,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from . import canonical
-from .entry import DOMAIN, Entry, create
+from .entry import DOMAIN, FORMAT_VERSION, Entry, create
 
 
 class FeedWriter:
@@ -30,8 +30,17 @@ class FeedWriter:
         self.lamport = max(self.lamport, lamport)
 
     def next(
-        self, type_: str, body: dict[str, Any], *, lamport: int | None = None, wall: int = 0
+        self,
+        type_: str,
+        body: dict[str, Any],
+        *,
+        lamport: int | None = None,
+        wall: int = 0,
+        head: bool = True,
+        version: int = FORMAT_VERSION,
     ) -> Entry:
+        """The next entry of the feed: signed unless `head` is False (format v2: a group's
+        entries before its head)."""
         lam = self.lamport + 1 if lamport is None else lamport
         e = create(
             self.key,
@@ -41,6 +50,8 @@ class FeedWriter:
             type_=type_,
             body=body,
             wall=wall,
+            head=head,
+            version=version,
         )
         self.seq, self.prev, self.lamport = e.seq, e.hash, max(self.lamport, lam)
         self.entries.append(e)

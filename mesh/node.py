@@ -37,6 +37,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,19 @@ STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closin
 DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses imports
 SNDHWM = 64
 RCVHWM = 1000
+# Entries received from one peer and not yet stored, at most (queued and being imported): a
+# catch-up holds this many in memory however long the history, and the peer's next round is
+# asked for only when they fit, so the sender waits rather than the receiver growing.
+INBOX_ENTRIES = 2 * wire.MAX_ROUND
+# Entries per import transaction: queued messages are imported together, one fsync for many.
+IMPORT_BATCH = wire.MAX_ROUND
+# Messages a peer may send in answer to one of our syncs beyond its rate (its entries, proofs
+# and heads for one round), and at most this many rounds' worth: a catch-up's answers are what
+# we asked for, not a flood, and the per-peer rate would otherwise cap a catch-up at
+# peer_rate x MAX_BATCH entries/s.
+ROUND_CREDIT = 2 * (wire.MAX_ROUND // wire.MAX_BATCH) + 8
+MAX_CREDIT = 2 * ROUND_CREDIT
+MAX_UNACKED = 8  # sends of one feed to one peer remembered until its version vector has them
 
 
 async def _wait_set(evt: asyncio.Event, timeout_s: float) -> bool:
@@ -129,6 +143,7 @@ class Stats:
     refused: int = 0  # handshakes refused: key not on the allow-list, or banned
     rounds: int = 0
     disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
+    inbox_peak: int = 0  # most entries of one peer held at once awaiting storage (<= INBOX_ENTRIES)
 
 
 @dataclass
@@ -150,6 +165,17 @@ class Peer:
     rounds: int = 0  # rounds this node completed as the dialer
     pushed_seq: int = 0  # our own feed: last seq pushed to this peer, and when
     pushed_t: float = 0.0
+    # author -> the sends of that feed to this peer its version vector does not show yet, as
+    # (last seq sent, when), oldest first: on their way, not sent again (see _after_sent)
+    sent: dict[bytes, deque[tuple[int, float]]] = field(default_factory=dict)
+    synced_t: float = 0.0  # when this peer's own round last reached our listener
+    credit: int = 0  # messages in answer to our syncs it may still send beyond its rate
+    # Entries received, waiting for the importer (in arrival order), and how many are held.
+    inbox: deque[tuple[list[bytes], dict[int, str] | None]] = field(default_factory=deque)
+    inbox_entries: int = 0
+    inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    inbox_room: asyncio.Event = field(default_factory=asyncio.Event)
+    importer: asyncio.Task[None] | None = None
     sock: zmq.asyncio.Socket | None = None
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -329,6 +355,7 @@ class MeshNode:
             self._beacon.stop()
         try:
             tasks = self._tasks + [p.task for p in self.peers.values() if p.task]
+            tasks += [p.importer for p in self.peers.values() if p.importer]
             for t in tasks:
                 t.cancel()
             if tasks:
@@ -480,9 +507,9 @@ class MeshNode:
             if their_seq and their_seq <= seq and (q is None or their_seq < q):
                 ours = h8 if their_seq == seq else self._hash8(author, their_seq)
                 if ours != their_h8:
-                    e = self.store.get(author, their_seq)
-                    if e is not None:
-                        out.append(e.raw)
+                    # Ours at that seq and the rest of its group: an unsigned entry counts
+                    # (and makes a fork proof) only with its group's signed head.
+                    out.extend(self.store.raws_after(author, their_seq - 1, 1))
                     continue
             if top <= their_seq:
                 continue
@@ -490,8 +517,8 @@ class MeshNode:
             if room <= 0:
                 more = True
                 break
-            got = self.store.entries_after(author, their_seq, min(room, top - their_seq))
-            out.extend(e.raw for e in got)
+            got = self.store.raws_after(author, their_seq, min(room, top - their_seq))
+            out.extend(got)
             if their_seq + len(got) < top:
                 more = True
         return out, more
@@ -583,7 +610,7 @@ class MeshNode:
         self.stats.bytes_in += n
         self.stats.msgs_in += 1
         peer.bytes_in += n
-        if self._banned(peer) or not peer.bucket.take():
+        if self._banned(peer) or not (self._answer(peer, reply) or peer.bucket.take()):
             self.stats.limited += 1
             return
         try:
@@ -592,11 +619,11 @@ class MeshNode:
                 raise wire.WireError(f"{kind!r} in the wrong direction")
             if kind == wire.ENTRIES:
                 self._seen(peer)
-                await self._import_entries(peer, frames[1:])
+                await self._enqueue(peer, frames[1:], None)
             elif kind == wire.TRACED:
                 traces = wire.decode_traces(frames[1], len(frames) - 2)
                 self._seen(peer)
-                await self._import_entries(peer, frames[2:], traces)
+                await self._enqueue(peer, frames[2:], traces)
             elif kind == wire.FORKS:
                 self._seen(peer)
                 await self._import_proofs(peer, frames[1:])
@@ -613,6 +640,52 @@ class MeshNode:
                 self._on_heads(peer, vv, forks, bool(frames[3][0] & wire.FLAG_MORE))
         except wire.WireError as exc:
             self._strike(peer, f"malformed message: {exc}")
+
+    @staticmethod
+    def _answer(peer: Peer, reply: list[bytes] | None) -> bool:
+        """Whether a message on our DEALER (only answers to our syncs arrive there) is covered
+        by the credit our syncs gave; a peer with strikes gets none."""
+        if reply is not None or peer.credit <= 0 or peer.strikes:
+            return False
+        peer.credit -= 1
+        return True
+
+    async def _enqueue(self, peer: Peer, raws: list[bytes], traces: dict[int, str] | None) -> None:
+        """Hand received entries to `peer`'s importer, first waiting until they fit in its
+        bound (the reader stops reading meanwhile, so the peer's sends queue on its side)."""
+        if self._stopping:  # not stored, so not in our version vector: the peer sends it again
+            return
+        if peer.importer is None or peer.importer.done():
+            peer.importer = asyncio.create_task(self._importer(peer), name="mesh-import")
+        while peer.inbox_entries and peer.inbox_entries + len(raws) > INBOX_ENTRIES:
+            peer.inbox_room.clear()
+            await peer.inbox_room.wait()
+        peer.inbox.append((raws, traces))
+        peer.inbox_entries += len(raws)
+        self.stats.inbox_peak = max(self.stats.inbox_peak, peer.inbox_entries)
+        peer.inbox_ready.set()
+
+    async def _importer(self, peer: Peer) -> None:
+        """Store what `peer` sent, in arrival order, several messages per transaction, while
+        the reader goes on receiving (so the next round is on its way during an import)."""
+        while True:
+            await peer.inbox_ready.wait()
+            if not peer.inbox:
+                peer.inbox_ready.clear()
+                continue
+            raws: list[bytes] = []
+            traces: dict[int, str] = {}
+            while peer.inbox and (not raws or len(raws) + len(peer.inbox[0][0]) <= IMPORT_BATCH):
+                batch, batch_traces = peer.inbox.popleft()
+                traces.update({len(raws) + i: tp for i, tp in (batch_traces or {}).items()})
+                raws += batch
+            try:
+                await self._import_entries(peer, raws, traces or None)
+            except Exception:
+                log.exception("mesh: error importing entries from %s", peer.hex[:16])
+            finally:
+                peer.inbox_entries -= len(raws)
+                peer.inbox_room.set()
 
     def _dial_back(self, peer: Peer, endpoint: str, peer_addr: str) -> None:
         """A peer that dialed us but that we do not dial yet: dial it back at its endpoint."""
@@ -636,6 +709,7 @@ class MeshNode:
         peer.known = {a: s for a, (s, _) in vv.items()}
         peer.known_forks = forks
         peer.heard = True
+        peer.synced_t = time.monotonic()
         raws, more = self.missing_for(self._effective(peer, vv), forks)
         self._update_known(peer, raws[: self._send_entries(self.router, reply, raws, peer)])
         self._send_proofs(self.router, reply, self._proofs_for(forks), peer)
@@ -653,7 +727,10 @@ class MeshNode:
         peer.known = {a: s for a, (s, _) in vv.items()}
         peer.known_forks = forks
         peer.heard = True
-        if peer.sock is not None:
+        # A peer whose own rounds reach our listener gets what it lacks in answer to those:
+        # sending it here too would send each entry twice, on two connections, out of order.
+        hold = self.cfg.sync_interval * 2
+        if peer.sock is not None and time.monotonic() - peer.synced_t >= hold:
             raws, we_have_more = self.missing_for(self._effective(peer, vv), forks)
             sent = self._send_entries(peer.sock, [], raws, peer)
             self._update_known(peer, raws[:sent])
@@ -665,13 +742,15 @@ class MeshNode:
 
     def _effective(self, peer: Peer, vv: wire.VersionVector) -> wire.VersionVector:
         """`vv` adjusted for what is already on its way to `peer`, so a round does not send
-        it a second time: our own entries pushed to it in the last hold-off period, and entries
-        of an author we are connected to that we imported in that period (that author pushes
-        them to everyone itself). Past the hold-off, a round sends whatever is still missing,
-        so a lost push or a partitioned author costs delay, never data."""
+        it a second time: our own entries pushed to it in the last hold-off period, entries
+        we sent it in that period (a catching-up peer asks for the next round while it still
+        imports the last), and entries of an author we are connected to that we imported in
+        that period (that author pushes them to everyone itself). Past the hold-off, a round
+        sends whatever is still missing, so a lost push or a partitioned author costs delay,
+        never data."""
         hold = self.cfg.sync_interval * 2
         now = time.monotonic()
-        out = dict(vv)
+        out = self._after_sent(peer, vv, now - hold)
         if now - peer.pushed_t < hold and peer.pushed_seq > out.get(self.me, (0, b""))[0]:
             head = self.store.get(self.me, peer.pushed_seq)
             if head is not None:
@@ -687,9 +766,30 @@ class MeshNode:
                 out[author] = (h.seq, h.hash[:8])
         return out
 
+    def _after_sent(self, peer: Peer, vv: wire.VersionVector, since: float) -> wire.VersionVector:
+        """`vv` advanced over what we sent `peer` and it does not show holding yet, unless the
+        oldest such send is from before `since` (monotonic): then it was lost (or refused),
+        and what `peer` lacks is sent again from what it holds. A fork is left to missing_for.
+        """
+        out = dict(vv)
+        for author, sends in list(peer.sent.items()):
+            their_seq, their_h8 = out.get(author, (0, b""))
+            while sends and sends[0][0] <= their_seq:
+                sends.popleft()  # it holds these now
+            if not sends or sends[0][1] < since:
+                del peer.sent[author]
+                continue
+            if their_seq and self._hash8(author, their_seq) != their_h8:
+                continue
+            ours = self._hash8(author, sends[-1][0])
+            if ours:
+                out[author] = (sends[-1][0], ours)
+        return out
+
     def _update_known(self, peer: Peer, raws: list[bytes]) -> None:
         from gibsey.ledger.entry import parse
 
+        self._record_sent(peer, raws)
         mine = b'{"author":"' + self.me.hex().encode()
         own = next((r for r in reversed(raws) if r.startswith(mine)), None)
         if own is None:
@@ -698,6 +798,24 @@ class MeshNode:
         if last.author == self.me:
             peer.known[self.me] = max(peer.known.get(self.me, 0), last.seq)
             peer.pushed_seq, peer.pushed_t = last.seq, time.monotonic()
+
+    @staticmethod
+    def _record_sent(peer: Peer, raws: list[bytes]) -> None:
+        """Remember the last entry of each feed in `raws` (seq order per feed) as sent."""
+        from gibsey.ledger.entry import parse
+
+        now = time.monotonic()
+        seen: set[bytes] = set()
+        for raw in reversed(raws):
+            prefix = raw[: len(_AUTHOR_PREFIX) + 64]
+            if prefix in seen:
+                continue
+            seen.add(prefix)
+            last = parse(raw, verify=False)
+            sends = peer.sent.setdefault(last.author, deque())
+            if len(sends) >= MAX_UNACKED or (sends and sends[-1][0] >= last.seq):
+                sends.clear()  # sent again from further back: its first send is the one to time
+            sends.append((last.seq, now))
 
     def _member_feed(self, raw: bytes) -> bool:
         """Whether an entry is of a feed this node holds: its own or an allow-listed key's.
@@ -762,13 +880,15 @@ class MeshNode:
                 if r.reason in FORGED:
                     forged.append(r)
                 continue
+            if r.status is ImportStatus.PENDING:
+                continue  # held until its group's signed head arrives: not stored yet
             e = r.entry
             if peer.known.get(e.author, 0) < e.seq and r.status is not ImportStatus.FORK:
                 peer.known[e.author] = e.seq
             if r.status is ImportStatus.APPENDED:
                 self.fresh[e.author] = time.monotonic()
-                self.stats.entries_in += 1
-                peer.entries_in += 1
+                self.stats.entries_in += 1 + len(r.earlier)
+                peer.entries_in += 1 + len(r.earlier)
             elif r.status is ImportStatus.DUPLICATE:
                 self.stats.duplicates += 1
             else:
@@ -892,7 +1012,9 @@ class MeshNode:
                     ],
                     peer,
                 )
-                got = sent and await _wait_set(peer.heads_evt, self.cfg.sync_interval * 2)
+                if sent:
+                    peer.credit = min(MAX_CREDIT, peer.credit + ROUND_CREDIT)
+                got = sent and await self._await_heads(peer)
                 now = time.monotonic()
                 if got:
                     backoff = self.cfg.sync_interval
@@ -913,6 +1035,16 @@ class MeshNode:
             mon.close(linger=0)
             sock.close(linger=self.linger_ms)
             peer.sock = None
+
+    async def _await_heads(self, peer: Peer) -> bool:
+        """Wait for the heads that close our round. While we still import what the peer sent
+        before them, its silence is ours (our reader waits for room in the inbox), not a
+        peer gone quiet: waiting on spares a catch-up a timeout and a backoff per round."""
+        while True:
+            if await _wait_set(peer.heads_evt, self.cfg.sync_interval * 2):
+                return True
+            if not peer.inbox_entries:
+                return False
 
     async def _read(self, peer: Peer, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -974,8 +1106,7 @@ class MeshNode:
                     peer.wake.set()
                     continue
                 if head.seq > known:
-                    todo = self.store.entries_after(self.me, known, wire.MAX_ROUND)
-                    raws = [e.raw for e in todo]
+                    raws = self.store.raws_after(self.me, known, wire.MAX_ROUND)
                     sent = self._send_entries(sock, [], raws, peer)
                     self._update_known(peer, raws[:sent])
                     if sent < len(raws) or head.seq > known + len(raws):
@@ -1056,7 +1187,7 @@ class MeshNode:
         if peer is None:
             raise ValueError("cannot sync with ourselves")
         deadline = time.monotonic() + timeout
-        while peer.rounds == 0 or peer.more:
+        while peer.rounds == 0 or peer.more or peer.inbox_entries:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no complete sync with {spec.endpoint} in {timeout}s")
             await asyncio.sleep(0.01)

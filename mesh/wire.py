@@ -13,7 +13,11 @@ vv (a version vector) is a run of 48-byte records: author (32 bytes) | seq (u64,
 the first 8 bytes of the hash of the entry at that seq - enough to see that two nodes hold
 different entries at one seq (a fork; the proof itself is checked in full by the ledger).
 forks is a run of 40-byte records: author | seq, one per fork proof held.
-Entries travel as their exact signed bytes: nothing is re-encoded on the way.
+Entries travel as their exact bytes: nothing is re-encoded on the way. In format v2 only a
+group's last entry is signed (ledger/CANONICAL.md): a sender sends each group whole, up to its
+head, and a receiver holds the group's first entries pending until the head arrives, in this
+message or a later one. A fork proof across groups carries both chain segments; a group's
+bound in bytes (ledger/entry.py MAX_GROUP_BYTES) keeps it within MAX_FRAME.
 traces (T only) is a run of 57-byte records: the index of an entry in the message (u16) | the
 W3C traceparent of the turn that appended it (55 ASCII bytes), so the peer's import is a span
 of that turn's trace (core/trace.py). The context is beside the entries, never in them: a signed

@@ -66,6 +66,7 @@ def attach_ledger(node: Node) -> None:
 
     # The store reports its writes to the node's DiskHealth: a full disk is said once.
     ledger = Ledger.open(node.data_dir, node.identity.signing_key, disk=node.disk)
+    ledger.group.wait_s = node.config.node.ledger_group_wait_s
     node.add_closer(ledger.close)
     node.parts.ledger = ledger
     node.add_service("ledger-check", lambda: _report_bad_rows(node, ledger))

@@ -32,6 +32,7 @@ PINNED_HASH = "c7de6ae21b8b499f20725fa58b896613fbc42921589f035962196740e6fb62d3"
 
 
 def pinned_entry() -> Any:
+    """The pinned format v1 entry (every entry signed): still written on request, still read."""
     return create(
         SigningKey(SEED),
         seq=1,
@@ -40,7 +41,54 @@ def pinned_entry() -> Any:
         type_="mint",
         body={"actor": "london-fox", "amount": 5, "ritual": "read"},
         wall=1_700_000_000_000,
+        version=1,
     )
+
+
+# Format v2: a group of two, seq 1 unsigned (the whole entry is its payload), seq 2 its head.
+PINNED_V2_UNSIGNED = (
+    b'{"author":"03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",'
+    b'"body":{"actor":"london-fox","amount":5,"ritual":"read"},"head":false,"lamport":1,'
+    b'"prev":null,"seq":1,"type":"mint","v":2,"wall":1700000000000}'
+)
+PINNED_V2_UNSIGNED_HASH = "88ff4cabaf0a0f9bd46307cd85b9cc121ae2c4a2ad1a0aafd120de99aea334b4"
+PINNED_V2_HEAD_PAYLOAD = (
+    b'{"author":"03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",'
+    b'"body":{"actor":"london-fox","amount":5,"ritual":"read"},"head":true,"lamport":2,'
+    b'"prev":"88ff4cabaf0a0f9bd46307cd85b9cc121ae2c4a2ad1a0aafd120de99aea334b4","seq":2,'
+    b'"type":"mint","v":2,"wall":1700000000000}'
+)
+PINNED_V2_HEAD_SIG = (
+    "21ee65dd5d9aeb33e247fa103da6ffb9ca8f953dc557faea754cb2e79c0b980f"
+    "6d455587ca127c29e1e03e5ee2df6390ad02bef9000eb8c05de23e0bb6c20709"
+)
+PINNED_V2_HEAD_HASH = "dbe62111600fcfdbeb8e76df5a2a89895439194d3fda96db3d88c306ae864779"
+
+
+def test_pinned_v2_group_bytes() -> None:
+    body = {"actor": "london-fox", "amount": 5, "ritual": "read"}
+    key = SigningKey(SEED)
+    first = create(
+        key,
+        seq=1,
+        prev=None,
+        lamport=1,
+        type_="mint",
+        body=body,
+        wall=1_700_000_000_000,
+        head=False,
+    )
+    assert first.raw == first.payload == PINNED_V2_UNSIGNED and first.signature == b""
+    assert first.hash.hex() == PINNED_V2_UNSIGNED_HASH
+    head = create(
+        key, seq=2, prev=first.hash, lamport=2, type_="mint", body=body, wall=1_700_000_000_000
+    )
+    assert head.payload == PINNED_V2_HEAD_PAYLOAD
+    assert head.raw == PINNED_V2_HEAD_PAYLOAD + bytes.fromhex(PINNED_V2_HEAD_SIG)
+    assert head.hash.hex() == PINNED_V2_HEAD_HASH
+    key.verify_key.verify(DOMAIN + PINNED_V2_HEAD_PAYLOAD, head.signature)
+    assert parse(first.raw) == first and not parse(first.raw).signed
+    assert parse(head.raw) == head and parse(head.raw).signed
 
 
 def test_pinned_entry_bytes() -> None:
@@ -173,6 +221,9 @@ def test_encode_rejects_deep_nesting() -> None:
         b'{"a":1',
         b"",
         b'{"a":9007199254740992}',
+        b'{"a":-9007199254740992}',
+        b"[123456789012345678901]",
+        b"[" * (canonical.MAX_DEPTH + 2) + b"1" + b"]" * (canonical.MAX_DEPTH + 2),
     ],
 )
 def test_decode_rejects_non_json_values(data: bytes) -> None:

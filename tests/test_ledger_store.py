@@ -38,9 +38,13 @@ def test_append_survives_reopen_and_verifies(tmp_path: Path) -> None:
     assert again.heads() == {bytes(key.verify_key).hex(): 8}
     report = again.verify()
     assert report.ok and (report.entries, report.feeds) == (8, 1)
+    # The three of one append_many are one group (format v2): only its last entry is signed,
+    # and a peer is always sent a group whole, with its head.
+    assert [e.signed for e in entries[5:]] == [False, False, True]
     assert [e.hash for e in again.entries_after(bytes(key.verify_key), 5, 2)] == [
         entries[5].hash,
         entries[6].hash,
+        entries[7].hash,
     ]
     nxt = again.append(key, "mint", MINT)
     assert (nxt.seq, nxt.prev, nxt.lamport) == (9, entries[-1].hash, 9)

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.agents")
 SHORT_MODE_TOKENS = 24
 TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
+TENSOR_FLUSH_S = 30.0  # how often the tensor's counts (or its running clock) are written
 COPY_WAIT = 1.0  # s: how long an answer waits for its request's MQTT 5 copy (only while linked)
 THROTTLE_ALERTS_KEPT = 4096  # actors whose last throttle alert is remembered
 
@@ -109,7 +110,6 @@ class AgentService:
         self.memory = MemoryStore(self.db)
         self.facts = FactStore(self.db)
         self.tensor = AgencyTensor(self.db, self.cfg.tensor_half_life)
-        self._tensor_pending: list[tuple[str, int, int, float]] = []
         self.flags = FlagStore(self.db)
         self.embedder = Embedder()
         self.filter = OutputFilter(self.cfg.blocked)
@@ -216,13 +216,17 @@ class AgentService:
 
     async def run_publish(self) -> None:
         published = -1
-        last_clock = time.monotonic()
+        written = time.monotonic()
         while True:
             try:
-                self.flush_tensor()
-                if time.monotonic() - last_clock > 10.0:
-                    persist_clock(self.tensor)
-                    last_clock = time.monotonic()
+                # The counts are published from memory at once, written every TENSOR_FLUSH_S
+                # (with the running clock): one commit per interval, busy or idle.
+                if time.monotonic() - written >= TENSOR_FLUSH_S:
+                    written = time.monotonic()
+                    if self.tensor.pending:
+                        self.flush_tensor()
+                    else:
+                        persist_clock(self.tensor)
             except StorageError as exc:  # said once by the node; written at a later turn
                 self.node.disk.refused_write(exc)
             if self.tensor.version != published:
@@ -531,21 +535,13 @@ class AgentService:
 
     async def on_ritual(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, RitualPerformed)
-        # Counted now, written in batches by run_publish (see AgencyTensor.add_many).
-        self._tensor_pending.append(
-            (event.actor, payload.symbol, payload.rotation, self.tensor.now())
-        )
-        if len(self._tensor_pending) >= TENSOR_BATCH_MAX:
+        # Counted now, written in batches by run_publish (see AgencyTensor.note).
+        self.tensor.note(event.actor, payload.symbol, payload.rotation)
+        if len(self.tensor.pending) >= TENSOR_BATCH_MAX:
             self.flush_tensor()
 
     def flush_tensor(self) -> None:
-        pending, self._tensor_pending = self._tensor_pending, []
-        try:
-            self.tensor.add_many(pending)
-        except StorageError:
-            # Kept for the next flush, when the disk may take it (the newest, up to the bound).
-            self._tensor_pending = (pending + self._tensor_pending)[-TENSOR_BATCH_MAX:]
-            raise
+        self.tensor.flush()
 
     def close(self) -> None:
         """At the node's stop: the last rituals' counts are written (not lost), and agents.db is

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gibsey.core.storage import StorageError
 from gibsey.node.agents.db import Db
 
 SCHEMA = """
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS tensor (
 CREATE TABLE IF NOT EXISTS tensor_clock (id INTEGER PRIMARY KEY CHECK (id = 0), t REAL NOT NULL);
 """
 FLOOR = 1e-3  # cells that decayed below this are dropped on the next write
+PENDING_MAX = 10_000  # rituals counted in memory and not yet written, at most
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class AgencyTensor:
         self._base = float(rows[0][0]) if rows else 0.0
         self._started = time.monotonic()
         self.version = 0
+        # Rituals counted (`note`) and not yet written (`flush`): the daemon writes them every
+        # tensor_flush_interval, not at every publish - a commit every 2 s was a WAL page or
+        # three per 10 turns on the SD card (gibsey bench wear). Readers see them already.
+        self.pending: list[tuple[str, int, int, float]] = []
 
     def now(self) -> float:
         """Seconds of node running time (survives restarts, stops while the node is off)."""
@@ -95,13 +101,38 @@ class AgencyTensor:
         if actor is not None:
             sql += " WHERE actor = ?"
             params = (actor,)
+        held = {
+            (str(a), int(s), int(r)): (float(w), float(at))
+            for a, s, r, w, at in self.db.execute(sql, params)
+        }
+        for a, s, r, at in self.pending:  # as add_many will write them
+            if actor is None or a == actor:
+                old = held.get((a, s, r))
+                held[(a, s, r)] = ((self._decay(*old, at) if old else 0.0) + 1.0, at)
         out = []
-        for a, s, r, w, at in self.db.execute(sql, params):
-            value = self._decay(float(w), float(at), t)
+        for (a, s, r), (w, at) in held.items():
+            value = self._decay(w, at, t)
             if value >= FLOOR:
                 out.append(Cell(str(a), int(s), int(r), value))
         out.sort(key=lambda c: -c.weight)
         return out
+
+    def note(self, actor: str, symbol: int, rotation: int) -> None:
+        """Count one ritual now, in memory: every reader sees it; `flush` writes it. A kill -9
+        loses what was not flushed yet (a fading count of turns, never a turn itself)."""
+        self.pending.append((actor, symbol, rotation, self.now()))
+        del self.pending[:-PENDING_MAX]
+        self.version += 1
+
+    def flush(self) -> None:
+        """Write what `note` counted, in one transaction; kept for the next flush if the disk
+        refuses it (StorageError, raised)."""
+        pending, self.pending = self.pending, []
+        try:
+            self.add_many(pending)
+        except StorageError:
+            self.pending = (pending + self.pending)[-PENDING_MAX:]
+            raise
 
     def prune(self, now: float | None = None) -> int:
         t = self.now() if now is None else now

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import binascii
 import collections
-import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from gibsey.node.glyph.rituals import RitualOutcome
 from gibsey.node.glyph.vm import binding as vm
 
 if TYPE_CHECKING:
+    from gibsey.ledger.entry import Entry
     from gibsey.node.daemon import Node
 
 log = logging.getLogger("gibsey.runtime")
@@ -56,6 +56,7 @@ log = logging.getLogger("gibsey.runtime")
 FIRST_VISITOR_ID = 1000
 MAX_ACTORS = 65_536
 LEDGER_QUEUE = 4096
+LEDGER_IN_FLIGHT = 1024  # mints and gifts handed to the group commit, not yet announced
 # Mints over this node's mint budget (ledger/ECONOMY.md) are refused before any write and said
 # at most once per interval, with the count since the last time.
 MINT_THROTTLE_ALERT_S = 60.0
@@ -265,57 +266,62 @@ class Runtime:
         return 1
 
     async def ledger_service(self) -> None:
-        """Append queued mints and gifts to this node's feed, one at a time, in ritual order.
-        Each append signs and commits with fsync (milliseconds on an SD card), so it runs on
-        one worker thread: the event loop keeps answering the dial meanwhile (the store's own
-        lock serialises it with everything else that touches the ledger)."""
-        loop = asyncio.get_running_loop()
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger") as thread:
-            while True:
-                work = await self.ledger_queue.get()
-                try:
-                    outcome = await loop.run_in_executor(thread, self._append_in_turn, work)
-                    if isinstance(outcome, SafetyAlert):
-                        self.node.alert(outcome)
-                    elif outcome is not None:
-                        with trace.within(work.trace):
-                            self.node.send("gift/txn", outcome, actor=work.actor)
-                finally:
-                    self.ledger_queue.task_done()
-
-    def _append_in_turn(self, work: LedgerWork) -> GiftTxn | SafetyAlert | None:
-        """`_append`, as a span of the turn that asked for it when tracing is on."""
-        if work.trace is None or not trace.enabled():
-            return self._append(work)
-        attributes = {"gibsey.node": self.node.node_id, "gibsey.ledger": work.kind}
-        with trace.span("ledger append", work.trace, attributes):
-            return self._append(work)
-
-    def _append(self, work: LedgerWork) -> GiftTxn | SafetyAlert | None:
-        """On the ledger thread: the entry, as the gift/txn to announce, or why it was refused
-        (None: the disk refused it, which the node says once for the whole episode, or a mint
-        over the node's budget that was already said this interval)."""
+        """Hand queued mints and gifts to the ledger's group commit (`Ledger.group`) in ritual
+        order, and announce each (gift/txn) once its group's commit, fsync included, returned:
+        one commit for every entry of a group, not one per entry (an SD card's wear: gibsey
+        bench wear), and nothing announced that a power cut could still take back."""
         ledger = self.node.parts.ledger
         assert ledger is not None
+        # Bounded: while this many wait for their commit, the ledger queue fills instead, and a
+        # flood is refused there (ledger_overloaded), not held in memory without end.
+        submitted: asyncio.Queue[tuple[LedgerWork, asyncio.Future[Entry]]] = asyncio.Queue(
+            maxsize=LEDGER_IN_FLIGHT
+        )
+        announcer = asyncio.create_task(self._announce(submitted))
         try:
-            if work.kind == "mint":
-                entry = ledger.mint(work.actor, work.amount, ritual=work.ritual)
-                _traced_entry(entry.raw)
-                return GiftTxn(
-                    type="mint",
-                    receiver=work.actor,
-                    amount=work.amount,
-                    entry=entry.hash.hex()[:64],
-                )
-            entry = ledger.gift(work.actor, work.receiver, work.amount)
-            _traced_entry(entry.raw)
-            return GiftTxn(
-                type="gift",
-                giver=work.actor,
-                receiver=work.receiver,
-                amount=work.amount,
-                entry=entry.hash.hex()[:64],
-            )
+            while True:
+                work = await self.ledger_queue.get()
+                if work.kind == "mint":
+                    done = ledger.group.submit_mint(work.actor, work.amount, work.ritual)
+                else:
+                    done = ledger.group.submit_gift(work.actor, work.receiver, work.amount)
+                await submitted.put((work, asyncio.wrap_future(done)))
+        finally:
+            announcer.cancel()
+
+    async def _announce(
+        self, submitted: asyncio.Queue[tuple[LedgerWork, asyncio.Future[Entry]]]
+    ) -> None:
+        while True:
+            work, done = await submitted.get()
+            try:
+                outcome = await self._outcome_in_turn(work, done)
+                if isinstance(outcome, SafetyAlert):
+                    self.node.alert(outcome)
+                elif outcome is not None:
+                    with trace.within(work.trace):
+                        self.node.send("gift/txn", outcome, actor=work.actor)
+            finally:
+                self.ledger_queue.task_done()
+
+    async def _outcome_in_turn(
+        self, work: LedgerWork, done: asyncio.Future[Entry]
+    ) -> GiftTxn | SafetyAlert | None:
+        """`_outcome`, as a span of the turn that asked for it when tracing is on."""
+        if work.trace is None or not trace.enabled():
+            return await self._outcome(work, done)
+        attributes = {"gibsey.node": self.node.node_id, "gibsey.ledger": work.kind}
+        with trace.span("ledger append", work.trace, attributes):
+            return await self._outcome(work, done)
+
+    async def _outcome(
+        self, work: LedgerWork, done: asyncio.Future[Entry]
+    ) -> GiftTxn | SafetyAlert | None:
+        """The stored entry, as the gift/txn to announce, or why it was refused (None: the disk
+        refused it, which the node says once for the whole episode, or a mint over the node's
+        budget that was already said this interval)."""
+        try:
+            entry = await done
         except StorageError:
             # Not stored, not announced: the ritual's token is lost with the write, counted here
             # and said once by the node (DiskHealth), not once per ritual.
@@ -327,6 +333,18 @@ class Runtime:
             return SafetyAlert(
                 reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000]
             )
+        _traced_entry(entry.raw)
+        if work.kind == "mint":
+            return GiftTxn(
+                type="mint", receiver=work.actor, amount=work.amount, entry=entry.hash.hex()[:64]
+            )
+        return GiftTxn(
+            type="gift",
+            giver=work.actor,
+            receiver=work.receiver,
+            amount=work.amount,
+            entry=entry.hash.hex()[:64],
+        )
 
     def _throttled(self, work: LedgerWork, exc: OverMintBudget) -> SafetyAlert | None:
         """A mint the fold would not count was not written: counted, and said once per

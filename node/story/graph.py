@@ -49,6 +49,8 @@ from .model import (
 DB_FILENAME = "story.sqlite3"
 FORMAT = "1"  # bump to force a rebuild after a change of the fold rules
 TREE_CACHE = 64
+# Entries folded that changed nothing in the view before the resume point is written anyway.
+RESUME_WRITE_EVERY = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -145,6 +147,9 @@ class StoryGraph:
         self.disk = disk if disk is not None else DiskHealth()
         self.db = open_sqlite(self.path, f"the story graph {self.path}", _setup)
         self._trees: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+        # Where the next sync goes on from, when it is past what meta holds: (last, folded, the
+        # `last` meta held when this was set). See _keep_resume_point.
+        self._resume: tuple[str, int, str | None] | None = None
 
     @classmethod
     def open(cls, data_dir: Path, disk: DiskHealth | None = None) -> StoryGraph:
@@ -172,6 +177,7 @@ class StoryGraph:
                     self.db.execute("COMMIT")
                 except BaseException:
                     self._trees.clear()  # may hold trees of commits that were not stored
+                    self._resume = None  # may be past what is stored
                     if self.db.in_transaction:
                         with suppress(sqlite3.Error):
                             self.db.execute("ROLLBACK")
@@ -191,7 +197,31 @@ class StoryGraph:
 
     def folded(self) -> int:
         """How many ledger entries the view has folded (quarantined ones included)."""
-        return int(self._meta("folded") or 0)
+        return self._resume_meta()[1]
+
+    def _resume_meta(self) -> tuple[str | None, int]:
+        """(the last entry folded, as meta writes it, and how many were): this process's own
+        point when it is past what meta holds and meta has not changed since, else meta's."""
+        last = self._meta("last")
+        if self._resume is not None and self._resume[2] == last:
+            return self._resume[0], self._resume[1]
+        self._resume = None
+        return last, int(self._meta("folded") or 0)
+
+    def _keep_resume_point(self, last: str, folded: int, wrote: bool) -> None:
+        """Record where the next sync goes on from. In meta, with the fold's own writes when it
+        made any; else (entries that change nothing here: a gallery's mints, every turn) only in
+        memory, written every RESUME_WRITE_EVERY entries - a commit per sync was one WAL page
+        a second on an SD card (gibsey bench wear). After a restart the view goes on from what
+        meta holds and folds those entries again, which changes nothing."""
+        stored = self._meta("last")
+        saved = int(self._meta("folded") or 0)
+        if wrote or folded - saved >= RESUME_WRITE_EVERY or stored is None:
+            self._set_meta("last", last)
+            self._set_meta("folded", str(folded))
+            self._resume = None
+        else:
+            self._resume = (last, folded, stored)
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -207,6 +237,7 @@ class StoryGraph:
         store = ledger.store
         store.refresh()  # entries other processes (the CLI, the mesh) committed
         with store.lock, self._tx():
+            changes = self.db.total_changes
             deciders, statuses = _merge_hearings(ledger.view().governance)
             quarantine = store.quarantine()
             # A bad stored row counts like a fork point: nothing of its feed from there on.
@@ -238,9 +269,6 @@ class StoryGraph:
                     self._fold(parse(raw, verify=False), deciders)
                 n += 1
                 last = (lamport, author, seq)
-            if last is not None:
-                self._set_meta("last", f"{last[0]}:{last[1].hex()}:{last[2]}")
-            self._set_meta("folded", str(folded + n))
             # Hearings still undecided (or decided against) in the ledger's view.
             for h, status in statuses.items():
                 self.db.execute(
@@ -248,6 +276,9 @@ class StoryGraph:
                     "AND ? != 'passed'",
                     (status, h, status),
                 )
+            if last is not None:
+                point = f"{last[0]}:{last[1].hex()}:{last[2]}"
+                self._keep_resume_point(point, folded + n, self.db.total_changes != changes)
             return n
 
     def _resume_point(
@@ -257,8 +288,7 @@ class StoryGraph:
         when it must be folded afresh: asked to, another format or quarantine, or the ledger
         holds a different number of entries up to the last one folded (a merge slotted some in)."""
         qmark = json.dumps(sorted((a.hex(), s) for a, s in quarantine.items()))
-        last = self._meta("last")
-        folded = int(self._meta("folded") or 0)
+        last, folded = self._resume_meta()
         start: tuple[int, bytes, int] | None = None
         if last is not None:
             lam, author, seq = last.split(":")

@@ -1,0 +1,490 @@
+"""`gibsey bench wear`: bytes the node writes to its disk per dial turn (issue 19, first row).
+
+A `gibsey up` process on a real Mosquitto, visitors' `glyph/rotated` at 5 turns/s with QoS 1 (as
+a Pico W or a dashboard sends them; rotation 0, whose default program mints a token), until every
+turn is performed (`ritual/performed`) and its mint acknowledged (`gift/txn`, announced only
+after the entry's commit is on disk). Figure: the growth of the process's `write_bytes`
+(/proc/PID/io: what it caused to be sent to the storage layer, counted by the kernel as it dirties
+pages of the page cache, 4 KiB at a time) over the turns, per turn; the baseline is the size of
+the ledger entry each turn adds (the bytes that must reach the disk), the goal 2,000 B a turn.
+
+With `breakdown` (the suite does it on a second node) strace counts the bytes of the write
+syscalls per file over the same turns: which files the bytes go to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from gibsey.bench.nodeproc import open_rotation_throttle, start_up, stop, wait_for_file
+from gibsey.bench.report import Row
+from gibsey.core.mqtt import ClientSettings, Session, new_client_id
+from gibsey.harness.mosquitto import Mosquitto
+from gibsey.harness.turns import node_online
+from gibsey.harness.waiting import GalleryError
+from gibsey.ledger.store import DB_FILENAME
+from gibsey.node.daemon import HEARTBEAT_S
+from gibsey.node.watchdog.rebirth import HEARTBEAT_FRACTION, HEARTBEAT_MAX_S, RUN_FILE, RunRecord
+
+TURNS = 500
+RATE_PER_S = 5.0
+WARMUP = 20  # turns before the count starts: first-start writes are not a turn's
+GOAL_BYTES = 2000.0
+LONGER_WAIT_S = 4.0  # [node] ledger_group_wait_s of a second run: the bytes a longer wait saves
+ACTORS = 8
+SMALLER_PAGE_BYTES = 1024  # SQLite's page size of the ledger of a comparison run
+# Measured on 2026-11-30 (the ledger bench's rows on stores of either page size, same run).
+NOT_ADOPTED = (
+    "not adopted: 1 KiB pages cost a batched import 12-22% and a feed read 100 entries at a "
+    "time ~60%, and still miss 2,000 B: the kernel counts (and the card writes) 4 KiB pages, "
+    "so each fsynced commit writes the WAL's last 4 KiB page again"
+)
+IDLE_S = 120.0  # a node without turns, after them: its idle writes
+
+
+@dataclass
+class WearRun:
+    turns: int
+    write_bytes: int  # growth of /proc/PID/io write_bytes over the turns
+    checkpoint_bytes: int  # what copying the turns' WAL pages into the databases wrote
+    wal_commits: int  # commits in the ledger's WAL after the turns (read from its frames)
+    wal_pages: int  # pages those commits wrote
+    wal_restarts: int  # times the WAL started over during the turns (after a checkpoint)
+    entry_bytes: float  # mean size of the ledger entries the turns added
+    took_s: float
+    idle_s: float = 0.0  # after the turns, a time with none
+    idle_bytes: int = 0  # growth of write_bytes over it
+    idle_rewrites: int = 0  # run.json rewrites (heartbeats) over it
+    by_file: Counter[str] = field(default_factory=Counter)  # strace: bytes written per file
+    syscalls: Counter[str] = field(default_factory=Counter)  # strace: calls per syscall
+
+    @property
+    def per_turn(self) -> float:
+        return self.write_bytes / self.turns
+
+    @property
+    def with_checkpoint(self) -> float:
+        return (self.write_bytes + self.checkpoint_bytes) / self.turns
+
+
+def write_bytes(pid: int) -> int:
+    """The kernel's count of bytes `pid` (all its threads) caused to be written to storage."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise GalleryError(f"/proc/{pid}/io has no write_bytes")
+
+
+DATABASES = (DB_FILENAME, "story.sqlite3", "agents/agents.db")
+
+
+def checkpoint(data: Path) -> int:
+    """Copy what the node's databases hold in their WALs into the databases, from this process
+    (the node goes on): the bytes that wrote. Before the turns, so the WALs hold none of
+    theirs; after, what the turns owe the databases - paid by the node's next checkpoint, which
+    the run may or may not have reached."""
+    before = write_bytes(os.getpid())
+    for name in DATABASES:
+        if (data / name).exists():
+            db = sqlite3.connect(data / name, timeout=30)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                db.close()
+    return write_bytes(os.getpid()) - before
+
+
+def wal_generation(path: Path) -> int:
+    """The WAL's checkpoint sequence number: one more each time it starts over."""
+    data = path.read_bytes()[:16] if path.exists() else b""
+    return int.from_bytes(data[12:16], "big") if len(data) == 16 else 0
+
+
+def wal_commits(path: Path) -> tuple[int, int]:
+    """(commits, pages) in a SQLite WAL file, from its frame headers: a frame is one page; a
+    commit's last frame holds the database size; frames of an older generation (another salt)
+    do not count (sqlite.org/fileformat2.html, "WAL File Format")."""
+    data = path.read_bytes() if path.exists() else b""
+    if len(data) < 32:
+        return 0, 0
+    page_size = int.from_bytes(data[8:12], "big")
+    salt = data[16:24]
+    commits = pages = 0
+    for offset in range(32, len(data) - 24 - page_size + 1, 24 + page_size):
+        if data[offset + 8 : offset + 16] != salt:
+            break
+        pages += 1
+        commits += int.from_bytes(data[offset + 4 : offset + 8], "big") != 0
+    return commits, pages
+
+
+def client_settings(url: str, name: str) -> ClientSettings:
+    return ClientSettings(url, new_client_id(name), keepalive_s=10, connect_timeout_s=2.0)
+
+
+def turn_event(node_id: str, n: int) -> bytes:
+    return json.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "node": node_id,
+            "kind": "glyph/rotated",
+            "lamport": n + 1,
+            "wall": time.time(),
+            "actor": f"visitor-{n % ACTORS}",
+            "payload": {"symbol": n % 16, "rotation": 0},  # Read: mints a token
+        }
+    ).encode()
+
+
+class _Acks:
+    """The node's `gift/txn` mints (each a stored entry) and `ritual/performed`, counted."""
+
+    def __init__(self) -> None:
+        self.mints = 0
+        self.performed = 0
+        self.ready = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    async def run(self, url: str, node_id: str) -> None:
+        async with Session(client_settings(url, "wear-acks")) as session:
+            await session.subscribe(f"gibsey/v1/{node_id}/gift/txn", qos=1)
+            await session.subscribe(f"gibsey/v1/{node_id}/ritual/performed", qos=1)
+            self.ready.set()
+            async for message in session.messages():
+                if message.topic.endswith("/gift/txn"):
+                    self.mints += json.loads(message.payload)["payload"]["type"] == "mint"
+                else:
+                    self.performed += 1
+                self._changed.set()
+
+    async def reach(self, n: int, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.mints < n or self.performed < n:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise GalleryError(
+                f"{self.mints} mints and {self.performed} rituals of {n} after {timeout_s:g}s"
+            ) from None
+
+
+async def _send(url: str, node_id: str, first: int, count: int, rate_per_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    async with Session(client_settings(url, "wear-turns")) as session:
+        next_at = loop.time()
+        for n in range(first, first + count):
+            await session.publish(
+                f"gibsey/v1/{node_id}/glyph/rotated", turn_event(node_id, n), qos=1
+            )
+            next_at += 1.0 / rate_per_s
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+async def _drive(
+    url: str,
+    node_id: str,
+    pid: int,
+    data: Path,
+    turns: int,
+    rate_per_s: float,
+    strace: Path | None,
+    idle_s: float = 0.0,
+) -> tuple[int, int, tuple[int, int, int], float, tuple[int, int]]:
+    """Warm up, then `turns` turns; the growth of write_bytes over them, the checkpoint they
+    owe, the ledger WAL's commits and pages (checkpointed just before: the turns' own), how
+    long they took, and over `idle_s` after them the growth of write_bytes and run.json
+    rewrites."""
+    await node_online(url, node_id, connects=1, timeout_s=60)
+    acks = _Acks()
+    listener = asyncio.create_task(acks.run(url, node_id))
+    try:
+        await asyncio.wait_for(acks.ready.wait(), 30)
+        await _send(url, node_id, 0, WARMUP, rate_per_s)
+        await acks.reach(WARMUP, timeout_s=60)
+        checkpoint(data)
+        wal = data / f"{DB_FILENAME}-wal"
+        generation = wal_generation(wal) + 1  # the checkpoint emptied it: the next commit restarts
+        tracer = _strace(pid, strace) if strace is not None else None
+        start, started = write_bytes(pid), time.monotonic()
+        await _send(url, node_id, WARMUP, turns, rate_per_s)
+        await acks.reach(WARMUP + turns, timeout_s=60 + turns / rate_per_s)
+        grown, took = write_bytes(pid) - start, time.monotonic() - started
+        if tracer is not None:
+            tracer.send_signal(signal.SIGINT)  # strace detaches and writes out what it has
+            tracer.wait(30)
+        commits, pages = wal_commits(wal)
+        restarts = max(0, wal_generation(wal) - generation)
+        owed = checkpoint(data)
+        idle_start = write_bytes(pid)
+        rewrites = await _rewrites(data / RUN_FILE, idle_s)
+        idle = (write_bytes(pid) - idle_start, rewrites)
+        return grown, owed, (commits, pages, restarts), took, idle
+    finally:
+        listener.cancel()
+
+
+async def _rewrites(path: Path, for_s: float) -> int:
+    """Times `path` is replaced (write_atomic renames a new file over it) in `for_s` seconds."""
+    loop = asyncio.get_running_loop()
+    end, seen, count = loop.time() + for_s, _inode(path), 0
+    while loop.time() < end:
+        await asyncio.sleep(0.2)
+        inode = _inode(path)
+        count += inode not in (seen, 0)
+        seen = inode or seen
+    return count
+
+
+def _inode(path: Path) -> int:
+    """`path`'s inode number; 0 while it is missing (between a rename's two halves)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.stat().st_ino
+    return 0
+
+
+def heartbeats_per_day(every_s: float = HEARTBEAT_S, days: int = 1) -> int:
+    """run.json rewrites of a node up for `days` days, by the rule RunRecord.heartbeat_due
+    follows (its 1 s status tick ignored)."""
+    at_s = last_s = 0.0
+    count = 0
+    while at_s < days * 86400:
+        wait_s = max(every_s, min(HEARTBEAT_MAX_S, at_s * HEARTBEAT_FRACTION))
+        at_s = last_s = last_s + wait_s
+        count += 1
+    return count
+
+
+def _strace(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-y", "-qq", "-o", str(out), "-p", str(pid), "-e", "trace=%desc"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # strace is attached once it has written its first line (the process's threads are busy).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (out.exists() and out.stat().st_size):
+        time.sleep(0.05)
+    return tracer
+
+
+# A call and, when it did not block, its result; a blocked one (an fsync, mostly) is printed
+# "<unfinished ...>" and its result on a later line: counted, its bytes not.
+_CALL = re.compile(r"^\d+\s+(\w+)\((\d+)<([^>]*)>(?:.*\)\s+=\s+(-?\d+))?")
+_ATOMIC = re.compile(r"^\.(.+)\.[0-9a-f]+\.tmp$")  # core/identity.write_atomic's temporary files
+_WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2"}
+_SYNCS = {"fsync", "fdatasync", "sync_file_range"}
+
+
+def parse_strace(text: str) -> tuple[Counter[str], Counter[str]]:
+    """Bytes written per file and calls per write/sync syscall, from `strace -y` output."""
+    by_file: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = _CALL.match(line)
+        if m is None or (m[1] not in _WRITES and m[1] not in _SYNCS):
+            continue
+        if not m[3].startswith("/") or "/node-" not in m[3]:
+            continue  # a socket, a pipe, /dev/null: not the node's disk
+        path = _ATOMIC.sub(r"\1 (rewritten whole)", Path(m[3]).name)
+        calls[f"{m[1]} {path}"] += 1
+        if m[1] in _WRITES and m[4] is not None and int(m[4]) > 0:
+            by_file[path] += int(m[4])
+    return by_file, calls
+
+
+def _entry_bytes(data: Path, turns: int) -> float:
+    db = sqlite3.connect(f"file:{data / DB_FILENAME}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT length(raw) FROM entries ORDER BY lamport DESC LIMIT ?", (turns,)
+        ).fetchall()
+    finally:
+        db.close()
+    return statistics.fmean(r[0] for r in rows) if rows else 0.0
+
+
+def measure(
+    work: Path,
+    broker: Mosquitto,
+    turns: int = TURNS,
+    rate_per_s: float = RATE_PER_S,
+    breakdown: bool = False,
+    group_wait_s: float | None = None,
+    page_size_bytes: int | None = None,
+    idle_s: float = 0.0,
+) -> WearRun:
+    """One fresh node on `broker` (its data under `work`), `turns` turns at `rate_per_s`; its
+    ledger's group commit waiting `group_wait_s` (None: the default); its ledger made
+    beforehand with `page_size_bytes` pages (None: as the node makes it)."""
+    data = work / f"node-{uuid.uuid4().hex[:6]}"
+    open_rotation_throttle(data)
+    if page_size_bytes is not None:
+        make_ledger(data, page_size_bytes)
+    if group_wait_s is not None:
+        toml = data / "gibsey.toml"
+        toml.write_text(
+            toml.read_text().replace("[node]\n", f"[node]\nledger_group_wait_s = {group_wait_s}\n")
+        )
+    node = start_up(data, broker.url)
+    trace = work / f"strace-{data.name}.txt" if breakdown else None
+    try:
+        wait_for_file(node, data / "node_id", 60, "the node")
+        node_id = (data / "node_id").read_text().strip()
+        grown, owed, wal, took, idle = asyncio.run(
+            _drive(broker.url, node_id, node.pid, data, turns, rate_per_s, trace, idle_s)
+        )
+    finally:
+        stop(node, timeout_s=30)
+    run = WearRun(turns, grown, owed, *wal, _entry_bytes(data, turns), took, idle_s, *idle)
+    if trace is not None and trace.exists():
+        run.by_file, run.syscalls = parse_strace(trace.read_text(errors="replace"))
+    return run
+
+
+def make_ledger(data: Path, page_size_bytes: int) -> None:
+    """An empty ledger database with `page_size_bytes` pages in `data`, as a release that made
+    them that size left it (the store keeps an existing database's page size)."""
+    data.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(data / DB_FILENAME)
+    try:
+        db.execute(f"PRAGMA page_size={page_size_bytes}")
+        db.execute("PRAGMA journal_mode=WAL")
+    finally:
+        db.close()
+
+
+def _breakdown_rows(run: WearRun) -> list[Row]:
+    rows = []
+    syncs = sum(n for call, n in run.syscalls.items() if call.split()[0] in _SYNCS)
+    for path, written in run.by_file.most_common(6):
+        calls = sum(n for call, n in run.syscalls.items() if call.endswith(f" {path}"))
+        rows.append(
+            Row(
+                f"  written to {path} per turn (strace, write syscalls)",
+                written / run.turns,
+                run.entry_bytes,
+                "B",
+                note=f"{calls / run.turns:.2f} calls/turn",
+            )
+        )
+    rows.append(Row("  fsync/fdatasync calls per turn (strace)", syncs / run.turns, None, "calls"))
+    return rows
+
+
+def _rows(runs: list[WearRun], what: str) -> list[Row]:
+    per_turn = statistics.median(r.per_turn for r in runs)
+    owed = statistics.median(r.with_checkpoint for r in runs)
+    entry = statistics.median(r.entry_bytes for r in runs)
+    each = ", ".join(f"{r.per_turn:,.0f}" for r in runs)
+    commits = sum(r.wal_commits for r in runs)
+    pages = sum(r.wal_pages for r in runs) / max(1, commits)
+    whole = [r for r in runs if r.wal_restarts == 0]  # the WAL holds every commit of the turns
+    entries = (
+        f"{sum(r.turns for r in whole) / max(1, sum(r.wal_commits for r in whole)):.1f} entries"
+        if whole
+        else "the WAL started over during the turns: the last part's commits only; ~1 entry"
+    )
+    return [
+        Row(
+            f"{what}: bytes written per dial turn (/proc/PID/io write_bytes) / the ledger entry",
+            per_turn,
+            entry,
+            "B",
+            limit=("<=", GOAL_BYTES),
+            note=f"median of {len(runs)} nodes x {runs[0].turns} turns at {RATE_PER_S:g}/s: {each}",
+        ),
+        Row(
+            f"{what}: the same with the checkpoint the turns owe their databases",
+            owed,
+            entry,
+            "B",
+            limit=("<=", GOAL_BYTES),
+            note="the WAL pages copied into the database files, paid at a later checkpoint",
+        ),
+        Row(
+            f"{what}: ledger WAL pages per commit (from the WAL's frame headers)",
+            pages,
+            None,
+            "pages",
+            note=f"{entries} per commit: a commit rewrites page 1 (the file grew), "
+            "the table's interior and last leaf, each index's last leaf",
+        ),
+    ]
+
+
+def rewrite_bytes(work: Path, times: int = 50) -> float:
+    """What one run.json heartbeat (write_atomic: a new file, fsync, rename, directory fsync)
+    adds to this process's write_bytes, over `times` of them."""
+    record = RunRecord(work / "run-record")
+    record.data_dir.mkdir()
+    record.begin()
+    before = write_bytes(os.getpid())
+    for _ in range(times):
+        record.heartbeat()
+    return (write_bytes(os.getpid()) - before) / times
+
+
+def _idle_rows(run: WearRun, each: float) -> list[Row]:
+    """An idle node's writes: measured over `run.idle_s` (a node minutes old, its heartbeat
+    still every 10 s); a day old, by the heartbeat's schedule (one rewrite `each` bytes) plus
+    the rest at the rate measured."""
+    rest_per_s = max(0.0, run.idle_bytes - run.idle_rewrites * each) / run.idle_s
+    first, later = heartbeats_per_day(), heartbeats_per_day(days=2) - heartbeats_per_day()
+    return [
+        Row(
+            f"idle node, minutes old: bytes written per hour ({run.idle_s:g} s without turns)",
+            run.idle_bytes / run.idle_s * 3600,
+            None,
+            "B",
+            note=f"{run.idle_bytes:,} B, {run.idle_rewrites} run.json rewrites meanwhile",
+        ),
+        Row(
+            "idle node, a day old: bytes written per day / with a heartbeat every 10 s (before)",
+            each * later + rest_per_s * 86400,
+            each * 86400 / HEARTBEAT_S + rest_per_s * 86400,
+            "B",
+            note=f"run.json: {each:,.0f} B a rewrite (measured), {first} the first day, {later} "
+            f"a day after (was 8,640); the rest {rest_per_s * 86400:,.0f} B/day, mostly "
+            "agents.db's tensor clock (a commit every 30 s)",
+        ),
+    ]
+
+
+def run() -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="gibsey-bench-wear-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        broker = Mosquitto(work / "mosquitto").start()
+        try:
+            runs = [measure(work, broker) for _ in range(3)]
+            smaller = [measure(work, broker, page_size_bytes=SMALLER_PAGE_BYTES)]
+            longer = [measure(work, broker, group_wait_s=LONGER_WAIT_S)]
+            traced = measure(
+                work, broker, breakdown=shutil.which("strace") is not None, idle_s=IDLE_S
+            )
+            each = rewrite_bytes(work)
+        finally:
+            broker.stop()
+    rows = _rows(runs, "group wait 2 s (the default)")
+    tried = _rows(smaller, f"a ledger made with {SMALLER_PAGE_BYTES} B pages (tried)")
+    tried[0] = replace(tried[0], note=f"{tried[0].note}; {NOT_ADOPTED}")
+    rows += tried
+    rows += _rows(longer, f"group wait {LONGER_WAIT_S:g} s")
+    if traced.by_file:
+        rows += _breakdown_rows(traced)
+    return rows + _idle_rows(traced, each)
