@@ -15,7 +15,6 @@ Every problem is a `ConfigError` that names the file or the variable, the sectio
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -457,6 +456,8 @@ def _with_env(
 
 
 def _did_you_mean(name: str, known: Iterable[str], brackets: str = "''") -> str:
+    import difflib  # only a refused configuration asks: a running daemon does without it
+
     match = difflib.get_close_matches(name, list(known), n=1)
     if not match:
         return ""

@@ -7,15 +7,10 @@ import asyncio
 import logging
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.live import Live
-from rich.logging import RichHandler
-from rich.markup import escape
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import IdentityError
@@ -26,6 +21,12 @@ from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
 from gibsey.node.watchdog.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    # rich only where stderr is a terminal: in systemd's journal or a pipe `gibsey up` writes
+    # plain lines, and the daemon saves rich's ~2 MiB resident (`gibsey bench footprint`).
+    from rich.console import Console
+    from rich.text import Text
 
 log = logging.getLogger("gibsey.up")
 # Under systemd, how long a node that found no room waits before it exits to be restarted: the
@@ -43,7 +44,8 @@ def _fmt_uptime(seconds: float) -> str:
     )
 
 
-def status_line(node: Node) -> Text:
+def _status_pieces(node: Node) -> list[tuple[str, str | None]]:
+    """The status line, piece by piece, each with its rich style (None: plain)."""
     spine = node.spine
     if spine is None:
         broker = "starting"
@@ -54,21 +56,42 @@ def status_line(node: Node) -> Text:
     else:
         broker = f"{spine.url} (unreachable, retrying)"
         style = "red"
-    text = Text()
-    text.append(f"node {node.node_id}", style="bold")
-    text.append("  broker ")
-    text.append(broker, style=style)
+    pieces: list[tuple[str, str | None]] = [(f"node {node.node_id}", "bold"), ("  broker ", None)]
+    pieces.append((broker, style))
     if node.embedded is not None:
-        text.append(f" (embedded {node.embedded.name})")
+        pieces.append((f" (embedded {node.embedded.name})", None))
     stats = node.router.stats
-    text.append(f"  {node.events_per_s:7.1f} events/s  {stats.accepted} events")
+    pieces.append((f"  {node.events_per_s:7.1f} events/s  {stats.accepted} events", None))
     if stats.rejected_total:
-        text.append(f"  {stats.rejected_total} rejected", style="red")
-    text.append(f"  up {_fmt_uptime(node.uptime)}")
+        pieces.append((f"  {stats.rejected_total} rejected", "red"))
+    pieces.append((f"  up {_fmt_uptime(node.uptime)}", None))
+    return pieces
+
+
+def status_plain(node: Node) -> str:
+    return "".join(piece for piece, _ in _status_pieces(node))
+
+
+def status_line(node: Node) -> Text:
+    from rich.text import Text
+
+    text = Text()
+    for piece, style in _status_pieces(node):
+        text.append(piece, style=style)
     return text
 
 
-async def _serve(node: Node, broker: str | None, console: Console) -> int:
+def _say(console: Console | None, line: str, *, soft_wrap: bool = False) -> None:
+    """An error of `gibsey up`: red on a terminal (console), else one plain line on stderr."""
+    if console is None:
+        print(f"gibsey up: {line}", file=sys.stderr, flush=True)
+        return
+    from rich.markup import escape
+
+    console.print(f"[red]gibsey up:[/red] {escape(line)}", soft_wrap=soft_wrap)
+
+
+async def _serve(node: Node, broker: str | None, console: Console | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,10 +99,12 @@ async def _serve(node: Node, broker: str | None, console: Console) -> int:
     try:
         await node.start(broker)
     except EmbeddedBrokerError as exc:
-        console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
+        _say(console, str(exc))
         return 1
     log.info("node %s started; data in %s; Ctrl-C stops it", node.node_id, node.data_dir)
-    if console.is_terminal:
+    if console is not None:
+        from rich.live import Live
+
         with Live(status_line(node), console=console, refresh_per_second=2, transient=True) as live:
             while not stop.is_set():
                 live.update(status_line(node))
@@ -93,14 +118,14 @@ async def _serve(node: Node, broker: str | None, console: Console) -> int:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=30)
             except TimeoutError:
-                log.info("%s", status_line(node).plain)
+                log.info("%s", status_plain(node))
     log.info("stopping node %s", node.node_id)
     await node.stop()
     log.info("stopped cleanly")
     return 0
 
 
-def _disk_refused(console: Console, data_dir: Path, exc: OSError | sqlite3.Error) -> int:
+def _disk_refused(console: Console | None, data_dir: Path, exc: OSError | sqlite3.Error) -> int:
     """A start the data directory's disk refused (full, read-only, failing): one line saying so
     and the exit status systemd restarts (EXIT_DISK_REFUSED); any other error is raised on."""
     filename = exc.filename if isinstance(exc, OSError) else None
@@ -109,7 +134,7 @@ def _disk_refused(console: Console, data_dir: Path, exc: OSError | sqlite3.Error
     if refused is None:
         raise exc
     line = refused_advice(data_dir, refused)
-    console.print(f"[red]gibsey up:[/red] {escape(line)}", soft_wrap=True)  # one line, unwrapped
+    _say(console, line, soft_wrap=True)  # one line, unwrapped
     notifier = Notifier()
     if notifier.enabled:  # under systemd: `systemctl status` says why, meanwhile
         notifier.status(f"{line} (the next start in {DISK_RETRY_S:g} s)")
@@ -121,14 +146,26 @@ def _disk_refused(console: Console, data_dir: Path, exc: OSError | sqlite3.Error
     return EXIT_DISK_REFUSED
 
 
-def _run(args: argparse.Namespace) -> int:
+def _logging(verbose: bool) -> Console | None:
+    """The log on stderr: rich's (and a live status line) on a terminal; else plain lines in
+    the same layout (time, level, message), returning no console."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if not sys.stderr.isatty():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-8s %(message)s", "%X"))
+        logging.basicConfig(level=level, handlers=[handler])
+        return None
+    from rich.console import Console
+    from rich.logging import RichHandler
+
     console = Console(stderr=True)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-    )
+    rich = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[rich])
+    return console
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = _logging(args.verbose)
     data_dir = resolve_data_dir(args.data)
     try:
         config = load_gibsey_config(data_dir)
@@ -136,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         config.gateway.listen_on(args.http or config.gateway.listen or DEFAULT_LISTEN)
         node = Node(data_dir, config, node_id=args.node_id)
     except (ConfigError, IdentityError) as exc:
-        console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
+        _say(console, str(exc))
         return 2
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(console, data_dir, exc)
@@ -145,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(node, args.broker, console))
     except BrokerUrlError as exc:
-        console.print(f"[red]gibsey up:[/red] {escape(str(exc))}")
+        _say(console, str(exc))
         return 2
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(console, data_dir, exc)

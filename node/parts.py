@@ -148,6 +148,8 @@ def attach_agents(node: Node) -> None:
 
 
 def attach_gateway(node: Node) -> None:
+    # First, before anything imports FastAPI: its OpenAPI models built at the first use.
+    from gibsey.node.gateway import fastapi_lean  # noqa: F401
     from gibsey.node.gateway.part import attach
 
     node.parts.gateway = attach(node)

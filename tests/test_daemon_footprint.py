@@ -1,7 +1,9 @@
 """What a node without a loaded model holds in memory: the parts that do not run, or have not been
 used yet, are not imported (numpy with the first memory, strawberry with the first /graphql
 request, amqtt only as the embedded broker, zmq only with the mesh, llama.cpp and onnxruntime in
-the worker or the embedder); `gibsey bench footprint` measures the RSS this saves."""
+the worker or the embedder, rich only on a terminal, difflib with the first diff), FastAPI's
+OpenAPI models are built at the first /openapi.json, and FastAPI does not import pydantic.v1;
+`gibsey bench footprint` measures the RSS this saves."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.brokers import Mosquitto
 NOT_LOADED = (
     *("numpy", "llama_cpp", "onnxruntime", "tokenizers"),
     *("strawberry", "graphql", "amqtt", "zmq"),
+    *("pydantic.v1", "rich", "difflib"),
 )
 # The shared objects of those that have any: what /proc/PID/maps of the real process shows.
 NOT_MAPPED = ("/numpy/", "/llama_cpp/", "/onnxruntime/", "/tokenizers/", "/zmq/", "/pyzmq.libs/")
@@ -34,7 +37,9 @@ config = GibseyConfig()
 config.gateway.listen_on("127.0.0.1:0")  # the gateway attached, as `gibsey up` has it
 node = Node(Path(sys.argv[1]), config)
 assert node.parts.agents is not None and node.parts.gateway is not None
-print(json.dumps(sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)))
+from fastapi.openapi.models import OpenAPI
+loaded = sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)
+print(json.dumps({"loaded": loaded, "openapi_models_built": OpenAPI.__pydantic_complete__}))
 """
 
 
@@ -48,7 +53,8 @@ def test_a_node_built_with_agents_and_gateway_has_not_imported_what_it_has_not_u
         timeout=120,
         check=True,
     )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    built = json.loads(out.stdout.strip().splitlines()[-1])
+    assert built == {"loaded": [], "openapi_models_built": False}
 
 
 def _wait_ready(sock: socket.socket, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -70,14 +76,14 @@ def test_a_running_node_maps_no_numpy_nor_model_runtime_until_asked(
     env = dict(os.environ, GIBSEY_DATA=str(tmp_path / "data"), GIBSEY_DISCOVERY_PREFIX="")
     sock_path = tmp_path / "notify.sock"
     env["NOTIFY_SOCKET"] = str(sock_path)
-    cmd = [sys.executable, "-m", "gibsey", "up", "--broker", mosquitto.url]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    # -X importtime: every module the process imports, named on its stderr (here a file, as
+    # under systemd: no terminal), beside its log.
+    cmd = [sys.executable, "-X", "importtime", "-m", "gibsey", "up", "--broker", mosquitto.url]
+    log_path = tmp_path / "up.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, open(log_path, "wb") as log:
         sock.bind(str(sock_path))
         proc = subprocess.Popen(
-            [*cmd, "--http", "127.0.0.1:0"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [*cmd, "--http", "127.0.0.1:0"], env=env, stdout=subprocess.DEVNULL, stderr=log
         )
         try:
             _wait_ready(sock, proc, 60)
@@ -87,3 +93,10 @@ def test_a_running_node_maps_no_numpy_nor_model_runtime_until_asked(
     files = {line.split()[-1] for line in maps.splitlines() if "/" in line}
     assert any("/sqlite_vec/" in f for f in files)  # the agents' database is open
     assert sorted(f for f in files if any(name in f for name in NOT_MAPPED)) == []
+    lines = log_path.read_text().splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert sorted(imported & set(NOT_LOADED)) == []
+    # The log without a terminal: one plain line per record, however long (journald's lines).
+    started = [line for line in lines if " started; data in " in line]
+    assert len(started) == 1
+    assert started[0].endswith(f"data in {tmp_path / 'data'}; Ctrl-C stops it")

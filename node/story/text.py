@@ -8,13 +8,14 @@ Bazaar/Breezy) over the same tokens. Word positions in reports are 1-based token
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import merge3
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.text import Text  # imported by render(): the daemon, which never renders, saves rich
 
 TOKEN_RE = re.compile(r"\s+|\S+\s*")
 
@@ -71,6 +72,8 @@ class WordDiff:
 
 
 def word_diff(old: str, new: str) -> WordDiff:
+    import difflib  # a diff is asked for now and then: the daemon does without it meanwhile
+
     a, b = tokens(old), tokens(new)
     sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
     return WordDiff(a, b, [(str(t), i1, i2, j1, j2) for t, i1, i2, j1, j2 in sm.get_opcodes()])
@@ -79,6 +82,8 @@ def word_diff(old: str, new: str) -> WordDiff:
 def render(diff: WordDiff, context: int = 8) -> Text:
     """The diff as coloured text: removed words red and struck through, added words green;
     unchanged runs longer than 2*context words are elided to their ends."""
+    from rich.text import Text
+
     out = Text()
     ops = diff.opcodes
     for n, (tag, i1, i2, j1, j2) in enumerate(ops):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+# First: the routes below are declared without FastAPI importing pydantic.v1 (fastapi_lean.py).
+from gibsey.node.gateway import fastapi_lean  # noqa: F401
 from gibsey.node.gateway.routes import (
     agents,
     alerts,
