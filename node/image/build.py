@@ -182,6 +182,13 @@ def ensure_binfmt(log: Log) -> None:
         raise BuildError("binfmt_misc has qemu-aarch64 registered but disabled")
 
 
+# The one initramfs build when no package's trigger made it (see base_root).
+INITRAMFS_ONCE_HOOK = (
+    '--customize-hook=ls "$1"/boot/initrd.img-* >/dev/null 2>&1 '
+    '|| chroot "$1" env -u INITRD update-initramfs -c -k all'
+)
+
+
 def base_root(plan: Plan, log: Log) -> Path:
     """Debian bookworm arm64 with the packages, made once per package list (mmdebstrap)."""
     final = plan.cache / plan.base_key()
@@ -195,6 +202,12 @@ def base_root(plan: Plan, log: Log) -> Path:
     started = time.monotonic()
     run(
         [
+            # The initramfs is built once, at the end: under emulation one build takes minutes.
+            # Left alone, the kernel's postinst creates it (-c) and initramfs-tools' trigger
+            # rebuilds it (-u) once the packages after the kernel are in: twice. INITRD=No skips
+            # the kernel's; the trigger, or the hook below when nothing pulled it, builds it.
+            "env",
+            "INITRD=No",
             "mmdebstrap",
             "--mode=root",
             "--arch=arm64",
@@ -205,6 +218,7 @@ def base_root(plan: Plan, log: Log) -> Path:
             f'--setup-hook=mkdir -p "$1"/var/cache/apt/archives && cp -a {debs}/. '
             '"$1"/var/cache/apt/archives/',
             f'--customize-hook=cp -a "$1"/var/cache/apt/archives/. {debs}/',
+            INITRAMFS_ONCE_HOOK,
             "--skip=download/empty",
             SUITE,
             str(work),
