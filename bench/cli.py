@@ -45,6 +45,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.dial",
         "dial serial frame -> ritual/performed latency vs a bare serial->MQTT relay",
     ),
+    "load": (
+        "gibsey.bench.load",
+        "dial frame -> ritual p99 while the node's own persona generates vs idle, same run",
+    ),
     "agent": (
         "gibsey.bench.agent",
         "persona tokens/s + first token via MQTT vs bare llama.cpp; embeddings; vector search",

@@ -100,7 +100,7 @@ class Arrivals:
         self.client.disconnect()
 
 
-def _pty(link: Path) -> int:
+def open_pty(link: Path) -> int:
     master, slave = os.openpty()
     link.unlink(missing_ok=True)
     link.symlink_to(os.ttyname(slave))
@@ -108,11 +108,20 @@ def _pty(link: Path) -> int:
     return master
 
 
-def _round_trips(
-    master: int, arrivals: Arrivals, topic: str, frames: list[str], start: int
+def round_trips(
+    master: int,
+    arrivals: Arrivals,
+    topic: str,
+    frames: list[str],
+    start: int,
+    gap_s: float = 0.0,
 ) -> list[float]:
+    """Write each frame once the one before it arrived (`gap_s` later: a visitor's pace, so the
+    path wakes from sleep for every frame as it does in a gallery); their round trips."""
     out = []
     for i, line in enumerate(frames):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         os.write(master, line.encode())
         out.append(arrivals.wait(topic, start + i + 1) - t0)
@@ -131,9 +140,14 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
         data = work / "node"
         data.mkdir()
         node_link, relay_link = work / "ttyDIAL", work / "ttyRELAY"
-        node_master, relay_master = _pty(node_link), _pty(relay_link)
+        node_master, relay_master = open_pty(node_link), open_pty(relay_link)
+        # The throttles open: one dial turned back to back is far past a visitor's bounds, and
+        # a refused turn gets no ritual (the bench would wait for it in vain).
         (data / "gibsey.toml").write_text(
+            "[node]\nvisitor_inputs_per_second = 1000000.0\n"
+            "visitor_inputs_per_source_per_second = 1000000.0\n"
             f'[dial]\nserial = "{node_link}"\nscan_interval = 0.05\nmqtt = false\n'
+            "[agent]\nrotations_per_second = 1000000.0\n"
         )
         arrivals = Arrivals(broker.port, _RITUALS, _ALERTS, _RELAYED)
         node = start_up(data, broker.url)
@@ -143,7 +157,7 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
         )
         try:
             assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
-            _wait_for_bridge(arrivals, node)
+            wait_for_bridge(arrivals, node)
             os.write(node_master, df.hello(0, "bench", "gdial-1.0.0", 7, 0, True).encode())
             paths = {_RITUALS: node_master, _RELAYED: relay_master}
             times = _interleaved(paths, arrivals, rounds // repeats, repeats, warmup)
@@ -159,7 +173,7 @@ def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
     return _rows(times[_RITUALS], times[_RELAYED], last["program"] or "-")
 
 
-def _wait_for_bridge(arrivals: Arrivals, node: subprocess.Popen[bytes]) -> None:
+def wait_for_bridge(arrivals: Arrivals, node: subprocess.Popen[bytes]) -> None:
     """The bridge says it has the port (dial_connected) once it is reading it."""
     deadline = time.monotonic() + 30
     while not any(b"dial_connected" in p for p in arrivals.payloads[_ALERTS]):
@@ -185,12 +199,12 @@ def _interleaved(
         return out
 
     for topic, master in paths.items():
-        _round_trips(master, arrivals, topic, frames(warmup), 0)
+        round_trips(master, arrivals, topic, frames(warmup), 0)
     times: dict[str, list[float]] = {topic: [] for topic in paths}
     for _ in range(repeats):
         for topic, master in paths.items():
             start = len(arrivals.times[topic])
-            times[topic] += _round_trips(master, arrivals, topic, frames(rounds), start)
+            times[topic] += round_trips(master, arrivals, topic, frames(rounds), start)
     return times
 
 

@@ -2,7 +2,10 @@
 
 [agent]
 model = "/opt/models/qwen2.5-0.5b-q4_k_m.gguf"  # any GGUF; default: the registry's Gemma 3 270M
-threads = 2              # llama.cpp threads
+threads = 1              # llama.cpp threads; default: every core this process may use but one
+                         # (at least 1), so the daemon and the broker always find a core
+nice = 10                # the worker's niceness (0-19; raised to this, never lowered)
+sched = "batch"          # the worker's scheduling policy: "batch", "idle" or "other"
 n_ctx = 1024             # context window of the worker
 max_tokens = 96          # cap on one answer (a request may ask for less)
 temperature = 0.7
@@ -27,6 +30,7 @@ worker = "spawn"         # how the daemon gets a model worker: "spawn" (a child 
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -50,9 +54,23 @@ def worker_socket_path(value: str) -> str | None:
     )
 
 
+def default_threads() -> int:
+    """llama.cpp's threads: every core this process may run on but one, left for the daemon,
+    the broker and the dial (a 2-core machine: 1; a Pi 4 or Zero 2 W: 3)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 class AgentConfig(ConfigSection):
     model: str = ""
-    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    threads: Annotated[int, Field(ge=1, le=256)] = Field(default_factory=default_threads)
+    # The dial wins over token generation (AGENTS.md, "Priorities"): the worker raises its own
+    # niceness (and, spawned in a session of its own, its autogroup's) to this before llama.cpp
+    # starts a thread (every thread inherits it), and runs under this policy: SCHED_BATCH is
+    # CPU-bound and its own wake-ups never preempt the daemon, SCHED_IDLE runs only on a core
+    # nobody else wants. Under systemd (the socket worker) its unit's CPUWeight= and Nice= apply
+    # as well (images/systemd/gibsey-agent-worker@.service).
+    nice: Annotated[int, Field(ge=0, le=19)] = 10
+    sched: Literal["other", "batch", "idle"] = "batch"
     # How long llama.cpp's OpenMP threads spin before sleeping between steps (GOMP_SPINCOUNT).
     # Spinning forever (OpenMP's passive/active extremes) is either 2x slower or starves the
     # daemon on a 2-core Pi; a short spin keeps most of the speed (measured: 37 tok/s passive,

@@ -3,7 +3,8 @@
 `[agent] worker` (or GIBSEY_AGENT_WORKER) chooses:
 
 * `"spawn"` (the default: `make run`, the tests, a laptop): `python -m gibsey.node.agents.worker`
-  is a child of the daemon, spoken to over pipes.
+  is a child of the daemon in a session of its own (AGENTS.md, "Priorities"), spoken to over
+  pipes.
 * `"socket:/run/gibsey/agent-worker.sock"` (the SD image): the daemon connects to
   gibsey-agent-worker.socket (`Accept=yes`), and systemd starts one gibsey-agent-worker@.service
   per connection with the connection as its stdin and stdout, running `python -m
@@ -68,6 +69,10 @@ def worker_args(model: Path, cfg: AgentConfig) -> list[str]:
         str(cfg.threads),
         "--seed",
         str(cfg.seed),
+        "--nice",
+        str(cfg.nice),
+        "--sched",
+        cfg.sched,
     ]
 
 
@@ -91,6 +96,11 @@ async def open_worker(model: Path, cfg: AgentConfig, stderr: Any) -> WorkerProc:
             stderr=stderr,
             env={**os.environ, **worker_env(cfg)},
             limit=READ_LIMIT,
+            # Its own session, so its own autogroup where the kernel has them (a laptop, CI;
+            # not under systemd's cpu controller): the model's CPU time is then charged to the
+            # worker's group, not to the daemon's, and the worker lowers its group's weight
+            # (worker.lower_priority). The daemon still ends it (stop, SIGKILL; EOF on stdin).
+            start_new_session=True,
         )
     return await SocketWorker.connect(
         path, worker_args(model, cfg), worker_env(cfg), timeout_s=cfg.load_timeout

@@ -12,7 +12,8 @@ Protocol (one JSON object per line; requests on stdin, events on stdout):
     <- {"ev": "done", "id": "r1", "tokens": 12, "reason": "stop", "ttft": 0.21, "elapsed": 0.4}
     -> {"op": "cancel", "id": "r1"}                          (ends that generation early)
     -> {"op": "ping", "id": "p1"}      <- {"ev": "pong", "id": "p1"}
-    <- {"ev": "ready", "model": "...", "load_s": 0.8}        (once, after the model loaded)
+    <- {"ev": "ready", "model": "...", "load_s": 0.8, "pid": 12, "threads": 1, "nice": 10,
+        "sched": "batch"}                                    (once, after the model loaded)
     <- {"ev": "load_failed", "error": "..."}                 (then exit status 3)
 
 The first token is written at once; later ones are written by the first token that comes
@@ -55,6 +56,45 @@ class ProtocolChannel:
         with self._lock:
             self._out.write(line + "\n")
             self._out.flush()
+
+
+SCHED_POLICIES = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
+
+
+def _lower_autogroup(nice: int) -> None:
+    """With autogroups (sched(7): every session is a group the kernel shares the CPU between
+    first, then between the group's tasks), a task's niceness only orders it inside its group.
+    Spawned in a session of its own (transport.py), the worker is alone in its group: setting
+    the group's niceness makes the model's share small against the daemon's group, as systemd's
+    CPUWeight= does for the worker's unit. Never the group of a session it merely joined."""
+    path = "/proc/self/autogroup"
+    if os.getsid(0) != os.getpid() or not os.path.exists(path):
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(str(nice))
+    except OSError:  # no autogroups (sched_autogroup_enabled=0), or not allowed
+        pass
+
+
+def lower_priority(nice: int, sched: str) -> tuple[int, str]:
+    """Make this process yield to the daemon, the broker and the dial: raise its niceness to
+    `nice` (never lower it: that needs privileges, and systemd's Nice= may have set more) and
+    switch it to the `sched` policy. Linux keeps both per thread and a new thread inherits its
+    creator's, so this runs before llama.cpp starts any. Returns (niceness, policy) as now set."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    _lower_autogroup(nice)
+    policy = SCHED_POLICIES[sched]
+    if os.sched_getscheduler(0) != policy:
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+        except PermissionError:  # leaving SCHED_IDLE without privileges: keep what we have
+            pass
+    now = os.sched_getscheduler(0)
+    names = {v: k for k, v in SCHED_POLICIES.items()}
+    return os.getpriority(os.PRIO_PROCESS, 0), names.get(now, str(now))
 
 
 def load_llama(model: str, n_ctx: int, threads: int, seed: int) -> Any:
@@ -152,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--nice", type=int, default=0)
+    ap.add_argument("--sched", choices=sorted(SCHED_POLICIES), default="other")
     args = ap.parse_args(argv)
     ch = ProtocolChannel()
     started = time.perf_counter()
+    nice, sched = lower_priority(args.nice, args.sched)
     try:
         if not os.path.isfile(args.model):
             raise FileNotFoundError(f"no model file at {args.model}")
@@ -168,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         load_s=round(time.perf_counter() - started, 3),
         pid=os.getpid(),
         n_ctx=args.n_ctx,
+        threads=args.threads,
+        nice=nice,
+        sched=sched,
     )
     commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancelled: set[str] = set()
