@@ -50,11 +50,13 @@ ACTORS = 8
 SMALLER_PAGE_BYTES = 1024  # SQLite's page size of the ledger of a comparison run
 # Measured on 2026-11-30 (the ledger bench's rows on stores of either page size, same run).
 NOT_ADOPTED = (
-    "not adopted: 1 KiB pages cost a batched import 12-22% and a feed read 100 entries at a "
-    "time ~60%, and still miss 2,000 B: the kernel counts (and the card writes) 4 KiB pages, "
-    "so each fsynced commit writes the WAL's last 4 KiB page again"
+    "not adopted: 1 KiB pages still miss 2,000 B (the kernel counts, and the card writes, "
+    "4 KiB pages: each fsynced commit writes the WAL's last 4 KiB page again), make the "
+    "ledger file 20% larger (62.3 vs 51.7 MB for 100,000 entries) and a one-core batched "
+    "import 10-12% slower in two runs (an A/A run of that comparison varied by up to 15%)"
 )
-IDLE_S = 120.0  # a node without turns, after them: its idle writes
+IDLE_S = 120.0  # a node without turns (before them): its idle writes
+IDLE_SETTLE_S = 10.0
 
 
 @dataclass
@@ -206,11 +208,17 @@ async def _drive(
     strace: Path | None,
     idle_s: float = 0.0,
 ) -> tuple[int, int, tuple[int, int, int], float, tuple[int, int]]:
-    """Warm up, then `turns` turns; the growth of write_bytes over them, the checkpoint they
-    owe, the ledger WAL's commits and pages (checkpointed just before: the turns' own), how
-    long they took, and over `idle_s` after them the growth of write_bytes and run.json
-    rewrites."""
+    """Over `idle_s` before any turn, the growth of write_bytes and run.json rewrites; then
+    warm up, and `turns` turns: the growth of write_bytes over them, the checkpoint they owe,
+    the ledger WAL's commits and pages (checkpointed just before: the turns' own), how long
+    they took."""
     await node_online(url, node_id, connects=1, timeout_s=60)
+    idle = (0, 0)
+    if idle_s:
+        await asyncio.sleep(IDLE_SETTLE_S)  # the node's first-start writes are not idle ones
+        idle_start = write_bytes(pid)
+        rewrites = await _rewrites(data / RUN_FILE, idle_s)
+        idle = (write_bytes(pid) - idle_start, rewrites)
     acks = _Acks()
     listener = asyncio.create_task(acks.run(url, node_id))
     try:
@@ -230,11 +238,7 @@ async def _drive(
             tracer.wait(30)
         commits, pages = wal_commits(wal)
         restarts = max(0, wal_generation(wal) - generation)
-        owed = checkpoint(data)
-        idle_start = write_bytes(pid)
-        rewrites = await _rewrites(data / RUN_FILE, idle_s)
-        idle = (write_bytes(pid) - idle_start, rewrites)
-        return grown, owed, (commits, pages, restarts), took, idle
+        return grown, checkpoint(data), (commits, pages, restarts), took, idle
     finally:
         listener.cancel()
 
@@ -441,14 +445,15 @@ def rewrite_bytes(work: Path, times: int = 50) -> float:
 
 
 def _idle_rows(run: WearRun, each: float) -> list[Row]:
-    """An idle node's writes: measured over `run.idle_s` (a node minutes old, its heartbeat
+    """An idle node's writes: measured over `run.idle_s` (a node a minute old, its heartbeat
     still every 10 s); a day old, by the heartbeat's schedule (one rewrite `each` bytes) plus
-    the rest at the rate measured."""
+    the rest at the rate measured (strace of an idle node: agents.db's commits, its tensor
+    clock every 30 s, are the only other writes)."""
     rest_per_s = max(0.0, run.idle_bytes - run.idle_rewrites * each) / run.idle_s
     first, later = heartbeats_per_day(), heartbeats_per_day(days=2) - heartbeats_per_day()
     return [
         Row(
-            f"idle node, minutes old: bytes written per hour ({run.idle_s:g} s without turns)",
+            f"idle node, a minute old: bytes written per hour ({run.idle_s:g} s, no turns)",
             run.idle_bytes / run.idle_s * 3600,
             None,
             "B",
@@ -460,8 +465,9 @@ def _idle_rows(run: WearRun, each: float) -> list[Row]:
             each * 86400 / HEARTBEAT_S + rest_per_s * 86400,
             "B",
             note=f"run.json: {each:,.0f} B a rewrite (measured), {first} the first day, {later} "
-            f"a day after (was 8,640); the rest {rest_per_s * 86400:,.0f} B/day, mostly "
-            "agents.db's tensor clock (a commit every 30 s)",
+            f"a day after (was 8,640); the rest {rest_per_s * 86400:,.0f} B/day at the rate "
+            "measured: agents.db's commits (its tensor clock every 30 s; strace shows no other "
+            "file), a minute-old node's start-up work maybe too",
         ),
     ]
 
