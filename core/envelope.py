@@ -292,6 +292,9 @@ class NodeStatus(BaseModel):
     outbox_dropped: int = 0  # messages from a full outbox (the broker away, or slower)
     handler_dropped: int = 0  # events from a part's full handler queue (node/spine/router.py)
     throttled: int = 0  # visitors' turns and questions refused by the flood throttle
+    # Mints and gifts of turns performed, not yet committed and announced (gift/txn): they wait
+    # for their group commit ([node] ledger_group_wait_s). A gallery converges once all are 0.
+    ledger_pending: int = 0
 
 
 _ID_PREFIX = os.urandom(8).hex()  # 64 random bits per process ...

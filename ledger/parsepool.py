@@ -18,6 +18,7 @@ stopped, the rest is parsed in the importing thread, and the next batch starts a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -80,8 +81,11 @@ class _Worker:
             proc.kill()
             proc.wait()
             for pipe in (proc.stdin, proc.stdout):
+                # Closing flushes what the writer thread left buffered into a dead process:
+                # a broken pipe here is the death already being handled, nothing to report.
                 if pipe is not None:
-                    pipe.close()
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
 
 def warm() -> None:

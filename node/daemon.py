@@ -256,6 +256,7 @@ class Node:
             outbox_dropped=drops[OUTBOX_FULL],
             handler_dropped=drops[HANDLER_OVERLOADED],
             throttled=drops[THROTTLED],
+            ledger_pending=self.parts.glyph.ledger_pending if self.parts.glyph else 0,
         )
 
     def drops(self) -> dict[str, int]:

@@ -446,11 +446,13 @@ class Rehearsal:
             self.console.print(f"[yellow]{exc}[/yellow]")
 
     def _one_truth(self) -> bool:
-        """Every node holds the same heads and shows the same balances. A node that does not
-        answer yet (still starting after a restart) is not converged: keep waiting."""
+        """No node holds a mint or gift still waiting for its group commit, every node holds the
+        same heads and shows the same balances. A node that does not answer yet (still starting
+        after a restart) is not converged: keep waiting."""
         g = self.gallery
         try:
-            return g.converged() and len({str(n.balances()) for n in g}) == 1
+            pending = any(n.get("/api/status").get("ledger_pending", 0) for n in g)
+            return not pending and g.converged() and len({str(n.balances()) for n in g}) == 1
         except GalleryError:
             return False
 

@@ -120,6 +120,9 @@ class Runtime:
         self.fuel = fuel
         self.actors = ActorDirectory()
         self.ledger_queue: asyncio.Queue[LedgerWork] = asyncio.Queue(maxsize=LEDGER_QUEUE)
+        # Mints and gifts queued and not yet announced (their group commit may wait
+        # [node] ledger_group_wait_s): a gallery has not converged while any node holds one.
+        self.ledger_pending = 0
         self.runs = 0
         self.failures = 0
         self.disk_refused = 0  # mints and gifts the disk refused to store
@@ -256,6 +259,7 @@ class Runtime:
             return 0
         try:
             self.ledger_queue.put_nowait(work)
+            self.ledger_pending += 1
         except asyncio.QueueFull:
             self.node.alert(
                 SafetyAlert(
@@ -302,6 +306,7 @@ class Runtime:
                     with trace.within(work.trace):
                         self.node.send("gift/txn", outcome, actor=work.actor)
             finally:
+                self.ledger_pending -= 1
                 self.ledger_queue.task_done()
 
     async def _outcome_in_turn(
