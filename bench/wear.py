@@ -447,8 +447,9 @@ def rewrite_bytes(work: Path, times: int = 50) -> float:
 def _idle_rows(run: WearRun, each: float) -> list[Row]:
     """An idle node's writes: measured over `run.idle_s` (a node a minute old, its heartbeat
     still every 10 s); a day old, by the heartbeat's schedule (one rewrite `each` bytes) plus
-    the rest at the rate measured (strace of an idle node: agents.db's commits, its tensor
-    clock every 30 s, are the only other writes)."""
+    the rest at the rate measured (strace of an idle node minutes old: run.json and agents.db,
+    whose tensor clock alone is written every 10 min, was every 30 s; a minute-old node's
+    window also holds its start-up writes, so this overstates a day-old node)."""
     rest_per_s = max(0.0, run.idle_bytes - run.idle_rewrites * each) / run.idle_s
     first, later = heartbeats_per_day(), heartbeats_per_day(days=2) - heartbeats_per_day()
     return [
@@ -466,8 +467,8 @@ def _idle_rows(run: WearRun, each: float) -> list[Row]:
             "B",
             note=f"run.json: {each:,.0f} B a rewrite (measured), {first} the first day, {later} "
             f"a day after (was 8,640); the rest {rest_per_s * 86400:,.0f} B/day at the rate "
-            "measured: agents.db's commits (its tensor clock every 30 s; strace shows no other "
-            "file), a minute-old node's start-up work maybe too",
+            "measured: a minute-old node's start-up work, and agents.db's commits (its tensor "
+            "clock alone every 10 min), so more than a day-old node writes",
         ),
     ]
 

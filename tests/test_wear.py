@@ -30,6 +30,7 @@ from gibsey.ledger.errors import OverMintBudget
 from gibsey.ledger.ledger import GroupCommit, Ledger
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.node.agents.db import Db
+from gibsey.node.agents.service import TENSOR_CLOCK_S, tensor_write_due
 from gibsey.node.agents.tensor import AgencyTensor
 from gibsey.node.story.graph import StoryGraph
 from gibsey.node.watchdog.rebirth import RunRecord, boottime
@@ -234,3 +235,13 @@ def test_bench_wear_measures_a_few_turns(tmp_path: Path) -> None:
     assert run.write_bytes >= 0 and run.entry_bytes > 0
     assert run.idle_s == 1.0 and run.idle_bytes >= 0 and run.idle_rewrites >= 0
     assert wear.heartbeats_per_day(days=2) - wear.heartbeats_per_day() == 48
+
+
+def test_a_quiet_room_writes_the_tensor_clock_every_ten_minutes_not_every_30_s() -> None:
+    """An idle node's steady writer was the tensor's running clock, a commit every 30 s: the
+    counts still go to the card within 30 s, the clock alone every 10 minutes."""
+    assert not tensor_write_due(29.0, pending=True)
+    assert tensor_write_due(30.0, pending=True)
+    assert not tensor_write_due(30.0, pending=False)
+    assert not tensor_write_due(TENSOR_CLOCK_S - 1, pending=False)
+    assert tensor_write_due(TENSOR_CLOCK_S, pending=False)

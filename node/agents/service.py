@@ -76,9 +76,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.agents")
 SHORT_MODE_TOKENS = 24
 TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
-TENSOR_FLUSH_S = 30.0  # how often the tensor's counts (or its running clock) are written
+TENSOR_FLUSH_S = 30.0  # how often the tensor's counts are written, while there are some
+# How often the running clock alone is written while the room is quiet. Every 30 s it was the
+# idle node's steady writer (strace of a node minutes old: agents.db's WAL, a commit every 30 s,
+# beside run.json's heartbeat). A crash loses up to this much running time: the fading runs
+# that much slower once, against a half-life of an hour; the CLI's readers see a clock this old.
+TENSOR_CLOCK_S = 600.0
 COPY_WAIT = 1.0  # s: how long an answer waits for its request's MQTT 5 copy (only while linked)
 THROTTLE_ALERTS_KEPT = 4096  # actors whose last throttle alert is remembered
+
+
+def tensor_write_due(since_written_s: float, pending: bool) -> bool:
+    """Whether run_publish writes the tensor now: its counts every TENSOR_FLUSH_S, the clock
+    alone (nothing counted) every TENSOR_CLOCK_S."""
+    return since_written_s >= (TENSOR_FLUSH_S if pending else TENSOR_CLOCK_S)
 
 
 def state_topic(node_id: str, name: str) -> str:
@@ -220,8 +231,8 @@ class AgentService:
         while True:
             try:
                 # The counts are published from memory at once, written every TENSOR_FLUSH_S
-                # (with the running clock): one commit per interval, busy or idle.
-                if time.monotonic() - written >= TENSOR_FLUSH_S:
+                # (with the running clock); a quiet room's clock every TENSOR_CLOCK_S.
+                if tensor_write_due(time.monotonic() - written, bool(self.tensor.pending)):
                     written = time.monotonic()
                     if self.tensor.pending:
                         self.flush_tensor()
