@@ -545,23 +545,11 @@ class Store:
     def entries_after(self, author: bytes, seq: int, limit: int = 100) -> list[Entry]:
         """Entries of `author` with seq > `seq`, in order, for the mesh: `limit` of them, and
         more (at most MAX_GROUP - 1) to end on a signed entry, so a receiver gets each group
-        whole with its head (the served prefix always ends on one)."""
-        with self.lock:
-            self._check_pending()
-            rows = self._db.execute(
-                "SELECT raw FROM entries WHERE author = ? AND seq > ? AND seq <= ? "
-                "ORDER BY seq LIMIT ?",
-                (author, seq, self._served(author), limit + MAX_GROUP - 1),
-            ).fetchall()
-        out: list[Entry] = []
-        for (raw,) in rows:
-            out.append(parse(raw, verify=False))
-            if len(out) >= limit and out[-1].signed:
-                break
-        return out
+        whole with its head (the served prefix always ends on one). See raws_after."""
+        return [parse(raw, verify=False) for raw in self.raws_after(author, seq, limit)]
 
     def raws_after(self, author: bytes, seq: int, limit: int = 100) -> list[bytes]:
-        """What `entries_after` returns, as wire bytes for the mesh to send unchanged. Only
+        """The wire bytes of what `entries_after` returns, for the mesh to send unchanged. Only
         the entries from the `limit`-th on are parsed (to end on a signed one): parsing every
         served entry was most of a serving node's work in a catch-up (gibsey bench catchup)."""
         with self.lock:

@@ -28,7 +28,7 @@ from gibsey.ledger.entry import MAX_GROUP, Entry, payload_object
 from gibsey.ledger.errors import Rejected, RejectReason
 from gibsey.ledger.store import DB_FILENAME, MAX_PENDING_ENTRIES, ImportStatus, Store
 from gibsey.ledger.testing import FeedWriter, forge
-from tests.mesh_support import REPO, heads, make_nodes
+from tests.mesh_support import REPO, MeshProc, heads, make_nodes
 
 MINT = {"actor": "london-fox", "amount": 1, "ritual": "read"}
 CANONICAL_MD = Path(__file__).resolve().parent.parent / "ledger" / "CANONICAL.md"
@@ -346,19 +346,8 @@ def test_a_fork_proof_without_a_signed_head_is_refused() -> None:
 # ---- the mesh: two real processes -------------------------------------------------------------
 
 
-def test_two_processes_replicate_a_v2_feed_whose_groups_span_messages(tmp_path: Path) -> None:
-    """A `gibsey mesh serve` process holds a feed of one signed entry then 300 appended as
-    groups of 64 (so the mesh's 256-entry messages end inside a group); `gibsey mesh sync` from
-    another data directory takes all of it. Must hold: every entry arrives, verifies there
-    (store and outsider), and the sync counts each entry of each group once."""
-    lone = tmp_path / "lone"
-    lone_key = load_or_create(lone).public_hex
-    [server] = make_nodes(tmp_path / "s", ["127.0.0.1"], [free_port()], allow_extra=[lone_key])
-    key = load_or_create(server.data).signing_key
-    store = Store.open(server.data)
-    store.append(key, "mint", MINT)
-    store.append_many(key, [("mint", MINT)] * 300)
-    store.close()
+def _sync_from(server: MeshProc, lone: Path) -> subprocess.CompletedProcess[str]:
+    """`gibsey mesh sync` of the node in `lone` from `server` (started here, stopped after)."""
     server.start()
     peer = f"{server.key}@{server.endpoint}"
     try:
@@ -373,6 +362,23 @@ def test_two_processes_replicate_a_v2_feed_whose_groups_span_messages(tmp_path: 
         assert out.returncode == 0, out.stdout + out.stderr + server.log()
     finally:
         server.stop()
+    return out
+
+
+def test_two_processes_replicate_a_v2_feed_whose_groups_span_messages(tmp_path: Path) -> None:
+    """A `gibsey mesh serve` process holds a feed of one signed entry then 300 appended as
+    groups of 64 (so the mesh's 256-entry messages end inside a group); `gibsey mesh sync` from
+    another data directory takes all of it. Must hold: every entry arrives, verifies there
+    (store and outsider), and the sync counts each entry of each group once."""
+    lone = tmp_path / "lone"
+    lone_key = load_or_create(lone).public_hex
+    [server] = make_nodes(tmp_path / "s", ["127.0.0.1"], [free_port()], allow_extra=[lone_key])
+    key = load_or_create(server.data).signing_key
+    store = Store.open(server.data)
+    store.append(key, "mint", MINT)
+    store.append_many(key, [("mint", MINT)] * 300)
+    store.close()
+    out = _sync_from(server, lone)
     theirs = heads(server.data)[server.key]
     assert theirs >= 301 and heads(lone) == {server.key: theirs}
     assert f"received {theirs} entries" in out.stdout, out.stdout
@@ -405,20 +411,7 @@ def test_a_fork_inside_a_group_reaches_a_peer_as_a_checkable_proof(tmp_path: Pat
         store = Store.open(data)
         store.import_many([e.raw for e in feed])
         store.close()
-    server.start()
-    peer = f"{server.key}@{server.endpoint}"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "gibsey", "--data", str(lone), "mesh", "sync", peer],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert out.returncode == 0, out.stdout + out.stderr + server.log()
-    finally:
-        server.stop()
+    _sync_from(server, lone)
     store = Store.open(lone)
     try:
         [proof] = store.fork_proofs()
