@@ -11,13 +11,11 @@ already at 1).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml  # PyYAML comes with amqtt; the tests only read YAML
 
@@ -26,8 +24,7 @@ from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import GatewayConfig
 from gibsey.node.monitor.render import RULES_FILE, Settings, rules
 from gibsey.node.watchdog.rebirth import RunRecord
-from tests.brokers import Mosquitto
-from tests.conftest import started
+from tests.gateway_support import running_gateway
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 # Exported only where the part runs: the mesh (a [mesh] section), the model worker once started.
@@ -43,25 +40,17 @@ async def reborn_metrics(tmp_path: Path) -> AsyncIterator[tuple[Samples, set[str
     data = tmp_path / "data"
     data.mkdir()
     RunRecord(data).begin()  # a run that began and never ended: what a kill -9 leaves
-    broker = Mosquitto(tmp_path / "mosquitto").start()
-    node = Node(data, GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token="t")))
-    try:
-        async with started(node, broker.url):
-            gateway = node.parts.gateway
-            assert gateway is not None
-            await asyncio.wait_for(gateway.ready.wait(), 10)
-            async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
-                text = (await http.get("/metrics")).text
-            families = list(text_string_to_metric_families(text))
-            samples = {
-                (s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in families
-                for s in fam.samples
-            }
-            declared = {f"{fam.name}_total" for fam in families if fam.type == "counter"}
-            yield samples, declared, node
-    finally:
-        broker.stop()
+    config = GibseyConfig(gateway=GatewayConfig(listen="127.0.0.1:0", token="t"))
+    async with running_gateway(tmp_path, config) as gw:
+        text = (await gw.http.get("/metrics")).text
+        families = list(text_string_to_metric_families(text))
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in families
+            for s in fam.samples
+        }
+        declared = {f"{fam.name}_total" for fam in families if fam.type == "counter"}
+        yield samples, declared, gw.node
 
 
 def _names_the_rules_read() -> set[str]:
