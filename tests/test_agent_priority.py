@@ -43,9 +43,12 @@ def _llama_threads(pid: int) -> int:
 
 
 def _autogroups() -> bool:
-    """Whether the kernel groups tasks by session (sched(7), "The autogroup feature")."""
+    """Whether the kernel groups this test's tasks by session (sched(7), "The autogroup
+    feature"). Autogroups apply only to tasks in the root CPU cgroup: in a container with its own
+    cpu cgroup (as on CI) /proc/PID/autogroup is empty and nice alone orders the worker."""
     path = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    return path.exists() and path.read_text().strip() == "1"
+    enabled = path.exists() and path.read_text().strip() == "1"
+    return enabled and bool(_autogroup(os.getpid()))
 
 
 def _autogroup(pid: int) -> list[str]:

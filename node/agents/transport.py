@@ -96,10 +96,11 @@ async def open_worker(model: Path, cfg: AgentConfig, stderr: Any) -> WorkerProc:
             stderr=stderr,
             env={**os.environ, **worker_env(cfg)},
             limit=READ_LIMIT,
-            # Its own session, so its own autogroup where the kernel has them (a laptop, CI;
-            # not under systemd's cpu controller): the model's CPU time is then charged to the
-            # worker's group, not to the daemon's, and the worker lowers its group's weight
-            # (worker.lower_priority). The daemon still ends it (stop, SIGKILL; EOF on stdin).
+            # Its own session, so its own autogroup where the kernel has them (a laptop; not
+            # inside a container's or systemd's cpu cgroup): the model's CPU time is then
+            # charged to the worker's group, not to the daemon's, and the worker lowers its
+            # group's weight (worker.lower_priority). The daemon still ends it (stop, SIGKILL;
+            # EOF on stdin).
             start_new_session=True,
         )
     return await SocketWorker.connect(
