@@ -15,6 +15,16 @@ from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.spine.spine import Spine
 from tests.brokers import Mosquitto, free_port
+from tests.hang_report import start_timer
+
+
+@pytest.fixture(autouse=True)
+def report_a_hang(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Where an async test waits, printed a little before pytest-timeout ends it."""
+    timer = start_timer(request.node)
+    yield
+    if timer is not None:
+        timer.cancel()
 
 
 @pytest.fixture

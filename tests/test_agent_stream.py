@@ -22,7 +22,7 @@ from gibsey.node.agents import worker
 from gibsey.node.agents.personas import load_personas
 from gibsey.node.agents.safety import OutputFilter
 from gibsey.node.agents.supervisor import GenStats, WorkerFailed, _Generation
-from tests.agent_support import agent_node
+from tests.agent_support import agent_node, agents
 from tests.events import raw_event, topic
 
 # -- the worker's writes ------------------------------------------------------------------------
@@ -214,9 +214,13 @@ async def test_tokens_reach_the_reply_topic_at_qos_0_and_the_final_at_qos_1(
             c.subscribe(reply, qos=1)
 
         def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
-            body = json.loads(msg.payload)["payload"]
+            try:
+                body = json.loads(msg.payload)["payload"]
+                final = bool(body["final"])
+            except (ValueError, KeyError, TypeError) as exc:  # said, not a dead client thread
+                body, final = {"unreadable": repr(msg.payload[:200]), "error": repr(exc)}, True
             got.append((msg.qos, body))
-            if body["final"]:
+            if final:
                 loop.call_soon_threadsafe(done.set)
 
         def on_subscribe(c: mqtt.Client, u: object, mid: int, codes: object, p: object) -> None:
@@ -238,7 +242,12 @@ async def test_tokens_reach_the_reply_topic_at_qos_0_and_the_final_at_qos_1(
             }
             body = raw_event(node.node_id, "agent/request", payload, actor="qos-test")
             client.publish(topic(node.node_id, "agent/request"), body, qos=1)
-            await asyncio.wait_for(done.wait(), 60)
+            try:
+                await asyncio.wait_for(done.wait(), 60)
+            except TimeoutError:
+                sup = agents(node).supervisor
+                state = (sup.pid, sup.busy_since, sup.restarts, sup.last_failure) if sup else None
+                pytest.fail(f"no final in 60 s: {len(got)} emits, worker {state}")
         finally:
             client.loop_stop()
             client.disconnect()
