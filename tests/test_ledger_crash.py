@@ -38,6 +38,17 @@ SEED = 20240611
 ROUNDS = 4
 
 
+def rest_of_output(proc: subprocess.Popen[str]) -> str:
+    """What a killed child wrote after the lines already read, through the same text reader:
+    `communicate()` reads the pipe beneath it, skipping what `readline()` had buffered (and
+    joining a line's tail to nothing: "4158 ..." read on as "58 ...")."""
+    assert proc.stdout is not None and proc.stderr is not None
+    rest = proc.stdout.read()
+    proc.stderr.read()
+    proc.wait()
+    return rest
+
+
 def test_sigkill_during_appends_loses_nothing_returned(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     key = SigningKey(bytes(range(32)))
@@ -61,7 +72,7 @@ def test_sigkill_during_appends_loses_nothing_returned(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         # Lines the child finished writing before it died were returned appends too; a torn
         # last line (killed mid-write) is not counted.
-        rest, _ = proc.communicate()
+        rest = rest_of_output(proc)
         reported.extend(int(x) for x in rest.split("\n")[:-1])
         assert proc.returncode == -signal.SIGKILL
 
@@ -124,7 +135,7 @@ def test_sigkill_during_group_commits_loses_nothing_acknowledged(tmp_path: Path)
             assert line.endswith("\n"), proc.stderr.read() if proc.stderr else ""
             lines.append(line)
         os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate()
+        rest = rest_of_output(proc)
         lines += rest.split("\n")[:-1]  # a torn last line (killed mid-write) is not counted
         assert proc.returncode == -signal.SIGKILL
         for line in lines:
