@@ -19,12 +19,24 @@ from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
 
 FAST_WATCHDOG = {"ping_interval": 0.5, "ping_timeout": 2.0, "max_tokens": 24}
+# The tests' workers run at the daemon's priority, not the product's (nice 10, SCHED_BATCH, in
+# an autogroup of their own: AGENTS.md "Priorities"): those yield the CPU to every other
+# session, and on a busy machine (a laptop running `make test` beside other work, load 12 on
+# 2 cores) a test's persona got no token in 60 s. What the product's priorities do is tested
+# by tests/test_agent_priority.py, with `product_priorities=True`.
+TEST_PRIORITIES = {"nice": 0, "sched": "other"}
+TEST_AGENT = {**FAST_WATCHDOG, **TEST_PRIORITIES}  # the [agent] of a test's node
 
 
 @asynccontextmanager
-async def agent_node(tmp_path: Path, **agent: Any) -> AsyncIterator[tuple[Node, Mosquitto]]:
+async def agent_node(
+    tmp_path: Path, *, product_priorities: bool = False, **agent: Any
+) -> AsyncIterator[tuple[Node, Mosquitto]]:
     broker = Mosquitto(tmp_path / "mosquitto").start()
-    config = GibseyConfig(agent=AgentConfig.model_validate({**FAST_WATCHDOG, **agent}))
+    priorities = {} if product_priorities else TEST_PRIORITIES
+    config = GibseyConfig(
+        agent=AgentConfig.model_validate({**FAST_WATCHDOG, **priorities, **agent})
+    )
     node = Node(tmp_path / "data", config)
     try:
         async with started(node, broker.url):

@@ -27,7 +27,7 @@ from gibsey.node.agents.service import AgentService
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.spine.broker import AmqttBroker
-from tests.agent_support import FAST_WATCHDOG, agent_node, agents, ask
+from tests.agent_support import TEST_AGENT, agent_node, agents, ask
 from tests.brokers import free_port
 from tests.conftest import CollectorFactory, started
 from tests.events import raw_event, topic
@@ -209,7 +209,7 @@ async def amqtt_agent_node(tmp_path: Path) -> AsyncIterator[tuple[Node, int]]:
     broker = AmqttBroker("127.0.0.1", free_port())
     await broker.start()
     try:
-        config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
+        config = GibseyConfig(agent=AgentConfig.model_validate(TEST_AGENT))
         node = Node(tmp_path / "data", config)
         async with started(node, broker.url):
             yield node, broker.port
@@ -224,7 +224,7 @@ async def test_the_embedded_amqtt_broker_gets_no_mqtt5_link_and_logs_nothing_abo
     has no MQTT 5 and says so once; no connect is tried, so neither the node nor amqtt logs a
     warning about it (before: two warning lines a minute, forever)."""
     caplog.set_level(logging.INFO)
-    config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
+    config = GibseyConfig(agent=AgentConfig.model_validate(TEST_AGENT))
     config.node.embedded_port = free_port()
     config.node.embedded_broker = "amqtt"
     node = Node(tmp_path / "data", config)

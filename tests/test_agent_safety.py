@@ -119,7 +119,10 @@ async def test_heat_degrades_to_canned_lines_and_back(
 ) -> None:
     zone = tmp_path / "thermal_zone0"
     zone.write_text("90000\n")
-    agent = {"thermal_glob": str(tmp_path / "thermal_zone*"), "pressure_interval": 0.2}
+    agent: dict[str, Any] = {
+        "thermal_glob": str(tmp_path / "thermal_zone*"),
+        "pressure_interval": 0.2,
+    }
     async with agent_node(tmp_path, **agent) as (node, broker):
         service = agents(node)
         alerts = await collector_factory(broker.port, topic(node.node_id, "safety/alert"))

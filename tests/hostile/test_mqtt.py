@@ -42,7 +42,7 @@ from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.glyph.vm.asm import assemble
 from gibsey.node.image import firstboot
-from tests.agent_support import FAST_WATCHDOG
+from tests.agent_support import TEST_AGENT
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, signed_event, topic
@@ -529,7 +529,7 @@ async def test_the_agents_mqtt5_link_logs_in_and_answers_a_dashboard(tmp_path: P
     refused, so no response topic was ever answered) and the answer to this request reaches the
     response topic."""
     broker = _production_broker(tmp_path)
-    config = GibseyConfig(agent=AgentConfig.model_validate(FAST_WATCHDOG))
+    config = GibseyConfig(agent=AgentConfig.model_validate(TEST_AGENT))
     node = Node(tmp_path / "data", config)
     try:
         async with started(node, broker.url):
