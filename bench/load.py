@@ -171,7 +171,9 @@ def worker_sched(pid: int) -> str:
     """nice, policy and thread count of a process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     policy = {"0": "other", "3": "batch", "5": "idle"}.get(fields[38], fields[38])
-    return f"worker nice {fields[16]}, {policy}, {fields[17]} threads"
+    # llama.cpp computes on `threads` of them; the protocol's reader and llama.cpp's loader
+    # thread are the other two (tests/test_agent_priority.py, _llama_threads).
+    return f"worker nice {fields[16]}, {policy}, {fields[17]} threads in the process"
 
 
 class Frames:
