@@ -14,6 +14,7 @@ node path under 5 ms on this machine; the bare relay is there to show what the n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -133,43 +136,69 @@ _ALERTS = "gibsey/v1/+/safety/alert"
 _RELAYED = "bench/relay"
 
 
+@dataclass
+class DialRig:
+    """A node reading a dial on a pty and a bare serial->MQTT relay on another, one Mosquitto."""
+
+    data: Path
+    node: subprocess.Popen[bytes]
+    arrivals: Arrivals
+    node_master: int  # write dial frames here: the node's serial port
+    relay_master: int  # and here: the bare relay's
+
+
+@contextlib.contextmanager
+def dial_rig(
+    work: Path, configure: Callable[[Path, Path], None], *topics: str
+) -> Iterator[DialRig]:
+    """The rig of the dial benches (this one and bench/load.py): `configure(data, tty)` writes
+    the node's gibsey.toml; `topics` are what `arrivals` records. Everything is stopped after."""
+    broker = Mosquitto(work / "mosq", port=free_port()).start()
+    data = work / "node"
+    node_link, relay_link = work / "ttyDIAL", work / "ttyRELAY"
+    node_master, relay_master = open_pty(node_link), open_pty(relay_link)
+    configure(data, node_link)
+    arrivals = Arrivals(broker.port, *topics)
+    node = start_up(data, broker.url)
+    relay = subprocess.Popen(
+        [sys.executable, "-c", RELAY_SCRIPT, str(broker.port), str(relay_link)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
+        yield DialRig(data, node, arrivals, node_master, relay_master)
+    finally:
+        arrivals.close()
+        stop(node, timeout_s=30)
+        relay.kill()
+        relay.wait()
+        os.close(node_master)
+        os.close(relay_master)
+        broker.stop()
+
+
+def _config(data: Path, tty: Path) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    # The throttles open: one dial turned back to back is far past a visitor's bounds, and a
+    # refused turn gets no ritual (the bench would wait for it in vain).
+    (data / "gibsey.toml").write_text(
+        "[node]\nvisitor_inputs_per_second = 1000000.0\n"
+        "visitor_inputs_per_source_per_second = 1000000.0\n"
+        f'[dial]\nserial = "{tty}"\nscan_interval = 0.05\nmqtt = false\n'
+        "[agent]\nrotations_per_second = 1000000.0\n"
+    )
+
+
 def run(rounds: int = 600, repeats: int = 3, warmup: int = 30) -> list[Row]:
-    with tempfile.TemporaryDirectory(prefix="gibsey-bench-dial-") as tmp:
-        work = Path(tmp)
-        broker = Mosquitto(work / "mosq", port=free_port()).start()
-        data = work / "node"
-        data.mkdir()
-        node_link, relay_link = work / "ttyDIAL", work / "ttyRELAY"
-        node_master, relay_master = open_pty(node_link), open_pty(relay_link)
-        # The throttles open: one dial turned back to back is far past a visitor's bounds, and
-        # a refused turn gets no ritual (the bench would wait for it in vain).
-        (data / "gibsey.toml").write_text(
-            "[node]\nvisitor_inputs_per_second = 1000000.0\n"
-            "visitor_inputs_per_source_per_second = 1000000.0\n"
-            f'[dial]\nserial = "{node_link}"\nscan_interval = 0.05\nmqtt = false\n'
-            "[agent]\nrotations_per_second = 1000000.0\n"
-        )
-        arrivals = Arrivals(broker.port, _RITUALS, _ALERTS, _RELAYED)
-        node = start_up(data, broker.url)
-        relay = subprocess.Popen(
-            [sys.executable, "-c", RELAY_SCRIPT, str(broker.port), str(relay_link)],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
-            wait_for_bridge(arrivals, node)
-            os.write(node_master, df.hello(0, "bench", "gdial-1.0.0", 7, 0, True).encode())
-            paths = {_RITUALS: node_master, _RELAYED: relay_master}
-            times = _interleaved(paths, arrivals, rounds // repeats, repeats, warmup)
-            last = json.loads(arrivals.payloads[_RITUALS][-1])["payload"]
-        finally:
-            arrivals.close()
-            stop(node, timeout_s=30)
-            relay.kill()
-            relay.wait()
-            os.close(node_master)
-            os.close(relay_master)
-            broker.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="gibsey-bench-dial-") as tmp,
+        dial_rig(Path(tmp), _config, _RITUALS, _ALERTS, _RELAYED) as rig,
+    ):
+        wait_for_bridge(rig.arrivals, rig.node)
+        os.write(rig.node_master, df.hello(0, "bench", "gdial-1.0.0", 7, 0, True).encode())
+        paths = {_RITUALS: rig.node_master, _RELAYED: rig.relay_master}
+        times = _interleaved(paths, rig.arrivals, rounds // repeats, repeats, warmup)
+        last = json.loads(rig.arrivals.payloads[_RITUALS][-1])["payload"]
     return _rows(times[_RITUALS], times[_RELAYED], last["program"] or "-")
 
 

@@ -24,25 +24,16 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from gibsey.bench.dial import (
-    RELAY_SCRIPT,
-    Arrivals,
-    open_pty,
-    round_trips,
-    wait_for_bridge,
-)
-from gibsey.bench.nodeproc import start_up, stop, wait_for_file
+from gibsey.bench.dial import Arrivals, dial_rig, round_trips, wait_for_bridge
+from gibsey.bench.nodeproc import wait_for_file
 from gibsey.bench.report import Row
 from gibsey.dialcore import frame as df
-from gibsey.harness.mosquitto import Mosquitto
-from gibsey.harness.ports import free_port
 
 GOAL_P99_MS = 5.0
 GOAL_RATIO = 1.5  # p99 under load / idle p99
@@ -223,41 +214,28 @@ def measure(
 ) -> tuple[dict[tuple[str, str], list[float]], str, float]:
     """(round trips by phase and path, the worker's priorities as /proc shows them, persona
     tokens/s under load) of one run; `agent`: [agent] keys other than the defaults."""
-    with tempfile.TemporaryDirectory(prefix="gibsey-bench-load-") as tmp:
-        work = Path(tmp)
-        broker = Mosquitto(work / "mosq", port=free_port()).start()
-        data = work / "node"
-        node_link, relay_link = work / "ttyDIAL", work / "ttyRELAY"
-        node_master, relay_master = open_pty(node_link), open_pty(relay_link)
-        _config(data, node_link, agent or {})
-        arrivals = Arrivals(broker.port, _RITUALS, _ALERTS, _RELAYED, _REPLY, _WORKER)
-        node = start_up(data, broker.url)
-        relay = subprocess.Popen(
-            [sys.executable, "-c", RELAY_SCRIPT, str(broker.port), str(relay_link)],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            assert relay.stdout is not None and relay.stdout.readline().strip() == b"ready"
-            wait_for_file(node, data / "node_id", 60, "the node")
-            asker = Asker(arrivals, (data / "node_id").read_text().strip())
-            wait_for_bridge(arrivals, node)
-            pid = _worker_pid(arrivals, node)
-            os.write(node_master, df.hello(0, "bench", "gdial-1.0.0", 7, 0, True).encode())
-            asker.start()  # the first answer warms the worker up (its first prompt)
-            asker.stop()
-            asker.tokens, asker.seconds = 0, 0.0
-            paths = {_RITUALS: node_master, _RELAYED: relay_master}
-            times = _blocks(paths, arrivals, asker, rounds, repeats)
-            sched = worker_sched(pid)
-            rate = asker.tokens / asker.seconds if asker.seconds else 0.0
-        finally:
-            arrivals.close()
-            stop(node, timeout_s=30)
-            relay.kill()
-            relay.wait()
-            os.close(node_master)
-            os.close(relay_master)
-            broker.stop()
+
+    def configure(data: Path, tty: Path) -> None:
+        _config(data, tty, agent or {})
+
+    topics = (_RITUALS, _ALERTS, _RELAYED, _REPLY, _WORKER)
+    with (
+        tempfile.TemporaryDirectory(prefix="gibsey-bench-load-") as tmp,
+        dial_rig(Path(tmp), configure, *topics) as rig,
+    ):
+        arrivals, node = rig.arrivals, rig.node
+        wait_for_file(node, rig.data / "node_id", 60, "the node")
+        asker = Asker(arrivals, (rig.data / "node_id").read_text().strip())
+        wait_for_bridge(arrivals, node)
+        pid = _worker_pid(arrivals, node)
+        os.write(rig.node_master, df.hello(0, "bench", "gdial-1.0.0", 7, 0, True).encode())
+        asker.start()  # the first answer warms the worker up (its first prompt)
+        asker.stop()
+        asker.tokens, asker.seconds = 0, 0.0
+        paths = {_RITUALS: rig.node_master, _RELAYED: rig.relay_master}
+        times = _blocks(paths, arrivals, asker, rounds, repeats)
+        sched = worker_sched(pid)
+        rate = asker.tokens / asker.seconds if asker.seconds else 0.0
     return times, sched, rate
 
 
