@@ -51,6 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gibsey.bench import vectors
 from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
+from gibsey.core.envelope import AgentRequest, encode_event
 from gibsey.harness.mosquitto import Mosquitto
 from gibsey.node.agents import worker
 from gibsey.node.agents.config import AgentConfig
@@ -239,22 +240,14 @@ class ThroughNode:
     def run(self, actor: str) -> Run:
         assert self.client is not None
         corr = uuid.uuid4().hex[:8]
-        event = {
-            "id": uuid.uuid4().hex,
-            "node": self.node_id,
-            "kind": "agent/request",
-            "lamport": 0,
-            "wall": time.time(),
-            "actor": actor,
-            "payload": {
-                "persona": PERSONA,
-                "prompt": QUESTION,
-                "reply_to": self.reply,
-                "correlation": corr,
-                "max_tokens": MAX_TOKENS,
-            },
-        }
-        raw = json.dumps(event).encode()
+        request = AgentRequest(
+            persona=PERSONA,
+            prompt=QUESTION,
+            reply_to=self.reply,
+            correlation=corr,
+            max_tokens=MAX_TOKENS,
+        )
+        raw = encode_event(self.node_id, "agent/request", request, 0, actor).raw
         with self._lock:
             self._corr, self._times, self._final = corr, [], None
             self._done.clear()

@@ -30,16 +30,16 @@ import time
 import uuid
 from pathlib import Path
 
+from gibsey.bench.agent import PERSONA, QUESTION
 from gibsey.bench.dial import Arrivals, dial_rig, round_trips, wait_for_bridge
 from gibsey.bench.nodeproc import wait_for_file
 from gibsey.bench.report import Row
+from gibsey.core.envelope import AgentRequest, encode_event
 from gibsey.dialcore import frame as df
 
 GOAL_P99_MS = 5.0
 GOAL_RATIO = 1.5  # p99 under load / idle p99
 GAP_S = 0.02
-PERSONA = "the-author"
-QUESTION = "Describe, in detail, everything you see in this room, one thing after another."
 MAX_TOKENS = 96
 
 _RITUALS = "gibsey/v1/+/ritual/performed"
@@ -66,22 +66,15 @@ class Asker:
         self._thread: threading.Thread | None = None
 
     def _ask(self, n: int) -> None:
-        event = {
-            "id": uuid.uuid4().hex,
-            "node": self.node_id,
-            "kind": "agent/request",
-            "lamport": 0,
-            "wall": time.time(),
-            "actor": "bench-visitor",
-            "payload": {
-                "persona": PERSONA,
-                "prompt": f"{QUESTION} ({n})",  # not word for word: no cached whole answer
-                "reply_to": _REPLY,
-                "correlation": f"q{n}",
-                "max_tokens": MAX_TOKENS,
-            },
-        }
-        self.arrivals.client.publish(self.topic, json.dumps(event).encode(), qos=1)
+        request = AgentRequest(
+            persona=PERSONA,
+            prompt=f"{QUESTION} ({n})",  # not word for word: no cached whole answer
+            reply_to=_REPLY,
+            correlation=f"q{n}",
+            max_tokens=MAX_TOKENS,
+        )
+        raw = encode_event(self.node_id, "agent/request", request, 0, "bench-visitor").raw
+        self.arrivals.client.publish(self.topic, raw, qos=1)
 
     def _run(self) -> None:
         start = time.perf_counter()
