@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from gibsey.bench.report import Row
+from gibsey.harness.flood import percentile
 from gibsey.harness.gallery import Gallery, GalleryConfig, GalleryError
 from gibsey.harness.waiting import wait_until
 from gibsey.harness.watch import NodeClient
@@ -85,6 +86,7 @@ def _cpu_s(g: Gallery) -> tuple[float, float]:
     children (the model workers): proc(5) utime + stime."""
     daemons = {n.proc.pid for n in g if n.proc is not None}
     brokers = {n.broker.proc.pid for n in g if n.broker.proc is not None}
+    ours_pids = daemons | brokers
     ours = workers = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -93,7 +95,7 @@ def _cpu_s(g: Gallery) -> tuple[float, float]:
         if not fields:
             continue
         ticks = int(fields[11]) + int(fields[12])
-        if int(entry.name) in daemons | brokers:
+        if int(entry.name) in ours_pids:
             ours += ticks
         elif int(fields[1]) in daemons:
             workers += ticks
@@ -102,8 +104,7 @@ def _cpu_s(g: Gallery) -> tuple[float, float]:
 
 
 def _p99_ms(lat: list[float]) -> float:
-    lat = sorted(lat)
-    return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
+    return percentile(lat, 0.99) * 1000
 
 
 def _meshed(g: Gallery) -> None:

@@ -49,6 +49,7 @@ from pathlib import Path
 from gibsey.bench.nodeproc import open_rotation_throttle
 from gibsey.bench.report import Row
 from gibsey.core.envelope import GlyphRotated, RitualPerformed, encode_event, parse_event
+from gibsey.harness.flood import percentile
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.glyph.vm import binding as vm
@@ -62,11 +63,6 @@ P99_GOAL = 5.0
 # The floor's payload and program: made once, so the floor times only what every turn must do.
 _FLOOR_PAYLOAD = RitualPerformed(symbol=1, rotation=3, state=7, cause="r1", program="p")
 _FLOOR_CODE: list[bytes] = []
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _OtlpSink(http.server.BaseHTTPRequestHandler):
@@ -274,12 +270,12 @@ def _limits(s: Samples) -> str:
     shared machine), the bare call's own spread, the collector's share, and the floor (the work
     any host does with these libraries, against the 3x goal)."""
     bare = statistics.median(s.bare)
-    cpu_p99, wall_p99 = _percentile(s.cpu, 0.99), _percentile(s.host, 0.99)
+    cpu_p99, wall_p99 = percentile(s.cpu, 0.99), percentile(s.host, 0.99)
     return (
         f"limits: CPU-time p99 {cpu_p99 / bare:.1f}x, so {max(0.0, 1 - cpu_p99 / wall_p99):.0%} "
         f"of the p99 is off the CPU; the bare call's own p99 is "
-        f"{_percentile(s.bare, 0.99) / bare:.1f}x its median; "
-        f"GC paused: p99 {_percentile(s.gc_off, 0.99) / bare:.1f}x; "
+        f"{percentile(s.bare, 0.99) / bare:.1f}x its median; "
+        f"GC paused: p99 {percentile(s.gc_off, 0.99) / bare:.1f}x; "
         f"floor (parse+VM+{s.events_per_rotation} encodes, nothing else): "
         f"median {statistics.median(s.floor) / bare:.1f}x; the host's VM call itself: "
         f"{statistics.median(s.vm_in_turn) / bare:.1f}x"
@@ -291,7 +287,7 @@ def run(n: int = TURNS) -> list[Row]:
         s = asyncio.run(_measure(Path(tmp), n))
     traced = _traced(n)
     bare = statistics.median(s.bare)
-    host_p99 = _percentile(s.host, 0.99)
+    host_p99 = percentile(s.host, 0.99)
     note = (
         f"event in -> verified run -> {s.events_per_rotation} events out; "
         "baseline: the bare VM call's median, same run"
@@ -314,11 +310,9 @@ def run(n: int = TURNS) -> list[Row]:
             note=_limits(s),
         ),
         # The machine's own noise: the same C call, its p99 against its median.
-        Row(
-            "bare VM call, p99", _percentile(s.bare, 0.99), bare, "us", note="baseline: its median"
-        ),
+        Row("bare VM call, p99", percentile(s.bare, 0.99), bare, "us", note="baseline: its median"),
         Row("rotation, GC paused, median", statistics.median(s.gc_off), bare, "us"),
-        Row("rotation, GC paused, p99", _percentile(s.gc_off, 0.99), bare, "us"),
+        Row("rotation, GC paused, p99", percentile(s.gc_off, 0.99), bare, "us"),
         # The floor: validating the turn, the VM and one encode per event, nothing else.
         Row(
             "rotation floor, median",
@@ -327,7 +321,7 @@ def run(n: int = TURNS) -> list[Row]:
             "us",
             note="parse + VM + encodes only",
         ),
-        Row("rotation floor, p99", _percentile(s.floor, 0.99), bare, "us"),
+        Row("rotation floor, p99", percentile(s.floor, 0.99), bare, "us"),
         # The same VM call as the host makes it, amid the turn's Python: its caches cold.
         Row(
             "VM call within a turn, median",
@@ -339,7 +333,7 @@ def run(n: int = TURNS) -> list[Row]:
         # CPU time of the same rotations: what the host spends, free of what other processes
         # on a busy machine do to the wall clock.
         Row("rotation CPU time, median", statistics.median(s.cpu), None, "us"),
-        Row("rotation CPU time, p99", _percentile(s.cpu, 0.99), None, "us"),
+        Row("rotation CPU time, p99", percentile(s.cpu, 0.99), None, "us"),
         # What tracing costs: the same rotations traced (spans exported over OTLP), against
         # the untraced ones above (the ratio column); off, tracing makes no SDK object at all.
         Row(
@@ -349,5 +343,5 @@ def run(n: int = TURNS) -> list[Row]:
             "us",
             note="tracing on (OTLP/HTTP export); baseline: tracing off, same run",
         ),
-        Row("rotation traced, p99", _percentile(traced, 0.99), host_p99, "us"),
+        Row("rotation traced, p99", percentile(traced, 0.99), host_p99, "us"),
     ]

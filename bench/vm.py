@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from gibsey.bench import rotation
 from gibsey.bench.report import Row as ReportRow
+from gibsey.harness.flood import percentile
 from gibsey.node.glyph.vm import binding as vm
 from gibsey.node.glyph.vm import reference as ref
 from gibsey.node.glyph.vm.asm import assemble
@@ -49,11 +50,6 @@ def _instructions_per_second(run_once: Callable[[], int], repeats: int) -> tuple
         used = run_once()
         best = min(best, time.perf_counter_ns() - start)
     return used / (best / 1e9), used
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_vm_bench(*, quick: bool = False) -> list[BenchRow]:
@@ -101,7 +97,7 @@ def run_vm_bench(*, quick: bool = False) -> list[BenchRow]:
         BenchRow(
             "vm.verify_run.median", statistics.median(zig_us), statistics.median(ref_us), "us"
         ),
-        BenchRow("vm.verify_run.p99", _percentile(zig_us, 0.99), _percentile(ref_us, 0.99), "us"),
+        BenchRow("vm.verify_run.p99", percentile(zig_us, 0.99), percentile(ref_us, 0.99), "us"),
     ]
 
 
