@@ -107,9 +107,9 @@ class _Run(list[Entry]):
 
     __slots__ = ("raw_bytes",)
 
-    def __init__(self, entries: Iterable[Entry] = ()) -> None:
-        super().__init__(entries)
-        self.raw_bytes = sum(len(e.raw) for e in self)
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw_bytes = 0
 
     def add(self, e: Entry) -> None:
         self.append(e)
@@ -808,7 +808,7 @@ class Store:
     def _hold(self, e: Entry) -> ImportResult:
         """Keep an unsigned entry pending until the signed head of its group arrives: one run
         of chained entries per feed, at most MAX_GROUP - 1 long (hold `lock`)."""
-        run = self._pending.pop(e.author, None) or _Run()
+        run = self._pending.pop(e.author, _Run())
         if run and not _continues(run[-1], e):
             run = _Run()  # not the same run (sent again, or another branch): start over from here
         if run_too_long(len(run) + 1, run.raw_bytes + len(e.raw)):
@@ -836,12 +836,11 @@ class Store:
         """A signed, verified entry and the pending run it vouches for (the run's last entry
         is its `prev`): chain-check and store them in seq order; the result is the head's, or
         the fork found on the way (hold `lock`)."""
-        held = self._pending.pop(head.author, None)
-        run: list[Entry] = held if held is not None else []
+        run = self._pending.pop(head.author, _Run())
         if run and not _continues(run[-1], head):
             if run[0].seq > head.seq:
-                self._pending[head.author] = _Run(run)  # a later group, waiting for its head
-            run = []
+                self._pending[head.author] = run  # a later group, still waiting for its head
+            run = _Run()
         group = [*run, head]
         # Check what is stored of this feed now: looked at between the group's inserts, the
         # feed would end on an unsigned entry of this group and be judged headless.
