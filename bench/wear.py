@@ -7,6 +7,10 @@ after the entry's commit is on disk). Figure: the growth of the process's `write
 (/proc/PID/io: what it caused to be sent to the storage layer, counted by the kernel as it dirties
 pages of the page cache, 4 KiB at a time) over the turns, per turn; the baseline is the size of
 the ledger entry each turn adds (the bytes that must reach the disk), the goal 2,000 B a turn.
+A mint is acknowledged once its group is in the ledger's entry log; the count starts and ends
+when the SQLite batch holding the last acknowledged entry has committed (read from another
+connection), so the turns pay for their own SQLite commits, no more and no less. A second run
+measures the node as it was before the entry log (every group its own SQLite commit).
 
 With `breakdown` (the suite does it on a second node) strace counts the bytes of the write
 syscalls per file over the same turns: which files the bytes go to.
@@ -28,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gibsey.bench.nodeproc import open_rotation_throttle, start_up, stop, wait_for_file
@@ -45,16 +49,9 @@ TURNS = 500
 RATE_PER_S = 5.0
 WARMUP = 20  # turns before the count starts: first-start writes are not a turn's
 GOAL_BYTES = 2000.0
-LONGER_WAIT_S = 4.0  # [node] ledger_group_wait_s of a second run: the bytes a longer wait saves
 ACTORS = 8
-SMALLER_PAGE_BYTES = 1024  # SQLite's page size of the ledger of a comparison run
-# Measured on 2026-11-30 (the ledger bench's rows on stores of either page size, same run).
-NOT_ADOPTED = (
-    "not adopted: 1 KiB pages still miss 2,000 B (the kernel counts, and the card writes, "
-    "4 KiB pages: each fsynced commit writes the WAL's last 4 KiB page again), make the "
-    "ledger file 20% larger (62.3 vs 51.7 MB for 100,000 entries) and a one-core batched "
-    "import 10-12% slower in two runs (an A/A run of that comparison varied by up to 15%)"
-)
+# The node as it was before the entry log: every group of mints its own SQLite commit.
+EACH_GROUP_COMMITS = {"ledger_commit_every_s": 0.0}
 IDLE_S = 120.0  # a node without turns (before them): its idle writes
 IDLE_SETTLE_S = 10.0
 
@@ -158,6 +155,7 @@ class _Acks:
 
     def __init__(self) -> None:
         self.mints = 0
+        self.last_entry = ""  # the hash (hex) of the last mint acknowledged
         self.performed = 0
         self.ready = asyncio.Event()
         self._changed = asyncio.Event()
@@ -169,7 +167,10 @@ class _Acks:
             self.ready.set()
             async for message in session.messages():
                 if message.topic.endswith("/gift/txn"):
-                    self.mints += json.loads(message.payload)["payload"]["type"] == "mint"
+                    txn = json.loads(message.payload)["payload"]
+                    if txn["type"] == "mint":
+                        self.mints += 1
+                        self.last_entry = txn["entry"]
                 else:
                     self.performed += 1
                 self._changed.set()
@@ -225,6 +226,7 @@ async def _drive(
         await asyncio.wait_for(acks.ready.wait(), 30)
         await _send(url, node_id, 0, WARMUP, rate_per_s)
         await acks.reach(WARMUP, timeout_s=60)
+        await committed(data, acks.last_entry)
         checkpoint(data)
         wal = data / f"{DB_FILENAME}-wal"
         generation = wal_generation(wal) + 1  # the checkpoint emptied it: the next commit restarts
@@ -232,6 +234,8 @@ async def _drive(
         start, started = write_bytes(pid), time.monotonic()
         await _send(url, node_id, WARMUP, turns, rate_per_s)
         await acks.reach(WARMUP + turns, timeout_s=60 + turns / rate_per_s)
+        # Acknowledged is in the entry log; the turns' bytes include their SQLite commit.
+        await committed(data, acks.last_entry)
         grown, took = write_bytes(pid) - start, time.monotonic() - started
         if tracer is not None:
             tracer.send_signal(signal.SIGINT)  # strace detaches and writes out what it has
@@ -241,6 +245,26 @@ async def _drive(
         return grown, checkpoint(data), (commits, pages, restarts), took, idle
     finally:
         listener.cancel()
+
+
+async def committed(data: Path, entry_hex: str, timeout_s: float = 60.0) -> None:
+    """Until another connection reads the entry (hex hash) in the node's ledger: committed,
+    and with it every entry before it (a batch commits whole, in order)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        db = sqlite3.connect(f"file:{data / DB_FILENAME}?mode=ro", uri=True, timeout=30)
+        try:
+            row = db.execute(
+                "SELECT 1 FROM entries WHERE hash = ?", (bytes.fromhex(entry_hex),)
+            ).fetchone()
+        finally:
+            db.close()
+        if row is not None:
+            return
+        if loop.time() > deadline:
+            raise GalleryError(f"entry {entry_hex[:16]} not committed after {timeout_s:g}s")
+        await asyncio.sleep(0.1)
 
 
 async def _rewrites(path: Path, for_s: float) -> int:
@@ -329,22 +353,17 @@ def measure(
     turns: int = TURNS,
     rate_per_s: float = RATE_PER_S,
     breakdown: bool = False,
-    group_wait_s: float | None = None,
-    page_size_bytes: int | None = None,
+    settings: dict[str, float] | None = None,
     idle_s: float = 0.0,
 ) -> WearRun:
-    """One fresh node on `broker` (its data under `work`), `turns` turns at `rate_per_s`; its
-    ledger's group commit waiting `group_wait_s` (None: the default); its ledger made
-    beforehand with `page_size_bytes` pages (None: as the node makes it)."""
+    """One fresh node on `broker` (its data under `work`), `turns` turns at `rate_per_s`, with
+    these `[node]` settings (None: the defaults)."""
     data = work / f"node-{uuid.uuid4().hex[:6]}"
     open_rotation_throttle(data)
-    if page_size_bytes is not None:
-        make_ledger(data, page_size_bytes)
-    if group_wait_s is not None:
+    if settings:
         toml = data / "gibsey.toml"
-        toml.write_text(
-            toml.read_text().replace("[node]\n", f"[node]\nledger_group_wait_s = {group_wait_s}\n")
-        )
+        lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        toml.write_text(toml.read_text().replace("[node]\n", f"[node]\n{lines}"))
     node = start_up(data, broker.url)
     trace = work / f"strace-{data.name}.txt" if breakdown else None
     try:
@@ -359,18 +378,6 @@ def measure(
     if trace is not None and trace.exists():
         run.by_file, run.syscalls = parse_strace(trace.read_text(errors="replace"))
     return run
-
-
-def make_ledger(data: Path, page_size_bytes: int) -> None:
-    """An empty ledger database with `page_size_bytes` pages in `data`, as a release that made
-    them that size left it (the store keeps an existing database's page size)."""
-    data.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(data / DB_FILENAME)
-    try:
-        db.execute(f"PRAGMA page_size={page_size_bytes}")
-        db.execute("PRAGMA journal_mode=WAL")
-    finally:
-        db.close()
 
 
 def _breakdown_rows(run: WearRun) -> list[Row]:
@@ -479,19 +486,15 @@ def run() -> list[Row]:
         broker = Mosquitto(work / "mosquitto").start()
         try:
             runs = [measure(work, broker) for _ in range(3)]
-            smaller = [measure(work, broker, page_size_bytes=SMALLER_PAGE_BYTES)]
-            longer = [measure(work, broker, group_wait_s=LONGER_WAIT_S)]
+            before = [measure(work, broker, settings=EACH_GROUP_COMMITS)]
             traced = measure(
                 work, broker, breakdown=shutil.which("strace") is not None, idle_s=IDLE_S
             )
             each = rewrite_bytes(work)
         finally:
             broker.stop()
-    rows = _rows(runs, "group wait 2 s (the default)")
-    tried = _rows(smaller, f"a ledger made with {SMALLER_PAGE_BYTES} B pages (tried)")
-    tried[0] = replace(tried[0], note=f"{tried[0].note}; {NOT_ADOPTED}")
-    rows += tried
-    rows += _rows(longer, f"group wait {LONGER_WAIT_S:g} s")
+    rows = _rows(runs, "groups of 2 s in the entry log, SQLite commits every 10 s (the default)")
+    rows += _rows(before, "every group its own SQLite commit (before; ledger_commit_every_s = 0)")
     if traced.by_file:
         rows += _breakdown_rows(traced)
     return rows + _idle_rows(traced, each)

@@ -180,6 +180,12 @@ class NodeConfig(ConfigSection):
     # per entry - an SD card's wear (`gibsey bench wear`). Each gift/txn is announced after its
     # group's commit, so it comes up to this much later; the ritual itself does not wait.
     ledger_group_wait_s: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
+    # Seconds the ledger gathers groups in one SQLite transaction (ledger/store.py): each group
+    # is fdatasynced to the entry log (its own bytes, not ~8 WAL pages), and SQLite commits its
+    # pages once per this many seconds (`gibsey bench wear`: 10 s wrote ~25% more a turn than
+    # 30 s). Other processes (`gibsey ledger ...` beside the node) read the node's entries after
+    # that commit, and their writes wait for it; 0 commits every group.
+    ledger_commit_every_s: Annotated[float, Field(ge=0.0, le=30.0)] = 30.0
     # Seconds between node/status + metrics publications (at least 0.1: it is a publication).
     status_interval: Annotated[float, Env("GIBSEY_STATUS_INTERVAL"), Field(ge=0.1, le=DAY_S)] = 5.0
     # Hex ed25519 public keys whose signed changes (`vm/load`, `agent/reload`) the node accepts

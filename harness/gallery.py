@@ -100,6 +100,10 @@ class GalleryConfig:
     sync_interval: float = 0.5
     down_after: float = 2.0
     backoff_max: float = 2.0
+    # [node] ledger_commit_every_s: the gallery reads each node's ledger from outside (heads,
+    # entries, convergence), which sees what a node committed to SQLite, not what its entry
+    # log holds; committing every group, a node's acknowledged entries are what is read
+    ledger_commit_every_s: float = 0.0
     # [agent]: a persona answers briefly; rotations per second per actor before throttling
     agent: dict[str, Any] = field(
         default_factory=lambda: {"max_tokens": 24, "threads": 1, "memory": False}
@@ -173,6 +177,9 @@ class Gallery:
         cfg = self.config
         allow = [b.key for b in self.nodes if b is not node]
         lines = [
+            "[node]",
+            f"ledger_commit_every_s = {cfg.ledger_commit_every_s}",
+            "",
             "[mesh]",
             f'listen = "tcp://{self.mesh_host(node)}:{node.mesh_port}"',
             "beacon_port = 0",

@@ -202,8 +202,16 @@ class Execution:
 
 
 def ensure_schema(store: Store) -> None:
-    with store.transaction() as db:
-        db.execute(_EXEC_SCHEMA)
+    # Looked up first: a write transaction waits for the write lock, which a running node's
+    # ledger batch holds for up to [node] ledger_commit_every_s, and `gibsey ledger balance`
+    # beside it should not wait that long to read.
+    with store.lock:
+        made = store.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'executions'"
+        ).fetchone()
+    if made is None:
+        with store.transaction() as db:
+            db.execute(_EXEC_SCHEMA)
 
 
 def executions(store: Store) -> dict[bytes, Execution]:

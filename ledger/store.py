@@ -5,6 +5,15 @@ fsyncs the WAL before returning, so an `append` that returned survives `kill -9`
 cut (NORMAL would survive kill -9 only - the design says the power is cut every night). Batched
 APIs (`append_many`, `import_many`) pay that fsync once per batch.
 
+With `commit_every_s` (the node's `[node] ledger_commit_every_s`), a small transaction that
+stores only entries does not commit: its entries are appended to the entry log
+(`ledger.sqlite3.entrylog`, entrylog.py) and fdatasynced, and the SQLite transaction stays open,
+gathering such transactions, until it is that old (or holds BATCH_MAX_ROWS entries, or another
+kind of write comes). What returned is on disk either way; this connection reads everything,
+other processes read what is committed. Every write transaction that begins first folds what
+the log holds and the database does not (a process killed mid-batch) back in, so no writer ever
+extends a feed from a stale head; the log is emptied once all of it is committed.
+
 Everything that changes the store happens under one lock and inside one transaction, after every
 check has passed; a rejected import raises before the first write, so nothing changes.
 
@@ -19,6 +28,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
@@ -34,6 +44,8 @@ from gibsey.core.storage import DiskHealth, StorageError, open_sqlite, sqlite_re
 from . import entry as entry_mod
 from . import forkproof, parsepool
 from .entry import MAX_ENTRY_BYTES, MAX_GROUP, Entry, parse, run_too_long, verify_signature
+from .entrylog import SUFFIX as ENTRY_LOG_SUFFIX
+from .entrylog import EntryLog
 from .errors import LedgerError, Rejected, RejectReason
 from .forkproof import ForkProof
 
@@ -48,6 +60,18 @@ DB_FILENAME = "ledger.sqlite3"
 # sends them again.
 MAX_PENDING_ENTRIES = 1024
 SCHEMA_VERSION = 1
+# With commit_every_s: a transaction storing more entries than this commits at once (an import
+# of a peer's history: its own commit already carries many entries a page), and a batch that
+# has gathered this many commits before its time.
+LOG_MAX_ROWS = 64
+BATCH_MAX_ROWS = 1024
+# A batch also commits once this long passes without a logged write: a quiet node's entries are
+# read by other processes (and their writers get the lock) seconds after it wrote them, while a
+# busy one (a group every [node] ledger_group_wait_s = 2 s) still gathers a batch.
+BATCH_IDLE_S = 3.0
+# Another process's writer waits this long for the write lock: longer than a batch holds it
+# (commit_every_s is at most 30 s in the node's config).
+BUSY_TIMEOUT_MS = 45_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -202,9 +226,12 @@ class Store:
         verify_threads: int | None = None,
         parse_process: bool | None = None,  # None: when a core is idle (parsepool.py)
         disk: DiskHealth | None = None,
+        commit_every_s: float = 0.0,  # 0: every transaction commits (see the module's doc)
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "EXTRA", "OFF"):
             raise ValueError(f"synchronous={synchronous!r}")
+        if not 0.0 <= commit_every_s <= 30.0:
+            raise ValueError(f"commit_every_s={commit_every_s!r}: from 0 to 30 s")
         self.path = str(path)
         # Told of every refused and every working write (the node shares one with its other
         # writers, to say "disk full" once per episode).
@@ -234,22 +261,38 @@ class Store:
         # anything reads the table and at the end of the transaction (~40% of an import's
         # SQLite time is per-statement overhead).
         self._staged: list[StoredRow] = []
+        # The entry log and the batch (module doc): when the open batch began (None: no batch
+        # open), its entries, which batch a timer was set for; this transaction's entries (to
+        # log) and the entry rows it stored (anything else it wrote makes it commit).
+        in_memory = self.path == ":memory:" or self.path.startswith("file:")
+        self.commit_every_s = 0.0 if in_memory else commit_every_s
+        self._log = None if in_memory else EntryLog(self.path + ENTRY_LOG_SUFFIX)
+        self._batch_since: float | None = None
+        self._batch_rows = 0
+        self._batch_id = 0
+        self._timer: threading.Timer | None = None
+        self._tx_log: list[bytes] = []
+        self._tx_rows = 0
         self._load_caches()
         # Changes only when another connection commits (see refresh()).
         self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        self._settle_log()
 
     @staticmethod
     def _setup(synchronous: str) -> Callable[[sqlite3.Connection], None]:
         def setup(db: sqlite3.Connection) -> None:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
-            db.execute("PRAGMA busy_timeout=10000")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.executescript(_SCHEMA)
             _drop_hash_index(db)
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            # Written once: an INSERT, even one ignored, waits for the write lock, which a
+            # running node's batch may hold for seconds (a reader opening the store need not).
+            if db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
 
         return setup
 
@@ -260,6 +303,14 @@ class Store:
 
     def close(self) -> None:
         with self.lock:
+            try:
+                self._commit_batch()
+                self._settle_log()
+            except (StorageError, sqlite3.Error) as exc:
+                # Nothing acknowledged is lost: the entry log holds it for the next writer.
+                log.warning("ledger: closing, the last batch could not be committed: %s", exc)
+            if self._log is not None:
+                self._log.close()
             self._db.close()
             if self._pool is not None:
                 self._pool.shutdown()
@@ -290,8 +341,10 @@ class Store:
     # ---- transactions and listeners ---------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT) under the store lock.
+    def transaction(self, *, logged: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) under the store lock. `logged`:
+        one that may end in the entry log, not a commit (module doc; the store's own appends
+        and imports).
 
         Other parts of the ledger (governance's executions table) write in the same
         transaction as an append by nesting inside this.
@@ -300,8 +353,13 @@ class Store:
             if self._in_tx:
                 yield self._db
                 return
-            self._begin()
+            batch = self._batch_since is not None
+            if batch:
+                self._db.execute("SAVEPOINT tx")  # inside the open batch
+            else:
+                self._begin()
             self._in_tx = True
+            self._tx_log, self._tx_rows = [], 0
             before: _Caches | None = None
             changes = self._db.total_changes
             try:
@@ -311,19 +369,175 @@ class Store:
                 caught_up = self._catch_up()
                 if caught_up:
                     self._notify(caught_up)
+                folded = 0 if batch else self._fold_log()
                 before = self._caches()
                 yield self._db
-                self._db.execute("COMMIT")
+                wrote = self._db.total_changes - changes
+                self._end(batch, wrote, logged and wrote == self._tx_rows and not folded)
             except BaseException as exc:
-                self._abandon(before)
+                self._undo(batch, before)
                 refused = self._refused(exc)
                 if refused is None:
                     raise
                 raise refused from exc
             finally:
                 self._in_tx = False
-            if self._db.total_changes != changes:
-                self.disk.wrote()
+
+    def _end(self, batch: bool, wrote: int, loggable: bool) -> None:
+        """End a transaction that succeeded: its entries logged and the batch kept open, or
+        everything (the batch too) committed. One that wrote nothing leaves the batch open.
+        The disk is said to take writes (`disk.wrote()`) after a commit, not after the entry
+        log took a group: on a full disk the log may still fit a few in its last block, while
+        every commit is refused."""
+        if batch and not wrote:
+            self._db.execute("RELEASE tx")
+            return
+        if loggable and self._log is not None and 0 < self._tx_rows <= LOG_MAX_ROWS:
+            if self.commit_every_s > 0:
+                self._log.append(self._tx_log)
+                if batch:
+                    self._db.execute("RELEASE tx")
+                else:
+                    self._open_batch()
+                self._batch_rows += self._tx_rows
+                assert self._batch_since is not None
+                age = time.monotonic() - self._batch_since
+                if self._batch_rows >= BATCH_MAX_ROWS or age >= self.commit_every_s:
+                    self._commit_batch()
+                else:
+                    self._arm_timer(min(BATCH_IDLE_S, self.commit_every_s - age))
+                return
+        if batch:
+            self._db.execute("RELEASE tx")
+        self._close_batch()
+        self._db.execute("COMMIT")
+        if wrote:
+            self.disk.wrote()
+
+    def _undo(self, batch: bool, before: _Caches | None) -> None:
+        """After a failed transaction: inside a batch, only this transaction is rolled back
+        (the batch's entries are acknowledged); else everything (_abandon)."""
+        if batch and self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK TO tx")
+                self._db.execute("RELEASE tx")
+                self._load_caches()  # as the batch left them
+                return
+            except sqlite3.Error:
+                pass  # the disk refuses even that: give the batch up (the log holds it)
+        self._close_batch()
+        self._abandon(before)
+
+    # ---- the batch and the entry log ----------------------------------------------------------
+
+    def _open_batch(self) -> None:
+        self._batch_since, self._batch_rows = time.monotonic(), 0
+        self._batch_id += 1
+        self._arm_timer(min(BATCH_IDLE_S, self.commit_every_s))
+
+    def _arm_timer(self, after_s: float) -> None:
+        """Commit the open batch in `after_s` unless another write comes first (which sets it
+        again): after BATCH_IDLE_S without one, or at the batch's age limit."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(after_s, self._commit_when_due, [self._batch_id])
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _close_batch(self) -> None:
+        self._batch_since, self._batch_rows = None, 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _commit_batch(self) -> None:
+        """Commit the open batch, if one is (hold `lock`, outside a transaction's body)."""
+        if self._batch_since is None:
+            return
+        self._close_batch()
+        try:
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            # Rolled back: its entries are in the entry log still, folded back in by the next
+            # write transaction to begin (here or in another process).
+            self._abandon(None)
+            refused = self._refused(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        self.disk.wrote()
+
+    def _commit_when_due(self, batch_id: int) -> None:
+        """The batch timer: commit the batch it was set for, if still open."""
+        with self.lock:
+            if self._batch_id != batch_id or self._batch_since is None or self._in_tx:
+                return
+            try:
+                self._commit_batch()
+            except (StorageError, sqlite3.Error) as exc:
+                # (A refused write is the node's DiskHealth's to say, once an episode.)
+                log.info("ledger: a batch could not be committed (kept in its log): %s", exc)
+
+    def commit(self) -> None:
+        """Commit the open batch now (a node stopping; a test reading from another process)."""
+        with self.lock:
+            self._commit_batch()
+
+    def _fold_log(self, *, quiet: bool = False) -> int:
+        """At the start of a write transaction (hold `lock`): store what the entry log holds and
+        the database does not (the process that logged it stopped before its batch committed),
+        every check made again; or, when the database holds all of it, empty the log. Returns
+        how many rows were stored (the transaction then commits, and the log is emptied by a
+        later one)."""
+        if self._log is None or self._log.size() == 0:
+            return 0
+        missing: list[bytes] = []
+        for raw in self._log.read():
+            try:
+                e = parse(raw, verify=False)
+            except Rejected:
+                continue  # (a record passed its crc: only another release could write this)
+            head = self._heads.get(e.author)
+            if head is None or e.seq > head.seq:
+                missing.append(raw)
+        if not missing:
+            self._log.clear()
+            return 0
+        rows = self._tx_rows
+        stored: list[Entry | ForkProof] = []
+        for p in self._parse_batch(missing):
+            try:
+                if isinstance(p, Rejected):
+                    raise p
+                self._import_one(self._db, p, stored) if p.signed else self._hold(p)
+            except Rejected as exc:
+                log.warning("ledger: an entry in the entry log is refused: %s", exc)
+        self._flush(self._db)
+        self._tx_log = []  # (already in the log)
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "ledger: %d acknowledged entries were in the entry log only (their batch was not "
+            "committed: the process stopped, or the disk refused it): stored again",
+            self._tx_rows - rows,
+        )
+        return self._tx_rows - rows
+
+    def _settle_log(self) -> None:
+        """Fold a leftover entry log in and empty it, if the write lock is free right now (a
+        live node's open batch holds it: that node will)."""
+        if self._log is None or self._log.size() == 0:
+            return
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            for _ in range(2):  # the first stores what is missing, the second empties the log
+                if self._log.size() == 0:
+                    return
+                with self.transaction():
+                    pass
+        except sqlite3.OperationalError as exc:
+            log.info("ledger: entry log left to the process writing now (%s)", exc)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _begin(self) -> None:
         """BEGIN IMMEDIATE (first ending a transaction a failing disk left open)."""
@@ -364,6 +578,29 @@ class Store:
                 self._count, self._quarantine = before.entries, before.quarantine
                 self._fork_keys = before.fork_keys
             self._data_version = -1
+            return
+        self._reopen_batch()
+
+    def _reopen_batch(self) -> None:
+        """After a rollback that took a batch with it (its commit refused: a full disk): fold
+        the entry log back into a new open batch, so this connection goes on reading every
+        entry it acknowledged; the batch's timer tries the commit again."""
+        if self.commit_every_s == 0 or self._log is None or self._log.size() == 0:
+            return
+        try:
+            self._begin()
+            self._tx_log, self._tx_rows = [], 0
+            if self._fold_log(quiet=True):
+                self._open_batch()
+            else:
+                self._db.execute("COMMIT")  # (all of it was committed: nothing to hold)
+        except (StorageError, sqlite3.Error) as exc:
+            log.debug("ledger: the entry log could not be folded back in yet: %s", exc)
+            with suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                self._load_caches()
 
     def _refused(self, exc: BaseException) -> StorageError | None:
         """`exc` as a StorageError (reported to `disk`) when the disk refused the write."""
@@ -670,7 +907,7 @@ class Store:
         cover this"), so no other append can slip in between the check and the write. `also`
         runs inside the same transaction, so its writes commit atomically with the entry.
         """
-        with self.transaction() as db:
+        with self.transaction(logged=True) as db:
             if check is not None:
                 check()
             e = self._sign_next(key, type_, body, wall)
@@ -691,7 +928,7 @@ class Store:
         todo = list(items)
         out: list[Entry] = []
         run = run_bytes = 0  # unsigned entries since the last head, and their bytes
-        with self.transaction() as db:
+        with self.transaction(logged=True) as db:
             for i, (type_, body) in enumerate(todo):
                 # A head where one more unsigned entry (of any size) could break the bound.
                 head = i == len(todo) - 1 or run_too_long(run + 1, run_bytes + MAX_ENTRY_BYTES)
@@ -700,6 +937,7 @@ class Store:
                 self._advance(e)  # the next entry chains to this one
                 out.append(e)
             db.executemany(_INSERT, [_row(e) for e in out])  # one statement: ~3 us/entry less
+            self._stored_rows([e.raw for e in out])
         self._notify(out)
         return out
 
@@ -727,7 +965,13 @@ class Store:
 
     def _insert(self, db: sqlite3.Connection, e: Entry) -> None:
         db.execute(_INSERT, _row(e))
+        self._stored_rows([e.raw])
         self._advance(e)
+
+    def _stored_rows(self, raws: list[bytes]) -> None:
+        """Count entry rows this transaction wrote, and keep them for the entry log."""
+        self._tx_rows += len(raws)
+        self._tx_log += raws
 
     def _advance(self, e: Entry) -> None:
         """Caches after storing `e` (rolled back with the transaction by _load_caches)."""
@@ -757,7 +1001,7 @@ class Store:
         stored: list[Entry | ForkProof] = []
         raws = [item.raw if isinstance(item, Entry) else item for item in items]
         parsed = parsepool.parsed(raws, self._parse_batch, worker=self.parse_process)
-        with closing(parsed), self.transaction() as db:
+        with closing(parsed), self.transaction(logged=True) as db:
             try:
                 for p in parsed:
                     if isinstance(p, Rejected):
@@ -777,6 +1021,7 @@ class Store:
         """Write the rows staged by this import (before reading the table, and at its end)."""
         if self._staged:
             db.executemany(_INSERT, self._staged)
+            self._stored_rows([row[5] for row in self._staged])
             self._staged.clear()
 
     def _parse_batch(self, items: Sequence[bytes | Entry]) -> list[Entry | Rejected]:

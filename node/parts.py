@@ -65,7 +65,12 @@ def attach_ledger(node: Node) -> None:
     from gibsey.ledger.ledger import Ledger
 
     # The store reports its writes to the node's DiskHealth: a full disk is said once.
-    ledger = Ledger.open(node.data_dir, node.identity.signing_key, disk=node.disk)
+    ledger = Ledger.open(
+        node.data_dir,
+        node.identity.signing_key,
+        disk=node.disk,
+        commit_every_s=node.config.node.ledger_commit_every_s,
+    )
     ledger.group.wait_s = node.config.node.ledger_group_wait_s
     node.add_closer(ledger.close)
     node.parts.ledger = ledger

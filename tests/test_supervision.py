@@ -153,10 +153,17 @@ def test_kill_9_is_followed_by_a_restart_and_a_recorded_rebirth(box: Container) 
     assert death["service_result"] == "signal", death
 
     # The ritual is on the node's signed ledger, read as the service user inside the container.
-    done = box.exec("runuser", "-u", "gibsey", "--", PYTHON, "-c", LEDGER_REBIRTHS)
-    assert done.returncode == 0, done.stderr
-    rebirths = json.loads(done.stdout)
-    assert rebirths, "no rebirth entry on the ledger"
+    # Another process reads what the node committed to SQLite: its batch commits seconds after
+    # the node's last write (ledger/store.py BATCH_IDLE_S), so the read is repeated until then.
+    rebirths: list[dict[str, Any]] = []
+
+    def recorded() -> bool:
+        done = box.exec("runuser", "-u", "gibsey", "--", PYTHON, "-c", LEDGER_REBIRTHS)
+        assert done.returncode == 0, done.stderr
+        rebirths[:] = [r for r in json.loads(done.stdout) if r["body"]["pid"] == old_pid]
+        return bool(rebirths)
+
+    box.wait_for(recorded, 60, "the rebirth entry on the ledger")
     body = rebirths[-1]["body"]
     assert body["pid"] == old_pid
     assert body["cause"] == "signal KILL"

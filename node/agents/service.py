@@ -76,7 +76,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.agents")
 SHORT_MODE_TOKENS = 24
 TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
-TENSOR_FLUSH_S = 30.0  # how often the tensor's counts are written, while there are some
+# How often the tensor's counts are written, while there are some. Each write rewrites a few of
+# agents.db's 4 KiB pages whatever it counts: every 30 s it was ~350 B of a busy turn's disk
+# writes (`gibsey bench wear`); every 2 min, a quarter. The counts are published from memory at
+# once; a crash loses at most this much of them (the agency fades with a half-life of an hour).
+TENSOR_FLUSH_S = 120.0
 # How often the running clock alone is written while the room is quiet. Every 30 s it was the
 # idle node's steady writer (strace of a node minutes old: agents.db's WAL, a commit every 30 s,
 # beside run.json's heartbeat). A crash loses up to this much running time: the fading runs

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gibsey.core.storage import StorageError
 from gibsey.ledger.entry import Entry
 from gibsey.ledger.governance import Execution, Executors, Proposal
 from gibsey.ledger.ledger import Ledger
@@ -203,7 +204,16 @@ class Story:
         return self.ledger.store.append_many(self.ledger.key, items)
 
     def _check_effect(self, e: Entry) -> None:
-        self.sync()
+        try:
+            self.sync()
+        except StorageError as exc:
+            # The entry is on the ledger (its append returned; on a full disk the ledger's
+            # entry log may still take it): only the story view, made from the ledger, was not
+            # written. Said so: a bare "no space" would read as "nothing stored".
+            raise StoryError(
+                f"recorded on the ledger (entry {e.hash_hex[:16]}), but the story view could "
+                f"not be updated: {exc}; it catches up by itself once the disk has room"
+            ) from exc
         effect = self.graph.effect(e.hash_hex)
         if effect is not None and not effect[0]:
             raise StoryError(f"appended, but it had no effect: {effect[1]}")

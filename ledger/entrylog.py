@@ -1,0 +1,123 @@
+"""The entry log: acknowledged entries kept on disk between the ledger's SQLite commits.
+
+Why (gibsey bench wear): a SQLite commit writes whole 4 KiB pages to its WAL, one or more per
+B-tree it touches (the table, the key, the fold order index) and page 1, however few entries it
+holds: ~8 pages for a 2 s group of ~10 entries, 4 KB a turn for a ~300 B entry. Appending the
+group's bytes to this file and fdatasyncing it writes about the group's own size (plus the part
+of a page it shares with the group before), and the SQLite commit, made every `[node]
+ledger_commit_every_s`, carries many groups at once.
+
+A record is `length (u32, big-endian) | crc32 of the entry (u32) | the entry's bytes`. A record
+cut short or damaged (a power cut during an append, which was then never acknowledged) ends the
+log: what follows it is ignored. Each append (a group) ends on a 4 KiB boundary, padded with
+zero bytes (a length of 0: read on from the next boundary): fdatasync writes whole pages, and a
+group that began in the page the last one ended in would write that page a second time (~300 B
+a turn more in `gibsey bench wear`). Records are whole entries in their wire form, so folding
+the log back into the store is an ordinary import, every check included.
+
+Who may touch it (store.py): only the holder of SQLite's write lock appends to, folds or empties
+it, so two processes never race on it. The file is emptied, never replaced: another process may
+hold it open for appending (O_APPEND writes go to the end, wherever that now is).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from gibsey.core.storage import disk_write
+
+from .entry import MAX_ENTRY_BYTES
+
+SUFFIX = ".entrylog"  # beside ledger.sqlite3 (SQLite's own names end -wal, -shm, -journal)
+_HEADER = struct.Struct(">II")
+PAGE = 4096  # the page cache's, and the kernel's unit of writing a file out
+
+
+class EntryLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            created = not os.path.exists(self.path)
+            with disk_write(f"the ledger's entry log {self.path}"):
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if created:
+                    # The file's name must survive a power cut too, or the fsynced records in
+                    # it are unreachable.
+                    directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+                    try:
+                        os.fsync(directory)
+                    finally:
+                        os.close(directory)
+            self._fd = fd
+        return self._fd
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def append(self, raws: Sequence[bytes]) -> None:
+        """Write these entries' records and fdatasync: once this returns they survive kill -9
+        and a power cut. One write call, so a group is one run of bytes in the file."""
+        if not raws:
+            return
+        data = b"".join(_HEADER.pack(len(r), zlib.crc32(r)) + r for r in raws)
+        fd = self._open()
+        with disk_write(f"the ledger's entry log {self.path}"):
+            end = os.fstat(fd).st_size
+            pad = -(end + len(data)) % PAGE
+            if 0 < pad < 4:  # room for a whole zero length, or none at all
+                pad += PAGE
+            data += bytes(pad)
+            try:
+                written = os.write(fd, data)
+                while written < len(data):  # a full disk may take part of it, then refuse
+                    written += os.write(fd, data[written:])
+                os.fdatasync(fd)
+            except OSError:
+                # Not acknowledged: cut off what part of it was written, or the records of a
+                # later append (once the disk has room) would follow a torn one, and reading
+                # stops at a torn record.
+                os.ftruncate(fd, end)
+                raise
+
+    def read(self) -> list[bytes]:
+        """The entries of every whole record, up to the first cut short or damaged."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        out: list[bytes] = []
+        at = 0
+        while at + _HEADER.size <= len(data):
+            length, crc = _HEADER.unpack_from(data, at)
+            if length == 0:  # the padding after a group
+                at += -at % PAGE or PAGE
+                continue
+            raw = data[at + _HEADER.size : at + _HEADER.size + length]
+            if length > MAX_ENTRY_BYTES or len(raw) < length or zlib.crc32(raw) != crc:
+                break
+            out.append(raw)
+            at += _HEADER.size + length
+        return out
+
+    def clear(self) -> None:
+        """Empty the log (every entry in it is in a committed SQLite transaction)."""
+        if self.size() == 0:
+            return
+        with disk_write(f"the ledger's entry log {self.path}"):
+            os.truncate(self.path, 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
