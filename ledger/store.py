@@ -403,7 +403,7 @@ class Store:
                 assert self._batch_since is not None
                 age = time.monotonic() - self._batch_since
                 if self._batch_rows >= BATCH_MAX_ROWS or age >= self.commit_every_s:
-                    self._commit_batch()
+                    self._commit_logged_batch()
                 else:
                     self._arm_timer(min(BATCH_IDLE_S, self.commit_every_s - age))
                 return
@@ -472,11 +472,17 @@ class Store:
         with self.lock:
             if self._batch_id != batch_id or self._batch_since is None or self._in_tx:
                 return
-            try:
-                self._commit_batch()
-            except (StorageError, sqlite3.Error) as exc:
-                # (A refused write is the node's DiskHealth's to say, once an episode.)
-                log.info("ledger: a batch could not be committed (kept in its log): %s", exc)
+            self._commit_logged_batch()
+
+    def _commit_logged_batch(self) -> None:
+        """Commit a batch whose every entry is in the entry log: a refused commit fails no one
+        (what was acknowledged stays acknowledged, folded into a new batch by _abandon and
+        committed by a later try)."""
+        try:
+            self._commit_batch()
+        except (StorageError, sqlite3.Error) as exc:
+            # (A refused write is the node's DiskHealth's to say, once an episode.)
+            log.info("ledger: a batch could not be committed (kept in its log): %s", exc)
 
     def commit(self) -> None:
         """Commit the open batch now (a node stopping; a test reading from another process)."""
@@ -486,9 +492,9 @@ class Store:
     def _fold_log(self, *, quiet: bool = False) -> int:
         """At the start of a write transaction (hold `lock`): store what the entry log holds and
         the database does not (the process that logged it stopped before its batch committed),
-        every check made again; or, when the database holds all of it, empty the log. Returns
-        how many rows were stored (the transaction then commits, and the log is emptied by a
-        later one)."""
+        every check made again; or, when the database holds all of it (or refuses the rest:
+        damaged, forged, a group without its head), empty the log. Returns how many rows were
+        stored (the transaction then commits, and the log is emptied by a later one)."""
         if self._log is None or self._log.size() == 0:
             return 0
         missing: list[bytes] = []
@@ -514,6 +520,9 @@ class Store:
                 log.warning("ledger: an entry in the entry log is refused: %s", exc)
         self._flush(self._db)
         self._tx_log = []  # (already in the log)
+        if self._tx_rows == rows:
+            self._log.clear()  # every record stored or refused: none is worth another look
+            return 0
         log.log(
             logging.DEBUG if quiet else logging.WARNING,
             "ledger: %d acknowledged entries were in the entry log only (their batch was not "
