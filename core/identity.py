@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
-from gibsey.core.storage import disk_write
+from gibsey.core.storage import disk_write, fsync_directory, write_all
 
 KEY_FILENAME = "node.key"
 ID_FILENAME = "node_id"
@@ -55,19 +55,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(path.parent)
 
 
 def _write_synced(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:  # a nearly full disk may take part of the write before refusing the rest
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

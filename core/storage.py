@@ -137,6 +137,23 @@ def disk_write(what: str) -> Iterator[None]:
         raise refused from exc
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd`: a nearly full disk may take part of a write before it
+    refuses the rest (raising then)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_directory(directory: str | Path) -> None:
+    """fsync a directory, so a file created or renamed in it keeps its name after a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def likely_errno(directory: str | Path) -> int:
     """The errno behind a failure that does not carry one (SQLite says "disk I/O error" for a
     read-only remount and a failing card alike), found by trying: a small file is created,

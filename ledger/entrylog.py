@@ -3,9 +3,9 @@
 Why (gibsey bench wear): a SQLite commit writes whole 4 KiB pages to its WAL, one or more per
 B-tree it touches (the table, the key, the fold order index) and page 1, however few entries it
 holds: ~8 pages for a 2 s group of ~10 entries, 4 KB a turn for a ~300 B entry. Appending the
-group's bytes to this file and fdatasyncing it writes about the group's own size (plus the part
-of a page it shares with the group before), and the SQLite commit, made every `[node]
-ledger_commit_every_s`, carries many groups at once.
+group's bytes to this file and fdatasyncing it writes about the group's own size, rounded up to
+whole pages, and the SQLite commit, made every `[node] ledger_commit_every_s`, carries many
+groups at once.
 
 A record is `length (u32, big-endian) | crc32 of the entry (u32) | the entry's bytes`. A record
 cut short or damaged (a power cut during an append, which was then never acknowledged) ends the
@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from gibsey.core.storage import disk_write
+from gibsey.core.storage import disk_write, fsync_directory, write_all
 
 from .entry import MAX_ENTRY_BYTES
 
@@ -40,21 +40,18 @@ PAGE = 4096  # the page cache's, and the kernel's unit of writing a file out
 class EntryLog:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._what = f"the ledger's entry log {self.path}"  # (in a refused write's message)
         self._fd: int | None = None
 
     def _open(self) -> int:
         if self._fd is None:
             created = not os.path.exists(self.path)
-            with disk_write(f"the ledger's entry log {self.path}"):
+            with disk_write(self._what):
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 if created:
                     # The file's name must survive a power cut too, or the fsynced records in
                     # it are unreachable.
-                    directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-                    try:
-                        os.fsync(directory)
-                    finally:
-                        os.close(directory)
+                    fsync_directory(os.path.dirname(self.path) or ".")
             self._fd = fd
         return self._fd
 
@@ -66,21 +63,19 @@ class EntryLog:
 
     def append(self, raws: Sequence[bytes]) -> None:
         """Write these entries' records and fdatasync: once this returns they survive kill -9
-        and a power cut. One write call, so a group is one run of bytes in the file."""
+        and a power cut. One run of bytes in the file, padded to the next page boundary."""
         if not raws:
             return
         data = b"".join(_HEADER.pack(len(r), zlib.crc32(r)) + r for r in raws)
         fd = self._open()
-        with disk_write(f"the ledger's entry log {self.path}"):
+        with disk_write(self._what):
             end = os.fstat(fd).st_size
             pad = -(end + len(data)) % PAGE
             if 0 < pad < 4:  # room for a whole zero length, or none at all
                 pad += PAGE
             data += bytes(pad)
             try:
-                written = os.write(fd, data)
-                while written < len(data):  # a full disk may take part of it, then refuse
-                    written += os.write(fd, data[written:])
+                write_all(fd, data)
                 os.fdatasync(fd)
             except OSError:
                 # Not acknowledged: cut off what part of it was written, or the records of a
@@ -114,7 +109,7 @@ class EntryLog:
         """Empty the log (every entry in it is in a committed SQLite transaction)."""
         if self.size() == 0:
             return
-        with disk_write(f"the ledger's entry log {self.path}"):
+        with disk_write(self._what):
             os.truncate(self.path, 0)
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from nacl.signing import SigningKey
 
@@ -376,10 +376,7 @@ class Store:
                 self._end(batch, wrote, logged and wrote == self._tx_rows and not folded)
             except BaseException as exc:
                 self._undo(batch, before)
-                refused = self._refused(exc)
-                if refused is None:
-                    raise
-                raise refused from exc
+                self._raise_refused(exc)
             finally:
                 self._in_tx = False
 
@@ -461,10 +458,7 @@ class Store:
             # Rolled back: its entries are in the entry log still, folded back in by the next
             # write transaction to begin (here or in another process).
             self._abandon(None)
-            refused = self._refused(exc)
-            if refused is None:
-                raise
-            raise refused from exc
+            self._raise_refused(exc)
         self.disk.wrote()
 
     def _commit_when_due(self, batch_id: int) -> None:
@@ -511,14 +505,9 @@ class Store:
             return 0
         rows = self._tx_rows
         stored: list[Entry | ForkProof] = []
-        for p in self._parse_batch(missing):
-            try:
-                if isinstance(p, Rejected):
-                    raise p
-                self._import_one(self._db, p, stored) if p.signed else self._hold(p)
-            except Rejected as exc:
-                log.warning("ledger: an entry in the entry log is refused: %s", exc)
-        self._flush(self._db)
+        for result in self._import_parsed(self._db, self._parse_batch(missing), stored):
+            if isinstance(result, Rejected):
+                log.warning("ledger: an entry in the entry log is refused: %s", result)
         self._tx_log = []  # (already in the log)
         if self._tx_rows == rows:
             self._log.clear()  # every record stored or refused: none is worth another look
@@ -555,10 +544,7 @@ class Store:
                 self._db.execute("ROLLBACK")
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            refused = self._refused(exc)
-            if refused is None:
-                raise
-            raise refused from exc
+            self._raise_refused(exc)
 
     def _caches(self) -> _Caches:
         return _Caches(
@@ -610,6 +596,13 @@ class Store:
                     self._db.execute("ROLLBACK")
             with suppress(sqlite3.Error):
                 self._load_caches()
+
+    def _raise_refused(self, exc: BaseException) -> NoReturn:
+        """Raise `exc` again (in its `except`): as a StorageError when the disk refused it."""
+        refused = self._refused(exc)
+        if refused is None:
+            raise exc
+        raise refused from exc
 
     def _refused(self, exc: BaseException) -> StorageError | None:
         """`exc` as a StorageError (reported to `disk`) when the disk refused the write."""
@@ -946,7 +939,7 @@ class Store:
                 self._advance(e)  # the next entry chains to this one
                 out.append(e)
             db.executemany(_INSERT, [_row(e) for e in out])  # one statement: ~3 us/entry less
-            self._stored_rows([e.raw for e in out])
+            self._stored_rows(len(out), (e.raw for e in out))
         self._notify(out)
         return out
 
@@ -974,13 +967,16 @@ class Store:
 
     def _insert(self, db: sqlite3.Connection, e: Entry) -> None:
         db.execute(_INSERT, _row(e))
-        self._stored_rows([e.raw])
+        self._stored_rows(1, (e.raw,))
         self._advance(e)
 
-    def _stored_rows(self, raws: list[bytes]) -> None:
-        """Count entry rows this transaction wrote, and keep them for the entry log."""
-        self._tx_rows += len(raws)
-        self._tx_log += raws
+    def _stored_rows(self, count: int, raws: Iterable[bytes]) -> None:
+        """Count entry rows this transaction wrote, and keep their bytes for the entry log
+        while it may still go there (not in a store that never logs, nor past LOG_MAX_ROWS:
+        an import of a peer's history is not copied for nothing)."""
+        self._tx_rows += count
+        if self.commit_every_s and self._tx_rows <= LOG_MAX_ROWS:
+            self._tx_log.extend(raws)
 
     def _advance(self, e: Entry) -> None:
         """Caches after storing `e` (rolled back with the transaction by _load_caches)."""
@@ -1006,31 +1002,42 @@ class Store:
         (format v2) is PENDING: held in memory, not stored, until the signed head of its group
         arrives (in this batch or a later one); the head's result is then the group's (the
         entries it vouches for are stored with it, and told to listeners)."""
-        out: list[ImportResult | Rejected] = []
         stored: list[Entry | ForkProof] = []
         raws = [item.raw if isinstance(item, Entry) else item for item in items]
         parsed = parsepool.parsed(raws, self._parse_batch, worker=self.parse_process)
         with closing(parsed), self.transaction(logged=True) as db:
             try:
-                for p in parsed:
-                    if isinstance(p, Rejected):
-                        out.append(p)
-                        continue
-                    try:
-                        out.append(self._import_one(db, p, stored) if p.signed else self._hold(p))
-                    except Rejected as exc:
-                        out.append(exc)
-                self._flush(db)
+                out = self._import_parsed(db, parsed, stored)
             finally:
                 self._staged.clear()  # (written, or rolled back with the transaction)
         self._notify(stored)
+        return out
+
+    def _import_parsed(
+        self,
+        db: sqlite3.Connection,
+        parsed: Iterable[Entry | Rejected],
+        stored: list[Entry | ForkProof],
+    ) -> list[ImportResult | Rejected]:
+        """Import parsed (and verified) items in this transaction: each one's result or its
+        rejection; what was stored goes to `stored` (hold `lock`)."""
+        out: list[ImportResult | Rejected] = []
+        for p in parsed:
+            if isinstance(p, Rejected):
+                out.append(p)
+                continue
+            try:
+                out.append(self._import_one(db, p, stored) if p.signed else self._hold(p))
+            except Rejected as exc:
+                out.append(exc)
+        self._flush(db)
         return out
 
     def _flush(self, db: sqlite3.Connection) -> None:
         """Write the rows staged by this import (before reading the table, and at its end)."""
         if self._staged:
             db.executemany(_INSERT, self._staged)
-            self._stored_rows([row[5] for row in self._staged])
+            self._stored_rows(len(self._staged), (row[5] for row in self._staged))
             self._staged.clear()
 
     def _parse_batch(self, items: Sequence[bytes | Entry]) -> list[Entry | Rejected]:
