@@ -350,14 +350,14 @@ def with_cause(base: P, name: str, event_id: str) -> P:
 class Outgoing:
     """An event this node sends. Its wire bytes are built straight from the payload model (one
     serialisation in pydantic's Rust core, no intermediate dict), and the `Event` envelope only
-    when something asks for it: the echo's handlers, or a caller that keeps the event. A ritual
-    sends four events in the hot path of every rotation; building and serialising each as an
-    Event cost 6 us, this costs 2 us. A test checks that the bytes validate to exactly `event`."""
+    when something asks for it: its handlers (Router.sent), or a caller that keeps the event.
+    A ritual sends four events in the hot path of every rotation; building and serialising each
+    as an Event cost 6 us, this costs 2 us. A test checks that the bytes validate to exactly
+    `event`."""
 
     __slots__ = (
         "_event",
         "actor",
-        "dispatched",
         "id",
         "kind",
         "lamport",
@@ -389,7 +389,6 @@ class Outgoing:
         self.payload = payload
         self.raw = raw
         self.trace = trace
-        self.dispatched = False  # handled locally when sent (Router.dispatch_local)
         self._event: Event | None = None
 
     @property

@@ -37,6 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger("gibsey.mqtt")
 
@@ -328,10 +329,18 @@ class Connection:
             self.abort(f"keepalive failed: {exc!r}")
 
     # -- subscribing ----------------------------------------------------------------------------
-    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+    async def subscribe(self, topic_filter: str, qos: int = 1, *, no_local: bool = False) -> None:
         """Subscribe and wait for the SUBACK; MqttError if refused or the connection ended.
-        (A subscription made on `client` directly is not awaited, and its SUBACK is ignored.)"""
-        rc, mid = self.client.subscribe(topic_filter, qos)
+        With `no_local` (MQTT 5 only) the broker never sends back what this connection's client
+        id published itself. (A subscription made on `client` directly is not awaited, and its
+        SUBACK is ignored.)"""
+        if no_local:
+            if not self.settings.mqtt5:
+                raise ValueError("no_local needs MQTT 5")
+            options = SubscribeOptions(qos=qos, noLocal=True)
+            rc, mid = self.client.subscribe(topic_filter, options=options)
+        else:
+            rc, mid = self.client.subscribe(topic_filter, qos)
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None or self.closed.done():
             raise MqttError(f"{self.url}: cannot subscribe to {topic_filter}: not connected")
         waiter = self._subscribing[mid] = self._loop.create_future()

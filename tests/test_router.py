@@ -162,23 +162,22 @@ def _gift_amounts_router() -> tuple[Router, list[int]]:
     return router, seen
 
 
-async def test_a_forged_event_reusing_our_id_cannot_suppress_our_own() -> None:
+async def test_a_forged_event_reusing_our_next_id_cannot_suppress_our_own() -> None:
     from gibsey.core.envelope import GiftTxn, encode_event
 
     router, seen = _gift_amounts_router()
     try:
-        ours = GiftTxn(giver="a", receiver="b", amount=5)
-        out = encode_event("n1", "gift/txn", ours, 9)
-        event, raw = out.event, out.raw
-        router.remember_emitted(out)
+        out = encode_event("n1", "gift/txn", GiftTxn(giver="a", receiver="b", amount=5), 9)
         forged = raw_event(
-            "n1", "gift/txn", {"giver": "x", "receiver": "y", "amount": 1}, event_id=event.id
+            "n1", "gift/txn", {"giver": "x", "receiver": "y", "amount": 1}, event_id=out.id
         )
-        router.handle_message(topic("n1", "gift/txn"), forged)  # arrives first, valid
-        router.handle_message(topic("n1", "gift/txn"), raw)  # our own echo
-        router.handle_message(topic("n1", "gift/txn"), raw)  # a QoS 1 redelivery of it
+        router.handle_message(topic("n1", "gift/txn"), forged)  # ids are guessable: first
+        router.sent(out, True)  # ours, handled as it is sent
+        router.handle_message(topic("n1", "gift/txn"), out.raw)  # our own echo (MQTT 3.1.1)
+        router.handle_message(topic("n1", "gift/txn"), out.raw)  # a QoS 1 redelivery of it
         await asyncio.wait_for(router.drain(), 5)
         assert sorted(seen) == [1, 5]
+        assert router.stats.accepted == 2 and router.stats.duplicates == 1
     finally:
         await router.stop()
 
@@ -189,8 +188,7 @@ async def test_an_event_handled_when_sent_is_not_handled_again_on_its_echo() -> 
     router, seen = _gift_amounts_router()
     try:
         out = encode_event("n1", "gift/txn", GiftTxn(giver="a", receiver="b", amount=5), 3)
-        router.remember_emitted(out)
-        router.dispatch_local(out)
+        router.sent(out, True)
         forged = raw_event(
             "n1", "gift/txn", {"giver": "x", "receiver": "y", "amount": 1}, event_id=out.id
         )

@@ -6,11 +6,18 @@ import asyncio
 import json
 import selectors
 import time
+from collections.abc import Callable
+from pathlib import Path
 
+import aiomqtt
 import pytest
 
-from gibsey.core.envelope import Event, Payload
-from tests.conftest import Collector, CollectorFactory, RunningNode
+from gibsey.core.envelope import Event, GiftTxn, Payload
+from gibsey.node.config import GibseyConfig
+from gibsey.node.daemon import Node
+from gibsey.node.spine.broker import embedded_broker
+from tests.brokers import Mosquitto, free_port
+from tests.conftest import Collector, CollectorFactory, RunningNode, started
 from tests.events import raw_event, topic
 
 
@@ -194,3 +201,69 @@ async def test_an_idle_node_leaves_the_cpu_alone(running_node: RunningNode) -> N
     cpu_s = time.process_time()
     await asyncio.sleep(1.0)
     assert time.process_time() - cpu_s < 0.25
+
+
+async def _gifts_handled_once(node: Node, n: int) -> list[int]:
+    """Send `n` gifts from the node itself and wait for every broker acknowledgement; the
+    amounts its gift/txn handler was given, in order."""
+    seen: list[int] = []
+
+    async def handler(event: Event, payload: Payload) -> None:
+        seen.append(event.payload["amount"])
+
+    node.router.register("test", ["gift/txn"], handler)
+    sends = [
+        node.send("gift/txn", GiftTxn(giver="a", receiver="b", amount=i + 1)) for i in range(n)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(acked for _out, acked in sends)), 10)
+    await node.router.drain()
+    return seen
+
+
+async def test_the_broker_never_sends_the_node_its_own_events(tmp_path: Path) -> None:
+    """MQTT 5's no local: what the node published is handled when sent and never comes back,
+    so an echo costs the node nothing (it cost more CPU than the event itself). A visitor's
+    event on the same topics still arrives."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    try:
+        node = Node(tmp_path / "data", GibseyConfig())
+        async with started(node, broker.url) as spine:
+            assert not spine.echoes_own
+            received = spine.stats.received
+            assert await _gifts_handled_once(node, 50) == list(range(1, 51))
+            # Published after every gift was acknowledged, so the broker queued any echo of
+            # them to the node before this: once it is handled, no echo is on its way.
+            async with aiomqtt.Client("127.0.0.1", broker.port) as visitor:
+                marker = raw_event(node.node_id, "glyph/rotated", {"symbol": 1, "rotation": 0})
+                await visitor.publish(topic(node.node_id, "glyph/rotated"), marker, qos=1)
+            await asyncio.wait_for(_until(lambda: spine.stats.received > received), 10)
+            await node.router.drain()
+            assert spine.stats.received - received == 1
+            assert node.router.stats.echoes == 0
+    finally:
+        broker.stop()
+
+
+async def test_a_broker_speaking_only_mqtt_3_1_1_is_spoken_to_in_it(tmp_path: Path) -> None:
+    """A broker that refuses MQTT 5 (amqtt here, named as an outside broker so the node has
+    to find out) gets MQTT 3.1.1: the node connects, its own events come back, each is dropped
+    unread, and every handler still sees each event once."""
+    amqtt = embedded_broker("amqtt", "127.0.0.1", free_port(), tmp_path / "amqtt")
+    await amqtt.start()
+    try:
+        node = Node(tmp_path / "data", GibseyConfig())
+        async with started(node, amqtt.url) as spine:
+            assert spine.echoes_own
+            assert await _gifts_handled_once(node, 50) == list(range(1, 51))
+            await asyncio.wait_for(_until(lambda: node.router.stats.echoes >= 50), 10)
+            await node.router.drain()
+            assert node.router.stats.echoes == 50
+            assert node.router.stats.by_kind["gift/txn"] == 50
+            assert node.router.stats.duplicates == 0
+    finally:
+        await amqtt.stop()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)

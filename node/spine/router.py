@@ -74,6 +74,7 @@ class RouterStats:
     dropped: int = 0  # events dropped by full handler queues (each handler's own: reg.dropped)
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     alerts_suppressed: int = 0
+    echoes: int = 0  # the node's own events sent back by a broker without no local, unread
     by_kind: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
@@ -258,16 +259,12 @@ class Router:
         parsed = parse_topic(topic)
         if parsed is not None and parsed.kind == STATUS_KIND:
             return None  # retained status documents are not events
-        own = self._own_echo(parsed, raw)
-        if own is not None and own.dispatched:
-            return None  # handled when it was sent (dispatch_local): the echo only confirms it
+        if self._own_echo(parsed, raw):
+            self.stats.echoes += 1
+            return None  # handled when it was sent (`sent`): the echo only confirms it
         try:
-            event, payload = (
-                (own.event, own.payload)
-                if own is not None
-                else parse_event(topic, raw, self._max_payload, parsed)
-            )
-            if own is None and self._on_event is not None:
+            event, payload = parse_event(topic, raw, self._max_payload, parsed)
+            if self._on_event is not None:
                 # The node's clock, before the id is remembered: it may refuse the event
                 # (lamport_ahead), which then counts and alerts like any bad input.
                 self._on_event(event)
@@ -279,12 +276,10 @@ class Router:
                     SafetyAlert(reason=rej.reason, detail=rej.detail[:16_000], topic=topic[:256])
                 )
             return None
-        # Our own echo (byte-identical to what we published) is dispatched even if its id was
-        # seen: ids are not secret, and a forged event reusing one must not suppress ours.
-        if not self._seen.add(event.id) and own is None:
+        if not self._seen.add(event.id):
             self.stats.duplicates += 1
             return None
-        if own is None and self._forged_own(event):
+        if self._forged_own(event):
             return None
         self._accept(event, payload)
         return event
@@ -309,45 +304,43 @@ class Router:
         )
         return True
 
-    def dispatch_local(self, out: Outgoing) -> None:
-        """Handle an event this node is sending now, without waiting for the broker's echo
-        (which is then only counted as delivered). For the dial's own turns: a visitor's ritual
-        should not wait for a broker round trip, nor for a broker at all."""
-        out.dispatched = True
-        event = out.event
-        self._seen.add(event.id)
-        self._accept(event, out.payload)
+    def sent(self, out: Outgoing, echoed: bool) -> None:
+        """Handle an event this node is sending now: its handlers never wait for a broker round
+        trip, nor for a broker at all. Its id is remembered as this node's, and a forged event
+        reusing it later is a duplicate; one sent earlier never suppresses it (dispatched here
+        whatever was seen). `echoed`: the broker will send it back (MQTT 3.1.1), so its bytes
+        are kept until then and the echo is dropped unread."""
+        self._sent.add(out.id)
+        if echoed:
+            self._emitted[out.id] = out
+            if len(self._emitted) > self._emitted_cap:
+                self._emitted.popitem(last=False)
+        self._seen.add(out.id)
+        self._accept(out.event, out.payload)
 
     def _accept(self, event: Event, payload: Payload) -> None:
         self.stats.accepted += 1
         self.stats.by_kind[event.kind] += 1
         self.dispatch(event, payload)
 
-    def remember_emitted(self, out: Outgoing) -> None:
-        """Keep what this node just published, so its echo from the broker needs no parsing."""
-        self._emitted[out.id] = out
-        self._sent.add(out.id)
-        if len(self._emitted) > self._emitted_cap:
-            self._emitted.popitem(last=False)
-
     def emitted_here(self, event_id: str) -> bool:
         """Whether this node sent the event itself (its dial, its gateway), not a client of the
         broker (within the last `dedup_window` events it sent)."""
         return event_id in self._sent
 
-    def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> Outgoing | None:
-        # Every event the node emits comes back from the broker (it subscribes to gibsey/v1/#).
-        # Parsing and validating it again would cost more than the ritual that made it, so an
-        # echo that is byte-for-byte what we published is taken from memory. Anything else,
+    def _own_echo(self, parsed: ParsedTopic | None, raw: bytes) -> bool:
+        # Over MQTT 3.1.1 every event the node emits comes back from the broker (it subscribes
+        # to gibsey/v1/#). Parsing and validating it again would cost more than the ritual that
+        # made it, so an echo byte-for-byte what we sent is dropped unread. Anything else,
         # including a message that reuses one of our ids, is validated like any input.
         if parsed is None or parsed.node_id != self.node_id or raw[:7] != b'{"id":"':
-            return None
+            return False
         key = raw[7:39].decode("ascii", "replace")
         own = self._emitted.get(key)
         if own is None or own.raw != raw:
-            return None
+            return False
         del self._emitted[key]
-        return own
+        return True
 
     def dispatch(self, event: Event, payload: Payload) -> None:
         traced = event.trace

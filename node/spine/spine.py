@@ -18,6 +18,11 @@ Built on the one MQTT layer (core/mqtt.py: paho driven by the event loop). What 
   what happened (`OutboxFull`), and the drop is counted (`stats.outbox_dropped`), which the node
   reports in its status, /metrics and a rate-limited alert (node/daemon.py).
 * The last will marks the node offline (retained) if the connection dies without a goodbye.
+* It speaks MQTT 5 and subscribes with "no local": the broker never sends the node what it
+  published itself. Its events are handled when they are sent (Node.send), and each echo cost
+  the node more CPU than the event (77 of 130 us an event, `gibsey bench spine`). A broker that
+  speaks only MQTT 3.1.1 (the embedded amqtt fallback) is spoken to in 3.1.1 for the rest of
+  the run: the echoes come back, and the router drops each without parsing it.
 
 The hot path is paho's own callbacks, on the event loop's thread: a message is routed inside
 paho's read (`_on_message`), a PUBACK resolves its future and refills the window in
@@ -41,7 +46,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gibsey.core.mqtt import ClientSettings, Connection, MqttError, parse_broker_url
+from gibsey.core.mqtt import (
+    ClientSettings,
+    Connection,
+    ConnectRefused,
+    MqttError,
+    parse_broker_url,
+)
 
 log = logging.getLogger("gibsey.spine")
 
@@ -57,6 +68,9 @@ END_SESSION_TIMEOUT_S = 2.0  # a clean stop waits this long at most to end the s
 # How long the broker keeps the node's session while the node is away (MQTT 3.1.1 has no expiry
 # on the wire: there the broker's persistent_client_expiration, images/mosquitto/gibsey.conf).
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# CONNACK's answer to an MQTT 5 CONNECT from a broker that speaks only 3.1.1: 0x84 in MQTT 5's
+# codes; a 3.1.1 broker's "unacceptable protocol version" (1) reads as the same to paho.
+UNSUPPORTED_PROTOCOL = frozenset({132, 1})
 
 
 def is_local(host: str) -> bool:
@@ -111,6 +125,9 @@ class Spine:
         outbox_limit: int = 10_000,
         inflight: int = 64,
         backoff_max_s: float | None = None,  # None: short for a local broker, longer for others
+        *,
+        mqtt5: bool = True,  # False for a broker known to speak only 3.1.1 (amqtt)
+        no_local: bool = True,  # `subscriptions` never deliver what this client published
     ) -> None:
         self.host, self.port = parse_broker_url(broker_url)
         self.url = f"mqtt://{self.host}:{self.port}"
@@ -123,8 +140,10 @@ class Spine:
             # at a price, a scan of every message in flight on each PUBACK (`_update_inflight`).
             max_inflight=0,
             session_expiry_s=SESSION_EXPIRY_S,
+            mqtt5=mqtt5,
         )
         self._subscriptions = subscriptions
+        self._no_local = no_local
         self._deliver = on_message
         self._on_connect = on_connect
         self._outbox: collections.deque[QueuedMessage] = collections.deque()
@@ -189,6 +208,12 @@ class Spine:
             return True
         _done, not_done = await asyncio.wait(pending, timeout=timeout_s)
         return not not_done
+
+    @property
+    def echoes_own(self) -> bool:
+        """Whether the broker sends back what this spine publishes (its subscriptions match
+        its topics): not with MQTT 5's no local, always with MQTT 3.1.1."""
+        return not (self._settings.mqtt5 and self._no_local)
 
     @property
     def outbox_depth(self) -> int:
@@ -290,11 +315,30 @@ class Spine:
                 delay, away = FIRST_RETRY_S, False
                 await self._serve(conn)
             except MqttError as exc:
+                if self._mqtt5_refused(exc):
+                    self._speak_mqtt311()
+                    continue  # at once: the broker is there
                 self.stats.last_error = str(exc)
                 self._say_retrying(exc, delay, fresh=not away)
                 troubled = away = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max_s)
+
+    def _mqtt5_refused(self, exc: MqttError) -> bool:
+        return (
+            isinstance(exc, ConnectRefused)
+            and self._settings.mqtt5
+            and exc.reason_code in UNSUPPORTED_PROTOCOL
+        )
+
+    def _speak_mqtt311(self) -> None:
+        """The broker refused MQTT 5: speak 3.1.1 to it for the rest of the run (said once)."""
+        log.info(
+            "broker %s speaks MQTT 3.1.1 only: the node's own events come back from it, "
+            "and are dropped unread",
+            self.url,
+        )
+        self._settings = replace(self._settings, mqtt5=False)
 
     def _say_retrying(self, exc: MqttError, delay: float, fresh: bool) -> None:
         """Say that the broker is away when it goes, then every RETRY_SAID_S while it stays away
@@ -347,8 +391,9 @@ class Spine:
         self._conn = conn
         self._connected.set()
         try:
+            no_local = not self.echoes_own
             for sub in self._subscriptions:
-                await conn.subscribe(sub, qos=1)
+                await conn.subscribe(sub, qos=1, no_local=no_local)
             for topic_filter, callback in self._extra:
                 self._subscribe_extra(conn.client, topic_filter, callback)
             if self._on_connect:
