@@ -34,6 +34,25 @@ def _children() -> list[str]:
     return out
 
 
+def awaiting(task: asyncio.Task[object]) -> list[str]:
+    """Where a pending task waits: every coroutine it awaits through, outermost first, down to
+    the innermost frame and what that awaits (a task's own stack shows only its top coroutine:
+    `await factory()` says nothing of where inside the factory it waits)."""
+    lines = []
+    link: object = task.get_coro()
+    for _ in range(40):  # bounded: a chain is never this deep
+        frame = getattr(link, "cr_frame", None) or getattr(link, "ag_frame", None)
+        if frame is None:
+            break
+        lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        inner = getattr(link, "cr_await", None) or getattr(link, "ag_await", None)
+        if inner is None or not (hasattr(inner, "cr_frame") or hasattr(inner, "ag_frame")):
+            lines.append(f"    awaiting {inner!r}"[:400])
+            break
+        link = inner
+    return lines
+
+
 def dump_tasks() -> None:
     """Print the stacks of every unfinished asyncio task (read from a timer thread: the loop is
     blocked or idle, and a task's frames are only read, never changed)."""
@@ -41,6 +60,7 @@ def dump_tasks() -> None:
     print(f"\n+++ {len(tasks)} asyncio tasks pending before the timeout +++", file=sys.stderr)
     for task in tasks:
         task.print_stack(limit=12, file=sys.stderr)
+        print("  waits in:", *awaiting(task), sep="\n", file=sys.stderr)
     print("+++ child processes (pid state wchan argv) +++", file=sys.stderr)
     for line in _children():
         print(line, file=sys.stderr)
