@@ -155,7 +155,9 @@ class AgentService:
         r = self.node.router
         r.register("agent-requests", ["agent/request"], self.on_request, queue_size=64)
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
-        r.register("agent-rituals", ["ritual/performed"], self.on_ritual)
+        # Inline: counting a ritual is an append in memory, cheaper than a queue's task hop
+        # for every turn (the tensor is written by run_publish, or here once per batch).
+        r.register_inline("agent-rituals", ["ritual/performed"], self.on_ritual)
         self.node.add_closer(self.close)
         self.node.add_service("agent-worker", self.run_worker)
         self.node.add_service("agent-pressure", self.run_pressure)
@@ -548,7 +550,7 @@ class AgentService:
             self.node.spine.publish(payload.reply_to, out.to_bytes())
         self.publish_state()
 
-    async def on_ritual(self, event: Event, payload: Payload) -> None:
+    def on_ritual(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, RitualPerformed)
         # Counted now, written in batches by run_publish (see AgencyTensor.note).
         self.tensor.note(event.actor, payload.symbol, payload.rotation)
