@@ -126,6 +126,25 @@ def test_facts_with_provenance_and_time(tmp_path: Path) -> None:
     ]
 
 
+def test_a_tensor_batch_weighs_each_ritual_as_one_at_a_time_would(tmp_path: Path) -> None:
+    """The daemon writes rituals in batches, each cell once per batch: the weights after every
+    ritual, and the cells stored, are those of writing the rituals one by one (repeats of a
+    cell, decay between them, a cell already stored before the batch)."""
+    batch = [("ada", 1, 3, 100.0), ("bob", 2, 0, 101.0), ("ada", 1, 3, 105.0)]
+    batch += [("ada", 1, 3, 110.0 + i) for i in range(5)] + [("bob", 2, 0, 130.0)]
+    one = AgencyTensor(Db(tmp_path / "one.db"), half_life=10.0)
+    many = AgencyTensor(Db(tmp_path / "many.db"), half_life=10.0)
+    for tensor in (one, many):
+        tensor.add("ada", 1, 3, now=90.0)  # stored before the batch
+    singly = [one.add(a, s, r, now=t) for a, s, r, t in batch]
+    assert many.add_many(batch) == pytest.approx(singly)
+    cells, batched = one.cells(now=140.0), many.cells(now=140.0)
+    assert [(c.actor, c.symbol, c.rotation) for c in batched] == [
+        (c.actor, c.symbol, c.rotation) for c in cells
+    ]
+    assert [c.weight for c in batched] == pytest.approx([c.weight for c in cells])
+
+
 def test_tensor_counts_and_decays(tmp_path: Path) -> None:
     db = Db(tmp_path / "t.db")
     tensor = AgencyTensor(db, half_life=10.0)

@@ -72,23 +72,32 @@ class AgencyTensor:
     ) -> list[float]:
         """Add `amount` to each (actor, symbol, rotation) cell at its running time, in one
         transaction: the daemon batches rituals (one commit per batch, not per turn of the
-        dial, which kept the event loop waiting on SQLite). Returns each cell's new weight."""
+        dial, which kept the event loop waiting on SQLite). Returns each cell's new weight.
+        The batch is folded in memory first, so each cell is read and written once however
+        many of its rituals the batch holds (a visitor turns the same symbol again and again:
+        10,000 rituals were 20,000 statements, 60 ms of the event loop)."""
         out: list[float] = []
         if not items:
             return out
         with self.db.transaction():
+            held: dict[tuple[str, int, int], tuple[float, float]] = {}
             for actor, symbol, rotation, t in items:
-                row = self.db.execute(
-                    "SELECT weight, at FROM tensor WHERE actor=? AND symbol=? AND rotation=?",
-                    (actor, symbol, rotation),
-                )
-                weight = (self._decay(row[0][0], row[0][1], t) if row else 0.0) + amount
-                self.db.execute(
-                    "INSERT OR REPLACE INTO tensor(actor, symbol, rotation, weight, at)"
-                    " VALUES (?,?,?,?,?)",
-                    (actor, symbol, rotation, weight, t),
-                )
+                key = (actor, symbol, rotation)
+                old = held.get(key)
+                if old is None:
+                    row = self.db.execute(
+                        "SELECT weight, at FROM tensor WHERE actor=? AND symbol=? AND rotation=?",
+                        key,
+                    )
+                    old = (row[0][0], row[0][1]) if row else (0.0, t)
+                weight = self._decay(old[0], old[1], t) + amount
+                held[key] = (weight, t)
                 out.append(weight)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO tensor(actor, symbol, rotation, weight, at)"
+                " VALUES (?,?,?,?,?)",
+                [(*key, weight, t) for key, (weight, t) in held.items()],
+            )
             last = max(t for *_, t in items)
             self.db.execute("INSERT OR REPLACE INTO tensor_clock(id, t) VALUES (0, ?)", (last,))
         self.version += 1
