@@ -404,14 +404,18 @@ def _rows(paths: dict[str, Samples], router_us: float, burst: int, window: int) 
         f"limit: CPU, two cores for three processes: a turn costs the node {cpu_us('node'):.0f}"
         f" us, the bare echo {cpu_us('bare'):.0f}, the spine as an echo {cpu_us('spine'):.0f}"
         f" (MQTT 5; {cpu_us('spine+own'):.0f} over 3.1.1 with its own answers echoed back, as"
-        f" the node ran before); the router + ritual {router_us:.0f} in-process. Tried: MQTT 5"
-        " no local, the node's events handled as sent and never echoed (taken: 143 -> 127 us an"
-        " event, throughput 0.68x -> 0.76x, medians of 8 and 6 runs); TCP_CORK on writes: no gain"
+        f" the node ran before); the router + ritual {router_us:.0f} in-process; py-spy of the"
+        " node in this flood: paho's own Python (packets, MQTT 5 properties, PUBACKs) ~55% of"
+        " its CPU. Tried and taken (issue 19): MQTT 5 no local, the node's events handled as"
+        " sent, never echoed; the tensor counted inline; the parts' subscriptions matched off"
+        " paho's path: 2.41x -> 2.08x the bare echo's CPU an event, throughput 0.68x -> 0.82x"
+        " (medians of 6 interleaved pairs). TCP_CORK on writes: no gain"
     )
     rt_limit = (
         f"limit: the spine alone is {rt_us('spine') / rt_us('bare'):.2f}x; the node's critical"
         f" path adds the router + ritual ({router_us:.0f} us CPU in-process), and on two cores"
-        " its 4 packets a turn take CPU from the broker and the driver"
+        " its 4 packets a turn take CPU from the broker and the driver. MQTT 5 costs the round"
+        " trip ~0.1x (the same node over 3.1.1: 1.53x vs 1.62x, 4 pairs) for its CPU saving"
     )
     return [
         _unless_met(
