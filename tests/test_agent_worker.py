@@ -7,7 +7,12 @@ import os
 import signal
 from pathlib import Path
 
-from tests.agent_support import agent_node, agents, ask
+import pytest
+
+from gibsey.node.agents.config import AgentConfig
+from gibsey.node.agents.model import resolve_model
+from gibsey.node.agents.supervisor import WorkerProcess
+from tests.agent_support import TEST_AGENT, agent_node, agents, ask
 from tests.conftest import CollectorFactory
 
 ANSWER_BOUND_S = 60.0  # first question includes starting the worker and loading the model
@@ -97,3 +102,24 @@ async def _replaced(service: object, old_pid: int) -> None:
         if sup is not None and sup.pid not in (None, old_pid):
             return
         await asyncio.sleep(0.1)
+
+
+async def test_a_stop_that_lands_as_the_pong_arrives_still_ends_the_ping(tmp_path: Path) -> None:
+    """The watchdog pings the worker every ping_interval. Python 3.11's asyncio.wait_for returns
+    the result when a cancel lands in the loop turn its future completes, so a node stopped just
+    as its worker answered a ping went on pinging, and its stop waited for ever (CI, twice in
+    three runs: tests/test_agent_stream.py's node stop). A ping must end on a cancel."""
+    cfg = AgentConfig.model_validate(TEST_AGENT)
+    worker = WorkerProcess(resolve_model(cfg.model), cfg, tmp_path / "worker.log")
+    await worker.start()
+    try:
+        pinging = asyncio.create_task(worker.ping(5.0))
+        while not worker._pongs:  # sent; waiting for its pong
+            await asyncio.sleep(0)
+        (pong,) = worker._pongs.values()
+        pong.set_result(None)  # the pong arrives ...
+        pinging.cancel()  # ... in the loop turn the node stops
+        with pytest.raises(asyncio.CancelledError):
+            await pinging
+    finally:
+        await worker.stop(kill=True)

@@ -164,7 +164,8 @@ class WorkerProcess:
             raise
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-worker-{self.pid}")
         try:
-            msg = await asyncio.wait_for(asyncio.shield(self._ready), self.cfg.load_timeout)
+            async with asyncio.timeout(self.cfg.load_timeout):  # not wait_for: see ping
+                msg = await asyncio.shield(self._ready)
         except TimeoutError:
             await self.stop(kill=True)
             raise ModelLoadFailed(
@@ -222,7 +223,11 @@ class WorkerProcess:
         self._pongs[pid] = fut
         try:
             self._send(op="ping", id=pid)
-            await asyncio.wait_for(fut, timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the pong when the
+            # node's stop cancels this in the loop turn the pong arrives, and the watchdog then
+            # pinged on while the stop waited for it for ever.
+            async with asyncio.timeout(timeout_s):
+                await fut
         except TimeoutError:
             raise WorkerFailed(f"no pong in {timeout_s:g}s") from None
         finally:

@@ -202,7 +202,9 @@ async def _run_dial(vd: VirtualDial, url: str, console: Console) -> int:
                     vd.connected = False
                     live.update(vd.render(), refresh=True)
                     try:
-                        if await asyncio.wait_for(actions.get(), 1.0) == "quit":
+                        async with asyncio.timeout(1.0):  # not wait_for: it can drop a cancel
+                            action = await actions.get()
+                        if action == "quit":
                             return 0
                     except TimeoutError:
                         pass

@@ -80,7 +80,9 @@ async def _answer(
         timeout_s = ASK_FIRST_TOKEN_TIMEOUT_S
         while True:
             try:
-                got = await asyncio.wait_for(sub.queue.get(), timeout_s)
+                # asyncio.timeout: Python 3.11's wait_for drops a cancel landing with an item
+                async with asyncio.timeout(timeout_s):
+                    got = await sub.queue.get()
             except TimeoutError:
                 yield sse("error", {"error": f"the persona did not answer within {timeout_s:g}s"})
                 return

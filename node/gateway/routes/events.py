@@ -72,7 +72,9 @@ async def _stream(
             yield sse(event.kind, event_json(event))
         while True:
             try:
-                got = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
+                # asyncio.timeout: Python 3.11's wait_for drops a cancel landing with an item
+                async with asyncio.timeout(HEARTBEAT_S):
+                    got = await sub.queue.get()
             except TimeoutError:
                 if await request.is_disconnected():
                     return
