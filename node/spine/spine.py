@@ -54,12 +54,11 @@ from gibsey.core.mqtt import (
     MqttError,
     parse_broker_url,
 )
-from gibsey.core.topics import TOPIC_ROOT
+from gibsey.core.topics import parse_topic
 
 log = logging.getLogger("gibsey.spine")
 
 KEEPALIVE_S = 10
-EVENT_TOPICS = f"{TOPIC_ROOT}/"
 FIRST_RETRY_S = 0.25
 # Trying a broker on this machine again costs a refused connect on loopback, nothing: the node
 # is back within a second of the broker (a backoff grown to 30 s kept it away for up to half a
@@ -152,7 +151,8 @@ class Spine:
         self._outbox: collections.deque[QueuedMessage] = collections.deque()
         self._outbox_limit = outbox_limit
         self._inflight_limit = inflight
-        self._extra: list[tuple[str, MessageHandler]] = []
+        # The parts' own subscriptions: their filters, and (filter, callback) by filter to match.
+        self._extra: list[str] = []
         self._extra_matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
         self._waiting: dict[int, QueuedMessage] = {}
         self._conn: Connection | None = None
@@ -242,7 +242,7 @@ class Spine:
         router, on this same connection (subscribed now if connected, and after every
         reconnect). For parts with their own wire format on their own topics, outside the
         event topics (gibsey/v1/<node>/<domain>/<event>), e.g. dial frames."""
-        self._extra.append((topic_filter, callback))
+        self._extra.append(topic_filter)
         self._extra_matcher[topic_filter] = (topic_filter, callback)
         if self._conn is not None and self._connected.is_set():
             self._conn.client.subscribe(topic_filter, qos=1)  # its SUBACK needs no answer
@@ -275,8 +275,9 @@ class Spine:
         # An event's topic (gibsey/v1/<node>/<domain>/<event>) is the router's; only others are
         # looked up among the parts' own subscriptions. The parts' filters are ours to match,
         # not paho's: paho walked its filter tree for every message, events included (~3% of
-        # the node's CPU under a flood, `gibsey bench spine`).
-        if self._extra and not (topic.count("/") == 4 and topic.startswith(EVENT_TOPICS)):
+        # the node's CPU under a flood, `gibsey bench spine`). parse_topic is the router's own
+        # (cached) test of an event topic.
+        if self._extra and parse_topic(topic) is None:
             if self._deliver_extra(topic, bytes(message.payload)):
                 return
         self._deliver(topic, bytes(message.payload))
@@ -406,7 +407,7 @@ class Spine:
             no_local = not self.echoes_own
             for sub in self._subscriptions:
                 await conn.subscribe(sub, qos=1, no_local=no_local)
-            for topic_filter, _callback in self._extra:
+            for topic_filter in self._extra:
                 conn.client.subscribe(topic_filter, qos=1)  # its SUBACK needs no answer
             if self._on_connect:
                 self._on_connect()
