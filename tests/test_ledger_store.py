@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,76 @@ def test_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
     store.append(SigningKey(b"\x01" * 32), "mint", MINT)
     other = sqlite3.connect(tmp_path / "ledger.sqlite3")
     assert other.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 1
+
+
+class _LockWatch:
+    """The store's lock, calling `on_free` each time the thread `owner` lets it go entirely:
+    the moment another thread can first get in."""
+
+    def __init__(self, on_free: Callable[[], None]) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.on_free = on_free
+        self.owner: threading.Thread | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got:
+            self._depth += 1
+        return got
+
+    def release(self) -> None:
+        self._depth -= 1
+        free = self._depth == 0
+        self._lock.release()
+        if free and threading.current_thread() is self.owner:
+            self.on_free()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@pytest.mark.parametrize("how", ["import", "append_many"])
+def test_another_thread_never_finds_a_stored_batch_unchecked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Entries a transaction stored are marked checked before the store lock is let go, so a
+    thread asking for heads at that moment (the mesh's version vector, every round of a
+    catch-up) is not sent to parse the whole batch again from the table."""
+    store = Store.open(tmp_path)
+    peer = FeedWriter(3)
+    raws = [peer.next("mint", MINT).raw for _ in range(300)]
+    key = SigningKey(b"\x05" * 32)
+    reparsed: list[int] = []
+    check_from = store._check_from
+
+    def counted(author: bytes, done: object) -> object:
+        if threading.current_thread() is not watch.owner:  # (the writer's own looks are not)
+            reparsed.append(1)
+        return check_from(author, done)  # type: ignore[arg-type]
+
+    seen: list[dict[str, int]] = []
+
+    def ask_from_another_thread() -> None:
+        asker = threading.Thread(target=lambda: seen.append(store.heads()))
+        asker.start()
+        asker.join()
+
+    watch = _LockWatch(ask_from_another_thread)
+    monkeypatch.setattr(store, "_check_from", counted)
+    store.lock = watch  # type: ignore[assignment]
+    watch.owner = threading.current_thread()
+    if how == "import":
+        results = store.import_many(raws)
+        assert all(r.status is ImportStatus.APPENDED for r in results)  # type: ignore[union-attr]
+        author, top = peer.author.hex(), 300
+    else:
+        store.append_many(key, [("mint", MINT)] * 300)
+        author, top = bytes(key.verify_key).hex(), 300
+    watch.owner = None
+    assert seen, "the lock was never let go"
+    assert seen[-1][author] == top
+    assert reparsed == [], "a thread asking for heads parsed the stored batch again"
