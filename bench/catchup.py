@@ -328,8 +328,8 @@ def _rows(
             verify_cpu / 2,
             "CPU s",
             note="on an idle machine the catch-up's ratio is at least this while the node "
-            "imports on one core (its store's parse worker takes a second core only when "
-            "the 1-min load is under 1)",
+            "imports on one core (its store's parse worker takes a second core when other "
+            "processes leave half a core beside the importing one)",
         ),
         Row(
             "catching-up node, max RSS with children (100 ms samples)",

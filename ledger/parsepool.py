@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import IO, Any
 
@@ -104,9 +105,11 @@ def parsed(
     is parsed mostly by the worker (`worker` True; None: if a core is idle), chunk by chunk,
     while the caller consumes the results; a smaller one is parsed here and now. Close the
     generator when done with it (it holds the worker for the batch): `closing(parsed(...))`."""
+    if len(raws) < PARALLEL_MIN:
+        return _each(parse_here(raws))
     if worker is None:
         worker = _idle_core()
-    if not worker or len(raws) < PARALLEL_MIN:
+    if not worker:
         return _each(parse_here(raws))
     return _pipelined(raws, parse_here)
 
@@ -115,9 +118,87 @@ def _idle_core() -> bool:
     """Whether a core is free for the worker: measured on this 2-core machine, the import takes
     33 us of CPU an entry on one core, and 20 us here plus 22 us in the worker on two - ~1.5x
     the rate when the second core is idle, but 1.35x slower when every core is busy (the
-    worker's share then only adds its pickling and pipe)."""
+    worker's share then only adds its pickling and pipe). So: when what other processes keep
+    busy leaves half a core beside the importing one.
+
+    Others' use, not the load average: the 1-min load counts this process's threads and its
+    worker too, so a long import by itself kept it above 1 on two cores, and a gate that read
+    only the load turned the worker off a minute into every catch-up (`gibsey bench catchup`:
+    37 us an entry on one core, 30 with the worker). The load is read only when no batch came
+    in the last seconds: this process was quiet, so the load is others'."""
     cores = os.cpu_count() or 1
-    return cores > 1 and os.getloadavg()[0] <= cores - 1
+    if cores < 2:
+        return False
+    others = _OTHERS.cores()
+    if others is None:
+        return os.getloadavg()[0] <= cores - 1
+    return others <= cores - 1.5
+
+
+class _OthersUse:
+    """Cores other processes kept busy over the last half second or more: the machine's busy
+    time (/proc/stat) less this process's and its parse worker's, sampled at large batches."""
+
+    MIN_S = 0.5  # a shorter span is a few clock ticks: too coarse to judge
+    STALE_S = 5.0  # an older sample says nothing of now
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None  # (monotonic, busy, ours) then
+        self._answer: float | None = None
+        self._workers_cpu = 0.0  # CPU of earlier workers, at their last sample
+        self._worker: tuple[int, float] = (0, 0.0)  # (pid, CPU seconds) at the last sample
+        self._lock = threading.Lock()  # (stores in several threads import at once)
+
+    def cores(self) -> float | None:
+        """None: no sample recent enough to compare with (this process was quiet)."""
+        with self._lock:
+            now = time.monotonic()
+            last = self._last
+            if last is not None and now - last[0] < self.MIN_S:
+                return self._answer
+            busy = _machine_busy_s()
+            ours = time.process_time() + self._all_workers_cpu()
+            self._answer = None
+            if busy is not None and last is not None and now - last[0] <= self.STALE_S:
+                self._answer = max(0.0, (busy - last[1] - (ours - last[2])) / (now - last[0]))
+            self._last = None if busy is None else (now, busy, ours)
+            return self._answer
+
+    def _all_workers_cpu(self) -> float:
+        proc = _Worker.proc
+        pid = 0 if proc is None else proc.pid
+        last_pid, last_cpu = self._worker
+        if pid != last_pid:  # a new worker (or none): the last one's time is kept
+            self._workers_cpu += last_cpu
+            last_cpu = 0.0
+        cpu = _process_cpu_s(pid) if pid else 0.0
+        self._worker = (pid, max(cpu, last_cpu))
+        return self._workers_cpu + self._worker[1]
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds every core spent on anything but idling, since boot (None: no /proc)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_OTHERS = _OthersUse()
 
 
 def _each(items: list[Entry | Rejected]) -> Generator[Entry | Rejected, None, None]:

@@ -4,9 +4,16 @@ worker dies or a batch is abandoned half read; and a store importing that way st
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from gibsey.ledger import parsepool
 from gibsey.ledger.entry import Entry, parse
@@ -84,3 +91,61 @@ def test_a_store_importing_through_the_worker_stores_the_same(tmp_path: Path) ->
     heads = [s.heads() for s in stores]
     assert heads[0] == heads[1] == {writer.author.hex(): 1000}
     assert all(s.verify().ok and s.pending() == 0 for s in stores)
+
+
+def _measured_others(others: parsepool._OthersUse) -> float:
+    """Others' cores over one sampling span (the gate's own minimum), as the gate reads it."""
+    assert others.cores() is None  # the first sample: nothing to compare with yet
+    deadline = time.monotonic() + others.MIN_S
+    while time.monotonic() < deadline:  # (a span to measure over, not a wait for an event)
+        time.sleep(0.05)
+    got = others.cores()
+    assert got is not None
+    return got
+
+
+def test_cores_kept_busy_by_other_processes_keep_the_worker_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another program keeping every core busy (a persona generating, say): a large import
+    parses in the importing thread, where the worker would only add its pickling and pipe."""
+    cores = os.cpu_count() or 1
+    spin = [sys.executable, "-c", "while True: pass"]
+    busy = [subprocess.Popen(spin) for _ in range(cores)]
+    try:
+        others = parsepool._OthersUse()
+        monkeypatch.setattr(parsepool, "_OTHERS", others)
+        used = _measured_others(others)
+        assert used >= cores - 1  # (the spinners share the cores with whatever else runs)
+        assert parsepool._idle_core() is False
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def test_the_importing_process_own_busy_core_is_not_counted_as_others() -> None:
+    """The import itself keeps a core busy (and the 1-min load above 1 on two cores): the gate
+    takes this process's CPU time off the machine's, so a node catching up alone keeps its
+    worker."""
+    others = parsepool._OthersUse()
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            pass
+
+    burner = threading.Thread(target=burn)
+    ours0, busy0 = time.process_time(), parsepool._machine_busy_s()
+    burner.start()
+    try:
+        used = _measured_others(others)
+    finally:
+        stop.set()
+        burner.join()
+    ours, busy = time.process_time() - ours0, parsepool._machine_busy_s()
+    assert busy is not None and busy0 is not None
+    assert ours > 0.3  # this process really kept a core busy over the span
+    # Others' cores are at most the machine's busy time less most of what this process used.
+    span = others.MIN_S
+    assert used <= (busy - busy0 - 0.8 * ours) / span + 0.2
