@@ -12,6 +12,10 @@ when the SQLite batch holding the last acknowledged entry has committed (read fr
 connection), so the turns pay for their own SQLite commits, no more and no less. A second run
 measures the node as it was before the entry log (every group its own SQLite commit).
 
+The floor rows measure, in the same run, what SQLite itself writes for the same rows in commits
+as large as the node's (a bare SQLite with the store's schema): the part of the figure no node
+code can cut while the ledger lives in SQLite's B-trees.
+
 With `breakdown` (the suite does it on a second node) strace counts the bytes of the write
 syscalls per file over the same turns: which files the bytes go to.
 """
@@ -42,6 +46,8 @@ from gibsey.core.mqtt import ClientSettings, Session, new_client_id
 from gibsey.harness.mosquitto import Mosquitto
 from gibsey.harness.turns import node_online
 from gibsey.harness.waiting import GalleryError
+from gibsey.ledger.store import _INSERT as _STORE_INSERT
+from gibsey.ledger.store import _SCHEMA as STORE_SCHEMA
 from gibsey.ledger.store import DB_FILENAME
 from gibsey.node.daemon import HEARTBEAT_S
 from gibsey.node.watchdog.rebirth import HEARTBEAT_FRACTION, HEARTBEAT_MAX_S, RUN_FILE, RunRecord
@@ -51,16 +57,23 @@ RATE_PER_S = 5.0
 WARMUP = 20  # turns before the count starts: first-start writes are not a turn's
 GOAL_BYTES = 2000.0
 ACTORS = 8
-# Why the checkpoint row misses 2,000 B (measured 2026-11-30: 1,720 B a turn, 2,286 with it).
+# Why the checkpoint row misses 2,000 B (measured 2026-11-30: 1,778 B a turn, 2,343 with it;
+# the floor rows below measure the SQLite part in the same run).
 CHECKPOINT_LIMIT = (
-    "not met: SQLite's WAL writes each page twice, once in the WAL at the commit and once into "
-    "the database at the checkpoint; a batch of ~125 entries writes ~25 pages (the table's "
-    "~11, each of the two indexes ~6: SQLite splits index pages in the middle, so their leaves "
-    "are half full), ~800 B a turn, and the checkpoint ~570 more; the fold order index "
-    "(lamport, author, seq) is 21% of them, but the story view resumes its fold by it"
+    "not met, and not within this storage design: SQLite's WAL writes each page twice, in the "
+    "WAL at the commit and into the database at the checkpoint, and its index leaves split "
+    "half full; the ledger's rows in a bare SQLite, commits as large as the node's, write "
+    "the floor row below (~1,450 B an entry; ~1,200 without the fold order index, which the "
+    "views fold and the story graph resumes by). The entry log adds one 4 KiB page per 2 s "
+    "group (~410 B a turn at 5/s), SQLite's WAL index (-shm, a mapped file written back "
+    "between commits) ~200 and run.json ~80. Tried, no better: WITHOUT ROWID (its table "
+    "leaves split half full too), 1 KiB pages (more checkpoint pages), a rollback journal "
+    "(~1,340 B an entry vs ~1,550 in a bare SQLite). Left: entries kept outside the B-trees, "
+    "appended once"
 )
 # The node as it was before the entry log: every group of mints its own SQLite commit.
 EACH_GROUP_COMMITS = {"ledger_commit_every_s": 0.0}
+FLOOR_COMMITS = 8  # bare-SQLite commits measured for the floor rows
 IDLE_S = 120.0  # a node without turns (before them): its idle writes
 IDLE_SETTLE_S = 10.0
 
@@ -448,6 +461,61 @@ def _rows(runs: list[WearRun], what: str) -> list[Row]:
     ]
 
 
+def sqlite_floor(work: Path, per_commit: int, entry_bytes: float, fold_index: bool) -> float:
+    """Bytes per entry that SQLite itself writes for the ledger's table and indexes: the
+    store's schema (with or without the fold order index) in a bare SQLite, commits of
+    `per_commit` rows of the entries' size (random bytes: SQLite does not compress) as the
+    node's batches hold, each fsynced into the WAL and checkpointed into the database - with
+    no entry log, no WAL index shared with other processes (exclusive locking) and no node.
+    What the node writes beyond it is its own."""
+    path = work / f"floor-{uuid.uuid4().hex[:6]}.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in ("locking_mode=EXCLUSIVE", "journal_mode=WAL", "synchronous=FULL"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        for statement in STORE_SCHEMA.split(";"):
+            if statement.strip() and (fold_index or "entries_order" not in statement):
+                db.execute(statement)
+        author, size, seq = os.urandom(32), round(entry_bytes), 0
+        before = write_bytes(os.getpid())
+        for commit in range(1, FLOOR_COMMITS + 1):
+            db.execute("BEGIN")
+            for _ in range(per_commit):
+                seq += 1
+                row = (author, seq, os.urandom(32), seq, "mint", os.urandom(size))
+                db.execute(_STORE_INSERT, row)
+            db.execute("COMMIT")
+            if commit % 4 == 0:  # a checkpoint every 4 commits (the node's: by size, later)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return (write_bytes(os.getpid()) - before) / seq
+    finally:
+        db.close()
+
+
+def _floor_rows(work: Path, runs: list[WearRun]) -> list[Row]:
+    whole = [r for r in runs if r.wal_restarts == 0 and r.wal_commits]
+    per_commit = (
+        round(sum(r.turns for r in whole) / sum(r.wal_commits for r in whole)) if whole else 125
+    )
+    entry = statistics.median(r.entry_bytes for r in runs)
+    rows = []
+    for fold_index, which in ((True, "the store's schema"), (False, "without the fold index")):
+        measured = [sqlite_floor(work, per_commit, entry, fold_index) for _ in range(3)]
+        rows.append(
+            Row(
+                f"  floor: a bare SQLite, {which}, {per_commit} entries a commit: bytes an "
+                "entry, WAL + checkpoint",
+                statistics.median(measured),
+                entry,
+                "B",
+                note=f"median of 3: {', '.join(f'{b:,.0f}' for b in measured)}; no entry log, "
+                "no shared WAL index, no node",
+            )
+        )
+    return rows
+
+
 def rewrite_bytes(work: Path, times: int = 50) -> float:
     """What one run.json heartbeat (write_atomic: a new file, fsync, rename, directory fsync)
     adds to this process's write_bytes, over `times` of them."""
@@ -500,6 +568,7 @@ def run() -> list[Row]:
                 work, broker, breakdown=shutil.which("strace") is not None, idle_s=IDLE_S
             )
             each = rewrite_bytes(work)
+            floor = _floor_rows(work, runs)
         finally:
             broker.stop()
     every = NodeConfig().ledger_commit_every_s
@@ -508,6 +577,7 @@ def run() -> list[Row]:
         f"groups of 2 s in the entry log, a SQLite commit every {every:g} s (the default)",
     )
     rows[1] = replace(rows[1], note=f"{rows[1].note}; {CHECKPOINT_LIMIT}")
+    rows[2:2] = floor
     rows += _rows(before, "every group its own SQLite commit (before; ledger_commit_every_s = 0)")
     if traced.by_file:
         rows += _breakdown_rows(traced)
