@@ -50,8 +50,8 @@ RUNS = int(os.environ.get("GIBSEY_BENCH_CATCHUP_RUNS", "3"))
 AUTHORS = 10
 BATCH = 5000  # entries per append_many while building the history
 RSS_LIMIT_MIB = 200.0
-# Why the time row misses 1.25x (measured 2026-11-30: 1.34x and 1.37x; both processes' CPU is ~0.98x the
-# bare verify's, so the cores are not the limit).
+# Why the time row misses 1.25x (measured 2026-11-30: 1.34x and 1.37x; both processes' CPU is
+# ~0.98x the bare verify's, so the cores are not the limit).
 PIPELINE_LIMIT = (
     "where it stands: the catching-up node's two halves - its importing thread (chain checks, "
     "inserts: ~20 us an entry) and its parse worker (~18 us) - each wait on the other about a "
