@@ -6,6 +6,7 @@ it waited for and how long (a timeout alone tells the next person nothing).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -29,6 +30,19 @@ def wait_until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: flo
         if time.monotonic() > deadline:
             raise GalleryError(f"timed out after {timeout_s:g}s waiting for {what}")
         time.sleep(step_s)
+
+
+async def until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.01) -> Any:
+    """`wait_until` inside an event loop: the loop goes on (the node under test with it) while
+    `pred` is polled."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise GalleryError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(step_s)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -28,6 +28,7 @@ from gibsey.core.mqtt import (
     parse_broker_url,
     publish_once,
 )
+from gibsey.harness.waiting import until
 from tests.brokers import Mosquitto, free_port
 
 
@@ -94,14 +95,6 @@ def _writer_on(fd: int) -> bool:
     return key is not None and bool(key.events & selectors.EVENT_WRITE)
 
 
-async def _until(condition: object, timeout_s: float) -> None:
-    async def wait() -> None:
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout_s)
-
-
 async def test_a_full_socket_gets_a_writer_until_it_drains_and_then_none() -> None:
     reading = asyncio.Event()
     async with fake_broker(reading=reading) as url:
@@ -112,10 +105,10 @@ async def test_a_full_socket_gets_a_writer_until_it_drains_and_then_none() -> No
         fd = sock.fileno()
         for _ in range(32):  # 32 MiB: more than loopback's socket buffers hold
             conn.client.publish("big", b"x" * (1 << 20), qos=0)
-        await _until(lambda: _writer_on(fd), 5)
+        await until(lambda: _writer_on(fd), 5, "a writer on the socket")
         assert conn.client.want_write()
         reading.set()
-        await _until(lambda: not conn.client.want_write(), 20)
+        await until(lambda: not conn.client.want_write(), 20, "the socket drained")
         for _ in range(5):
             await asyncio.sleep(0)
         assert not _writer_on(fd), "writer left on a drained socket (the loop would spin)"

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gibsey.dialcore import frame as df
+from gibsey.harness.waiting import until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.dial.bridge import (
@@ -51,14 +52,6 @@ class Pty:
     def unplug(self) -> None:
         os.close(self.master)
         self.link.unlink(missing_ok=True)
-
-
-async def until(cond: Callable[[], object], timeout_s: float = 10.0) -> None:
-    async def _wait() -> None:
-        while not cond():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(_wait(), timeout_s)
 
 
 @dataclass
@@ -156,7 +149,7 @@ async def test_bad_frames_are_counted_dropped_and_reported(
     pty.write(df.rotate(4, 0, 2, 2))  # out of order: counted and dropped
     pty.write(df.rotate(6, 0, 0, 4))
     await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) >= 3)
-    await until(lambda: rig.bridge.stats.stale == 1)
+    await until(lambda: rig.bridge.stats.stale == 1, 10, "a stale frame counted")
     rotations = [p["rotation"] for p in payloads(col, "glyph/rotated")]
     assert rotations == [1, 3, 0]
     s = rig.bridge.stats
@@ -180,14 +173,14 @@ async def test_unplug_and_replug(rig: Rig, collector_factory: CollectorFactory) 
     await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 1)
     sent = rig.bridge.stats.bytes_in
     pty.write(df.rotate(2, 1, 2, 2)[:8])  # the cable is pulled mid-frame
-    await until(lambda: rig.bridge.stats.bytes_in == sent + 8)
+    await until(lambda: rig.bridge.stats.bytes_in == sent + 8, 10, "every byte read")
     pty.unplug()
     await asyncio.wait_for(rig.bridge.serial_gone.wait(), 10)
     assert rig.bridge.stats.serial_disconnects == 1
     assert rig.bridge.stats.truncated == 1
     # The board comes back (it rebooted: sequence from 0 again, not counted as a loss).
     pty = Pty(rig.port_link)
-    await until(lambda: rig.bridge.stats.serial_opens == 2)
+    await until(lambda: rig.bridge.stats.serial_opens == 2, 10, "the serial port reopened")
     pty.write(df.hello(0, "d1", "fw", 1, 0, True) + df.rotate(1, 1, 3, 3))
     await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 2)
     assert payloads(col, "glyph/rotated")[-1]["rotation"] == 3
@@ -210,7 +203,7 @@ async def test_frames_over_mqtt_like_a_pico_w(
     await pico.publish(t, "garbage$GD,5,R*0000")
     await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 2 and c.of_kind("dial/pressed"))
     assert [p["source"] for p in payloads(col, "glyph/rotated")] == ["wifi-dial", "wifi-dial"]
-    await until(lambda: rig.bridge.stats.truncated == 1)
+    await until(lambda: rig.bridge.stats.truncated == 1, 10, "a truncated frame counted")
     assert rig.bridge.stats.lost == 1
     assert rig.bridge.dials["wifi-dial"].transport == "mqtt"
 

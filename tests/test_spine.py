@@ -6,13 +6,13 @@ import asyncio
 import json
 import selectors
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from gibsey.core.envelope import Event, GiftTxn, Payload
+from gibsey.harness.waiting import until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.spine.broker import embedded_broker
@@ -236,7 +236,7 @@ async def test_the_broker_never_sends_the_node_its_own_events(tmp_path: Path) ->
             async with aiomqtt.Client("127.0.0.1", broker.port) as visitor:
                 marker = raw_event(node.node_id, "glyph/rotated", {"symbol": 1, "rotation": 0})
                 await visitor.publish(topic(node.node_id, "glyph/rotated"), marker, qos=1)
-            await asyncio.wait_for(_until(lambda: spine.stats.received > received), 10)
+            await until(lambda: spine.stats.received > received, 10, "the marker received")
             await node.router.drain()
             assert spine.stats.received - received == 1
             assert node.router.stats.echoes == 0
@@ -255,15 +255,10 @@ async def test_a_broker_speaking_only_mqtt_3_1_1_is_spoken_to_in_it(tmp_path: Pa
         async with started(node, amqtt.url) as spine:
             assert spine.echoes_own
             assert await _gifts_handled_once(node, 50) == list(range(1, 51))
-            await asyncio.wait_for(_until(lambda: node.router.stats.echoes >= 50), 10)
+            await until(lambda: node.router.stats.echoes >= 50, 10, "50 echoes dropped")
             await node.router.drain()
             assert node.router.stats.echoes == 50
             assert node.router.stats.by_kind["gift/txn"] == 50
             assert node.router.stats.duplicates == 0
     finally:
         await amqtt.stop()
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)

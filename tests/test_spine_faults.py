@@ -19,6 +19,7 @@ from gibsey.core.envelope import GiftTxn
 from gibsey.core.mqtt import ClientSettings, Session
 from gibsey.harness.nodeproc import wait_for_file
 from gibsey.harness.turns import node_online
+from gibsey.harness.waiting import until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
@@ -104,11 +105,7 @@ async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> Non
         before = await emit_batch(50, 0)
         await asyncio.wait_for(asyncio.gather(*(f for _, f in before)), 10)
 
-        async def until(cond: object) -> None:
-            while not cond():  # type: ignore[operator]
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(until(lambda: {i for i, _ in before} <= got), 10)
+        await until(lambda: {i for i, _ in before} <= got, 10, "every event before the outage")
 
         broker.stop()  # SIGTERM: Mosquitto saves the dashboard's session
         during = await emit_batch(50, 50)  # emitted while the broker is down
@@ -117,7 +114,7 @@ async def test_broker_restart_loses_no_acknowledged_event(tmp_path: Path) -> Non
         after = await emit_batch(50, 100)
         acked = before + during + after
         await asyncio.wait_for(asyncio.gather(*(f for _, f in acked)), 20)
-        await asyncio.wait_for(until(lambda: {i for i, _ in acked} <= got), 20)
+        await until(lambda: {i for i, _ in acked} <= got, 20, "every acknowledged event")
         assert {i for i, _ in acked} <= got
         assert node.spine.stats.connects >= 2
     finally:

@@ -15,11 +15,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gibsey.core.config import NodeConfig
+from gibsey.harness.waiting import until
 from gibsey.ledger.ledger import Ledger
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
@@ -66,14 +66,6 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     ns.close()
 
 
-async def _until(cond: Any, timeout_s: float = 10.0) -> None:
-    async def wait() -> None:
-        while not cond():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout_s)
-
-
 async def test_ready_status_watchdog_and_stopping(
     mosquitto: Mosquitto, tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,17 +75,21 @@ async def test_ready_status_watchdog_and_stopping(
     node = Node(tmp_path / "data", config)
     await node.start(mosquitto.url)
     try:
-        await _until(lambda: notify.lines("READY=1"))
+        await until(lambda: notify.lines("READY=1"), 10, "READY=1")
         ready = notify.lines("READY=1")[0][1]
         assert f"STATUS=node {node.node_id}" in ready
-        await _until(lambda: len(notify.lines("WATCHDOG=1")) >= 5)
-        await _until(lambda: any("connected" in m for _, m in notify.lines("STATUS=")), 15)
+        await until(lambda: len(notify.lines("WATCHDOG=1")) >= 5, 10, "5 watchdog pings")
+        await until(
+            lambda: any("connected" in m for _, m in notify.lines("STATUS=")),
+            15,
+            "a connected status",
+        )
         # Wedge the event loop for 1 s: the pings must stop while it is stuck.
         before = len(notify.lines("WATCHDOG=1"))
         wedged_at = time.monotonic()
         time.sleep(1.0)  # noqa: ASYNC251 - deliberately blocking the loop: this is the wedge
         unwedged_at = time.monotonic()
-        await _until(lambda: len(notify.lines("WATCHDOG=1")) >= before + 3)
+        await until(lambda: len(notify.lines("WATCHDOG=1")) >= before + 3, 10, "3 more pings")
         pings = [t for t, _ in notify.lines("WATCHDOG=1")]
         during = [t for t in pings if wedged_at + 0.05 < t < unwedged_at - 0.05]
         assert during == []
@@ -130,7 +126,7 @@ async def _running(data: Path, proc: subprocess.Popen[bytes]) -> None:
         doc = json.loads((data / "run.json").read_text()) if (data / "run.json").exists() else {}
         return doc.get("pid") == proc.pid
 
-    await _until(up, 30)
+    await until(up, 30, "the node up again")
 
 
 def _record_exit(data: Path, **env: str) -> None:
