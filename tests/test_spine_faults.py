@@ -17,12 +17,12 @@ import pytest
 
 from gibsey.core.envelope import GiftTxn
 from gibsey.core.mqtt import ClientSettings, Session
-from gibsey.harness.nodeproc import wait_for_file
+from gibsey.harness.nodeproc import spawn_up, wait_for_file
 from gibsey.harness.turns import node_online
-from gibsey.harness.waiting import until
+from gibsey.harness.waiting import port_open, until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
-from tests.brokers import Mosquitto
+from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
 
@@ -238,3 +238,52 @@ async def test_a_clean_stop_ends_the_nodes_session(tmp_path: Path) -> None:
             assert not session.session_present
     finally:
         broker.stop()
+
+
+async def test_a_terminals_ctrl_c_stops_the_node_before_its_embedded_broker(tmp_path: Path) -> None:
+    """`make run` in a terminal, then Ctrl-C: the terminal sends SIGINT to its whole foreground
+    process group. The node stops cleanly on its own broker, which it stops last: the keystroke
+    does not kill the embedded Mosquitto first (a node on its way out then said the broker had
+    died and would be started again)."""
+    data = tmp_path / "node"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIBSEY_")}
+    env |= {"GIBSEY_EMBEDDED_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "up.log"
+    proc = spawn_up(data, "", "off", env=env, log=log, own_session=True)  # a terminal's group
+    try:
+        await asyncio.to_thread(wait_for_file, proc, data / "node_id", 60, "gibsey up")
+        node_id = (data / "node_id").read_text().strip()
+        await node_online(f"mqtt://127.0.0.1:{port}", node_id, connects=1, timeout_s=30)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert "embedded MQTT broker: Mosquitto" in text  # (the child, not the amqtt fallback)
+    assert code == 0, text[-2000:]
+    assert "stopped cleanly" in text
+    assert "embedded Mosquitto died" not in text, text[-2000:]
+
+
+async def test_the_embedded_broker_dies_with_a_killed_node(tmp_path: Path) -> None:
+    """kill -9 of the node (an OOM kill, a watchdog's): its embedded Mosquitto, in a session
+    of its own, is not left behind holding the port for the next start."""
+    data = tmp_path / "node"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIBSEY_")}
+    env |= {"GIBSEY_EMBEDDED_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    proc = spawn_up(data, "", "off", env=env, log=tmp_path / "up.log", own_session=True)
+    try:
+        await asyncio.to_thread(wait_for_file, proc, data / "node_id", 60, "gibsey up")
+        node_id = (data / "node_id").read_text().strip()
+        await node_online(f"mqtt://127.0.0.1:{port}", node_id, connects=1, timeout_s=30)
+        proc.kill()
+        proc.wait()
+        await until(lambda: not port_open(port), 10, "the embedded broker gone with its node")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -192,7 +192,11 @@ class MosquittoChild:
 
     async def _spawn(self) -> None:
         # Started from the event loop's thread, which lives as long as the node: the death
-        # signal follows the thread that forked, not the process.
+        # signal follows the thread that forked, not the process. In a session of its own: a
+        # terminal's Ctrl-C goes to its whole foreground process group, and the broker, killed
+        # by the same keystroke as the node, was gone before the node could say goodbye on it
+        # (and was reported dead, to be started again, by a node on its way out). The node
+        # stops it itself, last.
         self.proc = await asyncio.create_subprocess_exec(
             self.binary,
             "-c",
@@ -201,6 +205,7 @@ class MosquittoChild:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             preexec_fn=_death_signal(),
+            start_new_session=True,
         )
         await self._wait_listening(self.proc)
 
