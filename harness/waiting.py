@@ -24,11 +24,9 @@ def wait_until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: flo
     """Poll `pred` until it returns something true; GalleryError after `timeout` seconds."""
     deadline = time.monotonic() + timeout_s
     while True:
-        got = pred()
-        if got:
+        got = _poll(pred, deadline, timeout_s, what)
+        if got is not None:
             return got
-        if time.monotonic() > deadline:
-            raise GalleryError(f"timed out after {timeout_s:g}s waiting for {what}")
         time.sleep(step_s)
 
 
@@ -37,12 +35,20 @@ async def until(pred: Callable[[], Any], timeout_s: float, what: str, step_s: fl
     `pred` is polled."""
     deadline = time.monotonic() + timeout_s
     while True:
-        got = pred()
-        if got:
+        got = _poll(pred, deadline, timeout_s, what)
+        if got is not None:
             return got
-        if time.monotonic() > deadline:
-            raise GalleryError(f"timed out after {timeout_s:g}s waiting for {what}")
         await asyncio.sleep(step_s)
+
+
+def _poll(pred: Callable[[], Any], deadline: float, timeout_s: float, what: str) -> Any:
+    """`pred`'s answer if it is true; None to poll again; GalleryError once past `deadline`."""
+    got = pred()
+    if got:
+        return got
+    if time.monotonic() > deadline:
+        raise GalleryError(f"timed out after {timeout_s:g}s waiting for {what}")
+    return None
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
