@@ -105,11 +105,8 @@ def parsed(
     is parsed mostly by the worker (`worker` True; None: if a core is idle), chunk by chunk,
     while the caller consumes the results; a smaller one is parsed here and now. Close the
     generator when done with it (it holds the worker for the batch): `closing(parsed(...))`."""
-    if len(raws) < PARALLEL_MIN:
-        return _each(parse_here(raws))
-    if worker is None:
-        worker = _idle_core()
-    if not worker:
+    # (The gate is asked only of a batch large enough to go to the worker: it samples /proc.)
+    if len(raws) < PARALLEL_MIN or not (_idle_core() if worker is None else worker):
         return _each(parse_here(raws))
     return _pipelined(raws, parse_here)
 
