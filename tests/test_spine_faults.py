@@ -240,21 +240,35 @@ async def test_a_clean_stop_ends_the_nodes_session(tmp_path: Path) -> None:
         broker.stop()
 
 
+async def _up_on_its_embedded_broker(
+    tmp_path: Path, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`gibsey up` with its embedded Mosquitto (on a free port), in a process group of its own
+    as a terminal gives it, once online: (the process, the broker's port)."""
+    data = tmp_path / "node"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIBSEY_")}
+    env |= {"GIBSEY_EMBEDDED_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    proc = spawn_up(data, "", "off", env=env, log=log, own_session=True)
+    try:
+        await asyncio.to_thread(wait_for_file, proc, data / "node_id", 60, "gibsey up")
+        node_id = (data / "node_id").read_text().strip()
+        await node_online(f"mqtt://127.0.0.1:{port}", node_id, connects=1, timeout_s=30)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc, port
+
+
 async def test_a_terminals_ctrl_c_stops_the_node_before_its_embedded_broker(tmp_path: Path) -> None:
     """`make run` in a terminal, then Ctrl-C: the terminal sends SIGINT to its whole foreground
     process group. The node stops cleanly on its own broker, which it stops last: the keystroke
     does not kill the embedded Mosquitto first (a node on its way out then said the broker had
     died and would be started again)."""
-    data = tmp_path / "node"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIBSEY_")}
-    env |= {"GIBSEY_EMBEDDED_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "up.log"
-    proc = spawn_up(data, "", "off", env=env, log=log, own_session=True)  # a terminal's group
+    proc, _port = await _up_on_its_embedded_broker(tmp_path, log)
     try:
-        await asyncio.to_thread(wait_for_file, proc, data / "node_id", 60, "gibsey up")
-        node_id = (data / "node_id").read_text().strip()
-        await node_online(f"mqtt://127.0.0.1:{port}", node_id, connects=1, timeout_s=30)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         code = await asyncio.to_thread(proc.wait, 30)
     finally:
@@ -271,15 +285,8 @@ async def test_a_terminals_ctrl_c_stops_the_node_before_its_embedded_broker(tmp_
 async def test_the_embedded_broker_dies_with_a_killed_node(tmp_path: Path) -> None:
     """kill -9 of the node (an OOM kill, a watchdog's): its embedded Mosquitto, in a session
     of its own, is not left behind holding the port for the next start."""
-    data = tmp_path / "node"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIBSEY_")}
-    env |= {"GIBSEY_EMBEDDED_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    proc = spawn_up(data, "", "off", env=env, log=tmp_path / "up.log", own_session=True)
+    proc, port = await _up_on_its_embedded_broker(tmp_path, tmp_path / "up.log")
     try:
-        await asyncio.to_thread(wait_for_file, proc, data / "node_id", 60, "gibsey up")
-        node_id = (data / "node_id").read_text().strip()
-        await node_online(f"mqtt://127.0.0.1:{port}", node_id, connects=1, timeout_s=30)
         proc.kill()
         proc.wait()
         await until(lambda: not port_open(port), 10, "the embedded broker gone with its node")
