@@ -427,10 +427,10 @@ def _rows(runs: list[WearRun], what: str) -> list[Row]:
     each = ", ".join(f"{r.per_turn:,.0f}" for r in runs)
     commits = sum(r.wal_commits for r in runs)
     pages = sum(r.wal_pages for r in runs) / max(1, commits)
-    whole = [r for r in runs if r.wal_restarts == 0]  # the WAL holds every commit of the turns
+    per_commit = _entries_per_commit(runs)
     entries = (
-        f"{sum(r.turns for r in whole) / max(1, sum(r.wal_commits for r in whole)):.1f} entries"
-        if whole
+        f"{per_commit:.1f} entries"
+        if per_commit is not None
         else "the WAL started over during the turns: the last part's commits only; ~1 entry"
     )
     return [
@@ -493,11 +493,17 @@ def sqlite_floor(work: Path, per_commit: int, entry_bytes: float, fold_index: bo
         db.close()
 
 
+def _entries_per_commit(runs: list[WearRun]) -> float | None:
+    """Entries per ledger commit over the runs whose WAL holds every commit of their turns
+    (None: none does, it started over during the turns)."""
+    whole = [r for r in runs if r.wal_restarts == 0]
+    commits = sum(r.wal_commits for r in whole)
+    return sum(r.turns for r in whole) / commits if commits else None
+
+
 def _floor_rows(work: Path, runs: list[WearRun]) -> list[Row]:
-    whole = [r for r in runs if r.wal_restarts == 0 and r.wal_commits]
-    per_commit = (
-        round(sum(r.turns for r in whole) / sum(r.wal_commits for r in whole)) if whole else 125
-    )
+    measured_per_commit = _entries_per_commit(runs)
+    per_commit = 125 if measured_per_commit is None else round(measured_per_commit)
     entry = statistics.median(r.entry_bytes for r in runs)
     rows = []
     for fold_index, which in ((True, "the store's schema"), (False, "without the fold index")):
