@@ -6,6 +6,10 @@ a SHA-256; ~20 us an entry on one core) and the rest is the chain checks and SQL
 to 64 has a signature to verify. So threads do not help; a process does: the worker parses
 (and verifies) chunk k+1 while the importing thread checks and inserts chunk k, and the
 importing thread parses the batch's first part itself while the worker starts on the rest.
+The worker holds only a few chunks at a time (WINDOW): when its next answer is not there yet,
+the importing thread parses the batch's last chunk not yet sent rather than wait, so the two
+share a batch in whatever ratio this machine's load gives them (on a node that also serves
+peers, the worker's core is shared, and a fixed split left the importing thread waiting).
 
 The worker is `python -m gibsey.ledger.parsepool`, talking over its stdin and stdout (a 4-byte
 length, then a pickle: a list of entries' bytes one way, parse_many's tuples back). Not
@@ -21,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import queue
+import select
 import struct
 import subprocess
 import sys
@@ -35,7 +41,11 @@ from .errors import Rejected
 # A batch this large goes to the worker (a mesh message holds up to 256 entries).
 PARALLEL_MIN = 128
 CHUNK = 64
+# Chunks sent to the worker and not yet answered, at most: enough that it never waits for its
+# next one, few enough that the batch's tail stays here for the importing thread to take.
+WINDOW = 3
 _LEN = struct.Struct(">I")
+_READ_SIZE = 1 << 20
 
 ParseHere = Callable[[list[bytes]], list[Entry | Rejected]]
 
@@ -57,27 +67,67 @@ def _receive(inp: IO[bytes]) -> Any:
     return pickle.loads(data)  # our own child, over its own pipe
 
 
+class _Answers:
+    """The worker's answers, read from its stdout's descriptor with a buffer of our own (not the
+    pipe's BufferedReader), so whether a whole answer is there can be asked without blocking."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+
+    def _whole(self) -> int:
+        """The length of the first answer if the buffer holds all of it, else 0."""
+        if len(self._buf) < _LEN.size:
+            return 0
+        end = _LEN.size + _LEN.unpack_from(self._buf)[0]
+        return end if len(self._buf) >= end else 0
+
+    def ready(self) -> bool:
+        """Whether an answer can be read now, at most one non-blocking look at the pipe."""
+        if self._whole():
+            return True
+        if select.select([self._fd], [], [], 0)[0]:
+            self._fill()
+        return bool(self._whole())
+
+    def _fill(self) -> None:
+        data = os.read(self._fd, _READ_SIZE)
+        if not data:
+            raise EOFError("the parse worker closed its pipe")
+        self._buf += data
+
+    def receive(self) -> Any:
+        while not (end := self._whole()):
+            self._fill()
+        data = bytes(self._buf[_LEN.size : end])
+        del self._buf[:end]
+        return pickle.loads(data)  # our own child, over its own pipe
+
+
 class _Worker:
     """The one worker process (made on first use); `lock` is held for a whole batch."""
 
     lock = threading.Lock()
     proc: subprocess.Popen[bytes] | None = None
+    answers: _Answers | None = None  # the running worker's stdout
 
     @classmethod
-    def get(cls) -> subprocess.Popen[bytes]:
-        """The running worker (hold `lock`)."""
-        if cls.proc is None or cls.proc.poll() is not None:
+    def get(cls) -> tuple[subprocess.Popen[bytes], _Answers]:
+        """The running worker and its answers (hold `lock`)."""
+        if cls.proc is None or cls.answers is None or cls.proc.poll() is not None:
             cls.proc = subprocess.Popen(
                 [sys.executable, "-m", "gibsey.ledger.parsepool"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
-        return cls.proc
+            assert cls.proc.stdout is not None
+            cls.answers = _Answers(cls.proc.stdout.fileno())
+        return cls.proc, cls.answers
 
     @classmethod
     def stop(cls) -> None:
         """Stop the worker (hold `lock`): it died, or its pipe holds answers nobody reads."""
-        proc, cls.proc = cls.proc, None
+        proc, cls.proc, cls.answers = cls.proc, None, None
         if proc is not None:
             proc.kill()
             proc.wait()
@@ -92,10 +142,10 @@ class _Worker:
 def warm() -> None:
     """Start the worker now (so a benchmark does not time its start)."""
     with _Worker.lock:
-        proc = _Worker.get()
-        assert proc.stdin is not None and proc.stdout is not None
+        proc, answers = _Worker.get()
+        assert proc.stdin is not None
         _send(proc.stdin, [])
-        _receive(proc.stdout)
+        answers.receive()
 
 
 def parsed(
@@ -203,39 +253,58 @@ def _each(items: list[Entry | Rejected]) -> Generator[Entry | Rejected, None, No
 
 
 def _pipelined(raws: list[bytes], parse_here: ParseHere) -> Generator[Entry | Rejected, None, None]:
-    # The importing thread also checks and inserts every entry, so it parses only ~1/8.
+    # The importing thread also checks and inserts every entry: it parses the first ~1/8 while
+    # the worker starts, then the tail's chunks whenever the worker's next answer is not there.
     first = max(CHUNK // 2, len(raws) // 8)
     chunks = [raws[i : i + CHUNK] for i in range(first, len(raws), CHUNK)]
+    sent = done = 0  # chunks[:sent] went to the worker; `done` of them were answered
+    end = len(chunks)  # chunks[end:] are parsed here, in `tail` (last first)
+    tail: list[list[Entry | Rejected]] = []
     with _Worker.lock:
-        proc = _Worker.get()
-        assert proc.stdin is not None and proc.stdout is not None
+        proc, answers = _Worker.get()
+        assert proc.stdin is not None
         # A thread writes the chunks so neither pipe can fill while the other waits.
-        writer = threading.Thread(target=_write_all, args=(proc.stdin, chunks), daemon=True)
+        todo: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        writer = threading.Thread(target=_write_all, args=(proc.stdin, todo), daemon=True)
         writer.start()
-        done = 0
         try:
+            for chunk in chunks[:WINDOW]:
+                todo.put(chunk)
+            sent = min(WINDOW, end)
             yield from parse_here(raws[:first])
-            while done < len(chunks):
-                fields: list[ParsedFields] = _receive(proc.stdout)
+            while done < sent:
+                if sent < end and not answers.ready():
+                    end -= 1  # the worker is behind: its last chunk is parsed here instead
+                    tail.append(parse_here(chunks[end]))
+                    continue
+                fields: list[ParsedFields] = answers.receive()
                 done += 1
+                if sent < end:
+                    todo.put(chunks[sent])
+                    sent += 1
                 for item in fields:
                     yield from_fields(item)
         except (EOFError, OSError, pickle.UnpicklingError):
             _Worker.stop()
-            for chunk in chunks[done:]:
+            for chunk in chunks[done:end]:
                 yield from parse_here(chunk)
+            done = sent
         finally:
-            if done < len(chunks) and _Worker.proc is proc:
+            todo.put(None)
+            if done < sent and _Worker.proc is proc:
                 _Worker.stop()  # abandoned half read: its answers would meet the next batch
             writer.join()
+        for parsed_here in reversed(tail):
+            yield from parsed_here
 
 
-def _write_all(out: IO[bytes], chunks: list[list[bytes]]) -> None:
-    try:
-        for chunk in chunks:
+def _write_all(out: IO[bytes], todo: queue.SimpleQueue[list[bytes] | None]) -> None:
+    """Send each chunk put in `todo` to the worker, until None."""
+    while (chunk := todo.get()) is not None:
+        try:
             _send(out, chunk)
-    except OSError:  # the worker died: the reader parses the rest itself
-        pass
+        except OSError:  # the worker died: the reader parses the rest itself
+            return
 
 
 def serve() -> None:

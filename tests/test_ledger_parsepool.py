@@ -79,6 +79,45 @@ def test_a_dead_worker_or_an_abandoned_batch_loses_nothing() -> None:
         assert same(list(it), here(reversed_raws))
 
 
+def test_a_worker_that_falls_behind_leaves_the_batch_tail_to_the_importing_thread() -> None:
+    """The worker stalled (its core taken by another process, here SIGSTOP): the importing
+    thread parses every chunk the worker does not hold yet, from the batch's end, instead of
+    waiting; the batch still comes out whole and in order once the worker answers its few."""
+    raws = mixed_batch() * 2  # 600 entries: a head, 9 chunks of 64, and a shorter last one
+    parsepool.warm()
+    proc = parsepool._Worker.proc
+    assert proc is not None
+    first = max(parsepool.CHUNK // 2, len(raws) // 8)
+    chunks = -(-(len(raws) - first) // parsepool.CHUNK)
+    parsed_here: list[int] = []
+    resumed = threading.Event()
+
+    def resume() -> None:
+        if not resumed.is_set():
+            resumed.set()
+            proc.send_signal(signal.SIGCONT)
+
+    def stalled_here(batch: list[bytes]) -> list[Entry | Rejected]:
+        parsed_here.append(len(batch))
+        if len(parsed_here) == 1 + chunks - parsepool.WINDOW:  # the head and the whole tail
+            resume()
+        return here(batch)
+
+    proc.send_signal(signal.SIGSTOP)
+    safety = threading.Timer(10.0, resume)  # (so a failing run ends instead of hanging)
+    safety.start()
+    try:
+        with closing(parsepool.parsed(raws, stalled_here, worker=True)) as it:
+            got = list(it)
+    finally:
+        safety.cancel()
+        resume()
+    assert same(got, here(raws))
+    # The worker parsed exactly the chunks it held when it stalled, and nothing more.
+    assert len(raws) - sum(parsed_here) == parsepool.WINDOW * parsepool.CHUNK
+    assert len(parsed_here) == 1 + chunks - parsepool.WINDOW
+
+
 def test_a_store_importing_through_the_worker_stores_the_same(tmp_path: Path) -> None:
     writer = FeedWriter(72)
     raws = [writer.next("mint", MINT, head=i % 64 == 63 or i == 999).raw for i in range(1000)]
