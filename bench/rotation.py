@@ -136,7 +136,7 @@ def _floor(node: Node, topic: str, raw: bytes, machine: vm.Vm, trigger: vm.Trigg
         encode_event(node.node_id, "ritual/performed", _FLOOR_PAYLOAD, 1, "bench")
 
 
-def _alternate(node: Node, topic: str, messages: list[bytes], out: Samples) -> None:
+async def _alternate(node: Node, topic: str, messages: list[bytes], out: Samples) -> None:
     """Blocks of BLOCK turns through the router, then BLOCK bare VM calls, then BLOCK floor
     turns, alternately: the three see the same load of a shared machine, and the bare call is
     timed as issue 19 timed it, call after call (each call straight after a rotation would run
@@ -168,6 +168,7 @@ def _alternate(node: Node, topic: str, messages: list[bytes], out: Samples) -> N
             _floor(node, topic, raw, floor_machine, trigger)
             if keep:
                 out.floor.append((clock() - t0) / 1e3)
+        await _loop_turn()
     machine.close()
     floor_machine.close()
 
@@ -187,21 +188,31 @@ class _TimedVm:
         return result
 
 
-def _vm_in_turn(node: Node, topic: str, messages: list[bytes]) -> list[float]:
+async def _loop_turn() -> None:
+    """One turn of the event loop between blocks of rotations (untimed): the callbacks the
+    rotations scheduled (Node.send: its handlers take each event at the loop's next turn) run
+    and are let go, as a node's loop does after every message. A loop that never turned would
+    hold every event made (4 a turn, tens of thousands), and grow the heap each turn."""
+    await asyncio.sleep(0)
+
+
+async def _vm_in_turn(node: Node, topic: str, messages: list[bytes]) -> list[float]:
     runtime = node.parts.glyph
     assert runtime is not None
     took: list[float] = []
     machine = runtime.vm
     runtime.vm = _TimedVm(machine, took)  # type: ignore[assignment]
     try:
-        for raw in messages:
+        for i, raw in enumerate(messages, 1):
             node.router.handle_message(topic, raw)
+            if i % BLOCK == 0:
+                await _loop_turn()
     finally:
         runtime.vm = machine
     return took
 
 
-def _without_gc(node: Node, topic: str, messages: list[bytes]) -> list[float]:
+async def _without_gc(node: Node, topic: str, messages: list[bytes]) -> list[float]:
     """The same rotations with the cyclic garbage collector paused: what its pauses add."""
     handle = node.router.handle_message
     clock = time.perf_counter_ns
@@ -209,10 +220,12 @@ def _without_gc(node: Node, topic: str, messages: list[bytes]) -> list[float]:
     gc.collect()
     gc.disable()
     try:
-        for raw in messages:
+        for i, raw in enumerate(messages, 1):
             t0 = clock()
             handle(topic, raw)
             took.append((clock() - t0) / 1e3)
+            if i % BLOCK == 0:
+                await _loop_turn()
     finally:
         gc.enable()
     return took
@@ -240,15 +253,16 @@ async def _measure(data: Path, n: int, otlp_endpoint: str = "") -> Samples:
 
     node.publish_raw = sink  # type: ignore[method-assign]
     # The events' own handlers (each part's) take them at the loop's next turn, after the
-    # rotation (Node.send): not part of this figure, and this loop never yields to run them.
+    # rotation (Node.send): not part of this figure, so the callbacks that loop turn runs
+    # (between blocks, untimed: _loop_turn) hand them to no handler.
     node.router.sent = lambda out, echoed: None  # type: ignore[method-assign]
     topic = f"gibsey/v1/{node.node_id}/glyph/rotated"
     out = Samples()
-    _alternate(node, topic, _messages(node.node_id, 0, n + WARMUP), out)
+    await _alternate(node, topic, _messages(node.node_id, 0, n + WARMUP), out)
     out.events_per_rotation = sent[0] // (n + WARMUP)
     if not otlp_endpoint:
-        out.gc_off = _without_gc(node, topic, _messages(node.node_id, n + WARMUP, n))
-        out.vm_in_turn = _vm_in_turn(node, topic, _messages(node.node_id, 2 * n + WARMUP, n))
+        out.gc_off = await _without_gc(node, topic, _messages(node.node_id, n + WARMUP, n))
+        out.vm_in_turn = await _vm_in_turn(node, topic, _messages(node.node_id, 2 * n + WARMUP, n))
     runtime = node.parts.glyph
     assert runtime is not None
     ran = len(out.host) + len(out.gc_off) + len(out.vm_in_turn) + WARMUP
