@@ -11,12 +11,6 @@ the importing thread parses the batch's last chunk not yet sent rather than wait
 share a batch in whatever ratio this machine's load gives them (on a node that also serves
 peers, the worker's core is shared, and a fixed split left the importing thread waiting).
 
-Entries received and not yet imported (the mesh's inbox, while the batch before them imports)
-can be handed over ahead (`ahead`): once a batch's own chunks are sent, the worker parses a few
-chunks of them while the importing thread writes and commits, which left the worker idle for a
-sixth of a catch-up. Their answers wait, keyed by the entries' bytes (parsing is a function of
-the bytes alone), for whichever batch imports those entries.
-
 The worker is `python -m gibsey.ledger.parsepool`, talking over its stdin and stdout (a 4-byte
 length, then a pickle: a list of entries' bytes one way, parse_many's tuples back). Not
 multiprocessing: its spawn and forkserver children run the parent's main script again (an
@@ -29,7 +23,6 @@ stopped, the rest is parsed in the importing thread, and the next batch starts a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pickle
 import queue
@@ -39,9 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator
-from contextlib import closing
+from collections.abc import Callable, Generator
 from typing import IO, Any
 
 from .entry import Entry, ParsedFields, from_fields, parse_many
@@ -53,13 +44,6 @@ CHUNK = 64
 # Chunks sent to the worker and not yet answered, at most: enough that it never waits for its
 # next one, few enough that the batch's tail stays here for the importing thread to take.
 WINDOW = 3
-# Chunks sent ahead after a batch's own, at most: about what the worker parses while the
-# importing thread writes and commits a mesh round (~10 ms). Their answers wait in the pipe,
-# so the pipes are made PIPE_SIZE large, and the chunks' bytes kept to half of that.
-AHEAD_CHUNKS = 12
-PIPE_SIZE = 1 << 20
-# Entries asked for ahead, or answered and not yet taken by an import, at most: two mesh rounds.
-AHEAD_MAX = 4096
 _LEN = struct.Struct(">I")
 _READ_SIZE = 1 << 20
 
@@ -126,28 +110,24 @@ class _Worker:
     lock = threading.Lock()
     proc: subprocess.Popen[bytes] | None = None
     answers: _Answers | None = None  # the running worker's stdout
-    ahead_bytes = 0  # entries' bytes the pipes take ahead of any reader (0: nothing ahead)
 
     @classmethod
     def get(cls) -> tuple[subprocess.Popen[bytes], _Answers]:
         """The running worker and its answers (hold `lock`)."""
         if cls.proc is None or cls.answers is None or cls.proc.poll() is not None:
-            _AHEAD.in_pipe.clear()
             cls.proc = subprocess.Popen(
                 [sys.executable, "-m", "gibsey.ledger.parsepool"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
-            assert cls.proc.stdin is not None and cls.proc.stdout is not None
+            assert cls.proc.stdout is not None
             cls.answers = _Answers(cls.proc.stdout.fileno())
-            cls.ahead_bytes = _widen(cls.proc.stdin.fileno(), cls.proc.stdout.fileno()) // 2
         return cls.proc, cls.answers
 
     @classmethod
     def stop(cls) -> None:
         """Stop the worker (hold `lock`): it died, or its pipe holds answers nobody reads."""
         proc, cls.proc, cls.answers = cls.proc, None, None
-        _AHEAD.in_pipe.clear()  # (their answers are lost with it: those entries parse later)
         if proc is not None:
             proc.kill()
             proc.wait()
@@ -159,80 +139,11 @@ class _Worker:
                         pipe.close()
 
 
-def _widen(*pipes: int) -> int:
-    """Make the pipes PIPE_SIZE large if the system lets us; the smallest size they have."""
-    sizes = []
-    for fd in pipes:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        sizes.append(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
-    return min(sizes)
-
-
-class _Ahead:
-    """Entries to parse ahead of their import, and the worker's answers for them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()  # (the mesh's loop asks; importing threads take)
-        self.asked: deque[bytes] = deque()
-        self.answers: dict[bytes, ParsedFields] = {}
-        self.in_pipe: list[list[bytes]] = []  # chunks sent ahead, answers unread (_Worker.lock)
-
-    def ask(self, raws: list[bytes]) -> None:
-        with self.lock:
-            if len(self.asked) + len(self.answers) + len(raws) <= AHEAD_MAX:
-                self.asked.extend(raws)
-
-    def take(self, raws: list[bytes]) -> list[ParsedFields | None]:
-        """The answers already here for `raws` (None: parse it), which are no longer asked."""
-        with self.lock:
-            if not self.answers and not self.asked:
-                return [None] * len(raws)
-            batch = set(raws)
-            self.asked = deque(r for r in self.asked if r not in batch)
-            return [self.answers.pop(r, None) for r in raws]
-
-    def chunk(self) -> list[bytes]:
-        with self.lock:
-            return [self.asked.popleft() for _ in range(min(CHUNK, len(self.asked)))]
-
-    def collect(self, answers: _Answers) -> None:
-        """Read the answers to the chunks sent ahead (hold _Worker.lock)."""
-        while self.in_pipe:
-            fields: list[ParsedFields] = answers.receive()
-            chunk = self.in_pipe.pop(0)
-            with self.lock:
-                if len(self.answers) + len(chunk) > AHEAD_MAX:
-                    self.answers.clear()  # never taken (another feed's, refused): let go
-                self.answers.update(zip(chunk, fields, strict=True))
-
-    def send(self, todo: queue.SimpleQueue[list[bytes] | None]) -> None:
-        """Put up to AHEAD_CHUNKS chunks of what was asked to the worker (hold _Worker.lock)."""
-        budget = _Worker.ahead_bytes
-        while len(self.in_pipe) < AHEAD_CHUNKS and (chunk := self.chunk()):
-            budget -= sum(len(r) for r in chunk)
-            if budget < 0:
-                with self.lock:
-                    self.asked.extendleft(reversed(chunk))
-                return
-            self.in_pipe.append(chunk)
-            todo.put(chunk)
-
-
-_AHEAD = _Ahead()
-
-
-def ahead(raws: list[bytes]) -> None:
-    """Entries a batch soon imports: the worker may parse them once it has nothing else."""
-    _AHEAD.ask(raws)
-
-
 def warm() -> None:
     """Start the worker now (so a benchmark does not time its start)."""
     with _Worker.lock:
         proc, answers = _Worker.get()
         assert proc.stdin is not None
-        _AHEAD.collect(answers)
         _send(proc.stdin, [])
         answers.receive()
 
@@ -246,18 +157,8 @@ def parsed(
     generator when done with it (it holds the worker for the batch): `closing(parsed(...))`."""
     # (The gate is asked only of a batch large enough to go to the worker: it samples /proc.)
     if len(raws) < PARALLEL_MIN or not (_idle_core() if worker is None else worker):
-        known = _AHEAD.take(raws)
-        rest = [raw for raw, k in zip(raws, known, strict=True) if k is None]
-        return _merged(known, iter(parse_here(rest)))
+        return _each(parse_here(raws))
     return _pipelined(raws, parse_here)
-
-
-def _merged(
-    known: list[ParsedFields | None], rest: Iterator[Entry | Rejected]
-) -> Generator[Entry | Rejected, None, None]:
-    """The batch in order: the answers parsed ahead, and `rest` (the others, in order)."""
-    for fields in known:
-        yield next(rest) if fields is None else from_fields(fields)
 
 
 def _idle_core() -> bool:
@@ -352,96 +253,49 @@ def _each(items: list[Entry | Rejected]) -> Generator[Entry | Rejected, None, No
 
 
 def _pipelined(raws: list[bytes], parse_here: ParseHere) -> Generator[Entry | Rejected, None, None]:
+    # The importing thread also checks and inserts every entry: it parses the first ~1/8 while
+    # the worker starts, then the tail's chunks whenever the worker's next answer is not there.
+    first = max(CHUNK // 2, len(raws) // 8)
+    chunks = [raws[i : i + CHUNK] for i in range(first, len(raws), CHUNK)]
+    sent = done = 0  # chunks[:sent] went to the worker; `done` of them were answered
+    end = len(chunks)  # chunks[end:] are parsed here, in `tail` (last first)
+    tail: list[list[Entry | Rejected]] = []
     with _Worker.lock:
         proc, answers = _Worker.get()
-        try:
-            _AHEAD.collect(answers)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            _Worker.stop()
-            proc, answers = _Worker.get()
-        known = _AHEAD.take(raws)
-        rest = [raw for raw, k in zip(raws, known, strict=True) if k is None]
-        # The worker starts on its chunks now, while this thread takes the answers it already has.
-        shared = _Shared(rest, parse_here, proc, answers, head=len(rest) == len(raws))
-        try:
-            with closing(shared.results()) as parsed_rest:
-                yield from _merged(known, parsed_rest)
-                for _ in parsed_rest:  # (none left: this runs its end, which sends chunks ahead)
-                    raise AssertionError("more parsed than asked for")
-        finally:
-            shared.finish()
-
-
-class _Shared:
-    """A batch's entries parsed by the worker and by the importing thread (which holds
-    _Worker.lock throughout); then a few chunks of what was asked ahead go to the worker, to
-    parse while this batch is stored. The importing thread also checks and inserts every
-    entry: it parses the first ~1/8 while the worker starts (`head`: unless it has answers
-    from ahead to take meanwhile), then the tail's chunks whenever the worker's next answer is
-    not there."""
-
-    def __init__(
-        self,
-        raws: list[bytes],
-        parse_here: ParseHere,
-        proc: subprocess.Popen[bytes],
-        answers: _Answers,
-        *,
-        head: bool,
-    ) -> None:
-        self.parse_here, self.proc, self.answers = parse_here, proc, answers
-        first = max(CHUNK // 2, len(raws) // 8) if head else 0
-        self.head = raws[:first]
-        self.chunks = [raws[i : i + CHUNK] for i in range(first, len(raws), CHUNK)]
-        self.done = 0  # chunks[:sent] went to the worker; `done` of them were answered
-        self.end = len(self.chunks)  # chunks[end:] are parsed here, in `tail` (last first)
-        self.tail: list[list[Entry | Rejected]] = []
-        self.finished = False
         assert proc.stdin is not None
         # A thread writes the chunks so neither pipe can fill while the other waits.
-        self.todo: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
-        self.writer = threading.Thread(target=_write_all, args=(proc.stdin, self.todo), daemon=True)
-        self.writer.start()
-        for chunk in self.chunks[:WINDOW]:
-            self.todo.put(chunk)
-        self.sent = min(WINDOW, self.end)
-
-    def results(self) -> Generator[Entry | Rejected, None, None]:
+        todo: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        writer = threading.Thread(target=_write_all, args=(proc.stdin, todo), daemon=True)
+        writer.start()
         try:
-            yield from self.parse_here(self.head)
-            while self.done < self.sent:
-                if self.sent < self.end and not self.answers.ready():
-                    self.end -= 1  # the worker is behind: its last chunk is parsed here instead
-                    self.tail.append(self.parse_here(self.chunks[self.end]))
+            for chunk in chunks[:WINDOW]:
+                todo.put(chunk)
+            sent = min(WINDOW, end)
+            yield from parse_here(raws[:first])
+            while done < sent:
+                if sent < end and not answers.ready():
+                    end -= 1  # the worker is behind: its last chunk is parsed here instead
+                    tail.append(parse_here(chunks[end]))
                     continue
-                fields: list[ParsedFields] = self.answers.receive()
-                self.done += 1
-                if self.sent < self.end:
-                    self.todo.put(self.chunks[self.sent])
-                    self.sent += 1
+                fields: list[ParsedFields] = answers.receive()
+                done += 1
+                if sent < end:
+                    todo.put(chunks[sent])
+                    sent += 1
                 for item in fields:
                     yield from_fields(item)
-            _AHEAD.send(self.todo)
         except (EOFError, OSError, pickle.UnpicklingError):
             _Worker.stop()
-            for chunk in self.chunks[self.done : self.end]:
-                yield from self.parse_here(chunk)
-            self.done = self.sent
+            for chunk in chunks[done:end]:
+                yield from parse_here(chunk)
+            done = sent
         finally:
-            self.finish()
-        for parsed_here in reversed(self.tail):
+            todo.put(None)
+            if done < sent and _Worker.proc is proc:
+                _Worker.stop()  # abandoned half read: its answers would meet the next batch
+            writer.join()
+        for parsed_here in reversed(tail):
             yield from parsed_here
-
-    def finish(self) -> None:
-        """Let the writer go; a batch abandoned half read stops the worker (its answers would
-        meet the next batch)."""
-        if self.finished:
-            return
-        self.finished = True
-        self.todo.put(None)
-        if self.done < self.sent and _Worker.proc is self.proc:
-            _Worker.stop()
-        self.writer.join()
 
 
 def _write_all(out: IO[bytes], todo: queue.SimpleQueue[list[bytes] | None]) -> None:
@@ -449,8 +303,8 @@ def _write_all(out: IO[bytes], todo: queue.SimpleQueue[list[bytes] | None]) -> N
     while (chunk := todo.get()) is not None:
         try:
             _send(out, chunk)
-        except (OSError, ValueError):  # the worker died, or was stopped (its pipe closed):
-            return  # the reader parses the rest itself
+        except OSError:  # the worker died: the reader parses the rest itself
+            return
 
 
 def serve() -> None:

@@ -1006,13 +1006,6 @@ class Store:
 
     # ---- importing foreign entries ------------------------------------------------------------
 
-    def parse_ahead(self, raws: list[bytes]) -> None:
-        """Entries that a coming import_many will import (received while another imports):
-        the parse worker may parse them while this store writes and commits the batch before.
-        Only a hint: whatever batch they come in, they are imported and checked the same."""
-        if self.parse_process is not False:
-            parsepool.ahead(raws)
-
     def import_entry(self, item: bytes | Entry) -> ImportResult:
         """Check and store an entry from a peer; raise Rejected (store unchanged) if bad. An
         unsigned entry is held (PENDING), stored once its group's signed head arrives."""

@@ -660,8 +660,6 @@ class MeshNode:
         while peer.inbox_entries and peer.inbox_entries + len(raws) > INBOX_ENTRIES:
             peer.inbox_room.clear()
             await peer.inbox_room.wait()
-        if peer.inbox_entries:  # the importer is busy: the store may parse these meanwhile
-            self.store.parse_ahead([r for r in raws if self._member_feed(r)])
         peer.inbox.append((raws, traces))
         peer.inbox_entries += len(raws)
         self.stats.inbox_peak = max(self.stats.inbox_peak, peer.inbox_entries)

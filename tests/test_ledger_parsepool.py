@@ -118,51 +118,6 @@ def test_a_worker_that_falls_behind_leaves_the_batch_tail_to_the_importing_threa
     assert len(parsed_here) == 1 + chunks - parsepool.WINDOW
 
 
-def _counting(seen: list[bytes]) -> parsepool.ParseHere:
-    def counted(batch: list[bytes]) -> list[Entry | Rejected]:
-        seen.extend(batch)
-        return here(batch)
-
-    return counted
-
-
-def test_entries_asked_ahead_are_parsed_by_the_worker_while_the_batch_before_is_stored() -> None:
-    """The mesh received the next batch while importing this one: once this batch's chunks are
-    sent, the worker parses the next one's, and that batch takes those answers - the same
-    entries and rejections, in order, none of them parsed again here."""
-    parsepool.warm()
-    now, coming = FeedWriter(73), mixed_batch()
-    batch = [now.next("mint", MINT, head=i % 64 == 63 or i == 299).raw for i in range(300)]
-    parsepool.ahead(coming)
-    with closing(parsepool.parsed(batch, here, worker=True)) as it:
-        assert same(list(it), here(batch))
-    assert sum(len(c) for c in parsepool._AHEAD.in_pipe) == len(coming)  # sent ahead, all
-    seen: list[bytes] = []
-    with closing(parsepool.parsed(coming, _counting(seen), worker=True)) as it:
-        got = list(it)
-    assert same(got, here(coming))
-    assert seen == []  # every one of them came from the answers parsed ahead
-    assert not parsepool._AHEAD.answers and not parsepool._AHEAD.asked
-
-
-def test_answers_parsed_ahead_and_lost_with_their_worker_are_parsed_again() -> None:
-    """The worker dies with answers parsed ahead still in its pipe: the batch that needed them
-    parses those entries itself, and loses none."""
-    parsepool.warm()
-    now, coming = FeedWriter(74), mixed_batch()
-    batch = [now.next("mint", MINT, head=i % 64 == 63 or i == 299).raw for i in range(300)]
-    parsepool.ahead(coming)
-    with closing(parsepool.parsed(batch, here, worker=True)) as it:
-        list(it)
-    proc = parsepool._Worker.proc
-    assert proc is not None and parsepool._AHEAD.in_pipe
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    with closing(parsepool.parsed(coming, here, worker=True)) as it:
-        assert same(list(it), here(coming))
-    assert not parsepool._AHEAD.in_pipe
-
-
 def test_a_store_importing_through_the_worker_stores_the_same(tmp_path: Path) -> None:
     writer = FeedWriter(72)
     raws = [writer.next("mint", MINT, head=i % 64 == 63 or i == 999).raw for i in range(1000)]
