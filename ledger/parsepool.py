@@ -303,8 +303,8 @@ def _write_all(out: IO[bytes], todo: queue.SimpleQueue[list[bytes] | None]) -> N
     while (chunk := todo.get()) is not None:
         try:
             _send(out, chunk)
-        except OSError:  # the worker died: the reader parses the rest itself
-            return
+        except (OSError, ValueError):  # the worker died, or was stopped (its pipe closed):
+            return  # the reader parses the rest itself
 
 
 def serve() -> None:

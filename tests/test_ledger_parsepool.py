@@ -5,6 +5,7 @@ worker dies or a batch is abandoned half read; and a store importing that way st
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -116,6 +117,19 @@ def test_a_worker_that_falls_behind_leaves_the_batch_tail_to_the_importing_threa
     # The worker parsed exactly the chunks it held when it stalled, and nothing more.
     assert len(raws) - sum(parsed_here) == parsepool.WINDOW * parsepool.CHUNK
     assert len(parsed_here) == 1 + chunks - parsepool.WINDOW
+
+
+def test_the_chunk_writer_ends_quietly_when_the_worker_was_stopped_under_it() -> None:
+    """A batch abandoned half read stops the worker, closing its pipe while the writer thread
+    may still be sending chunks: the writer ends there, no exception in its thread."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    pipe = os.fdopen(write_end, "wb")
+    pipe.close()
+    todo: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+    todo.put([b"an entry"])
+    todo.put(None)
+    parsepool._write_all(pipe, todo)  # returns: the reader parses the rest itself
 
 
 def test_a_store_importing_through_the_worker_stores_the_same(tmp_path: Path) -> None:
