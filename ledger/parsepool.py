@@ -56,34 +56,24 @@ def _send(out: IO[bytes], obj: Any) -> None:
     out.flush()
 
 
-def _receive(inp: IO[bytes]) -> Any:
-    head = inp.read(_LEN.size)
-    if len(head) != _LEN.size:
-        raise EOFError("the parse worker closed its pipe")
-    (size,) = _LEN.unpack(head)
-    data = inp.read(size)
-    if len(data) != size:
-        raise EOFError("the parse worker closed its pipe")
-    return pickle.loads(data)  # our own child, over its own pipe
-
-
-class _Answers:
-    """The worker's answers, read from its stdout's descriptor with a buffer of our own (not the
-    pipe's BufferedReader), so whether a whole answer is there can be asked without blocking."""
+class _Frames:
+    """What _send wrote, read from the pipe's descriptor with a buffer of our own (not the
+    pipe's BufferedReader), so whether a whole frame is there can be asked without blocking:
+    the worker's answers here, the chunks in the worker."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
 
     def _whole(self) -> int:
-        """The length of the first answer if the buffer holds all of it, else 0."""
+        """The length of the first frame if the buffer holds all of it, else 0."""
         if len(self._buf) < _LEN.size:
             return 0
         end = _LEN.size + _LEN.unpack_from(self._buf)[0]
         return end if len(self._buf) >= end else 0
 
     def ready(self) -> bool:
-        """Whether an answer can be read now, at most one non-blocking look at the pipe."""
+        """Whether a frame can be read now, at most one non-blocking look at the pipe."""
         if self._whole():
             return True
         if select.select([self._fd], [], [], 0)[0]:
@@ -93,7 +83,7 @@ class _Answers:
     def _fill(self) -> None:
         data = os.read(self._fd, _READ_SIZE)
         if not data:
-            raise EOFError("the parse worker closed its pipe")
+            raise EOFError("the pipe to or from the parse worker was closed")
         self._buf += data
 
     def receive(self) -> Any:
@@ -101,7 +91,7 @@ class _Answers:
             self._fill()
         data = bytes(self._buf[_LEN.size : end])
         del self._buf[:end]
-        return pickle.loads(data)  # our own child, over its own pipe
+        return pickle.loads(data)  # our own child or parent, over their own pipe
 
 
 class _Worker:
@@ -109,10 +99,10 @@ class _Worker:
 
     lock = threading.Lock()
     proc: subprocess.Popen[bytes] | None = None
-    answers: _Answers | None = None  # the running worker's stdout
+    answers: _Frames | None = None  # the running worker's stdout
 
     @classmethod
-    def get(cls) -> tuple[subprocess.Popen[bytes], _Answers]:
+    def get(cls) -> tuple[subprocess.Popen[bytes], _Frames]:
         """The running worker and its answers (hold `lock`)."""
         if cls.proc is None or cls.answers is None or cls.proc.poll() is not None:
             cls.proc = subprocess.Popen(
@@ -121,7 +111,7 @@ class _Worker:
                 stdout=subprocess.PIPE,
             )
             assert cls.proc.stdout is not None
-            cls.answers = _Answers(cls.proc.stdout.fileno())
+            cls.answers = _Frames(cls.proc.stdout.fileno())
         return cls.proc, cls.answers
 
     @classmethod
@@ -309,10 +299,10 @@ def _write_all(out: IO[bytes], todo: queue.SimpleQueue[list[bytes] | None]) -> N
 
 def serve() -> None:
     """The worker's loop: chunks of entries in on stdin, parse_many's tuples out on stdout."""
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    inp, out = _Frames(sys.stdin.fileno()), sys.stdout.buffer
     while True:
         try:
-            raws = _receive(inp)
+            raws = inp.receive()
         except EOFError:
             return
         _send(out, parse_many(raws))
