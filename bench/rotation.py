@@ -42,7 +42,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,8 +148,7 @@ async def _alternate(node: Node, topic: str, messages: list[bytes], out: Samples
     machine, floor_machine = vm.Vm(), vm.Vm()
     handle = node.router.handle_message
     clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    for first in range(0, len(messages), BLOCK):
-        block = messages[first : first + BLOCK]
+    async for first, block in _blocks(messages):
         keep = first >= WARMUP
         for raw in block:
             c0, t0 = cpu_clock(), clock()
@@ -168,7 +167,6 @@ async def _alternate(node: Node, topic: str, messages: list[bytes], out: Samples
             _floor(node, topic, raw, floor_machine, trigger)
             if keep:
                 out.floor.append((clock() - t0) / 1e3)
-        await _loop_turn()
     machine.close()
     floor_machine.close()
 
@@ -188,12 +186,15 @@ class _TimedVm:
         return result
 
 
-async def _loop_turn() -> None:
-    """One turn of the event loop between blocks of rotations (untimed): the callbacks the
-    rotations scheduled (Node.send: its handlers take each event at the loop's next turn) run
-    and are let go, as a node's loop does after every message. A loop that never turned would
-    hold every event made (4 a turn, tens of thousands), and grow the heap each turn."""
-    await asyncio.sleep(0)
+async def _blocks(messages: list[bytes]) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """The messages in blocks of BLOCK (with the first one's index), and one turn of the event
+    loop after each block (untimed): the callbacks the rotations scheduled (Node.send: its
+    handlers take each event at the loop's next turn) run and are let go, as a node's loop
+    does after every message. A loop that never turned would hold every event made (4 a turn,
+    tens of thousands), and grow the heap each turn."""
+    for first in range(0, len(messages), BLOCK):
+        yield first, messages[first : first + BLOCK]
+        await asyncio.sleep(0)
 
 
 async def _vm_in_turn(node: Node, topic: str, messages: list[bytes]) -> list[float]:
@@ -203,10 +204,9 @@ async def _vm_in_turn(node: Node, topic: str, messages: list[bytes]) -> list[flo
     machine = runtime.vm
     runtime.vm = _TimedVm(machine, took)  # type: ignore[assignment]
     try:
-        for i, raw in enumerate(messages, 1):
-            node.router.handle_message(topic, raw)
-            if i % BLOCK == 0:
-                await _loop_turn()
+        async for _, block in _blocks(messages):
+            for raw in block:
+                node.router.handle_message(topic, raw)
     finally:
         runtime.vm = machine
     return took
@@ -220,12 +220,11 @@ async def _without_gc(node: Node, topic: str, messages: list[bytes]) -> list[flo
     gc.collect()
     gc.disable()
     try:
-        for i, raw in enumerate(messages, 1):
-            t0 = clock()
-            handle(topic, raw)
-            took.append((clock() - t0) / 1e3)
-            if i % BLOCK == 0:
-                await _loop_turn()
+        async for _, block in _blocks(messages):
+            for raw in block:
+                t0 = clock()
+                handle(topic, raw)
+                took.append((clock() - t0) / 1e3)
     finally:
         gc.enable()
     return took
@@ -254,7 +253,7 @@ async def _measure(data: Path, n: int, otlp_endpoint: str = "") -> Samples:
     node.publish_raw = sink  # type: ignore[method-assign]
     # The events' own handlers (each part's) take them at the loop's next turn, after the
     # rotation (Node.send): not part of this figure, so the callbacks that loop turn runs
-    # (between blocks, untimed: _loop_turn) hand them to no handler.
+    # (between blocks, untimed: _blocks) hand them to no handler.
     node.router.sent = lambda out, echoed: None  # type: ignore[method-assign]
     topic = f"gibsey/v1/{node.node_id}/glyph/rotated"
     out = Samples()
