@@ -50,17 +50,17 @@ RUNS = int(os.environ.get("GIBSEY_BENCH_CATCHUP_RUNS", "3"))
 AUTHORS = 10
 BATCH = 5000  # entries per append_many while building the history
 RSS_LIMIT_MIB = 200.0
-# Why the time row misses 1.25x (measured 2026-11-30, 4 runs of 2: medians 1.33x, runs from
-# 1.05x to 1.55x on this shared host; both processes' CPU is ~1.0x the bare verify's, so what
-# is left is the cores' idle time between the halves below).
+# What the time row rests on (measured 2026-11-30, interleaved, 2 runs each of 2: 1.12, 1.03,
+# 1.13, 0.96 with orjson's canonical JSON against 1.49, 1.36, 1.26, 1.43 with the standard
+# library's; the catching-up node's CPU 31-34 against 39-44 us an entry).
 PIPELINE_LIMIT = (
-    "where it stands: the catching-up node's importing thread (chain checks, inserts, ~13 us "
-    "an entry, and the chunks its parse worker has not reached yet: a third of the parsing) "
-    "is busy nearly all the time; the worker idles while a round is written and committed "
-    "and between rounds; tried without a gain beyond this host's noise: import batches 4x "
-    "larger, chunks of 16 and 256, answers without the raw bytes, an inbox of 3 rounds, the "
-    "worker parsing the next round's entries while one is committed (the importing thread's "
-    "CPU did not drop)"
+    "what it rests on: the catching-up node's importing thread (chain checks, inserts, and "
+    "the chunks its parse worker has not reached yet: a third of the parsing) is busy nearly "
+    "all the time, so an entry's parse is the lever: canonical JSON through orjson (an entry "
+    "parses in ~9 us, was 16) took the runs from 1.26-1.49x to 0.96-1.13x; tried without a "
+    "gain beyond this host's noise: import batches 4x larger, chunks of 16 and 256, answers "
+    "without the raw bytes, an inbox of 3 rounds, the worker parsing the next round's "
+    "entries while one is committed"
 )
 CATCHUP_TIMEOUT_S = 1800.0
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gibsey-bench"
