@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
@@ -179,6 +179,84 @@ def test_fast_encoder_matches_reference_and_decodes_back(v: Any) -> None:
     data = canonical.encode(v)
     assert data == reference_encode(v)
     assert canonical.decode(data) == v
+
+
+REFUSED = object()
+
+
+def _reference_decode(data: bytes) -> Any:
+    """What the spec accepts, from parts independent of canonical.py: the standard library's
+    JSON parser (floats and NaN refused), the data model's integer range, and the reference
+    encoder's bytes equal to the input (these values nest far less than MAX_DEPTH, which
+    has its own tests). REFUSED: refused."""
+
+    def refuse(text: str) -> Any:
+        raise ValueError(text)
+
+    def in_range(x: Any) -> bool:
+        if type(x) is int:
+            return abs(x) <= canonical.MAX_SAFE_INT
+        inner = x.values() if type(x) is dict else x if type(x) is list else ()
+        return all(in_range(i) for i in inner)
+
+    try:
+        value = json.loads(data.decode("utf-8"), parse_float=refuse, parse_constant=refuse)
+        ok = in_range(value) and reference_encode(value) == data
+        return value if ok else REFUSED
+    except (ValueError, RecursionError):  # also not UTF-8, a lone surrogate (not encodable)
+        return REFUSED
+
+
+@settings(max_examples=400)  # most edits make plain garbage: enough of them to make a near miss
+@given(
+    values,
+    st.fixed_dictionaries(
+        {
+            "sort_keys": st.booleans(),
+            "ensure_ascii": st.booleans(),
+            "indent": st.sampled_from([None, 0, 1]),
+            "separators": st.sampled_from([(",", ":"), (", ", ": ")]),
+        }
+    ),
+    st.lists(
+        st.tuples(
+            st.integers(0, 10**6),
+            st.integers(0, 2),
+            st.sampled_from(
+                [
+                    *(bytes([b]) for b in b'{}[]",:0-1 \\\n\x00\xff'),
+                    b".0",
+                    b"e5",
+                    b"\\u0041",
+                    b"\xc3\xa9",
+                ]
+            ),
+        ),
+        max_size=2,
+    ),
+)
+def test_decode_accepts_exactly_the_bytes_the_spec_accepts(
+    v: Any, style: dict[str, Any], edits: list[tuple[int, int, bytes]]
+) -> None:
+    """Any JSON writing of a value (keys in any order, spaces, newlines, \\u escapes), with up
+    to two edits (a byte replaced or removed, a few bytes put in: a fraction, an exponent, an
+    escape), is accepted, and decodes to the same value, exactly when the spec's reference
+    says so."""
+    data = bytearray(json.dumps(v, **style).encode())
+    for at, how, chunk in edits:
+        i = at % (len(data) + 1)
+        if how == 0 and i < len(data):
+            data[i : i + 1] = chunk[:1]
+        elif how == 1 and i < len(data):
+            del data[i]
+        else:
+            data[i:i] = chunk
+    expected = _reference_decode(bytes(data))
+    try:
+        got = canonical.decode(bytes(data))
+    except canonical.CanonicalError:
+        got = REFUSED
+    assert got == expected
 
 
 @pytest.mark.parametrize(
