@@ -26,9 +26,10 @@ from gibsey.bench.nodeproc import open_rotation_throttle, start_up, wait_for_fil
 from gibsey.core.mqtt import Session
 from gibsey.harness.mosquitto import Mosquitto
 from gibsey.harness.turns import node_online
-from gibsey.ledger.errors import OverMintBudget
+from gibsey.ledger.errors import OverMintBudget, Rejected
 from gibsey.ledger.ledger import GroupCommit, Ledger
 from gibsey.ledger.store import DB_FILENAME, Store
+from gibsey.ledger.testing import FeedWriter
 from gibsey.node.agents.db import Db
 from gibsey.node.agents.service import TENSOR_CLOCK_S, tensor_write_due
 from gibsey.node.agents.tensor import AgencyTensor
@@ -131,7 +132,7 @@ def test_mints_submitted_together_share_one_commit_and_keep_the_budget(tmp_path:
         ledger.close()
 
 
-def test_a_store_made_with_the_unique_hash_index_loses_it_and_keeps_every_entry(
+def test_a_store_made_with_the_unique_hash_and_fold_order_indexes_loses_them_keeping_every_entry(
     tmp_path: Path,
 ) -> None:
     store = Store.open(tmp_path)
@@ -141,7 +142,7 @@ def test_a_store_made_with_the_unique_hash_index_loses_it_and_keeps_every_entry(
     # The table as releases before issue 19 created it.
     db = sqlite3.connect(tmp_path / DB_FILENAME)
     db.executescript(
-        "ALTER TABLE entries RENAME TO e0; DROP INDEX entries_order;"
+        "ALTER TABLE entries RENAME TO e0; DROP INDEX entries_lamport;"
         "CREATE TABLE entries (author BLOB NOT NULL, seq INTEGER NOT NULL, "
         "hash BLOB NOT NULL UNIQUE, lamport INTEGER NOT NULL, type TEXT NOT NULL, "
         "raw BLOB NOT NULL, PRIMARY KEY (author, seq));"
@@ -152,11 +153,39 @@ def test_a_store_made_with_the_unique_hash_index_loses_it_and_keeps_every_entry(
     store = Store.open(tmp_path)
     try:
         indexes = [r[1] for r in store.db.execute("PRAGMA index_list(entries)")]
-        assert sorted(indexes) == ["entries_order", "sqlite_autoindex_entries_1"]
+        assert sorted(indexes) == ["entries_lamport", "sqlite_autoindex_entries_1"]
         assert [e.hash for e in store.entries_after(made[0].author, 0)] == [e.hash for e in made]
         assert store.get_by_hash(made[2].hash) == made[2]
         store.append(key, "mint", {"actor": "a", "amount": 1, "ritual": "r"})
         assert store.verify().ok
+    finally:
+        store.close()
+
+
+def test_a_store_with_the_fold_order_index_keeps_its_fold_order_through_the_lamport_index(
+    tmp_path: Path,
+) -> None:
+    """Stores made before entries_lamport carry (lamport, author, seq): opened, the index is
+    gone, and the views still fold in that order, ties between feeds included."""
+    store = Store.open(tmp_path)
+    feeds = [FeedWriter(seed) for seed in (3, 1, 2)]  # each its own clock: 1, 2, 3 in all three
+    raws = [feed.next("mint", {"actor": "a", "amount": 1, "ritual": "r"}).raw for feed in feeds]
+    raws += [feed.next("mint", {"actor": "a", "amount": 1, "ritual": "r"}).raw for feed in feeds]
+    raws += [feed.next("mint", {"actor": "a", "amount": 1, "ritual": "r"}).raw for feed in feeds]
+    assert not any(isinstance(r, Rejected) for r in store.import_many(raws))
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    db.executescript(
+        "DROP INDEX entries_lamport; CREATE INDEX entries_order ON entries (lamport, author, seq);"
+    )
+    db.close()
+    store = Store.open(tmp_path)
+    try:
+        indexes = [r[1] for r in store.db.execute("PRAGMA index_list(entries)")]
+        assert sorted(indexes) == ["entries_lamport", "sqlite_autoindex_entries_1"]
+        order = [(e.lamport, e.author, e.seq) for e in store.iter_ordered()]
+        assert len(order) == 9 and order == sorted(order)
+        assert [lamport for lamport, _, _ in order] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     finally:
         store.close()
 
@@ -233,7 +262,8 @@ def test_bench_wear_measures_a_few_turns(tmp_path: Path) -> None:
         broker.stop()
     assert run.turns == 10 and run.took_s < time.monotonic() - started
     assert run.write_bytes >= 0 and run.entry_bytes > 0
-    assert run.idle_s == 1.0 and run.idle_bytes >= 0 and run.idle_rewrites >= 0
+    assert run.idle_s == 1.0 and 0 <= run.idle_rewrites_bytes <= run.idle_bytes
+    assert 0 <= run.turn_rewrites_bytes <= run.write_bytes
     assert wear.heartbeats_per_day(days=2) - wear.heartbeats_per_day() == 48
 
 
@@ -246,3 +276,13 @@ def test_a_quiet_room_writes_the_tensor_clock_every_ten_minutes_not_every_30_s()
     assert not tensor_write_due(120.0, pending=False)
     assert not tensor_write_due(TENSOR_CLOCK_S - 1, pending=False)
     assert tensor_write_due(TENSOR_CLOCK_S, pending=False)
+
+
+def test_the_aged_row_swaps_a_young_nodes_heartbeats_for_a_day_old_nodes() -> None:
+    """The turns' bytes with the checkpoint, less what their own heartbeats (10 s apart) wrote,
+    plus one heartbeat every 30 min at 5 turns/s."""
+    run = wear.WearRun(500, 800_000, 250_000, 4, 80, 0, 290.0, 100.0)
+    run.turn_rewrites, run.turn_rewrites_bytes = 10, 90_000
+    row = wear._aged_row([run], each=27_000.0)
+    assert row.figure == (800_000 + 250_000 - 90_000) / 500 + 27_000 / (1800 * 5.0)
+    assert row.met is True  # 1,923 B <= 2,000

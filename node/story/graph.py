@@ -295,9 +295,12 @@ class StoryGraph:
             start = (int(lam), bytes.fromhex(author), int(seq))
         fresh = rebuild or self._meta("format") != FORMAT or self._meta("quarantine") != qmark
         if not fresh and start is not None:
+            # In two parts: the entries below its Lamport clock are counted from the Lamport
+            # index alone; only the few at the same clock are looked up in the table.
             (held,) = store.db.execute(
-                "SELECT COUNT(*) FROM entries WHERE (lamport, author, seq) <= (?, ?, ?)",
-                start,
+                "SELECT (SELECT COUNT(*) FROM entries WHERE lamport < ?) + (SELECT COUNT(*) "
+                "FROM entries WHERE lamport = ? AND (author, seq) <= (?, ?))",
+                (start[0], *start),
             ).fetchone()
             fresh = held != folded
         if not fresh:
