@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +52,7 @@ from gibsey.ledger.store import _INSERT as _STORE_INSERT
 from gibsey.ledger.store import _SCHEMA as STORE_SCHEMA
 from gibsey.ledger.store import DB_FILENAME
 from gibsey.node.daemon import HEARTBEAT_S
+from gibsey.node.image.cli import DATA_MKFS, DATA_MOUNT_OPTIONS
 from gibsey.node.watchdog.rebirth import HEARTBEAT_FRACTION, HEARTBEAT_MAX_S, RUN_FILE, RunRecord
 
 TURNS = 500
@@ -76,6 +79,7 @@ CHECKPOINT_LIMIT = (
 # The node as it was before the entry log: every group of mints its own SQLite commit.
 EACH_GROUP_COMMITS = {"ledger_commit_every_s": 0.0}
 FLOOR_COMMITS = 8  # bare-SQLite commits measured for the floor rows
+log = logging.getLogger(__name__)
 IDLE_S = 120.0  # a node without turns (before them): its idle writes
 IDLE_SETTLE_S = 10.0
 
@@ -622,6 +626,39 @@ def _aged_row(runs: list[WearRun], each: float) -> Row:
     )
 
 
+CARD_FS_BYTES = 2 * 2**30  # the card filesystem's file (sparse): room for the turns' nodes
+
+
+@contextlib.contextmanager
+def card_filesystem(work: Path) -> Iterator[Path | None]:
+    """An ext4 made and mounted as `gibsey image data-partition` makes the card's data partition
+    (DATA_MKFS, DATA_MOUNT_OPTIONS), in a sparse file on a loop device: the node's writes as
+    the card's filesystem counts them (this machine's own, older and larger, writes its
+    directory and inode pages more often). None where it cannot be made: not root, or no
+    loop device (the reason is logged)."""
+    image, mount = work / "card-data.ext4", work / "card-data"
+    if os.geteuid() != 0:
+        yield None
+        return
+    with image.open("wb") as f:
+        f.truncate(CARD_FS_BYTES)
+    mount.mkdir()
+    made = subprocess.run([*DATA_MKFS, str(image)], capture_output=True, text=True)
+    if made.returncode == 0:
+        opts = f"loop,{DATA_MOUNT_OPTIONS}"
+        made = subprocess.run(
+            ["mount", "-o", opts, str(image), str(mount)], capture_output=True, text=True
+        )
+    if made.returncode != 0:
+        log.warning("wear: no card filesystem (%s)", (made.stderr or made.stdout).strip())
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def run() -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-wear-", dir="/var/tmp") as tmp:
         work = Path(tmp)
@@ -634,6 +671,8 @@ def run() -> list[Row]:
             )
             each = rewrite_bytes(work)
             floor = _floor_rows(work, runs)
+            with card_filesystem(work) as card:
+                on_card = [measure(card, broker) for _ in range(3)] if card else []
         finally:
             broker.stop()
     every = NodeConfig().ledger_commit_every_s
@@ -643,6 +682,12 @@ def run() -> list[Row]:
     )
     rows[1] = replace(rows[1], note=f"{rows[1].note}; {CHECKPOINT_LIMIT}")
     rows[3:3] = [_aged_row(runs, each), *floor]
+    if on_card:
+        rows += _rows(
+            on_card,
+            "the same on an ext4 made as the card's data partition (mkfs.ext4 defaults, "
+            f"{DATA_MOUNT_OPTIONS}, a loop device)",
+        )
     rows += _rows(before, "every group its own SQLite commit (before; ledger_commit_every_s = 0)")
     if traced.by_file:
         rows += _breakdown_rows(traced)

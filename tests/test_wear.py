@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey
 
 from gibsey.bench import wear
@@ -286,3 +288,15 @@ def test_the_aged_row_swaps_a_young_nodes_heartbeats_for_a_day_old_nodes() -> No
     row = wear._aged_row([run], each=27_000.0)
     assert row.figure == (800_000 + 250_000 - 90_000) / 500 + 27_000 / (1800 * 5.0)
     assert row.met is True  # 1,923 B <= 2,000
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a loop mount needs root")
+def test_the_card_filesystem_is_an_ext4_mounted_as_the_data_partition(tmp_path: Path) -> None:
+    with wear.card_filesystem(tmp_path) as card:
+        assert card is not None
+        (card / "probe").write_bytes(b"x")
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+        [entry] = [m for m in mounts if m[1] == str(card)]
+        assert entry[2] == "ext4"
+        assert "noatime" in entry[3].split(",")  # (commit=5, ext4's default, is not listed)
+    assert str(card) not in Path("/proc/mounts").read_text()  # unmounted after

@@ -34,6 +34,11 @@ REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"
 PREFIX = "/opt/gibsey"
 DATA_LABEL = "gibsey-data"
+# How the data partition is made and mounted (`gibsey bench wear` makes one the same way in a
+# file, so its figures are the card's filesystem's): ext4's defaults, no access times, the
+# journal committed every 5 s.
+DATA_MKFS = ["mkfs.ext4", "-q", "-F", "-L", DATA_LABEL]
+DATA_MOUNT_OPTIONS = "noatime,commit=5"
 DATA_MOUNT = Path("/var/lib/gibsey")
 MIN_DATA_BYTES = 256 * 1024 * 1024
 AARCH64_LIB = REPO / "vm_zig" / "zig-out" / "aarch64" / "libgibsey_vm.so"
@@ -230,9 +235,9 @@ def _data_partition(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
         device = parts[-1]
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", DATA_LABEL, device], check=True)
+        subprocess.run([*DATA_MKFS, device], check=True)
     mount.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-o", "noatime,commit=5", device, str(mount)], check=True)
+    subprocess.run(["mount", "-o", DATA_MOUNT_OPTIONS, device, str(mount)], check=True)
     shutil.chown(mount, firstboot.SERVICE_USER, firstboot.SERVICE_USER)
     os.chmod(mount, 0o700)
     print(f"{device} ({DATA_LABEL}) mounted at {mount}")
