@@ -16,6 +16,11 @@ The floor rows measure, in the same run, what SQLite itself writes for the same 
 as large as the node's (a bare SQLite with the store's schema): the part of the figure no node
 code can cut while the ledger lives in SQLite's B-trees.
 
+The nodes run in a directory of this machine (/var/tmp), and again, where the bench runs as root,
+on an ext4 made and mounted as `gibsey image data-partition` makes the card's data partition, in
+a file on a loop device: the kernel counts a filesystem's directory and inode pages with the
+writes that dirty them, and an old, large filesystem writes more of them than the card's.
+
 With `breakdown` (the suite does it on a second node) strace counts the bytes of the write
 syscalls per file over the same turns: which files the bytes go to.
 """
@@ -60,21 +65,24 @@ RATE_PER_S = 5.0
 WARMUP = 20  # turns before the count starts: first-start writes are not a turn's
 GOAL_BYTES = 2000.0
 ACTORS = 8
-# Why the checkpoint row misses 2,000 B (measured 2026-11-30: 1,597 B a turn, 2,122 with it,
-# of which 188 the heartbeats of a node minutes old; was 1,778 and 2,351 with the fold order
-# index on (lamport, author, seq); the floor rows below measure the SQLite part in the same run).
+# Why the checkpoint row misses 2,000 B here (measured 2026-11-30, 3 runs: 2,122, 2,154, 2,220
+# with it, of which ~200 the heartbeats of a node minutes old; 2,351 with the fold order index
+# on (lamport, author, seq)) and not on the card's filesystem (1,835, the rows further down).
 CHECKPOINT_LIMIT = (
-    "not met, and not within this storage design: SQLite's WAL writes each page twice, in the "
-    "WAL at the commit and into the database at the checkpoint, and its index leaves split "
-    "half full; the ledger's rows in a bare SQLite, commits as large as the node's, write "
-    "the floor row below (~1,300 B an entry with the Lamport index the views fold by, ~1,450 "
-    "with the (lamport, author, seq) index it replaced, ~1,200 with no fold index). The entry "
-    "log adds one 4 KiB page per 2 s group (~410 B a turn at 5/s), SQLite's WAL index (-shm, "
-    "a mapped file written back between commits) some, and run.json's heartbeat ~190 in a "
-    "node minutes old (one every 10 s: the row below), a few bytes once the node is hours "
-    "old (the row after). Tried, no better: WITHOUT ROWID (its table leaves split half full "
-    "too), 1 KiB pages (more checkpoint pages), a rollback journal (~1,340 B an entry vs "
-    "~1,550 in a bare SQLite). Left: entries kept outside the B-trees, appended once"
+    "not met on this machine's filesystem (on an ext4 made as the card's data partition, the "
+    "rows below, it is: this one, larger and older, writes its directory and inode pages with "
+    "more of the node's writes: one run.json rewrite alone 24-37 KB here, 4 KB there). What "
+    "is left is this storage design's: SQLite's WAL writes each page twice, in the WAL at the "
+    "commit and into the database at the checkpoint, and its index leaves split half full; "
+    "the ledger's rows in a bare SQLite, commits as large as the node's, write the floor row "
+    "below (~1,300 B an entry with the Lamport index the views fold by, ~1,450 with the "
+    "(lamport, author, seq) index it replaced, ~1,200 with no fold index). The entry log "
+    "adds one 4 KiB page per 2 s group (~410 B a turn at 5/s), SQLite's WAL index (-shm, a "
+    "mapped file written back between commits) some, and run.json's heartbeat ~200 in a node "
+    "minutes old (one every 10 s: the row below), a few bytes once the node is hours old. "
+    "Tried, no better: WITHOUT ROWID (its table leaves split half full too), 1 KiB pages "
+    "(more checkpoint pages), a rollback journal (~1,340 B an entry vs ~1,550 in a bare "
+    "SQLite). Left: entries kept outside the B-trees, appended once"
 )
 # The node as it was before the entry log: every group of mints its own SQLite commit.
 EACH_GROUP_COMMITS = {"ledger_commit_every_s": 0.0}
