@@ -134,6 +134,18 @@ def test_mints_submitted_together_share_one_commit_and_keep_the_budget(tmp_path:
         ledger.close()
 
 
+def _reopened_after(tmp_path: Path, script: str) -> Store:
+    """The store in `tmp_path` opened again after `script` made its database as an older
+    release did: it holds the current indexes, and only those."""
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    db.executescript(script)
+    db.close()
+    store = Store.open(tmp_path)
+    indexes = [r[1] for r in store.db.execute("PRAGMA index_list(entries)")]
+    assert sorted(indexes) == ["entries_lamport", "sqlite_autoindex_entries_1"]
+    return store
+
+
 def test_a_store_made_with_the_unique_hash_and_fold_order_indexes_loses_them_keeping_every_entry(
     tmp_path: Path,
 ) -> None:
@@ -142,20 +154,16 @@ def test_a_store_made_with_the_unique_hash_and_fold_order_indexes_loses_them_kee
     made = [store.append(key, "mint", {"actor": "a", "amount": 1, "ritual": "r"}) for _ in range(5)]
     store.close()
     # The table as releases before issue 19 created it.
-    db = sqlite3.connect(tmp_path / DB_FILENAME)
-    db.executescript(
+    store = _reopened_after(
+        tmp_path,
         "ALTER TABLE entries RENAME TO e0; DROP INDEX entries_lamport;"
         "CREATE TABLE entries (author BLOB NOT NULL, seq INTEGER NOT NULL, "
         "hash BLOB NOT NULL UNIQUE, lamport INTEGER NOT NULL, type TEXT NOT NULL, "
         "raw BLOB NOT NULL, PRIMARY KEY (author, seq));"
         "INSERT INTO entries SELECT * FROM e0; DROP TABLE e0;"
-        "CREATE INDEX entries_order ON entries (lamport, author, seq);"
+        "CREATE INDEX entries_order ON entries (lamport, author, seq);",
     )
-    db.close()
-    store = Store.open(tmp_path)
     try:
-        indexes = [r[1] for r in store.db.execute("PRAGMA index_list(entries)")]
-        assert sorted(indexes) == ["entries_lamport", "sqlite_autoindex_entries_1"]
         assert [e.hash for e in store.entries_after(made[0].author, 0)] == [e.hash for e in made]
         assert store.get_by_hash(made[2].hash) == made[2]
         store.append(key, "mint", {"actor": "a", "amount": 1, "ritual": "r"})
@@ -171,20 +179,15 @@ def test_a_store_with_the_fold_order_index_keeps_its_fold_order_through_the_lamp
     gone, and the views still fold in that order, ties between feeds included."""
     store = Store.open(tmp_path)
     feeds = [FeedWriter(seed) for seed in (3, 1, 2)]  # each its own clock: 1, 2, 3 in all three
-    raws = [feed.next("mint", {"actor": "a", "amount": 1, "ritual": "r"}).raw for feed in feeds]
-    raws += [feed.next("mint", {"actor": "a", "amount": 1, "ritual": "r"}).raw for feed in feeds]
-    raws += [feed.next("mint", {"actor": "a", "amount": 1, "ritual": "r"}).raw for feed in feeds]
+    mint = {"actor": "a", "amount": 1, "ritual": "r"}
+    raws = [feed.next("mint", mint).raw for _ in range(3) for feed in feeds]
     assert not any(isinstance(r, Rejected) for r in store.import_many(raws))
     store.close()
-    db = sqlite3.connect(tmp_path / DB_FILENAME)
-    db.executescript(
-        "DROP INDEX entries_lamport; CREATE INDEX entries_order ON entries (lamport, author, seq);"
+    store = _reopened_after(
+        tmp_path,
+        "DROP INDEX entries_lamport; CREATE INDEX entries_order ON entries (lamport, author, seq);",
     )
-    db.close()
-    store = Store.open(tmp_path)
     try:
-        indexes = [r[1] for r in store.db.execute("PRAGMA index_list(entries)")]
-        assert sorted(indexes) == ["entries_lamport", "sqlite_autoindex_entries_1"]
         order = [(e.lamport, e.author, e.seq) for e in store.iter_ordered()]
         assert len(order) == 9 and order == sorted(order)
         assert [lamport for lamport, _, _ in order] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
