@@ -125,7 +125,8 @@ def _drop_hash_index(db: sqlite3.Connection) -> None:
         (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
         if "UNIQUE" in sql:  # another process may have rebuilt it while we waited
             db.execute("ALTER TABLE entries RENAME TO entries_unique_hash")
-            db.execute("DROP INDEX IF EXISTS entries_order")
+            # Its Lamport index's name is free for the new table's (the old fold order index,
+            # which _SCHEMA no longer makes, goes with the old table).
             db.execute("DROP INDEX IF EXISTS entries_lamport")
             for statement in _SCHEMA.split(";"):  # (executescript would commit first)
                 db.execute(statement)  # the table without the index, the Lamport index
