@@ -60,6 +60,8 @@ from gibsey.node.daemon import HEARTBEAT_S
 from gibsey.node.image.cli import DATA_MKFS, DATA_MOUNT_OPTIONS
 from gibsey.node.watchdog.rebirth import HEARTBEAT_FRACTION, HEARTBEAT_MAX_S, RUN_FILE, RunRecord
 
+log = logging.getLogger(__name__)
+
 TURNS = 500
 RATE_PER_S = 5.0
 WARMUP = 20  # turns before the count starts: first-start writes are not a turn's
@@ -87,7 +89,6 @@ CHECKPOINT_LIMIT = (
 # The node as it was before the entry log: every group of mints its own SQLite commit.
 EACH_GROUP_COMMITS = {"ledger_commit_every_s": 0.0}
 FLOOR_COMMITS = 8  # bare-SQLite commits measured for the floor rows
-log = logging.getLogger(__name__)
 IDLE_S = 120.0  # a node without turns (before them): its idle writes
 IDLE_SETTLE_S = 10.0
 
@@ -246,14 +247,16 @@ async def _drive(
     turns: int,
     rate_per_s: float,
     strace: Path | None,
+    idle: _Rewrites,
+    beats: _Rewrites,
     idle_s: float = 0.0,
-) -> tuple[int, int, tuple[int, int, int], float, tuple[int, _Rewrites, _Rewrites]]:
-    """Over `idle_s` before any turn, the growth of write_bytes and run.json rewrites; then
-    warm up, and `turns` turns: the growth of write_bytes over them, the checkpoint they owe,
-    the ledger WAL's commits and pages (checkpointed just before: the turns' own), how long
-    they took, and the run.json rewrites meanwhile."""
+) -> tuple[int, int, tuple[int, int, int], float, int]:
+    """Over `idle_s` before any turn, the growth of write_bytes (and the run.json rewrites, to
+    `idle`); then warm up, and `turns` turns: the growth of write_bytes over them, the
+    checkpoint they owe, the ledger WAL's commits and pages (checkpointed just before: the
+    turns' own), how long they took (and the rewrites meanwhile, to `beats`)."""
     await node_online(url, node_id, connects=1, timeout_s=60)
-    idle_bytes, idle, beats = 0, _Rewrites(data / RUN_FILE, pid), _Rewrites(data / RUN_FILE, pid)
+    idle_bytes = 0
     if idle_s:
         await asyncio.sleep(IDLE_SETTLE_S)  # the node's first-start writes are not idle ones
         idle_start = write_bytes(pid)
@@ -283,7 +286,7 @@ async def _drive(
             tracer.wait(30)
         commits, pages = wal_commits(wal)
         restarts = max(0, wal_generation(wal) - generation)
-        return grown, checkpoint(data), (commits, pages, restarts), took, (idle_bytes, idle, beats)
+        return grown, checkpoint(data), (commits, pages, restarts), took, idle_bytes
     finally:
         listener.cancel()
 
@@ -422,12 +425,14 @@ def measure(
     try:
         wait_for_file(node, data / "node_id", 60, "the node")
         node_id = (data / "node_id").read_text().strip()
-        grown, owed, wal, took, quiet = asyncio.run(
-            _drive(broker.url, node_id, node.pid, data, turns, rate_per_s, trace, idle_s)
+        idle, beats = _Rewrites(data / RUN_FILE, node.pid), _Rewrites(data / RUN_FILE, node.pid)
+        grown, owed, wal, took, idle_bytes = asyncio.run(
+            _drive(
+                broker.url, node_id, node.pid, data, turns, rate_per_s, trace, idle, beats, idle_s
+            )
         )
     finally:
         stop(node, timeout_s=30)
-    idle_bytes, idle, beats = quiet
     run = WearRun(turns, grown, owed, *wal, _entry_bytes(data, turns), took, idle_s, idle_bytes)
     run.idle_rewrites, run.idle_rewrites_bytes = idle.count, idle.cost
     run.turn_rewrites, run.turn_rewrites_bytes = beats.count, beats.cost
