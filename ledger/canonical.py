@@ -10,7 +10,7 @@ one value has exactly one accepted encoding (no duplicate keys, no `\\u0041` for
 Why orjson and not the standard library's `json` (issue 19, `gibsey bench catchup`): every
 entry a node imports is decoded here, and the re-encoding is most of a parse. On this 2-core
 machine, for a 311-byte entry: `json` loads 2.3 us and dumps 3.4 us, orjson 0.66 and 0.28 us;
-a whole `entry.parse` went from 16 to ~10 us. orjson ships wheels for the Pi's aarch64.
+a whole `entry.parse` went from 16 to ~9 us. orjson ships wheels for the Pi's aarch64.
 """
 
 from __future__ import annotations
