@@ -300,9 +300,11 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # The old fold index first: its pages go to the freelist and the Lamport index the
+            # schema then builds takes them, so a nearly full card's database does not grow.
+            _drop_fold_order_index(db)
             db.executescript(_SCHEMA)
             _drop_hash_index(db)
-            _drop_fold_order_index(db)
             # Written once: an INSERT, even one ignored, waits for the write lock, which a
             # running node's batch may hold for seconds (a reader opening the store need not).
             if db.execute("SELECT 1 FROM meta WHERE key = 'schema'").fetchone() is None:
