@@ -157,7 +157,11 @@ def create(
         raise Rejected(RejectReason.BODY_TOO_LARGE, f"{len(body_bytes)} > {MAX_BODY_BYTES}")
     wall = now_ms() if wall is None else wall
     if (
-        seq < 1
+        # Exact ints: the payload writes them with %d, which would print 3.7 as 3.
+        type(seq) is not int
+        or type(lamport) is not int
+        or type(wall) is not int
+        or seq < 1
         or (seq == 1) != (prev is None)
         or not 1 <= lamport <= canonical.MAX_SAFE_INT
         or not 0 <= wall <= canonical.MAX_SAFE_INT
@@ -177,6 +181,12 @@ def create(
     )
 
 
+# The payload's fields in key order; the body, `head` and `prev` are put in already encoded.
+_PAYLOAD = (
+    b'{"author":"%s","body":%s%s,"lamport":%d,"prev":%s,"seq":%d,"type":"%s","v":%d,"wall":%d}'
+)
+
+
 def _payload_bytes(
     author: bytes,
     body_bytes: bytes,
@@ -194,27 +204,18 @@ def _payload_bytes(
     canonical.encode(payload_object(..)) - the pinned-bytes tests and parse() (which
     re-encodes and compares) both hold it to that."""
     head_field = b"" if version == 1 else (b',"head":true' if head else b',"head":false')
-    return b"".join(
-        (
-            b'{"author":"',
-            author.hex().encode(),
-            b'","body":',
-            body_bytes,
-            head_field,
-            b',"lamport":',
-            str(lamport).encode(),
-            b',"prev":',
-            b"null" if prev is None else b'"' + prev.hex().encode() + b'"',
-            b',"seq":',
-            str(seq).encode(),
-            b',"type":"',
-            type_.encode(),
-            b'","v":',
-            str(version).encode(),
-            b',"wall":',
-            str(wall).encode(),
-            b"}",
-        )
+    prev_field = b"null" if prev is None else b'"%s"' % prev.hex().encode()
+    # One bytes formatting (%d writes an int as canonical JSON does): 0.4 us, a join 0.6.
+    return _PAYLOAD % (
+        author.hex().encode(),
+        body_bytes,
+        head_field,
+        lamport,
+        prev_field,
+        seq,
+        type_.encode(),
+        version,
+        wall,
     )
 
 

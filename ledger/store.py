@@ -768,14 +768,24 @@ class Store:
         """Entries this store committed were checked on their way in (signed here, or imported
         after every check): they extend their feed's checked prefix without a second look."""
         with self.lock:
+            # Each feed's last entry that extends its prefix; the Head is made once per feed
+            # (not per entry: a batch of 1,000 appends or imports is mostly one feed).
+            ends: dict[bytes, Entry] = {}
             for e in items:
                 if isinstance(e, ForkProof):
                     continue
-                done = self._checked.get(e.author)
-                if (done is None and e.seq == 1) or (
-                    done is not None and e.seq == done.seq + 1 and e.prev == done.hash
-                ):
-                    self._checked[e.author] = Head(e.seq, e.hash, e.lamport)
+                last = ends.get(e.author)
+                if last is not None:
+                    extends = e.seq == last.seq + 1 and e.prev == last.hash
+                else:
+                    done = self._checked.get(e.author)
+                    extends = (done is None and e.seq == 1) or (
+                        done is not None and e.seq == done.seq + 1 and e.prev == done.hash
+                    )
+                if extends:
+                    ends[e.author] = e
+            for author, e in ends.items():
+                self._checked[author] = Head(e.seq, e.hash, e.lamport)
 
     def bad_rows(self) -> list[BadRow]:
         """The first row of each feed that fails its checks (checking what is new first)."""
@@ -968,14 +978,26 @@ class Store:
         todo = list(items)
         out: list[Entry] = []
         run = run_bytes = 0  # unsigned entries since the last head, and their bytes
+        last = len(todo) - 1
         with self._storing(logged=True) as (db, stored):
+            # The feed's position once for the batch, then each entry chains to the one before
+            # (the caches follow once, below): ~1 us an entry less than asking the store each
+            # time (gibsey bench ledger's append row).
+            author = bytes(key.verify_key)
+            seq, prev = self._next_position(author)
+            lamport = self._max_lamport
             for i, (type_, body) in enumerate(todo):
                 # A head where one more unsigned entry (of any size) could break the bound.
-                head = i == len(todo) - 1 or run_too_long(run + 1, run_bytes + MAX_ENTRY_BYTES)
-                e = self._sign_next(key, type_, body, None, head=head)
+                head = i == last or run_too_long(run + 1, run_bytes + MAX_ENTRY_BYTES)
+                lamport += 1
+                e = entry_mod.create(
+                    key, seq=seq, prev=prev, lamport=lamport, type_=type_, body=body, head=head
+                )
                 run, run_bytes = (0, 0) if head else (run + 1, run_bytes + len(e.raw))
-                self._advance(e)  # the next entry chains to this one
+                seq, prev = seq + 1, e.hash
                 out.append(e)
+            if out:
+                self._advance(out[-1], len(out))
             db.executemany(_INSERT, [_row(e) for e in out])  # one statement: ~3 us/entry less
             self._stored_rows(len(out), (e.raw for e in out))
             stored += out
@@ -1016,11 +1038,12 @@ class Store:
         if self.commit_every_s and self._tx_rows <= LOG_MAX_ROWS:
             self._tx_log.extend(raws)
 
-    def _advance(self, e: Entry) -> None:
-        """Caches after storing `e` (rolled back with the transaction by _load_caches)."""
+    def _advance(self, e: Entry, count: int = 1) -> None:
+        """Caches after storing `e`, the last of `count` new rows of its feed (rolled back with
+        the transaction by _load_caches)."""
         self._heads[e.author] = Head(e.seq, e.hash, e.lamport)
         self._max_lamport = max(self._max_lamport, e.lamport)
-        self._count += 1
+        self._count += count
 
     # ---- importing foreign entries ------------------------------------------------------------
 

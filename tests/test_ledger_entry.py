@@ -357,16 +357,30 @@ def test_parse_reports_reason_per_fault() -> None:
     seq=st.integers(1, 2**53 - 1),
     lamport=st.integers(1, 2**53 - 1),
     wall=st.integers(0, 2**53 - 1),
+    head=st.booleans(),
 )
 def test_created_payload_is_the_canonical_encoding(
-    memo: str, seq: int, lamport: int, wall: int
+    memo: str, seq: int, lamport: int, wall: int, head: bool
 ) -> None:
     # create() assembles the payload directly for speed; it must equal the canonical form.
     key = SigningKey(SEED)
     prev = None if seq == 1 else b"\x11" * 32
     body = {"from": "a", "to": "b", "amount": 1, "memo": memo}
-    e = create(key, seq=seq, prev=prev, lamport=lamport, type_="gift", body=body, wall=wall)
+    e = create(
+        key, seq=seq, prev=prev, lamport=lamport, type_="gift", body=body, wall=wall, head=head
+    )
     assert e.payload == canonical.encode(
-        payload_object(e.author, seq, prev, lamport, wall, "gift", body)
+        payload_object(e.author, seq, prev, lamport, wall, "gift", body, head=head)
     )
     assert parse(e.raw) == e
+
+
+@pytest.mark.parametrize(
+    "field", [{"seq": 2.0}, {"lamport": 3.7}, {"wall": 5.0}, {"lamport": True}, {"seq": "2"}]
+)
+def test_create_refuses_positions_that_are_not_integers(field: dict[str, Any]) -> None:
+    # The payload writes them as integers: 3.7 must be refused, never signed as 3.
+    args: dict[str, Any] = {"seq": 2, "lamport": 3, "wall": 5, **field}
+    body = {"from": "a", "to": "b", "amount": 1}
+    with pytest.raises(ValueError, match="bad entry"):
+        create(SigningKey(SEED), prev=b"\x11" * 32, type_="gift", body=body, **args)
