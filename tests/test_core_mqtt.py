@@ -5,6 +5,7 @@ publish of a short-lived command."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import selectors
 import threading
 from collections.abc import AsyncIterator
@@ -288,3 +289,99 @@ async def test_a_handlers_answer_leaves_before_what_the_loop_queued_meanwhile(
         await conn.close()
         watcher.loop_stop()
         watcher.disconnect()
+
+
+class Recutter:
+    """A TCP proxy in front of the broker that re-cuts what the broker sends, as a network may:
+    `joined` holds every byte until `flush()` and writes them in one go (many packets in one
+    recv); else pieces of 1-5 bytes and now and then 700 (packets and their lengths split across
+    reads)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.joined = False
+        self.held = bytearray()
+        self._to_client: asyncio.StreamWriter | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"mqtt://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        self._to_client = client_w
+        self._tasks += [
+            asyncio.create_task(self._pump(client_r, broker_w)),
+            asyncio.create_task(self._recut(broker_r, client_w)),
+        ]
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def _recut(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sizes = itertools.cycle((1, 3, 2, 5, 1, 4, 700))
+        while data := await reader.read(1 << 16):
+            if self.joined:
+                self.held += data
+                continue
+            view = memoryview(data)
+            while view:
+                size = next(sizes)
+                writer.write(view[:size])
+                view = view[size:]
+                await writer.drain()
+                await asyncio.sleep(0)  # the client reads this piece before the next is sent
+        writer.close()
+
+    async def flush(self) -> None:
+        assert self._to_client is not None
+        self._to_client.write(bytes(self.held))
+        self.held.clear()
+        await self._to_client.drain()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        assert self._server is not None
+        self._server.close()
+
+
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["mqtt311", "mqtt5"])
+async def test_every_message_arrives_whole_and_in_order_however_tcp_cuts_the_stream(
+    mosquitto: Mosquitto, mqtt5: bool
+) -> None:
+    """The connection reads the socket in large pieces (core/mqtt.py BufferedClient) and paho
+    parses packets out of them: a packet cut anywhere (inside its length bytes too) is read
+    whole, and 300 packets in one recv are all handled, not left in the buffer until the
+    socket happens to be readable again."""
+    recutter = Recutter(mosquitto.port)
+    url = await recutter.start()
+    got: list[tuple[str, bytes]] = []
+    conn = Connection(ClientSettings(url, new_client_id("cut"), mqtt5=mqtt5))
+    conn.client.on_message = lambda c, u, msg: got.append((msg.topic, bytes(msg.payload)))
+    # Sizes whose remaining length takes 1, 2 and 3 bytes on the wire.
+    repeats = [1, 26, 40, 200] * 15 + [3500, 3600]
+    payloads = [(b"%05d" % i) * n for i, n in enumerate(repeats)]
+    try:
+        await conn.connect()
+        await conn.subscribe("t/cut/#", qos=1)
+        async with Session(ClientSettings(mosquitto.url, new_client_id("pub"))) as publisher:
+            for i, payload in enumerate(payloads):
+                await publisher.publish(f"t/cut/{i}", payload, qos=1)
+            await until(lambda: len(got) == len(payloads), 20, "the cut messages")
+            recutter.joined = True
+            for i in range(300):  # QoS 0: the broker holds back no QoS 1 beyond its inflight
+                await publisher.publish(f"t/cut/joined/{i}", b"j%d" % i, qos=0)
+        await until(lambda: recutter.held.count(b"t/cut/joined/") == 300, 10, "the broker")
+        await recutter.flush()
+        await until(lambda: len(got) == len(payloads) + 300, 10, "the joined messages")
+        assert got[: len(payloads)] == [(f"t/cut/{i}", p) for i, p in enumerate(payloads)]
+        assert got[len(payloads) :] == [(f"t/cut/joined/{i}", b"j%d" % i) for i in range(300)]
+    finally:
+        await conn.close()
+        await recutter.stop()
