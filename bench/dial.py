@@ -8,7 +8,10 @@ Bare path:  pty master --frame--> a bare relay process (pyserial read, paho publ
 
 Both read a pseudo-terminal standing in for the Pico's USB serial port, both are one Python
 process and the same Mosquitto (set_tcp_nodelay), measured interleaved in one run, one frame in
-flight at a time (a visitor turns one detent at a time). The issue's goal is absolute: p99 of the
+flight at a time (a visitor turns one detent at a time). The turns are Reads, Writes and
+Remembers (`Frames`): a Dream would set the persona generating under the path measured (until
+issue 19 a quarter of the turns did, and the "idle" p99 was 4-5 ms with llama.cpp busy; the
+dial's latency under the model is `gibsey bench load`'s). The issue's goal is absolute: p99 of the
 node path under 5 ms on this machine; the bare relay is there to show what the node adds.
 """
 
@@ -131,6 +134,22 @@ def round_trips(
     return out
 
 
+class Frames:
+    """Rotate frames numbered across both paths, as one dial would number them. Read, Write and
+    Remember only: a Dream asks the persona (the VM's ASK), and llama.cpp answering would load
+    the machine under the path measured (`gibsey bench load` loads it on purpose, alone)."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def next(self, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            self.seq += 1
+            out.append(df.rotate(self.seq, 7, self.seq % 3, self.seq))
+        return out
+
+
 _RITUALS = "gibsey/v1/+/ritual/performed"
 _ALERTS = "gibsey/v1/+/safety/alert"
 _RELAYED = "bench/relay"
@@ -217,23 +236,14 @@ def _interleaved(
     """Round trips of each path (the topic its frames arrive on -> the pty master they are
     written to): `warmup` unmeasured, then `repeats` turns of `rounds`, interleaved so machine
     noise hits every path alike. Frames are numbered across paths, as one dial would."""
-    seq = 0
-
-    def frames(n: int) -> list[str]:
-        nonlocal seq
-        out = []
-        for _ in range(n):
-            seq += 1
-            out.append(df.rotate(seq, 7, seq % 4, seq))
-        return out
-
+    frames = Frames()
     for topic, master in paths.items():
-        round_trips(master, arrivals, topic, frames(warmup), 0)
+        round_trips(master, arrivals, topic, frames.next(warmup), 0)
     times: dict[str, list[float]] = {topic: [] for topic in paths}
     for _ in range(repeats):
         for topic, master in paths.items():
             start = len(arrivals.times[topic])
-            times[topic] += round_trips(master, arrivals, topic, frames(rounds), start)
+            times[topic] += round_trips(master, arrivals, topic, frames.next(rounds), start)
     return times
 
 

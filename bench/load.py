@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 from gibsey.bench.agent import PERSONA, QUESTION
-from gibsey.bench.dial import Arrivals, dial_rig, round_trips, wait_for_bridge
+from gibsey.bench.dial import Arrivals, Frames, dial_rig, round_trips, wait_for_bridge
 from gibsey.bench.nodeproc import wait_for_file
 from gibsey.bench.report import Row
 from gibsey.core.envelope import AgentRequest, encode_event
@@ -158,21 +158,6 @@ def worker_sched(pid: int) -> str:
     # llama.cpp computes on `threads` of them; the protocol's reader and llama.cpp's loader
     # thread are the other two (tests/test_agent_priority.py, _llama_threads).
     return f"worker nice {fields[16]}, {policy}, {fields[17]} threads in the process"
-
-
-class Frames:
-    """Rotate frames numbered across both paths, as one dial would number them. Read, Write and
-    Remember only: Dream asks the persona (the VM's ASK), and the asking here is the Asker's."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-
-    def next(self, n: int) -> list[str]:
-        out = []
-        for _ in range(n):
-            self.seq += 1
-            out.append(df.rotate(self.seq, 7, self.seq % 3, self.seq))
-        return out
 
 
 def _blocks(
