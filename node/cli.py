@@ -33,6 +33,11 @@ log = logging.getLogger("gibsey.up")
 # unit's start limit (StartLimitBurst=20 in StartLimitIntervalSec=600) would otherwise be spent
 # in seconds, and systemd would stop trying for good while the disk is still full.
 DISK_RETRY_S = 40.0
+# How long a thread may hold the GIL while the event loop waits for it (CPython's default: 5 ms).
+# The ledger's group commit and the mesh run Python on threads of their own; the loop gives the
+# GIL up at every syscall (each send, each recv) and, in a flood of turns, waited up to the whole
+# interval to get it back: a dial turn's p99 is set by it (`gibsey bench dial`).
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _fmt_uptime(seconds: float) -> str:
@@ -179,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         return _disk_refused(console, data_dir, exc)
     if args.embedded_port is not None:
         config.node.embedded_port = args.embedded_port
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         return asyncio.run(_serve(node, args.broker, console))
     except BrokerUrlError as exc:
