@@ -385,3 +385,30 @@ async def test_every_message_arrives_whole_and_in_order_however_tcp_cuts_the_str
     finally:
         await conn.close()
         await recutter.stop()
+
+
+async def test_a_burst_larger_than_the_socket_takes_arrives_whole_and_in_order(
+    mosquitto: Mosquitto,
+) -> None:
+    """The connection sends paho's queued packets with one send (BufferedClient.write_gathered),
+    and what the socket does not take goes first on the next write: 24 messages of 512 KiB
+    queued in one go (12 MiB, more than loopback's socket buffers hold) reach a subscriber
+    whole and in order, and the goodbye after them still drops the will."""
+    payloads = [bytes([i]) * (512 * 1024) for i in range(24)]
+    async with Session(ClientSettings(mosquitto.url, new_client_id("sub"))) as sub:
+        await sub.subscribe("t/burst/#", qos=1)
+        settings = ClientSettings(
+            mosquitto.url, new_client_id("burst"), max_inflight=0, will=("t/burst/will", b"w")
+        )
+        conn = Connection(settings)
+        await conn.connect()
+        for i, payload in enumerate(payloads):
+            conn.client.publish(f"t/burst/{i}", payload, qos=1)
+        messages = sub.messages()
+        for i, payload in enumerate(payloads):
+            got = await asyncio.wait_for(anext(messages), 20)
+            assert got.topic == f"t/burst/{i}" and got.payload == payload, f"message {i}"
+        await conn.close()
+        await sub.publish("t/burst/end", b"")  # after the will, had the goodbye been lost
+        last = await asyncio.wait_for(anext(messages), 5)
+        assert last.topic == "t/burst/end"
