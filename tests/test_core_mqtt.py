@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import selectors
+import socket
+import struct
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -412,3 +414,43 @@ async def test_a_burst_larger_than_the_socket_takes_arrives_whole_and_in_order(
         await sub.publish("t/burst/end", b"")  # after the will, had the goodbye been lost
         last = await asyncio.wait_for(anext(messages), 5)
         assert last.topic == "t/burst/end"
+
+
+async def test_a_broker_that_resets_mid_burst_ends_the_connection_with_a_reason() -> None:
+    """A burst larger than the socket holds is half sent (the rest waits, unsent, for the socket
+    to drain) when the broker resets the connection, and the next write meets the reset before
+    a read does: the connection ends as when paho's own send fails, says why, and nothing
+    escapes into the event loop."""
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_packet(reader)  # CONNECT
+        writer.write(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK, then read nothing more
+        await writer.drain()
+        await accepted.put(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    escaped: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda lp, context: escaped.append(context))
+    try:
+        port = server.sockets[0].getsockname()[1]
+        conn = Connection(ClientSettings(f"mqtt://127.0.0.1:{port}", new_client_id("t")))
+        await conn.connect()
+        broker_side = await asyncio.wait_for(accepted.get(), 5)
+        for _ in range(32):  # 32 MiB: more than loopback's socket buffers hold
+            conn.client.publish("big", b"x" * (1 << 20), qos=0)
+        await until(lambda: conn.client.want_write(), 5, "bytes left unsent")
+        sock = broker_side.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        broker_side.transport.abort()  # RST: the unsent bytes can never go
+        await asyncio.sleep(0)  # the transport closes its socket (the RST), no select between
+        # The loop's next write, before its next read has seen the reset: the send fails.
+        conn.client.write_gathered()
+        reason = await asyncio.wait_for(conn.wait_closed(), 5)
+        assert "lost" in reason, reason
+        assert not conn.client.want_write()
+        assert escaped == []
+    finally:
+        loop.set_exception_handler(None)
+        server.close()
