@@ -146,7 +146,8 @@ class BufferedClient(mqtt.Client):
     at the end of every read, a BlockingIOError raised through paho) for every few bytes.
     Here one recv takes up to RECV_BYTES, and paho's small reads are served from it. Bytes held
     here are not readable on the socket any more, so the loop must ask `buffered()` after each
-    `loop_read` (Connection._read).
+    `loop_read` (Connection._read); paho's own loops (loop_start, loop_forever) do not, and must
+    never drive this class.
 
     paho also sends each queued packet with a send of its own (`_packet_write`), and a dial turn
     is five or more (its event, the program's effects, the ritual, the dial's state). Each send
