@@ -11,7 +11,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # prometheus (with promtool) and prometheus-alertmanager (with amtool): `gibsey monitor`'s files
 # are checked and its alert rules unit-tested with them, and the end-to-end test runs both.
-DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck prometheus prometheus-alertmanager
+# dosfstools, mtools, fdisk and e2fsprogs: the image's own assembly steps, tested on a small root
+# (tests/test_image_build.py; without them those tests skip, as they did on a machine without).
+DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck prometheus prometheus-alertmanager dosfstools mtools fdisk e2fsprogs
 VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
 # llama-cpp-python (the agents) has no wheel: pip compiles llama.cpp during the install, about
 # 15 minutes on 2 cores; build on every core and skip llama.cpp's own tools, tests and examples.
