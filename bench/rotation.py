@@ -18,7 +18,10 @@ against the same call back to back.
 Tried for issue 19 (each measured, best of 400 x 300 calls, on this 2-core machine): payloads
 validated once per program constant with only the turn's id put in per turn (with_cause: 0.55
 us instead of 0.8-1.3 us; narrative/change reused whole), the envelope's validator called
-directly (parse 3.5 -> 2.7 us), one wire template. msgspec 0.23 would validate the incoming
+directly (parse 3.5 -> 2.7 us), one wire template; the events a turn sends handed to their
+handlers by one loop callback, not one each (Node.send: median 7.6-7.9x -> 6.7-6.9x, p99
+20-26x -> 18-19x the bare call, 3 interleaved pairs; the collector's pauses came from the
+callbacks a block of turns left waiting). msgspec 0.23 would validate the incoming
 envelope and payload in 0.9 us (pydantic: 2.7 us) and make + encode a payload in 0.17 us
 (pydantic: validate 1.0 + to_json 0.3-0.4 us): at most ~7 us of a rotation, less than the VM
 call's own cold-cache cost inside the turn, and only by replacing the pydantic schema (every

@@ -13,12 +13,15 @@ from gibsey.core import trace
 from gibsey.core.envelope import (
     PAYLOADS,
     Event,
+    Outgoing,
     RitualEffect,
     RitualPerformed,
+    SafetyAlert,
     encode_event,
     payload_of,
     with_cause,
 )
+from gibsey.harness.waiting import until
 from gibsey.node.glyph.vm.asm import assemble
 from tests.conftest import Collector, CollectorFactory, RunningNode
 from tests.events import raw_event, topic
@@ -175,3 +178,32 @@ def test_the_vm_bench_gives_the_rotation_goals_as_ratios_to_the_bare_call() -> N
         "rotation traced, p99",
     ):
         assert rows[name].figure > 0, name
+
+
+async def test_the_events_sent_in_one_turn_are_handled_at_the_next_in_order_past_a_failure(
+    running_node: RunningNode, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried: three events sent in one turn of the loop (Node.send: their handlers run at the
+    next turn, in one callback), the second one's handling raising. Must hold: none is handled
+    in the turn that sent it; then the first and third are, in the order sent, and the failure
+    is logged with the event it hit, as the loop logs a failing callback."""
+    node = running_node.node
+    handled: list[str] = []
+    real = node.router.sent
+
+    def sent(out: Outgoing, echoed: bool) -> None:
+        if isinstance(out.payload, SafetyAlert) and out.payload.reason == "t":
+            if out.payload.detail == "two":
+                raise RuntimeError("a handler's bug")
+            handled.append(out.payload.detail)
+        real(out, echoed)  # the node's own events besides (an echo of "two" is refused, too)
+
+    monkeypatch.setattr(node.router, "sent", sent)
+    ids = [
+        node.send("safety/alert", SafetyAlert(reason="t", detail=d))[0].id
+        for d in "one two three".split()
+    ]
+    assert handled == []
+    await until(lambda: len(handled) == 2, 5, "the sent events' handlers")
+    assert handled == ["one", "three"]
+    assert f"handling safety/alert {ids[1]} failed" in caplog.text
