@@ -42,6 +42,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gibsey.core import paho_lean
+
 log = logging.getLogger("gibsey.mqtt")
 
 DEFAULT_PORT = 1883
@@ -133,6 +135,10 @@ class ClientSettings:
     def address(self) -> tuple[str, int]:
         return parse_broker_url(self.url)
 
+
+# Every PUBACK and MQTT 5 PUBLISH is decoded into objects that rebuilt paho's tables (~12 us an
+# event): shared instead, from the first client this process makes (core/paho_lean.py).
+paho_lean.install()
 
 # One recv takes whatever the socket holds, up to this: a burst of small packets in one syscall.
 RECV_BYTES = 64 * 1024

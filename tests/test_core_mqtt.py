@@ -12,13 +12,16 @@ import struct
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gibsey.core import paho_lean
 from gibsey.core.mqtt import (
     BrokerUnreachable,
     BrokerUrlError,
@@ -454,3 +457,63 @@ async def test_a_broker_that_resets_mid_burst_ends_the_connection_with_a_reason(
     finally:
         loop.set_exception_handler(None)
         server.close()
+
+
+def _pahos_own(cls: type[Any], *args: Any) -> Any:
+    """An instance made by paho's own __init__ (as before core/paho_lean.py's install)."""
+    made = object.__new__(cls)
+    paho_lean.PAHO_INITS[cls](made, *args)
+    return made
+
+
+PACKET_TYPES = list(range(1, 16))
+
+
+@pytest.mark.parametrize("packet_type", PACKET_TYPES)
+def test_lean_properties_are_pahos_own(packet_type: int) -> None:
+    """Properties made with paho's tables shared (core/paho_lean.py) have exactly the attributes
+    paho's own __init__ gives; a property set on one is not seen by another; what one packs, a
+    lean one unpacks to the same properties, as paho's own does."""
+    assert paho_lean.installed()
+    lean_props: Any = Properties  # paho's Properties is untyped
+    lean, own = lean_props(packet_type), _pahos_own(Properties, packet_type)
+    assert vars(lean) == vars(own)
+    if packet_type != PacketTypes.PUBLISH:
+        return
+    for props in (lean, own):
+        props.ResponseTopic = "gibsey/reply/x"
+        props.CorrelationData = b"q1"
+        props.UserProperty = ("k", "v")
+    assert lean.pack() == own.pack()
+    assert not hasattr(lean_props(packet_type), "ResponseTopic")
+    again, again_own = lean_props(packet_type), _pahos_own(Properties, packet_type)
+    again.unpack(lean.pack())
+    again_own.unpack(own.pack())
+    assert vars(again) == vars(again_own) and again.ResponseTopic == "gibsey/reply/x"
+
+
+@pytest.mark.parametrize("packet_type", PACKET_TYPES)
+def test_lean_reason_codes_are_pahos_own(packet_type: int) -> None:
+    """Every reason code paho knows, for every packet type, made by name, by number and from
+    the wire: the same value, name and comparisons as paho's own, its table shared, not copied."""
+    for value, names in ReasonCode.names.items():
+        for name, packets in names.items():
+            if packet_type not in packets:
+                continue
+            by_name = ReasonCode(packet_type, name)
+            by_id = ReasonCode(packet_type, identifier=value)
+            own = _pahos_own(ReasonCode, packet_type, name)
+            unpacked = ReasonCode(packet_type, identifier=value)
+            unpacked.unpack(bytes([value]))
+            for made in (by_name, by_id, unpacked):
+                assert (made.value, str(made), repr(made)) == (own.value, str(own), repr(own))
+                assert made == own and made.names is ReasonCode.names
+    # The default name ("Success") is refused alike where a packet has no such code (SUBACK).
+    outcomes = []
+    for make in (ReasonCode, lambda t: _pahos_own(ReasonCode, t)):
+        try:
+            made = make(packet_type)
+            outcomes.append((made.value, str(made)))
+        except KeyError as exc:
+            outcomes.append(("refused", str(exc)))
+    assert outcomes[0] == outcomes[1]
