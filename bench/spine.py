@@ -409,7 +409,10 @@ def _rows(paths: dict[str, Samples], router_us: float, burst: int, window: int) 
         " its CPU. Tried and taken (issue 19): MQTT 5 no local, the node's events handled as"
         " sent, never echoed; the tensor counted inline; the parts' subscriptions matched off"
         " paho's path: 2.41x -> 2.08x the bare echo's CPU an event, throughput 0.68x -> 0.82x"
-        " (medians of 6 interleaved pairs). TCP_CORK on writes: no gain"
+        " (medians of 6 interleaved pairs); the socket read in 64 KiB pieces and each write's"
+        " packets in one send (core/mqtt.py BufferedClient), paho's property tables shared"
+        " (core/paho_lean.py): the node 87-97 -> 70-77 us an event (4 interleaved pairs each)."
+        " TCP_CORK on writes: no gain"
     )
     rt_limit = (
         f"limit: the spine alone is {rt_us('spine') / rt_us('bare'):.2f}x; the node's critical"
