@@ -139,6 +139,11 @@ class Answers:
                     await session.subscribe(topic, qos=1)
                     self.subscribed.set()
                     async for message in session.messages():
+                        if message.topic != topic:
+                            # amqtt (the embedded fallback) also hands a new subscriber the
+                            # retained messages of other topics (the node's status): one of
+                            # them ended this loop, and every answer went uncounted.
+                            continue
                         doc: dict[str, Any] = json.loads(message.payload)
                         self.by_turn[str(doc["payload"]["cause"])].add(str(doc["id"]))
                         self.received += 1
