@@ -211,7 +211,9 @@ class _Acks:
                     if txn["type"] == "mint":
                         self.mints += 1
                         self.last_entry = txn["entry"]
-                else:
+                elif message.topic.endswith("/ritual/performed"):
+                    # Only its own topic (harness/turns.py Answers: a broker may hand over
+                    # retained messages of others).
                     self.performed += 1
                 self._changed.set()
 
