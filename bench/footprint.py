@@ -14,6 +14,9 @@ process that imported the daemon (FastAPI and uvicorn as the daemon imports them
 imports for its command line and supervisors; prometheus_client), and apsw's resident library
 in the node, which the row names when the goal is not met. Goal: at most 60 MiB (a Pi Zero 2 W
 has 512 MB).
+And with the gateway on, run by the card's interpreter: Debian's own python3, which the image's
+venv is made from (harness/card_python.py), against a bare process of that interpreter. Its
+sqlite3 loads sqlite-vec, so agents.db opens without apsw, as on a card.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from gibsey.bench.nodeproc import start_up, stop
 from gibsey.bench.report import Row
+from gibsey.harness import card_python
 from gibsey.harness.mosquitto import Mosquitto
 
 RUNS = 3
@@ -63,7 +67,7 @@ def _bytecode_env(pycache: Path) -> dict[str, str]:
 
 
 def _node_rss(
-    data: Path, broker_url: str, http: str, sock_path: Path, pycache: Path
+    data: Path, broker_url: str, http: str, sock_path: Path, pycache: Path, python: str
 ) -> tuple[float, float]:
     """The node's VmRSS, and of it apsw's (mapped where this Python's sqlite3 cannot load
     sqlite-vec: node/agents/db.py), in MiB."""
@@ -72,7 +76,7 @@ def _node_rss(
         sock.settimeout(60)
         # Empty: Python writes bytecode (the variable counts only when non-empty).
         env = {"NOTIFY_SOCKET": str(sock_path), "PYTHONDONTWRITEBYTECODE": ""}
-        proc = start_up(data, broker_url, http, PYTHONPYCACHEPREFIX=str(pycache), **env)
+        proc = start_up(data, broker_url, http, python, PYTHONPYCACHEPREFIX=str(pycache), **env)
         try:
             while "READY=1" not in sock.recv(4096).decode().split("\n"):
                 pass
@@ -83,11 +87,11 @@ def _node_rss(
             sock_path.unlink(missing_ok=True)
 
 
-def _python_rss(code: str, pycache: Path) -> float:
+def _python_rss(code: str, pycache: Path, python: str = sys.executable) -> float:
     """RSS of a Python process once it has run `code` and said so (it then sleeps)."""
     script = f"{code}\nimport sys, time\nprint({_MARK!r}, flush=True)\ntime.sleep(60)"
     env = _bytecode_env(pycache)
-    cmd = [sys.executable, "-c", script]
+    cmd = [python, "-c", script]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
@@ -99,16 +103,24 @@ def _python_rss(code: str, pycache: Path) -> float:
         proc.wait()
 
 
-def _nodes_rss(work: Path, pycache: Path) -> dict[str, list[tuple[float, float]]]:
-    """RUNS figures per gateway setting (127.0.0.1:0: on, off), each on its own data."""
+# The node runs: (gateway, interpreter), one figure list each.
+_ON, _OFF, _CARD = "127.0.0.1:0", "off", "card"
+
+
+def _nodes_rss(work: Path, pycache: Path, card: str | None) -> dict[str, list[tuple[float, float]]]:
+    """RUNS figures per run (gateway on, off; on under the card's interpreter when there is
+    one), each on its own data."""
+    runs = {_ON: (_ON, sys.executable), _OFF: (_OFF, sys.executable)}
+    if card is not None:
+        runs[_CARD] = (_ON, card)
     broker = Mosquitto(work / "mosq").start()
     try:
-        figures: dict[str, list[tuple[float, float]]] = {"127.0.0.1:0": [], "off": []}
-        for http, runs in figures.items():
-            data = work / f"data-{http.replace(':', '_')}"
-            sock = work / "n.sock"
-            _node_rss(data, broker.url, http, sock, pycache)  # makes the identity, the bytecode
-            runs += [_node_rss(data, broker.url, http, sock, pycache) for _ in range(RUNS)]
+        figures: dict[str, list[tuple[float, float]]] = {}
+        for key, (http, python) in runs.items():
+            name = key.replace(":", "_")
+            data, args = work / f"data-{name}", (http, work / "n.sock", pycache / name, python)
+            _node_rss(data, broker.url, *args)  # makes the identity, the stores, the bytecode
+            figures[key] = [_node_rss(data, broker.url, *args) for _ in range(RUNS)]
         return figures
     finally:
         broker.stop()
@@ -135,14 +147,38 @@ def _baselines(pycache: Path) -> dict[str, float]:
     }
 
 
+def _card_row(figures: dict[str, list[tuple[float, float]]], bare: float | None, why: str) -> Row:
+    name = "daemon RSS, model not loaded, gateway on, on the card's python3 (Debian's)"
+    if bare is None:
+        return Row(
+            name, float("nan"), None, "MiB", limit=("<=", GOAL_MIB), note=f"not measured: {why}"
+        )
+    card = figures[_CARD]
+    note = (
+        f"median of {RUNS} starts as above, run by {card_python.CARD_PYTHON}, the interpreter the "
+        "image's venv is made from: agents.db opens through its sqlite3 (apsw's library mapped: "
+        f"{statistics.median(a for _, a in card):.1f} MiB); baseline: bare "
+        f"{card_python.CARD_PYTHON}"
+    )
+    return Row(
+        name, statistics.median(r for r, _ in card), bare, "MiB", limit=("<=", GOAL_MIB), note=note
+    )
+
+
 def run() -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-footprint-") as tmp:
         work = Path(tmp)
         pycache = work / "pycache"
-        figures = _nodes_rss(work, pycache)
+        why = card_python.unavailable_reason()
+        card = None if why else str(card_python.card_venv(work / "card-venv"))
+        figures = _nodes_rss(work, pycache, card)
         base = _baselines(pycache)
-    on = statistics.median(rss for rss, _ in figures["127.0.0.1:0"])
-    apsw = statistics.median(apsw for _, apsw in figures["127.0.0.1:0"])
+        card_bare = None
+        if card is not None:
+            runs = (_python_rss("pass", pycache / "card", card) for _ in range(RUNS))
+            card_bare = statistics.median(runs)
+    on = statistics.median(rss for rss, _ in figures[_ON])
+    apsw = statistics.median(apsw for _, apsw in figures[_ON])
     common = (
         f"median of {RUNS} starts, VmRSS {SETTLE_S:g} s after READY=1, from compiled bytecode; "
         "baseline: bare python"
@@ -154,7 +190,8 @@ def run() -> list[Row]:
         "(click, multiprocessing; no uvicorn API avoids them) and "
         f"{base['prometheus']:.1f} MiB prometheus_client (/metrics); apsw's library holds "
         f"{apsw:.1f} MiB here, mapped only because this Python's sqlite3 cannot load sqlite-vec "
-        "(a Debian/Raspberry Pi OS Python's can: agents.db then opens through the stdlib)"
+        "(a Debian/Raspberry Pi OS Python's can: agents.db then opens through the stdlib, the "
+        "card's row)"
         if on > GOAL_MIB
         else ""
     )
@@ -170,10 +207,11 @@ def run() -> list[Row]:
         ),
         Row(
             "daemon RSS, model not loaded, gateway off (--http off)",
-            statistics.median(rss for rss, _ in figures["off"]),
+            statistics.median(rss for rss, _ in figures[_OFF]),
             base["bare"],
             "MiB",
             limit=("<=", GOAL_MIB),
             note=common,
         ),
+        _card_row(figures, card_bare, why or ""),
     ]

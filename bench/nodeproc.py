@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from gibsey.harness.nodeproc import spawn_up
@@ -28,9 +29,13 @@ def open_rotation_throttle(data: Path) -> None:
     )
 
 
-def start_up(data: Path, broker_url: str, http: str = "off", **env: str) -> subprocess.Popen[bytes]:
-    """`gibsey up` on `data` against `broker_url`, quiet, without Home Assistant discovery."""
-    return spawn_up(data, broker_url, http, env=dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", **env))
+def start_up(
+    data: Path, broker_url: str, http: str = "off", python: str = sys.executable, **env: str
+) -> subprocess.Popen[bytes]:
+    """`gibsey up` on `data` against `broker_url`, quiet, without Home Assistant discovery, run
+    by `python`."""
+    env = dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", **env)
+    return spawn_up(data, broker_url, http, env=env, python=python)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:

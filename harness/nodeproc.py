@@ -41,11 +41,13 @@ def spawn_up(
     log: Path | None = None,
     prefix: Sequence[str] = (),
     own_session: bool = False,
+    python: str = sys.executable,
 ) -> subprocess.Popen[bytes]:
     """`gibsey up --data DATA --broker URL --http HTTP`, with `env` as its whole environment,
     its output appended to `log` (None: discarded), behind `prefix` (netns: `ip netns exec NS`),
-    in a session of its own when the caller hands out Ctrl-C itself."""
-    cmd = [*prefix, sys.executable, "-m", "gibsey", "up", "--data", str(data)]
+    in a session of its own when the caller hands out Ctrl-C itself, run by `python` (another
+    interpreter: harness/card_python.py)."""
+    cmd = [*prefix, python, "-m", "gibsey", "up", "--data", str(data)]
     cmd += ["--broker", broker_url, "--http", http]
     with contextlib.ExitStack() as stack:
         out: IO[bytes] | int = subprocess.DEVNULL

@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from gibsey.harness import card_python
 from gibsey.harness.waiting import stop_process
 from tests.brokers import Mosquitto
 
@@ -100,3 +103,32 @@ def test_a_running_node_maps_no_numpy_nor_model_runtime_until_asked(
     started = [line for line in lines if " started; data in " in line]
     assert len(started) == 1
     assert started[0].endswith(f"data in {tmp_path / 'data'}; Ctrl-C stops it")
+
+
+def test_on_the_cards_python_a_running_node_opens_its_agents_without_apsw(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The card's interpreter (Debian's python3) loads sqlite-vec through its own sqlite3: a node
+    there maps sqlite-vec but not apsw's second SQLite (2.6 MiB of `gibsey bench footprint`'s card
+    row)."""
+    why = card_python.unavailable_reason()
+    if why is not None:
+        pytest.skip(why)
+    python = card_python.card_venv(tmp_path / "card-venv")
+    env = dict(os.environ, GIBSEY_DATA=str(tmp_path / "data"), GIBSEY_DISCOVERY_PREFIX="")
+    sock_path = tmp_path / "notify.sock"
+    env["NOTIFY_SOCKET"] = str(sock_path)
+    cmd = [str(python), "-m", "gibsey", "up", "--broker", mosquitto.url, "--http", "127.0.0.1:0"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_ready(sock, proc, 60)
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            exe = os.readlink(f"/proc/{proc.pid}/exe")
+        finally:
+            stop_process(proc, timeout_s=15)
+    assert os.path.realpath(exe) == os.path.realpath(card_python.CARD_PYTHON)
+    files = {line.split()[-1] for line in maps.splitlines() if "/" in line}
+    assert any("/sqlite_vec/" in f for f in files)  # the agents' database is open, with vec0
+    assert sorted(f for f in files if "/apsw/" in f) == []
