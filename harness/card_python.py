@@ -21,7 +21,7 @@ from pathlib import Path
 CARD_PYTHON = Path("/usr/bin/python3")
 
 _PROBE = (
-    "import sqlite3, sys; "
+    "import sqlite3, sys, venv; "
     "print(sys.version_info[0], sys.version_info[1], "
     "int(hasattr(sqlite3.Connection, 'enable_load_extension')))"
 )
