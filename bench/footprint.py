@@ -11,7 +11,7 @@ where the environment says PYTHONDONTWRITEBYTECODE (compiling the sources at eve
 With the gateway (HTTP on, the default) and without (`--http off`). Baselines, same run: a bare
 `python -c 'import time; time.sleep(60)'`, and what parts of the gateway's stack add to a Python
 process that imported the daemon (FastAPI and uvicorn as the daemon imports them; what uvicorn
-imports for its command line and supervisors; prometheus_client), and apsw's resident library
+imports for its command line and supervisors), and apsw's resident library
 in the node, which the row names when the goal is not met. Goal: at most 60 MiB (a Pi Zero 2 W
 has 512 MB).
 And with the gateway on, run by the card's interpreter: Debian's own python3, which the image's
@@ -143,7 +143,6 @@ def _baselines(pycache: Path) -> dict[str, float]:
         # What uvicorn's package imports for its command line and its reload/worker supervisors,
         # which a server embedded in the node never runs.
         "cli": median(f"{daemon}; import click, multiprocessing.connection") - core,
-        "prometheus": median(f"{daemon}; import prometheus_client") - core,
     }
 
 
@@ -187,8 +186,7 @@ def run() -> list[Row]:
         f"; what is left above the goal is third-party code the gateway needs loaded: FastAPI and "
         f"uvicorn add {base['web']:.1f} MiB to a Python that imported the daemon, of which "
         f"{base['cli']:.1f} MiB is what uvicorn's package imports for its CLI and supervisors "
-        "(click, multiprocessing; no uvicorn API avoids them) and "
-        f"{base['prometheus']:.1f} MiB prometheus_client (/metrics); apsw's library holds "
+        "(click, multiprocessing; no uvicorn API avoids them); apsw's library holds "
         f"{apsw:.1f} MiB here, mapped only because this Python's sqlite3 cannot load sqlite-vec "
         "(a Debian/Raspberry Pi OS Python's can: agents.db then opens through the stdlib, the "
         "card's row)"
@@ -202,7 +200,8 @@ def run() -> list[Row]:
             base["bare"],
             "MiB",
             limit=("<=", GOAL_MIB),
-            note=f"{common}; GraphQL, NumPy, amqtt, zmq, rich, pydantic.v1 load only when used, "
+            note=f"{common}; GraphQL, NumPy, amqtt, zmq, rich, pydantic.v1, "
+            "prometheus_client (the first scrape of /metrics) load only when used, "
             f"FastAPI's OpenAPI models are built at the first /openapi.json{stops}",
         ),
         Row(

@@ -1,7 +1,8 @@
 """What a node without a loaded model holds in memory: the parts that do not run, or have not been
 used yet, are not imported (numpy with the first memory, strawberry with the first /graphql
 request, amqtt only as the embedded broker, zmq only with the mesh, llama.cpp and onnxruntime in
-the worker or the embedder, rich only on a terminal, difflib with the first diff), FastAPI's
+the worker or the embedder, rich only on a terminal, difflib with the first diff,
+prometheus_client with the first scrape of /metrics), FastAPI's
 OpenAPI models are built at the first /openapi.json, and FastAPI does not import pydantic.v1;
 `gibsey bench footprint` measures the RSS this saves."""
 
@@ -27,6 +28,7 @@ NOT_LOADED = (
     *("numpy", "llama_cpp", "onnxruntime", "tokenizers"),
     *("strawberry", "graphql", "amqtt", "zmq"),
     *("pydantic.v1", "rich", "difflib"),
+    "prometheus_client",  # at the first scrape of /metrics
 )
 # The shared objects of those that have any: what /proc/PID/maps of the real process shows.
 NOT_MAPPED = ("/numpy/", "/llama_cpp/", "/onnxruntime/", "/tokenizers/", "/zmq/", "/pyzmq.libs/")

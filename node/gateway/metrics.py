@@ -2,60 +2,45 @@
 
 Nothing here is on the event path: a custom collector reads the router's, the runtime's, the
 ledger's and the mesh's statistics when Prometheus scrapes, so a node that is never scraped pays
-nothing. Each node has its own registry (tests run several nodes in one process). The Grafana
-dashboard "Agency Tensor" (grafana/agency-tensor.json beside this file) reads these names.
+nothing; this module (and prometheus_client with it) is imported at the first scrape
+(scrape.py: Metrics.render). Each node has its own registry (tests run several nodes in one
+process). The Grafana dashboard "Agency Tensor" (grafana/agency-tensor.json beside this file)
+reads these names.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from gibsey.core.identity import write_atomic
-from gibsey.core.storage import DiskHealth, StorageError
+from gibsey.node.gateway.scrape import LATENCY_BUCKETS, HttpStats
 from gibsey.node.watchdog.rebirth import DeathLedger, boottime
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
     from gibsey.node.gateway.hub import Hub
+    from gibsey.node.gateway.scrape import Metrics
 
 log = logging.getLogger("gibsey.gateway.metrics")
 
-STARTS_FILE = "starts"
 # Rejection reasons exported at 0 before the first one: Prometheus's increase() cannot see a
 # counter's first step when the series appears already at 1, and the alert rules of `gibsey
 # monitor` (node/monitor) ask `increase(gibsey_rejected_total{reason="lamport_ahead"}[...])`.
 ALWAYS_REJECTED = ("lamport_ahead",)
 # The agents' modes (node/agents/safety.py MODES), one 0/1 sample each in gibsey_agents_mode.
 AGENT_MODES = ("normal", "short", "canned")
-
-
-def count_start(data_dir: Path, disk: DiskHealth | None = None) -> int:
-    """Count this start of the node in its data directory; returns how many starts so far. A
-    disk that refuses the write is reported to `disk` (the node's: said once per episode), and
-    the node starts all the same."""
-    path = data_dir / STARTS_FILE
-    try:
-        starts = int(path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        starts = 0
-    starts += 1
-    try:
-        write_atomic(path, f"{starts}\n".encode())
-    except StorageError as exc:
-        if disk is not None:
-            disk.refused_write(exc)
-    except OSError:
-        log.warning("could not record the start count in %s", path)
-    return starts
 
 
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily | None:
@@ -331,26 +316,45 @@ class NodeCollector(Collector):
                 yield CounterMetricFamily(f"gibsey_mesh_{name}", f"Mesh {name}", value=value)
 
 
-class Metrics:
-    """The node's registry: the collector above plus the gateway's own HTTP metrics."""
+class HttpCollector(Collector):
+    """The gateway's requests (scrape.HttpStats), as prometheus_client's Counter and Histogram
+    would name them."""
 
-    def __init__(self, node: Node, hub: Hub, starts: int) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(NodeCollector(node, hub, starts))
-        self.requests = Counter(
+    def __init__(self, http: HttpStats) -> None:
+        self.http = http
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
             "gibsey_http_requests",
             "HTTP requests served by the gateway",
-            ["method", "route", "status"],
-            registry=self.registry,
+            labels=["method", "route", "status"],
         )
-        self.latency = Histogram(
+        for labels, n in sorted(self.http.requests.items()):
+            requests.add_metric(list(labels), n)
+        yield requests
+        latency = HistogramMetricFamily(
             "gibsey_http_request_seconds",
             "HTTP request latency (to the response head; streams excluded)",
-            ["route"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=self.registry,
+            labels=["route"],
         )
-        self.started = time.monotonic()
+        # "1.0", not "1": the bounds spelled as prometheus_client spells its own (untyped there).
+        bounds = [*(str(floatToGoString(b)) for b in LATENCY_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+        for route, seen in sorted(self.http.latency.items()):
+            running, cumulative = 0, []
+            for bound, n in zip(bounds, seen.buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            latency.add_metric([route], cumulative, seen.sum)
+        yield latency
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+
+def registry(metrics: Metrics) -> CollectorRegistry:
+    """The node's registry: its parts' figures and the gateway's requests."""
+    made = CollectorRegistry()
+    made.register(NodeCollector(metrics.node, metrics.hub, metrics.starts))
+    made.register(HttpCollector(metrics.http))
+    return made
+
+
+def exposition(made: CollectorRegistry) -> tuple[bytes, str]:
+    return generate_latest(made), CONTENT_TYPE_LATEST

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gibsey.node.gateway.tokens import refusal
 
 if TYPE_CHECKING:
-    from gibsey.node.gateway.metrics import Metrics
+    from gibsey.node.gateway.scrape import Metrics
     from gibsey.node.gateway.state import GatewayState
 
 # The largest request body the gateway reads. Every write is a small JSON object (an event
@@ -49,10 +49,9 @@ class MetricsMiddleware:
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                took = time.perf_counter() - start
                 path = route_template(scope)
-                self.metrics.latency.labels(path).observe(time.perf_counter() - start)
-                self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+                self.metrics.http.served(scope["method"], path, int(message["status"]), took)
             await send(message)
 
         await self.app(scope, receive, sending)

@@ -28,7 +28,7 @@ from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.hub import Hub
 from gibsey.node.gateway.journal import use_journal_logs, wants_journal
 from gibsey.node.gateway.logs import use_json_logs
-from gibsey.node.gateway.metrics import Metrics, count_start
+from gibsey.node.gateway.scrape import Metrics, count_start
 from gibsey.node.gateway.state import GatewayState
 from gibsey.node.gateway.tokens import node_token
 

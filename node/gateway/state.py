@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from gibsey.mesh.node import MeshNode
     from gibsey.node.daemon import Node
     from gibsey.node.gateway.hub import Hub
-    from gibsey.node.gateway.metrics import Metrics
+    from gibsey.node.gateway.scrape import Metrics
     from gibsey.node.story.engine import Story
 
 log = logging.getLogger("gibsey.gateway")

@@ -39,8 +39,8 @@ from gibsey.mesh.node import MeshNode
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
-from gibsey.node.gateway.metrics import count_start
 from gibsey.node.gateway.openapi import mutating_operations
+from gibsey.node.gateway.scrape import count_start
 from gibsey.node.story.corpus import SAMPLE, read_corpus
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory, started

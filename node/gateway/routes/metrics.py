@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from gibsey.node.gateway.state import State
 from gibsey.node.gateway.targets import GALLERY_LABEL_CHARS, TARGETS_PATH, http_sd, membership
@@ -17,7 +16,8 @@ router = APIRouter()
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(gw: State) -> Response:
-    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = gw.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @router.get(
