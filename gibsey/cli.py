@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    not_a_dir = _data_not_a_directory(args)
+    if not_a_dir:
+        print(f"gibsey {args.command}: {not_a_dir}", file=sys.stderr)
+        return 2
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
@@ -97,6 +101,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(args, exc)
     return int(rc or 0)
+
+
+def _data_not_a_directory(args: argparse.Namespace) -> str | None:
+    """Why the data directory cannot be one (a file is in its place, or in the place of one of
+    its parents), or None. Said before any command tries to make or read it, in one line."""
+    from gibsey.core.config import resolve_data_dir
+
+    data_dir = resolve_data_dir(getattr(args, "data", None))
+    for path in (data_dir, *data_dir.parents):
+        if path.exists():
+            if path.is_dir():
+                return None
+            return (
+                f"the data directory {data_dir} cannot be made: {path} is a file; "
+                "--data or GIBSEY_DATA names a directory (a new node makes it)"
+            )
+    return None
 
 
 def _disk_refused(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> int:

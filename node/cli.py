@@ -20,6 +20,7 @@ from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
+from gibsey.node.watchdog.datalock import AlreadyRunning, DataDirLock
 from gibsey.node.watchdog.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -173,6 +174,21 @@ def _logging(verbose: bool) -> Console | None:
 def _run(args: argparse.Namespace) -> int:
     console = _logging(args.verbose)
     data_dir = resolve_data_dir(args.data)
+    try:
+        # Held until this process ends, however it ends (node/watchdog/datalock.py).
+        lock = DataDirLock(data_dir).acquire()
+    except AlreadyRunning as exc:
+        _say(console, str(exc), soft_wrap=True)
+        return 1
+    except OSError as exc:
+        return _disk_refused(console, data_dir, exc)
+    try:
+        return _run_locked(args, console, data_dir)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Path) -> int:
     try:
         config = load_gibsey_config(data_dir)
         # --http, else [gateway] listen (or GIBSEY_HTTP), else every interface on 8080.
