@@ -142,3 +142,22 @@ def test_virtual_dial_frames_are_valid_firmware_frames() -> None:
     frames = [df.decode(line) for line in lines]
     assert [(f.seq, f.kind) for f in frames] == [(0, "H"), (1, "R"), (2, "P"), (3, "R")]
     assert (frames[-1].symbol, frames[-1].rotation) == (1, 0)
+
+
+def test_a_dial_without_a_terminal_or_a_pipe_says_so_in_one_line(tmp_path: Path) -> None:
+    """Under nohup, cron or CI stdin is /dev/null, which the event loop cannot wait on (epoll
+    refuses it): one line and exit 2, not a PermissionError's traceback."""
+    (tmp_path / "node_id").write_text("n1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "gibsey", "--data", str(tmp_path), "dial"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout.splitlines() == [
+        "gibsey dial: it reads its keys from a terminal or a pipe, and stdin is neither "
+        "(/dev/null or a file: under nohup, cron or CI); run it in a terminal, or pipe keys to it"
+    ]
+    assert "Traceback" not in done.stderr

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import sys
 import termios
 import time
@@ -256,7 +257,8 @@ def _run(args: argparse.Namespace) -> int:
         except OSError:
             console.print(
                 f"[red]gibsey dial:[/red] no node in {data_dir} (start `gibsey up` first, "
-                "or give --node ID and --broker URL)"
+                "or give --node ID and --broker URL)",
+                soft_wrap=True,  # one line, however narrow the terminal or the pipe
             )
             return 2
     try:
@@ -264,10 +266,19 @@ def _run(args: argparse.Namespace) -> int:
         parse_broker_url(url)
         dial = QdpiDial(args.symbol, list(range(16)) if args.symbol < 16 else [args.symbol])
     except (ConfigError, BrokerUrlError, ValueError) as exc:
-        console.print(f"[red]gibsey dial:[/red] {escape(str(exc))}")  # [node] is no markup
+        # [node] is no markup; one line, however narrow the terminal or the pipe
+        console.print(f"[red]gibsey dial:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
     vd = VirtualDial(node_id=node_id, dial_id=args.dial_id, dial=dial)
     fd = sys.stdin.fileno()
+    if not _keys_can_arrive(fd):
+        console.print(
+            "[red]gibsey dial:[/red] it reads its keys from a terminal or a pipe, and stdin is "
+            "neither (/dev/null or a file: under nohup, cron or CI); run it in a terminal, or "
+            "pipe keys to it",
+            soft_wrap=True,
+        )
+        return 2
     saved = termios.tcgetattr(fd) if os.isatty(fd) else None
     try:
         if saved is not None:
@@ -279,6 +290,16 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if saved is not None:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _keys_can_arrive(fd: int) -> bool:
+    """Whether the event loop can wait on `fd` for keys: a terminal, a pipe or a socket. A
+    regular file or /dev/null is always "ready" and epoll refuses it (EPERM)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False  # stdin closed
+    return os.isatty(fd) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
