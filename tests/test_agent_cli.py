@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import sys
+import time
 from pathlib import Path
 
+import pytest
+from nacl.signing import SigningKey
+
 from tests.agent_support import agent_node, agents
+from tests.brokers import Mosquitto
+from tests.conftest import CollectorFactory
+from tests.events import raw_event, topic
 
 
 async def _gibsey(*args: str, timeout_s: float = 120.0) -> tuple[int, str, str]:
@@ -64,3 +73,79 @@ async def test_cli_ask_reload_facts_and_tensor(tmp_path: Path) -> None:
 async def test_cli_without_a_node_says_so(tmp_path: Path) -> None:
     rc, _, err = await _gibsey("agent", "ask", "--data", str(tmp_path), "london-fox", "hi")
     assert rc == 2 and "no node" in err
+
+
+def _stranger_key(tmp_path: Path) -> str:
+    """An operator key file the node does not list in `[node] operators`."""
+    path = tmp_path / "stranger.key"
+    path.write_text(bytes(SigningKey.generate()).hex())
+    return str(path)
+
+
+async def test_reload_signed_by_a_stranger_key_says_the_node_refused_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outsider's report: `reload-model --operator-key` with a key not in `[node] operators`
+    waited out its timeout and blamed "no answer". Must hold: it ends as soon as the node
+    refuses (its safety/alert), with the node's reason on one line and exit status 1, not the
+    timeout's 2; and the node's log says it refused."""
+    caplog.set_level(logging.WARNING, logger="gibsey.agents")
+    async with agent_node(tmp_path) as (node, broker):
+        data = str(node.data_dir)
+        start = time.monotonic()
+        rc, _, err = await _gibsey(
+            "agent",
+            "reload-model",
+            *("--data", data, "--broker", broker.url, "--timeout", "30"),
+            *("--operator-key", _stranger_key(tmp_path)),
+        )
+        took = time.monotonic() - start
+    assert rc == 1, err
+    assert err.count("\n") == 1 and "not one of this node's operators" in err, err
+    assert "no answer" not in err and took < 20, (took, err)
+    assert any(
+        r.levelno == logging.WARNING and "refused agent/reload" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+
+async def test_reload_waits_through_alerts_about_anything_else(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """While `reload-model` waits, the node's safety/alert topic carries other things: another
+    client's change refused, another alert naming this request, bytes that are no event
+    (anyone on the broker may publish there). The test plays the node here, to send those
+    before the refusal. Must hold: none ends the wait; the refusal of this request does,
+    with its own reason, exit status 1."""
+    nid = "node-under-test"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "node_id").write_text(nid)
+    col = await collector_factory(mosquitto.port, topic(nid, "agent/reload"))
+    cli = asyncio.create_task(
+        _gibsey(
+            "agent",
+            "reload-model",
+            *("--data", str(data), "--broker", mosquitto.url, "--timeout", "20"),
+            *("--operator-key", _stranger_key(tmp_path)),
+        )
+    )
+    request = json.loads((await col.wait_for(lambda c: c.messages, timeout_s=30))[0][1])
+    ours, alerts = request["id"], topic(nid, "safety/alert")
+
+    async def alert(reason: str, detail: str) -> None:
+        await col.publish(
+            alerts, raw_event(nid, "safety/alert", {"reason": reason, "detail": detail})
+        )
+
+    await alert("operator_refused", f"agent/reload {'0' * 32} by other: someone else's key")
+    await alert("output_filtered", f"london-fox answer to {ours} tripped x; refused in voice")
+    await col.publish(alerts, b"not an event")
+    # Published in order on one connection, read in order by the CLI: had any of those ended
+    # its wait, it would have said so instead of what follows (or a traceback, for the bytes).
+    await alert("operator_refused", f"agent/reload {ours} by cli: key abc is not an operator")
+    rc, _, err = await cli
+    assert (rc, err) == (
+        1,
+        f"gibsey agent: node {nid} refused agent/reload: key abc is not an operator\n",
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 import uuid
@@ -25,10 +26,24 @@ from gibsey.core.symbols import ROTATIONS
 from gibsey.node.agents.config import AgentConfig
 
 REPLY_PREFIX = "gibsey/reply"
+# A change the node refused exits 1, as every refused gibsey command does (`gibsey vm load`,
+# `gibsey ledger`); 2 stays for no answer at all (a timeout) and bad input, so a script can
+# tell "the node said no" from "nobody answered".
+EXIT_REFUSED = 1
+
+_RELOAD_EPILOG = """\
+exit status: 0 the node serves the model; 1 the node refused the change (a key it does not list
+as an operator, a stale lamport) or could not load the model (it still serves the old one);
+2 no answer in --timeout seconds, no node, key or broker.
+"""
 
 
 class _CliError(Exception):
     pass
+
+
+class _Refused(_CliError):
+    """The node refused the request (said in a safety/alert): no answer will ever come."""
 
 
 def _data(args: argparse.Namespace) -> Path:
@@ -90,6 +105,31 @@ def _personas(args: argparse.Namespace) -> int:
 
 
 # -- ask / reload over MQTT ---------------------------------------------------------------------
+def _envelope(raw: bytes) -> dict[str, Any]:
+    """An event read off the broker; {} for anything else (anyone may publish on a node's
+    safety/alert topic, and garbage there must not end the wait)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _refusal(doc: dict[str, Any], event_id: str) -> str | None:
+    """Why the node refused the change `event_id`, when `doc` is the alert saying so. The alert
+    names the refused event's id in its detail (`agent/reload <id> by <actor>: <why>`, in
+    service.on_reload): matched on that id, so another client's refusal, or another alert
+    about this request (`output_filtered`), never ends this wait."""
+    body = doc.get("payload")
+    if doc.get("kind") != "safety/alert" or not isinstance(body, dict):
+        return None
+    detail = str(body.get("detail", ""))
+    named = re.search(rf"\b{re.escape(event_id)}\b", detail)
+    if body.get("reason") != "operator_refused" or not named:
+        return None
+    return " ".join(detail.split(": ", 1)[-1].split())  # one line, whatever the node wrote
+
+
 async def _request(
     url: str,
     node_id: str,
@@ -121,14 +161,24 @@ async def _request(
         "actor": "cli",
         "payload": payload,
     }
+    # The node refuses an operator's change it will not take with an alert, not an answer on
+    # the reply topic: listened to, or the command would wait out --timeout for nothing.
+    alerts = topic_for(node_id, "safety/alert") if signer is not None else None
     try:
         async with Session(ClientSettings(url, new_client_id("gibsey-agent-cli"))) as session:
             await session.subscribe(reply, qos=1)
+            if alerts is not None:
+                await session.subscribe(alerts, qos=1)
             await session.publish(topic_for(node_id, kind), json.dumps(event), qos=1)
 
             async def wait() -> dict[str, Any]:
                 async for msg in session.messages():
-                    doc = json.loads(msg.payload)
+                    doc = _envelope(msg.payload)
+                    if msg.topic == alerts:
+                        why = _refusal(doc, event_id)
+                        if why is not None:
+                            raise _Refused(f"node {node_id} refused {kind}: {why}")
+                        continue
                     body = doc.get("payload", {})
                     if body.get("correlation") != corr:
                         continue
@@ -276,6 +326,9 @@ def _guard(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
+        except _Refused as exc:
+            print(f"gibsey agent: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
         except _CliError as exc:
             print(f"gibsey agent: {exc}", file=sys.stderr)
             return 2
@@ -308,7 +361,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     a.add_argument("--verbose", action="store_true", help="with --local: print timings")
     a.set_defaults(func=_guard(_ask))
 
-    r = s.add_parser("reload-model", parents=[common], help="swap the node's model (hot)")
+    r = s.add_parser(
+        "reload-model",
+        parents=[common],
+        help="swap the node's model (hot)",
+        epilog=_RELOAD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("path", nargs="?", default="", help="GGUF file (default: the default model)")
     r.add_argument("--broker", help="mqtt://host:port (default: the node's)")
     r.add_argument("--timeout", type=float, default=180.0)

@@ -520,6 +520,9 @@ class AgentService:
             node.data_dir, node.config.node.operators, node.identity.public_hex, event
         )
         if refused is not None:  # a model swap is an operator's change, whoever can publish
+            # In the node's log too, as the router logs what it refuses (the alert alone is
+            # seen only by whoever watched the broker at that moment).
+            log.warning("refused agent/reload %s by %s: %s", event.id, event.actor[:64], refused)
             # Through the router's rate limit: a flood of unsigned reloads is no flood of alerts.
             node.alert(
                 SafetyAlert(
