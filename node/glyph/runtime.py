@@ -373,6 +373,8 @@ class Runtime:
             node.data_dir, node.config.node.operators, node.identity.public_hex, event
         )
         if refused is not None:  # anyone on the broker may publish: only operators bind programs
+            # In the node's log too, as the router logs what it refuses.
+            log.warning("refused vm/load %s by %s: %s", event.id, event.actor[:64], refused)
             node.alert(
                 SafetyAlert(
                     reason="operator_refused",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,10 +111,14 @@ async def test_an_anonymous_vm_load_is_refused_and_mints_nothing(
 
 
 async def test_a_vm_load_signed_by_a_stranger_key_is_refused(
-    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector_factory: CollectorFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Tried: a vm/load well signed, but by a key the node does not list. Must hold: refused
-    (`operator_refused`, the key named), nothing bound."""
+    (`operator_refused`, the key named, in the node's log too), nothing bound."""
+    caplog.set_level(logging.WARNING, logger="gibsey.runtime")
     async with _node(tmp_path / "data", mosquitto, []) as node:
         nid = node.node_id
         col = await collector_factory(mosquitto.port, *(topic(nid, k) for k in WATCHED))
@@ -126,6 +131,10 @@ async def test_a_vm_load_signed_by_a_stranger_key_is_refused(
         assert "not one of this node's operators" in refused[0]["detail"]
         assert (await _turn(col, nid, "mallory"))["amount"] == 1
         assert not col.of_kind("vm/loaded")
+    logged = [r.getMessage() for r in caplog.records if r.name == "gibsey.runtime"]
+    said = [m for m in logged if m.startswith("refused vm/load ")]
+    assert len(said) == 1
+    assert " by mallory: " in said[0] and "not one of this node's operators" in said[0]
 
 
 async def test_an_operator_signed_vm_load_binds_and_its_replay_is_refused(
