@@ -90,9 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    not_a_dir = _data_not_a_directory(args)
-    if not_a_dir:
-        print(f"gibsey {args.command}: {not_a_dir}", file=sys.stderr)
+    refused = _data_not_a_directory(args) or _config_refused(args)
+    if refused:
+        print(f"gibsey {args.command}: {refused}", file=sys.stderr)
         return 2
     try:
         rc = args.func(args)
@@ -117,6 +117,25 @@ def _data_not_a_directory(args: argparse.Namespace) -> str | None:
                 f"the data directory {data_dir} cannot be made: {path} is a file; "
                 "--data or GIBSEY_DATA names a directory (a new node makes it)"
             )
+    return None
+
+
+# Commands that read gibsey.toml beside a node but only the sections they need (`ledger` its
+# [node], `mesh` its [mesh]): the whole file is checked first, as `gibsey up` checks it, so a
+# typo in a section's name or a bad value anywhere is said, not silently ignored.
+WHOLE_CONFIG_CHECKED = frozenset({"ledger", "mesh"})
+
+
+def _config_refused(args: argparse.Namespace) -> str | None:
+    if args.command not in WHOLE_CONFIG_CHECKED:
+        return None
+    from gibsey.core.config import ConfigError, resolve_data_dir
+    from gibsey.node.config import load_gibsey_config
+
+    try:
+        load_gibsey_config(resolve_data_dir(getattr(args, "data", None)))
+    except ConfigError as exc:
+        return str(exc)
     return None
 
 

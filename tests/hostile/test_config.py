@@ -329,6 +329,7 @@ FILES = {
     "peer-no-endpoint": (f'[mesh]\npeers = ["{KEY}"]\n', "[mesh] peers"),
     "peer-port": (f'[mesh]\npeers = ["{KEY}@tcp://10.0.0.3:99999"]\n', "[mesh] peers"),
     "listen-port": ('[gateway]\nlisten = "127.0.0.1:99999"\n', "[gateway] listen"),
+    "section-typo": ('[nod]\nbroker = "mqtt://10.0.0.9:1883"\n', "[nod]"),
 }
 
 
@@ -405,3 +406,15 @@ def test_ledger_commands_refuse_a_bad_node_section_before_writing(
     (data / "gibsey.toml").unlink()
     verify = _gibsey(data, "ledger", "verify")
     assert verify.returncode == 0 and "ok: 0 entries" in verify.stdout, verify.stdout
+
+
+@pytest.mark.parametrize("name", ["listen-port", "section-typo"])
+@pytest.mark.parametrize("command", [("ledger", "balance"), ("mesh", "status")])
+def test_ledger_and_mesh_check_the_whole_file(
+    tmp_path: Path, name: str, command: tuple[str, ...]
+) -> None:
+    """Tried: a section these commands do not read (a bad [gateway] value), and a typo in a
+    section's name ([nod]: the broker it names would be silently ignored). Must hold: exit 2,
+    one line naming it, as `gibsey up` says it."""
+    data, key = _write(tmp_path, name)
+    _one_line_error(_gibsey(data, *command), key)
