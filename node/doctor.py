@@ -1,13 +1,14 @@
 """`gibsey doctor`: check a node and say what is wrong and how to fix it.
 
-Checks: the broker is reachable, whether it refuses anonymous clients, and the node's broker
-password file is private (0600), the Zig VM library loads, the model is there when agents are
-configured (and, on the SD image, the agent worker unit's socket listens), the key file is
-private (0600), so is the gateway's write token, the data directory has room (and, on the SD
-image, is its own partition) and takes a write now (and when it last refused writes; a running
-node's own count of refused writes, ritual mints and gifts among them), every stored ledger row
-checks out (a bad one is named), the clock is plausible (a Pi without NTP starts in the past),
-and the configured mesh peers answer.
+Checks: the broker is reachable (the one the running node is connected to, else the configured
+one; called the embedded broker only when the running node's process listens there), whether it
+refuses anonymous clients, and the node's broker password file is private (0600), the Zig VM
+library loads, the model is there when agents are configured (and, on the SD image, the agent
+worker unit's socket listens), the key file is private (0600), so is the gateway's write token,
+the data directory has room (and, on the SD image, is its own partition) and takes a write now
+(and when it last refused writes; a running node's own count of refused writes, ritual mints and
+gifts among them), every stored ledger row checks out (a bad one is named), the clock is
+plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
 Exit 1 when something is wrong (a FAIL); warnings do not fail.
 """
 
@@ -33,9 +34,10 @@ from urllib.parse import urlsplit
 
 from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
-from gibsey.core.storage import EPISODE_FILE, StorageError
+from gibsey.core.storage import EPISODE_FILE, StorageError, sqlite_refusal
 from gibsey.node.config import GibseyConfig, load_gibsey_config
 from gibsey.node.gateway.config import PORT_FILE
+from gibsey.node.watchdog.rebirth import RUN_FILE, boot_id
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -61,57 +63,177 @@ def _reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str 
         return exc.strerror or str(exc)
 
 
-def check_broker(config: GibseyConfig) -> Check:
+@dataclass(frozen=True)
+class Broker:
+    """The broker doctor checks: the one the running node is connected to (its /api/status),
+    else the configured one, else the embedded broker's address."""
+
+    host: str
+    port: int
+    where: str  # how the lines name it (never with a password)
+    named: bool  # a broker of its own (Mosquitto), not the embedded one `gibsey up` starts
+    embedded: bool = False  # known to be the embedded broker the running node started
+
+
+def find_broker(data: Path, config: GibseyConfig) -> Broker:
     cfg = config.node
+    running = _running_broker(data)
+    host, port = _host_port(running or cfg.broker or f"{cfg.embedded_host}:{cfg.embedded_port}")
+    # Told by the process that listens there, never by the address: a broker someone else
+    # started there (for `gibsey up --broker mqtt://127.0.0.1:1883`, or with no node at all)
+    # is not the embedded one, and is asked whether it takes anonymous clients.
+    started = _started_by_node(data, port) if _local(host, cfg.embedded_host) else False
+    if started:
+        where = f"embedded broker mqtt://{host}:{port} (started by `gibsey up`)"
+        return Broker(host, port, where, named=False, embedded=True)
+    if running:
+        return Broker(host, port, f"{running} (the running node's broker)", named=True)
     if cfg.broker:
-        url = urlsplit(cfg.broker)
-        host, port = url.hostname or "127.0.0.1", url.port or 1883
         from gibsey.core.mqtt import redact_url  # paho: only when a broker is named
 
-        where = redact_url(cfg.broker)  # its password may be in it (broker_password_file)
-    else:
-        host, port = cfg.embedded_host, cfg.embedded_port
-        where = f"embedded broker mqtt://{host}:{port} (started by `gibsey up`)"
-    error = _reachable(host, port)
+        # its password may be in it (broker_password_file)
+        return Broker(host, port, redact_url(cfg.broker), named=True)
+    known = "not one `gibsey up` started" if started is False else "who started it is not known"
+    return Broker(host, port, f"mqtt://{host}:{port} (the embedded broker's port; {known})", False)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+def _local(host: str, embedded_host: str) -> bool:
+    return _loopback(host) or host in (embedded_host, "0.0.0.0", "::")
+
+
+def check_broker(broker: Broker) -> Check:
+    error = _reachable(broker.host, broker.port)
     if error is None:
-        return Check("broker", OK, f"{where} accepts connections")
-    fix = (
-        "start Mosquitto: `sudo systemctl start mosquitto` (logs: `journalctl -u mosquitto`)"
-        if cfg.broker
-        else "start the node: `gibsey up` (or `sudo systemctl start gibsey-node`)"
-    )
+        return Check("broker", OK, f"{broker.where} accepts connections")
+    if broker.named:
+        fix = "start Mosquitto: `sudo systemctl start mosquitto` (logs: `journalctl -u mosquitto`)"
+        return Check("broker", FAIL, f"{broker.where}: {error}", fix)
+    where = f"embedded broker mqtt://{broker.host}:{broker.port} (`gibsey up` starts it)"
+    fix = "start the node: `gibsey up` (or `sudo systemctl start gibsey-node`)"
     return Check("broker", FAIL, f"{where}: {error}", fix)
 
 
-def check_broker_login(config: GibseyConfig) -> list[Check]:
+def _running_broker(data: Path) -> str | None:
+    """The broker the running node is connected to, as its /api/status says (no password in
+    it); None when no node answers there."""
+    try:
+        broker = json.loads(_gateway_get(data, "/api/status"))["broker"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return broker if isinstance(broker, str) and broker else None
+
+
+def _gateway_get(data: Path, path: str) -> bytes:
+    """GET `path` from the running node's gateway, found through gateway.json (OSError when
+    none answers: not running, its gateway off, or gateway.json unwritten)."""
+    url = str(json.loads((data / PORT_FILE).read_text())["url"])
+    with urllib.request.urlopen(f"{url}{path}", timeout=CONNECT_TIMEOUT_S) as answer:
+        body: bytes = answer.read()
+    return body
+
+
+def _started_by_node(data: Path, port: int) -> bool | None:
+    """Whether the process listening on TCP `port` here is the running node of `data` (amqtt)
+    or its child (Mosquitto); None when the listener's process cannot be seen (another user's)."""
+    node = _node_pid(data)
+    sockets = _listening_sockets(port)
+    if node is None or not sockets:
+        return False
+    owners = _socket_owners(sockets)
+    if not owners:
+        return None
+    return any(pid == node or _parent(pid) == node for pid in owners)
+
+
+def _node_pid(data: Path) -> int | None:
+    """The pid of the node running on `data`: run.json's, if that run has not stopped, is of
+    this boot, and its process is alive."""
+    try:
+        run = json.loads((data / RUN_FILE).read_text())
+        pid, clean, boot = int(run["pid"]), bool(run["clean"]), str(run["boot"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    alive = Path(f"/proc/{pid}").exists()
+    return pid if alive and not clean and boot == boot_id() else None
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on `port` (any address), as /proc/*/fd names
+    them."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # LISTEN
+                found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def _socket_owners(sockets: set[str]) -> set[int]:
+    """The processes holding one of `sockets` (only those whose descriptors this user may read)."""
+    owners = set()
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in sockets for fd in fds.iterdir()):
+                owners.add(int(fds.parent.name))
+        except OSError:
+            continue  # another user's process, or one that ended meanwhile
+    return owners
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat_line.rpartition(")")[2].split()[1])  # after the name, which may hold ")"
+
+
+def check_broker_login(config: GibseyConfig, broker: Broker) -> list[Check]:
     """Who may use the broker: the node's password file must be private (0600), and a broker
     open to anonymous clients is said (anyone on the network may then publish, and subscribe).
-    The embedded broker takes anonymous clients: said by where it listens, not probed."""
-    cfg = config.node
-    checks = []
-    if cfg.broker_password_file:  # it was read when the configuration loaded: it is there
-        path = Path(cfg.broker_password_file)
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            detail = f"{path} has mode {mode:04o}: other users can read the node's broker password"
-            checks.append(Check("broker login", WARN, detail, f"chmod 600 {path}"))
-        else:
-            checks.append(Check("broker login", OK, f"{path} is private (mode {mode:04o})"))
-    if not cfg.broker:
-        host = cfg.embedded_host
-        if _loopback(host):
-            checks.append(Check("anonymous", OK, f"embedded broker on {host}: this machine only"))
-        else:
-            detail = f"the embedded broker on {host} takes anonymous clients from the network"
+    The embedded broker takes anonymous clients: said by where it listens, not probed; any other
+    broker (wherever it listens) is asked."""
+    checks = _password_file(config)
+    if not broker.embedded:
+        open_to_anyone = _anonymous_connects(broker.host, broker.port)
+        if open_to_anyone is True:
+            detail = "the broker accepts anonymous clients: anyone who reaches it may publish"
             checks.append(Check("anonymous", WARN, detail, OPEN_BROKER_FIX))
-        return checks
-    open_to_anyone = _anonymous_connects(cfg.broker)
-    if open_to_anyone is True:
-        detail = "the broker accepts anonymous clients: anyone who reaches it may publish"
+        elif open_to_anyone is False:
+            checks.append(Check("anonymous", OK, "the broker refuses anonymous clients"))
+        if open_to_anyone is not None or broker.named:
+            return checks
+    # The embedded broker, or (nothing listens yet) the one `gibsey up` will start there.
+    if _loopback(broker.host):
+        checks.append(
+            Check("anonymous", OK, f"embedded broker on {broker.host}: this machine only")
+        )
+    else:
+        detail = f"the embedded broker on {broker.host} takes anonymous clients from the network"
         checks.append(Check("anonymous", WARN, detail, OPEN_BROKER_FIX))
-    elif open_to_anyone is False:
-        checks.append(Check("anonymous", OK, "the broker refuses anonymous clients"))
     return checks
+
+
+def _password_file(config: GibseyConfig) -> list[Check]:
+    """The node's broker password file must be private (0600)."""
+    if not config.node.broker_password_file:
+        return []
+    path = Path(config.node.broker_password_file)  # read when the configuration loaded: there
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        detail = f"{path} has mode {mode:04o}: other users can read the node's broker password"
+        return [Check("broker login", WARN, detail, f"chmod 600 {path}")]
+    return [Check("broker login", OK, f"{path} is private (mode {mode:04o})")]
 
 
 OPEN_BROKER_FIX = (
@@ -127,19 +249,17 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _anonymous_connects(url: str) -> bool | None:
-    """Whether the broker at `url` lets a client in without credentials; None when it cannot be
-    told (not reachable: the broker line says so)."""
-    from gibsey.core.mqtt import (  # paho: only when a broker is named
+def _anonymous_connects(host: str, port: int) -> bool | None:
+    """Whether the broker at host:port lets a client in without credentials; None when it
+    cannot be told (not reachable: the broker line says so)."""
+    from gibsey.core.mqtt import (  # paho: only when a broker is asked
         ClientSettings,
         ConnectRefused,
         MqttError,
         Session,
         new_client_id,
-        parse_broker_url,
     )
 
-    host, port = parse_broker_url(url)
     settings = ClientSettings(
         f"mqtt://{host}:{port}",
         new_client_id("gibsey-doctor"),
@@ -281,10 +401,16 @@ def check_gateway_token(data: Path, cfg: GibseyConfig) -> Check:
 
 
 def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> Check:
-    probe = data if data.exists() else data.parent
-    u = usage(probe)
-    free_mb = u.free / 1e6
-    detail = f"{free_mb:,.0f} MB free of {u.total / 1e6:,.0f} MB at {probe}"
+    """Room on the data directory's file system; on a fresh machine (no data directory yet),
+    on the one it will be made on: its nearest existing ancestor's."""
+    probe = _existing_ancestor(data)
+    try:
+        u = usage(probe)
+    except OSError as exc:
+        return Check("disk", WARN, f"could not measure {probe}: {exc}", "run as the node's user")
+    detail = f"{u.free / 1e6:,.0f} MB free of {u.total / 1e6:,.0f} MB at {probe}"
+    if probe != data:
+        detail += f" ({data} does not exist yet: the first start makes it)"
     if u.free < MIN_FREE_BYTES or u.free < MIN_FREE_FRACTION * u.total:
         return Check(
             "disk",
@@ -300,6 +426,13 @@ def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> 
             "see images/README.md: `gibsey image data-partition`",
         )
     return Check("disk", OK, detail)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
 
 
 DISK_FIXES = {
@@ -330,7 +463,8 @@ def check_disk_writes(data: Path) -> Check:
         return Check(
             "disk writes",
             FAIL,
-            f"{data} refuses writes: {exc.strerror}; the node serves reads and stores nothing",
+            f"{data} refuses writes: {exc.strerror}; `gibsey up` does not start on it (exit 75, "
+            "and systemd tries again), a node already running serves reads and stores nothing",
             DISK_FIXES.get(exc.errno or 0, DISK_FULL_FIX),
         )
     except OSError as exc:
@@ -353,9 +487,7 @@ def _node_metrics(data: Path) -> dict[str, float] | None:
     """The running node's unlabelled metrics (its /metrics, found through gateway.json); None
     when no node answers there (not running, its gateway off, or gateway.json unwritten)."""
     try:
-        url = str(json.loads((data / PORT_FILE).read_text())["url"])
-        with urllib.request.urlopen(f"{url}/metrics", timeout=CONNECT_TIMEOUT_S) as answer:
-            text = answer.read().decode()
+        text = _gateway_get(data, "/metrics").decode()
     except (OSError, ValueError, KeyError, TypeError):
         return None
     out: dict[str, float] = {}
@@ -403,6 +535,9 @@ def check_ledger(data: Path) -> Check:
         finally:
             store.close()
     except Exception as exc:  # a file SQLite cannot read at all: say so, never a traceback
+        refused = sqlite_refusal(exc, f"the ledger {path}", data)
+        if refused is not None:  # the disk's refusal, not the ledger's damage: fix the disk
+            return _ledger_unchecked(path, refused)
         return Check("ledger", FAIL, f"{path}: {exc}", "restore it from a backup, with node.key")
     if not bad:
         return Check("ledger", OK, f"{entries} entries in {feeds} feeds check out")
@@ -416,6 +551,18 @@ def check_ledger(data: Path) -> Check:
         "one); another node's feed is still whole at its author and peers; for this node's own "
         "feed, restore ledger.sqlite3 together with node.key from a backup",
     )
+
+
+def _ledger_unchecked(path: Path, refused: StorageError) -> Check:
+    """The ledger could not be opened because the disk refuses writes (SQLite writes its WAL
+    files to open a database): nothing says it is damaged; the disk is what needs mending."""
+    disk = {errno.EROFS: "is read-only", errno.ENOSPC: "is full", errno.EDQUOT: "is full"}
+    state = disk.get(refused.errno or 0, "refuses writes")
+    detail = (
+        f"{path} not checked: its disk {state} ({refused.errno_name}) and SQLite writes to open "
+        "it; nothing says the ledger is damaged (do not restore it)"
+    )
+    return Check("ledger", WARN, detail, DISK_FIXES.get(refused.errno or 0, DISK_FULL_FIX))
 
 
 def check_clock(now: float | None = None) -> Check:
@@ -455,9 +602,10 @@ def check_peers(cfg: GibseyConfig) -> list[Check]:
 
 
 def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[Check]:
+    broker = find_broker(data, cfg)
     return [
-        check_broker(cfg),
-        *check_broker_login(cfg),
+        check_broker(broker),
+        *check_broker_login(cfg, broker),
         check_vm(),
         check_model(cfg),
         check_agent_worker(cfg),
