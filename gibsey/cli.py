@@ -10,6 +10,7 @@ takes (`--data DIR`).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sqlite3
 import sys
@@ -155,6 +156,12 @@ def _disk_refused(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> int
     if refused is None:
         raise exc
     advice = refused_advice(data_dir, refused, again="try again")
+    if refused.errno == errno.EROFS:
+        # SQLite writes to open a database, even to read it: a copy on a writable disk reads.
+        advice += (
+            f"; to read it meanwhile, copy it to a writable disk (`cp -a {data_dir} "
+            f"/tmp/gibsey-copy`) and run the command with --data /tmp/gibsey-copy"
+        )
     print(f"gibsey {args.command}: {advice}", file=sys.stderr)
     return EXIT_DISK_REFUSED
 

@@ -183,3 +183,41 @@ def test_a_broker_no_node_started_is_not_called_the_embedded_one(
     assert "not one `gibsey up` started" in broker
     (anonymous,) = _lines(out, "anonymous")
     assert anonymous.startswith("warn") and "accepts anonymous clients" in anonymous, out
+
+
+def test_commands_on_a_read_only_card_exit_75_and_say_how_to_read_it(tmp_path: Path) -> None:
+    """Every command the read-only disk stops says so in one line and exits 75 (the story's and
+    the gateway's commands said 'error' and exited 1); the line says how to read the data
+    meanwhile, and that way works."""
+    data = tmp_path / "data"
+    load_or_create(data, "ro2")
+    ledger = Ledger.open(data)
+    ledger.mint("london-fox", 10, "read")
+    ledger.close()
+    with _read_only_view(data, tmp_path / "ro") as ro:
+        runs = {
+            words: subprocess.run(
+                [sys.executable, "-m", "gibsey", "--data", str(ro), *words.split()],
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for words in ("ledger verify", "story log", "gateway token")
+        }
+    for words, run in runs.items():
+        assert run.returncode == 75, (words, run.stderr)
+        (line,) = run.stderr.splitlines()
+        assert line.startswith(f"gibsey {words.split()[0]}: the data directory {ro} is read-only")
+    hint = runs["ledger verify"].stderr
+    assert f"copy it to a writable disk (`cp -a {ro} /tmp/gibsey-copy`)" in hint
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(data), str(copy)], check=True)
+    verify = subprocess.run(
+        [sys.executable, "-m", "gibsey", "--data", str(copy), "ledger", "verify"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0 and "ok: 1 entries" in verify.stdout, verify.stdout

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from gibsey.core.config import ConfigError, load_section, resolve_data_dir
+from gibsey.core.storage import StorageError
 from gibsey.node.gateway.config import GatewayConfig
 from gibsey.node.gateway.tokens import node_token
 
@@ -26,6 +27,8 @@ def _token(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gibsey gateway token: {exc}", file=sys.stderr)
         return 1
+    except StorageError:
+        raise  # the disk refused the token's write: said by `gibsey` itself, exit 75
     except OSError as exc:
         print(f"gibsey gateway token: cannot keep a token in {data}: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gibsey.core.console import make_console, print_exact
+from gibsey.core.storage import StorageError
 from gibsey.ledger.errors import LedgerError, Rejected
 
 from .corpus import SAMPLE, read_corpus
@@ -331,6 +332,8 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
+        except StorageError:
+            raise  # the disk refused a write: said by `gibsey` itself, exit 75 (gibsey/cli.py)
         except (StoryError, LedgerError, Rejected, OSError, UnicodeDecodeError) as exc:
             errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
             return 1
