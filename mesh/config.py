@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
+from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.signing import SigningKey
 from pydantic import BeforeValidator, Field, field_validator
 
@@ -70,7 +71,18 @@ def parse_key(text: str) -> bytes:
     text = text.strip().lower()
     if not KEY_RE.match(text):
         raise MeshConfigError(f"{text!r} is not an ed25519 public key (64 hex digits)")
-    return bytes.fromhex(text)
+    key = bytes.fromhex(text)
+    # 64 hex digits are not yet a key: most 32-byte strings are no point of the curve, and the
+    # mesh would fail at its start deriving the peer's CurveZMQ key (libsodium: "Unexpected
+    # library error"). Checked here, so a typo is said in one line naming the key.
+    try:
+        crypto_sign_ed25519_pk_to_curve25519(key)
+    except NaclRuntimeError:
+        raise MeshConfigError(
+            f"{text!r} is not an ed25519 public key (64 hex digits, but no point of the curve: "
+            "a typo? `gibsey mesh status` on that node prints its key)"
+        ) from None
+    return key
 
 
 def check_endpoint(endpoint: str, what: str, *, wildcard: bool = False) -> str:

@@ -187,3 +187,11 @@ def quick_mesh_config(peers: list[PeerSpec], allow: set[bytes]) -> MeshConfig:
     cfg.peers = peers
     cfg.allow = allow
     return cfg
+
+
+def public_key_hex(seed: int) -> str:
+    """A real ed25519 public key (64 hex digits), the same for the same seed: a node's mesh
+    configuration refuses 64 hex digits that are no point of the curve (mesh/config.py)."""
+    from nacl.signing import SigningKey
+
+    return SigningKey(bytes([seed]) * 32).verify_key.encode().hex()

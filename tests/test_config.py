@@ -17,9 +17,10 @@ import pytest
 from gibsey.core.config import ConfigError, env_overrides, load_config, section_model
 from gibsey.node.config import GibseyConfig, load_gibsey_config, parse_gibsey_config
 from gibsey.node.parts import PARTS
+from tests.mesh_support import public_key_hex
 
 REPO = Path(__file__).resolve().parent.parent
-KEY = "ab" * 32
+KEY = public_key_hex(1)
 
 
 def _parse(tables: dict[str, Any], **environ: str) -> GibseyConfig:

@@ -15,6 +15,7 @@ from gibsey.cli import main
 from gibsey.node.image import cli as cli_image
 from gibsey.node.image import firstboot
 from gibsey.node.image.firstboot import Paths, hostname_for, provision
+from tests.mesh_support import public_key_hex
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE = REPO / "images" / "pi-gen" / "stage-gibsey"
@@ -140,7 +141,7 @@ def test_hostname_is_a_valid_label() -> None:
 
 
 def test_first_boot_provisions_from_the_boot_partition(card: Paths) -> None:
-    (card.boot / "gibsey.toml").write_text(TOML.format(key="ab" * 32))
+    (card.boot / "gibsey.toml").write_text(TOML.format(key=public_key_hex(1)))
     result = provision(card)
     assert result.node_id == "east-wall" and result.identity_created
     assert (card.data / "node_id").read_text().strip() == "east-wall"

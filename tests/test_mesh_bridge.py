@@ -20,7 +20,7 @@ from gibsey.node.config import GibseyConfig, parse_gibsey_config
 from gibsey.node.daemon import Node
 from tests.brokers import Mosquitto
 from tests.conftest import CollectorFactory
-from tests.mesh_support import REPO
+from tests.mesh_support import REPO, public_key_hex
 
 
 @pytest.fixture
@@ -98,17 +98,20 @@ def test_bridge_render_rejects_bad_settings() -> None:
 
 
 def test_mesh_config_parsing() -> None:
-    key = "ab" * 32
+    key = public_key_hex(1)
     cfg = MeshConfig.model_validate(
         {
             "listen": "tcp://127.0.0.1:9",
             "allow": [key],
-            "peers": ["cd" * 32 + "@tcp://h:1"],
+            "peers": [public_key_hex(2) + "@tcp://h:1"],
             "sync_interval": 1,
             "enabled": True,
         }
     )
-    assert cfg.sync_interval == 1.0 and cfg.allowed() == {bytes.fromhex(key), b"\xcd" * 32}
+    assert cfg.sync_interval == 1.0 and cfg.allowed() == {
+        bytes.fromhex(key),
+        bytes.fromhex(public_key_hex(2)),
+    }
     for bad, named in (
         ({"allow": ["nothex"]}, "allow"),
         ({"peers": ["x"]}, "peers"),

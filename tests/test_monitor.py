@@ -20,6 +20,7 @@ import yaml  # PyYAML comes with amqtt; the tests only read YAML
 
 from gibsey.cli import main
 from gibsey.node.monitor.render import RULES_FILE, TOKEN_FILE, WEBHOOK_PATH
+from tests.mesh_support import public_key_hex
 
 CASES = Path(__file__).parent / "monitor"
 TOOL_TIMEOUT_S = 60.0
@@ -154,14 +155,14 @@ def test_targets_come_from_the_mesh_membership(tmp_path: Path) -> None:
     webhook points at this node, and its write token is copied beside alertmanager.yml (0600)."""
     data = tmp_path / "data"
     data.mkdir()
-    configured, met = "ab" * 32, "cd" * 32
+    configured, met = public_key_hex(1), public_key_hex(2)
     (data / "gibsey.toml").write_text(
         f'[gateway]\nlisten = "0.0.0.0:8081"\ntoken = "tok-123"\n\n'
         f'[mesh]\npeers = ["{configured}@tcp://10.0.0.3:7470"]\n'
     )
     (data / "gateway.json").write_text(json.dumps({"host": "0.0.0.0", "port": 8081}))
     status = {
-        "key": "ef" * 32,
+        "key": public_key_hex(3),
         "endpoint": "tcp://10.0.0.2:7470",
         "peers": [{"key": met, "endpoint": "tcp://10.0.0.4:7470"}],
     }
@@ -171,9 +172,9 @@ def test_targets_come_from_the_mesh_membership(tmp_path: Path) -> None:
     groups = json.loads((out / "targets" / "gibsey.json").read_text())
     by_address = {g["targets"][0]: g["labels"] for g in groups}
     assert by_address == {
-        "10.0.0.2:8081": {"gallery": "gallery", "role": "self", "mesh_key": "ef" * 8},
-        "10.0.0.3:8081": {"gallery": "gallery", "role": "peer", "mesh_key": "ab" * 8},
-        "10.0.0.4:8081": {"gallery": "gallery", "role": "peer", "mesh_key": "cd" * 8},
+        "10.0.0.2:8081": {"gallery": "gallery", "role": "self", "mesh_key": public_key_hex(3)[:16]},
+        "10.0.0.3:8081": {"gallery": "gallery", "role": "peer", "mesh_key": configured[:16]},
+        "10.0.0.4:8081": {"gallery": "gallery", "role": "peer", "mesh_key": met[:16]},
     }
     webhook = _yaml(out / "alertmanager.yml")["receivers"][0]["webhook_configs"][0]
     assert webhook["url"] == f"http://10.0.0.2:8081{WEBHOOK_PATH}"

@@ -23,9 +23,10 @@ import pytest
 
 from gibsey.core.config import ConfigError, section_model
 from gibsey.node.config import GibseyConfig, parse_gibsey_config
+from tests.mesh_support import public_key_hex
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = "ab" * 32
+KEY = public_key_hex(1)
 MQTT_MAX = 268_435_455  # the largest MQTT packet (its Remaining Length field's limit)
 
 # (section, key, a bad value): every key of every section, each with what a user gets wrong.
@@ -330,6 +331,8 @@ FILES = {
     "peer-port": (f'[mesh]\npeers = ["{KEY}@tcp://10.0.0.3:99999"]\n', "[mesh] peers"),
     "listen-port": ('[gateway]\nlisten = "127.0.0.1:99999"\n', "[gateway] listen"),
     "section-typo": ('[nod]\nbroker = "mqtt://10.0.0.9:1883"\n', "[nod]"),
+    # 64 hex digits that are no point of the curve: the mesh died at its start, a traceback.
+    "peer-not-a-key": (f'[mesh]\npeers = ["{"ab" * 32}@tcp://10.0.0.3:7470"]\n', "[mesh] peers"),
 }
 
 
@@ -382,7 +385,9 @@ def test_doctor_reports_the_file_as_a_failure(tmp_path: Path, name: str) -> None
     assert len(fail) == 1 and "config" in fail[0] and key in fail[0], r.stdout
 
 
-@pytest.mark.parametrize("name", ["allow-not-hex", "peer-no-endpoint", "peer-port"])
+@pytest.mark.parametrize(
+    "name", ["allow-not-hex", "peer-no-endpoint", "peer-port", "peer-not-a-key"]
+)
 @pytest.mark.parametrize("command", [("mesh", "serve"), ("mesh", "sync", f"{KEY[:8]}")])
 def test_mesh_commands_refuse_a_bad_mesh_section(
     tmp_path: Path, name: str, command: tuple[str, ...]
