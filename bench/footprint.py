@@ -16,7 +16,8 @@ in the node, which the row names when the goal is not met. Goal: at most 60 MiB 
 has 512 MB).
 And with the gateway on, run by the card's interpreter: Debian's own python3, which the image's
 venv is made from (harness/card_python.py), against a bare process of that interpreter. Its
-sqlite3 loads sqlite-vec, so agents.db opens without apsw, as on a card.
+sqlite3 loads sqlite-vec, so agents.db opens without apsw, as on a card. Once without a mesh,
+once with one peer configured (as a gallery's node: the mesh and ZeroMQ loaded).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from nacl.signing import SigningKey
 
 from gibsey.bench.nodeproc import start_up, stop
 from gibsey.bench.report import Row
@@ -103,22 +106,29 @@ def _python_rss(code: str, pycache: Path, python: str = sys.executable) -> float
         proc.wait()
 
 
-# The node runs: (gateway, interpreter), one figure list each.
-_ON, _OFF, _CARD = "127.0.0.1:0", "off", "card"
+# The node runs: (gateway, interpreter, gibsey.toml), one figure list each.
+_ON, _OFF, _CARD, _CARD_MESH = "127.0.0.1:0", "off", "card", "card+mesh"
+# A gallery's node gossips its ledger: one peer (a real key: the configuration refuses 64 hex
+# digits that are no key; nobody answers on the discard port) loads the mesh, and ZeroMQ.
+_PEER = SigningKey(bytes([7]) * 32).verify_key.encode().hex()
+MESH_TOML = f'[mesh]\nlisten = "tcp://127.0.0.1:0"\npeers = ["{_PEER}@tcp://127.0.0.1:9"]\n'
 
 
 def _nodes_rss(work: Path, pycache: Path, card: str | None) -> dict[str, list[tuple[float, float]]]:
     """RUNS figures per run (gateway on, off; on under the card's interpreter when there is
-    one), each on its own data."""
-    runs = {_ON: (_ON, sys.executable), _OFF: (_OFF, sys.executable)}
+    one, without and with a mesh), each on its own data."""
+    runs = {_ON: (_ON, sys.executable, ""), _OFF: (_OFF, sys.executable, "")}
     if card is not None:
-        runs[_CARD] = (_ON, card)
+        runs[_CARD] = (_ON, card, "")
+        runs[_CARD_MESH] = (_ON, card, MESH_TOML)
     broker = Mosquitto(work / "mosq").start()
     try:
         figures: dict[str, list[tuple[float, float]]] = {}
-        for key, (http, python) in runs.items():
+        for key, (http, python, toml) in runs.items():
             name = key.replace(":", "_")
             data, args = work / f"data-{name}", (http, work / "n.sock", pycache / name, python)
+            data.mkdir(parents=True)
+            (data / "gibsey.toml").write_text(toml)
             _node_rss(data, broker.url, *args)  # makes the identity, the stores, the bytecode
             figures[key] = [_node_rss(data, broker.url, *args) for _ in range(RUNS)]
         return figures
@@ -146,22 +156,28 @@ def _baselines(pycache: Path) -> dict[str, float]:
     }
 
 
-def _card_row(figures: dict[str, list[tuple[float, float]]], bare: float | None, why: str) -> Row:
-    name = "daemon RSS, model not loaded, gateway on, on the card's python3 (Debian's)"
+def _card_rows(
+    figures: dict[str, list[tuple[float, float]]], bare: float | None, why: str
+) -> list[Row]:
+    names = {
+        _CARD: "daemon RSS, model not loaded, gateway on, on the card's python3 (Debian's)",
+        _CARD_MESH: "the same with the mesh on (one peer configured: ZeroMQ loaded)",
+    }
     if bare is None:
-        return Row(
-            name, float("nan"), None, "MiB", limit=("<=", GOAL_MIB), note=f"not measured: {why}"
+        unmeasured = f"not measured: {why}"
+        return [Row(n, float("nan"), None, "MiB", note=unmeasured) for n in names.values()]
+    rows = []
+    for key, name in names.items():
+        card = figures[key]
+        note = (
+            f"median of {RUNS} starts as above, run by {card_python.CARD_PYTHON}, the "
+            "interpreter the image's venv is made from: agents.db opens through its sqlite3 "
+            f"(apsw's library mapped: {statistics.median(a for _, a in card):.1f} MiB); "
+            f"baseline: bare {card_python.CARD_PYTHON}"
         )
-    card = figures[_CARD]
-    note = (
-        f"median of {RUNS} starts as above, run by {card_python.CARD_PYTHON}, the interpreter the "
-        "image's venv is made from: agents.db opens through its sqlite3 (apsw's library mapped: "
-        f"{statistics.median(a for _, a in card):.1f} MiB); baseline: bare "
-        f"{card_python.CARD_PYTHON}"
-    )
-    return Row(
-        name, statistics.median(r for r, _ in card), bare, "MiB", limit=("<=", GOAL_MIB), note=note
-    )
+        rss = statistics.median(r for r, _ in card)
+        rows.append(Row(name, rss, bare, "MiB", limit=("<=", GOAL_MIB), note=note))
+    return rows
 
 
 def run() -> list[Row]:
@@ -212,5 +228,5 @@ def run() -> list[Row]:
             limit=("<=", GOAL_MIB),
             note=common,
         ),
-        _card_row(figures, card_bare, why or ""),
+        *_card_rows(figures, card_bare, why or ""),
     ]

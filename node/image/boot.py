@@ -327,6 +327,13 @@ def extract_kernel(image: Path, boot: Partition, dest: Path) -> tuple[Path, Path
 def inside_checks(shell: Shell, opts: Options, result: BootResult) -> None:
     """What is checked through the emulator's shell: doctor, the applied gibsey.toml, the data
     partition, and the node's RSS."""
+    # First, before doctor scrapes /metrics (which loads prometheus_client in the node). No
+    # procps on the card: the kernel's own figure.
+    _, rss = shell.run(
+        "grep VmRSS /proc/$(systemctl show -p MainPID --value gibsey-node)/status", timeout_s=30
+    )
+    found = re.search(r"VmRSS:\s*(\d+)\s*kB", rss)
+    result.node_rss_kib = int(found.group(1)) if found else None
     doctor = (
         "runuser -u gibsey -- env $(systemctl show -p Environment --value gibsey-node) "
         "/opt/gibsey/.venv/bin/gibsey doctor"
@@ -349,12 +356,6 @@ def inside_checks(shell: Shell, opts: Options, result: BootResult) -> None:
     result.checks.append(
         Check("data partition", source.strip().startswith("/dev/"), source.strip() or "none")
     )
-    # No procps on the card: the kernel's own figure.
-    _, rss = shell.run(
-        "grep VmRSS /proc/$(systemctl show -p MainPID --value gibsey-node)/status", timeout_s=30
-    )
-    found = re.search(r"VmRSS:\s*(\d+)\s*kB", rss)
-    result.node_rss_kib = int(found.group(1)) if found else None
 
 
 def _wait_password(shell: Shell, deadline: float) -> str:
