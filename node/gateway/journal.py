@@ -48,7 +48,9 @@ log = logging.getLogger("gibsey.rituals")
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "gibsey"
-_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# uvicorn's records also carry `color_message`, the message with terminal colour codes: never
+# a field of a log line (the message is there without them).
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 _FIELD_RE = re.compile(r"^[A-Z0-9_]{1,57}$")  # a journal field: 64 characters, GIBSEY_ first
 # syslog(3) priorities, which journalctl -p filters on
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6}

@@ -14,7 +14,9 @@ import sys
 import time
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# uvicorn's records also carry `color_message`, the message with terminal colour codes: never
+# a field of a log line (the message is there without them).
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 # Fields that are copied when a record carries them (logged with extra={...}).
 STRUCTURED = ("event_id", "kind", "actor", "path", "status", "method", "node")
 
