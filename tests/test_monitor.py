@@ -60,16 +60,16 @@ def test_the_written_files_pass_promtool_and_amtool(tmp_path: Path) -> None:
     targets and alertmanager.yml; `promtool check config` (which checks the rules it names),
     `promtool check rules` and `amtool check-config` accept them, and so does amtool with the
     commented Discord/email receiver uncommented."""
-    out = tmp_path / "monitor"
+    out, no_node = tmp_path / "monitor", tmp_path / "no-node"
     targets = ("--target", "10.0.0.3:8080", "--target", "n2.local:8080")
-    assert _monitor(out, "--no-mesh", *targets) == 0
+    assert _monitor(out, "--no-mesh", "--data", str(no_node), *targets) == 0
     _run(_tool("promtool"), "check", "config", "prometheus.yml", cwd=out)
     _run(_tool("promtool"), "check", "rules", RULES_FILE, cwd=out)
     _run(_tool("amtool"), "check-config", "alertmanager.yml", cwd=out)
     groups = json.loads((out / "targets" / "gibsey.json").read_text())
     assert [g["targets"] for g in groups] == [["10.0.0.3:8080"], ["n2.local:8080"]]
     webhook = _yaml(out / "alertmanager.yml")["receivers"][0]["webhook_configs"][0]
-    assert webhook["url"] == f"http://127.0.0.1:8080{WEBHOOK_PATH}"
+    assert webhook["url"] == f"http://10.0.0.3:8080{WEBHOOK_PATH}"  # the first node named
     assert webhook["http_config"]["authorization"]["credentials_file"] == TOKEN_FILE
 
     live = out / "alertmanager-live.yml"
@@ -219,3 +219,21 @@ def test_a_folder_that_cannot_be_written_is_an_error(tmp_path: Path, capsys: Any
     blocker.write_text("")
     assert _monitor(blocker / "monitor", "--no-mesh", "--target", "127.0.0.1:8080") == 1
     assert f"cannot write {blocker / 'monitor'}" in capsys.readouterr().err
+
+
+def test_a_control_room_without_a_node_sends_the_alerts_to_the_node_named(
+    tmp_path: Path, capsys: Any
+) -> None:
+    """`gibsey monitor --no-mesh --target 10.0.0.2:8080` on a machine that is no node: the
+    webhook is that node's (it was http://127.0.0.1:8080, this machine, where no node listens);
+    --webhook still wins."""
+    out, no_node = tmp_path / "monitor", ("--data", str(tmp_path / "no-node"))
+    assert _monitor(out, "--no-mesh", *no_node, "--target", "10.0.0.2:8080") == 0
+    webhook = _yaml(out / "alertmanager.yml")["receivers"][0]["webhook_configs"][0]
+    assert webhook["url"] == f"http://10.0.0.2:8080{WEBHOOK_PATH}"
+    assert f"webhook: http://10.0.0.2:8080{WEBHOOK_PATH}" in capsys.readouterr().out
+    mine = "http://10.0.0.9:8080/hook"
+    out2 = tmp_path / "m2"
+    assert _monitor(out2, *no_node, "--target", "10.0.0.2:8080", "--webhook", mine) == 0
+    webhook = _yaml(out2 / "alertmanager.yml")["receivers"][0]["webhook_configs"][0]
+    assert webhook["url"] == mine

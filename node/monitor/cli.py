@@ -41,14 +41,19 @@ TOKEN_MODE = 0o600
 DEFAULT_WEBHOOK = f"http://127.0.0.1:8080{WEBHOOK_PATH}"
 
 
+def _is_node(data_dir: Path) -> bool:
+    from gibsey.node.gateway.config import PORT_FILE
+
+    return config_path(data_dir).exists() or (data_dir / PORT_FILE).exists()
+
+
 def _membership(data_dir: Path) -> tuple[list[Target], str, str | None]:
     """This node's and its peers' targets, the webhook URL on this node, and its write token
     (None when there is none to read: the command never makes one)."""
     from gibsey.node.config import load_gibsey_config
-    from gibsey.node.gateway.config import PORT_FILE
     from gibsey.node.gateway.tokens import token_path
 
-    if not config_path(data_dir).exists() and not (data_dir / PORT_FILE).exists():
+    if not _is_node(data_dir):
         return [], DEFAULT_WEBHOOK, None  # no node's data directory: no membership to read
     cfg = load_gibsey_config(data_dir)
     peers = [(p.key.hex(), p.endpoint) for p in cfg.mesh.peers] if cfg.mesh else []
@@ -99,6 +104,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if not args.no_mesh:
             members, webhook, token = _membership(resolve_data_dir(getattr(args, "data", None)))
             targets += [t for t in members if t not in targets]
+        if targets and not _is_node(resolve_data_dir(getattr(args, "data", None))):
+            # A control-room machine that is no node: the alerts go to the first node named,
+            # whose gateway serves the webhook beside its /metrics (127.0.0.1 is no node here).
+            webhook = f"http://{targets[0].address}{WEBHOOK_PATH}"
         settings = _settings(args, webhook, discovery=not args.no_mesh and bool(members))
         files = {
             "prometheus.yml": prometheus_yml(settings),
