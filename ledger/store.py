@@ -199,7 +199,14 @@ class BadRow:
     problem: str
 
     def __str__(self) -> str:
-        return f"feed {self.author.hex()} seq {self.seq}: {self.problem}"
+        # A damaged row's author column may hold text, not the key's bytes: named as it is.
+        author: bytes | str = self.author
+        who = (
+            author.hex()
+            if isinstance(author, bytes)
+            else f"{author.encode('utf-8', 'surrogateescape').hex()} (its author stored as text)"
+        )
+        return f"feed {who} seq {self.seq}: {self.problem}"
 
 
 BadRowListener = Callable[[BadRow], None]
@@ -297,6 +304,9 @@ class Store:
     @staticmethod
     def _setup(synchronous: str) -> Callable[[sqlite3.Connection], None]:
         def setup(db: sqlite3.Connection) -> None:
+            # A damaged row may hold text that is no UTF-8 where bytes belong: read, it names
+            # its row (check_row) instead of failing every read of the table.
+            db.text_factory = _lenient_text
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -346,7 +356,10 @@ class Store:
             "ON e.author = h.author AND e.seq = h.seq"
         )
         for author, seq, hash_, lamport in rows:
-            self._heads[author] = Head(seq, hash_, lamport)
+            # A damaged row whose author column holds text is no feed this store can look up
+            # (its author cannot be bound as the key's bytes): `verify` names the row.
+            if type(author) is bytes:
+                self._heads[author] = Head(seq, hash_, lamport)
         (top,) = self._db.execute("SELECT COALESCE(MAX(lamport), 0) FROM entries").fetchone()
         self._max_lamport: int = top
         self._quarantine: dict[bytes, int] = {}
@@ -1342,11 +1355,19 @@ def _bad_proofs(proofs: list[tuple[bytes, int, bytes]]) -> list[BadRow]:
     return bad
 
 
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
 def check_row(row: StoredRow, last: Head | None, *, signature: bool) -> Entry | str:
     """`row` as an entry if it passes every check that needs no later entry - its bytes (the
     body rules and canonical form; its signature too if `signature`), its index columns, its
     place in the chain after `last` (None: the feed's first row) - else what is wrong."""
     author, seq, hash_, lamport, type_, raw = row
+    # A damaged row: text (or a number) where bytes go.
+    for name, value in (("author", author), ("hash", hash_), ("entry's bytes", raw)):
+        if type(value) is not bytes:
+            return f"the {name} column is stored as {type(value).__name__}, not bytes"
     try:
         e = parse(raw, verify=signature)
     except Rejected as exc:

@@ -130,7 +130,19 @@ def type_column(data: Path, es: list[Entry]) -> None:
     write_row(data, "UPDATE entries SET type = 'burn' WHERE seq = 3", ())
 
 
+def raw_as_text(data: Path, es: list[Entry]) -> None:
+    """Seq 3's entry bytes stored as TEXT, not a BLOB (the commands died with a TypeError)."""
+    write_row(data, "UPDATE entries SET raw = CAST(raw AS TEXT) WHERE seq = 3", ())
+
+
+def hash_as_text(data: Path, es: list[Entry]) -> None:
+    """Seq 3's hash column holds text that is no UTF-8 (reading the table raised an error)."""
+    write_row(data, "UPDATE entries SET hash = CAST(hash AS TEXT) WHERE seq = 3", ())
+
+
 DAMAGE: dict[str, Damage] = {
+    "raw-as-text": raw_as_text,
+    "hash-as-text": hash_as_text,
     "self-gift": self_gift,
     "newline-actor": newline_actor,
     "unknown-signer": unknown_signer,
