@@ -166,6 +166,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Every checked entry, feed by feed in seq order, one a line: its payload (canonical JSON,
     which never holds a raw tab or newline), a tab, its signature in hex (CANONICAL.md)."""
     with closing(_open(args)) as ledger:
+        if args.proofs:
+            return _export_proofs(ledger, args.author)
         entries = sorted(ledger.store.iter_ordered(), key=lambda e: (e.author, e.seq))
         if args.author:
             entries = [e for e in entries if e.author_hex.startswith(args.author.lower())]
@@ -174,6 +176,18 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.write(e.payload + b"\t" + e.signature.hex().encode() + b"\n")
         out.flush()
         _say_quarantined(ledger)
+    return 0
+
+
+def _export_proofs(ledger: Ledger, author: str | None) -> int:
+    """The fork proofs held, one a line (their canonical JSON, CANONICAL.md section 3): what a
+    verifier needs beside the entries, whose forked feeds count in no view from the proof's seq
+    on."""
+    out = sys.stdout.buffer
+    for proof in ledger.store.fork_proofs():
+        if not author or proof.author.hex().startswith(author.lower()):
+            out.write(proof.to_bytes() + b"\n")
+    out.flush()
     return 0
 
 
@@ -405,6 +419,12 @@ def register(
     add("verify", cmd_verify, "re-check every row, chain and signature; name each bad row")
     p = add("export", cmd_export, "print the checked entries, one a line (see CANONICAL.md)")
     p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
+    p.add_argument(
+        "--proofs",
+        action="store_true",
+        help="print the fork proofs held instead, one a line (a forked feed counts in no view "
+        "from the proof's seq on)",
+    )
     p = add("show", cmd_show, "print entries in fold order with their effect")
     p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
     p.add_argument("--type", choices=sorted(KNOWN_TYPES), help="only entries of this type")

@@ -192,6 +192,37 @@ def test_fork_is_proved_quarantined_and_shared(tmp_path: Path) -> None:
     assert reopened.quarantine() == {honest.author: 2} and reopened.verify().ok
 
 
+def test_export_gives_an_outsider_the_proofs_it_needs_to_fold_alike(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """`gibsey ledger export` prints a forked feed's entries past the fork too (they are held);
+    without the proof, a verifier folding them counts what the node does not (an outsider's
+    own verifier did: minted 216 where the node showed 111). `export --proofs` prints each
+    proof held, one a line, the bytes a peer takes."""
+    from gibsey.cli import main
+
+    honest, restored = _forked_peer()
+    data = tmp_path / "a"
+    a = Ledger(Store.open(data), SigningKey(b"\x21" * 32))
+    for e in honest.entries:
+        a.import_entry(e.raw)
+    proof = a.import_entry(restored.entries[0].raw).proof
+    assert proof is not None
+    a.close()
+    assert main(["--data", str(data), "ledger", "export"]) == 0
+    assert len(capsysbinary.readouterr().out.splitlines()) == 4  # seq 2-4 held, quarantined
+    assert main(["--data", str(data), "ledger", "export", "--proofs"]) == 0
+    assert capsysbinary.readouterr().out.splitlines() == [proof.to_bytes()]
+    b = Ledger(Store.open(tmp_path / "b"), SigningKey(b"\x22" * 32))
+    for e in honest.entries:
+        b.import_entry(e.raw)
+    assert b.import_fork_proof(proof.to_bytes()) is True  # the exported line, as it is
+    again = Ledger.open(data)
+    assert b.view().economy.balances == again.view().economy.balances
+    again.close()
+    b.close()
+
+
 @pytest.mark.parametrize(
     "tamper", ["signature", "same entry twice", "different authors", "garbage"]
 )
