@@ -70,13 +70,20 @@ class StoryGraphQL(GraphQL[StoryContext, None]):
 
     def decode_json(self, data: str | bytes) -> object:
         try:
-            return super().decode_json(data)
+            decoded = super().decode_json(data)
+        except UnicodeDecodeError as exc:  # a ValueError strawberry does not answer: a 500
+            raise HTTPException(400, "invalid request: the body is not UTF-8") from exc
         except ValueError as exc:
             # Python refuses to read an integer of more than 4,300 digits (a ValueError inside
             # json.loads, not a JSONDecodeError): the request is invalid, not the node broken.
             if "integer string conversion" in str(exc):
                 raise HTTPException(422, "invalid request: a number has too many digits") from exc
             raise
+        # strawberry reads the body's fields with .get: JSON that is no object (null, a string,
+        # a list: no batching here) would end in an AttributeError, a 500 and two tracebacks.
+        if not isinstance(decoded, dict):
+            raise HTTPException(400, 'invalid request: the body is a JSON object {"query": ...}')
+        return decoded
 
     def publish(
         self, change: str, branch: str, page: str | None, version: str | None, actor: str

@@ -334,6 +334,28 @@ async def test_a_5000_digit_number_is_invalid_input(gateway_node: GatewayNode) -
     assert ledger.store.count() == entries
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"\x80", "not UTF-8"),
+        (b'{"query":"\xff"}', "not UTF-8"),
+        (b"null", "JSON object"),
+        (b'"x"', "JSON object"),
+        (b"[1, 2]", "JSON object"),
+    ],
+)
+async def test_a_graphql_body_that_is_no_json_object_is_a_400(
+    gateway_node: GatewayNode, caplog: pytest.LogCaptureFixture, body: bytes, said: str
+) -> None:
+    """Tried (from outside, no token): 4-byte bodies that are no UTF-8, or JSON that is no
+    object. Each was a 500 with two tracebacks in the log (~5.8 KB a request, no bound). Must
+    hold: 400 saying why, in JSON, and no traceback logged."""
+    headers = {"content-type": "application/json"}
+    r = await gateway_node.http.post("/graphql", content=body, headers=headers)
+    assert r.status_code == 400 and said in r.json()["error"], r.text
+    assert not [rec for rec in caplog.records if rec.exc_info], caplog.text
+
+
 async def test_openapi_defines_the_token_scheme_and_lists_graphql(
     gateway_node: GatewayNode,
 ) -> None:
