@@ -98,9 +98,37 @@ def _say(console: Console | None, line: str, *, soft_wrap: bool = False) -> None
     console.print(f"[red]gibsey up:[/red] {escape(line)}", soft_wrap=soft_wrap)
 
 
+class AcceptErrors:
+    """The loop's exception handler, but for asyncio's "socket.accept() out of system resource"
+    (no file descriptor left: a flood of connections): said once a minute with a count, not once
+    a second with a traceback (an outsider's thousand open connections grew the log by GBs)."""
+
+    EVERY_S = 60.0
+
+    def __init__(self) -> None:
+        self.missed = 0
+        self.said_at = -self.EVERY_S
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith("socket.accept() out of system"):
+            loop.default_exception_handler(context)
+            return
+        self.missed += 1
+        now = time.monotonic()
+        if now - self.said_at >= self.EVERY_S:
+            log.warning(
+                "gateway: no file descriptor left to accept a connection (%d times since the "
+                "last line: %s); the node goes on, and accepts again as connections close",
+                self.missed,
+                context.get("exception"),
+            )
+            self.said_at, self.missed = now, 0
+
+
 async def _serve(node: Node, broker: str | None, console: Console | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrors())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:

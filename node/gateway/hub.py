@@ -70,6 +70,7 @@ class Hub:
         self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
         self.glyph = GlyphState()
         self.subscribers: set[Subscriber] = set()
+        self.streams: collections.Counter[str] = collections.Counter()  # live ones, by address
         self.agent_tokens: collections.Counter[str] = collections.Counter()
         self.agent_answers: collections.Counter[str] = collections.Counter()
         self.seen = 0

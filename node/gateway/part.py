@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.gateway")
 
 SHUTDOWN_TIMEOUT_S = 3
+# Connections and requests the gateway serves at once (its live streams are bounded lower:
+# routes/events.py); the systemd unit gives the node LimitNOFILE=8192.
+MAX_CONNECTIONS = 256
 
 
 class _Server(uvicorn.Server):
@@ -104,6 +107,9 @@ class Gateway:
             timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
             ws="none",
             server_header=False,
+            # Past this many connections and requests at once, a new one gets a 503 and is
+            # closed: a stranger's connections cannot take every file descriptor the node has.
+            limit_concurrency=MAX_CONNECTIONS,
         )
         server = _Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import stat
@@ -409,3 +410,64 @@ def test_the_first_start_makes_a_private_token(tmp_path: Path, mosquitto: Mosqui
     line = f"warn  write token {path} has mode 0644: other users can read the gateway's write token"
     assert line in doctor.splitlines(), doctor
     assert f"fix: chmod 600 {path}" in doctor
+
+
+async def test_live_streams_are_bounded_by_address(gateway_node: GatewayNode) -> None:
+    """Tried (from outside, no token): a thousand open /api/events/stream took every file
+    descriptor of the node. Must hold: at most MAX_STREAMS_PER_CLIENT live streams from one
+    address; the next is a 429 saying so; one closed makes room for another."""
+    from gibsey.node.gateway.routes.events import MAX_STREAMS_PER_CLIENT
+
+    url = httpx.URL(gateway_node.gateway.url)
+    request = f"GET /api/events/stream HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode()
+
+    async def open_stream() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # A raw connection, as a stranger's script holds one: the stream's first lines read.
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(request)
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        while b"retry:" not in await reader.readline():
+            pass
+        return reader, writer
+
+    streams = [await open_stream() for _ in range(MAX_STREAMS_PER_CLIENT)]
+    http = gateway_node.http
+    refused = await http.get("/api/events/stream")
+    assert refused.status_code == 429
+    assert f"{MAX_STREAMS_PER_CLIENT} live streams from 127.0.0.1" in refused.json()["error"]
+    assert (await http.get("/api/status")).status_code == 200  # the rest still answers
+    _, first = streams.pop()
+    first.close()
+    await first.wait_closed()
+    # Its slot is given back once the node notices the client went away (the heartbeat's
+    # is_disconnected, or the next write): waited for, then a new stream is let in.
+    deadline = asyncio.get_running_loop().time() + 30
+    while gateway_node.gateway.hub.streams["127.0.0.1"] >= MAX_STREAMS_PER_CLIENT:
+        assert asyncio.get_running_loop().time() < deadline, "the closed stream was never let go"
+        await asyncio.sleep(0.05)
+    streams.append(await open_stream())
+    for _, writer in streams:
+        writer.close()
+
+
+def test_running_out_of_descriptors_is_said_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio retries a failing accept every second, each time with a traceback: the node's
+    handler says it once a minute, with the count, and hands anything else to the default."""
+    from gibsey.node.cli import AcceptErrors
+
+    loop = asyncio.new_event_loop()
+    try:
+        handler = AcceptErrors()
+        full = {"message": "socket.accept() out of system resource", "exception": OSError(24)}
+        with caplog.at_level(logging.WARNING, logger="gibsey.up"):
+            for _ in range(100):
+                handler(loop, full)
+            handler.said_at -= AcceptErrors.EVERY_S  # a minute later
+            handler(loop, full)
+        said = [r.getMessage() for r in caplog.records if "no file descriptor" in r.getMessage()]
+        assert len(said) == 2 and "(1 times" in said[0] and "(100 times" in said[1], said
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        loop.close()

@@ -7,16 +7,19 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gibsey.core.envelope import PAYLOADS, Event
+from gibsey.core.envelope import PAYLOADS
 from gibsey.node.gateway.errors import ApiError
-from gibsey.node.gateway.hub import Subscriber
 from gibsey.node.gateway.sse import STREAM_HEADERS, event_json, sse
 from gibsey.node.gateway.state import GatewayState, State
 
 # A quiet stream sends a comment this often, and notices a client that went away.
 HEARTBEAT_S = 15.0
+# Live streams at once: in all (a gallery's dashboards, kiosks and Home Assistant need a few),
+# and from one address (a browser's tabs).
+MAX_STREAMS = 64
+MAX_STREAMS_PER_CLIENT = 8
 
 router = APIRouter(tags=["events"])
 
@@ -52,19 +55,42 @@ async def stream(
     gw: State,
     kinds: Annotated[str | None, Query(description="comma-separated kinds, default all")] = None,
     recent: Annotated[int, Query(ge=0, le=200)] = 0,
-) -> StreamingResponse:
+) -> Response:
     wanted = _kinds_of(kinds)
-    sub = gw.hub.subscribe(wanted)
-    backlog = [e for e in gw.hub.recent if wanted is None or e.kind in wanted]
-    backlog = backlog[-recent:] if recent else []
+    client = request.client.host if request.client else "?"
+    refused = _past_bounds(gw, client)
+    if refused is not None:
+        return refused
     return StreamingResponse(
-        _stream(gw, request, sub, backlog), media_type="text/event-stream", headers=STREAM_HEADERS
+        _stream(gw, request, wanted, recent, client),
+        media_type="text/event-stream",
+        headers=STREAM_HEADERS,
     )
 
 
+def _past_bounds(gw: GatewayState, client: str) -> Response | None:
+    """A live stream holds a connection (a file descriptor) for as long as its client likes, and
+    needs no token: bounded in all and by address, or a stranger's thousand streams take every
+    descriptor the node has (its gateway stops answering, its accept loop fails over and over)."""
+    streams = gw.hub.streams
+    if sum(streams.values()) >= MAX_STREAMS:
+        why = f"the node serves {MAX_STREAMS} live streams already; try later"
+        return JSONResponse({"error": why}, status_code=503)
+    if streams[client] >= MAX_STREAMS_PER_CLIENT:
+        why = f"{MAX_STREAMS_PER_CLIENT} live streams from {client} already: close one first"
+        return JSONResponse({"error": why}, status_code=429)
+    return None
+
+
 async def _stream(
-    gw: GatewayState, request: Request, sub: Subscriber, backlog: list[Event]
+    gw: GatewayState, request: Request, wanted: frozenset[str] | None, recent: int, client: str
 ) -> AsyncIterator[bytes]:
+    # Subscribed here, when the response starts, not in the route: a generator never started
+    # (its client gone before) never runs its `finally`, and would leave its subscriber behind.
+    sub = gw.hub.subscribe(wanted)
+    gw.hub.streams[client] += 1
+    backlog = [e for e in gw.hub.recent if wanted is None or e.kind in wanted]
+    backlog = backlog[-recent:] if recent else []
     try:
         yield b"retry: 2000\n\n"
         yield sse("hello", {"node": gw.node.node_id, "glyph": gw.hub.glyph_view()})
@@ -86,3 +112,6 @@ async def _stream(
             yield sse(got.kind, event_json(got))
     finally:
         gw.hub.unsubscribe(sub)
+        gw.hub.streams[client] -= 1
+        if gw.hub.streams[client] <= 0:
+            del gw.hub.streams[client]
