@@ -9,6 +9,12 @@ only tells where an allow-listed key can be dialed: keys not on the allow-list a
 the CurveZMQ handshake still authenticates whoever answers at that endpoint, so a spoofed beacon
 can at most waste a connection attempt. A wildcard host in the endpoint is replaced by the
 datagram's source address.
+
+A captured beacon stays validly signed for good, so a replay of it (from any address) must not
+move a peer: a beacon counts only if its `t` is greater than the last one taken from its key
+(kept in memory, one number per allow-listed key). `t` is only ever compared with the same
+sender's earlier `t`, never with our clock: a Pi has no RTC and its wall clock may be years off.
+A peer whose endpoint is configured (`[mesh] peers`) is never moved by a beacon at all.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ def encode(mesh: MeshNode) -> bytes:
     return MAGIC + body + mesh.key.sign(DOMAIN + MAGIC + body).signature
 
 
-def decode(data: bytes) -> tuple[bytes, str] | None:
-    """(key, endpoint) of a valid beacon, else None."""
+def decode(data: bytes) -> tuple[bytes, str, int] | None:
+    """(key, endpoint, t) of a valid beacon, else None."""
     if len(data) > MAX_DATAGRAM or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 66:
         return None
     body, sig = data[len(MAGIC) : -64], data[-64:]
@@ -50,10 +56,13 @@ def decode(data: bytes) -> tuple[bytes, str] | None:
         obj = json.loads(body)
         key = bytes.fromhex(obj["key"])
         endpoint = str(obj["ep"])
+        t = obj["t"]
         VerifyKey(key).verify(DOMAIN + MAGIC + body, sig)
     except (ValueError, KeyError, TypeError, BadSignatureError):
         return None
-    return key, endpoint
+    if type(t) is not int:  # without an ordered `t` a beacon cannot be told from a replay
+        return None
+    return key, endpoint, t
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -70,6 +79,10 @@ class Beacon:
         self.transport: asyncio.DatagramTransport | None = None
         self.task: asyncio.Task[None] | None = None
         self.heard = 0
+        self.stale = 0  # replayed or out-of-order beacons ignored (counted, not logged each)
+        # key -> the greatest `t` taken from it; only allow-listed keys get here, so bounded.
+        self.last_t: dict[bytes, int] = {}
+        self.noted: set[bytes] = set()  # configured peers whose differing beacon was logged
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,12 +116,40 @@ class Beacon:
         got = decode(data)
         if got is None:
             return
-        key, endpoint = got
+        key, endpoint, t = got
         if key == self.mesh.me or key not in self.mesh.allowed:
             return
+        if t <= self.last_t.get(key, -1):
+            # A replay or an old capture (or the sender's clock stepped back: it is heard again
+            # once its clock passes this `t`, or when we restart). Whoever replays must not
+            # fill the log: debug only, with a count.
+            self.stale += 1
+            log.debug("beacon: stale beacon of %s ignored (%d so far)", key.hex()[:16], self.stale)
+            return
+        self.last_t[key] = t
+        self.heard += 1
         if endpoint.startswith("tcp://"):
             host, _, port = endpoint[6:].rpartition(":")
             if host in ("0.0.0.0", "*", ""):
                 endpoint = f"tcp://{source}:{port}"
-        self.heard += 1
+        configured = self._configured(key)
+        if configured:
+            # The operator's word wins: a signature proves who once sent a beacon, not who
+            # sends it now, nor from where.
+            if endpoint != configured and key not in self.noted:
+                self.noted.add(key)
+                log.info(
+                    "mesh: beacon of %s says %s; keeping its configured endpoint %s",
+                    key.hex()[:16],
+                    endpoint,
+                    configured,
+                )
+            return
         self.mesh.add_peer(key, endpoint)
+
+    def _configured(self, key: bytes) -> str:
+        """The endpoint `[mesh] peers` gives `key`, else "" (a peer met by beacon or dial)."""
+        for spec in self.mesh.cfg.peers:
+            if spec.key == key and spec.endpoint:
+                return spec.endpoint
+        return ""

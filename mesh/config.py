@@ -16,6 +16,9 @@
     beacon_port = 7471
     beacon_addr = "255.255.255.255"
     beacon_interval = 5.0
+    # A beacon only fills in or moves peers met by beacon: a peer listed in `peers` keeps its
+    # configured endpoint, and a beacon whose `t` is not newer than the last one taken from
+    # its key (a replay, an old capture) is ignored.
     # Anti-entropy round per peer every sync_interval seconds; a peer silent for down_after
     # seconds is marked down and retried with exponential backoff up to backoff_max.
     sync_interval = 2.0
