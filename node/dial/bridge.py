@@ -13,6 +13,11 @@ A part of the daemon (`attach(node)`, listed in parts.py). It
 * counts lost (sequence gaps), stale (out of order, dropped), corrupt (checksum), truncated and
   malformed frames, and reports them as `safety/alert`s, coalesced to one per reason per
   `alert_interval` seconds so a noisy cable cannot flood the spine;
+* keeps at most `[dial] max_dials` dial ids: a frame of a new id beyond them is refused before
+  anything is made for it (no channel, view, state or discovery), counted (`refused`) and said
+  in one log line and alert per `alert_interval` with the count; a dial silent for
+  `forget_after` seconds gives its place to a new id, and its retained state and Home Assistant
+  device config are cleared (`forgotten`);
 * keeps a retained state document per dial on `gibsey/v1/<node>/dial/<dial_id>/state` and sends
   each turn and press to `.../dial/<dial_id>/event`, announced to Home Assistant by MQTT discovery
   as an `event` entity and position sensors. These topics have six levels, so the router's
@@ -47,6 +52,7 @@ from gibsey.node.spine.discovery import (
     device_config,
     device_messages,
 )
+from gibsey.node.spine.drops import DropAlerts
 
 if TYPE_CHECKING:
     import serial
@@ -63,6 +69,7 @@ ALERT_REASONS = {
     "truncated": "dial_frames_truncated",
     "malformed": "dial_frames_malformed",
 }
+REFUSED = "dial_ids_refused"  # the reason of the alert that counts refused frames of new ids
 
 
 def frame_topic(node_id: str, dial_id: str) -> str:
@@ -96,6 +103,8 @@ class DialStats:
     serial_opens: int = 0
     serial_disconnects: int = 0
     bytes_in: int = 0
+    refused: int = 0  # frames of a new dial id beyond max_dials, dropped
+    forgotten: int = 0  # dials silent for forget_after whose place went to a new id
 
 
 @dataclass
@@ -136,6 +145,11 @@ class DialBridge:
         self.serial_connected = asyncio.Event()
         self.serial_gone = asyncio.Event()
         self._mqtt_channels: dict[str, FrameChannel] = {}
+        # The dial ids taken, least recently heard first (monotonic seconds): the bound, and
+        # who is forgotten for a new id. A wall clock would jump at the Pi's first NTP sync.
+        self._heard: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._refused_alerts = DropAlerts(config.alert_interval, time.monotonic())
+        self._last_refused = ""
 
     # -- frames in ---------------------------------------------------------------------------
     def feed_bytes(self, channel: FrameChannel, data: bytes) -> None:
@@ -169,6 +183,8 @@ class DialBridge:
                 channel.dial_id = fr.dial_id
             self.stats.hellos += 1
         view = self._view(channel)
+        if view is None:
+            return
         view.frames += 1
         view.last_seen = time.time()
         view.symbol, view.rotation = fr.symbol, fr.rotation
@@ -210,7 +226,11 @@ class DialBridge:
         with trace.span("dial frame", None, attributes):
             self.node.send("glyph/rotated", rotated, actor="dial", handle_now=True)
 
-    def _view(self, channel: FrameChannel) -> DialView:
+    def _view(self, channel: FrameChannel) -> DialView | None:
+        """The channel's dial, made and announced at its first frame; None: refused (a serial
+        board's hello naming a new id beyond max_dials; MQTT's are refused before this)."""
+        if not self._admit(channel.dial_id):
+            return None
         view = self.dials.get(channel.dial_id)
         if view is None:
             view = self.dials[channel.dial_id] = DialView(channel.dial_id)
@@ -218,6 +238,65 @@ class DialBridge:
         if channel.dial_id not in self._announced:
             self._announce(channel.dial_id)
         return view
+
+    # -- the bound on dial ids ---------------------------------------------------------------
+    def _admit(self, dial_id: str) -> bool:
+        """Whether a frame of `dial_id` is taken (and it heard now): a known dial's always, a new
+        one's while fewer than max_dials are known or one of them has gone quiet."""
+        now = time.monotonic()
+        if dial_id in self._heard:
+            self._heard[dial_id] = now
+            self._heard.move_to_end(dial_id)
+            return True
+        if len(self._heard) >= self.config.max_dials and not self._forget_quiet(now):
+            # Counted only: said by housekeeping once per interval, never per frame.
+            self.stats.refused += 1
+            self._last_refused = dial_id
+            return False
+        self._heard[dial_id] = now
+        return True
+
+    def _forget_quiet(self, now: float) -> bool:
+        """The least recently heard dial forgotten if silent for forget_after: whether it was."""
+        dial_id, heard = next(iter(self._heard.items()))
+        if not self.config.forget_after or now - heard < self.config.forget_after:
+            return False
+        self._forget(dial_id)
+        return True
+
+    def _forget(self, dial_id: str) -> None:
+        """Everything the node keeps of a dial dropped; its retained state and Home Assistant
+        device config cleared (an empty retained payload: Home Assistant removes the device)."""
+        del self._heard[dial_id]
+        self._mqtt_channels.pop(dial_id, None)
+        self._announced.discard(dial_id)
+        self.stats.forgotten += 1
+        if self.dials.pop(dial_id, None) is None or self.node.spine is None:
+            return  # no valid frame ever came: nothing was published for it
+        log.info(
+            "dial: %s silent for %.0fs, forgotten for a new dial", dial_id, self.config.forget_after
+        )
+        self.node.spine.publish(state_topic(self.node.node_id, dial_id), b"", retain=True)
+        prefix = self.node.config.node.discovery_prefix
+        if not prefix:
+            return
+        for msg in dial_discovery_messages(self.node.node_id, dial_id, prefix):
+            if msg.retain and msg.payload:  # the device config (the legacy topics are clear)
+                self.node.spine.publish(msg.topic, b"", retain=True)
+
+    def say_refused(self, now: float | None = None) -> None:
+        """One log line and alert with the count of refused frames, at most per alert_interval
+        (and per housekeeping tick): a flood of made-up ids must not become a flood of alerts."""
+        now = time.monotonic() if now is None else now
+        for due in self._refused_alerts.due({REFUSED: self.stats.refused}, now):
+            detail = (
+                f"{due.dropped} frame(s) of new dial ids refused in the last {due.since_s:.0f}s "
+                f"({due.total} in all): {len(self._heard)} dials known, [dial] max_dials = "
+                f"{self.config.max_dials}; last: {self._last_refused}"
+            )
+            log.warning("dial: %s", detail)
+            if self.node.spine is not None:
+                self.node.alert(SafetyAlert(reason=REFUSED, detail=detail, topic=None))
 
     # -- reporting ---------------------------------------------------------------------------
     def _anomaly(self, kind: str, n: int, channel: FrameChannel, detail: str) -> None:
@@ -303,6 +382,7 @@ class DialBridge:
         while True:
             await asyncio.sleep(1.0)
             self.flush_alerts()
+            self.say_refused()
             spine = self.node.spine
             if spine is not None and spine.stats.connects != self._connects_seen:
                 if self._connects_seen >= 0:
@@ -386,6 +466,8 @@ class DialBridge:
             if not DIAL_ID.match(dial_id):
                 ch = FrameChannel(f"mqtt:{dial_id[:40]}", "mqtt", "invalid")
                 self._anomaly("malformed", 1, ch, "bad dial id in topic")
+                return
+            if not self._admit(dial_id):
                 return
             channel = channels[dial_id] = FrameChannel(f"mqtt:{dial_id}", "mqtt", dial_id)
         self.feed_line(channel, payload.decode("ascii", "replace"))

@@ -7,6 +7,9 @@
     mqtt = true            # take frames from MQTT too
     scan_interval = 1.0    # seconds between looks for the board
     alert_interval = 10.0  # seconds between alerts of one reason
+    max_dials = 16         # dial ids the node keeps; frames of a new id beyond them are refused
+    forget_after = 300.0   # seconds a dial may be silent (a live one says hello every 5 s)
+                           # before a new id may take its place; 0: never
     enabled = true         # false: no dial bridge at all
 
 Each key is optional; unknown keys are refused (gibsey.core.config).
@@ -30,6 +33,10 @@ class DialConfig(ConfigSection):
     mqtt: bool = True
     scan_interval: Seconds = 1.0
     alert_interval: SecondsOrZero = 10.0  # 0: every alert
+    # A gallery node has one dial or a few; the bound keeps a flood of made-up ids (each a view,
+    # retained state and Home Assistant device) from eating the outbox, the broker and memory.
+    max_dials: Annotated[int, Field(ge=1, le=1024)] = 16
+    forget_after: SecondsOrZero = 300.0  # 0: a known dial is never forgotten
     enabled: bool = True
 
     @field_validator("serial")

@@ -1,0 +1,136 @@
+"""The bound on dial ids ([dial] max_dials), against a real Mosquitto and an in-process node.
+
+An outside tester published valid frames for 20,000 made-up dial ids: each became a view with
+retained state and a Home Assistant device, the outbox overflowed and the broker spent a minute
+rewriting its retained store. Frames of a new id beyond the bound are now refused before anything
+is made for them, counted and said once per interval; a dial gone quiet gives its place up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from gibsey.dialcore import frame as df
+from gibsey.harness.waiting import until
+from gibsey.node.config import GibseyConfig
+from gibsey.node.daemon import Node
+from gibsey.node.dial.bridge import REFUSED, frame_topic, state_topic
+from gibsey.node.dial.config import DialConfig
+from tests.brokers import Mosquitto
+from tests.conftest import Collector, CollectorFactory, started
+from tests.events import topic
+from tests.test_dial_bridge import Rig, payloads, say_hello_over_mqtt
+
+BOUND = DialConfig().max_dials
+EXTRA = 300  # made-up ids beyond the bound
+
+
+@asynccontextmanager
+async def dial_node(tmp_path: Path, broker: Mosquitto, **dial: object) -> AsyncIterator[Rig]:
+    config = GibseyConfig(dial=DialConfig.model_validate({"serial": "off", **dial}))
+    node = Node(tmp_path / "data", config)
+    assert node.parts.dial is not None
+    async with started(node, broker.url):
+        yield Rig(node, node.parts.dial, broker, tmp_path / "no-serial")
+
+
+async def retained(
+    rig: Rig, factory: CollectorFactory, want: Callable[[Collector], bool]
+) -> dict[str, bytes]:
+    """The dials' retained device configs and state documents on the broker, as a new client
+    sees them: once `want` holds, and a moment more, so that none arrive late."""
+    col = await factory(
+        rig.broker.port,
+        "homeassistant/device/+/config",
+        state_topic(rig.nid, "+"),
+    )
+    await col.wait_for(want)
+    await asyncio.sleep(0.5)
+    return {t: p for t, p in col.messages if "_dial_" in t or t.endswith("/state")}
+
+
+async def heard_again(rig: Rig, pico: Collector, dial_id: str) -> None:
+    frames = rig.bridge.dials[dial_id].frames
+    await pico.publish(frame_topic(rig.nid, dial_id), df.rotate(frames, 0, 1, 1).strip())
+    await until(lambda: rig.bridge.dials[dial_id].frames > frames, 10, f"{dial_id} heard again")
+
+
+def dial_configs(msgs: dict[str, bytes]) -> set[str]:
+    return {t for t, p in msgs.items() if t.startswith("homeassistant/") and p}
+
+
+def states(msgs: dict[str, bytes]) -> set[str]:
+    return {t for t, p in msgs.items() if t.endswith("/state") and p}
+
+
+async def test_a_flood_of_new_dial_ids_is_refused_counted_and_said_once_per_interval(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector_factory: CollectorFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gibsey.dial")
+    async with dial_node(tmp_path, mosquitto, alert_interval=0.0) as rig:
+        col = await collector_factory(
+            mosquitto.port, topic(rig.nid, "ritual/performed"), topic(rig.nid, "safety/alert")
+        )
+        pico = await collector_factory(mosquitto.port)
+        await say_hello_over_mqtt(rig, pico, "hall", 0)
+        fakes = [f"fake{i}" for i in range(BOUND - 1 + EXTRA)]
+        started_at = time.monotonic()
+        for dial_id in fakes:
+            await pico.publish(frame_topic(rig.nid, dial_id), df.rotate(1, 3, 1, 1).strip())
+        # The known dial still turns after the flood (which, on one connection, came first),
+        # and its ritual runs.
+        await pico.publish(frame_topic(rig.nid, "hall"), df.rotate(1, 0, 2, 2).strip())
+        await col.wait_for(lambda c: 2 in [p["state"] for p in payloads(c, "ritual/performed")])
+
+        assert set(rig.bridge.dials) == {"hall", *fakes[: BOUND - 1]}
+        assert len(rig.bridge._mqtt_channels) == BOUND  # nothing made for a refused id
+        assert (rig.bridge.stats.refused, rig.bridge.stats.forgotten) == (EXTRA, 0)
+
+        msgs = await retained(rig, collector_factory, lambda c: len(c.messages) >= 2 * BOUND)
+        assert len(dial_configs(msgs)) == BOUND
+        assert len(states(msgs)) == BOUND
+
+        def said(c: Collector) -> list[dict[str, object]]:
+            return [p for p in payloads(c, "safety/alert") if p["reason"] == REFUSED]
+
+        await col.wait_for(
+            lambda c: sum(int(str(p["detail"]).split()[0]) for p in said(c)) == EXTRA
+        )
+        elapsed = time.monotonic() - started_at
+        assert len(said(col)) <= elapsed + 2  # one per housekeeping second, not one per frame
+        lines = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(lines) == len(said(col))
+
+
+async def test_a_dial_gone_quiet_gives_its_place_to_a_new_one(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    async with dial_node(tmp_path, mosquitto, max_dials=2, forget_after=1.0) as rig:
+        pico = await collector_factory(mosquitto.port)
+        await say_hello_over_mqtt(rig, pico, "a", 0)
+        await say_hello_over_mqtt(rig, pico, "b", 1)
+        await pico.publish(frame_topic(rig.nid, "c"), df.hello(0, "c", "fw", 2, 0, True).strip())
+        await heard_again(rig, pico, "a")  # after c's frame: c's has been taken or refused
+        assert "c" not in rig.bridge.dials and rig.bridge.stats.refused == 1  # a, b are recent
+
+        await asyncio.sleep(1.1)
+        await heard_again(rig, pico, "a")
+        await pico.publish(frame_topic(rig.nid, "c"), df.hello(0, "c", "fw", 2, 0, True).strip())
+        await until(lambda: "c" in rig.bridge.dials, 10, "c takes b's place")
+
+        assert set(rig.bridge.dials) == {"a", "c"}
+        assert rig.bridge.stats.forgotten == 1
+        msgs = await retained(rig, collector_factory, lambda c: len(c.messages) >= 4)
+        uid = f"homeassistant/device/gibsey_{rig.nid}_dial_"
+        assert dial_configs(msgs) == {f"{uid}a/config", f"{uid}c/config"}
+        assert states(msgs) == {state_topic(rig.nid, "a"), state_topic(rig.nid, "c")}
