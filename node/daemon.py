@@ -48,6 +48,8 @@ log = logging.getLogger("gibsey.node")
 HEARTBEAT_S = 10.0
 # While the node drops events, one safety/alert per reason this often, with the count.
 DROP_ALERT_S = 10.0
+# Home Assistant's birth message gets the node announced again at most this often.
+HA_REANNOUNCE_S = 5.0
 
 
 class Node:
@@ -64,6 +66,9 @@ class Node:
         # Events sent this turn of the loop, for their handlers at the next (send): one callback
         # for all of them, not one each.
         self._unhandled: list[tuple[Outgoing, bool]] = []
+        # Home Assistant's births: the next re-announcement, if one is due, and the last one's.
+        self._ha_reannounce: asyncio.TimerHandle | None = None
+        self._ha_announced_at = -HA_REANNOUNCE_S
         self.clock = LamportClock(data_dir / "lamport", disk=self.disk)
         self.router = Router(
             self.node_id,
@@ -333,9 +338,18 @@ class Node:
 
     def _on_home_assistant(self, _topic: str, payload: bytes) -> None:
         """Home Assistant's birth message: it (re)started and may have lost what it knew, so the
-        node and its dials announce themselves again."""
-        if payload.strip() != HA_ONLINE:
+        node and its dials announce themselves again: at once, but at most once every
+        HA_REANNOUNCE_S (any client may publish the birth: 200 of them made 2,001 retained
+        messages); births meanwhile share the next announcement."""
+        if payload.strip() != HA_ONLINE or self._ha_reannounce is not None:
             return
+        wait_s = self._ha_announced_at + HA_REANNOUNCE_S - time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._ha_reannounce = loop.call_later(max(0.0, wait_s), self._reannounce_to_home_assistant)
+
+    def _reannounce_to_home_assistant(self) -> None:
+        self._ha_reannounce = None
+        self._ha_announced_at = time.monotonic()
         self._announce_to_home_assistant()
         if self.parts.dial is not None:
             self.parts.dial.announce_all()
@@ -425,6 +439,8 @@ class Node:
     async def stop(self) -> None:
         """Clean stop: say offline (retained), finish queued work, disconnect."""
         self.notifier.stopping()
+        if self._ha_reannounce is not None:
+            self._ha_reannounce.cancel()
         for drain in self._drainers:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(drain(), timeout=5.0)

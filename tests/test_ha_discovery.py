@@ -12,12 +12,15 @@ message (`<prefix>/status` = `online`); a node must then announce itself again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
 import pytest
 
+from gibsey.harness.waiting import until
+from gibsey.node.daemon import HA_REANNOUNCE_S
 from gibsey.node.dial.bridge import dial_discovery_messages
 from gibsey.node.spine.discovery import DiscoveryMessage, discovery_messages
 from tests.conftest import Collector, CollectorFactory, RunningNode
@@ -129,4 +132,30 @@ async def test_other_home_assistant_status_payloads_change_nothing(
         node._on_home_assistant("homeassistant/status", payload)
     assert sent == []
     node._on_home_assistant("homeassistant/status", b"online\n")
-    assert f"homeassistant/device/gibsey_{node.node_id}/config" in sent
+    device = f"homeassistant/device/gibsey_{node.node_id}/config"
+    await until(lambda: device in sent, 5.0, "the announcement")
+
+
+async def test_a_flood_of_births_is_one_announcement(
+    running_node: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried (any client may publish it): 200 birth messages at once, which made 2,001 retained
+    messages. Must hold: one announcement now; births after it, however many, one more once
+    HA_REANNOUNCE_S has passed since."""
+    node = running_node.node
+    announced: list[float] = []
+    real = node._reannounce_to_home_assistant
+
+    def counted() -> None:
+        announced.append(asyncio.get_running_loop().time())
+        real()
+
+    monkeypatch.setattr(node, "_reannounce_to_home_assistant", counted)
+    for _ in range(200):
+        node._on_home_assistant("homeassistant/status", b"online")
+    await until(lambda: announced, 5.0, "the announcement")
+    for _ in range(200):
+        node._on_home_assistant("homeassistant/status", b"online")
+    assert len(announced) == 1
+    await until(lambda: len(announced) == 2, HA_REANNOUNCE_S + 5.0, "the next one")
+    assert announced[1] - announced[0] >= HA_REANNOUNCE_S - 0.01
