@@ -23,6 +23,7 @@ from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.dial.bridge import REFUSED, frame_topic, state_topic
 from gibsey.node.dial.config import DialConfig
+from gibsey.node.gateway.metrics import NodeCollector
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import topic
@@ -95,6 +96,11 @@ async def test_a_flood_of_new_dial_ids_is_refused_counted_and_said_once_per_inte
         assert set(rig.bridge.dials) == {"hall", *fakes[: BOUND - 1]}
         assert len(rig.bridge._mqtt_channels) == BOUND  # nothing made for a refused id
         assert (rig.bridge.stats.refused, rig.bridge.stats.forgotten) == (EXTRA, 0)
+        # The same on /metrics, where a gallery's Prometheus reads it.
+        families = {f.name: f for f in NodeCollector(rig.bridge.node, None, 1)._dial()}  # type: ignore[arg-type]
+        refused = [s for s in families["gibsey_dial"].samples if s.labels == {"what": "refused"}]
+        assert [s.value for s in refused] == [EXTRA]
+        assert families["gibsey_dials_known"].samples[0].value == BOUND
 
         msgs = await retained(rig, collector_factory, lambda c: len(c.messages) >= 2 * BOUND)
         assert len(dial_configs(msgs)) == BOUND

@@ -10,6 +10,7 @@ reads these names.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -118,6 +119,7 @@ class NodeCollector(Collector):
         yield from self._lives()
         yield from self._disk()
         yield from self._runtime()
+        yield from self._dial()
         yield from self._agents()
         yield from self._ledger()
         yield from self._mesh()
@@ -187,6 +189,20 @@ class NodeCollector(Collector):
             "reason",
             self.node.drops(),
         )
+
+    def _dial(self) -> Iterator[Metric]:
+        """The dial bridge's counters (the same as each dial's state document): frames by
+        outcome, and the dial ids it keeps, refused (past [dial] max_dials) and forgot."""
+        bridge = self.node.parts.dial
+        if bridge is None:
+            return
+        stats = bridge.stats
+        counts = {k: v for k, v in dataclasses.asdict(stats).items() if k != "bytes_in"}
+        what = "The dial bridge's frames and dial ids, by what"
+        yield _counts("gibsey_dial", what, "what", counts)
+        read = "Bytes read from the dial's serial port"
+        yield CounterMetricFamily("gibsey_dial_bytes", read, value=stats.bytes_in)
+        yield GaugeMetricFamily("gibsey_dials_known", "Dial ids the node keeps", len(bridge.dials))
 
     def _runtime(self) -> Iterator[Metric]:
         runtime = self.node.parts.glyph
