@@ -123,7 +123,8 @@ def _data_not_a_directory(args: argparse.Namespace) -> str | None:
 
 # Commands that read gibsey.toml beside a node but only the sections they need (`ledger` its
 # [node], `mesh` its [mesh]): the whole file is checked first, as `gibsey up` checks it, so a
-# typo in a section's name or a bad value anywhere is said, not silently ignored.
+# typo in a section's name or a bad value anywhere is said, not silently ignored, and before
+# anything is written (a command refused after its write would invite a second one).
 WHOLE_CONFIG_CHECKED = frozenset({"ledger", "mesh"})
 
 

@@ -60,20 +60,6 @@ def _publish(
         errors.print(f"[yellow]{what} on MQTT: {problem}[/yellow]")
 
 
-def _config_refused(args: argparse.Namespace) -> bool:
-    """Say what is wrong with gibsey.toml's [node] (the broker the commands announce on), if
-    anything, before anything is written: a command refused after its write would invite a
-    second one."""
-    from gibsey.core.config import ConfigError, load_config, resolve_data_dir
-
-    try:
-        load_config(resolve_data_dir(args.data))
-    except ConfigError as exc:
-        print(f"gibsey ledger: {exc}", file=sys.stderr)
-        return True
-    return False
-
-
 def _open(args: argparse.Namespace) -> Ledger:
     from gibsey.core.config import resolve_data_dir
 
@@ -405,8 +391,7 @@ def register(
             return 2
         if not hasattr(args, "data"):
             args.data = None
-        if _config_refused(args):
-            return 2
+        # gibsey.toml was checked whole before this runs (gibsey/cli.py: WHOLE_CONFIG_CHECKED).
         return fn(args)
 
     ledger_p.set_defaults(func=dispatch)
