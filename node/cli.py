@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
+from gibsey.node.spine.drops import DropAlerts
 from gibsey.node.watchdog.datalock import AlreadyRunning, DataDirLock
 from gibsey.node.watchdog.sdnotify import Notifier
 
@@ -100,29 +102,30 @@ def _say(console: Console | None, line: str, *, soft_wrap: bool = False) -> None
 
 class AcceptErrors:
     """The loop's exception handler, but for asyncio's "socket.accept() out of system resource"
-    (no file descriptor left: a flood of connections): said once a minute with a count, not once
-    a second with a traceback (an outsider's thousand open connections grew the log by GBs)."""
+    (no file descriptor left: a flood of connections): counted, and said at most once a minute
+    with the count (node/spine/drops.py's pacing), not once a second with a traceback (an
+    outsider's thousand open connections grew the log by GBs)."""
 
     EVERY_S = 60.0
+    _REASON = "accept"
 
-    def __init__(self) -> None:
-        self.missed = 0
-        self.said_at = -self.EVERY_S
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.failed = 0
+        self._said = DropAlerts(self.EVERY_S, clock())
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if not str(context.get("message", "")).startswith("socket.accept() out of system"):
             loop.default_exception_handler(context)
             return
-        self.missed += 1
-        now = time.monotonic()
-        if now - self.said_at >= self.EVERY_S:
+        self.failed += 1
+        for due in self._said.due({self._REASON: self.failed}, self.clock()):
             log.warning(
                 "gateway: no file descriptor left to accept a connection (%d times since the "
                 "last line: %s); the node goes on, and accepts again as connections close",
-                self.missed,
+                due.dropped,
                 context.get("exception"),
             )
-            self.said_at, self.missed = now, 0
 
 
 async def _serve(node: Node, broker: str | None, console: Console | None) -> int:

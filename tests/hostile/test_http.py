@@ -459,12 +459,13 @@ def test_running_out_of_descriptors_is_said_once_a_minute(
 
     loop = asyncio.new_event_loop()
     try:
-        handler = AcceptErrors()
+        now = [1000.0]
+        handler = AcceptErrors(clock=lambda: now[0])
         full = {"message": "socket.accept() out of system resource", "exception": OSError(24)}
         with caplog.at_level(logging.WARNING, logger="gibsey.up"):
             for _ in range(100):
                 handler(loop, full)
-            handler.said_at -= AcceptErrors.EVERY_S  # a minute later
+            now[0] += AcceptErrors.EVERY_S  # a minute later
             handler(loop, full)
         said = [r.getMessage() for r in caplog.records if "no file descriptor" in r.getMessage()]
         assert len(said) == 2 and "(1 times" in said[0] and "(100 times" in said[1], said
