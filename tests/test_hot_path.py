@@ -207,3 +207,30 @@ async def test_the_events_sent_in_one_turn_are_handled_at_the_next_in_order_past
     await until(lambda: len(handled) == 2, 5, "the sent events' handlers")
     assert handled == ["one", "three"]
     assert f"handling safety/alert {ids[1]} failed" in caplog.text
+
+
+@pytest.mark.parametrize("ns", [1_764_000_000_120_456_789, 1_764_000_000_000_000_001, 7])
+def test_the_wall_clock_on_the_wire_is_the_envelopes_own_to_the_millisecond(
+    monkeypatch: pytest.MonkeyPatch, ns: int
+) -> None:
+    """Tried: events encoded at clock readings whose milliseconds end in zeros (where a fixed
+    three-digit format would differ from the float's own JSON), and two in the same millisecond.
+    Must hold: the wall is the reading in whole milliseconds, the bytes are exactly pydantic's
+    serialisation of the envelope, and the second event carries the same wall."""
+    monkeypatch.setattr("gibsey.core.envelope.time.time_ns", lambda: ns)
+    payload = SafetyAlert(reason="r")
+    first = encode_event("n1", "safety/alert", payload, 1)
+    second = encode_event("n1", "safety/alert", payload, 2)
+    assert first.wall == second.wall == (ns // 1_000_000) / 1000
+    for out in (first, second):
+        assert out.raw == out.event.to_bytes()
+        assert Event.model_validate_json(out.raw).wall == out.wall
+
+
+def test_a_clock_before_1970_sends_the_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tried: a clock reading before 1970 (a Pi with no real-time clock). Must hold: the event
+    says wall 0.0, which every reader takes, not a negative time the envelope refuses."""
+    monkeypatch.setattr("gibsey.core.envelope.time.time_ns", lambda: -5_000_000_000)
+    out = encode_event("n1", "safety/alert", SafetyAlert(reason="r"), 1)
+    assert out.wall == 0.0
+    assert Event.model_validate_json(out.raw).wall == 0.0
