@@ -37,7 +37,7 @@ from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
 from gibsey.core.storage import EPISODE_FILE, StorageError, sqlite_refusal
 from gibsey.node.config import GibseyConfig, load_gibsey_config
 from gibsey.node.gateway.config import PORT_FILE
-from gibsey.node.watchdog.rebirth import RUN_FILE, boot_id
+from gibsey.node.watchdog.datalock import holder
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -151,15 +151,11 @@ def _started_by_node(data: Path, port: int) -> bool | None:
 
 
 def _node_pid(data: Path) -> int | None:
-    """The pid of the node running on `data`: run.json's, if that run has not stopped, is of
-    this boot, and its process is alive."""
-    try:
-        run = json.loads((data / RUN_FILE).read_text())
-        pid, clean, boot = int(run["pid"]), bool(run["clean"]), str(run["boot"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    alive = Path(f"/proc/{pid}").exists()
-    return pid if alive and not clean and boot == boot_id() else None
+    """The pid of the node running on `data`: the process holding DATA/gibsey.lock, which
+    `gibsey up` holds for its whole life (node/watchdog/datalock.py), as the kernel's table of
+    locks says; None when nobody holds it. Not run.json's pid: after a kill -9 or a power cut
+    it names a run that never said it stopped, and its pid may be another process's by now."""
+    return holder(data)
 
 
 def _listening_sockets(port: int) -> set[str]:
