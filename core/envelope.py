@@ -136,8 +136,14 @@ class AgentReload(Payload):
     signature: OperatorSignature | None = None
 
 
+# AgentReloaded.error begins so when the node refused the change itself (a key it does not
+# list as an operator's, a bad signature); that answer goes only to the request's reply_to.
+RELOAD_REFUSED = "refused: "
+
+
 class AgentReloaded(Payload):
-    """The outcome of an agent/reload (ok=False: the old model is still serving)."""
+    """The outcome of an agent/reload (ok=False: the old model is still serving; an error
+    beginning "refused: ": the node refused the request, answered only on its reply_to)."""
 
     ok: bool
     path: ShortText = Field(description="the model now serving")

@@ -149,3 +149,79 @@ async def test_reload_waits_through_alerts_about_anything_else(
         1,
         f"gibsey agent: node {nid} refused agent/reload: key abc is not an operator\n",
     )
+
+
+async def test_reload_ends_on_the_nodes_refusal_answer_when_no_alert_comes(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """In a flood the router's rate limit may drop the refusal's safety/alert, so the node also
+    answers the asker on its reply topic. The test plays the node, answering with only that
+    (no alert). Must hold: the CLI ends at once with the node's reason, exit status 1."""
+    nid = "node-under-test"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "node_id").write_text(nid)
+    col = await collector_factory(mosquitto.port, topic(nid, "agent/reload"))
+    cli = asyncio.create_task(
+        _gibsey(
+            "agent",
+            "reload-model",
+            *("--data", str(data), "--broker", mosquitto.url, "--timeout", "60"),
+            *("--operator-key", _stranger_key(tmp_path)),
+        )
+    )
+    request = json.loads((await col.wait_for(lambda c: c.messages, timeout_s=30))[0][1])
+    body = request["payload"]
+    answer = {
+        "ok": False,
+        "path": "/models/serving.gguf",
+        "requested": "",
+        "error": "refused: key abc is not an operator",
+        "correlation": body["correlation"],
+    }
+    start = time.monotonic()
+    await col.publish(body["reply_to"], raw_event(nid, "agent/reloaded", answer))
+    rc, _, err = await cli
+    assert (rc, err) == (
+        1,
+        f"gibsey agent: node {nid} refused agent/reload: key abc is not an operator\n",
+    )
+    assert time.monotonic() - start < 30  # the answer ended it, not the 60 s timeout
+
+
+async def test_a_refused_reload_is_answered_on_its_reply_topic_only(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """A reload signed by a key the node does not list, asked by the real CLI of a real node.
+    Must hold: the CLI's reply topic gets an agent/reloaded saying "refused: " and why, the
+    node's own agent/reloaded topic gets nothing (a flood of unsigned reloads is no flood of
+    the node's events), and the model serving is unchanged."""
+    async with agent_node(tmp_path) as (node, broker):
+        nid = node.node_id
+        col = await collector_factory(broker.port, "gibsey/#")
+        serving = agents(node).supervisor
+        before = serving.model if serving is not None else None
+        rc, _, err = await _gibsey(
+            "agent",
+            "reload-model",
+            *("--data", str(node.data_dir), "--broker", broker.url, "--timeout", "30"),
+            *("--operator-key", _stranger_key(tmp_path)),
+        )
+        assert rc == 1 and "not one of this node's operators" in err, err
+
+        def answers(c: object) -> list[tuple[str, dict[str, object]]]:
+            return [
+                (t, json.loads(p))
+                for t, p in col.messages
+                if t.startswith("gibsey/reply/") and b'"agent/reloaded"' in p
+            ]
+
+        found = await col.wait_for(answers, timeout_s=30)
+        assert len(found) == 1
+        doc = found[0][1]
+        payload = doc["payload"]
+        assert isinstance(payload, dict) and payload["ok"] is False
+        assert str(payload["error"]).startswith("refused: ") and "operators" in payload["error"]
+        assert not [t for t, _ in col.messages if t == topic(nid, "agent/reloaded")]
+        after = agents(node).supervisor
+        assert (after.model if after is not None else None) == before

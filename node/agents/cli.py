@@ -21,6 +21,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from gibsey.core.config import ConfigError, NodeConfig, load_config, load_section, resolve_data_dir
+from gibsey.core.envelope import RELOAD_REFUSED
 from gibsey.core.operator import fresh_lamport, read_operator_key
 from gibsey.core.symbols import ROTATIONS
 from gibsey.node.agents.config import AgentConfig
@@ -274,6 +275,10 @@ def _reload(args: argparse.Namespace) -> int:
     if result.get("ok"):
         print(f"serving {result['path']}")
         return 0
+    error = str(result.get("error", ""))
+    if error.startswith(RELOAD_REFUSED):  # the node's answer, when its alert was not heard
+        why = error.removeprefix(RELOAD_REFUSED)
+        raise _Refused(f"node {_node_id(data_dir)} refused agent/reload: {why}")
     print(
         f"reload failed: {result.get('error')}; still serving {result.get('path')}", file=sys.stderr
     )

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from gibsey.core import trace
 from gibsey.core.envelope import (
+    RELOAD_REFUSED,
     AgentEmit,
     AgentReload,
     AgentReloaded,
@@ -49,6 +50,7 @@ from gibsey.core.envelope import (
     Payload,
     RitualPerformed,
     SafetyAlert,
+    encode_event,
 )
 from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
@@ -531,6 +533,7 @@ class AgentService:
                     severity="critical",
                 )
             )
+            self._answer_refused(event, payload, refused)
             return
         await self.ready.wait()
         sup = self.supervisor
@@ -552,6 +555,25 @@ class AgentService:
         if payload.reply_to and valid_reply_topic(payload.reply_to) and self.node.spine:
             self.node.spine.publish(payload.reply_to, out.to_bytes())
         self.publish_state()
+
+    def _answer_refused(self, event: Event, payload: AgentReload, refused: str) -> None:
+        """The asker of a refused reload hears why on its reply topic, as it hears any outcome:
+        the alert may be dropped by the router's rate limit in a flood, and the asker would wait
+        out its timeout. Only there, never an agent/reloaded on the node's own topic: a flood of
+        unsigned reloads must not become a flood of the node's events."""
+        spine = self.node.spine
+        if not payload.reply_to or not valid_reply_topic(payload.reply_to) or spine is None:
+            return
+        sup = self.supervisor
+        answer = AgentReloaded(
+            ok=False,
+            path=str(sup.model)[:256] if sup is not None else "",
+            requested=payload.path[:256],
+            error=f"{RELOAD_REFUSED}{refused}"[:256],
+            correlation=payload.correlation or event.id,
+        )
+        out = encode_event(self.node.node_id, "agent/reloaded", answer, self.node.clock.tick())
+        spine.publish(payload.reply_to, out.raw)
 
     def on_ritual(self, event: Event, payload: Payload) -> None:
         assert isinstance(payload, RitualPerformed)
