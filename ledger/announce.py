@@ -7,6 +7,7 @@ from typing import Any
 
 from gibsey.core.announce import announce
 from gibsey.core.envelope import GiftBalance, GiftTxn
+from gibsey.ledger.entry import Entry
 
 MAX_LISTED = 500
 
@@ -33,6 +34,11 @@ def _txn(payload: dict[str, Any]) -> GiftTxn:
         amount=body["amount"],
         entry=payload["entry"][:256],
     )
+
+
+def txn_of(e: Entry) -> GiftTxn:
+    """The gift/txn that announces entry `e` (a gift, mint or burn), as `gibsey ledger` does."""
+    return _txn({"type": e.type, "body": e.body, "entry": e.hash_hex})
 
 
 def announce_ledger_event(data_dir: Path, event: str, payload: dict[str, Any]) -> str | None:

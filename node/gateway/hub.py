@@ -18,9 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gibsey.core.envelope import PAYLOADS, Event, Payload
+from gibsey.core.envelope import PAYLOADS, Event, GiftTxn, Payload
+from gibsey.ledger.announce import txn_of
+from gibsey.node.spine.drops import DropAlerts
 
 if TYPE_CHECKING:
+    from gibsey.ledger.entry import Entry
+    from gibsey.ledger.ledger import Ledger
     from gibsey.node.daemon import Node
 
 log = logging.getLogger("gibsey.gateway.hub")
@@ -28,6 +32,7 @@ log = logging.getLogger("gibsey.gateway.hub")
 RECENT = 200
 SUBSCRIBER_QUEUE = 512
 HUB_QUEUE = 8192
+TXN_TYPES = frozenset({"gift", "mint", "burn"})  # the entries a gift/txn announces
 
 
 @dataclass(eq=False)
@@ -74,6 +79,8 @@ class Hub:
         self.agent_tokens: collections.Counter[str] = collections.Counter()
         self.agent_answers: collections.Counter[str] = collections.Counter()
         self.seen = 0
+        self.unrecorded = 0  # gift/txn naming this node that no entry of its feed backs: not shown
+        self._unrecorded_said = DropAlerts(60.0, time.monotonic())
         self.closed = False
         self._last_token_t = 0.0
         self._token_window: collections.deque[float] = collections.deque(maxlen=4096)
@@ -84,7 +91,43 @@ class Hub:
         )
 
     async def on_event(self, event: Event, payload: Payload) -> None:
+        if isinstance(payload, GiftTxn) and event.node == self.node.node_id:
+            if not await self._recorded(event, payload):
+                self.unrecorded += 1
+                # Said at once, then at most once a minute with the count: a flood of them is
+                # not a flood of the journal.
+                for due in self._unrecorded_said.due({"": self.unrecorded}, time.monotonic()):
+                    log.warning(
+                        "not shown: %d gift/txn naming this node that no entry of its feed "
+                        "backs (the last: %s by %s, entry %s)",
+                        due.dropped,
+                        event.id,
+                        event.actor[:64],
+                        (payload.entry or "none")[:64],
+                    )
+                return
         self.publish(event)
+
+    async def _recorded(self, event: Event, payload: GiftTxn) -> bool:
+        """Whether a gift/txn naming this node says what an entry of this node's feed says.
+        Anyone on the broker may publish one, and a dashboard would show a gift nobody gave
+        (the ledger itself is never moved by an announcement). Those the node sends are
+        its own; `gibsey ledger gift` announces from another process, after its entry is
+        stored, so the entry it names is read back (off the loop: the store's lock is held
+        through a group commit's fsync) and must announce to the same payload."""
+        if self.node.router.emitted_here(event.id):
+            return True
+        ledger = self.node.parts.ledger
+        if ledger is None or payload.entry is None:
+            return False
+        try:
+            hash_ = bytes.fromhex(payload.entry)
+        except ValueError:
+            return False
+        entry = await asyncio.to_thread(_stored, ledger, hash_)
+        if entry is None or entry.author != ledger.author:
+            return False
+        return entry.type in TXN_TYPES and txn_of(entry) == payload
 
     def publish(self, event: Event) -> None:
         self.seen += 1
@@ -161,3 +204,10 @@ class Hub:
                 "state": int(g.symbol) * 4 + int(g.rotation),
             }
         return out
+
+
+def _stored(ledger: Ledger, hash_: bytes) -> Entry | None:
+    """The entry stored under `hash_`, counting commits another process made since the last
+    look (`gibsey ledger gift` appends, then announces)."""
+    ledger.store.refresh()
+    return ledger.store.get_by_hash(hash_)
