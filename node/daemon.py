@@ -34,6 +34,7 @@ from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
 from gibsey.node.config import GibseyConfig
 from gibsey.node.parts import Parts, attach_parts
 from gibsey.node.spine.broker import EmbeddedBroker, embedded_broker
+from gibsey.node.spine.client_id import node_client_id
 from gibsey.node.spine.discovery import HA_ONLINE, discovery_messages, ha_status_topic
 from gibsey.node.spine.drops import HANDLER_OVERLOADED, OUTBOX_FULL, THROTTLED, DropAlerts, Due
 from gibsey.node.spine.inputs import VisitorInputs
@@ -401,7 +402,7 @@ class Node:
         offline = json.dumps({"state": "offline", "node": self.node_id}).encode()
         self.spine = Spine(
             url,
-            client_id=f"gibsey-{self.node_id}",
+            client_id=node_client_id(self.data_dir, self.node_id),
             subscriptions=[ALL_EVENTS],
             on_message=self.router.handle_message,
             will=(status_topic(self.node_id), offline),
