@@ -54,6 +54,7 @@ log = logging.getLogger("gibsey.ledger")
 log.addHandler(logging.NullHandler())
 
 DB_FILENAME = "ledger.sqlite3"
+REFUSED_SUFFIX = ".refused"  # after the entry log's name: the records it refused (_set_aside)
 # Unsigned entries held pending their group's head, over all feeds (at most MAX_GROUP - 1 per
 # feed): 1024 entries of at most 8 KiB. Past it the feed extended least recently is dropped;
 # its entries are not acknowledged (the version vector never says we hold them), so its peer
@@ -524,25 +525,32 @@ class Store:
         if self._log is None or self._log.size() == 0:
             return 0
         missing: list[bytes] = []
+        refused: list[bytes] = []
         for raw in self._log.read():
             try:
                 e = parse(raw, verify=False)
             except Rejected:
-                continue  # (a record passed its crc: only another release could write this)
+                refused.append(raw)  # (it passed its crc: only another release could write it)
+                continue
             head = self._heads.get(e.author)
             if head is None or e.seq > head.seq:
                 missing.append(raw)
         if not missing:
+            self._set_aside(refused)
             self._log.clear()
             return 0
         rows = self._tx_rows
         stored: list[Entry | ForkProof] = []
-        for result in self._import_parsed(self._db, self._parse_batch(missing), stored):
+        results = self._import_parsed(self._db, self._parse_batch(missing), stored)
+        for raw, result in zip(missing, results, strict=True):
             if isinstance(result, Rejected):
                 log.warning("ledger: an entry in the entry log is refused: %s", result)
+                refused.append(raw)
         self._tx_log = []  # (already in the log)
         if self._tx_rows == rows:
-            self._log.clear()  # every record stored or refused: none is worth another look
+            # Every record stored or refused: none is worth another look here.
+            self._set_aside(refused)
+            self._log.clear()
             return 0
         log.log(
             logging.DEBUG if quiet else logging.WARNING,
@@ -551,6 +559,24 @@ class Store:
             self._tx_rows - rows,
         )
         return self._tx_rows - rows
+
+    def _set_aside(self, refused: list[bytes]) -> None:
+        """Keep the bytes of entry-log records the store refused in `<log>.refused` before the
+        log is emptied: acknowledged once, so never thrown away unread; a technician can look
+        (each was logged with why). Appended, fdatasynced: a refused write leaves the log as
+        it is, for the next look."""
+        if not refused or self._log is None:
+            return
+        kept = EntryLog(self._log.path + REFUSED_SUFFIX)
+        try:
+            kept.append(refused)
+        finally:
+            kept.close()
+        log.warning(
+            "ledger: %d entry log record(s) refused; their bytes are kept in %s",
+            len(refused),
+            kept.path,
+        )
 
     def _settle_log(self) -> None:
         """Fold a leftover entry log in and empty it, if the write lock is free right now (a
