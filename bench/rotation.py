@@ -19,13 +19,15 @@ Tried for issue 19 (each measured, best of 400 x 300 calls, on this 2-core machi
 validated once per program constant with only the turn's id put in per turn (with_cause: 0.55
 us instead of 0.8-1.3 us; narrative/change reused whole), the envelope's validator called
 directly (parse 3.5 -> 2.7 us), one wire template; the events a turn sends handed to their
-handlers by one loop callback, not one each (Node.send: median 7.6-7.9x -> 6.7-6.9x, p99
-20-26x -> 18-19x the bare call, 3 interleaved pairs; the collector's pauses came from the
-callbacks a block of turns left waiting). msgspec 0.23 would validate the incoming
-envelope and payload in 0.9 us (pydantic: 2.7 us) and make + encode a payload in 0.17 us
-(pydantic: validate 1.0 + to_json 0.3-0.4 us): at most ~7 us of a rotation, less than the VM
-call's own cold-cache cost inside the turn, and only by replacing the pydantic schema (every
-part's payloads, `gibsey schema`, the refusal reasons) with a second one: not taken.
+handlers by one loop callback, not one each (Node.send: median 7.6-7.9x -> 6.7-6.9x, p99 20-26x
+-> 18-19x the bare call, 3 interleaved pairs; the collector's pauses came from the callbacks a
+block of turns left waiting); the wall clock's JSON made once a millisecond, not a float's repr
+per event (median 25.3 -> 24.0 us, 6.76x -> 6.40x, 4 interleaved pairs). msgspec 0.23 would
+validate the incoming envelope and payload in 0.9 us (pydantic: 2.7 us) and make + encode a
+payload in 0.17 us (pydantic: validate 1.0 + to_json 0.3-0.4 us): at most ~7 us of a rotation,
+less than the VM call's own cold-cache cost inside the turn, and only by replacing the pydantic
+schema (every part's payloads, `gibsey schema`, the refusal reasons) with a second one: not
+taken.
 
 The same rotations run a second time with tracing on (`[telemetry] otlp_endpoint`, core/trace.py):
 each turn is a trace (the router's span, the VM's span, every event carrying the context) whose
@@ -312,7 +314,8 @@ def _median_limit(s: Samples) -> str:
         f"libraries: pydantic's validation and serialisation, the VM through ctypes) is "
         f"{statistics.median(s.floor) / bare:.1f}x; tried and taken: payloads validated once per "
         "program constant, the envelope's validator called directly, one wire template, a "
-        "turn's events handed on in one loop callback; measured and not taken: msgspec (at most "
+        "turn's events handed on in one loop callback, the wall clock's JSON made once a "
+        "millisecond; measured and not taken: msgspec (at most "
         "~7 us of a turn, by a second schema beside pydantic's)"
     )
 
