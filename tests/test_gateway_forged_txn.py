@@ -17,7 +17,9 @@ import pytest
 
 from tests.conftest import CollectorFactory
 from tests.events import raw_event, topic
-from tests.gateway_support import GatewayNode, gateway_node  # noqa: F401 (the fixture)
+from tests.gateway_support import GatewayNode, gateway_node
+
+__all__ = ["gateway_node"]
 
 
 def _ledger(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
