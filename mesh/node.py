@@ -26,14 +26,21 @@ left to anti-entropy), and a token bucket per peer on inbound messages. A peer t
 forged or malformed data gets a strike: its rate drops to one message a second; at
 `max_strikes` it is dropped (its messages ignored, its key refused at the handshake, our
 connection to it closed) for `ban_seconds`.
+
+What is refused or dropped from outside (a key not on the allow-list, bytes on our port that are
+no CurveZMQ handshake, a flood past a peer's rate or ban) is counted in the status per kind and
+said in the log paced: the first of a kind at once, then one line a minute at most with how
+many more came (RefusalLog), so a stranger reconnecting in a loop cannot fill the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -47,6 +54,7 @@ import zmq
 import zmq.asyncio
 from nacl.signing import SigningKey
 from zmq.auth.base import Authenticator
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from gibsey.core import trace
@@ -80,6 +88,20 @@ _AUTHOR_PREFIX = b'{"author":"'  # how every entry's canonical payload begins (C
 PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
 STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
 DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses imports
+# Refusals (a stranger's key, bytes that are no handshake, a flood): the first of a kind is said
+# at once, the rest at most one line this often per kind, with their count (RefusalLog).
+REFUSAL_LOG_S = 60.0
+REFUSAL_TICK_S = 1.0  # how often refusals held back are checked for a line that is due
+# What the listener's monitor reports: each connection's coming and going, and its handshake's
+# outcome (see _watch).
+LISTENER_EVENTS = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 SNDHWM = 64
 RCVHWM = 1000
 # Entries received from one peer and not yet stored, at most (queued and being imported): a
@@ -126,6 +148,179 @@ class Bucket:
         return False
 
 
+class Refusal(enum.Enum):
+    """What the mesh refuses or drops from outside, each kind said in the log (RefusalLog).
+    The value is how the log says one of them; the name in lower case is its counter in Stats,
+    so the mesh's status file carries a total per kind."""
+
+    UNKNOWN_KEY = "refused a connection from unknown key"  # not on the allow-list (ZAP)
+    BANNED_KEY = "refused a connection from a banned peer"  # allow-listed, banned for strikes
+    # Bytes on our port that libzmq drops without a handshake event (a ZMTP/1.0 or not-ZMTP
+    # greeting while ZAP is on; a greeting followed by junk): only the listener's monitor sees
+    # the connection come and go, so nothing else would ever say it.
+    NO_HANDSHAKE = "dropped a connection that made no mesh handshake"
+    BAD_HANDSHAKE = "dropped a handshake that broke ZMTP/CurveZMQ"  # wrong key for us, no Curve
+    CUT_HANDSHAKE = "a connection closed in the middle of its handshake"  # a scan, a reset
+    LIMITED = "dropped messages from a peer over its rate or banned"  # after strikes, a flood
+    OVER_MAX_PEERS = "ignored a peer beyond max_peers"
+    DIAL_FAILED = "a handshake with a peer we dial failed"  # its refusal of us, or not a node
+
+
+# libzmq's code in a failed handshake's event, by name; with what it usually means at a gallery.
+_PROTOCOL_ERRORS: dict[int, str] = {
+    getattr(zmq, name): name.removeprefix("PROTOCOL_ERROR_").lower()
+    for name in dir(zmq)
+    if name.startswith("PROTOCOL_ERROR_")
+}
+_PROTOCOL_HINTS: dict[int, str] = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "a ZeroMQ client without CurveZMQ",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "a client that does not hold our key (an old one?)",
+}
+
+
+def _protocol_error(code: int) -> str:
+    name = _PROTOCOL_ERRORS.get(code, f"protocol error {code:#x}")
+    hint = _PROTOCOL_HINTS.get(code)
+    return f"{name} ({hint})" if hint else name
+
+
+DIAL_FAILURES = frozenset(
+    {
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+    }
+)
+
+
+def _dial_failure(ev: int, value: int) -> str:
+    """Why a handshake on a dialer's socket failed, from its monitor event."""
+    if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"the peer refused our key ({value})"
+    if ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return _protocol_error(value)
+    # A CurveZMQ server that cannot read our hello (we dial it with a key it does not hold)
+    # hangs up without a word: this is all a dialer with a stale key for its peer ever sees.
+    cause = os.strerror(value) if value else "closed"
+    return f"hung up in the handshake ({cause}): is the key we have for it its own?"
+
+
+def _close_monitor(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket) -> None:
+    """Stop `sock`'s monitor and close its socket, from the loop's thread. Read empty first:
+    libzmq's I/O thread sends each event while holding the monitor's lock and blocks once
+    about a thousand lie unread (measured: an unread monitor on a listener wedges the whole
+    context after ~500 stray connections), so disabling it then would wait for that lock
+    forever. Drained, the I/O thread goes on and the lock is free long before it could fill
+    the queue again."""
+    if not mon.closed:  # (closed already when the context was destroyed first)
+        raw: zmq.Socket[bytes] = zmq.Socket.shadow(mon.underlying)
+        with contextlib.suppress(zmq.ZMQError):
+            while raw.poll(0):
+                raw.recv_multipart(zmq.NOBLOCK)
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    mon.close(linger=0)
+
+
+class _Unshaken:
+    """Which connections to our listener ended with no handshake outcome at all (the garbage
+    libzmq closes without an event). A handshake's outcome events carry no fd, and one
+    connection can have two (a refused key, then a broken pipe as its ERROR is written), so
+    none is matched to a connection: one ended unshaken when no outcome at all came between
+    its accept and its end. Never a false count; amid other handshakes, garbage can go
+    uncounted, and a flood of it is still said by the connections that come alone."""
+
+    def __init__(self) -> None:
+        self.outcomes = 0  # handshake outcome events so far
+        # fd -> `outcomes` when it was accepted. Keyed by fd, so bounded by the process's
+        # descriptors even if the monitor's queue ever dropped a disconnect.
+        self.accepted: dict[int, int] = {}
+
+    def ended_unshaken(self, ev: int, value: int) -> bool:
+        """Take one monitor event; True when it ends a connection that had no outcome."""
+        if ev == zmq.EVENT_ACCEPTED:
+            self.accepted[value] = self.outcomes  # value: the connection's fd
+        elif ev == zmq.EVENT_DISCONNECTED:
+            return self.accepted.pop(value, -1) == self.outcomes
+        else:
+            self.outcomes += 1
+        return False
+
+
+@dataclass
+class _Held:
+    """One kind of refusal (of one peer, for a dial): when a line last said it, and what came
+    since without a line."""
+
+    said_at: float
+    more: int = 0
+    last: str = ""  # the latest of those, the line's sample
+    total: int = 1
+
+
+class RefusalLog:
+    """Says refusals without a line each, so a stranger reconnecting in a loop cannot fill the
+    journal of a node on an SD card: the first of a kind at once, then at most one line per
+    `interval_s` per kind, with how many more came and the last of them as a sample. Lines due
+    while no refusal comes are said by `flush` (the mesh calls it every REFUSAL_TICK_S).
+
+    Not node/spine/drops.py's DropAlerts, which paces alike: the import layers (commands > node
+    > mesh > ledger > kernel) keep the mesh from importing the node, gibsey.core has no pacer,
+    and DropAlerts works on totals sampled once a second, where a refusal here is said as it
+    happens, the first with its key and address. `clock` is injectable so a test passes the
+    interval by moving it, not by waiting a minute."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = REFUSAL_LOG_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = logger
+        self.interval_s = interval_s
+        self.clock = clock
+        # (what, about) -> its state. Bounded: `what` is a Refusal's text and `about` is empty
+        # but for dials, whose peers are allow-listed and at most max_peers.
+        self._held: dict[tuple[str, str], _Held] = {}
+
+    def note(self, what: str, sample: str, about: str = "") -> None:
+        """One refusal of kind `what` (`about`: a peer, for kinds said per peer)."""
+        now = self.clock()
+        held = self._held.get((what, about))
+        if held is None:
+            self._held[(what, about)] = _Held(now)
+            self.log.warning(
+                "mesh: %s: %s (more of these: one line per %g s at most)",
+                what,
+                sample,
+                self.interval_s,
+            )
+            return
+        held.more += 1
+        held.total += 1
+        held.last = sample
+        self._say(what, held, now)
+
+    def flush(self, *, force: bool = False) -> None:
+        """Say each kind whose line is due (`force`: each with any held back, as the mesh stops)."""
+        now = self.clock()
+        for (what, _), held in self._held.items():
+            self._say(what, held, now, force=force)
+
+    def _say(self, what: str, held: _Held, now: float, *, force: bool = False) -> None:
+        if not held.more or (now - held.said_at < self.interval_s and not force):
+            return
+        self.log.warning(
+            "mesh: %s: %d more in the last %.0f s, the last: %s (%d in all)",
+            what,
+            held.more,
+            now - held.said_at,
+            held.last,
+            held.total,
+        )
+        held.said_at, held.more = now, 0
+
+
 @dataclass
 class Stats:
     bytes_out: int = 0
@@ -141,6 +336,15 @@ class Stats:
     limited: int = 0  # inbound messages dropped by a rate limit or a ban
     dropped_out: int = 0  # outbound messages dropped (peer queue full / not connected)
     refused: int = 0  # handshakes refused: key not on the allow-list, or banned
+    # Per kind of Refusal (its name in lower case; `limited` above is one too): what the log
+    # says once a minute at most, counted one by one.
+    unknown_key: int = 0
+    banned_key: int = 0
+    no_handshake: int = 0
+    bad_handshake: int = 0
+    cut_handshake: int = 0
+    over_max_peers: int = 0
+    dial_failed: int = 0
     rounds: int = 0
     disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
     inbox_peak: int = 0  # most entries of one peer held at once awaiting storage (<= INBOX_ENTRIES)
@@ -202,6 +406,8 @@ class _Zap(Authenticator):
     started after another stopped in the same loop then never completes a handshake). An
     asyncio socket unregisters from the loop as it closes."""
 
+    address = ""  # the IP address of the request being handled (see handle_zap_message)
+
     def start(self) -> None:
         sock: zmq.asyncio.Socket = self.context.socket(zmq.REP)
         sock.linger = 1
@@ -213,6 +419,13 @@ class _Zap(Authenticator):
         while True:
             await self.handle_zap_message(await self._sock.recv_multipart())
 
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # pyzmq hands the credentials provider the key alone; the gate's log line names the
+        # address too, so a technician can find the stranger's device on the venue's network.
+        # Requests are handled one at a time, so this is the address of the key being checked.
+        self.address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        await super().handle_zap_message(msg)
+
     def stop(self) -> None:
         self._task.cancel()
         super().stop()  # closes the socket (linger 1 ms), in this thread
@@ -221,19 +434,24 @@ class _Zap(Authenticator):
 class _Gate:
     """ZAP credentials provider: only allow-listed, unbanned keys complete the handshake."""
 
-    def __init__(self, mesh: MeshNode) -> None:
+    def __init__(self, mesh: MeshNode, zap: _Zap) -> None:
         self.mesh = mesh
+        self.zap = zap
 
     def callback(self, domain: str, key: bytes) -> bool:
         ed = self.mesh.curve_to_ed.get(key)
+        where = f" from {self.zap.address}" if self.zap.address else ""
         if ed is None:
             self.mesh.stats.refused += 1
-            log.warning("mesh: refused a connection from unknown key %s", key.decode())
+            # The Curve key (a stranger's ed25519 key cannot be told from it), in hex as keys
+            # are shown everywhere else.
+            curve = z85.decode(key).hex()[:16] if len(key) == 40 else repr(key[:40])
+            self.mesh.refuse(Refusal.UNKNOWN_KEY, f"curve key {curve}{where}")
             return False
         peer = self.mesh.peers.get(ed)
         if peer is not None and peer.banned_until > time.monotonic():
             self.mesh.stats.refused += 1
-            log.warning("mesh: refused banned peer %s", ed.hex()[:16])
+            self.mesh.refuse(Refusal.BANNED_KEY, f"{ed.hex()[:16]}{where}")
             return False
         return True
 
@@ -250,6 +468,7 @@ class MeshNode:
         data_dir: Path | None = None,
         emit: Callable[[str, dict[str, Any]], None] | None = None,
         listen: bool = True,
+        refusal_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.key = key
@@ -278,6 +497,7 @@ class MeshNode:
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
         self.fresh: dict[bytes, float] = {}
         self._disk_logged = -DISK_LOG_S  # when a refused import was last logged (monotonic)
+        self.refusals = RefusalLog(log, clock=refusal_clock)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -301,7 +521,7 @@ class MeshNode:
         assert self.ctx is not None
         self._auth = _Zap(self.ctx, log=logging.getLogger("gibsey.mesh.zap"))
         self._auth.start()
-        self._auth.configure_curve_callback("*", credentials_provider=_Gate(self))
+        self._auth.configure_curve_callback("*", credentials_provider=_Gate(self, self._auth))
         self.store.subscribe(self._on_stored)
         if self.listen:
             await asyncio.to_thread(self._record_members)
@@ -317,11 +537,14 @@ class MeshNode:
             self.endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
             self.router = r
             self._tasks.append(asyncio.create_task(self._serve(), name="mesh-serve"))
+            mon = r.get_monitor_socket(LISTENER_EVENTS)
+            self._tasks.append(asyncio.create_task(self._watch(r, mon), name="mesh-watch"))
         for spec in self.cfg.peers:
             self.add_peer(spec.key, spec.endpoint)
         self._tasks += [
             asyncio.create_task(self._flush_loop(), name="mesh-push"),
             asyncio.create_task(self._refresh_loop(), name="mesh-refresh"),
+            asyncio.create_task(self._refusal_loop(), name="mesh-refusals"),
         ]
         if self.data_dir is not None:
             self._tasks.append(asyncio.create_task(self._status_loop(), name="mesh-status"))
@@ -365,6 +588,7 @@ class MeshNode:
         finally:
             self._tasks = []
             self._close_zmq()
+            self.refusals.flush(force=True)  # what was held back is said, not lost with us
             if self.data_dir is not None:
                 self.write_status()
 
@@ -416,7 +640,8 @@ class MeshNode:
                 self._start_dialer(peer)
             return peer
         if len(self.peers) >= self.cfg.max_peers:
-            log.warning("mesh: max_peers=%d reached, ignoring %s", self.cfg.max_peers, key.hex())
+            # Said paced: each message of such a peer reaching our listener comes by here.
+            self.refuse(Refusal.OVER_MAX_PEERS, f"{key.hex()} (max_peers = {self.cfg.max_peers})")
             return None
         burst = max(self.cfg.peer_rate * 2, 10.0)
         peer = Peer(key, endpoint, curve_public(key), Bucket(self.cfg.peer_rate, burst))
@@ -610,8 +835,12 @@ class MeshNode:
         self.stats.bytes_in += n
         self.stats.msgs_in += 1
         peer.bytes_in += n
-        if self._banned(peer) or not (self._answer(peer, reply) or peer.bucket.take()):
-            self.stats.limited += 1
+        banned = self._banned(peer)
+        if banned or not (self._answer(peer, reply) or peer.bucket.take()):
+            # Where a flood goes quiet: a peer with strikes is cut to PENALTY_RATE and then
+            # banned, and what it sends after is dropped here, malformed or not.
+            why = "banned" if banned else f"over {peer.bucket.rate:g} messages/s"
+            self.refuse(Refusal.LIMITED, f"{peer.hex[:16]} ({why})")
             return
         try:
             kind = wire.check(frames)
@@ -949,8 +1178,9 @@ class MeshNode:
             except zmq.ZMQError:
                 addr = ""
             ed = self.curve_to_ed.get(user.encode()) if user else None
-            if ed is None:  # cannot happen past ZAP; never served
+            if ed is None:  # cannot happen past ZAP (a key dropped from the list?); never served
                 self.stats.refused += 1
+                self.refuse(Refusal.UNKNOWN_KEY, f"user id {user[:40]!r} past the handshake")
                 continue
             peer = self.peers.get(ed) or self.add_peer(ed, "")
             if peer is None:
@@ -961,6 +1191,42 @@ class MeshNode:
                 )
             except Exception:
                 log.exception("mesh: error handling a message from %s", ed.hex()[:16])
+
+    def refuse(self, kind: Refusal, sample: str, about: str = "") -> None:
+        """Count a refusal in the status (the Stats field named as `kind`) and say it, paced."""
+        counter = kind.name.lower()
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self.refusals.note(kind.value, sample, about)
+
+    async def _refusal_loop(self) -> None:
+        """Say refusals held back once their line is due, also when no more come after them."""
+        while True:
+            await asyncio.sleep(REFUSAL_TICK_S)
+            self.refusals.flush()
+
+    async def _watch(self, router: zmq.asyncio.Socket, mon: zmq.asyncio.Socket) -> None:
+        """Say what reaches our port and never becomes a mesh connection. libzmq drops it
+        without a word to the application: a failed handshake is only an event on a monitor,
+        and bytes that are no ZMTP greeting at all not even that (libzmq 4.3 closes them as a
+        ZMTP/1.0 peer while ZAP is on, silently), only an accept and a disconnect."""
+        unshaken = _Unshaken()
+        try:
+            while True:
+                event = parse_monitor_message(await mon.recv_multipart())
+                ev, value = int(event["event"]), int(event["value"] or 0)
+                if unshaken.ended_unshaken(ev, value):
+                    self.refuse(
+                        Refusal.NO_HANDSHAKE,
+                        f"bytes on {self.endpoint} that are no ZMTP/CurveZMQ greeting "
+                        "(a stray client, a port scan, another protocol)",
+                    )
+                elif ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                    self.refuse(Refusal.BAD_HANDSHAKE, _protocol_error(value))
+                elif ev == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # value: the errno
+                    self.refuse(Refusal.CUT_HANDSHAKE, os.strerror(value) if value else "closed")
+                # EVENT_HANDSHAKE_FAILED_AUTH: an unknown or banned key, said by the gate with it.
+        finally:
+            _close_monitor(router, mon)
 
     # ---- the dialers ----------------------------------------------------------------------
 
@@ -988,6 +1254,7 @@ class MeshNode:
             zmq.EVENT_HANDSHAKE_SUCCEEDED
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_DISCONNECTED
         )
         helpers = [
@@ -1030,9 +1297,7 @@ class MeshNode:
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            with contextlib.suppress(zmq.ZMQError):
-                sock.disable_monitor()
-            mon.close(linger=0)
+            _close_monitor(sock, mon)
             sock.close(linger=self.linger_ms)
             peer.sock = None
 
@@ -1060,13 +1325,11 @@ class MeshNode:
             ev = event["event"]
             if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 peer.wake.set()  # a (re)connection: run a round now
-            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                log.warning(
-                    "mesh: handshake with %s at %s failed (%s)",
-                    peer.hex[:16],
-                    peer.endpoint,
-                    event.get("value"),
-                )
+            elif ev in DIAL_FAILURES:
+                # Paced per peer: the dialer retries every few seconds for as long as it fails.
+                why = _dial_failure(ev, int(event.get("value") or 0))
+                sample = f"{peer.hex[:16]} at {peer.endpoint}: {why}"
+                self.refuse(Refusal.DIAL_FAILED, sample, about=peer.hex)
 
     # ---- pushing new entries --------------------------------------------------------------
 
