@@ -83,7 +83,7 @@ def _ago(seconds: float | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from gibsey.core.identity import load_or_create
 
-    from .node import STATUS_FILENAME
+    from .node import STATUS_FILENAME, Refusal
 
     data_dir = _data_dir(args)
     ident = load_or_create(data_dir)
@@ -125,6 +125,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"in {s['entries_in']} entries ({s['bytes_in']} B), out {s['bytes_out']} B; "
         f"rejected {s['rejected']}, strikes {s['strikes']}, refused {s['refused']}"
     )
+    refused = [f"{k.name.lower()} {s[k.name.lower()]}" for k in Refusal if s.get(k.name.lower())]
+    if refused:  # from outside: strangers' keys, garbage on the port, floods (said in the log)
+        print("refused from outside: " + ", ".join(refused))
     return 0
 
 

@@ -31,6 +31,7 @@ from gibsey.ledger.store import Store
 from gibsey.mesh import wire
 from gibsey.mesh.config import PeerSpec, curve_keypair, curve_public
 from gibsey.mesh.node import REFUSAL_LOG_S, MeshNode, Refusal, Stats
+from gibsey.node.gateway.metrics import mesh_refusals
 from tests.mesh_support import quick_mesh_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,6 +136,11 @@ async def test_garbage_on_the_mesh_port_is_said_at_once_then_counted(
         assert len(said(caplog, Refusal.NO_HANDSHAKE)) == 2
         assert node.status()["stats"]["no_handshake"] == 5
         assert node.stats.unknown_key == node.stats.refused == 0  # garbage is not a key
+        # And on /metrics, by kind, from the same status.
+        family = mesh_refusals(node.status()["stats"])
+        by_kind = {sample.labels["kind"]: sample.value for sample in family.samples}
+        assert family.name == "gibsey_mesh_refused" and by_kind["no_handshake"] == 5
+        assert set(by_kind) == {kind.name.lower() for kind in Refusal}
 
 
 async def test_a_flood_of_garbage_is_one_line_and_does_not_wedge_the_mesh(

@@ -330,6 +330,22 @@ class NodeCollector(Collector):
             value = mstats.get(name)
             if isinstance(value, int | float):
                 yield CounterMetricFamily(f"gibsey_mesh_{name}", f"Mesh {name}", value=value)
+        yield mesh_refusals(mstats)
+
+
+def mesh_refusals(mstats: dict[str, Any]) -> CounterMetricFamily:
+    """What the mesh refused or dropped from outside, by kind (mesh/node.py's Refusal): a
+    stranger's key, bytes that are no handshake, a flood past a peer's rate."""
+    from gibsey.mesh.node import Refusal  # the mesh runs (ZeroMQ is loaded): nothing more
+
+    refused = CounterMetricFamily(
+        "gibsey_mesh_refused", "Mesh inputs refused from outside, by kind", labels=["kind"]
+    )
+    for kind in Refusal:
+        value = mstats.get(kind.name.lower())
+        if isinstance(value, int | float):
+            refused.add_metric([kind.name.lower()], value)
+    return refused
 
 
 class HttpCollector(Collector):
