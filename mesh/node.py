@@ -193,6 +193,12 @@ DIAL_FAILURES = frozenset(
 )
 
 
+# Handshake failures after which libzmq ends the session and never reconnects (a protocol
+# error: the peer's ZMTP ERROR, as for a refused key); a connection cut short in the handshake
+# (NO_DETAIL) is reconnected by libzmq itself.
+SESSION_ENDING = frozenset({zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL})
+
+
 def _dial_failure(ev: int, value: int) -> str:
     """Why a handshake on a dialer's socket failed, from its monitor event."""
     if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -1249,6 +1255,21 @@ class MeshNode:
         return s
 
     async def _dial(self, peer: Peer) -> None:
+        """Dial the peer for as long as it is ours. libzmq reconnects a connection that broke,
+        but never one whose handshake failed (the peer refused our key, banned us for a while,
+        or spoke no CurveZMQ): it ends that session for good. So after such a failure the
+        socket is made anew, after a pause that doubles up to the reconnect interval's cap:
+        a peer that lists us later, or whose ban on us ends, is met again without a restart."""
+        pause = self.cfg.sync_interval
+        cap = min(self.cfg.backoff_max, 5.0)  # as RECONNECT_IVL_MAX (_dealer)
+        while True:
+            met = await self._dial_socket(peer)  # returns once a handshake failed
+            pause = self.cfg.sync_interval if met else min(pause * 2, cap)
+            await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+
+    async def _dial_socket(self, peer: Peer) -> bool:
+        """One socket's life: rounds with the peer until a handshake on it fails (then closed).
+        True if a handshake on it had succeeded before."""
         sock = peer.sock = self._dealer(peer)
         mon = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -1257,49 +1278,59 @@ class MeshNode:
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_DISCONNECTED
         )
+        ended = asyncio.Event()
+        met: list[bool] = [False]
         helpers = [
             asyncio.create_task(self._read(peer, sock)),
-            asyncio.create_task(self._monitor(peer, mon)),
+            asyncio.create_task(self._monitor(peer, mon, ended, met)),
+            asyncio.create_task(self._rounds(peer, sock)),
         ]
-        backoff = self.cfg.sync_interval
+        waiter = asyncio.create_task(ended.wait())
         try:
-            while True:
-                if self._banned(peer):
-                    await asyncio.sleep(1.0)
-                    continue
-                peer.heads_evt.clear()
-                peer.more = False
-                sent = self._send(
-                    sock,
-                    [
-                        wire.SYNC,
-                        wire.encode_vv(self.version_vector()),
-                        wire.encode_forks(self.fork_keys()),
-                        self.advertised().encode(),
-                    ],
-                    peer,
-                )
-                if sent:
-                    peer.credit = min(MAX_CREDIT, peer.credit + ROUND_CREDIT)
-                got = sent and await self._await_heads(peer)
-                now = time.monotonic()
-                if got:
-                    backoff = self.cfg.sync_interval
-                    if peer.more:
-                        continue
-                elif now - max(peer.last_seen, peer.created) > self.cfg.down_after:
-                    if peer.state in ("up", "new"):
-                        self._set_state(peer, "down", "silent")
-                    backoff = min(backoff * 2, self.cfg.backoff_max)
-                peer.wake.clear()
-                await _wait_set(peer.wake, backoff * random.uniform(0.8, 1.2))
+            await asyncio.wait([waiter, helpers[2]], return_when=asyncio.FIRST_COMPLETED)
+            if helpers[2].done():
+                helpers[2].result()  # the rounds never end but by an error: raised here
+            return met[0]
         finally:
-            for t in helpers:
+            for t in [*helpers, waiter]:
                 t.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.gather(*helpers, waiter, return_exceptions=True)
             _close_monitor(sock, mon)
             sock.close(linger=self.linger_ms)
             peer.sock = None
+
+    async def _rounds(self, peer: Peer, sock: zmq.asyncio.Socket) -> None:
+        backoff = self.cfg.sync_interval
+        while True:
+            if self._banned(peer):
+                await asyncio.sleep(1.0)
+                continue
+            peer.heads_evt.clear()
+            peer.more = False
+            sent = self._send(
+                sock,
+                [
+                    wire.SYNC,
+                    wire.encode_vv(self.version_vector()),
+                    wire.encode_forks(self.fork_keys()),
+                    self.advertised().encode(),
+                ],
+                peer,
+            )
+            if sent:
+                peer.credit = min(MAX_CREDIT, peer.credit + ROUND_CREDIT)
+            got = sent and await self._await_heads(peer)
+            now = time.monotonic()
+            if got:
+                backoff = self.cfg.sync_interval
+                if peer.more:
+                    continue
+            elif now - max(peer.last_seen, peer.created) > self.cfg.down_after:
+                if peer.state in ("up", "new"):
+                    self._set_state(peer, "down", "silent")
+                backoff = min(backoff * 2, self.cfg.backoff_max)
+            peer.wake.clear()
+            await _wait_set(peer.wake, backoff * random.uniform(0.8, 1.2))
 
     async def _await_heads(self, peer: Peer) -> bool:
         """Wait for the heads that close our round. While we still import what the peer sent
@@ -1319,17 +1350,22 @@ class MeshNode:
             except Exception:
                 log.exception("mesh: error handling a message from %s", peer.hex[:16])
 
-    async def _monitor(self, peer: Peer, mon: zmq.asyncio.Socket) -> None:
+    async def _monitor(
+        self, peer: Peer, mon: zmq.asyncio.Socket, ended: asyncio.Event, met: list[bool]
+    ) -> None:
         while True:
             event = parse_monitor_message(await mon.recv_multipart())
             ev = event["event"]
             if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                met[0] = True
                 peer.wake.set()  # a (re)connection: run a round now
             elif ev in DIAL_FAILURES:
                 # Paced per peer: the dialer retries every few seconds for as long as it fails.
                 why = _dial_failure(ev, int(event.get("value") or 0))
                 sample = f"{peer.hex[:16]} at {peer.endpoint}: {why}"
                 self.refuse(Refusal.DIAL_FAILED, sample, about=peer.hex)
+                if ev in SESSION_ENDING:  # libzmq will not reconnect: a new socket will (_dial)
+                    ended.set()
 
     # ---- pushing new entries --------------------------------------------------------------
 
