@@ -22,6 +22,7 @@ from gibsey.harness.turns import node_online
 from gibsey.harness.waiting import port_open, until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
+from gibsey.node.spine.client_id import node_client_id
 from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
@@ -233,7 +234,8 @@ async def test_a_clean_stop_ends_the_nodes_session(tmp_path: Path) -> None:
             await asyncio.to_thread(broker.restart)  # SIGTERM: Mosquitto saves the session ...
             await spine.wait_connected(timeout_s=10)
             assert spine.session_present  # ... and the node resumed it
-        settings = ClientSettings(broker.url, f"gibsey-{node.node_id}", session_expiry_s=60)
+        own_id = node_client_id(node.data_dir, node.node_id)  # the id the node connected with
+        settings = ClientSettings(broker.url, own_id, session_expiry_s=60)
         async with Session(settings) as session:
             assert not session.session_present
     finally:

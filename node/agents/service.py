@@ -71,6 +71,7 @@ from gibsey.node.agents.safety import (
 )
 from gibsey.node.agents.supervisor import GenRequest, Supervisor, WorkerFailed
 from gibsey.node.agents.tensor import AgencyTensor, persist_clock
+from gibsey.node.spine.client_id import node_client_id
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -268,9 +269,10 @@ class AgentService:
             )
             await asyncio.Event().wait()
         node_id = self.node.node_id
-        link = ResponseLink(
-            spine.login_url, f"gibsey-{node_id}-agents5", topic_for(node_id, "agent/request")
-        )
+        # The node's own id (its secret part included: node/spine/client_id.py), so that no
+        # client can guess it and take this session over either.
+        client_id = f"{node_client_id(self.node.data_dir, node_id)}-agents5"
+        link = ResponseLink(spine.login_url, client_id, topic_for(node_id, "agent/request"))
         link.start()
         self.link = link
         try:

@@ -405,8 +405,8 @@ def test_the_image_broker_refuses_strangers_and_its_node_logs_in(tmp_path: Path)
         # Both of the node's connections log in as its user (Mosquitto logs whom it accepted);
         # its agents' MQTT 5 link may come up after the probe is done.
         logins = [
-            rf" as gibsey-{probe['node']} \(p5, .*u'gibsey-node'\)",
-            rf" as gibsey-{probe['node']}-agents5 \(p5, .*u'gibsey-node'\)",
+            rf" as gibsey-{probe['node']}-[0-9a-f]{{16}} \(p5, .*u'gibsey-node'\)",
+            rf" as gibsey-{probe['node']}-[0-9a-f]{{16}}-agents5 \(p5, .*u'gibsey-node'\)",
         ]
 
         def logged_in() -> bool:
