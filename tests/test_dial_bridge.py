@@ -221,7 +221,10 @@ async def test_home_assistant_discovery(rig: Rig, collector_factory: CollectorFa
     assert event["event_types"] == ["rotated", "pressed", "long_pressed"]
     assert event["state_topic"] == f"gibsey/v1/{rig.nid}/dial/hall/event"
     assert components["position"]["state_topic"] == state_topic(rig.nid, "hall")
-    assert config["device"]["identifiers"] == [f"gibsey_{rig.nid}"]
+    # The dial is a device of its own, connected through the node's.
+    assert config["device"]["identifiers"] == [uid]
+    assert config["device"]["via_device"] == f"gibsey_{rig.nid}"
+    assert config["device"]["sw_version"] == "fw"  # from its hello
 
 
 def test_alerts_are_coalesced_per_reason() -> None:
@@ -231,6 +234,9 @@ def test_alerts_are_coalesced_per_reason() -> None:
         node_id = "n1"
         spine = object()
         config = GibseyConfig()
+
+        def add_subscription(self, *a: object) -> None:
+            pass
 
         def alert(self, alert: object) -> None:
             sent.append(str(getattr(alert, "detail", "")))
@@ -262,6 +268,7 @@ def test_config_and_discovery_shapes() -> None:
         "homeassistant/sensor/n1_dial_d-1/frames_lost/config",
     ]
     # The old per-entity configs migrated, the device config, the old topics cleared.
-    assert [m.topic for m in msgs] == [*old, "homeassistant/device/gibsey_n1_dial_d_1/config", *old]
+    # The dial id as it is in the discovery id: d-1 and d_1 are two devices.
+    assert [m.topic for m in msgs] == [*old, "homeassistant/device/gibsey_n1_dial_d-1/config", *old]
     assert [m.retain for m in msgs] == [False] * 4 + [True] * 5
     assert json.loads(msgs[4].payload)["components"]["turn"]["platform"] == "event"

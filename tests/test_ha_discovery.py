@@ -84,7 +84,9 @@ def test_the_node_and_its_dial_follow_the_current_device_schema(node_id: str) ->
         assert {m.payload for m in legacy if m.retain} == {b""}
     dial = _device_configs(dial_discovery_messages(node_id, "hall-1", "homeassistant"))[0][1]
     node = _device_configs(discovery_messages(node_id, "homeassistant"))[0][1]
-    assert dial["device"]["identifiers"] == node["device"]["identifiers"]  # one device in HA
+    # The dial is a device of its own (deletable alone in Home Assistant), through the node's.
+    assert dial["device"]["identifiers"] != node["device"]["identifiers"]
+    assert dial["device"]["via_device"] == node["device"]["identifiers"][0]
     assert dial["components"]["turn"]["platform"] == "event"
 
 

@@ -18,10 +18,15 @@ A part of the daemon (`attach(node)`, listed in parts.py). It
   in one log line and alert per `alert_interval` with the count; a dial silent for
   `forget_after` seconds gives its place to a new id, and its retained state and Home Assistant
   device config are cleared (`forgotten`);
-* keeps a retained state document per dial on `gibsey/v1/<node>/dial/<dial_id>/state` and sends
-  each turn and press to `.../dial/<dial_id>/event`, announced to Home Assistant by MQTT discovery
-  as an `event` entity and position sensors. These topics have six levels, so the router's
-  `gibsey/v1/+/+/+` subscription never mistakes them for events.
+* learns, at each connect, the dials of this node whose state or Home Assistant config the broker
+  retains from before a restart (its memory is of this run only): each is known but silent from
+  then on, forgotten (its retained topics cleared) if not heard within `forget_after`, and the
+  first to give its place to a new dial; never more than `max_dials` are kept;
+* keeps a retained state document per dial on `gibsey/v1/<node>/dial/<dial_id>/state` (with the
+  dial's own frame counts) and sends each turn and press to `.../dial/<dial_id>/event`, announced
+  to Home Assistant by MQTT discovery as a device of its own (through the node's) with an `event`
+  entity and sensors that go unavailable when the dial stops saying hello. These topics have six
+  levels, so the router's `gibsey/v1/+/+/+` subscription never mistakes them for events.
 
 Its configuration is the `[dial]` section (config.py).
 """
@@ -41,16 +46,18 @@ from typing import TYPE_CHECKING, Any
 
 from gibsey.core import trace
 from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
-from gibsey.core.topics import TOPIC_ROOT
+from gibsey.core.topics import TOPIC_ROOT, status_topic
 from gibsey.dialcore import frame as df
+from gibsey.dialcore.config import DEFAULTS as FIRMWARE_DEFAULTS
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, symbol_name
 from gibsey.node.dial.config import DialConfig
 from gibsey.node.spine.discovery import (
     DiscoveryMessage,
     availability_config,
     component,
-    device_config,
     device_messages,
+    device_topic,
+    node_identifier,
 )
 from gibsey.node.spine.drops import DropAlerts
 
@@ -70,6 +77,12 @@ ALERT_REASONS = {
     "malformed": "dial_frames_malformed",
 }
 REFUSED = "dial_ids_refused"  # the reason of the alert that counts refused frames of new ids
+# A live dial says hello this often (the firmware's `heartbeat_s`), and the node republishes its
+# state document at every frame, hellos included ...
+HELLO_INTERVAL_S = int(FIRMWARE_DEFAULTS["heartbeat_s"])
+# ... so Home Assistant shows a dial's sensors unavailable once its state is this old: unplugged
+# (or out of Wi-Fi), it greys out by itself within 20 s, while three lost hellos in a row do not.
+EXPIRE_AFTER_S = 4 * HELLO_INTERVAL_S
 
 
 def frame_topic(node_id: str, dial_id: str) -> str:
@@ -89,7 +102,10 @@ def event_topic(node_id: str, dial_id: str) -> str:
 
 
 @dataclass
-class DialStats:
+class DialCounts:
+    """What one dial's frames came to, in its state document (`stats`): its own, so "Dial X
+    frames lost" in Home Assistant is X's; the bridge's DialStats are the sums."""
+
     frames: int = 0
     rotations: int = 0
     presses: int = 0
@@ -99,12 +115,22 @@ class DialStats:
     corrupt: int = 0
     truncated: int = 0
     malformed: int = 0
+
+
+@dataclass
+class DialStats(DialCounts):
+    """The bridge's totals (/metrics): every dial's counts, frames of no known dial (a board
+    before its hello, a bad id in a topic) included, and what belongs to no dial at all."""
+
     noise: int = 0
     serial_opens: int = 0
     serial_disconnects: int = 0
     bytes_in: int = 0
     refused: int = 0  # frames of a new dial id beyond max_dials, dropped
-    forgotten: int = 0  # dials silent for forget_after whose place went to a new id
+    # Dials whose retained state and Home Assistant device were cleared: silent for
+    # forget_after (their place went to a new id, or they were known only from before a
+    # restart), or from before a restart with no place left for them.
+    forgotten: int = 0
 
 
 @dataclass
@@ -127,7 +153,11 @@ class DialView:
     rotation: int = 0
     position: int = 0
     last_seen: float = 0.0
-    frames: int = 0
+    stats: DialCounts = field(default_factory=DialCounts)
+
+    @property
+    def frames(self) -> int:
+        return self.stats.frames
 
 
 class DialBridge:
@@ -148,8 +178,18 @@ class DialBridge:
         # The dial ids taken, least recently heard first (monotonic seconds): the bound, and
         # who is forgotten for a new id. A wall clock would jump at the Pi's first NTP sync.
         self._heard: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # Those of them known only from the broker's retained topics (from before a restart),
+        # not heard since: never more than _heard holds (see _learn).
+        self._unheard: set[str] = set()
         self._refused_alerts = DropAlerts(config.alert_interval, time.monotonic())
         self._last_refused = ""
+        # The broker hands over the retained topics of this node's dials at each connect: how
+        # the dials from before a restart are learned. The node's own publications come back
+        # on these only over MQTT 3.1.1 (no no-local there); they are of dials it knows, ignored.
+        node.add_subscription(state_topic(node.node_id, "+"), self.on_retained_state)
+        if node.config.node.discovery_prefix:
+            prefix = node.config.node.discovery_prefix
+            node.add_subscription(device_topic(prefix, "+"), self.on_retained_config)
 
     # -- frames in ---------------------------------------------------------------------------
     def feed_bytes(self, channel: FrameChannel, data: bytes) -> None:
@@ -177,26 +217,24 @@ class DialBridge:
             return
         if gap > 0:
             self._anomaly("lost", gap, channel, f"gap before seq {fr.seq}")
-        self.stats.frames += 1
         if fr.kind == df.HELLO:
             if fr.dial_id and DIAL_ID.match(fr.dial_id) and channel.transport == "serial":
                 channel.dial_id = fr.dial_id
-            self.stats.hellos += 1
-        view = self._view(channel)
+        view = self._view(channel, fr.firmware if fr.kind == df.HELLO else "")
+        self._count(view, "frames")
+        if fr.kind == df.HELLO:
+            self._count(view, "hellos")
         if view is None:
             return
-        view.frames += 1
         view.last_seen = time.time()
         view.symbol, view.rotation = fr.symbol, fr.rotation
-        if fr.kind == df.HELLO:
-            view.firmware = fr.firmware
-        elif fr.kind == df.ROTATE:
-            self.stats.rotations += 1
+        if fr.kind == df.ROTATE:
+            self._count(view, "rotations")
             view.position = fr.position
             self._rotated(channel, fr.symbol, fr.rotation, fr.seq)
             self._event(view, "rotated")
         elif fr.kind == df.PRESS:
-            self.stats.presses += 1
+            self._count(view, "presses")
             self.node.emit(
                 "dial/pressed",
                 DialPressed(
@@ -226,8 +264,9 @@ class DialBridge:
         with trace.span("dial frame", None, attributes):
             self.node.send("glyph/rotated", rotated, actor="dial", handle_now=True)
 
-    def _view(self, channel: FrameChannel) -> DialView | None:
-        """The channel's dial, made and announced at its first frame; None: refused (a serial
+    def _view(self, channel: FrameChannel, firmware: str) -> DialView | None:
+        """The channel's dial, made and announced at its first frame, and again once its hello
+        names its firmware (its Home Assistant device's `sw_version`); None: refused (a serial
         board's hello naming a new id beyond max_dials; MQTT's are refused before this)."""
         if not self._admit(channel.dial_id):
             return None
@@ -235,9 +274,18 @@ class DialBridge:
         if view is None:
             view = self.dials[channel.dial_id] = DialView(channel.dial_id)
         view.transport = channel.transport
+        if firmware and firmware != view.firmware:
+            view.firmware = firmware
+            self._announced.discard(channel.dial_id)
         if channel.dial_id not in self._announced:
-            self._announce(channel.dial_id)
+            self._announce(view)
         return view
+
+    def _count(self, view: DialView | None, kind: str, n: int = 1) -> None:
+        """`n` more of `kind` in the bridge's totals and, if the frame's dial is known, its own."""
+        setattr(self.stats, kind, getattr(self.stats, kind) + n)
+        if view is not None:
+            setattr(view.stats, kind, getattr(view.stats, kind) + n)
 
     # -- the bound on dial ids ---------------------------------------------------------------
     def _admit(self, dial_id: str) -> bool:
@@ -247,13 +295,24 @@ class DialBridge:
         if dial_id in self._heard:
             self._heard[dial_id] = now
             self._heard.move_to_end(dial_id)
+            self._unheard.discard(dial_id)
             return True
-        if len(self._heard) >= self.config.max_dials and not self._forget_quiet(now):
+        if len(self._heard) >= self.config.max_dials and not self._make_room(now):
             # Counted only: said by housekeeping once per interval, never per frame.
             self.stats.refused += 1
             self._last_refused = dial_id
             return False
         self._heard[dial_id] = now
+        return True
+
+    def _make_room(self, now: float) -> bool:
+        """A place for a new dial, if one can be had: a dial known only from before the node's
+        start gives its place first, however recently learned (a leftover must not keep a live
+        dial out); else the least recently heard dial, if silent for forget_after."""
+        leftover = next((d for d in self._heard if d in self._unheard), None)
+        if leftover is None:
+            return self._forget_quiet(now)
+        self._forget(leftover)
         return True
 
     def _forget_quiet(self, now: float) -> bool:
@@ -266,23 +325,81 @@ class DialBridge:
 
     def _forget(self, dial_id: str) -> None:
         """Everything the node keeps of a dial dropped; its retained state and Home Assistant
-        device config cleared (an empty retained payload: Home Assistant removes the device)."""
+        device config cleared, if it has any: published in this run, or learned at connect."""
         del self._heard[dial_id]
+        leftover = dial_id in self._unheard
+        self._unheard.discard(dial_id)
         self._mqtt_channels.pop(dial_id, None)
         self._announced.discard(dial_id)
         self.stats.forgotten += 1
-        if self.dials.pop(dial_id, None) is None or self.node.spine is None:
+        if self.dials.pop(dial_id, None) is None and not leftover:
             return  # no valid frame ever came: nothing was published for it
-        log.info(
-            "dial: %s silent for %.0fs, forgotten for a new dial", dial_id, self.config.forget_after
-        )
-        self.node.spine.publish(state_topic(self.node.node_id, dial_id), b"", retain=True)
-        prefix = self.node.config.node.discovery_prefix
-        if not prefix:
+        if leftover:
+            log.info("dial: %s, retained from before the node's start, forgotten", dial_id)
+        else:
+            after = self.config.forget_after
+            log.info("dial: %s silent for %.0fs, forgotten for a new dial", dial_id, after)
+        self._clear_retained(dial_id)
+
+    def _clear_retained(self, dial_id: str) -> None:
+        """A dial's retained Home Assistant device config and state document cleared (an empty
+        retained payload: Home Assistant removes the device). The config first, so that Home
+        Assistant has stopped reading the state when it empties (no template of nothing)."""
+        spine = self.node.spine
+        if spine is None:
             return
-        for msg in dial_discovery_messages(self.node.node_id, dial_id, prefix):
-            if msg.retain and msg.payload:  # the device config (the legacy topics are clear)
-                self.node.spine.publish(msg.topic, b"", retain=True)
+        prefix = self.node.config.node.discovery_prefix
+        if prefix:
+            spine.publish(dial_config_topic(prefix, self.node.node_id, dial_id), b"", retain=True)
+        spine.publish(state_topic(self.node.node_id, dial_id), b"", retain=True)
+
+    # -- dials from before a restart -----------------------------------------------------------
+    def on_retained_state(self, topic: str, payload: bytes) -> None:
+        """A state document of one of this node's dials: at connect, those the broker retains
+        (an empty payload is one cleared)."""
+        if payload:
+            self._learn(topic.split("/")[4])
+
+    def on_retained_config(self, topic: str, payload: bytes) -> None:
+        """A Home Assistant device config (anyone's: the filter cannot say whose): one of this
+        node's dials, by its discovery id, and by its entities' availability on this node's
+        status (another node may be called `<this node>_dial_<x>`)."""
+        stem = dial_uid(self.node.node_id, "")
+        discovery_id = topic.split("/")[-2]
+        dial_id = discovery_id[len(stem) :]
+        if not payload or not discovery_id.startswith(stem) or dial_id in self._heard:
+            return
+        if status_topic(self.node.node_id) in availability_topics(payload):
+            self._learn(dial_id)
+
+    def _learn(self, dial_id: str) -> None:
+        """A dial with retained topics the node has not heard in this run (they are from before
+        it started): known from now on, but silent, so it is forgotten, its topics cleared,
+        unless heard within forget_after, and gives its place first to a new dial. With no place
+        left its topics are cleared at once, memory bounded as ever (a live dial comes back with
+        its next hello). An old release's config under `-` replaced by `_` is learned as the
+        dial so named, and cleared so."""
+        if dial_id in self._heard or not DIAL_ID.match(dial_id):
+            return  # known: a dial heard in this run, or the node's own publication come back
+        if len(self._heard) >= self.config.max_dials:
+            log.info("dial: %s, retained from before the node's start: no place, cleared", dial_id)
+            self.stats.forgotten += 1
+            self._clear_retained(dial_id)
+            return
+        self._heard[dial_id] = time.monotonic()
+        self._unheard.add(dial_id)
+
+    def forget_leftovers(self, now: float | None = None) -> None:
+        """Dials known only from before the node's start and not heard for forget_after are
+        forgotten, a place needed or not: nothing else would ever clear their retained state and
+        Home Assistant device. (A dial heard in this run keeps its place, and its device, shown
+        unavailable by expire_after, until a new dial needs the place.)"""
+        after = self.config.forget_after
+        if not after:
+            return  # 0: a known dial is never forgotten
+        now = time.monotonic() if now is None else now
+        for dial_id in [d for d in self._unheard if now - self._heard[d] >= after]:
+            self._forget(dial_id)
 
     def say_refused(self, now: float | None = None) -> None:
         """One log line and alert with the count of refused frames, at most per alert_interval
@@ -300,7 +417,7 @@ class DialBridge:
 
     # -- reporting ---------------------------------------------------------------------------
     def _anomaly(self, kind: str, n: int, channel: FrameChannel, detail: str) -> None:
-        setattr(self.stats, kind, getattr(self.stats, kind) + n)
+        self._count(self.dials.get(channel.dial_id), kind, n)
         self._pending[kind] += n
         self._pending_detail[kind] = f"{channel.name}: {detail}"
         self.flush_alerts()
@@ -337,7 +454,6 @@ class DialBridge:
             "glyph": symbol_name(view.symbol),
             "colour": colour,
             "rotation_name": ROTATIONS[view.rotation],
-            "stats": asdict(self.stats),
         }
 
     def _publish_state(self, view: DialView) -> None:
@@ -361,28 +477,32 @@ class DialBridge:
             event_topic(self.node.node_id, view.dial_id), json.dumps(doc).encode(), qos=0
         )
 
-    def _announce(self, dial_id: str) -> None:
+    def _announce(self, view: DialView) -> None:
         prefix = self.node.config.node.discovery_prefix
         if not prefix or self.node.spine is None:
             return
-        self._announced.add(dial_id)
-        for msg in dial_discovery_messages(self.node.node_id, dial_id, prefix):
+        self._announced.add(view.dial_id)
+        msgs = dial_discovery_messages(self.node.node_id, view.dial_id, prefix, view.firmware)
+        for msg in msgs:
             self.node.spine.publish(msg.topic, msg.payload, retain=msg.retain)
 
     def announce_all(self) -> None:
-        """Every known dial announced to Home Assistant again (after a reconnect, or when Home
-        Assistant says it is back: node.daemon hears its birth message)."""
+        """Every dial heard in this run announced to Home Assistant again (after a reconnect,
+        or when Home Assistant says it is back: node.daemon hears its birth message); those only
+        learned from before the start are not: they are to be cleared, not renewed."""
         self._announced.clear()
-        for dial_id in self.dials:
-            self._announce(dial_id)
+        for view in self.dials.values():
+            self._announce(view)
 
     # -- services ----------------------------------------------------------------------------
     async def housekeeping(self) -> None:
-        """Coalesced alerts go out; after a broker reconnect the dials are announced again."""
+        """Coalesced alerts go out; dials from before the start not heard are forgotten; after
+        a broker reconnect the dials are announced again."""
         while True:
             await asyncio.sleep(1.0)
             self.flush_alerts()
             self.say_refused()
+            self.forget_leftovers()
             spine = self.node.spine
             if spine is not None and spine.stats.connects != self._connects_seen:
                 if self._connects_seen >= 0:
@@ -464,7 +584,8 @@ class DialBridge:
         channel = channels.get(dial_id)
         if channel is None:
             if not DIAL_ID.match(dial_id):
-                ch = FrameChannel(f"mqtt:{dial_id[:40]}", "mqtt", "invalid")
+                # No dial id ("" is none): its count is the bridge's, never a dial's.
+                ch = FrameChannel(f"mqtt:{dial_id[:40]}", "mqtt", "")
                 self._anomaly("malformed", 1, ch, "bad dial id in topic")
                 return
             if not self._admit(dial_id):
@@ -485,11 +606,52 @@ def read_ready(fd: int, size: int) -> bytes:
     return data
 
 
-def dial_discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[DiscoveryMessage]:
-    """Home Assistant: the dial as an `event` entity, its position and glyph as sensors, and its
-    frame losses as a diagnostic sensor; one device config of its own, grouped under the node's
-    device (the same `device` identifiers)."""
-    uid = f"gibsey_{node_id}_dial_{dial_id}".replace("-", "_")
+def dial_uid(node_id: str, dial_id: str) -> str:
+    """A dial's Home Assistant discovery id and device identifier, the stem of its entities'
+    unique ids: the dial id as it is. Its characters (a-z 0-9 _ -: DIAL_ID, and the firmware's
+    own check) are all allowed in a discovery id, and the dial id ends it, so two dials never
+    share one (`-` replaced by `_`, as releases before did, made x-1 and x_1 one device)."""
+    return f"gibsey_{node_id}_dial_{dial_id}"
+
+
+def dial_config_topic(prefix: str, node_id: str, dial_id: str) -> str:
+    return device_topic(prefix, dial_uid(node_id, dial_id))
+
+
+def availability_topics(payload: bytes) -> set[str]:
+    """The availability topics a device config's components name (none, if it is no config)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return set()
+    components = doc.get("components") if isinstance(doc, dict) else None
+    if not isinstance(components, dict):
+        return set()
+    topics = (c.get("availability_topic") for c in components.values() if isinstance(c, dict))
+    return {t for t in topics if isinstance(t, str)}
+
+
+def dial_device_config(node_id: str, dial_id: str, firmware: str = "") -> dict[str, Any]:
+    """The dial as a Home Assistant device of its own (so one stale dial can be deleted in Home
+    Assistant's UI), connected through the node's device (`via_device`)."""
+    device: dict[str, Any] = {
+        "identifiers": [dial_uid(node_id, dial_id)],
+        "name": f"Gibsey {node_id} dial {dial_id}",
+        "manufacturer": "Gibsey",
+        "model": "Gibsey dial",
+        "via_device": node_identifier(node_id),
+    }
+    if firmware:  # known from the dial's hello
+        device["sw_version"] = firmware
+    return device
+
+
+def dial_discovery_messages(
+    node_id: str, dial_id: str, prefix: str, firmware: str = ""
+) -> list[DiscoveryMessage]:
+    """Home Assistant: the dial as an `event` entity, its state and glyph as sensors, and its
+    frame losses as a diagnostic sensor; one device config of its own."""
+    uid = dial_uid(node_id, dial_id)
     # The topics of the old per-entity configs, migrated and cleared (spine/discovery.py).
     disc = f"{node_id}_dial_{dial_id}"
     components: dict[str, dict[str, Any]] = {}
@@ -499,34 +661,43 @@ def dial_discovery_messages(node_id: str, dial_id: str, prefix: str) -> list[Dis
             platform, f"{uid}_{object_id}", {**extra, **availability_config(node_id)}
         )
         legacy.append(f"{prefix}/{platform}/{disc}/{object_id}/config")
-    return device_messages(prefix, uid, device_config(node_id), components, legacy)
+    device = dial_device_config(node_id, dial_id, firmware)
+    return device_messages(prefix, uid, device, components, legacy)
 
 
 def _dial_entities(node_id: str, dial_id: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(component, object id, entity config) of each Home Assistant entity of one dial."""
+    """(component, object id, entity config) of each Home Assistant entity of one dial. Names
+    are the entity's own (Home Assistant puts the device's name before them); the event entity,
+    the dial itself, has none: it is called as its device is. Each sensor expires (shown
+    unavailable) once the dial's state is EXPIRE_AFTER_S old."""
     state = state_topic(node_id, dial_id)
     return [
         (
             "event",
             "turn",
             {
-                "name": f"Dial {dial_id}",
+                "name": None,
                 "state_topic": event_topic(node_id, dial_id),
                 "event_types": ["rotated", "pressed", "long_pressed"],
                 "icon": "mdi:rotate-right",
             },
         ),
         (
+            # The glyph state (symbol * 4 + rotation, what a ritual runs on), under the object
+            # id "position" of releases before, so its unique id and history stay. A code, not
+            # a quantity: no state_class (its mean or graph means nothing).
             "sensor",
             "position",
             {
-                "name": f"Dial {dial_id} position",
+                "name": "State",
                 "state_topic": state,
                 "value_template": "{{ value_json.state }}",
+                "expire_after": EXPIRE_AFTER_S,
                 "json_attributes_topic": state,
                 "json_attributes_template": (
                     "{{ {'symbol': value_json.symbol, 'rotation': value_json.rotation, "
-                    "'glyph': value_json.glyph, 'colour': value_json.colour} | tojson }}"
+                    "'glyph': value_json.glyph, 'colour': value_json.colour, "
+                    "'position': value_json.position} | tojson }}"
                 ),
                 "icon": "mdi:knob",
             },
@@ -535,9 +706,10 @@ def _dial_entities(node_id: str, dial_id: str) -> list[tuple[str, str, dict[str,
             "sensor",
             "glyph",
             {
-                "name": f"Dial {dial_id} glyph",
+                "name": "Glyph",
                 "state_topic": state,
                 "value_template": "{{ value_json.glyph }} ({{ value_json.rotation_name }})",
+                "expire_after": EXPIRE_AFTER_S,
                 "icon": "mdi:alpha-g-circle",
             },
         ),
@@ -545,10 +717,11 @@ def _dial_entities(node_id: str, dial_id: str) -> list[tuple[str, str, dict[str,
             "sensor",
             "frames_lost",
             {
-                "name": f"Dial {dial_id} frames lost",
+                "name": "Frames lost",
                 "state_topic": state,
-                "value_template": "{{ value_json.stats.lost }}",
+                "value_template": "{{ value_json.stats.lost }}",  # this dial's own count
                 "state_class": "total_increasing",
+                "expire_after": EXPIRE_AFTER_S,
                 "entity_category": "diagnostic",
                 "icon": "mdi:lan-disconnect",
             },

@@ -9,7 +9,8 @@
     alert_interval = 10.0  # seconds between alerts of one reason
     max_dials = 16         # dial ids the node keeps; frames of a new id beyond them are refused
     forget_after = 300.0   # seconds a dial may be silent (a live one says hello every 5 s)
-                           # before a new id may take its place; 0: never
+                           # before a new id may take its place, and a dial of a run before a
+                           # restart, not heard again, is removed; 0: never
     enabled = true         # false: no dial bridge at all
 
 Each key is optional; unknown keys are refused (gibsey.core.config).

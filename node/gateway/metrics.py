@@ -191,8 +191,9 @@ class NodeCollector(Collector):
         )
 
     def _dial(self) -> Iterator[Metric]:
-        """The dial bridge's counters (the same as each dial's state document): frames by
-        outcome, and the dial ids it keeps, refused (past [dial] max_dials) and forgot."""
+        """The dial bridge's counters (the sums of every dial's, whose own are in its state
+        document): frames by outcome, and the dial ids it keeps, refused (past [dial]
+        max_dials) and forgot."""
         bridge = self.node.parts.dial
         if bridge is None:
             return

@@ -8,7 +8,10 @@ node, and each of its dials) under `<prefix>/device/<id>/config`, holding the `d
 
 The node's sensors all read its one retained status document (`gibsey/v1/<node>/node/status`)
 with a value template, and use the same topic for availability: the broker's last will turns it
-to `offline` when the node dies, so the dashboard greys the node out by itself.
+to `offline` when the node dies, so the dashboard greys the node out by itself. The will is only
+`{"state": "offline", "node": ...}` (fixed at connect, it cannot carry the last counts), so each
+template of a field the will lacks falls back to `none`: Home Assistant then reads the sensor as
+unknown, with no template warning and no made-up 0 in a counter's history.
 
 Releases before this one sent one retained config per entity (`<prefix>/sensor/<node>/<object>/
 config`). Each announcement first tells Home Assistant to migrate those (`{"migrate_discovery":
@@ -31,13 +34,15 @@ from gibsey.core.topics import status_topic
 ORIGIN: dict[str, str] = {"name": "gibsey-node", "sw_version": __version__}
 HA_ONLINE = b"online"  # Home Assistant's birth payload on <prefix>/status
 
+# A numeric sensor's template rendering `None` leaves the sensor unknown (Home Assistant's MQTT
+# sensor); an undefined field would be a template warning on every offline document.
 SENSORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("status", "Status", {"value_template": "{{ value_json.state }}", "icon": "mdi:access-point"}),
     (
         "events_per_s",
         "Events per second",
         {
-            "value_template": "{{ value_json.events_per_s }}",
+            "value_template": "{{ value_json.events_per_s | default(none) }}",
             "unit_of_measurement": "events/s",
             "state_class": "measurement",
             "icon": "mdi:pulse",
@@ -47,7 +52,9 @@ SENSORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "uptime",
         "Uptime",
         {
-            "value_template": "{{ value_json.uptime_s | round(0) }}",
+            "value_template": (
+                "{{ value_json.uptime_s | round(0) if value_json.uptime_s is defined else none }}"
+            ),
             "unit_of_measurement": "s",
             "device_class": "duration",
             "state_class": "measurement",
@@ -58,7 +65,7 @@ SENSORS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "rejected",
         "Rejected inputs",
         {
-            "value_template": "{{ value_json.rejected_total }}",
+            "value_template": "{{ value_json.rejected_total | default(none) }}",
             "state_class": "total_increasing",
             "entity_category": "diagnostic",
             "icon": "mdi:shield-alert",
@@ -79,15 +86,26 @@ def ha_status_topic(prefix: str) -> str:
     return f"{prefix}/status"
 
 
+def node_identifier(node_id: str) -> str:
+    """The node's Home Assistant device identifier (its dials' devices name it as `via_device`)."""
+    return f"gibsey_{node_id}"
+
+
 def device_config(node_id: str) -> dict[str, Any]:
-    """The node as a Home Assistant device: its own sensors and its dials' entities name it."""
+    """The node as a Home Assistant device, with its own sensors; each dial is a device of its
+    own, connected through this one (node/dial/bridge.py)."""
     return {
-        "identifiers": [f"gibsey_{node_id}"],
+        "identifiers": [node_identifier(node_id)],
         "name": f"Gibsey {node_id}",
         "manufacturer": "Gibsey",
         "model": "Gibsey node",
         "sw_version": __version__,
     }
+
+
+def device_topic(prefix: str, discovery_id: str) -> str:
+    """Where a device's retained config is (an empty retained payload there removes it)."""
+    return f"{prefix}/device/{discovery_id}/config"
 
 
 def availability_config(node_id: str) -> dict[str, Any]:
@@ -122,7 +140,7 @@ def device_messages(
     migrate = json.dumps({"migrate_discovery": True}).encode()
     return [
         *(DiscoveryMessage(t, migrate, retain=False) for t in legacy_topics),
-        DiscoveryMessage(f"{prefix}/device/{discovery_id}/config", json.dumps(doc).encode(), True),
+        DiscoveryMessage(device_topic(prefix, discovery_id), json.dumps(doc).encode(), True),
         *(DiscoveryMessage(t, b"", retain=True) for t in legacy_topics),
     ]
 
@@ -143,4 +161,5 @@ def discovery_messages(node_id: str, prefix: str = "homeassistant") -> list[Disc
             },
         )
     legacy = [f"{prefix}/sensor/{node_id}/{object_id}/config" for object_id, _, _ in SENSORS]
-    return device_messages(prefix, f"gibsey_{node_id}", device_config(node_id), components, legacy)
+    discovery_id = node_identifier(node_id)
+    return device_messages(prefix, discovery_id, device_config(node_id), components, legacy)

@@ -46,6 +46,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gibsey.core.mqtt import (
     ClientSettings,
@@ -245,7 +246,17 @@ class Spine:
         self._extra.append(topic_filter)
         self._extra_matcher[topic_filter] = (topic_filter, callback)
         if self._conn is not None and self._connected.is_set():
-            self._conn.client.subscribe(topic_filter, qos=1)  # its SUBACK needs no answer
+            self._subscribe_extra(self._conn, topic_filter)
+
+    def _subscribe_extra(self, conn: Connection, topic_filter: str) -> None:
+        """Subscribed with no local where the broker speaks MQTT 5, as the event topics are:
+        what the node publishes there itself (a dial's retained state) never comes back, while
+        what the broker retains, whoever published it, is still handed over at subscribe
+        (how the dial bridge learns the dials of a run before). Its SUBACK needs no answer."""
+        if self.echoes_own:
+            conn.client.subscribe(topic_filter, qos=1)
+        else:
+            conn.client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=True))
 
     def _deliver_extra(self, topic: str, payload: bytes) -> bool:
         """Hand a message to the part whose subscription it matches; False if none does."""
@@ -408,7 +419,7 @@ class Spine:
             for sub in self._subscriptions:
                 await conn.subscribe(sub, qos=1, no_local=no_local)
             for topic_filter in self._extra:
-                conn.client.subscribe(topic_filter, qos=1)  # its SUBACK needs no answer
+                self._subscribe_extra(conn, topic_filter)
             if self._on_connect:
                 self._on_connect()
             self._pump()
