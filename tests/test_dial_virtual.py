@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.dialcore import frame as df
+from gibsey.harness.waiting import until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
-from gibsey.node.dial.bridge import read_ready
+from gibsey.node.dial.bridge import frame_topic, read_ready
 from gibsey.node.dial.cli import VirtualDial, parse_keys
 from gibsey.node.dial.config import DialConfig
 from tests.brokers import Mosquitto
@@ -96,6 +98,7 @@ async def test_keys_turn_the_node_through_the_bridge(
             mosquitto.url,
             "--symbol",
             "2",
+            *("--heartbeat", "0"),  # one hello, the boot's: the count below is exact
         ]
     )
     try:
@@ -161,3 +164,29 @@ def test_a_dial_without_a_terminal_or_a_pipe_says_so_in_one_line(tmp_path: Path)
         "(/dev/null or a file: under nohup, cron or CI); run it in a terminal, or pipe keys to it"
     ]
     assert "Traceback" not in done.stderr
+
+
+async def test_an_idle_virtual_dial_says_hello_as_a_board_does(
+    node: Node, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried: `gibsey dial` left alone, its heartbeat short. Must hold: after its boot hello it
+    sends heartbeat hellos (boot 0) with no key pressed, as a board's firmware does every
+    heartbeat_s, so the node keeps hearing it (its Home Assistant sensors expire without)."""
+    nid = node.node_id
+    col = await collector_factory(mosquitto.port, frame_topic(nid, "idle"))
+    args = ["dial", "--data", str(node.data_dir), "--broker", mosquitto.url, "--dial-id", "idle"]
+    term = Terminal([sys.executable, "-m", "gibsey", *args, "--heartbeat", "0.2"])
+    try:
+        await term.wait_for(b"connected")
+        await col.wait_for(lambda c: len(c.messages) >= 3)
+        frames = [df.decode(payload.decode()) for _, payload in col.messages[:3]]
+        assert [(f.kind, f.boot) for f in frames] == [(df.HELLO, True)] + [(df.HELLO, False)] * 2
+        assert [f.seq for f in frames] == [0, 1, 2]  # no gap: the node counts none lost
+        bridge = node.parts.dial
+        assert bridge is not None
+        await until(lambda: bridge.stats.hellos >= 3, 10, "the node hearing the heartbeats")
+        assert bridge.stats.lost == 0
+        term.type(b"q")
+        assert await asyncio.to_thread(term.proc.wait, 10) == 0
+    finally:
+        term.close()

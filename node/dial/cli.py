@@ -42,9 +42,11 @@ from gibsey.core.mqtt import BrokerUrlError, ClientSettings, MqttError, Session,
 from gibsey.core.topics import topic_for
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.app import FIRMWARE
+from gibsey.dialcore.config import DEFAULTS as FIRMWARE_DEFAULTS
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, QdpiDial, symbol_name
 from gibsey.node.dial.bridge import frame_topic, read_ready
 
+HEARTBEAT_S = float(FIRMWARE_DEFAULTS["heartbeat_s"])  # as a board sends its hellos
 ARROWS = "↑→↓←"  # the glyph's orientation per rotation: Read, Write, Remember, Dream
 KEYS = {
     b"\x1b[C": "cw",
@@ -93,12 +95,16 @@ class VirtualDial:
     last_sent_at: float = 0.0
     last_rtt_ms: float | None = None
     log: list[str] = field(default_factory=list)
+    # A hello every this many seconds without a key, as the firmware's `heartbeat_s` (0: none):
+    # the node's Home Assistant sensors of a dial go unavailable when its hellos stop.
+    heartbeat_s: float = HEARTBEAT_S
 
     def next_frame(self, action: str) -> list[str]:
         d = self.dial
         lines: list[str] = []
-        if action == "hello":
-            lines.append(df.hello(self.seq, self.dial_id, FIRMWARE, d.symbol, d.rotation, True))
+        if action in ("hello", "beat"):  # the boot hello, or the heartbeat's
+            boot = action == "hello"
+            lines.append(df.hello(self.seq, self.dial_id, FIRMWARE, d.symbol, d.rotation, boot))
         elif action in ("cw", "ccw"):
             d.turn(1 if action == "cw" else -1)
             lines.append(df.rotate(self.seq, d.symbol, d.rotation, d.position))
@@ -226,7 +232,7 @@ async def _dial_session(vd: VirtualDial, url: str, live: Live, actions: asyncio.
         live.update(vd.render(), refresh=True)
         reader = asyncio.create_task(_show_answers(vd, session, live))
         try:
-            while (action := await actions.get()) != "quit":
+            while (action := await _next_action(actions, vd.heartbeat_s)) != "quit":
                 vd.last_sent_at = time.perf_counter()
                 for line in vd.next_frame(action):
                     await session.publish(topic, line, qos=1)
@@ -234,6 +240,17 @@ async def _dial_session(vd: VirtualDial, url: str, live: Live, actions: asyncio.
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _next_action(actions: asyncio.Queue[str], heartbeat_s: float) -> str:
+    """The next key's action, or "beat" once `heartbeat_s` pass without one (0: wait on)."""
+    if not heartbeat_s:
+        return await actions.get()
+    try:
+        async with asyncio.timeout(heartbeat_s):  # not wait_for: it can drop a cancel
+            return await actions.get()
+    except TimeoutError:
+        return "beat"
 
 
 async def _show_answers(vd: VirtualDial, session: Session, live: Live) -> None:
@@ -269,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
         # [node] is no markup; one line, however narrow the terminal or the pipe
         console.print(f"[red]gibsey dial:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
-    vd = VirtualDial(node_id=node_id, dial_id=args.dial_id, dial=dial)
+    vd = VirtualDial(node_id=node_id, dial_id=args.dial_id, dial=dial, heartbeat_s=args.heartbeat)
     fd = sys.stdin.fileno()
     if not _keys_can_arrive(fd):
         console.print(
@@ -313,6 +330,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", metavar="URL", default=None, help="mqtt://host:port of the node")
     p.add_argument("--node", metavar="ID", default=None, help="node id (default: the data dir's)")
     p.add_argument("--dial-id", default="virtual", help="this dial's id (default: virtual)")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=HEARTBEAT_S,
+        metavar="S",
+        help=f"a hello every S seconds without a key, as a board's heartbeat_s (default "
+        f"{HEARTBEAT_S:g}; 0: none)",
+    )
     p.add_argument("--symbol", type=int, default=0, help="base symbol to start on, 0..63")
     p.set_defaults(func=_run)
 
