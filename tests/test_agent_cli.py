@@ -8,13 +8,14 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
 
 from tests.agent_support import agent_node, agents
 from tests.brokers import Mosquitto
-from tests.conftest import CollectorFactory
+from tests.conftest import Collector, CollectorFactory
 from tests.events import raw_event, topic
 
 
@@ -109,6 +110,31 @@ async def test_reload_signed_by_a_stranger_key_says_the_node_refused_it(
     ), [r.getMessage() for r in caplog.records]
 
 
+async def _reload_asked_of_a_played_node(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector_factory: CollectorFactory,
+    nid: str,
+    timeout_s: float,
+) -> tuple[Collector, asyncio.Task[tuple[int, str, str]], dict[str, Any]]:
+    """`reload-model` signed by a stranger's key, run against a node the test plays: the
+    collector on its agent/reload topic, the running CLI, and the request it published."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "node_id").write_text(nid)
+    col = await collector_factory(mosquitto.port, topic(nid, "agent/reload"))
+    cli = asyncio.create_task(
+        _gibsey(
+            "agent",
+            "reload-model",
+            *("--data", str(data), "--broker", mosquitto.url, "--timeout", f"{timeout_s:g}"),
+            *("--operator-key", _stranger_key(tmp_path)),
+        )
+    )
+    request = json.loads((await col.wait_for(lambda c: c.messages, timeout_s=30))[0][1])
+    return col, cli, request
+
+
 async def test_reload_waits_through_alerts_about_anything_else(
     tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
 ) -> None:
@@ -118,19 +144,9 @@ async def test_reload_waits_through_alerts_about_anything_else(
     before the refusal. Must hold: none ends the wait; the refusal of this request does,
     with its own reason, exit status 1."""
     nid = "node-under-test"
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "node_id").write_text(nid)
-    col = await collector_factory(mosquitto.port, topic(nid, "agent/reload"))
-    cli = asyncio.create_task(
-        _gibsey(
-            "agent",
-            "reload-model",
-            *("--data", str(data), "--broker", mosquitto.url, "--timeout", "20"),
-            *("--operator-key", _stranger_key(tmp_path)),
-        )
+    col, cli, request = await _reload_asked_of_a_played_node(
+        tmp_path, mosquitto, collector_factory, nid, timeout_s=20
     )
-    request = json.loads((await col.wait_for(lambda c: c.messages, timeout_s=30))[0][1])
     ours, alerts = request["id"], topic(nid, "safety/alert")
 
     async def alert(reason: str, detail: str) -> None:
@@ -158,19 +174,9 @@ async def test_reload_ends_on_the_nodes_refusal_answer_when_no_alert_comes(
     answers the asker on its reply topic. The test plays the node, answering with only that
     (no alert). Must hold: the CLI ends at once with the node's reason, exit status 1."""
     nid = "node-under-test"
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "node_id").write_text(nid)
-    col = await collector_factory(mosquitto.port, topic(nid, "agent/reload"))
-    cli = asyncio.create_task(
-        _gibsey(
-            "agent",
-            "reload-model",
-            *("--data", str(data), "--broker", mosquitto.url, "--timeout", "60"),
-            *("--operator-key", _stranger_key(tmp_path)),
-        )
+    col, cli, request = await _reload_asked_of_a_played_node(
+        tmp_path, mosquitto, collector_factory, nid, timeout_s=60
     )
-    request = json.loads((await col.wait_for(lambda c: c.messages, timeout_s=30))[0][1])
     body = request["payload"]
     answer = {
         "ok": False,

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +15,9 @@ import pytest
 from tests.conftest import CollectorFactory
 from tests.events import raw_event, topic
 from tests.gateway_support import GatewayNode, gateway_node
+from tests.test_ledger_announce import ledger_cli
 
 __all__ = ["gateway_node"]
-
-
-def _ledger(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gibsey", "ledger", *args, "--data", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def _txns(gw: GatewayNode) -> list[dict[str, Any]]:
@@ -48,7 +37,7 @@ async def test_a_forged_gift_is_not_shown_and_a_real_one_is(
     gw = gateway_node
     nid, data = gw.node.node_id, gw.node.data_dir
     (data / "gibsey.toml").write_text(f'[node]\nbroker = "{gw.broker.url}"\n')
-    done = await asyncio.to_thread(_ledger, data, "mint", "ada", "5")
+    done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
     assert done.returncode == 0, done.stderr
     await asyncio.wait_for(_until_shown(gw, 1), 30)
     real_mint = (await _txns(gw))[0]
@@ -61,7 +50,7 @@ async def test_a_forged_gift_is_not_shown_and_a_real_one_is(
     ]
     for body in forged:
         await col.publish(topic(nid, "gift/txn"), raw_event(nid, "gift/txn", body, actor="ada"))
-    done = await asyncio.to_thread(_ledger, data, "gift", "ada", "bob", "2")
+    done = await asyncio.to_thread(ledger_cli, data, "gift", "ada", "bob", "2")
     assert done.returncode == 0, done.stderr
     await asyncio.wait_for(_until_shown(gw, 2), 30)  # published after the forged ones
 

@@ -13,7 +13,7 @@ from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory
 
 
-def _gibsey(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def ledger_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gibsey", "ledger", *args, "--data", str(data)],
         capture_output=True,
@@ -30,7 +30,7 @@ async def test_gift_and_balance_are_announced(
     (data / "gibsey.toml").write_text(f'[node]\nbroker = "{mosquitto.url}"\n')
     col: Collector = await collector_factory(mosquitto.port, "gibsey/v1/+/gift/+")
     for args in (("mint", "ada", "5"), ("gift", "ada", "bob", "2"), ("balance",)):
-        done = await asyncio.to_thread(_gibsey, data, *args)
+        done = await asyncio.to_thread(ledger_cli, data, *args)
         assert done.returncode == 0, done.stderr + done.stdout
         assert "not announced" not in done.stdout + done.stderr
     await col.wait_for(lambda c: len(c.of_kind("txn")) == 2 and c.of_kind("balance"))
@@ -59,9 +59,9 @@ def test_without_a_broker_the_entry_is_kept_and_the_command_says_so(tmp_path: Pa
     data = tmp_path / "node"
     data.mkdir()
     (data / "gibsey.toml").write_text(f'[node]\nbroker = "mqtt://127.0.0.1:{free_port()}"\n')
-    done = _gibsey(data, "mint", "ada", "5")
+    done = ledger_cli(data, "mint", "ada", "5")
     assert done.returncode == 0
     assert done.stdout.startswith("mint appended: seq 1")  # stdout is the answer alone
     assert "recorded, but not announced on MQTT: no broker at" in done.stderr
-    shown = _gibsey(data, "balance", "ada")
+    shown = ledger_cli(data, "balance", "ada")
     assert "5" in shown.stdout
