@@ -10,8 +10,8 @@ where the environment says PYTHONDONTWRITEBYTECODE (compiling the sources at eve
 ~0.5 MiB more).
 With the gateway (HTTP on, the default) and without (`--http off`). Baselines, same run: a bare
 `python -c 'import time; time.sleep(60)'`, and what parts of the gateway's stack add to a Python
-process that imported the daemon (FastAPI and uvicorn as the daemon imports them; what uvicorn
-imports for its command line and supervisors), and apsw's resident library
+process that imported the daemon (FastAPI and uvicorn as the daemon imports them: uvicorn without
+its command line and supervisors, node/gateway/uvicorn_lean.py), and apsw's resident library
 in the node, which the row names when the goal is not met. Goal: at most 60 MiB (a Pi Zero 2 W
 has 512 MB).
 And with the gateway on, run by the card's interpreter: Debian's own python3, which the image's
@@ -147,12 +147,10 @@ def _baselines(pycache: Path) -> dict[str, float]:
     core = median(daemon)
     return {
         "bare": median("pass"),
-        # The web framework as the daemon imports it (fastapi_lean: its models built at first use).
-        "web": median(f"{daemon}; from gibsey.node.gateway import fastapi_lean; import uvicorn")
+        # The web framework as the daemon imports it (fastapi_lean: its models built at first
+        # use; uvicorn_lean: no command line, no supervisors).
+        "web": median(f"{daemon}; from gibsey.node.gateway import fastapi_lean, uvicorn_lean")
         - core,
-        # What uvicorn's package imports for its command line and its reload/worker supervisors,
-        # which a server embedded in the node never runs.
-        "cli": median(f"{daemon}; import click, multiprocessing.connection") - core,
     }
 
 
@@ -200,9 +198,8 @@ def run() -> list[Row]:
     )
     stops = (
         f"; what is left above the goal is third-party code the gateway needs loaded: FastAPI and "
-        f"uvicorn add {base['web']:.1f} MiB to a Python that imported the daemon, of which "
-        f"{base['cli']:.1f} MiB is what uvicorn's package imports for its CLI and supervisors "
-        "(click, multiprocessing; no uvicorn API avoids them); apsw's library holds "
+        f"uvicorn add {base['web']:.1f} MiB to a Python that imported the daemon; apsw's "
+        "library holds "
         f"{apsw:.1f} MiB here, mapped only because this Python's sqlite3 cannot load sqlite-vec "
         "(a Debian/Raspberry Pi OS Python's can: agents.db then opens through the stdlib, the "
         "card's row)"
@@ -217,7 +214,8 @@ def run() -> list[Row]:
             "MiB",
             limit=("<=", GOAL_MIB),
             note=f"{common}; GraphQL, NumPy, amqtt, zmq, rich, pydantic.v1, "
-            "prometheus_client (the first scrape of /metrics) load only when used, "
+            "prometheus_client (the first scrape of /metrics) load only when used, uvicorn's "
+            "command line and supervisors (click, multiprocessing) never, "
             f"FastAPI's OpenAPI models are built at the first /openapi.json{stops}",
         ),
         Row(

@@ -2,7 +2,7 @@
 used yet, are not imported (numpy with the first memory, strawberry with the first /graphql
 request, amqtt only as the embedded broker, zmq only with the mesh, llama.cpp and onnxruntime in
 the worker or the embedder, rich only on a terminal, difflib with the first diff,
-prometheus_client with the first scrape of /metrics), FastAPI's
+prometheus_client with the first scrape of /metrics, uvicorn's command line never), FastAPI's
 OpenAPI models are built at the first /openapi.json, and FastAPI does not import pydantic.v1;
 `gibsey bench footprint` measures the RSS this saves."""
 
@@ -29,6 +29,8 @@ NOT_LOADED = (
     *("strawberry", "graphql", "amqtt", "zmq"),
     *("pydantic.v1", "rich", "difflib"),
     "prometheus_client",  # at the first scrape of /metrics
+    # uvicorn's command line and its reload and worker supervisors (node/gateway/uvicorn_lean.py)
+    *("uvicorn.main", "click", "multiprocessing"),
 )
 # The shared objects of those that have any: what /proc/PID/maps of the real process shows.
 NOT_MAPPED = ("/numpy/", "/llama_cpp/", "/onnxruntime/", "/tokenizers/", "/zmq/", "/pyzmq.libs/")

@@ -18,8 +18,6 @@ import socket
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
-import uvicorn
-
 from gibsey.core.envelope import SafetyAlert
 from gibsey.core.identity import write_atomic
 from gibsey.core.storage import StorageError
@@ -31,6 +29,7 @@ from gibsey.node.gateway.logs import use_json_logs
 from gibsey.node.gateway.scrape import Metrics, count_start
 from gibsey.node.gateway.state import GatewayState
 from gibsey.node.gateway.tokens import node_token
+from gibsey.node.gateway.uvicorn_lean import Config, Server
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -43,7 +42,7 @@ SHUTDOWN_TIMEOUT_S = 3
 MAX_CONNECTIONS = 256
 
 
-class _Server(uvicorn.Server):
+class _Server(Server):
     """uvicorn without its own signal handlers: `gibsey up` owns SIGINT/SIGTERM."""
 
     @contextlib.contextmanager
@@ -99,7 +98,7 @@ class Gateway:
             log.error("gateway: %s; the node runs without its HTTP gateway", detail)
             self.node.alert(SafetyAlert(reason="gateway_unavailable", detail=detail))
             return
-        config = uvicorn.Config(
+        config = Config(
             self.app,
             log_config=None,
             access_log=False,
