@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gibsey.harness.waiting import until
 from tests.conftest import CollectorFactory
 from tests.events import raw_event, topic
 from tests.gateway_support import GatewayNode, gateway_node
@@ -28,11 +29,12 @@ async def _txns(gw: GatewayNode) -> list[dict[str, Any]]:
 async def test_a_forged_gift_is_not_shown_and_a_real_one_is(
     gateway_node: GatewayNode, collector_factory: CollectorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Tried, in order: a gift/txn naming no entry, one naming an entry hash nobody stored, one
-    copying a real entry's hash with another amount (all from a stranger's client), then
-    `gibsey ledger mint` and `gift` announcing real entries. Must hold: /api/events shows the
-    two real ones, exactly as announced, and none of the forged; the hub counts three not
-    shown, and the log says so once, not once each."""
+    """Tried, in order: `gibsey ledger mint`; a gift/txn naming no entry, one naming an entry
+    hash nobody stored, one copying the real mint's hash with another amount (all from a
+    stranger's client); `gibsey ledger gift`; the mint's announcement replayed word for word
+    under a new id. Must hold: /api/events shows the real mint and gift once each, exactly as
+    announced, and nothing else; the hub counts four not shown, and the log says so once, not
+    once each."""
     caplog.set_level(logging.WARNING, logger="gibsey.gateway.hub")
     gw = gateway_node
     nid, data = gw.node.node_id, gw.node.data_dir
@@ -53,6 +55,9 @@ async def test_a_forged_gift_is_not_shown_and_a_real_one_is(
     done = await asyncio.to_thread(ledger_cli, data, "gift", "ada", "bob", "2")
     assert done.returncode == 0, done.stderr
     await asyncio.wait_for(_until_shown(gw, 2), 30)  # published after the forged ones
+    # The real mint's announcement replayed, word for word but for a new event id: a fourth.
+    await col.publish(topic(nid, "gift/txn"), raw_event(nid, "gift/txn", real_mint, actor="ada"))
+    await until(lambda: gw.gateway.hub.unrecorded == 4, 30, "the replay judged")
 
     shown = await _txns(gw)
     assert [(t["type"], t["giver"], t["receiver"], t["amount"]) for t in shown] == [
@@ -60,7 +65,7 @@ async def test_a_forged_gift_is_not_shown_and_a_real_one_is(
         ("gift", "ada", "bob", 2),
     ]
     hub = gw.gateway.hub
-    assert hub.unrecorded == 3
+    assert hub.unrecorded == 4
     said = [r.getMessage() for r in caplog.records if "not shown" in r.getMessage()]
     assert len(said) == 1 and "1 gift/txn" in said[0], said
 

@@ -33,6 +33,7 @@ RECENT = 200
 SUBSCRIBER_QUEUE = 512
 HUB_QUEUE = 8192
 TXN_TYPES = frozenset({"gift", "mint", "burn"})  # the entries a gift/txn announces
+ANNOUNCED_KEPT = 1024  # entries announced from another process, remembered against replays
 
 
 @dataclass(eq=False)
@@ -81,6 +82,8 @@ class Hub:
         self.seen = 0
         self.unrecorded = 0  # gift/txn naming this node that no entry of its feed backs: not shown
         self._unrecorded_said = DropAlerts(60.0, time.monotonic())
+        # The entries whose gift/txn from another process was shown, the latest ANNOUNCED_KEPT.
+        self._announced: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.closed = False
         self._last_token_t = 0.0
         self._token_window: collections.deque[float] = collections.deque(maxlen=4096)
@@ -124,10 +127,17 @@ class Hub:
             hash_ = bytes.fromhex(payload.entry)
         except ValueError:
             return False
+        if hash_ in self._announced:
+            return False  # a genuine announcement replayed under another id: shown once
         entry = await asyncio.to_thread(_stored, ledger, hash_)
         if entry is None or entry.author != ledger.author:
             return False
-        return entry.type in TXN_TYPES and txn_of(entry) == payload
+        if entry.type not in TXN_TYPES or txn_of(entry) != payload:
+            return False
+        self._announced[hash_] = None
+        if len(self._announced) > ANNOUNCED_KEPT:
+            self._announced.popitem(last=False)
+        return True
 
     def publish(self, event: Event) -> None:
         self.seen += 1
