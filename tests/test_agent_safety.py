@@ -196,3 +196,33 @@ async def test_a_flood_of_rotations_performs_no_rituals_until_it_passes(
         assert ledger is not None
         await asyncio.wait_for(node.parts.glyph.ledger_queue.join(), 10)  # type: ignore[union-attr]
         assert ledger.view().economy.balances.get("mallory") == 1  # only the first turn minted
+
+
+async def test_the_worker_state_follows_the_worker_and_its_answers(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried: a node whose worker starts at the first question (not preloaded), asked twice.
+    Must hold: the retained worker state first says no worker, then, without a restart or a
+    reload, the worker's pid and both answers (it was published once at start and never again,
+    so a dashboard showed pid null and 0 answered while the persona was answering)."""
+    async with agent_node(tmp_path) as (node, broker):
+        nid = node.node_id
+        state = await collector_factory(broker.port, f"gibsey/v1/{nid}/agent/state/worker")
+
+        def latest(c: Collector) -> dict[str, Any] | None:
+            return json.loads(c.messages[-1][1]) if c.messages else None
+
+        first = await state.wait_for(latest)
+        assert first["pid"] is None and first["answered"] == 0
+        for prompt in ("Who are you?", "Where are the exits?"):
+            await ask(collector_factory, node, broker.port, "london-fox", prompt, max_tokens=4)
+        service = agents(node)
+        assert service.answered == 2 and service.supervisor is not None
+        pid = service.supervisor.pid
+
+        def caught_up(c: Collector) -> dict[str, Any] | None:
+            doc = latest(c)
+            return doc if doc and doc["answered"] == 2 and doc["pid"] == pid else None
+
+        doc = await state.wait_for(caught_up, timeout_s=10)
+        assert pid is not None and doc["model"] == service.supervisor.model.name

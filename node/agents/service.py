@@ -147,6 +147,7 @@ class AgentService:
         self.ready = asyncio.Event()
         self.answered = 0
         self.filtered = 0
+        self._published_state: dict[str, Any] | None = None  # the retained worker state, as sent
         self._canned_n = 0
         self._throttle_alerted: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -197,7 +198,16 @@ class AgentService:
         }
 
     def publish_state(self) -> None:
-        self._publish_raw(state_topic(self.node.node_id, "worker"), self.state(), retain=True)
+        doc = self.state()
+        self._published_state = doc
+        self._publish_raw(state_topic(self.node.node_id, "worker"), doc, retain=True)
+
+    def publish_state_if_changed(self) -> None:
+        """The retained worker state again when anything in it changed: a worker started at the
+        first question, answers counted, memories kept. Called every ping_interval, so a busy
+        persona republishes it at most that often, a quiet one never."""
+        if self.state() != self._published_state:
+            self.publish_state()
 
     # -- services ---------------------------------------------------------------------------------
     async def run_worker(self) -> None:
@@ -214,10 +224,8 @@ class AgentService:
                 await self._warm_embedder()
             while True:
                 await asyncio.sleep(self.cfg.ping_interval)
-                before = (self.supervisor.pid, self.supervisor.restarts)
                 await self.supervisor.check()
-                if (self.supervisor.pid, self.supervisor.restarts) != before:
-                    self.publish_state()
+                self.publish_state_if_changed()
         finally:
             await asyncio.shield(self.supervisor.close())
 
