@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from gibsey.core import trace
 from gibsey.core.envelope import Event, Outgoing, Payload, Rejection, SafetyAlert, parse_event
-from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic
+from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic, topic_for
 
 log = logging.getLogger("gibsey.router")
 
@@ -300,6 +300,8 @@ class Router:
                 reason="forged_own",
                 detail=f"{event.kind} {event.id} by {event.actor[:64]} names this node, "
                 "which did not send it; ignored",
+                # Where it was published: a dashboard that showed it can take it back by its id.
+                topic=topic_for(event.node, event.kind),
             )
         )
         return True

@@ -184,7 +184,11 @@ async def test_forged_events_naming_the_node_are_not_its_own(
         }
         for kind, payload in forged.items():
             await col.publish(topic(nid, kind), raw_event(nid, kind, payload, actor="mallory"))
-        await col.wait_for(lambda c: len(_alerts(c, "forged_own")) >= 3)
+        said = await col.wait_for(lambda c: len(_alerts(c, "forged_own")) >= 3 and c)
+        # Each alert names where the forgery was published, and its id in the detail.
+        assert sorted(a["topic"] for a in _alerts(said, "forged_own")) == sorted(
+            topic(nid, kind) for kind in forged
+        )
         stats = node.router.stats
         assert stats.rejected["forged_own"] == 3
         assert stats.by_kind["vm/loaded"] == 0
