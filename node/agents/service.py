@@ -71,7 +71,6 @@ from gibsey.node.agents.safety import (
 )
 from gibsey.node.agents.supervisor import GenRequest, Supervisor, WorkerFailed
 from gibsey.node.agents.tensor import AgencyTensor, persist_clock
-from gibsey.node.spine.client_id import node_client_id
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -147,7 +146,7 @@ class AgentService:
         self.ready = asyncio.Event()
         self.answered = 0
         self.filtered = 0
-        self._published_state: dict[str, Any] | None = None  # the retained worker state, as sent
+        self._published_facts: dict[str, Any] | None = None  # those of the last worker state sent
         self._canned_n = 0
         self._throttle_alerted: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -181,7 +180,9 @@ class AgentService:
         if self.node.spine is not None:
             self.node.spine.publish(topic, json.dumps(doc).encode(), retain=retain)
 
-    def state(self) -> dict[str, Any]:
+    def _worker_facts(self) -> dict[str, Any]:
+        """What the retained worker state says that changes only when something happens (a
+        worker started or died, the mode changed, an answer was given)."""
         sup = self.supervisor
         return {
             # Retained for any client of the broker: the model's file name, never the node's
@@ -191,22 +192,26 @@ class AgentService:
             "restarts": sup.restarts if sup else 0,
             "crashes": sup.crashes if sup else 0,
             "mode": self.pressure.mode,
-            "pressure": self.pressure.describe(),
             "answered": self.answered,
             "filtered": self.filtered,
-            "memories": self.memory.count(),
         }
 
+    def state(self) -> dict[str, Any]:
+        # With the readings of the moment (temperature, memory) and the memories kept (a count
+        # over agents.db): read when the state is published, never to see whether to publish.
+        facts = self._worker_facts()
+        return {**facts, "pressure": self.pressure.describe(), "memories": self.memory.count()}
+
     def publish_state(self) -> None:
-        doc = self.state()
-        self._published_state = doc
-        self._publish_raw(state_topic(self.node.node_id, "worker"), doc, retain=True)
+        self._published_facts = self._worker_facts()
+        self._publish_raw(state_topic(self.node.node_id, "worker"), self.state(), retain=True)
 
     def publish_state_if_changed(self) -> None:
-        """The retained worker state again when anything in it changed: a worker started at the
-        first question, answers counted, memories kept. Called every ping_interval, so a busy
-        persona republishes it at most that often, a quiet one never."""
-        if self.state() != self._published_state:
+        """The retained worker state again when something in it happened since it was sent: a
+        worker started at the first question, answers given. Looked at every ping_interval, so a
+        busy persona republishes it at most that often, a quiet one never (the temperature's
+        drift alone is no news: it would rewrite a retained message every few seconds)."""
+        if self._worker_facts() != self._published_facts:
             self.publish_state()
 
     # -- services ---------------------------------------------------------------------------------
@@ -277,9 +282,9 @@ class AgentService:
             )
             await asyncio.Event().wait()
         node_id = self.node.node_id
-        # The node's own id (its secret part included: node/spine/client_id.py), so that no
-        # client can guess it and take this session over either.
-        client_id = f"{node_client_id(self.node.data_dir, node_id)}-agents5"
+        # The spine's own client id (its secret part included: node/spine/client_id.py), so
+        # that no client can guess this one and take its session over either.
+        client_id = f"{spine.client_id}-agents5"
         link = ResponseLink(spine.login_url, client_id, topic_for(node_id, "agent/request"))
         link.start()
         self.link = link

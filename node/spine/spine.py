@@ -182,6 +182,11 @@ class Spine:
         self._pump()
         return done
 
+    @property
+    def client_id(self) -> str:
+        """The id this spine connects with (the broker resumes its session by it)."""
+        return self._settings.client_id
+
     def _drop_oldest(self) -> None:
         """Bounded memory: the oldest message waiting goes, its future fails saying what really
         happened, and the loss is counted (never silent, never a log line per message)."""
