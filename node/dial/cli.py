@@ -208,13 +208,9 @@ async def _run_dial(vd: VirtualDial, url: str, console: Console) -> int:
                 except MqttError:
                     vd.connected = False
                     live.update(vd.render(), refresh=True)
-                    try:
-                        async with asyncio.timeout(1.0):  # not wait_for: it can drop a cancel
-                            action = await actions.get()
-                        if action == "quit":
-                            return 0
-                    except TimeoutError:
-                        pass
+                    # A key meanwhile is dropped (no broker to send it to), but for quit.
+                    if await _next_action(actions, 1.0) == "quit":
+                        return 0
     finally:
         loop.remove_reader(fd)
 
