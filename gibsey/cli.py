@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    refused = _data_not_a_directory(args) or _config_refused(args)
+    refused = _data_not_a_directory(args) or _no_node_to_read(args) or _config_refused(args)
     if refused:
         print(f"gibsey {args.command}: {refused}", file=sys.stderr)
         return 2
@@ -119,6 +119,44 @@ def _data_not_a_directory(args: argparse.Namespace) -> str | None:
                 "--data or GIBSEY_DATA names a directory (a new node makes it)"
             )
     return None
+
+
+# Commands that only read a node's data: on a directory that holds no node (a mistyped --data, a
+# GIBSEY_DATA unset) they say so, instead of making a node there (a key, an empty ledger) and
+# answering "ok: 0 entries" about it. (command, its subcommand); `story branch` reads when it
+# names no branch to create.
+READS_A_NODE = frozenset(
+    {
+        ("ledger", "verify"),
+        ("ledger", "export"),
+        ("ledger", "show"),
+        ("ledger", "balance"),
+        ("ledger", "hearings"),
+        ("mesh", "status"),
+        ("story", "log"),
+        ("story", "show"),
+        ("story", "diff"),
+        ("story", "branch"),
+    }
+)
+
+
+def _no_node_to_read(args: argparse.Namespace) -> str | None:
+    from gibsey.core.config import resolve_data_dir
+    from gibsey.core.identity import KEY_FILENAME
+
+    sub = getattr(args, f"{args.command}_command", None)
+    if (args.command, sub) not in READS_A_NODE:
+        return None
+    if sub == "branch" and getattr(args, "name", None):
+        return None  # `story branch NAME` creates a branch: a write, which makes the node
+    data_dir = resolve_data_dir(getattr(args, "data", None))
+    if (data_dir / KEY_FILENAME).exists():
+        return None
+    return (
+        f"no node in {data_dir} (no {KEY_FILENAME}): nothing to read; --data or GIBSEY_DATA "
+        "names a node's data directory (`gibsey up` makes a node in it)"
+    )
 
 
 # Commands that read gibsey.toml beside a node but only the sections they need (`ledger` its

@@ -1,0 +1,62 @@
+"""Read commands on a directory that holds no node: the real `gibsey` parser and commands.
+
+Tried from outside: `gibsey ledger verify --data /mnt/gibsy` (a typo), or a read with
+GIBSEY_DATA unset on a machine where the node lives elsewhere. Until this check each one made
+a node there (a fresh key, an empty ledger) and answered "ok: 0 entries in 0 feeds", exit 0:
+a wrong answer about a node that never existed, and litter in the directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gibsey import cli
+
+READS = [
+    ("ledger", "verify"),
+    ("ledger", "export"),
+    ("ledger", "show"),
+    ("ledger", "balance"),
+    ("ledger", "hearings"),
+    ("mesh", "status"),
+    ("mesh", "status", "--json"),
+    ("story", "log"),
+    ("story", "show"),
+    ("story", "diff", "main"),
+    ("story", "branch"),
+]
+
+
+@pytest.mark.parametrize("argv", READS, ids=" ".join)
+def test_a_read_on_no_node_says_so_and_makes_nothing(
+    argv: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for where in (tmp_path / "mistyped", tmp_path / "empty"):
+        if where.name == "empty":
+            where.mkdir()
+        rc = cli.main(["--data", str(where), *argv])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert f"gibsey {argv[0]}: no node in {where} (no node.key)" in err
+        assert not where.exists() or list(where.iterdir()) == []
+
+
+def test_a_read_on_a_node_still_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same commands on a node's directory answer: here one the ledger CLI itself made."""
+    data = str(tmp_path)
+    assert cli.main(["--data", data, "ledger", "mint", "ada", "5"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--data", data, "ledger", "verify"]) == 0
+    assert "ok: 1 entries in 1 feeds" in capsys.readouterr().out
+
+
+def test_story_branch_with_a_name_still_makes_the_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`story branch NAME` writes (a new branch), as `story import` does: it makes the node."""
+    where = tmp_path / "new"
+    cli.main(["--data", str(where), "story", "branch", "draft"])
+    assert "no node in" not in capsys.readouterr().err
+    assert (where / "node.key").exists()
