@@ -272,3 +272,41 @@ def test_config_and_discovery_shapes() -> None:
     assert [m.topic for m in msgs] == [*old, "homeassistant/device/gibsey_n1_dial_d-1/config", *old]
     assert [m.retain for m in msgs] == [False] * 4 + [True] * 5
     assert json.loads(msgs[4].payload)["components"]["turn"]["platform"] == "event"
+
+
+async def test_auto_finds_the_pico_by_its_vendor_id_off_the_loop(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serial = "auto"`: the board is the port whose USB vendor id is Raspberry Pi's, found by
+    pyserial's scan. USB enumeration cannot exist here: the scan's answer is the one stand-in (a
+    port of another vendor, then the Pico on the pty). The scan runs off the event loop's
+    thread: it reads sysfs once a scan_interval while no board is plugged in."""
+    from serial.tools import list_ports, list_ports_common
+
+    from gibsey.node.dial.config import PICO_VID
+
+    link = tmp_path / "ttyACM0"
+    scanned_on: set[str] = set()
+
+    def comports() -> list[list_ports_common.ListPortInfo]:
+        import threading
+
+        scanned_on.add(threading.current_thread().name)
+        other = list_ports_common.ListPortInfo("/dev/ttyUSB9", skip_link_detection=True)
+        other.vid = 0x0403  # an FTDI adapter: not ours
+        pico = list_ports_common.ListPortInfo(str(link), skip_link_detection=True)
+        pico.vid = PICO_VID
+        return [other, pico] if link.exists() else [other]
+
+    monkeypatch.setattr(list_ports, "comports", comports)
+    config = GibseyConfig(dial=DialConfig(serial="auto", scan_interval=0.02, alert_interval=0.0))
+    node = Node(tmp_path / "data", config)
+    assert node.parts.dial is not None
+    async with started(node, mosquitto.url):
+        await until(lambda: scanned_on, 10, "a scan for the board")
+        assert not node.parts.dial.serial_connected.is_set()  # the FTDI port is not opened
+        pty = Pty(link)
+        await asyncio.wait_for(node.parts.dial.serial_connected.wait(), 10)
+        assert node.parts.dial.serial_port == str(link)
+        pty.unplug()
+    assert scanned_on and "MainThread" not in scanned_on

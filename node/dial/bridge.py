@@ -526,7 +526,10 @@ class DialBridge:
         import serial
 
         while True:
-            path = self.find_port()
+            # Off the loop: `auto` lists every tty in sysfs (0.5 ms here, several on a Pi Zero),
+            # once a scan_interval while no board is plugged in, the dial's usual state when
+            # the dials speak MQTT; on the loop, a turn arriving then would wait for it.
+            path = await asyncio.to_thread(self.find_port)
             if path is None:
                 await asyncio.sleep(self.config.scan_interval)
                 continue
