@@ -175,6 +175,19 @@ async def test_dials_from_before_give_a_new_dial_their_place_and_stay_within_max
         await until(lambda: len(bridge._unheard) == 2, 10, "two dials learned")
         await until(lambda: bridge.stats.forgotten >= 1, 10, "the third one cleared")
         assert len(bridge._heard) == 2
+        # Its two retained topics (state, Home Assistant config) are one dial cleared once,
+        # whichever the broker handed over first, and again if handed over again.
+        third = ({"a", "b", "c"} - set(bridge._heard)).pop()
+        prefix = rig.node.config.node.discovery_prefix
+        config = next(
+            m
+            for m in dial_discovery_messages(rig.nid, third, prefix)
+            if m.topic.endswith(f"{dial_uid(rig.nid, third)}/config") and m.payload
+        )
+        for _ in range(2):
+            bridge.on_retained_state(state_topic(rig.nid, third), b"{}")
+            bridge.on_retained_config(config.topic, config.payload)
+        assert bridge.stats.forgotten == 1
         states, _ = dial_ids_retained(await dial_topics(rig, collector_factory))
         assert states == bridge._unheard  # the third's state is gone from the broker
 

@@ -77,6 +77,7 @@ ALERT_REASONS = {
     "malformed": "dial_frames_malformed",
 }
 REFUSED = "dial_ids_refused"  # the reason of the alert that counts refused frames of new ids
+CLEARED_KEPT = 256  # leftovers cleared for want of a place, remembered so as not to count twice
 # A live dial says hello this often (the firmware's `heartbeat_s`), and the node republishes its
 # state document at every frame, hellos included ...
 HELLO_INTERVAL_S = int(FIRMWARE_DEFAULTS["heartbeat_s"])
@@ -181,6 +182,10 @@ class DialBridge:
         # Those of them known only from the broker's retained topics (from before a restart),
         # not heard since: never more than _heard holds (see _learn).
         self._unheard: set[str] = set()
+        # Leftovers cleared at once for want of a place: each comes on two retained topics (its
+        # state, its Home Assistant config), cleared and counted once. Bounded, the oldest let
+        # go first: a broker's retained topics are anyone's to fill.
+        self._cleared: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._refused_alerts = DropAlerts(config.alert_interval, time.monotonic())
         self._last_refused = ""
         # The broker hands over the retained topics of this node's dials at each connect: how
@@ -303,6 +308,7 @@ class DialBridge:
             self._last_refused = dial_id
             return False
         self._heard[dial_id] = now
+        self._cleared.pop(dial_id, None)  # in again: a later leftover of it is counted anew
         return True
 
     def _make_room(self, now: float) -> bool:
@@ -382,6 +388,11 @@ class DialBridge:
         if dial_id in self._heard or not DIAL_ID.match(dial_id):
             return  # known: a dial heard in this run, or the node's own publication come back
         if len(self._heard) >= self.config.max_dials:
+            if dial_id in self._cleared:
+                return  # its other retained topic: cleared with the first
+            self._cleared[dial_id] = None
+            if len(self._cleared) > CLEARED_KEPT:
+                self._cleared.popitem(last=False)
             log.info("dial: %s, retained from before the node's start: no place, cleared", dial_id)
             self.stats.forgotten += 1
             self._clear_retained(dial_id)
