@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gibsey.harness.waiting import until
 from gibsey.node.story.corpus import SAMPLE, read_corpus
 from tests.conftest import Collector, CollectorFactory, RunningNode
 from tests.events import raw_event, topic
@@ -58,3 +59,38 @@ async def test_glyph_propose_branches_and_passed_merge_is_announced(
     assert "in a dream" in story.page("main", "004")[1].text
     await asyncio.sleep(1.5)  # another service round: nothing runs twice
     assert len(merged(col)) == 1
+
+
+async def test_a_node_without_canon_says_so_once_not_at_every_dream(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    """Tried: three visitors dream on a fresh node (no `gibsey story import`), then a fourth
+    turn. Must hold: the three are counted, and said in one story_refused alert (the first,
+    naming the count and the fix); not one alert a turn, which would fill the dashboards and
+    spend the alert budget that the node's other alerts share."""
+    node = running_node.node
+    nid = running_node.node_id
+    story = node.parts.story
+    assert story is not None
+    col = await collector_factory(
+        running_node.port, topic(nid, "safety/alert"), topic(nid, "ritual/performed")
+    )
+    for i in range(3):
+        dream = {"symbol": 1, "rotation": 3}
+        await col.publish(
+            topic(nid, "glyph/rotated"),
+            raw_event(nid, "glyph/rotated", dream, actor=f"visitor-{i}"),
+        )
+    await until(lambda: story.proposals_without_canon == 3, 10, "three Dream turns refused")
+    # A last turn's answer: the node's alerts before it have reached the broker before it.
+    marker = raw_event(nid, "glyph/rotated", {"symbol": 1, "rotation": 0}, actor="visitor-9")
+    await col.publish(topic(nid, "glyph/rotated"), marker)
+    await col.wait_for(
+        lambda c: any(e["actor"] == "visitor-9" for e in c.of_kind("ritual/performed"))
+    )
+    refused = [e["payload"] for e in col.of_kind("safety/alert")]
+    refused = [p for p in refused if p["reason"] == "story_refused"]
+    assert len(refused) == 1
+    assert refused[0]["detail"].startswith("1 Dream turn(s) in the last ")
+    assert "(1 since the start; last: " in refused[0]["detail"]
+    assert "wanted dream-london-fox): `gibsey story import`" in refused[0]["detail"]

@@ -8,16 +8,22 @@
 - A service keeps the story graph in step with the ledger (entries from the CLI and the mesh
   included) and runs this node's narrative-merge executor for hearings that passed, which
   announces change="merge" once per hearing on this node.
+- A node with no canon yet (a fresh one: no `gibsey story import`) cannot branch a Dream turn's
+  proposal: said as `story_refused` at the first, then at most once per NO_CANON_ALERT_S with the
+  count (DropAlerts), not once a turn: visitors dreaming on such a node would otherwise fill the
+  dashboards, and the router's alert budget that the node's other alerts share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from gibsey.core.storage import StorageError
 from gibsey.ledger.bodies import ACTOR_RE
+from gibsey.node.spine.drops import DropAlerts
 
 from .engine import Story
 from .model import CANON, StoryError, check_branch
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gibsey.story")
 SYNC_INTERVAL_S = 1.0
+STORY_REFUSED = "story_refused"  # the reason of the safety/alert
+NO_CANON_ALERT_S = 60.0  # a node without canon says so at most this often, with the count
 
 
 def attach(node: Node) -> Story | None:
@@ -44,6 +52,7 @@ def attach(node: Node) -> Story | None:
         log.info("no ledger on this node: the narrative engine is not attached")
         return None
     story = Story(ledger, node.data_dir)
+    say_no_canon = _NoCanonNotice(node, story)
 
     def publish(
         change: str, branch: str, page: str | None, version: str | None, actor: str
@@ -65,10 +74,12 @@ def attach(node: Node) -> Story | None:
             if story.graph.branch(name) is not None:
                 return  # already there: a later PROPOSE of the same glyph adds nothing
             if story.graph.branch(CANON) is None:
-                raise StoryError(f"no {CANON} yet (gibsey story import): cannot branch {name}")
+                story.proposals_without_canon += 1
+                say_no_canon(f"{event.id} wanted {name}")
+                return
             change = await asyncio.to_thread(story.create_branch, name, CANON, actor)
         except StoryError as exc:
-            node.alert(SafetyAlert(reason="story_refused", detail=f"{event.id}: {exc}"))
+            node.alert(SafetyAlert(reason=STORY_REFUSED, detail=f"{event.id}: {exc}"))
             return
         except StorageError as exc:  # not stored; the node said so once (its DiskHealth)
             log.warning("branch not made for %s: the disk refuses writes: %s", event.id, exc)
@@ -81,6 +92,7 @@ def attach(node: Node) -> Story | None:
                 await asyncio.to_thread(story.sync)
                 done = await asyncio.to_thread(story.run_executors, None)
                 _report_merges(node, story, done, publish)
+                say_no_canon()  # the turns held back since the last line, once it is due
             except StorageError:
                 # Reported to the node's DiskHealth, which says it once per episode (not once a
                 # second); the view catches up by itself once the disk takes writes again.
@@ -94,6 +106,30 @@ def attach(node: Node) -> Story | None:
     node.add_service("story-sync", service)
     node.add_closer(story.close)
     return story
+
+
+class _NoCanonNotice:
+    """Says the Dream turns refused for want of canon since it last said so, when due."""
+
+    def __init__(self, node: Node, story: Story) -> None:
+        self._node = node
+        self._story = story
+        self._alerts = DropAlerts(NO_CANON_ALERT_S, time.monotonic())
+        self._last = ""
+
+    def __call__(self, last: str | None = None) -> None:
+        from gibsey.core.envelope import SafetyAlert
+
+        self._last = last or self._last
+        total = {STORY_REFUSED: self._story.proposals_without_canon}
+        for due in self._alerts.due(total, time.monotonic()):
+            detail = (
+                f"{due.dropped} Dream turn(s) in the last {due.since_s:.0f}s found no {CANON} to "
+                f"branch from ({due.total} since the start; last: {self._last}): "
+                "`gibsey story import` gives the node its corpus"
+            )
+            log.warning("%s: %s", STORY_REFUSED, detail)
+            self._node.alert(SafetyAlert(reason=STORY_REFUSED, detail=detail))
 
 
 def _report_merges(node: Node, story: Story, done: list[Execution], publish: _Announce) -> None:
