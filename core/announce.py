@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gibsey.core.config import ConfigError, load_config
 from gibsey.core.envelope import Payload, encode_event
-from gibsey.core.identity import load_or_create
+from gibsey.core.identity import KEY_FILENAME, load_or_create
 from gibsey.core.mqtt import publish_once
 from gibsey.core.topics import topic_for
 
@@ -33,6 +33,8 @@ def announce(
         url = broker_url(data_dir)
     except ConfigError as exc:  # the command's work is done: say why it was not announced
         return str(exc)
+    if not (data_dir / KEY_FILENAME).exists():  # a ledger read alone, copied to be checked
+        return f"no node in {data_dir} to announce it as"
     identity = load_or_create(data_dir)
     event = encode_event(identity.node_id, kind, payload, lamport, actor)
     return publish_once(

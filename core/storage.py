@@ -92,18 +92,52 @@ def sqlite_refusal(exc: BaseException, what: str, directory: str | Path) -> Stor
     return None
 
 
+# SQLite's result codes for a file it cannot read as a database: damaged pages, or no database.
+SQLITE_UNREADABLE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+class DatabaseUnreadable(sqlite3.DatabaseError):
+    """A database file that SQLite cannot read: damaged, not a database, or a directory in its
+    place. Not the disk (the card takes writes): retrying or freeing space mends nothing, and
+    nothing was written to it. A sqlite3.DatabaseError, so the callers that catch SQLite's
+    errors (doctor's checks) go on catching it."""
+
+
+def unreadable(exc: BaseException, what: str) -> DatabaseUnreadable | None:
+    """`exc` as DatabaseUnreadable when SQLite found `what` damaged or no database, else None:
+    at its opening or at the first read of a damaged page, which may come later."""
+    if isinstance(exc, DatabaseUnreadable):
+        return exc
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in SQLITE_UNREADABLE:
+        return None
+    return DatabaseUnreadable(
+        f"{what} is damaged: {exc}; nothing was written to it: restore it from a backup of "
+        "the data directory (`gibsey doctor` checks each database)"
+    )
+
+
 def open_sqlite(
     path: str, what: str, setup: Callable[[sqlite3.Connection], object]
 ) -> sqlite3.Connection:
     """A connection to the SQLite database at `path` (autocommit: the caller BEGINs and
     COMMITs; any thread: the caller's lock serialises use), made ready by `setup` (pragmas, the
     schema). Opening writes too - SQLite creates the WAL files - so a disk that refuses that
-    raises StorageError, naming the database as `what`."""
+    raises StorageError, naming the database as `what`; a file SQLite cannot read raises
+    DatabaseUnreadable, which says what to do."""
+    if os.path.isdir(path):  # SQLite says only "unable to open", as for a failing card
+        raise DatabaseUnreadable(
+            f"{what} is a directory, not a database: move it away (nothing was written)"
+        )
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         setup(db)
     except sqlite3.Error as exc:
         db.close()
+        damaged = unreadable(exc, what)
+        if damaged is not None:
+            raise damaged from exc
         refused = sqlite_refusal(exc, what, os.path.dirname(path) or ".")
         if refused is None:
             raise

@@ -104,6 +104,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(rc or 0)
 
 
+def _not_the_disk(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> int | None:
+    """One line (and the exit status) for an error a command did not say itself that is no
+    refused write: a database SQLite cannot read, one another process holds past the busy
+    timeout, a file argument that cannot be read or written. None: a refused write, or a bug."""
+    from gibsey.core.config import resolve_data_dir
+    from gibsey.core.storage import EXIT_DISK_REFUSED, StorageError, unreadable
+
+    damaged = unreadable(exc, f"a database in {resolve_data_dir(getattr(args, 'data', None))}")
+    if damaged is not None:
+        print(f"gibsey {args.command}: {damaged}", file=sys.stderr)
+        return 1
+    if isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+    ):
+        print(
+            f"gibsey {args.command}: a database of the node is busy ({exc}): another process "
+            "(the running node) held its write lock past the wait; nothing was written by this "
+            "command: try again (if it lasts, the node's own commits may be failing: `gibsey "
+            "doctor`)",
+            file=sys.stderr,
+        )
+        return EXIT_DISK_REFUSED  # EX_TEMPFAIL: the same command may pass in a moment
+    if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.filename:
+        # A path given on the command line (an output in a missing folder, a directory where a
+        # file was meant): said as the OS said it, with the path, not as a traceback.
+        print(f"gibsey {args.command}: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return None
+
+
 def _data_not_a_directory(args: argparse.Namespace) -> str | None:
     """Why the data directory cannot be one (a file is in its place, or in the place of one of
     its parents), or None. Said before any command tries to make or read it, in one line."""
@@ -144,6 +174,7 @@ READS_A_NODE = frozenset(
 def _no_node_to_read(args: argparse.Namespace) -> str | None:
     from gibsey.core.config import resolve_data_dir
     from gibsey.core.identity import KEY_FILENAME
+    from gibsey.ledger.store import DB_FILENAME
 
     sub = getattr(args, f"{args.command}_command", None)
     if (args.command, sub) not in READS_A_NODE:
@@ -151,11 +182,12 @@ def _no_node_to_read(args: argparse.Namespace) -> str | None:
     if sub == "branch" and getattr(args, "name", None):
         return None  # `story branch NAME` creates a branch: a write, which makes the node
     data_dir = resolve_data_dir(getattr(args, "data", None))
-    if (data_dir / KEY_FILENAME).exists():
+    # A node's key, or a ledger alone (copied elsewhere to be checked: read without a key).
+    if (data_dir / KEY_FILENAME).exists() or (data_dir / DB_FILENAME).exists():
         return None
     return (
-        f"no node in {data_dir} (no {KEY_FILENAME}): nothing to read; --data or GIBSEY_DATA "
-        "names a node's data directory (`gibsey up` makes a node in it)"
+        f"no node in {data_dir} (no {KEY_FILENAME}, no {DB_FILENAME}): nothing to read; --data "
+        "or GIBSEY_DATA names a node's data directory (`gibsey up` makes a node in it)"
     )
 
 
@@ -186,6 +218,9 @@ def _disk_refused(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> int
     from gibsey.core.config import resolve_data_dir
     from gibsey.core.storage import EXIT_DISK_REFUSED, StorageError, refused_advice, sqlite_refusal
 
+    said = _not_the_disk(args, exc)
+    if said is not None:
+        return said
     data_dir = resolve_data_dir(getattr(args, "data", None))
     # A plain OSError is one only when it is a StorageError (a write of ours that was refused):
     # the commands also write elsewhere (an SD image, a firmware drive), and say so themselves.

@@ -66,6 +66,21 @@ def _open(args: argparse.Namespace) -> Ledger:
     return Ledger.open(resolve_data_dir(args.data))
 
 
+def _open_to_read(args: argparse.Namespace) -> Ledger:
+    """The ledger for a read command: with the node's key when there is one (its feed is shown
+    as "us"), else with a key of the moment, never saved: a ledger copied alone to be checked
+    elsewhere gets no node.key from being read."""
+    from nacl.signing import SigningKey
+
+    from gibsey.core.config import resolve_data_dir
+    from gibsey.core.identity import KEY_FILENAME, load_or_create
+
+    data_dir = resolve_data_dir(args.data)
+    if (data_dir / KEY_FILENAME).exists():
+        return Ledger.open(data_dir, load_or_create(data_dir).signing_key)
+    return Ledger.open(data_dir, SigningKey.generate())
+
+
 def _short(b: bytes) -> str:
     return b.hex()[:8]
 
@@ -129,7 +144,7 @@ def _say_quarantined(ledger: Ledger) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with closing(_open(args)) as ledger:
+    with closing(_open_to_read(args)) as ledger:
         report = ledger.store.verify()
         forks = len(ledger.store.quarantine())
     for bad in report.bad_rows:
@@ -151,7 +166,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Every checked entry, feed by feed in seq order, one a line: its payload (canonical JSON,
     which never holds a raw tab or newline), a tab, its signature in hex (CANONICAL.md)."""
-    with closing(_open(args)) as ledger:
+    with closing(_open_to_read(args)) as ledger:
         if args.proofs:
             return _export_proofs(ledger, args.author)
         entries = sorted(ledger.store.iter_ordered(), key=lambda e: (e.author, e.seq))
@@ -178,7 +193,7 @@ def _export_proofs(ledger: Ledger, author: str | None) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with closing(_open(args)) as ledger:
+    with closing(_open_to_read(args)) as ledger:
         view = ledger.view()
         quarantine = ledger.store.quarantine()
         rows = [
@@ -207,7 +222,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
-    with closing(_open(args)) as ledger:
+    with closing(_open_to_read(args)) as ledger:
         econ = ledger.view().economy
         _say_quarantined(ledger)
     balances = dict(sorted(econ.balances.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -273,7 +288,7 @@ def cmd_vote(args: argparse.Namespace) -> int:
 
 
 def cmd_hearings(args: argparse.Namespace) -> int:
-    with closing(_open(args)) as ledger:
+    with closing(_open_to_read(args)) as ledger:
         gov = ledger.view().governance
         done = executions(ledger.store)
         _say_quarantined(ledger)

@@ -39,7 +39,13 @@ from typing import Any, NamedTuple, NoReturn
 
 from nacl.signing import SigningKey
 
-from gibsey.core.storage import DiskHealth, StorageError, open_sqlite, sqlite_refusal
+from gibsey.core.storage import (
+    DiskHealth,
+    StorageError,
+    open_sqlite,
+    sqlite_refusal,
+    unreadable,
+)
 
 from . import entry as entry_mod
 from . import forkproof, parsepool
@@ -297,9 +303,16 @@ class Store:
         self._timer: threading.Timer | None = None
         self._tx_log: list[bytes] = []
         self._tx_rows = 0
-        self._load_caches()
-        # Changes only when another connection commits (see refresh()).
-        self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        try:
+            self._load_caches()
+            # Changes only when another connection commits (see refresh()).
+            self._data_version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:  # a damaged page the opening did not read
+            self._db.close()
+            damaged = unreadable(exc, f"the ledger {self.path}")
+            if damaged is None:
+                raise
+            raise damaged from exc
         self._settle_log()
 
     @staticmethod

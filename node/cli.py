@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.identity import IdentityError
 from gibsey.core.mqtt import BrokerUrlError
-from gibsey.core.storage import EXIT_DISK_REFUSED, refused_advice, sqlite_refusal
+from gibsey.core.storage import (
+    EXIT_DISK_REFUSED,
+    DatabaseUnreadable,
+    refused_advice,
+    sqlite_refusal,
+    unreadable,
+)
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
@@ -166,6 +172,10 @@ async def _serve(node: Node, broker: str | None, console: Console | None) -> int
 def _disk_refused(console: Console | None, data_dir: Path, exc: OSError | sqlite3.Error) -> int:
     """A start the data directory's disk refused (full, read-only, failing): one line saying so
     and the exit status systemd restarts (EXIT_DISK_REFUSED); any other error is raised on."""
+    damaged = unreadable(exc, f"a database in {data_dir}")
+    if damaged is not None:  # found past its opening: a person restores it, as above
+        _say(console, str(damaged), soft_wrap=True)
+        return 2
     filename = exc.filename if isinstance(exc, OSError) else None
     what = f"writing {filename}" if filename else f"a database in {data_dir}"
     refused = sqlite_refusal(exc, what, data_dir)
@@ -225,8 +235,10 @@ def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Pat
         # --http, else [gateway] listen (or GIBSEY_HTTP), else every interface on 8080.
         config.gateway.listen_on(args.http or config.gateway.listen or DEFAULT_LISTEN)
         node = Node(data_dir, config, node_id=args.node_id)
-    except (ConfigError, IdentityError) as exc:
-        _say(console, str(exc))
+    except (ConfigError, IdentityError, DatabaseUnreadable) as exc:
+        # Mended by a person only (a config to correct, a database to restore): said, and the
+        # same status as a bad configuration.
+        _say(console, str(exc), soft_wrap=True)
         return 2
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(console, data_dir, exc)

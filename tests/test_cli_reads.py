@@ -39,7 +39,7 @@ def test_a_read_on_no_node_says_so_and_makes_nothing(
         rc = cli.main(["--data", str(where), *argv])
         err = capsys.readouterr().err
         assert rc == 2
-        assert f"gibsey {argv[0]}: no node in {where} (no node.key)" in err
+        assert f"gibsey {argv[0]}: no node in {where} (no node.key, no ledger.sqlite3)" in err
         assert not where.exists() or list(where.iterdir()) == []
 
 
@@ -60,3 +60,19 @@ def test_story_branch_with_a_name_still_makes_the_node(
     cli.main(["--data", str(where), "story", "branch", "draft"])
     assert "no node in" not in capsys.readouterr().err
     assert (where / "node.key").exists()
+
+
+def test_a_ledger_alone_is_read_without_becoming_a_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ledger copied alone to be checked elsewhere (no node.key beside it) is read, and
+    gains no key from being read."""
+    node, alone = tmp_path / "node", tmp_path / "alone"
+    assert cli.main(["--data", str(node), "ledger", "mint", "ada", "5"]) == 0
+    alone.mkdir()
+    (alone / "ledger.sqlite3").write_bytes((node / "ledger.sqlite3").read_bytes())
+    capsys.readouterr()
+    for command in (["verify"], ["export"], ["show"], ["balance"], ["hearings"]):
+        assert cli.main(["--data", str(alone), "ledger", *command]) == 0
+    assert "ok: 1 entries in 1 feeds" in capsys.readouterr().out
+    assert not (alone / "node.key").exists() and not (alone / "node_id").exists()

@@ -86,26 +86,38 @@ def attach(node: Node) -> Story | None:
             return
         publish("branch", name, None, change.commit, actor)
 
-    async def service() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(story.sync)
-                done = await asyncio.to_thread(story.run_executors, None)
-                _report_merges(node, story, done, publish)
-                say_no_canon()  # the turns held back since the last line, once it is due
-            except StorageError:
-                # Reported to the node's DiskHealth, which says it once per episode (not once a
-                # second); the view catches up by itself once the disk takes writes again.
-                pass
-            except Exception as exc:  # keep serving; a bad fold is reported, not fatal
-                log.exception("story sync failed")
-                node.alert(SafetyAlert(reason="story_sync_failed", detail=repr(exc)[:1000]))
-            await asyncio.sleep(SYNC_INTERVAL_S)
-
     node.router.register("story", ["narrative/change"], on_change)
-    node.add_service("story-sync", service)
+    node.add_service("story-sync", lambda: _keep_in_step(node, story, publish, say_no_canon))
     node.add_closer(story.close)
     return story
+
+
+async def _keep_in_step(
+    node: Node, story: Story, publish: _Announce, say_no_canon: _NoCanonNotice
+) -> None:
+    """The story graph kept in step with the ledger, this node's merges run, once a second."""
+    from gibsey.core.envelope import SafetyAlert
+
+    failing = ""  # the failure said last, until a round passes: said once, not every second
+    while True:
+        try:
+            await asyncio.to_thread(story.sync)
+            done = await asyncio.to_thread(story.run_executors, None)
+            _report_merges(node, story, done, publish)
+            say_no_canon()  # the turns held back since the last line, once it is due
+            if failing:
+                log.warning("story sync works again (it failed: %s)", failing)
+            failing = ""
+        except StorageError:
+            # Reported to the node's DiskHealth, which says it once per episode (not once a
+            # second); the view catches up by itself once the disk takes writes again.
+            pass
+        except Exception as exc:  # keep serving; a bad fold is reported, not fatal
+            if repr(exc) != failing:  # a damaged database fails every round alike
+                failing = repr(exc)
+                log.exception("story sync failed (said again only if it fails otherwise)")
+                node.alert(SafetyAlert(reason="story_sync_failed", detail=failing[:1000]))
+        await asyncio.sleep(SYNC_INTERVAL_S)
 
 
 class _NoCanonNotice:

@@ -1,0 +1,141 @@
+"""A database the card damaged, and files given on the command line that cannot be used: one
+line each, naming the file and what to do, never a traceback; nothing written.
+
+Tried from outside (a technician's SD card): the ledger's header overwritten, a page in its
+middle damaged (found only when a later read reaches it), a directory where the ledger belongs;
+`gibsey vm asm -o` into a missing folder or onto a directory. Each ended in ~40 lines of Python
+traceback, and the directory was reported as a failing card (EIO)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gibsey.harness.waiting import until
+from gibsey.ledger.ledger import Ledger
+from gibsey.ledger.store import DB_FILENAME
+from tests.conftest import RunningNode
+
+PAGE = 4096  # SQLite's default page size, the ledger's
+
+
+def gibsey(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GIBSEY_BROKER="mqtt://127.0.0.1:9")  # no broker: nothing announced
+    return subprocess.run(
+        [sys.executable, "-m", "gibsey.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def ledger_of_40(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A node's data directory whose ledger holds 40 mints (15 pages)."""
+    data = tmp_path_factory.mktemp("node")
+    ledger = Ledger.open(data)
+    for i in range(40):
+        ledger.mint(f"visitor-{i}", 1, "bench")
+    ledger.close()
+    return data
+
+
+def damaged_copy(source: Path, where: Path, offset: int, junk: bytes) -> Path:
+    data = where / "node"
+    subprocess.run(["cp", "-a", str(source), str(data)], check=True)
+    with open(data / DB_FILENAME, "r+b") as f:
+        f.seek(offset)
+        f.write(junk)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("offset", "junk"),
+    [
+        (0, b"NOTSQLITE"),  # the header: no database at all
+        (5 * PAGE, b"\x0d" + b"\xff" * 7),  # a b-tree page read when the store opens
+        (11 * PAGE, b"\x0d" + b"\xff" * 7),  # one read only by a later query
+    ],
+    ids=["header", "page-read-at-open", "page-read-later"],
+)
+def test_a_damaged_ledger_is_said_in_one_line(
+    ledger_of_40: Path, tmp_path: Path, offset: int, junk: bytes
+) -> None:
+    data = damaged_copy(ledger_of_40, tmp_path, offset, junk)
+    before = (data / DB_FILENAME).read_bytes()
+    for command in (["ledger", "verify"], ["ledger", "show"], ["ledger", "mint", "ada", "1"]):
+        done = gibsey("--data", str(data), *command, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith("gibsey ledger: ")
+        assert " is damaged: " in line and "restore it from a backup" in line
+    assert (data / DB_FILENAME).read_bytes() == before  # nothing written to it
+
+
+def test_a_node_will_not_start_on_a_damaged_ledger(ledger_of_40: Path, tmp_path: Path) -> None:
+    data = damaged_copy(ledger_of_40, tmp_path, 0, b"NOTSQLITE")
+    done = gibsey("--data", str(data), "up", "--http", "off", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"the ledger {data / DB_FILENAME} is damaged: file is not a database" in done.stderr
+
+
+def test_a_directory_in_place_of_the_ledger_is_no_failing_card(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    Ledger.open(data).close()
+    (data / DB_FILENAME).unlink()
+    (data / DB_FILENAME).mkdir()
+    done = gibsey("--data", str(data), "ledger", "verify", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"gibsey ledger: the ledger {data / DB_FILENAME} is a directory, not a database: "
+        "move it away (nothing was written)"
+    )
+
+
+def test_a_file_argument_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "halt.gasm").write_text("    HALT\n")
+    (tmp_path / "a-folder").mkdir()
+    for out, why in (
+        ("missing/halt.gbc", "No such file or directory"),
+        ("a-folder", "Is a directory"),
+    ):
+        done = gibsey("vm", "asm", "halt.gasm", "-o", out, cwd=tmp_path)
+        assert (done.returncode, done.stderr.strip()) == (1, f"gibsey vm: {out}: {why}")
+
+
+async def test_a_story_sync_that_fails_alike_is_said_once(
+    running_node: RunningNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged page the story's sync reads fails every round (once a second), alike: said
+    once in the log and one alert, then again only when it fails otherwise or works again.
+    The damage is the one stand-in: the sync raises what SQLite raises for it."""
+    story = running_node.node.parts.story
+    assert story is not None
+    rounds: list[int] = []
+
+    def damaged() -> int:
+        rounds.append(1)
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    caplog.set_level(logging.INFO, logger="gibsey.story")
+    monkeypatch.setattr(story, "sync", damaged)
+    await until(lambda: len(rounds) >= 3, 10, "three rounds of the story's sync")
+    failed = [r for r in caplog.records if r.getMessage().startswith("story sync failed")]
+    assert len(failed) == 1
+    monkeypatch.undo()
+    await until(
+        lambda: any("story sync works again" in r.getMessage() for r in caplog.records),
+        10,
+        "the sync working again, said",
+    )
