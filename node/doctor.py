@@ -405,7 +405,7 @@ def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> 
     except OSError as exc:
         return Check("disk", WARN, f"could not measure {probe}: {exc}", "run as the node's user")
     detail = f"{u.free / 1e6:,.0f} MB free of {u.total / 1e6:,.0f} MB at {probe}"
-    if probe != data:
+    if probe != data.absolute():  # (a relative --data is the directory it names, made or not)
         detail += f" ({data} does not exist yet: the first start makes it)"
     if u.free < MIN_FREE_BYTES or u.free < MIN_FREE_FRACTION * u.total:
         return Check(

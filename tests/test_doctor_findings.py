@@ -221,3 +221,16 @@ def test_commands_on_a_read_only_card_exit_75_and_say_how_to_read_it(tmp_path: P
         timeout=60,
     )
     assert verify.returncode == 0 and "ok: 1 entries" in verify.stdout, verify.stdout
+
+
+def test_a_relative_data_directory_that_exists_is_not_called_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cd /srv && gibsey doctor --data node`: the disk line measures that directory, and does
+    not call it one the first start will make."""
+    from gibsey.node import doctor
+
+    (tmp_path / "node").mkdir()
+    monkeypatch.chdir(tmp_path)
+    check = doctor.check_disk(Path("node"))
+    assert check.detail.endswith(f" at {tmp_path / 'node'}"), check.detail
