@@ -520,9 +520,12 @@ class Store:
         committed by a later try)."""
         try:
             self._commit_batch()
-        except (StorageError, sqlite3.Error) as exc:
-            # (A refused write is the node's DiskHealth's to say, once an episode.)
-            log.info("ledger: a batch could not be committed (kept in its log): %s", exc)
+        except StorageError as exc:
+            # The node's DiskHealth says a refused write, once an episode; this one comes back
+            # every commit_every_s while the disk is full, so it is for a debugging eye only.
+            log.debug("ledger: a batch could not be committed (kept in its log): %s", exc)
+        except sqlite3.Error as exc:
+            log.warning("ledger: a batch could not be committed (kept in its log): %s", exc)
 
     def commit(self) -> None:
         """Commit the open batch now (a node stopping; a test reading from another process)."""

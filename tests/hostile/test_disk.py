@@ -18,6 +18,7 @@ import asyncio
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -366,7 +367,10 @@ async def while_full(node: Node, http: httpx.AsyncClient, col: Collector, acked:
 
 
 async def test_a_node_on_a_full_disk_says_so_once_serves_reads_and_resumes(
-    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    collector_factory: CollectorFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A node whose data directory is an 8 MB tmpfs; a filler leaves it a little room, then
     gifts over HTTP until SQLite cannot commit, and the rest is filled to the last byte. Must
@@ -378,6 +382,7 @@ async def test_a_node_on_a_full_disk_says_so_once_serves_reads_and_resumes(
     shows the episode), `gibsey ledger verify` says ok, and the stored gifts are exactly the
     acknowledged ones."""
     acked: list[str] = []
+    caplog.set_level(logging.INFO)
     with tmpfs(tmp_path / "disk", "8m") as disk:
         data = disk / "data"
         async with node_on(data, mosquitto) as (node, http):
@@ -409,6 +414,10 @@ async def test_a_node_on_a_full_disk_says_so_once_serves_reads_and_resumes(
             assert "ENOSPC" in disk_alerts(col)[0]["payload"]["detail"]
             assert len(disk_alerts(col, "disk_recovered")) == 1
             assert "the last refused writes" in doctor_line(data, "disk writes")
+        # Said once in the log too (DiskHealth), not once a batch while the disk was full.
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert len([m for m in said if m.startswith("the disk refuses writes")]) == 1, said
+        assert not [m for m in said if "batch could not be committed" in m], said
         verified = ledger_verify(data)
         assert verified.returncode == 0 and verified.stdout.startswith("ok"), verified.stdout
         assert own_entries(data) == set(acked)
