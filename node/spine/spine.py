@@ -110,6 +110,7 @@ class SpineStats:
     received: int = 0
     outbox_dropped: int = 0
     last_drop: str = ""  # why the last message was dropped from the outbox
+    retained_ignored: int = 0  # events the broker kept (retained) and handed over at subscribe
     last_error: str = ""
 
 
@@ -148,6 +149,7 @@ class Spine:
         self._subscriptions = subscriptions
         self._no_local = no_local
         self._deliver = on_message
+        self._said_retained = False  # a retained event ignored said in this connection
         self._on_connect = on_connect
         self._outbox: collections.deque[QueuedMessage] = collections.deque()
         self._outbox_limit = outbox_limit
@@ -296,7 +298,25 @@ class Spine:
         if self._extra and parse_topic(topic) is None:
             if self._deliver_extra(topic, bytes(message.payload)):
                 return
+        if message.retain and parse_topic(topic) is not None:
+            self._ignore_retained(topic)
+            return
         self._deliver(topic, bytes(message.payload))
+
+    def _ignore_retained(self, topic: str) -> None:
+        """An event the broker retained and hands over at subscribe (a broker sets the flag only
+        then, never on a live message): no new event, but anyone's old one, a visitor's turn
+        among them, which would be performed (and minted) again at every start. Counted; the
+        first of each connection said."""
+        self.stats.retained_ignored += 1
+        if not self._said_retained:
+            self._said_retained = True
+            log.warning(
+                "ignored an event the broker retained on %s (and any more, counted): an old "
+                "message handed over at subscribe is no new event; clear it with an empty "
+                "retained publish",
+                topic[:200],
+            )
 
     def _pump(self) -> None:
         """Hand queued messages to paho while the in-flight window has room."""
@@ -339,6 +359,7 @@ class Spine:
                     await self._end_session()
                 await conn.connect()
                 self.stats.connects += 1
+                self._said_retained = False
                 self.session_present = conn.session_present
                 self._say_connected(conn, troubled)
                 delay, away = FIRST_RETRY_S, False

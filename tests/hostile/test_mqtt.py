@@ -599,3 +599,29 @@ async def test_home_assistant_may_say_it_restarted_and_nothing_else(tmp_path: Pa
         assert again.payload == announced
     finally:
         broker.stop()
+
+
+async def test_a_retained_turn_is_not_performed_again_at_each_start(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outsider): a turn published retained, then the node started twice. The broker
+    hands a retained message to every new subscription, so each start performed it again and
+    minted (`retained-evil` 1, 2, 3). Must hold: the retained turn is ignored and counted at
+    each start; a live turn after it is performed; `retained-evil` has nothing."""
+    from gibsey.core.identity import load_or_create
+
+    data = tmp_path / "data"
+    nid = load_or_create(data).node_id
+    col = await collector_factory(mosquitto.port, *(topic(nid, k) for k in WATCHED))
+    retained = raw_event(nid, "glyph/rotated", {"symbol": 6, "rotation": 0}, actor="retained-evil")
+    await col.client.publish(topic(nid, "glyph/rotated"), retained, qos=1, retain=True)
+    for start in range(2):
+        async with _node(data, mosquitto, []) as node:
+            await _turn(col, nid, f"alice-{start}")  # after the retained one, in order
+            # Counted once per delivery: a resumed session's resubscription has the broker hand
+            # it over again, so the count is not pinned, only that it was seen and set aside.
+            assert node.spine is not None and node.spine.stats.retained_ignored >= 1
+            performed = [e["actor"] for e in col.of_kind("ritual/performed")]
+            assert "retained-evil" not in performed
+            assert node.parts.ledger is not None
+            assert node.parts.ledger.view().economy.balance("retained-evil") == 0
