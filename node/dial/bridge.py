@@ -15,9 +15,11 @@ A part of the daemon (`attach(node)`, listed in parts.py). It
   `alert_interval` seconds so a noisy cable cannot flood the spine;
 * keeps at most `[dial] max_dials` dial ids: a frame of a new id beyond them is refused before
   anything is made for it (no channel, view, state or discovery), counted (`refused`) and said
-  in one log line and alert per `alert_interval` with the count; a dial silent for
-  `forget_after` seconds gives its place to a new id, and its retained state and Home Assistant
-  device config are cleared (`forgotten`);
+  in one log line and alert per `alert_interval` with the count; only a frame that decodes (a
+  hello, a turn, a press) takes a place for a new id: anything else on its topic is counted as
+  the bridge's (`noise`, `corrupt`, ...), never refused, and nothing is kept for it; a dial
+  silent for `forget_after` seconds gives its place to a new id, and its retained state and
+  Home Assistant device config are cleared (`forgotten`);
 * learns, at each connect, the dials of this node whose state or Home Assistant config the broker
   retains from before a restart (its memory is of this run only): each is known but silent from
   then on, forgotten (its retained topics cleared) if not heard within `forget_after`, and the
@@ -207,15 +209,25 @@ class DialBridge:
 
     def feed_line(self, channel: FrameChannel, line: str) -> None:
         """One frame line from a channel: decode, check its sequence, emit its event."""
+        fr = self._decode(channel, line)
+        if fr is not None:
+            self._take(channel, fr)
+
+    def _decode(self, channel: FrameChannel, line: str) -> df.Frame | None:
+        """The line's frame; None: it is none, counted (noise as the bridge's alone, the rest as
+        the channel's dial's too, if it has one)."""
         try:
-            fr = df.decode(line)
+            return df.decode(line)
         except df.FrameError as exc:
             reason = df.REASONS[exc.reason]
             if reason == "noise":
                 self.stats.noise += 1
             else:
                 self._anomaly(reason, 1, channel, exc.detail)
-            return
+            return None
+
+    def _take(self, channel: FrameChannel, fr: df.Frame) -> None:
+        """A decoded frame of a channel: its sequence checked, its event emitted."""
         gap = channel.tracker.accept(fr.seq, fr.kind == df.HELLO and fr.boot)
         if gap < 0:
             self._anomaly("stale", 1, channel, f"seq {fr.seq} arrived after a later frame")
@@ -595,17 +607,25 @@ class DialBridge:
 
     def _mqtt_frame(self, channels: dict[str, FrameChannel], topic: str, payload: bytes) -> None:
         dial_id = topic.split("/")[4]
+        line = payload.decode("ascii", "replace")
         channel = channels.get(dial_id)
-        if channel is None:
-            if not DIAL_ID.match(dial_id):
-                # No dial id ("" is none): its count is the bridge's, never a dial's.
-                ch = FrameChannel(f"mqtt:{dial_id[:40]}", "mqtt", "")
-                self._anomaly("malformed", 1, ch, "bad dial id in topic")
-                return
-            if not self._admit(dial_id):
-                return
-            channel = channels[dial_id] = FrameChannel(f"mqtt:{dial_id}", "mqtt", dial_id)
-        self.feed_line(channel, payload.decode("ascii", "replace"))
+        if channel is not None:
+            self.feed_line(channel, line)
+            return
+        if not DIAL_ID.match(dial_id):
+            # No dial id ("" is none): its count is the bridge's, never a dial's.
+            ch = FrameChannel(f"mqtt:{dial_id[:40]}", "mqtt", "")
+            self._anomaly("malformed", 1, ch, "bad dial id in topic")
+            return
+        # A new id takes a place only with a frame that decodes: anything else is counted as the
+        # bridge's (a channel of no dial) and neither takes a place nor is refused, else one
+        # non-frame per id (anyone may publish) would keep every real dial out, unseen in
+        # gibsey_dials_known. Nothing is kept for it: no channel, no place.
+        fr = self._decode(FrameChannel(f"mqtt:{dial_id}", "mqtt", ""), line)
+        if fr is None or not self._admit(dial_id):
+            return
+        channel = channels[dial_id] = FrameChannel(f"mqtt:{dial_id}", "mqtt", dial_id)
+        self._take(channel, fr)
 
 
 def read_ready(fd: int, size: int) -> bytes:
