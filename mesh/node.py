@@ -30,7 +30,7 @@ connection to it closed) for `ban_seconds`.
 What is refused or dropped from outside (a key not on the allow-list, bytes on our port that are
 no CurveZMQ handshake, a flood past a peer's rate or ban) is counted in the status per kind and
 said in the log paced: the first of a kind at once, then one line a minute at most with how
-many more came (RefusalLog), so a stranger reconnecting in a loop cannot fill the journal.
+many more came (core/paced.py), so a stranger reconnecting in a loop cannot fill the journal.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from gibsey.core import trace
+from gibsey.core.paced import PacedLog
 from gibsey.core.storage import StorageError
 from gibsey.ledger.entry import Entry
 from gibsey.ledger.errors import LedgerError, Rejected, RejectReason
@@ -89,7 +90,7 @@ PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
 STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
 DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses imports
 # Refusals (a stranger's key, bytes that are no handshake, a flood): the first of a kind is said
-# at once, the rest at most one line this often per kind, with their count (RefusalLog).
+# at once, the rest at most one line this often per kind, with their count (core/paced.py).
 REFUSAL_LOG_S = 60.0
 REFUSAL_TICK_S = 1.0  # how often refusals held back are checked for a line that is due
 # What the listener's monitor reports: each connection's coming and going, and its handshake's
@@ -149,7 +150,7 @@ class Bucket:
 
 
 class Refusal(enum.Enum):
-    """What the mesh refuses or drops from outside, each kind said in the log (RefusalLog).
+    """What the mesh refuses or drops from outside, each kind said in the log (core/paced.py).
     The value is how the log says one of them; the name in lower case is its counter in Stats,
     so the mesh's status file carries a total per kind."""
 
@@ -251,80 +252,6 @@ class _Unshaken:
         else:
             self.outcomes += 1
         return False
-
-
-@dataclass
-class _Held:
-    """One kind of refusal (of one peer, for a dial): when a line last said it, and what came
-    since without a line."""
-
-    said_at: float
-    more: int = 0
-    last: str = ""  # the latest of those, the line's sample
-    total: int = 1
-
-
-class RefusalLog:
-    """Says refusals without a line each, so a stranger reconnecting in a loop cannot fill the
-    journal of a node on an SD card: the first of a kind at once, then at most one line per
-    `interval_s` per kind, with how many more came and the last of them as a sample. Lines due
-    while no refusal comes are said by `flush` (the mesh calls it every REFUSAL_TICK_S).
-
-    Not node/spine/drops.py's DropAlerts, which paces alike: the import layers (commands > node
-    > mesh > ledger > kernel) keep the mesh from importing the node, gibsey.core has no pacer,
-    and DropAlerts works on totals sampled once a second, where a refusal here is said as it
-    happens, the first with its key and address. `clock` is injectable so a test passes the
-    interval by moving it, not by waiting a minute."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval_s: float = REFUSAL_LOG_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.log = logger
-        self.interval_s = interval_s
-        self.clock = clock
-        # (what, about) -> its state. Bounded: `what` is a Refusal's text and `about` is empty
-        # but for dials, whose peers are allow-listed and at most max_peers.
-        self._held: dict[tuple[str, str], _Held] = {}
-
-    def note(self, what: str, sample: str, about: str = "") -> None:
-        """One refusal of kind `what` (`about`: a peer, for kinds said per peer)."""
-        now = self.clock()
-        held = self._held.get((what, about))
-        if held is None:
-            self._held[(what, about)] = _Held(now)
-            self.log.warning(
-                "mesh: %s: %s (more of these: one line per %g s at most)",
-                what,
-                sample,
-                self.interval_s,
-            )
-            return
-        held.more += 1
-        held.total += 1
-        held.last = sample
-        self._say(what, held, now)
-
-    def flush(self, *, force: bool = False) -> None:
-        """Say each kind whose line is due (`force`: each with any held back, as the mesh stops)."""
-        now = self.clock()
-        for (what, _), held in self._held.items():
-            self._say(what, held, now, force=force)
-
-    def _say(self, what: str, held: _Held, now: float, *, force: bool = False) -> None:
-        if not held.more or (now - held.said_at < self.interval_s and not force):
-            return
-        self.log.warning(
-            "mesh: %s: %d more in the last %.0f s, the last: %s (%d in all)",
-            what,
-            held.more,
-            now - held.said_at,
-            held.last,
-            held.total,
-        )
-        held.said_at, held.more = now, 0
 
 
 @dataclass
@@ -503,7 +430,7 @@ class MeshNode:
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
         self.fresh: dict[bytes, float] = {}
         self._disk_logged = -DISK_LOG_S  # when a refused import was last logged (monotonic)
-        self.refusals = RefusalLog(log, clock=refusal_clock)
+        self.refusals = PacedLog(log, "mesh: ", REFUSAL_LOG_S, refusal_clock)
 
     # ---- lifecycle ------------------------------------------------------------------------
 

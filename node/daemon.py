@@ -361,6 +361,7 @@ class Node:
             await asyncio.sleep(1.0)
             self.events_per_s = self.rate.sample(self.router.stats.accepted)
             self._say_drops()
+            self.router.refusals.flush()  # the refusals held back, once their line is due
             now = time.monotonic()
             if now - last_published >= self.config.node.status_interval:
                 last_published = now

@@ -215,3 +215,33 @@ def test_payload_of_validates_like_the_constructor() -> None:
     assert payload_of(RitualPerformed, fields) == RitualPerformed(**fields)
     with pytest.raises(ValidationError, match="symbol"):
         payload_of(RitualPerformed, {**fields, "symbol": 64})
+
+
+def test_refusals_are_logged_paced_and_printable(caplog: pytest.LogCaptureFixture) -> None:
+    """Tried (an outsider): 5000 non-JSON messages, then forged events whose id holds a
+    newline and a made-up log line. Each refusal was one WARNING line (10,001 in the flood),
+    and the id's newline started a forged `INFO ledger ok` line in the node's log. Must hold:
+    the first of each reason said at once, the rest in one line per interval with the count;
+    no logged line holds a control character from a message."""
+    router = Router("n1", lambda alert: None)
+    now = [100.0]
+    router.refusals.clock = lambda: now[0]
+    caplog.set_level("WARNING", logger="gibsey.router")
+    for _ in range(500):
+        router.handle_message(topic("n1", "glyph/rotated"), b"not json")
+    injected = "a\n[06:30:01] INFO     ledger ok"
+    for i in range(3):
+        performed = {"symbol": 1, "rotation": 3, "state": 7, "cause": "r1", "program": "p"}
+        forged = raw_event("n1", "ritual/performed", performed, event_id=f"{injected}{i}")
+        router.handle_message(topic("n1", "ritual/performed"), forged)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # the first of each reason
+    router.refusals.flush()
+    assert len(caplog.records) == 2  # nothing due before the interval
+    now[0] += 60
+    router.refusals.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4
+    assert lines[2].startswith("rejected messages (malformed_json): 499 more in the last 60 s")
+    assert not any(ch in line for line in lines for ch in "\n\r\x00")
+    assert "a\\x0a[06:30:01] INFO" in lines[1]

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 
 from gibsey.core import trace
 from gibsey.core.envelope import Event, Outgoing, Payload, Rejection, SafetyAlert, parse_event
+from gibsey.core.paced import PacedLog
 from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic, topic_for
 
 log = logging.getLogger("gibsey.router")
+REFUSALS_LOG_S = 60.0  # refusals: the first of a reason said at once, then a line this often
 
 # Kinds only the node's daemon emits about itself: one naming this node that it did not send is
 # forged (gift/txn, gift/balance and narrative/change are also announced by the node's own CLI
@@ -138,6 +140,9 @@ class Router:
         # The ids of what this node emitted (beyond _emitted's bytes): its echo is its own.
         self._sent = SeenIds(dedup_window)
         self.stats = RouterStats()
+        # What the router refuses, said in the log paced per reason (the alerts have their own
+        # budget): anyone on the broker could otherwise write a log line per message.
+        self.refusals = PacedLog(log, "", REFUSALS_LOG_S)
         self._running = False
 
     # -- registration -------------------------------------------------------------------------
@@ -270,7 +275,7 @@ class Router:
                 self._on_event(event)
         except Rejection as rej:
             self.stats.rejected[rej.reason] += 1
-            log.warning("rejected message on %s: %s", topic, rej)
+            self.refusals.note(f"rejected messages ({rej.reason})", f"on {topic}: {rej}")
             if parsed is None or parsed.kind != "safety/alert":  # never alert about alerts
                 self._alert(
                     SafetyAlert(reason=rej.reason, detail=rej.detail[:16_000], topic=topic[:256])
@@ -294,7 +299,10 @@ class Router:
         if event.id in self._sent:
             return False  # ours, its echo no longer in memory (more than _emitted_cap in flight)
         self.stats.rejected["forged_own"] += 1
-        log.warning("refused %s %s: names this node, which did not send it", event.kind, event.id)
+        self.refusals.note(
+            "refused events naming this node, which did not send them (forged_own)",
+            f"{event.kind} {event.id}",
+        )
         self._alert(
             SafetyAlert(
                 reason="forged_own",
