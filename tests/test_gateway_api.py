@@ -499,6 +499,28 @@ async def test_story_endpoints_answer_in_json(gateway_node: GatewayNode) -> None
     assert missing.status_code == 404 and "no-such-branch" in missing.json()["error"]
 
 
+@pytest.mark.parametrize("depth", [1500, 100_000])
+async def test_graphql_json_nested_too_deep_is_a_400(
+    gateway_node: GatewayNode, caplog: pytest.LogCaptureFixture, depth: int
+) -> None:
+    """Tried (no token): a /graphql body whose `variables` nest 1,500 arrays deep (3 KB), and
+    100,000 deep (200 KB, within the body bound). Each was a 500 and two tracebacks in the log
+    (RecursionError in json.loads). Must hold: 400 with REST's answer to JSON it cannot read (an
+    `error` and the body named in `detail`), nothing logged with a traceback, and the node
+    answers the next query."""
+    gw = gateway_node
+    deep = '{"query": "{ __typename }", "variables": {"a": ' + "[" * depth + "]" * depth + "}}"
+    headers = {"content-type": "application/json"}
+    r = await gw.http.post("/graphql", content=deep, headers=headers)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"].startswith("invalid request: the body is not valid JSON"), body
+    assert "deep" in body["error"] and body["detail"][0]["field"] == "body", body
+    assert not [rec for rec in caplog.records if rec.exc_info], caplog.text
+    again = await gw.http.post("/graphql", json={"query": "{ __typename }"})
+    assert again.status_code == 200 and again.json()["data"]["__typename"], again.text
+
+
 async def test_a_turn_the_node_refuses_is_answered_429_at_once(tmp_path: Path) -> None:
     """Tried: `POST /api/glyph/rotate?wait=true` over the node-wide bound on visitors' inputs.
     Must hold: the first turn gets its ritual; the next is answered 429 naming the bound, as soon

@@ -46,6 +46,15 @@ def _refused_for_token(result: ExecutionResult) -> bool:
     return any((e.extensions or {}).get("code") == WRITE_REFUSED for e in result.errors or ())
 
 
+class InvalidBody(HTTPException):
+    """A body that is no JSON Python can read, answered as REST answers one (errors._invalid):
+    an `error` and a `detail` naming the body and the problem."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(400, f"invalid request: the body is not valid JSON ({problem})")
+        self.detail = [{"field": "body", "problem": problem}]
+
+
 class StoryGraphQL(GraphQL[StoryContext, None]):
     """strawberry's plain ASGI app: its context may be any object (the FastAPI router insists on
     a dict or BaseContext, and the story's resolvers expect their StoryContext)."""
@@ -64,6 +73,9 @@ class StoryGraphQL(GraphQL[StoryContext, None]):
             return
         try:
             response = await self.run(Request(scope=scope, receive=receive))
+        except InvalidBody as exc:
+            body = {"error": exc.reason, "detail": exc.detail}
+            response = JSONResponse(body, status_code=exc.status_code)
         except HTTPException as exc:
             response = JSONResponse({"error": exc.reason}, status_code=exc.status_code)
         await response(scope, receive, send)
@@ -73,6 +85,11 @@ class StoryGraphQL(GraphQL[StoryContext, None]):
             decoded = super().decode_json(data)
         except UnicodeDecodeError as exc:  # a ValueError strawberry does not answer: a 500
             raise HTTPException(400, "invalid request: the body is not UTF-8") from exc
+        except RecursionError as exc:
+            # json.loads recurses once per array or object opened: ~1,000 of them (a 3 KB body,
+            # from anyone: queries need no token) exhaust Python's stack, which strawberry
+            # does not answer either (a 500 and two tracebacks). The client's error, not ours.
+            raise InvalidBody("nested too deep") from exc
         except ValueError as exc:
             # Python refuses to read an integer of more than 4,300 digits (a ValueError inside
             # json.loads, not a JSONDecodeError): the request is invalid, not the node broken.
