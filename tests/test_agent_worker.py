@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -33,6 +34,30 @@ async def test_question_gets_a_streamed_answer_on_mqtt(
         assert final["seq"] == len(toks)
         # The streamed tokens are the answer (the final is the same text, stripped).
         assert "".join(t["text"] for t in toks).strip() == final["text"]
+
+
+async def test_a_question_longer_than_the_context_window_is_answered_from_its_end(
+    tmp_path: Path, collector_factory: CollectorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried: a schema-valid question of 6,000 characters (~1,500 tokens, the schema allows
+    16,384 characters) against the worker's 1,024-token context window. The worker failed
+    (`Requested tokens (1674) exceed context window`): a traceback, a critical `handler_failed`
+    alert, and nothing on reply_to, the asker waiting for ever. Must hold: an answer on reply_to
+    to the end of the question (its start cut, said at debug), and no `handler_failed`."""
+    caplog.set_level(logging.DEBUG, logger="gibsey.agents")
+    async with agent_node(tmp_path) as (node, broker):
+        alerts = await collector_factory(broker.port, f"gibsey/v1/{node.node_id}/safety/alert")
+        question = "why " * 1500 + "is the fox in the room?"
+        final, _, took = await ask(collector_factory, node, broker.port, "london-fox", question)
+        assert took < ANSWER_BOUND_S
+        assert final["text"].strip(), "the final answer is empty"
+        cut = [r.getMessage() for r in caplog.records if "was cut" in r.getMessage()]
+        assert cut, "the question was not said to be cut"
+        reasons = [a["payload"]["reason"] for a in alerts.of_kind("safety/alert")]
+        assert "handler_failed" not in reasons, reasons
+        # The worker serves on: a short question after it is answered as ever.
+        final, toks, _ = await ask(collector_factory, node, broker.port, "london-fox", "Hello?")
+        assert final["text"].strip() and toks
 
 
 async def test_killed_worker_is_restarted_and_answers_again(

@@ -68,6 +68,12 @@ class Persona:
         lines += [f"{VISITOR}: {_one_line(question)}", f"{self.name}:"]
         return "\n".join(lines)
 
+    def question_span(self, prompt: str) -> tuple[int, int]:
+        """Where the visitor's question is in `prompt` (one `prompt()` made): [start, end), in
+        characters. The question is one line, so its `Visitor: ` is the last at a line's start."""
+        start = prompt.rindex(f"\n{VISITOR}: ") + len(VISITOR) + 3
+        return start, len(prompt) - len(f"\n{self.name}:")
+
     def preamble(self) -> str:
         """The start of every prompt of this persona (framing, knowledge, the example exchange),
         ending in a blank line."""

@@ -69,7 +69,7 @@ from gibsey.node.agents.safety import (
     Throttle,
     parse_review,
 )
-from gibsey.node.agents.supervisor import GenRequest, Supervisor, WorkerFailed
+from gibsey.node.agents.supervisor import GenerationFailed, GenRequest, Supervisor, WorkerFailed
 from gibsey.node.agents.tensor import AgencyTensor, persist_clock
 
 if TYPE_CHECKING:
@@ -464,11 +464,21 @@ class AgentService:
             seq += 1
             return True
 
+        cut = persona.question_span(prompt)  # its start goes if the prompt would not fit
+        gen = GenRequest(prompt, max_tokens, persona.stop_sequences(), on_token, cut=cut)
         try:
-            await sup.generate(GenRequest(prompt, max_tokens, persona.stop_sequences(), on_token))
-        except WorkerFailed as exc:
+            stats = await sup.generate(gen)
+        except (WorkerFailed, GenerationFailed) as exc:
+            # A visitor's request the model could not serve is still answered, never left
+            # waiting: one line in the log, no traceback, no alert (the worker serves on).
             log.warning("request %s cut short: %s", event.id, exc)
             return self._canned(persona), seq
+        if stats.cut:
+            log.debug(
+                "request %s: the question was cut (its first %d tokens) to fit the context window",
+                event.id,
+                stats.cut,
+            )
         text = check.text.strip()
         if not tripped and not (whole := check.whole()).ok:
             tripped.append(whole.label)

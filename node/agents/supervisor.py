@@ -45,6 +45,11 @@ class ModelLoadFailed(RuntimeError):
     pass
 
 
+class GenerationFailed(RuntimeError):
+    """The worker answered a generate with an error (llama.cpp refused the request): the worker
+    serves on, only that request has no answer."""
+
+
 @dataclass(frozen=True)
 class GenRequest:
     """One completion asked of a worker; `on_token` returns False to cancel. A temperature of
@@ -55,6 +60,9 @@ class GenRequest:
     stop: list[str]
     on_token: Callable[[str], bool]
     temperature: float | None = None
+    # Where the visitor's question is in `prompt` ([start, end), characters): the worker cuts
+    # its start when the prompt would leave the answer less than max_tokens of the context.
+    cut: tuple[int, int] | None = None
 
 
 @dataclass
@@ -63,6 +71,7 @@ class GenStats:
     reason: str = ""
     ttft: float = 0.0
     elapsed: float = 0.0
+    cut: int = 0  # tokens cut from the start of the question to fit the context window
 
 
 _ids = itertools.count(1)
@@ -115,10 +124,11 @@ class _Generation:
                     reason="cancel" if self.cancelled else str(msg.get("reason", "")),
                     ttft=float(msg.get("ttft", 0.0)),
                     elapsed=float(msg.get("elapsed", 0.0)),
+                    cut=int(msg.get("cut", 0)),
                 )
             )
         elif ev == "error":
-            self.done.set_exception(RuntimeError(f"generation failed: {msg.get('error')}"))
+            self.done.set_exception(GenerationFailed(f"generation failed: {msg.get('error')}"))
 
     def fail(self, exc: BaseException) -> None:
         if not self.done.done():
@@ -255,6 +265,7 @@ class WorkerProcess:
                 temperature=self.cfg.temperature if temperature is None else temperature,
                 seed=self.cfg.seed,
                 batch_s=self.cfg.token_batch,
+                cut=list(request.cut) if request.cut else None,
             )
             while not gen.done.done():
                 timeout = self.cfg.token_timeout if gen.tokens else self.cfg.first_token_timeout

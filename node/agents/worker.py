@@ -6,10 +6,11 @@ only takes this process down; the supervisor in the daemon notices and starts a 
 Protocol (one JSON object per line; requests on stdin, events on stdout):
 
     -> {"op": "generate", "id": "r1", "prompt": "...", "max_tokens": 64,
-        "temperature": 0.7, "stop": ["\\nVisitor:"], "batch_s": 0.05}
+        "temperature": 0.7, "stop": ["\\nVisitor:"], "batch_s": 0.05, "cut": [812, 6830]}
     <- {"ev": "tok", "id": "r1", "text": " Hello"}          (a token, as generated)
     <- {"ev": "toks", "id": "r1", "texts": [" a", " b"]}    (tokens that waited, see below)
-    <- {"ev": "done", "id": "r1", "tokens": 12, "reason": "stop", "ttft": 0.21, "elapsed": 0.4}
+    <- {"ev": "done", "id": "r1", "tokens": 12, "reason": "stop", "ttft": 0.21, "elapsed": 0.4,
+        "cut": 0}
     -> {"op": "cancel", "id": "r1"}                          (ends that generation early)
     -> {"op": "ping", "id": "p1"}      <- {"ev": "pong", "id": "p1"}
     <- {"ev": "ready", "model": "...", "load_s": 0.8, "pid": 12, "threads": 1, "nice": 10,
@@ -25,6 +26,11 @@ tokens a write (20 writes a second), each still its own `agent/emit`, a token wa
 50 ms plus one token's time; when tokens come slower than `batch_s` apart each goes alone, as
 with 0 (measured with `gibsey bench agent`: 0 -> 0.83-0.87 of bare, 0.025 -> 0.87-0.90, 0.05 ->
 0.92-0.95, 0.1 -> 0.94-0.95).
+
+`cut` (optional) is where the visitor's question is in the prompt ([start, end), characters): a
+prompt that leaves less than `max_tokens` of the context window (`--n-ctx`) to the answer loses
+the start of that span, counted in the model's own tokens, and `done` says how many tokens went
+(`fit_prompt`). Without it a prompt goes as it came, and one llama.cpp cannot hold is an `error`.
 
 Pings are answered by the thread that generates, between requests, so a wedged generation stops
 the pongs too: that is what the supervisor watches. File descriptor 1 is re-pointed at stderr
@@ -124,6 +130,40 @@ def sampling(msg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# A question is never cut to less than its last this many tokens: the answer is shortened instead
+# (llama.cpp leaves it what the context window holds), or the request fails if even that is none.
+QUESTION_KEPT_MIN = 32
+
+
+def _span(msg: dict[str, Any], prompt: str) -> tuple[int, int] | None:
+    cut = msg.get("cut")
+    if not isinstance(cut, list) or len(cut) != 2 or not all(isinstance(i, int) for i in cut):
+        return None
+    start, end = cut
+    return (start, end) if 0 <= start <= end <= len(prompt) else None
+
+
+def fit_prompt(llm: Any, msg: dict[str, Any]) -> tuple[str | list[int], int]:
+    """The prompt as the model gets it, and how many of its tokens were cut. One that leaves
+    the answer less than `max_tokens` of the context window loses the start of its `cut` span
+    (a visitor's question: its end is what is being asked), as few tokens as make it fit, never
+    the persona's framing around it; handed to llama.cpp as tokens, so exactly that many."""
+    prompt = str(msg.get("prompt", ""))
+    span = _span(msg, prompt)
+    if span is None:
+        return prompt, 0
+    room = llm.n_ctx() - int(msg.get("max_tokens", 64))
+    # Counted as llama.cpp counts a text prompt: BOS (where the model wants one), specials parsed.
+    if len(llm.tokenize(prompt.encode(), add_bos=True, special=True)) <= room:
+        return prompt, 0
+    start, end = span
+    head = llm.tokenize(prompt[:start].encode(), add_bos=True, special=True)
+    question = llm.tokenize(prompt[start:end].encode(), add_bos=False, special=True)
+    tail = llm.tokenize(prompt[end:].encode(), add_bos=False, special=True)
+    keep = min(len(question), max(room - len(head) - len(tail), QUESTION_KEPT_MIN))
+    return head + question[len(question) - keep :] + tail, len(question) - keep
+
+
 def _reader(commands: queue.Queue[dict[str, Any] | None], cancelled: set[str]) -> None:
     for line in sys.stdin:
         try:
@@ -154,7 +194,8 @@ def _generate(llm: Any, ch: ProtocolChannel, msg: dict[str, Any], cancelled: set
     tokens = 0
     waiting: list[str] = []
     reason = "stop"
-    stream = llm.create_completion(str(msg.get("prompt", "")), stream=True, **sampling(msg))
+    prompt, cut = fit_prompt(llm, msg)
+    stream = llm.create_completion(prompt, stream=True, **sampling(msg))
     for chunk in stream:
         choice = chunk["choices"][0]
         text = choice.get("text") or ""
@@ -183,6 +224,7 @@ def _generate(llm: Any, ch: ProtocolChannel, msg: dict[str, Any], cancelled: set
         reason=reason,
         ttft=round(ttft, 4),
         elapsed=round(time.perf_counter() - start, 4),
+        cut=cut,
     )
 
 
