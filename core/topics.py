@@ -14,6 +14,10 @@ VERSION = "v1"
 TOPIC_ROOT = f"{PREFIX}/{VERSION}"
 # Every event of every node on the broker: what the router subscribes to.
 ALL_EVENTS = f"{TOPIC_ROOT}/+/+/+"
+# Where the node answers a request (reply_to, an MQTT 5 response topic): under this root only.
+# Any other topic would have the node publish, under its name and its broker account, wherever
+# an asker says: a Home Assistant device config, a dial's retained state, its own agent/state.
+REPLY_ROOT = "gibsey/reply/"
 STATUS_KIND = "node/status"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
+from gibsey.node.agents.service import valid_reply_topic as agents_service_valid
 from tests.agent_support import agent_node, agents
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
@@ -231,3 +232,33 @@ async def test_a_refused_reload_is_answered_on_its_reply_topic_only(
         assert not [t for t, _ in col.messages if t == topic(nid, "agent/reloaded")]
         after = agents(node).supervisor
         assert (after.model if after is not None else None) == before
+
+
+async def test_a_reply_topic_outside_gibsey_reply_is_never_written(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outsider): unsigned reloads whose reply_to named a Home Assistant device config,
+    Home Assistant's status, a dial's retained state and the node's own agent/state: the node
+    answered on all four, under its name. Must hold: nothing published there (a request's bad
+    reply topic is also alerted, `bad_reply_topic`: the same check); an answer under
+    gibsey/reply/ still comes (after them, in order)."""
+    async with agent_node(tmp_path) as (node, broker):
+        nid = node.node_id
+        col = await collector_factory(broker.port, "#")
+        wrong = [
+            "homeassistant/device/gibsey_evil/config",
+            "homeassistant/status",
+            f"gibsey/v1/{nid}/dial/evil/state",
+            f"gibsey/v1/{nid}/agent/state/worker",
+            "gibsey/reply/",  # the root alone names no asker
+        ]
+        for reply_to in [*wrong, "gibsey/reply/asker"]:
+            await col.publish(
+                topic(nid, "agent/reload"),
+                raw_event(nid, "agent/reload", {"path": "x.gguf", "reply_to": reply_to}),
+            )
+        await col.wait_for(lambda c: [t for t, _ in c.messages if t == "gibsey/reply/asker"])
+        assert not [t for t, p in col.messages if t in wrong and b"agent/reloaded" in p]
+        assert agents_service_valid("gibsey/reply/asker") and not any(
+            map(agents_service_valid, wrong)
+        )

@@ -24,9 +24,9 @@ from gibsey.core.config import ConfigError, NodeConfig, load_config, load_sectio
 from gibsey.core.envelope import RELOAD_REFUSED
 from gibsey.core.operator import fresh_lamport, read_operator_key
 from gibsey.core.symbols import ROTATIONS
+from gibsey.core.topics import REPLY_ROOT
 from gibsey.node.agents.config import AgentConfig
 
-REPLY_PREFIX = "gibsey/reply"
 # A change the node refused exits 1, as every refused gibsey command does (`gibsey vm load`,
 # `gibsey ledger`); 2 stays for no answer at all (a timeout) and bad input, so a script can
 # tell "the node said no" from "nobody answered".
@@ -146,7 +146,7 @@ async def _request(
     from gibsey.core.operator import sign_change
     from gibsey.core.topics import topic_for
 
-    reply = f"{REPLY_PREFIX}/{uuid.uuid4().hex[:12]}"
+    reply = f"{REPLY_ROOT}{uuid.uuid4().hex[:12]}"
     corr = uuid.uuid4().hex[:12]
     payload = {**payload, "reply_to": reply, "correlation": corr}
     event_id, lamport = uuid.uuid4().hex, 0

@@ -18,9 +18,9 @@ Wire protocol (see also AGENTS.md):
   - MQTT 3.1.1 (or a broker without MQTT 5, e.g. the embedded amqtt): the client names its reply
     topic in the payload (`reply_to`).
   A request with both answers on the response topic only (MQTT 5 wins). Either topic must be a
-  plain topic (no wildcards) outside `gibsey/v1/...`'s event topics, e.g.
-  `gibsey/reply/<client-id>`; one that is not raises a `bad_reply_topic` safety/alert and is not
-  used (a refused response topic leaves a valid `reply_to` in use).
+  plain topic (no wildcards) under `gibsey/reply/`, e.g. `gibsey/reply/<client-id>`; one that is
+  not raises a `bad_reply_topic` safety/alert and is not used (a refused response topic leaves a
+  valid `reply_to` in use).
 * `agent/reload` (AgentReload) swaps the model; the outcome is an `agent/reloaded` event (and on
   `reply_to`). A failed load leaves the old model serving and raises a `safety/alert`.
 * Retained state for dashboards: `gibsey/v1/<node>/agent/state/worker` (model, pid, restarts,
@@ -54,7 +54,7 @@ from gibsey.core.envelope import (
 )
 from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
-from gibsey.core.topics import TOPIC_ROOT, parse_topic, topic_for
+from gibsey.core.topics import REPLY_ROOT, TOPIC_ROOT, topic_for
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.db import Db
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
@@ -103,7 +103,11 @@ def state_topic(node_id: str, name: str) -> str:
 
 
 def valid_reply_topic(topic: str) -> bool:
-    return bool(topic) and not any(c in topic for c in "+#\0") and parse_topic(topic) is None
+    return (
+        topic.startswith(REPLY_ROOT)
+        and len(topic) > len(REPLY_ROOT)
+        and not any(c in topic for c in "+#\0")
+    )
 
 
 @dataclass(frozen=True)
@@ -411,7 +415,7 @@ class AgentService:
         the link is up and only for this node's own request topic), else its `reply_to`."""
         reply_to = req.reply_to
         if reply_to is not None and not valid_reply_topic(reply_to):
-            self.alert("bad_reply_topic", f"{reply_to!r}: a plain topic outside gibsey/v1 events")
+            self.alert("bad_reply_topic", f"{reply_to[:200]!r}: a plain topic under {REPLY_ROOT}")
             reply_to = None
         link = self.link
         if link is not None:
@@ -422,7 +426,7 @@ class AgentService:
                     return Reply(route.topic, route.correlation, mqtt5=True)
                 self.alert(
                     "bad_reply_topic",
-                    f"response topic {route.topic[:200]!r}: a plain topic outside gibsey/v1 events",
+                    f"response topic {route.topic[:200]!r}: a plain topic under {REPLY_ROOT}",
                 )
         return Reply(reply_to) if reply_to else None
 
