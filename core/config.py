@@ -293,10 +293,6 @@ def read_config_file(data_dir: Path, path: Path | None = None) -> tuple[Path, di
     """(the file, its TOML document); {} when there is no file."""
     cfg_path = config_path(data_dir, path)
     if not cfg_path.exists():
-        if path is None and os.environ.get("GIBSEY_CONFIG"):
-            # Named on purpose, so not the default's absence: a typo there would run the node
-            # on defaults (another broker, no mesh, no token) without a word.
-            raise ConfigError(f"GIBSEY_CONFIG={cfg_path}: no such file")
         return cfg_path, {}
     try:
         raw = tomllib.loads(cfg_path.read_text(encoding="utf-8-sig"))

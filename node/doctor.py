@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gibsey.core.config import ConfigError, resolve_data_dir
+from gibsey.core.config import ConfigError, config_path, resolve_data_dir
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
 from gibsey.core.storage import EPISODE_FILE, StorageError, sqlite_refusal
 from gibsey.node.config import GibseyConfig, load_gibsey_config
@@ -396,6 +396,17 @@ def check_gateway_token(data: Path, cfg: GibseyConfig) -> Check:
     return Check("write token", OK, f"made at the first start in {token_path(data)}")
 
 
+def check_config_file(data: Path) -> Check:
+    """Which gibsey.toml was read: a mistyped GIBSEY_CONFIG (or a file left out) runs the node
+    on the defaults, which is allowed (the image names /etc/gibsey/gibsey.toml whether or not
+    the SD card brought one) but must be seen."""
+    path = config_path(data)
+    named = " (GIBSEY_CONFIG)" if os.environ.get("GIBSEY_CONFIG") else ""
+    if path.exists():
+        return Check("config", OK, f"read {path}{named}")
+    return Check("config", OK, f"{path}{named} does not exist: every setting is its default")
+
+
 def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> Check:
     """Room on the data directory's file system; on a fresh machine (no data directory yet),
     on the one it will be made on: its nearest existing ancestor's."""
@@ -607,6 +618,7 @@ def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[
         check_agent_worker(cfg),
         check_key(data),
         check_gateway_token(data, cfg),
+        check_config_file(data),
         check_disk(data),
         check_disk_writes(data),
         *check_node_disk(data),

@@ -234,3 +234,22 @@ def test_a_relative_data_directory_that_exists_is_not_called_missing(
     monkeypatch.chdir(tmp_path)
     check = doctor.check_disk(Path("node"))
     assert check.detail.endswith(f" at {tmp_path / 'node'}"), check.detail
+
+
+def test_doctor_says_which_config_file_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped GIBSEY_CONFIG runs the node on the defaults (allowed: the image names its file
+    whether or not the SD card brought one): doctor says so, naming the file."""
+    from gibsey.node import doctor
+
+    monkeypatch.setenv("GIBSEY_CONFIG", str(tmp_path / "gibsey.tmol"))
+    check = doctor.check_config_file(tmp_path)
+    assert check.detail == (
+        f"{tmp_path / 'gibsey.tmol'} (GIBSEY_CONFIG) does not exist: every setting is its default"
+    )
+    (tmp_path / "gibsey.tmol").write_text("")
+    assert (
+        doctor.check_config_file(tmp_path).detail
+        == f"read {tmp_path / 'gibsey.tmol'} (GIBSEY_CONFIG)"
+    )
