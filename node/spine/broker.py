@@ -41,6 +41,12 @@ RESTART_FIRST_S = 0.5  # a Mosquitto that died is started again after this, doub
 RESTART_MAX_S = 10.0  # ... up to this (a broker that cannot start is not spun on)
 STOP_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 10.0
+# The broker's heap, at most (Mosquitto's memory_limit; images/mosquitto/gibsey.conf says the
+# same): anyone who may publish can retain 128 KiB messages under topics of their choosing, and
+# nothing else bounds what the broker keeps (an outside tester stored 24 MB, which the broker then
+# rewrote to disk at every change). A full queue of the node's events (max_queued_messages, ~0.5
+# KiB each) is ~5 MiB: this is room for it and its retained topics many times over.
+MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
 
 
 class EmbeddedBrokerError(RuntimeError):
@@ -114,7 +120,9 @@ class AmqttBroker:
             self._broker = None
 
 
-def mosquitto_conf(host: str, port: int, folder: Path) -> str:
+def mosquitto_conf(
+    host: str, port: int, folder: Path, memory_limit: int = MEMORY_LIMIT_BYTES
+) -> str:
     """The child's configuration: images/mosquitto/gibsey.conf where it applies (one listener,
     on this machine, no WebSockets), persistence in `folder`."""
     lines = [
@@ -129,6 +137,7 @@ def mosquitto_conf(host: str, port: int, folder: Path) -> str:
         "persistent_client_expiration 7d",
         "max_queued_messages 10000",
         "message_size_limit 131072",
+        f"memory_limit {memory_limit}",
         f"log_dest file {folder}/mosquitto.log",
         "log_type error",
         "log_type warning",
