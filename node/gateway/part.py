@@ -29,7 +29,7 @@ from gibsey.node.gateway.logs import use_json_logs
 from gibsey.node.gateway.scrape import Metrics, count_start
 from gibsey.node.gateway.state import GatewayState
 from gibsey.node.gateway.tokens import node_token
-from gibsey.node.gateway.uvicorn_lean import Config, Server
+from gibsey.node.gateway.uvicorn_lean import Config, Server, guarded_h11
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -40,6 +40,10 @@ SHUTDOWN_TIMEOUT_S = 3
 # Connections and requests the gateway serves at once (its live streams are bounded lower:
 # routes/events.py); the systemd unit gives the node LimitNOFILE=8192.
 MAX_CONNECTIONS = 256
+# An idle connection (a response sent, no next request) is closed after this: a browser that
+# reuses one does so within a second or two, and an idle one holds a slot of MAX_CONNECTIONS
+# (uvicorn's default, said here so that it is not raised without reading this).
+KEEP_ALIVE_S = 5
 
 
 class _Server(Server):
@@ -59,6 +63,9 @@ class Gateway:
         token, self.token_source = self._token()
         self.web = GatewayState(node, self.hub, self.metrics, token)
         self.app = build_app(self.web)
+        # uvicorn's h11 protocol with a deadline for a request's head and a bound per address
+        # (uvicorn_lean.py); what it closes is said as the refusals are.
+        self.http_protocol = guarded_h11(self.web.refused)
         self.url = ""
         self.port = 0
         self.ready = asyncio.Event()
@@ -105,9 +112,12 @@ class Gateway:
             lifespan="off",
             timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S,
             ws="none",
+            http=self.http_protocol,
+            timeout_keep_alive=KEEP_ALIVE_S,
             server_header=False,
             # Past this many connections and requests at once, a new one gets a 503 and is
-            # closed: a stranger's connections cannot take every file descriptor the node has.
+            # closed: a stranger's connections cannot take every file descriptor the node has
+            # (nor, with the protocol's bounds, every one of these slots for long).
             limit_concurrency=MAX_CONNECTIONS,
         )
         server = _Server(config)

@@ -13,13 +13,20 @@ package is whole from then on.
 Where uvicorn was imported already (a test, a tool), or its layout is not the pinned one
 (pyproject.toml), it is imported as it comes: only the memory saved is lost
 (tests/test_daemon_footprint.py says so).
+
+Its h11 protocol is the gateway's, with two guards uvicorn lacks (`guarded_h11`): a deadline
+for a request's head, and a bound on the connections one address holds open at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import h11
 
 _PACKAGE = "uvicorn"
 
@@ -59,6 +66,121 @@ def _without_init() -> None:
 _without_init()
 
 from uvicorn.config import Config  # noqa: E402 (after the package is put in place)
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 from uvicorn.server import Server  # noqa: E402
 
-__all__ = ["Config", "Server"]
+__all__ = [
+    "HEAD_TIMEOUT_S",
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "Config",
+    "GuardedH11Protocol",
+    "Server",
+    "guarded_h11",
+]
+
+# A connection has this long to deliver a whole request head (request line and headers), from
+# when it is made or from the first byte of its next request. A browser, curl or Prometheus
+# sends its head in one write, in milliseconds even over a poor Wi-Fi: only a client that holds
+# connections open on purpose (slowloris) comes near it.
+HEAD_TIMEOUT_S = 10.0
+# Connections one address may hold open at once: a gallery's dashboards (their live streams are
+# bounded lower, routes/events.py) and its Prometheus are a handful of clients with a few
+# connections each. Past it, a new connection from that address is closed at once, so that one
+# stranger cannot take every slot of the gateway's limit_concurrency (part.py) for as long as a
+# head may take, leaving everyone else 503s.
+MAX_CONNECTIONS_PER_ADDRESS = 32
+
+Refused = Callable[[str, str], None]  # (reason, detail): the gateway's paced log and alert
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, which times out only an idle keep-alive connection (after a
+    response): one that sends part of a request head and then nothing is kept for ever, and
+    counts toward limit_concurrency, so a stranger's 256 such sockets left the node answering
+    503 to everyone. This one closes a connection whose head is not whole within HEAD_TIMEOUT_S,
+    and one past MAX_CONNECTIONS_PER_ADDRESS at once; `guarded_h11` makes each gateway's."""
+
+    # Address -> connections open from it. Only the event loop's thread touches it, and an
+    # address goes when its last connection closes: it is as large as the connections open.
+    peers: ClassVar[dict[str, int]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._counted: str | None = None  # the address this connection counts for in `peers`
+
+    def refused(self, reason: str, detail: str) -> None:
+        raise NotImplementedError  # each gateway's subclass says it: guarded_h11
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # first: connection_lost needs what it sets
+        address = self.client[0] if self.client else ""
+        held = self.peers.get(address, 0)
+        if held >= MAX_CONNECTIONS_PER_ADDRESS:
+            transport.close()
+            self.refused(
+                "http_too_many_connections",
+                f"{address or 'a client'} holds {held} connections, the most one address may: "
+                "a new one was closed",
+            )
+            return
+        self.peers[address] = held + 1
+        self._counted = address
+        self._arm_head_timer()  # a connection that sends nothing at all is timed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        if self._counted is not None:
+            left = self.peers[self._counted] - 1
+            if left:
+                self.peers[self._counted] = left
+            else:
+                del self.peers[self._counted]
+            self._counted = None
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_head_timer()  # a head is whole (or the connection failed)
+        elif self.conn.trailing_data[0]:
+            # Part of the next request's head is here (the keep-alive timer, which data stops,
+            # timed the wait for it): the deadline runs from its first byte, more does not
+            # extend it.
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        self.transport.close()
+        address = self._counted or "a client"
+        self.refused(
+            "http_slow_request",
+            f"{address} sent no whole request head within {HEAD_TIMEOUT_S:g} s: "
+            "its connection was closed",
+        )
+
+
+def guarded_h11(refused: Refused) -> type[GuardedH11Protocol]:
+    """The h11 protocol class of one gateway (uvicorn's `Config(http=...)`): its own count of
+    connections per address, and each connection it closes said through `refused` (the
+    gateway's state.refused: a log line and a safety/alert at most once a minute per reason,
+    with the count, never a line per connection)."""
+
+    class GatewayH11(GuardedH11Protocol):
+        peers: ClassVar[dict[str, int]] = {}
+
+        def refused(self, reason: str, detail: str) -> None:
+            refused(reason, detail)
+
+    return GatewayH11

@@ -6,7 +6,9 @@ proposeMerge) and every REST write without the write token, with a wrong one, an
 without a token; a 5,000-alias GraphQL query, one too deep, one whose answer is too large, and a
 slow resolver while /api/status is asked; 50 MB bodies (without a token, with a token and a
 declared length, streamed in chunks); a 5,000-digit number in a JSON field; the OpenAPI
-document; a node started as the README says (no token configured) and its token file's mode.
+document; a node started as the README says (no token configured) and its token file's mode;
+connections that send part of a request head and then nothing (slowloris), and more
+connections from one address than it may hold.
 
 What must hold: every write in every API needs the token and is refused (401, GraphQL: one
 error) with nothing written (ledger counts, `gibsey ledger verify`); GraphQL's cost is bounded
@@ -14,7 +16,9 @@ by clear errors before anything runs, and its resolvers leave the event loop fre
 never read without the token and never past the bound (413), so the node's memory does not grow
 by the body; a number too long is invalid input (422), not a crash; the OpenAPI document
 defines the `token` scheme it names and lists /graphql; the first start makes a token file of
-mode 0600, `gibsey gateway token` prints it, and `gibsey doctor` warns about a wider mode.
+mode 0600, `gibsey gateway token` prints it, and `gibsey doctor` warns about a wider mode;
+a connection without a whole request head is closed after the head deadline, and one past the
+bound per address at once, while the node answers everyone else.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import pytest
 
 from gibsey.harness.nodeproc import spawn_up, wait_for_file
 from gibsey.harness.waiting import stop_process
+from gibsey.node.gateway import uvicorn_lean
 from gibsey.node.gateway.openapi import mutating_operations
 from gibsey.node.gateway.tokens import TOKEN_FILE
 from gibsey.node.story import graphql as story_graphql
@@ -55,6 +60,9 @@ FOX = "004"  # a page of the sample corpus
 BIG_BODY_BYTES = 50 * 1024 * 1024
 RSS_GROWTH_LIMIT_BYTES = 20 * 1024 * 1024
 HOLD_S = 15.0  # how long a held resolver waits at most: a guard against a blocked loop
+# A request head that never ends (no blank line): what the slowloris sweep sent, then nothing.
+PARTIAL_HEAD = b"GET /api/status HTTP/1.1\r\nHost: x\r\n"
+HEAD_BOUND_S = 1.0  # the head deadline in these tests (the node's: 10 s)
 WRONG: tuple[dict[str, str], ...] = (
     {},
     {"Authorization": "Bearer wrong"},
@@ -125,6 +133,22 @@ def _gibsey_up(data: Path, broker: Mosquitto, **env: str) -> Iterator[tuple[int,
         yield proc.pid, str(json.loads((data / "gateway.json").read_text())["url"])
     finally:
         stop_process(proc, signal.SIGTERM)
+
+
+async def _partial_head(gw: GatewayNode) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    url = httpx.URL(gw.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(PARTIAL_HEAD)
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_within(reader: asyncio.StreamReader, timeout_s: float) -> bool:
+    """Whether the node closes the connection (an end of stream, nothing written) in time."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout_s) == b""
+    except TimeoutError:
+        return False
 
 
 def _megabytes(n: int) -> Iterator[bytes]:
@@ -448,6 +472,60 @@ async def test_live_streams_are_bounded_by_address(gateway_node: GatewayNode) ->
     streams.append(await open_stream())
     for _, writer in streams:
         writer.close()
+
+
+async def test_a_connection_without_a_whole_request_head_is_closed_in_time(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried (the outside tester's slowloris sweep): connections that send part of a request
+    head and then nothing; 256 of them made every other request a 503, and they were still
+    open after 65 s. Must hold: the node closes each once the head deadline (lowered here to
+    1 s) has passed, answers /api/status meanwhile, and says so once (http_slow_request, the
+    others counted for the next alert)."""
+    gw = gateway_node
+    monkeypatch.setattr(uvicorn_lean, "HEAD_TIMEOUT_S", HEAD_BOUND_S)
+    loop = asyncio.get_running_loop()
+    held = [(loop.time(), *await _partial_head(gw)) for _ in range(3)]
+    assert (await gw.http.get("/api/status")).status_code == 200
+    for opened, reader, writer in held:
+        assert await _closed_within(reader, 5 * HEAD_BOUND_S), "a partial head was kept open"
+        assert loop.time() - opened >= HEAD_BOUND_S / 2, "closed before its deadline"
+        writer.close()
+    assert gw.gateway.web.refusals["http_slow_request"][1] == len(held) - 1
+
+
+async def test_connections_past_the_bound_per_address_are_closed_at_once(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: from one address (127.0.0.1), more connections with a partial head than it may
+    hold (the bound lowered here to 6; the node's is 32), the head deadline far off. Must hold:
+    those past the bound are closed at once, those within it stay open and are answered when
+    their head ends (200), the node never counts more than the bound for the address, and it
+    forgets the address once they close (a new connection is let in)."""
+    gw = gateway_node
+    cap = 6
+    monkeypatch.setattr(uvicorn_lean, "MAX_CONNECTIONS_PER_ADDRESS", cap)
+    monkeypatch.setattr(uvicorn_lean, "HEAD_TIMEOUT_S", 60.0)  # only the bound closes here
+    peers = gw.gateway.http_protocol.peers
+    connections = []
+    for _ in range(cap + 3):
+        connections.append(await _partial_head(gw))
+        assert peers.get("127.0.0.1", 0) <= cap
+    closed = await asyncio.gather(*(_closed_within(reader, 2.0) for reader, _ in connections))
+    assert closed == [False] * cap + [True] * 3, closed
+    assert peers == {"127.0.0.1": cap}
+    for reader, writer in connections[:cap]:
+        writer.write(b"\r\n")  # the head ends: an ordinary request
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200"), "a held one not served"
+    assert gw.gateway.web.refusals["http_too_many_connections"][1] == 2
+    for _, writer in connections:
+        writer.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while peers:
+        assert loop.time() < deadline, f"closed connections still counted: {peers}"
+        await asyncio.sleep(0.05)
+    assert (await gw.http.get("/api/status")).status_code == 200
 
 
 def test_running_out_of_descriptors_is_said_once_a_minute(
