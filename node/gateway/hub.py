@@ -33,7 +33,7 @@ RECENT = 200
 SUBSCRIBER_QUEUE = 512
 HUB_QUEUE = 8192
 TXN_TYPES = frozenset({"gift", "mint", "burn"})  # the entries a gift/txn announces
-ANNOUNCED_KEPT = 1024  # entries announced from another process, remembered against replays
+ANNOUNCED_KEPT = 1024  # entries announced by another process or node, kept against replays
 
 
 @dataclass(eq=False)
@@ -80,9 +80,10 @@ class Hub:
         self.agent_tokens: collections.Counter[str] = collections.Counter()
         self.agent_answers: collections.Counter[str] = collections.Counter()
         self.seen = 0
-        self.unrecorded = 0  # gift/txn naming this node that no entry of its feed backs: not shown
+        self.unrecorded = 0  # gift/txn (naming any node) that no entry held backs: not shown
         self._unrecorded_said = DropAlerts(60.0, time.monotonic())
-        # The entries whose gift/txn from another process was shown, the latest ANNOUNCED_KEPT.
+        # The entries whose gift/txn from another process or node was shown, the latest
+        # ANNOUNCED_KEPT.
         self._announced: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.closed = False
         self._last_token_t = 0.0
@@ -94,30 +95,36 @@ class Hub:
         )
 
     async def on_event(self, event: Event, payload: Payload) -> None:
-        if isinstance(payload, GiftTxn) and event.node == self.node.node_id:
-            if not await self._recorded(event, payload):
-                self.unrecorded += 1
-                # Said at once, then at most once a minute with the count: a flood of them is
-                # not a flood of the journal.
-                for due in self._unrecorded_said.due({"": self.unrecorded}, time.monotonic()):
-                    log.warning(
-                        "not shown: %d gift/txn naming this node that no entry of its feed "
-                        "backs (the last: %s by %s, entry %s)",
-                        due.dropped,
-                        event.id,
-                        event.actor[:64],
-                        (payload.entry or "none")[:64],
-                    )
-                return
+        # Every gift/txn is judged, whichever node it names: anyone on the broker may publish
+        # one under any node id (a made-up one too), and the dashboard would show it alike.
+        if isinstance(payload, GiftTxn) and not await self._recorded(event, payload):
+            self.unrecorded += 1
+            # Said at once, then at most once a minute with the count: a flood of them is not
+            # a flood of the journal.
+            for due in self._unrecorded_said.due({"": self.unrecorded}, time.monotonic()):
+                log.warning(
+                    "not shown: %d gift/txn that no entry of the node's ledger backs (the "
+                    "last: %s naming node %s, by %s, entry %s)",
+                    due.dropped,
+                    event.id,
+                    event.node[:64],
+                    event.actor[:64],
+                    (payload.entry or "none")[:64],
+                )
+            return
         self.publish(event)
 
     async def _recorded(self, event: Event, payload: GiftTxn) -> bool:
-        """Whether a gift/txn naming this node says what an entry of this node's feed says.
-        Anyone on the broker may publish one, and a dashboard would show a gift nobody gave
-        (the ledger itself is never moved by an announcement). Those the node sends are
-        its own; `gibsey ledger gift` announces from another process, after its entry is
-        stored, so the entry it names is read back (off the loop: the store's lock is held
-        through a group commit's fsync) and must announce to the same payload."""
+        """Whether a gift/txn says what an entry this node holds says. Anyone on the broker may
+        publish one naming any node, and a dashboard would show a gift nobody gave (the ledger
+        itself is never moved by an announcement). Those the node sends are its own; the
+        others (`gibsey ledger gift` in another process, after its entry is stored; a peer's
+        node, whose entry the mesh imports) name an entry that is read back (off the loop: the
+        store's lock is held through a group commit's fsync) and must announce to the same
+        payload. Any author's entry will do: the store serves only entries their author's
+        key vouches for, so the payload is what that author wrote. One naming an entry not
+        held yet (a peer's, before the mesh fetched it) is not shown: a forgery looks the
+        same."""
         if self.node.router.emitted_here(event.id):
             return True
         ledger = self.node.parts.ledger
@@ -130,9 +137,7 @@ class Hub:
         if hash_ in self._announced:
             return False  # a genuine announcement replayed under another id: shown once
         entry = await asyncio.to_thread(_stored, ledger, hash_)
-        if entry is None or entry.author != ledger.author:
-            return False
-        if entry.type not in TXN_TYPES or txn_of(entry) != payload:
+        if entry is None or entry.type not in TXN_TYPES or txn_of(entry) != payload:
             return False
         self._announced[hash_] = None
         if len(self._announced) > ANNOUNCED_KEPT:
