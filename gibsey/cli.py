@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    refused = _data_not_a_directory(args) or _no_node_to_read(args) or _config_refused(args)
+    refused = _data_not_a_directory(args) or _config_refused(args) or _no_node_to_read(args)
     if refused:
         print(f"gibsey {args.command}: {refused}", file=sys.stderr)
         return 2

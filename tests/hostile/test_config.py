@@ -409,12 +409,13 @@ def test_ledger_commands_refuse_a_bad_node_section_before_writing(
 ) -> None:
     """Tried: `gibsey ledger balance` and `ledger mint` (both announce on MQTT) with a bad
     [node]. Must hold: exit 2, one line naming the key, no traceback, and nothing written
-    (`ledger verify` on the data directory afterwards finds no entry)."""
+    (`ledger verify` on the data directory afterwards finds no node there: no key, no ledger)."""
     data, key = _write(tmp_path, name)
     _one_line_error(_gibsey(data, *command), key)
     (data / "gibsey.toml").unlink()
     verify = _gibsey(data, "ledger", "verify")
-    assert verify.returncode == 0 and "ok: 0 entries" in verify.stdout, verify.stdout
+    assert verify.returncode == 2 and "no node in" in verify.stderr, verify.stderr
+    assert list(data.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["listen-port", "section-typo"])
