@@ -54,6 +54,7 @@ from .entrylog import SUFFIX as ENTRY_LOG_SUFFIX
 from .entrylog import EntryLog
 from .errors import LedgerError, Rejected, RejectReason
 from .forkproof import ForkProof
+from .ownfeed import OwnFeedMark
 
 log = logging.getLogger("gibsey.ledger")
 # Shown where logging is set up (the node, `mesh serve`); a command says it in its own words.
@@ -297,6 +298,10 @@ class Store:
         in_memory = self.path == ":memory:" or self.path.startswith("file:")
         self.commit_every_s = 0.0 if in_memory else commit_every_s
         self._log = None if in_memory else EntryLog(self.path + ENTRY_LOG_SUFFIX)
+        # How far this node signed its feeds, outside the database (ownfeed.py), and the keys
+        # this process signed with: a wiped or old ledger must not be signed on (a fork).
+        self.own_mark = None if in_memory else OwnFeedMark(Path(self.path).parent)
+        self._signed_here: set[bytes] = set()
         self._batch_since: float | None = None
         self._batch_rows = 0
         self._batch_id = 0
@@ -352,6 +357,9 @@ class Store:
             except (StorageError, sqlite3.Error) as exc:
                 # Nothing acknowledged is lost: the entry log holds it for the next writer.
                 log.warning("ledger: closing, the last batch could not be committed: %s", exc)
+            if self.own_mark is not None and self._signed_here:
+                heads = {a: self._heads[a].seq for a in self._signed_here if a in self._heads}
+                self.own_mark.signed(heads, force=True)  # what this process signed, marked
             if self._log is not None:
                 self._log.close()
             self._db.close()
@@ -993,6 +1001,9 @@ class Store:
                 f"this node's own feed holds a bad stored row ({bad}): an entry chained after "
                 "it would count nowhere; restore ledger.sqlite3 with node.key from a backup"
             )
+        behind = self.own_feed_behind(author)
+        if behind:
+            raise LedgerError(behind)
         head = self._heads.get(author)
         return (1, None) if head is None else (head.seq + 1, head.hash)
 
@@ -1020,6 +1031,7 @@ class Store:
             if also is not None:
                 also(db, e)
             stored.append(e)
+        self._mark_signed(e.author)
         return e
 
     def append_many(
@@ -1056,7 +1068,39 @@ class Store:
             db.executemany(_INSERT, [_row(e) for e in out])  # one statement: ~3 us/entry less
             self._stored_rows(len(out), (e.raw for e in out))
             stored += out
+        if out:
+            self._mark_signed(author)
         return out
+
+    def own_feed_behind(self, author: bytes) -> str | None:
+        """Why `author`'s feed (this node's) must not be signed on, if it is behind its mark."""
+        head = self._heads.get(author)
+        seq = head.seq if head else 0
+        mark = self.own_mark
+        marked = mark.behind(author, seq) if mark is not None else 0
+        if not marked or mark is None:
+            return None
+        return (
+            f"this node signed its feed up to seq {marked} ({mark.path}), but the ledger holds it "
+            f"to seq {seq} only: ledger.sqlite3 was wiped, replaced by an older copy or lost "
+            "entries; restore it from a backup (with node.key), or let the mesh bring the feed "
+            "back from the gallery's peers. An entry signed now would fork the feed, which then "
+            "counts nowhere"
+        )
+
+    def mark_own(self, author: bytes) -> None:
+        """`author` is this node's key: its feed's head marked now if the mark is behind (a node
+        of a release before the mark, whose ledger would otherwise go unguarded until it signs)."""
+        self._mark_signed(author, force=True)
+
+    def _mark_signed(self, author: bytes, force: bool = False) -> None:
+        """Raise the own feed's mark after `author` signed (at most once a minute, ownfeed.py)."""
+        if self.own_mark is None:
+            return
+        with self.lock:
+            self._signed_here.add(author)
+            heads = {a: self._heads[a].seq for a in self._signed_here if a in self._heads}
+        self.own_mark.signed(heads, force=force)
 
     def _sign_next(
         self,

@@ -72,6 +72,11 @@ def attach_ledger(node: Node) -> None:
         commit_every_s=node.config.node.ledger_commit_every_s,
     )
     ledger.group.wait_s = node.config.node.ledger_group_wait_s
+    behind = ledger.store.own_feed_behind(ledger.author)
+    if behind:  # every mint and gift is refused until the feed is whole (ledger/ownfeed.py)
+        log.error("ledger: %s", behind)
+    else:
+        ledger.store.mark_own(ledger.author)
     node.add_closer(ledger.close)
     node.parts.ledger = ledger
     node.add_service("ledger-check", lambda: _report_bad_rows(node, ledger))

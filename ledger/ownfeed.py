@@ -1,0 +1,91 @@
+"""How far this node has signed its own feed, kept outside the ledger: `DATA/own-feed.json`.
+
+A node's feed is a chain it alone signs, seq 1, 2, 3, ... Its peers hold copies. If
+ledger.sqlite3 is lost, emptied or replaced by an older backup while node.key stays, the node
+would sign a new seq 1 (or seq N+1 after an old N): a second entry at a seq its peers already
+hold, which is a fork, and a forked feed counts for nothing anywhere from that seq on
+(CANONICAL.md). An outside tester truncated the ledger of a node with 62 entries: `ledger
+verify` said ok, and the next mint re-signed seq 1.
+
+So the seq reached is also written here, beside node.key, where a technician wiping the ledger's
+files (`rm ledger.sqlite3*`) does not reach: at most once a minute while the node signs (a write
+per turn would wear the card, issue 19) and when the ledger closes. A store whose own feed is
+behind it refuses to sign (`Store._next_position`) until the feed is whole again: restored from
+a backup, or brought back by the mesh from the gallery's peers, which import it as any feed.
+The mark may lag the feed by up to a minute: a loss of only the last minute's entries is not
+seen; a wiped or old ledger is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from gibsey.core.identity import write_atomic
+from gibsey.core.storage import StorageError
+
+log = logging.getLogger("gibsey.ledger")
+
+FILENAME = "own-feed.json"
+MARK_EVERY_S = 60.0  # while the node signs, the mark is written at most this often
+
+
+class OwnFeedMark:
+    """The seq each of this node's keys has signed up to, read at open, raised as it signs."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / FILENAME
+        self.marked: dict[bytes, int] = _read(self.path)
+        self._written_at = float("-inf")  # the first signature is marked at once
+
+    def behind(self, author: bytes, seq: int) -> int:
+        """The seq marked for `author` if the feed's head `seq` is behind it, else 0."""
+        marked = self.marked.get(author, 0)
+        return marked if seq < marked else 0
+
+    def signed(self, heads: dict[bytes, int], force: bool = False) -> None:
+        """The feed heads of the keys this process signed with: marked if higher, at most once
+        a MARK_EVERY_S (`force`: now, as the ledger closes). A disk that refuses the write is
+        the node's DiskHealth's to say; the mark is tried again at the next signature."""
+        now = time.monotonic()
+        if not force and now - self._written_at < MARK_EVERY_S:
+            return
+        higher = {a: s for a, s in heads.items() if s > self.marked.get(a, 0)}
+        if not higher:
+            return
+        # Another process (`gibsey ledger mint` beside the node) may have marked more since.
+        merged = _read(self.path)
+        for author, seq in {**self.marked, **higher}.items():
+            merged[author] = max(seq, merged.get(author, 0))
+        doc = {author.hex(): seq for author, seq in sorted(merged.items())}
+        try:
+            write_atomic(self.path, json.dumps(doc).encode() + b"\n")
+        except StorageError as exc:
+            log.debug("ledger: the own feed's mark was not written: %s", exc)
+            return
+        self.marked, self._written_at = merged, now
+
+
+def _read(path: Path) -> dict[bytes, int]:
+    """The marks in `path`; none if it is missing or unreadable (said: a damaged mark only
+    loses the check, never refuses the node its feed)."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ledger: %s is unreadable (%s): the own feed goes unchecked", path, exc)
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[bytes, int] = {}
+    for author, seq in doc.items():
+        try:
+            key = bytes.fromhex(author)
+        except (TypeError, ValueError):
+            continue
+        if len(key) == 32 and isinstance(seq, int) and seq > 0:
+            out[key] = seq
+    return out
