@@ -245,3 +245,29 @@ def test_refusals_are_logged_paced_and_printable(caplog: pytest.LogCaptureFixtur
     assert lines[2].startswith("rejected messages (malformed_json): 499 more in the last 60 s")
     assert not any(ch in line for line in lines for ch in "\n\r\x00")
     assert "a\\x0a[06:30:01] INFO" in lines[1]
+
+
+def test_an_id_used_under_another_kind_or_node_is_no_duplicate() -> None:
+    """Tried (an outsider): dial/pressed events naming another node with the ids a kiosk would
+    use next (kiosk-t1..5), then the kiosk's turns: 0 of 5 answered, counted as duplicates,
+    nothing said. Must hold: the kiosk's turns are taken; the same turn again is a duplicate."""
+    router = Router("n1", lambda alert: None)
+    taken: list[str] = []
+    router.register_inline("test", ["glyph/rotated"], lambda e, p: taken.append(e.id))
+    pressed = {"symbol": 1, "rotation": 0, "press": "short", "source": "x"}
+    turn = {"symbol": 1, "rotation": 0}
+    for i in range(5):
+        router.handle_message(
+            topic("n2", "dial/pressed"),
+            raw_event("n2", "dial/pressed", pressed, event_id=f"kiosk-t{i}"),
+        )
+        router.handle_message(
+            topic("n1", "dial/pressed"),
+            raw_event("n1", "dial/pressed", pressed, event_id=f"kiosk-t{i}"),
+        )
+    for i in range(5):
+        raw = raw_event("n1", "glyph/rotated", turn, event_id=f"kiosk-t{i}")
+        router.handle_message(topic("n1", "glyph/rotated"), raw)
+        router.handle_message(topic("n1", "glyph/rotated"), raw)  # a redelivery
+    assert taken == [f"kiosk-t{i}" for i in range(5)]
+    assert router.stats.duplicates == 5

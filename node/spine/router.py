@@ -281,7 +281,10 @@ class Router:
                     SafetyAlert(reason=rej.reason, detail=rej.detail[:16_000], topic=topic[:256])
                 )
             return None
-        if not self._seen.add(event.id):
+        # A duplicate is the same event come again (a QoS 1 redelivery, a second path through a
+        # bridge): the same node, kind and id. By id alone, anyone could squat a client's next
+        # ids in advance under another kind or node, and its turns were dropped unseen.
+        if not self._seen.add(_dedup_key(event.node, event.kind, event.id)):
             self.stats.duplicates += 1
             return None
         if self._forged_own(event):
@@ -325,7 +328,7 @@ class Router:
             self._emitted[out.id] = out
             if len(self._emitted) > self._emitted_cap:
                 self._emitted.popitem(last=False)
-        self._seen.add(out.id)
+        self._seen.add(_dedup_key(out.event.node, out.event.kind, out.id))
         self._accept(out.event, out.payload)
 
     def _accept(self, event: Event, payload: Payload) -> None:
@@ -387,3 +390,7 @@ class Router:
                 reg.dropped += 1
                 self.stats.dropped += 1
             reg.queue.put_nowait((event, payload))
+
+
+def _dedup_key(node: str, kind: str, event_id: str) -> str:
+    return f"{node}\x00{kind}\x00{event_id}"  # NUL: in no topic level (MQTT forbids it)
