@@ -9,6 +9,8 @@ what is missing, and the caller says so.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from gibsey.core.config import ConfigError, load_config
@@ -20,9 +22,30 @@ from gibsey.core.topics import topic_for
 TIMEOUT_S = 3.0
 
 
+# Where the running node's embedded broker listens, written by the node when it starts it and
+# removed when it stops: `gibsey up --embedded-port N` is a command-line choice that no other
+# command reads, and each announced to the configured port, where no broker was.
+EMBEDDED_FILE = "embedded-broker.json"
+
+
 def broker_url(data_dir: Path) -> str:
     config = load_config(data_dir)
-    return config.broker or f"mqtt://{config.embedded_host}:{config.embedded_port}"
+    return (
+        config.broker
+        or running_embedded(data_dir)
+        or f"mqtt://{config.embedded_host}:{config.embedded_port}"
+    )
+
+
+def running_embedded(data_dir: Path) -> str | None:
+    """The URL of the embedded broker the node running on `data_dir` started, if one runs."""
+    try:
+        doc = json.loads((data_dir / EMBEDDED_FILE).read_bytes())
+        url, pid = str(doc["url"]), int(doc["pid"])
+        os.kill(pid, 0)  # the node that wrote it still runs (a kill -9 leaves the file)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if url.startswith("mqtt://") else None
 
 
 def announce(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from gibsey import __version__
 from gibsey.core import trace
+from gibsey.core.announce import EMBEDDED_FILE
 from gibsey.core.envelope import (
     Event,
     NodeStatus,
@@ -388,6 +390,12 @@ class Node:
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def _say_embedded(self, url: str) -> None:
+        """Where the embedded broker listens, for the commands run beside the node (their
+        announcements, core/announce.py): `--embedded-port` is this process's choice alone."""
+        doc = json.dumps({"url": url, "pid": os.getpid()}).encode()
+        self._write_safely(lambda: write_atomic(self.data_dir / EMBEDDED_FILE, doc))
+
     async def start(self, broker_url: str | None = None) -> None:
         settings = self.config.node
         url = broker_url or settings.broker
@@ -400,6 +408,7 @@ class Node:
             )
             await self.embedded.start()
             url = self.embedded.url
+            self._say_embedded(url)
         offline = json.dumps({"state": "offline", "node": self.node_id}).encode()
         self.spine = Spine(
             url,
@@ -469,5 +478,7 @@ class Node:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
+            with contextlib.suppress(OSError):
+                (self.data_dir / EMBEDDED_FILE).unlink()
         self._write_safely(self.run_record.end)
         self.notifier.close()

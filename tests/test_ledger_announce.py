@@ -65,3 +65,27 @@ def test_without_a_broker_the_entry_is_kept_and_the_command_says_so(tmp_path: Pa
     assert "recorded, but not announced on MQTT: no broker at" in done.stderr
     shown = ledger_cli(data, "balance", "ada")
     assert "5" in shown.stdout
+
+
+async def test_a_command_beside_a_node_on_another_embedded_port_announces_there(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outsider): `gibsey up --embedded-port 18850`, then `gibsey ledger mint` beside
+    it: "not announced on MQTT: no broker at mqtt://127.0.0.1:1883" (the port was the node's
+    command-line choice alone). Must hold: the command finds the running node's embedded broker
+    and announces there; once the node stops, the default again."""
+    from gibsey.core.announce import EMBEDDED_FILE
+    from gibsey.node.config import GibseyConfig
+    from gibsey.node.daemon import Node
+    from tests.conftest import started
+
+    data = tmp_path / "node"
+    config = GibseyConfig()
+    config.node.embedded_port = free_port()  # as --embedded-port sets it: not in gibsey.toml
+    node = Node(data, config)
+    async with started(node, None):
+        col = await collector_factory(config.node.embedded_port, "gibsey/v1/+/gift/+")
+        done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
+        assert done.returncode == 0 and "not announced" not in done.stdout + done.stderr, done
+        await col.wait_for(lambda c: c.of_kind("txn"))
+    assert not (data / EMBEDDED_FILE).exists()
