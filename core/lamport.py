@@ -14,6 +14,8 @@ the clock has run past that, on a disk still refusing writes, could reuse values
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gibsey.core.identity import write_atomic
@@ -27,6 +29,13 @@ BLOCK = 10_000
 # events (a node's clock and its clients' never drift that far apart), and 9.2e9 such jumps,
 # each accepted, are needed to exhaust the range.
 MAX_AHEAD = 1_000_000_000
+# ... and over time, others may move it forward by MAX_AHEAD at once, then by this much a second
+# on average (a token bucket): a busy gallery's clocks advance a few hundred a second. Without it,
+# anyone on the broker could push the clock a billion a message (an outside tester: 1,200 a
+# second, two fsyncs each for the ceiling below, the 63-bit range gone in ~89 days, and then
+# `_set`'s assertion in the router's path); with it, the range lasts millions of years and a
+# pushed ceiling is written at most twice a second.
+PUSH_PER_S = 10_000
 LIMIT = 2**63 - 1
 
 
@@ -35,10 +44,19 @@ class LamportAhead(ValueError):
 
 
 class LamportClock:
-    def __init__(self, path: Path, block: int = BLOCK, disk: DiskHealth | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        block: int = BLOCK,
+        disk: DiskHealth | None = None,
+        now: Callable[[], float] = time.monotonic,  # a test moves it instead of waiting
+    ) -> None:
         self._path = path
         self._block = block
         self._disk = disk
+        self._now = now
+        self._push_budget = float(MAX_AHEAD)  # how far others may move the clock now
+        self._push_at = now()
         start = 0
         if path.exists():
             text = path.read_text().strip()
@@ -84,4 +102,18 @@ class LamportClock:
             raise LamportAhead(
                 f"lamport {remote} is more than {MAX_AHEAD} ahead of this node's {self._value}"
             )
+        jump = remote - self._value
+        if jump > 0:
+            now = self._now()
+            self._push_budget = min(
+                float(MAX_AHEAD), self._push_budget + (now - self._push_at) * PUSH_PER_S
+            )
+            self._push_at = now
+            if jump > self._push_budget:
+                raise LamportAhead(
+                    f"lamport {remote} would move this node's clock {jump} ahead, more than "
+                    f"others may now ({self._push_budget:.0f}: {MAX_AHEAD} at once, then "
+                    f"{PUSH_PER_S} a second)"
+                )
+            self._push_budget -= jump
         return self._set(max(self._value, remote) + 1)

@@ -128,3 +128,30 @@ def test_up_with_a_bad_broker_url_says_so(tmp_path: Path) -> None:
     r = _gibsey("up", "--data", str(tmp_path), "--broker", "http://x:1")
     assert r.returncode == 2
     assert "only mqtt://host:port" in r.stderr
+
+
+def test_others_may_push_the_clock_a_billion_at_once_then_slowly(tmp_path: Path) -> None:
+    """Tried (an outsider): events each stamped just under a billion ahead, 1,200 a second:
+    the clock went from 35,002 to 4e12 in 3 s (two fsyncs each), and the 63-bit range would be
+    gone in ~89 days. Must hold: a billion at once, then PUSH_PER_S a second; past it refused
+    (LamportAhead: the router's lamport_ahead) with the clock unchanged; local ticks are never
+    limited; the budget comes back with time."""
+    from gibsey.core.lamport import PUSH_PER_S
+
+    t = [0.0]
+    clock = LamportClock(tmp_path / "lamport", now=lambda: t[0])
+    start = clock.value
+    assert clock.observe(start + MAX_AHEAD) == start + MAX_AHEAD + 1  # a node back after long
+    pushed = clock.value
+    with pytest.raises(LamportAhead, match="more than others may now"):
+        clock.observe(pushed + 2 * PUSH_PER_S)
+    assert clock.value == pushed
+    assert clock.tick() == pushed + 1  # the node's own events go on
+    assert clock.observe(clock.value - 5) == pushed + 2  # behind: no push at all
+    t[0] += 3.0
+    assert clock.observe(clock.value + 2 * PUSH_PER_S) == pushed + 2 + 2 * PUSH_PER_S + 1
+    writes = clock.value
+    for _ in range(100):  # a flood past what is left (PUSH_PER_S): refused, the clock unmoved
+        with pytest.raises(LamportAhead):
+            clock.observe(clock.value + 2 * PUSH_PER_S)
+    assert clock.value == writes
