@@ -37,6 +37,11 @@ def broker_url(data_dir: Path) -> str:
     )
 
 
+def embedded_record(url: str) -> bytes:
+    """EMBEDDED_FILE's content, as the node writes it: the URL, and its pid (read below)."""
+    return json.dumps({"url": url, "pid": os.getpid()}).encode()
+
+
 def running_embedded(data_dir: Path) -> str | None:
     """The URL of the embedded broker the node running on `data_dir` started, if one runs."""
     try:

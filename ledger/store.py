@@ -357,9 +357,7 @@ class Store:
             except (StorageError, sqlite3.Error) as exc:
                 # Nothing acknowledged is lost: the entry log holds it for the next writer.
                 log.warning("ledger: closing, the last batch could not be committed: %s", exc)
-            if self.own_mark is not None and self._signed_here:
-                heads = {a: self._heads[a].seq for a in self._signed_here if a in self._heads}
-                self.own_mark.signed(heads, force=True)  # what this process signed, marked
+            self._mark_heads(force=True)  # what this process signed, marked
             if self._log is not None:
                 self._log.close()
             self._db.close()
@@ -1074,11 +1072,13 @@ class Store:
 
     def own_feed_behind(self, author: bytes) -> str | None:
         """Why `author`'s feed (this node's) must not be signed on, if it is behind its mark."""
+        mark = self.own_mark
+        if mark is None:
+            return None
         head = self._heads.get(author)
         seq = head.seq if head else 0
-        mark = self.own_mark
-        marked = mark.behind(author, seq) if mark is not None else 0
-        if not marked or mark is None:
+        marked = mark.behind(author, seq)
+        if not marked:
             return None
         return (
             f"this node signed its feed up to seq {marked} ({mark.path}), but the ledger holds it "
@@ -1095,12 +1095,18 @@ class Store:
 
     def _mark_signed(self, author: bytes, force: bool = False) -> None:
         """Raise the own feed's mark after `author` signed (at most once a minute, ownfeed.py)."""
+        with self.lock:
+            self._signed_here.add(author)
+        self._mark_heads(force)
+
+    def _mark_heads(self, force: bool) -> None:
+        """The heads of the feeds this process signed, marked if due (`force`: now)."""
         if self.own_mark is None:
             return
         with self.lock:
-            self._signed_here.add(author)
             heads = {a: self._heads[a].seq for a in self._signed_here if a in self._heads}
-        self.own_mark.signed(heads, force=force)
+        if heads:
+            self.own_mark.signed(heads, force=force)
 
     def _sign_next(
         self,

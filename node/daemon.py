@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from gibsey import __version__
 from gibsey.core import trace
-from gibsey.core.announce import EMBEDDED_FILE
+from gibsey.core.announce import EMBEDDED_FILE, embedded_record
 from gibsey.core.envelope import (
     Event,
     NodeStatus,
@@ -393,7 +392,7 @@ class Node:
     def _say_embedded(self, url: str) -> None:
         """Where the embedded broker listens, for the commands run beside the node (their
         announcements, core/announce.py): `--embedded-port` is this process's choice alone."""
-        doc = json.dumps({"url": url, "pid": os.getpid()}).encode()
+        doc = embedded_record(url)
         self._write_safely(lambda: write_atomic(self.data_dir / EMBEDDED_FILE, doc))
 
     async def start(self, broker_url: str | None = None) -> None:

@@ -9,10 +9,8 @@ traceback, and the directory was reported as a failing card (EIO)."""
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,20 +19,16 @@ from gibsey.harness.waiting import until
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import DB_FILENAME
 from tests.conftest import RunningNode
+from tests.test_cli_output import gibsey
 
 PAGE = 4096  # SQLite's default page size, the ledger's
 
 
-def gibsey(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, GIBSEY_BROKER="mqtt://127.0.0.1:9")  # no broker: nothing announced
-    return subprocess.run(
-        [sys.executable, "-m", "gibsey.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-        check=False,
+def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`gibsey --data DATA ...` as a technician runs it, no broker there (nothing announced)."""
+    done = gibsey(data, *args)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
     )
 
 
@@ -73,7 +67,7 @@ def test_a_damaged_ledger_is_said_in_one_line(
     data = damaged_copy(ledger_of_40, tmp_path, offset, junk)
     before = (data / DB_FILENAME).read_bytes()
     for command in (["ledger", "verify"], ["ledger", "show"], ["ledger", "mint", "ada", "1"]):
-        done = gibsey("--data", str(data), *command, cwd=tmp_path)
+        done = run(data, *command)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr
         [line] = done.stderr.splitlines()
@@ -84,7 +78,7 @@ def test_a_damaged_ledger_is_said_in_one_line(
 
 def test_a_node_will_not_start_on_a_damaged_ledger(ledger_of_40: Path, tmp_path: Path) -> None:
     data = damaged_copy(ledger_of_40, tmp_path, 0, b"NOTSQLITE")
-    done = gibsey("--data", str(data), "up", "--http", "off", cwd=tmp_path)
+    done = run(data, "up", "--http", "off")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"the ledger {data / DB_FILENAME} is damaged: file is not a database" in done.stderr
@@ -95,7 +89,7 @@ def test_a_directory_in_place_of_the_ledger_is_no_failing_card(tmp_path: Path) -
     Ledger.open(data).close()
     (data / DB_FILENAME).unlink()
     (data / DB_FILENAME).mkdir()
-    done = gibsey("--data", str(data), "ledger", "verify", cwd=tmp_path)
+    done = run(data, "ledger", "verify")
     assert done.returncode == 1
     assert done.stderr.strip() == (
         f"gibsey ledger: the ledger {data / DB_FILENAME} is a directory, not a database: "
@@ -110,8 +104,9 @@ def test_a_file_argument_that_cannot_be_written_is_one_line(tmp_path: Path) -> N
         ("missing/halt.gbc", "No such file or directory"),
         ("a-folder", "Is a directory"),
     ):
-        done = gibsey("vm", "asm", "halt.gasm", "-o", out, cwd=tmp_path)
-        assert (done.returncode, done.stderr.strip()) == (1, f"gibsey vm: {out}: {why}")
+        target = tmp_path / out
+        done = run(tmp_path, "vm", "asm", str(tmp_path / "halt.gasm"), "-o", str(target))
+        assert (done.returncode, done.stderr.strip()) == (1, f"gibsey vm: {target}: {why}")
 
 
 async def test_a_story_sync_that_fails_alike_is_said_once(

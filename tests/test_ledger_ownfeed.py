@@ -7,14 +7,13 @@ entries; `ledger verify` said ok, and the next `ledger mint` re-signed seq 1."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.ownfeed import FILENAME
 from gibsey.ledger.store import DB_FILENAME
+from tests.test_cli_output import gibsey
 
 
 def _wipe(data: Path) -> None:
@@ -24,15 +23,8 @@ def _wipe(data: Path) -> None:
 
 
 def _mint(data: Path, actor: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, GIBSEY_BROKER="mqtt://127.0.0.1:9")  # no broker: nothing announced
-    return subprocess.run(
-        [sys.executable, "-m", "gibsey.cli", "--data", str(data), "ledger", "mint", actor, "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    done = gibsey(data, "ledger", "mint", actor, "1")  # no broker there: nothing announced
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), "")
 
 
 def test_a_wiped_ledger_is_not_signed_on_until_its_feed_is_back(tmp_path: Path) -> None:
