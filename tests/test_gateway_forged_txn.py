@@ -22,7 +22,7 @@ from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import Store
 from tests.conftest import CollectorFactory
 from tests.events import raw_event, topic
-from tests.gateway_support import GatewayNode, gateway_node
+from tests.gateway_support import AUTH, GatewayNode, gateway_node
 from tests.test_ledger_announce import ledger_cli
 
 __all__ = ["gateway_node"]
@@ -134,6 +134,39 @@ async def test_a_gift_naming_another_node_is_shown_only_as_its_entry_says(
     await until(lambda: gw.gateway.hub.unrecorded == 4, 30, "the forgeries counted")
     said = [r.getMessage() for r in caplog.records if "not shown" in r.getMessage()]
     assert len(said) == 1 and "1 gift/txn" in said[0] and "nfakepeer" in said[0], said
+
+
+async def test_the_nodes_own_gift_replayed_under_a_new_id_is_shown_once(
+    gateway_node: GatewayNode, collector_factory: CollectorFactory
+) -> None:
+    """Tried: `gibsey ledger mint` of 5 to ada, a gift of 2 from ada to bob through the node's
+    own gateway (POST /api/ledger/gift: the node announces it itself), then that announcement
+    replayed word for word by a stranger under a new event id, then `gibsey ledger mint` again,
+    the sync point. Must hold: /api/events shows the two mints and the gift once each, and the
+    hub counts the replay as not shown."""
+    gw = gateway_node
+    nid, data = gw.node.node_id, gw.node.data_dir
+    (data / "gibsey.toml").write_text(f'[node]\nbroker = "{gw.broker.url}"\n')
+    done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
+    assert done.returncode == 0, done.stderr
+    await asyncio.wait_for(_until_shown(gw, 1), 30)
+    answer = await gw.http.post(
+        "/api/ledger/gift", json={"giver": "ada", "receiver": "bob", "amount": 2}, headers=AUTH
+    )
+    assert answer.status_code == 201, answer.text
+    await asyncio.wait_for(_until_shown(gw, 2), 30)
+    own_gift = (await _txns(gw))[1]
+    assert own_gift["type"] == "gift"
+
+    col = await collector_factory(gw.broker.port, topic(nid, "gift/txn"))
+    await col.publish(topic(nid, "gift/txn"), raw_event(nid, "gift/txn", own_gift, actor="ada"))
+    done = await asyncio.to_thread(ledger_cli, data, "mint", "cy", "1")
+    assert done.returncode == 0, done.stderr
+    await asyncio.wait_for(_until_received(gw, "cy"), 30)
+
+    shown = [(t["type"], t["receiver"], t["amount"]) for t in await _txns(gw)]
+    assert shown == [("mint", "ada", 5), ("gift", "bob", 2), ("mint", "cy", 1)]
+    assert gw.gateway.hub.unrecorded == 1
 
 
 def _peer_mint(peer_dir: Path, node_data: Path) -> tuple[str, Entry]:

@@ -82,8 +82,8 @@ class Hub:
         self.seen = 0
         self.unrecorded = 0  # gift/txn (naming any node) that no entry held backs: not shown
         self._unrecorded_said = DropAlerts(60.0, time.monotonic())
-        # The entries whose gift/txn from another process or node was shown, the latest
-        # ANNOUNCED_KEPT.
+        # The entries whose gift/txn was shown (the node's own, another process's, a peer's),
+        # the latest ANNOUNCED_KEPT.
         self._announced: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.closed = False
         self._last_token_t = 0.0
@@ -125,24 +125,28 @@ class Hub:
         key vouches for, so the payload is what that author wrote. One naming an entry not
         held yet (a peer's, before the mesh fetched it) is not shown: a forgery looks the
         same."""
+        hash_ = _entry_hash(payload)
         if self.node.router.emitted_here(event.id):
+            # Its own are shown, and kept like the others: a replay of one under a new id
+            # would otherwise be read back, found genuine, and shown a second time.
+            if hash_ is not None:
+                self._keep_announced(hash_)
             return True
         ledger = self.node.parts.ledger
-        if ledger is None or payload.entry is None:
-            return False
-        try:
-            hash_ = bytes.fromhex(payload.entry)
-        except ValueError:
+        if ledger is None or hash_ is None:
             return False
         if hash_ in self._announced:
             return False  # a genuine announcement replayed under another id: shown once
         entry = await asyncio.to_thread(_stored, ledger, hash_)
         if entry is None or entry.type not in TXN_TYPES or txn_of(entry) != payload:
             return False
+        self._keep_announced(hash_)
+        return True
+
+    def _keep_announced(self, hash_: bytes) -> None:
         self._announced[hash_] = None
         if len(self._announced) > ANNOUNCED_KEPT:
             self._announced.popitem(last=False)
-        return True
 
     def publish(self, event: Event) -> None:
         self.seen += 1
@@ -219,6 +223,16 @@ class Hub:
                 "state": int(g.symbol) * 4 + int(g.rotation),
             }
         return out
+
+
+def _entry_hash(payload: GiftTxn) -> bytes | None:
+    """The entry hash a gift/txn names, or None when it names none (or not in hex)."""
+    if payload.entry is None:
+        return None
+    try:
+        return bytes.fromhex(payload.entry)
+    except ValueError:
+        return None
 
 
 def _stored(ledger: Ledger, hash_: bytes) -> Entry | None:
