@@ -1,9 +1,10 @@
 """The gateway's ASGI middleware: request metrics (every request counted, and its latency to
 the response head, by route), and the body guard (a write's token before its body, every body
-bounded)."""
+bounded in size and in time)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 # The largest request body the gateway reads. Every write is a small JSON object (an event
 # payload is at most 64 KiB) or a GraphQL document; a page of the story fits many times over.
 MAX_BODY_BYTES = 256 * 1024
+# A body, once its head is whole (uvicorn_lean.py times the head), has this long to arrive:
+# 256 KiB in 30 s is 8.7 KB/s, slower than any Wi-Fi a client can use. Only a client that
+# trickles a body on purpose comes near it, holding a connection and a request slot meanwhile.
+BODY_TIMEOUT_S = 30.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # POSTs that may be reads: a GraphQL query. Its mutations need the same token, checked by the
 # schema before anything runs (graphql_route.py); its body is bounded all the same.
@@ -74,12 +79,16 @@ class BodyGuard:
     A write (POST, PUT, PATCH, DELETE, bar OPEN_POSTS) without the right token is answered 401
     and its body is never read (uvicorn discards it as it arrives, holding none of it); a
     declared Content-Length over the bound is answered 413, unread; a body streamed past the
-    bound (chunked, or a lying length) is answered 413 as soon as it passes it. A body within
+    bound (chunked, or a lying length) is answered 413 as soon as it passes it; a body not whole
+    BODY_TIMEOUT_S after its head is answered 408 and its connection closed. A body within
     the bound is read here and handed on whole, so nothing behind this reads more. Endpoints
     check the token again (auth.Token): a route can never be reached without it."""
 
     def __init__(
-        self, app: ASGIApp, state: GatewayState, max_body_bytes: int = MAX_BODY_BYTES
+        self,
+        app: ASGIApp,
+        state: GatewayState,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self.state = state
@@ -100,8 +109,12 @@ class BodyGuard:
             return
         declared = _declared_length(headers)
         try:
-            body = None if (declared or 0) > self.max_body_bytes else await self._read(receive)
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                body = None if (declared or 0) > self.max_body_bytes else await self._read(receive)
         except _Gone:
+            return
+        except TimeoutError:
+            await self._refuse(scope, send, 408, self._too_slow())
             return
         if body is None:
             await self._refuse(scope, send, 413, self._too_large(declared))
@@ -131,13 +144,24 @@ class BodyGuard:
             f"{self.max_body_bytes:,} bytes"
         )
 
+    def _too_slow(self) -> str:
+        return (
+            f"the request body did not arrive within {BODY_TIMEOUT_S:g} s of its head: "
+            "the connection is closed"
+        )
+
     async def _refuse(self, scope: Scope, send: Send, status: int, error: str) -> None:
         client = scope.get("client") or ("?", 0)
-        label = "http_unauthorized" if status == 401 else "http_too_large"
+        label = _REFUSAL_LABELS[status]
         self.state.refused(label, f"{scope['method']} {scope['path']} from {client[0]}: {error}")
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = _REFUSAL_HEADERS.get(status)
         response = JSONResponse({"error": error}, status_code=status, headers=headers)
         await response(scope, _no_body, send)
+
+
+_REFUSAL_LABELS = {401: "http_unauthorized", 408: "http_slow_request", 413: "http_too_large"}
+# A 408's body is still arriving, or never will: the connection cannot serve another request.
+_REFUSAL_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 408: {"Connection": "close"}}
 
 
 async def _no_body() -> Message:

@@ -494,6 +494,40 @@ async def test_a_connection_without_a_whole_request_head_is_closed_in_time(
     assert gw.gateway.web.refusals["http_slow_request"][1] == len(held) - 1
 
 
+async def test_a_body_that_trickles_is_answered_408_and_its_connection_closed(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried (no token): /graphql posts whose whole head arrives, declaring a 1,000-byte body,
+    of which 10 bytes come and then nothing; the head's deadline no longer applied, and each
+    held a connection and a request slot for as long as the client liked. Must hold: once the
+    body's deadline (lowered here to 1 s) has passed, each is answered 408 saying why and
+    closed; /api/status answers meanwhile; the node says so once (http_slow_request)."""
+    from gibsey.node.gateway import middleware
+
+    gw = gateway_node
+    monkeypatch.setattr(middleware, "BODY_TIMEOUT_S", HEAD_BOUND_S)
+    url = httpx.URL(gw.url)
+    head = (
+        f"POST /graphql HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    held = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(head + b'{"query": ')
+        await writer.drain()
+        held.append((loop.time(), reader, writer))
+    assert (await gw.http.get("/api/status")).status_code == 200
+    for opened, reader, writer in held:
+        answer = await asyncio.wait_for(reader.read(), 5 * HEAD_BOUND_S)  # to its close
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 1 s of its head" in answer
+        assert loop.time() - opened >= HEAD_BOUND_S / 2, "refused before its deadline"
+        writer.close()
+    assert gw.gateway.web.refusals["http_slow_request"][1] == len(held) - 1
+
+
 async def test_connections_past_the_bound_per_address_are_closed_at_once(
     gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
