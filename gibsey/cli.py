@@ -95,13 +95,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refused:
         print(f"gibsey {args.command}: {refused}", file=sys.stderr)
         return 2
+    had_node = _holds_node(args)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
         return 130
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(args, exc)
+    _say_if_node_made(args, had_node)
     return int(rc or 0)
+
+
+# Commands whose point is to make a node where none is (`up` says so in its own log), or that
+# never touch --data's directory.
+MAKE_THEIR_NODE = frozenset({"up", "bench", "rehearse", "image", "firmware", "schema", "vm"})
+
+
+def _holds_node(args: argparse.Namespace) -> bool | None:
+    """Whether --data's directory holds a node's key now; None for MAKE_THEIR_NODE."""
+    if args.command in MAKE_THEIR_NODE:
+        return None
+    from gibsey.core.config import resolve_data_dir
+    from gibsey.core.identity import KEY_FILENAME
+
+    return (resolve_data_dir(getattr(args, "data", None)) / KEY_FILENAME).exists()
+
+
+def _say_if_node_made(args: argparse.Namespace, had_node: bool | None) -> None:
+    """A write into a directory that held no node makes one there: said, because a mistyped
+    --data would otherwise mint (or import a story) into a new node nobody runs, silently."""
+    if had_node is not False or not _holds_node(args):
+        return
+    from gibsey.core.config import resolve_data_dir
+
+    print(
+        f"gibsey {args.command}: made a new node in {resolve_data_dir(getattr(args, 'data', None))}"
+        " (it held none); if you meant a node that exists, check --data or GIBSEY_DATA",
+        file=sys.stderr,
+    )
 
 
 def _not_the_disk(args: argparse.Namespace, exc: OSError | sqlite3.Error) -> int | None:

@@ -76,3 +76,20 @@ def test_a_ledger_alone_is_read_without_becoming_a_node(
         assert cli.main(["--data", str(alone), "ledger", *command]) == 0
     assert "ok: 1 entries in 1 feeds" in capsys.readouterr().out
     assert not (alone / "node.key").exists() and not (alone / "node_id").exists()
+
+
+def test_a_write_that_makes_a_node_says_where_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried: `gibsey ledger mint` with a mistyped --data. It made a node there and minted into
+    it, exit 0 and nothing said, so the real node's balance never moved and nobody knew why.
+    Must hold: the mint is made (a write makes its node, as it always has) and stderr says a
+    new node was made, naming the directory; the next write there says nothing more."""
+    where = tmp_path / "mistyped"
+    assert cli.main(["--data", str(where), "ledger", "mint", "ada", "5"]) == 0
+    err = capsys.readouterr().err
+    assert f"gibsey ledger: made a new node in {where} (it held none)" in err, err
+    assert cli.main(["--data", str(where), "ledger", "mint", "ada", "1"]) == 0
+    assert "made a new node" not in capsys.readouterr().err
+    assert cli.main(["--data", str(where), "ledger", "balance", "ada"]) == 0
+    assert "6" in capsys.readouterr().out
