@@ -542,3 +542,41 @@ async def test_a_turn_the_node_refuses_is_answered_429_at_once(tmp_path: Path) -
                 "responses"
             ]
         )
+
+
+async def test_a_taken_port_leaves_the_node_running_without_its_gateway(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried: `gibsey up --http` on a port another program holds. Must hold: the node starts
+    anyway, says so in one safety/alert (gateway_unavailable, naming the address), and its dial
+    still works: a turn is performed."""
+    import socket
+
+    from gibsey.node.config import GibseyConfig
+    from gibsey.node.daemon import Node
+    from gibsey.node.gateway.config import GatewayConfig
+    from tests.conftest import started
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = f"127.0.0.1:{holder.getsockname()[1]}"
+    node = Node(tmp_path / "data", GibseyConfig(gateway=GatewayConfig(listen=taken)))
+    col = await collector_factory(mosquitto.port, "gibsey/v1/#")
+    try:
+        async with started(node, mosquitto.url):
+            nid = node.node_id
+            alerts = await col.wait_for(
+                lambda c: [
+                    a
+                    for a in c.of_kind("safety/alert")
+                    if a["payload"]["reason"] == "gateway_unavailable"
+                ]
+            )
+            assert len(alerts) == 1
+            assert f"cannot listen on {taken}" in alerts[0]["payload"]["detail"]
+            turn = raw_event(nid, "glyph/rotated", {"symbol": 2, "rotation": 1})
+            await col.publish(topic(nid, "glyph/rotated"), turn)
+            await col.wait_for(lambda c: c.of_kind("ritual/performed"))
+    finally:
+        holder.close()
