@@ -45,10 +45,7 @@ async def test_a_forged_gift_is_not_shown_and_a_real_one_is(
     caplog.set_level(logging.WARNING, logger="gibsey.gateway.hub")
     gw = gateway_node
     nid, data = gw.node.node_id, gw.node.data_dir
-    (data / "gibsey.toml").write_text(f'[node]\nbroker = "{gw.broker.url}"\n')
-    done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
-    assert done.returncode == 0, done.stderr
-    await asyncio.wait_for(_until_shown(gw, 1), 30)
+    await _first_mint_shown(gw)
     real_mint = (await _txns(gw))[0]
 
     col = await collector_factory(gw.broker.port, topic(nid, "gift/txn"))
@@ -146,10 +143,7 @@ async def test_the_nodes_own_gift_replayed_under_a_new_id_is_shown_once(
     hub counts the replay as not shown."""
     gw = gateway_node
     nid, data = gw.node.node_id, gw.node.data_dir
-    (data / "gibsey.toml").write_text(f'[node]\nbroker = "{gw.broker.url}"\n')
-    done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
-    assert done.returncode == 0, done.stderr
-    await asyncio.wait_for(_until_shown(gw, 1), 30)
+    await _first_mint_shown(gw)
     answer = await gw.http.post(
         "/api/ledger/gift", json={"giver": "ada", "receiver": "bob", "amount": 2}, headers=AUTH
     )
@@ -167,6 +161,16 @@ async def test_the_nodes_own_gift_replayed_under_a_new_id_is_shown_once(
     shown = [(t["type"], t["receiver"], t["amount"]) for t in await _txns(gw)]
     assert shown == [("mint", "ada", 5), ("gift", "bob", 2), ("mint", "cy", 1)]
     assert gw.gateway.hub.unrecorded == 1
+
+
+async def _first_mint_shown(gw: GatewayNode) -> None:
+    """`gibsey ledger mint ada 5` beside the node (configured to announce on its broker), until
+    the gateway shows it."""
+    data = gw.node.data_dir
+    (data / "gibsey.toml").write_text(f'[node]\nbroker = "{gw.broker.url}"\n')
+    done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
+    assert done.returncode == 0, done.stderr
+    await asyncio.wait_for(_until_shown(gw, 1), 30)
 
 
 def _peer_mint(peer_dir: Path, node_data: Path) -> tuple[str, Entry]:
