@@ -13,7 +13,9 @@ Built on the one MQTT layer (core/mqtt.py: paho driven by the event loop). What 
   sent as soon as a connection exists; the returned future resolves when the broker acknowledged
   it (PUBACK for QoS 1). A message whose send was cut by a disconnect goes back to the front of the
   outbox and is sent again after reconnecting: at-least-once, and the router drops duplicates by
-  event id, so a handler sees each event exactly once.
+  event id, so a handler sees each event exactly once. A message in flight ACK_STALL_S without
+  its PUBACK ends the connection the same way: a broker may drop acknowledgements (Mosquitto,
+  when its queue to the node is full), and MQTT never sends a PUBLISH twice on one connection.
 * The outbox is bounded: when it is full the oldest message is dropped, its future fails with
   what happened (`OutboxFull`), and the drop is counted (`stats.outbox_dropped`), which the node
   reports in its status, /metrics and a rate-limited alert (node/daemon.py).
@@ -55,11 +57,19 @@ from gibsey.core.mqtt import (
     MqttError,
     parse_broker_url,
 )
-from gibsey.core.topics import parse_topic
+from gibsey.core.topics import STATUS_KIND, parse_topic
 
 log = logging.getLogger("gibsey.spine")
 
 KEEPALIVE_S = 10
+# A message in flight this long without its PUBACK ends the connection: the spine reconnects and
+# sends what is unacknowledged again (at-least-once; the router drops the duplicates). Mosquitto
+# drops any packet to a client whose queue is full, PUBACKs among them (eclipse-mosquitto#3542:
+# a flood of QoS 0 input the node reads slower than it comes), and MQTT never sends a PUBLISH
+# again on the same connection: the window stayed full of messages the broker had taken, and
+# the node published nothing more, its status frozen "online", until the broker restarted.
+ACK_STALL_S = 10.0
+ACK_CHECK_S = 1.0  # how often the oldest message in flight is looked at
 FIRST_RETRY_S = 0.25
 # Trying a broker on this machine again costs a refused connect on loopback, nothing: the node
 # is back within a second of the broker (a backoff grown to 30 s kept it away for up to half a
@@ -111,6 +121,7 @@ class SpineStats:
     outbox_dropped: int = 0
     last_drop: str = ""  # why the last message was dropped from the outbox
     retained_ignored: int = 0  # events the broker kept (retained) and handed over at subscribe
+    ack_stalls: int = 0  # connections ended because the broker acknowledged nothing in flight
     last_error: str = ""
 
 
@@ -157,7 +168,10 @@ class Spine:
         # The parts' own subscriptions: their filters, and (filter, callback) by filter to match.
         self._extra: list[str] = []
         self._extra_matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
-        self._waiting: dict[int, QueuedMessage] = {}
+        self._waiting: dict[int, QueuedMessage] = {}  # by mid, the oldest first
+        # The oldest message in flight at the last look, and since when it has been the oldest:
+        # looked at every ACK_CHECK_S, so the hot path pays nothing for it.
+        self._oldest_in_flight: tuple[int, float] | None = None
         self._conn: Connection | None = None
         if backoff_max_s is None:
             backoff_max_s = LOCAL_RETRY_MAX_S if is_local(self.host) else REMOTE_RETRY_MAX_S
@@ -298,9 +312,13 @@ class Spine:
         if self._extra and parse_topic(topic) is None:
             if self._deliver_extra(topic, bytes(message.payload)):
                 return
-        if message.retain and parse_topic(topic) is not None:
-            self._ignore_retained(topic)
-            return
+        if message.retain:
+            parsed = parse_topic(topic)
+            # A node's status is retained by design (its own, and every other node's on the
+            # broker): not an event, and the router passes it by.
+            if parsed is not None and parsed.kind != STATUS_KIND:
+                self._ignore_retained(topic)
+                return
         self._deliver(topic, bytes(message.payload))
 
     def _ignore_retained(self, topic: str) -> None:
@@ -338,10 +356,29 @@ class Spine:
             else:
                 self._waiting[info.mid] = item
 
+    def _ack_stalled(self, now: float) -> str:
+        """Why the connection must end, when the oldest message in flight has waited
+        ACK_STALL_S for its PUBACK (measured from the first look that saw it oldest); else ""."""
+        if not self._waiting:
+            self._oldest_in_flight = None
+            return ""
+        oldest = next(iter(self._waiting))
+        if self._oldest_in_flight is None or self._oldest_in_flight[0] != oldest:
+            self._oldest_in_flight = (oldest, now)
+            return ""
+        waited = now - self._oldest_in_flight[1]
+        if waited < ACK_STALL_S:
+            return ""
+        return (
+            f"no acknowledgement for {waited:.0f} s of {len(self._waiting)} messages in flight "
+            "(a broker drops them when its queue to the node is full)"
+        )
+
     def _requeue_in_flight(self) -> None:
         """Messages sent but not acknowledged when the connection died go out again first."""
         unacked = list(self._waiting.values())
         self._waiting.clear()
+        self._oldest_in_flight = None
         self._outbox.extendleft(reversed(unacked))
 
     # -- the connection loop ------------------------------------------------------------------
@@ -449,8 +486,16 @@ class Spine:
             if self._on_connect:
                 self._on_connect()
             self._pump()
-            # Messages are handled in paho's read callback; here we only wait for the end.
-            raise MqttError(await conn.wait_closed())
+            # Messages are handled in paho's read callback; here we only wait for the end, and
+            # look at what is in flight meanwhile.
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ACK_CHECK_S):
+                        raise MqttError(await conn.wait_closed())
+                stalled = self._ack_stalled(time.monotonic())
+                if stalled:  # said as the connection's end is (`_say_retrying`)
+                    self.stats.ack_stalls += 1
+                    conn.abort(stalled)
         except asyncio.CancelledError:
             self._stopping = True
             raise
