@@ -481,7 +481,7 @@ async def test_story_endpoints_answer_in_json(gateway_node: GatewayNode) -> None
     empty = await gw.http.get("/api/story/pages")
     assert empty.status_code == 200, empty.text
     assert empty.headers["content-type"].startswith("application/json")
-    assert empty.json() == {"branch": CANON, "pages": []}
+    assert empty.json() == {"branch": CANON, "pages": [], "more": False}
 
     story = gw.node.parts.story
     assert story is not None
@@ -493,10 +493,35 @@ async def test_story_endpoints_answer_in_json(gateway_node: GatewayNode) -> None
     assert [(p["id"], p["version"], p["title"], p["text"]) for p in pages["pages"]] == [
         (p["id"], p["version"], p["title"], p["text"]) for p in graphql
     ]
+    assert pages["more"] is False
     two = (await gw.http.get(f"/api/story/pages?branch={CANON}&limit=2")).json()
-    assert two["pages"] == pages["pages"][:2]
+    assert two["pages"] == pages["pages"][:2] and two["more"] is True
     missing = await gw.http.get("/api/story/pages?branch=no-such-branch")
     assert missing.status_code == 404 and "no-such-branch" in missing.json()["error"]
+
+
+async def test_story_pages_are_bounded_in_text(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried (no token): /api/story/pages?limit=1000 on a 42 MB story, six at once; each answer
+    was 49 MB and the node grew by 380 MB. Must hold: an answer carries pages in order up to
+    the text bound (lowered here to 3 pages' worth), says `more`, and the rest are not read."""
+    from gibsey.node.gateway.routes import story as story_route
+
+    gw = gateway_node
+    story = gw.node.parts.story
+    assert story is not None
+    await asyncio.to_thread(story.import_corpus, read_corpus(SAMPLE), CANON, "an-author")
+    whole = (await gw.http.get("/api/story/pages?limit=1000")).json()["pages"]
+    assert len(whole) > 4
+    sizes = [len(p["text"].encode()) for p in whole]
+    monkeypatch.setattr(story_route, "MAX_ANSWER_BYTES", sum(sizes[:3]))
+    bounded = (await gw.http.get("/api/story/pages?limit=1000")).json()
+    assert bounded["pages"] == whole[:3] and bounded["more"] is True
+    # One page is always given, however large.
+    monkeypatch.setattr(story_route, "MAX_ANSWER_BYTES", 1)
+    one = (await gw.http.get("/api/story/pages?limit=1000")).json()
+    assert one["pages"] == whole[:1] and one["more"] is True
 
 
 @pytest.mark.parametrize("depth", [1500, 100_000])

@@ -23,7 +23,7 @@ import itertools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -628,6 +628,19 @@ class StoryGraph:
                 tuple(common),
             ).fetchone()
             return str(row[0])
+
+    def in_reading_order(self, hashes: Iterable[str]) -> list[str]:
+        """Page versions sorted as the corpus reads (section, index, page), their texts unread."""
+        keyed = []
+        for h in hashes:
+            row = self.db.execute(
+                "SELECT section, idx, page FROM versions WHERE hash = ?", (h,)
+            ).fetchone()
+            if row is None:
+                raise UnknownRef(f"no page version {h[:12]}")
+            keyed.append((row[0] or 0, row[1], row[2], h))
+        keyed.sort()
+        return [k[3] for k in keyed]
 
     def version(self, h: str) -> PageVersion:
         row = self.db.execute(

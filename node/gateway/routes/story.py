@@ -10,9 +10,13 @@ from fastapi import APIRouter, Query
 from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.state import State
 from gibsey.node.story.engine import Story
+from gibsey.node.story.graphql import MAX_RESPONSE_BYTES
 from gibsey.node.story.model import CANON, PageVersion, UnknownRef
 
 router = APIRouter(tags=["story"])
+# About the most page text one answer carries, as GraphQL's (a 42 MB corpus asked for whole by
+# six strangers at once took the node from 383 to 763 MB: every page's text read, then sliced).
+MAX_ANSWER_BYTES = MAX_RESPONSE_BYTES
 
 
 def _page_json(version: str, v: PageVersion) -> dict[str, Any]:
@@ -29,16 +33,23 @@ def _page_json(version: str, v: PageVersion) -> dict[str, Any]:
     }
 
 
-def read_pages(story: Story, ref: str) -> list[dict[str, Any]]:
-    """Every page at `ref` (a branch, or a commit's prefix), in corpus order. Blocking: SQLite
-    reads, in step with the ledger first, as GraphQL's resolvers are."""
+def read_pages(story: Story, ref: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The first `limit` pages at `ref` (a branch, or a commit's prefix), in corpus order, as
+    many as fit in about MAX_ANSWER_BYTES of text (one at least); and whether pages were left
+    out. Blocking: SQLite reads, in step with the ledger first, as GraphQL's resolvers are."""
     story.sync()
     graph = story.graph
     with graph.lock:  # one consistent tree, whatever the story's sync service does meanwhile
-        tree = graph.tree(graph.resolve(ref))
-        versions = [(h, graph.version(h)) for h in tree.values()]
-    versions.sort(key=lambda hv: (hv[1].section or 0, hv[1].index, hv[1].page))
-    return [_page_json(h, v) for h, v in versions]
+        order = graph.in_reading_order(graph.tree(graph.resolve(ref)).values())
+        pages: list[dict[str, Any]] = []
+        size = 0
+        for h in order[:limit]:
+            page = _page_json(h, graph.version(h))
+            size += len(page["text"].encode())
+            if pages and size > MAX_ANSWER_BYTES:
+                break
+            pages.append(page)
+    return pages, len(pages) < len(order)
 
 
 @router.get("/api/story/pages", summary="Pages of the story")
@@ -47,12 +58,14 @@ async def story_pages(
     branch: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
+    """Up to `limit` pages in corpus order, within about 8 MiB of text; `more` says whether the
+    branch has pages beyond them (GraphQL's `pages` pages through them)."""
     story = gw.story()
     ref = branch or CANON
     try:
-        pages = await asyncio.to_thread(read_pages, story, ref)
+        pages, more = await asyncio.to_thread(read_pages, story, ref, limit)
     except UnknownRef as exc:
         if branch is None:  # nothing imported yet (`gibsey story import`): no pages
-            return {"branch": ref, "pages": []}
+            return {"branch": ref, "pages": [], "more": False}
         raise ApiError(404, str(exc)) from exc
-    return {"branch": ref, "pages": pages[:limit]}
+    return {"branch": ref, "pages": pages, "more": more}
