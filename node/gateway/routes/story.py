@@ -59,7 +59,7 @@ async def story_pages(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Up to `limit` pages in corpus order, within about 8 MiB of text; `more` says whether the
-    branch has pages beyond them (GraphQL's `pages` pages through them)."""
+    branch has pages beyond them (GraphQL's `page(id)` reads any one of them)."""
     story = gw.story()
     ref = branch or CANON
     try:
