@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from gibsey.core.envelope import PAYLOADS
+from gibsey.harness.waiting import until
 from gibsey.node.gateway.config import PORT_FILE
 from gibsey.node.gateway.logs import JsonFormatter
 from gibsey.node.gateway.openapi import EVENTS_EXT, mutating_operations
@@ -605,3 +606,33 @@ async def test_a_taken_port_leaves_the_node_running_without_its_gateway(
             await col.wait_for(lambda c: c.of_kind("ritual/performed"))
     finally:
         holder.close()
+
+
+async def test_a_gift_waiting_for_its_acknowledgement_is_answered_as_the_gateway_stops(
+    gateway_node: GatewayNode,
+) -> None:
+    """Tried (an outside tester): SIGTERM while gifts were posted. The node stops its spine
+    with its gateway, so a stored gift's acknowledgement never came; uvicorn's graceful
+    shutdown (3 s) cancelled the wait (5 s): a 500 and a traceback for a gift in the ledger,
+    which invites a second one. Here the broker is gone, so no acknowledgement comes, and the
+    gateway is stopped as the node stops it. Must hold: the gift is answered 201, acked false,
+    at once, and is in the ledger."""
+    from gibsey.node.gateway.part import SHUTDOWN_TIMEOUT_S
+
+    gw = gateway_node
+    ledger = gw.node.parts.ledger
+    assert ledger is not None and gw.node.spine is not None
+    await asyncio.to_thread(ledger.mint, "ada", 5, "test")
+    gw.broker.stop()
+    await until(lambda: not gw.node.spine.connected, 10, "the broker gone")  # type: ignore[union-attr]
+    body = {"giver": "ada", "receiver": "bob", "amount": 2}
+    posted = asyncio.create_task(gw.http.post("/api/ledger/gift", json=body, headers=AUTH))
+    await until(lambda: ledger.view().economy.balance("bob") == 2, 10, "the gift stored")
+    service = next(t for t in asyncio.all_tasks() if t.get_name() == "gateway")
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    service.cancel()
+    answer = await asyncio.wait_for(posted, 30)
+    assert loop.time() - stopped_at < SHUTDOWN_TIMEOUT_S
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["acked"] is False

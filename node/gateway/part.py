@@ -132,6 +132,7 @@ class Gateway:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
+            self.web.stopping.set()  # writes waiting for an acknowledgement answer now
             self.hub.close()  # ends the live streams, so connections can close
             server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
