@@ -577,7 +577,8 @@ class Store:
         log.log(
             logging.DEBUG if quiet else logging.WARNING,
             "ledger: %d acknowledged entries were in the entry log only (their batch was not "
-            "committed: the process stopped, or the disk refused it): stored again",
+            "committed: the process stopped, or the disk refused it): storing them again "
+            "(a refused commit keeps them in the log)",
             self._tx_rows - rows,
         )
         return self._tx_rows - rows
