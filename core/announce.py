@@ -25,32 +25,37 @@ TIMEOUT_S = 3.0
 # Where the running node's embedded broker listens, written by the node when it starts it and
 # removed when it stops: `gibsey up --embedded-port N` is a command-line choice that no other
 # command reads, and each announced to the configured port, where no broker was.
-EMBEDDED_FILE = "embedded-broker.json"
+# Where the running node's broker is, when `gibsey up` chose it alone (its embedded broker on
+# `--embedded-port`, or `--broker URL`): gibsey.toml does not say, and the commands beside it
+# would announce to the default port, where no broker is.
+RUNNING_BROKER_FILE = "running-broker.json"
 
 
 def broker_url(data_dir: Path) -> str:
     config = load_config(data_dir)
     return (
-        config.broker
-        or running_embedded(data_dir)
+        running_broker(data_dir)
+        or config.broker
         or f"mqtt://{config.embedded_host}:{config.embedded_port}"
     )
 
 
-def embedded_record(url: str) -> bytes:
-    """EMBEDDED_FILE's content, as the node writes it: the URL, and its pid (read below)."""
+def running_broker_record(url: str) -> bytes:
+    """RUNNING_BROKER_FILE's content, as the node writes it (0600: a URL given on the command
+    line may hold a password): the URL, and its pid (read below)."""
     return json.dumps({"url": url, "pid": os.getpid()}).encode()
 
 
-def running_embedded(data_dir: Path) -> str | None:
-    """The URL of the embedded broker the node running on `data_dir` started, if one runs."""
+def running_broker(data_dir: Path) -> str | None:
+    """The URL of the broker the node running on `data_dir` chose on its command line (or the
+    embedded broker it started), if that node still runs."""
     try:
-        doc = json.loads((data_dir / EMBEDDED_FILE).read_bytes())
+        doc = json.loads((data_dir / RUNNING_BROKER_FILE).read_bytes())
         url, pid = str(doc["url"]), int(doc["pid"])
         os.kill(pid, 0)  # the node that wrote it still runs (a kill -9 leaves the file)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return url if url.startswith("mqtt://") else None
+    return url if url.startswith(("mqtt://", "mqtts://")) else None
 
 
 def announce(

@@ -17,7 +17,7 @@ from typing import Any
 
 from gibsey import __version__
 from gibsey.core import trace
-from gibsey.core.announce import EMBEDDED_FILE, embedded_record
+from gibsey.core.announce import RUNNING_BROKER_FILE, running_broker_record
 from gibsey.core.envelope import (
     Event,
     NodeStatus,
@@ -96,6 +96,7 @@ class Node:
         self.heartbeat_s = HEARTBEAT_S
         self.drop_alerts = DropAlerts(DROP_ALERT_S, time.monotonic())
         self.embedded: EmbeddedBroker | None = None
+        self._said_broker = False  # RUNNING_BROKER_FILE written: removed at stop
         self.spine: Spine | None = None
         self.started_at = time.monotonic()
         self.rate = RateMeter()
@@ -389,11 +390,13 @@ class Node:
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def _say_embedded(self, url: str) -> None:
-        """Where the embedded broker listens, for the commands run beside the node (their
-        announcements, core/announce.py): `--embedded-port` is this process's choice alone."""
-        doc = embedded_record(url)
-        self._write_safely(lambda: write_atomic(self.data_dir / EMBEDDED_FILE, doc))
+    def _say_broker(self, url: str) -> None:
+        """Where the broker is, for the commands run beside the node (their announcements,
+        core/announce.py), when this process chose it alone: `--embedded-port`, `--broker`."""
+        doc = running_broker_record(url)
+        path = self.data_dir / RUNNING_BROKER_FILE
+        self._write_safely(lambda: write_atomic(path, doc, mode=0o600))
+        self._said_broker = True
 
     async def start(self, broker_url: str | None = None) -> None:
         settings = self.config.node
@@ -407,7 +410,8 @@ class Node:
             )
             await self.embedded.start()
             url = self.embedded.url
-            self._say_embedded(url)
+        if url != settings.broker:  # not what gibsey.toml (or GIBSEY_BROKER) says
+            self._say_broker(url)
         offline = json.dumps({"state": "offline", "node": self.node_id}).encode()
         self.spine = Spine(
             url,
@@ -477,7 +481,8 @@ class Node:
         if self.embedded is not None:
             await self.embedded.stop()
             self.embedded = None
+        if self._said_broker:
             with contextlib.suppress(OSError):
-                (self.data_dir / EMBEDDED_FILE).unlink()
+                (self.data_dir / RUNNING_BROKER_FILE).unlink()
         self._write_safely(self.run_record.end)
         self.notifier.close()

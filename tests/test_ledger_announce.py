@@ -74,7 +74,7 @@ async def test_a_command_beside_a_node_on_another_embedded_port_announces_there(
     it: "not announced on MQTT: no broker at mqtt://127.0.0.1:1883" (the port was the node's
     command-line choice alone). Must hold: the command finds the running node's embedded broker
     and announces there; once the node stops, the default again."""
-    from gibsey.core.announce import EMBEDDED_FILE
+    from gibsey.core.announce import RUNNING_BROKER_FILE
     from gibsey.node.config import GibseyConfig
     from gibsey.node.daemon import Node
     from tests.conftest import started
@@ -88,4 +88,28 @@ async def test_a_command_beside_a_node_on_another_embedded_port_announces_there(
         done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
         assert done.returncode == 0 and "not announced" not in done.stdout + done.stderr, done
         await col.wait_for(lambda c: c.of_kind("txn"))
-    assert not (data / EMBEDDED_FILE).exists()
+    assert not (data / RUNNING_BROKER_FILE).exists()
+
+
+async def test_a_command_beside_a_node_started_with_broker_announces_there(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outsider): `gibsey up --broker mqtt://127.0.0.1:18833`, then `gibsey ledger
+    gift` beside it: exit 0, "recorded, but not announced on MQTT: no broker at
+    mqtt://127.0.0.1:1883"; dashboards never saw the gift. Must hold: the command announces on
+    the broker the running node was given; the record of it is private (0600: a URL on the
+    command line may hold a password) and gone once the node stops."""
+    from gibsey.core.announce import RUNNING_BROKER_FILE
+    from gibsey.node.config import GibseyConfig
+    from gibsey.node.daemon import Node
+    from tests.conftest import started
+
+    data = tmp_path / "node"
+    node = Node(data, GibseyConfig())
+    async with started(node, mosquitto.url):  # as `gibsey up --broker URL`: not in gibsey.toml
+        col = await collector_factory(mosquitto.port, "gibsey/v1/+/gift/+")
+        done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
+        assert done.returncode == 0 and "not announced" not in done.stdout + done.stderr, done
+        await col.wait_for(lambda c: c.of_kind("txn"))
+        assert (data / RUNNING_BROKER_FILE).stat().st_mode & 0o777 == 0o600
+    assert not (data / RUNNING_BROKER_FILE).exists()
