@@ -45,12 +45,11 @@ from gibsey.ledger.errors import LedgerError
 
 from .engine import Publish, Story
 from .graph import Hearing
-from .limits import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS
+from .limits import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS, MAX_RESPONSE_BYTES
 from .model import CANON, StoryError
 from .text import Conflict
 
 MAX_RESPONSE_FIELDS = 100_000
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # about: field names and text as they resolve
 WRITE_REFUSED = "UNAUTHENTICATED"  # the `code` of a refused mutation's error
 TOO_LARGE = "RESPONSE_TOO_LARGE"
 

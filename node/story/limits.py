@@ -10,3 +10,6 @@ from __future__ import annotations
 MAX_QUERY_TOKENS = 2000
 MAX_DEPTH = 8  # the schema's own paths are at most 3 deep (branch > history > author)
 MAX_ALIASES = 20
+# About the most one answer carries: a GraphQL operation's field names and text as they
+# resolve, and /api/story/pages's page text (gateway/routes/story.py).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024

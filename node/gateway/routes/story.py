@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.state import State
 from gibsey.node.story.engine import Story
-from gibsey.node.story.graphql import MAX_RESPONSE_BYTES
+from gibsey.node.story.limits import MAX_RESPONSE_BYTES
 from gibsey.node.story.model import CANON, PageVersion, UnknownRef
 
 router = APIRouter(tags=["story"])
