@@ -330,7 +330,7 @@ class Node:
 
     def _on_connect(self) -> None:
         assert self.spine is not None
-        self.spine.publish(status_topic(self.node_id), self._status_bytes(), retain=True)
+        self.spine.publish_latest(status_topic(self.node_id), self._status_bytes())
         self._announce_to_home_assistant()
 
     def _announce_to_home_assistant(self) -> None:
@@ -369,9 +369,7 @@ class Node:
                 last_published = now
                 self.notifier.status(self.summary())
                 if self.spine and self.spine.connected:
-                    self.spine.publish(
-                        status_topic(self.node_id), self._status_bytes(), retain=True
-                    )
+                    self.spine.publish_latest(status_topic(self.node_id), self._status_bytes())
             if self.run_record.heartbeat_due(self.heartbeat_s, self.disk.episode is not None):
                 self._write_safely(self.run_record.heartbeat)
 
@@ -461,9 +459,7 @@ class Node:
         if self.spine is not None and self.spine.connected:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.router.drain(), timeout=2.0)
-            self.spine.publish(
-                status_topic(self.node_id), self._status_bytes("offline"), retain=True
-            )
+            self.spine.publish_latest(status_topic(self.node_id), self._status_bytes("offline"))
             # Everything already handed to the spine gets its chance to be acknowledged.
             await self.spine.flush(timeout_s=3.0)
         for task in self._tasks:

@@ -296,3 +296,44 @@ async def test_the_embedded_broker_dies_with_a_killed_node(tmp_path: Path) -> No
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+async def test_the_status_goes_out_before_a_backlog_and_only_its_newest(tmp_path: Path) -> None:
+    """Tried (an outside tester): a broker restarted under a flood. The node's status waited in
+    the outbox behind thousands of events, and the retained status stayed the will's "offline"
+    for 99 s while the node performed turns. Must hold: with 3,000 events queued while the
+    broker is away, the status published after them is acknowledged while most of the backlog
+    still waits; an older status not yet sent is superseded (resolved, never sent); the
+    backlog is all acknowledged after it."""
+    broker = Mosquitto(tmp_path / "mosq").start()
+    node = Node(tmp_path / "data", GibseyConfig())
+    await node.start(broker.url)
+    spine = node.spine
+    assert spine is not None
+    try:
+        await spine.wait_connected(timeout_s=10)
+        broker.stop()
+        await until(lambda: not spine.connected, 10, "the broker gone")
+        backlog = [
+            node.send("gift/txn", GiftTxn(giver="a", receiver="b", amount=i + 1))[1]
+            for i in range(3000)
+        ]
+        # A topic of its own: the node's status, which it publishes the same way as it
+        # connects, would supersede one on its topic.
+        older = spine.publish_latest("gibsey/test/latest", b'{"state": "older"}')
+        newest = spine.publish_latest("gibsey/test/latest", b'{"state": "newest"}')
+        assert older.done() and not newest.done()
+        waiting_when_acked: list[int] = []
+        newest.add_done_callback(lambda _: waiting_when_acked.append(spine.outbox_depth))
+        broker.start()
+        await asyncio.wait_for(newest, 15)
+        assert waiting_when_acked[0] > 2000, waiting_when_acked
+        await asyncio.wait_for(asyncio.gather(*backlog), 30)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            await client.subscribe("gibsey/test/latest", qos=1)
+            async for msg in client.messages:  # what the broker retained
+                assert json.loads(bytes(msg.payload)) == {"state": "newest"}
+                break
+    finally:
+        await node.stop()
+        broker.stop()

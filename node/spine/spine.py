@@ -169,6 +169,7 @@ class Spine:
         self._extra: list[str] = []
         self._extra_matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
         self._waiting: dict[int, QueuedMessage] = {}  # by mid, the oldest first
+        self._latest: dict[str, QueuedMessage] = {}  # by topic: sent before the outbox
         # The oldest message in flight at the last look, and since when it has been the oldest:
         # looked at every ACK_CHECK_S, so the hot path pays nothing for it.
         self._oldest_in_flight: tuple[int, float] | None = None
@@ -195,6 +196,20 @@ class Spine:
         # outbox or in `_waiting` until its future is done, and `flush` looks there (a callback
         # per message cost a loop handle each, on the hot path).
         self._outbox.append(QueuedMessage(topic, payload, qos, retain, done))
+        self._pump()
+        return done
+
+    def publish_latest(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        """Publish a retained state whose newest value alone matters (the node's status): it goes
+        out before anything waiting in the outbox, and replaces one of its topic not sent yet
+        (whose future then resolves: superseded). Behind a backlog (a broker back after a
+        restart, under a flood) the status otherwise waited for thousands of events: the
+        retained "offline" of the will stayed for 99 s while the node performed turns."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        superseded = self._latest.pop(topic, None)
+        if superseded is not None and not superseded.done.done():
+            superseded.done.set_result(None)
+        self._latest[topic] = QueuedMessage(topic, payload, 1, True, done)
         self._pump()
         return done
 
@@ -226,7 +241,7 @@ class Spine:
         """Wait until every queued message is acknowledged; False if the time ran out."""
         pending = {
             item.done
-            for items in (self._outbox, self._waiting.values())
+            for items in (self._latest.values(), self._outbox, self._waiting.values())
             for item in items
             if not item.done.done()
         }
@@ -342,19 +357,31 @@ class Spine:
         if conn is None:
             return
         client = conn.client
+        while self._latest and len(self._waiting) < self._inflight_limit:
+            topic = next(iter(self._latest))
+            item = self._latest.pop(topic)
+            if not item.done.done() and not self._hand_over(client, item):
+                self._latest[topic] = item
+                return
         while self._outbox and len(self._waiting) < self._inflight_limit:
             item = self._outbox.popleft()
             if item.done.done():
                 continue  # cancelled by its publisher
-            info = client.publish(item.topic, item.payload, item.qos, item.retain)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            if not self._hand_over(client, item):
                 self._outbox.appendleft(item)
                 break
-            if item.qos == 0:
-                self.stats.published += 1
-                item.done.set_result(None)
-            else:
-                self._waiting[info.mid] = item
+
+    def _hand_over(self, client: mqtt.Client, item: QueuedMessage) -> bool:
+        """Give one message to paho (False: paho refused it, to be tried again later)."""
+        info = client.publish(item.topic, item.payload, item.qos, item.retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        if item.qos == 0:
+            self.stats.published += 1
+            item.done.set_result(None)
+        else:
+            self._waiting[info.mid] = item
+        return True
 
     def _ack_stalled(self, now: float) -> str:
         """Why the connection must end, when the oldest message in flight has waited
