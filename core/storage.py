@@ -188,6 +188,23 @@ def fsync_directory(directory: str | Path) -> None:
         os.close(fd)
 
 
+def free_bytes(directory: str | Path) -> int:
+    """The bytes this process may still write on `directory`'s file system (root may use the
+    blocks ext4 reserves for it; others may not)."""
+    st = os.statvfs(directory)
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def no_room(directory: str | Path) -> bool:
+    """Whether `directory`'s file system is full: less than NEARLY_FULL_BYTES free (False
+    when it cannot be asked)."""
+    try:
+        return free_bytes(directory) < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 def likely_errno(directory: str | Path) -> int:
     """The errno behind a failure that does not carry one (SQLite says "disk I/O error" for a
     read-only remount and a failing card alike), found by trying: a small file is created,

@@ -24,6 +24,7 @@ rest of its feed (`bad_rows()`), and everything before it goes on counting and s
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -42,6 +43,7 @@ from nacl.signing import SigningKey
 from gibsey.core.storage import (
     DiskHealth,
     StorageError,
+    no_room,
     open_sqlite,
     sqlite_refusal,
     unreadable,
@@ -613,19 +615,40 @@ class Store:
                     return
                 with self.transaction():
                     pass
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.OperationalError, StorageError) as exc:
+            # (StorageError: the lock is held and the disk is full, _begin)
             log.info("ledger: entry log left to the process writing now (%s)", exc)
         finally:
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _begin(self) -> None:
-        """BEGIN IMMEDIATE (first ending a transaction a failing disk left open)."""
+        """BEGIN IMMEDIATE (first ending a transaction a failing disk left open). On a disk with
+        no room, the write lock is not waited for: the process holding it is a node whose own
+        commits the disk refuses (it keeps its batch open meanwhile, _reopen_batch), so the wait
+        would end in "database is locked" after BUSY_TIMEOUT_MS, and this write would be refused
+        anyway. Said at once as what it is: the disk is full."""
         try:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._log is not None and no_room(os.path.dirname(self.path) or "."):
+                self._begin_without_waiting()
+            else:
+                self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._raise_refused(exc)
+
+    def _begin_without_waiting(self) -> None:
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            refused = StorageError(errno.ENOSPC, f"the ledger {self.path}")
+            self.disk.refused_write(refused)
+            raise refused from exc
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _caches(self) -> _Caches:
         return _Caches(
@@ -867,6 +890,23 @@ class Store:
     # ---- reading ----------------------------------------------------------------------------
     # Everything here returns checked entries only: a bad row and the rest of its feed are
     # neither folded nor served, and the heads are where the checked prefixes end.
+
+    def logged_only(self) -> int:
+        """How many entries the entry log holds that the database does not: acknowledged, their
+        batch not committed yet (a running node's open batch, a commit the disk refused, or a
+        process stopped mid-batch; the next writer to begin stores them)."""
+        if self._log is None or self._log.size() == 0:
+            return 0
+        with self.lock:
+            missing = 0
+            for raw in self._log.read():
+                try:
+                    e = parse(raw, verify=False)
+                except Rejected:
+                    continue
+                head = self._heads.get(e.author)
+                missing += head is None or e.seq > head.seq
+            return missing
 
     def heads(self) -> dict[str, int]:
         """Version vector: {author hex: latest seq held} - what the mesh compares with a peer."""

@@ -239,3 +239,30 @@ def test_read_commands_beside_an_open_batch_do_not_wait_for_it(tmp_path: Path) -
         assert store._batch_since is not None  # not committed by anything they did
     finally:
         ledger.close()
+
+
+@pytest.mark.usefixtures("no_timed_commit")
+def test_doctor_counts_the_acknowledged_entries_an_open_batch_holds(tmp_path: Path) -> None:
+    """`gibsey doctor` beside a node whose batch holds two acknowledged mints not committed yet
+    (one committed before): its ledger line counts the committed entry and says the two more
+    are acknowledged, in the entry log only (before: "1 entries in 1 feeds check out", the two
+    not mentioned, which on a full disk read as "0 entries" of a node that had minted)."""
+    ledger = Ledger.open(tmp_path, KEY, commit_every_s=30.0)  # as the node opens it
+    store = ledger.store
+    try:
+        store.append(KEY, "mint", {"actor": "visitor:1", "amount": 3, "ritual": "log"})
+        store.commit()
+        store.append_many(KEY, [MINT] * 2)
+        done = subprocess.run(
+            [sys.executable, "-m", "gibsey", "doctor", "--data", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = [line for line in done.stdout.splitlines() if line[6:].startswith("ledger")]
+        assert len(lines) == 1, done.stdout
+        said = "1 entries in 1 feeds check out; 2 more acknowledged, in the entry log only"
+        assert said in lines[0], lines[0]
+        assert store._batch_since is not None  # doctor left the batch to its node
+    finally:
+        ledger.close()
