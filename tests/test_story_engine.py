@@ -247,6 +247,19 @@ def test_malformed_corpus_names_file_and_field(tmp_path: Path) -> None:
         story.close_all()
 
 
+def test_json_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    """index.json and metadata/pages.json as a Windows editor saves them (UTF-8 with a BOM):
+    read as without it (before: refused with Python's "Unexpected UTF-8 BOM (decode using
+    utf-8-sig)")."""
+    root = write_corpus(tmp_path / "c", pages=20, words=10)
+    plain = read_corpus(root)
+    for name in ("index.json", "metadata/pages.json"):
+        path = root / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = read_corpus(root)
+    assert marked.symbols == plain.symbols and marked.pages == plain.pages
+
+
 def test_full_book_sized_corpus_imports_in_one_transaction(tmp_path: Path) -> None:
     root = write_corpus(tmp_path / "book", pages=710, words=200)
     # one long page (more than one ledger entry's worth) among the 710

@@ -169,7 +169,9 @@ def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise CorpusError(path, "file", "missing")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        # utf-8-sig: a byte order mark, which Windows editors write, is not refused (JSON's
+        # RFC 8259 lets a reader ignore it); it is no part of the text.
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise CorpusError(path, "file", f"not UTF-8 ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
