@@ -80,7 +80,9 @@ class RitualEffect(Payload):
 class RitualRebirth(Payload):
     """The node died and came back: the death-rebirth ritual."""
 
-    uptime_s: Annotated[float, Field(ge=0)] = Field(description="how long the dead run lived")
+    uptime_s: Annotated[float, Field(ge=0)] = Field(
+        description="how long the dead run lived, at least (up to its last heartbeat)"
+    )
     cause: ShortText = Field(description="signal KILL, watchdog, exit 1, or unknown")
     restarts: Annotated[int, Field(ge=0)] = Field(description="deaths within the crash window")
     window_minutes: Annotated[float, Field(gt=0)]

@@ -46,7 +46,8 @@ from gibsey.node.watchdog.rebirth import RunRecord
 from gibsey.node.watchdog.sdnotify import Notifier
 
 log = logging.getLogger("gibsey.node")
-# How often the run record is refreshed: a dead run's uptime is known to within this much.
+# How often a young node's run record is refreshed (then more rarely: rebirth.py): a dead run's
+# uptime is its last refresh's, at most this much short while the node is young.
 HEARTBEAT_S = 10.0
 # While the node drops events, one safety/alert per reason this often, with the count.
 DROP_ALERT_S = 10.0

@@ -26,7 +26,7 @@ def _deaths(args: argparse.Namespace) -> int:
         print("no deaths recorded")
     for d in log.deaths:
         print(
-            f"pid {d['pid']:>7}  lived {d['uptime_s']:>9.1f}s  boot {d['boot'][:8]}  "
+            f"pid {d['pid']:>7}  lived >={d['uptime_s']:>9.1f}s  boot {d['boot'][:8]}  "
             f"{d.get('exit_code') or '-'} {d.get('exit_status') or ''}"
         )
     for h in log.hearing_opened:

@@ -29,7 +29,8 @@ def record_rebirth(node: Node, death: Death) -> None:
     now = death.died_at_boottime
     restarts = deaths.recent(node.run_record.boot, now, window_min * 60)
     log.warning(
-        "the previous run (pid %d) died after %.1fs: %s; %d death(s) in %g min",
+        "the previous run (pid %d) died after %.1fs or more (its last heartbeat): %s; "
+        "%d death(s) in %g min",
         death.pid,
         death.uptime_s,
         death.cause,

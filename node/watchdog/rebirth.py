@@ -29,9 +29,11 @@ EXIT_FILE = "last_exit.json"
 DEATHS_FILE = "deaths.json"
 MAX_DEATHS_KEPT = 100
 # The heartbeat's interval grows with the uptime, to this fraction of it, up to the cap: the
-# uptime a death reports stays within ~10% (or 30 min), and an idle node rewrites run.json
-# (file, fsync, rename, directory fsync) ~100 times in its first day, then 48 a day,
-# not 8,640 (gibsey bench wear, idle row). Crash loops are counted by death times, not uptimes.
+# uptime a death reports is its last heartbeat's, short of the truth by at most the daemon's
+# HEARTBEAT_S (10 s) in its first 100 s, then by ~10% (at most 30 min); and an idle node
+# rewrites run.json (file, fsync, rename, directory fsync) ~100 times in its first day, then
+# 48 a day, not 8,640 (gibsey bench wear, idle row). Crash loops are counted by death times,
+# not uptimes.
 HEARTBEAT_FRACTION = 0.1
 HEARTBEAT_MAX_S = 1800.0
 
