@@ -95,42 +95,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refused:
         print(f"gibsey {args.command}: {refused}", file=sys.stderr)
         return 2
-    had_node = _holds_node(args)
+    held = _what_data_holds(args)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:
         return 130
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(args, exc)
-    _say_if_node_made(args, had_node)
+    _say_if_node_made(args, held)
     return int(rc or 0)
 
 
 # Commands whose point is to make a node where none is (`up` says so in its own log), or that
 # never touch --data's directory.
-MAKE_THEIR_NODE = frozenset({"up", "bench", "rehearse", "image", "firmware", "schema", "vm"})
+MAKE_THEIR_NODE = frozenset({"up", "bench", "rehearse", "image", "firmware", "schema"})
 
 
-def _holds_node(args: argparse.Namespace) -> bool | None:
-    """Whether --data's directory holds a node's key now; None for MAKE_THEIR_NODE."""
+def _what_data_holds(args: argparse.Namespace) -> frozenset[str] | None:
+    """The names in --data's directory now (none when it is missing); None for
+    MAKE_THEIR_NODE."""
     if args.command in MAKE_THEIR_NODE:
         return None
     from gibsey.core.config import resolve_data_dir
+
+    data_dir = resolve_data_dir(getattr(args, "data", None))
+    try:
+        return frozenset(p.name for p in data_dir.iterdir())
+    except OSError:
+        return frozenset()
+
+
+def _say_if_node_made(args: argparse.Namespace, held: frozenset[str] | None) -> None:
+    """A write into a directory that held no node makes one there (or writes a part's files
+    there: an opcode table, a gateway token): said, because a mistyped --data would otherwise
+    mint, import a story or bind a program into a directory no node runs from, silently."""
     from gibsey.core.identity import KEY_FILENAME
 
-    return (resolve_data_dir(getattr(args, "data", None)) / KEY_FILENAME).exists()
-
-
-def _say_if_node_made(args: argparse.Namespace, had_node: bool | None) -> None:
-    """A write into a directory that held no node makes one there: said, because a mistyped
-    --data would otherwise mint (or import a story) into a new node nobody runs, silently."""
-    if had_node is not False or not _holds_node(args):
+    now = _what_data_holds(args)
+    if held is None or now is None or KEY_FILENAME in held or not now - held:
         return
     from gibsey.core.config import resolve_data_dir
 
+    data_dir = resolve_data_dir(getattr(args, "data", None))
+    what = (
+        f"made a new node in {data_dir} (it held none)"
+        if KEY_FILENAME in now
+        else f"wrote {', '.join(sorted(now - held))} in {data_dir} (it held no node)"
+    )
     print(
-        f"gibsey {args.command}: made a new node in {resolve_data_dir(getattr(args, 'data', None))}"
-        " (it held none); if you meant a node that exists, check --data or GIBSEY_DATA",
+        f"gibsey {args.command}: {what}; if you meant a node that exists, check --data or "
+        "GIBSEY_DATA",
         file=sys.stderr,
     )
 
@@ -198,6 +212,7 @@ READS_A_NODE = frozenset(
         ("story", "show"),
         ("story", "diff"),
         ("story", "branch"),
+        ("vm", "table"),
     }
 )
 

@@ -26,6 +26,7 @@ READS = [
     ("story", "show"),
     ("story", "diff", "main"),
     ("story", "branch"),
+    ("vm", "table"),
 ]
 
 
@@ -93,3 +94,23 @@ def test_a_write_that_makes_a_node_says_where_once(
     assert "made a new node" not in capsys.readouterr().err
     assert cli.main(["--data", str(where), "ledger", "balance", "ada"]) == 0
     assert "6" in capsys.readouterr().out
+
+
+def test_a_part_file_written_where_no_node_is_is_said_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried: `gibsey vm load` and `gibsey gateway token` with a mistyped --data. Each wrote its
+    file there (an opcode table, a token), exit 0 and nothing said (`vm` was not watched at
+    all), so the running node never ran the program nor accepted the token. Must hold: the
+    write is made, stderr names the file and the directory once; a second write says no more."""
+    program = tmp_path / "halt.gasm"
+    program.write_text("HALT\n")
+    load = ["vm", "load", "--symbol", "0", "--rotation", "0", str(program)]
+    for command, made in ((load, "opcodes.sqlite3"), (["gateway", "token"], "gateway.token")):
+        where = tmp_path / f"mistyped-{command[0]}"
+        assert cli.main(["--data", str(where), *command]) == 0
+        err = capsys.readouterr().err
+        said = f"gibsey {command[0]}: wrote {made} in {where} (it held no node)"
+        assert said in err, err
+        assert cli.main(["--data", str(where), *command]) == 0
+        assert "it held no node" not in capsys.readouterr().err
