@@ -37,9 +37,15 @@ def make_console(stderr: bool = False, file: TextIO | None = None) -> Console:
 
 
 def print_exact(text: str, file: TextIO | None = None) -> None:
-    """Stored text exactly as stored: no markup, no wrapping, no emoji, tabs kept."""
+    """Stored text exactly as stored: no markup, no wrapping, no emoji, tabs and CRs kept, and
+    nothing added (no newline after a text that ends without one: `cat` adds none either).
+    Into a byte stream it goes as its UTF-8 bytes, whatever the stream's own encoding."""
     stream = file if file is not None else sys.stdout
-    stream.write(text)
-    if text and not text.endswith("\n"):
-        stream.write("\n")
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        stream.write(text)
+    else:
+        stream.flush()  # what was written as text first stays first
+        raw.write(text.encode("utf-8"))
+        raw.flush()
     stream.flush()

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nacl.signing import SigningKey
 
@@ -26,6 +26,9 @@ from gibsey.core.operator import fresh_lamport, read_operator_key
 from gibsey.core.symbols import ROTATIONS
 from gibsey.core.topics import REPLY_ROOT
 from gibsey.node.agents.config import AgentConfig
+
+if TYPE_CHECKING:
+    from gibsey.node.agents.personas import Persona
 
 # A change the node refused exits 1, as every refused gibsey command does (`gibsey vm load`,
 # `gibsey ledger`); 2 stays for no answer at all (a timeout) and bad input, so a script can
@@ -198,7 +201,22 @@ async def _request(
         raise _CliError(f"the broker at {url}: {exc}") from None
 
 
+def _known_persona(name: str) -> Persona:
+    """The persona `name`, or a usage error naming the known ones: said before anything is sent
+    or loaded, as the node answers an unknown persona with a line of text like any answer
+    (which would exit 0). The node and this command load the same shipped persona set."""
+    from gibsey.node.agents.personas import load_personas
+
+    personas = load_personas()
+    persona = personas.get(name)
+    if persona is None:
+        known = ", ".join(p.slug for p in personas.ordered())
+        raise _CliError(f"no persona {name!r}; known personas: {known}")
+    return persona
+
+
 def _ask(args: argparse.Namespace) -> int:
+    _known_persona(args.persona)
     if args.local:
         return asyncio.run(_ask_local(args))
     data_dir = _data(args)
@@ -223,13 +241,10 @@ def _ask(args: argparse.Namespace) -> int:
 
 async def _ask_local(args: argparse.Namespace) -> int:
     from gibsey.node.agents.model import resolve_model
-    from gibsey.node.agents.personas import load_personas
     from gibsey.node.agents.supervisor import GenRequest, Supervisor
 
     cfg = _agent_config(_data(args))
-    persona = load_personas().get(args.persona)
-    if persona is None:
-        raise _CliError(f"no persona {args.persona!r} (see `gibsey agent personas`)")
+    persona = _known_persona(args.persona)
     sup = Supervisor(cfg, resolve_model(args.model or cfg.model))
     pieces: list[str] = []
 

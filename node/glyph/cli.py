@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 from gibsey.core.config import resolve_data_dir
 from gibsey.core.symbols import CHARACTERS, ROTATIONS, SYMBOLS, state_of
-from gibsey.node.glyph.opcode_table import STATES, OpcodeTable
+from gibsey.node.glyph.opcode_table import MAX_PROGRAM, STATES, OpcodeTable
 from gibsey.node.glyph.vm import asm as vm_asm
 from gibsey.node.glyph.vm import binding as vm
 from gibsey.node.glyph.vm import isa
@@ -74,6 +74,10 @@ def _fuel(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("fuel must not be negative")
+    if value > vm.MAX_FUEL:
+        raise argparse.ArgumentTypeError(
+            f"fuel {value} is over the VM's maximum, {vm.MAX_FUEL} (2**64 - 1)"
+        )
     return value
 
 
@@ -154,7 +158,8 @@ def _add_dis_and_verify(sub: _Subparsers, common: argparse.ArgumentParser) -> No
         "verify",
         parents=[common],
         help="run the verifier only",
-        description="Verify a program with the Zig verifier; exit 0 if it would be accepted.",
+        description="Verify a program with the Zig verifier, and check it is within the "
+        f"{MAX_PROGRAM}-byte limit of `gibsey vm load`; exit 0 if it would be accepted.",
     )
     check.add_argument("file", metavar="FILE", help="bytecode or .gasm")
     check.set_defaults(func=cmd_verify)
@@ -180,7 +185,7 @@ def _add_run(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         type=_fuel,
         default=vm.DEFAULT_FUEL,
         metavar="N",
-        help=f"instruction budget (default {vm.DEFAULT_FUEL})",
+        help=f"instruction budget, 0..{vm.MAX_FUEL} (default {vm.DEFAULT_FUEL})",
     )
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
@@ -268,6 +273,11 @@ def cmd_dis(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         data = _load(args.file)
+        if len(data) > MAX_PROGRAM:  # `vm load` (OpcodeTable.bind) refuses it before verifying
+            raise _CliError(
+                f"program is {len(data)} bytes; the limit is {MAX_PROGRAM} (`gibsey vm load` "
+                "refuses it)"
+            )
         vm.verify(data)
     except (_CliError, vm.VerifyError, vm.VmLibraryError) as exc:
         print(f"gibsey vm verify: {exc}", file=sys.stderr)

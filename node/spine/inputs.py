@@ -88,8 +88,12 @@ class VisitorInputs:
         return f"throttled: the node takes at most {self.per_second:g} visitor inputs/s"
 
     def describe(self) -> str:
-        """What was refused, for the node's `throttled` alert."""
+        """What was refused since the node started, by bound, for the node's `throttled` alert.
+        The counts are totals and say so: the alert opens with the count of its own interval
+        (`N dropped in the last 10s (M since the start): ...`), and an unlabelled breakdown
+        after it read as that interval's. The caller may go on with more bounds' totals
+        (`, K over an actor's`), which the same "since the start" covers."""
         return (
-            f"{self.refused_node} over the node's {self.per_second:g} inputs/s, "
-            f"{self.refused_source} over a source's {self.per_source_per_second:g}/s"
+            f"since the start, {self.refused_node} over the node's {self.per_second:g} "
+            f"inputs/s, {self.refused_source} over a source's {self.per_source_per_second:g}/s"
         )

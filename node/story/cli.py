@@ -367,8 +367,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_branch_and_write(add)
     _add_merge_commands(add)
     q = add("import", cmd_import, "import a corpus in the public Gibsey layout (all or nothing)")
-    q.add_argument("dir", nargs="?", help="corpus directory (index.json, metadata/, pages/)")
-    q.add_argument("--sample", action="store_true", help="import the bundled sample corpus")
+    # One corpus, said once: argparse refuses neither or both with its usage line, exit 2, as
+    # any other usage error (DIR with --sample imported the sample and ignored DIR).
+    which = q.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "dir", nargs="?", metavar="DIR", help="corpus directory (index.json, metadata/, pages/)"
+    )
+    which.add_argument(
+        "--sample", action="store_true", help="import the bundled sample corpus (instead of DIR)"
+    )
     q.add_argument("--branch", default=CANON)
     q.add_argument(
         "--strict",

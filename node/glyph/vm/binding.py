@@ -28,6 +28,7 @@ from gibsey.node.glyph.vm.isa import EffectKind, Status, Trigger
 
 __all__ = [
     "DEFAULT_FUEL",
+    "MAX_FUEL",
     "Effect",
     "EffectKind",
     "RunResult",
@@ -44,6 +45,9 @@ __all__ = [
 
 ABI_VERSION = 1
 DEFAULT_FUEL = 10_000
+# The library takes fuel as a u64: a larger int would be cut to its low 64 bits by ctypes (2**64
+# runs with no fuel at all), so it is refused instead.
+MAX_FUEL = 2**64 - 1
 
 # node/ is reached through the gibsey/node symlink: resolve() finds the real repo root.
 _REPO = Path(__file__).resolve().parents[3]
@@ -345,8 +349,10 @@ class Vm:
         """Verify then run `code`. Raises VerifyError for bad bytecode; run-time failures are
         returned in `RunResult.error`. This is the hot path of every rotation: ~1 us in Zig, so
         the Python around it is kept to plain locals and one struct unpack."""
-        if fuel < 0:
-            raise ValueError("fuel must not be negative")
+        if not 0 <= fuel <= MAX_FUEL:
+            raise ValueError(
+                "fuel must not be negative" if fuel < 0 else f"fuel {fuel} is over {MAX_FUEL}"
+            )
         symbol, rotation, actor, node, arg = trigger
         if not (
             _I64_MIN <= actor <= _I64_MAX

@@ -1,0 +1,216 @@
+"""Small defects of the `gibsey` command line, each tried with the real CLI (a subprocess with
+pipes, as a script runs it) or its own functions:
+
+1. `agent ask` with an unknown persona exited 0 (the node answers one with a line of text);
+2. `vm run --fuel N` with N >= 2**64 wrapped around in ctypes (2**64 ran with no fuel);
+3. `vm verify` said OK to a program over the 64 KiB that `vm load` refuses;
+4. `story show --raw` added a newline the page does not have;
+5. the `throttled` alert's breakdown (totals) read as the count of the alert's own interval;
+6. `story import` exited 1 on a usage error, and `DIR --sample` imported the sample, ignoring DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gibsey.node.agents import cli as agent_cli
+from gibsey.node.agents.personas import load_personas
+from gibsey.node.daemon import Node
+from gibsey.node.glyph.opcode_table import MAX_PROGRAM
+from gibsey.node.glyph.vm import binding as vm
+from gibsey.node.spine.drops import THROTTLED, Due
+from gibsey.node.spine.inputs import VisitorInputs
+
+EXIT_USAGE = 2  # argparse's, and every gibsey command's for bad input (gibsey/cli.py)
+REPO = Path(__file__).resolve().parents[1]
+DREAM = REPO / "vm_zig" / "examples" / "dream.gasm"
+
+
+def gibsey(*args: str, data: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The real CLI, with no broker to reach (a write's announcement fails fast)."""
+    env = dict(os.environ, COLUMNS="80", GIBSEY_BROKER="mqtt://127.0.0.1:9")
+    env.pop("GIBSEY_DATA", None)
+    where = ("--data", str(data)) if data is not None else ()
+    return subprocess.run(
+        [sys.executable, "-m", "gibsey.cli", *where, *args],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+# -- 1. agent ask: an unknown persona ----------------------------------------------------------
+def test_agent_ask_unknown_persona_is_a_usage_error_naming_the_known_ones(tmp_path: Path) -> None:
+    for extra in ((), ("--local",)):
+        done = gibsey("agent", "ask", "nobody", "hello?", *extra, data=tmp_path / "node")
+        err = done.stderr.decode()
+        assert done.returncode == EXIT_USAGE, (extra, err)
+        assert done.stdout == b""
+        assert "no persona 'nobody'" in err, err
+        assert all(p.slug in err for p in load_personas().ordered()), err
+
+
+def test_agent_ask_unknown_persona_is_refused_before_the_node_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a node there, it answered `(no persona 'nobody')` as a final answer: exit 0."""
+    (tmp_path / "node_id").write_text("n0123abcd\n")
+    asked: list[dict[str, Any]] = []
+
+    async def node_answers(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        asked.append(args[3])
+        return {"text": f"(no persona {args[3]['persona']!r})", "final": True}
+
+    monkeypatch.setattr(agent_cli, "_request", node_answers)
+    args = argparse.Namespace(
+        data=str(tmp_path),
+        persona="nobody",
+        question="hello?",
+        broker=None,
+        max_tokens=8,
+        timeout=1.0,
+        quiet=True,
+        local=False,
+    )
+    ask = agent_cli._guard(agent_cli._ask)
+    assert ask(args) == EXIT_USAGE
+    assert asked == []
+    assert "known personas: an-author, london-fox" in capsys.readouterr().err
+    args.persona = "london-fox"  # a known one still goes to the node
+    assert ask(args) == 0 and [a["persona"] for a in asked] == ["london-fox"]
+
+
+# -- 2. vm run --fuel: no wrap-around past u64 ---------------------------------------------------
+@pytest.mark.parametrize("fuel", [str(2**64), hex(2**64 + 5), str(2**70)])
+def test_vm_run_refuses_fuel_over_the_vm_maximum(fuel: str) -> None:
+    done = gibsey("vm", "run", str(DREAM), "-s", "london-fox", "-r", "dream", f"--fuel={fuel}")
+    err = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, err
+    assert done.stdout == b""
+    assert "--fuel" in err and str(vm.MAX_FUEL) in err, err
+
+
+def test_vm_run_takes_the_maximum_fuel() -> None:
+    fuel = str(vm.MAX_FUEL)
+    done = gibsey("vm", "run", str(DREAM), "-s", "london-fox", "-r", "dream", "--fuel", fuel)
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"of {fuel} fuel" in done.stdout.decode()
+
+
+def test_vm_binding_refuses_fuel_that_ctypes_would_cut() -> None:
+    code = vm_code()
+    trigger = vm.Trigger(1, 3, 7, 0, 0)
+    with pytest.raises(ValueError, match=str(vm.MAX_FUEL)):
+        vm.run(code, trigger, fuel=2**64)
+    assert vm.run(code, trigger, fuel=vm.MAX_FUEL).ok
+
+
+def vm_code() -> bytes:
+    from gibsey.node.glyph.vm import asm
+
+    return asm.assemble(DREAM.read_text(), filename=str(DREAM))
+
+
+# -- 3. vm verify: the size limit of vm load ----------------------------------------------------
+def test_vm_verify_refuses_a_program_over_the_load_limit(tmp_path: Path) -> None:
+    """Small code, a constant pool of 80,000 bytes: the verifier takes it, `vm load` does not."""
+    big = tmp_path / "big.gasm"
+    big.write_text(
+        f'    PUSH 1\n    ASK "{"x" * 40_000}"\n    PUSH 1\n    ASK "{"y" * 40_000}"\n    HALT\n'
+    )
+    done = gibsey("vm", "verify", str(big))
+    err = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, err
+    assert done.stdout == b""
+    assert f"the limit is {MAX_PROGRAM}" in err, err
+    loaded = gibsey("vm", "load", str(big), "-s", "1", "-r", "3", data=tmp_path / "node")
+    assert loaded.returncode == 1 and f"the limit is {MAX_PROGRAM}" in loaded.stderr.decode()
+    assert gibsey("vm", "verify", str(DREAM)).returncode == 0
+
+
+# -- 4. story show --raw: exactly the stored bytes ------------------------------------------------
+PAGE = "First line\r\n\ta tabbed line, ünïcode, [bold]brackets[/bold]\r\nlast line, no newline"
+
+
+@pytest.fixture(scope="module")
+def story_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("story") / "node"
+    for args in (("story", "import", "--sample"), ("story", "branch", "odd")):
+        done = gibsey(*args, data=data)
+        assert done.returncode == 0, done.stderr.decode()
+    page = data / "page.md"
+    page.write_bytes(PAGE.encode())
+    done = gibsey("story", "write", "odd", "001", "--file", str(page), data=data)
+    assert done.returncode == 0, done.stderr.decode()
+    return data
+
+
+@pytest.mark.parametrize("args", [("001", "--raw"), ("1", "--raw"), ("001",)])
+def test_story_show_raw_is_the_stored_bytes_and_nothing_else(
+    story_node: Path, args: tuple[str, ...]
+) -> None:
+    """`--raw`: "the page's text exactly as stored, nothing else (the default into a pipe)"."""
+    done = gibsey("story", "show", "odd", *args, data=story_node)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == PAGE.encode()
+
+
+def test_print_exact_adds_nothing(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    from gibsey.core.console import print_exact
+
+    print_exact("no newline\r\nat the end, é")
+    print_exact("")
+    print_exact("one newline\n")
+    assert capsysbinary.readouterr().out == "no newline\r\nat the end, éone newline\n".encode()
+
+
+# -- 5. the throttled alert: each count with its window --------------------------------------------
+def test_throttled_breakdown_says_it_counts_since_the_start() -> None:
+    inputs = VisitorInputs(per_second=5, per_source_per_second=1)
+    for i in range(200):
+        if inputs.admit_source(f"s{i % 2}", here=False, now=0.0) is None:
+            inputs.admit(now=0.0)
+    said = inputs.describe()
+    assert said.startswith("since the start, "), said
+    assert f"{inputs.refused_node} over the node's 5 inputs/s" in said
+    assert f"{inputs.refused_source} over a source's 1/s" in said
+    # As the node says it: the interval's count first, then the totals, labelled as totals.
+    node: Any = SimpleNamespace(parts=SimpleNamespace(agents=None), inputs=inputs)
+    why = Node._why_dropped(node, Due(THROTTLED, 3, inputs.refused, 10.0))
+    assert why.endswith(
+        f": since the start, {inputs.refused_node} over the node's 5 inputs/s, "
+        f"{inputs.refused_source} over a source's 1/s, 0 over an actor's"
+    ), why
+
+
+# -- 6. story import: usage errors ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        ((), "one of the arguments DIR --sample is required"),
+        (("CORPUS", "--sample"), "not allowed with"),
+        (("--sample", "CORPUS"), "not allowed with"),
+    ],
+)
+def test_story_import_usage_errors_exit_2_and_import_nothing(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    data = tmp_path / "node"
+    words = [str(corpus) if a == "CORPUS" else a for a in args]
+    done = gibsey("story", "import", *words, data=data)
+    err = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, err
+    assert says in err and "usage: gibsey story import" in err, err
+    assert done.stdout == b""
+    assert not data.exists()  # nothing imported, no node made
