@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from gibsey.harness.waiting import wait_until
 from gibsey.node.agents import cli as agent_cli
 from gibsey.node.agents.personas import load_personas
 from gibsey.node.daemon import Node
@@ -104,6 +106,37 @@ def test_vm_run_takes_the_maximum_fuel() -> None:
     done = gibsey("vm", "run", str(DREAM), "-s", "london-fox", "-r", "dream", "--fuel", fuel)
     assert done.returncode == 0, done.stderr.decode()
     assert f"of {fuel} fuel" in done.stdout.decode()
+
+
+def test_ctrl_c_stops_a_program_given_the_maximum_fuel(tmp_path: Path) -> None:
+    """Tried: `gibsey vm run` of an endless loop with --fuel 2**64 - 1, then Ctrl-C: nothing
+    happened (Python's handler waits for the foreign call to return: centuries), only SIGKILL
+    stopped it. Must hold: SIGINT, sent once the VM is running (its worker thread exists), ends
+    it with exit 130 and one line saying it was interrupted."""
+    loop = tmp_path / "loop.gasm"
+    loop.write_text("loop: JMP loop\n")
+    command = [sys.executable, "-m", "gibsey.cli", "vm", "run", str(loop), "-s", "0", "-r", "0"]
+    proc = subprocess.Popen(
+        [*command, "--fuel", str(vm.MAX_FUEL)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # As from a terminal: a shell's background job (CI run with `&`) ignores SIGINT, and a
+        # child that inherits SIG_IGN gets no Ctrl-C handler from Python at all.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        tasks = Path(f"/proc/{proc.pid}/task")
+        wait_until(
+            lambda: proc.poll() is not None or len(list(tasks.iterdir())) >= 2, 60, "the VM thread"
+        )
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert err.decode() == "gibsey vm run: interrupted; the program had not ended\n"
+    assert out == b""
 
 
 def test_vm_binding_refuses_fuel_that_ctypes_would_cut() -> None:

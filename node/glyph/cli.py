@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import TypeAlias
 
@@ -308,14 +309,38 @@ def _instruction_at(data: bytes, pc: int) -> str:
     return ""
 
 
+def _run_interruptibly(data: bytes, trigger: vm.Trigger, fuel: int) -> vm.RunResult:
+    """vm.run in a worker thread, waited for here: Python runs its Ctrl-C handler only between
+    bytecodes of the main thread, never inside a foreign call, so a program given a huge fuel
+    (up to 2**64 - 1 instructions: centuries) could not be stopped but by SIGKILL. The wait
+    below is interrupted; the worker, a daemon, ends with the process."""
+    outcome: list[vm.RunResult | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(vm.run(data, trigger, fuel=fuel))
+        except BaseException as exc:  # handed to the main thread, raised there
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name="vm-run", daemon=True)
+    worker.start()
+    worker.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         data = _load(args.file)
         trigger = vm.Trigger(args.symbol, args.rotation, args.actor, args.node, args.arg)
-        result = vm.run(data, trigger, fuel=args.fuel)
+        result = _run_interruptibly(data, trigger, args.fuel)
     except (_CliError, vm.VerifyError, vm.VmLibraryError, ValueError) as exc:
         print(f"gibsey vm run: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("gibsey vm run: interrupted; the program had not ended", file=sys.stderr)
+        return 130
     if args.json:
         print(
             json.dumps(
