@@ -52,7 +52,7 @@ def _setup(tmp: Path) -> tuple[Story, list[str], list[str]]:
     story.import_corpus(corpus, actor="an-author")
     story.create_branch("fox", actor="london-fox")
     story.create_branch("todd", actor="todd-fishbone")
-    ids = [p.page for p in corpus.pages]
+    ids = [page for page, _ in corpus.page_hashes()]  # (the page files are not read again)
     rng = random.Random(3)
     picked = rng.sample(ids, 2 * EACH - BOTH)
     fox_pages = picked[:EACH]

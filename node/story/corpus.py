@@ -38,6 +38,13 @@ What is really wrong is refused (CorpusError, nothing imported) or reported as a
 Page text is stored byte for byte: the file's bytes decoded as UTF-8 (strictly), with no newline
 translation (CRLF stays CRLF) and nothing stripped. A malformed corpus raises CorpusError
 naming the file, the record and the field.
+
+Every page file is read and checked (and its version hashed) by `read_corpus`, but the texts
+are not kept: `Corpus.pages` reads each page's file again when that page is wanted
+(`CorpusPages`), so a corpus of tens of MB is never held whole - a Python str takes 2 or 4
+bytes a character once a page holds one character past Latin-1 (a curly quote, a dash), so a
+42 MB corpus was 80 MB and more of memory, on a 512 MB Pi Zero 2 W. A page file changed (or
+gone) after the check is said when it is read again (CorpusError); an import refuses it whole.
 """
 
 from __future__ import annotations
@@ -45,9 +52,10 @@ from __future__ import annotations
 import collections
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from .model import MAX_PAGE_CHARS, MAX_TITLE, PAGE_ID_RE, PageVersion, StoryError
 
@@ -91,12 +99,34 @@ class CorpusNote:
 class Corpus:
     root: Path
     symbols: dict[str, CorpusSymbol]
-    pages: list[PageVersion]  # in corpus order
+    pages: Sequence[PageVersion]  # in corpus order (read_corpus: CorpusPages, texts read lazily)
     notes: tuple[CorpusNote, ...] = ()
 
     @property
     def warnings(self) -> list[CorpusNote]:
         return [n for n in self.notes if n.kind == "warning"]
+
+    def page_hashes(self) -> list[tuple[str, str]]:
+        """(page id, version hash) of each page, in corpus order: the check's (no page file is
+        read again) when read_corpus made the corpus."""
+        if isinstance(self.pages, CorpusPages):
+            return self.pages.page_hashes()
+        return [(p.page, p.hash) for p in self.pages]
+
+    def tree(self) -> dict[str, str]:
+        """{page id: version hash}, in corpus order."""
+        return dict(self.page_hashes())
+
+    def checked_page(self, i: int) -> PageVersion:
+        """Page `i`, read again; CorpusError if its file no longer reads as it did when the
+        corpus was checked (changed or gone since)."""
+        pages = self.pages
+        v = pages[i]
+        if isinstance(pages, CorpusPages) and v.hash != pages.hash_at(i):
+            raise CorpusError(
+                pages.file_at(i), "file", "changed since the corpus was checked: import it again"
+            )
+        return v
 
 
 @dataclass
@@ -138,6 +168,55 @@ class _Record:
         return PageVersion(
             self.page, self.symbol, self.title, self.index, text, self.section, self.chapter
         )
+
+
+class CorpusPages(Sequence[PageVersion]):
+    """A checked corpus's pages in corpus order, each one's text read from its file when the
+    page is wanted (one page at a time in memory, not the corpus); the version hashes are the
+    check's. A file that no longer reads as checked (gone, not UTF-8, too long) raises
+    CorpusError; one that reads but changed gives its new text, which an import refuses (its
+    hash is not the check's, see `hash_at`)."""
+
+    def __init__(self, records: list[_Record], files: list[Path], hashes: list[str]) -> None:
+        self._records = records
+        self._files = files
+        self._hashes = hashes
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @overload
+    def __getitem__(self, i: int) -> PageVersion: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[PageVersion]: ...
+
+    def __getitem__(self, i: int | slice) -> PageVersion | list[PageVersion]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._records[i].version(_page_text(self._files[i]))
+
+    def __iter__(self) -> Iterator[PageVersion]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __repr__(self) -> str:
+        return f"<CorpusPages: {len(self)} pages>"
+
+    def hash_at(self, i: int) -> str:
+        """The version hash of page `i` as checked by read_corpus."""
+        return self._hashes[i]
+
+    def file_at(self, i: int) -> Path:
+        return self._files[i]
+
+    def page_hashes(self) -> list[tuple[str, str]]:
+        return [(r.page, h) for r, h in zip(self._records, self._hashes, strict=True)]
 
 
 def _summary(items: list[str]) -> str:
@@ -212,7 +291,10 @@ def read_corpus(root: Path, *, strict: bool = False) -> Corpus:
         raise _missing_files(meta_path, missing)
     _check_counts(index_path, symbols, checked, found)
     _check_orphans(root / "pages", {r.filename for r in checked}, found)
-    pages = [r.version(_page_text(f)) for r, f in zip(checked, files, strict=True) if f]
+    found_files = [f for f in files if f is not None]
+    # Every file read and checked, its version hashed; its text dropped (CorpusPages).
+    hashes = [r.version(_page_text(f)).hash for r, f in zip(checked, found_files, strict=True)]
+    pages = CorpusPages(checked, found_files, hashes)
     corpus = Corpus(root, symbols, pages, found.notes())
     if strict and corpus.warnings:
         problems = "; ".join(n.text for n in corpus.warnings)

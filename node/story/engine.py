@@ -9,8 +9,9 @@ graph, so the branch move it appends is valid when it is folded on this node.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ from .model import (
     PageVersion,
     StoryError,
     UnknownPage,
-    UnknownRef,
     UnrelatedHistories,
     check_actor,
     check_branch,
@@ -198,13 +198,20 @@ class Story:
     # ---- changing ---------------------------------------------------------------------------
 
     def _append(
-        self, objects: list[dict[str, Any]], last: tuple[str, dict[str, Any]]
-    ) -> list[Entry]:
-        items: list[tuple[str, dict[str, Any]]] = []
-        for obj in objects:
-            items.extend(object_entries(obj))
-        items.append(last)
-        return self.ledger.store.append_many(self.ledger.key, items)
+        self, objects: Iterable[dict[str, Any]], last: tuple[str, dict[str, Any]]
+    ) -> tuple[Entry, int]:
+        """Append the objects' `story-object` entries and then `last`, in one transaction (all
+        or nothing): the last entry and how many. The entries are made as they are written, an
+        object at a time, and not held (a corpus import is tens of MB of them)."""
+
+        def items() -> Iterator[tuple[str, dict[str, Any]]]:
+            for obj in objects:
+                yield from object_entries(obj)
+            yield last
+
+        entry, count = self.ledger.store.append_stream(self.ledger.key, items())
+        assert entry is not None  # (`last` at least)
+        return entry, count
 
     def _check_effect(self, e: Entry) -> None:
         try:
@@ -238,24 +245,31 @@ class Story:
                 raise StoryError(
                     f"branch {branch} exists; import into a new branch (--branch NAME)"
                 )
-            versions = {p.page: p for p in corpus.pages}
-            tree = {p: v.hash for p, v in versions.items()}
+            # The versions' hashes from the corpus's check: no page text is held here (a corpus
+            # is tens of MB); each page is read again as it is appended, below.
+            hashes = corpus.page_hashes()
+            at = {page: i for i, (page, _) in enumerate(hashes)}  # (a repeated id: the last)
+            tree = {page: hashes[i][1] for page, i in at.items()}
             earlier = self._imported_as(tree)
             if earlier is not None:
-                return self._branch_at_import(branch, actor, earlier, len(versions))
+                return self._branch_at_import(branch, actor, earlier, len(tree))
             commit = Commit(
                 (),
                 branch,
                 actor,
-                message or f"import {len(versions)} pages from {corpus.root.name}",
+                message or f"import {len(tree)} pages from {corpus.root.name}",
                 tree,
             )
-            new = [v for v in versions.values() if not self._holds_version(v.hash)]
-            objs = [v.to_object() for v in new] + [commit.to_object()]
+            new = [i for page, i in at.items() if not self.graph.has_version(tree[page])]
+            # Pages read one at a time as they are appended (a generator), never all at once; a
+            # page file changed since the check raises in the transaction: nothing is stored.
+            objs = itertools.chain(
+                (corpus.checked_page(i).to_object() for i in new), (commit.to_object(),)
+            )
             ref = {"branch": branch, "commit": commit.hash, "actor": actor}
-            entries = self._append(objs, ("story-ref", ref))
-            self._check_effect(entries[-1])
-        return Change(commit.hash, entries[-1], len(entries), reused=len(versions) - len(new))
+            entry, count = self._append(objs, ("story-ref", ref))
+            self._check_effect(entry)
+        return Change(commit.hash, entry, count, reused=len(tree) - len(new))
 
     def _imported_as(self, tree: dict[str, str]) -> str | None:
         """The root commit (an import) whose pages are exactly `tree`, if one is held.
@@ -269,22 +283,15 @@ class Story:
             ).fetchall()
         return next((str(h) for (h,) in rows if self.graph.tree(h) == tree), None)
 
-    def _holds_version(self, h: str) -> bool:
-        try:
-            self.graph.version(h)
-        except UnknownRef:
-            return False
-        return True
-
     def _branch_at_import(self, branch: str, actor: str, commit: str, pages: int) -> Change:
         """`branch` created at an earlier import's root commit (called under the store lock)."""
         origin = self.graph.commit(commit).branch
         body: dict[str, Any] = {"branch": branch, "commit": commit, "actor": actor}
         if self.graph.branch(origin) is not None:
             body["from"] = origin
-        entries = self._append([], ("story-ref", body))
-        self._check_effect(entries[-1])
-        return Change(commit, entries[-1], len(entries), shared=origin, reused=pages)
+        entry, count = self._append([], ("story-ref", body))
+        self._check_effect(entry)
+        return Change(commit, entry, count, shared=origin, reused=pages)
 
     def create_branch(self, name: str, source: str = CANON, actor: str = "node") -> Change:
         check_branch(name)
@@ -297,9 +304,9 @@ class Story:
             body: dict[str, Any] = {"branch": name, "commit": head, "actor": actor}
             if self.graph.branch(source) is not None:
                 body["from"] = source
-            entries = self._append([], ("story-ref", body))
-            self._check_effect(entries[-1])
-        return Change(head, entries[-1], len(entries))
+            entry, count = self._append([], ("story-ref", body))
+            self._check_effect(entry)
+        return Change(head, entry, count)
 
     def write(
         self,
@@ -339,15 +346,15 @@ class Story:
                     f"no page {page!r} on {branch}; a new page needs --title and --symbol"
                 )
             else:
-                index = 1 + max((self.graph.version(h).index for h in tree.values()), default=0)
+                index = 1 + self.graph.last_index(tree.values())  # (no page's text read)
                 v = PageVersion(page, symbol, title, index, text)
             if tree.get(page) == v.hash:
                 raise StoryError(f"page {page} on {branch} already reads exactly so")
             commit = Commit((head,), branch, actor, message or f"write {page}", {page: v.hash})
             ref = {"branch": branch, "commit": commit.hash, "actor": actor, "old": head}
-            entries = self._append([v.to_object(), commit.to_object()], ("story-ref", ref))
-            self._check_effect(entries[-1])
-        return Change(commit.hash, entries[-1], len(entries))
+            entry, count = self._append([v.to_object(), commit.to_object()], ("story-ref", ref))
+            self._check_effect(entry)
+        return Change(commit.hash, entry, count)
 
     def _merge_commit(self, plan: MergePlan, actor: str) -> tuple[Commit, list[dict[str, Any]]]:
         if plan.conflicts:
@@ -382,9 +389,9 @@ class Story:
             plan = self.plan_merge(source, into, resolutions, prefer)
             commit, objs = self._merge_commit(plan, actor)
             ref = {"branch": into, "commit": commit.hash, "actor": actor, "old": plan.ours}
-            entries = self._append(objs, ("story-ref", ref))
-            self._check_effect(entries[-1])
-        return Change(commit.hash, entries[-1], len(entries))
+            entry, count = self._append(objs, ("story-ref", ref))
+            self._check_effect(entry)
+        return Change(commit.hash, entry, count)
 
     def propose(
         self,
@@ -417,9 +424,9 @@ class Story:
                 "title": (title or f"merge {source} into {into} ({len(plan.changes)} pages)")[:200],
                 "proposer": actor,
             }
-            entries = self._append(objs, ("proposal", body))
-            self._check_effect(entries[-1])
-        return Change(commit.hash, entries[-1], len(entries))
+            entry, count = self._append(objs, ("proposal", body))
+            self._check_effect(entry)
+        return Change(commit.hash, entry, count)
 
     # ---- the merge ritual: what runs when a hearing passes ----------------------------------
 

@@ -48,7 +48,11 @@ from .model import (
 
 DB_FILENAME = "story.sqlite3"
 FORMAT = "1"  # bump to force a rebuild after a change of the fold rules
+# Trees ({page: version hash} at a commit) cached, the least recently used dropped first: at
+# most TREE_CACHE of them and TREE_CACHE_PAGES pages in all (~200 bytes a page: ~1.6 MB), but
+# always the last one made. A 710-page corpus's tree is ~140 KB: 64 of them were ~9 MB held.
 TREE_CACHE = 64
+TREE_CACHE_PAGES = 8192
 # Entries folded that changed nothing in the view before the resume point is written anyway.
 RESUME_WRITE_EVERY = 1000
 
@@ -147,6 +151,7 @@ class StoryGraph:
         self.disk = disk if disk is not None else DiskHealth()
         self.db = open_sqlite(self.path, f"the story graph {self.path}", _setup)
         self._trees: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+        self._tree_pages = 0  # pages in all the trees of _trees
         # Where the next sync goes on from, when it is past what meta holds: (last, folded, the
         # `last` meta held when this was set). See _keep_resume_point.
         self._resume: tuple[str, int, str | None] | None = None
@@ -176,7 +181,7 @@ class StoryGraph:
                     yield self.db
                     self.db.execute("COMMIT")
                 except BaseException:
-                    self._trees.clear()  # may hold trees of commits that were not stored
+                    self._forget_trees()  # may hold trees of commits that were not stored
                     self._resume = None  # may be past what is stored
                     if self.db.in_transaction:
                         with suppress(sqlite3.Error):
@@ -245,30 +250,26 @@ class StoryGraph:
                 quarantine[bad.author] = min(quarantine.get(bad.author, bad.seq), bad.seq)
             checked = {bytes.fromhex(a): seq for a, seq in store.heads().items()}
             start, folded = self._resume_point(store, quarantine, rebuild=rebuild)
+            # Read a row at a time, never all at once (a story import is tens of MB of rows):
+            # the store's connection is used by nothing else while its lock is held.
             if start is None:
                 rows = store.db.execute(
                     "SELECT lamport, author, seq, raw FROM entries ORDER BY lamport, author, seq"
-                ).fetchall()
+                )
             else:
                 rows = store.db.execute(
-                    "SELECT lamport, author, seq, raw FROM entries "
-                    "WHERE (lamport, author, seq) > (?, ?, ?) ORDER BY lamport, author, seq",
-                    start,
-                ).fetchall()
-            if start is not None and not rows:
+                    "SELECT lamport, author, seq, raw FROM entries WHERE lamport >= ? AND "
+                    "(lamport, author, seq) > (?, ?, ?) ORDER BY lamport, author, seq",
+                    (start[0], *start),
+                )
+            try:
+                n, last, seen = self._fold_rows(rows, quarantine, checked, deciders)
+            finally:
+                rows.close()
+            if start is not None and not seen:
                 # Nothing new: no write at all (an idle node's card is not worn once a second,
                 # and a full disk is not met where nothing needs storing).
                 return 0
-            n = 0
-            last: tuple[int, bytes, int] | None = None
-            for lamport, author, seq, raw in rows:
-                q = quarantine.get(author)
-                if q is None or seq < q:
-                    if seq > checked.get(author, 0):
-                        break  # stored after the store's check: folded at the next sync
-                    self._fold(parse(raw, verify=False), deciders)
-                n += 1
-                last = (lamport, author, seq)
             # Hearings still undecided (or decided against) in the ledger's view.
             for h, status in statuses.items():
                 self.db.execute(
@@ -280,6 +281,29 @@ class StoryGraph:
                 point = f"{last[0]}:{last[1].hex()}:{last[2]}"
                 self._keep_resume_point(point, folded + n, self.db.total_changes != changes)
             return n
+
+    def _fold_rows(
+        self,
+        rows: Iterable[tuple[int, bytes, int, bytes]],
+        quarantine: dict[bytes, int],
+        checked: dict[bytes, int],
+        deciders: dict[bytes, str],
+    ) -> tuple[int, tuple[int, bytes, int] | None, bool]:
+        """Fold `rows` in order: how many were passed (folded or quarantined), the last, and
+        whether there was any row at all."""
+        n = 0
+        last: tuple[int, bytes, int] | None = None
+        seen = False
+        for lamport, author, seq, raw in rows:
+            seen = True
+            q = quarantine.get(author)
+            if q is None or seq < q:
+                if seq > checked.get(author, 0):
+                    break  # stored after the store's check: folded at the next sync
+                self._fold(parse(raw, verify=False), deciders)
+            n += 1
+            last = (lamport, author, seq)
+        return n, last, seen
 
     def _resume_point(
         self, store: Store, quarantine: dict[bytes, int], *, rebuild: bool
@@ -307,7 +331,7 @@ class StoryGraph:
             return start, folded
         for table in TABLES:
             self.db.execute(f"DELETE FROM {table}")
-        self._trees.clear()
+        self._forget_trees()
         self._set_meta("format", FORMAT)
         self._set_meta("quarantine", qmark)
         return None, 0
@@ -338,16 +362,21 @@ class StoryGraph:
             "INSERT OR IGNORE INTO chunks (hash, author, part, parts, data) VALUES (?,?,?,?,?)",
             (h, author, b["part"], b["parts"], b["data"]),
         )
-        rows = self.db.execute(
-            "SELECT part, data FROM chunks WHERE hash = ? AND author = ? AND parts = ? "
-            "ORDER BY part",
+        # Counted, not read, until all parts are here (reading every part held at each part
+        # read a page's parts over and over: quadratic in its size).
+        (held,) = self.db.execute(
+            "SELECT COUNT(*) FROM chunks WHERE hash = ? AND author = ? AND parts = ?",
             (h, author, b["parts"]),
-        ).fetchall()
-        if len(rows) < b["parts"]:
+        ).fetchone()
+        if held < b["parts"]:
             self._effect(e, True, f"part {b['part'] + 1} of {b['parts']}")
             return
+        rows = self.db.execute(
+            "SELECT data FROM chunks WHERE hash = ? AND author = ? AND parts = ? ORDER BY part",
+            (h, author, b["parts"]),
+        )
         try:
-            obj = parse_object("".join(r[1] for r in rows), h)
+            obj = parse_object("".join(r[0] for r in rows), h)
             if obj["kind"] == "page":
                 self._add_version(page_from_object(obj), h)
             else:
@@ -598,10 +627,25 @@ class StoryGraph:
                         "SELECT page, version FROM changes WHERE commit_hash = ?", (c,)
                     ).fetchall()
                 )
-            self._trees[commit] = base
-            if len(self._trees) > TREE_CACHE:
-                self._trees.popitem(last=False)
+            self._keep_tree(commit, base)
             return base
+
+    def _forget_trees(self) -> None:
+        self._trees.clear()
+        self._tree_pages = 0
+
+    def _keep_tree(self, commit: str, tree: dict[str, str]) -> None:
+        """Cache `tree` (most recent), dropping the least recently used over the bounds."""
+        old = self._trees.pop(commit, None)
+        if old is not None:
+            self._tree_pages -= len(old)
+        self._trees[commit] = tree
+        self._tree_pages += len(tree)
+        while len(self._trees) > 1 and (
+            len(self._trees) > TREE_CACHE or self._tree_pages > TREE_CACHE_PAGES
+        ):
+            _, dropped = self._trees.popitem(last=False)
+            self._tree_pages -= len(dropped)
 
     def ancestors(self, commit: str) -> set[str]:
         """`commit` and every commit it descends from."""
@@ -641,6 +685,22 @@ class StoryGraph:
             keyed.append((row[0] or 0, row[1], row[2], h))
         keyed.sort()
         return [k[3] for k in keyed]
+
+    def last_index(self, hashes: Iterable[str]) -> int:
+        """The highest corpus index of the page versions `hashes` (0 if none), texts unread."""
+        top: int | None = None
+        with self.lock:
+            for h in hashes:
+                row = self.db.execute("SELECT idx FROM versions WHERE hash = ?", (h,)).fetchone()
+                if row is None:
+                    raise UnknownRef(f"no page version {h[:12]}")
+                top = int(row[0]) if top is None else max(top, int(row[0]))
+        return 0 if top is None else top
+
+    def has_version(self, h: str) -> bool:
+        """Whether page version `h` is held (its text not read)."""
+        row = self.db.execute("SELECT 1 FROM versions WHERE hash = ?", (h,)).fetchone()
+        return row is not None
 
     def version(self, h: str) -> PageVersion:
         row = self.db.execute(
