@@ -9,6 +9,7 @@ event spine to publish to.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import sys
 from collections.abc import Callable
@@ -192,19 +193,32 @@ def _export_proofs(ledger: Ledger, author: str | None) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """A --limit: a whole number, 0 or more (argparse says what is wrong with another)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (0: no limit)")
+    return value
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     with closing(_open_to_read(args)) as ledger:
         view = ledger.view()
         quarantine = ledger.store.quarantine()
-        rows = [
-            e
-            for e in ledger.store.iter_ordered()
-            if (not args.author or e.author_hex.startswith(args.author.lower()))
-            and (not args.type or e.type == args.type)
-        ]
+        # The last --limit kept as they come (a bounded deque), not every entry of the ledger.
+        rows = collections.deque(
+            (
+                e
+                for e in ledger.store.iter_ordered()
+                if (not args.author or e.author_hex.startswith(args.author.lower()))
+                and (not args.type or e.type == args.type)
+            ),
+            maxlen=args.limit or None,
+        )
         _say_quarantined(ledger)
-    if args.limit:
-        rows = rows[-args.limit :]
     table = Table(title=f"ledger entries ({len(rows)} shown, fold order)")
     for col in ("lamport", "author", "seq", "type", "what", "effect"):
         table.add_column(col)
@@ -428,7 +442,7 @@ def register(
     p = add("show", cmd_show, "print entries in fold order with their effect")
     p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
     p.add_argument("--type", choices=sorted(KNOWN_TYPES), help="only entries of this type")
-    p.add_argument("--limit", type=int, default=0, metavar="N", help="only the last N")
+    p.add_argument("--limit", type=_count, default=0, metavar="N", help="only the last N")
     p = add("balance", cmd_balance, "balances of every actor (or one)")
     p.add_argument("actor", nargs="?", help="just this actor")
     _add_token_commands(add)

@@ -91,3 +91,20 @@ def test_verify_reports_corruption(tmp_path: Path, capsys: pytest.CaptureFixture
     db.commit()
     rc, out = run(capsys, "ledger", "verify", "--data", d)
     assert rc == 1 and "BAD" in out and "seq 2" in out and "bad-signature" in out
+
+
+def test_show_limit_keeps_the_last_n_and_refuses_a_negative_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ledger show --limit N` shows the last N in fold order (kept as they come, not the whole
+    ledger first); a negative N is a usage error (before: `--limit -1` showed all but the first)."""
+    d = str(tmp_path)
+    for amount in ("1", "2", "3"):
+        assert run(capsys, "--data", d, "ledger", "mint", "ada", amount)[0] == 0
+    rc, out = run(capsys, "ledger", "show", "--data", d, "--limit", "2")
+    assert rc == 0 and "(2 shown" in out and "ada +2" in out and "ada +3" in out, out
+    assert "ada +1" not in out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ledger", "show", "--data", d, "--limit", "-1"])
+    assert exit_.value.code == 2
+    assert "-1 is negative" in capsys.readouterr().err
