@@ -278,3 +278,22 @@ def test_full_book_sized_corpus_imports_in_one_transaction(tmp_path: Path) -> No
         assert {story.graph.version(h).symbol for h in tree.values()} >= {"the-author"}
     finally:
         story.close_all()
+
+
+def test_an_import_reports_its_progress_page_by_page(tmp_path: Path) -> None:
+    """`import_corpus(progress=...)` (the command's progress bar) is told each new page as it is
+    appended, 1 to N of the N new pages; a second import of the same pages appends none and
+    tells nothing."""
+    root = write_corpus(tmp_path / "c", pages=30, words=10)
+    story = make_story(tmp_path / "node", sample=False)
+    try:
+        told: list[tuple[int, int]] = []
+        story.import_corpus(read_corpus(root), progress=lambda done, n: told.append((done, n)))
+        assert told == [(i, 30) for i in range(1, 31)]
+        told.clear()
+        story.import_corpus(
+            read_corpus(root), branch="again", progress=lambda d, n: told.append((d, n))
+        )
+        assert told == []
+    finally:
+        story.close_all()

@@ -302,11 +302,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     root = SAMPLE if args.sample else args.dir
     if root is None:
         raise StoryError("give a corpus directory, or --sample for the bundled sample")
-    corpus = read_corpus(Path(root), strict=args.strict)
+    with _working(f"checking {root}"):
+        corpus = read_corpus(Path(root), strict=args.strict)
     for note in corpus.notes:  # each correction once, on one line, as plain text
         console.print(str(note), markup=False, highlight=False, soft_wrap=True)
-    with _opened(args) as story:
-        change = story.import_corpus(corpus, args.branch, args.actor)
+    with _opened(args) as story, _pages_bar() as progress:
+        change = story.import_corpus(corpus, args.branch, args.actor, progress=progress)
         done = f"imported {len(corpus.pages)} pages into {args.branch} "
         if change.shared is not None:
             done += (
@@ -319,6 +320,35 @@ def cmd_import(args: argparse.Namespace) -> int:
         console.print(done, markup=False, highlight=False, soft_wrap=True)
         _announce_change(args, "branch", args.branch, change)
     return 0
+
+
+@contextmanager
+def _working(what: str) -> Iterator[None]:
+    """A spinner on a terminal's stderr while `what` is done; nothing into a pipe or a file."""
+    if not errors.is_terminal:
+        yield
+        return
+    with errors.status(what):
+        yield
+
+
+@contextmanager
+def _pages_bar() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar of the pages imported, on a terminal's stderr (gone when done); into a
+    pipe or a file, none: a script reads only the result line."""
+    if not errors.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("importing pages", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=errors, transient=True) as bar:
+        task = bar.add_task("pages", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:

@@ -229,14 +229,21 @@ class Story:
             raise StoryError(f"appended, but it had no effect: {effect[1]}")
 
     def import_corpus(
-        self, corpus: Corpus, branch: str = CANON, actor: str = "node", message: str = ""
+        self,
+        corpus: Corpus,
+        branch: str = CANON,
+        actor: str = "node",
+        message: str = "",
+        progress: Callable[[int, int], None] | None = None,
     ) -> Change:
         """Import every page as the root commit of a new branch: all of it, or nothing.
 
         What is already on the ledger is not appended again: when an earlier import's root
         commit holds exactly these page versions, the new branch is created at that commit (one
         `story-ref`: the two branches share history, merges between them work); otherwise the
-        new root commit names the versions already held without re-appending them."""
+        new root commit names the versions already held without re-appending them.
+        `progress(done, total)` is called as each new page is read and appended (a command's
+        progress bar: a large corpus takes seconds)."""
         check_branch(branch)
         check_actor(actor)
         with self.ledger.store.lock:
@@ -264,12 +271,23 @@ class Story:
             # Pages read one at a time as they are appended (a generator), never all at once; a
             # page file changed since the check raises in the transaction: nothing is stored.
             objs = itertools.chain(
-                (corpus.checked_page(i).to_object() for i in new), (commit.to_object(),)
+                (self._page_object(corpus, i, n, len(new), progress) for n, i in enumerate(new)),
+                (commit.to_object(),),
             )
             ref = {"branch": branch, "commit": commit.hash, "actor": actor}
             entry, count = self._append(objs, ("story-ref", ref))
             self._check_effect(entry)
         return Change(commit.hash, entry, count, reused=len(tree) - len(new))
+
+    @staticmethod
+    def _page_object(
+        corpus: Corpus, i: int, n: int, total: int, progress: Callable[[int, int], None] | None
+    ) -> dict[str, Any]:
+        """Page `i` of the corpus, read again, as its story object; the `n`th of `total`."""
+        obj = corpus.checked_page(i).to_object()
+        if progress is not None:
+            progress(n + 1, total)
+        return obj
 
     def _imported_as(self, tree: dict[str, str]) -> str | None:
         """The root commit (an import) whose pages are exactly `tree`, if one is held.
