@@ -223,7 +223,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for col in ("lamport", "author", "seq", "type", "what", "effect"):
         table.add_column(col)
     for e in rows:
-        eff = view.effects.get(e.hash)
+        eff = view.effect(e)
         effect = "" if eff is None else ("ok" if eff.applied else "NO EFFECT")
         if eff is not None and eff.note:
             effect += f": {eff.note}" if effect else eff.note
@@ -257,7 +257,9 @@ def _append(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> tuple[
     """Append the entry `make` writes to the node's ledger; with its effect in the ledger's view."""
     with closing(_open(args)) as ledger:
         e = make(ledger)
-        return e, ledger.view().effects[e.hash]
+        effect = ledger.view().effect(e)
+        assert effect is not None  # (our own entry, just appended: folded at the view's end)
+        return e, effect
 
 
 def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:

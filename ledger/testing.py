@@ -12,7 +12,9 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from . import canonical
+from .economy import EntryEffect
 from .entry import DOMAIN, FORMAT_VERSION, Entry, create
+from .ledger import Ledger
 
 
 class FeedWriter:
@@ -66,3 +68,10 @@ def sign_payload(key: SigningKey, payload: bytes) -> bytes:
 def forge(key: SigningKey, obj: dict[str, Any]) -> bytes:
     """Sign the canonical encoding of any payload object, valid or not."""
     return sign_payload(key, canonical.encode(obj))
+
+
+def effect_of(ledger: Ledger, e: Entry) -> EntryEffect:
+    """What `e` did in the ledger's view (it must be folded: a test's own entry)."""
+    effect = ledger.view().effect(e)
+    assert effect is not None, f"{e.hash_hex} is not folded"
+    return effect

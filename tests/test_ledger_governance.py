@@ -12,7 +12,7 @@ from gibsey.ledger.governance import VOTE_WINDOW, Executors, Proposal, ProposalS
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.membership import body_of
 from gibsey.ledger.store import Store
-from gibsey.ledger.testing import FeedWriter
+from gibsey.ledger.testing import FeedWriter, effect_of
 
 KEY = SigningKey(b"\x31" * 32)
 TARGET = "ab" * 32
@@ -94,7 +94,7 @@ def test_snapshot_weights_ignore_tokens_gained_after_the_proposal() -> None:
     peer = with_peer(ledger, 7)  # a member that lets dave vote anyway: recorded, no effect
     v = peer.next("vote", {"proposal": p.hash_hex, "actor": "dave", "choice": "yes"})
     ledger.import_entry(v)
-    eff = ledger.view().effects[v.hash]
+    eff = effect_of(ledger, v)
     assert not eff.applied and "no tokens at the snapshot" in eff.note
     assert ledger.view().governance.proposals[p.hash].yes == 0
 
@@ -106,7 +106,7 @@ def test_rejected_when_no_weight_reaches_half_and_double_votes_ignored() -> None
     first = peer.next("vote", {"proposal": p.hash_hex, "actor": "alice", "choice": "no"})
     again = peer.next("vote", {"proposal": p.hash_hex, "actor": "alice", "choice": "yes"})
     ledger.import_many([first.raw, again.raw])
-    assert "already voted" in ledger.view().effects[again.hash].note
+    assert "already voted" in effect_of(ledger, again).note
     ledger.vote(p.hash_hex, "bob", "yes")
     assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.OPEN  # 7 yes, 10 no
     ledger.vote(p.hash_hex, "carol", "no")  # 15 no of 22 >= half, through both nodes
@@ -128,13 +128,13 @@ def test_closes_by_lamport_not_wall_time() -> None:
         wall=4_000_000_000_000,
     )
     ledger.import_entry(v)
-    assert ledger.view().effects[v.hash].applied
+    assert effect_of(ledger, v).applied
     assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.OPEN
     ledger.mint("alice", 1, "read")  # lamport p.lamport + VOTE_WINDOW + 1
     assert ledger.view().governance.proposals[p.hash].status is ProposalStatus.EXPIRED
     late = peer.next("vote", {"proposal": p.hash_hex, "actor": "bob", "choice": "yes"})
     ledger.import_entry(late)
-    assert "expired" in ledger.view().effects[late.hash].note
+    assert "expired" in effect_of(ledger, late).note
 
 
 def test_interrupted_executor_is_not_rerun_after_restart(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from gibsey.ledger.entry import MAX_BODY_BYTES, payload_object
 from gibsey.ledger.errors import LedgerError, Rejected, RejectReason
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import ImportStatus, Store
-from gibsey.ledger.testing import FeedWriter, forge, sign_payload
+from gibsey.ledger.testing import FeedWriter, effect_of, forge, sign_payload
 
 MINT = {"actor": "london-fox", "amount": 10, "ritual": "read"}
 
@@ -172,7 +172,7 @@ def test_fork_is_proved_quarantined_and_shared(tmp_path: Path) -> None:
     # Seq 2 onward no longer counts; seq 1 still does. The log itself is kept.
     assert a.view().economy.balance("london-fox") == 10
     assert a.store.count() == 4 and a.store.verify().ok
-    assert "quarantined" in a.view().effects[honest.entries[3].hash].note
+    assert "quarantined" in effect_of(a, honest.entries[3]).note
     with pytest.raises(Rejected) as info:
         a.import_entry(honest.next("mint", MINT).raw)
     assert info.value.reason is RejectReason.AUTHOR_QUARANTINED

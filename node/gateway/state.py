@@ -150,7 +150,7 @@ class GatewayState:
         self, entry: Entry, kind: str, payload: Payload, actor: str
     ) -> LedgerWrite:
         """Publish the event for a ledger entry just appended, and say what the entry did."""
-        eff = self.ledger().view().effects.get(entry.hash)
+        eff = self.ledger().view().effect(entry)
         event, acked = await self.publish(kind, payload, actor)
         return LedgerWrite(
             event=event.id,

@@ -62,7 +62,7 @@ async def entries(
         if author and not e.author_hex.startswith(author):
             continue
         total += 1
-        last.append(_entry_json(e, e.author == ledger.author, view.effects.get(e.hash)))
+        last.append(_entry_json(e, e.author == ledger.author, view.effect(e)))
     return {"total": total, "entries": list(last)}
 
 
