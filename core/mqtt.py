@@ -47,6 +47,10 @@ from gibsey.core import paho_lean
 log = logging.getLogger("gibsey.mqtt")
 
 DEFAULT_PORT = 1883
+# The largest payload the node's brokers take (`message_size_limit` of the embedded broker and of
+# the image's gibsey.conf). Mosquitto disconnects a client that publishes a larger one, and the
+# session, resumed, sends it again: one oversized message wedged the node's connection forever.
+MAX_MESSAGE_BYTES = 131_072
 MISC_INTERVAL_S = 1.0  # how often paho's keepalive bookkeeping (PINGREQ, a silent broker) runs
 
 

@@ -16,13 +16,14 @@ import aiomqtt
 import pytest
 
 from gibsey.core.envelope import GiftTxn
-from gibsey.core.mqtt import ClientSettings, Session
+from gibsey.core.mqtt import MAX_MESSAGE_BYTES, ClientSettings, Session
 from gibsey.harness.nodeproc import spawn_up, wait_for_file
 from gibsey.harness.turns import node_online
 from gibsey.harness.waiting import port_open, until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.spine.client_id import node_client_id
+from gibsey.node.spine.spine import MessageTooLarge
 from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
@@ -333,6 +334,39 @@ async def test_the_status_goes_out_before_a_backlog_and_only_its_newest(tmp_path
             await client.subscribe("gibsey/test/latest", qos=1)
             async for msg in client.messages:  # what the broker retained
                 assert json.loads(bytes(msg.payload)) == {"state": "newest"}
+                break
+    finally:
+        await node.stop()
+        broker.stop()
+
+
+async def test_a_message_over_the_brokers_limit_is_refused_and_the_connection_kept(
+    tmp_path: Path,
+) -> None:
+    """Tried (an outside sweep): the Agency Tensor's document grew past Mosquitto's
+    message_size_limit; the broker closed the node's connection at each publish ("out of
+    memory"), the resumed session sent it again, and the node reconnected 1,112 times, its
+    outbox dropping thousands of events. Must hold: a payload over MAX_MESSAGE_BYTES fails at
+    once (MessageTooLarge, counted), is never sent, and the connection stays: the message after
+    it is acknowledged on the same connection, and the broker retains that one."""
+    broker = Mosquitto(tmp_path / "mosq").start()
+    node = Node(tmp_path / "data", GibseyConfig())
+    await node.start(broker.url)
+    spine = node.spine
+    assert spine is not None
+    try:
+        await spine.wait_connected(timeout_s=10)
+        connects = spine.stats.connects
+        big = spine.publish("gibsey/test/big", b"x" * (MAX_MESSAGE_BYTES + 1), retain=True)
+        assert big.done() and isinstance(big.exception(), MessageTooLarge)
+        late = spine.publish_latest("gibsey/test/big", b"y" * (MAX_MESSAGE_BYTES + 1))
+        assert late.done() and isinstance(late.exception(), MessageTooLarge)
+        await asyncio.wait_for(spine.publish("gibsey/test/big", b"small", retain=True), 10)
+        assert spine.stats.connects == connects and spine.stats.too_large == 2
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            await client.subscribe("gibsey/test/big", qos=1)
+            async for msg in client.messages:  # what the broker retained
+                assert bytes(msg.payload) == b"small"
                 break
     finally:
         await node.stop()

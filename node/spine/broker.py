@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gibsey.core.mqtt import MAX_MESSAGE_BYTES
+
 if TYPE_CHECKING:
     # amqtt (with websockets, yaml, transitions: ~4 MiB resident) loads only when it runs.
     from amqtt.broker import Broker
@@ -136,7 +138,7 @@ def mosquitto_conf(
         "autosave_interval 1",
         "persistent_client_expiration 7d",
         "max_queued_messages 10000",
-        "message_size_limit 131072",
+        f"message_size_limit {MAX_MESSAGE_BYTES}",
         f"memory_limit {memory_limit}",
         f"log_dest file {folder}/mosquitto.log",
         "log_type error",

@@ -51,12 +51,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gibsey.core.mqtt import (
+    MAX_MESSAGE_BYTES,
     ClientSettings,
     Connection,
     ConnectRefused,
     MqttError,
     parse_broker_url,
 )
+from gibsey.core.paced import PacedLog
 from gibsey.core.topics import STATUS_KIND, parse_topic
 
 log = logging.getLogger("gibsey.spine")
@@ -101,6 +103,10 @@ class OutboxFull(OverflowError):
     whether the broker was away or only slower than the node)."""
 
 
+class MessageTooLarge(MqttError):
+    """The message was not sent: larger than the broker takes (MAX_MESSAGE_BYTES)."""
+
+
 @dataclass(slots=True)
 class QueuedMessage:
     """One MQTT publish waiting in the outbox or for its PUBACK (the bytes of an event, a retained
@@ -120,6 +126,7 @@ class SpineStats:
     received: int = 0
     outbox_dropped: int = 0
     last_drop: str = ""  # why the last message was dropped from the outbox
+    too_large: int = 0  # messages refused: over the broker's MAX_MESSAGE_BYTES
     retained_ignored: int = 0  # events the broker kept (retained) and handed over at subscribe
     ack_stalls: int = 0  # connections ended because the broker acknowledged nothing in flight
     last_error: str = ""
@@ -183,13 +190,17 @@ class Spine:
         self._retry_said_at = 0.0
         self._connected = asyncio.Event()
         self.stats = SpineStats()
+        self._refusals = PacedLog(log, "spine: ")
 
     # -- publishing ---------------------------------------------------------------------------
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
     ) -> asyncio.Future[None]:
-        """Queue a message; the future resolves once the broker has acknowledged it."""
+        """Queue a message; the future resolves once the broker has acknowledged it (or fails:
+        OutboxFull, MessageTooLarge)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._too_large(topic, payload, done):
+            return done
         if len(self._outbox) >= self._outbox_limit:
             self._drop_oldest()
         # No done callback to keep a set of the unacknowledged: every message waits in the
@@ -206,6 +217,8 @@ class Spine:
         restart, under a flood) the status otherwise waited for thousands of events: the
         retained "offline" of the will stayed for 99 s while the node performed turns."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._too_large(topic, payload, done):
+            return done
         superseded = self._latest.pop(topic, None)
         if superseded is not None and not superseded.done.done():
             superseded.done.set_result(None)
@@ -217,6 +230,19 @@ class Spine:
     def client_id(self) -> str:
         """The id this spine connects with (the broker resumes its session by it)."""
         return self._settings.client_id
+
+    def _too_large(self, topic: str, payload: bytes, done: asyncio.Future[None]) -> bool:
+        """Refuse (`done` fails, counted, logged at a limited rate) a payload the broker would
+        answer by closing the connection: never sent, so it cannot wedge the session."""
+        if len(payload) <= MAX_MESSAGE_BYTES:
+            return False
+        self.stats.too_large += 1
+        why = f"{topic}: {len(payload)} bytes, over the broker's {MAX_MESSAGE_BYTES}"
+        self.stats.last_drop = f"not sent: {why}"
+        self._refusals.note("message too large, not sent", why)
+        done.set_exception(MessageTooLarge(why))
+        done.exception()  # retrieved: told by the count and the log, as a dropped message is
+        return True
 
     def _drop_oldest(self) -> None:
         """Bounded memory: the oldest message waiting goes, its future fails saying what really
