@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gibsey.core.mqtt import MAX_MESSAGE_BYTES
 from gibsey.node.agents.db import Db, DbError, stdlib_can_load_extensions
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
 from gibsey.node.agents.memory import DIM, Embedder, MemoryStore
 from gibsey.node.agents.personas import load_personas
-from gibsey.node.agents.tensor import AgencyTensor
+from gibsey.node.agents.tensor import MAX_CELLS, SNAPSHOT_ACTORS, AgencyTensor
 
 # Restated from DESIGN.md, not imported from dialcore.qdpi: an independent check of the personas.
 CHARACTERS = (
@@ -160,3 +162,32 @@ def test_tensor_counts_and_decays(tmp_path: Path) -> None:
     assert tensor.prune(now=100_000.0) == 2
     snap = AgencyTensor(db, half_life=10.0).snapshot(now=120.0)
     assert snap["cells"] == [] or snap["by_actor"].keys() <= {"ada", "bob"}
+
+
+def test_a_flood_of_new_names_keeps_the_tensor_and_its_document_bounded(tmp_path: Path) -> None:
+    """Tried: a stranger turning the dial under a new name every time (75,000 names). Every
+    name stayed a cell for hours; the snapshot, read on the event loop, grew to 2 MB, over the
+    broker's message limit, which closed the node's connection at every publish. Must hold:
+    after a write the table keeps MAX_CELLS cells, the heaviest (a regular's outweighs the
+    one-turn strangers); the document names SNAPSHOT_ACTORS actors and counts them all, and
+    stays under a tenth of the broker's limit."""
+    tensor = AgencyTensor(Db(tmp_path / "t.db"), half_life=3600.0)
+    names = MAX_CELLS + 3000
+    for i in range(names):
+        tensor.note(f"stranger-{i:05d}", i % 16, i % 4)
+    for _ in range(3):
+        tensor.note("regular", 4, 1)
+    tensor.flush()
+    (count,) = tensor.db.execute("SELECT COUNT(*) FROM tensor")[0]
+    assert count == MAX_CELLS
+    assert tensor.cells(actor="regular")[0].weight == pytest.approx(3.0, rel=1e-3)
+    doc = tensor.snapshot()
+    assert len(doc["by_actor"]) == SNAPSHOT_ACTORS and next(iter(doc["by_actor"])) == "regular"
+    assert doc["actors"] == MAX_CELLS  # the strangers kept, and the regular
+    assert len(json.dumps(doc)) < MAX_MESSAGE_BYTES / 4
+    for i in range(SNAPSHOT_ACTORS):  # the longest names an event allows, each escaped in JSON
+        tensor.note(f"{'é' * 251}{i:05d}", 1, 1)
+    tensor.flush()
+    doc = tensor.snapshot()
+    assert len(json.dumps(doc)) <= MAX_MESSAGE_BYTES / 4
+    assert 0 < len(doc["by_actor"]) < SNAPSHOT_ACTORS and doc["actors"] == MAX_CELLS

@@ -9,6 +9,7 @@ should not find everything forgotten in the morning. A cell is stored as (weight
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ CREATE TABLE IF NOT EXISTS tensor_clock (id INTEGER PRIMARY KEY CHECK (id = 0), 
 """
 FLOOR = 1e-3  # cells that decayed below this are dropped on the next write
 PENDING_MAX = 10_000  # rituals counted in memory and not yet written, at most
+# Cells kept at most: past it, each write drops the weakest (the most faded). A stranger turning
+# the dial under a new name each time grew the table, and the snapshot read from it on the event
+# loop, without end: 75,000 names made a 2 MB document (0.5 s of the loop), which the broker
+# refused, closing the node's connection again and again.
+MAX_CELLS = 4096
+# The snapshot's `by_actor` names the heaviest actors, at most this many (`actors`: how many in
+# all), and its document (JSON, as published) at most SNAPSHOT_MAX_BYTES: fewer cells and actors
+# when their names are long (an actor is up to 256 characters, 6 bytes each escaped), so it
+# stays under the broker's message limit (128 KiB) whatever the names.
+SNAPSHOT_ACTORS = 200
+SNAPSHOT_MAX_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -142,44 +154,58 @@ class AgencyTensor:
         except StorageError:
             self.pending = (pending + self.pending)[-PENDING_MAX:]
             raise
+        self.prune()
 
     def prune(self, now: float | None = None) -> int:
+        """Drop the cells faded below FLOOR, and the weakest past MAX_CELLS; how many went."""
         t = self.now() if now is None else now
-        doomed = [
-            (a, s, r)
+        cells = [
+            (self._decay(float(w), float(at), t), (a, s, r))
             for a, s, r, w, at in self.db.execute(
                 "SELECT actor, symbol, rotation, weight, at FROM tensor"
             )
-            if self._decay(float(w), float(at), t) < FLOOR
         ]
-        with self.db.transaction():
-            for key in doomed:
-                self.db.execute("DELETE FROM tensor WHERE actor=? AND symbol=? AND rotation=?", key)
+        cells.sort(reverse=True)
+        doomed = [key for weight, key in cells[MAX_CELLS:]]
+        doomed += [key for weight, key in cells[:MAX_CELLS] if weight < FLOOR]
+        if doomed:
+            with self.db.transaction():
+                self.db.executemany(
+                    "DELETE FROM tensor WHERE actor=? AND symbol=? AND rotation=?", doomed
+                )
         return len(doomed)
 
     def snapshot(self, now: float | None = None, limit: int = 200) -> dict[str, Any]:
-        """The document published (retained) for dashboards."""
+        """The document published (retained) for dashboards: the `limit` heaviest cells, the
+        weight of each symbol, and of the SNAPSHOT_ACTORS heaviest actors (`actors`: all)."""
         cells = self.cells(now)
         by_symbol: dict[str, float] = {}
         by_actor: dict[str, float] = {}
         for c in cells:
             by_symbol[str(c.symbol)] = by_symbol.get(str(c.symbol), 0.0) + c.weight
             by_actor[c.actor] = by_actor.get(c.actor, 0.0) + c.weight
-        return {
-            "half_life_s": self.half_life,
-            "clock_s": round(self.now() if now is None else now, 3),
-            "cells": [
-                {
-                    "actor": c.actor,
-                    "symbol": c.symbol,
-                    "rotation": c.rotation,
-                    "weight": round(c.weight, 4),
-                }
-                for c in cells[:limit]
-            ],
-            "by_symbol": {k: round(v, 4) for k, v in by_symbol.items()},
-            "by_actor": {k: round(v, 4) for k, v in by_actor.items()},
-        }
+        heaviest = sorted(by_actor.items(), key=lambda kv: -kv[1])[:SNAPSHOT_ACTORS]
+        listed = max(limit, SNAPSHOT_ACTORS)
+        while True:  # halved until it fits: at most log2(listed) + 1 tries
+            doc = {
+                "half_life_s": self.half_life,
+                "clock_s": round(self.now() if now is None else now, 3),
+                "cells": [
+                    {
+                        "actor": c.actor,
+                        "symbol": c.symbol,
+                        "rotation": c.rotation,
+                        "weight": round(c.weight, 4),
+                    }
+                    for c in cells[: min(limit, listed)]
+                ],
+                "by_symbol": {k: round(v, 4) for k, v in by_symbol.items()},
+                "by_actor": {k: round(v, 4) for k, v in heaviest[:listed]},
+                "actors": len(by_actor),
+            }
+            if listed == 0 or len(json.dumps(doc)) <= SNAPSHOT_MAX_BYTES:
+                return doc
+            listed //= 2
 
 
 def persist_clock(tensor: AgencyTensor) -> None:
