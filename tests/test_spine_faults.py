@@ -23,7 +23,7 @@ from gibsey.harness.waiting import port_open, until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.spine.client_id import node_client_id
-from gibsey.node.spine.spine import MessageTooLarge
+from gibsey.node.spine.spine import OUTBOX_MAX_BYTES, MessageTooLarge, OutboxFull
 from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
@@ -368,6 +368,39 @@ async def test_a_message_over_the_brokers_limit_is_refused_and_the_connection_ke
             async for msg in client.messages:  # what the broker retained
                 assert bytes(msg.payload) == b"small"
                 break
+    finally:
+        await node.stop()
+        broker.stop()
+
+
+async def test_the_outbox_holds_a_bounded_number_of_bytes_while_the_broker_is_away(
+    tmp_path: Path,
+) -> None:
+    """The outbox was bounded by count alone (10,000 messages): of 100 KiB each, a broker away
+    made the node hold 1 GB. Must hold: with the broker away, 300 messages of 100 KiB leave at
+    most OUTBOX_MAX_BYTES waiting, the oldest dropped (OutboxFull, counted) and the newest kept;
+    once the broker is back, every message kept is acknowledged."""
+    broker = Mosquitto(tmp_path / "mosq").start()
+    node = Node(tmp_path / "data", GibseyConfig())
+    await node.start(broker.url)
+    spine = node.spine
+    assert spine is not None
+    try:
+        await spine.wait_connected(timeout_s=10)
+        broker.stop()
+        await until(lambda: not spine.connected, 10, "the broker gone")
+        dropped_before = spine.stats.outbox_dropped
+        sent = [
+            spine.publish("gibsey/test/bulk", bytes([i % 256]) * 100 * 1024) for i in range(300)
+        ]
+        kept = OUTBOX_MAX_BYTES // (100 * 1024)
+        assert spine.outbox_depth == kept
+        assert all(isinstance(f.exception(), OutboxFull) for f in sent[: 300 - kept])
+        # (and before them whatever the node itself had queued while the broker was away)
+        assert spine.stats.outbox_dropped - dropped_before >= 300 - kept
+        broker.start()
+        await asyncio.wait_for(asyncio.gather(*sent[300 - kept :]), 60)
+        assert spine.outbox_depth == 0
     finally:
         await node.stop()
         broker.stop()

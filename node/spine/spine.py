@@ -103,6 +103,11 @@ class OutboxFull(OverflowError):
     whether the broker was away or only slower than the node)."""
 
 
+# The outbox holds at most this many bytes of payload as well as outbox_limit messages: 10,000
+# messages of up to MAX_MESSAGE_BYTES each were 1.3 GB a broker away could make the node hold.
+OUTBOX_MAX_BYTES = 16 * 1024 * 1024
+
+
 class MessageTooLarge(MqttError):
     """The message was not sent: larger than the broker takes (MAX_MESSAGE_BYTES)."""
 
@@ -171,6 +176,7 @@ class Spine:
         self._on_connect = on_connect
         self._outbox: collections.deque[QueuedMessage] = collections.deque()
         self._outbox_limit = outbox_limit
+        self._outbox_bytes = 0  # the payloads' bytes in _outbox (OUTBOX_MAX_BYTES)
         self._inflight_limit = inflight
         # The parts' own subscriptions: their filters, and (filter, callback) by filter to match.
         self._extra: list[str] = []
@@ -207,6 +213,9 @@ class Spine:
         # outbox or in `_waiting` until its future is done, and `flush` looks there (a callback
         # per message cost a loop handle each, on the hot path).
         self._outbox.append(QueuedMessage(topic, payload, qos, retain, done))
+        self._outbox_bytes += len(payload)
+        while self._outbox_bytes > OUTBOX_MAX_BYTES and len(self._outbox) > 1:
+            self._drop_oldest()
         self._pump()
         return done
 
@@ -248,10 +257,12 @@ class Spine:
         """Bounded memory: the oldest message waiting goes, its future fails saying what really
         happened, and the loss is counted (never silent, never a log line per message)."""
         dropped = self._outbox.popleft()
+        self._outbox_bytes -= len(dropped.payload)
         if dropped.done.done():
             return  # cancelled by its publisher: nothing was lost
         self.stats.outbox_dropped += 1
-        waiting = f"{len(self._outbox) + 1} messages waiting"
+        held = self._outbox_bytes + len(dropped.payload)
+        waiting = f"{len(self._outbox) + 1} messages, {held / 2**20:.1f} MiB waiting"
         if self._connected.is_set():
             # A flood: the broker is there, only slower to acknowledge than the node publishes.
             why = f"outbox full ({waiting}): the broker acknowledges slower than the node sends"
@@ -391,10 +402,12 @@ class Spine:
                 return
         while self._outbox and len(self._waiting) < self._inflight_limit:
             item = self._outbox.popleft()
+            self._outbox_bytes -= len(item.payload)
             if item.done.done():
                 continue  # cancelled by its publisher
             if not self._hand_over(client, item):
                 self._outbox.appendleft(item)
+                self._outbox_bytes += len(item.payload)
                 break
 
     def _hand_over(self, client: mqtt.Client, item: QueuedMessage) -> bool:
@@ -433,6 +446,7 @@ class Spine:
         self._waiting.clear()
         self._oldest_in_flight = None
         self._outbox.extendleft(reversed(unacked))
+        self._outbox_bytes += sum(len(item.payload) for item in unacked)
 
     # -- the connection loop ------------------------------------------------------------------
     async def run(self) -> None:
