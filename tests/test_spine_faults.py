@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -23,7 +24,7 @@ from gibsey.harness.waiting import port_open, until
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
 from gibsey.node.spine.client_id import node_client_id
-from gibsey.node.spine.spine import OUTBOX_MAX_BYTES, MessageTooLarge, OutboxFull
+from gibsey.node.spine.spine import OUTBOX_MAX_BYTES, MessageTooLarge, OutboxFull, Spine
 from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory, started
 from tests.events import raw_event, topic
@@ -299,13 +300,9 @@ async def test_the_embedded_broker_dies_with_a_killed_node(tmp_path: Path) -> No
         proc.wait()
 
 
-async def test_the_status_goes_out_before_a_backlog_and_only_its_newest(tmp_path: Path) -> None:
-    """Tried (an outside tester): a broker restarted under a flood. The node's status waited in
-    the outbox behind thousands of events, and the retained status stayed the will's "offline"
-    for 99 s while the node performed turns. Must hold: with 3,000 events queued while the
-    broker is away, the status published after them is acknowledged while most of the backlog
-    still waits; an older status not yet sent is superseded (resolved, never sent); the
-    backlog is all acknowledged after it."""
+@contextlib.asynccontextmanager
+async def node_on_a_broker(tmp_path: Path) -> AsyncIterator[tuple[Mosquitto, Node, Spine]]:
+    """A node on a real Mosquitto of its own, connected: the broker, the node, its spine."""
     broker = Mosquitto(tmp_path / "mosq").start()
     node = Node(tmp_path / "data", GibseyConfig())
     await node.start(broker.url)
@@ -313,6 +310,20 @@ async def test_the_status_goes_out_before_a_backlog_and_only_its_newest(tmp_path
     assert spine is not None
     try:
         await spine.wait_connected(timeout_s=10)
+        yield broker, node, spine
+    finally:
+        await node.stop()
+        broker.stop()
+
+
+async def test_the_status_goes_out_before_a_backlog_and_only_its_newest(tmp_path: Path) -> None:
+    """Tried (an outside tester): a broker restarted under a flood. The node's status waited in
+    the outbox behind thousands of events, and the retained status stayed the will's "offline"
+    for 99 s while the node performed turns. Must hold: with 3,000 events queued while the
+    broker is away, the status published after them is acknowledged while most of the backlog
+    still waits; an older status not yet sent is superseded (resolved, never sent); the
+    backlog is all acknowledged after it."""
+    async with node_on_a_broker(tmp_path) as (broker, node, spine):
         broker.stop()
         await until(lambda: not spine.connected, 10, "the broker gone")
         backlog = [
@@ -335,9 +346,6 @@ async def test_the_status_goes_out_before_a_backlog_and_only_its_newest(tmp_path
             async for msg in client.messages:  # what the broker retained
                 assert json.loads(bytes(msg.payload)) == {"state": "newest"}
                 break
-    finally:
-        await node.stop()
-        broker.stop()
 
 
 async def test_a_message_over_the_brokers_limit_is_refused_and_the_connection_kept(
@@ -349,13 +357,7 @@ async def test_a_message_over_the_brokers_limit_is_refused_and_the_connection_ke
     outbox dropping thousands of events. Must hold: a payload over MAX_MESSAGE_BYTES fails at
     once (MessageTooLarge, counted), is never sent, and the connection stays: the message after
     it is acknowledged on the same connection, and the broker retains that one."""
-    broker = Mosquitto(tmp_path / "mosq").start()
-    node = Node(tmp_path / "data", GibseyConfig())
-    await node.start(broker.url)
-    spine = node.spine
-    assert spine is not None
-    try:
-        await spine.wait_connected(timeout_s=10)
+    async with node_on_a_broker(tmp_path) as (broker, _node, spine):
         connects = spine.stats.connects
         big = spine.publish("gibsey/test/big", b"x" * (MAX_MESSAGE_BYTES + 1), retain=True)
         assert big.done() and isinstance(big.exception(), MessageTooLarge)
@@ -368,9 +370,6 @@ async def test_a_message_over_the_brokers_limit_is_refused_and_the_connection_ke
             async for msg in client.messages:  # what the broker retained
                 assert bytes(msg.payload) == b"small"
                 break
-    finally:
-        await node.stop()
-        broker.stop()
 
 
 async def test_the_outbox_holds_a_bounded_number_of_bytes_while_the_broker_is_away(
@@ -380,13 +379,7 @@ async def test_the_outbox_holds_a_bounded_number_of_bytes_while_the_broker_is_aw
     made the node hold 1 GB. Must hold: with the broker away, 300 messages of 100 KiB leave at
     most OUTBOX_MAX_BYTES waiting, the oldest dropped (OutboxFull, counted) and the newest kept;
     once the broker is back, every message kept is acknowledged."""
-    broker = Mosquitto(tmp_path / "mosq").start()
-    node = Node(tmp_path / "data", GibseyConfig())
-    await node.start(broker.url)
-    spine = node.spine
-    assert spine is not None
-    try:
-        await spine.wait_connected(timeout_s=10)
+    async with node_on_a_broker(tmp_path) as (broker, _node, spine):
         broker.stop()
         await until(lambda: not spine.connected, 10, "the broker gone")
         dropped_before = spine.stats.outbox_dropped
@@ -401,6 +394,3 @@ async def test_the_outbox_holds_a_bounded_number_of_bytes_while_the_broker_is_aw
         broker.start()
         await asyncio.wait_for(asyncio.gather(*sent[300 - kept :]), 60)
         assert spine.outbox_depth == 0
-    finally:
-        await node.stop()
-        broker.stop()
