@@ -578,17 +578,7 @@ class Store:
         stored (the transaction then commits, and the log is emptied by a later one)."""
         if self._log is None or self._log.size() == 0:
             return 0
-        missing: list[bytes] = []
-        refused: list[bytes] = []
-        for raw in self._log.read():
-            try:
-                e = parse(raw, verify=False)
-            except Rejected:
-                refused.append(raw)  # (it passed its crc: only another release could write it)
-                continue
-            head = self._heads.get(e.author)
-            if head is None or e.seq > head.seq:
-                missing.append(raw)
+        missing, refused = self._log_beyond_heads(self._log)
         if not missing:
             self._set_aside(refused)
             self._log.clear()
@@ -615,6 +605,22 @@ class Store:
         )
         return self._tx_rows - rows
 
+    def _log_beyond_heads(self, entry_log: EntryLog) -> tuple[list[bytes], list[bytes]]:
+        """The entry log's records the database does not hold (past their feed's head), and
+        those that are no entry (hold `lock`)."""
+        missing: list[bytes] = []
+        refused: list[bytes] = []
+        for raw in entry_log.read():
+            try:
+                e = parse(raw, verify=False)
+            except Rejected:
+                refused.append(raw)  # (it passed its crc: only another release could write it)
+                continue
+            head = self._heads.get(e.author)
+            if head is None or e.seq > head.seq:
+                missing.append(raw)
+        return missing, refused
+
     def _set_aside(self, refused: list[bytes]) -> None:
         """Keep the bytes of entry-log records the store refused in `<log>.refused` before the
         log is emptied: acknowledged once, so never thrown away unread; a technician can look
@@ -638,18 +644,27 @@ class Store:
         live node's open batch holds it: that node will)."""
         if self._log is None or self._log.size() == 0:
             return
-        self._db.execute("PRAGMA busy_timeout=0")
         try:
-            for _ in range(2):  # the first stores what is missing, the second empties the log
-                if self._log.size() == 0:
-                    return
-                with self.transaction():
-                    pass
+            with self._no_lock_wait():
+                for _ in range(2):  # the first stores what is missing, the second empties it
+                    if self._log.size() == 0:
+                        return
+                    with self.transaction():
+                        pass
         except (sqlite3.OperationalError, StorageError) as exc:
             # (StorageError: the lock is held and the disk is full, _begin)
             log.info("ledger: entry log left to the process writing now (%s)", exc)
+
+    @contextmanager
+    def _no_lock_wait(self) -> Iterator[None]:
+        """Within: the write lock is taken at once or not at all (SQLITE_BUSY), not waited for;
+        then the wait is what it was (these nest: _settle_log's transaction may _begin here)."""
+        (before,) = self._db.execute("PRAGMA busy_timeout").fetchone()
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            yield
         finally:
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._db.execute(f"PRAGMA busy_timeout={int(before)}")
 
     def _begin(self) -> None:
         """BEGIN IMMEDIATE (first ending a transaction a failing disk left open). On a disk with
@@ -668,17 +683,15 @@ class Store:
             self._raise_refused(exc)
 
     def _begin_without_waiting(self) -> None:
-        self._db.execute("PRAGMA busy_timeout=0")
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            with self._no_lock_wait():
+                self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
                 raise
             refused = StorageError(errno.ENOSPC, f"the ledger {self.path}")
             self.disk.refused_write(refused)
             raise refused from exc
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _caches(self) -> _Caches:
         return _Caches(
@@ -951,10 +964,7 @@ class Store:
                 if last is not None:
                     extends = e.seq == last.seq + 1 and e.prev == last.hash
                 else:
-                    done = self._checked.get(e.author)
-                    extends = (done is None and e.seq == 1) or (
-                        done is not None and e.seq == done.seq + 1 and e.prev == done.hash
-                    )
+                    extends = self._extends_checked(e)
                 if extends:
                     ends[e.author] = e
             for author, e in ends.items():
@@ -986,15 +996,7 @@ class Store:
         if self._log is None or self._log.size() == 0:
             return 0
         with self.lock:
-            missing = 0
-            for raw in self._log.read():
-                try:
-                    e = parse(raw, verify=False)
-                except Rejected:
-                    continue
-                head = self._heads.get(e.author)
-                missing += head is None or e.seq > head.seq
-            return missing
+            return len(self._log_beyond_heads(self._log)[0])
 
     def heads(self) -> dict[str, int]:
         """Version vector: {author hex: latest seq held} - what the mesh compares with a peer."""
@@ -1280,11 +1282,15 @@ class Store:
         """A chained run of entries this store committed, `first` to `last` (of one feed), was
         checked on its way in: it extends the feed's checked prefix if `first` does."""
         with self.lock:
-            done = self._checked.get(first.author)
-            if (done is None and first.seq == 1) or (
-                done is not None and first.seq == done.seq + 1 and first.prev == done.hash
-            ):
+            if self._extends_checked(first):
                 self._checked[first.author] = Head(last.seq, last.hash, last.lamport)
+
+    def _extends_checked(self, e: Entry) -> bool:
+        """Whether `e` is the next entry after its feed's checked prefix (hold `lock`)."""
+        done = self._checked.get(e.author)
+        if done is None:
+            return e.seq == 1
+        return e.seq == done.seq + 1 and e.prev == done.hash
 
     def own_feed_behind(self, author: bytes) -> str | None:
         """Why `author`'s feed (this node's) must not be signed on, if it is behind its mark."""
