@@ -14,7 +14,7 @@ from typing import TypeAlias
 
 from gibsey.core.config import resolve_data_dir
 from gibsey.core.symbols import CHARACTERS, ROTATIONS, SYMBOLS, state_of
-from gibsey.node.glyph.opcode_table import MAX_PROGRAM, STATES, OpcodeTable
+from gibsey.node.glyph.opcode_table import MAX_PROGRAM, STATES, OpcodeTable, check_program
 from gibsey.node.glyph.vm import asm as vm_asm
 from gibsey.node.glyph.vm import binding as vm
 from gibsey.node.glyph.vm import isa
@@ -274,13 +274,8 @@ def cmd_dis(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         data = _load(args.file)
-        if len(data) > MAX_PROGRAM:  # `vm load` (OpcodeTable.bind) refuses it before verifying
-            raise _CliError(
-                f"program is {len(data)} bytes; the limit is {MAX_PROGRAM} (`gibsey vm load` "
-                "refuses it)"
-            )
-        vm.verify(data)
-    except (_CliError, vm.VerifyError, vm.VmLibraryError) as exc:
+        check_program(data)  # as `vm load` checks it
+    except (_CliError, ValueError, vm.VerifyError, vm.VmLibraryError) as exc:
         print(f"gibsey vm verify: {exc}", file=sys.stderr)
         return 2
     print(f"{args.file}: ok ({len(data)} bytes)")

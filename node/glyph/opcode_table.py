@@ -49,6 +49,14 @@ def program_hash(bytecode: bytes) -> str:
     return hashlib.sha256(bytecode).hexdigest()
 
 
+def check_program(bytecode: bytes) -> None:
+    """What `bind` asks of a program before binding it: at most MAX_PROGRAM bytes (ValueError),
+    then the verifier's yes (vm.VerifyError). `gibsey vm verify` asks the same."""
+    if len(bytecode) > MAX_PROGRAM:
+        raise ValueError(f"program is {len(bytecode)} bytes; the limit is {MAX_PROGRAM}")
+    vm.verify(bytecode)
+
+
 @dataclass(frozen=True)
 class Binding:
     state: int
@@ -182,9 +190,7 @@ class OpcodeTable:
         verifier refuses it, ValueError for a state or size out of range."""
         if not 0 <= state < STATES:
             raise ValueError(f"state {state} is outside the QDPI-256 table (0..255)")
-        if len(bytecode) > MAX_PROGRAM:
-            raise ValueError(f"program is {len(bytecode)} bytes; the limit is {MAX_PROGRAM}")
-        vm.verify(bytecode)
+        check_program(bytecode)
         with self._transaction():
             binding = self._insert(state, bytecode, source, origin)
         # Our own commit must not look like someone else's.

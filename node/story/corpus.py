@@ -113,10 +113,6 @@ class Corpus:
             return self.pages.page_hashes()
         return [(p.page, p.hash) for p in self.pages]
 
-    def tree(self) -> dict[str, str]:
-        """{page id: version hash}, in corpus order."""
-        return dict(self.page_hashes())
-
     def checked_page(self, i: int) -> PageVersion:
         """Page `i`, read again; CorpusError if its file no longer reads as it did when the
         corpus was checked (changed or gone since)."""
