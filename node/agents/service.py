@@ -268,8 +268,9 @@ class AgentService:
                 self.node.disk.refused_write(exc)
             if self.tensor.version != published:
                 published = self.tensor.version
-                doc = self.tensor.snapshot()
-                self._publish_raw(state_topic(self.node.node_id, "tensor"), doc, retain=True)
+                if self.node.spine is not None:
+                    topic = state_topic(self.node.node_id, "tensor")
+                    self.node.spine.publish(topic, self.tensor.snapshot_json(), retain=True)
             await asyncio.sleep(self.cfg.tensor_publish_interval)
 
     async def run_mqtt5(self) -> None:

@@ -178,6 +178,13 @@ class AgencyTensor:
     def snapshot(self, now: float | None = None, limit: int = 200) -> dict[str, Any]:
         """The document published (retained) for dashboards: the `limit` heaviest cells, the
         weight of each symbol, and of the SNAPSHOT_ACTORS heaviest actors (`actors`: all)."""
+        return self._snapshot(now, limit)[0]
+
+    def snapshot_json(self, now: float | None = None, limit: int = 200) -> bytes:
+        """`snapshot()` as published: its JSON, encoded once (the size bound measured it)."""
+        return self._snapshot(now, limit)[1].encode()
+
+    def _snapshot(self, now: float | None, limit: int) -> tuple[dict[str, Any], str]:
         cells = self.cells(now)
         by_symbol: dict[str, float] = {}
         by_actor: dict[str, float] = {}
@@ -203,8 +210,9 @@ class AgencyTensor:
                 "by_actor": {k: round(v, 4) for k, v in heaviest[:listed]},
                 "actors": len(by_actor),
             }
-            if listed == 0 or len(json.dumps(doc)) <= SNAPSHOT_MAX_BYTES:
-                return doc
+            text = json.dumps(doc)
+            if listed == 0 or len(text) <= SNAPSHOT_MAX_BYTES:
+                return doc, text
             listed //= 2
 
 
