@@ -22,3 +22,17 @@ def test_a_missed_median_names_the_floor_and_what_was_tried() -> None:
 
 def test_a_met_median_says_nothing() -> None:
     assert rotation._median_limit(_samples(host=11.0, floor=9.0)) == ""
+
+
+def test_the_p99_limit_is_the_machines_own_tail_at_a_rotations_length() -> None:
+    """The p99's limit, from this run's own figures: runs of bare calls as long as a rotation
+    (7 here) had a p99 2x their median, so a rotation at 7x has a p99 of at least 14x."""
+    samples = _samples(host=28.0, floor=14.0)
+    samples.cpu = [28.0] * 100
+    samples.gc_off = [28.0] * 100
+    samples.vm_in_turn = [4.0] * 100
+    samples.calls_per_run = 7
+    samples.machine_run = [28.0] * 98 + [56.0] * 2  # p99 56: 2x the median
+    note = rotation._limits(samples)
+    assert "runs of 7 bare calls (as long as a rotation) have a p99 2.0x their median" in note
+    assert "(7.0x) has a p99 of at least 14.0x from the machine alone" in note
