@@ -355,6 +355,22 @@ def _median_limit(s: Samples) -> str:
     )
 
 
+def _machine_rows(s: Samples) -> list[Row]:
+    """The machine's own noise: the bare call's p99 against its median; and runs of calls as
+    long as a rotation, their p99 against their median."""
+    bare = statistics.median(s.bare)
+    return [
+        Row("bare VM call, p99", percentile(s.bare, 0.99), bare, "us", note="baseline: its median"),
+        Row(
+            f"{s.calls_per_run} bare VM calls in a row, p99",
+            percentile(s.machine_run, 0.99),
+            statistics.median(s.machine_run),
+            "us",
+            note="as long as a rotation: this machine's own tail; baseline: their median",
+        ),
+    ]
+
+
 def run(n: int = TURNS) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="gibsey-bench-rotation-") as tmp:
         s = asyncio.run(_measure(Path(tmp), n))
@@ -382,16 +398,7 @@ def run(n: int = TURNS) -> list[Row]:
             goal=("<=", P99_GOAL),
             note=_limits(s),
         ),
-        # The machine's own noise: the same C call, its p99 against its median; and runs of
-        # calls as long as a rotation, their p99 against their median.
-        Row("bare VM call, p99", percentile(s.bare, 0.99), bare, "us", note="baseline: its median"),
-        Row(
-            f"{s.calls_per_run} bare VM calls in a row, p99",
-            percentile(s.machine_run, 0.99),
-            statistics.median(s.machine_run),
-            "us",
-            note="as long as a rotation: this machine's own tail; baseline: their median",
-        ),
+        *_machine_rows(s),
         Row("rotation, GC paused, median", statistics.median(s.gc_off), bare, "us"),
         Row("rotation, GC paused, p99", percentile(s.gc_off, 0.99), bare, "us"),
         # The floor: validating the turn, the VM and one encode per event, nothing else.
