@@ -48,7 +48,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gibsey.bench import vectors
+from gibsey.bench import tensor, vectors
 from gibsey.bench.nodeproc import start_up, stop, wait_for_file
 from gibsey.bench.report import Row
 from gibsey.core.envelope import AgentRequest, encode_event
@@ -349,4 +349,5 @@ def run() -> list[Row]:
             Row("worker RSS, default model", rss, None, "MiB", note="Gemma 3 270M Q4_K_M"),
         ]
         rows += vectors.rows(tmp)
+    rows += tensor.run()
     return rows

@@ -57,6 +57,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "gibsey.bench.vectors",
         "a persona's memory: embedding; nearest 5 of 100,000 in sqlite-vec vs NumPy brute force",
     ),
+    "tensor": (
+        "gibsey.bench.tensor",
+        "the Agency Tensor's snapshot (full table) vs reading its cells back from SQLite",
+    ),
     "footprint": (
         "gibsey.bench.footprint",
         "daemon RSS with the model not loaded (gateway on/off) vs a bare Python process",

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gibsey.core.envelope import RitualPerformed, encode_event
 from gibsey.node.agents.safety import OutputFilter, PressureMonitor, Throttle, parse_review
-from gibsey.node.agents.service import AgentService
+from gibsey.node.agents.service import TENSOR_BATCH_MAX, AgentService
 from tests.agent_support import agent_node, agents, ask, finals
 from tests.conftest import Collector, CollectorFactory
 from tests.events import raw_event, topic
@@ -226,3 +227,30 @@ async def test_the_worker_state_follows_the_worker_and_its_answers(
 
         doc = await state.wait_for(caught_up, timeout_s=10)
         assert pid is not None and doc["model"] == service.supervisor.model.name
+
+
+async def test_a_flood_of_new_names_is_written_every_batch_not_held_until_the_flush(
+    tmp_path: Path,
+) -> None:
+    """A stranger turning the dial under a new name each time: the tensor's counts are written
+    once TENSOR_BATCH_MAX cells wait (not only every TENSOR_FLUSH_S), so the snapshot published
+    from memory every couple of seconds reads at most MAX_CELLS + TENSOR_BATCH_MAX cells."""
+    async with agent_node(tmp_path) as (node, _):
+        service = agents(node)
+        tensor = service.tensor
+
+        def ritual(actor: str) -> None:
+            payload = RitualPerformed(symbol=1, rotation=3, state=7, cause="c")
+            out = encode_event(node.node_id, "ritual/performed", payload, 1, actor)
+            service.on_ritual(out.event, out.payload)
+
+        for i in range(TENSOR_BATCH_MAX - 1):
+            ritual(f"stranger-{i}")
+        ritual("stranger-0")  # a cell counted again is still one cell
+        assert len(tensor.pending) == TENSOR_BATCH_MAX - 1
+        assert tensor.db.execute("SELECT COUNT(*) FROM tensor")[0][0] == 0
+        ritual("one-more")
+        assert not tensor.pending
+        assert tensor.db.execute("SELECT COUNT(*) FROM tensor")[0][0] == TENSOR_BATCH_MAX
+        (twice,) = tensor.cells(actor="stranger-0")
+        assert 1.99 < twice.weight <= 2.0

@@ -250,7 +250,7 @@ def test_the_tensor_counts_rituals_in_memory_and_writes_them_at_a_flush(tmp_path
         (cell,) = tensor.cells(actor="ada")
         assert (cell.symbol, cell.rotation) == (1, 3) and 2.99 < cell.weight <= 3.0
         tensor.flush()
-        assert tensor.pending == []
+        assert not tensor.pending
         assert db.execute("SELECT COUNT(*) FROM tensor")[0][0] == 1
         (cell,) = tensor.cells(actor="ada")
         assert 2.99 < cell.weight <= 3.0

@@ -77,7 +77,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gibsey.agents")
 SHORT_MODE_TOKENS = 24
-TENSOR_BATCH_MAX = 10_000  # rituals held in memory before the tensor is written regardless
+# Cells counted in memory (AgencyTensor.pending) before the tensor is written regardless: a
+# stranger's flood of new names is written every this many, so the snapshot published from
+# memory every couple of seconds reads at most MAX_CELLS + this many cells.
+TENSOR_BATCH_MAX = 1024
 # How often the tensor's counts are written, while there are some. Each write rewrites a few of
 # agents.db's 4 KiB pages whatever it counts: every 30 s it was ~350 B of a busy turn's disk
 # writes (`gibsey bench wear`); every 2 min, a quarter. The counts are published from memory at
@@ -131,6 +134,7 @@ class AgentService:
         self.memory = MemoryStore(self.db)
         self.facts = FactStore(self.db)
         self.tensor = AgencyTensor(self.db, self.cfg.tensor_half_life)
+        self._tensor_flush_at = TENSOR_BATCH_MAX  # pending cells that make on_ritual write
         self.flags = FlagStore(self.db)
         self.embedder = Embedder()
         self.filter = OutputFilter(self.cfg.blocked)
@@ -609,8 +613,13 @@ class AgentService:
         assert isinstance(payload, RitualPerformed)
         # Counted now, written in batches by run_publish (see AgencyTensor.note).
         self.tensor.note(event.actor, payload.symbol, payload.rotation)
-        if len(self.tensor.pending) >= TENSOR_BATCH_MAX:
-            self.flush_tensor()
+        if len(self.tensor.pending) >= self._tensor_flush_at:
+            try:
+                self.flush_tensor()
+                self._tensor_flush_at = TENSOR_BATCH_MAX
+            except StorageError as exc:  # tried again a batch later, not at every ritual
+                self._tensor_flush_at = len(self.tensor.pending) + TENSOR_BATCH_MAX
+                self.node.disk.refused_write(exc)
 
     def flush_tensor(self) -> None:
         self.tensor.flush()
