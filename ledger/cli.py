@@ -166,10 +166,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Every checked entry, feed by feed in seq order, one a line: its payload (canonical JSON,
-    which never holds a raw tab or newline), a tab, its signature in hex (CANONICAL.md)."""
+    which never holds a raw tab or newline), a tab, its signature in hex (CANONICAL.md).
+    Standard output is the data a verifier reads: a refusal is said on standard error."""
     with closing(_open_to_read(args)) as ledger:
         if args.proofs:
-            return _export_proofs(ledger, args.author)
+            try:
+                return _export_proofs(ledger, args.author)
+            except Rejected as exc:
+                errors.print(f"refused ({exc.reason.value}): {exc.detail}", markup=False)
+                return 1
         entries = sorted(ledger.store.iter_ordered(), key=lambda e: (e.author, e.seq))
         if args.author:
             entries = [e for e in entries if e.author_hex.startswith(args.author.lower())]

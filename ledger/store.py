@@ -1654,6 +1654,9 @@ def _verify_feed(rows: Iterable[StoredRow]) -> BadRow | None:
     for row in rows:
         checked = check_row(row, last, signature=True)
         if isinstance(checked, str):
+            if unsigned:  # their head is this bad row or after it: nothing vouches for them
+                first = unsigned[0]  # where the read path's quarantine starts too
+                return BadRow(first.author, first.seq, f"{NO_HEAD} (seq {row[1]}: {checked})")
             return BadRow(row[0], row[1], checked)
         if checked.signed:
             unsigned.clear()

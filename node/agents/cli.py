@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nacl.signing import SigningKey
 
+from gibsey.core.announce import running_broker
 from gibsey.core.config import ConfigError, NodeConfig, load_config, load_section, resolve_data_dir
 from gibsey.core.envelope import RELOAD_REFUSED
 from gibsey.core.operator import fresh_lamport, read_operator_key
@@ -69,8 +70,15 @@ def _agent_config(data_dir: Path) -> AgentConfig:
         raise _CliError(str(exc)) from exc
 
 
-def _broker(args: argparse.Namespace, cfg: NodeConfig) -> str:
-    return str(args.broker or cfg.broker or f"mqtt://127.0.0.1:{cfg.embedded_port}")
+def _broker(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -> str:
+    """--broker, else the broker the node running on `data_dir` uses (`gibsey up
+    --embedded-port N` or `--broker URL` is not in gibsey.toml), else the configured one."""
+    return str(
+        args.broker
+        or running_broker(data_dir)
+        or cfg.broker
+        or f"mqtt://127.0.0.1:{cfg.embedded_port}"
+    )
 
 
 def _operator_key(args: argparse.Namespace, data_dir: Path) -> SigningKey:
@@ -224,7 +232,7 @@ def _ask(args: argparse.Namespace) -> int:
     body = {"persona": args.persona, "prompt": args.question, "max_tokens": args.max_tokens}
     final = asyncio.run(
         _request(
-            _broker(args, cfg),
+            _broker(args, cfg, data_dir),
             _node_id(data_dir),
             "agent/request",
             body,
@@ -278,7 +286,7 @@ def _reload(args: argparse.Namespace) -> int:
     path = str(Path(args.path).expanduser().resolve()) if args.path else ""
     result = asyncio.run(
         _request(
-            _broker(args, cfg),
+            _broker(args, cfg, data_dir),
             _node_id(data_dir),
             "agent/reload",
             {"path": path},
