@@ -55,6 +55,7 @@ from gibsey.bench.nodeproc import open_rotation_throttle
 from gibsey.bench.report import Row
 from gibsey.core.envelope import GlyphRotated, RitualPerformed, encode_event, parse_event
 from gibsey.harness.flood import percentile
+from gibsey.node.cli import set_heap_aside
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.glyph.vm import binding as vm
@@ -111,6 +112,10 @@ class Samples:
     floor: list[float] = field(default_factory=list)  # parse + VM + the events' encodes only
     vm_in_turn: list[float] = field(default_factory=list)  # the host's own VM calls, timed
     gc_off: list[float] = field(default_factory=list)  # the rotations again, collector paused
+    # A full collection of this process's heap (the node built, its turns run), ms: as it is,
+    # and with it set aside as `gibsey up` sets its start's heap aside (node/cli.py).
+    full_pass: list[float] = field(default_factory=list)
+    full_pass_aside: list[float] = field(default_factory=list)
     # Runs of bare calls back to back, each as long as a rotation: the machine's own tail.
     machine_run: list[float] = field(default_factory=list)
     calls_per_run: int = 0
@@ -295,6 +300,7 @@ async def _measure(data: Path, n: int, otlp_endpoint: str = "") -> Samples:
     if not otlp_endpoint:
         out.gc_off = await _without_gc(node, topic, _messages(node.node_id, n + WARMUP, n))
         out.vm_in_turn = await _vm_in_turn(node, topic, _messages(node.node_id, 2 * n + WARMUP, n))
+        _full_passes(out)
     runtime = node.parts.glyph
     assert runtime is not None
     ran = len(out.host) + len(out.gc_off) + len(out.vm_in_turn) + WARMUP
@@ -302,6 +308,23 @@ async def _measure(data: Path, n: int, otlp_endpoint: str = "") -> Samples:
     for close in node._closers:
         close()
     return out
+
+
+def _full_passes(out: Samples, rounds: int = 5) -> None:
+    """The cyclic collector's full pass (generation 2, which runs now and then as the heap
+    grows, and which a turn arriving then waits for), timed over the heap as it is and with it
+    set aside as `gibsey up` does after its start (gc.freeze), in turns."""
+    clock = time.perf_counter
+    for _ in range(rounds):
+        gc.collect()
+        t0 = clock()
+        gc.collect()
+        out.full_pass.append((clock() - t0) * 1e3)
+        set_heap_aside()
+        t0 = clock()
+        gc.collect()
+        out.full_pass_aside.append((clock() - t0) * 1e3)
+        gc.unfreeze()
 
 
 def _traced(n: int) -> list[float]:
@@ -356,8 +379,8 @@ def _median_limit(s: Samples) -> str:
 
 
 def _machine_rows(s: Samples) -> list[Row]:
-    """The machine's own noise: the bare call's p99 against its median; and runs of calls as
-    long as a rotation, their p99 against their median."""
+    """The machine's own noise: the bare call's p99 against its median; runs of calls as long
+    as a rotation, their p99 against their median; and the collector's full pass."""
     bare = statistics.median(s.bare)
     return [
         Row("bare VM call, p99", percentile(s.bare, 0.99), bare, "us", note="baseline: its median"),
@@ -367,6 +390,15 @@ def _machine_rows(s: Samples) -> list[Row]:
             statistics.median(s.machine_run),
             "us",
             note="as long as a rotation: this machine's own tail; baseline: their median",
+        ),
+        Row(
+            "full GC pass, the start's heap set aside",
+            statistics.median(s.full_pass_aside),
+            statistics.median(s.full_pass),
+            "ms",
+            note="the collector's full pass, which a turn arriving then waits for; `gibsey up` "
+            "sets the heap its start built aside (gc.freeze); baseline: the same pass over "
+            "the heap as it is, same run",
         ),
     ]
 
