@@ -372,7 +372,9 @@ class Node:
                 if self.spine and self.spine.connected:
                     self.spine.publish_latest(status_topic(self.node_id), self._status_bytes())
             if self.run_record.heartbeat_due(self.heartbeat_s, self.disk.episode is not None):
-                self._write_safely(self.run_record.heartbeat)
+                # On a worker thread: a write and two fsyncs, tens of ms on an SD card, during
+                # which a dial turn would wait (RunRecord serialises it with the clean end).
+                await asyncio.to_thread(self._write_safely, self.run_record.heartbeat)
 
     def summary(self) -> str:
         """One readable line: systemd's STATUS= and the log's status line."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,11 @@ class RunRecord:
         self.started = boottime()
         self.boot = boot_id()
         self.tried_at = self.started  # when the record was last written (or a write tried)
+        # The heartbeat is written on a worker thread (Node._status_loop: two fsyncs, tens of
+        # ms on an SD card, are not the event loop's): one write at a time, and none once the
+        # run ended cleanly, so a heartbeat finishing late never marks a clean stop a death.
+        self._lock = threading.Lock()
+        self._ended = False
 
     def begin(self) -> Death | None:
         """Start this run; return the previous run's death, if it did not stop cleanly."""
@@ -143,11 +149,16 @@ class RunRecord:
         return now - self.tried_at >= wait_s
 
     def heartbeat(self) -> None:
-        """Refresh the record (raises StorageError when the disk refuses it)."""
-        self._write(clean=False)
+        """Refresh the record (raises StorageError when the disk refuses it); from any thread.
+        Nothing once the run ended."""
+        with self._lock:
+            if not self._ended:
+                self._write(clean=False)
 
     def end(self) -> None:
-        self._write(clean=True)
+        with self._lock:
+            self._ended = True
+            self._write(clean=True)
 
 
 def record_exit(data_dir: Path, env: dict[str, str]) -> None:
