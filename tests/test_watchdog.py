@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,15 +111,29 @@ async def test_no_notify_socket_means_nothing_is_sent(
     assert node.notifier.ready("x") is False
 
 
-def _up(data: Path, broker: str) -> subprocess.Popen[bytes]:
+def _up(data: Path, broker: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """`gibsey up` on `data`, its output in `log` (None: discarded)."""
     env = dict(os.environ, GIBSEY_DATA=str(data), GIBSEY_DISCOVERY_PREFIX="")
     env.pop("NOTIFY_SOCKET", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "gibsey", "up", "--broker", broker, "--http", "off"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with contextlib.ExitStack() as stack:
+        out: Any = subprocess.DEVNULL if log is None else stack.enter_context(open(log, "wb"))
+        return subprocess.Popen(
+            [sys.executable, "-m", "gibsey", "up", "--broker", broker, "--http", "off"],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+
+
+def _mint_each(data: Path, broker: str, actors: list[str]) -> None:
+    for actor in actors:
+        subprocess.run(
+            [sys.executable, "-m", "gibsey", "ledger", "mint", "--data", str(data), actor, "1"],
+            env=dict(os.environ, GIBSEY_BROKER=broker),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
 
 
 async def _running(data: Path, proc: subprocess.Popen[bytes]) -> None:
@@ -190,3 +205,44 @@ async def test_a_killed_node_records_its_rebirth_and_a_crash_loop_opens_a_hearin
     assert [e.hash_hex for e in rebirth_entries] == [p["entry"] for p in payloads]
     assert [e.hash_hex for e in proposals] == hearings
     assert "Schrödinger Hearing" in proposals[0].body["title"]
+
+
+async def test_a_killed_node_whose_own_feed_is_behind_still_starts(
+    mosquitto: Mosquitto, tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester's kill -9 sweep): a node killed while its ledger had lost
+    entries its own-feed mark counts (wiped, an old copy, a damaged entry log) died at every
+    start with a traceback: the rebirth entry was refused (the store must not fork the feed)
+    and `gibsey up` exited 1, so systemd restarted it into the same crash, and the mesh, which
+    the refusal tells the technician to wait for, never ran to bring the feed back. Must hold:
+    the node runs, says why the death is not on the ledger in one line, and signs nothing."""
+    data = tmp_path / "data"
+    await asyncio.to_thread(_mint_each, data, mosquitto.url, ["ada", "bob", "cy"])  # mark: 3
+    proc = _up(data, mosquitto.url)
+    try:
+        await _running(data, proc)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 30)
+        for f in data.iterdir():  # the ledger lost its entries; node.key and the mark stay
+            if f.name.startswith("ledger.sqlite3"):
+                f.unlink()
+        col: Collector = await collector_factory(mosquitto.port, "gibsey/v1/+/ritual/rebirth")
+        log = tmp_path / "up.log"
+        proc = await asyncio.to_thread(_up, data, mosquitto.url, log)
+        await _running(data, proc)
+        rebirth = await col.wait_for(lambda c: c.of_kind("ritual/rebirth"), 30)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        await asyncio.to_thread(proc.wait, 30)
+    assert proc.returncode == 0
+    assert rebirth[0]["payload"]["entry"] is None
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "the death is not recorded on the ledger" in text
+    ledger = Ledger.open(data)
+    try:
+        assert ledger.store.heads() == {}  # nothing signed over the lost seqs 1..3
+    finally:
+        ledger.close()

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gibsey.core.envelope import RitualRebirth
+from gibsey.ledger.errors import LedgerError
 from gibsey.node.watchdog.rebirth import Death, DeathLedger
 
 if TYPE_CHECKING:
@@ -40,12 +41,20 @@ def record_rebirth(node: Node, death: Death) -> None:
     entry_hash = hearing = None
     ledger = node.parts.ledger
     if ledger is not None:
-        entry_hash = ledger.append("rebirth", _rebirth_body(node.node_id, death, restarts)).hash_hex
-        if restarts > limit and not deaths.hearing_open_in_window(
-            node.run_record.boot, now, window_min * 60
-        ):
-            hearing = _open_hearing(ledger, node.node_id, restarts, window_min)
-            deaths.note_hearing(node.run_record.boot, now, hearing)
+        try:
+            entry_hash = ledger.append(
+                "rebirth", _rebirth_body(node.node_id, death, restarts)
+            ).hash_hex
+            if restarts > limit and not deaths.hearing_open_in_window(
+                node.run_record.boot, now, window_min * 60
+            ):
+                hearing = _open_hearing(ledger, node.node_id, restarts, window_min)
+                deaths.note_hearing(node.run_record.boot, now, hearing)
+        except LedgerError as exc:
+            # The store refuses to sign (its own feed is behind its mark, said as the ledger
+            # opened): the node must run all the same, or the mesh could never bring the feed
+            # back and every start would die here (a crash loop after a kill -9).
+            log.warning("the death is not recorded on the ledger: %s", _first_clause(exc))
     node.emit(
         "ritual/rebirth",
         RitualRebirth(
@@ -58,6 +67,11 @@ def record_rebirth(node: Node, death: Death) -> None:
             hearing=hearing,
         ),
     )
+
+
+def _first_clause(exc: Exception) -> str:
+    """The refusal's reason without its advice (the ledger said it whole as it opened)."""
+    return str(exc).split(": ", 1)[0]
 
 
 def _rebirth_body(node_id: str, death: Death, restarts: int) -> dict[str, Any]:
