@@ -14,6 +14,7 @@ the clock has run past that, on a disk still refusing writes, could reuse values
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,29 @@ MAX_AHEAD = 1_000_000_000
 PUSH_PER_S = 10_000
 LIMIT = 2**63 - 1
 
+log = logging.getLogger("gibsey.core")
+
+
+def _read_ceiling(path: Path) -> int:
+    """The ceiling kept in `path`; 0 when there is none. One the disk damaged (written whole
+    and renamed into place, it is never torn by a power cut) is said, and the clock starts
+    again from 0: a node that cannot read its clock still runs, as with a damaged own-feed
+    mark, and the technician learns why its events' lamports went back."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    text = raw.strip()
+    if text.isdigit() and text.isascii():
+        return int(text)
+    log.warning(
+        "%s is damaged (it holds %r, not a number): the Lamport clock starts again from 0, "
+        "so this node's next events may be ordered before its earlier ones",
+        path,
+        raw[:32],
+    )
+    return 0
+
 
 class LamportAhead(ValueError):
     """A received timestamp too far ahead of this node's clock to believe."""
@@ -57,10 +81,7 @@ class LamportClock:
         self._now = now
         self._push_budget = float(MAX_AHEAD)  # how far others may move the clock now
         self._push_at = now()
-        start = 0
-        if path.exists():
-            text = path.read_text().strip()
-            start = int(text) if text.isdigit() else 0
+        start = _read_ceiling(path)
         self._value = start
         self._ceiling = start
         self._renew_at = start

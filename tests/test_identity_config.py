@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -54,6 +55,22 @@ def test_lamport_clock_never_runs_backwards_across_restarts(tmp_path: Path) -> N
         restarted.observe(2**62)
     assert restarted.value == now
     assert restarted.observe(now + MAX_AHEAD) == now + MAX_AHEAD + 1
+
+
+@pytest.mark.parametrize("damaged", [b"", b"\x00\x00\x00", b"\xff\xfe12", b"-5\n"])
+def test_a_damaged_lamport_file_is_said_and_the_clock_runs_on(
+    tmp_path: Path, damaged: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester's power-cut sweep): DATA/lamport emptied or overwritten with
+    zeros made the node's clock start again from 0 unsaid, and bytes that are no UTF-8 stopped
+    every `gibsey up` with a traceback. Must hold: one line naming the file, and a clock."""
+    path = tmp_path / "lamport"
+    path.write_bytes(damaged)
+    with caplog.at_level(logging.WARNING, logger="gibsey.core"):
+        clock = LamportClock(path, block=100)
+    assert clock.tick() == 1
+    assert caplog.text.count(f"{path} is damaged") == 1, caplog.text
+    assert path.read_text() == "100\n"  # a ceiling written whole again
 
 
 def test_config_file_and_environment_overrides(
