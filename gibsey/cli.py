@@ -102,6 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (OSError, sqlite3.Error) as exc:
         return _disk_refused(args, exc)
+    except RuntimeError as exc:
+        from gibsey.core.identity import IdentityError
+
+        if not isinstance(exc, IdentityError):
+            raise
+        # A node.key or node_id a person must mend (torn, emptied): one line, as `gibsey up`
+        # says it, not a traceback from whichever command met it first.
+        print(f"gibsey {args.command}: {exc}", file=sys.stderr)
+        return 2
     _say_if_node_made(args, held)
     return int(rc or 0)
 

@@ -247,3 +247,26 @@ def test_story_import_usage_errors_exit_2_and_import_nothing(
     assert says in err and "usage: gibsey story import" in err, err
     assert done.stdout == b""
     assert not data.exists()  # nothing imported, no node made
+
+
+@pytest.mark.parametrize(
+    ("name", "torn"), [("node.key", "cut"), ("node_id", "emptied")], ids=["key", "node-id"]
+)
+@pytest.mark.parametrize(
+    "command", [("ledger", "verify"), ("story", "log"), ("ledger", "mint", "ada", "1")]
+)
+def test_a_torn_identity_file_is_one_line_not_a_traceback(
+    tmp_path: Path, name: str, torn: str, command: tuple[str, ...]
+) -> None:
+    """Tried (an outside tester's power-cut sweep): a node.key cut short or an emptied node_id
+    made `gibsey ledger verify`, `story log`, `ledger mint`, `mesh status` print a traceback
+    (`gibsey up` said it in one line). Must hold: one line naming what is wrong, status 2."""
+    data = tmp_path / "node"
+    assert gibsey("ledger", "mint", "ada", "1", data=data).returncode == 0
+    path = data / name
+    path.write_bytes(path.read_bytes()[:-1] if torn == "cut" else b"")
+    done = gibsey(*command, data=data)
+    err = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, err
+    assert "Traceback" not in err
+    assert err.startswith(f"gibsey {command[0]}: ") and err.count("\n") == 1, err
