@@ -7,13 +7,16 @@ group's bytes to this file and fdatasyncing it writes about the group's own size
 whole pages, and the SQLite commit, made every `[node] ledger_commit_every_s`, carries many
 groups at once.
 
-A record is `length (u32, big-endian) | crc32 of the entry (u32) | the entry's bytes`. A record
-cut short or damaged (a power cut during an append, which was then never acknowledged) ends the
-log: what follows it is ignored. Each append (a group) ends on a 4 KiB boundary, padded with
-zero bytes (a length of 0: read on from the next boundary): fdatasync writes whole pages, and a
-group that began in the page the last one ended in would write that page a second time (~300 B
-a turn more in `gibsey bench wear`). Records are whole entries in their wire form, so folding
-the log back into the store is an ordinary import, every check included.
+A record is `length (u32, big-endian) | crc32 of the entry (u32) | the entry's bytes`. Each
+append (a group) ends on a 4 KiB boundary, padded with zero bytes (a length of 0: read on from
+the next boundary): fdatasync writes whole pages, and a group that began in the page the last
+one ended in would write that page a second time (~300 B a turn more in `gibsey bench wear`).
+A record cut short or damaged (a power cut during an append, which was then never acknowledged;
+or a card that damaged a page) is skipped, and reading goes on at the next page boundary, where
+every later append begins: one bad byte (in a record, or in a group's padding) costs at most its
+own append, not every acknowledged one after it (`skipped` says where; the store says so).
+Records are whole entries in their wire form, so folding the log back into the store is an
+ordinary import, every check included.
 
 Who may touch it (store.py): only the holder of SQLite's write lock appends to, folds or empties
 it, so two processes never race on it. The file is emptied, never replaced: another process may
@@ -42,6 +45,8 @@ class EntryLog:
         self.path = str(path)
         self._what = f"the ledger's entry log {self.path}"  # (in a refused write's message)
         self._fd: int | None = None
+        # Where the last read() met records cut short or damaged: (offset, bytes skipped) each.
+        self.skipped: list[tuple[int, int]] = []
 
     def _open(self) -> int:
         if self._fd is None:
@@ -85,7 +90,9 @@ class EntryLog:
                 raise
 
     def read(self) -> list[bytes]:
-        """The entries of every whole record, up to the first cut short or damaged."""
+        """The entries of every whole record; one cut short or damaged is skipped to the next
+        page boundary (noted in `skipped`)."""
+        self.skipped = []
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -95,14 +102,19 @@ class EntryLog:
         at = 0
         while at + _HEADER.size <= len(data):
             length, crc = _HEADER.unpack_from(data, at)
+            next_page = at + (-at % PAGE or PAGE)
             if length == 0:  # the padding after a group
-                at += -at % PAGE or PAGE
+                at = next_page
                 continue
             raw = data[at + _HEADER.size : at + _HEADER.size + length]
             if length > MAX_ENTRY_BYTES or len(raw) < length or zlib.crc32(raw) != crc:
-                break
+                self.skipped.append((at, min(next_page, len(data)) - at))
+                at = next_page
+                continue
             out.append(raw)
             at += _HEADER.size + length
+        if data[at:].strip(b"\0"):  # a header cut short
+            self.skipped.append((at, len(data) - at))
         return out
 
     def clear(self) -> None:

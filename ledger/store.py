@@ -281,6 +281,9 @@ class _Caches(NamedTuple):
 
 
 class Store:
+    # What the entry log's reading last skipped, said once (EntryLog.skipped, _say_skipped).
+    _log_skipped_said: tuple[tuple[int, int], ...] = ()
+
     def __init__(
         self,
         path: str | Path,
@@ -586,14 +589,19 @@ class Store:
         rows = self._tx_rows
         stored: list[Entry | ForkProof] = []
         results = self._import_parsed(self._db, self._parse_batch(missing), stored)
+        headless: list[bytes] = []
         for raw, result in zip(missing, results, strict=True):
             if isinstance(result, Rejected):
                 log.warning("ledger: an entry in the entry log is refused: %s", result)
                 refused.append(raw)
+            elif result.status is ImportStatus.PENDING:
+                headless.append(raw)
         self._tx_log = []  # (already in the log)
         if self._tx_rows == rows:
-            # Every record stored or refused: none is worth another look here.
-            self._set_aside(refused)
+            # Every record stored or refused: none is worth another look here. Entries of a
+            # group whose signed head is lost (damaged, or refused) stay pending, unstored:
+            # acknowledged all the same, so kept with the refused ones.
+            self._set_aside(refused + headless)
             self._log.clear()
             return 0
         log.log(
@@ -610,7 +618,9 @@ class Store:
         those that are no entry (hold `lock`)."""
         missing: list[bytes] = []
         refused: list[bytes] = []
-        for raw in entry_log.read():
+        raws = entry_log.read()
+        self._say_skipped(entry_log)
+        for raw in raws:
             try:
                 e = parse(raw, verify=False)
             except Rejected:
@@ -620,6 +630,24 @@ class Store:
             if head is None or e.seq > head.seq:
                 missing.append(raw)
         return missing, refused
+
+    def _say_skipped(self, entry_log: EntryLog) -> None:
+        """Say once what the entry log's last read skipped: a record a power cut tore (never
+        acknowledged), or bytes the card damaged (acknowledged entries lost, unless the mesh
+        brings them back)."""
+        skipped = tuple(entry_log.skipped)
+        if not skipped or skipped == self._log_skipped_said:
+            return
+        self._log_skipped_said = skipped
+        log.warning(
+            "ledger: the entry log %s has %d record(s) cut short or damaged, from byte %d "
+            "(%d bytes skipped; what follows is read on): a write a power cut tore was never "
+            "acknowledged, anything else there is lost (`gibsey ledger verify`)",
+            entry_log.path,
+            len(skipped),
+            skipped[0][0],
+            sum(n for _, n in skipped),
+        )
 
     def _set_aside(self, refused: list[bytes]) -> None:
         """Keep the bytes of entry-log records the store refused in `<log>.refused` before the

@@ -24,7 +24,7 @@ from nacl.signing import SigningKey
 from gibsey.harness.waiting import wait_until
 from gibsey.ledger import store as store_mod
 from gibsey.ledger.entry import Entry
-from gibsey.ledger.entrylog import SUFFIX, EntryLog
+from gibsey.ledger.entrylog import PAGE, SUFFIX, EntryLog
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.testing import FeedWriter
@@ -266,3 +266,75 @@ def test_doctor_counts_the_acknowledged_entries_an_open_batch_holds(tmp_path: Pa
         assert store._batch_since is not None  # doctor left the batch to its node
     finally:
         ledger.close()
+
+
+def test_a_damaged_byte_costs_only_its_own_group_not_every_acknowledged_one_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester's power-cut sweep, bytes of the log flipped): reading the log
+    stopped at the first bad record, so one damaged byte of an early group, even in its zero
+    padding, dropped every later group, acknowledged and fdatasynced, unsaid; the node then
+    signed those seqs again (a fork of its own feed). Every append begins on a page boundary:
+    reading goes on there, and what was skipped is said once."""
+    raws = _feed(4)
+    log_path = tmp_path / (DB_FILENAME + SUFFIX)
+    entry_log = EntryLog(log_path)
+    entry_log.append(raws[:2])  # two acknowledged groups, each padded to its page
+    entry_log.append(raws[2:])
+    entry_log.close()
+    data = bytearray(log_path.read_bytes())
+    padding = sum(8 + len(r) for r in raws[:2])  # where the first group's zero length is
+    assert padding < PAGE and data[padding:PAGE] == bytes(PAGE - padding)
+    data[padding + 2] ^= 0x40  # a length that is no record
+    log_path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="gibsey.ledger"):
+        store = Store.open(tmp_path)
+    try:
+        author = FeedWriter(11).author
+        assert store.heads() == {author.hex(): 4}  # the second group too
+        assert [store.get(author, s).raw for s in range(1, 5)] == raws  # type: ignore[union-attr]
+        said = f"cut short or damaged, from byte {padding} ({PAGE - padding} bytes skipped"
+        assert caplog.text.count(said) == 1, caplog.text
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+KILLED_MID_BATCH = r"""
+import os, sys
+from pathlib import Path
+from nacl.signing import SigningKey
+from gibsey.ledger.store import Store
+
+store = Store.open(Path(sys.argv[1]), commit_every_s=30.0)
+store.append_many(SigningKey(bytes.fromhex(sys.argv[2])), [
+    ("mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})] * 4)
+os._exit(0)  # killed: the batch never commits, the group is in the entry log only
+"""
+
+
+def test_a_group_whose_signed_head_is_damaged_is_kept_aside_not_thrown_away(
+    tmp_path: Path,
+) -> None:
+    """Tried (an outside tester's power-cut sweep): with the signed head of a logged group
+    damaged, its other entries, whole, stayed pending (no head vouches for them), the log was
+    emptied, and their bytes were gone; refused records are kept in `<log>.refused`, these
+    were not. Must hold: every whole record the store could not take is kept there."""
+    subprocess.run(
+        [sys.executable, "-c", KILLED_MID_BATCH, str(tmp_path), bytes(KEY).hex()],
+        check=True,
+        timeout=120,
+    )
+    log_path = tmp_path / (DB_FILENAME + SUFFIX)
+    whole = EntryLog(log_path).read()
+    assert len(whole) == 4
+    data = bytearray(log_path.read_bytes())
+    data[len(data.rstrip(b"\0")) - 20] ^= 0x01  # inside the head's signature
+    log_path.write_bytes(bytes(data))
+    store = Store.open(tmp_path)
+    try:
+        assert store.heads() == {}
+        assert log_path.stat().st_size == 0
+        assert EntryLog(str(log_path) + ".refused").read() == whole[:3]
+    finally:
+        store.close()
