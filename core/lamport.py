@@ -38,11 +38,12 @@ MAX_AHEAD = 1_000_000_000
 # pushed ceiling is written at most twice a second.
 PUSH_PER_S = 10_000
 LIMIT = 2**63 - 1
+LAMPORT_FILENAME = "lamport"  # in the data directory: the clock's ceiling
 
 log = logging.getLogger("gibsey.core")
 
 
-def _read_ceiling(path: Path) -> int:
+def read_ceiling(path: Path) -> int:
     """The ceiling kept in `path`; 0 when there is none. One the disk damaged (written whole
     and renamed into place, it is never torn by a power cut) is said, and the clock starts
     again from 0: a node that cannot read its clock still runs, as with a damaged own-feed
@@ -81,7 +82,7 @@ class LamportClock:
         self._now = now
         self._push_budget = float(MAX_AHEAD)  # how far others may move the clock now
         self._push_at = now()
-        start = _read_ceiling(path)
+        start = read_ceiling(path)
         self._value = start
         self._ceiling = start
         self._renew_at = start

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,13 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from gibsey.core.identity import write_atomic
+from gibsey.core.lamport import LAMPORT_FILENAME, read_ceiling
 
 if TYPE_CHECKING:
     from gibsey.core.envelope import Event
 
 STATE_FILENAME = "operator-lamport"
+log = logging.getLogger("gibsey.core")
 SIGNATURE_FIELD = "signature"
 OPERATOR_FIELD = "operator"
 _IDS_REMEMBERED = 4096
@@ -94,10 +97,7 @@ class OperatorGate:
 
     def __init__(self, state_dir: Path) -> None:
         self._path = state_dir / STATE_FILENAME
-        self.last_lamport = -1
-        if self._path.exists():
-            text = self._path.read_text().strip()
-            self.last_lamport = int(text) if text.isdigit() else -1
+        self.last_lamport = _last_accepted(self._path, state_dir / LAMPORT_FILENAME)
         self._ids: collections.deque[str] = collections.deque(maxlen=_IDS_REMEMBERED)
 
     def refusal(
@@ -132,6 +132,30 @@ class OperatorGate:
         return None
 
 
+def _last_accepted(path: Path, clock_path: Path) -> int:
+    """The lamport of the last change accepted, kept in `path` (-1: none ever was). One the
+    disk damaged is said, and the node's clock ceiling stands in for it: every change accepted
+    was observed by that clock first, so its ceiling is past them all, and a replay of any of
+    them is still refused (-1 would have let every one be replayed); a change signed now
+    (`fresh_lamport`: past that ceiling) is taken."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return -1
+    text = raw.strip()
+    if text.isdigit() and text.isascii():
+        return int(text)
+    floor = read_ceiling(clock_path)
+    log.warning(
+        "%s is damaged (it holds %r, not a number): signed changes at or before the node's "
+        "clock ceiling (%d) are refused as replays",
+        path,
+        raw[:32],
+        floor,
+    )
+    return floor
+
+
 _GATES: dict[Path, OperatorGate] = {}
 
 
@@ -158,9 +182,7 @@ def fresh_lamport(data_dir: Path | None) -> int:
     DATA/lamport, which only grows) when the command runs on the node's data directory, so it is
     greater than any change the node accepted before."""
     if data_dir is not None:
-        path = data_dir / "lamport"
-        if path.exists():
-            text = path.read_text().strip()
-            if text.isdigit():
-                return int(text) + 1
+        ceiling = read_ceiling(data_dir / LAMPORT_FILENAME)
+        if ceiling:
+            return ceiling + 1
     return 1

@@ -28,7 +28,7 @@ from gibsey.core.envelope import (
     encode_event,
 )
 from gibsey.core.identity import Identity, load_or_create, write_atomic
-from gibsey.core.lamport import LamportAhead, LamportClock
+from gibsey.core.lamport import LAMPORT_FILENAME, LamportAhead, LamportClock
 from gibsey.core.rate import RateMeter
 from gibsey.core.storage import ALERT_REASON, EPISODE_FILE, DiskHealth, StorageError, episode_json
 from gibsey.core.topics import ALL_EVENTS, status_topic, topic_for
@@ -72,7 +72,7 @@ class Node:
         # Home Assistant's births: the next re-announcement, if one is due, and the last one's.
         self._ha_reannounce: asyncio.TimerHandle | None = None
         self._ha_announced_at = -HA_REANNOUNCE_S
-        self.clock = LamportClock(data_dir / "lamport", disk=self.disk)
+        self.clock = LamportClock(data_dir / LAMPORT_FILENAME, disk=self.disk)
         self.router = Router(
             self.node_id,
             alert_sink=self._publish_alert,
