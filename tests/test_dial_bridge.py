@@ -310,3 +310,63 @@ async def test_auto_finds_the_pico_by_its_vendor_id_off_the_loop(
         assert node.parts.dial.serial_port == str(link)
         pty.unplug()
     assert scanned_on and "MainThread" not in scanned_on
+
+
+async def test_a_retained_frame_is_no_turn(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """A frame the broker retained (a Pico W publishing with the retain flag, or anyone on the
+    broker) is handed over at every subscribe: an old turn, ignored and counted, never performed
+    again at each start of the node (found by the field sweep: it was, once per start)."""
+    node = Node(tmp_path / "data", GibseyConfig(dial=DialConfig(serial="off")))
+    bridge = node.parts.dial
+    assert bridge is not None
+    pico = await collector_factory(mosquitto.port)
+    ghost = df.rotate(7, 5, 2, 1).strip()
+    await pico.client.publish(frame_topic(node.node_id, "ghost"), ghost, qos=1, retain=True)
+    col = await collector_factory(mosquitto.port, topic(node.node_id, "glyph/rotated"))
+    async with started(node, mosquitto.url) as spine:
+        rig = Rig(node, bridge, mosquitto, tmp_path / "no-serial")
+        await say_hello_over_mqtt(rig, pico, "hall", 1)  # after the retained frame, if any
+        await pico.publish(frame_topic(node.node_id, "hall"), df.rotate(1, 1, 1, 1).strip())
+        await col.wait_for(lambda c: c.of_kind("glyph/rotated"))
+        assert spine.stats.retained_ignored == 1
+    assert "ghost" not in bridge.dials
+    assert [p["source"] for p in payloads(col, "glyph/rotated")] == ["hall"]
+
+
+async def test_a_port_that_will_not_open_is_said_once(
+    rig: Rig, collector_factory: CollectorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dial's port is there but another program holds it (a terminal left open on it,
+    ModemManager probing it): the node says so once, in a warning and an alert, not at every
+    retry, and takes the dial when it is free (found by the field sweep: it said nothing)."""
+    import fcntl
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="gibsey.dial")  # the retries are debug lines
+    col = await subscribe(rig, collector_factory, "safety/alert")
+    master, slave = os.openpty()
+    fcntl.flock(slave, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what pyserial's exclusive open takes
+    rig.port_link.symlink_to(os.ttyname(slave))
+    try:
+        await col.wait_for(
+            lambda c: any(
+                p["reason"] == "dial_port_unavailable" for p in payloads(c, "safety/alert")
+            )
+        )
+
+        def retried() -> int:  # the tries after the first, each a debug line
+            return sum(r.getMessage().startswith("dial: cannot open ") for r in caplog.records)
+
+        await until(lambda: retried() >= 5, 30, "five more tries to open the port")
+        said = [r for r in caplog.records if "cannot open the dial's port" in r.getMessage()]
+        assert len(said) == 1 and str(rig.port_link) in said[0].getMessage()
+        reasons = [p["reason"] for p in payloads(col, "safety/alert")]
+        assert reasons.count("dial_port_unavailable") == 1
+        assert not rig.bridge.serial_connected.is_set()
+        fcntl.flock(slave, fcntl.LOCK_UN)  # the other program lets go
+        await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    finally:
+        os.close(slave)
+        os.close(master)

@@ -190,6 +190,7 @@ class DialBridge:
         self._cleared: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._refused_alerts = DropAlerts(config.alert_interval, time.monotonic())
         self._last_refused = ""
+        self._said_cannot_open = ""  # why the port cannot be opened, said once until it opens
         # The broker hands over the retained topics of this node's dials at each connect: how
         # the dials from before a restart are learned. The node's own publications come back
         # on these only over MQTT 3.1.1 (no no-local there); they are of dials it knows, ignored.
@@ -559,14 +560,30 @@ class DialBridge:
             try:
                 port = serial.Serial(path, self.config.baud, timeout=0, exclusive=True)
             except (OSError, serial.SerialException) as exc:
-                log.debug("dial: cannot open %s: %s", path, exc)
+                self._cannot_open(path, exc)
                 await asyncio.sleep(self.config.scan_interval)
                 continue
+            self._said_cannot_open = ""
             try:
                 await self._read_port(port, path)
             finally:
                 with contextlib.suppress(Exception):
                     port.close()
+
+    def _cannot_open(self, path: str, exc: Exception) -> None:
+        """The port is there but will not open (another program holds it: a terminal left open,
+        ModemManager; its permissions): said once in a warning and an alert while the reason
+        stays the same, so a technician learns why the dial is dead; the retries, every
+        scan_interval, are logged at debug only."""
+        why = f"{path}: {exc}"
+        if why == self._said_cannot_open:
+            log.debug("dial: cannot open %s", why)
+            return
+        self._said_cannot_open = why
+        detail = f"cannot open the dial's port {why[:1000]}; trying again until it opens"
+        log.warning("dial: %s", detail)
+        if self.node.spine is not None:
+            self.node.alert(SafetyAlert(reason="dial_port_unavailable", detail=detail))
 
     async def _read_port(self, port: serial.Serial, path: str) -> None:
         loop = asyncio.get_running_loop()

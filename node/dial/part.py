@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gibsey.node.dial.bridge import DialBridge, frame_subscription
+from gibsey.node.spine.spine import LiveOnly
 
 if TYPE_CHECKING:
     from gibsey.node.daemon import Node
@@ -18,5 +19,7 @@ def attach(node: Node) -> DialBridge:
     if config.serial not in ("", "off", "none"):
         node.add_service("dial-serial", bridge.serial_loop)
     if config.mqtt:
-        node.add_subscription(frame_subscription(node.node_id), bridge.on_mqtt_frame)
+        # A frame is a turn of the moment: one the broker retained (published with the retain
+        # flag by mistake, or by anyone) is not performed again at every start.
+        node.add_subscription(frame_subscription(node.node_id), LiveOnly(bridge.on_mqtt_frame))
     return bridge

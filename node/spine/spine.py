@@ -140,6 +140,19 @@ class SpineStats:
 MessageHandler = Callable[[str, bytes], object]
 
 
+class LiveOnly:
+    """A part's callback that takes only messages of the moment (a dial's frames, each a turn):
+    what the broker retained and hands over at subscribe is an old message, ignored and counted
+    as a retained event is, never handed to it. (The dial bridge's retained state documents are
+    the opposite: learned from at each connect, so those callbacks are not wrapped.)"""
+
+    def __init__(self, callback: MessageHandler) -> None:
+        self.callback = callback
+
+    def __call__(self, topic: str, payload: bytes) -> object:
+        return self.callback(topic, payload)
+
+
 class Spine:
     def __init__(
         self,
@@ -331,11 +344,15 @@ class Spine:
         else:
             conn.client.subscribe(topic_filter, options=SubscribeOptions(qos=1, noLocal=True))
 
-    def _deliver_extra(self, topic: str, payload: bytes) -> bool:
-        """Hand a message to the part whose subscription it matches; False if none does."""
+    def _deliver_extra(self, topic: str, payload: bytes, retained: bool = False) -> bool:
+        """Hand a message to the part whose subscription it matches; False if none does. A
+        retained one is not handed to a LiveOnly callback: ignored and counted."""
         matched = False
         for topic_filter, callback in self._extra_matcher.iter_match(topic):  # type: ignore[no-untyped-call]
             matched = True
+            if retained and isinstance(callback, LiveOnly):
+                self._ignore_retained(topic)
+                continue
             try:
                 callback(topic, payload)
             except Exception:  # a part's bug must not break the connection's read loop
@@ -362,7 +379,7 @@ class Spine:
         # the node's CPU under a flood, `gibsey bench spine`). parse_topic is the router's own
         # (cached) test of an event topic.
         if self._extra and parse_topic(topic) is None:
-            if self._deliver_extra(topic, bytes(message.payload)):
+            if self._deliver_extra(topic, bytes(message.payload), message.retain):
                 return
         if message.retain:
             parsed = parse_topic(topic)
