@@ -22,7 +22,12 @@ from pathlib import Path
 from gibsey.core.identity import write_atomic
 from gibsey.core.storage import DiskHealth, StorageError
 
-BLOCK = 10_000
+# Values reserved at a time. The ceiling is written (a file and two fsyncs) on the event loop,
+# which a dial turn waits for: tens of ms on an SD card. At 10,000 it was every 5,000 events
+# (every ~1,000 turns, the slowest turn of `gibsey bench vm`'s thousand); at a million, every
+# 500,000 (hours of a busy gallery). What a crash skips (up to a block) costs nothing: 2**63
+# values last millions of years even so, and peers' clocks take the jump (MAX_AHEAD).
+BLOCK = 1_000_000
 # A remote timestamp more than this far ahead of ours is not believed: the event is refused
 # (LamportAhead; the router says `lamport_ahead`), never half-believed. Capping the jump instead
 # would order the node's replies before their cause; believing it would let one buggy or hostile
