@@ -370,3 +370,25 @@ async def test_a_port_that_will_not_open_is_said_once(
     finally:
         os.close(slave)
         os.close(master)
+
+
+async def test_a_board_plugged_back_turns_as_its_dial_before_its_next_hello(
+    rig: Rig, collector_factory: CollectorFactory
+) -> None:
+    """A board plugged back sends its boot hello before the node has the port open again (it
+    looks every scan_interval): its first turns must be its dial's, not a phantom dial called
+    "serial" taking a place and a Home Assistant device (found by the field sweep)."""
+    col = await subscribe(rig, collector_factory, "glyph/rotated")
+    pty = Pty(rig.port_link)
+    await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    pty.write(df.hello(0, "desk", "fw", 1, 0, True) + df.rotate(1, 1, 1, 1))
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 1)
+    pty.unplug()
+    await asyncio.wait_for(rig.bridge.serial_gone.wait(), 10)
+    pty = Pty(rig.port_link)  # its boot hello went out before the port was open: missed
+    await until(lambda: rig.bridge.stats.serial_opens == 2, 10, "the serial port reopened")
+    pty.write(df.rotate(1, 1, 2, 2))
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 2)
+    assert [p["source"] for p in payloads(col, "glyph/rotated")] == ["desk", "desk"]
+    assert set(rig.bridge.dials) == {"desk"}
+    pty.unplug()

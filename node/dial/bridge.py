@@ -191,6 +191,11 @@ class DialBridge:
         self._refused_alerts = DropAlerts(config.alert_interval, time.monotonic())
         self._last_refused = ""
         self._said_cannot_open = ""  # why the port cannot be opened, said once until it opens
+        # Each serial port's dial, as its last hello named it in this run: a board plugged back
+        # sends its boot hello before the port is open again (the scan's interval), so its first
+        # turns would land on a dial called "serial", a phantom taking a place and a Home
+        # Assistant device of its own, until the next heartbeat hello.
+        self._serial_ids: collections.OrderedDict[str, str] = collections.OrderedDict()
         # The broker hands over the retained topics of this node's dials at each connect: how
         # the dials from before a restart are learned. The node's own publications come back
         # on these only over MQTT 3.1.1 (no no-local there); they are of dials it knows, ignored.
@@ -237,7 +242,9 @@ class DialBridge:
             self._anomaly("lost", gap, channel, f"gap before seq {fr.seq}")
         if fr.kind == df.HELLO:
             if fr.dial_id and DIAL_ID.match(fr.dial_id) and channel.transport == "serial":
-                channel.dial_id = fr.dial_id
+                channel.dial_id = self._serial_ids[channel.name] = fr.dial_id
+                if len(self._serial_ids) > self.config.max_dials:  # ports come and go: bounded
+                    self._serial_ids.popitem(last=False)
         view = self._view(channel, fr.firmware if fr.kind == df.HELLO else "")
         self._count(view, "frames")
         if fr.kind == df.HELLO:
@@ -587,7 +594,8 @@ class DialBridge:
 
     async def _read_port(self, port: serial.Serial, path: str) -> None:
         loop = asyncio.get_running_loop()
-        channel = FrameChannel(name=path, transport="serial", dial_id="serial")
+        dial_id = self._serial_ids.get(path, "serial")  # "serial" until a hello names it
+        channel = FrameChannel(name=path, transport="serial", dial_id=dial_id)
         gone = asyncio.Event()
         fd = port.fileno()
 
