@@ -16,6 +16,7 @@ token_timeout = 15       # s: ... and between two tokens
 ping_interval = 5        # s: idle liveness check of the worker
 memory = true            # short-term memory (embeddings + sqlite-vec)
 memories_in_prompt = 3
+memories_kept = 10000    # short-term memory keeps the latest this many (the oldest forgotten)
 tensor_half_life = 3600  # s of node running time
 requests_per_minute = 20 # per actor; more are throttled
 temp_limit_c = 80        # CPU temperature of the degraded modes (short, then canned at +5)
@@ -93,6 +94,8 @@ class AgentConfig(ConfigSection):
     ping_timeout: Seconds = 5.0
     memory: bool = True
     memories_in_prompt: Annotated[int, Field(ge=0, le=50)] = 3
+    # Each answer is one memory (~2 KiB): bounded, or months of questions fill the SD card.
+    memories_kept: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     memory_max_distance: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8  # cosine: 0..2
     tensor_half_life: Annotated[float, Field(gt=0.0, le=365 * DAY_S)] = 3600.0
     tensor_publish_interval: Seconds = 2.0

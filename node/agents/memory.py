@@ -7,11 +7,17 @@ attention mask and L2 normalisation, as sentence-transformers does: 384 float32 
 
 Store: `memories` (text, persona, actor, time) plus a `vec0` virtual table of the vectors with
 the persona as a metadata column, so a nearest-neighbour query filters by persona inside the KNN.
+Short-term: the store keeps the latest `keep` memories (`[agent] memories_kept`) and forgets the
+oldest as each new one comes. Every answer is one (~2 KiB with its vector): kept all, a node that
+answers a few questions a minute for months fills its SD card with them, and each question's
+nearest-neighbour scan (brute force over a persona's vectors) grows as slow. sqlite-vec reuses the
+slots of deleted vectors, so the file stays the size of `keep` memories.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -77,6 +83,11 @@ class Embedder:
         self._tokenizer: Any = None
 
     def _load(self) -> None:
+        # onnxruntime (1.31 on Linux) otherwise queues telemetry for Microsoft's collector in
+        # ~/.cache/Microsoft/DeveloperTools/.onnxruntime (a device id, an SQLite queue growing by
+        # an event each process while the gallery is offline, outside the data directory) and
+        # sends it when online. Read at import; an operator's own setting is left as it is.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -143,8 +154,13 @@ CREATE VIRTUAL TABLE IF NOT EXISTS memory_vec USING vec0(
 
 
 class MemoryStore:
-    def __init__(self, db: Db) -> None:
+    def __init__(self, db: Db, keep: int | None = None) -> None:
+        """`keep`: how many memories the store keeps, the latest (None: all of them, for
+        benchmarks and imports; the node passes `[agent] memories_kept`)."""
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
         self.db = db
+        self.keep = keep
         self.db.create(SCHEMA)
 
     def add(
@@ -160,6 +176,7 @@ class MemoryStore:
                 "INSERT INTO memory_vec(rowid, persona, embedding) VALUES (?,?,?)",
                 (rowid, persona, _blob(vector)),
             )
+            self._forget_oldest()
         return rowid
 
     def add_many(self, rows: Sequence[tuple[str, str, Vectors]]) -> None:
@@ -175,6 +192,19 @@ class MemoryStore:
                 "INSERT INTO memory_vec(rowid, persona, embedding) VALUES (?,?,?)",
                 [(start + i, p, _blob(v)) for i, (p, _t, v) in enumerate(rows)],
             )
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Delete all but the latest `keep` memories (ids only grow: the oldest have the lowest),
+        in the caller's transaction. One by one in vec0 (by rowid, its fast path), usually one."""
+        if self.keep is None:
+            return
+        old = self.db.execute(
+            "SELECT id FROM memories ORDER BY id DESC LIMIT -1 OFFSET ?", (self.keep,)
+        )
+        for (rowid,) in old:
+            self.db.execute("DELETE FROM memory_vec WHERE rowid = ?", (rowid,))
+            self.db.execute("DELETE FROM memories WHERE id = ?", (rowid,))
 
     def nearest(self, vector: Vectors, k: int = 3, persona: str | None = None) -> list[Memory]:
         if persona is None:

@@ -131,7 +131,7 @@ class AgentService:
         folder = node.data_dir / "agents"
         folder.mkdir(parents=True, exist_ok=True)
         self.db = Db(folder / "agents.db", self.cfg.sqlite)
-        self.memory = MemoryStore(self.db)
+        self.memory = MemoryStore(self.db, self.cfg.memories_kept)
         self.facts = FactStore(self.db)
         self.tensor = AgencyTensor(self.db, self.cfg.tensor_half_life)
         self._tensor_flush_at = TENSOR_BATCH_MAX  # pending cells that make on_ritual write

@@ -149,6 +149,8 @@ BAD: list[tuple[str, str, Any]] = [
     ("agent", "memories_in_prompt", 10**6),
     ("agent", "memory_max_distance", -0.1),
     ("agent", "memory_max_distance", 3),
+    ("agent", "memories_kept", 0),
+    ("agent", "memories_kept", 10**9),
     ("agent", "tensor_half_life", 0),
     ("agent", "tensor_publish_interval", 0),
     ("agent", "requests_per_minute", 0),
@@ -233,6 +235,7 @@ EDGES: dict[str, dict[str, Any]] = {
     "agent": {
         "token_batch": 0,
         "memories_in_prompt": 0,
+        "memories_kept": 1,
         "temperature": 0,
         "rotations_per_second": 1_000_000,
         "mem_available_min": 1,
