@@ -115,8 +115,12 @@ class Economy:
     balances: dict[str, int] = field(default_factory=dict)
     minted: int = 0
     burned: int = 0  # burns plus what diminishing returns took off gifts
-    # (giver, receiver) -> Lamport clocks of that pair's applied gifts, oldest first.
+    # (giver, receiver) -> Lamport clocks of that pair's applied gifts within the window, oldest
+    # first; a pair whose last gift left the window is dropped (_remember_gift): kept, every
+    # pair a gallery ever saw stayed, ~1 KB each, in every node's memory and every replay.
     _recent: dict[tuple[str, str], deque[int]] = field(default_factory=dict)
+    # Every gift in _recent, (its clock, its pair), in fold order: which pairs' clocks expire.
+    _expiry: deque[tuple[int, tuple[str, str]]] = field(default_factory=deque)
     budget: MintBudget = field(default_factory=MintBudget)
 
     def balance(self, actor: str) -> int:
@@ -144,6 +148,21 @@ class Economy:
             return EntryEffect(True, f"{receiver} receives {value} of {amount} ({k} recent gifts)")
         return OK
 
+    def _remember_gift(self, pair: tuple[str, str], lamport: int) -> None:
+        """Count a gift on its pair, and let go of the gifts (and the pairs) out of the window:
+        the fold runs in Lamport order, so an expired clock never counts again, and each pair's
+        oldest clock is its first in _expiry."""
+        horizon = lamport - GIFT_WINDOW
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= horizon:
+            _, old = expiry.popleft()
+            clocks = self._recent[old]
+            clocks.popleft()
+            if not clocks:
+                del self._recent[old]
+        self._recent.setdefault(pair, deque()).append(lamport)
+        expiry.append((lamport, pair))
+
     def apply(self, e: Entry) -> EntryEffect | None:
         """Apply one entry (any type: each one advances its feed's mint clock); None if the
         type is not an economy type."""
@@ -167,10 +186,7 @@ class Economy:
             self.balances[giver] -= amount
             self.balances[receiver] = self.balance(receiver) + value
             self.burned += amount - value
-            q = self._recent.setdefault((giver, receiver), deque())
-            while q and q[0] <= lamport - GIFT_WINDOW:
-                q.popleft()  # the fold runs in Lamport order: expired clocks never count again
-            q.append(lamport)
+            self._remember_gift((giver, receiver), lamport)
             return effect
         if type_ == "burn":
             actor, amount = body["actor"], body["amount"]

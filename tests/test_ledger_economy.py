@@ -179,3 +179,23 @@ def test_the_view_keeps_no_record_of_entries_that_simply_applied(tmp_path: Path)
         assert view.effect(later) is None
     finally:
         ledger.close()
+
+
+def test_pairs_whose_gifts_left_the_window_are_let_go() -> None:
+    """Found in an outside tester's soak: every (giver, receiver) pair ever seen kept its entry
+    in every node's view (~1 KB each, a new visitor's first gift a new pair), replayed at each
+    start. Must hold: once a pair's last gift is GIFT_WINDOW ticks old, the view holds nothing of
+    it, and what it holds still weighs a pair's recent gifts exactly."""
+    ledger = Ledger(Store(":memory:"), SigningKey(b"\x01" * 32))
+    ledger.mint("london-fox", 1000, "read")  # a mint is at most 1,000 (ECONOMY.md)
+    for i in range(200):  # 200 visitors, one gift each: ticks pass with them
+        ledger.gift("london-fox", f"visitor:{i}", 1)
+    economy = ledger.view().economy
+    assert len(economy._recent) == GIFT_WINDOW  # one gift a tick: the window's 64 pairs
+    assert ("london-fox", "visitor:0") not in economy._recent
+    before = economy.balance("visitor:199")
+    ledger.gift("london-fox", "visitor:199", 100)  # its gift is recent: it weighs
+    assert ledger.view().economy.balance("visitor:199") - before == 75
+    before = ledger.view().economy.balance("visitor:0")
+    ledger.gift("london-fox", "visitor:0", 100)  # its one gift left the window long ago
+    assert ledger.view().economy.balance("visitor:0") - before == 100
