@@ -370,9 +370,12 @@ async def test_metrics_and_structured_logs(gateway_node: GatewayNode) -> None:
     handler = Keep()
     logger = logging.getLogger("gibsey.gateway")
     level = logger.level
-    logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
+        logger.setLevel(logging.INFO)  # a node's level: no line per write (a journal a day)
+        await gw.http.post("/api/glyph/rotate", json={"symbol": 3, "rotation": 2}, headers=AUTH)
+        assert not records
+        logger.setLevel(logging.DEBUG)  # `gibsey up --verbose`: each write, with its fields
         r = await gw.http.post(
             "/api/glyph/rotate?wait=true", json={"symbol": 3, "rotation": 3}, headers=AUTH
         )
@@ -399,7 +402,7 @@ async def test_metrics_and_structured_logs(gateway_node: GatewayNode) -> None:
     assert ("gibsey_agent_tokens_per_second", ()) in samples
     assert samples[("gibsey_spine_connected", ())] == 1
     route = (("method", "POST"), ("route", "/api/glyph/rotate"), ("status", "202"))
-    assert samples[("gibsey_http_requests_total", route)] == 1
+    assert samples[("gibsey_http_requests_total", route)] == 2
 
 
 async def test_gibsey_up_serves_the_gateway(tmp_path: Path, mosquitto: Mosquitto) -> None:
