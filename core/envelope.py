@@ -38,6 +38,9 @@ QdpiRotation = Annotated[int, Field(ge=0, le=3, description="0 Read, 1 Write, 2 
 OperatorKey = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$", description="operator's key")]
 OperatorSignature = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{128}$")]
 MAX_WALL_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second datetime can hold
+# The actor of the node's own dial turns (the dial bridge's glyph/rotated and dial/pressed): a
+# dial is told from another by the payload's `source`, its id.
+DIAL_ACTOR = "dial"
 
 
 class Payload(BaseModel):

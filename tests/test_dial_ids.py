@@ -179,3 +179,38 @@ async def test_garbage_on_new_dial_ids_takes_no_place(
         await pico.publish(frame_topic(rig.nid, "hall"), garbage[1])
         await until(lambda: rig.bridge.dials["hall"].stats.corrupt == 1, 10, "hall's own garbage")
         assert stats.corrupt == 3
+
+
+async def test_one_dials_burst_does_not_hold_another_dial_back(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Every dial of the node turns as the actor "dial": the safety inverter's per-visitor
+    throttle (10 a second, a burst of 20) was one for all of them, so a burst on one dial (a
+    loose board, a child spinning it) refused the next turns of every other (an outside
+    tester's dial sweep). Must hold: each dial is throttled as a visitor of its own."""
+    async with dial_node(tmp_path, mosquitto) as rig:
+        assert rig.node.parts.agents is not None  # the throttle is the agents' gate
+        col = await collector_factory(
+            mosquitto.port, topic(rig.nid, "glyph/rotated"), topic(rig.nid, "ritual/performed")
+        )
+        pico = await collector_factory(mosquitto.port)
+        await say_hello_over_mqtt(rig, pico, "spun", 0)
+        await say_hello_over_mqtt(rig, pico, "calm", 1)
+        for seq in range(1, 61):  # three times the burst, at once
+            await pico.publish(frame_topic(rig.nid, "spun"), df.rotate(seq, 0, 1, seq).strip())
+        for seq in range(1, 6):
+            await pico.publish(frame_topic(rig.nid, "calm"), df.rotate(seq, 1, 1, seq).strip())
+
+        def calm_turns(c: Collector) -> list[str]:
+            return [e["id"] for e in c.of_kind("glyph/rotated") if e["payload"]["source"] == "calm"]
+
+        await col.wait_for(lambda c: len(calm_turns(c)) == 5)
+        await col.wait_for(
+            lambda c: (
+                set(calm_turns(c)) <= {e["payload"]["cause"] for e in c.of_kind("ritual/performed")}
+            )
+        )
+        spun = [e["id"] for e in col.of_kind("glyph/rotated") if e["payload"]["source"] == "spun"]
+        assert len(spun) == 60
+        performed = {e["payload"]["cause"] for e in col.of_kind("ritual/performed")}
+        assert len(performed & set(spun)) < 60  # the spun dial itself was throttled

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from gibsey.core import trace
 from gibsey.core.envelope import (
+    DIAL_ACTOR,
     RELOAD_REFUSED,
     AgentEmit,
     AgentReload,
@@ -637,6 +638,12 @@ class AgentService:
         (no program runs, nothing is minted) until the flood passes. Counted in the node's
         `throttled` drops, said once per interval with the count (never an alert per actor: a
         flood may carry a new name on every turn)."""
-        if self.rotations.allow(event.actor):
+        who = event.actor
+        if who == DIAL_ACTOR and self.node.router.emitted_here(event.id):
+            # The node's own dials all turn as "dial": each is a visitor of its own here (by
+            # its id), or one dial's burst (a loose board, a child spinning it) held every
+            # other dial of the node back (an outside tester's dial sweep).
+            who = f"{DIAL_ACTOR}:{rotated.source}"
+        if self.rotations.allow(who):
             return None
-        return f"throttled: {event.actor} turns faster than {self.cfg.rotations_per_second:g}/s"
+        return f"throttled: {who} turns faster than {self.cfg.rotations_per_second:g}/s"

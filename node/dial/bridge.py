@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gibsey.core import trace
-from gibsey.core.envelope import DialPressed, GlyphRotated, SafetyAlert
+from gibsey.core.envelope import DIAL_ACTOR, DialPressed, GlyphRotated, SafetyAlert
 from gibsey.core.topics import TOPIC_ROOT, status_topic
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.config import DEFAULTS as FIRMWARE_DEFAULTS
@@ -268,7 +268,7 @@ class DialBridge:
                     press="long" if fr.long else "short",
                     source=channel.dial_id,
                 ),
-                actor="dial",
+                actor=DIAL_ACTOR,
             )
             self._event(view, "long_pressed" if fr.long else "pressed")
         self._publish_state(view)
@@ -279,7 +279,7 @@ class DialBridge:
         the glyph/rotated envelope carries it (core/trace.py)."""
         rotated = GlyphRotated(symbol=symbol, rotation=rotation, source=channel.dial_id)
         if not trace.enabled():
-            self.node.send("glyph/rotated", rotated, actor="dial", handle_now=True)
+            self.node.send("glyph/rotated", rotated, actor=DIAL_ACTOR, handle_now=True)
             return
         attributes: dict[str, str | int] = {
             "gibsey.node": self.node.node_id,
@@ -287,7 +287,7 @@ class DialBridge:
             "gibsey.seq": seq,
         }
         with trace.span("dial frame", None, attributes):
-            self.node.send("glyph/rotated", rotated, actor="dial", handle_now=True)
+            self.node.send("glyph/rotated", rotated, actor=DIAL_ACTOR, handle_now=True)
 
     def _view(self, channel: FrameChannel, firmware: str) -> DialView | None:
         """The channel's dial, made and announced at its first frame, and again once its hello
