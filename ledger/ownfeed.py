@@ -56,7 +56,7 @@ class OwnFeedMark:
         if not higher:
             return
         # Another process (`gibsey ledger mint` beside the node) may have marked more since.
-        merged = _read(self.path)
+        merged = _read(self.path, quiet=True)  # damaged: said at open already, replaced now
         for author, seq in {**self.marked, **higher}.items():
             merged[author] = max(seq, merged.get(author, 0))
         doc = {author.hex(): seq for author, seq in sorted(merged.items())}
@@ -68,15 +68,16 @@ class OwnFeedMark:
         self.marked, self._written_at = merged, now
 
 
-def _read(path: Path) -> dict[bytes, int]:
-    """The marks in `path`; none if it is missing or unreadable (said: a damaged mark only
-    loses the check, never refuses the node its feed)."""
+def _read(path: Path, quiet: bool = False) -> dict[bytes, int]:
+    """The marks in `path`; none if it is missing or unreadable (said unless `quiet`: a damaged
+    mark only loses the check, never refuses the node its feed)."""
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        log.warning("ledger: %s is unreadable (%s): the own feed goes unchecked", path, exc)
+        if not quiet:
+            log.warning("ledger: %s is unreadable (%s): the own feed goes unchecked", path, exc)
         return {}
     if not isinstance(doc, dict):
         return {}

@@ -7,12 +7,17 @@ entries; `ledger verify` said ok, and the next `ledger mint` re-signed seq 1."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 from pathlib import Path
 
+import pytest
+from nacl.signing import SigningKey
+
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.ownfeed import FILENAME
-from gibsey.ledger.store import DB_FILENAME
+from gibsey.ledger.store import DB_FILENAME, Store
 from tests.test_cli_output import gibsey
 
 
@@ -77,3 +82,20 @@ def test_a_new_node_and_a_damaged_mark_sign_as_ever(tmp_path: Path) -> None:
     (data / FILENAME).write_text("{not json")
     done = _mint(data, "bob")  # the check is lost, the feed is not
     assert done.returncode == 0 and "seq 2" in done.stdout
+
+
+def test_a_damaged_mark_is_said_once_and_written_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside tester's power-cut sweep: the node said "own-feed.json is
+    unreadable" twice, as the ledger opened and again as it wrote the new mark."""
+    ledger = Ledger(Store.open(tmp_path), SigningKey(b"\x02" * 32))
+    ledger.mint("ada", 1, "read")
+    ledger.close()
+    (tmp_path / FILENAME).write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="gibsey.ledger"):
+        ledger = Ledger(Store.open(tmp_path), SigningKey(b"\x02" * 32))
+        ledger.mint("bob", 1, "read")  # the first signature writes the mark at once
+        ledger.close()
+    assert caplog.text.count("is unreadable") == 1, caplog.text
+    assert json.loads((tmp_path / FILENAME).read_text())  # a whole mark again
