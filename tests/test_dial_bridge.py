@@ -392,3 +392,21 @@ async def test_a_board_plugged_back_turns_as_its_dial_before_its_next_hello(
     assert [p["source"] for p in payloads(col, "glyph/rotated")] == ["desk", "desk"]
     assert set(rig.bridge.dials) == {"desk"}
     pty.unplug()
+
+
+async def test_a_frame_after_one_cut_short_on_the_same_line_is_taken(
+    rig: Rig, collector_factory: CollectorFactory
+) -> None:
+    """A board reset mid-line sends its boot hello right after the cut frame, with no newline
+    between: the hello (its dial id) and the turn after it must be taken, the cut frame counted
+    (found by the field sweep: the whole line was dropped as truncated, hello and all)."""
+    col = await subscribe(rig, collector_factory, "glyph/rotated")
+    pty = Pty(rig.port_link)
+    await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    cut = df.rotate(7, 1, 2, 9)[:14]  # no newline: the board reset here
+    pty.write(cut + df.hello(0, "porch", "fw", 1, 0, True) + df.rotate(1, 1, 3, 1))
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) == 1)
+    assert [(p["source"], p["rotation"]) for p in payloads(col, "glyph/rotated")] == [("porch", 3)]
+    assert rig.bridge.stats.truncated == 1 and rig.bridge.stats.corrupt == 0
+    assert set(rig.bridge.dials) == {"porch"}
+    pty.unplug()

@@ -214,7 +214,14 @@ class DialBridge:
             self._anomaly("truncated", channel.splitter.overlong - before, channel, "overlong")
 
     def feed_line(self, channel: FrameChannel, line: str) -> None:
-        """One frame line from a channel: decode, check its sequence, emit its event."""
+        """One frame line from a channel: decode, check its sequence, emit its event. A frame
+        after the cut-short start of another on the same line (a board reset mid-line, then its
+        boot hello; a newline lost on the wire) is taken, the cut one counted: each frame has
+        its own checksum, so the line's tail stands on its own."""
+        start = line.rfind("$")
+        if start > 0:  # what comes before is the rest of a frame cut short, whichever part
+            self._anomaly("truncated", 1, channel, "a frame was cut short before this one")
+            line = line[start:]
         fr = self._decode(channel, line)
         if fr is not None:
             self._take(channel, fr)
