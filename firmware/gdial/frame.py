@@ -156,12 +156,15 @@ def decode(line: str) -> Frame:
 
 
 class LineSplitter:
-    """Bytes in, complete lines out; a line growing past MAX_LINE is cut and reported."""
+    """Bytes in, complete lines out; a line growing past MAX_LINE is cut and reported, once
+    however many reads it spans, and a frame begun in it (from its last `$`) is kept: noise
+    with no newline (a wrong baud rate, a board's garbage) must not take the next frame."""
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self.buf = b""
         self.max_line = max_line
         self.overlong = 0
+        self._cutting = False  # the current line went past max_line already (counted)
 
     def feed(self, data: bytes) -> list[str]:
         self.buf += data
@@ -172,10 +175,15 @@ class LineSplitter:
                 break
             raw = self.buf[:i]
             self.buf = self.buf[i + 1 :]
+            self._cutting = False
             out.append(raw.decode("ascii", "replace") if _CPY else _ascii(raw))
         if len(self.buf) > self.max_line:
-            self.overlong += 1
-            self.buf = b""
+            if not self._cutting:
+                self.overlong += 1
+                self._cutting = True
+            start = self.buf.rfind(b"$")
+            keep = start >= 0 and len(self.buf) - start <= self.max_line
+            self.buf = self.buf[start:] if keep else b""
         return out
 
     def reset(self) -> bool:

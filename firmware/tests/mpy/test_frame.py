@@ -80,3 +80,16 @@ def test_line_splitter():
     assert [frame.decode(x).rotation for x in got] == [1, 2]
     assert s.feed(b"\xff\xfe" + b"a" * 200) == [] and s.overlong == 1
     assert s.feed(b"abc") == [] and s.reset() is True
+
+
+def test_line_splitter_keeps_the_frame_after_a_long_line_of_noise():
+    s = LineSplitter()
+    noise = b"\x00" * 4096
+    got = []
+    for _ in range(5):  # one overlong line, read 4 KiB at a time: counted once
+        got += s.feed(noise)
+    turn = frame.rotate(9, 0, 3, 1).encode()
+    got += s.feed(noise + turn[:10])  # the frame begins inside the same unfinished line
+    got += s.feed(turn[10:])
+    assert s.overlong == 1
+    assert [frame.decode(x).seq for x in got] == [9]
