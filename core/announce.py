@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from gibsey.core.config import ConfigError, load_config
+from gibsey.core.config import ConfigError, NodeConfig, load_config
 from gibsey.core.envelope import Payload, encode_event
 from gibsey.core.identity import KEY_FILENAME, load_or_create
 from gibsey.core.mqtt import publish_once
@@ -31,8 +31,11 @@ TIMEOUT_S = 3.0
 RUNNING_BROKER_FILE = "running-broker.json"
 
 
-def broker_url(data_dir: Path) -> str:
-    config = load_config(data_dir)
+def broker_url(data_dir: Path, config: NodeConfig | None = None) -> str:
+    """The broker a command beside the node talks to: the one the node running on `data_dir`
+    uses (`gibsey up --embedded-port N` or `--broker URL` is not in gibsey.toml), else the
+    configured one (`config`, when the caller has loaded it already), else the embedded one."""
+    config = config or load_config(data_dir)
     return (
         running_broker(data_dir)
         or config.broker

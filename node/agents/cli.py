@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nacl.signing import SigningKey
 
-from gibsey.core.announce import running_broker
+from gibsey.core.announce import broker_url
 from gibsey.core.config import ConfigError, NodeConfig, load_config, load_section, resolve_data_dir
 from gibsey.core.envelope import RELOAD_REFUSED
 from gibsey.core.operator import fresh_lamport, read_operator_key
@@ -71,14 +71,8 @@ def _agent_config(data_dir: Path) -> AgentConfig:
 
 
 def _broker(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -> str:
-    """--broker, else the broker the node running on `data_dir` uses (`gibsey up
-    --embedded-port N` or `--broker URL` is not in gibsey.toml), else the configured one."""
-    return str(
-        args.broker
-        or running_broker(data_dir)
-        or cfg.broker
-        or f"mqtt://127.0.0.1:{cfg.embedded_port}"
-    )
+    """--broker, else the broker a command beside the node talks to (core/announce.py)."""
+    return str(args.broker or broker_url(data_dir, cfg))
 
 
 def _operator_key(args: argparse.Namespace, data_dir: Path) -> SigningKey:

@@ -37,8 +37,8 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from gibsey.core.announce import running_broker
-from gibsey.core.config import ConfigError, load_config, resolve_data_dir
+from gibsey.core.announce import broker_url
+from gibsey.core.config import ConfigError, resolve_data_dir
 from gibsey.core.mqtt import BrokerUrlError, ClientSettings, MqttError, Session, parse_broker_url
 from gibsey.core.topics import topic_for
 from gibsey.dialcore import frame as df
@@ -168,16 +168,8 @@ class VirtualDial:
 
 
 def _broker_url(args: argparse.Namespace) -> str:
-    if args.broker:
-        return str(args.broker)
-    data_dir = resolve_data_dir(getattr(args, "data", None))
-    running = running_broker(data_dir)  # `gibsey up --embedded-port N`: not in gibsey.toml
-    if running:
-        return running
-    config = load_config(data_dir)
-    if config.broker:
-        return config.broker
-    return f"mqtt://{config.embedded_host}:{config.embedded_port}"
+    """--broker, else the broker a command beside the node talks to (core/announce.py)."""
+    return str(args.broker or broker_url(resolve_data_dir(getattr(args, "data", None))))
 
 
 class KeyReader:
