@@ -48,25 +48,41 @@ LAMPORT_FILENAME = "lamport"  # in the data directory: the clock's ceiling
 log = logging.getLogger("gibsey.core")
 
 
-def read_ceiling(path: Path) -> int:
-    """The ceiling kept in `path`; 0 when there is none. One the disk damaged (written whole
-    and renamed into place, it is never torn by a power cut) is said, and the clock starts
-    again from 0: a node that cannot read its clock still runs, as with a damaged own-feed
-    mark, and the technician learns why its events' lamports went back."""
+class DamagedNumber(ValueError):
+    """A file that should hold one number (written whole and renamed into place: never torn by
+    a power cut) holds something else: the disk damaged it. `raw`: its first bytes."""
+
+    def __init__(self, path: Path, raw: bytes) -> None:
+        super().__init__(f"{path} is damaged (it holds {raw[:32]!r}, not a number)")
+        self.raw = raw[:32]
+
+
+def read_number(path: Path) -> int | None:
+    """The number kept in `path` (as write_atomic wrote it: digits and a newline); None when
+    there is no such file; DamagedNumber when it holds anything else (no UTF-8 included)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return 0
+        return None
     text = raw.strip()
     if text.isdigit() and text.isascii():
         return int(text)
-    log.warning(
-        "%s is damaged (it holds %r, not a number): the Lamport clock starts again from 0, "
-        "so this node's next events may be ordered before its earlier ones",
-        path,
-        raw[:32],
-    )
-    return 0
+    raise DamagedNumber(path, raw)
+
+
+def read_ceiling(path: Path) -> int:
+    """The ceiling kept in `path`; 0 when there is none. A damaged one is said, and the clock
+    starts again from 0: a node that cannot read its clock still runs, as with a damaged
+    own-feed mark, and the technician learns why its events' lamports went back."""
+    try:
+        return read_number(path) or 0
+    except DamagedNumber as exc:
+        log.warning(
+            "%s: the Lamport clock starts again from 0, so this node's next events may be "
+            "ordered before its earlier ones",
+            exc,
+        )
+        return 0
 
 
 class LamportAhead(ValueError):

@@ -25,7 +25,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from gibsey.core.identity import write_atomic
-from gibsey.core.lamport import LAMPORT_FILENAME, read_ceiling
+from gibsey.core.lamport import LAMPORT_FILENAME, DamagedNumber, read_ceiling, read_number
 
 if TYPE_CHECKING:
     from gibsey.core.envelope import Event
@@ -139,21 +139,16 @@ def _last_accepted(path: Path, clock_path: Path) -> int:
     them is still refused (-1 would have let every one be replayed); a change signed now
     (`fresh_lamport`: past that ceiling) is taken."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return -1
-    text = raw.strip()
-    if text.isdigit() and text.isascii():
-        return int(text)
-    floor = read_ceiling(clock_path)
-    log.warning(
-        "%s is damaged (it holds %r, not a number): signed changes at or before the node's "
-        "clock ceiling (%d) are refused as replays",
-        path,
-        raw[:32],
-        floor,
-    )
-    return floor
+        last = read_number(path)
+    except DamagedNumber as exc:
+        floor = read_ceiling(clock_path)
+        log.warning(
+            "%s: signed changes at or before the node's clock ceiling (%d) are refused as replays",
+            exc,
+            floor,
+        )
+        return floor
+    return -1 if last is None else last
 
 
 _GATES: dict[Path, OperatorGate] = {}
