@@ -23,6 +23,10 @@ writes that dirty them, and an old, large filesystem writes more of them than th
 
 With `breakdown` (the suite does it on a second node) strace counts the bytes of the write
 syscalls per file over the same turns: which files the bytes go to.
+
+The last run is `make run`'s node: on its own embedded Mosquitto (a child process, saving its
+store after every change), whose writes over the same turns are counted beside the node's: the
+node and its broker together are what a Pi running `make run` writes to its card.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ from gibsey.bench.report import Row
 from gibsey.core.config import NodeConfig
 from gibsey.core.mqtt import ClientSettings, Session, new_client_id
 from gibsey.harness.mosquitto import Mosquitto
+from gibsey.harness.ports import free_port
 from gibsey.harness.turns import node_online
-from gibsey.harness.waiting import GalleryError
+from gibsey.harness.waiting import GalleryError, wait_until
 from gibsey.ledger.store import _INSERT as _STORE_INSERT
 from gibsey.ledger.store import _SCHEMA as STORE_SCHEMA
 from gibsey.ledger.store import DB_FILENAME
@@ -87,7 +92,9 @@ CHECKPOINT_LIMIT = (
     "SQLite). Left: entries kept outside the B-trees, appended once"
 )
 # The node as it was before the entry log: every group of mints its own SQLite commit.
-EACH_GROUP_COMMITS = {"ledger_commit_every_s": 0.0}
+EACH_GROUP_COMMITS: dict[str, float | str] = {"ledger_commit_every_s": 0.0}
+# make run's node with its embedded broker's store where it was before: in the data directory.
+STORE_ON_DISK: dict[str, float | str] = {"embedded_broker_store": "data"}
 FLOOR_COMMITS = 8  # bare-SQLite commits measured for the floor rows
 IDLE_S = 120.0  # a node without turns (before them): its idle writes
 IDLE_SETTLE_S = 10.0
@@ -109,6 +116,7 @@ class WearRun:
     idle_rewrites_bytes: int = 0  # write_bytes' growth in the polls that saw one
     turn_rewrites: int = 0  # run.json rewrites during the turns
     turn_rewrites_bytes: int = 0  # write_bytes' growth in the polls that saw one
+    broker_bytes: int = 0  # the embedded broker's write_bytes growth over the turns
     by_file: Counter[str] = field(default_factory=Counter)  # strace: bytes written per file
     syscalls: Counter[str] = field(default_factory=Counter)  # strace: calls per syscall
 
@@ -244,7 +252,7 @@ async def _send(url: str, node_id: str, first: int, count: int, rate_per_s: floa
 async def _drive(
     url: str,
     node_id: str,
-    pid: int,
+    pids: tuple[int, ...],
     data: Path,
     turns: int,
     rate_per_s: float,
@@ -252,18 +260,19 @@ async def _drive(
     idle: _Rewrites,
     beats: _Rewrites,
     idle_s: float = 0.0,
-) -> tuple[int, int, tuple[int, int, int], float, int]:
-    """Over `idle_s` before any turn, the growth of write_bytes (and the run.json rewrites, to
-    `idle`); then warm up, and `turns` turns: the growth of write_bytes over them, the
+) -> tuple[list[int], int, tuple[int, int, int], float, int]:
+    """Over `idle_s` before any turn, the growth of the node's write_bytes (and the run.json
+    rewrites, to `idle`); then warm up, and `turns` turns: the growth of write_bytes over them
+    (of each of `pids`, the node's first), the
     checkpoint they owe, the ledger WAL's commits and pages (checkpointed just before: the
     turns' own), how long they took (and the rewrites meanwhile, to `beats`)."""
     await node_online(url, node_id, connects=1, timeout_s=60)
     idle_bytes = 0
     if idle_s:
         await asyncio.sleep(IDLE_SETTLE_S)  # the node's first-start writes are not idle ones
-        idle_start = write_bytes(pid)
+        idle_start = write_bytes(pids[0])
         await idle.watch(idle_s)
-        idle_bytes = write_bytes(pid) - idle_start
+        idle_bytes = write_bytes(pids[0]) - idle_start
     acks = _Acks()
     listener = asyncio.create_task(acks.run(url, node_id))
     try:
@@ -274,14 +283,15 @@ async def _drive(
         checkpoint(data)
         wal = data / f"{DB_FILENAME}-wal"
         generation = wal_generation(wal) + 1  # the checkpoint emptied it: the next commit restarts
-        tracer = _strace(pid, strace) if strace is not None else None
-        start, started = write_bytes(pid), time.monotonic()
+        tracer = _strace(pids[0], strace) if strace is not None else None
+        start, started = [write_bytes(pid) for pid in pids], time.monotonic()
         watching = asyncio.create_task(beats.watch())
         await _send(url, node_id, WARMUP, turns, rate_per_s)
         await acks.reach(WARMUP + turns, timeout_s=60 + turns / rate_per_s)
         # Acknowledged is in the entry log; the turns' bytes include their SQLite commit.
         await committed(data, acks.last_entry)
-        grown, took = write_bytes(pid) - start, time.monotonic() - started
+        grown = [write_bytes(pid) - before for pid, before in zip(pids, start, strict=True)]
+        took = time.monotonic() - started
         watching.cancel()
         if tracer is not None:
             tracer.send_signal(signal.SIGINT)  # strace detaches and writes out what it has
@@ -407,40 +417,68 @@ def _entry_bytes(data: Path, turns: int) -> float:
 
 def measure(
     work: Path,
-    broker: Mosquitto,
+    broker: Mosquitto | None,
     turns: int = TURNS,
     rate_per_s: float = RATE_PER_S,
     breakdown: bool = False,
-    settings: dict[str, float] | None = None,
+    settings: dict[str, float | str] | None = None,
     idle_s: float = 0.0,
 ) -> WearRun:
-    """One fresh node on `broker` (its data under `work`), `turns` turns at `rate_per_s`, with
-    these `[node]` settings (None: the defaults)."""
+    """One fresh node on `broker` (None: its own embedded Mosquitto, whose writes are counted
+    too; its data under `work`), `turns` turns at `rate_per_s`, with these `[node]` settings
+    (None: the defaults)."""
     data = work / f"node-{uuid.uuid4().hex[:6]}"
     open_rotation_throttle(data)
     if settings:
         toml = data / "gibsey.toml"
-        lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+        lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
         toml.write_text(toml.read_text().replace("[node]\n", f"[node]\n{lines}"))
-    node = start_up(data, broker.url)
+    if broker is None:
+        port = free_port()
+        node, url = start_up(data, "", GIBSEY_EMBEDDED_PORT=str(port)), f"mqtt://127.0.0.1:{port}"
+    else:
+        node, url = start_up(data, broker.url), broker.url
     trace = work / f"strace-{data.name}.txt" if breakdown else None
     try:
         wait_for_file(node, data / "node_id", 60, "the node")
         node_id = (data / "node_id").read_text().strip()
+        pids = (node.pid,) if broker is not None else (node.pid, embedded_mosquitto(node.pid))
         idle, beats = _Rewrites(data / RUN_FILE, node.pid), _Rewrites(data / RUN_FILE, node.pid)
         grown, owed, wal, took, idle_bytes = asyncio.run(
-            _drive(
-                broker.url, node_id, node.pid, data, turns, rate_per_s, trace, idle, beats, idle_s
-            )
+            _drive(url, node_id, pids, data, turns, rate_per_s, trace, idle, beats, idle_s)
         )
     finally:
         stop(node, timeout_s=30)
-    run = WearRun(turns, grown, owed, *wal, _entry_bytes(data, turns), took, idle_s, idle_bytes)
+    entry = _entry_bytes(data, turns)
+    run = WearRun(turns, grown[0], owed, *wal, entry, took, idle_s, idle_bytes)
+    run.broker_bytes = sum(grown[1:])
     run.idle_rewrites, run.idle_rewrites_bytes = idle.count, idle.cost
     run.turn_rewrites, run.turn_rewrites_bytes = beats.count, beats.cost
     if trace is not None and trace.exists():
         run.by_file, run.syscalls = parse_strace(trace.read_text(errors="replace"))
     return run
+
+
+def _child_named(parent: int, name: str) -> int | None:
+    """A living process named `name` whose parent is `parent` (from /proc), or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if comm == name and int(ppid) == parent and state != "Z":
+            return int(entry.name)
+    return None
+
+
+def embedded_mosquitto(node_pid: int, timeout_s: float = 30.0) -> int:
+    """The pid of the node's embedded Mosquitto (its child process of that name)."""
+    pid: int = wait_until(lambda: _child_named(node_pid, "mosquitto"), timeout_s, "a Mosquitto")
+    return pid
 
 
 def _breakdown_rows(run: WearRun) -> list[Row]:
@@ -620,6 +658,27 @@ def _idle_rows(run: WearRun, each: float) -> list[Row]:
     ]
 
 
+def _embedded_rows(in_ram: WearRun, on_disk: WearRun) -> list[Row]:
+    """`make run`'s node: the node and its embedded Mosquitto together, the broker's store in
+    RAM (the default) and in the data directory (before)."""
+    return [
+        Row(
+            f"make run's node and its embedded Mosquitto, {where}: bytes written per turn",
+            (run.write_bytes + run.broker_bytes) / run.turns,
+            run.entry_bytes,
+            "B",
+            limit=("<=", GOAL_BYTES),
+            note=f"the broker's own {run.broker_bytes / run.turns:,.0f} B a turn (its store "
+            "saved whole after every message it takes); 1 node x "
+            f"{run.turns} turns at {RATE_PER_S:g}/s",
+        )
+        for run, where in (
+            (in_ram, "its store in RAM (the default)"),
+            (on_disk, 'its store in the data directory (embedded_broker_store = "data"; before)'),
+        )
+    ]
+
+
 def _aged_row(runs: list[WearRun], each: float) -> Row:
     """The turns with their checkpoint, their own run.json heartbeats (a node minutes old: one
     every 10-15 s) replaced by a node's a few hours old or more: one every HEARTBEAT_MAX_S,
@@ -690,6 +749,7 @@ def run() -> list[Row]:
                 on_card = [measure(card, broker) for _ in range(3)] if card else []
         finally:
             broker.stop()
+        embedded = measure(work, None), measure(work, None, settings=STORE_ON_DISK)
     every = NodeConfig().ledger_commit_every_s
     rows = _rows(
         runs,
@@ -706,4 +766,4 @@ def run() -> list[Row]:
     rows += _rows(before, "every group its own SQLite commit (before; ledger_commit_every_s = 0)")
     if traced.by_file:
         rows += _breakdown_rows(traced)
-    return rows + _idle_rows(traced, each)
+    return rows + _embedded_rows(*embedded) + _idle_rows(traced, each)

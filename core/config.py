@@ -155,6 +155,14 @@ class NodeConfig(ConfigSection):
     embedded_broker: Annotated[
         Literal["auto", "mosquitto", "amqtt"], Env("GIBSEY_EMBEDDED_BROKER")
     ] = "auto"
+    # Where the embedded Mosquitto keeps its store (sessions, queued and retained messages),
+    # saved after every change: "ram" (a folder in /dev/shm: it outlives a broker's or the
+    # node's restart, not a reboot, as the image's broker's does; no SD card writes) or "data"
+    # (the data directory's `mosquitto/`: it outlives a reboot, and is written several times a
+    # second on a busy node: `gibsey bench wear` measures it).
+    embedded_broker_store: Annotated[
+        Literal["ram", "data"], Env("GIBSEY_EMBEDDED_BROKER_STORE")
+    ] = "ram"
     # Visitors' inputs (turns and questions) the node takes per second, whatever names they
     # carry, and per source (a turn's `source`, which its sender chooses): more are refused and
     # counted. Each may come in a burst of 10 s worth (a broker hands over what it kept for the

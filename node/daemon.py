@@ -408,6 +408,7 @@ class Node:
                 settings.embedded_host,
                 settings.embedded_port,
                 self.data_dir,
+                in_ram=settings.embedded_broker_store == "ram",
             )
             await self.embedded.start()
             url = self.embedded.url

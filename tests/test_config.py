@@ -77,6 +77,7 @@ OVERRIDES: dict[str, tuple[str, object, str | None]] = {
     "GIBSEY_EMBEDDED_HOST": ("0.0.0.0", "0.0.0.0", None),
     "GIBSEY_EMBEDDED_PORT": ("1884", 1884, "port"),
     "GIBSEY_EMBEDDED_BROKER": ("amqtt", "amqtt", "hivemq"),
+    "GIBSEY_EMBEDDED_BROKER_STORE": ("data", "data", "disk"),
     "GIBSEY_VISITOR_INPUTS_PER_SECOND": ("5", 5.0, "0"),
     "GIBSEY_VISITOR_INPUTS_PER_SOURCE_PER_SECOND": ("2.5", 2.5, "-1"),
     "GIBSEY_HANDLER_QUEUE": ("7", 7, "lots"),

@@ -272,6 +272,19 @@ def test_bench_wear_measures_a_few_turns(tmp_path: Path) -> None:
     assert wear.heartbeats_per_day(days=2) - wear.heartbeats_per_day() == 48
 
 
+def test_make_runs_broker_writes_nothing_to_the_disk_with_its_store_in_ram(
+    tmp_path: Path,
+) -> None:
+    """`make run`'s node on its embedded Mosquitto, whose writes are counted beside the node's:
+    its store in RAM (the default), the broker writes nothing to the disk over the turns; in the
+    data directory (before), it rewrote its store for each change of a retained state."""
+    in_ram = wear.measure(tmp_path, None, turns=10, rate_per_s=20.0)
+    on_disk = wear.measure(tmp_path, None, turns=10, rate_per_s=20.0, settings=wear.STORE_ON_DISK)
+    assert in_ram.broker_bytes == 0
+    assert on_disk.broker_bytes >= 4096  # its store (a page or more) rewritten during the turns
+    assert in_ram.entry_bytes > 0 and in_ram.write_bytes > 0
+
+
 def test_a_quiet_room_writes_the_tensor_clock_every_ten_minutes_not_every_30_s() -> None:
     """An idle node's steady writer was the tensor's running clock, a commit every 30 s: the
     counts go to the card every 2 minutes while there are some (a busy room's turns paid ~350 B

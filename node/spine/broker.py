@@ -6,8 +6,10 @@ under systemd) is the broker and none of this starts. Two kinds (`[node] embedde
 * `MosquittoChild` (the default when `mosquitto` is installed; `make run` installs it): Mosquitto
   as a child process of the node, configured in the node's data directory (`mosquitto/`) with
   the image's settings where they apply (persistence, saving after every change, queue and size
-  limits, TCP_NODELAY). It speaks MQTT 5 and holds a flood (issue 16: 20,000 turns in 10 s
-  through amqtt left the node's outbox dropping what amqtt acknowledged too slowly). It dies
+  limits, TCP_NODELAY). Its store is in RAM (`broker_store`), as the image keeps Debian's
+  Mosquitto's: saved after every change, it would be most of what a node writes to its card.
+  It speaks MQTT 5 and holds a flood (issue 16: 20,000 turns in 10 s through amqtt left the
+  node's outbox dropping what amqtt acknowledged too slowly). It dies
   with the node: the kernel sends it SIGKILL when the node's process ends, kill -9 included
   (`PR_SET_PDEATHSIG`, set between fork and exec in the thread that runs the event loop, which
   lives as long as the node); and it is started again if it dies while the node runs.
@@ -20,11 +22,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
+import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +54,18 @@ READY_TIMEOUT_S = 10.0
 # rewrote to disk at every change). A full queue of the node's events (max_queued_messages, ~0.5
 # KiB each) is ~5 MiB: this is room for it and its retained topics many times over.
 MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
+# Where the embedded Mosquitto keeps its store (sessions, queued and retained messages): a RAM
+# folder, as the image keeps Debian's Mosquitto's (images/README.md). The store is saved whole
+# after every change (the image's setting: a broker killed between saves loses what it
+# acknowledged), and every message the broker takes is a change: in the data directory that was
+# 15,131 B a dial turn (`gibsey bench wear`, 5 turns/s), nine times the node's own writes, on
+# the SD card the ledger is careful with. In RAM the store outlives
+# a broker restart (kill -9 included) and the node's restart, not a reboot; a node publishes
+# its own retained state again at every start.
+RAM_FOLDER = Path("/dev/shm")
+STORE_FILE = "mosquitto.db"
+ORPHAN_AFTER_S = 86400.0  # a store folder whose data directory is gone, unsaved this long, goes
+OWNER_FILE = "data-dir"  # in each store folder: the data directory it is for (for a person too)
 
 
 class EmbeddedBrokerError(RuntimeError):
@@ -123,17 +140,21 @@ class AmqttBroker:
 
 
 def mosquitto_conf(
-    host: str, port: int, folder: Path, memory_limit: int = MEMORY_LIMIT_BYTES
+    host: str,
+    port: int,
+    folder: Path,
+    memory_limit: int = MEMORY_LIMIT_BYTES,
+    store: Path | None = None,
 ) -> str:
     """The child's configuration: images/mosquitto/gibsey.conf where it applies (one listener,
-    on this machine, no WebSockets), persistence in `folder`."""
+    on this machine, no WebSockets), its log in `folder`, its store in `store` (None: `folder`)."""
     lines = [
         "# Written by gibsey up at every start: the embedded broker (node/spine/broker.py).",
         f"listener {port} {host}",
         "allow_anonymous true",
         "set_tcp_nodelay true",
         "persistence true",
-        f"persistence_location {folder}/",
+        f"persistence_location {store or folder}/",
         "autosave_on_changes true",
         "autosave_interval 1",
         "persistent_client_expiration 7d",
@@ -149,6 +170,92 @@ def mosquitto_conf(
         # directory; and a change of user clears the parent-death signal.
         lines.append("user root")
     return "\n".join(lines) + "\n"
+
+
+def _on_tmpfs(folder: Path) -> bool:
+    """Whether `folder` is a tmpfs mount point (RAM), from the kernel's table of this process's
+    mounts."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return False
+    return any(line.split()[1:3] == [str(folder), "tmpfs"] for line in mounts.splitlines() if line)
+
+
+def _own_folder(folder: Path) -> bool:
+    """Make `folder` (0700) if it is not there; whether it is this user's own directory, which
+    nobody else can write (not a link: another user may make names in a shared RAM folder)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    return _is_own(folder)
+
+
+def _is_own(folder: Path) -> bool:
+    """Whether `folder` is a directory of this user's that nobody else can write."""
+    info = os.lstat(folder)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def ram_folder(data_dir: Path, ram: Path = RAM_FOLDER) -> Path:
+    """The RAM folder of the embedded Mosquitto's store for the node on `data_dir`: named by
+    the user and the data directory's path, so two nodes on a machine never share one."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return ram / f"gibsey-mosquitto-{os.getuid()}-{digest}"
+
+
+def _forget_orphans(ram: Path, ours: Path) -> None:
+    """Remove this user's other store folders whose data directory is gone (a node deleted, a
+    test's temporary directory) and that no broker saved for a day: RAM is the machine's, and
+    nothing else would free them. (A running node's broker saves every few seconds, its status
+    being retained; one whose data directory only this process cannot see, in a mount namespace
+    of its own, is left alone so.)"""
+    for folder in ram.glob(f"gibsey-mosquitto-{os.getuid()}-*"):
+        try:
+            if folder == ours or not _is_own(folder):
+                continue
+            data_dir = Path((folder / OWNER_FILE).read_text().strip())
+            gone = data_dir.is_absolute() and not data_dir.exists() and _untouched(folder)
+        except (OSError, UnicodeDecodeError):
+            continue  # another node's, being made (its owner file comes next), or removed
+        if gone:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info(
+                "removed %s: the store of a data directory that is gone (%s)", folder, data_dir
+            )
+
+
+def _untouched(folder: Path, for_s: float = ORPHAN_AFTER_S) -> bool:
+    """Whether nothing in `folder` was written for `for_s` seconds."""
+    newest = max((p.lstat().st_mtime for p in (folder, *folder.iterdir())), default=0.0)
+    return time.time() - newest > for_s
+
+
+def broker_store(data_dir: Path, ram: Path = RAM_FOLDER) -> tuple[Path, str]:
+    """The folder of the embedded Mosquitto's store for the node on `data_dir`, and, when it
+    cannot be in RAM, why (it is then in the data directory, as before). One folder per data
+    directory and user, the same at every start, so a restarted node finds its retained
+    messages; a store an older node left in the data directory is moved into it."""
+    on_disk = data_dir / "mosquitto"
+    if not _on_tmpfs(ram):
+        return on_disk, f"{ram} is not a RAM filesystem (tmpfs)"
+    folder = ram_folder(data_dir, ram)
+    try:
+        if not _own_folder(folder):
+            return on_disk, f"{folder} is not a folder of this user's alone"
+        owner = folder / OWNER_FILE
+        if not owner.exists():
+            owner.write_text(f"{data_dir.resolve()}\n")
+        _forget_orphans(ram, folder)
+        old = on_disk / STORE_FILE
+        if old.exists():
+            if (folder / STORE_FILE).exists():
+                old.unlink()  # the RAM copy is the one the broker saved since
+            else:
+                shutil.move(old, folder / STORE_FILE)
+                log.info("the embedded broker's store moved from %s into RAM", on_disk)
+    except OSError as exc:
+        return on_disk, f"{folder}: {exc.strerror or exc}"
+    return folder, ""
 
 
 def _death_signal() -> Callable[[], None]:
@@ -172,11 +279,16 @@ class MosquittoChild:
     name = "mosquitto"
     speaks_mqtt5 = True
 
-    def __init__(self, binary: str, host: str, port: int, data_dir: Path) -> None:
+    def __init__(
+        self, binary: str, host: str, port: int, data_dir: Path, in_ram: bool = True
+    ) -> None:
         self.binary = binary
         self.host = host
         self.port = port
+        self.data_dir = data_dir
         self.folder = data_dir / "mosquitto"
+        self.store = self.folder
+        self.in_ram = in_ram
         self.conf = self.folder / "mosquitto.conf"
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -189,15 +301,27 @@ class MosquittoChild:
     async def start(self) -> None:
         _check_port(self.host, self.port)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.conf.write_text(mosquitto_conf(self.host, self.port, self.folder))
+        if self.in_ram:
+            self.store, not_in_ram = broker_store(self.data_dir)
+        else:
+            self.store, not_in_ram = self.folder, ""  # asked for: [node] embedded_broker_store
+        if not_in_ram:
+            log.warning(
+                "the embedded broker's store is in %s, on the data directory's disk, saved after "
+                "every message (~15 KB a dial turn: an SD card wears): %s",
+                self.store,
+                not_in_ram,
+            )
+        self.conf.write_text(mosquitto_conf(self.host, self.port, self.folder, store=self.store))
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="mosquitto")
         log.info(
             "embedded MQTT broker: Mosquitto (%s, child process %d, dies with the node; "
-            "config and persistence in %s) on %s",
+            "config in %s, store in %s) on %s",
             self.binary,
             self.proc.pid if self.proc else 0,
             self.folder,
+            self.store,
             self.url,
         )
 
@@ -278,12 +402,15 @@ class MosquittoChild:
 EmbeddedBroker = AmqttBroker | MosquittoChild
 
 
-def embedded_broker(kind: str, host: str, port: int, data_dir: Path) -> EmbeddedBroker:
+def embedded_broker(
+    kind: str, host: str, port: int, data_dir: Path, in_ram: bool = True
+) -> EmbeddedBroker:
     """The embedded broker `[node] embedded_broker` asks for ("auto": Mosquitto when it is
-    installed, else amqtt, saying so)."""
+    installed, else amqtt, saying so); a Mosquitto's store in RAM or in the data directory
+    (`[node] embedded_broker_store`)."""
     binary = find_mosquitto() if kind != "amqtt" else None
     if binary is not None:
-        return MosquittoChild(binary, host, port, data_dir)
+        return MosquittoChild(binary, host, port, data_dir, in_ram)
     if kind == "mosquitto":
         raise EmbeddedBrokerError(
             "[node] embedded_broker = mosquitto, but mosquitto is not installed "

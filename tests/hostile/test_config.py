@@ -48,6 +48,8 @@ BAD: list[tuple[str, str, Any]] = [
     ("node", "embedded_port", 1883.5),
     ("node", "embedded_broker", "hivemq"),
     ("node", "embedded_broker", 1),
+    ("node", "embedded_broker_store", "tmpfs"),
+    ("node", "embedded_broker_store", True),
     ("node", "visitor_inputs_per_second", 0),
     ("node", "visitor_inputs_per_second", True),
     ("node", "visitor_inputs_per_source_per_second", -1.0),
@@ -213,6 +215,7 @@ EDGES: dict[str, dict[str, Any]] = {
     "node": {
         "embedded_port": 65535,
         "embedded_broker": "mosquitto",
+        "embedded_broker_store": "data",
         "visitor_inputs_per_second": 1_000_000.0,
         "visitor_inputs_per_source_per_second": 0.01,
         "handler_queue": 1,
