@@ -53,6 +53,7 @@ from gibsey.core.storage import (
 
 from . import entry as entry_mod
 from . import forkproof, parsepool
+from .batchclock import BatchClock
 from .entry import MAX_ENTRY_BYTES, MAX_GROUP, Entry, parse, run_too_long, verify_signature
 from .entrylog import SUFFIX as ENTRY_LOG_SUFFIX
 from .entrylog import EntryLog
@@ -340,7 +341,7 @@ class Store:
         self._batch_since: float | None = None
         self._batch_rows = 0
         self._batch_id = 0
-        self._timer: threading.Timer | None = None
+        self._clock = BatchClock(self.lock, self._commit_when_due, f"ledger-batch {self.path}")
         self._tx_log: list[bytes] = []
         self._tx_rows = 0
         try:
@@ -395,6 +396,7 @@ class Store:
             self._mark_heads(force=True)  # what this process signed, marked
             if self._log is not None:
                 self._log.close()
+            self._clock.close()
             self._db.close()
             if self._pool is not None:
                 self._pool.shutdown()
@@ -522,17 +524,11 @@ class Store:
     def _arm_timer(self, after_s: float) -> None:
         """Commit the open batch in `after_s` unless another write comes first (which sets it
         again): after BATCH_IDLE_S without one, or at the batch's age limit."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = threading.Timer(after_s, self._commit_when_due, [self._batch_id])
-        self._timer.daemon = True
-        self._timer.start()
+        self._clock.arm(after_s, self._batch_id)
 
     def _close_batch(self) -> None:
         self._batch_since, self._batch_rows = None, 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._clock.disarm()
 
     def _commit_batch(self) -> None:
         """Commit the open batch, if one is (hold `lock`, outside a transaction's body)."""

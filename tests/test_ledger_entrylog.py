@@ -15,6 +15,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -84,6 +85,33 @@ def test_the_batch_commits_by_itself_once_it_is_old(tmp_path: Path) -> None:
         # The next write transaction finds every logged entry committed and empties the log.
         store.append(KEY, *MINT)
         assert len(EntryLog(tmp_path / (DB_FILENAME + SUFFIX)).read()) == 1
+    finally:
+        store.close()
+
+
+def _batch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ledger-batch ")]
+
+
+def test_one_thread_waits_for_the_batch_however_many_writes_move_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """Every write moves the batch's deadline (BATCH_IDLE_S after it): one thread waits for
+    it, not a thread started and cancelled per write (five a second on a busy node); it ends
+    once the batch committed, and the next batch starts one again."""
+    store = Store.open(tmp_path, commit_every_s=0.5)
+    try:
+        store.append(KEY, *MINT)
+        (waiting,) = _batch_threads()
+        for _ in range(20):
+            store.append(KEY, *MINT)
+            assert _batch_threads() == [waiting]
+        wait_until(lambda: _committed_rows(tmp_path) == 21, 20.0, "the batch's timed commit")
+        waiting.join(20.0)
+        assert not waiting.is_alive() and _batch_threads() == []
+        store.append(KEY, *MINT)
+        assert len(_batch_threads()) == 1
+        wait_until(lambda: _committed_rows(tmp_path) == 22, 20.0, "the next batch's commit")
     finally:
         store.close()
 
