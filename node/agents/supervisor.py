@@ -35,6 +35,10 @@ from gibsey.node.agents.transport import TransportFailed, WorkerProc, open_worke
 log = logging.getLogger("gibsey.agents")
 
 AlertFn = Callable[[str, str, str], None]  # reason, detail, severity
+# The worker's stderr (its tracebacks, llama.cpp's load lines: a few KiB a start) is kept to
+# about this: a node that reloads its model or restarts a crashing worker for months must not
+# fill its card with one log file (the daemon logs on stderr or to the journal: [log]).
+WORKER_LOG_MAX_BYTES = 1024 * 1024
 
 
 class WorkerFailed(RuntimeError):
@@ -135,6 +139,18 @@ class _Generation:
             self.done.set_exception(exc)
 
 
+def open_worker_log(path: Path, max_bytes: int = WORKER_LOG_MAX_BYTES) -> IO[bytes]:
+    """The worker's stderr file, opened to append; one over `max_bytes` is first moved to
+    `<name>.1` (replacing the one before it), so the two hold at most the last ~2 x `max_bytes`
+    and one worker's run however many times it was started."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size > max_bytes:
+            path.replace(path.with_name(f"{path.name}.1"))
+            log.info("%s moved to %s.1 (over %d bytes)", path, path.name, max_bytes)
+    return open(path, "ab")
+
+
 class WorkerProcess:
     def __init__(self, model: Path, cfg: AgentConfig, log_path: Path | None = None) -> None:
         self.model = model
@@ -162,8 +178,7 @@ class WorkerProcess:
         self._ready = loop.create_future()
         stderr: Any = asyncio.subprocess.DEVNULL
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")  # noqa: ASYNC230 - a local log file
+            self._log = open_worker_log(self.log_path)
             stderr = self._log
         try:  # a child process, or a worker unit behind a socket ([agent] worker; transport.py)
             self.proc = await open_worker(self.model, self.cfg, stderr)
