@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from gibsey.node.glyph.opcode_table import STATES, OpcodeTable, program_hash
+import pytest
+
+from gibsey.node.glyph.opcode_table import FILENAME, STATES, OpcodeTable, program_hash
 from gibsey.node.glyph.vm.asm import assemble
 from tests.conftest import Collector, CollectorFactory, RunningNode
 from tests.events import raw_event, signed_event, topic
@@ -219,6 +222,27 @@ def test_the_table_is_seeded_versioned_and_refuses_bad_programs(tmp_path: Path) 
     again = OpcodeTable.open(tmp_path)
     assert again.current()[9].bytecode == good
     again.close()
+
+
+def test_a_table_emptied_on_the_card_is_seeded_again_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new node's table is seeded without a word; one whose file was emptied (its loaded
+    programs gone with it) is seeded again, and the log says what was lost."""
+    with caplog.at_level(logging.WARNING, logger="gibsey.glyph"):
+        table = OpcodeTable.open(tmp_path)
+        table.bind(9, assemble("    HALT\n"))
+        table.close()
+        assert caplog.records == []
+        for name in (FILENAME, f"{FILENAME}-wal", f"{FILENAME}-shm"):
+            if (tmp_path / name).exists():
+                (tmp_path / name).write_bytes(b"")
+        again = OpcodeTable.open(tmp_path)
+    assert again.current()[9].origin == "default" and len(again.current()) == STATES
+    again.close()
+    (said,) = caplog.records
+    assert "had programs bound for 0 of the 256 states" in said.getMessage()
+    assert "gibsey vm load" in said.getMessage()
 
 
 _BINDER = """

@@ -14,6 +14,7 @@ cheaper look goes first (WalIndexWatch): only when the WAL index changed is the 
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import sqlite3
 import time
@@ -23,6 +24,8 @@ from pathlib import Path
 from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, state_key
 from gibsey.node.glyph.default_programs import default_programs
 from gibsey.node.glyph.vm import binding as vm
+
+log = logging.getLogger("gibsey.glyph")
 
 FILENAME = "opcodes.sqlite3"
 STATES = BASE_SYMBOLS * len(ROTATIONS)
@@ -123,6 +126,7 @@ class OpcodeTable:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._existed = path.exists()  # a new node's table is seeded without a word
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -158,6 +162,18 @@ class OpcodeTable:
         (count,) = self._db.execute("SELECT COUNT(DISTINCT state) FROM bindings").fetchone()
         if count == STATES:
             return
+        if self._existed:
+            # Not a new node: its file was emptied or lost rows (a card's damage, a file
+            # restored from elsewhere), and the programs loaded into it with them.
+            log.warning(
+                "%s had programs bound for %d of the %d states: the default programs are bound "
+                "for the other %d (a program loaded with `gibsey vm load` before must be loaded "
+                "again)",
+                self.path,
+                count,
+                STATES,
+                STATES - count,
+            )
         defaults = default_programs()
         with self._transaction():
             bound = {s for (s,) in self._db.execute("SELECT DISTINCT state FROM bindings")}
