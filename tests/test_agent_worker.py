@@ -12,7 +12,7 @@ import pytest
 
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.model import resolve_model
-from gibsey.node.agents.supervisor import WorkerProcess
+from gibsey.node.agents.supervisor import GenRequest, Supervisor, WorkerProcess
 from tests.agent_support import TEST_AGENT, agent_node, agents, ask
 from tests.conftest import CollectorFactory
 
@@ -148,3 +148,44 @@ async def test_a_stop_that_lands_as_the_pong_arrives_still_ends_the_ping(tmp_pat
             await pinging
     finally:
         await worker.stop(kill=True)
+
+
+async def test_a_worker_grown_past_its_memory_bound_is_started_again_when_idle(
+    tmp_path: Path,
+) -> None:
+    """llama.cpp keeps a little of every answer (0.7-1 MiB with the small model): a worker
+    that gained more than `[agent] worker_memory_growth` MiB since its model loaded is started
+    again at the next idle watchdog round, and the next question is answered by the new one.
+    Under the bound, nothing happens."""
+    alerts: list[tuple[str, str, str]] = []
+    grows = AgentConfig.model_validate({**TEST_AGENT, "worker_memory_growth": 0.001})
+    model, log = resolve_model(grows.model), tmp_path / "worker.log"
+    sup = Supervisor(grows, model, log, lambda *alert: alerts.append(alert))
+    try:
+        await sup.start()
+        first = sup.pid
+        assert first is not None and sup.worker is not None and sup.worker.ready_mib
+        await sup.generate(_request())  # its buffers first used: far more than 0.001 MiB
+        await sup.check()
+        assert sup.pid not in (None, first) and sup.renewals == 1 and sup.crashes == 0
+        ((reason, detail, severity),) = alerts
+        assert (reason, severity) == ("agent_worker_renewed", "info")
+        assert f"pid {first} held" in detail and "worker_memory_growth = 0.001" in detail
+        stats = await sup.generate(_request())
+        assert stats.tokens > 0
+    finally:
+        await sup.close()
+    bounded = AgentConfig.model_validate(TEST_AGENT)  # the default bound: 256 MiB
+    sup = Supervisor(bounded, model, log)
+    try:
+        await sup.start()
+        first = sup.pid
+        await sup.generate(_request())
+        await sup.check()
+        assert sup.pid == first and sup.renewals == 0
+    finally:
+        await sup.close()
+
+
+def _request() -> GenRequest:
+    return GenRequest("Visitor: Who counts the exits?\nFox:", 8, [], lambda text: True)

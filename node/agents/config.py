@@ -92,6 +92,11 @@ class AgentConfig(ConfigSection):
     load_timeout: Seconds = 120.0
     ping_interval: Seconds = 5.0
     ping_timeout: Seconds = 5.0
+    # MiB of its own (anonymous) memory the worker may gain over what it held once its model
+    # loaded; past it, it is started again at its next idle watchdog round (0: never). Measured
+    # with the small model: ~100 MiB more over its first 25 answers (buffers first used), then
+    # 0.7-1 MiB an answer inside llama.cpp, for as long as it runs (a Pi Zero 2 W has 512 MB).
+    worker_memory_growth: Annotated[float, Field(ge=0.0, le=1_048_576.0)] = 256.0
     memory: bool = True
     memories_in_prompt: Annotated[int, Field(ge=0, le=50)] = 3
     # Each answer is one memory (~2 KiB): bounded, or months of questions fill the SD card.

@@ -200,6 +200,7 @@ class AgentService:
             "pid": sup.pid if sup else None,
             "restarts": sup.restarts if sup else 0,
             "crashes": sup.crashes if sup else 0,
+            "renewals": sup.renewals if sup else 0,
             "mode": self.pressure.mode,
             "answered": self.answered,
             "filtered": self.filtered,

@@ -151,6 +151,21 @@ def open_worker_log(path: Path, max_bytes: int = WORKER_LOG_MAX_BYTES) -> IO[byt
     return open(path, "ab")
 
 
+def anon_mib(pid: int | None) -> float | None:
+    """A process's anonymous resident memory (RssAnon: its heap and buffers, not the model's
+    pages mapped from the file), MiB; None when it cannot be read (gone, another namespace)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class WorkerProcess:
     def __init__(self, model: Path, cfg: AgentConfig, log_path: Path | None = None) -> None:
         self.model = model
@@ -164,6 +179,7 @@ class WorkerProcess:
         self._reader: asyncio.Task[None] | None = None
         self._log: IO[bytes] | None = None
         self._exited = False
+        self.ready_mib: float | None = None  # anon_mib once its model loaded
 
     @property
     def pid(self) -> int | None:
@@ -203,6 +219,7 @@ class WorkerProcess:
             await self.stop(kill=True)
             raise ModelLoadFailed(f"{self.model}: {msg.get('error', 'worker exited')}")
         self.load_s = float(msg.get("load_s", 0.0))
+        self.ready_mib = anon_mib(self.pid)
 
     async def _read_loop(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -337,6 +354,7 @@ class Supervisor:
         self.worker: WorkerProcess | None = None
         self.restarts = 0
         self.crashes = 0
+        self.renewals = 0  # workers started again for their memory (_renew_if_grown)
         self.last_failure = ""
         self._on_alert = on_alert or (lambda reason, detail, severity: None)
         self._lock = asyncio.Lock()
@@ -481,6 +499,34 @@ class Supervisor:
                 await self._discard(worker, reason, str(exc))
                 with contextlib.suppress(WorkerFailed):
                     await self._ensure()
+                return
+            await self._renew_if_grown(worker)
+
+    async def _renew_if_grown(self, worker: WorkerProcess) -> None:
+        """Start an idle worker again once it holds more than `[agent] worker_memory_growth`
+        MiB over what it held when its model loaded (hold the lock): llama.cpp keeps a little
+        of every answer (issue 19's memory sweep), and a node answering all day would
+        otherwise run a small board out of memory. Not a failure: no backoff, no crash count."""
+        limit, now = self.cfg.worker_memory_growth, anon_mib(worker.pid)
+        if not limit or worker.ready_mib is None or now is None or now - worker.ready_mib <= limit:
+            return
+        old_pid = worker.pid
+        await worker.stop()
+        if self.worker is worker:
+            self.worker = None
+        self.renewals += 1
+        try:
+            new = await self._spawn()
+        except ModelLoadFailed as exc:
+            self._failed(str(exc))
+            return
+        self._alert(
+            "agent_worker_renewed",
+            f"pid {old_pid} held {now:.0f} MiB of its own memory, {now - worker.ready_mib:.0f} "
+            f"more than once its model loaded (over [agent] worker_memory_growth = {limit:g}): "
+            f"pid {new.pid} serves {self.model}",
+            "info",
+        )
 
     async def run(self) -> None:
         while True:
