@@ -55,6 +55,7 @@ from gibsey.bench.report import Row
 from gibsey.core.config import NodeConfig
 from gibsey.core.mqtt import ClientSettings, Session, new_client_id
 from gibsey.harness.mosquitto import Mosquitto
+from gibsey.harness.nodeproc import children_named
 from gibsey.harness.ports import free_port
 from gibsey.harness.turns import node_online
 from gibsey.harness.waiting import GalleryError, wait_until
@@ -459,26 +460,12 @@ def measure(
     return run
 
 
-def _child_named(parent: int, name: str) -> int | None:
-    """A living process named `name` whose parent is `parent` (from /proc), or None."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # it ended meanwhile
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if comm == name and int(ppid) == parent and state != "Z":
-            return int(entry.name)
-    return None
-
-
 def embedded_mosquitto(node_pid: int, timeout_s: float = 30.0) -> int:
     """The pid of the node's embedded Mosquitto (its child process of that name)."""
-    pid: int = wait_until(lambda: _child_named(node_pid, "mosquitto"), timeout_s, "a Mosquitto")
-    return pid
+    found: list[int] = wait_until(
+        lambda: children_named(node_pid, "mosquitto"), timeout_s, "the node's Mosquitto"
+    )
+    return found[0]
 
 
 def _breakdown_rows(run: WearRun) -> list[Row]:

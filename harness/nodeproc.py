@@ -58,6 +58,24 @@ def spawn_up(
         )
 
 
+def children_named(parent: int, name: str) -> list[int]:
+    """Living processes named `name` whose parent is `parent` (from /proc; zombies are dead):
+    a node's embedded Mosquitto, its model worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == parent and comm == name and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def wait_for_file(proc: subprocess.Popen[bytes], path: Path, timeout_s: float, what: str) -> None:
     """Wait until the node writes `path`; kill it and raise GalleryError if it dies first or
     takes longer than `timeout` seconds."""

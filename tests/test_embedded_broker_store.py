@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gibsey.core.mqtt import ClientSettings, Session, new_client_id
-from gibsey.harness.nodeproc import spawn_up, wait_for_file
+from gibsey.harness.nodeproc import children_named, spawn_up, wait_for_file
 from gibsey.harness.ports import free_port
 from gibsey.harness.turns import node_online
 from gibsey.harness.waiting import stop_process, wait_until
@@ -156,20 +156,6 @@ async def _retained(url: str) -> bytes:
     raise AssertionError("no retained message")
 
 
-def _mosquitto_of(pid: int) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-            if comm == "mosquitto" and int(ppid) == pid and state != "Z":
-                return int(entry.name)
-    return 0
-
-
 async def test_a_retained_message_outlives_a_killed_broker_and_a_restarted_node(
     data: Path, tmp_path: Path
 ) -> None:
@@ -182,12 +168,14 @@ async def test_a_retained_message_outlives_a_killed_broker_and_a_restarted_node(
         # Saved after every change: the store is written, in RAM, none of it on the disk.
         await asyncio.to_thread(wait_until, (store / STORE_FILE).exists, 10, "the store saved")
         assert not (data / "mosquitto" / STORE_FILE).exists()
-        broker = _mosquitto_of(pid)
+        (broker,) = children_named(pid, "mosquitto")
         os.kill(broker, signal.SIGKILL)
-        again = await asyncio.to_thread(
-            wait_until, lambda: (p := _mosquitto_of(pid)) != broker and p, 15, "a new Mosquitto"
+        await asyncio.to_thread(
+            wait_until,
+            lambda: children_named(pid, "mosquitto") not in ([], [broker]),
+            15,
+            "a new Mosquitto",
         )
-        assert again
         await node_online(url, _node_id, connects=2, timeout_s=30)
         assert await _retained(url) == b"the wall is blue"
     async with _up(data, log) as (_pid, url, _node_id):

@@ -30,7 +30,7 @@ import pytest
 
 from gibsey.harness.flood import FloodRun, run_flood
 from gibsey.harness.mosquitto import MOSQUITTO, PRODUCTION_DROPIN
-from gibsey.harness.nodeproc import spawn_up, wait_for_file
+from gibsey.harness.nodeproc import children_named, spawn_up, wait_for_file
 from gibsey.harness.ports import free_port
 from gibsey.harness.turns import node_online
 from gibsey.harness.waiting import stop_process, wait_until
@@ -179,23 +179,6 @@ async def test_a_flood_from_many_names_through_the_amqtt_fallback(tmp_path: Path
         assert "embedded MQTT broker: amqtt" in node.log_text()
 
 
-def _children(pid: int, name: str) -> list[int]:
-    """Living processes named `name` whose parent is `pid` (zombies are dead)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == pid and comm == name and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -212,13 +195,13 @@ async def test_the_embedded_mosquitto_dies_with_the_node_and_comes_back_when_it_
     again and the node is back on it (online from a second connection); the node killed with
     -9, no Mosquitto of it survives (the kernel's parent-death signal)."""
     async with up(tmp_path) as node:
-        children = _children(node.proc.pid, "mosquitto")
+        children = children_named(node.proc.pid, "mosquitto")
         assert len(children) == 1, node.log_text()[-2000:]
         child = children[0]
         os.kill(child, signal.SIGKILL)
         await node_online(node.mqtt_url, node.node_id, connects=2, timeout_s=30)
         (again,) = await asyncio.to_thread(
-            wait_until, lambda: _children(node.proc.pid, "mosquitto"), 10, "a new Mosquitto"
+            wait_until, lambda: children_named(node.proc.pid, "mosquitto"), 10, "a new Mosquitto"
         )
         assert again != child
         node.proc.kill()
