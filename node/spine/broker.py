@@ -59,9 +59,9 @@ MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
 # after every change (the image's setting: a broker killed between saves loses what it
 # acknowledged), and every message the broker takes is a change: in the data directory that was
 # 15,131 B a dial turn (`gibsey bench wear`, 5 turns/s), nine times the node's own writes, on
-# the SD card the ledger is careful with. In RAM the store outlives
-# a broker restart (kill -9 included) and the node's restart, not a reboot; a node publishes
-# its own retained state again at every start.
+# the SD card the ledger is careful with. In RAM the store outlives a broker restart (kill -9
+# included) and the node's restart, not a reboot; a node publishes its own retained state again
+# at every start.
 RAM_FOLDER = Path("/dev/shm")
 STORE_FILE = "mosquitto.db"
 ORPHAN_AFTER_S = 86400.0  # a store folder whose data directory is gone, unsaved this long, goes
