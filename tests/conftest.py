@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ import pytest
 
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
+from gibsey.node.spine.broker import OWNER_FILE, RAM_FOLDER
 from gibsey.node.spine.spine import Spine
 from tests.brokers import Mosquitto, free_port
 from tests.hang_report import start_timer
@@ -25,6 +28,22 @@ def report_a_hang(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if timer is not None:
         timer.cancel()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def free_the_broker_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The embedded Mosquitto keeps its store in RAM, one folder per data directory, freed by a
+    node a day after its data directory is gone (node/spine/broker.py): the suite's nodes' are
+    freed as it ends, not left in the machine's RAM for a day."""
+    yield
+    base = tmp_path_factory.getbasetemp().resolve()
+    for folder in RAM_FOLDER.glob(f"gibsey-mosquitto-{os.getuid()}-*"):
+        try:
+            data_dir = Path((folder / OWNER_FILE).read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if data_dir.is_relative_to(base):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
