@@ -1,4 +1,4 @@
-"""When the ledger's open batch commits: one thread per store, waiting for the batch's deadline.
+"""When the ledger's open batch commits: a thread waiting for the open batch's deadline.
 
 The store (store.py) keeps an open SQLite batch that commits BATCH_IDLE_S after its last write
 or at its age limit. That deadline moves at every write; it was a `threading.Timer` cancelled

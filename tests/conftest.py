@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -15,7 +14,7 @@ import pytest
 
 from gibsey.node.config import GibseyConfig
 from gibsey.node.daemon import Node
-from gibsey.node.spine.broker import OWNER_FILE, RAM_FOLDER
+from gibsey.node.spine.broker import store_folders
 from gibsey.node.spine.spine import Spine
 from tests.brokers import Mosquitto, free_port
 from tests.hang_report import start_timer
@@ -37,11 +36,7 @@ def free_the_broker_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     freed as it ends, not left in the machine's RAM for a day."""
     yield
     base = tmp_path_factory.getbasetemp().resolve()
-    for folder in RAM_FOLDER.glob(f"gibsey-mosquitto-{os.getuid()}-*"):
-        try:
-            data_dir = Path((folder / OWNER_FILE).read_text().strip())
-        except (OSError, UnicodeDecodeError):
-            continue
+    for folder, data_dir in store_folders():
         if data_dir.is_relative_to(base):
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -30,7 +30,7 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,20 +203,29 @@ def ram_folder(data_dir: Path, ram: Path = RAM_FOLDER) -> Path:
     return ram / f"gibsey-mosquitto-{os.getuid()}-{digest}"
 
 
+def store_folders(ram: Path = RAM_FOLDER) -> Iterator[tuple[Path, Path]]:
+    """This user's store folders in `ram`, each with the data directory its owner file names
+    (one being made, with no owner file yet, or unreadable, is left out)."""
+    for folder in ram.glob(f"gibsey-mosquitto-{os.getuid()}-*"):
+        try:
+            yield folder, Path((folder / OWNER_FILE).read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            continue
+
+
 def _forget_orphans(ram: Path, ours: Path) -> None:
     """Remove this user's other store folders whose data directory is gone (a node deleted, a
     test's temporary directory) and that no broker saved for a day: RAM is the machine's, and
     nothing else would free them. (A running node's broker saves every few seconds, its status
     being retained; one whose data directory only this process cannot see, in a mount namespace
     of its own, is left alone so.)"""
-    for folder in ram.glob(f"gibsey-mosquitto-{os.getuid()}-*"):
+    for folder, data_dir in store_folders(ram):
         try:
             if folder == ours or not _is_own(folder):
                 continue
-            data_dir = Path((folder / OWNER_FILE).read_text().strip())
             gone = data_dir.is_absolute() and not data_dir.exists() and _untouched(folder)
-        except (OSError, UnicodeDecodeError):
-            continue  # another node's, being made (its owner file comes next), or removed
+        except OSError:
+            continue  # removed meanwhile
         if gone:
             shutil.rmtree(folder, ignore_errors=True)
             log.info(
