@@ -16,6 +16,18 @@ answer of the same size (the echo pads the request to the node's ritual/performe
 request's id in it with json.loads. (Until issue 19 the echo got a bare 32-byte key and the driver
 skipped the JSON, and on two cores the driver's own JSON counted against the node.) Round trip:
 median over sequential single events. Throughput: a sustained rate with a bounded window.
+
+Where the node's round trip goes (session 31, a probe timing the node's own read of each turn
+during this bench's round trips, medians from the read's start): paho reads the packet and
+hands it to the router at 60 us (the spine echo reaches its answer at 58: the same paho); the
+envelope's validation ends at 86, the router's bookkeeping (duplicates, the clock, dispatch) at
+96, the gates and the program's lookup at 113, the VM at 127 (a 5 us call warm, 14 here), the
+ritual's record and its event reach the spine at 155, paho has queued it at 181, and the read
+ends (the PUBACK, one send) at 217. The same router + ritual warm in-process is ~36 us: in the
+round trip every turn finds the caches cold, after the broker and the driver ran on the same
+two cores. Writing the answer from inside the read, before the PUBACK and the rest of the read
+(~30 us of the 217), is not done: paho's loop_write, called there, takes its callback lock again
+for a QoS 0 publish (threading.Lock: a deadlock).
 """
 
 from __future__ import annotations
@@ -229,6 +241,10 @@ class Samples:
     round_trips_s: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     cpu_per_event_us: list[float] = field(default_factory=list)
+    # Over the sequential round trips, per round trip: the middle's main thread (its event
+    # loop; paho's loop for the bare echo) on a CPU, and ready but waiting for one (us).
+    rt_oncpu_us: list[float] = field(default_factory=list)
+    rt_waiting_us: list[float] = field(default_factory=list)
 
 
 def _cpu_s(pid: int) -> float:
@@ -237,15 +253,27 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _main_thread_ns(pid: int) -> tuple[int, int]:
+    """Nanoseconds process `pid`'s main thread has spent on a CPU, and ready to run but waiting
+    for one (/proc/PID/schedstat: nanoseconds, where /proc/PID/stat counts 10 ms ticks)."""
+    on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(on_cpu), int(waiting)
+
+
 def _measure(
     paths: list[BenchPath], make: Callable[[str], bytes], sizes: tuple[int, int, int]
 ) -> None:
     """One repeat: round trips taken in turn, one per path, so that the machine's noise at any
     moment hits every path alike; then each path's sustained rate and its middle's CPU."""
     rounds, burst, window = sizes
+    before = [_main_thread_ns(path.pid) for path in paths]
     for _ in range(rounds):
         for path in paths:
             path.samples.round_trips_s += path.driver.round_trips(path.topic, make, 1)
+    for path, (on_cpu, waiting) in zip(paths, before, strict=True):
+        on_cpu_now, waiting_now = _main_thread_ns(path.pid)
+        path.samples.rt_oncpu_us.append((on_cpu_now - on_cpu) / rounds / 1e3)
+        path.samples.rt_waiting_us.append((waiting_now - waiting) / rounds / 1e3)
     for path in paths:
         cpu_s = _cpu_s(path.pid)
         path.samples.rates.append(path.driver.throughput(path.topic, make, burst, window))
@@ -393,6 +421,12 @@ class Figures:
     def cpu_us(self, name: str) -> float:
         return statistics.median(self.paths[name].cpu_per_event_us)
 
+    def rt_oncpu_us(self, name: str) -> float:
+        return statistics.median(self.paths[name].rt_oncpu_us)
+
+    def rt_waiting_us(self, name: str) -> float:
+        return statistics.median(self.paths[name].rt_waiting_us)
+
 
 def _rows(paths: dict[str, Samples], router_us: float, burst: int, window: int) -> list[Row]:
     fig = Figures(paths)
@@ -414,12 +448,7 @@ def _rows(paths: dict[str, Samples], router_us: float, burst: int, window: int) 
         " property tables shared (core/paho_lean.py): the node 87-97 -> 70-77 us an event (4"
         " interleaved pairs each). TCP_CORK on writes: no gain"
     )
-    rt_limit = (
-        f"limit: the spine alone is {rt_us('spine') / rt_us('bare'):.2f}x; the node's critical"
-        f" path adds the router + ritual ({router_us:.0f} us CPU in-process), and on two cores"
-        " its 4 packets a turn take CPU from the broker and the driver. MQTT 5 costs the round"
-        " trip ~0.1x (the same node over 3.1.1: 1.53x vs 1.62x, 4 pairs) for its CPU saving"
-    )
+    rt_limit = _round_trip_limit(fig, router_us)
     return [
         _unless_met(
             Row(
@@ -448,6 +477,30 @@ def _rows(paths: dict[str, Samples], router_us: float, burst: int, window: int) 
     ]
 
 
+def _round_trip_limit(fig: Figures, router_us: float) -> str:
+    """What stops the round trip's goal, from this run: the node's loop is on a CPU for nearly
+    all of its extra time over the spine alone (its main thread's schedstat over the same round
+    trips), and that CPU is the router + ritual, run on caches the broker and the driver left
+    cold (against the same code warm in-process)."""
+    on_cpu, waiting = fig.rt_oncpu_us, fig.rt_waiting_us
+    extra_cpu = on_cpu("node") - on_cpu("spine")
+    extra_rt = fig.rt_us("node") - fig.rt_us("spine")
+    return (
+        f"limit: CPU on the critical path. Over these round trips the node's loop was on a CPU"
+        f" {on_cpu('node'):.0f} us a turn (ready and waiting for a core {waiting('node'):.0f}),"
+        f" the spine alone as an echo {on_cpu('spine'):.0f} ({waiting('spine'):.0f}), the bare"
+        f" echo {on_cpu('bare'):.0f} ({waiting('bare'):.0f}): the node's {extra_cpu:.0f} us"
+        f" more on a CPU against its round trip's {extra_rt:.0f} us more than the spine's"
+        f" (which alone is {fig.rt_us('spine') / fig.rt_us('bare'):.2f}x the bare echo). That"
+        f" CPU is the router + ritual: {router_us:.0f} us warm in-process, here"
+        f" {extra_cpu / router_us:.1f}x that, each turn finding the caches cold after the"
+        " broker and the driver ran on the same two cores (the module's docstring breaks it"
+        " down)."
+        " MQTT 5 costs the round trip ~0.1x (the same node over 3.1.1: 1.53x vs 1.62x, 4"
+        " pairs) for its CPU saving"
+    )
+
+
 def _breakdown_rows(fig: Figures, router_us: float) -> list[Row]:
     """Where the node's time goes: the spine alone, with its own answers back, the router."""
     rt_us, rate, cpu_us = fig.rt_us, fig.rate, fig.cpu_us
@@ -459,6 +512,20 @@ def _breakdown_rows(fig: Figures, router_us: float) -> list[Row]:
             rate("spine+own"),
             rate("bare"),
             "events/s",
+        ),
+        Row(
+            "CPU per round trip: the node's loop",
+            fig.rt_oncpu_us("node"),
+            fig.rt_oncpu_us("bare"),
+            "us",
+            note="its main thread on a CPU over the round trips (/proc/PID/schedstat); baseline:"
+            " the bare echo's",
+        ),
+        Row(
+            "CPU per round trip: the spine alone's loop",
+            fig.rt_oncpu_us("spine"),
+            fig.rt_oncpu_us("bare"),
+            "us",
         ),
         Row("CPU per event: the node", cpu_us("node"), cpu_us("bare"), "us", note=CPU_NOTE),
         Row("CPU per event: the spine alone", cpu_us("spine"), cpu_us("bare"), "us"),
