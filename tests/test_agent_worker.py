@@ -12,7 +12,13 @@ import pytest
 
 from gibsey.node.agents.config import AgentConfig
 from gibsey.node.agents.model import resolve_model
-from gibsey.node.agents.supervisor import GenRequest, Supervisor, WorkerProcess
+from gibsey.node.agents.supervisor import (
+    STOPPING,
+    GenRequest,
+    Supervisor,
+    WorkerFailed,
+    WorkerProcess,
+)
 from tests.agent_support import TEST_AGENT, agent_node, agents, ask
 from tests.conftest import CollectorFactory
 
@@ -185,6 +191,37 @@ async def test_a_worker_grown_past_its_memory_bound_is_started_again_when_idle(
         assert sup.pid == first and sup.renewals == 0
     finally:
         await sup.close()
+
+
+async def test_a_stop_during_an_answer_is_no_worker_death(tmp_path: Path) -> None:
+    """Tried: `gibsey up` stopped while its persona answered. The stop ends the worker
+    (Supervisor.close), and the answer in flight took that for a crash: a critical
+    `agent_worker_died` alert, "pid N: worker exited (status -9); restarting", on every stop
+    during an answer. Must hold: the answer ends saying the node stops, with no alert and no
+    crash counted."""
+    alerts: list[tuple[str, str, str]] = []
+    cfg = AgentConfig.model_validate(TEST_AGENT)
+    sup = Supervisor(
+        cfg, resolve_model(cfg.model), tmp_path / "worker.log", lambda *a: alerts.append(a)
+    )
+    streaming = asyncio.Event()
+
+    def on_token(text: str) -> bool:
+        streaming.set()
+        return True  # go on: the answer is long
+
+    long_answer = GenRequest(
+        "Visitor: Tell me everything about the exits.\nFox:", 400, [], on_token
+    )
+    try:
+        await sup.start()
+        answering = asyncio.create_task(sup.generate(long_answer))
+        await asyncio.wait_for(streaming.wait(), ANSWER_BOUND_S)
+    finally:
+        await sup.close()
+    with pytest.raises(WorkerFailed, match=STOPPING):
+        await answering
+    assert alerts == [] and sup.crashes == 0
 
 
 def _request() -> GenRequest:

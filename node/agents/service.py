@@ -481,8 +481,10 @@ class AgentService:
             stats = await sup.generate(gen)
         except (WorkerFailed, GenerationFailed) as exc:
             # A visitor's request the model could not serve is still answered, never left
-            # waiting: one line in the log, no traceback, no alert (the worker serves on).
-            log.warning("request %s cut short: %s", event.id, exc)
+            # waiting: one line in the log, no traceback, no alert (the worker serves on). One
+            # the node's stop cut short is no fault: said at info.
+            level = logging.INFO if sup.closed else logging.WARNING
+            log.log(level, "request %s cut short: %s", event.id, exc)
             return self._canned(persona), seq
         if stats.cut:
             log.debug(

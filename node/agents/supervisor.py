@@ -35,6 +35,9 @@ from gibsey.node.agents.transport import TransportFailed, WorkerProc, open_worke
 log = logging.getLogger("gibsey.agents")
 
 AlertFn = Callable[[str, str, str], None]  # reason, detail, severity
+# Why a request ends when the node stops mid-answer (close() ends its worker): no failure, no
+# alert. Every stop during an answer had raised a critical agent_worker_died, "restarting".
+STOPPING = "the node is stopping"
 # The worker's stderr (its tracebacks, llama.cpp's load lines: a few KiB a start) is kept to
 # about this: a node that reloads its model or restarts a crashing worker for months must not
 # fill its card with one log file (the daemon logs on stderr or to the journal: [log]).
@@ -455,6 +458,8 @@ class Supervisor:
                 try:
                     return await worker.generate(request)
                 except WorkerFailed as exc:
+                    if self.closed:  # close() ended it as the node stops: nothing died
+                        raise WorkerFailed(STOPPING) from None
                     reason = "agent_worker_wedged" if "wedged" in str(exc) else "agent_worker_died"
                     await self._discard(worker, reason, str(exc))
                     raise
