@@ -15,6 +15,7 @@ waiting a minute.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,3 +96,38 @@ class PacedLog:
             held.total,
         )
         held.said_at, held.more = now, 0
+
+
+class PacedRecords(logging.Filter):
+    """A filter for another library's loggers (OpenTelemetry's exporter, core/trace.py), which
+    log a line per failure: the first record of each kind (its logger and format string) passes,
+    then at most one per `interval_s`, saying how many like it were held back. An OTLP collector
+    that is switched off had the node log three lines every ~3 s for as long as it stayed off
+    (~86,000 a night on a card's journal). Thread-safe: exporters log from their own thread."""
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], _Held] = {}  # by kind: said when, how many since
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            held = self._held.get(kind)
+            if held is None:
+                if len(self._held) >= 256:  # kinds are a library's format strings: few
+                    self._held.clear()
+                self._held[kind] = _Held(now, total=1)
+                return True
+            held.total += 1
+            if now - held.said_at < self.interval_s:
+                held.more += 1
+                return False
+            more, since = held.more, now - held.said_at
+            held.said_at, held.more = now, 0
+        if more:
+            record.msg = f"{record.msg} (and {more} like it unlogged in the {since:.0f} s before)"
+        return True

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, Field
 
 from gibsey.core.config import ConfigSection
+from gibsey.core.paced import PacedRecords
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -145,9 +146,24 @@ def configure(config: TelemetryConfig, service: str) -> Callable[[], None] | Non
             )
             _provider = provider
             _tracer = provider.get_tracer("gibsey")
+            _pace_library_logs()
             install_log_records()
             log.info("tracing: spans of every turn go to %s (OTLP/HTTP)", config.otlp_endpoint)
     return shutdown
+
+
+# One filter for all of OpenTelemetry's loggers, added once however often tracing is configured.
+_PACED = PacedRecords()
+
+
+def _pace_library_logs() -> None:
+    """OpenTelemetry's exporter logs every failed export (three lines every ~3 s while a
+    collector is off or unreachable) and its batch processor every span it drops: each kind of
+    line from its loggers is said once a minute at most (core/paced.PacedRecords)."""
+    for name in list(logging.root.manager.loggerDict):
+        logger = logging.getLogger(name)
+        if name.startswith("opentelemetry") and _PACED not in logger.filters:
+            logger.addFilter(_PACED)
 
 
 def shutdown() -> None:

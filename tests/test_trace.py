@@ -13,6 +13,8 @@ import pytest
 
 from gibsey.core import trace
 from gibsey.core.envelope import GlyphRotated, Rejection, encode_event, json_schemas, parse_event
+from gibsey.core.paced import PacedRecords
+from gibsey.harness.ports import free_port
 from gibsey.mesh import wire
 from gibsey.node.gateway.journal import record_fields
 from tests.conftest import CollectorFactory, RunningNode
@@ -179,3 +181,58 @@ async def test_a_clients_traced_turn_is_continued_with_tracing_off(
         )
     )
     assert "trace" not in ritual
+
+
+DEAD_COLLECTOR_SCRIPT = """
+import json, logging, sys
+from gibsey.core import trace
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.basicConfig(level=logging.INFO, handlers=[Keep()])
+url = f"http://127.0.0.1:{sys.argv[1]}/v1/traces"
+trace.configure(trace.TelemetryConfig(otlp_endpoint=url, export_delay_s=60), "n1")
+for _ in range(2):
+    with trace.span("turn"):
+        pass
+    trace._provider.force_flush(20_000)
+print(json.dumps(said))
+"""
+
+
+def test_a_collector_switched_off_costs_one_line_of_each_kind_a_minute() -> None:
+    """Tried: `[telemetry] otlp_endpoint` naming a collector that is switched off (nothing
+    listens), two turns' spans exported. OpenTelemetry's exporter logs each try ("Transient
+    error ... retrying") and each failed batch: three lines every ~3 s while the collector
+    stays off, ~86,000 a night on a card's journal. Must hold: each kind of line once."""
+    done = subprocess.run(
+        [sys.executable, "-c", DEAD_COLLECTOR_SCRIPT, str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [line for line in said if "Transient error" in line][1:] == []
+    assert len([line for line in said if "Failed to export" in line]) == 1, said
+
+
+def test_paced_records_say_what_they_held_back_once_the_interval_passed() -> None:
+    """The first record of a kind passes, the same kind within the interval does not, and the
+    next one after it says how many were held back; another kind is not held by the first."""
+    now = [0.0]
+    paced = PacedRecords(interval_s=60.0, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("otel", logging.WARNING, __file__, 1, msg, ("x",), None)
+
+    assert paced.filter(record("Transient error %s"))
+    now[0] = 30.0
+    assert not paced.filter(record("Transient error %s"))
+    assert not paced.filter(record("Transient error %s"))
+    assert paced.filter(record("Failed to export %s"))
+    now[0] = 61.0
+    later = record("Transient error %s")
+    assert paced.filter(later)
+    assert later.getMessage() == "Transient error x (and 2 like it unlogged in the 61 s before)"
