@@ -156,7 +156,10 @@ async def _serve(node: Node, broker: str | None, console: Console | None) -> int
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrors())
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: the terminal closed, or the technician's SSH session to the Pi dropped while
+    # `make run` ran in it. By default it ended the node at once, mid-turn: no last word to the
+    # dashboards (offline), no last group committed, its broker and worker killed after it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         await node.start(broker)

@@ -286,6 +286,23 @@ async def test_a_terminals_ctrl_c_stops_the_node_before_its_embedded_broker(tmp_
     assert "embedded Mosquitto died" not in text, text[-2000:]
 
 
+async def test_a_hangup_stops_the_node_cleanly(tmp_path: Path) -> None:
+    """`make run` over SSH, and the session drops (or the terminal window is closed): the node
+    gets SIGHUP. It died at once, mid-turn, saying nothing; it must stop as on Ctrl-C."""
+    log = tmp_path / "up.log"
+    proc, _port = await _up_on_its_embedded_broker(tmp_path, log)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert "stopped cleanly" in text
+
+
 async def test_the_embedded_broker_dies_with_a_killed_node(tmp_path: Path) -> None:
     """kill -9 of the node (an OOM kill, a watchdog's): its embedded Mosquitto, in a session
     of its own, is not left behind holding the port for the next start."""
