@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -152,15 +153,32 @@ def set_heap_aside() -> int:
     return gc.get_freeze_count()
 
 
+def _terminal_fds() -> list[int]:
+    """stdout and stderr, those of them that are a terminal."""
+    return [fd for fd in (1, 2) if os.isatty(fd)]
+
+
+def _hung_up(stop: asyncio.Event, terminal_fds: list[int]) -> None:
+    """SIGHUP: the terminal closed, or the technician's SSH session to the Pi dropped while
+    `make run` ran in it. By default it ended the node at once, mid-turn: no last word to the
+    dashboards (offline), no last group committed. The node stops as on Ctrl-C, and what it
+    says from here on goes nowhere if it was saying it to that terminal: a write to a terminal
+    that is gone fails (EIO), and the status line's last frame failing ended the node mid-stop."""
+    if terminal_fds:
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        for fd in terminal_fds:
+            os.dup2(nowhere, fd)
+        os.close(nowhere)
+    stop.set()
+
+
 async def _serve(node: Node, broker: str | None, console: Console | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrors())
-    # SIGHUP too: the terminal closed, or the technician's SSH session to the Pi dropped while
-    # `make run` ran in it. By default it ended the node at once, mid-turn: no last word to the
-    # dashboards (offline), no last group committed, its broker and worker killed after it.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _hung_up, stop, _terminal_fds())
     try:
         await node.start(broker)
     except EmbeddedBrokerError as exc:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -286,21 +290,47 @@ async def test_a_terminals_ctrl_c_stops_the_node_before_its_embedded_broker(tmp_
     assert "embedded Mosquitto died" not in text, text[-2000:]
 
 
-async def test_a_hangup_stops_the_node_cleanly(tmp_path: Path) -> None:
+def test_a_hangup_stops_the_node_cleanly(tmp_path: Path) -> None:
     """`make run` over SSH, and the session drops (or the terminal window is closed): the node
-    gets SIGHUP. It died at once, mid-turn, saying nothing; it must stop as on Ctrl-C."""
-    log = tmp_path / "up.log"
-    proc, _port = await _up_on_its_embedded_broker(tmp_path, log)
+    gets SIGHUP, and its terminal is gone. It died at once, mid-turn, saying nothing; once it
+    stopped on SIGHUP, its status line's last frame, written to the terminal that was gone
+    (EIO), ended it mid-stop. Must hold: it stops as on Ctrl-C, its run marked clean."""
+    data, port = tmp_path / "node", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIBSEY_")}
+    env |= {"GIBSEY_EMBEDDED_PORT": str(port)}
+    master, terminal = pty.openpty()
+    cmd = [sys.executable, "-m", "gibsey", "up", "--data", str(data), "--http", "off"]
+    # The pty is its controlling terminal, as a login's is: closing the master hangs it up.
+    proc = subprocess.Popen(
+        cmd, stdin=terminal, stdout=terminal, stderr=terminal, env=env, preexec_fn=_own_terminal
+    )
+    os.close(terminal)
+    shown = threading.Thread(target=_read_until_gone, args=(master,), daemon=True)
+    shown.start()  # read as a terminal shows it: a full pty would stall the node
     try:
-        proc.send_signal(signal.SIGHUP)
-        code = await asyncio.to_thread(proc.wait, 30)
+        wait_for_file(proc, data / "node_id", 60, "gibsey up")
+        node_id = (data / "node_id").read_text().strip()
+        asyncio.run(node_online(f"mqtt://127.0.0.1:{port}", node_id, connects=1, timeout_s=30))
+        os.close(master)  # the terminal goes away
+        code = proc.wait(30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
-    text = log.read_text()
-    assert code == 0, text[-2000:]
-    assert "stopped cleanly" in text
+    assert code == 0
+    assert json.loads((data / "run.json").read_text())["clean"] is True
+
+
+def _own_terminal() -> None:
+    """In the child: a session of its own, with stdin's pty as its controlling terminal."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _read_until_gone(master: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(master, 65536):
+            pass
 
 
 async def test_the_embedded_broker_dies_with_a_killed_node(tmp_path: Path) -> None:
