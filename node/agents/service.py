@@ -455,9 +455,7 @@ class AgentService:
         sup = self.supervisor
         if sup is None:
             return self._canned(persona), 0
-        max_tokens = min(req.max_tokens, self.cfg.max_tokens)
-        if mode == "short":
-            max_tokens = min(max_tokens, SHORT_MODE_TOKENS)
+        max_tokens = self._token_budget(req, mode)
         memories = await self._recall(persona, req.prompt)
         facts = [f.sentence() for f in self.facts.query(subject=event.actor, limit=3)]
         prompt = persona.prompt(req.prompt, memories, facts)
@@ -508,6 +506,12 @@ class AgentService:
         self.answered += 1
         self._remember(persona, req.prompt, text, event)
         return text, seq
+
+    def _token_budget(self, req: AgentRequest, mode: str) -> int:
+        """The most tokens an answer may take: the request's, within the node's bound, and
+        within the short mode's while the node is under pressure."""
+        max_tokens = min(req.max_tokens, self.cfg.max_tokens)
+        return min(max_tokens, SHORT_MODE_TOKENS) if mode == "short" else max_tokens
 
     async def _warm_embedder(self) -> None:
         """Load the embedding model now, not in the first visitor's request: onnxruntime's
