@@ -25,7 +25,7 @@ from gibsey.harness.nodeproc import NodeProc
 from gibsey.harness.waiting import GalleryError
 
 REPO = Path(__file__).resolve().parent.parent
-SHORT = re.compile(r"^\s+(gibsey rehearse [^\n>]*> rehearsal\.txt)$", re.MULTILINE)
+SHORT = re.compile(r"^\s+(\.venv/bin/gibsey rehearse [^\n>]*> rehearsal\.txt)$", re.MULTILINE)
 
 
 @contextmanager
@@ -93,11 +93,10 @@ def test_the_readme_short_rehearsal_piped_on_a_busy_machine(tmp_path: Path) -> N
     found = SHORT.search((REPO / "README.md").read_text())
     assert found, "README.md shows the short rehearsal command"
     line = found.group(1)
-    env = dict(
-        os.environ,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        TMPDIR=str(tmp_path),
-    )
+    # As from the project's directory (the README's `.venv/bin/gibsey`), with nothing of the
+    # venv on PATH: the line once named a bare `gibsey`, which only the test's PATH found.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     with _busy_machine():
         done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, timeout=600, check=False)
     out = (tmp_path / "rehearsal.txt").read_text()
