@@ -91,6 +91,6 @@ async def test_a_node_without_canon_says_so_once_not_at_every_dream(
     refused = [e["payload"] for e in col.of_kind("safety/alert")]
     refused = [p for p in refused if p["reason"] == "story_refused"]
     assert len(refused) == 1
-    assert refused[0]["detail"].startswith("1 Dream turn(s) in the last ")
+    assert refused[0]["detail"].startswith("1 turn(s) proposing a branch in the last ")
     assert "(1 since the start; last: " in refused[0]["detail"]
     assert "wanted dream-london-fox): `gibsey story import`" in refused[0]["detail"]

@@ -93,8 +93,8 @@ class Story:
         self.ledger = ledger
         # The graph's writes report to the ledger's DiskHealth (the node's, in a node).
         self.graph = graph or StoryGraph.open(data_dir, ledger.store.disk)
-        # Glyphs' proposals (Dream turns) that found no canon to branch from: a node's count,
-        # said by its story part (node/story/part.py), paced.
+        # Glyphs' proposals (Remember and Dream turns) that found no canon to branch from: a
+        # node's count, said by its story part (node/story/part.py), paced.
         self.proposals_without_canon = 0
 
     @classmethod

@@ -8,10 +8,11 @@
 - A service keeps the story graph in step with the ledger (entries from the CLI and the mesh
   included) and runs this node's narrative-merge executor for hearings that passed, which
   announces change="merge" once per hearing on this node.
-- A node with no canon yet (a fresh one: no `gibsey story import`) cannot branch a Dream turn's
-  proposal: said as `story_refused` at the first, then at most once per NO_CANON_ALERT_S with the
-  count (DropAlerts), not once a turn: visitors dreaming on such a node would otherwise fill the
-  dashboards, and the router's alert budget that the node's other alerts share.
+- A node with no canon yet (a fresh one: no `gibsey story import`) cannot branch a turn's
+  proposal (Remember's and Dream's default programs propose): said as `story_refused` at the
+  first, then at most once per NO_CANON_ALERT_S with the count (DropAlerts), not once a turn:
+  visitors turning such a node would otherwise fill the dashboards, and the router's alert
+  budget that the node's other alerts share.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ async def _keep_in_step(
 
 
 class _NoCanonNotice:
-    """Says the Dream turns refused for want of canon since it last said so, when due."""
+    """Says the proposing turns refused for want of canon since it last said so, when due."""
 
     def __init__(self, node: Node, story: Story) -> None:
         self._node = node
@@ -136,8 +137,8 @@ class _NoCanonNotice:
         total = {STORY_REFUSED: self._story.proposals_without_canon}
         for due in self._alerts.due(total, time.monotonic()):
             detail = (
-                f"{due.dropped} Dream turn(s) in the last {due.since_s:.0f}s found no {CANON} to "
-                f"branch from ({due.total} since the start; last: {self._last}): "
+                f"{due.dropped} turn(s) proposing a branch in the last {due.since_s:.0f}s found "
+                f"no {CANON} to branch from ({due.total} since the start; last: {self._last}): "
                 "`gibsey story import` gives the node its corpus"
             )
             log.warning("%s: %s", STORY_REFUSED, detail)
