@@ -63,12 +63,12 @@ def choose_net(wanted: str) -> tuple[str, str]:
     if wanted not in NETS:
         raise GalleryError(f"--net {wanted!r}: expected one of {', '.join(NETS)}")
     if wanted == "loopback":
-        return "loopback", "asked for (--net loopback)"
+        return "loopback", "asked for with --net loopback"
     why_not = netns.unavailable()
     if wanted == "netns":
         if why_not:
             raise GalleryError(f"--net netns: {why_not}")
-        return "netns", "asked for (--net netns)"
+        return "netns", "asked for with --net netns"
     if why_not:
         return "loopback", f"auto: {why_not}"
     return "netns", "auto: running as root and `ip netns` works"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from gibsey.harness.mosquitto import Mosquitto
 from gibsey.harness.nodeproc import NodeProc
-from gibsey.harness.waiting import GalleryError
+from gibsey.harness.waiting import GalleryError, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = re.compile(r"^\s+(\.venv/bin/gibsey rehearse [^\n>]*> rehearsal\.txt)$", re.MULTILINE)
@@ -112,3 +113,36 @@ def test_the_readme_short_rehearsal_piped_on_a_busy_machine(tmp_path: Path) -> N
     page = html.unescape(report.read_text())
     assert "<th>n1</th><th>n2</th>" in page, page[:3000]
     assert re.search(r"time to converge after the visitors left</th><td>[0-9.]+ s<", page), page
+
+
+def test_a_rehearsal_piped_and_stopped_with_ctrl_c_says_each_line_whole(tmp_path: Path) -> None:
+    """Tried (an outside audit): a rehearsal without an end, piped into a file, stopped with
+    Ctrl-C. The live table's last frame, cut by the interrupt, kept its missing newline, and the
+    next message ran into it ("... data: /tmp/x-rootthe visitors have left"). Must hold: each
+    message on a line of its own, and every node stopped cleanly."""
+    out_file = tmp_path / "rehearsal.txt"
+    cmd = [sys.executable, "-m", "gibsey", "rehearse", "--nodes", "1", "--minutes", "0"]
+    cmd += ["--net", "loopback", "--calm", "--root", str(tmp_path / "room")]
+    with out_file.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    room, report = tmp_path / "room", tmp_path / "room" / "report" / "index.html"
+
+    def live() -> bool:
+        """The live view runs once it writes the report asked for with SIGUSR1 (into a pipe it
+        shows nothing until it stops). Asked only once the nodes start: the handler is set."""
+        if (room / "n1").exists():
+            proc.send_signal(signal.SIGUSR1)
+        return report.exists()
+
+    try:
+        wait_until(live, 100, "the live view (its report written on SIGUSR1)", step_s=0.5)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out_file.read_text()
+    assert "Traceback" not in text and "Warning" not in text, text[-3000:]
+    assert re.search(r"^the visitors have left", text, re.MULTILINE), text[-3000:]
+    assert "every node stopped cleanly" in text, text[-3000:]

@@ -115,7 +115,7 @@ def test_rehearse_meshes_three_nodes_in_namespaces(can_netns: None, tmp_path: Pa
             proc.wait(30)
     out = out_path.read_text(errors="replace")
     assert rc == 130, out[-4000:]  # interrupted, as Ctrl-C reports it
-    assert "network: netns (asked for (--net netns))" in out, out[-4000:]
+    assert "network: netns (asked for with --net netns)" in out, out[-4000:]
     assert "converged in" in (root / "report" / "index.html").read_text()
     assert "every node stopped cleanly" in out, out[-4000:]
     m = re.search(r"network namespaces removed \((gibsey-\d+-([0-9a-f]{6}))-\*\)", out)
@@ -238,4 +238,4 @@ def test_auto_falls_back_to_loopback_when_not_root(monkeypatch: pytest.MonkeyPat
     )
     with pytest.raises(GalleryError, match=r"--net netns: not running as root \(uid 1000\)"):
         choose_net("netns")
-    assert choose_net("loopback") == ("loopback", "asked for (--net loopback)")
+    assert choose_net("loopback") == ("loopback", "asked for with --net loopback")

@@ -51,6 +51,9 @@ from gibsey.harness.rehearse.report import Timeline, write_report
 from gibsey.harness.rehearse.visitors import Visitors
 from gibsey.harness.waiting import wait_until
 
+# One step of the chaos plan: (seconds into the run, what to do, its arguments).
+Planned = tuple[float, Any, tuple[Any, ...]]
+
 
 class Rehearsal:
     def __init__(
@@ -392,7 +395,7 @@ class Rehearsal:
         self.console.print(f"report: {path}")
         return 130 if interrupted else 0
 
-    def _chaos_plan(self, span_s: float) -> list[tuple[float, Any, tuple[Any, ...]]]:
+    def _chaos_plan(self, span_s: float) -> list[Planned]:
         """What goes wrong and when: a node killed at a third, one partitioned at two thirds."""
         g = self.gallery
         if self.args.calm or len(g.nodes) < 2:
@@ -407,26 +410,32 @@ class Rehearsal:
         minutes = self.args.minutes
         deadline = time.monotonic() + minutes * 60 if minutes else math.inf
         plan = self._chaos_plan(minutes * 60 if minutes else 300.0)
+        try:
+            with Live(self.view(), console=self.console, refresh_per_second=2) as live:
+                self._live_until(deadline, plan, live)
+        finally:
+            if not self.console.is_terminal:
+                # Into a pipe, Live's last frame ends without a newline (Ctrl-C's too).
+                self.console.line()
+
+    def _live_until(self, deadline: float, plan: list[Planned], live: Live) -> None:
         hearings = 0
         next_hearing_s = 20.0
-        with Live(self.view(), console=self.console, refresh_per_second=2, transient=False) as live:
-            while time.monotonic() < deadline:
-                now = time.monotonic() - self.t0
-                for item in [p for p in plan if p[0] <= now]:
-                    plan.remove(item)
-                    self._background(item[1], *item[2])
-                if now >= next_hearing_s:
-                    hearings += 1
-                    next_hearing_s = now + 60.0
-                    self._background(self.hearing, hearings)
-                self.sample()
-                live.update(self.view())
-                if self.report_now.is_set():
-                    self.report_now.clear()
-                    self.events_log.append(f"report written: {self.write()}")
-                time.sleep(1.0)
-        if not self.console.is_terminal:
-            self.console.line()  # into a pipe, Live's last frame ends without a newline
+        while time.monotonic() < deadline:
+            now = time.monotonic() - self.t0
+            for item in [p for p in plan if p[0] <= now]:
+                plan.remove(item)
+                self._background(item[1], *item[2])
+            if now >= next_hearing_s:
+                hearings += 1
+                next_hearing_s = now + 60.0
+                self._background(self.hearing, hearings)
+            self.sample()
+            live.update(self.view())
+            if self.report_now.is_set():
+                self.report_now.clear()
+                self.events_log.append(f"report written: {self.write()}")
+            time.sleep(1.0)
 
     def _converge(self) -> None:
         """Bring back what a restart left down, heal every partition, wait for one truth."""

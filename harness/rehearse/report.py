@@ -111,7 +111,8 @@ def plot_balances(tl: Timeline, path: Path, top: int = 8) -> None:
         )
     ax2.set_ylabel("supply (dashed)")
     _marks(ax, tl)
-    ax.legend(loc="upper left", fontsize=7, ncol=2)
+    if last:  # no actor holds tokens yet (a report asked for early): matplotlib warned
+        ax.legend(loc="upper left", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
