@@ -419,10 +419,11 @@ def check_disk(data: Path, usage: Callable[[Path], Any] = shutil.disk_usage) -> 
     if probe != data.absolute():  # (a relative --data is the directory it names, made or not)
         detail += f" ({data} does not exist yet: the first start makes it)"
     if u.free < MIN_FREE_BYTES or u.free < MIN_FREE_FRACTION * u.total:
+        need = max(MIN_FREE_BYTES, MIN_FREE_FRACTION * u.total)
         return Check(
             "disk",
             FAIL,
-            detail,
+            f"{detail}: a node needs {need / 1e6:,.0f} MB free at least",
             "free space: old logs (`journalctl --vacuum-size=50M`), or a bigger card",
         )
     if data == IMAGE_DATA_DIR and data.exists() and not os.path.ismount(data):

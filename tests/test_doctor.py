@@ -59,6 +59,8 @@ def test_low_disk_fails(tmp_path: Path) -> None:
     usage = namedtuple("usage", "total used free")
     check = cli_doctor.check_disk(tmp_path, usage=lambda _: usage(10**10, 10**10 - 10**6, 10**6))
     assert check.status == FAIL and "journalctl --vacuum" in check.fix
+    # What it needs, said: "8 MB free of 8 MB" alone read as a contradiction (an outside audit).
+    assert check.detail.endswith(": a node needs 500 MB free at least"), check.detail
 
 
 def test_agents_configured_without_a_model_fail(tmp_path: Path) -> None:
