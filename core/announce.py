@@ -16,6 +16,7 @@ from pathlib import Path
 from gibsey.core.config import ConfigError, NodeConfig, load_config
 from gibsey.core.envelope import Payload, encode_event
 from gibsey.core.identity import KEY_FILENAME, load_or_create
+from gibsey.core.lamport import LAMPORT_FILENAME, DamagedNumber, read_number
 from gibsey.core.mqtt import publish_once
 from gibsey.core.topics import topic_for
 
@@ -61,6 +62,20 @@ def running_broker(data_dir: Path) -> str | None:
     return url if url.startswith(("mqtt://", "mqtts://")) else None
 
 
+def after_the_node(data_dir: Path, lamport: int) -> int:
+    """The lamport for a command's event, sent as the node: `lamport` (its entry's, the
+    ledger's), or, when the node's clock is further on, its ceiling on disk, which is above
+    every lamport the node has sent (core/lamport.py). The command ran after those events, and
+    the node, hearing this one, moves its clock past it. A command's gift/txn went out at its
+    entry's lamport (2) beside the node's events at a million and more (an outside audit): a
+    dashboard ordering by lamport put it before them."""
+    try:
+        ceiling = read_number(data_dir / LAMPORT_FILENAME)
+    except DamagedNumber:  # the node says so itself, and starts its clock again
+        ceiling = None
+    return max(lamport, ceiling or 0)
+
+
 def announce(
     data_dir: Path, kind: str, payload: Payload, *, actor: str, lamport: int
 ) -> str | None:
@@ -72,7 +87,7 @@ def announce(
     if not (data_dir / KEY_FILENAME).exists():  # a ledger read alone, copied to be checked
         return f"no node in {data_dir} to announce it as"
     identity = load_or_create(data_dir)
-    event = encode_event(identity.node_id, kind, payload, lamport, actor)
+    event = encode_event(identity.node_id, kind, payload, after_the_node(data_dir, lamport), actor)
     return publish_once(
         url,
         topic_for(identity.node_id, kind),

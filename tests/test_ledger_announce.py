@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gibsey.harness.waiting import until
 from gibsey.ledger.ledger import Ledger
 from tests.brokers import Mosquitto, free_port
 from tests.conftest import Collector, CollectorFactory
@@ -113,3 +114,32 @@ async def test_a_command_beside_a_node_started_with_broker_announces_there(
         await col.wait_for(lambda c: c.of_kind("txn"))
         assert (data / RUNNING_BROKER_FILE).stat().st_mode & 0o777 == 0o600
     assert not (data / RUNNING_BROKER_FILE).exists()
+
+
+async def test_a_commands_event_is_ordered_after_the_nodes_own(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside audit): `gibsey ledger gift` beside a running node announced its
+    gift/txn at the entry's lamport (2), as the node, while the node's own events were past a
+    million: ordered by lamport, the command's event came before events it followed. Must
+    hold: the command's event is after every event the node sent before it, and the node's
+    next event after the command's."""
+    from gibsey.core.envelope import SafetyAlert
+    from gibsey.node.config import GibseyConfig
+    from gibsey.node.daemon import Node
+    from tests.conftest import started
+
+    data = tmp_path / "node"
+    node = Node(data, GibseyConfig())
+    async with started(node, mosquitto.url):
+        col = await collector_factory(mosquitto.port, f"gibsey/v1/{node.node_id}/#")
+        before = node.emit("safety/alert", SafetyAlert(reason="before", detail="x"))
+        await col.wait_for(lambda c: c.of_kind("alert"))
+        done = await asyncio.to_thread(ledger_cli, data, "mint", "ada", "5")
+        assert done.returncode == 0 and "not announced" not in done.stdout + done.stderr, done
+        await col.wait_for(lambda c: c.of_kind("txn"))
+        (txn,) = col.of_kind("txn")
+        assert txn["lamport"] > before.lamport
+        await until(lambda: node.clock.value >= txn["lamport"], 10, "the node heard it")
+        after = node.emit("safety/alert", SafetyAlert(reason="after", detail="x"))
+    assert after.lamport > txn["lamport"]
