@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import selectors
 import time
 from pathlib import Path
@@ -244,16 +245,24 @@ async def test_the_broker_never_sends_the_node_its_own_events(tmp_path: Path) ->
         broker.stop()
 
 
-async def test_a_broker_speaking_only_mqtt_3_1_1_is_spoken_to_in_it(tmp_path: Path) -> None:
+async def test_a_broker_speaking_only_mqtt_3_1_1_is_spoken_to_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A broker that refuses MQTT 5 (amqtt here, named as an outside broker so the node has
     to find out) gets MQTT 3.1.1: the node connects, its own events come back, each is dropped
-    unread, and every handler still sees each event once."""
+    unread, and every handler still sees each event once. Its first connection is a new
+    session, as said: amqtt claims to resume one, and the node had said "session resumed: what
+    the broker queued for us comes now" on a brand-new node (an outside audit)."""
+    caplog.set_level(logging.INFO, logger="gibsey.spine")
     amqtt = embedded_broker("amqtt", "127.0.0.1", free_port(), tmp_path / "amqtt")
     await amqtt.start()
     try:
         node = Node(tmp_path / "data", GibseyConfig())
         async with started(node, amqtt.url) as spine:
             assert spine.echoes_own
+            said = [r.getMessage() for r in caplog.records]
+            said = [line for line in said if "connected to broker" in line]
+            assert said == [f"connected to broker {amqtt.url} (new session)"], said
             assert await _gifts_handled_once(node, 50) == list(range(1, 51))
             await until(lambda: node.router.stats.echoes >= 50, 10, "50 echoes dropped")
             await node.router.drain()

@@ -545,7 +545,9 @@ class Spine:
         await conn.close()
 
     def _say_connected(self, conn: Connection, troubled: bool) -> None:
-        if conn.session_present:
+        # A run's first connection follows `_end_session`: nothing of the session is left for
+        # it to resume, whatever the broker says (amqtt, the fallback, says it resumed one).
+        if conn.session_present and self.stats.connects > 1:
             session = "session resumed: what the broker queued for us comes now"
         elif self.stats.connects > 1:
             # The broker lost our subscriptions (restarted without persistence, or before it
