@@ -120,9 +120,8 @@ class PacedRecords(logging.Filter):
             if held is None:
                 if len(self._held) >= 256:  # kinds are a library's format strings: few
                     self._held.clear()
-                self._held[kind] = _Held(now, total=1)
+                self._held[kind] = _Held(now)
                 return True
-            held.total += 1
             if now - held.said_at < self.interval_s:
                 held.more += 1
                 return False

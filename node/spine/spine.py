@@ -481,8 +481,11 @@ class Spine:
                 await conn.connect()
                 self.stats.connects += 1
                 self._said_retained = False
-                self.session_present = conn.session_present
-                self._say_connected(conn, troubled)
+                # A run's first connection follows `_end_session`: nothing of the session is
+                # left for it to resume, whatever the broker says (amqtt, the fallback, says it
+                # resumed one).
+                self.session_present = conn.session_present and self.stats.connects > 1
+                self._say_connected(troubled)
                 delay, away = FIRST_RETRY_S, False
                 await self._serve(conn)
             except MqttError as exc:
@@ -544,10 +547,8 @@ class Spine:
         await conn.connect()
         await conn.close()
 
-    def _say_connected(self, conn: Connection, troubled: bool) -> None:
-        # A run's first connection follows `_end_session`: nothing of the session is left for
-        # it to resume, whatever the broker says (amqtt, the fallback, says it resumed one).
-        if conn.session_present and self.stats.connects > 1:
+    def _say_connected(self, troubled: bool) -> None:
+        if self.session_present:
             session = "session resumed: what the broker queued for us comes now"
         elif self.stats.connects > 1:
             # The broker lost our subscriptions (restarted without persistence, or before it
