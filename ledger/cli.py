@@ -170,32 +170,70 @@ def cmd_export(args: argparse.Namespace) -> int:
     Standard output is the data a verifier reads: a refusal is said on standard error."""
     with closing(_open_to_read(args)) as ledger:
         if args.proofs:
-            try:
-                return _export_proofs(ledger, args.author)
-            except Rejected as exc:
-                errors.print(f"refused ({exc.reason.value}): {exc.detail}", markup=False)
-                return 1
+            return _export_proofs(ledger, args.author)
         entries = sorted(ledger.store.iter_ordered(), key=lambda e: (e.author, e.seq))
         if args.author:
             entries = [e for e in entries if e.author_hex.startswith(args.author.lower())]
+        heads = Path(args.heads) if args.heads else None
+        if heads is not None and not _can_write(heads):
+            return 1
         out = sys.stdout.buffer
         for e in entries:
             out.write(e.payload + b"\t" + e.signature.hex().encode() + b"\n")
         out.flush()
+        if heads is not None:
+            _write_heads(heads, entries)
         _say_quarantined(ledger)
     return 0
+
+
+def _can_write(path: Path) -> bool:
+    """Whether the --heads file can be written, said before a line is printed (not after the
+    whole export, with its heads missing)."""
+    try:
+        _heads_tmp(path).touch()
+    except OSError as exc:
+        errors.print(f"cannot write --heads {path}: {exc.strerror or exc}", markup=False)
+        return False
+    return True
+
+
+def _heads_tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _write_heads(path: Path, entries: list[Entry]) -> None:
+    """Where each feed printed ends: `author TAB seq TAB hash` (hex) a line, in the export's
+    order, from the same read as the lines. The lines alone cannot show a feed cut short at a
+    group's head, or left out: a verifier checks them against this (CANONICAL.md section 5).
+    Written whole or not at all (a temporary file renamed), so a partial one is never read."""
+    last: dict[bytes, Entry] = {}
+    for e in entries:
+        last[e.author] = e
+    text = "".join(f"{e.author_hex}\t{e.seq}\t{e.hash.hex()}\n" for e in last.values())
+    tmp = _heads_tmp(path)
+    tmp.write_text(text, encoding="ascii")
+    tmp.replace(path)
 
 
 def _export_proofs(ledger: Ledger, author: str | None) -> int:
     """The fork proofs held, one a line (their canonical JSON, CANONICAL.md section 3): what a
     verifier needs beside the entries, whose forked feeds count in no view from the proof's seq
-    on."""
+    on. A stored proof that does not check out is named on standard error (exit status 1);
+    the others are printed all the same."""
     out = sys.stdout.buffer
-    for proof in ledger.store.fork_proofs():
-        if not author or proof.author.hex().startswith(author.lower()):
+    bad = 0
+    for key, seq, proof in ledger.store.fork_proof_rows():
+        who = key.hex() if isinstance(key, bytes) else repr(key)  # a damaged row: any type
+        if author and not who.startswith(author.lower()):
+            continue
+        if isinstance(proof, str):
+            bad += 1
+            errors.print(f"refused: the fork proof held for {who} seq {seq}: {proof}", markup=False)
+        else:
             out.write(proof.to_bytes() + b"\n")
     out.flush()
-    return 0
+    return 1 if bad else 0
 
 
 def _count(text: str) -> int:
@@ -440,11 +478,18 @@ def register(
     add("verify", cmd_verify, "re-check every row, chain and signature; name each bad row")
     p = add("export", cmd_export, "print the checked entries, one a line (see CANONICAL.md)")
     p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")
-    p.add_argument(
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
         "--proofs",
         action="store_true",
         help="print the fork proofs held instead, one a line (a forked feed counts in no view "
         "from the proof's seq on)",
+    )
+    what.add_argument(
+        "--heads",
+        metavar="FILE",
+        help="also write where each feed printed ends to FILE, one line a feed: author, last "
+        "seq and that entry's hash, tab-separated (a verifier sees a feed cut short or missing)",
     )
     p = add("show", cmd_show, "print entries in fold order with their effect")
     p.add_argument("--author", metavar="HEX", help="only feeds whose key starts with HEX")

@@ -1163,9 +1163,19 @@ class Store:
         return (start is not None and e.seq >= start) or (bad is not None and e.seq >= bad.seq)
 
     def fork_proofs(self) -> list[ForkProof]:
+        """The stored fork proofs that check out, in (author, seq) order. One damaged on disk
+        is left out (never served: `verify` names it), so one bad row cannot stop the mesh
+        from serving the others."""
+        return [p for _, _, p in self.fork_proof_rows() if isinstance(p, ForkProof)]
+
+    def fork_proof_rows(self) -> list[tuple[bytes, int, ForkProof | str]]:
+        """Every stored fork proof's (author, seq) and the proof, or what is wrong with its
+        bytes, in (author, seq) order."""
         with self.lock:
-            rows = self._db.execute("SELECT proof FROM forks ORDER BY author, seq").fetchall()
-        return [forkproof.from_bytes(r[0]) for r in rows]
+            rows = self._db.execute(
+                "SELECT author, seq, proof FROM forks ORDER BY author, seq"
+            ).fetchall()
+        return [(author, seq, _checked_proof(author, seq, data)) for author, seq, data in rows]
 
     # ---- appending to our own feed ------------------------------------------------------------
 
@@ -1698,16 +1708,22 @@ def _verify_feed(rows: Iterable[StoredRow]) -> BadRow | None:
 
 
 def _bad_proofs(proofs: list[tuple[bytes, int, bytes]]) -> list[BadRow]:
-    bad: list[BadRow] = []
-    for author, seq, data in proofs:
-        try:
-            proof = forkproof.from_bytes(data)
-        except Rejected as exc:
-            bad.append(BadRow(author, seq, f"fork proof: {exc}"))
-            continue
-        if proof.author != author or proof.seq != seq:
-            bad.append(BadRow(author, seq, "fork proof index mismatch"))
-    return bad
+    checked = ((author, seq, _checked_proof(author, seq, data)) for author, seq, data in proofs)
+    return [BadRow(a, seq, why) for a, seq, why in checked if isinstance(why, str)]
+
+
+def _checked_proof(author: Any, seq: Any, data: Any) -> ForkProof | str:
+    """A stored fork proof row's proof, or what is wrong with it (its bytes refused, or its
+    index columns naming another author or seq)."""
+    if type(data) is not bytes:
+        return f"fork proof: stored as {type(data).__name__}, not bytes"
+    try:
+        proof = forkproof.from_bytes(data)
+    except Rejected as exc:
+        return f"fork proof: {exc}"
+    if proof.author != author or proof.seq != seq:
+        return "fork proof index mismatch"
+    return proof
 
 
 def _lenient_text(data: bytes) -> str:
