@@ -420,3 +420,75 @@ def test_a_fork_inside_a_group_reaches_a_peer_as_a_checkable_proof(tmp_path: Pat
     assert proof.seq == 2 and json.loads(proof.to_bytes())["v"] == 2
     assert forkproof.from_bytes(proof.to_bytes()) == proof
     assert {proof.a.hash, proof.b.hash} == {group[0].hash, other.hash}
+
+
+def test_a_v1_entry_is_the_head_of_the_unsigned_v2_entries_before_it(tmp_path: Path) -> None:
+    """No release writes it, but the document says it: a group's head is its first signed entry,
+    whatever its `v`. A v1 entry signs `prev` like a v2 head, so it vouches for the unsigned v2
+    entries before it - in an import, a stored feed's verify, an outsider's check and a fork
+    proof's segment alike."""
+    writer, other = FeedWriter(74), FeedWriter(74)
+    feed = [writer.next("mint", MINT), writer.next("mint", MINT, head=False)]
+    feed += [writer.next("mint", MINT, head=False), writer.next("mint", MINT, version=1)]
+    store = Store.open(tmp_path)
+    results = store.import_many([e.raw for e in feed])
+    statuses = [r if isinstance(r, Rejected) else r.status for r in results]
+    appended, pending = ImportStatus.APPENDED, ImportStatus.PENDING
+    assert statuses == [appended, pending, pending, appended]  # the v1 head stores its run
+    assert store.verify().ok and store.count() == 4
+    served = Store.open(tmp_path).entries_after(writer.author, 0, 10)  # the read path's checks
+    assert [e.raw for e in served] == [e.raw for e in feed]
+    assert outsider_verify([e.raw for e in feed]) is None
+    other.next("mint", MINT)
+    theirs = other.next("burn", {"actor": "x", "amount": 1})
+    proof = forkproof.make(feed[1], theirs, feed[2:], [])
+    assert forkproof.from_bytes(proof.to_bytes()).seq == 2
+
+
+def _outsider_check_heads(lines: list[bytes], heads: str) -> str | None:
+    """An outsider's check of an export against its heads file (CANONICAL.md section 5):
+    every feed the heads name is there, ends at that seq on that hash, and no other is."""
+    feeds: dict[str, list[bytes]] = {}
+    for line in lines:
+        entry = _entry(line)
+        author = json.loads(line.rpartition(b"\t")[0])["author"]
+        feeds.setdefault(author, []).append(entry)
+    named = [row.split("\t") for row in heads.splitlines()]
+    if sorted(a for a, _, _ in named) != sorted(feeds):
+        return "the feeds differ from the heads"
+    for author, seq, hash_hex in named:
+        last = feeds[author][-1]
+        if len(feeds[author]) != int(seq) or hashlib.sha256(last).hexdigest() != hash_hex:
+            return f"{author[:16]} does not end at seq {seq}"
+    return None
+
+
+def test_an_export_s_heads_show_a_feed_cut_short_at_a_group_head(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """Cut at a group's head, an export reads as a valid earlier one; left out, a feed is not
+    seen at all. `export --heads FILE` says where each feed printed ends, from the same read."""
+    from gibsey.cli import main
+
+    first, second = FeedWriter(75), FeedWriter(76)
+    store = Store.open(tmp_path)
+    store.import_many([e.raw for e in mixed_feed(first) + mixed_feed(second)])
+    store.close()
+    heads = tmp_path / "heads.tsv"
+    assert main(["--data", str(tmp_path), "ledger", "export", "--heads", str(heads)]) == 0
+    lines = capsysbinary.readouterr().out.splitlines()
+    assert len(lines) == 2 * len(first.entries) and not heads.with_suffix(".tsv.tmp").exists()
+    text = heads.read_text()
+    assert _outsider_check_heads(lines, text) is None
+    cut = len(first.entries) - MAX_GROUP  # the first feed without its last group
+    by_first = [line for line in lines if first.author.hex().encode() in line]
+    others = [line for line in lines if line not in by_first]
+    assert outsider_verify([_entry(line) for line in by_first[:cut]]) is None  # looks whole
+    cut_short = _outsider_check_heads(by_first[:cut] + others, text)
+    assert cut_short == f"{first.author.hex()[:16]} does not end at seq {len(first.entries)}"
+    assert _outsider_check_heads(by_first, text) == "the feeds differ from the heads"
+
+
+def _entry(line: bytes) -> bytes:
+    payload, _, sig = line.rpartition(b"\t")
+    return payload + bytes.fromhex(sig.decode())
