@@ -12,6 +12,7 @@ import argparse
 import collections
 import hashlib
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from rich.table import Table
 
 from gibsey.core.console import make_console
+from gibsey.core.identity import write_atomic
 
 from .bodies import ACTIONS, CHOICES, KNOWN_TYPES
 from .economy import EntryEffect
@@ -181,39 +183,40 @@ def cmd_export(args: argparse.Namespace) -> int:
         for e in entries:
             out.write(e.payload + b"\t" + e.signature.hex().encode() + b"\n")
         out.flush()
-        if heads is not None:
-            _write_heads(heads, entries)
+        if heads is not None and not _write_heads(heads, entries):
+            return 1
         _say_quarantined(ledger)
     return 0
 
 
 def _can_write(path: Path) -> bool:
-    """Whether the --heads file can be written, said before a line is printed (not after the
-    whole export, with its heads missing)."""
+    """Whether a file can be written beside the --heads path, said before a line is printed
+    (not after the whole export, with its heads missing). The probe leaves nothing behind."""
     try:
-        _heads_tmp(path).touch()
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
     except OSError as exc:
         errors.print(f"cannot write --heads {path}: {exc.strerror or exc}", markup=False)
         return False
     return True
 
 
-def _heads_tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
-def _write_heads(path: Path, entries: list[Entry]) -> None:
+def _write_heads(path: Path, entries: list[Entry]) -> bool:
     """Where each feed printed ends: `author TAB seq TAB hash` (hex) a line, in the export's
     order, from the same read as the lines. The lines alone cannot show a feed cut short at a
     group's head, or left out: a verifier checks them against this (CANONICAL.md section 5).
-    Written whole or not at all (a temporary file renamed), so a partial one is never read."""
+    Written whole or not at all (core.identity.write_atomic), so a partial one is never read;
+    False (said on standard error) if the disk refused it."""
     last: dict[bytes, Entry] = {}
     for e in entries:
         last[e.author] = e
     text = "".join(f"{e.author_hex}\t{e.seq}\t{e.hash.hex()}\n" for e in last.values())
-    tmp = _heads_tmp(path)
-    tmp.write_text(text, encoding="ascii")
-    tmp.replace(path)
+    try:
+        write_atomic(path, text.encode("ascii"))
+    except OSError as exc:
+        errors.print(f"cannot write --heads {path}: {exc}", markup=False)
+        return False
+    return True
 
 
 def _export_proofs(ledger: Ledger, author: str | None) -> int:

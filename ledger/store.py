@@ -1168,9 +1168,9 @@ class Store:
         from serving the others."""
         return [p for _, _, p in self.fork_proof_rows() if isinstance(p, ForkProof)]
 
-    def fork_proof_rows(self) -> list[tuple[bytes, int, ForkProof | str]]:
-        """Every stored fork proof's (author, seq) and the proof, or what is wrong with its
-        bytes, in (author, seq) order."""
+    def fork_proof_rows(self) -> list[tuple[Any, Any, ForkProof | str]]:
+        """Every stored fork proof's (author, seq) as stored (a damaged row's columns may hold
+        any type) and the proof, or what is wrong with it, in (author, seq) order."""
         with self.lock:
             rows = self._db.execute(
                 "SELECT author, seq, proof FROM forks ORDER BY author, seq"

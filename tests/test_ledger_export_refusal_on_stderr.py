@@ -12,12 +12,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from nacl.signing import SigningKey
 
 from gibsey import cli
-from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import DB_FILENAME, Store
-from tests.test_ledger_store import _forked_peer
+from tests.test_ledger_store import ledger_with_a_fork
 
 DAMAGED = b'{"a":"00","b":"01"}'  # a proof's row whose bytes no longer hold
 
@@ -52,13 +50,7 @@ def test_one_bad_proof_costs_the_export_only_itself(
     """A node holds a good proof against one author and a damaged row against another: the
     export prints the good one (a verifier folds as the node does), names the bad one by author
     and seq on standard error, and exits 1; the mesh's own list still serves the good one."""
-    honest, restored = _forked_peer()
-    ledger = Ledger(Store.open(tmp_path), SigningKey(b"\x21" * 32))
-    for e in honest.entries:
-        ledger.import_entry(e.raw)
-    proof = ledger.import_entry(restored.entries[0].raw).proof
-    assert proof is not None
-    ledger.close()
+    honest, proof = ledger_with_a_fork(tmp_path)
     stranger = b"\x07" * 32
     _damage(tmp_path, stranger, 5)
     rc = cli.main(["--data", str(tmp_path), "ledger", "export", "--proofs"])

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 from gibsey.ledger import canonical
 from gibsey.ledger.entry import MAX_BODY_BYTES, payload_object
 from gibsey.ledger.errors import LedgerError, Rejected, RejectReason
+from gibsey.ledger.forkproof import ForkProof
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import ImportStatus, Store
 from gibsey.ledger.testing import FeedWriter, effect_of, forge, sign_payload
@@ -160,6 +161,19 @@ def _forked_peer() -> tuple[FeedWriter, FeedWriter]:
     return honest, restored
 
 
+def ledger_with_a_fork(data: Path) -> tuple[FeedWriter, ForkProof]:
+    """A ledger in `data` (closed again) holding the honest feed of `_forked_peer` and the
+    fork proof its restored twin's seq 2 made: the feed, and the proof."""
+    honest, restored = _forked_peer()
+    ledger = Ledger(Store.open(data), SigningKey(b"\x21" * 32))
+    for e in honest.entries:
+        ledger.import_entry(e.raw)
+    proof = ledger.import_entry(restored.entries[0].raw).proof
+    assert proof is not None
+    ledger.close()
+    return honest, proof
+
+
 def test_fork_is_proved_quarantined_and_shared(tmp_path: Path) -> None:
     honest, restored = _forked_peer()
     a = Ledger(Store.open(tmp_path / "a"), SigningKey(b"\x21" * 32))
@@ -201,14 +215,8 @@ def test_export_gives_an_outsider_the_proofs_it_needs_to_fold_alike(
     proof held, one a line, the bytes a peer takes."""
     from gibsey.cli import main
 
-    honest, restored = _forked_peer()
     data = tmp_path / "a"
-    a = Ledger(Store.open(data), SigningKey(b"\x21" * 32))
-    for e in honest.entries:
-        a.import_entry(e.raw)
-    proof = a.import_entry(restored.entries[0].raw).proof
-    assert proof is not None
-    a.close()
+    honest, proof = ledger_with_a_fork(data)
     assert main(["--data", str(data), "ledger", "export"]) == 0
     assert len(capsysbinary.readouterr().out.splitlines()) == 4  # seq 2-4 held, quarantined
     assert main(["--data", str(data), "ledger", "export", "--proofs"]) == 0
