@@ -41,6 +41,11 @@ TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _TRACEPARENT_RE = re.compile(TRACEPARENT_PATTERN)
 TRACEPARENT_LEN = 55
 ENTRY_TRACES = 1024  # entries appended by traced turns, remembered until the mesh sends them
+# At a stop, the spans still pending get this long to reach the collector. The SDK's own flush
+# waits out its exporter (5 s a request, retried while a collector is off; upstream issue 4568:
+# force_flush ignores its timeout), and a node's stop waited 3-5 s for a collector switched off
+# or silent: a stop also ends in a reboot or a restart by the watchdog.
+STOP_FLUSH_S = 2.0
 
 
 def valid_traceparent(value: str) -> bool:
@@ -113,6 +118,7 @@ def within(traceparent: str | None) -> Iterator[None]:
 # -- the SDK, when configured ---------------------------------------------------------------------
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
+_endpoint = ""  # where the spans go (said when a stop leaves some behind)
 _lock = threading.Lock()
 _entry_traces: OrderedDict[bytes, str] = OrderedDict()
 
@@ -127,7 +133,7 @@ def configure(config: TelemetryConfig, service: str) -> Callable[[], None] | Non
     function that flushes and stops the exporter, or None when tracing stays off. One provider
     per process: a second node in the same process shares the first's (its spans name their
     node in the `gibsey.node` attribute)."""
-    global _tracer, _provider
+    global _tracer, _provider, _endpoint
     if not config.otlp_endpoint:
         return None
     with _lock:
@@ -138,13 +144,17 @@ def configure(config: TelemetryConfig, service: str) -> Callable[[], None] | Non
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-            provider = TracerProvider(resource=Resource.create({"service.name": service}))
+            # No shutdown at the interpreter's exit: `shutdown` bounds its own wait, the SDK's
+            # would wait for the collector again (up to 30 s).
+            provider = TracerProvider(
+                resource=Resource.create({"service.name": service}), shutdown_on_exit=False
+            )
             exporter = OTLPSpanExporter(endpoint=config.otlp_endpoint, timeout=5)
             delay_ms = int(config.export_delay_s * 1000)
             provider.add_span_processor(
                 BatchSpanProcessor(exporter, schedule_delay_millis=delay_ms)
             )
-            _provider = provider
+            _provider, _endpoint = provider, config.otlp_endpoint
             _tracer = provider.get_tracer("gibsey")
             _pace_library_logs()
             install_log_records()
@@ -166,14 +176,31 @@ def _pace_library_logs() -> None:
             logger.addFilter(_PACED)
 
 
-def shutdown() -> None:
-    """Flush what is pending and stop exporting (tracing is off afterwards)."""
+def shutdown(budget_s: float = STOP_FLUSH_S) -> None:
+    """Flush what is pending and stop exporting (tracing is off afterwards), waiting at most
+    `budget_s` for the collector: the flush runs in a thread of its own (a daemon, so the
+    process may exit while it still waits), and spans it has not exported by then are left,
+    said in one line."""
     global _tracer, _provider
     with _lock:
         provider, _provider, _tracer = _provider, None, None
-    if provider is not None:
-        provider.force_flush(5000)
+    if provider is None:
+        return
+
+    def flush_and_stop() -> None:
+        provider.force_flush(int(budget_s * 1000))
         provider.shutdown()
+
+    flushing = threading.Thread(target=flush_and_stop, name="trace-flush", daemon=True)
+    flushing.start()
+    flushing.join(budget_s)
+    if flushing.is_alive():
+        log.warning(
+            "tracing: the last spans did not reach the collector at %s within %g s of the "
+            "stop (switched off, or not answering): stopping without them",
+            _endpoint,
+            budget_s,
+        )
 
 
 @functools.lru_cache(maxsize=256)  # a turn's spans share parents: the router's, the append's

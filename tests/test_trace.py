@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -216,6 +218,52 @@ def test_a_collector_switched_off_costs_one_line_of_each_kind_a_minute() -> None
     said = json.loads(done.stdout.strip().splitlines()[-1])
     assert [line for line in said if "Transient error" in line][1:] == []
     assert len([line for line in said if "Failed to export" in line]) == 1, said
+
+
+SILENT_COLLECTOR_SCRIPT = """
+import json, logging, sys, time
+from gibsey.core import trace
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.basicConfig(level=logging.INFO, handlers=[Keep()])
+url = f"http://127.0.0.1:{sys.argv[1]}/v1/traces"
+trace.configure(trace.TelemetryConfig(otlp_endpoint=url, export_delay_s=60), "n1")
+with trace.span("turn"):
+    pass
+t0 = time.monotonic()
+trace.shutdown()
+took = time.monotonic() - t0
+print(json.dumps({"took": took, "on": trace.enabled(), "said": said, "ended_at": time.time()}))
+"""
+
+
+def test_a_silent_collector_holds_a_stop_for_its_budget_only() -> None:
+    """Tried: a node stopping with a turn's span pending while its collector takes the
+    connection and never answers (a hung collector; a port behind a firewall that drops).
+    The SDK's flush waited out its exporter (5 s a request) and a stop took 3-5 s. Must
+    hold: the stop waits STOP_FLUSH_S, says in one line that it left spans behind, tracing
+    is off, and the process exits without waiting for the collector again."""
+    with socket.socket() as silent:  # the kernel completes each connection; nobody reads
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        done = subprocess.run(
+            [sys.executable, "-c", SILENT_COLLECTOR_SCRIPT, str(silent.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        exited_at = time.time()
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert trace.STOP_FLUSH_S <= out["took"] < trace.STOP_FLUSH_S + 1.5, out
+    assert out["on"] is False
+    left = [line for line in out["said"] if "did not reach the collector" in line]
+    assert len(left) == 1 and f"within {trace.STOP_FLUSH_S:g} s" in left[0], out["said"]
+    # The exporter's request, still waiting, would hold the exit 3 s more if the flush were
+    # waited for there (an exit-time shutdown waits for the collector up to 30 s).
+    assert exited_at - out["ended_at"] < 2.5, (exited_at, out)
 
 
 def test_paced_records_say_what_they_held_back_once_the_interval_passed() -> None:
