@@ -14,6 +14,18 @@ behind it refuses to sign (`Store._next_position`) until the feed is whole again
 a backup, or brought back by the mesh from the gallery's peers, which import it as any feed.
 The mark may lag the feed by up to a minute: a loss of only the last minute's entries is not
 seen; a wiped or old ledger is.
+
+The entry log (ledger/entrylog.py) holds the last acknowledged groups until SQLite commits them,
+and this node's peers have had each group since it was acknowledged (the mesh pushes it at
+once). A record of the log found cut short or damaged at its next reading is either a write a
+power cut tore, never acknowledged, or acknowledged entries the card lost since: the two look
+alike (a card may damage a page it wrote before when the power goes during the next write). So
+the store that reads such a log holds its own feed (`DATA/own-feed.hold`, the reason in it):
+nothing is signed until the mesh has heard every peer of the allow-list hold no more of the feed
+than the ledger does (what they hold beyond it comes back as any import), or until `[mesh]
+own_feed_confirm_s` has passed (said); a node without a mesh has no peer that could hold its
+feed, and signs on at its start. A technician who knows no peer could hold the feed may remove
+the file.
 """
 
 from __future__ import annotations
@@ -24,11 +36,12 @@ import time
 from pathlib import Path
 
 from gibsey.core.identity import write_atomic
-from gibsey.core.storage import StorageError
+from gibsey.core.storage import StorageError, fsync_directory
 
 log = logging.getLogger("gibsey.ledger")
 
 FILENAME = "own-feed.json"
+HOLD_FILENAME = "own-feed.hold"  # present: the own feed waits for its peers' word (see above)
 MARK_EVERY_S = 60.0  # while the node signs, the mark is written at most this often
 
 
@@ -37,8 +50,41 @@ class OwnFeedMark:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / FILENAME
+        self.hold_path = data_dir / HOLD_FILENAME
         self.marked: dict[bytes, int] = _read(self.path)
         self._written_at = float("-inf")  # the first signature is marked at once
+        self._held_here = ""  # a hold the disk refused to keep: this process keeps it
+
+    def held(self) -> str:
+        """Why the own feed waits for its peers' word ("" when it does not). Looked up on
+        disk at every signature (a stat), so a hold another process set is seen at once."""
+        if self._held_here:
+            return self._held_here
+        try:
+            return self.hold_path.read_text("utf-8", "replace").strip() or "no reason kept"
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:  # unreadable: the hold stands, with what stopped the reading
+            return f"{self.hold_path} is unreadable ({exc})"
+
+    def hold(self, reason: str) -> None:
+        """Hold the own feed: nothing is signed on it until `release`."""
+        if self.held():
+            return
+        try:
+            write_atomic(self.hold_path, reason.encode() + b"\n")
+        except StorageError as exc:
+            log.warning("ledger: %s not written (%s): held here only", self.hold_path, exc)
+            self._held_here = reason
+
+    def release(self) -> None:
+        """The own feed may be signed on again."""
+        self._held_here = ""
+        try:
+            self.hold_path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_directory(self.hold_path.parent)  # a power cut must not bring the hold back
 
     def behind(self, author: bytes, seq: int) -> int:
         """The seq marked for `author` if the feed's head `seq` is behind it, else 0."""

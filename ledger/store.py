@@ -632,7 +632,16 @@ class Store:
         acknowledged), or bytes the card damaged (acknowledged entries lost, unless the mesh
         brings them back)."""
         skipped = tuple(entry_log.skipped)
-        if not skipped or skipped == self._log_skipped_said:
+        if not skipped:
+            return
+        if self.own_mark is not None:  # acknowledged entries of our feed may be among them
+            self.own_mark.hold(
+                f"at {time.strftime('%Y-%m-%d %H:%M:%S')} the entry log {entry_log.path} had "
+                f"{len(skipped)} record(s) cut short or damaged ({sum(n for _, n in skipped)} "
+                "bytes): a write a power cut tore, or acknowledged entries of this node's feed "
+                "the card lost, which its peers may hold"
+            )
+        if skipped == self._log_skipped_said:
             return
         self._log_skipped_said = skipped
         log.warning(
@@ -1192,7 +1201,7 @@ class Store:
                 f"this node's own feed holds a bad stored row ({bad}): an entry chained after "
                 "it would count nowhere; restore ledger.sqlite3 with node.key from a backup"
             )
-        behind = self.own_feed_behind(author)
+        behind = self.own_feed_behind(author) or self.own_feed_held()
         if behind:
             raise LedgerError(behind)
         head = self._heads.get(author)
@@ -1343,6 +1352,28 @@ class Store:
             "back from the gallery's peers. An entry signed now would fork the feed, which then "
             "counts nowhere"
         )
+
+    def own_feed_held(self) -> str | None:
+        """Why this node's feed waits for its peers' word before it is signed on, if it does
+        (a damaged or torn entry log: ledger/ownfeed.py)."""
+        held = self.own_mark.held() if self.own_mark is not None else ""
+        if not held:
+            return None
+        return (
+            f"this node's own feed is held ({held}): an entry signed now could fork the feed "
+            "its peers hold, which then counts nowhere. The node's mesh signs on once every "
+            "peer has shown it holds no more of the feed (what they hold comes back), or after "
+            f"[mesh] own_feed_confirm_s; `gibsey up` without a mesh, at its start. Remove "
+            f"{self.own_mark.hold_path if self.own_mark else ''} if no peer could hold this feed"
+        )
+
+    def release_own_feed(self, why: str) -> bool:
+        """Sign on the own feed again (a hold lifted, said with `why`); False if none held."""
+        if self.own_mark is None or not self.own_mark.held():
+            return False
+        self.own_mark.release()
+        log.warning("ledger: this node's own feed is signed on again: %s", why)
+        return True
 
     def mark_own(self, author: bytes) -> None:
         """`author` is this node's key: its feed's head marked now if the mark is behind (a node

@@ -30,6 +30,9 @@
     peer_rate = 200.0
     max_strikes = 3
     ban_seconds = 600.0
+    # After a damaged or torn entry log, this node's feed is signed on once every allowed peer
+    # has shown it holds no more of it, or after this long (ledger/ownfeed.py).
+    own_feed_confirm_s = 120.0
     enabled = true
     # [mesh.bridge]: the Mosquitto bridge to a central broker (mesh/bridge.py)
 
@@ -159,6 +162,7 @@ class MeshConfig(ConfigSection):
     peer_rate: Annotated[float, Field(gt=0.0, le=1_000_000.0)] = 200.0
     max_strikes: Annotated[int, Field(ge=1, le=1000)] = 3
     ban_seconds: Annotated[float, Field(ge=0.0, le=30 * DAY_S)] = 600.0  # 0: no ban
+    own_feed_confirm_s: Seconds = 120.0
     enabled: bool = True
     # Not the mesh's gossip: what `gibsey mesh bridge-config` writes for Mosquitto.
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)

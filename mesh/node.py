@@ -430,6 +430,9 @@ class MeshNode:
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
         self.fresh: dict[bytes, float] = {}
         self._disk_logged = -DISK_LOG_S  # when a refused import was last logged (monotonic)
+        # Peers that showed they hold no more of our feed than we do, while it is held
+        # (ledger/ownfeed.py: a damaged entry log): all of them, and it is signed on again.
+        self.own_confirmed: set[bytes] = set()
         self.refusals = PacedLog(log, "mesh: ", REFUSAL_LOG_S, refusal_clock)
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -481,6 +484,10 @@ class MeshNode:
         ]
         if self.data_dir is not None:
             self._tasks.append(asyncio.create_task(self._status_loop(), name="mesh-status"))
+        if self.store.own_feed_held() and not self.allowed:
+            self._sign_on("no peer is on the allow-list, so none holds this node's feed")
+        elif self.store.own_feed_held():
+            self._tasks.append(asyncio.create_task(self._own_feed_wait(), name="mesh-own-feed"))
         if self.listen and self.cfg.beacon_port:
             from .beacon import Beacon
 
@@ -872,6 +879,7 @@ class MeshNode:
         peer.known_forks = forks
         peer.heard = True
         peer.synced_t = time.monotonic()
+        self._confirm_own(peer, vv)
         raws, more = self.missing_for(self._effective(peer, vv), forks)
         self._update_known(peer, raws[: self._send_entries(self.router, reply, raws, peer)])
         self._send_proofs(self.router, reply, self._proofs_for(forks), peer)
@@ -889,6 +897,7 @@ class MeshNode:
         peer.known = {a: s for a, (s, _) in vv.items()}
         peer.known_forks = forks
         peer.heard = True
+        self._confirm_own(peer, vv)
         # A peer whose own rounds reach our listener gets what it lacks in answer to those:
         # sending it here too would send each entry twice, on two connections, out of order.
         hold = self.cfg.sync_interval * 2
@@ -901,6 +910,47 @@ class MeshNode:
         peer.more = more
         peer.rounds += 1
         peer.heads_evt.set()
+
+    # ---- our feed held after a damaged entry log (ledger/ownfeed.py) ------------------------
+
+    def _confirm_own(self, peer: Peer, vv: wire.VersionVector) -> None:
+        """`peer`'s version vector shows how far it holds our feed: no further than we do, at
+        the same entry, and it confirms; once every allowed peer has, the feed is signed on.
+        One that holds more sends it (what we lack, in this round or the next), and confirms
+        once we have imported it; one that holds another entry at our seq never confirms."""
+        if not self.store.own_feed_held():
+            return
+        their_seq, their_h8 = vv.get(self.me, (0, b""))
+        head = self.store.head(self.me)
+        if their_seq > (head.seq if head else 0):
+            return
+        if their_seq and self._hash8(self.me, their_seq) != their_h8:
+            return
+        self.own_confirmed.add(peer.key)
+        if self.allowed <= self.own_confirmed:
+            self._sign_on(f"the gallery's {len(self.allowed)} peer(s) hold no more of it")
+
+    async def _own_feed_wait(self) -> None:
+        """The bound on the hold: after `own_feed_confirm_s`, signed on with what was heard."""
+        await asyncio.sleep(self.cfg.own_feed_confirm_s)
+        if not self.store.own_feed_held():
+            return
+        unheard = sorted(k.hex()[:16] for k in self.allowed - self.own_confirmed)
+        log.error(
+            "mesh: %d of %d peer(s) did not show how far they hold this node's feed within "
+            "%g s (%s): signing on regardless; if one holds entries this node lost, its feed "
+            "forks there",
+            len(unheard),
+            len(self.allowed),
+            self.cfg.own_feed_confirm_s,
+            ", ".join(unheard),
+        )
+        self._sign_on(f"[mesh] own_feed_confirm_s ({self.cfg.own_feed_confirm_s:g} s) passed")
+
+    def _sign_on(self, why: str) -> None:
+        if self.store.release_own_feed(why) and self.listen:
+            # The members entry the start could not sign (the feed was held).
+            self._tasks.append(asyncio.create_task(asyncio.to_thread(self._record_members)))
 
     def _effective(self, peer: Peer, vv: wire.VersionVector) -> wire.VersionVector:
         """`vv` adjusted for what is already on its way to `peer`, so a round does not send

@@ -1,0 +1,185 @@
+"""A node whose entry log comes back damaged or cut short holds its own feed until its peers
+have shown how far they hold it (ledger/ownfeed.py).
+
+The entry log keeps the last acknowledged groups until SQLite commits them, and the mesh has
+pushed each to the peers since its acknowledgment. A card that loses such a group (a page it
+damaged when the power went during the next write) looks like a write a power cut tore; a node
+that signed on from what it still held signed a second entry at a seq its peers hold: a fork,
+and its feed counted nowhere from there on. Real parts: two `gibsey mesh serve` processes over
+ZeroMQ, the CLI, a writer killed before its batch commits; the card's damage is one flipped
+byte of the log (the one stand-in)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gibsey.core.identity import load_or_create
+from gibsey.harness.ports import free_port
+from gibsey.ledger.entrylog import SUFFIX
+from gibsey.ledger.ownfeed import HOLD_FILENAME
+from gibsey.ledger.store import DB_FILENAME, Store
+from gibsey.node.config import load_gibsey_config
+from gibsey.node.daemon import Node
+from tests.mesh_support import MeshProc, heads, make_nodes, wait_until
+from tests.test_cli_output import gibsey
+
+GROUP = 3
+# Signs one entry and commits it (the own feed's mark takes it at once), then acknowledges a
+# group of GROUP in the entry log and dies before the batch commits, as kill -9 would.
+WRITER = """
+import json, os, sys
+from pathlib import Path
+from gibsey.core.identity import load_or_create
+from gibsey.ledger.store import Store
+data = Path(sys.argv[1])
+key = load_or_create(data).signing_key
+mint = {"actor": "visitor:7", "amount": 1, "ritual": "dial"}
+store = Store.open(data, commit_every_s=30)
+first = store.append(key, "mint", mint)
+store.commit()
+group = store.append_many(key, [("mint", mint)] * int(sys.argv[2]))
+print(json.dumps([e.raw.hex() for e in [first, *group]]), flush=True)
+os._exit(0)
+"""
+
+
+def _acknowledged_group(data: Path) -> list[bytes]:
+    """The writer's entries: one committed, then a group acknowledged (fdatasynced in the
+    entry log), never committed."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, str(data), str(GROUP)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    group = [bytes.fromhex(h) for h in json.loads(done.stdout.strip().splitlines()[-1])]
+    assert len(group) == 1 + GROUP and (data / (DB_FILENAME + SUFFIX)).stat().st_size > 0
+    return group
+
+
+def _damage_the_log(data: Path) -> None:
+    """The card's damage: one bit of the last record's entry bytes (its crc catches it)."""
+    log_path = data / (DB_FILENAME + SUFFIX)
+    damaged = bytearray(log_path.read_bytes())
+    last = damaged.rstrip(b"\0")
+    damaged[len(last) - 20] ^= 1
+    log_path.write_bytes(bytes(damaged))
+
+
+def _pushed(data: Path, group: list[bytes]) -> None:
+    """What the mesh did at the group's acknowledgment: the peer holds it."""
+    store = Store.open(data)
+    try:
+        store.import_many(group)
+    finally:
+        store.close()
+
+
+def _own_seq(node: MeshProc) -> int:
+    return heads(node.data).get(node.key, 0)
+
+
+def _mint(data: Path) -> subprocess.CompletedProcess[bytes]:
+    return gibsey(data, "ledger", "mint", "visitor:9", "1")
+
+
+def test_a_damaged_log_holds_the_feed_until_the_peer_brings_back_what_it_lost(
+    tmp_path: Path,
+) -> None:
+    a, b = make_nodes(tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()])
+    try:
+        a.start(timeout=60)
+        b.start(timeout=60)
+        wait_until(lambda: heads(a.data) == heads(b.data) != {}, 60, "the members entries")
+        a.stop()
+        _pushed(b.data, _acknowledged_group(a.data))
+        b.stop()  # the peer that holds the group is away when a comes back
+        lost_from = _own_seq(a) + 1
+        assert heads(b.data)[a.key] == lost_from + GROUP - 1
+        _damage_the_log(a.data)
+
+        refused = _mint(a.data)  # no entry signed at the seqs b holds
+        assert refused.returncode == 1, refused.stdout
+        said = refused.stdout.decode() + refused.stderr.decode()
+        assert "own feed is held" in said and HOLD_FILENAME in said, said
+        assert _own_seq(a) == lost_from - 1
+        assert (a.data / HOLD_FILENAME).exists()
+
+        a.start(timeout=60)
+        b.start(timeout=60)
+        wait_until(lambda: not (a.data / HOLD_FILENAME).exists(), 60, "a signing on")
+        assert _own_seq(a) == lost_from + GROUP - 1  # the lost group came back from b
+        assert "signed on again: the gallery's 1 peer(s) hold no more of it" in a.log()
+        done = _mint(a.data)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"seq {lost_from + GROUP}" in done.stdout.decode()
+        wait_until(lambda: heads(b.data)[a.key] == lost_from + GROUP, 30, "b taking a's new entry")
+    finally:
+        a.stop()
+        b.stop()
+    for node in (a, b):
+        assert heads(node.data, trusted=False) == heads(node.data)  # no fork proof anywhere
+        checked = gibsey(node.data, "ledger", "verify")
+        assert checked.returncode == 0, checked.stdout
+
+
+def test_with_no_peer_answering_the_feed_is_signed_on_after_the_bound(tmp_path: Path) -> None:
+    a, b = make_nodes(
+        tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()], mesh={"own_feed_confirm_s": 1}
+    )
+    _acknowledged_group(a.data)
+    _damage_the_log(a.data)
+    assert _mint(a.data).returncode == 1
+    try:
+        a.start(timeout=60)  # b never starts
+        wait_until(lambda: not (a.data / HOLD_FILENAME).exists(), 60, "a signing on")
+    finally:
+        a.stop()
+    said = a.log()
+    unheard = "1 of 1 peer(s) did not show how far they hold this node's feed within 1 s"
+    assert f"{unheard} ({b.key[:16]})" in said
+    assert "signed on again: [mesh] own_feed_confirm_s (1 s) passed" in said
+    assert _mint(a.data).returncode == 0
+
+
+@pytest.mark.parametrize("tear", [False, True], ids=["damaged", "cut short"])
+def test_a_node_without_a_mesh_signs_on_at_its_start(
+    tmp_path: Path, tear: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "node"
+    load_or_create(data)
+    _acknowledged_group(data)
+    log_path = data / (DB_FILENAME + SUFFIX)
+    if tear:  # a power cut during the last append: its last record cut short
+        log_path.write_bytes(log_path.read_bytes().rstrip(b"\0")[:-25])
+    else:
+        _damage_the_log(data)
+    assert _mint(data).returncode == 1
+    assert (data / HOLD_FILENAME).exists()
+    with caplog.at_level(logging.WARNING, logger="gibsey.ledger"):
+        node = Node(data, load_gibsey_config(data))
+        for close in node._closers:
+            close()
+    assert "signed on again: this node has no mesh, so no peer holds its feed" in caplog.text
+    assert not (data / HOLD_FILENAME).exists()
+    done = _mint(data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The group's whole records wait for the head the card lost: set aside, never signed over.
+    assert "seq 2" in done.stdout.decode()
+
+
+def test_a_whole_log_holds_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    load_or_create(data)
+    _acknowledged_group(data)  # left by a killed writer, every record whole
+    done = _mint(data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"seq {2 + GROUP}" in done.stdout.decode()
+    assert not (data / HOLD_FILENAME).exists()
