@@ -544,7 +544,7 @@ def check_ledger(data: Path) -> Check:
         store = Store(path)
         try:
             bad, entries, feeds = store.bad_rows(), store.count(), len(store.heads())
-            logged = store.logged_only()
+            logged, held = store.logged_only(), store.own_feed_held()
         finally:
             store.close()
     except Exception as exc:  # a file SQLite cannot read at all: say so, never a traceback
@@ -560,7 +560,16 @@ def check_ledger(data: Path) -> Check:
             if logged
             else ""
         )
-        return Check("ledger", OK, f"{entries} entries in {feeds} feeds check out{uncommitted}")
+        checked = f"{entries} entries in {feeds} feeds check out{uncommitted}"
+        if held:  # a damaged or torn entry log (ledger/ownfeed.py): mints refused meanwhile
+            return Check(
+                "ledger",
+                WARN,
+                f"{checked}; {held}",
+                "start the node with its mesh and its peers up: it signs on once they have "
+                "shown what they hold of its feed",
+            )
+        return Check("ledger", OK, checked)
     named = "; ".join(str(b) for b in bad[:3])
     more = len(bad) - 3
     return Check(

@@ -26,6 +26,7 @@ from gibsey.ledger.ownfeed import HOLD_FILENAME
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
+from gibsey.node.doctor import WARN, check_ledger
 from tests.mesh_support import MeshProc, heads, make_nodes, wait_until
 from tests.test_cli_output import gibsey
 
@@ -163,6 +164,8 @@ def test_a_node_without_a_mesh_signs_on_at_its_start(
         _damage_the_log(data)
     assert _mint(data).returncode == 1
     assert (data / HOLD_FILENAME).exists()
+    said = check_ledger(data)  # what `gibsey doctor` says of it
+    assert said.status == WARN and "this node's own feed is held (at " in said.detail, said
     with caplog.at_level(logging.WARNING, logger="gibsey.ledger"):
         node = Node(data, load_gibsey_config(data))
         for close in node._closers:
