@@ -54,7 +54,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.runtime")
 
 FIRST_VISITOR_ID = 1000
-MAX_ACTORS = 65_536
+# Visitors' names kept with their ids. A program reaches only its turn's own actor and the 64
+# keepers (locals start at zero every run, vm_zig/ISA.md), so an id need outlive only its turn:
+# the most recent are kept only so a visitor turning again keeps one. Anyone on the broker picks
+# the names (256 characters each): 65,536 of them were 28 MiB of a Pi Zero's RSS; these, 0.5.
+MAX_ACTORS = 1024
 LEDGER_QUEUE = 4096
 LEDGER_IN_FLIGHT = 1024  # mints and gifts handed to the group commit, not yet announced
 # Mints over this node's mint budget (ledger/ECONOMY.md) are refused before any write and said
