@@ -14,14 +14,16 @@ Where uvicorn was imported already (a test, a tool), or its layout is not the pi
 (pyproject.toml), it is imported as it comes: only the memory saved is lost
 (tests/test_daemon_footprint.py says so).
 
-Its h11 protocol is the gateway's, with two guards uvicorn lacks (`guarded_h11`): a deadline
-for a request's head, and a bound on the connections one address holds open at once.
+Its h11 protocol is the gateway's, with guards uvicorn lacks (`guarded_h11`): a deadline for a
+request's head, a bound on the connections one address holds open at once, and, when every
+connection slot is taken, the oldest still waiting for its head closed for a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -103,6 +105,8 @@ class GuardedH11Protocol(H11Protocol):
     # Address -> connections open from it. Only the event loop's thread touches it, and an
     # address goes when its last connection closes: it is as large as the connections open.
     peers: ClassVar[dict[str, int]]
+    # Connections still waiting for a whole request head, oldest first (their deadlines run).
+    waiting: ClassVar[dict[GuardedH11Protocol, None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -127,6 +131,29 @@ class GuardedH11Protocol(H11Protocol):
         self.peers[address] = held + 1
         self._counted = address
         self._arm_head_timer()  # a connection that sends nothing at all is timed too
+        limit = self.limit_concurrency
+        if limit is not None and len(self.connections) >= limit:
+            self._shed_for_this_one()
+
+    def _shed_for_this_one(self) -> None:
+        """Every slot of limit_concurrency is taken: the oldest connection still waiting for
+        its request head is closed, so this one is served. A browser sends its head in
+        milliseconds, a stranger holding sockets never does, so it is theirs that go: 8
+        addresses at the per-address bound (8 x 32 = 256) left everyone else 503s for as long
+        as they kept reopening. When every slot is serving a request, nothing is closed (the
+        new request is answered 503, as before)."""
+        oldest = next((c for c in self.waiting if c is not self), None)
+        if oldest is None:
+            return
+        oldest._disarm_head_timer()
+        oldest.transport.close()
+        self.connections.discard(oldest)  # its slot is free now, not at its connection_lost
+        self.refused(
+            "http_connections_shed",
+            f"all {self.limit_concurrency} connections of the gateway were taken: the oldest "
+            f"still waiting for a request head (from {oldest._counted or 'a client'}) was "
+            "closed for a new one",
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
@@ -152,14 +179,17 @@ class GuardedH11Protocol(H11Protocol):
     def _arm_head_timer(self) -> None:
         if self._head_timer is None and not self.transport.is_closing():
             self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+            self.waiting[self] = None
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+            del self.waiting[self]
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        del self.waiting[self]
         if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
             return
         self.transport.close()
@@ -179,8 +209,38 @@ def guarded_h11(refused: Refused) -> type[GuardedH11Protocol]:
 
     class GatewayH11(GuardedH11Protocol):
         peers: ClassVar[dict[str, int]] = {}
+        waiting: ClassVar[dict[GuardedH11Protocol, None]] = {}
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.logger = busy_log  # type: ignore[assignment]
 
         def refused(self, reason: str, detail: str) -> None:
             refused(reason, detail)
 
+    busy_log = _BusyLog(refused)
+
     return GatewayH11
+
+
+class _BusyLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """uvicorn's "uvicorn.error" logger for the gateway's h11 protocol, but its "Exceeded
+    concurrency limit." (a line per request answered 503 while every slot is taken: 727 lines a
+    minute under a stranger's flood) said as the gateway's refusals are: paced, with the count
+    (`http_busy`)."""
+
+    def __init__(self, refused: Refused) -> None:
+        super().__init__(logging.getLogger("uvicorn.error"))
+        self._refused = refused
+
+    @property
+    def level(self) -> int:  # h11_impl reads it to skip its trace lines
+        return int(self.logger.level)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg == "Exceeded concurrency limit.":
+            self._refused(
+                "http_busy", "every connection of the gateway was serving: a request got 503"
+            )
+            return
+        super().warning(msg, *args, **kwargs)

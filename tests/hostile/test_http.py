@@ -584,3 +584,74 @@ def test_running_out_of_descriptors_is_said_once_a_minute(
         assert not [r for r in caplog.records if r.exc_info]
     finally:
         loop.close()
+
+
+async def test_strangers_holding_every_connection_from_many_addresses_shut_nobody_out(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried (the outside tester's sweep): 8 addresses, each at its bound of 32 connections
+    with a partial head (8 x 32 = 256: every connection slot of the gateway), reopened as they
+    were closed; an ordinary request from another address was answered 503 in 67 tries of 70.
+    Must hold: it is answered 200, the oldest connection still waiting for its head is closed
+    for it (the newest are not), and the node says so once (http_connections_shed)."""
+    from gibsey.node.gateway.part import MAX_CONNECTIONS
+
+    gw = gateway_node
+    monkeypatch.setattr(uvicorn_lean, "HEAD_TIMEOUT_S", 60.0)  # only the shedding closes here
+    per_address = uvicorn_lean.MAX_CONNECTIONS_PER_ADDRESS
+    url = httpx.URL(gw.url)
+    held = []
+    for i in range(MAX_CONNECTIONS // per_address):
+        for _ in range(per_address):
+            reader, writer = await asyncio.open_connection(
+                url.host, url.port, local_addr=(f"127.0.0.{20 + i}", 0)
+            )
+            writer.write(PARTIAL_HEAD)
+            await writer.drain()
+            held.append((reader, writer))
+    waiting, refusals = gw.gateway.http_protocol.waiting, gw.gateway.web.refusals
+
+    def shed() -> int:  # the first is said, the others counted for the next alert
+        return (
+            1 + refusals["http_connections_shed"][1] if "http_connections_shed" in refusals else 0
+        )
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(waiting) + shed() < len(held):  # every one taken by the gateway
+        assert loop.time() < deadline, f"{len(waiting)} + {shed()} of {len(held)} taken"
+        await asyncio.sleep(0.01)
+    before = shed()
+    try:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as visitor:
+            for _ in range(3):  # the first on a new connection, the others on it, kept alive
+                assert (await visitor.get("/api/status")).status_code == 200
+        assert shed() == before + 1
+        assert await _closed_within(held[before][0], 5.0), "the oldest waiting one was kept"
+        assert not await _closed_within(held[-1][0], 0.2), "the newest was closed"
+    finally:
+        for _, writer in held:
+            writer.close()
+
+
+def test_a_flood_of_503s_is_said_paced_not_a_line_each() -> None:
+    """uvicorn logs "Exceeded concurrency limit." once per request it answers 503 (727 lines a
+    minute under a stranger's flood): the gateway's protocol says it as its refusals are (the
+    gateway paces those: once a minute, with the count), and passes its other lines on."""
+    said: list[tuple[str, str]] = []
+    log = uvicorn_lean._BusyLog(lambda reason, detail: said.append((reason, detail)))
+    passed: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            passed.append(record.getMessage())
+
+    keep = Keep()
+    logging.getLogger("uvicorn.error").addHandler(keep)
+    try:
+        log.warning("Exceeded concurrency limit.")
+        log.warning("Invalid HTTP request received.")
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(keep)
+    assert [reason for reason, _ in said] == ["http_busy"]
+    assert passed == ["Invalid HTTP request received."]
