@@ -44,6 +44,7 @@ class Subscriber:
         default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE)
     )
     dropped: int = 0
+    ended: str = ""  # why its stream was ended, when the node ended it (not stopping)
 
     def wants(self, event: Event) -> bool:
         if self.kinds is not None and event.kind not in self.kinds:
@@ -77,6 +78,8 @@ class Hub:
         self.glyph = GlyphState()
         self.subscribers: set[Subscriber] = set()
         self.streams: collections.Counter[str] = collections.Counter()  # live ones, by address
+        # The same live streams' subscribers by address, oldest first (end_stream).
+        self.live: dict[str, collections.deque[Subscriber]] = {}
         self.agent_tokens: collections.Counter[str] = collections.Counter()
         self.agent_answers: collections.Counter[str] = collections.Counter()
         self.seen = 0
@@ -193,6 +196,28 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+
+    def stream_opened(self, address: str, sub: Subscriber) -> None:
+        """A live stream to `address` began (counted in `streams` until it ends)."""
+        self.streams[address] += 1
+        self.live.setdefault(address, collections.deque()).append(sub)
+
+    def stream_closed(self, address: str, sub: Subscriber) -> None:
+        """A live stream ended; one already uncounted (end_stream) is not counted twice."""
+        live = self.live.get(address)
+        if live is None or sub not in live:
+            return
+        live.remove(sub)
+        self.streams[address] -= 1
+        if not live:
+            del self.live[address], self.streams[address]
+
+    def end_stream(self, address: str, why: str) -> None:
+        """End the oldest live stream to `address`: uncounted now, said `why` as it closes."""
+        sub = self.live[address][0]
+        self.stream_closed(address, sub)
+        sub.ended = why
+        sub.offer(None)
 
     def close(self) -> None:
         """End every live stream (the node is stopping)."""

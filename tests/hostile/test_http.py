@@ -474,6 +474,47 @@ async def test_live_streams_are_bounded_by_address(gateway_node: GatewayNode) ->
         writer.close()
 
 
+async def test_strangers_holding_every_live_stream_shut_no_dashboard_out(
+    gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried (the outside tester's sweep): 8 addresses at their bound of 8 live streams each
+    held all 64, and a new dashboard got 503. Must hold (the bounds lowered here to 4 in all,
+    2 an address): a dashboard's stream is let in, ending the oldest stream of the address
+    holding the most (told why in a last `bye` event); that address reopening is refused
+    (503), ending nothing; and the node says so (http_stream_shed)."""
+    from gibsey.node.gateway.routes import events
+
+    monkeypatch.setattr(events, "MAX_STREAMS", 4)
+    monkeypatch.setattr(events, "MAX_STREAMS_PER_CLIENT", 2)
+    url = httpx.URL(gateway_node.gateway.url)
+    request = f"GET /api/events/stream HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode()
+
+    writers: list[asyncio.StreamWriter] = []  # kept: a writer let go closes its connection
+
+    async def open_stream(source: str) -> tuple[bytes, asyncio.StreamReader]:
+        reader, writer = await asyncio.open_connection(url.host, url.port, local_addr=(source, 0))
+        writers.append(writer)
+        writer.write(request)
+        status = await reader.readline()
+        while status.startswith(b"HTTP/1.1 200") and b"retry:" not in await reader.readline():
+            pass
+        return status, reader
+
+    held = [await open_stream(f"127.0.0.{a}") for a in (30, 30, 31, 31)]
+    assert all(status.startswith(b"HTTP/1.1 200") for status, _ in held)
+    hub = gateway_node.gateway.hub
+    status, _dashboard = await open_stream("127.0.0.1")
+    assert status.startswith(b"HTTP/1.1 200"), status
+    ended = await asyncio.wait_for(held[0][1].read(), 10)  # to its close
+    assert b"event: bye" in ended and b"127.0.0.30 held the most" in ended, ended[-300:]
+    again, _ = await open_stream("127.0.0.30")
+    assert again.startswith(b"HTTP/1.1 503"), again
+    assert dict(hub.streams) == {"127.0.0.30": 1, "127.0.0.31": 2, "127.0.0.1": 1}
+    assert gateway_node.gateway.web.refusals["http_stream_shed"][1] == 0  # said once, 1 ended
+    for writer in writers:
+        writer.close()
+
+
 async def test_a_connection_without_a_whole_request_head_is_closed_in_time(
     gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,13 +73,32 @@ def _past_bounds(gw: GatewayState, client: str) -> Response | None:
     needs no token: bounded in all and by address, or a stranger's thousand streams take every
     descriptor the node has (its gateway stops answering, its accept loop fails over and over)."""
     streams = gw.hub.streams
-    if sum(streams.values()) >= MAX_STREAMS:
-        why = f"the node serves {MAX_STREAMS} live streams already; try later"
-        return JSONResponse({"error": why}, status_code=503)
     if streams[client] >= MAX_STREAMS_PER_CLIENT:
         why = f"{MAX_STREAMS_PER_CLIENT} live streams from {client} already: close one first"
         return JSONResponse({"error": why}, status_code=429)
+    if sum(streams.values()) >= MAX_STREAMS and not _shed_for(gw, client):
+        why = f"the node serves {MAX_STREAMS} live streams already; try later"
+        return JSONResponse({"error": why}, status_code=503)
     return None
+
+
+def _shed_for(gw: GatewayState, client: str) -> bool:
+    """Every live stream is taken: the oldest of the address holding the most is ended for
+    `client`, if that address would still hold more than `client` then (a fair share: 8
+    addresses of a stranger's at 8 streams each held all 64, and every new dashboard got 503).
+    A dashboard's one stream is never ended for anyone, and a stranger reopening from an
+    address already at its share ends nothing."""
+    streams = gw.hub.streams
+    address, most = max(streams.items(), key=lambda held: held[1])
+    if most <= streams[client] + 1:
+        return False
+    gw.hub.end_stream(address, f"every live stream was taken, and {address} held the most")
+    gw.refused(
+        "http_stream_shed",
+        f"all {MAX_STREAMS} live streams were taken: the oldest of {address}'s {most} was "
+        f"ended for one to {client}",
+    )
+    return True
 
 
 async def _stream(
@@ -88,7 +107,7 @@ async def _stream(
     # Subscribed here, when the response starts, not in the route: a generator never started
     # (its client gone before) never runs its `finally`, and would leave its subscriber behind.
     sub = gw.hub.subscribe(wanted)
-    gw.hub.streams[client] += 1
+    gw.hub.stream_opened(client, sub)
     backlog = [e for e in gw.hub.recent if wanted is None or e.kind in wanted]
     backlog = backlog[-recent:] if recent else []
     try:
@@ -107,11 +126,9 @@ async def _stream(
                 yield b": keep-alive\n\n"
                 continue
             if got is None:
-                yield sse("bye", {"reason": "the node is stopping"})
+                yield sse("bye", {"reason": sub.ended or "the node is stopping"})
                 return
             yield sse(got.kind, event_json(got))
     finally:
         gw.hub.unsubscribe(sub)
-        gw.hub.streams[client] -= 1
-        if gw.hub.streams[client] <= 0:
-            del gw.hub.streams[client]
+        gw.hub.stream_closed(client, sub)
