@@ -185,8 +185,9 @@ async def test_a_clients_traced_turn_is_continued_with_tracing_off(
     assert "trace" not in ritual
 
 
-DEAD_COLLECTOR_SCRIPT = """
-import json, logging, sys
+# A process tracing to the collector on port argv[1], keeping every log line in `said`.
+TRACING_PROCESS = """
+import json, logging, sys, time
 from gibsey.core import trace
 said = []
 class Keep(logging.Handler):
@@ -195,12 +196,17 @@ class Keep(logging.Handler):
 logging.basicConfig(level=logging.INFO, handlers=[Keep()])
 url = f"http://127.0.0.1:{sys.argv[1]}/v1/traces"
 trace.configure(trace.TelemetryConfig(otlp_endpoint=url, export_delay_s=60), "n1")
+"""
+DEAD_COLLECTOR_SCRIPT = (
+    TRACING_PROCESS
+    + """
 for _ in range(2):
     with trace.span("turn"):
         pass
     trace._provider.force_flush(20_000)
 print(json.dumps(said))
 """
+)
 
 
 def test_a_collector_switched_off_costs_one_line_of_each_kind_a_minute() -> None:
@@ -220,16 +226,9 @@ def test_a_collector_switched_off_costs_one_line_of_each_kind_a_minute() -> None
     assert len([line for line in said if "Failed to export" in line]) == 1, said
 
 
-SILENT_COLLECTOR_SCRIPT = """
-import json, logging, sys, time
-from gibsey.core import trace
-said = []
-class Keep(logging.Handler):
-    def emit(self, record):
-        said.append(record.getMessage())
-logging.basicConfig(level=logging.INFO, handlers=[Keep()])
-url = f"http://127.0.0.1:{sys.argv[1]}/v1/traces"
-trace.configure(trace.TelemetryConfig(otlp_endpoint=url, export_delay_s=60), "n1")
+SILENT_COLLECTOR_SCRIPT = (
+    TRACING_PROCESS
+    + """
 with trace.span("turn"):
     pass
 t0 = time.monotonic()
@@ -237,6 +236,7 @@ trace.shutdown()
 took = time.monotonic() - t0
 print(json.dumps({"took": took, "on": trace.enabled(), "said": said, "ended_at": time.time()}))
 """
+)
 
 
 def test_a_silent_collector_holds_a_stop_for_its_budget_only() -> None:
