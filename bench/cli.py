@@ -8,9 +8,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
-
 from gibsey.bench.report import Row, print_rows
+from gibsey.core.console import make_console
 
 # name -> (module, what it measures). A module provides run() -> list[Row].
 SUITES: dict[str, tuple[str, str]] = {
@@ -91,7 +90,8 @@ def _suite(name: str) -> Callable[[], list[Row]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    console = Console()
+    # Piped into a file, a row stays one line (core/console.py), as the README's tables need.
+    console = make_console()
     names = list(SUITES) if args.suite == "all" else [args.suite]
     failed = False
     for name in names:

@@ -1,6 +1,6 @@
 #!/bin/sh
-# One entry point for the Makefile. Uses `python -m ziglang` from whatever python is first on PATH
-# (the Makefile puts the venv there), so the pinned ziglang==0.17.1 wheel is the only toolchain.
+# One entry point for the Makefile. Uses `python -m ziglang` from the project's .venv (or $PYTHON),
+# so the pinned ziglang==0.17.1 wheel is the only toolchain.
 #
 #   vm_zig/build.sh lib           native + aarch64-linux-gnu shared libraries
 #                                 -> zig-out/lib/libgibsey_vm.so, zig-out/aarch64/libgibsey_vm.so
@@ -11,8 +11,17 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
-# $PYTHON picks the interpreter (tests pass their own); else the first python on PATH.
-zig() { "${PYTHON:-python}" -m ziglang "$@"; }
+# $PYTHON picks the interpreter (tests pass their own); else the project's .venv (where `make`
+# installed ziglang; this script is also run by hand, as images/README.md shows); else the first
+# python3 on PATH.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$here/../.venv/bin/python" ]; then PYTHON="$here/../.venv/bin/python"; else PYTHON=python3; fi
+fi
+if ! "$PYTHON" -c "import ziglang" 2>/dev/null; then
+    echo "vm_zig/build.sh: $PYTHON has no ziglang (the pinned Zig toolchain): run \`make setup\` first, or set PYTHON" >&2
+    exit 2
+fi
+zig() { "$PYTHON" -m ziglang "$@"; }
 # Local cache next to the sources; the global cache (~/.cache/zig) stays Zig's default.
 cache="--cache-dir $here/.zig-cache"
 

@@ -34,9 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 import gibsey.dialcore
+from gibsey.core.console import make_console
 from gibsey.dialcore.config import ConfigError, merge
 from gibsey.node.dial.config import PICO_VID
 
@@ -148,7 +147,7 @@ def mpremote_argv(mpremote: str, port: str) -> list[str]:
 
 
 def _flash(args: argparse.Namespace) -> int:
-    console = Console(stderr=True)
+    console = make_console(stderr=True)  # into a pipe: one line a message, not wrapped at 80
     try:
         cfg = build_config(args)
     except (ConfigError, OSError, ValueError) as exc:

@@ -102,7 +102,11 @@ class Gateway:
             # Port taken (another node on this machine?): the node runs on without its gateway,
             # and says so once; set GIBSEY_HTTP / [gateway] listen to move it.
             detail = f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
-            log.error("gateway: %s; the node runs without its HTTP gateway", detail)
+            log.error(
+                "gateway: %s; the node runs without its HTTP gateway (choose another address "
+                "with `gibsey up --http HOST:PORT`, GIBSEY_HTTP or [gateway] listen)",
+                detail,
+            )
             self.node.alert(SafetyAlert(reason="gateway_unavailable", detail=detail))
             return
         config = Config(

@@ -89,7 +89,8 @@ def _check_port(host: str, port: int) -> None:
         raise EmbeddedBrokerError(
             f"cannot start the embedded broker: {host}:{port} is already in use. "
             f"If a broker (e.g. Mosquitto) runs there, use --broker mqtt://{host}:{port}; "
-            "otherwise choose another port with GIBSEY_EMBEDDED_PORT."
+            "otherwise choose another port with `gibsey up --embedded-port PORT` (or "
+            "GIBSEY_EMBEDDED_PORT)."
         )
 
 
