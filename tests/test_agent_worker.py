@@ -66,6 +66,37 @@ async def test_a_question_longer_than_the_context_window_is_answered_from_its_en
         assert final["text"].strip() and toks
 
 
+async def test_memories_of_rare_characters_never_push_a_question_out_of_the_window(
+    tmp_path: Path, collector_factory: CollectorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester): questions of 3,000 rare characters (3-4 tokens each). Each
+    was remembered with its first 300 characters, ~1,200 tokens, more than the whole
+    1,024-token window; the next questions that recalled them failed in the worker ("Requested
+    tokens exceed context window") and were answered with canned lines. Must hold: they are
+    answered by the model, what the persona recalls cut first (said at debug)."""
+    import random
+
+    caplog.set_level(logging.DEBUG, logger="gibsey.agents")
+    rare = random.Random(19)
+
+    def garbage() -> str:  # CJK Extension B: 4 bytes of UTF-8, several tokens, each
+        return "".join(chr(rare.randrange(0x20000, 0x2A6DF)) for _ in range(3000))
+
+    async with agent_node(tmp_path) as (node, broker):
+        service = agents(node)
+        persona = service.personas.get("glyph-marrow")
+        assert persona is not None
+        for _ in range(3):
+            final, toks, _ = await ask(
+                collector_factory, node, broker.port, "glyph-marrow", garbage(), timeout_s=120
+            )
+            assert toks, f"answered without the model: {final['text']!r}"
+            assert final["text"] not in persona.canned
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "cut short" in m], said
+    assert [m for m in said if "what the persona recalls first" in m], "nothing was cut"
+
+
 async def test_killed_worker_is_restarted_and_answers_again(
     tmp_path: Path, collector_factory: CollectorFactory
 ) -> None:
@@ -114,6 +145,40 @@ async def test_wedged_worker_is_detected_and_replaced(
             collector_factory, node, broker.port, "princhetta", "Are you awake?"
         )
         assert final["text"].strip()
+
+
+async def test_a_worker_that_stops_after_its_first_token_is_caught_in_token_timeout(
+    tmp_path: Path,
+) -> None:
+    """Tried (an outside tester): the worker paused (SIGSTOP) once an answer's first token had
+    come. The supervisor looked again only once the first token's deadline (60 s) had passed,
+    then said "no token in 15s": the visitor waited a minute. Must hold: it is caught
+    token_timeout after the last token (lowered here to 2 s, the first token's to 40 s)."""
+    cfg = AgentConfig.model_validate(
+        {**TEST_AGENT, "token_timeout": 2.0, "first_token_timeout": 40.0}
+    )
+    worker = WorkerProcess(resolve_model(cfg.model), cfg, tmp_path / "worker.log")
+    await worker.start()
+    first = asyncio.Event()
+
+    def on_token(text: str) -> bool:
+        if not first.is_set():
+            assert worker.proc is not None
+            os.kill(worker.proc.pid, signal.SIGSTOP)  # alive, answering nothing more
+            first.set()
+        return True
+
+    request = GenRequest("Visitor: Tell me everything about the exits.\nFox:", 400, [], on_token)
+    loop = asyncio.get_running_loop()
+    try:
+        answering = asyncio.create_task(worker.generate(request))
+        await asyncio.wait_for(first.wait(), ANSWER_BOUND_S)
+        stopped = loop.time()
+        with pytest.raises(WorkerFailed, match="no token in 2s"):
+            await asyncio.wait_for(answering, 38)  # (under the first token's 40 s)
+        assert loop.time() - stopped < 20, "caught by the first token's deadline"
+    finally:
+        await worker.stop(kill=True)
 
 
 async def _worker_up(service: object) -> None:

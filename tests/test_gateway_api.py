@@ -639,3 +639,29 @@ async def test_a_gift_waiting_for_its_acknowledgement_is_answered_as_the_gateway
     assert loop.time() - stopped_at < SHUTDOWN_TIMEOUT_S
     assert answer.status_code == 201, answer.text
     assert answer.json()["acked"] is False
+
+
+async def test_a_throttled_question_is_refused_at_once_not_after_a_minute(tmp_path: Path) -> None:
+    """Tried (an outside tester): 12 questions at once over HTTP from one actor; the 6 the
+    node throttled each waited the whole minute, then read "the persona did not answer within
+    60s". Must hold: one over the actor's rate (here 1 a burst, one a minute) ends with an
+    error saying the node refused it and why, long before that minute; the first is answered."""
+    from gibsey.node.agents.config import AgentConfig
+    from tests.agent_support import TEST_AGENT
+
+    agent = AgentConfig.model_validate(
+        {**TEST_AGENT, "requests_per_minute": 1.0, "requests_burst": 1.0}
+    )
+    config = gateway_config().model_copy(update={"agent": agent})
+    async with running_gateway(tmp_path, config) as gw:
+        body = {"persona": "london-fox", "prompt": "Who counts the exits?", "actor": "kiosk"}
+        first = _sse((await _ask(gw, body, AUTH)).text)
+        assert first[-1][0] == "done" and first[-1][1]["text"].strip(), first
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        second = _sse((await _ask(gw, body, AUTH)).text)
+        took = loop.time() - asked
+    assert [kind for kind, _ in second] == ["request", "error"], second
+    said = second[-1][1]["error"]
+    assert said == "the node refused the question: throttled: 'kiosk' asks over 1/min", said
+    assert took < 20, f"refused after {took:.0f} s"

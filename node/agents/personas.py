@@ -74,6 +74,13 @@ class Persona:
         start = prompt.rindex(f"\n{VISITOR}: ") + len(VISITOR) + 3
         return start, len(prompt) - len(f"\n{self.name}:")
 
+    def recalled_span(self, prompt: str) -> tuple[int, int]:
+        """Where what the persona recalls (facts, memories) is in `prompt` (one `prompt()`
+        made): [start, end), in characters, between the preamble and the question; empty when
+        it recalls nothing."""
+        end = prompt.rindex(f"\n{VISITOR}: ") + 1
+        return min(len(self.preamble()) + 1, end), end
+
     def preamble(self) -> str:
         """The start of every prompt of this persona (framing, knowledge, the example exchange),
         ending in a blank line."""

@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +141,9 @@ class AgentService:
         self.embedder = Embedder()
         self.filter = OutputFilter(self.cfg.blocked)
         self.requests = Throttle(self.cfg.requests_per_minute / 60.0, self.cfg.requests_burst)
+        # Told of each question refused by a throttle (the gateway answers a visitor waiting on
+        # HTTP at once, not after its minute's timeout); bounded: see refused().
+        self.refusal_listeners: list[Callable[[Event, str], None]] = []
         self.rotations = Throttle(self.cfg.rotations_per_second, self.cfg.rotations_per_second * 2)
         self.pressure = PressureMonitor(
             self.cfg.thermal_glob,
@@ -395,8 +399,12 @@ class AgentService:
         # flood of replies); counted in the node's `throttled` drops and said once per interval.
         if not self.requests.allow(event.actor):
             self._throttle_alert(event.actor, "agent_request")
+            per_minute = self.cfg.requests_per_minute
+            self.refused(event, f"throttled: {event.actor[:64]!r} asks over {per_minute:g}/min")
             return
-        if self.node.inputs.admit() is not None:
+        over = self.node.inputs.admit()
+        if over is not None:
+            self.refused(event, over)
             return
         corr = payload.correlation or event.id
         reply = await self.reply_route(event, payload)
@@ -415,6 +423,12 @@ class AgentService:
         with trace.span("persona answer", event.trace, attributes):
             answer, seq = await self.answer(persona, payload, event, corr, reply)
             self._emit(persona.slug, corr, seq, answer, True, reply)
+
+    def refused(self, event: Event, why: str) -> None:
+        """Tell the listeners a question was refused (no reply goes out on MQTT: a flood of
+        refusals must not become a flood of replies)."""
+        for listener in tuple(self.refusal_listeners):
+            listener(event, why)
 
     async def reply_route(self, event: Event, req: AgentRequest) -> Reply | None:
         """Where the emits of `event` go besides the event topic: its MQTT 5 response topic if
@@ -473,8 +487,7 @@ class AgentService:
             seq += 1
             return True
 
-        cut = persona.question_span(prompt)  # its start goes if the prompt would not fit
-        gen = GenRequest(prompt, max_tokens, persona.stop_sequences(), on_token, cut=cut)
+        gen = _generation(persona, prompt, max_tokens, on_token)
         try:
             stats = await sup.generate(gen)
         except (WorkerFailed, GenerationFailed) as exc:
@@ -486,7 +499,8 @@ class AgentService:
             return self._canned(persona), seq
         if stats.cut:
             log.debug(
-                "request %s: the question was cut (its first %d tokens) to fit the context window",
+                "request %s: the prompt was cut (%d tokens: what the persona recalls first, then "
+                "the question's start) to fit the context window",
                 event.id,
                 stats.cut,
             )
@@ -654,3 +668,13 @@ class AgentService:
         if self.rotations.allow(who):
             return None
         return f"throttled: {who} turns faster than {self.cfg.rotations_per_second:g}/s"
+
+
+def _generation(
+    persona: Persona, prompt: str, max_tokens: int, on_token: Callable[[str], bool]
+) -> GenRequest:
+    """The worker's request for `prompt`: if it would not fit the context window, what the
+    persona recalls goes first, then the start of the question (node/agents/worker.py
+    fit_prompt), never the persona's framing."""
+    cut, spare = persona.question_span(prompt), persona.recalled_span(prompt)
+    return GenRequest(prompt, max_tokens, persona.stop_sequences(), on_token, cut=cut, spare=spare)

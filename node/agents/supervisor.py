@@ -70,6 +70,9 @@ class GenRequest:
     # Where the visitor's question is in `prompt` ([start, end), characters): the worker cuts
     # its start when the prompt would leave the answer less than max_tokens of the context.
     cut: tuple[int, int] | None = None
+    # What may go before the question is cut ([start, end), characters, before `cut`): what
+    # the persona recalls (facts, memories), dropped from its start as the prompt needs.
+    spare: tuple[int, int] | None = None
 
 
 @dataclass
@@ -301,13 +304,17 @@ class WorkerProcess:
                 seed=self.cfg.seed,
                 batch_s=self.cfg.token_batch,
                 cut=list(request.cut) if request.cut else None,
+                spare=list(request.spare) if request.spare else None,
             )
             while not gen.done.done():
                 timeout = self.cfg.token_timeout if gen.tokens else self.cfg.first_token_timeout
                 remaining = gen.progress + timeout - loop.time()
                 if remaining <= 0:
                     raise WorkerFailed(f"wedged: no token in {timeout:g}s")
-                await asyncio.wait((gen.done,), timeout=remaining)
+                # Looked at again at least every token_timeout: a worker that stops after its
+                # first token is caught token_timeout after it, not once the first token's
+                # deadline (60 s) has passed.
+                await asyncio.wait((gen.done,), timeout=min(remaining, self.cfg.token_timeout))
             return gen.done.result()
         finally:
             self._current = None

@@ -30,7 +30,10 @@ with 0 (measured with `gibsey bench agent`: 0 -> 0.83-0.87 of bare, 0.025 -> 0.8
 `cut` (optional) is where the visitor's question is in the prompt ([start, end), characters): a
 prompt that leaves less than `max_tokens` of the context window (`--n-ctx`) to the answer loses
 the start of that span, counted in the model's own tokens, and `done` says how many tokens went
-(`fit_prompt`). Without it a prompt goes as it came, and one llama.cpp cannot hold is an `error`.
+(`fit_prompt`). `spare` (optional, before the question) is what goes first, from its start, before
+the question is cut: what the persona recalls (facts, memories), which a visitor's earlier
+question of rare characters can make longer than the whole window (3-4 tokens a character).
+Without `cut` a prompt goes as it came, and one llama.cpp cannot hold is an `error`.
 
 Pings are answered by the thread that generates, between requests, so a wedged generation stops
 the pongs too: that is what the supervisor watches. File descriptor 1 is re-pointed at stderr
@@ -135,8 +138,8 @@ def sampling(msg: dict[str, Any]) -> dict[str, Any]:
 QUESTION_KEPT_MIN = 32
 
 
-def _span(msg: dict[str, Any], prompt: str) -> tuple[int, int] | None:
-    cut = msg.get("cut")
+def _span(msg: dict[str, Any], prompt: str, key: str = "cut") -> tuple[int, int] | None:
+    cut = msg.get(key)
     if not isinstance(cut, list) or len(cut) != 2 or not all(isinstance(i, int) for i in cut):
         return None
     start, end = cut
@@ -157,11 +160,23 @@ def fit_prompt(llm: Any, msg: dict[str, Any]) -> tuple[str | list[int], int]:
     if len(llm.tokenize(prompt.encode(), add_bos=True, special=True)) <= room:
         return prompt, 0
     start, end = span
-    head = llm.tokenize(prompt[:start].encode(), add_bos=True, special=True)
+    spare_at, spare_end = _span(msg, prompt, "spare") or (start, start)
+    if not spare_at <= spare_end <= start:
+        spare_at = spare_end = start
+    pieces = (prompt[:spare_at], prompt[spare_at:spare_end], prompt[spare_end:start])
+    head, spare, mid = (
+        llm.tokenize(piece.encode(), add_bos=i == 0, special=True) for i, piece in enumerate(pieces)
+    )
     question = llm.tokenize(prompt[start:end].encode(), add_bos=False, special=True)
     tail = llm.tokenize(prompt[end:].encode(), add_bos=False, special=True)
-    keep = min(len(question), max(room - len(head) - len(tail), QUESTION_KEPT_MIN))
-    return head + question[len(question) - keep :] + tail, len(question) - keep
+    fixed = len(head) + len(mid) + len(tail)
+    # What the persona recalls goes first (as much as the question needs, from its start) ...
+    spare_kept = min(len(spare), max(room - fixed - len(question), 0))
+    # ... then the start of the question, never below its last QUESTION_KEPT_MIN tokens.
+    keep = min(len(question), max(room - fixed - spare_kept, QUESTION_KEPT_MIN))
+    dropped = len(spare) - spare_kept + len(question) - keep
+    spare_left = spare[len(spare) - spare_kept :]
+    return head + spare_left + mid + question[len(question) - keep :] + tail, dropped
 
 
 def _reader(commands: queue.Queue[dict[str, Any] | None], cancelled: set[str]) -> None:

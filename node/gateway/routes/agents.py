@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ PERSONAS = tuple(slug for slug, _ in CHARACTERS)
 # The model may have to load before the first token; after that, tokens come quickly.
 ASK_FIRST_TOKEN_TIMEOUT_S = 60.0
 ASK_TOKEN_TIMEOUT_S = 30.0
+LISTENERS_KEPT = 1024  # questions over HTTP waiting to hear of a refusal (_listen_for_refusal)
 
 router = APIRouter(tags=["agents"])
 
@@ -54,38 +56,80 @@ async def ask(body: AskRequest, _: Token, gw: State) -> StreamingResponse:
     sub = gw.hub.subscribe(
         frozenset({"agent/emit"}), lambda e: e.payload.get("correlation") == correlation
     )
+    box: dict[str, str] = {}  # the question's event id, once published
+    refused = _listen_for_refusal(gw, box)
     try:
         payload = AgentRequest(
             persona=body.persona, prompt=body.prompt, max_tokens=body.max_tokens, correlation=None
         )
         event, acked = await gw.publish_with_id(
-            "agent/request", payload, body.actor, {}, correlation
+            "agent/request", payload, body.actor, box, correlation
         )
     except BaseException:
         gw.hub.unsubscribe(sub)
+        refused.cancel()
         raise
     return StreamingResponse(
-        _answer(gw, sub, event, correlation, acked),
+        _answer(gw, sub, event, correlation, acked, refused),
         media_type="text/event-stream",
         headers=STREAM_HEADERS,
     )
 
 
+def _listen_for_refusal(gw: GatewayState, box: dict[str, str]) -> asyncio.Future[str]:
+    """Why the question (its event id in `box`) was refused by a throttle, once it is: the
+    asker is told at once, not after ASK_FIRST_TOKEN_TIMEOUT_S (an outside tester's throttled
+    questions each waited the minute). The listener goes when the future is done or
+    cancelled, and past LISTENERS_KEPT the oldest go first (an asker gone before its answer
+    began never runs the stream's cleanup)."""
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    agents = gw.node.parts.agents
+    if agents is None:
+        return refused
+    listeners = agents.refusal_listeners
+
+    def on_refused(event: Event, why: str) -> None:
+        if event.id == box.get("id") and not refused.done():
+            refused.set_result(why)
+
+    def gone(_: asyncio.Future[str]) -> None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(on_refused)
+
+    listeners.append(on_refused)
+    del listeners[:-LISTENERS_KEPT]
+    refused.add_done_callback(gone)
+    return refused
+
+
 async def _answer(
-    gw: GatewayState, sub: Subscriber, event: Event, correlation: str, acked: bool
+    gw: GatewayState,
+    sub: Subscriber,
+    event: Event,
+    correlation: str,
+    acked: bool,
+    refused: asyncio.Future[str],
 ) -> AsyncIterator[bytes]:
+    emitted: asyncio.Future[Event | None] | None = None
     try:
         yield sse("request", {"event": event.id, "correlation": correlation, "acked": acked})
         text: list[str] = []
         timeout_s = ASK_FIRST_TOKEN_TIMEOUT_S
         while True:
-            try:
-                # asyncio.timeout: Python 3.11's wait_for drops a cancel landing with an item
-                async with asyncio.timeout(timeout_s):
-                    got = await sub.queue.get()
-            except TimeoutError:
-                yield sse("error", {"error": f"the persona did not answer within {timeout_s:g}s"})
+            emitted = asyncio.ensure_future(sub.queue.get())
+            done, _ = await asyncio.wait(
+                (emitted, refused), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if emitted not in done:
+                emitted.cancel()
+                why = (
+                    f"the node refused the question: {refused.result()}"
+                    if refused in done
+                    else f"the persona did not answer within {timeout_s:g}s"
+                )
+                yield sse("error", {"error": why})
                 return
+            got = emitted.result()
             if got is None:
                 yield sse("error", {"error": "the node is stopping"})
                 return
@@ -99,4 +143,7 @@ async def _answer(
             text.append(piece)
             yield sse("token", {"seq": p.get("seq"), "text": piece})
     finally:
+        if emitted is not None:
+            emitted.cancel()  # (the asker gone while it waited)
         gw.hub.unsubscribe(sub)
+        refused.cancel()
