@@ -1356,15 +1356,16 @@ class Store:
     def own_feed_held(self) -> str | None:
         """Why this node's feed waits for its peers' word before it is signed on, if it does
         (a damaged or torn entry log: ledger/ownfeed.py)."""
-        held = self.own_mark.held() if self.own_mark is not None else ""
-        if not held:
+        mark = self.own_mark
+        held = mark.held() if mark is not None else ""
+        if not held or mark is None:
             return None
         return (
             f"this node's own feed is held ({held}): an entry signed now could fork the feed "
             "its peers hold, which then counts nowhere. The node's mesh signs on once every "
             "peer has shown it holds no more of the feed (what they hold comes back), or after "
             f"[mesh] own_feed_confirm_s; `gibsey up` without a mesh, at its start. Remove "
-            f"{self.own_mark.hold_path if self.own_mark else ''} if no peer could hold this feed"
+            f"{mark.hold_path} if no peer could hold this feed"
         )
 
     def release_own_feed(self, why: str) -> bool:

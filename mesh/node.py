@@ -484,10 +484,12 @@ class MeshNode:
         ]
         if self.data_dir is not None:
             self._tasks.append(asyncio.create_task(self._status_loop(), name="mesh-status"))
-        if self.store.own_feed_held() and not self.allowed:
-            self._sign_on("no peer is on the allow-list, so none holds this node's feed")
-        elif self.store.own_feed_held():
-            self._tasks.append(asyncio.create_task(self._own_feed_wait(), name="mesh-own-feed"))
+        if self.store.own_feed_held():
+            if not self.allowed:
+                self._sign_on("no peer is on the allow-list, so none holds this node's feed")
+            else:
+                wait = asyncio.create_task(self._own_feed_wait(), name="mesh-own-feed")
+                self._tasks.append(wait)
         if self.listen and self.cfg.beacon_port:
             from .beacon import Beacon
 

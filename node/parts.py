@@ -78,11 +78,12 @@ def attach_ledger(node: Node) -> None:
     else:
         ledger.store.mark_own(ledger.author)
     mesh = node.config.mesh
-    if ledger.store.own_feed_held() and (mesh is None or not mesh.enabled):
+    held = ledger.store.own_feed_held()
+    if held and (mesh is None or not mesh.enabled):
         # A damaged or torn entry log held the feed for the peers' word: without a mesh, no
         # peer holds it (ledger/ownfeed.py).
         ledger.store.release_own_feed("this node has no mesh, so no peer holds its feed")
-    elif held := ledger.store.own_feed_held():  # its mesh signs on (MeshNode._confirm_own)
+    elif held:  # its mesh signs on (MeshNode._confirm_own)
         log.error("ledger: %s", held)
     node.add_closer(ledger.close)
     node.parts.ledger = ledger

@@ -22,8 +22,9 @@ from nacl.exceptions import BadSignatureError
 from nacl.exceptions import ValueError as NaclValueError
 from nacl.signing import SigningKey, VerifyKey
 
-from gibsey.ledger.entry import DOMAIN, SIG_LEN, create, parse, verify_signature
+from gibsey.ledger.entry import DOMAIN, SIG_LEN, parse, verify_signature
 from gibsey.ledger.errors import Rejected, RejectReason
+from tests.test_ledger_entry import pinned_entry
 
 # ---- RFC 8032 section 6, transcribed (extended coordinates X, Y, Z, T: x=X/Z, y=Y/Z, xy=T/Z)
 
@@ -306,15 +307,7 @@ def test_wrong_lengths_raise_value_error_not_bad_signature() -> None:
 def test_ledger_check_is_the_documented_rule() -> None:
     """The ledger's own check, over DOMAIN || payload of a real entry: the genuine signature
     (case a) passes; R = neutral, S = k*a (case d), which RFC 8032 alone accepts, is refused."""
-    entry = create(
-        KEY,
-        seq=1,
-        prev=None,
-        lamport=1,
-        type_="mint",
-        body={"actor": "london-fox", "amount": 5, "ritual": "read"},
-        wall=1_700_000_000_000,
-    )
+    entry = pinned_entry()  # (signed with SigningKey(SEED): this file's KEY)
     signed = DOMAIN + entry.payload
     forged_sig = forge_neutral_r(PUBLIC, secret_scalar(SEED), NEUTRAL_ENC, signed)
     assert len(forged_sig) == SIG_LEN

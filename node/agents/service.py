@@ -142,7 +142,7 @@ class AgentService:
         self.filter = OutputFilter(self.cfg.blocked)
         self.requests = Throttle(self.cfg.requests_per_minute / 60.0, self.cfg.requests_burst)
         # Told of each question refused by a throttle (the gateway answers a visitor waiting on
-        # HTTP at once, not after its minute's timeout); bounded: see refused().
+        # HTTP at once, not after its minute's timeout: node/gateway/state.py refusal_of).
         self.refusal_listeners: list[Callable[[Event, str], None]] = []
         self.rotations = Throttle(self.cfg.rotations_per_second, self.cfg.rotations_per_second * 2)
         self.pressure = PressureMonitor(

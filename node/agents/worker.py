@@ -139,10 +139,10 @@ QUESTION_KEPT_MIN = 32
 
 
 def _span(msg: dict[str, Any], prompt: str, key: str = "cut") -> tuple[int, int] | None:
-    cut = msg.get(key)
-    if not isinstance(cut, list) or len(cut) != 2 or not all(isinstance(i, int) for i in cut):
+    span = msg.get(key)
+    if not isinstance(span, list) or len(span) != 2 or not all(isinstance(i, int) for i in span):
         return None
-    start, end = cut
+    start, end = span
     return (start, end) if 0 <= start <= end <= len(prompt) else None
 
 

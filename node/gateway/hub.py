@@ -77,8 +77,7 @@ class Hub:
         self.recent: collections.deque[Event] = collections.deque(maxlen=RECENT)
         self.glyph = GlyphState()
         self.subscribers: set[Subscriber] = set()
-        self.streams: collections.Counter[str] = collections.Counter()  # live ones, by address
-        # The same live streams' subscribers by address, oldest first (end_stream).
+        # The live streams' subscribers by address, oldest first (end_stream).
         self.live: dict[str, collections.deque[Subscriber]] = {}
         self.agent_tokens: collections.Counter[str] = collections.Counter()
         self.agent_answers: collections.Counter[str] = collections.Counter()
@@ -197,23 +196,26 @@ class Hub:
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
+    @property
+    def streams(self) -> collections.Counter[str]:
+        """How many live streams each address holds."""
+        return collections.Counter({address: len(subs) for address, subs in self.live.items()})
+
     def stream_opened(self, address: str, sub: Subscriber) -> None:
-        """A live stream to `address` began (counted in `streams` until it ends)."""
-        self.streams[address] += 1
+        """A live stream to `address` began (in `live` until it ends)."""
         self.live.setdefault(address, collections.deque()).append(sub)
 
     def stream_closed(self, address: str, sub: Subscriber) -> None:
-        """A live stream ended; one already uncounted (end_stream) is not counted twice."""
+        """A live stream ended; one already let go (end_stream) is not let go twice."""
         live = self.live.get(address)
         if live is None or sub not in live:
             return
         live.remove(sub)
-        self.streams[address] -= 1
         if not live:
-            del self.live[address], self.streams[address]
+            del self.live[address]
 
     def end_stream(self, address: str, why: str) -> None:
-        """End the oldest live stream to `address`: uncounted now, said `why` as it closes."""
+        """End the oldest live stream to `address`: let go now, said `why` as it closes."""
         sub = self.live[address][0]
         self.stream_closed(address, sub)
         sub.ended = why

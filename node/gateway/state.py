@@ -7,9 +7,11 @@ An endpoint takes `gw: State` (a FastAPI dependency) and finds a part through it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,6 +34,34 @@ log = logging.getLogger("gibsey.gateway")
 
 ACK_TIMEOUT_S = 5.0
 REFUSAL_ALERT_INTERVAL_S = 60.0
+# Requests waiting to hear whether a part refused what they published (refusal_of): past this,
+# the oldest listeners go first (an HTTP asker gone before its answer began never cleans up).
+LISTENERS_KEPT = 1024
+
+RefusalListener = Callable[[Event, str], None]
+
+
+def refusal_of(listeners: list[RefusalListener] | None, box: dict[str, str]) -> asyncio.Future[str]:
+    """Why the part that keeps `listeners` (the rituals' gates, the personas' throttles)
+    refused the event whose id `publish_with_id` put in `box`, once it does: a request waiting
+    on HTTP is answered at once, not after its timeout. The listener goes when the future is
+    done or cancelled (cancel it when the request ends); None: no such part, never refused."""
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    if listeners is None:
+        return refused
+
+    def on_refused(event: Event, why: str) -> None:
+        if event.id == box.get("id") and not refused.done():
+            refused.set_result(why)
+
+    def gone(_: asyncio.Future[str]) -> None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(on_refused)
+
+    listeners.append(on_refused)
+    del listeners[:-LISTENERS_KEPT]
+    refused.add_done_callback(gone)
+    return refused
 
 
 @dataclass(eq=False)

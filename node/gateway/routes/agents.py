@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,13 +17,12 @@ from gibsey.node.gateway.hub import Subscriber
 from gibsey.node.gateway.models import AskRequest
 from gibsey.node.gateway.openapi import publishes
 from gibsey.node.gateway.sse import STREAM_HEADERS, sse
-from gibsey.node.gateway.state import GatewayState, State
+from gibsey.node.gateway.state import GatewayState, State, refusal_of
 
 PERSONAS = tuple(slug for slug, _ in CHARACTERS)
 # The model may have to load before the first token; after that, tokens come quickly.
 ASK_FIRST_TOKEN_TIMEOUT_S = 60.0
 ASK_TOKEN_TIMEOUT_S = 30.0
-LISTENERS_KEPT = 1024  # questions over HTTP waiting to hear of a refusal (_listen_for_refusal)
 
 router = APIRouter(tags=["agents"])
 
@@ -57,7 +55,8 @@ async def ask(body: AskRequest, _: Token, gw: State) -> StreamingResponse:
         frozenset({"agent/emit"}), lambda e: e.payload.get("correlation") == correlation
     )
     box: dict[str, str] = {}  # the question's event id, once published
-    refused = _listen_for_refusal(gw, box)
+    agents = gw.node.parts.agents
+    refused = refusal_of(agents.refusal_listeners if agents is not None else None, box)
     try:
         payload = AgentRequest(
             persona=body.persona, prompt=body.prompt, max_tokens=body.max_tokens, correlation=None
@@ -74,32 +73,6 @@ async def ask(body: AskRequest, _: Token, gw: State) -> StreamingResponse:
         media_type="text/event-stream",
         headers=STREAM_HEADERS,
     )
-
-
-def _listen_for_refusal(gw: GatewayState, box: dict[str, str]) -> asyncio.Future[str]:
-    """Why the question (its event id in `box`) was refused by a throttle, once it is: the
-    asker is told at once, not after ASK_FIRST_TOKEN_TIMEOUT_S (an outside tester's throttled
-    questions each waited the minute). The listener goes when the future is done or
-    cancelled, and past LISTENERS_KEPT the oldest go first (an asker gone before its answer
-    began never runs the stream's cleanup)."""
-    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    agents = gw.node.parts.agents
-    if agents is None:
-        return refused
-    listeners = agents.refusal_listeners
-
-    def on_refused(event: Event, why: str) -> None:
-        if event.id == box.get("id") and not refused.done():
-            refused.set_result(why)
-
-    def gone(_: asyncio.Future[str]) -> None:
-        with contextlib.suppress(ValueError):
-            listeners.remove(on_refused)
-
-    listeners.append(on_refused)
-    del listeners[:-LISTENERS_KEPT]
-    refused.add_done_callback(gone)
-    return refused
 
 
 async def _answer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -76,19 +77,18 @@ def _past_bounds(gw: GatewayState, client: str) -> Response | None:
     if streams[client] >= MAX_STREAMS_PER_CLIENT:
         why = f"{MAX_STREAMS_PER_CLIENT} live streams from {client} already: close one first"
         return JSONResponse({"error": why}, status_code=429)
-    if sum(streams.values()) >= MAX_STREAMS and not _shed_for(gw, client):
+    if sum(streams.values()) >= MAX_STREAMS and not _shed_for(gw, client, streams):
         why = f"the node serves {MAX_STREAMS} live streams already; try later"
         return JSONResponse({"error": why}, status_code=503)
     return None
 
 
-def _shed_for(gw: GatewayState, client: str) -> bool:
+def _shed_for(gw: GatewayState, client: str, streams: collections.Counter[str]) -> bool:
     """Every live stream is taken: the oldest of the address holding the most is ended for
     `client`, if that address would still hold more than `client` then (a fair share: 8
     addresses of a stranger's at 8 streams each held all 64, and every new dashboard got 503).
     A dashboard's one stream is never ended for anyone, and a stranger reopening from an
-    address already at its share ends nothing."""
-    streams = gw.hub.streams
+    address already at its share ends nothing. `streams`: each address's, as counted now."""
     address, most = max(streams.items(), key=lambda held: held[1])
     if most <= streams[client] + 1:
         return False

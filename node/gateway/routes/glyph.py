@@ -13,7 +13,7 @@ from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.models import RotateRequest, RotateResponse
 from gibsey.node.gateway.openapi import mutating
-from gibsey.node.gateway.state import GatewayState, State
+from gibsey.node.gateway.state import GatewayState, State, refusal_of
 
 RITUAL_TIMEOUT_S = 5.0
 
@@ -66,15 +66,8 @@ async def _rotate_and_wait(
     """Publish the turn and wait (briefly) for the ritual/performed this node runs for it; a turn
     the node refuses (over a flood bound) is answered 429 as soon as it is refused."""
     box: dict[str, str] = {}
-    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def on_refused(event: Event, why: str) -> None:
-        if event.id == box.get("id") and not refused.done():
-            refused.set_result(why)
-
     rituals = gw.node.parts.rituals
-    if rituals is not None:
-        rituals.refusal_listeners.append(on_refused)
+    refused = refusal_of(rituals.refusal_listeners if rituals is not None else None, box)
     sub = gw.hub.subscribe(
         frozenset({"ritual/performed"}),
         lambda e: e.node == gw.node.node_id and e.payload.get("cause") == box.get("id"),
@@ -90,8 +83,7 @@ async def _rotate_and_wait(
         return event, acked, dict(got.payload) if got is not None else None
     finally:
         performed.cancel()
-        if rituals is not None:
-            rituals.refusal_listeners.remove(on_refused)
+        refused.cancel()
         gw.hub.unsubscribe(sub)
 
 
