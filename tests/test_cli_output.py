@@ -109,3 +109,22 @@ def test_a_bench_table_into_a_file_keeps_each_row_on_one_line() -> None:
     print_rows("bench", rows, make_console(file=out))
     lines = [ln for ln in out.getvalue().splitlines() if "dial frame" in ln]
     assert len(lines) == 1 and "said at length" in lines[0], out.getvalue()
+
+
+def test_help_into_a_pipe_gives_each_command_one_line() -> None:
+    """The README: `gibsey --help` lists every subcommand, one line each. Into a pipe argparse
+    wrapped at 80 columns, and six of them took two lines."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gibsey.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("COMMAND\n", 2)[-1].splitlines()
+    assert all(line.startswith("    ") and len(line.split()) > 1 for line in listed), listed
+    assert {"doctor", "rehearse", "mesh", "agent", "story", "dial"} <= {
+        line.split()[0] for line in listed
+    }
