@@ -665,3 +665,58 @@ async def test_a_throttled_question_is_refused_at_once_not_after_a_minute(tmp_pa
     said = second[-1][1]["error"]
     assert said == "the node refused the question: throttled: 'kiosk' asks over 1/min", said
     assert took < 20, f"refused after {took:.0f} s"
+
+
+async def test_a_question_dropped_from_the_full_queue_is_refused_at_once(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): a burst of 300 questions; the 235 the personas' full queue
+    dropped got no answer, and an asker over HTTP of a dropped one waited its whole minute.
+    Here the worker is paused (SIGSTOP) on a first question, one asked over HTTP waits in the
+    queue, then 64 newer ones over MQTT fill it. Must hold: the HTTP question ends at once with
+    an error saying the node dropped it, and why; the drop is counted."""
+    import os
+
+    from gibsey.node.agents.config import AgentConfig
+    from gibsey.node.agents.service import REQUESTS_WAITING
+    from tests.agent_support import TEST_AGENT, agents
+
+    agent = AgentConfig.model_validate(
+        {**TEST_AGENT, "preload": True, "ping_timeout": 300.0, "first_token_timeout": 300.0}
+    )
+    config = gateway_config().model_copy(update={"agent": agent})
+    async with running_gateway(tmp_path, config) as gw:
+        service = agents(gw.node)
+        await until(lambda: service.supervisor is not None and service.supervisor.pid, 60, "up")
+        assert service.supervisor is not None and service.supervisor.pid is not None
+        pid = service.supervisor.pid
+        reg = next(r for r in gw.node.router.registrations if r.name == "agent-requests")
+        col = await _events(gw, collector_factory)
+        nid = gw.node.node_id
+        request = {"persona": "london-fox", "prompt": "Who counts the exits?"}
+
+        async def by_mqtt(actor: str) -> None:
+            event = raw_event(nid, "agent/request", request, actor=actor)
+            await col.publish(topic(nid, "agent/request"), event)
+
+        os.kill(pid, signal.SIGSTOP)  # the first question is never answered while this holds
+        try:
+            await by_mqtt("first")
+            accepted = gw.node.router.stats.by_kind
+            taken = lambda: accepted["agent/request"] == 1 and reg.queue.empty()  # noqa: E731
+            await until(taken, 10, "the first question taken by the personas")
+            body = {**request, "actor": "waiting"}
+            asked = asyncio.create_task(_ask(gw, body, AUTH))
+            await until(lambda: reg.queue.qsize() == 1, 10, "the HTTP question queued")
+            for n in range(REQUESTS_WAITING):
+                await by_mqtt(f"newer-{n}")
+            answer = await asyncio.wait_for(asked, 20)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    said = _sse(answer.text)
+    assert [kind for kind, _ in said] == ["request", "error"], said
+    assert said[-1][1]["error"] == (
+        f"the node refused the question: busy: {REQUESTS_WAITING} newer questions were "
+        "waiting for the personas"
+    )
+    assert reg.dropped == 1

@@ -95,6 +95,10 @@ TENSOR_FLUSH_S = 120.0
 TENSOR_CLOCK_S = 600.0
 COPY_WAIT = 1.0  # s: how long an answer waits for its request's MQTT 5 copy (only while linked)
 THROTTLE_ALERTS_KEPT = 4096  # actors whose last throttle alert is remembered
+# Questions waiting for the personas; a new one past these drops the oldest (said to its asker).
+# At the model's pace (about one a second on two cores) the last waits about a minute: as long
+# as an asker over HTTP waits.
+REQUESTS_WAITING = 64
 
 
 def tensor_write_due(since_written_s: float, pending: bool) -> bool:
@@ -169,7 +173,13 @@ class AgentService:
     # -- wiring -----------------------------------------------------------------------------------
     def attach(self) -> None:
         r = self.node.router
-        r.register("agent-requests", ["agent/request"], self.on_request, queue_size=64)
+        r.register(
+            "agent-requests",
+            ["agent/request"],
+            self.on_request,
+            queue_size=REQUESTS_WAITING,
+            on_drop=self.on_request_dropped,
+        )
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
         # Inline: counting a ritual is an append in memory, cheaper than a queue's task hop
         # for every turn (the tensor is written by run_publish, or here once per batch).
@@ -423,6 +433,13 @@ class AgentService:
         with trace.span("persona answer", event.trace, attributes):
             answer, seq = await self.answer(persona, payload, event, corr, reply)
             self._emit(persona.slug, corr, seq, answer, True, reply)
+
+    def on_request_dropped(self, event: Event) -> None:
+        """A question dropped unheard from the full queue (counted in the node's
+        `handler_overloaded` drops): an asker waiting on HTTP hears why at once."""
+        self.refused(
+            event, f"busy: {REQUESTS_WAITING} newer questions were waiting for the personas"
+        )
 
     def refused(self, event: Event, why: str) -> None:
         """Tell the listeners a question was refused (no reply goes out on MQTT: a flood of

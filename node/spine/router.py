@@ -53,6 +53,7 @@ TURN_KINDS = frozenset({"glyph/rotated", "agent/request"})
 
 Handler = Callable[[Event, Payload], Awaitable[None]]
 InlineHandler = Callable[[Event, Payload], None]
+DropHandler = Callable[[Event], None]
 AlertSink = Callable[[SafetyAlert], None]
 
 
@@ -67,6 +68,9 @@ class Registration:
     dropped: int = 0
     failed: int = 0
     task: asyncio.Task[None] | None = None
+    # Told of each event dropped from the full queue (the oldest waiting): a part whose askers
+    # wait for an answer tells them at once (node/agents/service.py), not after their timeout.
+    on_drop: DropHandler | None = None
 
 
 @dataclass
@@ -162,15 +166,18 @@ class Router:
         *,
         local_only: bool = True,
         queue_size: int | None = None,
+        on_drop: DropHandler | None = None,
     ) -> Registration:
         """Have `handler` called for every valid event of these kinds (local node only, unless
-        local_only=False)."""
+        local_only=False). A full queue drops its oldest event for the newest, then calls
+        `on_drop` with the one dropped."""
         reg = Registration(
             name=name,
             kinds=frozenset(kinds),
             handler=handler,
             queue=asyncio.Queue(maxsize=queue_size or self._queue_size),
             local_only=local_only,
+            on_drop=on_drop,
         )
         self._registrations.append(reg)
         for kind in reg.kinds:
@@ -393,11 +400,22 @@ class Router:
             if reg.queue.full():
                 # Counted here, said by the node once per interval with the count
                 # (node/spine/drops.py), in its status and /metrics: never an alert per drop.
-                reg.queue.get_nowait()
+                dropped, _ = reg.queue.get_nowait()
                 reg.queue.task_done()
                 reg.dropped += 1
                 self.stats.dropped += 1
+                reg.queue.put_nowait((event, payload))
+                if reg.on_drop is not None:
+                    self._told_of_drop(reg, dropped)
+                continue
             reg.queue.put_nowait((event, payload))
+
+    def _told_of_drop(self, reg: Registration, dropped: Event) -> None:
+        assert reg.on_drop is not None
+        try:
+            reg.on_drop(dropped)
+        except Exception:  # a listener's fault must not stop the dispatch of the rest
+            log.exception("drop handler of %s failed on %s", reg.name, dropped.id)
 
 
 def _dedup_key(node: str, kind: str, event_id: str) -> str:
