@@ -526,13 +526,24 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']} ({len(exc.errors())} error(s))"
 
 
+def _too_large(raw: bytes, max_payload: int) -> str:
+    said = f"{len(raw)} bytes, the limit is {max_payload}"
+    # A client's JSON encoder that escapes every non-ASCII character (Python's json.dumps by
+    # default) writes a CJK character in 6 bytes, not UTF-8's 3: a prompt the schema allows can
+    # then be over the limit that the same text in UTF-8 is under. Counted on the refusal only.
+    escapes = raw.count(b"\\u")
+    if escapes * 3 >= len(raw) - max_payload:
+        said += f"; {escapes} characters were written as \\u escapes: send them as UTF-8"
+    return said
+
+
 def parse_event(
     topic: str, raw: bytes, max_payload: int, parsed: ParsedTopic | None = None
 ) -> tuple[Event, Payload]:
     """Validate one MQTT message as an event; raise Rejection saying what is wrong.
     `parsed` is the already split topic, when the caller has it."""
     if len(raw) > max_payload:
-        raise Rejection("too_large", f"{len(raw)} bytes, the limit is {max_payload}")
+        raise Rejection("too_large", _too_large(raw, max_payload))
     parsed = parsed or parse_topic(topic)
     if parsed is None:
         raise Rejection("bad_topic", f"{topic!r} is not gibsey/v1/<node>/<domain>/<event>")

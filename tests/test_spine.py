@@ -117,6 +117,34 @@ async def test_bad_input_is_rejected_with_a_reason(
     await col.wait_for(lambda c: c.of_kind("ritual/performed"))
 
 
+async def test_a_long_cjk_prompt_fits_as_utf8_and_its_escaped_copy_is_told_why_not(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): a 16,000-character CJK prompt (the schema allows 16,384)
+    sent with json.dumps' defaults, every character a 6-byte \\u escape: 96 KB, refused
+    `too_large` with only the sizes. Must hold: the same question in UTF-8 (48 KB) is taken in,
+    and the escaped one's refusal says the escapes are why (README "Size")."""
+    nid = running_node.node_id
+    col: Collector = await collector_factory(running_node.port, topic(nid, "safety/alert"))
+    prompt = "出口を数えるのは誰ですか" * 1333  # 15,996 characters
+    envelope = {"id": "", "node": nid, "kind": "agent/request", "lamport": 1, "wall": 0.0}
+    question = {**envelope, "actor": "visitor", "payload": {"persona": "x", "prompt": prompt}}
+    escaped = json.dumps({**question, "id": "escaped"}).encode()
+    utf8 = json.dumps({**question, "id": "utf8"}, ensure_ascii=False).encode()
+    limit = running_node.node.config.node.max_payload
+    assert len(utf8) < limit < len(escaped)
+    await col.publish(topic(nid, "agent/request"), escaped)
+    alert = (await col.wait_for(lambda c: c.of_kind("safety/alert")))[0]["payload"]
+    assert alert["reason"] == "too_large"
+    assert alert["detail"] == (
+        f"{len(escaped)} bytes, the limit is {limit}; 15996 characters were written as \\u "
+        "escapes: send them as UTF-8"
+    )
+    await col.publish(topic(nid, "agent/request"), utf8)
+    accepted = running_node.node.router.stats.by_kind
+    await until(lambda: accepted["agent/request"] == 1, 10, "the UTF-8 question taken in")
+
+
 async def test_status_is_retained_and_discovery_announces_the_node(
     running_node: RunningNode, collector_factory: CollectorFactory
 ) -> None:
