@@ -16,7 +16,6 @@ Schema for clients in other languages.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from typing import Annotated, Any, Literal, TypeVar
@@ -24,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gibsey.core import trace as _trace
+from gibsey.core.actors import ACTOR_RE, ACTOR_RULE, Actor
 from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic
 from gibsey.core.trace import Traceparent
 
@@ -264,7 +264,7 @@ class Event(BaseModel):
     wall: Annotated[float, Field(ge=0.0, le=MAX_WALL_S, strict=True, allow_inf_nan=False)] = Field(
         description="sender's wall clock, seconds since the epoch; advisory only"
     )
-    actor: ShortText = "node"
+    actor: Actor = "node"
     # Optional, and absent (not null) unless the turn is traced: old events and clients stay
     # valid, and an untraced event's JSON is what it always was.
     trace: Traceparent | None = Field(None, exclude_if=lambda trace: trace is None)
@@ -476,7 +476,10 @@ def _wall() -> tuple[float, bytes]:
 def _actor_json(actor: str) -> bytes:
     encoded = _ACTOR_JSON.get(actor)
     if encoded is None:
-        encoded = json.dumps(actor).encode()  # ASCII-escaped: always valid UTF-8 bytes
+        # Checked once per actor, not per event: what the node sends, its router would take.
+        if ACTOR_RE.match(actor) is None:
+            raise ValueError(f"actor {actor[:80]!r} is not {ACTOR_RULE}")
+        encoded = b'"%s"' % actor.encode()  # the rule's characters need no escaping
         if len(_ACTOR_JSON) < 4096:
             _ACTOR_JSON[actor] = encoded
     return encoded
@@ -490,8 +493,8 @@ def encode_event(
     expected, head = _HEADS.get((node, kind)) or _head(node, kind)
     if type(payload) is not expected and not isinstance(payload, expected):
         raise TypeError(f"{kind} takes a {expected.__name__} payload, not {type(payload).__name__}")
-    if not 0 <= lamport < 2**63 or len(actor) > 256:
-        raise ValueError(f"lamport {lamport} or actor of {len(actor)} chars out of range")
+    if not 0 <= lamport < 2**63:
+        raise ValueError(f"lamport {lamport} out of range")
     event_id = new_event_id()
     wall, wall_json = _wall()
     traced = _trace.current()  # one context variable read: the cost of tracing when it is off

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Actors are people and personas at a dial: "london-fox", "visitor:0042", "node:n01ab23cd".
-# \Z, not $: `$` also matches before a final newline, which took "london-fox\n" for an actor
-# (a rule no reader of CANONICAL.md could know).
-ACTOR_RE = re.compile(r"^[a-z0-9][a-z0-9:._-]{0,63}\Z")
+from gibsey.core.actors import ACTOR_RE
+
+# Actors are people and personas at a dial: "london-fox", "visitor:0042", "node:n01ab23cd"; the
+# rule is the events' too (core/actors.py).
 HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # A single ritual mints at most this much; bigger mints are forged or buggy.
 MINT_MAX = 1000

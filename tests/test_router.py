@@ -123,9 +123,7 @@ async def test_envelope_must_match_its_topic() -> None:
     assert "gift/txn" in alerts[0].detail
 
 
-@pytest.mark.parametrize(
-    "actor", ["node", 'a "quoted" actor', "visitor \\ with \n escapes", "ünïcode ✓ visitor"]
-)
+@pytest.mark.parametrize("actor", ["node", "visitor:0042", "a.b_c-d", "0" * 64])
 def test_fast_built_events_equal_validated_ones(actor: str) -> None:
     from gibsey.core.envelope import Event, RitualEffect, encode_event
 
@@ -144,6 +142,17 @@ def test_fast_built_events_equal_validated_ones(actor: str) -> None:
     assert out.raw.startswith(b'{"id":"' + out.id.encode() + b'"')
     # And the lazily built envelope serialises back to the same document.
     assert json.loads(out.event.to_bytes()) == json.loads(out.raw)
+
+
+@pytest.mark.parametrize("actor", ['a "quoted" actor', "visitor\n", "ünïcode", "", "a" * 65])
+def test_encoding_refuses_an_actor_its_router_would_refuse(actor: str) -> None:
+    """What the node sends is what it would take in: no actor outside the rule (core/actors.py),
+    so a client that echoes the node's events back never has one refused."""
+    from gibsey.core.envelope import RitualEffect, encode_event
+
+    effect = RitualEffect(name="glyph/x", value=1, text="", cause="c")
+    with pytest.raises(ValueError, match="is not 1 to 64 of a-z"):
+        encode_event("n1", "ritual/effect", effect, 7, actor=actor)
 
 
 def test_encoding_refuses_a_payload_of_the_wrong_kind() -> None:

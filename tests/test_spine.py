@@ -117,6 +117,31 @@ async def test_bad_input_is_rejected_with_a_reason(
     await col.wait_for(lambda c: c.of_kind("ritual/performed"))
 
 
+async def test_a_turn_by_a_name_the_ledger_cannot_pay_is_refused_before_its_ritual(
+    running_node: RunningNode, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): a turn whose actor was "Ada Lovelace" ran its ritual, then its
+    mint was refused by the ledger: the visitor got nothing, and nothing said why to the client.
+    Must hold: the turn is refused `bad_envelope` naming the actor rule, no ritual runs, and the
+    next turn by a valid name performs."""
+    nid = running_node.node_id
+    col: Collector = await collector_factory(
+        running_node.port, topic(nid, "safety/alert"), topic(nid, "ritual/performed")
+    )
+    turn = {"symbol": 2, "rotation": 1}
+    await col.publish(
+        topic(nid, "glyph/rotated"), raw_event(nid, "glyph/rotated", turn, actor="Ada Lovelace")
+    )
+    alert = (await col.wait_for(lambda c: c.of_kind("safety/alert")))[0]["payload"]
+    assert alert["reason"] == "bad_envelope"
+    assert alert["detail"].startswith("actor: String should match pattern"), alert
+    await col.publish(
+        topic(nid, "glyph/rotated"), raw_event(nid, "glyph/rotated", turn, actor="ada-lovelace")
+    )
+    performed = await col.wait_for(lambda c: c.of_kind("ritual/performed"))
+    assert [e["actor"] for e in performed] == ["ada-lovelace"]
+
+
 async def test_a_long_cjk_prompt_fits_as_utf8_and_its_escaped_copy_is_told_why_not(
     running_node: RunningNode, collector_factory: CollectorFactory
 ) -> None:

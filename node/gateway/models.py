@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gibsey.core.actors import Actor
 from gibsey.ledger.bodies import ACTIONS, CHOICES
-
-Actor = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
 
 
 class Strict(BaseModel):

@@ -15,8 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gibsey.core.actors import ACTOR_RE
 from gibsey.ledger import canonical
-from gibsey.ledger.bodies import ACTOR_RE, BRANCH_RE, STORY_CHUNK_CHARS, STORY_MAX_PARTS
+from gibsey.ledger.bodies import BRANCH_RE, STORY_CHUNK_CHARS, STORY_MAX_PARTS
 
 CANON = "main"  # the branch the room governs: it moves only by a passed narrative-merge hearing
 PAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

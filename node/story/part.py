@@ -22,8 +22,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from gibsey.core.actors import ACTOR_RE
 from gibsey.core.storage import StorageError
-from gibsey.ledger.bodies import ACTOR_RE
 from gibsey.node.spine.drops import DropAlerts
 
 from .engine import Story
@@ -68,7 +68,7 @@ def attach(node: Node) -> Story | None:
         assert isinstance(payload, NarrativeChange)
         if payload.change != "propose" or payload.version is not None:
             return
-        actor = event.actor if ACTOR_RE.match(event.actor) else "node"
+        actor = event.actor  # a ledger actor: the envelope's rule (core/actors.py)
         try:
             name = check_branch(payload.branch)
             await asyncio.to_thread(story.sync)
