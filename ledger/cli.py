@@ -401,9 +401,9 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         try:
             return fn(args)
         except Rejected as exc:
-            console.print(f"refused ({exc.reason.value}): {exc.detail}")
+            errors.print(f"refused ({exc.reason.value}): {exc.detail}", markup=False)
         except LedgerError as exc:
-            console.print(f"refused: {exc}")
+            errors.print(f"refused: {exc}", markup=False)
         return 1
 
     return run

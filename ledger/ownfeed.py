@@ -12,8 +12,12 @@ files (`rm ledger.sqlite3*`) does not reach: at most once a minute while the nod
 per turn would wear the card, issue 19) and when the ledger closes. A store whose own feed is
 behind it refuses to sign (`Store._next_position`) until the feed is whole again: restored from
 a backup, or brought back by the mesh from the gallery's peers, which import it as any feed.
-The mark may lag the feed by up to a minute: a loss of only the last minute's entries is not
-seen; a wiped or old ledger is.
+The mark may lag the feed by up to a minute, so a loss of only the last minute's entries does
+not show here; a wiped or old ledger does. That minute is covered where it can be lost: a run
+that died (kill -9, a power cut: its run record unclean) may have signed it unmarked, and a
+technician may restore a backup of it; so `gibsey up` with a mesh, after such a run, holds the
+own feed as below before it signs anything (node/parts.py attach_ledger; the death record waits
+for it too). After a clean stop the mark is exact.
 
 The entry log (ledger/entrylog.py) holds the last acknowledged groups until SQLite commits them,
 and this node's peers have had each group since it was acknowledged (the mesh pushes it at

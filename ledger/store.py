@@ -798,8 +798,10 @@ class Store:
         return refused
 
     def subscribe(self, listener: Listener) -> None:
-        """Call `listener` after each committed new entry or fork proof (in commit order)."""
-        self._listeners.append(listener)
+        """Call `listener` after each committed new entry or fork proof (in commit order); once,
+        however often it subscribes (a mesh started again after its port was taken)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     def _tell(self, items: Iterable[Entry | ForkProof]) -> None:
         for item in items:
@@ -1367,6 +1369,11 @@ class Store:
             f"[mesh] own_feed_confirm_s; `gibsey up` without a mesh, at its start. Remove "
             f"{mark.hold_path} if no peer could hold this feed"
         )
+
+    def hold_own_feed(self, reason: str) -> None:
+        """Hold this node's feed for its peers' word (ledger/ownfeed.py), saying `reason`."""
+        if self.own_mark is not None:
+            self.own_mark.hold(reason)
 
     def release_own_feed(self, why: str) -> bool:
         """Sign on the own feed again (a hold lifted, said with `why`); False if none held."""

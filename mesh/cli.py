@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MeshConfig, MeshConfigError, PeerSpec, parse_key
+from .errors import ListenError
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -209,6 +210,9 @@ def _guard(fn: Any) -> Any:
         except (MeshConfigError, ValueError) as exc:
             print(f"gibsey mesh: {exc}", file=sys.stderr)
             return 2
+        except ListenError as exc:
+            print(f"gibsey mesh: {exc}", file=sys.stderr)
+            return 1
 
     return run
 

@@ -67,6 +67,7 @@ from gibsey.ledger.store import ImportResult, ImportStatus, Store
 
 from . import wire
 from .config import MeshConfig, PeerSpec, curve_keypair, curve_public
+from .errors import ListenError
 
 log = logging.getLogger("gibsey.mesh")
 
@@ -459,8 +460,9 @@ class MeshNode:
         self._auth.start()
         self._auth.configure_curve_callback("*", credentials_provider=_Gate(self, self._auth))
         self.store.subscribe(self._on_stored)
-        if self.listen:
+        if self.listen and not self.store.own_feed_held():  # else once signed on (_sign_on)
             await asyncio.to_thread(self._record_members)
+        if self.listen:
             r = self.ctx.socket(zmq.ROUTER)
             r.curve_server = True
             r.curve_secretkey = self.curve_secret
@@ -469,7 +471,15 @@ class MeshNode:
             r.setsockopt(zmq.RCVHWM, RCVHWM)
             r.setsockopt(zmq.SNDHWM, SNDHWM * 4)
             r.setsockopt(zmq.LINGER, 0)
-            r.bind(self.cfg.listen)
+            try:
+                r.bind(self.cfg.listen)
+            except zmq.ZMQError as exc:
+                r.close(linger=0)
+                why = os.strerror(exc.errno or 0)  # pyzmq's strerror adds "(addr=...)"
+                raise ListenError(
+                    f"cannot listen on {self.cfg.listen}: {why} (another node or "
+                    "`gibsey mesh serve` on it? set [mesh] listen)"
+                ) from None
             self.endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
             self.router = r
             self._tasks.append(asyncio.create_task(self._serve(), name="mesh-serve"))

@@ -15,6 +15,7 @@ a node never loads the model runtime or the web framework.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from gibsey.node.story.engine import Story
 
 log = logging.getLogger("gibsey.node")
+
+MESH_LISTEN_RETRY_S = 10.0  # how often the mesh tries its port again while another holds it
 
 
 @dataclass
@@ -78,6 +81,16 @@ def attach_ledger(node: Node) -> None:
     else:
         ledger.store.mark_own(ledger.author)
     mesh = node.config.mesh
+    if mesh is not None and mesh.enabled and node.run_record.previous_death() is not None:
+        # The own feed's mark lags it by up to a minute (ledger/ownfeed.py): after a run that
+        # died, a ledger restored from a backup of its last minute looks whole, and the next
+        # entry would fork the feed at a seq the peers hold (an outside tester: a backup taken
+        # 10 s before a kill -9 forked the feed at the start, with 6 visitors' mints).
+        ledger.store.hold_own_feed(
+            f"at {time.strftime('%Y-%m-%d %H:%M:%S')} the last run had not stopped cleanly "
+            "(killed, crashed, a power cut): the entries of its last minute may be on its "
+            "peers only, and a ledger restored from a backup of that minute looks whole"
+        )
     held = ledger.store.own_feed_held()
     if held and (mesh is None or not mesh.enabled):
         # A damaged or torn entry log held the feed for the peers' word: without a mesh, no
@@ -137,8 +150,30 @@ def attach_mesh(node: Node) -> None:
     mesh = MeshNode(
         ledger.store, node.identity.signing_key, config, data_dir=node.data_dir, emit=emit
     )
-    node.add_service("mesh", mesh.run)
+    node.add_service("mesh", lambda: _run_mesh(node, mesh))
     node.parts.mesh = mesh
+
+
+async def _run_mesh(node: Node, mesh: MeshNode) -> None:
+    """The mesh, tried again every MESH_LISTEN_RETRY_S while its port is taken: said in one
+    line and one `mesh_listen_failed` alert, not a traceback, and the node serves on (its
+    ledger, its dial), as it does with its gateway's port taken."""
+    import asyncio
+
+    from gibsey.core.envelope import SafetyAlert
+    from gibsey.mesh.errors import ListenError
+
+    said = False
+    while True:
+        try:
+            await mesh.run()
+            return
+        except ListenError as exc:
+            if not said:
+                log.error("mesh: %s; tried again every %g s", exc, MESH_LISTEN_RETRY_S)
+                node.alert(SafetyAlert(reason="mesh_listen_failed", detail=str(exc)[:16_000]))
+                said = True
+        await asyncio.sleep(MESH_LISTEN_RETRY_S)
 
 
 def attach_glyph(node: Node) -> None:
@@ -178,13 +213,17 @@ def attach_rituals(node: Node) -> None:
     source's bound, the safety inverter's per-actor throttle when the agents run, the node-wide
     bound: node/spine/inputs.py) -> the glyph runtime's program -> ritual/performed. The bounds
     by source and node-wide hold whichever parts run."""
+    from gibsey.core.envelope import DIAL_ACTOR
     from gibsey.node.glyph.rituals import RitualGate, RitualHandler, no_program
 
     parts = node.parts
     inputs, router = node.inputs, node.router
 
     def by_source(event: Event, rotated: GlyphRotated) -> str | None:
-        return inputs.admit_source(rotated.source, router.emitted_here(event.id))
+        here = router.emitted_here(event.id)
+        if here and event.actor == DIAL_ACTOR:
+            return None  # the dial bridge admitted it at this bound already (_turn_admitted)
+        return inputs.admit_source(rotated.source, here)
 
     def node_wide(event: Event, rotated: GlyphRotated) -> str | None:
         return inputs.admit()

@@ -410,3 +410,43 @@ async def test_a_frame_after_one_cut_short_on_the_same_line_is_taken(
     assert rig.bridge.stats.truncated == 1 and rig.bridge.stats.corrupt == 0
     assert set(rig.bridge.dials) == {"porch"}
     pty.unplug()
+
+
+async def test_a_flood_of_frames_is_dropped_at_the_bridge_and_other_turns_are_performed(
+    rig: Rig, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): 40,000 valid turn frames in 4 s on the serial port. Each was
+    throttled at the ritual, but published first (its turn, its dial event, its state): the
+    node's outbox overflowed and dropped 7 of 8 other visitors' rituals. Must hold: a turn over
+    the dial's bound (the node's per-source one: 20/s, a burst of 200) publishes nothing and is
+    counted `throttled`; what is published is only what was admitted; a visitor's turns over
+    MQTT during the flood are each performed and announced."""
+    from tests.events import raw_event
+
+    col = await subscribe(rig, collector_factory, "glyph/rotated", "ritual/performed")
+    pty = Pty(rig.port_link)
+    await asyncio.wait_for(rig.bridge.serial_connected.wait(), 10)
+    pty.write(df.hello(0, "dial7", "gdial-1.0.0", 2, 0, True))
+    flood = 5000
+    frames = "".join(df.rotate(n, 2, n % 4, n) for n in range(1, flood + 1))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    writing = asyncio.create_task(asyncio.to_thread(pty.write, frames))
+    for n in range(8):
+        turn = raw_event(rig.nid, "glyph/rotated", {"symbol": 5, "rotation": 1, "source": f"v{n}"})
+        await col.publish(topic(rig.nid, "glyph/rotated"), turn)
+    await writing
+    s = rig.bridge.stats
+    await until(lambda: s.rotations + s.throttled == flood, 30, "every frame taken")
+    took = loop.time() - began
+    per_source = rig.node.config.node.visitor_inputs_per_source_per_second
+    assert s.rotations <= per_source * 10 + per_source * took + 1  # a burst, then the rate
+    assert s.throttled == flood - s.rotations > 0
+
+    def visitors(c: Collector) -> int:
+        return sum(e["actor"] == "visitor" for e in c.of_kind("ritual/performed"))
+
+    await col.wait_for(lambda c: visitors(c) == 8)
+    await col.wait_for(lambda c: len(c.of_kind("glyph/rotated")) >= s.rotations + 8)
+    dial_turns = [e for e in col.of_kind("glyph/rotated") if e["actor"] == "dial"]
+    assert len(dial_turns) == s.rotations  # nothing published for a throttled frame

@@ -11,6 +11,7 @@ byte of the log (the one stand-in)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -108,8 +109,9 @@ def test_a_damaged_log_holds_the_feed_until_the_peer_brings_back_what_it_lost(
 
         refused = _mint(a.data)  # no entry signed at the seqs b holds
         assert refused.returncode == 1, refused.stdout
-        said = refused.stdout.decode() + refused.stderr.decode()
+        said = refused.stderr.decode()  # one line, as written: "[mesh]" is no markup
         assert "own feed is held" in said and HOLD_FILENAME in said, said
+        assert "or after [mesh] own_feed_confirm_s;" in said, said
         assert _own_seq(a) == lost_from - 1
         assert (a.data / HOLD_FILENAME).exists()
 
@@ -186,3 +188,93 @@ def test_a_whole_log_holds_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"seq {2 + GROUP}" in done.stdout.decode()
     assert not (data / HOLD_FILENAME).exists()
+
+
+# A node's run that signs one entry (marked at once, as a process's first signature is), is
+# backed up, signs GROUP more in the same minute (not marked yet: ledger/ownfeed.py), and dies
+# as kill -9 leaves it: its run record unclean, its ledger not closed.
+DYING_RUN = """
+import json, os, shutil, sys
+from pathlib import Path
+from gibsey.core.identity import load_or_create
+from gibsey.ledger.store import Store
+from gibsey.node.watchdog.rebirth import RunRecord
+data, backup = Path(sys.argv[1]), Path(sys.argv[2])
+RunRecord(data).begin()
+key = load_or_create(data).signing_key
+mint = {"actor": "visitor:7", "amount": 1, "ritual": "dial"}
+store = Store.open(data)
+first = store.append(key, "mint", mint)
+store.commit()
+backup.mkdir()
+for path in data.glob("ledger.sqlite3*"):
+    shutil.copy2(path, backup / path.name)
+later = store.append_many(key, [("mint", mint)] * int(sys.argv[3]))
+store.commit()
+print(json.dumps([e.raw.hex() for e in [first, *later]]), flush=True)
+os._exit(0)
+"""
+
+
+def _dying_run(data: Path, backup: Path) -> list[bytes]:
+    """DYING_RUN's entries (all pushed to the peers as they were acknowledged)."""
+    done = subprocess.run(
+        [sys.executable, "-c", DYING_RUN, str(data), str(backup), str(GROUP)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [bytes.fromhex(h) for h in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+async def test_a_backup_of_the_last_minute_restored_after_a_death_does_not_fork_the_feed(
+    tmp_path: Path,
+) -> None:
+    """Tried (an outside tester): a node's ledger copied while it ran, 6 visitors' mints
+    signed and pushed to the peers, kill -9, the copy restored (with node.key, as CANONICAL.md
+    says), `gibsey up`: the node signed its death record at the copy's next seq at once, before
+    the mesh brought back what it had signed after the copy (own-feed.json lags by up to a
+    minute, so the copy looked whole). A fork: the 6 mints counted nowhere, and the node could
+    sign nothing more. Must hold: after a run that died, `gibsey up` with a mesh holds its
+    feed until the peer has shown how far it holds it; the lost entries come back, and the
+    death is recorded after them."""
+    from gibsey.node.config import GibseyConfig
+    from tests.brokers import Mosquitto
+    from tests.conftest import started
+
+    a, b = make_nodes(tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()])
+    backup = tmp_path / "backup"
+    signed = _dying_run(a.data, backup)
+    _pushed(b.data, signed)  # the mesh pushed each at its acknowledgment
+    for path in a.data.glob("ledger.sqlite3*"):
+        path.unlink()
+    for path in backup.iterdir():  # the technician's restore
+        (a.data / path.name).write_bytes(path.read_bytes())
+    restored = _own_seq(a)
+    assert restored == 1 and heads(b.data)[a.key] == 1 + GROUP
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    b.start(timeout=60)
+    try:
+        node = Node(a.data, load_gibsey_config(a.data))
+        assert isinstance(node.config, GibseyConfig) and (a.data / HOLD_FILENAME).exists()
+        async with started(node, broker.url):
+            await asyncio.to_thread(
+                wait_until, lambda: not (a.data / HOLD_FILENAME).exists(), 60, "a signing on"
+            )
+            # The death, recorded once the feed is signed on: after the entries b brought back.
+            await asyncio.to_thread(
+                wait_until, lambda: _own_seq(a) == 3 + GROUP, 30, "the death recorded"
+            )
+    finally:
+        b.stop()
+        broker.stop()
+    ledger = Store.open(a.data)
+    try:
+        types = [e.type for e in ledger.iter_ordered() if e.author.hex() == a.key]
+    finally:
+        ledger.close()
+    # Signed on after what b brought back: the gallery's members, and the death.
+    assert types == ["mint"] * (1 + GROUP) + ["members", "rebirth"], types
+    for node_data in (a.data, b.data):
+        assert heads(node_data, trusted=False) == heads(node_data)  # no fork proof anywhere

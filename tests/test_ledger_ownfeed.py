@@ -29,7 +29,9 @@ def _wipe(data: Path) -> None:
 
 def _mint(data: Path, actor: str) -> subprocess.CompletedProcess[str]:
     done = gibsey(data, "ledger", "mint", actor, "1")  # no broker there: nothing announced
-    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), "")
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
 
 
 def test_a_wiped_ledger_is_not_signed_on_until_its_feed_is_back(tmp_path: Path) -> None:
@@ -44,8 +46,8 @@ def test_a_wiped_ledger_is_not_signed_on_until_its_feed_is_back(tmp_path: Path) 
     _wipe(data)  # node.key and the mark stay
     refused = _mint(data, "dee")
     assert refused.returncode == 1
-    assert "signed its feed up to seq 3" in refused.stdout
-    assert "holds it to seq 0 only" in refused.stdout
+    assert "signed its feed up to seq 3" in refused.stderr
+    assert "holds it to seq 0 only" in refused.stderr
     again = Ledger.open(data)
     assert again.store.heads() == {}  # nothing signed over the lost entries
 
@@ -73,7 +75,7 @@ def test_an_older_copy_of_the_ledger_is_not_signed_on(tmp_path: Path) -> None:
         (data / f.name).write_bytes(f.read_bytes())
     refused = _mint(data, "dee")
     assert refused.returncode == 1
-    assert "signed its feed up to seq 3" in refused.stdout and "to seq 1 only" in refused.stdout
+    assert "signed its feed up to seq 3" in refused.stderr and "to seq 1 only" in refused.stderr
 
 
 def test_a_new_node_and_a_damaged_mark_sign_as_ever(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 import gibsey.dialcore
 from gibsey.core.console import make_console
 from gibsey.dialcore.config import ConfigError, merge
@@ -151,13 +153,19 @@ def _flash(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
     except (ConfigError, OSError, ValueError) as exc:
-        console.print(f"[red]gibsey firmware flash:[/red] config: {exc}")
+        console.print(f"[red]gibsey firmware flash:[/red] config: {escape(str(exc))}")
         return 2
     port = args.port or find_pico()
     if port is None and not args.dry_run:
         console.print(
             "[red]gibsey firmware flash:[/red] no Raspberry Pi Pico on USB "
             "(vendor id 2e8a); plug it in or give --port"
+        )
+        return 1
+    if args.port and not args.dry_run and not Path(args.port).exists():
+        console.print(
+            f"[red]gibsey firmware flash:[/red] {escape(args.port)}: no such device; is the "
+            "board plugged in? (without --port, the first Pico on USB is found)"
         )
         return 1
     mpremote = (
@@ -182,7 +190,7 @@ def _flash(args: argparse.Namespace) -> int:
     if proc.returncode != 0:
         console.print(
             f"[red]gibsey firmware flash:[/red] mpremote failed ({proc.returncode}); "
-            'is `gibsey up` holding the port? stop it or set [dial] serial = "off"'
+            'is `gibsey up` holding the port? stop it or set \\[dial] serial = "off"'
         )
         return 1
     console.print("[green]flashed[/green]; the board has been reset")

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -365,7 +366,7 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         except StorageError:
             raise  # the disk refused a write: said by `gibsey` itself, exit 75 (gibsey/cli.py)
         except (StoryError, LedgerError, Rejected, OSError, UnicodeDecodeError) as exc:
-            errors.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            errors.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
             return 1
 
     return run

@@ -7,6 +7,7 @@ on whether this node's agents should run degraded, and a `ritual/rebirth` event 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -21,14 +22,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gibsey.watchdog")
 
+SIGNED_ON_POLL_S = 0.5  # how often a death waiting for its feed to be signed on looks again
+
 
 def record_rebirth(node: Node, death: Death) -> None:
-    limit = node.config.watchdog.restarts
     window_min = node.config.watchdog.window_minutes
     deaths = DeathLedger(node.data_dir)
     deaths.add(death)
-    now = death.died_at_boottime
-    restarts = deaths.recent(node.run_record.boot, now, window_min * 60)
+    restarts = deaths.recent(node.run_record.boot, death.died_at_boottime, window_min * 60)
     log.warning(
         "the previous run (pid %d) died after %.1fs or more (its last heartbeat): %s; "
         "%d death(s) in %g min",
@@ -38,6 +39,28 @@ def record_rebirth(node: Node, death: Death) -> None:
         restarts,
         window_min,
     )
+    ledger = node.parts.ledger
+    if ledger is not None and ledger.store.own_feed_held():
+        # Its mesh signs the feed on once the peers have shown how far they hold it (an entry
+        # signed before could fork it: node/parts.py attach_ledger): the death goes on then.
+        node.add_service("rebirth-record", lambda: _once_signed_on(node, death, restarts))
+        return
+    _record(node, deaths, death, restarts)
+
+
+async def _once_signed_on(node: Node, death: Death, restarts: int) -> None:
+    ledger = node.parts.ledger
+    assert ledger is not None
+    while ledger.store.own_feed_held():  # noqa: ASYNC110 (released on disk: the mesh, a technician)
+        await asyncio.sleep(SIGNED_ON_POLL_S)
+    _record(node, DeathLedger(node.data_dir), death, restarts)
+
+
+def _record(node: Node, deaths: DeathLedger, death: Death, restarts: int) -> None:
+    """The death on the ledger (and a hearing if the node keeps dying), and `ritual/rebirth`."""
+    limit = node.config.watchdog.restarts
+    window_s = node.config.watchdog.window_minutes * 60
+    now = death.died_at_boottime
     entry_hash = hearing = None
     ledger = node.parts.ledger
     if ledger is not None:
@@ -46,9 +69,11 @@ def record_rebirth(node: Node, death: Death) -> None:
                 "rebirth", _rebirth_body(node.node_id, death, restarts)
             ).hash_hex
             if restarts > limit and not deaths.hearing_open_in_window(
-                node.run_record.boot, now, window_min * 60
+                node.run_record.boot, now, window_s
             ):
-                hearing = _open_hearing(ledger, node.node_id, restarts, window_min)
+                hearing = _open_hearing(
+                    ledger, node.node_id, restarts, node.config.watchdog.window_minutes
+                )
                 deaths.note_hearing(node.run_record.boot, now, hearing)
         except LedgerError as exc:
             # The store refuses to sign (its own feed is behind its mark, said as the ledger
@@ -61,7 +86,7 @@ def record_rebirth(node: Node, death: Death) -> None:
             uptime_s=death.uptime_s,
             cause=death.cause[:256],
             restarts=restarts,
-            window_minutes=window_min,
+            window_minutes=node.config.watchdog.window_minutes,
             previous_pid=death.pid,
             entry=entry_hash,
             hearing=hearing,

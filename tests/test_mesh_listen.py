@@ -1,0 +1,86 @@
+"""The mesh's port taken by another process: said in one line, never a traceback; `gibsey up`
+serves on without its mesh and starts it once the port is free."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gibsey.harness.waiting import until
+from gibsey.node import parts
+from gibsey.node.config import load_gibsey_config
+from gibsey.node.daemon import Node
+from tests.brokers import Mosquitto
+from tests.conftest import CollectorFactory, started
+from tests.events import topic
+from tests.mesh_support import REPO, make_nodes
+
+
+def _held_port() -> tuple[socket.socket, int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder, holder.getsockname()[1]
+
+
+def test_mesh_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    """Tried (an outside tester): `gibsey mesh serve` on a port in use printed a traceback
+    ending in ZMQError. Must hold: one line naming the endpoint and the cause, exit 1."""
+    holder, port = _held_port()
+    try:
+        (a,) = make_nodes(tmp_path, ["127.0.0.1"], [port], peers=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "gibsey", "mesh", "serve", "--data", str(a.data)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"gibsey mesh: cannot listen on tcp://127.0.0.1:{port}: Address already in use "
+        "(another node or `gibsey mesh serve` on it? set [mesh] listen)"
+    )
+
+
+async def test_a_node_serves_on_without_its_mesh_until_its_port_is_free(
+    tmp_path: Path,
+    collector_factory: CollectorFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tried (an outside tester): `gibsey up` with `[mesh] listen` on a port in use logged
+    "service mesh failed" and a traceback, then ran with no mesh for good. Must hold: one line
+    and one `mesh_listen_failed` alert; the node performs turns meanwhile; once the port is
+    free the mesh listens there, without a restart."""
+    monkeypatch.setattr(parts, "MESH_LISTEN_RETRY_S", 0.2)
+    holder, port = _held_port()
+    (a,) = make_nodes(tmp_path, ["127.0.0.1"], [port], peers=False)
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    try:
+        node = Node(a.data, load_gibsey_config(a.data))
+        col = await collector_factory(broker.port, topic(node.node_id, "safety/alert"))
+        with caplog.at_level(logging.ERROR):
+            async with started(node, broker.url):
+                alert = (await col.wait_for(lambda c: c.of_kind("safety/alert")))[0]["payload"]
+                assert alert["reason"] == "mesh_listen_failed"
+                assert f"cannot listen on tcp://127.0.0.1:{port}" in alert["detail"]
+                mesh = node.parts.mesh
+                assert mesh is not None and not mesh.started.is_set()
+                holder.close()
+                await until(mesh.started.is_set, 20, "the mesh listening once the port is free")
+                assert mesh.endpoint == f"tcp://127.0.0.1:{port}"
+    finally:
+        holder.close()
+        broker.stop()
+    assert "Traceback" not in caplog.text
+    failed = [r for r in caplog.records if "cannot listen on" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None
