@@ -68,7 +68,13 @@ def _write_synced(path: Path, data: bytes, mode: int) -> None:
 
 
 def load_or_create(data_dir: Path, node_id: str | None = None) -> Identity:
-    """Load the node's identity from `data_dir`, creating it on first start."""
+    """Load the node's identity from `data_dir`, creating it on first start. A node id that
+    is no MQTT topic level is refused before anything is written (an outside tester's
+    `--node-id "BAD ID!"` was kept in node_id, and every later start refused it)."""
+    if node_id is not None and not NODE_ID_RE.match(node_id):
+        raise IdentityError(
+            f"node id {node_id!r} must match {NODE_ID_RE.pattern} (it is an MQTT topic level)"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     key_path = data_dir / KEY_FILENAME
     id_path = data_dir / ID_FILENAME
@@ -97,6 +103,7 @@ def load_or_create(data_dir: Path, node_id: str | None = None) -> Identity:
         write_atomic(id_path, (node_id + "\n").encode())
     if not NODE_ID_RE.match(node_id):
         raise IdentityError(
-            f"node id {node_id!r} must match {NODE_ID_RE.pattern} (it is an MQTT topic level)"
+            f"{id_path} says node id {node_id!r}, which must match {NODE_ID_RE.pattern} (it is "
+            "an MQTT topic level): write a valid one there, or remove the file for the default"
         )
     return Identity(node_id=node_id, signing_key=signing_key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -96,6 +97,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`gibsey ...`: Ctrl-C at any point ends it with 130 and no traceback (an outside tester
+    hit one while the commands' modules loaded), and a reader that stops reading (`| head -1`)
+    ends it as a pipe does any writer, quietly (141: 128 + SIGPIPE)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # What is still buffered for the closed pipe must not raise again as Python exits.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_requested_command(words))
     args = parser.parse_args(words)
@@ -204,7 +221,12 @@ def _data_not_a_directory(args: argparse.Namespace) -> str | None:
     its parents), or None. Said before any command tries to make or read it, in one line."""
     from gibsey.core.config import resolve_data_dir
 
-    data_dir = resolve_data_dir(getattr(args, "data", None))
+    named = getattr(args, "data", None)
+    if named == "":  # not the default: an empty --data is a mistake, never "wherever"
+        return "--data is empty: name the node's directory (or leave --data out)"
+    if named is None and os.environ.get("GIBSEY_DATA") == "":
+        return "GIBSEY_DATA is set but empty: name the node's directory, or unset it"
+    data_dir = resolve_data_dir(named)
     for path in (data_dir, *data_dir.parents):
         if path.exists():
             if path.is_dir():

@@ -302,6 +302,17 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _node_id(text: str) -> str:
+    """A node id, as core/identity.py keeps it (argparse: a usage error, nothing written)."""
+    from gibsey.core.identity import NODE_ID_RE
+
+    if not NODE_ID_RE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no node id: 1 to 32 of a-z 0-9 _ -, the first a letter or digit"
+        )
+    return text
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "up",
@@ -322,7 +333,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="mqtt://host:port of the broker (default: config 'broker', else embedded)",
     )
     p.add_argument(
-        "--node-id", default=None, help="node id to create on first start (default: from the key)"
+        "--node-id",
+        type=_node_id,
+        default=None,
+        help="node id to create on first start (default: from the key)",
     )
     p.add_argument(
         "--embedded-port",

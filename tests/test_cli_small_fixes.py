@@ -270,3 +270,70 @@ def test_a_torn_identity_file_is_one_line_not_a_traceback(
     assert done.returncode == EXIT_USAGE, err
     assert "Traceback" not in err
     assert err.startswith(f"gibsey {command[0]}: ") and err.count("\n") == 1, err
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """Tried (an outside tester): `gibsey vm table | head -1` ended in a BrokenPipeError
+    traceback. Must hold: the command ends as a pipe's writer does (141), saying nothing."""
+    done = subprocess.run(
+        f"{sys.executable} -m gibsey vm table | head -1",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=dict(os.environ, COLUMNS="80"),
+    )
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1, done.stdout
+    assert done.stderr == ""
+    piped = subprocess.run(
+        f"{sys.executable} -m gibsey vm table | head -1 > /dev/null; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert piped.stdout.strip() == "141" and piped.stderr == "", piped.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--data", ""], {}, "--data is empty: name the node's directory (or leave --data out)"),
+        (
+            [],
+            {"GIBSEY_DATA": ""},
+            "GIBSEY_DATA is set but empty: name the node's directory, or unset it",
+        ),
+    ],
+    ids=["--data", "GIBSEY_DATA"],
+)
+def test_an_empty_data_directory_is_refused_not_the_default(
+    tmp_path: Path, args: list[str], env: dict[str, str], said: str
+) -> None:
+    """Tried (an outside tester): `gibsey up --data ""` ran a node in ~/.local/share/gibsey,
+    someone else's. Must hold: refused in one line, exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gibsey", *args, "ledger", "show"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, HOME=str(tmp_path), **env),
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"gibsey ledger: {said}"
+    assert not (tmp_path / ".local").exists()
+
+
+def test_a_bad_node_id_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Tried (an outside tester): `gibsey up --node-id "BAD ID!"` on a new directory exited 2
+    but kept the id in node_id, so every later start there failed. Must hold: a usage error,
+    and no directory made."""
+    data = tmp_path / "node"
+    done = gibsey("up", "--node-id", "BAD ID!", data=data)
+    assert done.returncode == 2
+    assert b"'BAD ID!' is no node id: 1 to 32 of a-z 0-9 _ -" in done.stderr
+    assert not data.exists()

@@ -119,6 +119,8 @@ def card(tmp_path: Path) -> Paths:
     paths.boot.mkdir()
     (paths.root / "etc").mkdir(parents=True)
     (paths.root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+    (paths.root / cli_image.ON_CARD_MARK).parent.mkdir(parents=True)
+    (paths.root / cli_image.ON_CARD_MARK).write_text("[Unit]\n")  # every image has it
     return paths
 
 
@@ -195,6 +197,30 @@ def test_firstboot_command(card: Paths, capsys: pytest.CaptureFixture[str]) -> N
     argv = ["image", "firstboot", "--boot", str(card.boot), "--root", str(card.root)]
     assert main([*argv, "--data-dir", str(card.data)]) == 0
     assert "node west: identity created, hostname gibsey-west" in capsys.readouterr().out
+
+
+def test_firstboot_and_data_partition_refuse_a_machine_that_is_no_card(
+    card: Paths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried (an outside tester, reading the code): `gibsey image firstboot` defaults to
+    `--root /` and rewrote a laptop's /etc/hostname and /etc/hosts; `image data-partition`
+    would append a partition to any root disk with free space. Must hold: both refuse a root
+    that is no Gibsey image's (exit 2, nothing changed), and firstboot a --root that is not
+    there (it made the directory and said ok)."""
+    (card.root / cli_image.ON_CARD_MARK).unlink()
+    hosts = (card.root / "etc/hosts").read_text()
+    argv = ["image", "firstboot", "--boot", str(card.boot), "--root", str(card.root)]
+    assert main([*argv, "--data-dir", str(card.data)]) == 2
+    said = capsys.readouterr().err
+    assert f"{card.root} is no Gibsey image's root (no {cli_image.ON_CARD_MARK})" in said
+    assert (card.root / "etc/hosts").read_text() == hosts and not card.data.exists()
+    nowhere = card.root.parent / "nowhere"
+    assert main(["image", "firstboot", "--root", str(nowhere)]) == 2
+    assert f"--root {nowhere} is no directory" in capsys.readouterr().err
+    assert not nowhere.exists()
+    assert not (Path("/") / cli_image.ON_CARD_MARK).exists()  # the suite runs on no card
+    assert main(["image", "data-partition"]) == 2
+    assert "it would add a partition to this machine's root disk" in capsys.readouterr().err
 
 
 def test_free_space_is_read_from_sfdisk() -> None:

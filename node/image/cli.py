@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import tomllib
@@ -198,7 +199,28 @@ def free_tail(sfdisk_free: str) -> tuple[int, int] | None:
     return best
 
 
+# Installed on every image (node/image/build.py, the pi-gen stage): a root without it is no card,
+# and what changes a card's system (its hostname, its hosts, its partitions) is refused there.
+ON_CARD_MARK = Path("etc/systemd/system/gibsey-firstboot.service")
+
+
+def _not_a_card(root: Path, what: str) -> str | None:
+    """Why `what` must not run on `root` (None: it is a card's root, or a copy of one)."""
+    if not root.is_dir():
+        return f"--root {root} is no directory"
+    if (root / ON_CARD_MARK).exists():
+        return None
+    return (
+        f"{root} is no Gibsey image's root (no {ON_CARD_MARK}): {what}; run it on the card "
+        "(gibsey-firstboot.service does), or name a copy of a card's root with --root"
+    )
+
+
 def _data_partition(args: argparse.Namespace) -> int:
+    refused = _not_a_card(Path("/"), "it would add a partition to this machine's root disk")
+    if refused:
+        print(f"gibsey image data-partition: {refused}", file=sys.stderr)
+        return 2
     mount = Path(args.mount)
     if os.path.ismount(mount):
         print(f"{mount} is mounted: nothing to do")
@@ -274,6 +296,12 @@ def _debian_overlay(paths: firstboot.Paths) -> int:
 
 
 def _firstboot(args: argparse.Namespace) -> int:
+    refused = _not_a_card(
+        Path(args.root), "firstboot would rewrite its hostname, hosts and broker users"
+    )
+    if refused:
+        print(f"gibsey image firstboot: {refused}", file=sys.stderr)
+        return 2
     paths = firstboot.Paths(
         boot=Path(args.boot),
         root=Path(args.root),
