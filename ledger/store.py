@@ -1193,8 +1193,11 @@ class Store:
     def _next_position(self, author: bytes) -> tuple[int, bytes | None]:
         if author in self._quarantine:
             raise LedgerError(
-                "this node's own feed is forked (a fork proof against our key is held) - "
-                "usually an old backup was restored; the feed cannot be extended safely"
+                "this node's own feed is forked (a fork proof against our key is held): an old "
+                "backup of ledger.sqlite3 was restored, or node.key was copied to a second node "
+                "(a copied data directory), and two signed at one seq. The feed counts for "
+                "nothing from the fork on and cannot be extended: give this node a new identity "
+                "(move node.key, node_id and the ledger away; it starts as a new node)"
             )
         self._ensure_checked(author)
         bad = self._bad.get(author)

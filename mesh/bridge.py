@@ -58,7 +58,10 @@ def render(node_id: str, cfg: BridgeConfig) -> str:
     """The bridge section of mosquitto.conf; raises ValueError on a bad setting."""
     host, sep, port = cfg.central.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"central broker {cfg.central!r}: expected HOST:PORT")
+        raise ValueError(
+            f"central broker {cfg.central!r}: expected HOST:PORT (--central, or [mesh.bridge] "
+            "central in gibsey.toml)"
+        )
     if cfg.direction not in ("out", "in", "both"):
         raise ValueError(f"direction {cfg.direction!r}: expected out, in or both")
     if cfg.qos not in (0, 1, 2):

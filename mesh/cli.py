@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gibsey.core.cliargs import number_in
+
 from .config import MeshConfig, MeshConfigError, PeerSpec, parse_key
 from .errors import ListenError
 
@@ -45,16 +47,33 @@ def _mesh_config(data_dir: Path, args: argparse.Namespace) -> MeshConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gibsey.core.identity import load_or_create
-    from gibsey.ledger.store import Store
-
-    from .node import MeshNode
+    from gibsey.core.datalock import AlreadyRunning, DataDirLock
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     data_dir = _data_dir(args)
+    try:
+        # One process serves a data directory's ledger and mesh: `gibsey up` runs the mesh
+        # itself when gibsey.toml has [mesh] (an outside tester ran both on one directory:
+        # two meshes on one ledger, and the status file of the one overwritten by the other).
+        lock = DataDirLock(data_dir).acquire()
+    except AlreadyRunning as exc:
+        print(f"gibsey mesh serve: {exc} (`gibsey up` runs the mesh itself)", file=sys.stderr)
+        return 1
+    try:
+        return _serve_locked(args, data_dir)
+    finally:
+        lock.release()
+
+
+def _serve_locked(args: argparse.Namespace, data_dir: Path) -> int:
+    from gibsey.core.identity import load_or_create
+    from gibsey.ledger.store import Store
+
+    from .node import MeshNode
+
     ident = load_or_create(data_dir)
     cfg = _mesh_config(data_dir, args)
 
@@ -238,7 +257,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="KEY@ENDPOINT, an endpoint with --key, or a configured peer's key prefix",
     )
     s.add_argument("--key", metavar="HEX", help="the peer's public key (with an endpoint)")
-    s.add_argument("--timeout", type=float, default=15.0)
+    s.add_argument("--timeout", type=number_in(float, 0.1), default=15.0, help="seconds (15)")
     s.set_defaults(func=_guard(cmd_sync))
 
     s = msub.add_parser(

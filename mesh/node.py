@@ -186,6 +186,11 @@ def _protocol_error(code: int) -> str:
     return f"{name} ({hint})" if hint else name
 
 
+# What a banned key is told at its handshake (_Zap._send_zap_reply): ZAP's 500, since libzmq
+# leaves a 300 ("temporary error") unanswered (the dialer hears nothing at all), and the
+# status code is all a dialer hears.
+BANNED_ZAP_STATUS = b"500"
+
 DIAL_FAILURES = frozenset(
     {
         zmq.EVENT_HANDSHAKE_FAILED_AUTH,
@@ -195,16 +200,24 @@ DIAL_FAILURES = frozenset(
 )
 
 
-# Handshake failures after which libzmq ends the session and never reconnects (a protocol
-# error: the peer's ZMTP ERROR, as for a refused key); a connection cut short in the handshake
-# (NO_DETAIL) is reconnected by libzmq itself.
-SESSION_ENDING = frozenset({zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL})
+# Handshake failures that end a dialer's socket, made anew by `_dial` after its doubling pause.
+# libzmq itself never reconnects after AUTH or PROTOCOL (the peer's ZMTP ERROR, as for a
+# refused key); after NO_DETAIL (a peer that hangs up in the handshake: the key we hold for it
+# is not its own) it reconnects every RECONNECT_IVL, 100 ms, for ever, since its backoff
+# starts again at every TCP connect that succeeds: an outside tester counted 10 dials a second
+# to a peer listed with the wrong key. So every handshake failure ends the socket here.
+SESSION_ENDING = DIAL_FAILURES
 
 
 def _dial_failure(ev: int, value: int) -> str:
     """Why a handshake on a dialer's socket failed, from its monitor event."""
+    if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == int(BANNED_ZAP_STATUS):
+        return (
+            f"the peer has banned us for a while ({value}: it counted malformed or forged "
+            "messages from us; `[mesh] ban_seconds` on its side)"
+        )
     if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return f"the peer refused our key ({value})"
+        return f"the peer refused our key ({value}: is ours on its allow-list?)"
     if ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         return _protocol_error(value)
     # A CurveZMQ server that cannot read our hello (we dial it with a key it does not hold)
@@ -364,6 +377,19 @@ class _Zap(Authenticator):
         self._task.cancel()
         super().stop()  # closes the socket (linger 1 ms), in this thread
 
+    banned = False  # the gate's last refusal was of a banned key (see _send_zap_reply)
+
+    def _send_zap_reply(
+        self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous"
+    ) -> None:
+        # A banned peer is told BANNED_ZAP_STATUS, not 400: its dialer then says it
+        # is banned for a while, not that we refused its key (an outside tester, so told, went
+        # looking at the allow-lists). pyzmq's handler says 400 for every refusal.
+        if status_code == b"400" and self.banned:
+            status_code, status_text = BANNED_ZAP_STATUS, b"banned for a while"
+        self.banned = False
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
 
 class _Gate:
     """ZAP credentials provider: only allow-listed, unbanned keys complete the handshake."""
@@ -386,6 +412,7 @@ class _Gate:
         if peer is not None and peer.banned_until > time.monotonic():
             self.mesh.stats.refused += 1
             self.mesh.refuse(Refusal.BANNED_KEY, f"{ed.hex()[:16]}{where}")
+            self.zap.banned = True
             return False
         return True
 
@@ -1118,7 +1145,12 @@ class MeshNode:
             else:
                 self.stats.forks += 1
                 log.warning(
-                    "mesh: fork of %s at seq %d (from %s)", e.author_hex[:16], e.seq, peer.hex[:16]
+                    "mesh: fork of %s at seq %d (from %s): that node signed two entries at one "
+                    "seq (an old backup of its ledger restored, or its node.key copied to a "
+                    "second node); its feed counts for nothing from there on",
+                    e.author_hex[:16],
+                    e.seq,
+                    peer.hex[:16],
                 )
         if forged:
             self._strike(peer, f"{len(forged)} forged/malformed entries, e.g. {forged[0]}")
@@ -1353,7 +1385,7 @@ class MeshNode:
                 why = _dial_failure(ev, int(event.get("value") or 0))
                 sample = f"{peer.hex[:16]} at {peer.endpoint}: {why}"
                 self.refuse(Refusal.DIAL_FAILED, sample, about=peer.hex)
-                if ev in SESSION_ENDING:  # libzmq will not reconnect: a new socket will (_dial)
+                if ev in SESSION_ENDING:  # a new socket will, after a pause (_dial)
                     ended.set()
 
     # ---- pushing new entries --------------------------------------------------------------

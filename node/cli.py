@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gibsey.core.config import ConfigError, resolve_data_dir
+from gibsey.core.datalock import AlreadyRunning, DataDirLock
 from gibsey.core.identity import IdentityError
 from gibsey.core.mqtt import BrokerUrlError
 from gibsey.core.storage import (
@@ -30,7 +31,6 @@ from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
 from gibsey.node.spine.drops import DropAlerts
-from gibsey.node.watchdog.datalock import AlreadyRunning, DataDirLock
 from gibsey.node.watchdog.sdnotify import Notifier
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     console = _logging(args.verbose)
     data_dir = resolve_data_dir(args.data)
     try:
-        # Held until this process ends, however it ends (node/watchdog/datalock.py).
+        # Held until this process ends, however it ends (core/datalock.py).
         lock = DataDirLock(data_dir).acquire()
     except AlreadyRunning as exc:
         _say(console, str(exc), soft_wrap=True)

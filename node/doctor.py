@@ -33,11 +33,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gibsey.core.config import ConfigError, config_path, resolve_data_dir
+from gibsey.core.datalock import holder
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
 from gibsey.core.storage import EPISODE_FILE, StorageError, sqlite_refusal
 from gibsey.node.config import GibseyConfig, load_gibsey_config
 from gibsey.node.gateway.config import PORT_FILE
-from gibsey.node.watchdog.datalock import holder
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -152,7 +152,7 @@ def _started_by_node(data: Path, port: int) -> bool | None:
 
 def _node_pid(data: Path) -> int | None:
     """The pid of the node running on `data`: the process holding DATA/gibsey.lock, which
-    `gibsey up` holds for its whole life (node/watchdog/datalock.py), as the kernel's table of
+    `gibsey up` holds for its whole life (core/datalock.py), as the kernel's table of
     locks says; None when nobody holds it. Not run.json's pid: after a kill -9 or a power cut
     it names a run that never said it stopped, and its pid may be another process's by now."""
     return holder(data)

@@ -337,3 +337,32 @@ def test_a_bad_node_id_is_refused_before_anything_is_written(tmp_path: Path) -> 
     assert done.returncode == 2
     assert b"'BAD ID!' is no node id: 1 to 32 of a-z 0-9 _ -" in done.stderr
     assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["mesh", "sync", "00" * 32 + "@tcp://127.0.0.1:9", "--timeout", "-1"],
+            "-1 is out of range: at least 0.1",
+        ),
+        (["rehearse", "--nodes", "0"], "0 is out of range: 1 to 16"),
+        (["rehearse", "--nodes", "50"], "50 is out of range: 1 to 16"),
+        (["rehearse", "--minutes", "-1"], "-1 is out of range: at least 0"),
+        (
+            ["agent", "ask", "london-fox", "hi", "--timeout", "nan"],
+            "nan is out of range: at least 0.1",
+        ),
+    ],
+    ids=["mesh sync --timeout", "rehearse --nodes 0", "rehearse --nodes 50", "--minutes", "ask"],
+)
+def test_a_number_out_of_its_range_is_a_usage_error(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    """Tried (an outside tester): `mesh sync --timeout -1` ran ("in -1.0s"), `rehearse
+    --minutes -1` exited 0, `--nodes 0` exited 1 and `--nodes 50` started 50 nodes on two
+    cores. Must hold: each is a usage error (exit 2) naming the range, and nothing runs."""
+    done = gibsey(*args, data=tmp_path / "node")
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr.decode(), done.stderr
+    assert not (tmp_path / "node").exists()

@@ -1,4 +1,4 @@
-"""Which process runs a data directory: the one holding its lock (node/watchdog/datalock.py
+"""Which process runs a data directory: the one holding its lock (core/datalock.py
 `holder`, read from the kernel's table of locks without taking the lock), and `gibsey doctor`
 asks the same (node/doctor.py `_node_pid`). Real processes hold real locks; each waits for its
 child's "holding" line on a pipe, so no test hopes a sleep was long enough."""
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.core import datalock
+from gibsey.core.datalock import LOCK_FILE, holder
 from gibsey.node import doctor
-from gibsey.node.watchdog import datalock
-from gibsey.node.watchdog.datalock import LOCK_FILE, holder
 from gibsey.node.watchdog.rebirth import RUN_FILE, boot_id
 
 # The child takes a lock on the lock file of the data directory argv[1] as argv[2] says, says so
@@ -28,7 +28,7 @@ from gibsey.node.watchdog.rebirth import RUN_FILE, boot_id
 HOLD = """
 import fcntl, os, sys
 from pathlib import Path
-from gibsey.node.watchdog.datalock import LOCK_FILE, DataDirLock
+from gibsey.core.datalock import LOCK_FILE, DataDirLock
 data, kind = Path(sys.argv[1]), sys.argv[2]
 if kind == "node":
     DataDirLock(data).acquire()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gibsey.harness.ports import free_port
 from gibsey.harness.waiting import until
 from gibsey.node import parts
 from gibsey.node.config import load_gibsey_config
@@ -84,3 +85,22 @@ async def test_a_node_serves_on_without_its_mesh_until_its_port_is_free(
     assert "Traceback" not in caplog.text
     failed = [r for r in caplog.records if "cannot listen on" in r.getMessage()]
     assert len(failed) == 1 and failed[0].exc_info is None
+
+
+def test_a_second_process_on_a_running_data_directory_is_refused(tmp_path: Path) -> None:
+    """Tried (an outside tester): `gibsey mesh serve` beside `gibsey up` on one data
+    directory ran a second mesh on the same ledger and overwrote the first's status file.
+    Must hold: the second is refused in one line naming the first's pid, exit 1."""
+    from tests.test_cli_output import gibsey
+
+    (a,) = make_nodes(tmp_path, ["127.0.0.1"], [free_port()], peers=False)
+    a.start(timeout=60)
+    assert a.proc is not None
+    first = a.proc.pid
+    try:
+        second = gibsey(a.data, "mesh", "serve", "--listen", f"tcp://127.0.0.1:{free_port()}")
+    finally:
+        a.stop()
+    assert second.returncode == 1
+    said = second.stderr.decode()
+    assert f"a node is already running on {a.data} (pid {first})" in said, said

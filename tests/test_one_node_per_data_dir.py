@@ -1,4 +1,4 @@
-"""One `gibsey up` per data directory (node/watchdog/datalock.py): a second start on a running
+"""One `gibsey up` per data directory (core/datalock.py): a second start on a running
 node's data is refused in one line naming the first, and leaves the first alone (no false death
 on its record, its run record its own, still serving); the lock goes with its holder, however it
 ends, so the next start (systemd's restart after a kill -9) takes it at once. A `--data` that is

@@ -38,6 +38,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gibsey.core.cliargs import number_in
 from gibsey.core.console import make_console
 from gibsey.harness.gallery import (
     NETS,
@@ -50,6 +51,10 @@ from gibsey.harness.gallery import (
 from gibsey.harness.rehearse.report import Timeline, write_report
 from gibsey.harness.rehearse.visitors import Visitors
 from gibsey.harness.waiting import wait_until
+
+# A rehearsal's nodes run on this machine, each a `gibsey up` with its broker and model worker:
+# 16 are several times what a laptop's cores hold (bench rehearse runs 10).
+MAX_REHEARSAL_NODES = 16
 
 # One step of the chaos plan: (seconds into the run, what to do, its arguments).
 Planned = tuple[float, Any, tuple[Any, ...]]
@@ -471,8 +476,6 @@ def _interrupt(_sig: int, _frame: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.nodes < 1:
-        raise SystemExit("--nodes must be at least 1")
     console = make_console()
     try:
         net, why = choose_net(args.net)
@@ -503,10 +506,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
             "Ctrl-C stops them all cleanly and writes an HTML report with plots."
         ),
     )
-    p.add_argument("--nodes", type=int, default=3, help="nodes in the gallery (default 3)")
+    p.add_argument(
+        "--nodes",
+        type=number_in(int, 1, MAX_REHEARSAL_NODES),
+        default=3,
+        help=f"nodes in the gallery, 1 to {MAX_REHEARSAL_NODES} (default 3)",
+    )
     p.add_argument(
         "--visitors",
-        type=float,
+        type=number_in(float, 0.0),
         default=1.0,
         metavar="RATE",
         help="visitor actions per second per node (default 1)",
@@ -514,7 +522,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the visitors (default 1)")
     p.add_argument(
         "--minutes",
-        type=float,
+        type=number_in(float, 0.0),
         default=0.0,
         help="run this long, then stop (default: until Ctrl-C)",
     )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from nacl.signing import SigningKey
 
 from gibsey.core.announce import broker_url
+from gibsey.core.cliargs import number_in
 from gibsey.core.config import ConfigError, NodeConfig, load_config, load_section, resolve_data_dir
 from gibsey.core.envelope import RELOAD_REFUSED
 from gibsey.core.operator import fresh_lamport, read_operator_key
@@ -376,7 +377,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     a.add_argument("question")
     a.add_argument("--broker", help="mqtt://host:port (default: the node's)")
     a.add_argument("--max-tokens", type=int, default=64)
-    a.add_argument("--timeout", type=float, default=120.0)
+    a.add_argument(
+        "--timeout",
+        type=number_in(float, 0.1),
+        default=120.0,
+        help="seconds to wait for the answer (default 120)",
+    )
     a.add_argument("--quiet", action="store_true", help="print only the final answer")
     a.add_argument("--local", action="store_true", help="run the model here, no node needed")
     a.add_argument("--model", help="GGUF for --local (default: the configured one)")
@@ -392,7 +398,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     r.add_argument("path", nargs="?", default="", help="GGUF file (default: the default model)")
     r.add_argument("--broker", help="mqtt://host:port (default: the node's)")
-    r.add_argument("--timeout", type=float, default=180.0)
+    r.add_argument(
+        "--timeout",
+        type=number_in(float, 0.1),
+        default=180.0,
+        help="seconds to wait for the reload (default 180)",
+    )
     r.add_argument(
         "--operator-key",
         metavar="PATH",

@@ -269,7 +269,10 @@ def read_corpus(root: Path, *, strict: bool = False) -> Corpus:
     """The corpus at `root`, checked whole; `strict` refuses warnings as well as errors."""
     root = Path(root)
     if not root.is_dir():
-        raise CorpusError(root, "directory", "not a directory")
+        what = "is a file" if root.exists() else "does not exist"
+        raise CorpusError(
+            root, "the corpus", f"{what}: name a corpus's folder (index.json, pages/, metadata/)"
+        )
     index_path = root / "index.json"
     symbols = _read_symbols(index_path)
     meta_path = root / "metadata" / "pages.json"
