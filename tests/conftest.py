@@ -117,8 +117,10 @@ class Collector:
 
         return await asyncio.wait_for(_wait(), timeout_s)
 
-    async def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        await self.client.publish(topic, payload, qos=qos)
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+    ) -> None:
+        await self.client.publish(topic, payload, qos=qos, retain=retain)
 
 
 async def _pump(col: Collector) -> None:

@@ -262,3 +262,38 @@ async def test_a_reply_topic_outside_gibsey_reply_is_never_written(
         assert agents_service_valid("gibsey/reply/asker") and not any(
             map(agents_service_valid, wrong)
         )
+
+
+@pytest.mark.parametrize("left", ["nothing", "offline"])
+async def test_ask_of_a_node_that_is_not_there_says_so_at_once(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory, left: str
+) -> None:
+    """Tried (an outside tester): `gibsey agent ask` to a broker with no node printed nothing
+    for the whole --timeout (120 s). Must hold: within a few seconds it says there is no node
+    there (no retained node/status), or that the node is offline (its last will), exit 2."""
+    nid = "n0ffline"
+    if left == "offline":  # what a stopped node leaves retained: its last will
+        col = await collector_factory(mosquitto.port, "unused/topic")
+        await col.publish(
+            topic(nid, "node/status"),
+            json.dumps({"state": "offline", "node": nid}).encode(),
+            retain=True,
+        )
+    (tmp_path / "gibsey.toml").write_text("")
+    (tmp_path / "node_id").write_text(nid + "\n")
+    start = time.monotonic()
+    rc, out, err = await _gibsey(
+        "agent",
+        "ask",
+        "london-fox",
+        "Who counts the exits?",
+        *("--data", str(tmp_path), "--broker", mosquitto.url, "--timeout", "60"),
+    )
+    took = time.monotonic() - start
+    assert rc == 2 and out == "", (rc, out, err)
+    url = mosquitto.url
+    said = {
+        "nothing": f"no node {nid} at {url}: the broker holds no node/status for it",
+        "offline": f"node {nid} is offline at {url} (its node/status says so)",
+    }[left]
+    assert said in err and took < 30, (took, err)

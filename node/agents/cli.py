@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from gibsey.core.config import ConfigError, NodeConfig, load_config, load_sectio
 from gibsey.core.envelope import RELOAD_REFUSED
 from gibsey.core.operator import fresh_lamport, read_operator_key
 from gibsey.core.symbols import ROTATIONS
-from gibsey.core.topics import REPLY_ROOT
+from gibsey.core.topics import REPLY_ROOT, status_topic
 from gibsey.node.agents.config import AgentConfig
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 # `gibsey ledger`); 2 stays for no answer at all (a timeout) and bad input, so a script can
 # tell "the node said no" from "nobody answered".
 EXIT_REFUSED = 1
+# How long a request waits for the node's retained node/status (at once from a broker that
+# holds it) before saying there is no node to answer.
+STATUS_WAIT_S = 3.0
 
 _RELOAD_EPILOG = """\
 exit status: 0 the node serves the model; 1 the node refused the change (a key it does not list
@@ -171,9 +175,14 @@ async def _request(
     # The node refuses an operator's change it will not take with an alert, not an answer on
     # the reply topic: listened to, or the command would wait out --timeout for nothing.
     alerts = topic_for(node_id, "safety/alert") if signer is not None else None
+    # The node's retained status says at once whether anyone will answer: an outside tester's
+    # question to a broker with no node waited out the whole --timeout (120 s) in silence.
+    status = status_topic(node_id)
+    heard = asyncio.Event()
     try:
         async with Session(ClientSettings(url, new_client_id("gibsey-agent-cli"))) as session:
             await session.subscribe(reply, qos=1)
+            await session.subscribe(status, qos=1)
             if alerts is not None:
                 await session.subscribe(alerts, qos=1)
             await session.publish(topic_for(node_id, kind), json.dumps(event), qos=1)
@@ -181,6 +190,10 @@ async def _request(
             async def wait() -> dict[str, Any]:
                 async for msg in session.messages():
                     doc = _envelope(msg.payload)
+                    if msg.topic == status:
+                        _check_online(doc, node_id, url)
+                        heard.set()
+                        continue
                     if msg.topic == alerts:
                         why = _refusal(doc, event_id)
                         if why is not None:
@@ -197,11 +210,37 @@ async def _request(
                     return dict(body)
                 raise _CliError("the broker went away")
 
-            return await asyncio.wait_for(wait(), timeout_s)
+            return await asyncio.wait_for(_unless_silent(wait(), heard, node_id, url), timeout_s)
     except TimeoutError:
         raise _CliError(f"no answer from node {node_id} at {url} in {timeout_s:g}s") from None
     except MqttError as exc:
         raise _CliError(f"the broker at {url}: {exc}") from None
+
+
+def _check_online(status: dict[str, Any], node_id: str, url: str) -> None:
+    """Raise unless the node's retained status says it is online."""
+    if status.get("state") == "offline":
+        raise _CliError(
+            f"node {node_id} is offline at {url} (its node/status says so): start it with "
+            "`gibsey up`"
+        )
+
+
+async def _unless_silent(
+    answer: Coroutine[Any, Any, dict[str, Any]], heard: asyncio.Event, node_id: str, url: str
+) -> dict[str, Any]:
+    """`answer`, unless no node/status of `node_id` came within STATUS_WAIT_S: no node there."""
+    waiting = asyncio.ensure_future(answer)
+    try:
+        done, _ = await asyncio.wait({waiting}, timeout=STATUS_WAIT_S)
+        if not done and not heard.is_set():
+            raise _CliError(
+                f"no node {node_id} at {url}: the broker holds no node/status for it (is "
+                "`gibsey up` running there, on this broker?)"
+            )
+        return await waiting
+    finally:
+        waiting.cancel()
 
 
 def _known_persona(name: str) -> Persona:
