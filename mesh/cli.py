@@ -145,9 +145,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"in {s['entries_in']} entries ({s['bytes_in']} B), out {s['bytes_out']} B; "
         f"rejected {s['rejected']}, strikes {s['strikes']}, refused {s['refused']}"
     )
-    refused = [f"{k.name.lower()} {s[k.name.lower()]}" for k in Refusal if s.get(k.name.lower())]
-    if refused:  # from outside: strangers' keys, garbage on the port, floods (said in the log)
-        print("refused from outside: " + ", ".join(refused))
+    counts = {k: s.get(k.name.lower()) for k in Refusal}
+    outside = [
+        f"{k.name.lower()} {n}" for k, n in counts.items() if n and k is not Refusal.DIAL_FAILED
+    ]
+    if outside:  # strangers' keys, garbage on the port, floods (said in the log)
+        print("refused from outside: " + ", ".join(outside))
+    if counts[Refusal.DIAL_FAILED]:  # ours: peers we dial that did not take our handshake
+        print(f"our dials that failed their handshake: {counts[Refusal.DIAL_FAILED]} (see the log)")
     return 0
 
 

@@ -144,7 +144,16 @@ def _peers(value: Any) -> list[PeerSpec]:
         raise ValueError("must be a list")
     if len(value) > MAX_KEYS:
         raise ValueError(f"{len(value)} peers: at most {MAX_KEYS}")
-    return [PeerSpec.parse(v) for v in value]
+    specs = [PeerSpec.parse(v) for v in value]
+    seen: dict[bytes, str] = {}
+    for spec in specs:  # one endpoint a node: a second was dropped unsaid (an outside tester)
+        if spec.key in seen:
+            raise ValueError(
+                f"key {spec.key.hex()[:16]}... is listed twice ({seen[spec.key]} and "
+                f"{spec.endpoint}): a node has one endpoint"
+            )
+        seen[spec.key] = spec.endpoint
+    return specs
 
 
 class MeshConfig(ConfigSection):

@@ -158,12 +158,26 @@ def test_a_dial_without_a_terminal_or_a_pipe_says_so_in_one_line(tmp_path: Path)
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2
-    assert done.stdout.splitlines() == [
+    assert done.returncode == 2 and done.stdout == ""  # an error: on stderr
+    assert done.stderr.splitlines() == [
         "gibsey dial: it reads its keys from a terminal or a pipe, and stdin is neither "
         "(/dev/null or a file: under nohup, cron or CI); run it in a terminal, or pipe keys to it"
     ]
-    assert "Traceback" not in done.stderr
+
+
+def test_a_dial_id_the_bridge_would_refuse_is_a_usage_error(tmp_path: Path) -> None:
+    """Tried (an outside tester): `gibsey dial --dial-id "BAD ID"` ran, and the node counted
+    every frame malformed ("bad dial id in topic"). Must hold: a usage error (exit 2)."""
+    (tmp_path / "node_id").write_text("n1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "gibsey", "--data", str(tmp_path), "dial", "--dial-id", "BAD ID"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "'BAD ID' is no dial id: 1 to 32 of a-z 0-9 _ -" in done.stderr
 
 
 async def test_an_idle_virtual_dial_says_hello_as_a_board_does(

@@ -39,13 +39,14 @@ from rich.text import Text
 
 from gibsey.core.announce import broker_url
 from gibsey.core.config import ConfigError, resolve_data_dir
+from gibsey.core.console import make_console
 from gibsey.core.mqtt import BrokerUrlError, ClientSettings, MqttError, Session, parse_broker_url
 from gibsey.core.topics import topic_for
 from gibsey.dialcore import frame as df
 from gibsey.dialcore.app import FIRMWARE
 from gibsey.dialcore.config import DEFAULTS as FIRMWARE_DEFAULTS
 from gibsey.dialcore.qdpi import CHARACTERS, ROTATIONS, QdpiDial, symbol_name
-from gibsey.node.dial.bridge import frame_topic, read_ready
+from gibsey.node.dial.bridge import DIAL_ID, frame_topic, read_ready
 
 HEARTBEAT_S = float(FIRMWARE_DEFAULTS["heartbeat_s"])  # as a board sends its hellos
 ARROWS = "↑→↓←"  # the glyph's orientation per rotation: Read, Write, Remember, Dream
@@ -257,15 +258,23 @@ async def _show_answers(vd: VirtualDial, session: Session, live: Live) -> None:
             live.update(vd.render(), refresh=True)
 
 
+def _dial_id(text: str) -> str:
+    """A dial id the bridge takes (a topic level: bridge.py DIAL_ID; the firmware's rule)."""
+    if not DIAL_ID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is no dial id: 1 to 32 of a-z 0-9 _ -")
+    return text
+
+
 def _run(args: argparse.Namespace) -> int:
     console = Console()
+    errors = make_console(stderr=True)  # what went wrong: stderr, the screen is stdout's
     data_dir = resolve_data_dir(getattr(args, "data", None))
     node_id = args.node
     if not node_id:
         try:
             node_id = (data_dir / "node_id").read_text().strip()
         except OSError:
-            console.print(
+            errors.print(
                 f"[red]gibsey dial:[/red] no node in {data_dir} (start `gibsey up` first, "
                 "or give --node ID and --broker URL)",
                 soft_wrap=True,  # one line, however narrow the terminal or the pipe
@@ -277,12 +286,12 @@ def _run(args: argparse.Namespace) -> int:
         dial = QdpiDial(args.symbol, list(range(16)) if args.symbol < 16 else [args.symbol])
     except (ConfigError, BrokerUrlError, ValueError) as exc:
         # [node] is no markup; one line, however narrow the terminal or the pipe
-        console.print(f"[red]gibsey dial:[/red] {escape(str(exc))}", soft_wrap=True)
+        errors.print(f"[red]gibsey dial:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
     vd = VirtualDial(node_id=node_id, dial_id=args.dial_id, dial=dial, heartbeat_s=args.heartbeat)
     fd = sys.stdin.fileno()
     if not _keys_can_arrive(fd):
-        console.print(
+        errors.print(
             "[red]gibsey dial:[/red] it reads its keys from a terminal or a pipe, and stdin is "
             "neither (/dev/null or a file: under nohup, cron or CI); run it in a terminal, or "
             "pipe keys to it",
@@ -322,7 +331,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--broker", metavar="URL", default=None, help="mqtt://host:port of the node")
     p.add_argument("--node", metavar="ID", default=None, help="node id (default: the data dir's)")
-    p.add_argument("--dial-id", default="virtual", help="this dial's id (default: virtual)")
+    p.add_argument(
+        "--dial-id",
+        type=_dial_id,
+        default="virtual",
+        help="this dial's id, 1 to 32 of a-z 0-9 _ - (default: virtual)",
+    )
     p.add_argument(
         "--heartbeat",
         type=float,

@@ -98,6 +98,7 @@ BAD: list[tuple[str, str, Any]] = [
     ("mesh", "peers", [f"{KEY}@tcp://10.0.0.3:99999"]),
     ("mesh", "peers", [f"{KEY}@tcp://10.0.0.3"]),
     ("mesh", "peers", [{"key": KEY, "endpoint": "tcp://10.0.0.3:7470", "port": 1}]),
+    ("mesh", "peers", [f"{KEY}@tcp://10.0.0.3:7470", f"{KEY}@tcp://10.0.0.4:7470"]),
     ("mesh", "peers", [{"key": KEY}]),
     ("mesh", "peers", [7]),
     ("mesh", "peers", f"{KEY}@tcp://10.0.0.3:7470"),
