@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -189,7 +190,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         try:
             peer = await mesh.sync_once(spec, timeout=args.timeout)
         except TimeoutError as exc:
-            print(f"sync: {exc}", file=sys.stderr)
+            print(f"sync: {exc}: {await _reach(spec.endpoint)}", file=sys.stderr)
             return 1
         finally:
             await mesh.stop()
@@ -201,6 +202,30 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+async def _reach(endpoint: str, timeout_s: float = 3.0) -> str:
+    """Why a peer's endpoint gave no sync, as far as a plain TCP connection tells (an outside
+    tester got only "no complete sync in 5s" for a closed port, a dead address and a name that
+    does not resolve alike)."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
+        )
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens there (is the peer's node up, on that port?)"
+    except socket.gaierror:
+        return f"the host name {host!r} does not resolve"
+    except TimeoutError:
+        return f"no answer from {host} in {timeout_s:g} s (the host is down, or a firewall)"
+    except (OSError, ValueError) as exc:
+        return f"cannot connect: {exc}"
+    writer.close()
+    return (
+        "its port answers, but no handshake completed: is the key we list for it its own, "
+        "and ours on its allow-list? (`gibsey mesh status` on both)"
+    )
 
 
 def cmd_bridge_config(args: argparse.Namespace) -> int:

@@ -104,3 +104,29 @@ def test_a_second_process_on_a_running_data_directory_is_refused(tmp_path: Path)
     assert second.returncode == 1
     said = second.stderr.decode()
     assert f"a node is already running on {a.data} (pid {first})" in said, said
+
+
+def test_a_sync_that_fails_says_what_the_endpoint_answered(tmp_path: Path) -> None:
+    """Tried (an outside tester): `gibsey mesh sync` to a closed port, a dead address and a
+    name that does not resolve said only "no complete sync ... in 5s". Must hold: it says
+    whether anything listens there, and when something does, that the handshake is the cause."""
+    from tests.mesh_support import public_key_hex
+    from tests.test_cli_output import gibsey
+
+    a, b = make_nodes(tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()], peers=False)
+    closed = free_port()
+    refused = gibsey(a.data, "mesh", "sync", f"{b.key}@tcp://127.0.0.1:{closed}", "--timeout", "1")
+    assert refused.returncode == 1
+    assert refused.stderr.decode().strip() == (
+        f"sync: no complete sync with tcp://127.0.0.1:{closed} in 1.0s: connection refused: "
+        "nothing listens there (is the peer's node up, on that port?)"
+    )
+    b.start(timeout=60)
+    try:  # b listens, but we list another key for it: no handshake completes
+        wrong = gibsey(
+            a.data, "mesh", "sync", f"{public_key_hex(9)}@{b.endpoint}", "--timeout", "1"
+        )
+    finally:
+        b.stop()
+    assert wrong.returncode == 1
+    assert "its port answers, but no handshake completed" in wrong.stderr.decode()
