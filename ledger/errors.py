@@ -50,5 +50,10 @@ class OverMintBudget(LedgerError):
     """Our own node refused to append a mint over its mint budget (ECONOMY.md)."""
 
 
+class OwnFeedWaits(LedgerError):
+    """This node's own feed may not be signed now: it is behind its mark, or held until the
+    peers have shown how far they hold it (ledger/ownfeed.py)."""
+
+
 class VoidHearing(LedgerError):
     """Our own node refused to open a hearing that would be void (GOVERNANCE.md)."""

@@ -57,7 +57,7 @@ from .batchclock import BatchClock
 from .entry import MAX_ENTRY_BYTES, MAX_GROUP, Entry, parse, run_too_long, verify_signature
 from .entrylog import SUFFIX as ENTRY_LOG_SUFFIX
 from .entrylog import EntryLog
-from .errors import LedgerError, Rejected, RejectReason
+from .errors import LedgerError, OwnFeedWaits, Rejected, RejectReason
 from .forkproof import ForkProof
 from .ownfeed import OwnFeedMark
 
@@ -1208,7 +1208,7 @@ class Store:
             )
         behind = self.own_feed_behind(author) or self.own_feed_held()
         if behind:
-            raise LedgerError(behind)
+            raise OwnFeedWaits(behind)
         head = self._heads.get(author)
         return (1, None) if head is None else (head.seq + 1, head.hash)
 

@@ -28,6 +28,7 @@ from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.doctor import WARN, check_ledger
+from tests.conftest import CollectorFactory
 from tests.mesh_support import MeshProc, heads, make_nodes, wait_until
 from tests.test_cli_output import gibsey
 
@@ -278,3 +279,44 @@ async def test_a_backup_of_the_last_minute_restored_after_a_death_does_not_fork_
     assert types == ["mint"] * (1 + GROUP) + ["members", "rebirth"], types
     for node_data in (a.data, b.data):
         assert heads(node_data, trusted=False) == heads(node_data)  # no fork proof anywhere
+
+
+async def test_turns_while_the_feed_waits_are_one_alert_not_one_each(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """While the own feed waits for its peers after a death (here a peer that never answers),
+    every turn's mint is refused alike. Must hold: the turns are performed, their mints are
+    counted (`gibsey_ritual_writes_waited`), and said in one `own_feed_waits` alert for the
+    interval, not a `mint_refused` alert each (a busy dial's minute of them)."""
+    from tests.brokers import Mosquitto
+    from tests.conftest import started
+    from tests.events import raw_event, topic
+
+    a, _b = make_nodes(
+        tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()], mesh={"own_feed_confirm_s": 300}
+    )
+    _dying_run(a.data, tmp_path / "backup")  # a run that died: the start holds the feed
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    try:
+        node = Node(a.data, load_gibsey_config(a.data))
+        nid = node.node_id
+        col = await collector_factory(
+            broker.port, topic(nid, "safety/alert"), topic(nid, "ritual/performed")
+        )
+        async with started(node, broker.url):
+            for n in range(5):
+                turn = raw_event(nid, "glyph/rotated", {"symbol": 2, "rotation": 1}, actor=f"v{n}")
+                await col.publish(topic(nid, "glyph/rotated"), turn)
+            await col.wait_for(lambda c: len(c.of_kind("ritual/performed")) == 5)
+            glyph = node.parts.glyph
+            assert glyph is not None
+            await asyncio.to_thread(wait_until, lambda: glyph.feed_waits.total == 5, 30, "mints")
+            assert (a.data / HOLD_FILENAME).exists()
+    finally:
+        broker.stop()
+    reasons = [e["payload"]["reason"] for e in col.of_kind("safety/alert")]
+    assert reasons.count("own_feed_waits") == 1 and "mint_refused" not in reasons, reasons
+    said = next(
+        e for e in col.of_kind("safety/alert") if e["payload"]["reason"] == "own_feed_waits"
+    )
+    assert said["payload"]["detail"].startswith("1 mints refused (1 in all)")

@@ -217,7 +217,13 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(
             "gibsey_mints_throttled",
             "Ritual mints not written: over this node's mint budget (ledger/ECONOMY.md)",
-            value=runtime.mint_throttled,
+            value=runtime.over_budget.total,
+        )
+        yield CounterMetricFamily(
+            "gibsey_ritual_writes_waited",
+            "Ritual mints and gifts not written: this node's own feed waited for its peers "
+            "(a start after a death, a ledger behind its mark: ledger/ownfeed.py)",
+            value=runtime.feed_waits.total,
         )
         yield CounterMetricFamily("gibsey_vm_runs", "VM program runs (rituals)", value=runtime.runs)
         yield CounterMetricFamily(

@@ -42,7 +42,7 @@ from gibsey.core.envelope import (
 from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
 from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, SYMBOLS, state_of
-from gibsey.ledger.errors import OverMintBudget
+from gibsey.ledger.errors import OverMintBudget, OwnFeedWaits
 from gibsey.node.glyph.opcode_table import Binding, OpcodeTable
 from gibsey.node.glyph.rituals import RitualOutcome
 from gibsey.node.glyph.vm import binding as vm
@@ -104,6 +104,30 @@ class ActorDirectory:
         return self._names.get(actor_id)
 
 
+class PacedRefusals:
+    """Mints and gifts refused for one reason, said as a `safety/alert` of that reason at most
+    once per MINT_THROTTLE_ALERT_S, with the count since the last one."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.total = 0
+        self._said = 0  # the total when last said
+        self._said_at = -MINT_THROTTLE_ALERT_S  # when (monotonic)
+
+    def count(self, work: LedgerWork, exc: Exception) -> SafetyAlert | None:
+        self.total += 1
+        now = time.monotonic()
+        if now - self._said_at < MINT_THROTTLE_ALERT_S:
+            return None
+        since, self._said, self._said_at = self.total - self._said, self.total, now
+        return SafetyAlert(
+            reason=self.reason,
+            detail=f"{since} {work.kind}s refused ({self.total} in all), {work.cause}: {exc}"[
+                :16_000
+            ],
+        )
+
+
 @dataclass(frozen=True)
 class LedgerWork:
     kind: str  # "mint" | "gift"
@@ -130,9 +154,12 @@ class Runtime:
         self.runs = 0
         self.failures = 0
         self.disk_refused = 0  # mints and gifts the disk refused to store
-        self.mint_throttled = 0  # mints refused: over this node's mint budget (never written)
-        self._throttle_said = 0  # mint_throttled when last alerted
-        self._throttle_said_at = -MINT_THROTTLE_ALERT_S  # when (monotonic)
+        # Refused before any write and said at most once per MINT_THROTTLE_ALERT_S with the
+        # count since (a flood of turns is one alert, not one per turn): over this node's mint
+        # budget; and while its own feed waits for the peers (a start after a death, a ledger
+        # behind its mark: ledger/ownfeed.py), when every turn's mint is refused alike.
+        self.over_budget = PacedRefusals("mint_throttled")
+        self.feed_waits = PacedRefusals("own_feed_waits")
         self.reloads = 0
         self._made: dict[vm.Effect, Payload] = {}  # effect -> its payload, validated (_apply)
 
@@ -337,7 +364,9 @@ class Runtime:
             self.disk_refused += 1
             return None
         except OverMintBudget as exc:
-            return self._throttled(work, exc)
+            return self.over_budget.count(work, exc)
+        except OwnFeedWaits as exc:
+            return self.feed_waits.count(work, exc)
         except Exception as exc:  # refused by the economy (overdraw, caps): say so, go on
             return SafetyAlert(
                 reason=f"{work.kind}_refused", detail=f"{work.cause}: {exc}"[:16_000]
@@ -353,20 +382,6 @@ class Runtime:
             receiver=work.receiver,
             amount=work.amount,
             entry=entry.hash.hex()[:64],
-        )
-
-    def _throttled(self, work: LedgerWork, exc: OverMintBudget) -> SafetyAlert | None:
-        """A mint the fold would not count was not written: counted, and said once per
-        MINT_THROTTLE_ALERT_S with the count since (a flood is one alert, not one per turn)."""
-        self.mint_throttled += 1
-        now = time.monotonic()
-        if now - self._throttle_said_at < MINT_THROTTLE_ALERT_S:
-            return None
-        since, self._throttle_said = self.mint_throttled - self._throttle_said, self.mint_throttled
-        self._throttle_said_at = now
-        return SafetyAlert(
-            reason="mint_throttled",
-            detail=f"{since} mints refused ({self.mint_throttled} in all), {work.cause}: {exc}",
         )
 
     # -- loading programs over MQTT -------------------------------------------------------------

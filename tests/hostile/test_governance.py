@@ -267,10 +267,10 @@ async def test_rituals_over_the_budget_write_nothing_count_and_alert_once(
     alerts = await col.wait_for(alerted)
     # The second refusal sends nothing (that is the point): poll the counter, with a deadline.
     deadline = time.monotonic() + 10
-    while glyph.mint_throttled < 2:
-        assert time.monotonic() < deadline, f"{glyph.mint_throttled} of 2 mints refused"
+    while glyph.over_budget.total < 2:
+        assert time.monotonic() < deadline, f"{glyph.over_budget.total} of 2 mints refused"
         await asyncio.sleep(0.01)
-    assert glyph.mint_throttled == 2
+    assert glyph.over_budget.total == 2
     await col.wait_for(lambda c: len(c.of_kind("ritual/performed")) == 2)  # both turns ran
     assert len(alerts) == 1 and "over mint budget" in alerts[0]["payload"]["detail"]
     assert ledger.store.count() == count
