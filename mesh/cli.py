@@ -147,13 +147,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"rejected {s['rejected']}, strikes {s['strikes']}, refused {s['refused']}"
     )
     counts = {k: s.get(k.name.lower()) for k in Refusal}
-    outside = [
-        f"{k.name.lower()} {n}" for k, n in counts.items() if n and k is not Refusal.DIAL_FAILED
-    ]
+    ours = (Refusal.DIAL_FAILED, Refusal.ONE_KEY_TWO_NODES)
+    outside = [f"{k.name.lower()} {n}" for k, n in counts.items() if n and k not in ours]
     if outside:  # strangers' keys, garbage on the port, floods (said in the log)
         print("refused from outside: " + ", ".join(outside))
     if counts[Refusal.DIAL_FAILED]:  # ours: peers we dial that did not take our handshake
         print(f"our dials that failed their handshake: {counts[Refusal.DIAL_FAILED]} (see the log)")
+    if counts[Refusal.ONE_KEY_TWO_NODES]:
+        print(f"{Refusal.ONE_KEY_TWO_NODES.value} (the log names the key)")
     return 0
 
 

@@ -88,6 +88,8 @@ FORGED = frozenset(
 )
 _AUTHOR_PREFIX = b'{"author":"'  # how every entry's canonical payload begins (CANONICAL.md)
 PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
+# A peer whose rounds advertise again the endpoint they left within this long: two nodes.
+MOVED_BACK_S = 120.0
 STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
 DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses imports
 # Refusals (a stranger's key, bytes that are no handshake, a flood): the first of a kind is said
@@ -166,6 +168,12 @@ class Refusal(enum.Enum):
     LIMITED = "dropped messages from a peer over its rate or banned"  # after strikes, a flood
     OVER_MAX_PEERS = "ignored a peer beyond max_peers"
     DIAL_FAILED = "a handshake with a peer we dial failed"  # its refusal of us, or not a node
+    # One key advertising two endpoints by turns: two nodes hold it (a data directory copied,
+    # node.key with it), and each signs its own entries at the same seqs, a fork.
+    ONE_KEY_TWO_NODES = (
+        "two nodes speak with one key (a copied data directory?); their feeds fork at their "
+        "next entries: give one a new identity"
+    )
 
 
 # libzmq's code in a failed handshake's event, by name; with what it usually means at a gallery.
@@ -292,6 +300,7 @@ class Stats:
     cut_handshake: int = 0
     over_max_peers: int = 0
     dial_failed: int = 0
+    one_key_two_nodes: int = 0
     rounds: int = 0
     disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
     inbox_peak: int = 0  # most entries of one peer held at once awaiting storage (<= INBOX_ENTRIES)
@@ -329,6 +338,11 @@ class Peer:
     importer: asyncio.Task[None] | None = None
     sock: zmq.asyncio.Socket | None = None
     task: asyncio.Task[None] | None = None
+    # The endpoint its rounds advertise, the one they advertised before, and when that changed:
+    # one that comes back to the one before is two nodes with one key (_note_advertised).
+    advertised: str = ""
+    advertised_before: str = ""
+    advertised_changed: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     heads_evt: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_out: int = 0
@@ -839,9 +853,11 @@ class MeshNode:
                 assert reply is not None
                 vv, forks = wire.decode_vv(frames[1]), wire.decode_forks(frames[2])
                 self._seen(peer)
-                self._on_sync(peer, reply, vv, forks, frames[3].decode("utf-8", "replace"))
+                advertised = frames[3].decode("utf-8", "replace")
+                self._on_sync(peer, reply, vv, forks, advertised)
+                self._note_advertised(peer, advertised)
                 if peer_addr and peer.task is None:
-                    self._dial_back(peer, frames[3].decode("utf-8", "replace"), peer_addr)
+                    self._dial_back(peer, advertised, peer_addr)
             elif kind == wire.HEADS:
                 vv, forks = wire.decode_vv(frames[1]), wire.decode_forks(frames[2])
                 self._seen(peer)
@@ -894,6 +910,19 @@ class MeshNode:
             finally:
                 peer.inbox_entries -= len(raws)
                 peer.inbox_room.set()
+
+    def _note_advertised(self, peer: Peer, endpoint: str) -> None:
+        """A peer's rounds advertise one endpoint; by turns two, and it is two nodes with one
+        key (a data directory copied, node.key with it): said before their entries fork."""
+        if endpoint == peer.advertised:
+            return
+        now = time.monotonic()
+        if peer.advertised and endpoint == peer.advertised_before:
+            if now - peer.advertised_changed < MOVED_BACK_S:
+                sample = f"{peer.hex[:16]} at {peer.advertised} and at {endpoint}"
+                self.refuse(Refusal.ONE_KEY_TWO_NODES, sample, about=peer.hex)
+        peer.advertised_before, peer.advertised = peer.advertised, endpoint
+        peer.advertised_changed = now
 
     def _dial_back(self, peer: Peer, endpoint: str, peer_addr: str) -> None:
         """A peer that dialed us but that we do not dial yet: dial it back at its endpoint."""

@@ -110,3 +110,36 @@ async def test_a_banned_peer_is_told_it_is_banned_not_that_its_key_is_refused(
     said = [r.getMessage() for r in caplog.records if "handshake with a peer" in r.getMessage()]
     assert said and "the peer has banned us for a while (500: it counted malformed" in said[0]
     assert "refused our key" not in caplog.text
+
+
+async def test_two_nodes_with_one_key_are_said_before_they_sign(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester): a data directory copied to a second node; both ran, and
+    nothing was said until their next entries forked the feed (both lost). Must hold: a peer
+    they both dial says that two nodes speak with one key, naming both endpoints, before
+    either signs anything."""
+    twin = SigningKey(bytes([0x74]) * 32)
+    twin_key, a_key = twin.verify_key.encode(), A.verify_key.encode()
+    node_a = MeshNode(Store.open(tmp_path / "a"), A, quick_mesh_config([], {twin_key}))
+    await node_a.start()
+    twins = [
+        MeshNode(
+            Store.open(tmp_path / name),
+            twin,
+            quick_mesh_config([PeerSpec(a_key, node_a.endpoint)], {a_key}),
+        )
+        for name in ("c", "copy-of-c")
+    ]
+    with caplog.at_level(logging.WARNING, logger="gibsey.mesh"):
+        for node in twins:
+            await node.start()
+        try:
+            await until(lambda: node_a.stats.one_key_two_nodes >= 1, 20, "the twins said")
+        finally:
+            for node in twins:
+                await node.stop()
+            await node_a.stop()
+    said = next(r.getMessage() for r in caplog.records if "two nodes speak" in r.getMessage())
+    assert twin_key.hex()[:16] in said
+    assert twins[0].endpoint in said and twins[1].endpoint in said
