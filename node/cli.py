@@ -271,6 +271,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Path) -> int:
+    named = os.environ.get("GIBSEY_CONFIG")
+    if named and not Path(named).exists():
+        # Allowed (the image names /etc/gibsey/gibsey.toml whether or not the card brought one),
+        # but said: a mistyped name runs the node on the defaults (an outside tester's).
+        log.warning(
+            "GIBSEY_CONFIG names %s, which does not exist: every setting is its default", named
+        )
     try:
         config = load_gibsey_config(data_dir)
         # --http, else [gateway] listen (or GIBSEY_HTTP), else every interface on 8080.

@@ -86,3 +86,22 @@ def test_a_data_path_that_is_a_file_is_refused_in_one_line(tmp_path: Path) -> No
             "--data or GIBSEY_DATA names a directory (a new node makes it)"
         ]
     assert afile.read_text() == "not a node\n"
+
+
+def test_a_missing_config_file_named_by_gibsey_config_is_said_at_start(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Tried (an outside tester): GIBSEY_CONFIG naming a file that is not there ran the node on
+    the defaults without a word. Allowed (the image names its file whether or not the card
+    brought one), but must be said: one warning line at start naming the file."""
+    data, missing = tmp_path / "node", tmp_path / "nope.toml"
+    env = dict(os.environ, GIBSEY_DISCOVERY_PREFIX="", GIBSEY_CONFIG=str(missing))
+    proc = spawn_up(data, mosquitto.url, "off", env=env, log=tmp_path / "up.log")
+    try:
+        _started(proc, data)
+    finally:
+        stop_process(proc, timeout_s=15)
+    said = (tmp_path / "up.log").read_text()
+    assert (
+        f"GIBSEY_CONFIG names {missing}, which does not exist: every setting is its default" in said
+    )
