@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from gibsey.core.envelope import RitualPerformed, encode_event
-from gibsey.node.agents.safety import OutputFilter, PressureMonitor, Throttle, parse_review
+from gibsey.node.agents.safety import (
+    OutputFilter,
+    PressureMonitor,
+    Throttle,
+    parse_review,
+    review_said,
+)
 from gibsey.node.agents.service import TENSOR_BATCH_MAX, AgentService
 from tests.agent_support import agent_node, agents, ask, finals
 from tests.conftest import Collector, CollectorFactory
@@ -31,6 +37,11 @@ def test_output_filter_rules() -> None:
     assert parse_review(" UNSAFE: gives instructions") == "UNSAFE"
     assert parse_review("SAFE: harmless") == "SAFE"
     assert parse_review("hmm") == "UNCLEAR"
+    # The alert says the verdict once (an outside tester read "UNSAFE: UNSAFE: ...").
+    assert review_said("UNSAFE", "UNSAFE: gives instructions") == "UNSAFE: gives instructions"
+    assert review_said("SAFE", "safe. harmless") == "SAFE: harmless"
+    assert review_said("UNCLEAR", "hmm") == "UNCLEAR: hmm"
+    assert review_said("SAFE", "SAFE") == "SAFE"
 
 
 def test_throttle_token_bucket() -> None:

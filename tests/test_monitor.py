@@ -237,3 +237,20 @@ def test_a_control_room_without_a_node_sends_the_alerts_to_the_node_named(
     assert _monitor(out2, *no_node, "--target", "10.0.0.2:8080", "--webhook", mine) == 0
     webhook = _yaml(out2 / "alertmanager.yml")["receivers"][0]["webhook_configs"][0]
     assert webhook["url"] == mine
+
+
+def test_no_mesh_reads_no_data_directory_even_a_node_s(tmp_path: Path, capsys: Any) -> None:
+    """Tried (an outside tester): `gibsey monitor --no-mesh --target 10.0.0.2:8080` on a
+    machine whose default data directory held a node sent the alerts to 127.0.0.1:8080 (that
+    node), though --help says no data directory is read. Must hold: the webhook is the first
+    target's, whatever --data holds; the output says the webhook's node cannot hear its own
+    NodeDown."""
+    node = tmp_path / "a-node"
+    node.mkdir()
+    (node / "gibsey.toml").write_text("")
+    out = tmp_path / "monitor"
+    assert _monitor(out, "--no-mesh", "--data", str(node), "--target", "10.0.0.2:8080") == 0
+    webhook = _yaml(out / "alertmanager.yml")["receivers"][0]["webhook_configs"][0]
+    assert webhook["url"] == f"http://10.0.0.2:8080{WEBHOOK_PATH}"
+    said = capsys.readouterr().out
+    assert "the node behind the webhook cannot hear that it is down" in said

@@ -243,6 +243,14 @@ class FlagStore:
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
+def review_said(verdict: str, review: str) -> str:
+    """The verdict and the reviewer's words, the verdict once: the reviewer often opens with it
+    ("UNSAFE: ..."), which an outside tester read twice ("UNSAFE: UNSAFE: ...")."""
+    if review.upper().startswith(verdict):
+        review = review[len(verdict) :].lstrip(" :.-")
+    return f"{verdict}: {review[:200]}" if review else verdict
+
+
 def parse_review(text: str) -> str:
     """SAFE / UNSAFE from the reviewer's completion; UNCLEAR when it said neither."""
     upper = text.upper()

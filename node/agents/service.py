@@ -70,6 +70,7 @@ from gibsey.node.agents.safety import (
     PressureMonitor,
     Throttle,
     parse_review,
+    review_said,
 )
 from gibsey.node.agents.supervisor import GenerationFailed, GenRequest, Supervisor, WorkerFailed
 from gibsey.node.agents.tensor import AgencyTensor, persist_clock
@@ -356,7 +357,7 @@ class AgentService:
         self.flags.record(flag_id, verdict, review)
         self.alert(
             "red_team_review",
-            f"flag {flag_id} ({persona}, {label}): {verdict}: {review[:200]}",
+            f"flag {flag_id} ({persona}, {label}): {review_said(verdict, review)}",
             "info" if verdict == "SAFE" else "warning",
         )
         return verdict

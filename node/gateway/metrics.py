@@ -333,11 +333,22 @@ class NodeCollector(Collector):
         yield lag
         yield seen
         mstats = status.get("stats", {})
-        for name in ("entries_in", "rejected", "forks", "bytes_in", "bytes_out", "disk_refused"):
+        for name, help_text in MESH_COUNTERS.items():
             value = mstats.get(name)
             if isinstance(value, int | float):
-                yield CounterMetricFamily(f"gibsey_mesh_{name}", f"Mesh {name}", value=value)
+                yield CounterMetricFamily(f"gibsey_mesh_{name}", help_text, value=value)
         yield mesh_refusals(mstats)
+
+
+# The mesh's totals on /metrics (its status file's `stats`), each with what it counts.
+MESH_COUNTERS = {
+    "entries_in": "Ledger entries the mesh stored from peers",
+    "rejected": "Entries from peers refused (a bad signature, a malformed body, a gap)",
+    "forks": "Fork proofs met: an author who signed two entries at one seq",
+    "bytes_in": "Bytes the mesh received from peers",
+    "bytes_out": "Bytes the mesh sent to peers",
+    "disk_refused": "Imports the disk refused (full, failing, read-only): asked for again later",
+}
 
 
 def mesh_refusals(mstats: dict[str, Any]) -> CounterMetricFamily:

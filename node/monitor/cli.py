@@ -104,7 +104,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if not args.no_mesh:
             members, webhook, token = _membership(resolve_data_dir(getattr(args, "data", None)))
             targets += [t for t in members if t not in targets]
-        if targets and not _is_node(resolve_data_dir(getattr(args, "data", None))):
+        if targets and (
+            args.no_mesh or not _is_node(resolve_data_dir(getattr(args, "data", None)))
+        ):
             # A control-room machine that is no node: the alerts go to the first node named,
             # whose gateway serves the webhook beside its /metrics (127.0.0.1 is no node here).
             webhook = f"http://{targets[0].address}{WEBHOOK_PATH}"
@@ -137,6 +139,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     for t in targets:
         print(f"  {t.address}")
     print(f"webhook: {settings.webhook_url}")
+    # Alertmanager posts every alert to that one node: its own NodeDown cannot reach it (an
+    # outside tester's NodeDown failed every retry, then only its resolved arrived).
+    print(
+        "the node behind the webhook cannot hear that it is down: for that, give alertmanager.yml "
+        "a technician receiver (its comments show one)"
+    )
     if token is None:
         print(f"put the node's write token (`gibsey gateway token`) in {out / TOKEN_FILE}")
     return 0
