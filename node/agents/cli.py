@@ -153,25 +153,14 @@ async def _request(
     """Send one request and wait for its answer. `signer`: (an operator's key, a fresh lamport)
     for a change the node takes only from its operators (core/operator.py)."""
     from gibsey.core.mqtt import ClientSettings, MqttError, Session, new_client_id
-    from gibsey.core.operator import sign_change
     from gibsey.core.topics import topic_for
 
     reply = f"{REPLY_ROOT}{uuid.uuid4().hex[:12]}"
     corr = uuid.uuid4().hex[:12]
-    payload = {**payload, "reply_to": reply, "correlation": corr}
-    event_id, lamport = uuid.uuid4().hex, 0
-    if signer is not None:
-        lamport = signer[1]
-        payload = sign_change(signer[0], event_id, node_id, kind, lamport, payload)
-    event = {
-        "id": event_id,
-        "node": node_id,
-        "kind": kind,
-        "lamport": lamport,
-        "wall": time.time(),
-        "actor": "cli",
-        "payload": payload,
-    }
+    event = _request_event(
+        node_id, kind, {**payload, "reply_to": reply, "correlation": corr}, signer
+    )
+    event_id = event["id"]
     # The node refuses an operator's change it will not take with an alert, not an answer on
     # the reply topic: listened to, or the command would wait out --timeout for nothing.
     alerts = topic_for(node_id, "safety/alert") if signer is not None else None
@@ -215,6 +204,27 @@ async def _request(
         raise _CliError(f"no answer from node {node_id} at {url} in {timeout_s:g}s") from None
     except MqttError as exc:
         raise _CliError(f"the broker at {url}: {exc}") from None
+
+
+def _request_event(
+    node_id: str, kind: str, payload: dict[str, Any], signer: tuple[SigningKey, int] | None
+) -> dict[str, Any]:
+    """The request's envelope, as the command's actor; signed by an operator when `signer`."""
+    from gibsey.core.operator import sign_change
+
+    event_id, lamport = uuid.uuid4().hex, 0
+    if signer is not None:
+        lamport = signer[1]
+        payload = sign_change(signer[0], event_id, node_id, kind, lamport, payload)
+    return {
+        "id": event_id,
+        "node": node_id,
+        "kind": kind,
+        "lamport": lamport,
+        "wall": time.time(),
+        "actor": "cli",
+        "payload": payload,
+    }
 
 
 def _check_online(status: dict[str, Any], node_id: str, url: str) -> None:
