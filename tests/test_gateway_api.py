@@ -405,6 +405,32 @@ async def test_metrics_and_structured_logs(gateway_node: GatewayNode) -> None:
     assert samples[("gibsey_http_requests_total", route)] == 2
 
 
+async def test_a_refused_write_is_counted_under_its_route(gateway_node: GatewayNode) -> None:
+    """Tried (an outside tester): every write refused 401 (answered before routing, its body
+    unread) was counted under route="unmatched", so /metrics could not say which route a
+    stranger probed. Must hold: it is counted under its route's template; a path that is no
+    route stays `unmatched`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gw = gateway_node
+    for _ in range(3):
+        r = await gw.http.post("/api/ledger/proposals/" + "a" * 64 + "/votes", json={})
+        assert r.status_code == 401
+    assert (await gw.http.get("/no/such/route")).status_code == 404
+    text = (await gw.http.get("/metrics")).text
+    samples = {
+        tuple(sorted(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "gibsey_http_requests"
+        for s in fam.samples
+        if s.name == "gibsey_http_requests_total"
+    }
+    votes = "/api/ledger/proposals/{proposal}/votes"
+
+    assert samples[(("method", "POST"), ("route", votes), ("status", "401"))] == 3
+    assert samples[(("method", "GET"), ("route", "unmatched"), ("status", "404"))] == 1
+
+
 async def test_gibsey_up_serves_the_gateway(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """`gibsey up --http 127.0.0.1:0`: the bound port lands in DATA/gateway.json; with no
     token configured it makes one (writes without it are refused); SIGTERM stops it cleanly."""

@@ -63,7 +63,9 @@ def build_app(state: GatewayState) -> FastAPI:
     app.state.gateway = state
     # The last added is the outermost: metrics count what the body guard refuses too.
     app.add_middleware(BodyGuard, state=state)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(
+        MetricsMiddleware, metrics=state.metrics, templates=lambda: app.openapi()["paths"]
+    )
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)

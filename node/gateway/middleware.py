@@ -5,12 +5,14 @@ bounded in size and in time)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gibsey.node.gateway.tokens import refusal
@@ -34,17 +36,36 @@ OPEN_POSTS = frozenset({"/graphql"})
 
 def route_template(scope: Scope) -> str:
     """The matched route's path template (/api/ledger/proposals/{proposal}/votes), so that the
-    metrics' label set stays small whatever the clients ask for."""
+    metrics' label set stays small whatever the clients ask for; "" if routing did not run."""
     route = scope.get("route")
     if isinstance(route, Route | Mount) and route.path:
         return route.path
-    return "unmatched"
+    return ""
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    """Counts and times every request by method, route template and status.
+
+    A request answered before routing (a write BodyGuard refused 401, its body unread) has no
+    route in its scope: its path is matched here against the templates the app documents
+    (`templates`, read once, at the first such request). An outside tester saw every refused
+    write counted as `unmatched`, so /metrics could not say which route a stranger probed."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, templates: Callable[[], Iterable[str]] = tuple
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self._templates = templates
+        self._compiled: list[tuple[re.Pattern[str], str]] | None = None
+
+    def _template_of(self, path: str) -> str:
+        if self._compiled is None:
+            self._compiled = [(compile_path(t)[0], t) for t in self._templates()]
+        for pattern, template in self._compiled:
+            if pattern.match(path):
+                return template
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +76,7 @@ class MetricsMiddleware:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 took = time.perf_counter() - start
-                path = route_template(scope)
+                path = route_template(scope) or self._template_of(scope["path"])
                 self.metrics.http.served(scope["method"], path, int(message["status"]), took)
             await send(message)
 
