@@ -36,6 +36,12 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# A read of a part that may not run on this node (state.py: ledger(), mesh(), story()).
+PART_MAY_BE_MISSING: dict[int | str, dict[str, Any]] = {
+    503: {"description": "that part does not run on this node; the error says which"}
+}
+
+
 def publishes(*kinds: str) -> dict[str, Any]:
     """The `openapi_extra` of an operation that publishes `kinds` and needs the write token."""
     return {EVENTS_EXT: list(kinds), "security": WRITE_SECURITY}
@@ -126,15 +132,57 @@ GRAPHQL_PATH: dict[str, Any] = {
 }
 
 
+# What the gateway answers a request it cannot take (errors.py), whatever FastAPI would: its
+# default 422 schema (HTTPValidationError: loc, msg, type) is not what a client gets.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "what was wrong, in one line"},
+        "detail": {
+            "type": "array",
+            "description": "for an invalid request: each field refused, and why",
+            "items": {
+                "type": "object",
+                "required": ["field", "problem"],
+                "properties": {"field": {"type": "string"}, "problem": {"type": "string"}},
+            },
+        },
+    },
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
 def document_security(app: FastAPI) -> None:
-    """Add the token's security schemes and /graphql to the app's OpenAPI document."""
+    """Add the token's security schemes, /graphql and the gateway's one error body to the app's
+    OpenAPI document; every operation that needs the token says it may answer 401 and 413."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = generate()  # FastAPI's, which it caches in app.openapi_schema
-            doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-            doc["paths"]["/graphql"] = GRAPHQL_PATH
+            components = doc.setdefault("components", {})
+            components["securitySchemes"] = SECURITY_SCHEMES
+            schemas = components.setdefault("schemas", {})
+            for item in doc["paths"].values():
+                for op in item.values():
+                    _document_errors(op)
+            schemas["Error"] = ERROR_SCHEMA
+            for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's, replaced
+                schemas.pop(unused, None)
+            doc["paths"]["/graphql"] = GRAPHQL_PATH  # GraphQL says its errors its own way
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_errors(op: dict[str, Any]) -> None:
+    """An operation's error answers as the gateway gives them (an outside tester's client,
+    built from the document, expected FastAPI's 422 body, and no 401 from /api/agent/ask)."""
+    responses = op.setdefault("responses", {})
+    if op.get("security") and op["security"] != [{}, *WRITE_SECURITY]:
+        for status, refusal in _REFUSALS.items():
+            responses.setdefault(str(status), dict(refusal))
+    for status, response in responses.items():
+        if status.startswith(("4", "5")):
+            response["content"] = _ERROR_CONTENT

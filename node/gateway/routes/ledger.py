@@ -13,13 +13,17 @@ from gibsey.ledger.entry import Entry
 from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ledger_refusals
 from gibsey.node.gateway.models import GiftRequest, LedgerWrite
-from gibsey.node.gateway.openapi import mutating
+from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING, mutating
 from gibsey.node.gateway.state import State
 
 router = APIRouter(tags=["ledger"])
 
 
-@router.get("/api/ledger/balances", summary="Balances in this node's view")
+@router.get(
+    "/api/ledger/balances",
+    summary="Balances in this node's view",
+    responses=PART_MAY_BE_MISSING,
+)
 async def balances(gw: State) -> dict[str, Any]:
     econ = gw.ledger().view().economy
     ordered = dict(sorted(econ.balances.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -45,7 +49,9 @@ def _entry_json(e: Entry, ours: bool, eff: EntryEffect | None) -> dict[str, Any]
     }
 
 
-@router.get("/api/ledger/entries", summary="Ledger entries, in fold order")
+@router.get(
+    "/api/ledger/entries", summary="Ledger entries, in fold order", responses=PART_MAY_BE_MISSING
+)
 async def entries(
     gw: State,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

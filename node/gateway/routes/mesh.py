@@ -6,11 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING
 from gibsey.node.gateway.state import State
 
 router = APIRouter(tags=["mesh"])
 
 
-@router.get("/api/mesh/peers", summary="The mesh: this node and its peers")
+@router.get(
+    "/api/mesh/peers",
+    summary="The mesh: this node and its peers",
+    responses=PART_MAY_BE_MISSING,
+)
 async def mesh_peers(gw: State) -> dict[str, Any]:
     return gw.mesh().status()

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from gibsey.node.gateway.errors import ApiError
+from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING
 from gibsey.node.gateway.state import State
 from gibsey.node.story.engine import Story
 from gibsey.node.story.limits import MAX_RESPONSE_BYTES
@@ -52,7 +53,14 @@ def read_pages(story: Story, ref: str, limit: int) -> tuple[list[dict[str, Any]]
     return pages, len(pages) < len(order)
 
 
-@router.get("/api/story/pages", summary="Pages of the story")
+@router.get(
+    "/api/story/pages",
+    summary="Pages of the story",
+    responses={
+        **PART_MAY_BE_MISSING,
+        404: {"description": "no such branch (a branch named that does not exist)"},
+    },
+)
 async def story_pages(
     gw: State,
     branch: Annotated[str | None, Query(max_length=128)] = None,
