@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import json
 import sys
 import tempfile
 from collections.abc import Callable
@@ -316,10 +317,43 @@ def cmd_balance(args: argparse.Namespace) -> int:
 def _append(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> tuple[Entry, EntryEffect]:
     """Append the entry `make` writes to the node's ledger; with its effect in the ledger's view."""
     with closing(_open(args)) as ledger:
+        _hold_after_a_death(ledger)
         e = make(ledger)
         effect = ledger.view().effect(e)
         assert effect is not None  # (our own entry, just appended: folded at the view's end)
         return e, effect
+
+
+# The node's run record (node/watchdog/rebirth.py RUN_FILE): `"clean": false` while a
+# `gibsey up` runs, and after one that died.
+RUN_FILE = "run.json"
+
+
+def _hold_after_a_death(ledger: Ledger) -> None:
+    """Hold the own feed as `gibsey up` does after a run that died (node/parts.py
+    attach_ledger), when no node runs here now and the node has a mesh: the last minute's
+    entries may be on the peers only, and a ledger restored from a backup of that minute looks
+    whole (an outside tester's CLI mint there forked the feed, 20 acknowledged mints lost)."""
+    from gibsey.core.config import read_config_file
+    from gibsey.core.datalock import holder
+
+    if ledger.store.own_mark is None:
+        return  # a ledger in memory: no node's
+    data_dir = Path(ledger.store.path).parent
+    if holder(data_dir) is not None:
+        return  # a running node: it holds (or signed on) itself
+    try:
+        run = json.loads((data_dir / RUN_FILE).read_bytes())
+        mesh = read_config_file(data_dir)[1].get("mesh")
+    except (OSError, ValueError):
+        return
+    if isinstance(run, dict) and run.get("clean") is False and isinstance(mesh, dict):
+        if mesh.get("enabled", True) is not False:
+            ledger.store.hold_own_feed(
+                "the last run had not stopped cleanly (killed, crashed, a power cut): the "
+                "entries of its last minute may be on its peers only; `gibsey up` signs on "
+                "once they have shown what they hold"
+            )
 
 
 def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:

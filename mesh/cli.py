@@ -117,6 +117,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc or {"key": ident.public_hex, "running": False}, indent=1))
         return 0
     print(f"this node  {ident.node_id}  key {ident.public_hex}")
+    held = _own_feed_hold(data_dir)
+    if held:  # mints and gifts refused meanwhile (ledger/ownfeed.py): said before the rest
+        print(f"own feed HELD until the peers show how far they hold it: {held}")
     if doc is None:
         print(
             "mesh: no status yet (is `gibsey up` with a [mesh] section, or `mesh serve`, running?)"
@@ -205,6 +208,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _own_feed_hold(data_dir: Path) -> str:
+    """Why this node's own feed waits for its peers' word, if it does (an outside tester saw
+    it only in the log while the node refused every mint for two minutes)."""
+    from gibsey.ledger.ownfeed import HOLD_FILENAME
+
+    try:
+        return (data_dir / HOLD_FILENAME).read_text("utf-8", "replace").strip() or "(no reason)"
+    except OSError:
+        return ""
+
+
 async def _reach(endpoint: str, timeout_s: float = 3.0) -> str:
     """Why a peer's endpoint gave no sync, as far as a plain TCP connection tells (an outside
     tester got only "no complete sync in 5s" for a closed port, a dead address and a name that
@@ -224,8 +238,8 @@ async def _reach(endpoint: str, timeout_s: float = 3.0) -> str:
         return f"cannot connect: {exc}"
     writer.close()
     return (
-        "its port answers, but no handshake completed: is the key we list for it its own, "
-        "and ours on its allow-list? (`gibsey mesh status` on both)"
+        "its port answers, but no handshake completed (the lines above say what the peer "
+        "answered, when it did: a key it refused, a ban; else is the key we list for it its own?)"
     )
 
 

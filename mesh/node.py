@@ -231,7 +231,10 @@ def _dial_failure(ev: int, value: int) -> str:
     # A CurveZMQ server that cannot read our hello (we dial it with a key it does not hold)
     # hangs up without a word: this is all a dialer with a stale key for its peer ever sees.
     cause = os.strerror(value) if value else "closed"
-    return f"hung up in the handshake ({cause}): is the key we have for it its own?"
+    return (
+        f"hung up in the handshake ({cause}): is the key we have for it its own, and is what "
+        "listens there a Gibsey mesh at all?"
+    )
 
 
 def _close_monitor(sock: zmq.asyncio.Socket, mon: zmq.asyncio.Socket) -> None:

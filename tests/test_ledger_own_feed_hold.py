@@ -115,6 +115,8 @@ def test_a_damaged_log_holds_the_feed_until_the_peer_brings_back_what_it_lost(
         assert "or after [mesh] own_feed_confirm_s;" in said, said
         assert _own_seq(a) == lost_from - 1
         assert (a.data / HOLD_FILENAME).exists()
+        status = gibsey(a.data, "mesh", "status").stdout.decode()  # said before the peers
+        assert "own feed HELD until the peers show how far they hold it: at " in status, status
 
         a.start(timeout=60)
         b.start(timeout=60)
@@ -320,3 +322,19 @@ async def test_turns_while_the_feed_waits_are_one_alert_not_one_each(
         e for e in col.of_kind("safety/alert") if e["payload"]["reason"] == "own_feed_waits"
     )
     assert said["payload"]["detail"].startswith("1 mints refused (1 in all)")
+
+
+def test_a_cli_write_after_a_death_waits_for_the_node_and_its_peers(tmp_path: Path) -> None:
+    """Tried (an outside tester): after a kill -9 and a restored backup, `gibsey ledger mint`
+    run before `gibsey up` signed at once, over entries the peers held: a fork, 20
+    acknowledged mints lost. Must hold: with no node running there and a [mesh] configured, a
+    CLI write after a run that died holds the feed as `gibsey up` does, and is refused saying
+    why; nothing is signed."""
+    a, _b = make_nodes(tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()])
+    _dying_run(a.data, tmp_path / "backup")
+    signed = _own_seq(a)
+    refused = _mint(a.data)
+    assert refused.returncode == 1
+    said = refused.stderr.decode()
+    assert "own feed is held (the last run had not stopped cleanly" in said, said
+    assert (a.data / HOLD_FILENAME).exists() and _own_seq(a) == signed

@@ -269,7 +269,7 @@ async def test_a_peer_dialed_with_a_stale_key_is_said_once_per_interval(
             store.close()
         dials = said(caplog, Refusal.DIAL_FAILED)
         assert len(dials) == 2 and member.hex()[:16] in dials[0], dials
-        assert "is the key we have for it its own?" in dials[0]
+        assert "is the key we have for it its own, and is what listens there a Gibsey" in dials[0]
         assert f"({dialer.stats.dial_failed} in all)" in dials[1], dials
         hellos = said(caplog, Refusal.BAD_HANDSHAKE)
         assert len(hellos) == 1 and "zmtp_cryptographic" in hellos[0], hellos
