@@ -60,7 +60,7 @@ from zmq.utils.monitor import parse_monitor_message
 from gibsey.core import trace
 from gibsey.core.paced import PacedLog
 from gibsey.core.storage import StorageError
-from gibsey.ledger.entry import Entry
+from gibsey.ledger.entry import MAX_GROUP, Entry
 from gibsey.ledger.errors import LedgerError, Rejected, RejectReason
 from gibsey.ledger.forkproof import ForkProof
 from gibsey.ledger.store import ImportResult, ImportStatus, Store
@@ -88,6 +88,9 @@ FORGED = frozenset(
 )
 _AUTHOR_PREFIX = b'{"author":"'  # how every entry's canonical payload begins (CANONICAL.md)
 PENALTY_RATE = 1.0  # messages/s a peer with strikes may still send
+# How far below a seq where a peer's chain differs from ours we send ours, so that its import
+# finds where the two chains part (missing_for): two groups' worth.
+FORK_LOOKBACK = 2 * MAX_GROUP
 # A peer whose rounds advertise again the endpoint they left within this long: two nodes.
 MOVED_BACK_S = 120.0
 STOP_WAIT_S = 5.0  # how long stop() waits for its cancelled tasks before closing regardless
@@ -728,9 +731,16 @@ class MeshNode:
             if their_seq and their_seq <= seq and (q is None or their_seq < q):
                 ours = h8 if their_seq == seq else self._hash8(author, their_seq)
                 if ours != their_h8:
-                    # Ours at that seq and the rest of its group: an unsigned entry counts
-                    # (and makes a fork proof) only with its group's signed head.
-                    out.extend(self.store.raws_after(author, their_seq - 1, 1))
+                    # Ours from FORK_LOOKBACK entries before that seq, to the signed head after
+                    # it (an unsigned entry counts, and makes a fork proof, only with its
+                    # group's head). The two chains may part below that seq (unsigned entries
+                    # of a group, entries signed since a backup was restored): their import
+                    # passes what they share and proves the fork where the chains part, so
+                    # every node quarantines from that seq and counts the same entries. A
+                    # proof at the seq seen (an outside tester's: 66, the chains parting at
+                    # 63) left each node counting its own branch's 63..65 for good.
+                    start = max(0, their_seq - 1 - FORK_LOOKBACK)
+                    out.extend(self.store.raws_after(author, start, their_seq - start))
                     continue
             if top <= their_seq:
                 continue
