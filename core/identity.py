@@ -67,14 +67,22 @@ def _write_synced(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def check_node_id(node_id: str) -> str:
+    """`node_id`, or IdentityError saying the rule: it is an MQTT topic level."""
+    if not NODE_ID_RE.match(node_id):
+        raise IdentityError(
+            f"{node_id!r} is no node id: 1 to 32 of a-z 0-9 _ -, the first a letter or digit "
+            "(it is an MQTT topic level)"
+        )
+    return node_id
+
+
 def load_or_create(data_dir: Path, node_id: str | None = None) -> Identity:
     """Load the node's identity from `data_dir`, creating it on first start. A node id that
     is no MQTT topic level is refused before anything is written (an outside tester's
     `--node-id "BAD ID!"` was kept in node_id, and every later start refused it)."""
-    if node_id is not None and not NODE_ID_RE.match(node_id):
-        raise IdentityError(
-            f"node id {node_id!r} must match {NODE_ID_RE.pattern} (it is an MQTT topic level)"
-        )
+    if node_id is not None:
+        check_node_id(node_id)
     data_dir.mkdir(parents=True, exist_ok=True)
     key_path = data_dir / KEY_FILENAME
     id_path = data_dir / ID_FILENAME

@@ -337,6 +337,8 @@ def _hold_after_a_death(ledger: Ledger) -> None:
     from gibsey.core.config import read_config_file
     from gibsey.core.datalock import holder
 
+    from .ownfeed import after_a_death
+
     if ledger.store.own_mark is None:
         return  # a ledger in memory: no node's
     data_dir = Path(ledger.store.path).parent
@@ -349,11 +351,7 @@ def _hold_after_a_death(ledger: Ledger) -> None:
         return
     if isinstance(run, dict) and run.get("clean") is False and isinstance(mesh, dict):
         if mesh.get("enabled", True) is not False:
-            ledger.store.hold_own_feed(
-                "the last run had not stopped cleanly (killed, crashed, a power cut): the "
-                "entries of its last minute may be on its peers only; `gibsey up` signs on "
-                "once they have shown what they hold"
-            )
+            ledger.store.hold_own_feed(after_a_death())
 
 
 def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:

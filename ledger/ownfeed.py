@@ -49,6 +49,16 @@ HOLD_FILENAME = "own-feed.hold"  # present: the own feed waits for its peers' wo
 MARK_EVERY_S = 60.0  # while the node signs, the mark is written at most this often
 
 
+def after_a_death() -> str:
+    """Why the own feed is held after a run that died, as `gibsey up` and the CLI's writes say
+    it (node/parts.py attach_ledger, ledger/cli.py): the mark may lag its last minute."""
+    return (
+        f"at {time.strftime('%Y-%m-%d %H:%M:%S')} the last run had not stopped cleanly "
+        "(killed, crashed, a power cut): the entries of its last minute may be on its peers "
+        "only, and a ledger restored from a backup of that minute looks whole"
+    )
+
+
 class OwnFeedMark:
     """The seq each of this node's keys has signed up to, read at open, raised as it signs."""
 

@@ -103,6 +103,7 @@ def _ago(seconds: float | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gibsey.core.identity import load_or_create
+    from gibsey.ledger.ownfeed import OwnFeedMark
 
     from .node import STATUS_FILENAME, Refusal
 
@@ -117,8 +118,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc or {"key": ident.public_hex, "running": False}, indent=1))
         return 0
     print(f"this node  {ident.node_id}  key {ident.public_hex}")
-    held = _own_feed_hold(data_dir)
-    if held:  # mints and gifts refused meanwhile (ledger/ownfeed.py): said before the rest
+    # Mints and gifts refused meanwhile (ledger/ownfeed.py): said before the rest (an outside
+    # tester saw it only in the log while the node refused every mint for two minutes).
+    held = OwnFeedMark(data_dir).held()
+    if held:
         print(f"own feed HELD until the peers show how far they hold it: {held}")
     if doc is None:
         print(
@@ -206,17 +209,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
-
-
-def _own_feed_hold(data_dir: Path) -> str:
-    """Why this node's own feed waits for its peers' word, if it does (an outside tester saw
-    it only in the log while the node refused every mint for two minutes)."""
-    from gibsey.ledger.ownfeed import HOLD_FILENAME
-
-    try:
-        return (data_dir / HOLD_FILENAME).read_text("utf-8", "replace").strip() or "(no reason)"
-    except OSError:
-        return ""
 
 
 async def _reach(endpoint: str, timeout_s: float = 3.0) -> str:

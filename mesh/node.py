@@ -507,9 +507,9 @@ class MeshNode:
         self._auth.start()
         self._auth.configure_curve_callback("*", credentials_provider=_Gate(self, self._auth))
         self.store.subscribe(self._on_stored)
-        if self.listen and not self.store.own_feed_held():  # else once signed on (_sign_on)
-            await asyncio.to_thread(self._record_members)
         if self.listen:
+            if not self.store.own_feed_held():  # else once signed on (_sign_on)
+                await asyncio.to_thread(self._record_members)
             r = self.ctx.socket(zmq.ROUTER)
             r.curve_server = True
             r.curve_secretkey = self.curve_secret

@@ -311,13 +311,12 @@ def _port(text: str) -> int:
 
 def _node_id(text: str) -> str:
     """A node id, as core/identity.py keeps it (argparse: a usage error, nothing written)."""
-    from gibsey.core.identity import NODE_ID_RE
+    from gibsey.core.identity import check_node_id
 
-    if not NODE_ID_RE.match(text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is no node id: 1 to 32 of a-z 0-9 _ -, the first a letter or digit"
-        )
-    return text
+    try:
+        return check_node_id(text)
+    except IdentityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -15,7 +15,6 @@ a node never loads the model runtime or the web framework.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -66,6 +65,7 @@ class Part(NamedTuple):
 
 def attach_ledger(node: Node) -> None:
     from gibsey.ledger.ledger import Ledger
+    from gibsey.ledger.ownfeed import after_a_death
 
     # The store reports its writes to the node's DiskHealth: a full disk is said once.
     ledger = Ledger.open(
@@ -86,11 +86,7 @@ def attach_ledger(node: Node) -> None:
         # died, a ledger restored from a backup of its last minute looks whole, and the next
         # entry would fork the feed at a seq the peers hold (an outside tester: a backup taken
         # 10 s before a kill -9 forked the feed at the start, with 6 visitors' mints).
-        ledger.store.hold_own_feed(
-            f"at {time.strftime('%Y-%m-%d %H:%M:%S')} the last run had not stopped cleanly "
-            "(killed, crashed, a power cut): the entries of its last minute may be on its "
-            "peers only, and a ledger restored from a backup of that minute looks whole"
-        )
+        ledger.store.hold_own_feed(after_a_death())
     held = ledger.store.own_feed_held()
     if held and (mesh is None or not mesh.enabled):
         # A damaged or torn entry log held the feed for the peers' word: without a mesh, no

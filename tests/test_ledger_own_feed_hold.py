@@ -336,5 +336,8 @@ def test_a_cli_write_after_a_death_waits_for_the_node_and_its_peers(tmp_path: Pa
     refused = _mint(a.data)
     assert refused.returncode == 1
     said = refused.stderr.decode()
-    assert "own feed is held (the last run had not stopped cleanly" in said, said
+    assert "own feed is held (at " in said, said
+    assert (
+        "the last run had not stopped cleanly (killed, crashed, a power cut): the entries" in said
+    )
     assert (a.data / HOLD_FILENAME).exists() and _own_seq(a) == signed
