@@ -354,6 +354,52 @@ def _hold_after_a_death(ledger: Ledger) -> None:
             ledger.store.hold_own_feed(after_a_death())
 
 
+HOLD_HELP = (
+    "after restoring a backup: sign nothing on this node's feed until its peers have shown what "
+    "they hold of it (run before `gibsey up`; needs a [mesh])"
+)
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    """Hold the own feed until the peers have shown what they hold of it: after a technician
+    restores a backup of the data directory, which cannot tell itself from a clean stop (the
+    mark in own-feed.json came back with it), so the node would sign over what its feed signed
+    since the backup, which its peers hold: a fork (CANONICAL.md section 3)."""
+    from gibsey.core.config import read_config_file, resolve_data_dir
+    from gibsey.core.datalock import holder
+
+    from .ownfeed import HOLD_FILENAME, after_a_restore
+
+    data_dir = resolve_data_dir(args.data)
+    running = holder(data_dir)
+    if running is not None:
+        errors.print(
+            f"error: a node runs on {data_dir} (pid {running}): stop it, restore the backup, then "
+            "hold; a node started on the restored ledger before the hold may have signed over "
+            "its peers' copy already (`gibsey mesh status` names a fork)",
+            markup=False,
+        )
+        return 1
+    mesh = read_config_file(data_dir)[1].get("mesh")
+    if not isinstance(mesh, dict) or mesh.get("enabled", True) is False:
+        errors.print(
+            f"error: {data_dir}/gibsey.toml has no [mesh] (or it is off): no peer holds this "
+            "node's feed, so there is nothing to wait for; a restored backup's ledger is the "
+            "whole feed",
+            markup=False,
+        )
+        return 1
+    with closing(_open(args)) as ledger:
+        ledger.store.hold_own_feed(after_a_restore())
+    console.print(
+        f"this node's own feed is held ({data_dir / HOLD_FILENAME}): `gibsey up` signs nothing "
+        "until every allowed peer has shown what it holds of the feed (what they hold comes "
+        "back first), or [mesh] own_feed_confirm_s has passed; start it with its peers up",
+        markup=False,
+    )
+    return 0
+
+
 def _txn(args: argparse.Namespace, make: Callable[[Ledger], Entry]) -> int:
     e, eff = _append(args, make)
     note = f" ({eff.note})" if eff.note else ""
@@ -547,6 +593,7 @@ def register(
     p = add("balance", cmd_balance, "balances of every actor (or one)")
     p.add_argument("actor", nargs="?", help="just this actor")
     _add_token_commands(add)
+    add("hold", cmd_hold, HOLD_HELP)
     p = add("propose", cmd_propose, "open a hearing on an action")
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("--title", required=True)

@@ -17,7 +17,9 @@ not show here; a wiped or old ledger does. That minute is covered where it can b
 that died (kill -9, a power cut: its run record unclean) may have signed it unmarked, and a
 technician may restore a backup of it; so `gibsey up` with a mesh, after such a run, holds the
 own feed as below before it signs anything (node/parts.py attach_ledger; the death record waits
-for it too). After a clean stop the mark is exact.
+for it too). After a clean stop the mark is exact, but a backup restored whole brings its own
+mark back and looks like a clean stop: `gibsey ledger hold` (ledger/cli.py), run by the
+technician after the restore, holds the feed as below.
 
 The entry log (ledger/entrylog.py) holds the last acknowledged groups until SQLite commits them,
 and this node's peers have had each group since it was acknowledged (the mesh pushes it at
@@ -56,6 +58,15 @@ def after_a_death() -> str:
         f"at {time.strftime('%Y-%m-%d %H:%M:%S')} the last run had not stopped cleanly "
         "(killed, crashed, a power cut): the entries of its last minute may be on its peers "
         "only, and a ledger restored from a backup of that minute looks whole"
+    )
+
+
+def after_a_restore() -> str:
+    """Why the own feed is held by `gibsey ledger hold` (ledger/cli.py): a technician restored a
+    backup, which looks whole, as a clean stop does, however much the feed signed since."""
+    return (
+        f"at {time.strftime('%Y-%m-%d %H:%M:%S')} `gibsey ledger hold` was run (a backup "
+        "restored): the entries signed since the backup may be on its peers only"
     )
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from gibsey.core.datalock import DataDirLock
 from gibsey.core.identity import load_or_create
 from gibsey.harness.ports import free_port
 from gibsey.ledger.entrylog import SUFFIX
@@ -341,3 +343,85 @@ def test_a_cli_write_after_a_death_waits_for_the_node_and_its_peers(tmp_path: Pa
         "the last run had not stopped cleanly (killed, crashed, a power cut): the entries" in said
     )
     assert (a.data / HOLD_FILENAME).exists() and _own_seq(a) == signed
+
+
+# A node's clean run: one entry signed, the run stopped cleanly and the whole data directory
+# backed up (own-feed.json and run.json with it), then a second clean run that signs GROUP more.
+CLEAN_RUNS = """
+import json, shutil, sys
+from pathlib import Path
+from gibsey.core.identity import load_or_create
+from gibsey.ledger.store import Store
+from gibsey.node.watchdog.rebirth import RunRecord
+data, backup = Path(sys.argv[1]), Path(sys.argv[2])
+key = load_or_create(data).signing_key
+mint = {"actor": "visitor:7", "amount": 1, "ritual": "dial"}
+signed = []
+for n in (1, int(sys.argv[3])):
+    run = RunRecord(data)
+    run.begin()
+    store = Store.open(data)
+    signed += store.append_many(key, [("mint", mint)] * n)
+    store.close()
+    run.end()
+    if not backup.exists():
+        shutil.copytree(data, backup)
+print(json.dumps([e.raw.hex() for e in signed]), flush=True)
+"""
+
+
+def _clean_runs(data: Path, backup: Path) -> list[bytes]:
+    """CLEAN_RUNS's entries (all pushed to the peers as they were acknowledged)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CLEAN_RUNS, str(data), str(backup), str(GROUP)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [bytes.fromhex(h) for h in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+async def test_a_whole_backup_restored_and_held_does_not_fork_the_feed(tmp_path: Path) -> None:
+    """Tried (an outside tester): the whole data directory backed up at a clean stop, the node
+    ran on and signed 6 mints its peer holds, the backup restored. Nothing on the card tells a
+    restore from a clean stop, so `gibsey up` signed at once over the peer's copy: a fork. The
+    technician's way out (README, CANONICAL.md section 3): `gibsey ledger hold` after the
+    restore. Must hold: refused while a node runs there or without a mesh; with it, `gibsey up`
+    signs nothing until the peer brought back the 6 mints, and signs after them: no fork."""
+    from tests.brokers import Mosquitto
+    from tests.conftest import started
+
+    a, b = make_nodes(tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()])
+    backup = tmp_path / "backup"
+    signed = _clean_runs(a.data, backup)
+    _pushed(b.data, signed)  # the mesh pushed each at its acknowledgment
+    shutil.rmtree(a.data)
+    shutil.copytree(backup, a.data)  # the technician's restore, whole
+    assert _own_seq(a) == 1 and heads(b.data)[a.key] == 1 + GROUP
+    held = gibsey(a.data, "ledger", "hold")
+    assert held.returncode == 0, held.stderr
+    assert "own feed is held" in held.stdout.decode() and (a.data / HOLD_FILENAME).exists()
+    lock = DataDirLock(a.data).acquire()  # as `gibsey up` takes it (node/cli.py)
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    b.start(timeout=60)
+    try:
+        node = Node(a.data, load_gibsey_config(a.data))
+        async with started(node, broker.url):
+            refused = await asyncio.to_thread(gibsey, a.data, "ledger", "hold")
+            assert refused.returncode == 1 and b"a node runs on" in refused.stderr
+            await asyncio.to_thread(
+                wait_until, lambda: not (a.data / HOLD_FILENAME).exists(), 60, "a signing on"
+            )
+            await asyncio.to_thread(
+                wait_until, lambda: _own_seq(a) == 2 + GROUP, 30, "the members recorded"
+            )
+    finally:
+        lock.release()
+        b.stop()
+        broker.stop()
+    for node_data in (a.data, b.data):
+        assert heads(node_data, trusted=False) == heads(node_data)  # no fork proof anywhere
+    (a.data / "gibsey.toml").write_text("")
+    alone = gibsey(a.data, "ledger", "hold")
+    assert alone.returncode == 1 and b"has no [mesh]" in alone.stderr
