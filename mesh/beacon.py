@@ -15,11 +15,19 @@ move a peer: a beacon counts only if its `t` is greater than the last one taken 
 (kept in memory, one number per allow-listed key). `t` is only ever compared with the same
 sender's earlier `t`, never with our clock: a Pi has no RTC and its wall clock may be years off.
 A peer whose endpoint is configured (`[mesh] peers`) is never moved by a beacon at all.
+
+A beacon signed with this node's own key is its own, looped back, unless its `t` is none of the
+last SENT_KEPT this node sent and newer than the oldest of them: then another node signs with
+this key now (a data directory or a whole card copied, node.key with it), and both would sign
+their next entries at the same seqs, a fork. It is said (Refusal.ONE_KEY_TWO_NODES) on both
+twins, each hearing the other, as a peer they both dial says it (MeshNode._note_advertised); an
+older `t` (a replay of a capture, or a twin whose clock is far behind) is not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import socket
@@ -29,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from .node import Refusal
+
 if TYPE_CHECKING:
     from .node import MeshNode
 
@@ -36,11 +46,15 @@ log = logging.getLogger("gibsey.mesh.beacon")
 MAGIC = b"GIBSEY-MESH1"
 DOMAIN = b"gibsey/mesh-beacon/v1\x00"
 MAX_DATAGRAM = 1024
+# Our own beacons' `t`s remembered, to tell them from a twin's: ~5.7 hours at the default 5 s,
+# 32 KiB at most.
+SENT_KEPT = 4096
 
 
-def encode(mesh: MeshNode) -> bytes:
+def encode(mesh: MeshNode, t: int | None = None) -> bytes:
+    t = int(time.time() * 1000) if t is None else t
     body = json.dumps(
-        {"ep": mesh.advertised(), "key": mesh.me.hex(), "t": int(time.time() * 1000)},
+        {"ep": mesh.advertised(), "key": mesh.me.hex(), "t": t},
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
@@ -83,6 +97,8 @@ class Beacon:
         # key -> the greatest `t` taken from it; only allow-listed keys get here, so bounded.
         self.last_t: dict[bytes, int] = {}
         self.noted: set[bytes] = set()  # configured peers whose differing beacon was logged
+        self.sent: collections.deque[int] = collections.deque(maxlen=SENT_KEPT)  # our `t`s
+        self.twin_t = -1  # the newest `t` of a beacon another node signed with our key
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,8 +122,10 @@ class Beacon:
         cfg = self.mesh.cfg
         while True:
             if self.transport is not None:
+                t = max(int(time.time() * 1000), self.sent[-1] + 1 if self.sent else 0)
+                self.sent.append(t)  # rising: the oldest kept is first
                 try:
-                    self.transport.sendto(encode(self.mesh), (cfg.beacon_addr, cfg.beacon_port))
+                    self.transport.sendto(encode(self.mesh, t), (cfg.beacon_addr, cfg.beacon_port))
                 except OSError as exc:  # no route yet (link down): try again next time
                     log.debug("beacon: %s", exc)
             await asyncio.sleep(cfg.beacon_interval)
@@ -117,7 +135,10 @@ class Beacon:
         if got is None:
             return
         key, endpoint, t = got
-        if key == self.mesh.me or key not in self.mesh.allowed:
+        if key == self.mesh.me:
+            self._own_key(t, endpoint, source)
+            return
+        if key not in self.mesh.allowed:
             return
         if t <= self.last_t.get(key, -1):
             # A replay or an old capture (or the sender's clock stepped back: it is heard again
@@ -146,6 +167,18 @@ class Beacon:
                 )
             return
         self.mesh.add_peer(key, endpoint)
+
+    def _own_key(self, t: int, endpoint: str, source: str) -> None:
+        """A beacon signed with our key: ours looped back, a replay, or a twin (see above)."""
+        if not self.sent or t <= self.sent[0] or t <= self.twin_t or t in self.sent:
+            return
+        self.twin_t = t
+        self.mesh.refuse(
+            Refusal.ONE_KEY_TWO_NODES,
+            f"{self.mesh.me.hex()[:16]} (this node's own key) in a beacon from {source} "
+            f"({endpoint}) that this node did not send",
+            about=self.mesh.me.hex(),
+        )
 
     def _configured(self, key: bytes) -> str:
         """The endpoint `[mesh] peers` gives `key`, else "" (a peer met by beacon or dial)."""

@@ -197,3 +197,32 @@ async def test_beacon_without_an_integer_t_is_ignored(tmp_path: Path, t: object)
         sender.send(MAGIC + body + PEER.sign(DOMAIN + MAGIC + body).signature, "127.0.0.2")
         await sender.settle(node)
         assert endpoint_of(node, PEER) == ""
+
+
+async def test_a_beacon_signed_with_our_own_key_by_another_node_says_twins(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester): a data directory copied to a second node, beacons on, no
+    peer configured that both dial: neither twin was told, and their next entries forked the
+    feed. Must hold: a beacon signed with the node's own key that it did not send (a fresh `t`,
+    from 127.0.0.2) is said as two nodes with one key, once per beacon; the node's own beacons
+    looped back, one of them replayed, and an older `t` are not."""
+    caplog.set_level(logging.WARNING, logger="gibsey.mesh")
+    async with running(tmp_path, []) as (node, sender):
+        beacons = node._beacon
+        assert beacons is not None
+        await until(lambda: len(beacons.sent) == 1 and beacons.heard == 0, "its own beacon")
+        own_t = beacons.sent[0]
+        me = SigningKey(bytes([0x50]) * 32)
+        sender.send(beacon(me, node.advertised(), own_t), "127.0.0.2")  # its own, replayed
+        sender.send(beacon(me, node.advertised(), own_t - 1), "127.0.0.2")  # older than any
+        await sender.settle(node)
+        assert node.stats.one_key_two_nodes == 0
+        twin = f"tcp://127.0.0.2:{free_port()}"
+        sender.send(beacon(me, twin, own_t + 1), "127.0.0.2")
+        await until(lambda: node.stats.one_key_two_nodes == 1, "the twin said")
+        sender.send(beacon(me, twin, own_t + 1), "127.0.0.3")  # the twin's beacon, replayed
+        await sender.settle(node)
+        assert node.stats.one_key_two_nodes == 1
+    said = next(r.getMessage() for r in caplog.records if "two nodes speak" in r.getMessage())
+    assert "in a beacon from 127.0.0.2 (" + twin + ") that this node did not send" in said
