@@ -66,8 +66,8 @@ class RitualPerformed(Payload):
     state: Annotated[int, Field(ge=0, le=255, description="symbol * 4 + rotation")]
     cause: ShortText = Field(description="id of the event that triggered the ritual")
     program: ShortText = Field("", description="name or hash of the program that ran")
-    effects: Annotated[int, Field(ge=0)] = 0
-    fuel: Annotated[int, Field(ge=0)] = 0
+    effects: Annotated[int, Field(ge=0)] = Field(0, description="effects the program made")
+    fuel: Annotated[int, Field(ge=0)] = Field(0, description="VM fuel the program spent")
     error: ShortText = Field("", description="why the program stopped, if it failed")
 
 
@@ -254,21 +254,31 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    node: NodeId
-    kind: Annotated[str, Field(pattern=r"^[a-z_]+/[a-z_]+$")]
+    id: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        description="the event's id, unique (a replay under the same id is dropped)"
+    )
+    node: NodeId = Field(description="the node that sent it")
+    kind: Annotated[str, Field(pattern=r"^[a-z_]+/[a-z_]+$")] = Field(
+        description="what happened, e.g. glyph/rotated: it says the payload's fields"
+    )
     # Strict: `true` is not the timestamp 1, nor "7" the timestamp 7.
-    lamport: Annotated[int, Field(ge=0, lt=2**63, strict=True)]
+    lamport: Annotated[int, Field(ge=0, lt=2**63, strict=True)] = Field(
+        description="the sender's Lamport time: orders events across nodes"
+    )
     # Advisory, but a time: finite, not before 1970, not after the last second of year 9999
     # (so any reader can turn it into a date); strict, so `true` or "nan" is no time.
     wall: Annotated[float, Field(ge=0.0, le=MAX_WALL_S, strict=True, allow_inf_nan=False)] = Field(
         description="sender's wall clock, seconds since the epoch; advisory only"
     )
-    actor: Actor = "node"
+    actor: Actor = Field("node", description="who acted: a visitor, a persona, the node")
     # Optional, and absent (not null) unless the turn is traced: old events and clients stay
     # valid, and an untraced event's JSON is what it always was.
-    trace: Traceparent | None = Field(None, exclude_if=lambda trace: trace is None)
-    payload: dict[str, Any]
+    trace: Traceparent | None = Field(
+        None, exclude_if=lambda trace: trace is None, description="absent unless traced"
+    )
+    payload: dict[str, Any] = Field(
+        description="the kind's payload (`gibsey schema` prints each kind's JSON Schema)"
+    )
 
     @field_validator("kind")
     @classmethod
@@ -290,22 +300,34 @@ class NodeStatus(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state: Literal["online", "offline"]
-    node: NodeId
-    version: str = ""
-    broker: str = ""
-    events_per_s: float = 0.0
-    uptime_s: float = 0.0
-    events_total: int = 0
-    rejected_total: int = 0
-    broker_connects: int = 0  # connections made since start: more than 1, the broker went away
+    state: Literal["online", "offline"] = Field(
+        description="online; offline is the broker's last will for a node gone"
+    )
+    node: NodeId = Field(description="the node's id (its topics' gibsey/v1/<node>/...)")
+    version: str = Field("", description="the node's software version")
+    broker: str = Field("", description="the MQTT broker the node is connected to (a URL)")
+    events_per_s: float = Field(0.0, description="events accepted per second, lately")
+    uptime_s: float = Field(0.0, description="seconds since the node started")
+    events_total: int = Field(0, description="events accepted since the node started")
+    rejected_total: int = Field(0, description="events refused (invalid, forged) since start")
+    broker_connects: int = Field(
+        0, description="connections to the broker since start: more than 1, it went away"
+    )
     # What the node dropped, by where (also in /metrics, and said in a rate-limited safety/alert):
-    outbox_dropped: int = 0  # messages from a full outbox (the broker away, or slower)
-    handler_dropped: int = 0  # events from a part's full handler queue (node/spine/router.py)
-    throttled: int = 0  # visitors' turns and questions refused by the flood throttle
+    outbox_dropped: int = Field(
+        0, description="messages dropped from a full outbox (the broker away, or slower)"
+    )
+    handler_dropped: int = Field(
+        0, description="events dropped from a part's full handler queue (node/spine/router.py)"
+    )
+    throttled: int = Field(
+        0, description="visitors' turns and questions refused by the flood throttle"
+    )
     # Mints and gifts of turns performed, not yet committed and announced (gift/txn): they wait
     # for their group commit ([node] ledger_group_wait_s). A gallery converges once all are 0.
-    ledger_pending: int = 0
+    ledger_pending: int = Field(
+        0, description="mints and gifts of turns performed, not yet committed (0: settled)"
+    )
 
 
 _ID_PREFIX = os.urandom(8).hex()  # 64 random bits per process ...
