@@ -1,4 +1,5 @@
-"""The gateway's request and response bodies (they are the OpenAPI document's schemas)."""
+"""The gateway's request bodies and what its writes answer (the OpenAPI document's schemas);
+what its reads answer is in responses.py."""
 
 from __future__ import annotations
 

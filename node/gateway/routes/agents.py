@@ -16,6 +16,7 @@ from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.hub import Subscriber
 from gibsey.node.gateway.models import AskRequest
 from gibsey.node.gateway.openapi import publishes
+from gibsey.node.gateway.responses import READ, PersonasAnswer
 from gibsey.node.gateway.sse import STREAM_HEADERS, sse
 from gibsey.node.gateway.state import GatewayState, State, refusal_of
 
@@ -27,7 +28,12 @@ ASK_TOKEN_TIMEOUT_S = 30.0
 router = APIRouter(tags=["agents"])
 
 
-@router.get("/api/agent/personas", summary="The personas one can ask")
+@router.get(
+    "/api/agent/personas",
+    summary="The personas one can ask",
+    response_model=PersonasAnswer,
+    **READ,
+)
 async def personas(gw: State) -> dict[str, Any]:
     return {"running": gw.agents_running(), "personas": list(PERSONAS)}
 

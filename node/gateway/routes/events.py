@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gibsey.core.envelope import PAYLOADS
+from gibsey.core.envelope import PAYLOADS, Event
 from gibsey.node.gateway.errors import ApiError
+from gibsey.node.gateway.responses import READ
 from gibsey.node.gateway.sse import STREAM_HEADERS, event_json, sse
 from gibsey.node.gateway.state import GatewayState, State
 
@@ -25,7 +26,12 @@ MAX_STREAMS_PER_CLIENT = 8
 router = APIRouter(tags=["events"])
 
 
-@router.get("/api/events", summary="Recent events seen on the spine")
+@router.get(
+    "/api/events",
+    summary="Recent events seen on the spine",
+    response_model=list[Event],
+    **READ,
+)
 async def events(
     gw: State,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -50,6 +56,17 @@ def _kinds_of(kinds: str | None) -> frozenset[str] | None:
     "/api/events/stream",
     summary="Live events as server-sent events (event: <kind>, data: envelope)",
     response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "a stream that stays open: `event: hello` (data: the node's id and "
+            "its glyph, as /api/glyph), then for each event `event: <kind>` with `data:` its "
+            "envelope on one line (as an item of /api/events), a `: keep-alive` comment when "
+            "quiet, and `event: bye` (data: reason) when the node ends it",
+        },
+        429: {"description": f"{MAX_STREAMS_PER_CLIENT} live streams from this address already"},
+        503: {"description": f"the node serves {MAX_STREAMS} live streams already"},
+    },
 )
 async def stream(
     request: Request,

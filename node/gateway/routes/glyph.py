@@ -13,6 +13,7 @@ from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.models import RotateRequest, RotateResponse
 from gibsey.node.gateway.openapi import mutating
+from gibsey.node.gateway.responses import READ, GlyphView, SymbolsAnswer
 from gibsey.node.gateway.state import GatewayState, State, refusal_of
 
 RITUAL_TIMEOUT_S = 5.0
@@ -44,7 +45,12 @@ def rotation_of(value: int | str) -> int:
     return ROTATIONS.index(value)
 
 
-@router.get("/api/symbols", summary="The 64 base symbols and 4 rotations")
+@router.get(
+    "/api/symbols",
+    summary="The 64 base symbols and 4 rotations",
+    response_model=SymbolsAnswer,
+    **READ,
+)
 async def symbols() -> dict[str, Any]:
     return {
         "rotations": list(ROTATIONS),
@@ -55,7 +61,12 @@ async def symbols() -> dict[str, Any]:
     }
 
 
-@router.get("/api/glyph", summary="The dial's current glyph and rotation")
+@router.get(
+    "/api/glyph",
+    summary="The dial's current glyph and rotation",
+    response_model=GlyphView,
+    **READ,
+)
 async def glyph(gw: State) -> dict[str, Any]:
     return gw.hub.glyph_view()
 

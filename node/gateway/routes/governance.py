@@ -13,6 +13,7 @@ from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ledger_refusals
 from gibsey.node.gateway.models import LedgerWrite, ProposeRequest, VoteRequest
 from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING, mutating
+from gibsey.node.gateway.responses import READ, ProposalInfo
 from gibsey.node.gateway.state import State
 
 router = APIRouter(tags=["governance"])
@@ -35,7 +36,13 @@ def _proposal_json(p: Proposal) -> dict[str, Any]:
     }
 
 
-@router.get("/api/ledger/proposals", summary="Schrödinger hearings", responses=PART_MAY_BE_MISSING)
+@router.get(
+    "/api/ledger/proposals",
+    summary="Schrödinger hearings",
+    responses=PART_MAY_BE_MISSING,
+    response_model=list[ProposalInfo],
+    **READ,
+)
 async def proposals(
     gw: State,
     all: Annotated[bool, Query(description="include expired/failed/void")] = False,

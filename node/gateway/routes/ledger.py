@@ -14,6 +14,7 @@ from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ledger_refusals
 from gibsey.node.gateway.models import GiftRequest, LedgerWrite
 from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING, mutating
+from gibsey.node.gateway.responses import READ, BalancesAnswer, EntriesAnswer
 from gibsey.node.gateway.state import State
 
 router = APIRouter(tags=["ledger"])
@@ -23,6 +24,8 @@ router = APIRouter(tags=["ledger"])
     "/api/ledger/balances",
     summary="Balances in this node's view",
     responses=PART_MAY_BE_MISSING,
+    response_model=BalancesAnswer,
+    **READ,
 )
 async def balances(gw: State) -> dict[str, Any]:
     econ = gw.ledger().view().economy
@@ -50,7 +53,11 @@ def _entry_json(e: Entry, ours: bool, eff: EntryEffect | None) -> dict[str, Any]
 
 
 @router.get(
-    "/api/ledger/entries", summary="Ledger entries, in fold order", responses=PART_MAY_BE_MISSING
+    "/api/ledger/entries",
+    summary="Ledger entries, in fold order",
+    responses=PART_MAY_BE_MISSING,
+    response_model=EntriesAnswer,
+    **READ,
 )
 async def entries(
     gw: State,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from gibsey.node.gateway.responses import READ, TargetGroup
 from gibsey.node.gateway.state import State
 from gibsey.node.gateway.targets import GALLERY_LABEL_CHARS, TARGETS_PATH, http_sd, membership
 
@@ -24,6 +25,8 @@ async def metrics(gw: State) -> Response:
     TARGETS_PATH,
     tags=["node"],
     summary="The gallery's scrape targets (Prometheus http_sd): this node and its mesh peers",
+    response_model=list[TargetGroup],
+    **READ,
 )
 async def scrape_targets(
     gw: State,

@@ -7,12 +7,18 @@ from typing import Any
 from fastapi import APIRouter
 
 from gibsey.core.envelope import PAYLOADS
+from gibsey.node.gateway.responses import READ, StatusAnswer
 from gibsey.node.gateway.state import State
 
 router = APIRouter(tags=["node"])
 
 
-@router.get("/api/status", summary="The node: identity, broker, parts, glyph")
+@router.get(
+    "/api/status",
+    summary="The node: identity, broker, parts, glyph",
+    response_model=StatusAnswer,
+    **READ,
+)
 async def status(gw: State) -> dict[str, Any]:
     node = gw.node
     stats = node.router.stats

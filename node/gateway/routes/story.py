@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from gibsey.node.gateway.errors import ApiError
 from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING
+from gibsey.node.gateway.responses import READ, PagesAnswer
 from gibsey.node.gateway.state import State
 from gibsey.node.story.engine import Story
 from gibsey.node.story.limits import MAX_RESPONSE_BYTES
@@ -60,6 +61,8 @@ def read_pages(story: Story, ref: str, limit: int) -> tuple[list[dict[str, Any]]
         **PART_MAY_BE_MISSING,
         404: {"description": "no such branch (a branch named that does not exist)"},
     },
+    response_model=PagesAnswer,
+    **READ,
 )
 async def story_pages(
     gw: State,
