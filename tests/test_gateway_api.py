@@ -17,6 +17,7 @@ import pytest
 
 from gibsey.core.envelope import PAYLOADS
 from gibsey.harness.waiting import until
+from gibsey.mesh.config import PeerSpec
 from gibsey.node.gateway.config import PORT_FILE
 from gibsey.node.gateway.logs import JsonFormatter
 from gibsey.node.gateway.openapi import EVENTS_EXT, mutating_operations
@@ -25,7 +26,16 @@ from gibsey.node.story.model import CANON
 from tests.brokers import Mosquitto
 from tests.conftest import Collector, CollectorFactory
 from tests.events import raw_event, topic
-from tests.gateway_support import AUTH, GatewayNode, gateway_config, gateway_node, running_gateway
+from tests.gateway_support import (
+    AUTH,
+    GatewayNode,
+    gateway_config,
+    gateway_node,
+    resolved,
+    running_gateway,
+    schema_problems,
+)
+from tests.mesh_support import public_key_hex, quick_mesh_config
 
 __all__ = ["gateway_node"]
 
@@ -748,23 +758,6 @@ async def test_a_question_dropped_from_the_full_queue_is_refused_at_once(
     assert reg.dropped == 1
 
 
-def _fits(doc: Any, schema: dict[str, Any]) -> bool:
-    """`doc` has the shape of `schema`: the JSON Schema subset ERROR_SCHEMA uses (object with
-    required and known properties, array items, string)."""
-    kind = schema.get("type")
-    if kind == "string":
-        return isinstance(doc, str)
-    if kind == "array":
-        return isinstance(doc, list) and all(_fits(d, schema["items"]) for d in doc)
-    props = schema.get("properties", {})
-    return (
-        isinstance(doc, dict)
-        and set(schema.get("required", [])) <= set(doc)
-        and set(doc) <= set(props)
-        and all(_fits(doc[k], props[k]) for k in doc)
-    )
-
-
 async def test_the_documented_errors_are_the_errors_the_gateway_answers(
     gateway_node: GatewayNode,
 ) -> None:
@@ -794,5 +787,74 @@ async def test_the_documented_errors_are_the_errors_the_gateway_answers(
     no_token = await gw.http.post("/api/agent/ask", json={"persona": "london-fox", "prompt": "hi"})
     for answer, status in ((invalid, 422), (no_mesh, 503), (no_token, 401)):
         assert answer.status_code == status, answer.text
-        assert _fits(answer.json(), error), answer.text
+        assert not schema_problems(answer.json(), error, doc), answer.text
     assert invalid.json()["detail"][0]["field"] == "query.limit"
+
+
+async def _a_node_with_something_to_read(gw: GatewayNode) -> None:
+    """Every read of `gw` answers with its lists filled: entries, a hearing and a vote on it, a
+    turn performed (the glyph's ritual), the story's pages."""
+    ledger = gw.node.parts.ledger
+    story = gw.node.parts.story
+    assert ledger is not None and story is not None
+    ledger.mint("ada", 25, ritual="test")
+    ledger.vote(ledger.propose("config-change", TARGET, "a read", "ada").hash_hex, "ada", "yes")
+    turn = await gw.http.post(
+        "/api/glyph/rotate?wait=true", json={"symbol": 2, "rotation": 1}, headers=AUTH
+    )
+    assert turn.status_code == 202 and turn.json()["ritual"], turn.text
+    await asyncio.to_thread(story.import_corpus, read_corpus(SAMPLE), CANON, "an-author")
+
+
+def _undescribed(schema: dict[str, Any], doc: dict[str, Any], seen: set[str]) -> list[str]:
+    """The fields of `schema` and of the schemas it names that say nothing of what they mean."""
+    if "$ref" in schema:
+        if schema["$ref"] in seen:
+            return []
+        seen.add(schema["$ref"])
+    schema = resolved(schema, doc)
+    out = [
+        f"{schema.get('title')}.{name}"
+        for name, prop in schema.get("properties", {}).items()
+        if not prop.get("description")
+    ]
+    nested = [*schema.get("properties", {}).values(), *schema.get("anyOf", [])]
+    for sub in (schema.get("items"), schema.get("additionalProperties"), *nested):
+        if isinstance(sub, dict):
+            out += _undescribed(sub, doc, seen)
+    return out
+
+
+async def test_every_read_documents_its_answer_and_answers_what_it_documents(
+    tmp_path: Path,
+) -> None:
+    """Tried (a dashboard author writing a client from /openapi.json alone): every read's 200
+    was `additionalProperties: true`, no field named. Must hold: each read's 200 names its
+    fields, each with a description (a stream: its media type), and the answer of a node
+    running every part (a mesh with a peer too) fits the document, every key named in it."""
+    config = gateway_config()
+    peer = bytes.fromhex(public_key_hex(7))
+    config.mesh = quick_mesh_config([PeerSpec(peer, "tcp://127.0.0.1:1")], {peer})
+    async with running_gateway(tmp_path, config) as gw:
+        await _a_node_with_something_to_read(gw)
+        doc = (await gw.http.get("/openapi.json")).json()
+        reads = [p for p, item in doc["paths"].items() if "get" in item and p != "/graphql"]
+        assert len(reads) >= 12, reads
+        for path in reads:
+            content = doc["paths"][path]["get"]["responses"]["200"]["content"]
+            if path == "/api/events/stream":
+                assert list(content) == ["text/event-stream"], content
+                continue
+            schema = content["application/json"]["schema"]
+            top = resolved(schema, doc)
+            named = resolved(top.get("items", top), doc)  # a list's items, else the object
+            assert named.get("properties"), (path, top)
+            assert named.get("additionalProperties") is not True, (path, named)
+            assert not _undescribed(schema, doc, set()), (path, _undescribed(schema, doc, set()))
+            answer = await gw.http.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            assert answer.json(), (path, "an empty answer proves little")
+            assert not schema_problems(answer.json(), schema, doc), (
+                path,
+                schema_problems(answer.json(), schema, doc),
+            )
