@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import JsonDict, SkipJsonSchema
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
 
 from gibsey.core.envelope import NodeStatus, RitualPerformed
 from gibsey.ledger.governance import ProposalStatus
