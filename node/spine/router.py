@@ -22,7 +22,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gibsey.core import trace
-from gibsey.core.envelope import Event, Outgoing, Payload, Rejection, SafetyAlert, parse_event
+from gibsey.core.envelope import (
+    Event,
+    NarrativeChange,
+    Outgoing,
+    Payload,
+    Rejection,
+    SafetyAlert,
+    parse_event,
+)
 from gibsey.core.paced import PacedLog
 from gibsey.core.topics import STATUS_KIND, ParsedTopic, parse_topic, topic_for
 
@@ -46,6 +54,23 @@ NODE_OWNED_KINDS = frozenset(
         "mesh/peer",
     }
 )
+
+
+def _node_owned(event: Event, payload: Payload) -> bool:
+    """Of a kind only the node's daemon emits (above), or a glyph's PROPOSE: a narrative/change
+    proposing a branch with no version, which the story part makes a branch of, signed on the
+    ledger (node/story/part.py). The CLI's and GraphQL's announcements of a merge proposal carry
+    the merge commit as their version. An outside tester on an open broker published 380 of
+    them naming the node: 380 branches signed by the node and gossiped to every peer."""
+    if event.kind in NODE_OWNED_KINDS:
+        return True
+    return (
+        event.kind == "narrative/change"
+        and isinstance(payload, NarrativeChange)
+        and payload.change == "propose"
+        and payload.version is None
+    )
+
 
 # Visitors' turns that start a trace of their own when they arrive without one and tracing is on
 # (a client that knows no trace context, the gateway's rotate): one trace per turn all the same.
@@ -302,17 +327,17 @@ class Router:
         if not self._seen.add(_dedup_key(event.node, event.kind, event.id)):
             self.stats.duplicates += 1
             return None
-        if self._forged_own(event):
+        if event.node == self.node_id and self._forged_own(event, payload):
             return None
         self._accept(event, payload)
         return event
 
-    def _forged_own(self, event: Event) -> bool:
-        """An event of a kind only this node's daemon emits, naming this node, that it did not
-        emit: any client of the broker can publish one. Counted (`forged_own`), alerted, never
-        dispatched to handlers that trust the node's own events. Visitors' inputs naming the
-        node (turns, questions, signed operator changes) are not of these kinds."""
-        if event.node != self.node_id or event.kind not in NODE_OWNED_KINDS:
+    def _forged_own(self, event: Event, payload: Payload) -> bool:
+        """An event naming this node, of a kind only its daemon emits (_node_owned), that it
+        did not emit: any client of the broker can publish one. Counted (`forged_own`), alerted,
+        never dispatched to handlers that trust the node's own events. Visitors' inputs naming
+        the node (turns, questions, signed operator changes) are not of these kinds."""
+        if not _node_owned(event, payload):
             return False
         if event.id in self._sent:
             return False  # ours, its echo no longer in memory (more than _emitted_cap in flight)

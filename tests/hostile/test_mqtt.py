@@ -198,6 +198,30 @@ async def test_forged_events_naming_the_node_are_not_its_own(
         assert (await _turn(col, nid, "visitor"))["amount"] == 1
 
 
+async def test_a_forged_branch_proposal_naming_the_node_is_not_its_own(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester, on the open embedded broker): 380 `narrative/change`
+    proposals (change "propose", no version: what a glyph's PROPOSE sends) naming the node and
+    a new branch each; the node made every branch, a ledger entry signed with its key, and the
+    mesh carried them to every peer. Must hold: such a proposal the node did not send is
+    `forged_own` (alerted, never dispatched); a merge proposal's announcement (`gibsey story
+    propose`: its version the merge commit) still reaches the handlers as a courtesy."""
+    async with _node(tmp_path / "data", mosquitto, []) as node:
+        nid = node.node_id
+        col = await collector_factory(mosquitto.port, *(topic(nid, k) for k in WATCHED))
+        kind = "narrative/change"
+        forged = {"branch": "stranger-was-here", "change": "propose"}
+        await col.publish(topic(nid, kind), raw_event(nid, kind, forged, actor="mallory"))
+        said = await col.wait_for(lambda c: (found := _alerts(c, "forged_own")) and found)
+        assert said[0]["topic"] == topic(nid, kind)
+        announced = {"branch": "b", "change": "propose", "version": "ab" * 32}
+        await col.publish(topic(nid, kind), raw_event(nid, kind, announced, actor="visitor"))
+        assert (await _turn(col, nid, "visitor"))["amount"] == 1  # after both, in order
+        stats = node.router.stats
+        assert stats.rejected["forged_own"] == 1 and stats.by_kind[kind] == 1
+
+
 # ---- the production broker ---------------------------------------------------------------------
 
 
