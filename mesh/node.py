@@ -99,6 +99,15 @@ DISK_LOG_S = 60.0  # at most one log line this often while the disk refuses impo
 # at once, the rest at most one line this often per kind, with their count (core/paced.py).
 REFUSAL_LOG_S = 60.0
 REFUSAL_TICK_S = 1.0  # how often refusals held back are checked for a line that is due
+# A connection to our port still in its handshake after this is closed. libzmq's default (30 s)
+# let a stranger's idle connections pile up: an outside tester held thousands open, with no
+# key, until the node had no file descriptor left for its gateway or ledger.
+HANDSHAKE_S = 5.0
+# Connections open on our port at once beyond max_peers (handshakes under way, a flood): past
+# this, the port is closed for SHED_S, and libzmq closes every connection it accepted there
+# with it; our peers' dialers reconnect once it listens again, and ours to them go on meanwhile.
+MAX_HANDSHAKING = 256
+SHED_S = 5.0
 # What the listener's monitor reports: each connection's coming and going, and its handshake's
 # outcome (see _watch).
 LISTENER_EVENTS = (
@@ -173,6 +182,8 @@ class Refusal(enum.Enum):
     DIAL_FAILED = "a handshake with a peer we dial failed"  # its refusal of us, or not a node
     # One key advertising two endpoints by turns: two nodes hold it (a data directory copied,
     # node.key with it), and each signs its own entries at the same seqs, a fork.
+    # More connections at once than the port holds (MAX_HANDSHAKING): closed for SHED_S.
+    FLOODED = "closed our port for a while: more connections at once than it holds"
     ONE_KEY_TWO_NODES = (
         "two nodes speak with one key (a copied data directory?); their feeds fork at their "
         "next entries: give one a new identity"
@@ -307,6 +318,7 @@ class Stats:
     over_max_peers: int = 0
     dial_failed: int = 0
     one_key_two_nodes: int = 0
+    flooded: int = 0
     rounds: int = 0
     disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
     inbox_peak: int = 0  # most entries of one peer held at once awaiting storage (<= INBOX_ENTRIES)
@@ -473,6 +485,7 @@ class MeshNode:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = asyncio.Event()
         self._beacon: Any = None
+        self._shed_at: float | None = None  # when the port was closed for a flood (_shed)
         self.linger_ms = 0
         self._stopping = False
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
@@ -518,6 +531,7 @@ class MeshNode:
             r.setsockopt(zmq.RCVHWM, RCVHWM)
             r.setsockopt(zmq.SNDHWM, SNDHWM * 4)
             r.setsockopt(zmq.LINGER, 0)
+            r.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_S * 1000))
             try:
                 r.bind(self.cfg.listen)
             except zmq.ZMQError as exc:
@@ -1283,6 +1297,8 @@ class MeshNode:
             while True:
                 event = parse_monitor_message(await mon.recv_multipart())
                 ev, value = int(event["event"]), int(event["value"] or 0)
+                if ev == zmq.EVENT_ACCEPTED and self._shed_at is not None:
+                    continue  # accepted before the port closed: closed with it, unannounced
                 if unshaken.ended_unshaken(ev, value):
                     self.refuse(
                         Refusal.NO_HANDSHAKE,
@@ -1294,8 +1310,48 @@ class MeshNode:
                 elif ev == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # value: the errno
                     self.refuse(Refusal.CUT_HANDSHAKE, os.strerror(value) if value else "closed")
                 # EVENT_HANDSHAKE_FAILED_AUTH: an unknown or banned key, said by the gate with it.
+                if len(unshaken.accepted) > self.cfg.max_peers + MAX_HANDSHAKING:
+                    self._shed(router, unshaken)
         finally:
             _close_monitor(router, mon)
+
+    def _shed(self, router: zmq.asyncio.Socket, unshaken: _Unshaken) -> None:
+        """More connections are open on our port than it holds (each one of this process's file
+        descriptors, which the gateway and the ledger need too): close the port, and with it
+        every connection libzmq accepted there (it says none of them on the monitor), then
+        listen again after SHED_S. The monitor is read on meanwhile: unread, its queue blocks
+        libzmq's I/O thread (_close_monitor)."""
+        self.refuse(
+            Refusal.FLOODED,
+            f"{len(unshaken.accepted)} connections open on {self.endpoint} at once (the port "
+            f"holds {self.cfg.max_peers + MAX_HANDSHAKING}): closed for {SHED_S:g} s, then "
+            "listening again; peers reconnect then",
+        )
+        router.unbind(self.endpoint)
+        unshaken.accepted.clear()
+        self._shed_at = time.monotonic()
+        asyncio.get_running_loop().call_later(SHED_S, self._listen_again, router, unshaken)
+
+    def _listen_again(self, router: zmq.asyncio.Socket, unshaken: _Unshaken) -> None:
+        """The port closed by _shed listens again (tried again after SHED_S if it cannot)."""
+        if router.closed or self._stopping:
+            return
+        try:
+            router.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            log.error(
+                "mesh: cannot listen on %s again (%s): trying again in %g s",
+                self.endpoint,
+                os.strerror(exc.errno or 0),
+                SHED_S,
+            )
+            asyncio.get_running_loop().call_later(SHED_S, self._listen_again, router, unshaken)
+            return
+        unshaken.accepted.clear()  # events of connections the port's closing ended, unsaid
+        self._shed_at = None
+        # Debug only: a flood that goes on closes the port every SHED_S, and FLOODED's paced
+        # line already says the port listens again after each pause.
+        log.debug("mesh: listening on %s again", self.endpoint)
 
     # ---- the dialers ----------------------------------------------------------------------
 

@@ -112,6 +112,14 @@ def test_every_refusal_kind_has_its_counter_in_the_status() -> None:
     assert {kind.name.lower() for kind in Refusal} <= counters
 
 
+def test_the_gateway_documents_every_mesh_counter() -> None:
+    """/api/mesh/peers answers the mesh's counters through a model that names each (its
+    OpenAPI schema): one missing there would make the route answer 500."""
+    from gibsey.node.gateway.responses import MeshCounters
+
+    assert list(MeshCounters.model_fields) == [f.name for f in fields(Stats)]
+
+
 async def test_garbage_on_the_mesh_port_is_said_at_once_then_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

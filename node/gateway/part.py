@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from gibsey.core.envelope import SafetyAlert
 from gibsey.core.identity import write_atomic
 from gibsey.core.storage import StorageError
+from gibsey.node.gateway import accept_guard
 from gibsey.node.gateway.app import build_app
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.hub import Hub
@@ -124,6 +125,9 @@ class Gateway:
             # (nor, with the protocol's bounds, every one of these slots for long).
             limit_concurrency=MAX_CONNECTIONS,
         )
+        # Out of descriptors (a flood on another port of the node), asyncio's accept loop spins
+        # a core on failed accepts; one a second once guarded (accept_guard.py).
+        accept_guard.install()
         server = _Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="gateway-http")
         while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no event

@@ -217,6 +217,9 @@ class MeshCounters(Answer):
     over_max_peers: int = Field(description="peers refused over the bound on peers")
     dial_failed: int = Field(description="dials of a peer that failed")
     one_key_two_nodes: int = Field(description="one key seen from two places at once")
+    flooded: int = Field(
+        description="times the port was closed for a while: more connections at once than it holds"
+    )
     rounds: int = Field(description="sync rounds run")
     disk_refused: int = Field(description="imports the disk refused (sent again later)")
     inbox_peak: int = Field(description="most entries of one peer held at once awaiting storage")

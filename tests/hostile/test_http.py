@@ -627,6 +627,55 @@ def test_running_out_of_descriptors_is_said_once_a_minute(
         loop.close()
 
 
+# A process out of descriptors with connections still queued on its listener: the failed
+# accepts its loop makes in 3 s, printed. Run with "guard": the gateway's accept guard installed.
+OUT_OF_DESCRIPTORS = """
+import asyncio, os, resource, socket, sys
+if sys.argv[1] == "guard":
+    from gibsey.node.gateway.accept_guard import install
+    assert install()
+failed = [0]
+def handler(loop, context):
+    if str(context.get("message", "")).startswith("socket.accept() out of system"):
+        failed[0] += 1
+    else:
+        loop.default_exception_handler(context)
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(handler)
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, backlog=512)
+    port = server.sockets[0].getsockname()[1]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 40, hard))
+    clients = [socket.socket() for _ in range(30)]  # 60 descriptors wanted, 40 left
+    for c in clients:
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+    while not failed[0]:
+        await asyncio.sleep(0.05)
+    start = failed[0]
+    await asyncio.sleep(3.0)
+    print(failed[0] - start)
+asyncio.run(main())
+"""
+
+
+def test_out_of_descriptors_the_accept_loop_fails_once_a_second() -> None:
+    """Tried (an outside tester): a stranger held the mesh port's connections until the node
+    had no descriptor left; asyncio's accept loop then failed 1.3 million accepts in 20 s (a
+    whole core: CPython gh-151615, each failure of a wakeup scheduling its own retry) while the
+    gateway answered nobody. Must hold: with the gateway's guard, a listener out of descriptors
+    fails one accept a wakeup, about one a second (without it, thousands here)."""
+    done = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS, "guard"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) <= 5, done.stdout
+
+
 async def test_strangers_holding_every_connection_from_many_addresses_shut_nobody_out(
     gateway_node: GatewayNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
