@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -86,6 +87,10 @@ class OwnFeedMark:
         if self._held_here:
             return self._held_here
         try:
+            # A stat first: it needs no file descriptor. A process out of them (a flood of
+            # connections) read every signature's "unreadable" as a hold, which the mesh then
+            # lifted, once a second ("signed on again", an outside tester's log).
+            os.stat(self.hold_path)
             return self.hold_path.read_text("utf-8", "replace").strip() or "no reason kept"
         except FileNotFoundError:
             return ""

@@ -425,3 +425,31 @@ async def test_a_whole_backup_restored_and_held_does_not_fork_the_feed(tmp_path:
     (a.data / "gibsey.toml").write_text("")
     alone = gibsey(a.data, "ledger", "hold")
     assert alone.returncode == 1 and b"has no [mesh]" in alone.stderr
+
+
+def test_out_of_descriptors_no_hold_is_read_as_a_hold(tmp_path: Path) -> None:
+    """Tried (an outside tester): the node out of file descriptors (a flood of connections)
+    read the hold file's absence as a hold (`unreadable`), which its mesh then lifted, once a
+    second, logging "signed on again" with nothing held. Must hold: with no hold file, none is
+    seen without a descriptor to spare; with one, the hold stands (its reason unreadable)."""
+    script = (
+        "import json, os, resource, sys\n"
+        "from pathlib import Path\n"
+        "from gibsey.ledger.ownfeed import OwnFeedMark\n"
+        "mark = OwnFeedMark(Path(sys.argv[1]))\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "used = len(os.listdir('/proc/self/fd')) - 1\n"  # listdir's own descriptor
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))\n"
+        "print(json.dumps(mark.held()))\n"
+    )
+    for hold in (False, True):
+        if hold:
+            (tmp_path / HOLD_FILENAME).write_text("a damaged entry log\n")
+        argv = [sys.executable, "-c", script, str(tmp_path)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        said = json.loads(done.stdout.strip().splitlines()[-1])
+        if hold:
+            assert "is unreadable ([Errno 24] Too many open files" in said, said
+        else:
+            assert said == "", said
