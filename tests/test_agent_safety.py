@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gibsey.core.envelope import RitualPerformed, encode_event
 from gibsey.node.agents.safety import (
     OutputFilter,
@@ -265,3 +267,20 @@ async def test_a_flood_of_new_names_is_written_every_batch_not_held_until_the_fl
         assert tensor.db.execute("SELECT COUNT(*) FROM tensor")[0][0] == TENSOR_BATCH_MAX
         (twice,) = tensor.cells(actor="stranger-0")
         assert 1.99 < twice.weight <= 2.0
+
+
+@pytest.mark.parametrize("persona", ["Ada Lovelace", "../../etc", ""])
+async def test_a_question_to_a_persona_that_is_no_name_is_answered_as_the_node(
+    tmp_path: Path, collector_factory: CollectorFactory, persona: str
+) -> None:
+    """Tried (an outside tester): questions to persona `Ada Lovelace`, `../../etc` and ``. The
+    node alerted unknown_persona, then its answer failed (the answer is sent as the persona,
+    and these are no actor names): handler_failed with a traceback, and the asker got
+    nothing. Must hold: the asker is answered that there is no such persona, as the node, with
+    no handler failure."""
+    async with agent_node(tmp_path) as (node, broker):
+        final, _tokens, _secs = await ask(collector_factory, node, broker.port, persona, "hi?")
+        assert final["text"] == f"(no persona {persona!r})" and final["persona"] == persona
+        assert node.router.stats.rejected["handler_failed"] == 0
+        reg = next(r for r in node.router.registrations if r.name == "agent-requests")
+        assert reg.failed == 0

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -756,6 +757,56 @@ async def test_a_question_dropped_from_the_full_queue_is_refused_at_once(
         "waiting for the personas"
     )
     assert reg.dropped == 1
+
+
+async def test_a_flood_of_questions_meets_the_node_wide_bound_at_arrival(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): 3,000 questions under 3,000 names in 4 s. The node-wide bound
+    on visitors' inputs was checked only once a question left the personas' queue, so it
+    never met the flood: the queue filled with it (2,933 dropped as overload, none throttled)
+    and a real visitor's question waited 80 s. Here the bound is 1 input/s (a burst of 10) and
+    the personas are paused (SIGSTOP) on a first question. Must hold: of 40 more questions,
+    those past the bound are refused at arrival (throttled), never queued; none is dropped."""
+    import os
+
+    from gibsey.node.agents.config import AgentConfig
+    from tests.agent_support import TEST_AGENT, agents
+
+    agent = AgentConfig.model_validate(
+        {**TEST_AGENT, "preload": True, "ping_timeout": 300.0, "first_token_timeout": 300.0}
+    )
+    config = gateway_config().model_copy(update={"agent": agent})
+    config.node.visitor_inputs_per_second = 1.0
+    async with running_gateway(tmp_path, config) as gw:
+        service = agents(gw.node)
+        await until(lambda: service.supervisor is not None and service.supervisor.pid, 60, "up")
+        assert service.supervisor is not None and service.supervisor.pid is not None
+        pid = service.supervisor.pid
+        reg = next(r for r in gw.node.router.registrations if r.name == "agent-requests")
+        col = await _events(gw, collector_factory)
+        nid = gw.node.node_id
+        request = {"persona": "london-fox", "prompt": "Who counts the exits?"}
+        accepted = gw.node.router.stats.by_kind
+        inputs = gw.node.inputs
+        os.kill(pid, signal.SIGSTOP)  # the first question is never answered while this holds
+        try:
+            event = raw_event(nid, "agent/request", request, actor="first")
+            await col.publish(topic(nid, "agent/request"), event)
+            await until(lambda: accepted["agent/request"] == 1 and reg.queue.empty(), 10, "taken")
+            refused_before, start = inputs.refused_node, time.monotonic()
+            for n in range(40):
+                event = raw_event(nid, "agent/request", request, actor=f"flood-{n}")
+                await col.publish(topic(nid, "agent/request"), event)
+            await until(lambda: accepted["agent/request"] == 41, 20, "the flood accepted")
+            took = time.monotonic() - start
+            queued = reg.queue.qsize()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    refused = inputs.refused_node - refused_before
+    # The bucket held at most its burst, and refilled one a second meanwhile.
+    assert queued + refused == 40 and queued <= 10 + took + 1, (queued, refused, took)
+    assert reg.dropped == 0
 
 
 async def test_the_documented_errors_are_the_errors_the_gateway_answers(

@@ -180,6 +180,7 @@ class AgentService:
             self.on_request,
             queue_size=REQUESTS_WAITING,
             on_drop=self.on_request_dropped,
+            admit=self.admit_request,
         )
         r.register("agent-reload", ["agent/reload"], self.on_reload, queue_size=8)
         # Inline: counting a ritual is an append in memory, cheaper than a queue's task hop
@@ -364,7 +365,14 @@ class AgentService:
 
     # -- handlers ---------------------------------------------------------------------------------
     def _emit(
-        self, persona: str, corr: str | None, seq: int, text: str, final: bool, reply: Reply | None
+        self,
+        persona: str,
+        corr: str | None,
+        seq: int,
+        text: str,
+        final: bool,
+        reply: Reply | None,
+        actor: str | None = None,
     ) -> None:
         """One `agent/emit`, encoded once and published on the event topic and the reply topic
         (an MQTT 5 response topic through the side connection, with the correlation data).
@@ -378,7 +386,7 @@ class AgentService:
         which carries the whole answer of record, is not."""
         payload = AgentEmit(persona=persona, correlation=corr, seq=seq, text=text, final=final)
         qos = 1 if final else 0
-        out, _acked = self.node.send("agent/emit", payload, persona, qos=qos)
+        out, _acked = self.node.send("agent/emit", payload, actor or persona, qos=qos)
         if reply is None:
             return
         link = self.link
@@ -403,27 +411,35 @@ class AgentService:
             self._throttle_alerted[f"{what}:{actor}"] = now
             self.alert(f"{what}_throttled", f"actor {actor!r} is over the limit; throttled")
 
-    async def on_request(self, event: Event, payload: Payload) -> None:
-        assert isinstance(payload, AgentRequest)
-        # A visitor over their own rate, then over the node's (node/spine/inputs.py), whatever
-        # their names: no answer, not even a canned one (a flood of refusals must not become a
-        # flood of replies); counted in the node's `throttled` drops and said once per interval.
+    def admit_request(self, event: Event, payload: Payload) -> bool:
+        """A question at its arrival, before it waits for the personas: a visitor over their
+        own rate, then over the node's (node/spine/inputs.py), whatever their names, is refused
+        with no answer, not even a canned one (a flood of refusals must not become a flood of
+        replies); counted in the node's `throttled` drops and said once per interval. Checked
+        when a question left the queue, the bounds never met a flood (3,000 askers under 3,000
+        names filled the queue, and a real visitor's question waited 80 s behind theirs)."""
         if not self.requests.allow(event.actor):
             self._throttle_alert(event.actor, "agent_request")
             per_minute = self.cfg.requests_per_minute
             self.refused(event, f"throttled: {event.actor[:64]!r} asks over {per_minute:g}/min")
-            return
+            return False
         over = self.node.inputs.admit()
         if over is not None:
             self.refused(event, over)
-            return
+            return False
+        return True
+
+    async def on_request(self, event: Event, payload: Payload) -> None:
+        assert isinstance(payload, AgentRequest)
         corr = payload.correlation or event.id
         reply = await self.reply_route(event, payload)
         persona = self.personas.get(payload.persona)
         if persona is None:
             known = ", ".join(p.slug for p in self.personas.ordered())
             self.alert("unknown_persona", f"{payload.persona!r}; known: {known}")
-            self._emit(payload.persona, corr, 0, f"(no persona {payload.persona!r})", True, reply)
+            # As the node: the name asked for may be no actor (`Ada Lovelace`, `../../etc`).
+            text = f"(no persona {payload.persona!r})"
+            self._emit(payload.persona, corr, 0, text, True, reply, actor="node")
             return
         if event.trace is None or not trace.enabled():
             answer, seq = await self.answer(persona, payload, event, corr, reply)

@@ -79,6 +79,7 @@ TURN_KINDS = frozenset({"glyph/rotated", "agent/request"})
 Handler = Callable[[Event, Payload], Awaitable[None]]
 InlineHandler = Callable[[Event, Payload], None]
 DropHandler = Callable[[Event], None]
+AdmitHandler = Callable[[Event, Payload], bool]
 AlertSink = Callable[[SafetyAlert], None]
 
 
@@ -96,6 +97,10 @@ class Registration:
     # Told of each event dropped from the full queue (the oldest waiting): a part whose askers
     # wait for an answer tells them at once (node/agents/service.py), not after their timeout.
     on_drop: DropHandler | None = None
+    # Asked at arrival, before the queue: False and the event is not queued (the part refused
+    # it itself, and said so). A bound checked only once an event left the queue let a flood
+    # of questions fill it, a real one waiting behind them (node/agents/service.py).
+    admit: AdmitHandler | None = None
 
 
 @dataclass
@@ -192,10 +197,12 @@ class Router:
         local_only: bool = True,
         queue_size: int | None = None,
         on_drop: DropHandler | None = None,
+        admit: AdmitHandler | None = None,
     ) -> Registration:
         """Have `handler` called for every valid event of these kinds (local node only, unless
-        local_only=False). A full queue drops its oldest event for the newest, then calls
-        `on_drop` with the one dropped."""
+        local_only=False). `admit`, if given, is asked first, at arrival: an event it refuses
+        is not queued. A full queue drops its oldest event for the newest, then calls `on_drop`
+        with the one dropped."""
         reg = Registration(
             name=name,
             kinds=frozenset(kinds),
@@ -203,6 +210,7 @@ class Router:
             queue=asyncio.Queue(maxsize=queue_size or self._queue_size),
             local_only=local_only,
             on_drop=on_drop,
+            admit=admit,
         )
         self._registrations.append(reg)
         for kind in reg.kinds:
@@ -422,6 +430,8 @@ class Router:
         for reg in self._by_kind.get(event.kind, ()):
             if reg.local_only and event.node != self.node_id:
                 continue
+            if reg.admit is not None and not self._admitted(reg, event, payload):
+                continue
             if reg.queue.full():
                 # Counted here, said by the node once per interval with the count
                 # (node/spine/drops.py), in its status and /metrics: never an alert per drop.
@@ -434,6 +444,15 @@ class Router:
                     self._told_of_drop(reg, dropped)
                 continue
             reg.queue.put_nowait((event, payload))
+
+    def _admitted(self, reg: Registration, event: Event, payload: Payload) -> bool:
+        """`reg`'s admission of `event` at arrival; one that raises admits nothing (logged)."""
+        assert reg.admit is not None
+        try:
+            return reg.admit(event, payload)
+        except Exception:
+            log.exception("admission of %s %s to %s failed", event.kind, event.id, reg.name)
+            return False
 
     def _told_of_drop(self, reg: Registration, dropped: Event) -> None:
         assert reg.on_drop is not None
