@@ -148,6 +148,9 @@ def _say_left_out(ledger: Ledger) -> None:
             f"[yellow]quarantined: {bad} - it and the later entries of that feed count for "
             "nothing here and are not served (`gibsey ledger verify`)[/yellow]"
         )
+    lost = ledger.store.unstored(ledger.author)
+    if lost:
+        errors.print(f"not stored: {lost}", markup=False)
     logged = ledger.store.logged_only()
     if logged:
         errors.print(
@@ -163,14 +166,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = ledger.store.verify()
         forks = len(ledger.store.quarantine())
         logged = ledger.store.logged_only()
+        lost = ledger.store.unstored(ledger.author)
     for bad in report.bad_rows:
         console.print(f"BAD: {bad}")
+    if lost:
+        console.print(f"NOT STORED: {lost}", markup=False)
     if report.bad_rows:
         console.print(
             f"{len(report.bad_rows)} bad row(s) in {report.entries} entries of {report.feeds} "
             "feeds: each is quarantined with the later entries of its feed; the entries "
             "before it still count and are served"
         )
+        return 1
+    if lost:
         return 1
     msg = f"ok: {report.entries} entries in {report.feeds} feeds"
     if forks:

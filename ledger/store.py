@@ -28,6 +28,7 @@ import errno
 import itertools
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -45,6 +46,7 @@ from nacl.signing import SigningKey
 from gibsey.core.storage import (
     DiskHealth,
     StorageError,
+    disk_write,
     no_room,
     open_sqlite,
     sqlite_refusal,
@@ -67,6 +69,7 @@ log.addHandler(logging.NullHandler())
 
 DB_FILENAME = "ledger.sqlite3"
 REFUSED_SUFFIX = ".refused"  # after the entry log's name: the records it refused (_set_aside)
+DAMAGED_SUFFIX = ".damaged-"  # after the entry log's name: a copy of one with damaged bytes
 # Unsigned entries held pending their group's head, over all feeds (at most MAX_GROUP - 1 per
 # feed): 1024 entries of at most 8 KiB. Past it the feed extended least recently is dropped;
 # its entries are not acknowledged (the version vector never says we hold them), so its peer
@@ -580,7 +583,7 @@ class Store:
         missing, refused = self._log_beyond_heads(self._log)
         if not missing:
             self._set_aside(refused)
-            self._log.clear()
+            self._empty_log()
             return 0
         rows = self._tx_rows
         stored: list[Entry | ForkProof] = []
@@ -598,7 +601,7 @@ class Store:
             # group whose signed head is lost (damaged, or refused) stay pending, unstored:
             # acknowledged all the same, so kept with the refused ones.
             self._set_aside(refused + headless)
-            self._log.clear()
+            self._empty_log()
             return 0
         log.log(
             logging.DEBUG if quiet else logging.WARNING,
@@ -653,6 +656,18 @@ class Store:
             skipped[0][0],
             sum(n for _, n in skipped),
         )
+
+    def _empty_log(self) -> None:
+        """Empty the entry log, every record in it stored or set aside. One whose last reading
+        skipped damaged bytes is copied whole first (`<log>.damaged-<time>`): acknowledged
+        entries may be in them, and nothing else holds those bytes."""
+        assert self._log is not None
+        if self._log.skipped:
+            copy = f"{self._log.path}{DAMAGED_SUFFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+            with disk_write(f"a copy of the damaged entry log {copy}"):
+                shutil.copyfile(self._log.path, copy)
+            log.warning("ledger: the damaged entry log is copied whole to %s", copy)
+        self._log.clear()
 
     def _set_aside(self, refused: list[bytes]) -> None:
         """Keep the bytes of entry-log records the store refused in `<log>.refused` before the
@@ -1032,6 +1047,53 @@ class Store:
             return 0
         with self.lock:
             return len(self._log_beyond_heads(self._log)[0])
+
+    def unstored(self, own: bytes | None = None) -> str | None:
+        """What `<entry log>.refused` keeps that the ledger does not hold, said in one sentence
+        (None: nothing). Each was acknowledged once (the entry log held it), and was set aside
+        because it could not be stored: a record before it in its feed was damaged on the card
+        (or was refused), so it chains to nothing here. A peer holding them brings them back
+        through the mesh; else they are lost, and the node signs its next entries over their
+        seqs. An outside tester's one damaged byte set aside 320 acknowledged gifts while
+        `ledger verify` said ok. `own`: this node's key, whose feed is named apart."""
+        if self._log is None:
+            return None
+        path = self._log.path + REFUSED_SUFFIX
+        kept = EntryLog(path)
+        try:
+            raws = kept.read()
+        finally:
+            kept.close()
+        lost: dict[bytes, list[int]] = {}
+        with self.lock:
+            self._check_pending()
+            for raw in raws:
+                try:
+                    e = parse(raw, verify=False)
+                except Rejected:
+                    continue  # no entry at all: said when it was set aside
+                held = self._stored_entry(e.author, e.seq)
+                if held is None or held.hash != e.hash:
+                    lost.setdefault(e.author, []).append(e.seq)
+            heads = {author: self._checked.get(author) for author in lost}
+        if not lost:
+            return None
+        feeds, gap = [], False
+        for author, seqs in sorted(lost.items(), key=lambda kv: kv[0] != own):
+            whose = "this node's feed" if author == own else f"feed {author.hex()[:16]}"
+            head = heads[author]
+            first = head.seq + 1 if head is not None and head.seq < min(seqs) else min(seqs)
+            gap = gap or first < min(seqs)
+            feeds.append(f"{whose} from seq {first} to {max(seqs)}, {len(seqs)} of them kept")
+        rest = " (the rest were in the entry log's damaged bytes, copied beside it)" if gap else ""
+        return (
+            f"entries the entry log held are not in the ledger: {'; '.join(feeds)} in "
+            f"{path}{rest}. Each was acknowledged, unless a power cut tore its group's last "
+            "write (then none of that group was). A record before them was damaged (the card) "
+            "or refused, so they chain to nothing here: a peer that holds them brings them back "
+            "(the mesh); else restore ledger.sqlite3* from a backup, or they are lost. Move the "
+            "file away once dealt with"
+        )
 
     def heads(self) -> dict[str, int]:
         """Version vector: {author hex: latest seq held} - what the mesh compares with a peer."""

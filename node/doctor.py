@@ -545,6 +545,7 @@ def check_ledger(data: Path) -> Check:
         try:
             bad, entries, feeds = store.bad_rows(), store.count(), len(store.heads())
             logged, held = store.logged_only(), store.own_feed_held()
+            lost = store.unstored(_own_key(data))
         finally:
             store.close()
     except Exception as exc:  # a file SQLite cannot read at all: say so, never a traceback
@@ -561,6 +562,14 @@ def check_ledger(data: Path) -> Check:
             else ""
         )
         checked = f"{entries} entries in {feeds} feeds check out{uncommitted}"
+        if lost:  # acknowledged, set aside: data lost unless a peer or a backup has it
+            return Check(
+                "ledger",
+                FAIL,
+                f"{checked}; not stored: {lost}" + (f"; {held}" if held else ""),
+                "start the node with its mesh and the peers that hold them, or restore "
+                "ledger.sqlite3* (with node.key) from a backup",
+            )
         if held:  # a damaged or torn entry log (ledger/ownfeed.py): mints refused meanwhile
             return Check(
                 "ledger",
@@ -580,6 +589,18 @@ def check_ledger(data: Path) -> Check:
         "one); another node's feed is still whole at its author and peers; for this node's own "
         "feed, restore ledger.sqlite3 together with node.key from a backup",
     )
+
+
+def _own_key(data: Path) -> bytes | None:
+    """This node's public key, from node.key (None: none readable), to name its own feed."""
+    from nacl.signing import SigningKey
+
+    from gibsey.core.identity import KEY_FILENAME
+
+    try:
+        return bytes(SigningKey((data / KEY_FILENAME).read_bytes()).verify_key)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _ledger_unchecked(path: Path, refused: StorageError) -> Check:

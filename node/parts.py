@@ -129,6 +129,12 @@ async def _report_bad_rows(node: Node, ledger: Ledger) -> None:
     ledger.store.on_bad_row(found)
     for bad in await asyncio.to_thread(ledger.store.bad_rows):
         say(bad)
+    # Acknowledged entries the start's reading of a damaged entry log set aside (ledger/store.py
+    # unstored): said once a start, where a dashboard sees it, not only in a file's name.
+    lost = await asyncio.to_thread(ledger.store.unstored, ledger.author)
+    if lost:
+        log.error("ledger: %s", lost)
+        node.alert(SafetyAlert(reason="ledger_unstored", detail=lost, severity="critical"))
 
 
 def attach_mesh(node: Node) -> None:

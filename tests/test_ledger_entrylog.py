@@ -10,6 +10,7 @@ damaged or forged record in the log stores nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import struct
@@ -29,6 +30,11 @@ from gibsey.ledger.entrylog import PAGE, SUFFIX, EntryLog
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.ledger.testing import FeedWriter
+from gibsey.node.config import load_gibsey_config
+from gibsey.node.daemon import Node
+from tests.brokers import Mosquitto
+from tests.conftest import CollectorFactory, started
+from tests.events import topic
 
 KEY = SigningKey(bytes(range(7, 39)))
 MINT = ("mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})
@@ -378,3 +384,65 @@ def test_a_group_whose_signed_head_is_damaged_is_kept_aside_not_thrown_away(
         assert EntryLog(str(log_path) + ".refused").read() == whole[:3]
     finally:
         store.close()
+
+
+KILLED_AFTER_GROUPS = r"""
+import os, sys
+from pathlib import Path
+from gibsey.core.identity import load_or_create
+from gibsey.ledger.store import Store
+
+data = Path(sys.argv[1])
+key = load_or_create(data).signing_key  # the node's own key: its own feed
+store = Store.open(data, commit_every_s=30.0)
+store.append(key, "mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})
+store.commit()
+for _ in range(4):  # four acknowledged groups of 8, in the entry log only
+    store.append_many(key, [("mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})] * 8)
+os._exit(0)
+"""
+
+
+def _copies_of_the_damaged_log(data: Path) -> list[bytes]:
+    return [copy.read_bytes() for copy in data.glob(DB_FILENAME + SUFFIX + ".damaged-*")]
+
+
+async def test_acknowledged_entries_a_damaged_record_cuts_off_are_said_everywhere(
+    tmp_path: Path, mosquitto: Mosquitto, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): one byte of an early group's record in the entry log of a
+    node killed with 360 acknowledged gifts there. The read command that next opened the
+    ledger stored the groups before it, moved the 320 after it (which chain to nothing here)
+    to `<log>.refused` and emptied the log, saying nothing; `ledger verify` said ok and
+    `gibsey doctor` ok. Must hold: the damaged log is copied whole before it is emptied, and
+    the acknowledged entries not in the ledger are said, from which seq, by the read command
+    (stderr), `verify` (exit 1), doctor (FAIL) and the node at its start (an alert)."""
+    from tests.test_cli_output import gibsey
+
+    subprocess.run(  # noqa: ASYNC221 - the killed writer, before anything of the test runs
+        [sys.executable, "-c", KILLED_AFTER_GROUPS, str(tmp_path)], check=True, timeout=120
+    )
+    log_path = tmp_path / (DB_FILENAME + SUFFIX)
+    damaged = bytearray(log_path.read_bytes())
+    damaged[PAGE + 100] ^= 0x55  # inside the second group's first record: seq 10..17 lost
+    log_path.write_bytes(bytes(damaged))
+    read = await asyncio.to_thread(gibsey, tmp_path, "ledger", "balance")
+    assert read.returncode == 0, read.stderr
+    said = read.stderr.decode()
+    assert "not stored: entries the entry log held are not in the ledger: this node's feed " in said
+    assert "seq 10 to 33, 16 of them kept in" in said and "copied beside it" in said, said
+    assert _copies_of_the_damaged_log(tmp_path) == [bytes(damaged)]
+    checked = await asyncio.to_thread(gibsey, tmp_path, "ledger", "verify")
+    assert checked.returncode == 1 and b"NOT STORED: " in checked.stdout, checked.stdout
+    doctor = (await asyncio.to_thread(gibsey, tmp_path, "doctor")).stdout.decode()
+    line = next(x for x in doctor.splitlines() if x.split()[1:2] == ["ledger"])
+    assert line.startswith("FAIL") and "from seq 10 to 33" in line, doctor
+    node = Node(tmp_path, load_gibsey_config(tmp_path))
+    col = await collector_factory(mosquitto.port, topic(node.node_id, "safety/alert"))
+    async with started(node, mosquitto.url):
+        alerts = await col.wait_for(
+            lambda c: [
+                e for e in c.of_kind("safety/alert") if e["payload"]["reason"] == "ledger_unstored"
+            ]
+        )
+    assert "this node's feed from seq 10 to 33" in alerts[0]["payload"]["detail"]

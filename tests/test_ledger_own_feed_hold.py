@@ -29,7 +29,7 @@ from gibsey.ledger.ownfeed import HOLD_FILENAME
 from gibsey.ledger.store import DB_FILENAME, Store
 from gibsey.node.config import load_gibsey_config
 from gibsey.node.daemon import Node
-from gibsey.node.doctor import WARN, check_ledger
+from gibsey.node.doctor import FAIL, check_ledger
 from tests.conftest import CollectorFactory
 from tests.mesh_support import MeshProc, heads, make_nodes, wait_until
 from tests.test_cli_output import gibsey
@@ -171,8 +171,9 @@ def test_a_node_without_a_mesh_signs_on_at_its_start(
         _damage_the_log(data)
     assert _mint(data).returncode == 1
     assert (data / HOLD_FILENAME).exists()
-    said = check_ledger(data)  # what `gibsey doctor` says of it
-    assert said.status == WARN and "this node's own feed is held (at " in said.detail, said
+    said = check_ledger(data)  # what `gibsey doctor` says of it: the group set aside, held
+    assert said.status == FAIL and "this node's own feed is held (at " in said.detail, said
+    assert "not stored: entries the entry log held are not in the ledger: " in said.detail, said
     with caplog.at_level(logging.WARNING, logger="gibsey.ledger"):
         node = Node(data, load_gibsey_config(data))
         for close in node._closers:
