@@ -63,7 +63,7 @@ class Node:
         self.node_id = self.identity.node_id
         # Every writer of the data directory reports to this one, so a full or failing disk is
         # said once per episode (safety/alert disk_full), whichever write hit it first.
-        self.disk = DiskHealth(self._disk_changed)
+        self.disk = DiskHealth(self._disk_changed, data_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsaid: SafetyAlert | None = None  # a disk change before start(), said at start
         # Events sent this turn of the loop, for their handlers at the next (send): one callback

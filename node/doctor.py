@@ -35,7 +35,13 @@ from urllib.parse import urlsplit
 from gibsey.core.config import ConfigError, config_path, resolve_data_dir
 from gibsey.core.datalock import holder
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
-from gibsey.core.storage import EPISODE_FILE, StorageError, sqlite_refusal
+from gibsey.core.storage import (
+    EPISODE_FILE,
+    NEARLY_FULL_BYTES,
+    StorageError,
+    no_room,
+    sqlite_refusal,
+)
 from gibsey.node.config import GibseyConfig, load_gibsey_config
 from gibsey.node.gateway.config import PORT_FILE
 
@@ -488,6 +494,14 @@ def check_disk_writes(data: Path) -> Check:
         )
     except (OSError, ValueError, KeyError, TypeError):
         detail = ""  # never refused (or no record of it)
+    if no_room(data):  # the probe fit (a block in place, root's reserve): the node's may not
+        return Check(
+            "disk writes",
+            FAIL,
+            f"{data} took this probe but has under {NEARLY_FULL_BYTES // 1024} KiB free: the "
+            f"node's next writes are refused{detail}",
+            DISK_FULL_FIX,
+        )
     return Check("disk writes", OK, f"{data} takes writes{detail}")
 
 

@@ -263,6 +263,28 @@ def test_the_lamport_clock_keeps_ticking_on_a_full_disk(tmp_path: Path) -> None:
         assert LamportClock(disk / "lamport", block=10).tick() > last
 
 
+def test_a_write_in_place_on_a_full_disk_does_not_end_its_episode(tmp_path: Path) -> None:
+    """Tried (an outside tester): on a card with 0 bytes free, the node said "the disk takes
+    writes again" 7 times in a minute (a write that needed no new block worked: a page
+    rewritten in place), and its metrics said it no longer refused, while every gift was.
+    Must hold: while the disk has no room, a write that works does not end the episode; once
+    room is back, the next one does."""
+    told: list[StorageError | None] = []
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        health = DiskHealth(told.append, disk)
+        page = disk / "page"
+        page.write_bytes(bytes(4096))
+        filler = fill(disk)
+        with pytest.raises(OSError) as full:
+            (disk / "new").write_bytes(bytes(8192))
+        health.refused_write(StorageError(full.value.errno or 0, "a new file"))
+        with page.open("r+b") as f:  # rewritten in place: needs no new block, works
+            f.write(b"x" * 4096)
+        assert health.wrote() is False and told == [told[0]] and health.episode is not None
+        filler.unlink()
+        assert health.wrote() is True and told[-1] is None and health.episode is None
+
+
 def test_eio_under_the_store_is_refused_like_a_full_disk(tmp_path: Path) -> None:
     """An ext4 file system shut down under a live store (EXT4_IOC_SHUTDOWN: every write then
     fails with EIO, as a dying card does). Must hold: the append raises StorageError (EIO), the
