@@ -19,12 +19,14 @@ under systemd) is the broker and none of this starts. Two kinds (`[node] embedde
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gibsey.core.mqtt import MAX_MESSAGE_BYTES
+from gibsey.core.paced import PacedLog
 
 if TYPE_CHECKING:
     # amqtt (with websockets, yaml, transitions: ~4 MiB resident) loads only when it runs.
@@ -48,6 +51,8 @@ RESTART_FIRST_S = 0.5  # a Mosquitto that died is started again after this, doub
 RESTART_MAX_S = 10.0  # ... up to this (a broker that cannot start is not spun on)
 STOP_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 10.0
+BROKER_LOG_S = 60.0  # a kind of Mosquitto line: said at once, then one line this often at most
+_TIMESTAMP = re.compile(r"^[0-9]+: ")  # Mosquitto's own prefix on each line (Unix seconds)
 # The broker's heap, at most (Mosquitto's memory_limit; images/mosquitto/gibsey.conf says the
 # same): anyone who may publish can retain 128 KiB messages under topics of their choosing, and
 # nothing else bounds what the broker keeps (an outside tester stored 24 MB, which the broker then
@@ -148,7 +153,7 @@ def mosquitto_conf(
     store: Path | None = None,
 ) -> str:
     """The child's configuration: images/mosquitto/gibsey.conf where it applies (one listener,
-    on this machine, no WebSockets), its log in `folder`, its store in `store` (None: `folder`)."""
+    on this machine, no WebSockets), its log on stderr, its store in `store` (None: `folder`)."""
     lines = [
         "# Written by gibsey up at every start: the embedded broker (node/spine/broker.py).",
         f"listener {port} {host}",
@@ -162,7 +167,10 @@ def mosquitto_conf(
         "max_queued_messages 10000",
         f"message_size_limit {MAX_MESSAGE_BYTES}",
         f"memory_limit {memory_limit}",
-        f"log_dest file {folder}/mosquitto.log",
+        # Its lines go to the node's log (MosquittoChild._relay), not to a file in `folder`: a
+        # store it cannot save (a full /dev/shm) wrote ~10 lines a dial turn to the card, never
+        # rotated, and the node heard nothing of it.
+        "log_dest stderr",
         "log_type error",
         "log_type warning",
     ]
@@ -303,6 +311,9 @@ class MosquittoChild:
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._supervisor: asyncio.Task[None] | None = None
+        self._relays: set[asyncio.Task[None]] = set()
+        self.last_words: collections.deque[str] = collections.deque(maxlen=3)
+        self._said = PacedLog(log, "", BROKER_LOG_S)
 
     @property
     def url(self) -> str:
@@ -348,20 +359,47 @@ class MosquittoChild:
             str(self.conf),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             preexec_fn=_death_signal(),
             start_new_session=True,
         )
+        assert self.proc.stderr is not None
+        self._relays.add(asyncio.create_task(self._relay(self.proc.stderr), name="mosquitto-log"))
         await self._wait_listening(self.proc)
+
+    async def _relay(self, stream: asyncio.StreamReader) -> None:
+        """Mosquitto's errors and warnings, into the node's log, paced per kind of line (its
+        timestamp and numbers aside): a store it cannot save is said once a minute with a
+        count, not a line per message. Read to its end, whatever comes: a pipe left unread
+        would stall the broker once its buffer filled."""
+        while line := await stream.readline():
+            text = line.decode("utf-8", "replace").strip()
+            text = _TIMESTAMP.sub("", text, count=1)
+            if not text:
+                continue
+            self.last_words.append(text)
+            self._said.note(self._meaning(text), text)
+
+    def _meaning(self, text: str) -> str:
+        """What a line of Mosquitto's means for the node, where it is known; else the line
+        itself, its numbers aside (one kind of line, one paced entry)."""
+        if "No space left on device" in text:
+            return (
+                f"the embedded Mosquitto cannot save its store in {self.store} (that file "
+                "system is full): what it keeps for the node is in its memory only, lost if it "
+                "restarts, until there is room"
+            )
+        return f"the embedded Mosquitto says {re.sub(r'[0-9]+', 'N', text)[:120]!r}"
 
     async def _wait_listening(self, proc: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while True:
             if proc.returncode is not None:
+                await asyncio.sleep(0.1)  # its last lines, read by _relay
+                said = "; ".join(self.last_words) or "nothing"
                 raise EmbeddedBrokerError(
-                    f"Mosquitto exited ({proc.returncode}) at start: see {self.folder}/"
-                    "mosquitto.log"
+                    f"Mosquitto exited ({proc.returncode}) at start, saying: {said}"
                 )
             with contextlib.suppress(OSError):
                 _reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -399,14 +437,18 @@ class MosquittoChild:
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
         proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for relay in self._relays:  # each ends at its pipe's end; cancelled if it lingers
+            relay.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        self._relays.clear()
+        self._said.flush()
 
 
 EmbeddedBroker = AmqttBroker | MosquittoChild

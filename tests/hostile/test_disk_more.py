@@ -513,3 +513,42 @@ async def test_a_stopped_node_holds_agents_db_no_more(tmp_path: Path, mosquitto:
     async with started(node, mosquitto.url):
         assert open_files("agents.db")
     assert open_files("agents.db") == []
+
+
+def _store_refusals(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "cannot save its store" in r.getMessage()]
+
+
+async def test_a_broker_store_it_cannot_save_is_said_in_the_nodes_log_and_not_on_the_card(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester): /dev/shm full under the embedded Mosquitto's store. It could
+    not save the store, and wrote `Error: No space left on device.` ~10 times a dial turn to
+    mosquitto.log in the data directory (538 KB for 1,100 turns, never rotated): the card worn
+    by what was meant to spare it, and the node said nothing. Must hold: Mosquitto's lines go
+    to the node's log, paced, saying what a store that cannot be saved means; no log file is
+    written beside its configuration."""
+    from gibsey.core.mqtt import ClientSettings, Session, new_client_id
+    from gibsey.harness.ports import free_port
+    from gibsey.harness.waiting import until as wait_until_async
+    from gibsey.node.spine.broker import MosquittoChild, find_mosquitto
+    from tests.hostile.test_disk import fill, tmpfs
+
+    binary = find_mosquitto()
+    assert binary is not None
+    caplog.set_level(logging.WARNING, logger="gibsey")
+    with tmpfs(tmp_path / "data", "1m") as data:
+        broker = MosquittoChild(binary, "127.0.0.1", free_port(), data, in_ram=False)
+        await broker.start()
+        try:
+            fill(data)
+            async with Session(ClientSettings(broker.url, new_client_id("store"))) as client:
+                for n in range(20):  # each a change the broker saves at once (autosave)
+                    await client.publish(f"gibsey/test/{n}", b"x" * 512, qos=1, retain=True)
+            await wait_until_async(lambda: _store_refusals(caplog), 10, "the refusal said")
+        finally:
+            await broker.stop()
+        assert not (broker.folder / "mosquitto.log").exists()
+    lines = _store_refusals(caplog)
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # paced: one line, not 20
+    assert "No space left on device" in lines[0].getMessage()
