@@ -46,8 +46,10 @@ DIAL_ACTOR = "dial"
 class Payload(BaseModel):
     # Unknown fields are an error, not silently dropped: a typo in a dashboard's payload should
     # be reported, not ignored. NaN and the infinities (JSON's `NaN`/`Infinity` literals, which
-    # the parser takes) are no measurement: refused in every payload.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # the parser takes) are no measurement: refused in every payload. Strict, as the envelope
+    # is: a field is of the JSON type `gibsey schema` gives it (an outside tester's "symbol":
+    # "3" and "rotation": true were performed as 3 and Write); an integer may fill a number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class GlyphRotated(Payload):

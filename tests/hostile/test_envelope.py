@@ -89,6 +89,31 @@ def test_a_payload_number_that_is_no_number_is_refused_by_the_parser(value: byte
     assert caught.value.reason == "bad_payload" and "uptime_s" in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"symbol":"3","rotation":0}',
+        b'{"symbol":3,"rotation":true}',
+        b'{"symbol":" 7 ","rotation":"0"}',
+        b'{"symbol":3.0,"rotation":0}',
+    ],
+    ids=["a string", "a boolean", "padded strings", "a float"],
+)
+def test_a_payload_field_of_another_json_type_is_refused(payload: bytes) -> None:
+    """Tried (an outside tester): a turn's symbol as "3", its rotation as true. They were
+    performed (state 12, and 13: true read as Write), while `gibsey schema` says integer and
+    the envelope refuses `"lamport": "1"`. Must hold: Rejection bad_payload naming the field."""
+    raw = (
+        b'{"id":"x1","node":"n1","kind":"glyph/rotated","lamport":1,"wall":0,"actor":"v1",'
+        b'"payload":%s}' % payload
+    )
+    with pytest.raises(Rejection) as caught:
+        parse_event("gibsey/v1/n1/glyph/rotated", raw, 64 * 1024)
+    assert (
+        caught.value.reason == "bad_payload" and "should be a valid integer" in caught.value.detail
+    )
+
+
 # ---- at a real node -----------------------------------------------------------------------------
 
 
