@@ -227,12 +227,21 @@ class NodeConfig(ConfigSection):
             return value
         from gibsey.core.mqtt import broker_credentials
 
-        broker = info.data.get("broker", "")
+        if "broker" not in info.data:  # the broker URL was refused: its own error says why
+            return value
+        broker = info.data["broker"]  # the URL in force: the file's, GIBSEY_BROKER or --broker
         credentials = broker_credentials(broker) if broker else None
         if credentials is None or credentials[1]:
+            from gibsey.core.mqtt import redact_url
+
+            checked = (
+                f"{redact_url(broker)} {'names no user' if credentials is None else 'holds one'}"
+                if broker
+                else "no broker is set"
+            )
             raise ValueError(
                 "needs a broker URL naming its user and no password "
-                '(broker = "mqtt://gibsey-node@127.0.0.1:1883")'
+                f'(broker = "mqtt://gibsey-node@127.0.0.1:1883"): {checked}'
             )
         _read_password(Path(value))
         return value
@@ -355,10 +364,11 @@ def load_root(
     data_dir: Path,
     path: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    said_as: Mapping[str, str] | None = None,
 ) -> Root:
     """The whole file into `root`, a model whose fields are the sections."""
     source, raw = read_config_file(data_dir, path)
-    return validate_root(root, raw, str(source), environ)
+    return validate_root(root, raw, str(source), environ, said_as)
 
 
 def validate_root(
@@ -366,9 +376,12 @@ def validate_root(
     raw: Mapping[str, Any],
     source: str = "gibsey.toml",
     environ: Mapping[str, str] | None = None,
+    said_as: Mapping[str, str] | None = None,
 ) -> Root:
     """A TOML document into `root`: each known section validated with its overrides, an unknown
-    one refused. The root's `model_fields_set` holds the sections the file (or environment) gave."""
+    one refused. The root's `model_fields_set` holds the sections the file (or environment) gave.
+    `said_as` names a variable in messages as what set it (`{"GIBSEY_BROKER": "--broker"}`: a
+    command-line option passed as the variable it stands for, in `environ`)."""
     environ = os.environ if environ is None else environ
     known = root.model_fields
     tables = _fold_top_level(raw, source, known)
@@ -384,7 +397,9 @@ def validate_root(
             continue
         if name in tables or any(var in environ for var, _ in _env_keys(model, ())):
             try:
-                sections[name] = validate_section(model, name, tables.get(name), source, environ)
+                sections[name] = validate_section(
+                    model, name, tables.get(name), source, environ, said_as
+                )
             except ConfigError as exc:
                 problems.append(str(exc))
     if problems:  # all of them at once: one edit of the file, not one per start
@@ -398,6 +413,7 @@ def validate_section(
     table: Any,
     source: str = "gibsey.toml",
     environ: Mapping[str, str] | None = None,
+    said_as: Mapping[str, str] | None = None,
 ) -> Section:
     """`table` (a section of the file, or None) with the environment's overrides, validated."""
     environ = os.environ if environ is None else environ
@@ -409,6 +425,8 @@ def validate_section(
     try:
         return model.model_validate(values)
     except ValidationError as exc:
+        said_as = said_as or {}
+        origins = {at: said_as.get(var, var) for at, var in origins.items()}
         problems = [_problem(model, name, err, source, origins) for err in exc.errors()]
         raise ConfigError("\n".join(problems)) from exc
 

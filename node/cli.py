@@ -26,12 +26,15 @@ from gibsey.core.storage import (
     sqlite_refusal,
     unreadable,
 )
-from gibsey.node.config import load_gibsey_config
+from gibsey.node.config import GibseyConfig, load_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
 from gibsey.node.spine.drops import DropAlerts
 from gibsey.node.watchdog.sdnotify import Notifier
+
+# `gibsey up --broker URL` stands for this variable (the [node] broker key it overrides).
+BROKER_VARIABLE = "GIBSEY_BROKER"
 
 if TYPE_CHECKING:
     # rich only where stderr is a terminal: in systemd's journal or a pipe `gibsey up` writes
@@ -172,7 +175,7 @@ def _hung_up(stop: asyncio.Event, terminal_fds: list[int]) -> None:
     stop.set()
 
 
-async def _serve(node: Node, broker: str | None, console: Console | None) -> int:
+async def _serve(node: Node, broker_given: bool, console: Console | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrors())
@@ -180,7 +183,8 @@ async def _serve(node: Node, broker: str | None, console: Console | None) -> int
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _hung_up, stop, _terminal_fds())
     try:
-        await node.start(broker)
+        # --broker is the configured broker now; said for the commands beside the node
+        await node.start(say_broker=broker_given)
     except EmbeddedBrokerError as exc:
         _say(console, str(exc))
         return 1
@@ -270,6 +274,17 @@ def _run(args: argparse.Namespace) -> int:
         lock.release()
 
 
+def _load_config(data_dir: Path, broker: str | None) -> GibseyConfig:
+    """gibsey.toml with its overrides, `--broker URL` among them as GIBSEY_BROKER is, whose
+    place it takes: the password file applies to it, checked against it (an outside tester's
+    `--broker` replaced the URL after the file had been checked against gibsey.toml's, or
+    refused for want of one there, and the node logged in without the password)."""
+    if broker is None:
+        return load_gibsey_config(data_dir)
+    environ = {**os.environ, BROKER_VARIABLE: broker}
+    return load_gibsey_config(data_dir, environ=environ, said_as={BROKER_VARIABLE: "--broker"})
+
+
 def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Path) -> int:
     named = os.environ.get("GIBSEY_CONFIG")
     if named and not Path(named).exists():
@@ -279,7 +294,7 @@ def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Pat
             "GIBSEY_CONFIG names %s, which does not exist: every setting is its default", named
         )
     try:
-        config = load_gibsey_config(data_dir)
+        config = _load_config(data_dir, args.broker)
         # --http, else [gateway] listen (or GIBSEY_HTTP), else every interface on 8080.
         config.gateway.listen_on(args.http or config.gateway.listen or DEFAULT_LISTEN)
         node = Node(data_dir, config, node_id=args.node_id)
@@ -294,7 +309,7 @@ def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Pat
         config.node.embedded_port = args.embedded_port
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        return asyncio.run(_serve(node, args.broker, console))
+        return asyncio.run(_serve(node, args.broker is not None, console))
     except BrokerUrlError as exc:
         _say(console, str(exc))
         return 2
@@ -336,7 +351,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--broker",
         metavar="URL",
         default=None,
-        help="mqtt://host:port of the broker (default: config 'broker', else embedded)",
+        help="mqtt://[user@]host:port of the broker, as GIBSEY_BROKER (its password file applies) "
+        "(default: config 'broker', else embedded)",
     )
     p.add_argument(
         "--node-id",

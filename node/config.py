@@ -54,9 +54,15 @@ class GibseyConfig(BaseModel):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
 
-def load_gibsey_config(data_dir: Path, path: Path | None = None) -> GibseyConfig:
-    """gibsey.toml (DATA/gibsey.toml or $GIBSEY_CONFIG) with the environment's overrides."""
-    return load_root(GibseyConfig, data_dir, path)
+def load_gibsey_config(
+    data_dir: Path,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    said_as: Mapping[str, str] | None = None,
+) -> GibseyConfig:
+    """gibsey.toml (DATA/gibsey.toml or $GIBSEY_CONFIG) with the environment's overrides
+    (`environ`, else the process's; `said_as`: core/config.py validate_root)."""
+    return load_root(GibseyConfig, data_dir, path, environ, said_as)
 
 
 def parse_gibsey_config(

@@ -399,7 +399,10 @@ class Node:
         self._write_safely(lambda: write_atomic(path, doc, mode=0o600))
         self._said_broker = True
 
-    async def start(self, broker_url: str | None = None) -> None:
+    async def start(self, broker_url: str | None = None, *, say_broker: bool = False) -> None:
+        """Connect to `broker_url`, else the configured broker, else the embedded one, and run.
+        `say_broker`: the configured broker came from the command line (`gibsey up --broker`),
+        which the commands beside the node do not read: written for them (_say_broker)."""
         settings = self.config.node
         url = broker_url or settings.broker
         if not url:
@@ -412,7 +415,7 @@ class Node:
             )
             await self.embedded.start()
             url = self.embedded.url
-        if url != settings.broker:  # not what gibsey.toml (or GIBSEY_BROKER) says
+        if say_broker or url != settings.broker:  # not what gibsey.toml (or GIBSEY_BROKER) says
             self._say_broker(url)
         offline = json.dumps({"state": "offline", "node": self.node_id}).encode()
         self.spine = Spine(

@@ -553,7 +553,7 @@ def test_the_pi_gen_stage_installs_the_closed_broker_and_the_node_login(tmp_path
     secret = f"{cli_image.DATA_MOUNT}/{firstboot.MQTT_SECRETS}/gibsey-node.password"
     assert "Environment=GIBSEY_BROKER=mqtt://gibsey-node@127.0.0.1:1883\n" in node
     assert f"Environment=GIBSEY_BROKER_PASSWORD_FILE={secret}\n" in node
-    assert "--broker" not in node  # a URL on the command line would bypass the password file
+    assert "--broker" not in node  # the broker is the unit's Environment= (GIBSEY_BROKER) alone
     first = (files / "gibsey-firstboot.service").read_text()
     before = re.search(r"^Before=(.*)$", first, re.M)
     assert before is not None and "mosquitto.service" in before.group(1).split()
