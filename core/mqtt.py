@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -101,6 +102,20 @@ class MqttError(Exception):
 
 class BrokerUnreachable(MqttError):
     """The TCP connection could not be made (nothing listens, no route, no such name)."""
+
+
+class ClosedBeforeConnack(MqttError):
+    """The TCP connection was made and the broker closed it before answering CONNECT: no MQTT
+    spoken there. At once (`after_s` ~0), it is what a TLS listener does to a plain CONNECT (a
+    Mosquitto listener with certfile/keyfile, 8883; TLS is not supported), or a server of
+    another protocol on that port."""
+
+    def __init__(self, url: str, after_s: float) -> None:
+        super().__init__(
+            f"{url}: the broker closed the connection before answering MQTT "
+            f"(no CONNACK, {after_s:.1f} s after connecting)"
+        )
+        self.after_s = after_s
 
 
 class ConnectRefused(MqttError):
@@ -324,6 +339,7 @@ class Connection:
         self._write_scheduled = False
         self._reading = False  # in loop_read: what is queued is written when it returns
         self._misc: asyncio.Task[None] | None = None
+        self._connected_at = 0.0  # monotonic, when the TCP connection was made
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -341,6 +357,7 @@ class Connection:
             raise
         except OSError as exc:
             raise BrokerUnreachable(exc.strerror or str(exc) or type(exc).__name__) from None
+        self._connected_at = time.monotonic()
         self._watch()
         timeout_s = self.settings.connack_timeout_s
         try:
@@ -532,6 +549,13 @@ class Connection:
             self.reason = "connection lost"
 
     def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
+        # paho closes the socket when the broker did (or sent what is no MQTT); our own ends
+        # (abort) have their reason already. Before the CONNACK: no MQTT spoken there at all.
+        if not self._connack.done() and not self.reason:
+            after_s = time.monotonic() - self._connected_at
+            self._connack.set_exception(ClosedBeforeConnack(self.url, after_s))
+            self._connack.exception()  # retrieved: connect() may have stopped waiting for it
+            self.reason = "the broker closed the connection before answering MQTT"
         self._ended("connection lost")
 
     def _ended(self, reason: str) -> None:

@@ -53,6 +53,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gibsey.core.mqtt import (
     MAX_MESSAGE_BYTES,
     ClientSettings,
+    ClosedBeforeConnack,
     Connection,
     ConnectRefused,
     MqttError,
@@ -79,6 +80,14 @@ FIRST_RETRY_S = 0.25
 LOCAL_RETRY_MAX_S = 1.0
 REMOTE_RETRY_MAX_S = 10.0
 RETRY_SAID_S = 30.0  # while the broker stays away, the log says so this often
+# A broker that closes the connection this soon after it was made, before answering CONNECT, at
+# every try, speaks no MQTT there: a TLS listener does that (issue: mqtt:// to port 8883 logged
+# `connection lost` forever, with no hint).
+AT_ONCE_S = 1.0
+NO_MQTT_THERE = (
+    "at once at every try: a TLS listener (not supported: mqtt:// only) or another protocol "
+    "than MQTT on that port does this"
+)
 END_SESSION_TIMEOUT_S = 2.0  # a clean stop waits this long at most to end the session
 # How long the broker keeps the node's session while the node is away (MQTT 3.1.1 has no expiry
 # on the wire: there the broker's persistent_client_expiration, images/mosquitto/gibsey.conf).
@@ -204,6 +213,7 @@ class Spine:
             backoff_max_s = LOCAL_RETRY_MAX_S if is_local(self.host) else REMOTE_RETRY_MAX_S
         self._backoff_max_s = backoff_max_s
         self._retries = 0  # connection attempts since the broker went away
+        self._closed_at_once = 0  # of those, the last ones closed at once before a CONNACK
         self._stopping = False  # cancelled: the node stops
         self.session_present = False  # the last connection resumed the run's session
         self._retry_said_at = 0.0
@@ -518,20 +528,18 @@ class Spine:
         """Say that the broker is away when it goes, then every RETRY_SAID_S while it stays away
         (the capped retries come every second: a line each would bury the log in an outage)."""
         self._retries = 1 if fresh else self._retries + 1
+        at_once = isinstance(exc, ClosedBeforeConnack) and exc.after_s < AT_ONCE_S
+        self._closed_at_once = self._closed_at_once + 1 if at_once and not fresh else int(at_once)
         now = time.monotonic()
         if not fresh and now - self._retry_said_at < RETRY_SAID_S:
             return
         self._retry_said_at = now
         verb = "lost" if self.stats.connects else "not reachable"
         tried = "" if fresh else f", {self._retries} tries so far"
-        log.warning(
-            "broker %s %s (%s); retrying in %.1fs%s",
-            self.url,
-            verb,
-            exc or "no answer",
-            delay,
-            tried,
-        )
+        why = str(exc) or "no answer"
+        if self._closed_at_once == self._retries:  # every try since the broker went away
+            why += f"; {NO_MQTT_THERE}"
+        log.warning("broker %s %s (%s); retrying in %.1fs%s", self.url, verb, why, delay, tried)
 
     async def _end_session(self) -> None:
         """One clean connection: the broker ends the node's persistent session. The session
