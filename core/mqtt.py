@@ -53,6 +53,9 @@ DEFAULT_PORT = 1883
 # session, resumed, sends it again: one oversized message wedged the node's connection forever.
 MAX_MESSAGE_BYTES = 131_072
 MISC_INTERVAL_S = 1.0  # how often paho's keepalive bookkeeping (PINGREQ, a silent broker) runs
+# The reason code paho gives a connection it ended itself because its PINGREQ had no PINGRESP
+# within the keepalive (MQTT 5's "Keep alive timeout"; paho's MQTT_ERR_KEEPALIVE).
+KEEPALIVE_TIMEOUT = 141
 
 
 class BrokerUrlError(ValueError):
@@ -191,6 +194,7 @@ class BufferedClient(mqtt.Client):
 
     _rbuf = b""
     _rpos = 0
+    received = 0  # bytes read from the socket: whether a broker said anything at all meanwhile
     _gathering: bytearray | None = None  # while write_gathered runs: what paho "sent"
     _unsent = b""  # gathered bytes the socket has not taken yet
 
@@ -203,6 +207,7 @@ class BufferedClient(mqtt.Client):
             buf = sock.recv(RECV_BYTES)  # BlockingIOError when empty: paho stops reading
             if not buf:
                 return buf  # the broker closed the connection
+            self.received += len(buf)
             self._rbuf, pos = buf, 0
         self._rpos = pos + bufsize
         return buf[pos : pos + bufsize]
@@ -545,6 +550,11 @@ class Connection:
     ) -> None:
         if flags.is_disconnect_packet_from_server:
             self.reason = f"the broker disconnected us: {reason}"
+        elif reason.value == KEEPALIVE_TIMEOUT:  # paho closed the socket (`_ended` said "lost")
+            self.reason = (
+                f"no answer from the broker within {self.settings.keepalive_s} s of a PINGREQ "
+                "(keepalive)"
+            )
         elif not self.reason and reason.is_failure:
             self.reason = "connection lost"
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,54 @@ async def test_one_close_among_refusals_gives_no_tls_hint(
             await task
     lines = _said(caplog, "not reachable")
     assert lines and not [line for line in lines if "TLS" in line], lines
+
+
+async def _lost_while_stopped(
+    broker: Mosquitto, spine: Spine, caplog: pytest.LogCaptureFixture, publish: bool
+) -> str:
+    """Connect `spine`, stop the broker (SIGSTOP: the kernel still takes the bytes, nobody
+    answers), publish one message if asked; the line that says the connection was left."""
+    caplog.set_level(logging.WARNING, logger="gibsey.spine")
+    task = asyncio.create_task(spine.run())
+    assert broker.proc is not None
+    try:
+        await spine.wait_connected(10)
+        broker.proc.send_signal(signal.SIGSTOP)
+        if publish:
+            spine.publish("gibsey/v1/test/node/status", b"{}")
+        lost: list[str] = []
+        async with asyncio.timeout(20):
+            while not (lost := _said(caplog, " lost (")):
+                await asyncio.sleep(0.1)
+        return lost[0]
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_stopped_broker_is_said_to_answer_nothing_within_the_keepalive(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: `kill -STOP` of the broker under an idle spine (nothing in flight), its keepalive
+    2 s (10 in production). Must hold: the connection is left saying no answer came from the
+    broker within the keepalive (before: the generic `connection lost`)."""
+    monkeypatch.setattr(spine_module, "KEEPALIVE_S", 2)
+    spine = Spine(mosquitto.url, "silent-idle", ["gibsey/v1/#"], lambda topic, payload: None)
+    line = await _lost_while_stopped(mosquitto, spine, caplog, publish=False)
+    assert "no answer from the broker within 2 s of a PINGREQ (keepalive)" in line, line
+
+
+async def test_a_stopped_broker_is_said_to_answer_nothing_to_a_publish(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried: `kill -STOP` of the broker, then one QoS 1 message sent, the stall 2 s (10 in
+    production), the keepalive as in production. Must hold: the connection is left saying no
+    answer came from the broker (no PUBACK, nothing else) within those seconds, not that a
+    broker drops acknowledgements when its queue to the node is full (a flood: it said that)."""
+    monkeypatch.setattr(spine_module, "ACK_STALL_S", 2.0)
+    spine = Spine(mosquitto.url, "silent-busy", ["gibsey/v1/#"], lambda topic, payload: None)
+    line = await _lost_while_stopped(mosquitto, spine, caplog, publish=True)
+    assert "no answer from the broker within 2 s: no PUBACK of 1 messages in flight" in line, line
+    assert "queue to the node is full" not in line, line

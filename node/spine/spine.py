@@ -205,9 +205,10 @@ class Spine:
         self._extra_matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
         self._waiting: dict[int, QueuedMessage] = {}  # by mid, the oldest first
         self._latest: dict[str, QueuedMessage] = {}  # by topic: sent before the outbox
-        # The oldest message in flight at the last look, and since when it has been the oldest:
-        # looked at every ACK_CHECK_S, so the hot path pays nothing for it.
-        self._oldest_in_flight: tuple[int, float] | None = None
+        # The oldest message in flight at the last look, since when it has been the oldest, and
+        # the bytes the connection had received then: looked at every ACK_CHECK_S, so the hot
+        # path pays nothing for it.
+        self._oldest_in_flight: tuple[int, float, int] | None = None
         self._conn: Connection | None = None
         if backoff_max_s is None:
             backoff_max_s = LOCAL_RETRY_MAX_S if is_local(self.host) else REMOTE_RETRY_MAX_S
@@ -449,19 +450,28 @@ class Spine:
             self._waiting[info.mid] = item
         return True
 
-    def _ack_stalled(self, now: float) -> str:
+    def _ack_stalled(self, now: float, received: int) -> str:
         """Why the connection must end, when the oldest message in flight has waited
-        ACK_STALL_S for its PUBACK (measured from the first look that saw it oldest); else ""."""
+        ACK_STALL_S for its PUBACK (measured from the first look that saw it oldest); else "".
+        `received`: the bytes the connection has read, which tell a broker that said nothing
+        at all meanwhile (stopped, or the network to it cut) from one dropping PUBACKs."""
         if not self._waiting:
             self._oldest_in_flight = None
             return ""
         oldest = next(iter(self._waiting))
         if self._oldest_in_flight is None or self._oldest_in_flight[0] != oldest:
-            self._oldest_in_flight = (oldest, now)
+            self._oldest_in_flight = (oldest, now, received)
             return ""
-        waited = now - self._oldest_in_flight[1]
+        _mid, since, received_then = self._oldest_in_flight
+        waited = now - since
         if waited < ACK_STALL_S:
             return ""
+        if received == received_then:
+            return (
+                f"no answer from the broker within {waited:.0f} s: no PUBACK of "
+                f"{len(self._waiting)} messages in flight, nor anything else (the broker stopped, "
+                "or the network to it is cut)"
+            )
         return (
             f"no acknowledgement for {waited:.0f} s of {len(self._waiting)} messages in flight "
             "(a broker drops them when its queue to the node is full)"
@@ -587,7 +597,7 @@ class Spine:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(ACK_CHECK_S):
                         raise MqttError(await conn.wait_closed())
-                stalled = self._ack_stalled(time.monotonic())
+                stalled = self._ack_stalled(time.monotonic(), conn.client.received)
                 if stalled:  # said as the connection's end is (`_say_retrying`)
                     self.stats.ack_stalls += 1
                     conn.abort(stalled)
