@@ -108,7 +108,9 @@ class StoryGraphQL(GraphQL[StoryContext, None]):
         """A mutation's narrative/change, from the worker thread the mutation runs in: emitted
         on the node's loop (node.emit is not thread-safe), waited for so that a failure to
         publish is the mutation's error."""
-        payload = NarrativeChange(branch=branch, page=page, version=version, change=change)
+        payload = NarrativeChange.model_validate(
+            {"branch": branch, "page": page, "version": version, "change": change}
+        )
         assert self.loop is not None
         done = asyncio.run_coroutine_threadsafe(self._emit(payload, actor), self.loop)
         done.result(PUBLISH_TIMEOUT_S)

@@ -76,7 +76,9 @@ def _announce(
     problem = announce(
         _data_dir(args),
         "narrative/change",
-        NarrativeChange(branch=branch, page=page, version=version, change=change),
+        NarrativeChange.model_validate(
+            {"branch": branch, "page": page, "version": version, "change": change}
+        ),
         actor=actor,
         lamport=lamport,
     )

@@ -60,7 +60,9 @@ def attach(node: Node) -> Story | None:
     ) -> None:
         node.emit(
             "narrative/change",
-            NarrativeChange(branch=branch, page=page, version=version, change=change),
+            NarrativeChange.model_validate(
+                {"branch": branch, "page": page, "version": version, "change": change}
+            ),
             actor=actor if ACTOR_RE.match(actor) else "node",
         )
 
