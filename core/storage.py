@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import secrets
+import shlex
 import sqlite3
 import threading
 import time
@@ -94,6 +95,21 @@ def sqlite_refusal(exc: BaseException, what: str, directory: str | Path) -> Stor
 
 # SQLite's result codes for a file it cannot read as a database: damaged pages, or no database.
 SQLITE_UNREADABLE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+# ... as apsw's exception classes (the agents' database).
+_APSW_UNREADABLE = frozenset({"CorruptError", "NotADBError"})
+# What to do about a damaged database that holds what exists nowhere else (the ledger).
+RESTORE = "restore it from a backup of the data directory (`gibsey doctor` checks each database)"
+
+
+def moved_aside(path: str | Path, lost: str) -> str:
+    """What to do about a damaged database the node can do without: move it aside with its WAL
+    files (kept for a person to look into; a WAL left behind would be read into the new
+    database) and start again, the node making a new one; `lost`: what goes with it."""
+    folder = shlex.quote(str(Path(path).parent / "damaged"))
+    return (
+        f"move it aside with its -wal and -shm files (`mkdir -p {folder} && mv "
+        f"{shlex.quote(str(path))}* {folder}/`) and start again: {lost}"
+    )
 
 
 class DatabaseUnreadable(sqlite3.DatabaseError):
@@ -103,29 +119,34 @@ class DatabaseUnreadable(sqlite3.DatabaseError):
     errors (doctor's checks) go on catching it."""
 
 
-def unreadable(exc: BaseException, what: str) -> DatabaseUnreadable | None:
+def damaged_database(exc: BaseException) -> bool:
+    """Whether SQLite (the stdlib's or apsw) says the file is damaged or no database."""
+    if isinstance(exc, DatabaseUnreadable):
+        return True
+    if isinstance(exc, sqlite3.DatabaseError):
+        return getattr(exc, "sqlite_errorcode", 0) & 0xFF in SQLITE_UNREADABLE
+    return type(exc).__module__ == "apsw" and type(exc).__name__ in _APSW_UNREADABLE
+
+
+def unreadable(exc: BaseException, what: str, fix: str = RESTORE) -> DatabaseUnreadable | None:
     """`exc` as DatabaseUnreadable when SQLite found `what` damaged or no database, else None:
-    at its opening or at the first read of a damaged page, which may come later."""
+    at its opening or at the first read of a damaged page, which may come later. The message
+    names `what` and says what to do (`fix`): one line."""
     if isinstance(exc, DatabaseUnreadable):
         return exc
-    if not isinstance(exc, sqlite3.DatabaseError):
+    if not damaged_database(exc):
         return None
-    if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in SQLITE_UNREADABLE:
-        return None
-    return DatabaseUnreadable(
-        f"{what} is damaged: {exc}; nothing was written to it: restore it from a backup of "
-        "the data directory (`gibsey doctor` checks each database)"
-    )
+    return DatabaseUnreadable(f"{what} is damaged: {exc}; nothing was written to it: {fix}")
 
 
 def open_sqlite(
-    path: str, what: str, setup: Callable[[sqlite3.Connection], object]
+    path: str, what: str, setup: Callable[[sqlite3.Connection], object], fix: str = RESTORE
 ) -> sqlite3.Connection:
     """A connection to the SQLite database at `path` (autocommit: the caller BEGINs and
     COMMITs; any thread: the caller's lock serialises use), made ready by `setup` (pragmas, the
     schema). Opening writes too - SQLite creates the WAL files - so a disk that refuses that
     raises StorageError, naming the database as `what`; a file SQLite cannot read raises
-    DatabaseUnreadable, which says what to do."""
+    DatabaseUnreadable, which says what to do (`fix`)."""
     if os.path.isdir(path):  # SQLite says only "unable to open", as for a failing card
         raise DatabaseUnreadable(
             f"{what} is a directory, not a database: move it away (nothing was written)"
@@ -135,7 +156,7 @@ def open_sqlite(
         setup(db)
     except sqlite3.Error as exc:
         db.close()
-        damaged = unreadable(exc, what)
+        damaged = unreadable(exc, what, fix)
         if damaged is not None:
             raise damaged from exc
         refused = sqlite_refusal(exc, what, os.path.dirname(path) or ".")

@@ -7,8 +7,10 @@ library loads, the model is there when agents are configured (and, on the SD ima
 worker unit's socket listens), the key file is private (0600), so is the gateway's write token,
 the data directory has room (and, on the SD image, is its own partition) and takes a write now
 (and when it last refused writes; a running node's own count of refused writes, ritual mints and
-gifts among them), every stored ledger row checks out (a bad one is named), the clock is
-plausible (a Pi without NTP starts in the past), and the configured mesh peers answer.
+gifts among them), every stored ledger row checks out (a bad one is named), the node's other
+databases (the opcode table, the story graph, the agents' database) read through whole (a damaged
+one is named with what to do), the clock is plausible (a Pi without NTP starts in the past), and
+the configured mesh peers answer.
 Exit 1 when something is wrong (a FAIL); warnings do not fail.
 """
 
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import time
 import urllib.request
@@ -39,6 +42,8 @@ from gibsey.core.storage import (
     EPISODE_FILE,
     NEARLY_FULL_BYTES,
     StorageError,
+    damaged_database,
+    moved_aside,
     no_room,
     sqlite_refusal,
 )
@@ -629,6 +634,50 @@ def _ledger_unchecked(path: Path, refused: StorageError) -> Check:
     return Check("ledger", WARN, detail, DISK_FIXES.get(refused.errno or 0, DISK_FULL_FIX))
 
 
+def kept_databases(data: Path) -> list[tuple[Path, str, str]]:
+    """The node's databases besides the ledger (check_ledger): each file, what it is, and what
+    goes with it when it is moved aside (damaged) or found empty. What `gibsey up` says of
+    them (their stores' DatabaseUnreadable) says the same."""
+    from gibsey.node.agents.db import AGENTS_DB, AGENTS_LOST
+    from gibsey.node.glyph import opcode_table
+    from gibsey.node.story import graph
+
+    return [
+        (data / opcode_table.FILENAME, "the opcode table", opcode_table.LOST),
+        (data / graph.DB_FILENAME, "the story graph", graph.LOST),
+        (data / AGENTS_DB, "the agents' database", AGENTS_LOST),
+    ]
+
+
+def check_database(path: Path, what: str, lost: str) -> Check:
+    """One database read through (SQLite's quick_check: every page, read-only, nothing
+    written): a damaged one is a FAIL naming the file and what to do; an empty one (a card
+    that lost its contents) a warning saying what went with it."""
+    if not path.exists():
+        return Check("database", OK, f"no {path} yet (made at the first start)")
+    if path.is_dir():
+        detail = f"{what} {path} is a directory, not a database"
+        return Check("database", FAIL, detail, "move it away (the node does not start)")
+    if path.stat().st_size == 0:
+        detail = f"{what} {path} is empty (0 bytes: a card that lost its contents looks so): {lost}"
+        return Check("database", WARN, detail, "none needed: the node uses it as a new one")
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            found = [row[0] for row in db.execute("PRAGMA quick_check")]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        if not damaged_database(exc):
+            return Check("database", WARN, f"{what} {path} not checked: {exc}", "run as its user")
+        found = [str(exc)]
+    if found != ["ok"]:
+        more = f" ({len(found) - 1} more problems)" if len(found) > 1 else ""
+        detail = f"{what} {path} is damaged: {found[0]}{more}"
+        return Check("database", FAIL, detail, moved_aside(path, lost))
+    return Check("database", OK, f"{what} {path} checks out")
+
+
 def check_clock(now: float | None = None) -> Check:
     year = time.gmtime(time.time() if now is None else now).tm_year
     if year < 2025:
@@ -680,6 +729,7 @@ def run_checks(data: Path, cfg: GibseyConfig, now: float | None = None) -> list[
         check_disk_writes(data),
         *check_node_disk(data),
         check_ledger(data),
+        *(check_database(*kept) for kept in kept_databases(data)),
         check_clock(now),
         *check_peers(cfg),
     ]

@@ -9,12 +9,16 @@ traceback, and the directory was reported as a failing card (EIO)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from gibsey.harness.nodeproc import wait_for_file
 from gibsey.harness.waiting import until
 from gibsey.ledger.ledger import Ledger
 from gibsey.ledger.store import DB_FILENAME
@@ -134,3 +138,82 @@ async def test_a_story_sync_that_fails_alike_is_said_once(
         10,
         "the sync working again, said",
     )
+
+
+# ---- the node's other databases ------------------------------------------------------------
+
+# Each database besides the ledger, as `gibsey up` and `gibsey doctor` name it, and what a
+# line about it must say goes with it when it is moved aside.
+KEPT = {
+    "opcodes.sqlite3": ("the opcode table", "must be loaded again"),
+    "story.sqlite3": ("the story graph", "nothing is lost"),
+    "agents/agents.db": ("the agents' database", "the agents' memories of their visitors"),
+}
+
+
+@pytest.fixture(scope="module")
+def a_stopped_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory as `gibsey up` leaves it at a clean stop (Ctrl-C): every database made
+    and checkpointed. No broker (the node's parts make their files all the same), no gateway."""
+    data = tmp_path_factory.mktemp("node")
+    env = dict(os.environ, GIBSEY_BROKER="mqtt://127.0.0.1:9")
+    cmd = [sys.executable, "-m", "gibsey.cli", "--data", str(data), "up", "--http", "off"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_file(proc, data / "run.json", 60, "gibsey up")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    return data
+
+
+def damage(source: Path, where: Path, name: str, how: str) -> Path:
+    """A copy of the node's data with `name` damaged as a tester did: `truncate -s -4096`, or
+    'garbage' over its 16-byte header."""
+    data = where / "node"
+    subprocess.run(["cp", "-a", str(source), str(data)], check=True)
+    path = data / name
+    if how == "truncated":
+        os.truncate(path, path.stat().st_size - PAGE)
+    else:
+        with open(path, "r+b") as f:
+            f.write(b"garbage garbage!")
+    return data
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("agents/agents.db", "truncated"),
+        ("agents/agents.db", "header"),
+        ("opcodes.sqlite3", "truncated"),
+        ("story.sqlite3", "header"),
+    ],
+)
+def test_every_damaged_database_is_named_in_one_line_and_doctor_checks_it(
+    a_stopped_node: Path, tmp_path: Path, name: str, how: str
+) -> None:
+    """Tried (an outside tester): agents.db truncated by a page, or its header overwritten,
+    stopped `gibsey up` with a 30-line traceback (apsw.CorruptError, apsw.NotADBError); the
+    opcode table's damage was "a database in DATA", unnamed; `gibsey doctor`, where that line
+    sent the user, checked only the ledger. Must hold: `gibsey up` exits 2 with one line naming
+    the file, what to do and what goes with it, writing nothing to it; `gibsey doctor` has a
+    FAIL line naming it, and the same fix."""
+    data = damage(a_stopped_node, tmp_path, name, how)
+    path = data / name
+    what, lost = KEPT[name]
+    before = path.read_bytes()
+    done = run(data, "up", "--http", "off")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("gibsey up: ")]
+    assert line.startswith(f"gibsey up: {what} {path} is damaged: "), line
+    aside = f"move it aside with its -wal and -shm files (`mkdir -p {path.parent}/damaged && mv "
+    assert aside in line
+    assert lost in line
+    assert path.read_bytes() == before  # nothing written to it
+    doctor = run(data, "doctor").stdout.splitlines()
+    [at] = [i for i, x in enumerate(doctor) if x.startswith("FAIL  database ")]
+    assert f"{what} {path} is damaged: " in doctor[at]
+    assert doctor[at + 1].startswith("      fix: move it aside") and lost in doctor[at + 1]
+    others = [x for x in doctor if x.startswith("ok    database ")]
+    assert len(others) == len(KEPT) - 1  # the others checked, and found whole
+    assert path.read_bytes() == before

@@ -98,9 +98,9 @@ def _node_id(data_dir: Path) -> str:
 
 
 def _db(data_dir: Path) -> Any:
-    from gibsey.node.agents.db import Db
+    from gibsey.node.agents.db import AGENTS_DB, Db
 
-    path = data_dir / "agents" / "agents.db"
+    path = data_dir / AGENTS_DB
     if not path.exists():
         raise _CliError(f"no agent data in {data_dir} yet (the node creates it when it starts)")
     return Db(path, _agent_config(data_dir).sqlite)

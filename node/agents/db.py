@@ -19,7 +19,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gibsey.core.storage import StorageError, sqlite_refusal
+from gibsey.core.storage import StorageError, moved_aside, sqlite_refusal, unreadable
+
+# The agents' database, in the data directory.
+AGENTS_DB = Path("agents") / "agents.db"
+# What goes with agents.db when it is moved aside (damaged) or found empty: none of it is kept
+# anywhere else, and the node runs without it (the personas ship with the code, the ledger
+# keeps the tokens).
+AGENTS_LOST = (
+    "the agents' memories of their visitors, the facts they learned, the Agency Tensor's "
+    "counts and the answers flagged for review are lost (the personas and the ledger are not)"
+)
 
 
 class DbError(RuntimeError):
@@ -66,14 +76,19 @@ class Db:
     @contextlib.contextmanager
     def _refusals(self) -> Iterator[None]:
         """A write the disk refuses (full, failing, read-only), from either backend, raises
-        StorageError: the node says so once and its commands say it in one line."""
+        StorageError: the node says so once and its commands say it in one line. A file SQLite
+        cannot read (damaged, no database) raises DatabaseUnreadable, naming it and what to do."""
         try:
             yield
         except StorageError:
             raise
         except Exception as exc:
+            what = f"the agents' database {self.path}"
+            damaged = unreadable(exc, what, moved_aside(self.path, AGENTS_LOST))
+            if damaged is not None:
+                raise damaged from exc
             where = os.path.dirname(self.path) or "."
-            refused = sqlite_refusal(exc, f"the agents' database {self.path}", where)
+            refused = sqlite_refusal(exc, what, where)
             if refused is None:
                 raise
             raise refused from exc

@@ -58,7 +58,7 @@ from gibsey.core.operator import change_refusal
 from gibsey.core.storage import StorageError
 from gibsey.core.topics import REPLY_ROOT, TOPIC_ROOT, topic_for
 from gibsey.node.agents.config import AgentConfig
-from gibsey.node.agents.db import Db
+from gibsey.node.agents.db import AGENTS_DB, Db
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
 from gibsey.node.agents.memory import Embedder, Memory, MemoryStore
 from gibsey.node.agents.model import resolve_model
@@ -135,9 +135,9 @@ class AgentService:
         self.node = node
         self.cfg = cfg or node.config.agent
         self.personas: PersonaSet = load_personas()
-        folder = node.data_dir / "agents"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.db = Db(folder / "agents.db", self.cfg.sqlite)
+        path = node.data_dir / AGENTS_DB
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Db(path, self.cfg.sqlite)
         self.memory = MemoryStore(self.db, self.cfg.memories_kept)
         self.facts = FactStore(self.db)
         self.tensor = AgencyTensor(self.db, self.cfg.tensor_half_life)

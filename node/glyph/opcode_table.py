@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gibsey.core.storage import moved_aside, open_sqlite, unreadable
 from gibsey.core.symbols import BASE_SYMBOLS, ROTATIONS, state_key
 from gibsey.node.glyph.default_programs import default_programs
 from gibsey.node.glyph.vm import binding as vm
@@ -28,6 +29,11 @@ from gibsey.node.glyph.vm import binding as vm
 log = logging.getLogger("gibsey.glyph")
 
 FILENAME = "opcodes.sqlite3"
+# What goes with the table when it is moved aside (damaged): a new one binds the defaults.
+LOST = (
+    "a new table binds the default programs, and a program loaded with `gibsey vm load` must be "
+    "loaded again"
+)
 STATES = BASE_SYMBOLS * len(ROTATIONS)
 MAX_PROGRAM = 64 * 1024
 
@@ -122,17 +128,28 @@ class WalIndexWatch:
             self._map = None
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(SCHEMA)
+
+
 class OpcodeTable:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._existed = path.exists()  # a new node's table is seeded without a word
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        self._seed()
+        what, fix = f"the opcode table {path}", moved_aside(path, LOST)
+        self._db = open_sqlite(str(path), what, _setup, fix)
+        try:
+            self._seed()  # reads every binding: a damaged page the opening did not read
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            damaged = unreadable(exc, what, fix)
+            if damaged is None:
+                raise
+            raise damaged from exc
         self._wal = WalIndexWatch(path)
         self._wal.maybe_changed()
         self._data_version = self._current_data_version()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gibsey.core.storage import DiskHealth, open_sqlite, sqlite_refusal
+from gibsey.core.storage import DiskHealth, moved_aside, open_sqlite, sqlite_refusal
 from gibsey.ledger.entry import Entry, parse
 from gibsey.ledger.governance import Governance, ProposalStatus
 from gibsey.ledger.ledger import Ledger
@@ -47,6 +47,8 @@ from .model import (
 )
 
 DB_FILENAME = "story.sqlite3"
+# What goes with the view when it is moved aside (damaged): nothing, it is folded again.
+LOST = "nothing is lost: it is a view of the ledger, folded from it again at the start"
 FORMAT = "1"  # bump to force a rebuild after a change of the fold rules
 # Trees ({page: version hash} at a commit) cached, the least recently used dropped first: at
 # most TREE_CACHE of them and TREE_CACHE_PAGES pages in all (~200 bytes a page: ~1.6 MB), but
@@ -149,7 +151,8 @@ class StoryGraph:
         # Told of every refused and every working write (the node's own, so that a full disk
         # is said once per episode whichever writer meets it first).
         self.disk = disk if disk is not None else DiskHealth()
-        self.db = open_sqlite(self.path, f"the story graph {self.path}", _setup)
+        what = f"the story graph {self.path}"
+        self.db = open_sqlite(self.path, what, _setup, moved_aside(self.path, LOST))
         self._trees: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
         self._tree_pages = 0  # pages in all the trees of _trees
         # Where the next sync goes on from, when it is past what meta holds: (last, folded, the
