@@ -477,6 +477,8 @@ class Node:
         for close in reversed(self._closers):
             try:
                 close()
+            except StorageError as exc:  # what the write was, and why: no traceback
+                log.error("at the stop, a last write was not made (not written): %s", exc)
             except Exception:
                 # E.g. a part's last write on a disk that refuses it: the others still close.
                 log.exception("closing %r failed", close)

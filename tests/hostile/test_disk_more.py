@@ -552,3 +552,29 @@ async def test_a_broker_store_it_cannot_save_is_said_in_the_nodes_log_and_not_on
     lines = _store_refusals(caplog)
     assert len(lines) == 1, [r.getMessage() for r in lines]  # paced: one line, not 20
     assert "No space left on device" in lines[0].getMessage()
+
+
+@needs_root
+async def test_a_clean_stop_on_a_full_disk_says_what_was_not_written_in_one_line(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside tester): SIGTERM to a node whose card was full printed a 30-line
+    traceback (StorageError from AgentService.close / flush_tensor) before "stopped cleanly".
+    Here the tmpfs is filled to its last byte, then rituals are counted (they need no write),
+    then the node stops. Must hold: no traceback in the log; one line saying what was not
+    written (the Agency Tensor's counts) and why (the disk, its errno)."""
+    caplog.set_level(logging.INFO)
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        async with node_on(disk / "data", mosquitto) as (node, http):
+            agents = node.parts.agents
+            assert agents is not None
+            filler = fill(disk)
+            for n in range(3):
+                await turn(http, "dream", f"visitor-{n}")
+            assert agents.tensor.pending, "the rituals' counts wait to be written"
+        filler.unlink()
+    traced = [r for r in caplog.records if r.exc_info is not None]
+    assert traced == [], [r.getMessage() for r in traced]
+    said = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "Agency Tensor" in said[0] and "ENOSPC" in said[0], said[0]
