@@ -318,6 +318,26 @@ def read_config_file(data_dir: Path, path: Path | None = None) -> tuple[Path, di
     return cfg_path, raw
 
 
+def empty_config(data_dir: Path, path: Path | None = None) -> str | None:
+    """What to say of a configuration file that is there but holds nothing (0 bytes, or only
+    blanks): every setting is its default, which a file left empty on purpose means too, and
+    nothing in the file tells the two apart; a card that lost the file's contents (a write cut
+    short by a power cut leaves a 0-byte file on ext4) looks exactly so. None otherwise."""
+    cfg_path = config_path(data_dir, path)
+    try:
+        raw = cfg_path.read_bytes()
+    except OSError:
+        return None  # none there (said elsewhere when GIBSEY_CONFIG names it), or unreadable
+    if raw.strip().removeprefix(b"\xef\xbb\xbf").strip():
+        return None
+    held = "0 bytes" if not raw else "only blanks"
+    return (
+        f"{cfg_path} is empty ({held}), so every setting is its default or its variable's "
+        "(the embedded broker on 1883, the gateway on 0.0.0.0:8080, no mesh, no operators): "
+        "a card that lost the file's contents looks like this; restore it if it held settings"
+    )
+
+
 def _fold_top_level(raw: Mapping[str, Any], source: str, sections: Iterable[str]) -> dict[str, Any]:
     """The first gibsey.toml files had no sections: a top-level key that is not a table (and
     names no section) is a [node] key, as if it were written under [node]."""

@@ -77,12 +77,16 @@ def read_ceiling(path: Path) -> int:
     try:
         return read_number(path) or 0
     except DamagedNumber as exc:
-        log.warning(
-            "%s: the Lamport clock starts again from 0, so this node's next events may be "
-            "ordered before its earlier ones",
-            exc,
-        )
+        _say_restart(exc)
         return 0
+
+
+def _say_restart(exc: DamagedNumber) -> None:
+    log.warning(
+        "%s: the Lamport clock starts again from 0, so this node's next events may be "
+        "ordered before its earlier ones",
+        exc,
+    )
 
 
 class LamportAhead(ValueError):
@@ -96,6 +100,7 @@ class LamportClock:
         block: int = BLOCK,
         disk: DiskHealth | None = None,
         now: Callable[[], float] = time.monotonic,  # a test moves it instead of waiting
+        say_damage: bool = True,  # False: the owner says it (and may resume_past)
     ) -> None:
         self._path = path
         self._block = block
@@ -103,7 +108,16 @@ class LamportClock:
         self._now = now
         self._push_budget = float(MAX_AHEAD)  # how far others may move the clock now
         self._push_at = now()
-        start = read_ceiling(path)
+        # Whether the ceiling was there to start from: None when the file was missing, the
+        # damage when it held no number (emptied, overwritten), else the ceiling.
+        self.found: int | DamagedNumber | None = None
+        try:
+            self.found = read_number(path)
+        except DamagedNumber as exc:
+            self.found = exc
+            if say_damage:
+                _say_restart(exc)
+        start = self.found if isinstance(self.found, int) else 0
         self._value = start
         self._ceiling = start
         self._renew_at = start
@@ -126,6 +140,17 @@ class LamportClock:
     @property
     def value(self) -> int:
         return self._value
+
+    def resume_past(self, floor: int) -> bool:
+        """Move the clock up to `floor` (the next tick is past it) when it is below: a clock
+        that lost its ceiling resumes past the highest Lamport the node can see of its own.
+        Its ceiling is written at once. True when it moved."""
+        if floor <= self._value:
+            return False
+        assert floor < LIMIT, "lamport clock exhausted"
+        self._value = floor
+        self._reserve(floor + self._block)
+        return True
 
     def _set(self, value: int) -> int:
         assert value <= LIMIT, "lamport clock exhausted"

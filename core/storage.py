@@ -112,6 +112,21 @@ def moved_aside(path: str | Path, lost: str) -> str:
     )
 
 
+def emptied(path: str | Path) -> bool:
+    """Whether the database at `path` is there but holds nothing: 0 bytes, and no WAL holding
+    its pages either. SQLite reads such a file as a new, empty database, without a word; a node
+    that made it wrote its first page at once, so a card lost what it held."""
+    try:
+        if os.stat(path).st_size:
+            return False
+    except OSError:
+        return False
+    try:
+        return os.stat(f"{path}-wal").st_size == 0
+    except OSError:
+        return True
+
+
 class DatabaseUnreadable(sqlite3.DatabaseError):
     """A database file that SQLite cannot read: damaged, not a database, or a directory in its
     place. Not the disk (the card takes writes): retrying or freeing space mends nothing, and

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gibsey.core.config import ConfigError, resolve_data_dir
+from gibsey.core.config import ConfigError, empty_config, resolve_data_dir
 from gibsey.core.datalock import AlreadyRunning, DataDirLock
 from gibsey.core.identity import IdentityError
 from gibsey.core.mqtt import BrokerUrlError
@@ -293,6 +293,9 @@ def _run_locked(args: argparse.Namespace, console: Console | None, data_dir: Pat
         log.warning(
             "GIBSEY_CONFIG names %s, which does not exist: every setting is its default", named
         )
+    emptied = empty_config(data_dir)
+    if emptied:
+        log.warning("%s", emptied)
     try:
         config = _load_config(data_dir, args.broker)
         # --http, else [gateway] listen (or GIBSEY_HTTP), else every interface on 8080.

@@ -42,7 +42,7 @@ from gibsey.node.spine.inputs import VisitorInputs
 from gibsey.node.spine.router import Router
 from gibsey.node.spine.spine import Spine
 from gibsey.node.watchdog.part import record_rebirth
-from gibsey.node.watchdog.rebirth import RunRecord
+from gibsey.node.watchdog.rebirth import RunRecord, lost_deaths
 from gibsey.node.watchdog.sdnotify import Notifier
 
 log = logging.getLogger("gibsey.node")
@@ -72,7 +72,8 @@ class Node:
         # Home Assistant's births: the next re-announcement, if one is due, and the last one's.
         self._ha_reannounce: asyncio.TimerHandle | None = None
         self._ha_announced_at = -HA_REANNOUNCE_S
-        self.clock = LamportClock(data_dir / LAMPORT_FILENAME, disk=self.disk)
+        # A lost ceiling is said once the ledger is open (_resume_clock): past what it holds.
+        self.clock = LamportClock(data_dir / LAMPORT_FILENAME, disk=self.disk, say_damage=False)
         self.router = Router(
             self.node_id,
             alert_sink=self._publish_alert,
@@ -110,10 +111,46 @@ class Node:
         if stop_tracing is not None:
             self.add_closer(stop_tracing)
         attach_parts(self)
+        self._resume_clock()
         if self.config.node.discovery_prefix:
             self.add_subscription(
                 ha_status_topic(self.config.node.discovery_prefix), self._on_home_assistant
             )
+
+    def _resume_clock(self) -> None:
+        """A Lamport clock whose ceiling file was lost (emptied or overwritten by the card, or
+        gone from a node whose ledger holds entries) resumes past the highest Lamport the node
+        can see of its own: its ledger's entries, its own feed's last one among them (events
+        it sent carried them: gift/txn, ritual/performed). Said in one line. From 0 it would
+        order the node's next events before those it already sent."""
+        found, path = self.clock.found, self.data_dir / LAMPORT_FILENAME
+        if isinstance(found, int):
+            return
+        ledger = self.parts.ledger
+        floor = ledger.store.max_lamport if ledger is not None else 0
+        if found is None:  # missing: a new node, unless its ledger holds entries
+            if not floor:
+                return
+            lost = f"{path} is missing"
+        elif not found.raw.strip():
+            lost = (
+                f"{path} is empty ({len(found.raw)} bytes; a card that lost its contents looks so)"
+            )
+        else:
+            lost = str(found)
+        if not self.clock.resume_past(floor):
+            log.warning(
+                "%s: the Lamport clock starts again from 0 (its ledger holds no entry to resume "
+                "past), so this node's next events may be ordered before its earlier ones",
+                lost,
+            )
+            return
+        log.warning(
+            "%s: the Lamport clock resumes past %d, the highest Lamport in this node's ledger "
+            "(its own feed's last entry among them), not from 0 below the events it sent",
+            lost,
+            floor,
+        )
 
     def add_subscription(self, topic_filter: str, callback: Callable[[str, bytes], object]) -> None:
         """Have messages on `topic_filter` (outside the event topics) handed to `callback` on the
@@ -433,6 +470,9 @@ class Node:
         self.started_at = time.monotonic()
         self._loop = asyncio.get_running_loop()
         death = self.run_record.previous_death()
+        lost = lost_deaths(self.data_dir)
+        if lost:
+            log.warning("%s", lost)
         self._write_safely(self.run_record.heartbeat)
         self.router.start()
         self._tasks = [

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gibsey.core.config import ConfigError, config_path, resolve_data_dir
+from gibsey.core.config import ConfigError, config_path, empty_config, resolve_data_dir
 from gibsey.core.datalock import holder
 from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, write_atomic
 from gibsey.core.storage import (
@@ -43,6 +43,7 @@ from gibsey.core.storage import (
     NEARLY_FULL_BYTES,
     StorageError,
     damaged_database,
+    emptied,
     moved_aside,
     no_room,
     sqlite_refusal,
@@ -413,6 +414,9 @@ def check_config_file(data: Path) -> Check:
     the SD card brought one) but must be seen."""
     path = config_path(data)
     named = " (GIBSEY_CONFIG)" if os.environ.get("GIBSEY_CONFIG") else ""
+    emptied = empty_config(data)
+    if emptied:
+        return Check("config", WARN, emptied, "put its settings back (a backup, the image's)")
     if path.exists():
         return Check("config", OK, f"read {path}{named}")
     return Check("config", OK, f"{path}{named} does not exist: every setting is its default")
@@ -658,7 +662,7 @@ def check_database(path: Path, what: str, lost: str) -> Check:
     if path.is_dir():
         detail = f"{what} {path} is a directory, not a database"
         return Check("database", FAIL, detail, "move it away (the node does not start)")
-    if path.stat().st_size == 0:
+    if emptied(path):
         detail = f"{what} {path} is empty (0 bytes: a card that lost its contents looks so): {lost}"
         return Check("database", WARN, detail, "none needed: the node uses it as a new one")
     try:

@@ -248,8 +248,13 @@ def test_doctor_says_which_config_file_it_read(
     assert check.detail == (
         f"{tmp_path / 'gibsey.tmol'} (GIBSEY_CONFIG) does not exist: every setting is its default"
     )
-    (tmp_path / "gibsey.tmol").write_text("")
+    (tmp_path / "gibsey.tmol").write_text("# the defaults, on purpose\n")
     assert (
         doctor.check_config_file(tmp_path).detail
         == f"read {tmp_path / 'gibsey.tmol'} (GIBSEY_CONFIG)"
     )
+    # Empty (what a card that lost its contents leaves): every setting is its default, said.
+    (tmp_path / "gibsey.tmol").write_text("")
+    emptied = doctor.check_config_file(tmp_path)
+    assert emptied.status == doctor.WARN
+    assert emptied.detail.startswith(f"{tmp_path / 'gibsey.tmol'} is empty (0 bytes)")

@@ -55,10 +55,10 @@ from gibsey.core.envelope import (
     encode_event,
 )
 from gibsey.core.operator import change_refusal
-from gibsey.core.storage import StorageError
+from gibsey.core.storage import StorageError, emptied
 from gibsey.core.topics import REPLY_ROOT, TOPIC_ROOT, topic_for
 from gibsey.node.agents.config import AgentConfig
-from gibsey.node.agents.db import AGENTS_DB, Db
+from gibsey.node.agents.db import AGENTS_DB, AGENTS_LOST, Db
 from gibsey.node.agents.graph import FactStore, facts_from_prompt
 from gibsey.node.agents.memory import Embedder, Memory, MemoryStore
 from gibsey.node.agents.model import resolve_model
@@ -137,6 +137,13 @@ class AgentService:
         self.personas: PersonaSet = load_personas()
         path = node.data_dir / AGENTS_DB
         path.parent.mkdir(parents=True, exist_ok=True)
+        if emptied(path):  # SQLite would take it for a new database, unsaid
+            log.warning(
+                "%s is empty (0 bytes; a card that lost its contents looks so): %s; the agents "
+                "start with it as a new one",
+                path,
+                AGENTS_LOST,
+            )
         self.db = Db(path, self.cfg.sqlite)
         self.memory = MemoryStore(self.db, self.cfg.memories_kept)
         self.facts = FactStore(self.db)

@@ -174,6 +174,26 @@ def record_exit(data_dir: Path, env: dict[str, str]) -> None:
     write_atomic(data_dir / EXIT_FILE, json.dumps(doc).encode())
 
 
+def lost_deaths(data_dir: Path) -> str | None:
+    """What to say at a start of a deaths.json that is there but holds nothing (0 bytes, or no
+    JSON object): read as no deaths, it would restart the count of a crash loop unsaid. None
+    when it is whole, or not there (no death yet)."""
+    path = data_dir / DEATHS_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if raw and _read_json(path) is not None:
+        return None
+    held = "is damaged (no JSON object)"
+    if not raw:
+        held = "is empty (0 bytes; a card that lost its contents looks so)"
+    return (
+        f"{path} {held}: the record of this node's recent deaths is lost, so a crash loop is "
+        "counted again from the next death (each death is still on the ledger, a rebirth entry)"
+    )
+
+
 class DeathLedger:
     """Recent deaths (this file only decides when to open a hearing; the ledger is the record)."""
 
