@@ -19,9 +19,11 @@ import pytest
 from gibsey.core.envelope import PAYLOADS
 from gibsey.harness.waiting import until
 from gibsey.mesh.config import PeerSpec
+from gibsey.node.config import GibseyConfig
 from gibsey.node.gateway.config import PORT_FILE
 from gibsey.node.gateway.logs import JsonFormatter
 from gibsey.node.gateway.openapi import EVENTS_EXT, mutating_operations
+from gibsey.node.spine.router import Registration
 from gibsey.node.story.corpus import SAMPLE, read_corpus
 from gibsey.node.story.model import CANON
 from tests.brokers import Mosquitto
@@ -704,6 +706,29 @@ async def test_a_throttled_question_is_refused_at_once_not_after_a_minute(tmp_pa
     assert took < 20, f"refused after {took:.0f} s"
 
 
+def _personas_config() -> GibseyConfig:
+    """A gateway node whose personas' worker starts with the node, and whose watchdog waits
+    long on a worker the test pauses (SIGSTOP)."""
+    from gibsey.node.agents.config import AgentConfig
+    from tests.agent_support import TEST_AGENT
+
+    agent = AgentConfig.model_validate(
+        {**TEST_AGENT, "preload": True, "ping_timeout": 300.0, "first_token_timeout": 300.0}
+    )
+    return gateway_config().model_copy(update={"agent": agent})
+
+
+async def _personas_up(gw: GatewayNode) -> tuple[int, Registration]:
+    """The personas' worker's pid, once it runs, and the questions' registration."""
+    from tests.agent_support import agents
+
+    service = agents(gw.node)
+    await until(lambda: service.supervisor is not None and service.supervisor.pid, 60, "up")
+    assert service.supervisor is not None and service.supervisor.pid is not None
+    reg = next(r for r in gw.node.router.registrations if r.name == "agent-requests")
+    return service.supervisor.pid, reg
+
+
 async def test_a_question_dropped_from_the_full_queue_is_refused_at_once(
     tmp_path: Path, collector_factory: CollectorFactory
 ) -> None:
@@ -714,20 +739,11 @@ async def test_a_question_dropped_from_the_full_queue_is_refused_at_once(
     an error saying the node dropped it, and why; the drop is counted."""
     import os
 
-    from gibsey.node.agents.config import AgentConfig
     from gibsey.node.agents.service import REQUESTS_WAITING
-    from tests.agent_support import TEST_AGENT, agents
 
-    agent = AgentConfig.model_validate(
-        {**TEST_AGENT, "preload": True, "ping_timeout": 300.0, "first_token_timeout": 300.0}
-    )
-    config = gateway_config().model_copy(update={"agent": agent})
+    config = _personas_config()
     async with running_gateway(tmp_path, config) as gw:
-        service = agents(gw.node)
-        await until(lambda: service.supervisor is not None and service.supervisor.pid, 60, "up")
-        assert service.supervisor is not None and service.supervisor.pid is not None
-        pid = service.supervisor.pid
-        reg = next(r for r in gw.node.router.registrations if r.name == "agent-requests")
+        pid, reg = await _personas_up(gw)
         col = await _events(gw, collector_factory)
         nid = gw.node.node_id
         request = {"persona": "london-fox", "prompt": "Who counts the exits?"}
@@ -770,20 +786,10 @@ async def test_a_flood_of_questions_meets_the_node_wide_bound_at_arrival(
     those past the bound are refused at arrival (throttled), never queued; none is dropped."""
     import os
 
-    from gibsey.node.agents.config import AgentConfig
-    from tests.agent_support import TEST_AGENT, agents
-
-    agent = AgentConfig.model_validate(
-        {**TEST_AGENT, "preload": True, "ping_timeout": 300.0, "first_token_timeout": 300.0}
-    )
-    config = gateway_config().model_copy(update={"agent": agent})
+    config = _personas_config()
     config.node.visitor_inputs_per_second = 1.0
     async with running_gateway(tmp_path, config) as gw:
-        service = agents(gw.node)
-        await until(lambda: service.supervisor is not None and service.supervisor.pid, 60, "up")
-        assert service.supervisor is not None and service.supervisor.pid is not None
-        pid = service.supervisor.pid
-        reg = next(r for r in gw.node.router.registrations if r.name == "agent-requests")
+        pid, reg = await _personas_up(gw)
         col = await _events(gw, collector_factory)
         nid = gw.node.node_id
         request = {"persona": "london-fox", "prompt": "Who counts the exits?"}

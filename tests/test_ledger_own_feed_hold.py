@@ -222,16 +222,21 @@ os._exit(0)
 """
 
 
-def _dying_run(data: Path, backup: Path) -> list[bytes]:
-    """DYING_RUN's entries (all pushed to the peers as they were acknowledged)."""
+def _signed_by(script: str, data: Path, backup: Path) -> list[bytes]:
+    """The entries a run `script` (DYING_RUN, CLEAN_RUNS) signed on `data`, backing it up to
+    `backup` on its way: all pushed to the peers as they were acknowledged."""
     done = subprocess.run(
-        [sys.executable, "-c", DYING_RUN, str(data), str(backup), str(GROUP)],
+        [sys.executable, "-c", script, str(data), str(backup), str(GROUP)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [bytes.fromhex(h) for h in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def _dying_run(data: Path, backup: Path) -> list[bytes]:
+    return _signed_by(DYING_RUN, data, backup)
 
 
 async def test_a_backup_of_the_last_minute_restored_after_a_death_does_not_fork_the_feed(
@@ -371,18 +376,6 @@ print(json.dumps([e.raw.hex() for e in signed]), flush=True)
 """
 
 
-def _clean_runs(data: Path, backup: Path) -> list[bytes]:
-    """CLEAN_RUNS's entries (all pushed to the peers as they were acknowledged)."""
-    done = subprocess.run(
-        [sys.executable, "-c", CLEAN_RUNS, str(data), str(backup), str(GROUP)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [bytes.fromhex(h) for h in json.loads(done.stdout.strip().splitlines()[-1])]
-
-
 async def test_a_whole_backup_restored_and_held_does_not_fork_the_feed(tmp_path: Path) -> None:
     """Tried (an outside tester): the whole data directory backed up at a clean stop, the node
     ran on and signed 6 mints its peer holds, the backup restored. Nothing on the card tells a
@@ -395,7 +388,7 @@ async def test_a_whole_backup_restored_and_held_does_not_fork_the_feed(tmp_path:
 
     a, b = make_nodes(tmp_path, ["127.0.0.1"] * 2, [free_port(), free_port()])
     backup = tmp_path / "backup"
-    signed = _clean_runs(a.data, backup)
+    signed = _signed_by(CLEAN_RUNS, a.data, backup)
     _pushed(b.data, signed)  # the mesh pushed each at its acknowledgment
     shutil.rmtree(a.data)
     shutil.copytree(backup, a.data)  # the technician's restore, whole
