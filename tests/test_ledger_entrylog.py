@@ -397,10 +397,16 @@ key = load_or_create(data).signing_key  # the node's own key: its own feed
 store = Store.open(data, commit_every_s=30.0)
 store.append(key, "mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})
 store.commit()
-for _ in range(4):  # four acknowledged groups of 8, in the entry log only
-    store.append_many(key, [("mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})] * 8)
+for _ in range(4):  # four acknowledged groups of 40 (several pages each), in the log only
+    store.append_many(key, [("mint", {"actor": "visitor:1", "amount": 1, "ritual": "log"})] * 40)
 os._exit(0)
 """
+
+
+def _record_of(log: bytes, seq: int) -> int:
+    """Where in an entry log the record of `seq` begins (its entries all whole)."""
+    at = log.index(b'"seq":%d,' % seq)
+    return log.rindex(b'{"author":"', 0, at) - 8
 
 
 def _copies_of_the_damaged_log(data: Path) -> list[bytes]:
@@ -424,19 +430,20 @@ async def test_acknowledged_entries_a_damaged_record_cuts_off_are_said_everywher
     )
     log_path = tmp_path / (DB_FILENAME + SUFFIX)
     damaged = bytearray(log_path.read_bytes())
-    damaged[PAGE + 100] ^= 0x55  # inside the second group's first record: seq 10..17 lost
+    damaged[_record_of(bytes(damaged), 42) + 100] ^= 0x55  # the second group's first: seq 42
     log_path.write_bytes(bytes(damaged))
     read = await asyncio.to_thread(gibsey, tmp_path, "ledger", "balance")
     assert read.returncode == 0, read.stderr
     said = read.stderr.decode()
     assert "not stored: entries the entry log held are not in the ledger: this node's feed " in said
-    assert "seq 10 to 33, 16 of them kept in" in said and "copied beside it" in said, said
+    # The whole records after it, of its group (over several pages) and the next, kept aside.
+    assert "seq 42 to 161, 119 of them kept in" in said and "copied beside it" in said, said
     assert _copies_of_the_damaged_log(tmp_path) == [bytes(damaged)]
     checked = await asyncio.to_thread(gibsey, tmp_path, "ledger", "verify")
     assert checked.returncode == 1 and b"NOT STORED: " in checked.stdout, checked.stdout
     doctor = (await asyncio.to_thread(gibsey, tmp_path, "doctor")).stdout.decode()
     line = next(x for x in doctor.splitlines() if x.split()[1:2] == ["ledger"])
-    assert line.startswith("FAIL") and "from seq 10 to 33" in line, doctor
+    assert line.startswith("FAIL") and "from seq 42 to 161" in line, doctor
     node = Node(tmp_path, load_gibsey_config(tmp_path))
     col = await collector_factory(mosquitto.port, topic(node.node_id, "safety/alert"))
     async with started(node, mosquitto.url):
@@ -445,4 +452,4 @@ async def test_acknowledged_entries_a_damaged_record_cuts_off_are_said_everywher
                 e for e in c.of_kind("safety/alert") if e["payload"]["reason"] == "ledger_unstored"
             ]
         )
-    assert "this node's feed from seq 10 to 33" in alerts[0]["payload"]["detail"]
+    assert "this node's feed from seq 42 to 161" in alerts[0]["payload"]["detail"]
