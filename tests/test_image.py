@@ -220,7 +220,57 @@ def test_firstboot_and_data_partition_refuse_a_machine_that_is_no_card(
     assert not nowhere.exists()
     assert not (Path("/") / cli_image.ON_CARD_MARK).exists()  # the suite runs on no card
     assert main(["image", "data-partition"]) == 2
-    assert "it would add a partition to this machine's root disk" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "it would add a partition to this machine's root disk" in said
+    assert "--root" not in said  # data-partition has no --root to name (an outside tester)
+
+
+def test_a_refused_file_still_names_the_card(card: Paths) -> None:
+    """Tried (an outside tester): a card's first gibsey.toml with a valid name and a Wi-Fi
+    password too short. Nothing of it was applied, the identity was made under a generated
+    name, and the corrected file at the next boot was told its name is ignored for good: a
+    re-flash for a typo. Must hold: the valid name is taken even when the rest is refused;
+    the corrected file then applies with no word about the name."""
+    toml = card.boot / "gibsey.toml"
+    toml.write_text('[node]\nname = "east-wall"\n[wifi]\nssid = "G"\npsk = "short"\n')
+    result = provision(card)
+    assert result.node_id == "east-wall" and not result.config_copied and not result.wifi
+    assert any("'east-wall' is taken all the same" in n for n in result.notes), result.notes
+    toml.write_text('[node]\nname = "east-wall"\n[wifi]\nssid = "G"\npsk = "correct horse"\n')
+    again = provision(card)
+    assert again.node_id == "east-wall" and again.config_copied and again.wifi
+    assert not [n for n in again.notes if "name" in n], again.notes
+
+
+def test_check_config_says_what_first_boot_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A technician checks the card's file before its first power-on (a card's name is never
+    changed after): ok with the name, or refused with the reason and exit 1."""
+    good, bad, nameless = tmp_path / "good.toml", tmp_path / "bad.toml", tmp_path / "none.toml"
+    good.write_text(TOML.format(key=public_key_hex(1)))
+    bad.write_text('[node]\nname = "east-wall"\n[wifi]\nssid = "G"\npsk = "short"\n')
+    nameless.write_text("[mesh]\n")
+    assert main(["image", "check-config", str(good)]) == 0
+    assert capsys.readouterr().out.strip() == "ok: node east-wall, Wi-Fi 'Gallery'"
+    assert main(["image", "check-config", str(bad)]) == 1
+    said = capsys.readouterr().err
+    assert "psk must be 8 to 63" in said and "its [node] name 'east-wall' would be kept" in said
+    assert main(["image", "check-config", str(nameless)]) == 0
+    assert "names no node ([node] name): first boot makes a name up" in capsys.readouterr().out
+
+
+def test_firstboot_refuses_two_data_directories(
+    card: Paths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried (an outside tester): `--data A --data-dir B` wrote the identity into A, quietly.
+    Must hold: two different ones are refused; the same one twice is fine."""
+    argv = ["image", "firstboot", "--boot", str(card.boot), "--root", str(card.root)]
+    other = card.data.parent / "other"
+    assert main(["--data", str(other), *argv, "--data-dir", str(card.data)]) == 2
+    assert "name two data directories: give one" in capsys.readouterr().err
+    assert not other.exists() and not card.data.exists()
+    assert main(["--data", str(card.data), *argv, "--data-dir", str(card.data)]) == 0
 
 
 def test_free_space_is_read_from_sfdisk() -> None:

@@ -204,19 +204,21 @@ def free_tail(sfdisk_free: str) -> tuple[int, int] | None:
 ON_CARD_MARK = Path("etc/systemd/system/gibsey-firstboot.service")
 
 
-def _not_a_card(root: Path, what: str) -> str | None:
-    """Why `what` must not run on `root` (None: it is a card's root, or a copy of one)."""
+def _not_a_card(root: Path, what: str, elsewhere: str = "") -> str | None:
+    """Why `what` must not run on `root` (None: it is a card's root, or a copy of one);
+    `elsewhere`: how to run it on a copy instead, where the command can."""
     if not root.is_dir():
         return f"--root {root} is no directory"
     if (root / ON_CARD_MARK).exists():
         return None
     return (
         f"{root} is no Gibsey image's root (no {ON_CARD_MARK}): {what}; run it on the card "
-        "(gibsey-firstboot.service does), or name a copy of a card's root with --root"
+        f"(gibsey-firstboot.service does){elsewhere}"
     )
 
 
 def _data_partition(args: argparse.Namespace) -> int:
+    # Only on the card itself: it partitions the disk under this machine's root.
     refused = _not_a_card(Path("/"), "it would add a partition to this machine's root disk")
     if refused:
         print(f"gibsey image data-partition: {refused}", file=sys.stderr)
@@ -295,17 +297,52 @@ def _debian_overlay(paths: firstboot.Paths) -> int:
     return 0
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """The technician's file checked as first boot will check it: a refused file is not applied
+    at all, and a card whose file named no valid node takes a generated name for good."""
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"gibsey image check-config: {path} is no file", file=sys.stderr)
+        return 2
+    try:
+        boot = firstboot.read_boot_config(path)
+    except firstboot.ProvisionError as exc:
+        named = firstboot.name_of(path)
+        kept = f"; its [node] name {named!r} would be kept" if named else ""
+        print(f"refused: {exc} (first boot would apply nothing of it{kept})", file=sys.stderr)
+        return 1
+    if boot.name is None:
+        print(
+            f"ok, but {path} names no node ([node] name): first boot makes a name up, and a "
+            "card's name is never changed after",
+        )
+        return 0
+    wifi = f", Wi-Fi {boot.wifi.ssid!r}" if boot.wifi is not None else ", no Wi-Fi (wired only)"
+    print(f"ok: node {boot.name}{wifi}")
+    return 0
+
+
 def _firstboot(args: argparse.Namespace) -> int:
     refused = _not_a_card(
-        Path(args.root), "firstboot would rewrite its hostname, hosts and broker users"
+        Path(args.root),
+        "firstboot would rewrite its hostname, hosts and broker users",
+        ", or name a copy of a card's root with --root",
     )
     if refused:
         print(f"gibsey image firstboot: {refused}", file=sys.stderr)
         return 2
+    given = getattr(args, "data", None)
+    if given and args.data_dir != str(DATA_MOUNT) and Path(given) != Path(args.data_dir):
+        print(
+            f"gibsey image firstboot: --data {given} and --data-dir {args.data_dir} name two "
+            "data directories: give one",
+            file=sys.stderr,
+        )
+        return 2
     paths = firstboot.Paths(
         boot=Path(args.boot),
         root=Path(args.root),
-        data=Path(getattr(args, "data", None) or args.data_dir),
+        data=Path(given or args.data_dir),
     )
     result = firstboot.provision(paths)
     print(
@@ -345,11 +382,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "image",
         parents=[common],
-        help="the SD image: pi-gen stage, first boot, data partition",
-        description="Build the SD image's pi-gen stage, and the steps that run on the card.",
+        help="the SD image: build, check a card's gibsey.toml, first boot, data partition",
+        description="Build the SD image (`make image`: Debian's own tools, `build --debian`; or "
+        "a pi-gen stage), check a card's gibsey.toml before its first power-on, and the steps "
+        "that run on the card.",
     )
     actions = p.add_subparsers(dest="image_command", metavar="ACTION")
-    b = actions.add_parser("build", parents=[common], help="prepare (or run) the pi-gen stage")
+    b = actions.add_parser(
+        "build",
+        parents=[common],
+        help="build the image here (--debian, what `make image` runs), or a pi-gen stage",
+    )
     b.add_argument("--pi-gen", metavar="DIR", help="a pi-gen checkout to put the stage into")
     b.add_argument("--out", metavar="DIR", help="write the stage to DIR only")
     b.add_argument("--run", action="store_true", help="run pi-gen's build.sh (root)")
@@ -380,6 +423,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     mesh.add_argument("--workdir", help="where the copies and their console logs go")
     mesh.add_argument("--timeout", type=float, default=2400.0, help="seconds for it all")
     mesh.set_defaults(func=_mesh)
+    _register_card_steps(actions, common)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _register_card_steps(actions: Any, common: argparse.ArgumentParser) -> None:
+    """The steps for a card: firstboot, check-config, data-partition."""
     f = actions.add_parser(
         "firstboot",
         parents=[common],
@@ -387,16 +436,26 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     f.add_argument("--boot", default="/boot/firmware", help="the boot partition")
     f.add_argument("--root", default="/", help="the root filesystem to configure")
-    f.add_argument("--data-dir", default=str(DATA_MOUNT), help="the node's data directory")
+    f.add_argument(
+        "--data-dir",
+        default=str(DATA_MOUNT),
+        help=f"the node's data directory (default {DATA_MOUNT}; the same as --data)",
+    )
     f.add_argument(
         "--system",
         action="store_true",
         help="on the card: set the live hostname, Wi-Fi country, and the read-only root",
     )
     f.set_defaults(func=_firstboot)
+    c = actions.add_parser(
+        "check-config",
+        parents=[common],
+        help="check a card's gibsey.toml as its first boot will, before the first power-on",
+    )
+    c.add_argument("file", metavar="FILE", help="the gibsey.toml for the boot partition")
+    c.set_defaults(func=_check_config)
     d = actions.add_parser(
         "data-partition", parents=[common], help="make/mount the data partition (on the card)"
     )
     d.add_argument("--mount", default=str(DATA_MOUNT))
     d.set_defaults(func=_data_partition)
-    p.set_defaults(func=lambda args: p.print_help() or 2)

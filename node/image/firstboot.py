@@ -44,7 +44,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gibsey.core.config import ConfigError, NodeConfig, validate_section
-from gibsey.core.identity import ID_FILENAME, KEY_FILENAME, load_or_create, write_atomic
+from gibsey.core.identity import (
+    ID_FILENAME,
+    KEY_FILENAME,
+    NODE_ID_RE,
+    load_or_create,
+    write_atomic,
+)
 from gibsey.mesh.config import MeshConfig
 from gibsey.node.image.config import ImageConfig, WifiConfig
 
@@ -113,6 +119,18 @@ def read_boot_config(path: Path) -> BootConfig:
     except ConfigError as exc:
         raise ProvisionError(str(exc)) from exc
     return BootConfig(node.name, wifi)
+
+
+def name_of(path: Path) -> str | None:
+    """The `[node] name` of a file refused as a whole (keys outside any section are
+    `[node]`'s), if the file is TOML and the name itself is valid; else None."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    node = raw.get("node")
+    name = node.get("name") if isinstance(node, dict) else raw.get("name")
+    return name if isinstance(name, str) and NODE_ID_RE.match(name) else None
 
 
 def _chown_service_user(*paths: Path) -> None:
@@ -235,6 +253,12 @@ def provision(paths: Paths) -> Result:
             boot = read_boot_config(boot_toml)
         except ProvisionError as exc:
             result.notes.append(f"{boot_toml} not applied: {exc}")
+            # The name alone, if it is valid: a card's identity is made once and never renamed,
+            # and a Wi-Fi typo elsewhere in the file cost an outside tester's card its name.
+            named = name_of(boot_toml)
+            if named is not None and not (paths.data / ID_FILENAME).exists():
+                result.notes.append(f"its [node] name {named!r} is taken all the same")
+                boot = BootConfig(named)
         else:
             paths.etc_config.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(paths.etc_config, boot_toml.read_bytes(), mode=0o640)
