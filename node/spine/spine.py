@@ -581,11 +581,20 @@ class Spine:
         """Subscribe, send the outbox, and route messages until the connection ends (raises
         MqttError then). Cancelled (the node stops): say goodbye to the broker."""
         self._conn = conn
-        self._connected.set()
         try:
             no_local = not self.echoes_own
-            for sub in self._subscriptions:
-                await conn.subscribe(sub, qos=1, no_local=no_local)
+            try:
+                # Bounded as a PUBACK is: a broker that stops answering after its CONNACK left
+                # the node waiting for a SUBACK until paho's keepalive gave up (20 s).
+                async with asyncio.timeout(ACK_STALL_S):
+                    for sub in self._subscriptions:
+                        await conn.subscribe(sub, qos=1, no_local=no_local)
+            except TimeoutError:
+                why = f"no answer from the broker within {ACK_STALL_S:g} s: no SUBACK"
+                conn.abort(why)
+                raise MqttError(why) from None
+            # Connected once subscribed: what is published for the node from here on reaches it.
+            self._connected.set()
             for topic_filter in self._extra:
                 self._subscribe_extra(conn, topic_filter)
             if self._on_connect:
