@@ -342,7 +342,6 @@ def _hold_after_a_death(ledger: Ledger) -> None:
     attach_ledger), when no node runs here now and the node has a mesh: the last minute's
     entries may be on the peers only, and a ledger restored from a backup of that minute looks
     whole (an outside tester's CLI mint there forked the feed, 20 acknowledged mints lost)."""
-    from gibsey.core.config import read_config_file
     from gibsey.core.datalock import holder
 
     from .ownfeed import after_a_death
@@ -354,12 +353,22 @@ def _hold_after_a_death(ledger: Ledger) -> None:
         return  # a running node: it holds (or signed on) itself
     try:
         run = json.loads((data_dir / RUN_FILE).read_bytes())
-        mesh = read_config_file(data_dir)[1].get("mesh")
     except (OSError, ValueError):
         return
-    if isinstance(run, dict) and run.get("clean") is False and isinstance(mesh, dict):
-        if mesh.get("enabled", True) is not False:
-            ledger.store.hold_own_feed(after_a_death())
+    if isinstance(run, dict) and run.get("clean") is False and _has_mesh(data_dir):
+        ledger.store.hold_own_feed(after_a_death())
+
+
+def _has_mesh(data_dir: Path) -> bool:
+    """Whether the node's gibsey.toml runs a mesh (a [mesh] section, not turned off): only
+    then can a peer hold entries of its feed that its ledger lacks. An unreadable file: no."""
+    from gibsey.core.config import read_config_file
+
+    try:
+        mesh = read_config_file(data_dir)[1].get("mesh")
+    except (OSError, ValueError):
+        return False
+    return isinstance(mesh, dict) and mesh.get("enabled", True) is not False
 
 
 HOLD_HELP = (
@@ -373,7 +382,7 @@ def cmd_hold(args: argparse.Namespace) -> int:
     restores a backup of the data directory, which cannot tell itself from a clean stop (the
     mark in own-feed.json came back with it), so the node would sign over what its feed signed
     since the backup, which its peers hold: a fork (CANONICAL.md section 3)."""
-    from gibsey.core.config import read_config_file, resolve_data_dir
+    from gibsey.core.config import resolve_data_dir
     from gibsey.core.datalock import holder
 
     from .ownfeed import HOLD_FILENAME, after_a_restore
@@ -388,8 +397,7 @@ def cmd_hold(args: argparse.Namespace) -> int:
             markup=False,
         )
         return 1
-    mesh = read_config_file(data_dir)[1].get("mesh")
-    if not isinstance(mesh, dict) or mesh.get("enabled", True) is False:
+    if not _has_mesh(data_dir):
         errors.print(
             f"error: {data_dir}/gibsey.toml has no [mesh] (or it is off): no peer holds this "
             "node's feed, so there is nothing to wait for; a restored backup's ledger is the "

@@ -1059,11 +1059,7 @@ class Store:
         if self._log is None:
             return None
         path = self._log.path + REFUSED_SUFFIX
-        kept = EntryLog(path)
-        try:
-            raws = kept.read()
-        finally:
-            kept.close()
+        raws = EntryLog(path).read()  # (reading opens and closes the file itself)
         lost: dict[bytes, list[int]] = {}
         with self.lock:
             self._check_pending()

@@ -182,12 +182,12 @@ class Refusal(enum.Enum):
     DIAL_FAILED = "a handshake with a peer we dial failed"  # its refusal of us, or not a node
     # One key advertising two endpoints by turns: two nodes hold it (a data directory copied,
     # node.key with it), and each signs its own entries at the same seqs, a fork.
-    # More connections at once than the port holds (MAX_HANDSHAKING): closed for SHED_S.
-    FLOODED = "closed our port for a while: more connections at once than it holds"
     ONE_KEY_TWO_NODES = (
         "two nodes speak with one key (a copied data directory?); their feeds fork at their "
         "next entries: give one a new identity"
     )
+    # More connections at once than the port holds (MAX_HANDSHAKING): closed for SHED_S.
+    FLOODED = "closed our port for a while: more connections at once than it holds"
 
 
 # libzmq's code in a failed handshake's event, by name; with what it usually means at a gallery.
@@ -485,7 +485,7 @@ class MeshNode:
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = asyncio.Event()
         self._beacon: Any = None
-        self._shed_at: float | None = None  # when the port was closed for a flood (_shed)
+        self._shedding = False  # the port is closed for a flood (_shed) until _listen_again
         self.linger_ms = 0
         self._stopping = False
         # author -> when we last imported one of its entries (the relay hold-off, see _effective)
@@ -1297,7 +1297,7 @@ class MeshNode:
             while True:
                 event = parse_monitor_message(await mon.recv_multipart())
                 ev, value = int(event["event"]), int(event["value"] or 0)
-                if ev == zmq.EVENT_ACCEPTED and self._shed_at is not None:
+                if ev == zmq.EVENT_ACCEPTED and self._shedding:
                     continue  # accepted before the port closed: closed with it, unannounced
                 if unshaken.ended_unshaken(ev, value):
                     self.refuse(
@@ -1329,7 +1329,7 @@ class MeshNode:
         )
         router.unbind(self.endpoint)
         unshaken.accepted.clear()
-        self._shed_at = time.monotonic()
+        self._shedding = True
         asyncio.get_running_loop().call_later(SHED_S, self._listen_again, router, unshaken)
 
     def _listen_again(self, router: zmq.asyncio.Socket, unshaken: _Unshaken) -> None:
@@ -1348,7 +1348,7 @@ class MeshNode:
             asyncio.get_running_loop().call_later(SHED_S, self._listen_again, router, unshaken)
             return
         unshaken.accepted.clear()  # events of connections the port's closing ended, unsaid
-        self._shed_at = None
+        self._shedding = False
         # Debug only: a flood that goes on closes the port every SHED_S, and FLOODED's paced
         # line already says the port listens again after each pause.
         log.debug("mesh: listening on %s again", self.endpoint)

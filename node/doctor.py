@@ -618,8 +618,6 @@ def _own_key(data: Path) -> bytes | None:
     """This node's public key, from node.key (None: none readable), to name its own feed."""
     from nacl.signing import SigningKey
 
-    from gibsey.core.identity import KEY_FILENAME
-
     try:
         return bytes(SigningKey((data / KEY_FILENAME).read_bytes()).verify_key)
     except (OSError, ValueError, TypeError):

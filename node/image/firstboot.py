@@ -41,7 +41,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from gibsey.core.config import ConfigError, NodeConfig, validate_section
 from gibsey.core.identity import (
@@ -100,14 +100,19 @@ class BootConfig(NamedTuple):
     wifi: WifiConfig | None = None
 
 
-def read_boot_config(path: Path) -> BootConfig:
-    """Parse and check the technician's file; ProvisionError names what is wrong."""
+def _boot_toml(path: Path) -> dict[str, Any]:
+    """The technician's file as TOML; ProvisionError when it is no UTF-8 TOML."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise ProvisionError(f"{path.name} is not UTF-8 text ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ProvisionError(f"{path.name} is not valid TOML: {exc}") from exc
+
+
+def read_boot_config(path: Path) -> BootConfig:
+    """Parse and check the technician's file; ProvisionError names what is wrong."""
+    raw = _boot_toml(path)
     try:
         # environ={}: the file is checked as written; the node's environment is not first boot's.
         node = validate_section(NodeConfig, "node", raw.get("node"), path.name, environ={})
@@ -122,14 +127,13 @@ def read_boot_config(path: Path) -> BootConfig:
 
 
 def name_of(path: Path) -> str | None:
-    """The `[node] name` of a file refused as a whole (keys outside any section are
-    `[node]`'s), if the file is TOML and the name itself is valid; else None."""
+    """The `[node] name` of a file refused as a whole, read where read_boot_config reads it,
+    if the file is TOML and the name itself is valid; else None."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        node = _boot_toml(path).get("node")
+    except (OSError, ProvisionError):
         return None
-    node = raw.get("node")
-    name = node.get("name") if isinstance(node, dict) else raw.get("name")
+    name = node.get("name") if isinstance(node, dict) else None
     return name if isinstance(name, str) and NODE_ID_RE.match(name) else None
 
 

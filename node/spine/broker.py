@@ -52,6 +52,7 @@ RESTART_MAX_S = 10.0  # ... up to this (a broker that cannot start is not spun o
 STOP_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 10.0
 BROKER_LOG_S = 60.0  # a kind of Mosquitto line: said at once, then one line this often at most
+BROKER_LOG_KINDS = 64  # kinds of Mosquitto line said apart; past them, one kind for the rest
 _TIMESTAMP = re.compile(r"^[0-9]+: ")  # Mosquitto's own prefix on each line (Unix seconds)
 # The broker's heap, at most (Mosquitto's memory_limit; images/mosquitto/gibsey.conf says the
 # same): anyone who may publish can retain 128 KiB messages under topics of their choosing, and
@@ -314,6 +315,7 @@ class MosquittoChild:
         self._relays: set[asyncio.Task[None]] = set()
         self.last_words: collections.deque[str] = collections.deque(maxlen=3)
         self._said = PacedLog(log, "", BROKER_LOG_S)
+        self._kinds: set[str] = set()  # the kinds of line said so far (_meaning)
 
     @property
     def url(self) -> str:
@@ -364,8 +366,10 @@ class MosquittoChild:
             start_new_session=True,
         )
         assert self.proc.stderr is not None
-        self._relays.add(asyncio.create_task(self._relay(self.proc.stderr), name="mosquitto-log"))
-        await self._wait_listening(self.proc)
+        relay = asyncio.create_task(self._relay(self.proc.stderr), name="mosquitto-log")
+        self._relays.add(relay)  # until it ends, at the pipe's end: one a run of the broker
+        relay.add_done_callback(self._relays.discard)
+        await self._wait_listening(self.proc, relay)
 
     async def _relay(self, stream: asyncio.StreamReader) -> None:
         """Mosquitto's errors and warnings, into the node's log, paced per kind of line (its
@@ -382,21 +386,32 @@ class MosquittoChild:
 
     def _meaning(self, text: str) -> str:
         """What a line of Mosquitto's means for the node, where it is known; else the line
-        itself, its numbers aside (one kind of line, one paced entry)."""
+        itself, its numbers aside (one kind of line, one paced entry). The kinds are bounded
+        (BROKER_LOG_KINDS; PacedLog keeps one entry a kind): lines naming clients a stranger
+        chose would otherwise make a new kind each."""
         if "No space left on device" in text:
             return (
                 f"the embedded Mosquitto cannot save its store in {self.store} (that file "
                 "system is full): what it keeps for the node is in its memory only, lost if it "
                 "restarts, until there is room"
             )
-        return f"the embedded Mosquitto says {re.sub(r'[0-9]+', 'N', text)[:120]!r}"
+        kind = f"the embedded Mosquitto says {re.sub(r'[0-9]+', 'N', text)[:120]!r}"
+        if kind not in self._kinds:
+            if len(self._kinds) >= BROKER_LOG_KINDS:
+                return "the embedded Mosquitto says other lines"
+            self._kinds.add(kind)
+        return kind
 
-    async def _wait_listening(self, proc: asyncio.subprocess.Process) -> None:
+    async def _wait_listening(
+        self, proc: asyncio.subprocess.Process, relay: asyncio.Task[None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while True:
             if proc.returncode is not None:
-                await asyncio.sleep(0.1)  # its last lines, read by _relay
+                # Its last lines: read to the pipe's end by `relay` (at most a second more).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(relay), 1.0)
                 said = "; ".join(self.last_words) or "nothing"
                 raise EmbeddedBrokerError(
                     f"Mosquitto exited ({proc.returncode}) at start, saying: {said}"
