@@ -243,12 +243,13 @@ class NodeConfig(ConfigSection):
                 "needs a broker URL naming its user and no password "
                 f'(broker = "mqtt://gibsey-node@127.0.0.1:1883"): {checked}'
             )
-        _read_password(Path(value))
+        if reads_files(info):
+            _read_password(Path(value))
         return value
 
     @model_validator(mode="after")
-    def _broker_password(self) -> NodeConfig:
-        if not (self.broker and self.broker_password_file):
+    def _broker_password(self, info: ValidationInfo) -> NodeConfig:
+        if not (self.broker and self.broker_password_file and reads_files(info)):
             return self
         password = _read_password(Path(self.broker_password_file))
         from gibsey.core.mqtt import broker_credentials
@@ -279,6 +280,15 @@ class NodeConfig(ConfigSection):
                 "or an empty level (e.g. homeassistant)"
             )
         return value
+
+
+# The validation context's key: False when the files a section names are not on this machine.
+READ_FILES = "read_files"
+
+
+def reads_files(info: ValidationInfo) -> bool:
+    """Whether a validator may read the files its key names (validate_section's read_files)."""
+    return bool(info.context is None or info.context.get(READ_FILES, True))
 
 
 def _read_password(path: Path) -> str:
@@ -338,7 +348,7 @@ def empty_config(data_dir: Path, path: Path | None = None) -> str | None:
     )
 
 
-def _fold_top_level(raw: Mapping[str, Any], source: str, sections: Iterable[str]) -> dict[str, Any]:
+def fold_top_level(raw: Mapping[str, Any], source: str, sections: Iterable[str]) -> dict[str, Any]:
     """The first gibsey.toml files had no sections: a top-level key that is not a table (and
     names no section) is a [node] key, as if it were written under [node]."""
     node = raw.get(NODE_SECTION, {})
@@ -375,7 +385,7 @@ def load_section(
 ) -> Section:
     """One section of the file (its defaults when absent), for a command that needs no more."""
     source, raw = read_config_file(data_dir, path)
-    tables = _fold_top_level(raw, str(source), (name,))
+    tables = fold_top_level(raw, str(source), (name,))
     return validate_section(model, name, tables.get(name), str(source), environ)
 
 
@@ -397,14 +407,16 @@ def validate_root(
     source: str = "gibsey.toml",
     environ: Mapping[str, str] | None = None,
     said_as: Mapping[str, str] | None = None,
+    read_files: bool = True,
 ) -> Root:
     """A TOML document into `root`: each known section validated with its overrides, an unknown
-    one refused. The root's `model_fields_set` holds the sections the file (or environment) gave.
+    one refused (`read_files`: validate_section). The root's `model_fields_set` holds the
+    sections the file (or environment) gave.
     `said_as` names a variable in messages as what set it (`{"GIBSEY_BROKER": "--broker"}`: a
     command-line option passed as the variable it stands for, in `environ`)."""
     environ = os.environ if environ is None else environ
     known = root.model_fields
-    tables = _fold_top_level(raw, source, known)
+    tables = fold_top_level(raw, source, known)
     problems = [
         f"{source}: no section [{name}]{_did_you_mean(name, known, '[]')}"
         for name in tables
@@ -418,7 +430,7 @@ def validate_root(
         if name in tables or any(var in environ for var, _ in _env_keys(model, ())):
             try:
                 sections[name] = validate_section(
-                    model, name, tables.get(name), source, environ, said_as
+                    model, name, tables.get(name), source, environ, said_as, read_files
                 )
             except ConfigError as exc:
                 problems.append(str(exc))
@@ -434,8 +446,11 @@ def validate_section(
     source: str = "gibsey.toml",
     environ: Mapping[str, str] | None = None,
     said_as: Mapping[str, str] | None = None,
+    read_files: bool = True,
 ) -> Section:
-    """`table` (a section of the file, or None) with the environment's overrides, validated."""
+    """`table` (a section of the file, or None) with the environment's overrides, validated.
+    `read_files=False`: the files the section names (a password file, a token file) are on
+    another machine (a card checked from a laptop) and are not read here."""
     environ = os.environ if environ is None else environ
     if table is None:
         table = {}
@@ -443,7 +458,7 @@ def validate_section(
         raise ConfigError(f"{source}: [{name}] must be a table, not {table!r}")
     values, origins = _with_env(model, table, environ)
     try:
-        return model.model_validate(values)
+        return model.model_validate(values, context={READ_FILES: read_files})
     except ValidationError as exc:
         said_as = said_as or {}
         origins = {at: said_as.get(var, var) for at, var in origins.items()}

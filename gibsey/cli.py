@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
     "dial": "gibsey.node.dial.cli",
     "firmware": "gibsey.node.dial.cli:register_firmware",
     "watchdog": "gibsey.node.watchdog.cli",
-    "image": "gibsey.node.image.cli",
+    "image": "gibsey.node.cli:register_image",
     "doctor": "gibsey.node.cli:register_doctor",
     "gateway": "gibsey.node.gateway.cli",
     "ledger": "gibsey.ledger.cli",

@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from gibsey.core.storage import (
     sqlite_refusal,
     unreadable,
 )
-from gibsey.node.config import GibseyConfig, load_gibsey_config
+from gibsey.node.config import GibseyConfig, load_gibsey_config, parse_gibsey_config
 from gibsey.node.daemon import Node
 from gibsey.node.gateway.config import DEFAULT_LISTEN
 from gibsey.node.spine.broker import EmbeddedBrokerError
@@ -379,6 +379,20 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=_run)
+
+
+def register_image(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`gibsey image` (node/image/cli.py), given the node's check of the whole gibsey.toml: first
+    boot and check-config refuse a file `gibsey up` would refuse, not only the sections they
+    apply (an outside tester's `[gatway]` typo passed check-config and stopped the node)."""
+    from gibsey.node.image import cli as image_cli
+
+    image_cli.register(sub, common, whole_file_check=check_whole_file)
+
+
+def check_whole_file(tables: Mapping[str, Any], source: str, read_files: bool) -> GibseyConfig:
+    """gibsey.toml as written (no environment: first boot's is not the node's), every section."""
+    return parse_gibsey_config(tables, source, environ={}, read_files=read_files)
 
 
 def register_doctor(sub: Any, common: argparse.ArgumentParser) -> None:

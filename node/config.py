@@ -69,6 +69,8 @@ def parse_gibsey_config(
     tables: Mapping[str, Any],
     source: str = "gibsey.toml",
     environ: Mapping[str, str] | None = None,
+    read_files: bool = True,
 ) -> GibseyConfig:
-    """Already-parsed TOML tables (`environ={}`: without the environment's overrides)."""
-    return validate_root(GibseyConfig, tables, source, environ)
+    """Already-parsed TOML tables (`environ={}`: without the environment's overrides;
+    `read_files=False`: the files it names are on another machine, core/config.py)."""
+    return validate_root(GibseyConfig, tables, source, environ, read_files=read_files)

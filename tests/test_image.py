@@ -284,3 +284,41 @@ Sector size (logical/physical): 512 bytes / 512 bytes
 """
     assert cli_image.free_tail(out) == (11599872, 57643008)
     assert cli_image.free_tail("Unpartitioned space /dev/sda: 0 B, 0 bytes, 0 sectors\n") is None
+
+
+def test_the_whole_file_is_checked_as_the_node_will_read_it(
+    card: Paths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried: a card's file with a section misspelt (`[gatway]`) passed check-config and first
+    boot (they checked only the sections they apply), and then `gibsey up` refused it at every
+    start: a node that never came up. And a top-level `name = ...`, a [node] key to the node,
+    was no name to first boot. Must hold: check-config and firstboot refuse what the node would
+    (naming the section meant), leaving the card's last good file; a top-level name names the
+    card; a file named in the config (a token file on the card) is not looked for on the laptop
+    check-config runs on, and is on the card."""
+    toml = card.boot / "gibsey.toml"
+    toml.write_text('name = "east-wall"\n[gatway]\nlisten = "0.0.0.0:8080"\n')
+    assert main(["image", "check-config", str(toml)]) == 1
+    said = capsys.readouterr().err
+    assert "no section [gatway] (did you mean [gateway]?)" in said, said
+    assert "its [node] name 'east-wall' would be kept" in said
+    card.etc_config.parent.mkdir(parents=True)
+    card.etc_config.write_text("[node]\n")
+    argv = ["image", "firstboot", "--boot", str(card.boot), "--root", str(card.root)]
+    assert main([*argv, "--data-dir", str(card.data)]) == 0
+    out = capsys.readouterr().out
+    assert "node east-wall: identity created" in out and "config unchanged" in out, out
+    assert card.etc_config.read_text() == "[node]\n"
+    assert "no section [gatway]" in (card.boot / firstboot.BOOT_LOG).read_text()
+
+    on_the_card = card.boot / "gateway-token.txt"
+    toml.write_text(f'name = "east-wall"\n[gateway]\ntoken_file = "{on_the_card}"\n')
+    assert main(["image", "check-config", str(toml)]) == 0
+    assert capsys.readouterr().out.strip() == "ok: node east-wall, no Wi-Fi (wired only)"
+    assert main([*argv, "--data-dir", str(card.data)]) == 0
+    assert "config unchanged" in capsys.readouterr().out  # on the card the file must be there
+    assert "gateway-token.txt" in (card.boot / firstboot.BOOT_LOG).read_text()
+    on_the_card.write_text("a-token-of-the-galleries-own\n")
+    assert main([*argv, "--data-dir", str(card.data)]) == 0
+    assert "config applied" in capsys.readouterr().out
+    assert card.etc_config.read_bytes() == toml.read_bytes()

@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
-from gibsey.core.config import SECRET, ConfigError, ConfigSection, Env, check_host
+from gibsey.core.config import SECRET, ConfigError, ConfigSection, Env, check_host, reads_files
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
 PORT_FILE = "gateway.json"
@@ -88,8 +88,8 @@ class GatewayConfig(ConfigSection):
         return _check_listen(value)
 
     @model_validator(mode="after")
-    def _token_from_file(self) -> GatewayConfig:
-        if not self.token and self.token_file:
+    def _token_from_file(self, info: ValidationInfo) -> GatewayConfig:
+        if not self.token and self.token_file and reads_files(info):
             try:
                 self.token = Path(self.token_file).read_text().splitlines()[0].strip()
             except (OSError, IndexError) as exc:

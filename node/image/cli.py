@@ -305,7 +305,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"gibsey image check-config: {path} is no file", file=sys.stderr)
         return 2
     try:
-        boot = firstboot.read_boot_config(path)
+        boot = firstboot.read_boot_config(path, args.whole_file_check, on_the_card=False)
     except firstboot.ProvisionError as exc:
         named = firstboot.name_of(path)
         kept = f"; its [node] name {named!r} would be kept" if named else ""
@@ -344,7 +344,7 @@ def _firstboot(args: argparse.Namespace) -> int:
         root=Path(args.root),
         data=Path(given or args.data_dir),
     )
-    result = firstboot.provision(paths)
+    result = firstboot.provision(paths, args.whole_file_check)
     print(
         f"node {result.node_id}: identity {'created' if result.identity_created else 'kept'}, "
         f"hostname {result.hostname}, config {'applied' if result.config_copied else 'unchanged'}"
@@ -378,7 +378,13 @@ def _firstboot(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    whole_file_check: firstboot.WholeFileCheck | None = None,
+) -> None:
+    """`gibsey image`; `whole_file_check` is the node's check of every section of gibsey.toml
+    (gibsey.node.cli register_image passes it: this room cannot import the whole config)."""
     p = sub.add_parser(
         "image",
         parents=[common],
@@ -424,7 +430,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     mesh.add_argument("--timeout", type=float, default=2400.0, help="seconds for it all")
     mesh.set_defaults(func=_mesh)
     _register_card_steps(actions, common)
-    p.set_defaults(func=lambda args: p.print_help() or 2)
+    p.set_defaults(func=lambda args: p.print_help() or 2, whole_file_check=whole_file_check)
 
 
 def _register_card_steps(actions: Any, common: argparse.ArgumentParser) -> None:

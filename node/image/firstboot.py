@@ -16,9 +16,9 @@ A technician edits `gibsey.toml` on the card's boot partition (FAT, readable fro
 What it does, idempotently (it runs at every boot, so an edit on the boot partition applies at
 the next power-on, also under a read-only root whose /etc is an overlay in RAM):
 
-- validates the sections it applies ([node], [wifi]), and [mesh] and [image], with the
-  models the node loads them with (`gibsey up` and `gibsey doctor` check the rest); a bad file is
-  not applied, and the reason is written next to it on the boot
+- validates the whole file as `gibsey up` will (every section, with the models the node loads
+  them with; keys outside any section are [node] keys); a bad file is not applied, so the card
+  keeps a node that starts, and the reason is written next to it on the boot
   partition (`gibsey-firstboot.log`), where the technician will look;
 - copies it to /etc/gibsey/gibsey.toml (mode 0640, readable by the service user);
 - creates the node's key and id in the data directory on the first boot, and NEVER replaces an
@@ -39,11 +39,12 @@ import shutil
 import subprocess
 import time
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gibsey.core.config import ConfigError, NodeConfig, validate_section
+from gibsey.core.config import ConfigError, NodeConfig, fold_top_level, validate_section
 from gibsey.core.identity import (
     ID_FILENAME,
     KEY_FILENAME,
@@ -59,6 +60,16 @@ BOOT_LOG = "gibsey-firstboot.log"
 SERVICE_USER = "gibsey"
 MOSQUITTO_USER = "mosquitto"
 WIFI_PROFILE = "etc/NetworkManager/system-connections/gibsey-wifi.nmconnection"
+
+
+# The sections first boot applies or checks itself; keys outside any section are [node] keys, as
+# the node reads them (core/config.py fold_top_level).
+BOOT_SECTIONS = ("node", "mesh", "image", "wifi")
+
+# The node's check of the whole file (node/config.py parse_gibsey_config, passed down by
+# `gibsey image`'s register: this room sits below the one that knows every section): (tables,
+# source, read_files) -> ConfigError for what `gibsey up` would refuse.
+WholeFileCheck = Callable[[Mapping[str, Any], str, bool], object]
 
 
 class ProvisionError(ValueError):
@@ -110,17 +121,29 @@ def _boot_toml(path: Path) -> dict[str, Any]:
         raise ProvisionError(f"{path.name} is not valid TOML: {exc}") from exc
 
 
-def read_boot_config(path: Path) -> BootConfig:
-    """Parse and check the technician's file; ProvisionError names what is wrong."""
-    raw = _boot_toml(path)
+def read_boot_config(
+    path: Path, whole: WholeFileCheck | None = None, on_the_card: bool = True
+) -> BootConfig:
+    """Parse and check the technician's file; ProvisionError names what is wrong. `whole`, when
+    given, checks every section as `gibsey up` will: a file the node would refuse (a section
+    misspelt, a [gateway] port of 0) is not applied, so the card keeps a node that starts.
+    `on_the_card=False` (check-config on a laptop): the files it names are not read here."""
     try:
+        raw = _boot_toml(path)
+        tables = fold_top_level(raw, path.name, BOOT_SECTIONS)
         # environ={}: the file is checked as written; the node's environment is not first boot's.
-        node = validate_section(NodeConfig, "node", raw.get("node"), path.name, environ={})
-        validate_section(MeshConfig, "mesh", raw.get("mesh"), path.name, environ={})
-        validate_section(ImageConfig, "image", raw.get("image"), path.name, environ={})
+        node = validate_section(
+            NodeConfig, "node", tables.get("node"), path.name, {}, read_files=on_the_card
+        )
+        for model, name in ((MeshConfig, "mesh"), (ImageConfig, "image")):
+            validate_section(model, name, tables.get(name), path.name, {}, read_files=on_the_card)
         wifi = None
-        if "wifi" in raw:
-            wifi = validate_section(WifiConfig, "wifi", raw["wifi"], path.name, environ={})
+        if "wifi" in tables:
+            wifi = validate_section(
+                WifiConfig, "wifi", tables["wifi"], path.name, {}, read_files=on_the_card
+            )
+        if whole is not None:
+            whole(raw, path.name, on_the_card)
     except ConfigError as exc:
         raise ProvisionError(str(exc)) from exc
     return BootConfig(node.name, wifi)
@@ -130,8 +153,8 @@ def name_of(path: Path) -> str | None:
     """The `[node] name` of a file refused as a whole, read where read_boot_config reads it,
     if the file is TOML and the name itself is valid; else None."""
     try:
-        node = _boot_toml(path).get("node")
-    except (OSError, ProvisionError):
+        node = fold_top_level(_boot_toml(path), path.name, BOOT_SECTIONS).get("node")
+    except (OSError, ProvisionError, ConfigError):
         return None
     name = node.get("name") if isinstance(node, dict) else None
     return name if isinstance(name, str) and NODE_ID_RE.match(name) else None
@@ -242,7 +265,8 @@ def _log(paths: Paths, message: str) -> None:
         pass
 
 
-def provision(paths: Paths) -> Result:
+def provision(paths: Paths, whole: WholeFileCheck | None = None) -> Result:
+    """Apply the boot partition's file (checked whole by `whole`: read_boot_config)."""
     result = Result()
     # First: a technician's file may name the node's password file (`[node]
     # broker_password_file`), which the check below reads.
@@ -254,7 +278,7 @@ def provision(paths: Paths) -> Result:
     boot_toml = paths.boot / BOOT_TOML
     if boot_toml.exists():
         try:
-            boot = read_boot_config(boot_toml)
+            boot = read_boot_config(boot_toml, whole)
         except ProvisionError as exc:
             result.notes.append(f"{boot_toml} not applied: {exc}")
             # The name alone, if it is valid: a card's identity is made once and never renamed,
