@@ -68,6 +68,7 @@ from gibsey.ledger.store import ImportResult, ImportStatus, Store
 from . import wire
 from .config import MeshConfig, PeerSpec, curve_keypair, curve_public
 from .errors import ListenError
+from .sources import SourceCounts, listening_port
 
 log = logging.getLogger("gibsey.mesh")
 
@@ -188,6 +189,9 @@ class Refusal(enum.Enum):
     )
     # More connections at once than the port holds (MAX_HANDSHAKING): closed for SHED_S.
     FLOODED = "closed our port for a while: more connections at once than it holds"
+    # One address holding more connections than a peer needs (mesh/sources.py): each further
+    # one is closed as it comes, and the port stays open to everyone else.
+    CROWDED = "closed connections from an address holding more than a gallery's peers need"
 
 
 # libzmq's code in a failed handshake's event, by name; with what it usually means at a gallery.
@@ -319,6 +323,7 @@ class Stats:
     dial_failed: int = 0
     one_key_two_nodes: int = 0
     flooded: int = 0
+    crowded: int = 0
     rounds: int = 0
     disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
     inbox_peak: int = 0  # most entries of one peer held at once awaiting storage (<= INBOX_ENTRIES)
@@ -1293,12 +1298,23 @@ class MeshNode:
         and bytes that are no ZMTP greeting at all not even that (libzmq 4.3 closes them as a
         ZMTP/1.0 peer while ZAP is on, silently), only an accept and a disconnect."""
         unshaken = _Unshaken()
+        sources = SourceCounts(listening_port(self.endpoint), self.cfg.max_peers)
+        # A handshake cut (its errno), said once the next event shows it was no connection we
+        # cut ourselves (CROWDED): libzmq says a connection's handshake failure and then its
+        # disconnect, one right after the other (stream_engine_base::error).
+        cut: int | None = None
         try:
             while True:
                 event = parse_monitor_message(await mon.recv_multipart())
                 ev, value = int(event["event"]), int(event["value"] or 0)
                 if ev == zmq.EVENT_ACCEPTED and self._shedding:
                     continue  # accepted before the port closed: closed with it, unannounced
+                ours = ev == zmq.EVENT_DISCONNECTED and sources.ended(value)
+                if cut is not None and not ours:
+                    self.refuse(Refusal.CUT_HANDSHAKE, os.strerror(cut) if cut else "closed")
+                cut = None
+                if ev == zmq.EVENT_ACCEPTED and self._crowded(sources, value):
+                    continue  # said as CROWDED, never as a connection without a handshake
                 if unshaken.ended_unshaken(ev, value):
                     self.refuse(
                         Refusal.NO_HANDSHAKE,
@@ -1308,12 +1324,26 @@ class MeshNode:
                 elif ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                     self.refuse(Refusal.BAD_HANDSHAKE, _protocol_error(value))
                 elif ev == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # value: the errno
-                    self.refuse(Refusal.CUT_HANDSHAKE, os.strerror(value) if value else "closed")
+                    cut = value
                 # EVENT_HANDSHAKE_FAILED_AUTH: an unknown or banned key, said by the gate with it.
                 if len(unshaken.accepted) > self.cfg.max_peers + MAX_HANDSHAKING:
                     self._shed(router, unshaken)
+                    sources.clear()
         finally:
             _close_monitor(router, mon)
+
+    def _crowded(self, sources: SourceCounts, fd: int) -> bool:
+        """A connection accepted on `fd`: True when its address already holds max_peers of them
+        and it was cut (mesh/sources.py)."""
+        address = sources.accepted(fd)
+        if address is None:
+            return False
+        self.refuse(
+            Refusal.CROWDED,
+            f"{address} holds {sources.most} connections open on {self.endpoint} at once (a "
+            "peer needs one): its further ones are closed as they come",
+        )
+        return True
 
     def _shed(self, router: zmq.asyncio.Socket, unshaken: _Unshaken) -> None:
         """More connections are open on our port than it holds (each one of this process's file

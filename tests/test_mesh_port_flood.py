@@ -5,7 +5,8 @@ nothing sent and opened again as the node closed it. libzmq kept each for its 30
 timeout, and at ~275 a second the node ran out of descriptors: the gateway answered nobody, the
 run record could not be written. What must hold: past max_peers + MAX_HANDSHAKING open at once,
 the port is closed (every connection on it with it), said and counted (`flooded`), and it
-listens again after SHED_S, where a member still meets the node and syncs.
+listens again after SHED_S, where a member still meets the node and syncs. And one address
+holds at most max_peers of them (mesh/sources.py): its flood is cut, the port stays open.
 
 Real parts: MeshNodes with real ZeroMQ, CurveZMQ with real keys, on loopback; the stranger's
 connections are real TCP sockets. The bounds are lowered here (16 handshakes, a 1 s pause) and
@@ -70,9 +71,11 @@ async def test_a_flood_of_idle_connections_closes_the_port_for_a_while(
     )
     try:
         readers = []
-        for _ in range(STRANGERS):
-            try:
-                reader, writer = await asyncio.open_connection(host, int(port))
+        for i in range(STRANGERS):
+            try:  # each from its own address (127/8 is loopback): no one address's flood
+                reader, writer = await asyncio.open_connection(
+                    host, int(port), local_addr=(f"127.0.1.{i + 1}", 0)
+                )
             except ConnectionRefusedError:
                 continue  # the port closed meanwhile: what must happen
             readers.append(reader)
@@ -97,3 +100,62 @@ async def test_a_flood_of_idle_connections_closes_the_port_for_a_while(
     again = [r for r in caplog.records if r.getMessage().startswith("mesh: listening on")]
     assert again and again[0].getMessage().endswith(" again")
     assert all(r.levelno == logging.DEBUG for r in again)  # a long flood: one line a pause
+
+
+async def test_one_address_holding_connections_is_cut_and_the_port_stays_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tried (an outside re-test): three machines holding idle connections kept the port closed
+    most of the time (FLOODED again at every reopening), and a peer that only dials the node
+    was cut off while the flood lasted. Must hold: one address holds at most max_peers open at
+    once, each further one is closed as it comes (said and counted, `crowded`), the port never
+    closes for it, and a member dialing from another address meets the node and syncs meanwhile.
+    (Loopback is 127/8: the stranger dials from 127.0.0.2, the member from 127.0.0.1.)"""
+    monkeypatch.setattr(mesh_node, "MAX_HANDSHAKING", 16)
+    monkeypatch.setattr(mesh_node, "HANDSHAKE_S", 120.0)  # no timeout closes them here
+    member_key = MEMBER.verify_key.encode()
+    cfg = quick_mesh_config([], {member_key})
+    cfg.max_peers = 4
+    store = Store.open(tmp_path / "node")
+    node = MeshNode(store, NODE, cfg)
+    await node.start()
+    host, port = node.endpoint.removeprefix("tcp://").rsplit(":", 1)
+    member_store = Store.open(tmp_path / "member")
+    member = MeshNode(
+        member_store,
+        MEMBER,
+        quick_mesh_config([PeerSpec(NODE.verify_key.encode(), node.endpoint)], {node.me}),
+    )
+    held: list[asyncio.StreamWriter] = []
+    try:
+        readers = []
+        for _ in range(STRANGERS):
+            reader, writer = await asyncio.open_connection(
+                host, int(port), local_addr=("127.0.0.2", 0)
+            )
+            readers.append(reader)
+            held.append(writer)
+        cut = STRANGERS - cfg.max_peers
+        await until(lambda: node.stats.crowded == cut, 30, "the stranger's extra connections cut")
+        closing = [asyncio.ensure_future(_closed(r)) for r in readers]
+        done, _ = await asyncio.wait(closing, timeout=10)
+        assert len(done) == cut  # the stranger keeps max_peers open, no more
+        # The port stayed open: a member meets the node and syncs while the stranger holds on.
+        entry = await asyncio.to_thread(store.append, NODE, "mint", MINT)
+        await member.start()
+        await until(lambda: member_store.head(node.me) is not None, 30, "the member's sync")
+        assert member_store.head(node.me).hash == entry.hash  # type: ignore[union-attr]
+        assert node.stats.flooded == 0
+        # The connections cut are said once, as that (not as handshakes cut or never made).
+        assert node.stats.no_handshake == 0 and node.stats.cut_handshake == 0
+        for task in closing:
+            task.cancel()
+    finally:
+        for writer in held:
+            writer.close()
+        await member.stop()
+        await node.stop()
+        member_store.close()
+        store.close()
+    said = [r.getMessage() for r in caplog.records if Refusal.CROWDED.value in r.getMessage()]
+    assert said and "127.0.0.2 holds 4 connections open on" in said[0], said

@@ -220,6 +220,9 @@ class MeshCounters(Answer):
     flooded: int = Field(
         description="times the port was closed for a while: more connections at once than it holds"
     )
+    crowded: int = Field(
+        description="connections closed at once: their address held more than peers need"
+    )
     rounds: int = Field(description="sync rounds run")
     disk_refused: int = Field(description="imports the disk refused (sent again later)")
     inbox_peak: int = Field(description="most entries of one peer held at once awaiting storage")
