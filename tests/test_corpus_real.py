@@ -251,3 +251,36 @@ def test_second_import_into_another_branch_shares_history(corpus: Path, tmp_path
         assert copy is not None and copy.base == "main"
     finally:
         story.close_all()
+
+
+def test_pages_read_in_the_books_order_across_chapters(corpus: Path, tmp_path: Path) -> None:
+    """Tried (an outside tester, on the published metadata): glyph-marrow's chapters number
+    their pages from 1, and its pages read 025, 058, 075, 026, 059, ... (section and index
+    alone), on the REST pages list, GraphQL and the graph's FOLLOWS edges alike. Must hold:
+    each symbol's pages read in the book's order, which its page ids give (001 to 710), and
+    the first page of a chapter follows the last page of the chapter before."""
+    data = tmp_path / "node"
+    rc, out = gibsey(data, "story", "import", str(corpus))
+    assert rc == 0, out
+    story = Story.open(data)
+    try:
+        story.sync()
+        graph = story.graph
+        tree = graph.tree(story.head("main"))
+        order = [graph.version(h) for h in graph.in_reading_order(tree.values())]
+        by_symbol: dict[str, list[str]] = {}
+        for v in order:
+            by_symbol.setdefault(v.symbol, []).append(v.page)
+        assert len(by_symbol["glyph-marrow"]) == 179
+        for symbol, pages in by_symbol.items():
+            assert pages == sorted(pages), symbol
+        first_of_chapter_2 = next(
+            str(r["id"])
+            for r in records(corpus)
+            if r["symbolId"] == "glyph-marrow" and r.get("chapter") == "Chapter 2"
+        )
+        before = f"{int(first_of_chapter_2) - 1:03d}"
+        follows = graph.edges("FOLLOWS", f"page:{first_of_chapter_2}")
+        assert ("page:" + first_of_chapter_2, "FOLLOWS", f"page:{before}") in follows, follows
+    finally:
+        story.close_all()

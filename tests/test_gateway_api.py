@@ -548,7 +548,8 @@ async def test_story_pages_are_bounded_in_text(
 ) -> None:
     """Tried (no token): /api/story/pages?limit=1000 on a 42 MB story, six at once; each answer
     was 49 MB and the node grew by 380 MB. Must hold: an answer carries pages in order up to
-    the text bound (lowered here to 3 pages' worth), says `more`, and the rest are not read."""
+    the text bound (lowered here to 3 pages' worth), says `more`, and the rest are not read
+    there but from an `offset`."""
     from gibsey.node.gateway.routes import story as story_route
 
     gw = gateway_node
@@ -565,6 +566,16 @@ async def test_story_pages_are_bounded_in_text(
     monkeypatch.setattr(story_route, "MAX_ANSWER_BYTES", 1)
     one = (await gw.http.get("/api/story/pages?limit=1000")).json()
     assert one["pages"] == whole[:1] and one["more"] is True
+    # Every page can be read by pages all the same (an outside tester could read only the
+    # first answer's: there was no offset): from `offset`, each answer ends where `more` says.
+    monkeypatch.setattr(story_route, "MAX_ANSWER_BYTES", sum(sizes[:3]))
+    read: list[dict[str, object]] = []
+    while True:
+        got = (await gw.http.get(f"/api/story/pages?limit=1000&offset={len(read)}")).json()
+        read += got["pages"]
+        if not got["more"]:
+            break
+    assert read == whole
 
 
 @pytest.mark.parametrize("depth", [1500, 100_000])

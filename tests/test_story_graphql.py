@@ -62,3 +62,27 @@ def test_queries_and_mutations(tmp_path: Path) -> None:
         assert "type Query" in str(schema)
     finally:
         story.close_all()
+
+
+def test_a_page_number_names_the_same_page_as_on_the_command_line(tmp_path: Path) -> None:
+    """Tried (an outside tester): GraphQL's page(id: "3") found nothing where `gibsey story show
+    main 3` shows page 003, and writePage(page: "3", title, symbol) made a second page "3"
+    beside 003 (711 pages; what "3" names then depended on the branch). Must hold: "4" names
+    page 004 when there is no page "4", for reading and writing, and no page is added."""
+    story = make_story(tmp_path)
+    try:
+        r = execute(story, '{ page(id: "4") { id symbol } }')
+        assert r.errors is None and r.data == {"page": {"id": FOX, "symbol": "london-fox"}}
+        execute(story, 'mutation { createBranch(name: "fox", actor: "london-fox") { commit } }')
+        before = len(story.graph.tree(story.head("fox")))
+        r = execute(
+            story,
+            'mutation { writePage(branch: "fox", page: "4", text: "Counted once.\\n", '
+            'actor: "london-fox", title: "A title", symbol: "london-fox") { commit } }',
+        )
+        assert r.errors is None, r.errors
+        tree = story.graph.tree(story.head("fox"))
+        assert len(tree) == before and "4" not in tree
+        assert story.page("fox", FOX)[1].text == "Counted once.\n"
+    finally:
+        story.close_all()

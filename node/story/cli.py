@@ -117,20 +117,11 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def page_id(story: Story, ref: str, page: str) -> str:
-    """The page id as stored on `ref`: `1` names page `001` when there is no page `1`."""
-    if page.isdigit() and page not in story.graph.tree(story.graph.resolve(ref)):
-        padded = f"{int(page):03d}"
-        if padded in story.graph.tree(story.graph.resolve(ref)):
-            return padded
-    return page
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     with _opened(args) as story:
         g = story.graph
         if args.page:
-            h, v = story.page(args.ref, page_id(story, args.ref, args.page))
+            h, v = story.page(args.ref, story.page_id(args.ref, args.page))
             if args.raw or not console.is_terminal:
                 print_exact(v.text)  # byte for byte what is stored: no header, no wrapping
                 return 0
@@ -175,7 +166,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     with _opened(args) as story:
         a, b = (args.a, args.b) if args.b else (CANON, args.a)
-        page = args.page and page_id(story, b, page_id(story, a, args.page))
+        page = args.page and story.page_id(b, story.page_id(a, args.page))
         diffs = story.diff(a, b, page)
         if not diffs:
             console.print(f"{a} and {b} read the same")
@@ -222,7 +213,7 @@ def _read_text(args: argparse.Namespace) -> str:
 def cmd_write(args: argparse.Namespace) -> int:
     text = _read_text(args)
     with _opened(args) as story:
-        args.page = page_id(story, args.branch, args.page)
+        args.page = story.page_id(args.branch, args.page)
         change = story.write(
             args.branch,
             args.page,

@@ -119,6 +119,16 @@ class Story:
             raise StoryError(f"no branch {branch!r}")
         return b.head
 
+    def page_id(self, ref: str, page: str) -> str:
+        """The page id as stored on `ref`: `1` names page `001` when there is no page `1` (the
+        CLI, GraphQL and REST alike: a write to `3` made a second page beside `003`)."""
+        if page.isdigit():
+            tree = self.graph.tree(self.graph.resolve(ref))
+            padded = f"{int(page):03d}"
+            if page not in tree and padded in tree:
+                return padded
+        return page
+
     def page(self, ref: str, page: str) -> tuple[str, PageVersion]:
         tree = self.graph.tree(self.graph.resolve(ref))
         h = tree.get(page)
@@ -361,7 +371,8 @@ class Story:
                 )
             elif title is None or symbol is None:
                 raise UnknownPage(
-                    f"no page {page!r} on {branch}; a new page needs --title and --symbol"
+                    f"no page {page!r} on {branch}; a new page needs a title and a symbol "
+                    "(--title, --symbol)"
                 )
             else:
                 index = 1 + self.graph.last_index(tree.values())  # (no page's text read)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -44,12 +45,17 @@ from .model import (
     commit_from_object,
     page_from_object,
     parse_object,
+    reading_key,
 )
 
+log = logging.getLogger("gibsey.story")
 DB_FILENAME = "story.sqlite3"
+CANON_REPLACED = "canon_replaced"  # meta: what the node's next alert says (_note_canon_replaced)
 # What goes with the view when it is moved aside (damaged): nothing, it is folded again.
 LOST = "nothing is lost: it is a view of the ledger, folded from it again at the start"
-FORMAT = "1"  # bump to force a rebuild after a change of the fold rules
+# Bump to force a rebuild after a change of the fold rules. 2: reading order by chapter; a
+# second `main` kept as a branch of its own (_keep_other_canon).
+FORMAT = "2"
 # Trees ({page: version hash} at a commit) cached, the least recently used dropped first: at
 # most TREE_CACHE of them and TREE_CACHE_PAGES pages in all (~200 bytes a page: ~1.6 MB), but
 # always the last one made. A 710-page corpus's tree is ~140 KB: 64 of them were ~9 MB held.
@@ -252,6 +258,7 @@ class StoryGraph:
             for bad in store.bad_rows():
                 quarantine[bad.author] = min(quarantine.get(bad.author, bad.seq), bad.seq)
             checked = {bytes.fromhex(a): seq for a, seq in store.heads().items()}
+            canon = self._head(CANON)
             start, folded = self._resume_point(store, quarantine, rebuild=rebuild)
             # Read a row at a time, never all at once (a story import is tens of MB of rows):
             # the store's connection is used by nothing else while its lock is held.
@@ -273,6 +280,8 @@ class StoryGraph:
                 # Nothing new: no write at all (an idle node's card is not worn once a second,
                 # and a full disk is not met where nothing needs storing).
                 return 0
+            if start is None and canon is not None:
+                self._note_canon_replaced(canon)
             # Hearings still undecided (or decided against) in the ledger's view.
             for h, status in statuses.items():
                 self.db.execute(
@@ -284,6 +293,46 @@ class StoryGraph:
                 point = f"{last[0]}:{last[1].hex()}:{last[2]}"
                 self._keep_resume_point(point, folded + n, self.db.total_changes != changes)
             return n
+
+    def _head(self, branch: str) -> str | None:
+        row = self.db.execute("SELECT head FROM branches WHERE name = ?", (branch,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _note_canon_replaced(self, was: str) -> None:
+        """After a fold afresh: when `main` no longer holds what it held (`was`: another node's
+        main, first in fold order, arrived), say so in the log and keep it for the node to
+        alert (take_canon_replaced): nothing else would tell the gallery its canon changed."""
+        now = self._head(CANON)
+        if now is not None and was in self.ancestors(now):
+            return
+        kept = [
+            str(name)
+            for (name,) in self.db.execute(
+                "SELECT name FROM branches WHERE name LIKE ? ORDER BY name", (f"{CANON}.%",)
+            )
+        ]
+        others = ", ".join(kept) or "no branch"
+        said = (
+            f"{CANON} was at {was[:12]} and is now at {(now or 'nothing')[:12]}, which does not "
+            f"hold it: another node's {CANON} comes first in the ledger's order (two nodes each "
+            "imported a corpus before they met: import it on one node, the others receive it). "
+            f"The other {CANON} is kept as {others}, and hearings that merged onto it are "
+            f"stale (`gibsey story diff {CANON} {kept[0] if kept else 'BRANCH'}` shows what "
+            "differs)"
+        )
+        log.warning("story: %s", said)
+        self._set_meta(CANON_REPLACED, said)
+
+    def take_canon_replaced(self) -> str | None:
+        """What _note_canon_replaced kept, once (then forgotten), for the node's alert. Read
+        first outside a transaction: asked every second, it writes nothing when nothing is."""
+        with self.lock:
+            if self._meta(CANON_REPLACED) is None:
+                return None
+            with self._tx():
+                said = self._meta(CANON_REPLACED)
+                self.db.execute("DELETE FROM meta WHERE key = ?", (CANON_REPLACED,))
+            return said
 
     def _fold_rows(
         self,
@@ -483,11 +532,12 @@ class StoryGraph:
 
     def _reading_order_edges(self, h: str) -> None:
         """Reading order of the pages commit `h` adds: page FOLLOWS the one before it."""
-        order = self.db.execute(
-            "SELECT page FROM versions WHERE hash IN (SELECT version FROM changes "
-            "WHERE commit_hash = ? AND previous IS NULL) ORDER BY section, idx, page",
+        rows = self.db.execute(
+            "SELECT section, chapter, idx, page FROM versions WHERE hash IN (SELECT version "
+            "FROM changes WHERE commit_hash = ? AND previous IS NULL)",
             (h,),
         ).fetchall()
+        order = [(row[3],) for row in sorted(rows, key=lambda row: reading_key(*row))]
         for (a,), (b,) in itertools.pairwise(order):
             self._edge(f"page:{b}", "FOLLOWS", f"page:{a}")
 
@@ -522,24 +572,14 @@ class StoryGraph:
         row = self.db.execute("SELECT head FROM branches WHERE name = ?", (name,)).fetchone()
         old = b.get("old")
         if old is None:
+            if row is not None and name == CANON and commit not in self.ancestors(row[0]):
+                self._keep_other_canon(e, row[0])
+                return
             if row is not None:
                 self._effect(e, False, f"branch {name} already exists")
                 return
-            base = b.get("from")
-            self.db.execute(
-                "INSERT INTO branches (name, head, base, created_by, created, updated) "
-                "VALUES (?,?,?,?,?,?)",
-                (name, commit, base, actor, e.lamport, e.lamport),
-            )
-            self.db.execute(
-                "INSERT INTO reflog (branch, old, new, actor, how, entry, lamport) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (name, None, commit, actor, "create", e.hash_hex, e.lamport),
-            )
-            self._actor(actor, e.lamport)
+            self._create(name, commit, b.get("from"), actor, e)
             self._edge(f"branch:{name}", "AUTHORED_BY", f"actor:{actor}")
-            if base is not None and base != name:
-                self._edge(f"branch:{name}", "ALTERNATE_OF", f"branch:{base}")
             self._effect(e, True, f"branch {name} created at {commit[:12]}")
             return
         if row is None:
@@ -557,6 +597,37 @@ class StoryGraph:
         self._move(name, old, commit, actor, "write", e)
         self._actor(actor, e.lamport)
         self._effect(e, True, f"{name} -> {commit[:12]}")
+
+    def _keep_other_canon(self, e: Entry, standing: str) -> None:
+        """A second `main` created (two nodes each imported a corpus before they met; the one
+        first in fold order stands): kept as branch `main.<its author's first 8 hex>`, so an
+        import is never left unreferenced, and said (sync's canon_replaced on the node that
+        saw its own main go). Merges made onto it before are stale: proposed again, they
+        merge into the main that stands."""
+        b = e.body
+        kept = f"{CANON}.{e.author_hex[:8]}"
+        note = f"branch {CANON} already exists (at {standing[:12]})"
+        if self.db.execute("SELECT 1 FROM branches WHERE name = ?", (kept,)).fetchone():
+            self._effect(e, False, f"{note}; {kept} too")
+            return
+        self._create(kept, b["commit"], CANON, b["actor"], e)
+        self._effect(e, True, f"{note}: this {CANON} kept as {kept} at {b['commit'][:12]}")
+
+    def _create(self, name: str, commit: str, base: str | None, actor: str, e: Entry) -> None:
+        """Branch `name` made at `commit` by entry `e` (from `base`, when it names one)."""
+        self.db.execute(
+            "INSERT INTO branches (name, head, base, created_by, created, updated) "
+            "VALUES (?,?,?,?,?,?)",
+            (name, commit, base, actor, e.lamport, e.lamport),
+        )
+        self.db.execute(
+            "INSERT INTO reflog (branch, old, new, actor, how, entry, lamport) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (name, None, commit, actor, "create", e.hash_hex, e.lamport),
+        )
+        self._actor(actor, e.lamport)
+        if base is not None and base != name:
+            self._edge(f"branch:{name}", "ALTERNATE_OF", f"branch:{base}")
 
     def _fold_proposal(self, e: Entry) -> None:
         b = e.body
@@ -677,17 +748,17 @@ class StoryGraph:
             return str(row[0])
 
     def in_reading_order(self, hashes: Iterable[str]) -> list[str]:
-        """Page versions sorted as the corpus reads (section, index, page), their texts unread."""
+        """Page versions sorted as the corpus reads (model.reading_key), their texts unread."""
         keyed = []
         for h in hashes:
             row = self.db.execute(
-                "SELECT section, idx, page FROM versions WHERE hash = ?", (h,)
+                "SELECT section, chapter, idx, page FROM versions WHERE hash = ?", (h,)
             ).fetchone()
             if row is None:
                 raise UnknownRef(f"no page version {h[:12]}")
-            keyed.append((row[0] or 0, row[1], row[2], h))
+            keyed.append((reading_key(*row), h))
         keyed.sort()
-        return [k[3] for k in keyed]
+        return [k[1] for k in keyed]
 
     def last_index(self, hashes: Iterable[str]) -> int:
         """The highest corpus index of the page versions `hashes` (0 if none), texts unread."""

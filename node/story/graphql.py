@@ -46,7 +46,7 @@ from gibsey.ledger.errors import LedgerError
 from .engine import Publish, Story
 from .graph import Hearing
 from .limits import MAX_ALIASES, MAX_DEPTH, MAX_QUERY_TOKENS, MAX_RESPONSE_BYTES
-from .model import CANON, StoryError
+from .model import CANON, StoryError, reading_key
 from .text import Conflict
 
 MAX_RESPONSE_FIELDS = 100_000
@@ -214,7 +214,7 @@ def _pages(story: Story, commit: str, symbol: str | None) -> list[Page]:
     pages = [_page(h, story) for h in story.graph.tree(commit).values()]
     if symbol:
         pages = [p for p in pages if p.symbol == symbol]
-    return sorted(pages, key=lambda p: (p.section or 0, p.index, p.id))
+    return sorted(pages, key=lambda p: reading_key(p.section, p.chapter, p.index, p.id))
 
 
 def _commit(c: Any) -> Commit:
@@ -254,7 +254,7 @@ class Query:
     @strawberry.field
     def page(self, info: Info, id: str, ref: str = CANON) -> Page | None:
         story = _ctx(info).story
-        h = story.graph.tree(story.graph.resolve(ref)).get(id)
+        h = story.graph.tree(story.graph.resolve(ref)).get(story.page_id(ref, id))
         return _page(h, story) if h else None
 
     @strawberry.field
@@ -347,6 +347,7 @@ class Mutation:
         symbol: str | None = None,
     ) -> ChangeResult:
         ctx = _ctx(info)
+        page = ctx.story.page_id(branch, page)  # `3` is page 003, as on the command line
         c = ctx.story.write(branch, page, text, actor, title=title, symbol=symbol)
         version = ctx.story.graph.tree(c.commit)[page]
         _announce(ctx, "write", branch, page, version, actor)

@@ -43,6 +43,20 @@ class UnrelatedHistories(StoryError):
     pass
 
 
+_CHAPTER_NUMBER = re.compile(r"\d+")
+
+
+def reading_key(
+    section: int | None, chapter: str | None, index: int, page: str
+) -> tuple[int, int, str, int, str]:
+    """Where a page version stands in the corpus's reading order: by section, then chapter,
+    then index. The published corpus numbers a chapter's pages from 1 (glyph-marrow's "Chapter
+    1" to "Chapter 4" each start again), so section and index alone shuffled its chapters page
+    by page; a chapter is ordered by its first number ("Chapter 12" after "Chapter 2")."""
+    number = _CHAPTER_NUMBER.search(chapter or "")
+    return (section or 0, int(number.group()) if number else 0, chapter or "", index, page)
+
+
 def check_branch(name: str) -> str:
     if not BRANCH_RE.match(name):
         raise StoryError(

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gibsey.story")
 SYNC_INTERVAL_S = 1.0
 STORY_REFUSED = "story_refused"  # the reason of the safety/alert
+CANON_REPLACED = "story_canon_replaced"  # another node's main came first (graph.py)
 NO_CANON_ALERT_S = 60.0  # a node without canon says so at most this often, with the count
 
 
@@ -105,6 +106,9 @@ async def _keep_in_step(
     while True:
         try:
             await asyncio.to_thread(story.sync)
+            replaced = await asyncio.to_thread(story.graph.take_canon_replaced)
+            if replaced is not None:
+                node.alert(SafetyAlert(reason=CANON_REPLACED, detail=replaced))
             done = await asyncio.to_thread(story.run_executors, None)
             _report_merges(node, story, done, publish)
             say_no_canon()  # the turns held back since the last line, once it is due

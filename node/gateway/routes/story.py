@@ -35,23 +35,26 @@ def _page_json(version: str, v: PageVersion) -> dict[str, Any]:
     }
 
 
-def read_pages(story: Story, ref: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
-    """The first `limit` pages at `ref` (a branch, or a commit's prefix), in corpus order, as
-    many as fit in about MAX_ANSWER_BYTES of text (one at least); and whether pages were left
-    out. Blocking: SQLite reads, in step with the ledger first, as GraphQL's resolvers are."""
+def read_pages(
+    story: Story, ref: str, limit: int, offset: int = 0
+) -> tuple[list[dict[str, Any]], bool]:
+    """Up to `limit` pages at `ref` (a branch, or a commit's prefix), in corpus order from the
+    `offset`-th, as many as fit in about MAX_ANSWER_BYTES of text (one at least); and whether
+    pages follow them. Blocking: SQLite reads, in step with the ledger first, as GraphQL's
+    resolvers are."""
     story.sync()
     graph = story.graph
     with graph.lock:  # one consistent tree, whatever the story's sync service does meanwhile
         order = graph.in_reading_order(graph.tree(graph.resolve(ref)).values())
         pages: list[dict[str, Any]] = []
         size = 0
-        for h in order[:limit]:
+        for h in order[offset : offset + limit]:
             page = _page_json(h, graph.version(h))
             size += len(page["text"].encode())
             if pages and size > MAX_ANSWER_BYTES:
                 break
             pages.append(page)
-    return pages, len(pages) < len(order)
+    return pages, offset + len(pages) < len(order)
 
 
 @router.get(
@@ -68,13 +71,15 @@ async def story_pages(
     gw: State,
     branch: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> dict[str, Any]:
-    """Up to `limit` pages in corpus order, within about 8 MiB of text; `more` says whether the
-    branch has pages beyond them (GraphQL's `page(id)` reads any one of them)."""
+    """Up to `limit` pages in corpus order from the `offset`-th (0: the first), within about
+    8 MiB of text; `more` says whether the branch has pages beyond them: ask again with
+    `offset` past the last one given (GraphQL's `page(id)` reads any one of them)."""
     story = gw.story()
     ref = branch or CANON
     try:
-        pages, more = await asyncio.to_thread(read_pages, story, ref, limit)
+        pages, more = await asyncio.to_thread(read_pages, story, ref, limit, offset)
     except UnknownRef as exc:
         if branch is None:  # nothing imported yet (`gibsey story import`): no pages
             return {"branch": ref, "pages": [], "more": False}
