@@ -144,6 +144,24 @@ def test_propose_vote_apply_through_the_ledger_exactly_once(story: Story) -> Non
     assert [r[4] for r in story.graph.reflog("main")] == ["create", "merge", "merge"]
 
 
+def test_a_merge_with_an_open_hearing_is_not_proposed_twice(story: Story) -> None:
+    """Tried (an outside tester): `story propose fox` twice opened two identical hearings, the
+    room's votes split between them. Must hold: the second is refused naming the open one, and
+    nothing is written; once that hearing is decided, the branch can be proposed again."""
+    rival_branches(story, ("twice", "three times"), ("twice", "four times"))
+    story.ledger.mint("london-fox", 100, "read")
+    first = story.propose("fox", "london-fox")
+    entries = story.ledger.store.count()
+    with pytest.raises(StoryError, match=f"hearing {first.entry.hash_hex[:12]} is open on this"):
+        story.propose("fox", "todd-fishbone")  # another proposer: the same merge all the same
+    assert story.ledger.store.count() == entries
+    story.propose("todd", "london-fox")  # another merge: its own hearing
+    story.ledger.vote(first.entry.hash_hex, "london-fox", "no")
+    story.sync()
+    assert story.graph.hearing(first.entry.hash_hex).status != "open"  # type: ignore[union-attr]
+    story.propose("fox", "london-fox")
+
+
 def test_stale_hearing_is_not_applied(story: Story) -> None:
     ledger = story.ledger
     for name, word in (("fox", "three"), ("todd", "four")):

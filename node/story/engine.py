@@ -441,6 +441,7 @@ class Story:
             self.sync()
             plan = self.plan_merge(source, into, resolutions, prefer)
             commit, objs = self._merge_commit(plan, actor)
+            self._refuse_a_second_hearing(source, into, commit)
             void = self.ledger.void_reason()
             if void is not None:
                 raise StoryError(
@@ -456,6 +457,17 @@ class Story:
             entry, count = self._append(objs, ("proposal", body))
             self._check_effect(entry)
         return Change(commit.hash, entry, count)
+
+    def _refuse_a_second_hearing(self, source: str, into: str, commit: Commit) -> None:
+        """A hearing still open on the same merge (the same two heads) is the one to vote in:
+        a second, identical one split the room's votes between them (an outside tester)."""
+        for h in self.graph.hearings():
+            if h.status == "open" and self.graph.commit(h.target).parents == commit.parents:
+                raise StoryError(
+                    f"refused: hearing {h.proposal[:12]} is open on this merge of {source} into "
+                    f"{into} already - nothing was written (vote in it: gibsey ledger vote "
+                    f"--as ACTOR {h.proposal[:12]} yes|no)"
+                )
 
     # ---- the merge ritual: what runs when a hearing passes ----------------------------------
 
