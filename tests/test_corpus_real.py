@@ -284,3 +284,8 @@ def test_pages_read_in_the_books_order_across_chapters(corpus: Path, tmp_path: P
         assert ("page:" + first_of_chapter_2, "FOLLOWS", f"page:{before}") in follows, follows
     finally:
         story.close_all()
+    # `story show` cuts a long title where a table would, and says it is cut (it did not).
+    rc, out = gibsey(data, "story", "show", "main", "--limit", "30")
+    assert rc == 0, out
+    long_title = "An Unexpected Disappearance: A Glyph Marrow Mystery - Chapter 1: The Queue"
+    assert long_title[:59] + "…" in out, out

@@ -158,7 +158,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         shown = sorted(tree.items())[: args.limit]
         for page, h in shown:
             v = g.version(h)
-            table.add_row(page, v.symbol, v.title[:60], _short(h))
+            title = v.title if len(v.title) <= 60 else v.title[:59] + "…"  # cut, and said so
+            table.add_row(page, v.symbol, Text(title), _short(h))  # a title's [..] is no markup
         console.print(table)
     return 0
 
