@@ -193,6 +193,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Every checked entry, feed by feed in seq order, one a line: its payload (canonical JSON,
     which never holds a raw tab or newline), a tab, its signature in hex (CANONICAL.md).
     Standard output is the data a verifier reads: a refusal is said on standard error."""
+    if args.author and not _is_hex(args.author):
+        errors.print(f"--author {args.author!r}: the start of a key in hex", markup=False)
+        return 2
     with closing(_open_to_read(args)) as ledger:
         if args.proofs:
             return _export_proofs(ledger, args.author)
@@ -214,7 +217,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _can_write(path: Path) -> bool:
     """Whether a file can be written beside the --heads path, said before a line is printed
-    (not after the whole export, with its heads missing). The probe leaves nothing behind."""
+    (not after the whole export, with its heads missing). The probe leaves nothing behind.
+    The file is replaced whole (renamed over): a path that is there and no regular file (a
+    device, /dev/stdout, a directory) is refused, never replaced (an outside tester, as root,
+    replaced /dev/full)."""
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        errors.print(f"cannot write --heads {path}: it is no regular file", markup=False)
+        return False
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
@@ -222,6 +231,10 @@ def _can_write(path: Path) -> bool:
         errors.print(f"cannot write --heads {path}: {exc.strerror or exc}", markup=False)
         return False
     return True
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _write_heads(path: Path, entries: list[Entry]) -> bool:

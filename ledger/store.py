@@ -628,6 +628,14 @@ class Store:
             head = self._heads.get(e.author)
             if head is None or e.seq > head.seq:
                 missing.append(raw)
+                continue
+            stored = self._db.execute(
+                "SELECT hash FROM entries WHERE author = ? AND seq = ?", (e.author, e.seq)
+            ).fetchone()
+            if stored is not None and bytes(stored[0]) != e.hash:
+                # Another entry at a seq the feed holds: a fork (two entries signed at one
+                # seq), proved as the import of a peer's would be, never dropped unsaid.
+                missing.append(raw)
         return missing, refused
 
     def _say_skipped(self, entry_log: EntryLog) -> None:
@@ -960,9 +968,11 @@ class Store:
     def _check_from(self, author: bytes, done: Head | None) -> FeedCheck:
         """The feed's rows after `done` checked (FeedCheck), read a row at a time."""
         checked = FeedCheck(author, done)
+        # From the feed's first row, whatever its seq column says: a row whose seq a damaged
+        # card made 0 or less was read by the views and never checked (an outside verifier).
         cursor = self._db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE author = ? AND seq > ? ORDER BY seq",
-            (author, 0 if done is None else done.seq),
+            (author, MIN_SEQ_COLUMN if done is None else done.seq),
         )
         try:
             for row in cursor:
@@ -1164,8 +1174,10 @@ class Store:
         # Read CHUNK_ROWS at a time (the lock held for each read only), never the whole table:
         # what another process stores meanwhile is past `tops`, so left out as before.
         for author, seq, raw in self._ordered_rows():
-            if seq > tops.get(author, 0):
-                continue  # quarantined, or stored after the check: not checked, not folded
+            if not 0 < seq <= tops.get(author, 0):
+                # quarantined, or stored after the check (or a seq column a card damaged to 0
+                # or below: checked first, so its feed's check ends there): not folded
+                continue
             e = fresh.get((author, seq))
             if e is None:
                 try:
@@ -1213,7 +1225,7 @@ class Store:
             ).fetchall()
         out: dict[bytes, Entry] = {}
         for author, seq, raw in rows:
-            if seq > tops.get(author, 0) or seq >= forks.get(author, seq + 1):
+            if not 0 < seq <= tops.get(author, 0) or seq >= forks.get(author, seq + 1):
                 continue  # not checked, a bad row's feed, or past a fork point: counts nowhere
             try:
                 out[author] = parse(raw, verify=False)
@@ -1959,6 +1971,7 @@ class FeedCheck:
             self.kept = [e for e in self.kept if e.seq <= end.seq]
 
 
+MIN_SEQ_COLUMN = -(2**63)  # below any seq column SQLite can hold
 NO_HEAD = "an unsigned entry with no signed head after it: nothing vouches for it"
 TOO_MANY_UNSIGNED = (
     f"more than {MAX_GROUP - 1} unsigned entries (or 32 KiB of them) in a row: a group's bound"

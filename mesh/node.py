@@ -1572,8 +1572,12 @@ class MeshNode:
         now, wall = time.monotonic(), time.time()
         ours = self.store.heads()
         peers = []
+        held = self.allowed | {self.me}  # feeds this node takes (_member_feed)
         for p in self.peers.values():
             known = {a.hex(): s for a, s in p.known.items()}
+            # A feed of a key not on our allow-list that a peer holds is never ours to lack:
+            # it showed as "we lack" for good (an outside tester).
+            takes = {a.hex(): s for a, s in p.known.items() if a in held}
             peers.append(
                 {
                     "key": p.hex,
@@ -1585,7 +1589,7 @@ class MeshNode:
                     "they_lack": sum(max(0, s - known.get(a, 0)) for a, s in ours.items())
                     if p.heard
                     else None,
-                    "we_lack": sum(max(0, s - ours.get(a, 0)) for a, s in known.items())
+                    "we_lack": sum(max(0, s - ours.get(a, 0)) for a, s in takes.items())
                     if p.heard
                     else None,
                     "strikes": p.strikes,

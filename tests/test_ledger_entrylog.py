@@ -211,6 +211,30 @@ def test_a_damaged_or_forged_record_stores_nothing_from_it_on(
         store.close()
 
 
+def test_a_second_entry_at_a_stored_seq_in_the_log_is_proved_a_fork(tmp_path: Path) -> None:
+    """Tried (an outside verifier, from CANONICAL.md section 5): the entry log held an entry of
+    the node's own key at a seq the database holds, with other bytes (two entries signed at one
+    seq: a fork). It was dropped unsaid: no fork proof, verify ok. Must hold: it is checked as
+    a peer's import of it would be: the fork is proved and the feed quarantined from there."""
+    raws = _feed(3)
+    log_path = tmp_path / (DB_FILENAME + SUFFIX)
+    log_path.write_bytes(b"".join(_record(r) for r in raws))
+    Store.open(tmp_path).close()
+    twin = FeedWriter(11)  # the same key signing another third entry
+    for _ in range(2):
+        twin.next("mint", {"actor": "visitor:3", "amount": 1, "ritual": "x"})
+    other = twin.next("mint", {"actor": "visitor:3", "amount": 99, "ritual": "x"}).raw
+    assert other != raws[2]
+    log_path.write_bytes(_record(other))
+    store = Store.open(tmp_path)
+    try:
+        author = FeedWriter(11).author
+        assert store.get(author, 3).raw == raws[2]  # type: ignore[union-attr]
+        assert store.quarantine() == {author: 3}
+    finally:
+        store.close()
+
+
 @pytest.mark.usefixtures("no_timed_commit")
 def test_a_transaction_writing_more_than_entries_commits_at_once(tmp_path: Path) -> None:
     """An append whose `also` writes another table (governance's executions) is not in the

@@ -8,7 +8,9 @@ proof costs the verifier only itself, never the good proofs beside it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,25 @@ def test_an_export_whose_heads_cannot_be_written_prints_nothing(
     got = capsys.readouterr()
     assert (rc, got.out) == (1, "")
     assert f"cannot write --heads {heads}: No such file or directory" in got.err
+
+
+def test_heads_never_replace_a_device_and_an_author_is_hex(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried (an outside tester, as root): `export --heads /dev/full` renamed its file over the
+    device (any special file, /dev/stdout too); `export --author zz` printed nothing, exit 0.
+    Must hold: a --heads path that is there and no regular file is refused before any line,
+    and left as it was; an --author that is no hex is refused (exit 2)."""
+    d = str(tmp_path)
+    assert cli.main(["--data", d, "ledger", "mint", "london-fox", "10"]) == 0
+    capsys.readouterr()
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)
+    for special in (fifo, tmp_path):
+        rc = cli.main(["--data", d, "ledger", "export", "--heads", str(special)])
+        got = capsys.readouterr()
+        assert (rc, got.out) == (1, "")
+        assert f"cannot write --heads {special}: it is no regular file" in got.err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert cli.main(["--data", d, "ledger", "export", "--author", "zz"]) == 2
+    assert "--author 'zz': the start of a key in hex" in capsys.readouterr().err

@@ -197,6 +197,24 @@ def test_read_commands_answer_and_fold_only_what_precedes_the_bad_row(
     assert [re.search(r'"seq":(\d+)', line)[1] for line in lines] == ["1", "2"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("seq", [0, -5])
+def test_a_seq_column_below_one_is_checked_as_the_others_are(tmp_path: Path, seq: int) -> None:
+    """Tried (an outside verifier): the last row's seq column set to 0 (or below). Only
+    `verify` saw it; balance and export counted and printed the row, unchecked (the views'
+    check read from seq 1). Must hold: the row is checked as every other is, and set aside with
+    its feed from there on (it sorts first: the whole feed), said by the read commands."""
+    data = tmp_path / "node"
+    feed(data)
+    write_row(data, "UPDATE entries SET seq = ? WHERE seq = 4", (seq,))
+    balance = gibsey(data, "ledger", "balance")
+    assert balance.returncode == 0, balance.stdout + balance.stderr
+    said = balance.stdout + balance.stderr
+    assert f"seq {seq}" in said and "index columns disagree" in said, said
+    assert "minted 0, burned 0, supply 0" in balance.stdout, balance.stdout
+    export = gibsey(data, "ledger", "export")
+    assert export.returncode == 0 and export.stdout == "", export.stdout + export.stderr
+
+
 @pytest.mark.parametrize("how", sorted(DAMAGE))
 def test_verify_and_doctor_name_the_bad_row(tmp_path: Path, how: str) -> None:
     """Tried: `ledger verify` and `doctor` on the same damage (the type column included, which
