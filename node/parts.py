@@ -178,6 +178,18 @@ async def _run_mesh(node: Node, mesh: MeshNode) -> None:
         await asyncio.sleep(MESH_LISTEN_RETRY_S)
 
 
+def attach_log(node: Node) -> None:
+    """[log] format for the whole node's log, first of all (it was set by the gateway part, so a
+    node with `--http off` wrote plain lines whatever the format said)."""
+    from gibsey.node.gateway.journal import use_journal_logs, wants_journal
+    from gibsey.node.gateway.logs import use_json_logs
+
+    if node.config.log.format == "json":
+        use_json_logs()
+    elif wants_journal(node.config.log.format):
+        use_journal_logs(node)
+
+
 def attach_glyph(node: Node) -> None:
     from gibsey.node.glyph.part import attach
 
@@ -242,6 +254,7 @@ def attach_rituals(node: Node) -> None:
 
 
 PARTS: tuple[Part, ...] = (
+    Part("log", attach_log),
     Part("ledger", attach_ledger),
     Part(
         "mesh",

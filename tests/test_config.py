@@ -191,7 +191,7 @@ def _running(cfg: GibseyConfig) -> set[str]:
 
 
 def test_part_conditions_read_the_typed_configuration() -> None:
-    always = {"ledger", "glyph", "story", "agents", "rituals"}
+    always = {"log", "ledger", "glyph", "story", "agents", "rituals"}
     assert _running(_parse({})) == always | {"dial"}
     assert _running(_parse({"dial": {"enabled": False}})) == always
     assert "mesh" in _running(_parse({"mesh": {"allow": [KEY]}}))
@@ -228,3 +228,44 @@ def test_up_with_a_bad_override_or_flag_exits_2(tmp_path: Path) -> None:
     assert "GIBSEY_HANDLER_QUEUE (overrides [node] handler_queue)" in r.stderr
     r = _up(tmp_path, "--http", "nowhere")
     assert r.returncode == 2 and re.search(r"'nowhere': expected HOST:PORT", r.stderr)
+
+
+def test_an_empty_gateway_address_is_refused_not_every_interface() -> None:
+    """Tried (an outside tester): GIBSEY_HTTP="" over a file with listen = "127.0.0.1:23085"
+    started the gateway on 0.0.0.0:8080, every interface, without a word (empty read as the
+    default). Must hold: an empty address, from the variable or the file, is refused naming
+    it and what to give."""
+    with pytest.raises(ConfigError, match=r"^GIBSEY_HTTP \(overrides \[gateway\] listen\): "):
+        _parse({"gateway": {"listen": "127.0.0.1:23085"}}, GIBSEY_HTTP="")
+    with pytest.raises(ConfigError, match="is empty: give HOST:PORT"):
+        _parse({"gateway": {"listen": " "}})
+
+
+def test_the_log_format_holds_for_a_node_without_its_gateway(tmp_path: Path) -> None:
+    """Tried (an outside tester): GIBSEY_LOG_FORMAT=json with `gibsey up --http off` wrote plain
+    lines (the format was set by the gateway part). Must hold: the node's log is JSON lines
+    whichever parts run."""
+    import json
+    import logging
+
+    from gibsey.node.daemon import Node
+    from gibsey.node.gateway.logs import JsonFormatter
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    cfg = _parse({"gateway": {"listen": "off"}, "log": {"format": "json"}})
+    node = Node(tmp_path, cfg, node_id="plain-lines")
+    try:
+        assert node.parts.gateway is None
+        (handler,) = root.handlers
+        record = logging.LogRecord("gibsey.test", logging.INFO, __file__, 1, "said", (), None)
+        assert json.loads(handler.format(record))["msg"] == "said"
+        assert isinstance(handler.formatter, JsonFormatter)
+    finally:
+        for close in reversed(node._closers):  # what stop() closes; the node never started
+            close()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,10 @@ def test_story_commands(
 
 
 def test_bad_input_is_an_error_and_changes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], events: list[tuple[str, dict[str, Any]]]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    events: list[tuple[str, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     d = tmp_path / "node"
     root = write_corpus(tmp_path / "corpus", pages=30, words=10)
@@ -107,6 +111,11 @@ def test_bad_input_is_an_error_and_changes_nothing(
     rc, out = run(capsys, "--data", str(d), "story", "branch", "fox")
     rc, out = run(capsys, "--data", str(d), "story", "write", "fox", "nope", "--text", "x")
     assert rc == 1 and "no page 'nope' on fox" in out
+    # Tried (an outside tester): `story write x 005 < /dev/null` (cron, nohup) emptied page 005.
+    with monkeypatch.context() as m:
+        m.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+        rc, out = run(capsys, "--data", str(d), "story", "write", "fox", "005")
+    assert rc == 1 and "no text on standard input: nothing was written" in out, out
     ledger = Ledger.open(d)
     try:
         assert {e.type for e in ledger.store.iter_ordered()} == {"story-object", "story-ref"}

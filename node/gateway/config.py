@@ -58,6 +58,13 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _check_listen(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        # Empty is no address: it read as the default, every interface, so a stray empty
+        # GIBSEY_HTTP opened a gateway the file kept on 127.0.0.1 to the network.
+        raise GatewayConfigError(
+            f"--http/listen {value!r} is empty: give HOST:PORT (0.0.0.0:8080 for every "
+            f"interface) or {LISTEN_OFF!r}; unset GIBSEY_HTTP to keep the file's"
+        )
     if value and value != LISTEN_OFF:
         parse_listen(value)
     return value

@@ -25,8 +25,6 @@ from gibsey.node.gateway import accept_guard
 from gibsey.node.gateway.app import build_app
 from gibsey.node.gateway.config import PORT_FILE, GatewayConfig
 from gibsey.node.gateway.hub import Hub
-from gibsey.node.gateway.journal import use_journal_logs, wants_journal
-from gibsey.node.gateway.logs import use_json_logs
 from gibsey.node.gateway.scrape import Metrics, count_start
 from gibsey.node.gateway.state import GatewayState
 from gibsey.node.gateway.tokens import node_token
@@ -169,10 +167,6 @@ class Gateway:
 
 
 def attach(node: Node) -> Gateway:
-    if node.config.log.format == "json":
-        use_json_logs()
-    elif wants_journal(node.config.log.format):
-        use_journal_logs(node)
     gateway = Gateway(node, node.config.gateway)
     gateway.hub.attach()
     node.add_service("gateway", gateway.serve)

@@ -53,6 +53,10 @@ STOP_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 10.0
 BROKER_LOG_S = 60.0  # a kind of Mosquitto line: said at once, then one line this often at most
 BROKER_LOG_KINDS = 64  # kinds of Mosquitto line said apart; past them, one kind for the rest
+# Mosquitto 2's note on the configuration this module writes (message_size_limit, kept: it
+# drops an oversized message, where max_packet_size would disconnect its sender): not the
+# node's news at every start.
+OWN_CONFIG_NOTE = "Note: It is recommended to replace `message_size_limit`"
 _TIMESTAMP = re.compile(r"^[0-9]+: ")  # Mosquitto's own prefix on each line (Unix seconds)
 # The broker's heap, at most (Mosquitto's memory_limit; images/mosquitto/gibsey.conf says the
 # same): anyone who may publish can retain 128 KiB messages under topics of their choosing, and
@@ -382,25 +386,31 @@ class MosquittoChild:
             if not text:
                 continue
             self.last_words.append(text)
-            self._said.note(self._meaning(text), text)
+            if text.startswith(OWN_CONFIG_NOTE):
+                log.debug("the embedded Mosquitto says %r", text)
+                continue
+            what, kind = self._meaning(text)
+            self._said.note(what, text, kind)
 
-    def _meaning(self, text: str) -> str:
-        """What a line of Mosquitto's means for the node, where it is known; else the line
-        itself, its numbers aside (one kind of line, one paced entry). The kinds are bounded
-        (BROKER_LOG_KINDS; PacedLog keeps one entry a kind): lines naming clients a stranger
-        chose would otherwise make a new kind each."""
+    def _meaning(self, text: str) -> tuple[str, str]:
+        """What a line of Mosquitto's means for the node, where it is known (said instead of
+        the line); else "the embedded Mosquitto says", and the line's kind, its numbers aside
+        (one kind of line, one paced entry; the line itself is said once, not twice). The kinds
+        are bounded (BROKER_LOG_KINDS; PacedLog keeps one entry a kind): lines naming clients a
+        stranger chose would otherwise make a new kind each."""
         if "No space left on device" in text:
             return (
                 f"the embedded Mosquitto cannot save its store in {self.store} (that file "
                 "system is full): what it keeps for the node is in its memory only, lost if it "
-                "restarts, until there is room"
+                "restarts, until there is room",
+                "",
             )
-        kind = f"the embedded Mosquitto says {re.sub(r'[0-9]+', 'N', text)[:120]!r}"
+        kind = re.sub(r"[0-9]+", "N", text)[:120]
         if kind not in self._kinds:
             if len(self._kinds) >= BROKER_LOG_KINDS:
-                return "the embedded Mosquitto says other lines"
+                return "the embedded Mosquitto says (another kind of line)", ""
             self._kinds.add(kind)
-        return kind
+        return "the embedded Mosquitto says", kind
 
     async def _wait_listening(
         self, proc: asyncio.subprocess.Process, relay: asyncio.Task[None]

@@ -208,7 +208,14 @@ def _read_text(args: argparse.Namespace) -> str:
     # Bytes decoded, not text mode: a page keeps its CRLFs and every other byte as written.
     if args.file:
         return Path(args.file).read_bytes().decode("utf-8")
-    return sys.stdin.buffer.read().decode("utf-8")
+    text = sys.stdin.buffer.read().decode("utf-8")
+    if not text:
+        # Under cron, CI or nohup stdin is empty: the page would have been emptied unasked.
+        raise StoryError(
+            "no text on standard input: nothing was written (give the page's text on stdin, "
+            "--file FILE or --text; --text '' empties a page on purpose)"
+        )
+    return text
 
 
 def cmd_write(args: argparse.Namespace) -> int:
@@ -451,7 +458,9 @@ def _add_branch_and_write(add: _AddCommand) -> None:
     q.add_argument("branch")
     q.add_argument("page")
     src = q.add_mutually_exclusive_group()
-    src.add_argument("--text", help="the page's new text (default: read stdin)")
+    src.add_argument(
+        "--text", help="the page's new text (default: read stdin, refused when it is empty)"
+    )
     src.add_argument("--file", help="read the page's new text from FILE")
     q.add_argument("--title", help="title (required for a new page)")
     q.add_argument("--symbol", help="character symbol slug (required for a new page)")
