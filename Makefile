@@ -60,6 +60,7 @@ debian-test:
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "installing the Python packages into $(VENV): the first time, pip compiles llama.cpp (no wheel), about 15 minutes on 2 cores, and says nothing meanwhile"
 	# compat mode: a plain path entry, so mypy and tools see gibsey.* like Python does
 	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $@

@@ -106,11 +106,17 @@ def test_a_part_file_written_where_no_node_is_is_said_once(
     program = tmp_path / "halt.gasm"
     program.write_text("HALT\n")
     load = ["vm", "load", "--symbol", "0", "--rotation", "0", str(program)]
-    for command, made in ((load, "opcodes.sqlite3"), (["gateway", "token"], "gateway.token")):
+    # `vm load` makes the node, as writes do (an outside tester: its table alone was one
+    # `vm table` then called no node); the token is a part's file only.
+    for command, said_as in (
+        (load, "made a new node in {where} (it held none)"),
+        (["gateway", "token"], "wrote gateway.token in {where} (it held no node)"),
+    ):
         where = tmp_path / f"mistyped-{command[0]}"
         assert cli.main(["--data", str(where), *command]) == 0
         err = capsys.readouterr().err
-        said = f"gibsey {command[0]}: wrote {made} in {where} (it held no node)"
+        said = f"gibsey {command[0]}: " + said_as.format(where=where)
         assert said in err, err
         assert cli.main(["--data", str(where), *command]) == 0
-        assert "it held no node" not in capsys.readouterr().err
+        assert "it held no" not in capsys.readouterr().err
+    assert cli.main(["--data", str(tmp_path / "mistyped-vm"), "vm", "table", "-s", "0"]) == 0

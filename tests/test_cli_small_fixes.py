@@ -275,8 +275,10 @@ def test_a_torn_identity_file_is_one_line_not_a_traceback(
 def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
     """Tried (an outside tester): `gibsey vm table | head -1` ended in a BrokenPipeError
     traceback. Must hold: the command ends as a pipe's writer does (141), saying nothing."""
+    data = tmp_path / "node"
+    assert gibsey("ledger", "mint", "ada", "1", data=data).returncode == 0  # a node to read
     done = subprocess.run(  # the line head kept, then the command's own status
-        f"{sys.executable} -m gibsey vm table | head -1; echo ${{PIPESTATUS[0]}}",
+        f"{sys.executable} -m gibsey --data {data} vm table | head -1; echo ${{PIPESTATUS[0]}}",
         shell=True,
         executable="/bin/bash",
         capture_output=True,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from gibsey.core.config import resolve_data_dir
+from gibsey.core.identity import load_or_create
 from gibsey.core.symbols import CHARACTERS, ROTATIONS, SYMBOLS, state_of
 from gibsey.node.glyph.opcode_table import MAX_PROGRAM, STATES, OpcodeTable, check_program
 from gibsey.node.glyph.vm import asm as vm_asm
@@ -393,6 +394,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     source = None
     if not vm_asm.is_bytecode(Path(args.file).read_bytes()):
         source = Path(args.file).read_text(encoding="utf-8")
+    # A write makes the node where none is, as every writing command does (said by gibsey/cli):
+    # a table bound into a directory with no node was one `vm table` then called no node.
+    load_or_create(resolve_data_dir(getattr(args, "data", None)))
     table = _table(args)
     try:
         binding = table.bind(
