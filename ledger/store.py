@@ -1145,22 +1145,35 @@ class Store:
         whole with its head (the served prefix always ends on one). See raws_after."""
         return [parse(raw, verify=False) for raw in self.raws_after(author, seq, limit)]
 
-    def raws_after(self, author: bytes, seq: int, limit: int = 100) -> list[bytes]:
-        """The wire bytes of what `entries_after` returns, for the mesh to send unchanged. Only
-        the entries from the `limit`-th on are parsed (to end on a signed one): parsing every
-        served entry was most of a serving node's work in a catch-up (gibsey bench catchup)."""
+    def raws_after(
+        self, author: bytes, seq: int, limit: int = 100, max_bytes: int | None = None
+    ) -> list[bytes]:
+        """The wire bytes of what `entries_after` returns, for the mesh to send unchanged; with
+        `max_bytes`, also no more entries than fit in it (at least one), read one row at a time
+        (a round of a story's ~4 KiB entries was 8 MB read to be cut). Either way they end on a
+        signed entry, so up to one group more. Only the entries from the `limit`-th (or the
+        one past `max_bytes`) on are parsed: parsing every served entry was most of a serving
+        node's work in a catch-up (gibsey bench catchup)."""
+        out: list[bytes] = []
+        size = 0
+        closing = False  # past the bounds: taking the rest of the group to its signed head
         with self.lock:
             self._check_pending()
             rows = self._db.execute(
                 "SELECT raw FROM entries WHERE author = ? AND seq > ? AND seq <= ? "
                 "ORDER BY seq LIMIT ?",
                 (author, seq, self._served(author), limit + MAX_GROUP - 1),
-            ).fetchall()
-        out = [raw for (raw,) in rows[: max(limit - 1, 0)]]
-        for (raw,) in rows[len(out) :]:
-            out.append(raw)
-            if parse(raw, verify=False).signed:
-                break
+            )
+            try:
+                for (raw,) in rows:
+                    size += len(raw)
+                    closing = closing or len(out) >= limit - 1
+                    closing = closing or (max_bytes is not None and bool(out) and size > max_bytes)
+                    out.append(raw)
+                    if closing and parse(raw, verify=False).signed:
+                        break
+            finally:
+                rows.close()
         return out
 
     def iter_ordered(self) -> Iterator[Entry]:

@@ -57,7 +57,7 @@ from zmq.auth.base import Authenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from gibsey.core import trace
+from gibsey.core import memory, trace
 from gibsey.core.paced import PacedLog
 from gibsey.core.storage import StorageError
 from gibsey.ledger.entry import MAX_GROUP, Entry
@@ -127,6 +127,16 @@ RCVHWM = 1000
 INBOX_ENTRIES = 2 * wire.MAX_ROUND
 # Entries per import transaction: queued messages are imported together, one fsync for many.
 IMPORT_BATCH = wire.MAX_ROUND
+# And in bytes: entries are 300 B (a gift) to 8 KiB, and a story's are ~4 KiB, so 2,048 of them
+# were 8 MB of raws and ~24 MB parsed in one import (its results hold every entry parsed). An
+# outside tester's node receiving a 42 MB corpus held 326 MB after it. A batch of gifts stays
+# one import; one of story parts is a message or two (~256 entries, ~3 MB parsed).
+IMPORT_BATCH_BYTES = 2 * wire.MAX_BATCH_BYTES
+INBOX_BYTES = 2 * IMPORT_BATCH_BYTES
+# After a catch-up (the inbox empty once this much was stored since), the C allocator's free
+# memory is given back (core/memory.py): each import's garbage sat in the arena of whichever of
+# the pool's threads ran it, ~25 MB each, resident until the process ended.
+GIVE_BACK_BYTES = 4 * IMPORT_BATCH_BYTES
 # Messages a peer may send in answer to one of our syncs beyond its rate (its entries, proofs
 # and heads for one round), and at most this many rounds' worth: a catch-up's answers are what
 # we asked for, not a flood, and the per-peer rate would otherwise cap a catch-up at
@@ -327,6 +337,8 @@ class Stats:
     rounds: int = 0
     disk_refused: int = 0  # imports the disk refused (full, failing, read-only): sent again later
     inbox_peak: int = 0  # most entries of one peer held at once awaiting storage (<= INBOX_ENTRIES)
+    inbox_peak_bytes: int = 0  # their most bytes (<= INBOX_BYTES, or one message over it)
+    gave_back: int = 0  # times the allocator's free memory was returned after a catch-up
 
 
 @dataclass
@@ -356,6 +368,7 @@ class Peer:
     # Entries received, waiting for the importer (in arrival order), and how many are held.
     inbox: deque[tuple[list[bytes], dict[int, str] | None]] = field(default_factory=deque)
     inbox_entries: int = 0
+    inbox_bytes: int = 0
     inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
     inbox_room: asyncio.Event = field(default_factory=asyncio.Event)
     importer: asyncio.Task[None] | None = None
@@ -739,6 +752,7 @@ class MeshNode:
         whether more remain. Where they hold a different entry at a seq we hold, ours at that
         seq is sent: importing it gives them the fork proof."""
         out: list[bytes] = []
+        size = 0  # their bytes (wire.MAX_ROUND_BYTES)
         more = False
         quarantine = self.store.quarantine()
         for a, fs in their_forks:  # nothing from a fork point on is trusted: not sent either
@@ -759,16 +773,21 @@ class MeshNode:
                     # proof at the seq seen (an outside tester's: 66, the chains parting at
                     # 63) left each node counting its own branch's 63..65 for good.
                     start = max(0, their_seq - 1 - FORK_LOOKBACK)
-                    out.extend(self.store.raws_after(author, start, their_seq - start))
+                    sent = self.store.raws_after(author, start, their_seq - start)
+                    out.extend(sent)
+                    size += sum(len(r) for r in sent)
                     continue
             if top <= their_seq:
                 continue
             room = limit - len(out)
-            if room <= 0:
+            if room <= 0 or (out and size >= wire.MAX_ROUND_BYTES):
                 more = True
                 break
-            got = self.store.raws_after(author, their_seq, min(room, top - their_seq))
+            got = self.store.raws_after(
+                author, their_seq, min(room, top - their_seq), wire.MAX_ROUND_BYTES - size
+            )
             out.extend(got)
+            size += sum(len(r) for r in got)
             if their_seq + len(got) < top:
                 more = True
         return out, more
@@ -913,35 +932,65 @@ class MeshNode:
             return
         if peer.importer is None or peer.importer.done():
             peer.importer = asyncio.create_task(self._importer(peer), name="mesh-import")
-        while peer.inbox_entries and peer.inbox_entries + len(raws) > INBOX_ENTRIES:
+        size = sum(len(r) for r in raws)
+        while peer.inbox_entries and (
+            peer.inbox_entries + len(raws) > INBOX_ENTRIES or peer.inbox_bytes + size > INBOX_BYTES
+        ):
             peer.inbox_room.clear()
             await peer.inbox_room.wait()
         peer.inbox.append((raws, traces))
         peer.inbox_entries += len(raws)
+        peer.inbox_bytes += size
         self.stats.inbox_peak = max(self.stats.inbox_peak, peer.inbox_entries)
+        self.stats.inbox_peak_bytes = max(self.stats.inbox_peak_bytes, peer.inbox_bytes)
         peer.inbox_ready.set()
 
     async def _importer(self, peer: Peer) -> None:
         """Store what `peer` sent, in arrival order, several messages per transaction, while
         the reader goes on receiving (so the next round is on its way during an import)."""
+        stored = 0  # bytes imported since the allocator last gave memory back
         while True:
             await peer.inbox_ready.wait()
             if not peer.inbox:
                 peer.inbox_ready.clear()
+                if stored >= GIVE_BACK_BYTES:
+                    stored = 0
+                    await asyncio.to_thread(self._give_back)
                 continue
-            raws: list[bytes] = []
-            traces: dict[int, str] = {}
-            while peer.inbox and (not raws or len(raws) + len(peer.inbox[0][0]) <= IMPORT_BATCH):
-                batch, batch_traces = peer.inbox.popleft()
-                traces.update({len(raws) + i: tp for i, tp in (batch_traces or {}).items()})
-                raws += batch
+            raws, traces, size = self._next_batch(peer)
             try:
                 await self._import_entries(peer, raws, traces or None)
             except Exception:
                 log.exception("mesh: error importing entries from %s", peer.hex[:16])
             finally:
                 peer.inbox_entries -= len(raws)
+                peer.inbox_bytes -= size
                 peer.inbox_room.set()
+            stored += size
+            del raws, traces  # not held while the inbox waits (they were a whole batch)
+
+    @staticmethod
+    def _next_batch(peer: Peer) -> tuple[list[bytes], dict[int, str], int]:
+        """The messages at the head of `peer`'s inbox that make one import (at least one, at
+        most IMPORT_BATCH entries and IMPORT_BATCH_BYTES): their entries, traces and bytes."""
+        raws: list[bytes] = []
+        traces: dict[int, str] = {}
+        size = 0
+        while peer.inbox:
+            batch = peer.inbox[0][0]
+            more = sum(len(r) for r in batch)
+            if raws and (len(raws) + len(batch) > IMPORT_BATCH or size + more > IMPORT_BATCH_BYTES):
+                break
+            batch, batch_traces = peer.inbox.popleft()
+            traces.update({len(raws) + i: tp for i, tp in (batch_traces or {}).items()})
+            raws += batch
+            size += more
+        return raws, traces, size
+
+    def _give_back(self) -> None:
+        """After a catch-up: the allocator's free memory back to the system (core/memory.py)."""
+        if memory.give_back():
+            self.stats.gave_back += 1
 
     def _note_advertised(self, peer: Peer, endpoint: str) -> None:
         """A peer's rounds advertise one endpoint; by turns two, and it is two nodes with one
@@ -1554,7 +1603,9 @@ class MeshNode:
                     peer.wake.set()
                     continue
                 if head.seq > known:
-                    raws = self.store.raws_after(self.me, known, wire.MAX_ROUND)
+                    raws = self.store.raws_after(
+                        self.me, known, wire.MAX_ROUND, wire.MAX_ROUND_BYTES
+                    )
                     sent = self._send_entries(sock, [], raws, peer)
                     self._update_known(peer, raws[:sent])
                     if sent < len(raws) or head.seq > known + len(raws):

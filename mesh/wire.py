@@ -40,6 +40,9 @@ MAX_FEEDS = 4096  # feeds in one version vector
 MAX_BATCH = 256  # entries (or proofs) in one E/F message
 MAX_BATCH_BYTES = 512 * 1024
 MAX_ROUND = 2048  # entries sent to one peer per round; the rest waits for the next round
+# And their bytes, at most (at least one entry a round): 2,048 of a story's ~4 KiB entries were
+# 8 MB on their way to a catching-up node at once, on top of what it was importing.
+MAX_ROUND_BYTES = 4 * MAX_BATCH_BYTES
 MAX_PROOFS_PER_MSG = 8
 # ZMQ_MAXMSGSIZE (per frame): a peer sending a larger frame is disconnected by libzmq itself.
 MAX_FRAME = max(MAX_PROOF_BYTES, MAX_FEEDS * 48, MAX_ENTRY_BYTES) + 1024
