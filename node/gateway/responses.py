@@ -226,6 +226,10 @@ class MeshCounters(Answer):
     rounds: int = Field(description="sync rounds run")
     disk_refused: int = Field(description="imports the disk refused (sent again later)")
     inbox_peak: int = Field(description="most entries of one peer held at once awaiting storage")
+    inbox_peak_bytes: int = Field(description="their most bytes held at once")
+    gave_back: int = Field(
+        description="times the allocator's free memory was returned to the system after a catch-up"
+    )
 
 
 class MeshAnswer(Answer):
