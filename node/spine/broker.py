@@ -64,6 +64,13 @@ _TIMESTAMP = re.compile(r"^[0-9]+: ")  # Mosquitto's own prefix on each line (Un
 # rewrote to disk at every change). A full queue of the node's events (max_queued_messages, ~0.5
 # KiB each) is ~5 MiB: this is room for it and its retained topics many times over.
 MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
+# What the broker queues for one client that is away or behind, at most, in bytes too (its
+# messages count only: 10,000 of 100 KiB is 1 GB). An outside tester left a persistent session
+# subscribed to gibsey/v1/# and published 330 messages of 100 KB: the queue reached the heap's
+# memory_limit, and the broker refused every client, the node too, for good (the store is
+# reloaded at every start). A lagging dashboard keeps ~2,000 of the node's events; the whole
+# store stays small, so saving it after each change stays cheap (images/mosquitto/gibsey.conf).
+MAX_QUEUED_BYTES = 1024 * 1024
 # Where the embedded Mosquitto keeps its store (sessions, queued and retained messages): a RAM
 # folder, as the image keeps Debian's Mosquitto's (images/README.md). The store is saved whole
 # after every change (the image's setting: a broker killed between saves loses what it
@@ -170,6 +177,7 @@ def mosquitto_conf(
         "autosave_interval 1",
         "persistent_client_expiration 7d",
         "max_queued_messages 10000",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"message_size_limit {MAX_MESSAGE_BYTES}",
         f"memory_limit {memory_limit}",
         # Its lines go to the node's log (MosquittoChild._relay), not to a file in `folder`: a
