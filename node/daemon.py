@@ -168,9 +168,10 @@ class Node:
         """Call `close()` when the node stops (after its services are cancelled)."""
         self._closers.append(close)
 
-    def alert(self, alert: SafetyAlert) -> None:
-        """Report something that went wrong, through the router's rate limit."""
-        self.router.report(alert)
+    def alert(self, alert: SafetyAlert, paced: bool = False) -> None:
+        """Report something that went wrong, through the router's rate limit (`paced`: said at
+        most once a minute a kind by its part already, so never lost to it: Router.report)."""
+        self.router.report(alert, paced)
 
     def add_service(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `factory()` as a task while the node runs (started by start(), cancelled by stop()).

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gibsey.node.spine.broker import MosquittoChild
 from tests.brokers import free_port
@@ -30,7 +31,7 @@ WAIT_S = 60.0
 
 def _client(name: str, clean: bool) -> mqtt.Client:
     return mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
+        CallbackAPIVersion.VERSION2,
         client_id=name,
         clean_session=clean,
         protocol=mqtt.MQTTv311,
@@ -73,7 +74,12 @@ async def test_a_session_left_subscribed_cannot_fill_the_brokers_heap(tmp_path: 
         newcomer = _client("newcomer", clean=True)
         assert newcomer.connect("127.0.0.1", port) == 0
         connected = threading.Event()
-        newcomer.on_connect = lambda c, u, f, rc, p=None: rc == 0 and connected.set()
+
+        def on_connect(*args: object) -> None:
+            if args[3] == 0:  # (client, userdata, flags, reason code, properties)
+                connected.set()
+
+        newcomer.on_connect = on_connect
         newcomer.loop_start()
         assert connected.wait(WAIT_S), "the broker refused a new client"
         newcomer.disconnect()

@@ -299,3 +299,39 @@ def test_a_full_duplicate_window_holds_its_ids_in_a_few_megabytes() -> None:
     assert held < 6_000_000, f"{held / 1e6:.1f} MB"
     assert all(event_id in window for event_id in ids[:1000])
     assert not window.add(ids[-1]) and new_event_id() not in window
+
+
+async def test_an_alert_its_part_paces_is_never_lost_to_a_flood_of_junk() -> None:
+    """Tried (an outside tester): junk turns spent the router's alert budget, and the one
+    mint_throttled line counting 2,210 refused mints was lost with them. Must hold: an alert
+    its part paces itself (one a minute a kind, with its count) is published whatever junk
+    spent; others stay under the budget."""
+    alerts: list[SafetyAlert] = []
+    router = Router("n1", alerts.append, alerts_per_second=5)
+    for _ in range(500):
+        router.handle_message(topic("n1", "glyph/rotated"), b"\xff\xfe garbage")
+    spent = len(alerts)
+    router.report(SafetyAlert(reason="story_sync_failed", detail="unpaced"))
+    assert len(alerts) == spent  # the budget is spent: suppressed
+    router.report(SafetyAlert(reason="mint_throttled", detail="2210 mints refused"), paced=True)
+    assert [a.reason for a in alerts[spent:]] == ["mint_throttled"]
+
+
+def test_refusals_after_their_alert_are_said_once_due_without_another() -> None:
+    """Tried (an outside tester): a burst of mints over the budget said its first one, and the
+    rest (2,210) never: the count was said only at the next refusal after the interval. Must
+    hold: once the interval passed, the held count is due by itself (the ledger service's
+    timer asks), and nothing is due when nothing is held."""
+    from gibsey.node.glyph import runtime
+
+    paced = runtime.PacedRefusals("mint_throttled")
+    work = runtime.LedgerWork("mint", "london-fox", "", 1, "read", "turn t1", None)
+    first = paced.count(work, ValueError("over mint budget"))
+    assert first is not None and first.detail.startswith("1 mints refused (1 in all)")
+    for _ in range(2210):
+        assert paced.count(work, ValueError("over mint budget")) is None
+    assert paced.due() is None  # not due yet
+    paced._said_at -= runtime.MINT_THROTTLE_ALERT_S  # the interval passed
+    held = paced.due()
+    assert held is not None and held.detail.startswith("2210 mints refused (2211 in all)")
+    assert paced.due() is None

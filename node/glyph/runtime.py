@@ -64,6 +64,7 @@ LEDGER_IN_FLIGHT = 1024  # mints and gifts handed to the group commit, not yet a
 # Mints over this node's mint budget (ledger/ECONOMY.md) are refused before any write and said
 # at most once per interval, with the count since the last time.
 MINT_THROTTLE_ALERT_S = 60.0
+REFUSALS_TICK_S = 5.0  # how often refusals held back are looked at for an alert that is due
 # Effects whose payloads are kept validated (_apply); a program's effects are its constants, so
 # a few per bound program, unless it emits computed numbers.
 MADE_PAYLOADS = 4096
@@ -113,19 +114,22 @@ class PacedRefusals:
         self.total = 0
         self._said = 0  # the total when last said
         self._said_at = -MINT_THROTTLE_ALERT_S  # when (monotonic)
+        self._last = ""  # what the last refusal was, its total left to fill in
 
     def count(self, work: LedgerWork, exc: Exception) -> SafetyAlert | None:
         self.total += 1
+        self._last = f"{work.kind}s refused ({{total}} in all), last {work.cause}: {exc}"
+        return self.due()
+
+    def due(self) -> SafetyAlert | None:
+        """The alert for the refusals not said yet, once the interval since the last has
+        passed; asked after each refusal and by a timer, so the last of a burst is said too."""
         now = time.monotonic()
-        if now - self._said_at < MINT_THROTTLE_ALERT_S:
+        if self.total == self._said or now - self._said_at < MINT_THROTTLE_ALERT_S:
             return None
         since, self._said, self._said_at = self.total - self._said, self.total, now
-        return SafetyAlert(
-            reason=self.reason,
-            detail=f"{since} {work.kind}s refused ({self.total} in all), {work.cause}: {exc}"[
-                :16_000
-            ],
-        )
+        detail = f"{since} {self._last.format(total=self.total)}"
+        return SafetyAlert(reason=self.reason, detail=detail[:16_000])
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,7 @@ class Runtime:
             maxsize=LEDGER_IN_FLIGHT
         )
         announcer = asyncio.create_task(self._announce(submitted))
+        sayer = asyncio.create_task(self._say_refusals_held())
         try:
             while True:
                 work = await self.ledger_queue.get()
@@ -323,6 +328,17 @@ class Runtime:
                 await submitted.put((work, asyncio.wrap_future(done)))
         finally:
             announcer.cancel()
+            sayer.cancel()
+
+    async def _say_refusals_held(self) -> None:
+        """The refusals counted since their last alert, said once it is due even when no more
+        come (a burst's count after its first line was otherwise never said)."""
+        while True:
+            await asyncio.sleep(REFUSALS_TICK_S)
+            for paced in (self.over_budget, self.feed_waits):
+                alert = paced.due()
+                if alert is not None:
+                    self.node.alert(alert, paced=True)
 
     async def _announce(
         self, submitted: asyncio.Queue[tuple[LedgerWork, asyncio.Future[Entry]]]
@@ -332,7 +348,8 @@ class Runtime:
             try:
                 outcome = await self._outcome_in_turn(work, done)
                 if isinstance(outcome, SafetyAlert):
-                    self.node.alert(outcome)
+                    paced = outcome.reason in (self.over_budget.reason, self.feed_waits.reason)
+                    self.node.alert(outcome, paced=paced)
                 elif outcome is not None:
                     with trace.within(work.trace):
                         self.node.send("gift/txn", outcome, actor=work.actor)

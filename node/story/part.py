@@ -148,7 +148,7 @@ class _NoCanonNotice:
                 "`gibsey story import` gives the node its corpus"
             )
             log.warning("%s: %s", STORY_REFUSED, detail)
-            self._node.alert(SafetyAlert(reason=STORY_REFUSED, detail=detail))
+            self._node.alert(SafetyAlert(reason=STORY_REFUSED, detail=detail), paced=True)
 
 
 def _report_merges(node: Node, story: Story, done: list[Execution], publish: _Announce) -> None:
