@@ -691,6 +691,40 @@ async def test_a_gift_waiting_for_its_acknowledgement_is_answered_as_the_gateway
     assert answer.json()["acked"] is False
 
 
+async def test_a_gift_retried_with_its_idempotency_key_is_given_once(
+    gateway_node: GatewayNode,
+) -> None:
+    """Tried (an outside tester): gifts answered with a timeout under a flood were on the
+    ledger all the same, so a client that retries gives twice. Must hold: with an
+    Idempotency-Key, a retry (also while the first is under way) gets the first answer and
+    nothing more is given; the key with another gift is refused (422); without a key, two
+    posts are two gifts."""
+    gw = gateway_node
+    ledger = gw.node.parts.ledger
+    assert ledger is not None
+    await asyncio.to_thread(ledger.mint, "ada", 20, "test")
+    body = {"giver": "ada", "receiver": "bob", "amount": 2}
+    once = {**AUTH, "Idempotency-Key": "gift-7f3a"}
+    first, again = await asyncio.gather(
+        gw.http.post("/api/ledger/gift", json=body, headers=once),
+        gw.http.post("/api/ledger/gift", json=body, headers=once),
+    )
+    later = await gw.http.post("/api/ledger/gift", json=body, headers=once)
+    assert {first.status_code, again.status_code, later.status_code} == {201}, later.text
+    assert first.json()["entry"] == again.json()["entry"] == later.json()["entry"]
+
+    def gifts() -> int:
+        return sum(e.type == "gift" for e in ledger.store.iter_ordered())
+
+    assert gifts() == 1
+    other = await gw.http.post("/api/ledger/gift", json={**body, "amount": 3}, headers=once)
+    assert other.status_code == 422 and "used for another request" in other.text
+    for _ in range(2):
+        r = await gw.http.post("/api/ledger/gift", json=body, headers=AUTH)
+        assert r.status_code == 201, r.text
+    assert gifts() == 3
+
+
 async def test_a_throttled_question_is_refused_at_once_not_after_a_minute(tmp_path: Path) -> None:
     """Tried (an outside tester): 12 questions at once over HTTP from one actor; the 6 the
     node throttled each waited the whole minute, then read "the persona did not answer within

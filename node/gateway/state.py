@@ -19,6 +19,7 @@ from fastapi import Depends, Request
 
 from gibsey.core.envelope import Event, Payload, SafetyAlert
 from gibsey.node.gateway.errors import ApiError
+from gibsey.node.gateway.idempotency import Replays
 from gibsey.node.gateway.models import LedgerWrite
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class GatewayState:
     # Set as the gateway stops: a write waiting for the broker's acknowledgement answers at
     # once (acked false), within uvicorn's graceful shutdown, not cancelled into a 500.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Gifts by Idempotency-Key: a retry is answered as the first, never given twice.
+    gifts: Replays[LedgerWrite] = field(default_factory=Replays)
 
     # -- the parts ------------------------------------------------------------------------------
     def ledger(self) -> Ledger:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from gibsey.core.envelope import GiftTxn
 from gibsey.ledger.economy import EntryEffect
 from gibsey.ledger.entry import Entry
 from gibsey.node.gateway.auth import Token
 from gibsey.node.gateway.errors import ledger_refusals
+from gibsey.node.gateway.idempotency import MAX_KEY, digest
 from gibsey.node.gateway.models import GiftRequest, LedgerWrite
 from gibsey.node.gateway.openapi import PART_MAY_BE_MISSING, mutating
 from gibsey.node.gateway.responses import READ, BalancesAnswer, EntriesAnswer
@@ -85,15 +87,36 @@ async def entries(
     status_code=201,
     **mutating("gift/txn", stores=True),
 )
-async def gift(body: GiftRequest, _: Token, gw: State) -> LedgerWrite:
+async def gift(
+    body: GiftRequest,
+    _: Token,
+    gw: State,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=MAX_KEY,
+            description="a string the client makes per gift: a retry with it (after a timeout) "
+            "gets the first answer again, and nothing is given twice (node/gateway/idempotency.py)",
+        ),
+    ] = None,
+) -> LedgerWrite:
     ledger = gw.ledger()
-    with ledger_refusals():
-        e = ledger.gift(body.giver, body.receiver, body.amount, body.memo)
-    txn = GiftTxn(
-        type="gift",
-        giver=body.giver,
-        receiver=body.receiver,
-        amount=body.amount,
-        entry=e.hash_hex[:64],
-    )
-    return await gw.announce_entry(e, "gift/txn", txn, body.giver)
+
+    async def give() -> LedgerWrite:
+        with ledger_refusals():
+            # In a thread: the append waits for its commit (an fsync on an SD card), and this
+            # loop is the node's, its dial's turns included.
+            e = await asyncio.to_thread(
+                ledger.gift, body.giver, body.receiver, body.amount, body.memo
+            )
+        txn = GiftTxn(
+            type="gift",
+            giver=body.giver,
+            receiver=body.receiver,
+            amount=body.amount,
+            entry=e.hash_hex[:64],
+        )
+        return await gw.announce_entry(e, "gift/txn", txn, body.giver)
+
+    request = digest(body.giver, body.receiver, body.amount, body.memo)
+    return await gw.gifts.once(idempotency_key, request, give)
