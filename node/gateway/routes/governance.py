@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -63,8 +64,10 @@ async def proposals(
 )
 async def propose(body: ProposeRequest, _: Token, gw: State) -> LedgerWrite:
     ledger = gw.ledger()
-    with ledger_refusals():
-        e = ledger.propose(body.action, body.target, body.title, body.proposer)
+    with ledger_refusals():  # in a thread: an append waits for its commit (ledger.py's gift)
+        e = await asyncio.to_thread(
+            ledger.propose, body.action, body.target, body.title, body.proposer
+        )
     opened = HearingOpened(
         proposal=e.hash_hex,
         action=body.action,
@@ -92,6 +95,6 @@ async def vote(
     ledger = gw.ledger()
     with ledger_refusals():
         p = ledger.find_proposal(proposal)
-        e = ledger.vote(p.hash_hex, body.actor, body.choice)
+        e = await asyncio.to_thread(ledger.vote, p.hash_hex, body.actor, body.choice)
     voted = HearingVote(proposal=p.hash_hex, actor=body.actor, choice=body.choice, entry=e.hash_hex)
     return await gw.announce_entry(e, "hearing/vote", voted, body.actor)
