@@ -255,6 +255,7 @@ READS_A_NODE = frozenset(
         ("story", "diff"),
         ("story", "branch"),
         ("vm", "table"),
+        ("watchdog", "deaths"),  # said "no deaths recorded", exit 0, of a mistyped --data
     }
 )
 

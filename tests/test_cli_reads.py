@@ -27,6 +27,7 @@ READS = [
     ("story", "diff", "main"),
     ("story", "branch"),
     ("vm", "table"),
+    ("watchdog", "deaths"),
 ]
 
 
