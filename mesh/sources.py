@@ -48,9 +48,14 @@ class SourceCounts:
         if len(self.cut) >= MAX_CUT:  # disconnects lost (never seen here): start again
             self.cut.clear()
         try:
-            dup = socket.socket(fileno=os.dup(fd))
+            copy = os.dup(fd)
         except OSError:
             return None  # closed already
+        try:
+            dup = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)  # no socket (the fd reused by a file since): not ours
+            return None
         with dup:
             try:
                 if dup.getsockname()[1] != self.port:
