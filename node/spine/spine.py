@@ -86,7 +86,8 @@ RETRY_SAID_S = 30.0  # while the broker stays away, the log says so this often
 AT_ONCE_S = 1.0
 NO_MQTT_THERE = (
     "at once at every try: a TLS listener (not supported: mqtt:// only) or another protocol "
-    "than MQTT on that port does this"
+    "than MQTT on that port does this, and a Mosquitto out of memory (its memory_limit: its "
+    "log says 'Out of memory') to every client"
 )
 END_SESSION_TIMEOUT_S = 2.0  # a clean stop waits this long at most to end the session
 # How long the broker keeps the node's session while the node is away (MQTT 3.1.1 has no expiry
