@@ -85,11 +85,14 @@ class Broker:
     where: str  # how the lines name it (never with a password)
     named: bool  # a broker of its own (Mosquitto), not the embedded one `gibsey up` starts
     embedded: bool = False  # known to be the embedded broker the running node started
+    # Whether the running node says it is connected to it (its /api/status); None: no node
+    # answers. A broker that takes TCP and refuses MQTT (out of memory) looked healthy.
+    node_connected: bool | None = None
 
 
 def find_broker(data: Path, config: GibseyConfig) -> Broker:
     cfg = config.node
-    running = _running_broker(data)
+    running, connected = _running_broker(data)
     host, port = _host_port(running or cfg.broker or f"{cfg.embedded_host}:{cfg.embedded_port}")
     # Told by the process that listens there, never by the address: a broker someone else
     # started there (for `gibsey up --broker mqtt://127.0.0.1:1883`, or with no node at all)
@@ -97,9 +100,10 @@ def find_broker(data: Path, config: GibseyConfig) -> Broker:
     started = _started_by_node(data, port) if _local(host, cfg.embedded_host) else False
     if started:
         where = f"embedded broker mqtt://{host}:{port} (started by `gibsey up`)"
-        return Broker(host, port, where, named=False, embedded=True)
+        return Broker(host, port, where, named=False, embedded=True, node_connected=connected)
     if running:
-        return Broker(host, port, f"{running} (the running node's broker)", named=True)
+        where = f"{running} (the running node's broker)"
+        return Broker(host, port, where, named=True, node_connected=connected)
     if cfg.broker:
         from gibsey.core.mqtt import redact_url  # paho: only when a broker is named
 
@@ -120,6 +124,15 @@ def _local(host: str, embedded_host: str) -> bool:
 
 def check_broker(broker: Broker) -> Check:
     error = _reachable(broker.host, broker.port)
+    if error is None and broker.node_connected is False:
+        return Check(
+            "broker",
+            FAIL,
+            f"{broker.where} accepts TCP connections, but the running node is not connected "
+            "to it (its /api/status): it refuses MQTT clients",
+            "see the node's log and the broker's (Mosquitto out of memory says 'Out of "
+            "memory'); restarting the broker or the node reconnects it",
+        )
     if error is None:
         return Check("broker", OK, f"{broker.where} accepts connections")
     if broker.named:
@@ -130,14 +143,18 @@ def check_broker(broker: Broker) -> Check:
     return Check("broker", FAIL, f"{where}: {error}", fix)
 
 
-def _running_broker(data: Path) -> str | None:
-    """The broker the running node is connected to, as its /api/status says (no password in
-    it); None when no node answers there."""
+def _running_broker(data: Path) -> tuple[str | None, bool | None]:
+    """The broker the running node uses (no password in it), as its /api/status says, and
+    whether it is connected to it now; (None, None) when no node answers there."""
     try:
-        broker = json.loads(_gateway_get(data, "/api/status"))["broker"]
+        status = json.loads(_gateway_get(data, "/api/status"))
+        broker = status["broker"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return broker if isinstance(broker, str) and broker else None
+        return None, None
+    if not (isinstance(broker, str) and broker):
+        return None, None
+    connected = status.get("connected")
+    return broker, connected if isinstance(connected, bool) else None
 
 
 def _gateway_get(data: Path, path: str) -> bytes:

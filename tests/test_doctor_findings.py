@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -169,6 +171,46 @@ def test_a_node_started_with_broker_is_checked_on_that_broker(
         out = _doctor(node_data, capsys)
     assert "(started by `gibsey up`) accepts connections" in _lines(out, "broker")[0], out
     assert "this machine only" in _lines(out, "anonymous")[0], out
+
+
+def test_a_broker_that_takes_tcp_and_refuses_the_node_is_no_healthy_broker(
+    node_data: Path, mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tried (an outside tester): the node's broker out of memory closed every connection
+    before its CONNACK, the node reconnecting all the while, and doctor said "accepts
+    connections ... the node looks healthy" (it only opened a TCP connection). Here the
+    broker is replaced by a listener that closes each connection at once. Must hold: the
+    broker line is a FAIL saying the running node is not connected to it."""
+    with _gibsey_up(node_data, "--broker", mosquitto.url):
+        assert _lines(_doctor(node_data, capsys), "broker")[0].startswith("ok")
+        mosquitto.stop()
+        refuser = socket.create_server(("127.0.0.1", mosquitto.port))
+        stop = threading.Event()
+
+        def close_each() -> None:
+            refuser.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = refuser.accept()
+                except TimeoutError:
+                    continue
+                conn.close()
+
+        closer = threading.Thread(target=close_each, daemon=True)
+        closer.start()
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                (line,) = _lines(_doctor(node_data, capsys), "broker")
+                if line.startswith("FAIL"):
+                    break
+                assert time.monotonic() < deadline, line
+                time.sleep(0.5)
+            assert "the running node is not connected to it" in line, line
+        finally:
+            stop.set()
+            closer.join()
+            refuser.close()
 
 
 def test_a_broker_no_node_started_is_not_called_the_embedded_one(
