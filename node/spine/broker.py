@@ -68,9 +68,11 @@ MEMORY_LIMIT_BYTES = 32 * 1024 * 1024
 # messages count only: 10,000 of 100 KiB is 1 GB). An outside tester left a persistent session
 # subscribed to gibsey/v1/# and published 330 messages of 100 KB: the queue reached the heap's
 # memory_limit, and the broker refused every client, the node too, for good (the store is
-# reloaded at every start). A lagging dashboard keeps ~2,000 of the node's events; the whole
-# store stays small, so saving it after each change stays cheap (images/mosquitto/gibsey.conf).
-MAX_QUEUED_BYTES = 1024 * 1024
+# reloaded at every start). 4 MiB is what max_queued_messages holds of the node's own events
+# (10,000 of ~0.4 KiB): a lagging client (the node after a broker restart, a dashboard) keeps as
+# many as before, and large messages are bounded; the store stays small enough to save after
+# each change (images/mosquitto/gibsey.conf).
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
 # Where the embedded Mosquitto keeps its store (sessions, queued and retained messages): a RAM
 # folder, as the image keeps Debian's Mosquitto's (images/README.md). The store is saved whole
 # after every change (the image's setting: a broker killed between saves loses what it
