@@ -569,27 +569,27 @@ class StoryGraph:
         if not self.db.execute("SELECT 1 FROM commits WHERE hash = ?", (commit,)).fetchone():
             self._effect(e, False, f"commit {commit[:12]} is not held")
             return
-        row = self.db.execute("SELECT head FROM branches WHERE name = ?", (name,)).fetchone()
+        head = self._head(name)
         old = b.get("old")
         if old is None:
-            if row is not None and name == CANON and commit not in self.ancestors(row[0]):
-                self._keep_other_canon(e, row[0])
+            if head is not None and name == CANON and commit not in self.ancestors(head):
+                self._keep_other_canon(e, head)
                 return
-            if row is not None:
+            if head is not None:
                 self._effect(e, False, f"branch {name} already exists")
                 return
             self._create(name, commit, b.get("from"), actor, e)
             self._edge(f"branch:{name}", "AUTHORED_BY", f"actor:{actor}")
             self._effect(e, True, f"branch {name} created at {commit[:12]}")
             return
-        if row is None:
+        if head is None:
             self._effect(e, False, f"no branch {name}")
             return
         if name == CANON:
             self._effect(e, False, f"{CANON} moves only by a passed narrative-merge hearing")
             return
-        if row[0] != old:
-            self._effect(e, False, f"stale: {name} is at {row[0][:12]}, not {old[:12]}")
+        if head != old:
+            self._effect(e, False, f"stale: {name} is at {head[:12]}, not {old[:12]}")
             return
         if old not in self.ancestors(commit):
             self._effect(e, False, f"{commit[:12]} does not descend from {old[:12]}")
@@ -607,7 +607,7 @@ class StoryGraph:
         b = e.body
         kept = f"{CANON}.{e.author_hex[:8]}"
         note = f"branch {CANON} already exists (at {standing[:12]})"
-        if self.db.execute("SELECT 1 FROM branches WHERE name = ?", (kept,)).fetchone():
+        if self._head(kept) is not None:
             self._effect(e, False, f"{note}; {kept} too")
             return
         self._create(kept, b["commit"], CANON, b["actor"], e)
@@ -663,14 +663,14 @@ class StoryGraph:
         parents = json.loads(
             self.db.execute("SELECT parents FROM commits WHERE hash = ?", (target,)).fetchone()[0]
         )
-        row = self.db.execute("SELECT head FROM branches WHERE name = ?", (branch,)).fetchone()
-        if row is None or row[0] != parents[0]:
+        head = self._head(branch)
+        if head != parents[0]:  # (no branch: None)
             status = "stale"
             note = f"hearing {proposal[:12]} passed, but {branch} moved since: merge not applied"
         else:
             status = "applied"
             note = f"hearing {proposal[:12]} passed: {branch} -> {target[:12]}"
-            self._move(branch, row[0], target, f"hearing:{proposal[:12]}", "merge", e)
+            self._move(branch, head, target, f"hearing:{proposal[:12]}", "merge", e)
         self.db.execute("UPDATE hearings SET status = ? WHERE proposal = ?", (status, proposal))
         self._effect(e, status == "applied", note)
 
