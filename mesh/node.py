@@ -365,8 +365,9 @@ class Peer:
     sent: dict[bytes, deque[tuple[int, float]]] = field(default_factory=dict)
     synced_t: float = 0.0  # when this peer's own round last reached our listener
     credit: int = 0  # messages in answer to our syncs it may still send beyond its rate
-    # Entries received, waiting for the importer (in arrival order), and how many are held.
-    inbox: deque[tuple[list[bytes], dict[int, str] | None]] = field(default_factory=deque)
+    # Entries received, waiting for the importer (in arrival order: a message's entries, their
+    # traces, their bytes), and how many are held.
+    inbox: deque[tuple[list[bytes], dict[int, str] | None, int]] = field(default_factory=deque)
     inbox_entries: int = 0
     inbox_bytes: int = 0
     inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -938,7 +939,7 @@ class MeshNode:
         ):
             peer.inbox_room.clear()
             await peer.inbox_room.wait()
-        peer.inbox.append((raws, traces))
+        peer.inbox.append((raws, traces, size))
         peer.inbox_entries += len(raws)
         peer.inbox_bytes += size
         self.stats.inbox_peak = max(self.stats.inbox_peak, peer.inbox_entries)
@@ -977,11 +978,10 @@ class MeshNode:
         traces: dict[int, str] = {}
         size = 0
         while peer.inbox:
-            batch = peer.inbox[0][0]
-            more = sum(len(r) for r in batch)
+            batch, _, more = peer.inbox[0]
             if raws and (len(raws) + len(batch) > IMPORT_BATCH or size + more > IMPORT_BATCH_BYTES):
                 break
-            batch, batch_traces = peer.inbox.popleft()
+            batch, batch_traces, _ = peer.inbox.popleft()
             traces.update({len(raws) + i: tp for i, tp in (batch_traces or {}).items()})
             raws += batch
             size += more
@@ -1190,6 +1190,10 @@ class MeshNode:
             author = bytes.fromhex(head[len(_AUTHOR_PREFIX) :].decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             return True
+        return self._takes(author)
+
+    def _takes(self, author: bytes) -> bool:
+        """Whether this node holds `author`'s feed: its own or an allow-listed key's."""
         return author == self.me or author in self.allowed
 
     def _import_sync(self, raws: list[bytes]) -> list[ImportResult | Rejected]:
@@ -1623,12 +1627,11 @@ class MeshNode:
         now, wall = time.monotonic(), time.time()
         ours = self.store.heads()
         peers = []
-        held = self.allowed | {self.me}  # feeds this node takes (_member_feed)
         for p in self.peers.values():
             known = {a.hex(): s for a, s in p.known.items()}
             # A feed of a key not on our allow-list that a peer holds is never ours to lack:
             # it showed as "we lack" for good (an outside tester).
-            takes = {a.hex(): s for a, s in p.known.items() if a in held}
+            takes = {a.hex(): s for a, s in p.known.items() if self._takes(a)}
             peers.append(
                 {
                     "key": p.hex,
