@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,21 +51,37 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-async def test_a_flood_of_idle_connections_closes_the_port_for_a_while(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+@dataclass
+class Room:
+    """The node under test (max_peers 4, MAX_HANDSHAKING lowered to 16) and a member that
+    dials it, not started: the member meets the node once the test says so (meets_the_node)."""
+
+    node: MeshNode
+    store: Store
+    member: MeshNode
+    member_store: Store
+    host: str
+    port: int
+
+    async def meets_the_node(self) -> None:
+        """The member starts and syncs an entry the node makes now."""
+        entry = await asyncio.to_thread(self.store.append, NODE, "mint", MINT)
+        await self.member.start()
+        me = self.node.me
+        await until(lambda: self.member_store.head(me) is not None, 30, "the member's sync")
+        assert self.member_store.head(me).hash == entry.hash  # type: ignore[union-attr]
+
+
+@asynccontextmanager
+async def room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Room]:
     monkeypatch.setattr(mesh_node, "MAX_HANDSHAKING", 16)
-    monkeypatch.setattr(mesh_node, "SHED_S", 1.0)
     monkeypatch.setattr(mesh_node, "HANDSHAKE_S", 120.0)  # no timeout closes them here
-    caplog.set_level(logging.DEBUG, logger="gibsey.mesh")
-    member_key = MEMBER.verify_key.encode()
-    cfg = quick_mesh_config([], {member_key})
+    cfg = quick_mesh_config([], {MEMBER.verify_key.encode()})
     cfg.max_peers = 4
     store = Store.open(tmp_path / "node")
     node = MeshNode(store, NODE, cfg)
     await node.start()
     host, port = node.endpoint.removeprefix("tcp://").rsplit(":", 1)
-    held: list[asyncio.StreamWriter] = []
     member_store = Store.open(tmp_path / "member")
     member = MeshNode(
         member_store,
@@ -70,32 +89,41 @@ async def test_a_flood_of_idle_connections_closes_the_port_for_a_while(
         quick_mesh_config([PeerSpec(NODE.verify_key.encode(), node.endpoint)], {node.me}),
     )
     try:
-        readers = []
-        for i in range(STRANGERS):
-            try:  # each from its own address (127/8 is loopback): no one address's flood
-                reader, writer = await asyncio.open_connection(
-                    host, int(port), local_addr=(f"127.0.1.{i + 1}", 0)
-                )
-            except ConnectionRefusedError:
-                continue  # the port closed meanwhile: what must happen
-            readers.append(reader)
-            held.append(writer)
-        await until(lambda: node.stats.flooded >= 1, 30, "the port closed for the flood")
-        # Every connection the stranger holds is closed by the node (its timeout is 120 s).
-        assert all(await asyncio.wait_for(asyncio.gather(*map(_closed, readers)), 30))
-        # And the port listens again: a member meets the node and syncs an entry from it.
-        entry = await asyncio.to_thread(store.append, NODE, "mint", MINT)
-        await member.start()
-        await until(lambda: member_store.head(node.me) is not None, 30, "the member's sync")
-        assert member_store.head(node.me).hash == entry.hash  # type: ignore[union-attr]
+        yield Room(node, store, member, member_store, host, int(port))
     finally:
-        for writer in held:
-            writer.close()
         await member.stop()
         await node.stop()
         member_store.close()
         store.close()
-    said = [r.getMessage() for r in caplog.records if Refusal.FLOODED.value in r.getMessage()]
+
+
+async def test_a_flood_of_idle_connections_closes_the_port_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(mesh_node, "SHED_S", 1.0)
+    caplog.set_level(logging.DEBUG, logger="gibsey.mesh")
+    held: list[asyncio.StreamWriter] = []
+    async with room(tmp_path, monkeypatch) as r:
+        try:
+            readers = []
+            for i in range(STRANGERS):
+                try:  # each from its own address (127/8 is loopback): no one address's flood
+                    reader, writer = await asyncio.open_connection(
+                        r.host, r.port, local_addr=(f"127.0.1.{i + 1}", 0)
+                    )
+                except ConnectionRefusedError:
+                    continue  # the port closed meanwhile: what must happen
+                readers.append(reader)
+                held.append(writer)
+            await until(lambda: r.node.stats.flooded >= 1, 30, "the port closed for the flood")
+            # Every connection the stranger holds is closed by the node (its timeout is 120 s).
+            assert all(await asyncio.wait_for(asyncio.gather(*map(_closed, readers)), 30))
+            # And the port listens again: a member meets the node and syncs an entry from it.
+            await r.meets_the_node()
+        finally:
+            for writer in held:
+                writer.close()
+    said = [rec.getMessage() for rec in caplog.records if Refusal.FLOODED.value in rec.getMessage()]
     assert said and f"the port holds {HOLDS}): closed for 1 s" in said[0], said
     again = [r for r in caplog.records if r.getMessage().startswith("mesh: listening on")]
     assert again and again[0].getMessage().endswith(" again")
@@ -111,51 +139,32 @@ async def test_one_address_holding_connections_is_cut_and_the_port_stays_open(
     once, each further one is closed as it comes (said and counted, `crowded`), the port never
     closes for it, and a member dialing from another address meets the node and syncs meanwhile.
     (Loopback is 127/8: the stranger dials from 127.0.0.2, the member from 127.0.0.1.)"""
-    monkeypatch.setattr(mesh_node, "MAX_HANDSHAKING", 16)
-    monkeypatch.setattr(mesh_node, "HANDSHAKE_S", 120.0)  # no timeout closes them here
-    member_key = MEMBER.verify_key.encode()
-    cfg = quick_mesh_config([], {member_key})
-    cfg.max_peers = 4
-    store = Store.open(tmp_path / "node")
-    node = MeshNode(store, NODE, cfg)
-    await node.start()
-    host, port = node.endpoint.removeprefix("tcp://").rsplit(":", 1)
-    member_store = Store.open(tmp_path / "member")
-    member = MeshNode(
-        member_store,
-        MEMBER,
-        quick_mesh_config([PeerSpec(NODE.verify_key.encode(), node.endpoint)], {node.me}),
-    )
     held: list[asyncio.StreamWriter] = []
-    try:
-        readers = []
-        for _ in range(STRANGERS):
-            reader, writer = await asyncio.open_connection(
-                host, int(port), local_addr=("127.0.0.2", 0)
+    async with room(tmp_path, monkeypatch) as r:
+        try:
+            readers = []
+            for _ in range(STRANGERS):
+                reader, writer = await asyncio.open_connection(
+                    r.host, r.port, local_addr=("127.0.0.2", 0)
+                )
+                readers.append(reader)
+                held.append(writer)
+            cut = STRANGERS - r.node.cfg.max_peers
+            await until(
+                lambda: r.node.stats.crowded == cut, 30, "the stranger's extra connections cut"
             )
-            readers.append(reader)
-            held.append(writer)
-        cut = STRANGERS - cfg.max_peers
-        await until(lambda: node.stats.crowded == cut, 30, "the stranger's extra connections cut")
-        closing = [asyncio.ensure_future(_closed(r)) for r in readers]
-        done, _ = await asyncio.wait(closing, timeout=10)
-        assert len(done) == cut  # the stranger keeps max_peers open, no more
-        # The port stayed open: a member meets the node and syncs while the stranger holds on.
-        entry = await asyncio.to_thread(store.append, NODE, "mint", MINT)
-        await member.start()
-        await until(lambda: member_store.head(node.me) is not None, 30, "the member's sync")
-        assert member_store.head(node.me).hash == entry.hash  # type: ignore[union-attr]
-        assert node.stats.flooded == 0
-        # The connections cut are said once, as that (not as handshakes cut or never made).
-        assert node.stats.no_handshake == 0 and node.stats.cut_handshake == 0
-        for task in closing:
-            task.cancel()
-    finally:
-        for writer in held:
-            writer.close()
-        await member.stop()
-        await node.stop()
-        member_store.close()
-        store.close()
-    said = [r.getMessage() for r in caplog.records if Refusal.CROWDED.value in r.getMessage()]
+            closing = [asyncio.ensure_future(_closed(reader)) for reader in readers]
+            done, _ = await asyncio.wait(closing, timeout=10)
+            assert len(done) == cut  # the stranger keeps max_peers open, no more
+            # The port stayed open: a member meets the node and syncs while the stranger holds.
+            await r.meets_the_node()
+            assert r.node.stats.flooded == 0
+            # The connections cut are said once, as that (not as handshakes cut or never made).
+            assert r.node.stats.no_handshake == 0 and r.node.stats.cut_handshake == 0
+            for task in closing:
+                task.cancel()
+        finally:
+            for writer in held:
+                writer.close()
+    said = [rec.getMessage() for rec in caplog.records if Refusal.CROWDED.value in rec.getMessage()]
     assert said and "127.0.0.2 holds 4 connections open on" in said[0], said
