@@ -114,11 +114,11 @@ class PacedRefusals:
         self.total = 0
         self._said = 0  # the total when last said
         self._said_at = -MINT_THROTTLE_ALERT_S  # when (monotonic)
-        self._last = ""  # what the last refusal was, its total left to fill in
+        self._last = ("", "")  # the last refusal's kind of work, and its cause and reason
 
     def count(self, work: LedgerWork, exc: Exception) -> SafetyAlert | None:
         self.total += 1
-        self._last = f"{work.kind}s refused ({{total}} in all), last {work.cause}: {exc}"
+        self._last = (work.kind, f"{work.cause}: {exc}")
         return self.due()
 
     def due(self) -> SafetyAlert | None:
@@ -128,7 +128,8 @@ class PacedRefusals:
         if self.total == self._said or now - self._said_at < MINT_THROTTLE_ALERT_S:
             return None
         since, self._said, self._said_at = self.total - self._said, self.total, now
-        detail = f"{since} {self._last.format(total=self.total)}"
+        kind, last = self._last
+        detail = f"{since} {kind}s refused ({self.total} in all), last {last}"
         return SafetyAlert(reason=self.reason, detail=detail[:16_000])
 
 
