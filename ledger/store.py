@@ -1574,7 +1574,7 @@ class Store:
             try:
                 out.append(self._import_one(db, p, stored) if p.signed else self._hold(p))
             except Rejected as exc:
-                out.append(exc)
+                out.append(_as_value(exc))
         self._flush(db)
         return out
 
@@ -1593,7 +1593,7 @@ class Store:
             try:
                 parsed.append(parse(item.raw if isinstance(item, Entry) else item, verify=False))
             except Rejected as exc:
-                parsed.append(exc)
+                parsed.append(_as_value(exc))
         todo = [p for p in parsed if isinstance(p, Entry) and p.signed]
         if self.verify_threads > 1 and len(todo) >= 64:
             if self._pool is None:
@@ -1989,6 +1989,16 @@ NO_HEAD = "an unsigned entry with no signed head after it: nothing vouches for i
 TOO_MANY_UNSIGNED = (
     f"more than {MAX_GROUP - 1} unsigned entries (or 32 KiB of them) in a row: a group's bound"
 )
+
+
+def _as_value(exc: Rejected) -> Rejected:
+    """A rejection kept as a result, without its traceback: the traceback holds the frame
+    that caught it, whose list of results holds the rejection, a cycle that kept a whole
+    import's parsed entries (~4x their bytes) alive until the collector next ran. A mesh
+    catch-up with a few rejected entries per batch held three or four batches so."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    return exc
 
 
 def _continues(last: Entry, e: Entry) -> bool:
