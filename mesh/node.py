@@ -356,7 +356,7 @@ class Peer:
     heard: bool = False  # a heads message has told us what it holds
     strikes: int = 0
     banned_until: float = 0.0
-    more: bool = False
+    more: bool = False  # the heads closing our last round said the peer has more for us
     rounds: int = 0  # rounds this node completed as the dialer
     pushed_seq: int = 0  # our own feed: last seq pushed to this peer, and when
     pushed_t: float = 0.0
@@ -364,6 +364,7 @@ class Peer:
     # (last seq sent, when), oldest first: on their way, not sent again (see _after_sent)
     sent: dict[bytes, deque[tuple[int, float]]] = field(default_factory=dict)
     synced_t: float = 0.0  # when this peer's own round last reached our listener
+    asks_more: bool = False  # our answer to that round said more remains: it will ask again
     credit: int = 0  # messages in answer to our syncs it may still send beyond its rate
     # Entries received, waiting for the importer (in arrival order: a message's entries, their
     # traces, their bytes), and how many are held.
@@ -1030,10 +1031,13 @@ class MeshNode:
         peer.synced_t = time.monotonic()
         self._confirm_own(peer, vv)
         raws, more = self.missing_for(self._effective(peer, vv), forks)
-        self._update_known(peer, raws[: self._send_entries(self.router, reply, raws, peer)])
+        sent = self._send_entries(self.router, reply, raws, peer)
+        self._update_known(peer, raws[:sent])
+        # (What the send queue refused is more too: it is asked for in the next round.)
+        peer.asks_more = more or sent < len(raws)
         self._send_proofs(self.router, reply, self._proofs_for(forks), peer)
         mine = self.version_vector()
-        flags = bytes([wire.FLAG_MORE if more else 0])
+        flags = bytes([wire.FLAG_MORE if peer.asks_more else 0])
         self._send(
             self.router,
             [*reply, wire.HEADS, wire.encode_vv(mine), wire.encode_forks(self.fork_keys()), flags],
@@ -1049,8 +1053,14 @@ class MeshNode:
         self._confirm_own(peer, vv)
         # A peer whose own rounds reach our listener gets what it lacks in answer to those:
         # sending it here too would send each entry twice, on two connections, out of order.
-        hold = self.cfg.sync_interval * 2
-        if peer.sock is not None and time.monotonic() - peer.synced_t >= hold:
+        # One catching up from us asks again as soon as it has taken in our last answer,
+        # which may be longer than the hold-off (an import of a round under load): until it
+        # is heard from no more (down_after), it is left to its own rounds. (Measured: a
+        # 4,267-entry catch-up between two test nodes, 0.05 s rounds, received 6,700-7,000
+        # entries, the second stream's arriving out of order and refused as skipped.)
+        since = time.monotonic() - peer.synced_t
+        catching_up = peer.asks_more and since < self.cfg.down_after
+        if peer.sock is not None and since >= self.cfg.sync_interval * 2 and not catching_up:
             raws, we_have_more = self.missing_for(self._effective(peer, vv), forks)
             sent = self._send_entries(peer.sock, [], raws, peer)
             self._update_known(peer, raws[:sent])
@@ -1507,8 +1517,9 @@ class MeshNode:
             if self._banned(peer):
                 await asyncio.sleep(1.0)
                 continue
+            # (peer.more stays what the last round's heads said until this one's arrive: a
+            # sync_once() that looked between the two took a catch-up half done for whole.)
             peer.heads_evt.clear()
-            peer.more = False
             sent = self._send(
                 sock,
                 [
