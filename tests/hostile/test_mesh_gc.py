@@ -16,6 +16,7 @@ import asyncio
 import gc
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,9 +50,14 @@ def _collector_running() -> Iterator[None]:
     stop = threading.Event()
 
     def churn() -> None:
+        # Paced by its own cost: a full collection's time grows with the whole process's heap
+        # (in the full suite, every earlier test's objects), and back to back they held the GIL
+        # so much that this test took 100 s there and 30 s alone. Collecting half the time is
+        # still a collection at every awkward moment the nodes' many stops give it.
         while not stop.is_set():
+            began = time.perf_counter()
             gc.collect()
-            stop.wait(0.005)
+            stop.wait(max(0.005, time.perf_counter() - began))
 
     t = threading.Thread(target=churn, name="gc-pressure", daemon=True)
     t.start()
