@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,45 @@ async def test_killed_worker_is_restarted_and_answers_again(
         assert final["text"].strip() and toks
         assert sup.pid is not None and sup.pid != old_pid
         assert sup.restarts >= 1
+
+
+async def test_an_answer_cut_by_the_workers_death_ends_with_what_was_streamed(
+    tmp_path: Path, collector_factory: CollectorFactory
+) -> None:
+    """Tried (an outside tester): the worker killed (SIGKILL) once an answer's first token was
+    streamed. The final was one of the persona's canned lines: the display, which had shown half
+    a sentence, was told another answer, and not that it was cut. Must hold: the final is the
+    text streamed, marked as cut short; the node answers again after."""
+    from gibsey.node.agents.service import CUT_MARK
+
+    async with agent_node(tmp_path, preload=True) as (node, broker):
+        service = agents(node)
+        await _worker_up(service)
+        sup = service.supervisor
+        assert sup is not None and sup.pid is not None
+        old_pid = sup.pid
+        emit = service._emit
+
+        def kill_at_first_token(persona: str, corr: str | None, seq: int, *rest: Any) -> None:
+            emit(persona, corr, seq, *rest)
+            if seq == 0 and sup.pid == old_pid:
+                os.kill(old_pid, signal.SIGKILL)
+
+        service._emit = kill_at_first_token  # type: ignore[method-assign,assignment]
+        final, toks, _ = await ask(
+            collector_factory,
+            node,
+            broker.port,
+            "london-fox",
+            "Tell me everything about the exits of this room, one by one.",
+            max_tokens=128,
+        )
+        streamed = "".join(t["text"] for t in toks).strip()
+        assert toks and streamed
+        assert final["text"] == streamed + CUT_MARK
+        await _replaced(service, old_pid)
+        again, _, _ = await ask(collector_factory, node, broker.port, "london-fox", "Hello?")
+        assert again["text"].strip() and not again["text"].endswith(CUT_MARK)
 
 
 async def test_wedged_worker_is_detected_and_replaced(

@@ -68,6 +68,7 @@ from gibsey.node.agents.safety import (
     FlagStore,
     OutputFilter,
     PressureMonitor,
+    StreamCheck,
     Throttle,
     parse_review,
     review_said,
@@ -101,6 +102,8 @@ THROTTLE_ALERTS_KEPT = 4096  # actors whose last throttle alert is remembered
 # on a Pi) the newest waits about 12 s. With 64, a flood's burst the node-wide bound let in kept
 # an outside tester's real question waiting 156 s behind the flood's last 64.
 REQUESTS_WAITING = 8
+# Ends the answer of record of one the worker's death cut short after its first tokens.
+CUT_MARK = " [cut short]"
 
 
 def tensor_write_due(since_written_s: float, pending: bool) -> bool:
@@ -538,7 +541,7 @@ class AgentService:
             # the node's stop cut short is no fault: said at info.
             level = logging.INFO if sup.closed else logging.WARNING
             log.log(level, "request %s cut short: %s", event.id, exc)
-            return self._canned(persona), seq
+            return self._cut_answer(persona, check, seq), seq
         if stats.cut:
             log.debug(
                 "request %s: the prompt was cut (%d tokens: what the persona recalls first, then "
@@ -562,6 +565,16 @@ class AgentService:
         self.answered += 1
         self._remember(persona, req.prompt, text, event)
         return text, seq
+
+    def _cut_answer(self, persona: Persona, check: StreamCheck, seq: int) -> str:
+        """The answer of record of one cut short: what its listeners were already streamed,
+        marked as cut (CUT_MARK), when that passes the filter as a whole; a canned line when
+        nothing was said yet. (A canned line after half a sentence was streamed told the
+        display another answer than the one it showed, and that it had ended.)"""
+        text = check.text.strip()
+        if seq == 0 or not text or not check.whole().ok:
+            return self._canned(persona)
+        return f"{text}{CUT_MARK}"
 
     def _token_budget(self, req: AgentRequest, mode: str) -> int:
         """The most tokens an answer may take: the request's, within the node's bound, and
