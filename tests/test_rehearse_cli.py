@@ -128,14 +128,22 @@ def test_a_rehearsal_piped_and_stopped_with_ctrl_c_says_each_line_whole(tmp_path
     room, report = tmp_path / "room", tmp_path / "room" / "report" / "index.html"
 
     def live() -> bool:
-        """The live view runs once it writes the report asked for with SIGUSR1 (into a pipe it
-        shows nothing until it stops). Asked only once the nodes start: the handler is set."""
+        """The live view runs once it writes the report asked for with SIGUSR1. Asked only
+        once the nodes start: the handler is set."""
         if (room / "n1").exists():
             proc.send_signal(signal.SIGUSR1)
         return report.exists()
 
+    def said_so_far() -> bool:
+        """Piped, what happens is said as it happens, and the figures every PIPE_STATUS_S (it
+        said nothing until the end: an outside tester's `tail -f` of a ten-minute run)."""
+        text = out_file.read_text()
+        return "report written: " in text and "1/1 nodes answering" in text
+
     try:
         wait_until(live, 100, "the live view (its report written on SIGUSR1)", step_s=0.5)
+        wait_until(said_so_far, 60, "the report and the figures said while running", step_s=0.5)
+        assert proc.poll() is None
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         proc.wait(100)
     finally:

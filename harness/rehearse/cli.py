@@ -55,6 +55,8 @@ from gibsey.harness.waiting import wait_until
 # A rehearsal's nodes run on this machine, each a `gibsey up` with its broker and model worker:
 # 16 are several times what a laptop's cores hold (bench rehearse runs 10).
 MAX_REHEARSAL_NODES = 16
+# Into a pipe, a line of the live table's totals this often (seconds).
+PIPE_STATUS_S = 10.0
 
 # One step of the chaos plan: (seconds into the run, what to do, its arguments).
 Planned = tuple[float, Any, tuple[Any, ...]]
@@ -415,15 +417,46 @@ class Rehearsal:
         minutes = self.args.minutes
         deadline = time.monotonic() + minutes * 60 if minutes else math.inf
         plan = self._chaos_plan(minutes * 60 if minutes else 300.0)
-        try:
-            with Live(self.view(), console=self.console, refresh_per_second=2) as live:
-                self._live_until(deadline, plan, live)
-        finally:
-            if not self.console.is_terminal:
-                # Into a pipe, Live's last frame ends without a newline (Ctrl-C's too).
-                self.console.line()
+        if not self.console.is_terminal:
+            # Into a pipe or a file, Live draws only its last frame, at the end: a run piped
+            # for ten minutes said nothing meanwhile (an outside tester's `tail -f`). There,
+            # what happens is said as it happens, with a line of figures now and then.
+            try:
+                self._live_until(deadline, plan, None)
+            finally:
+                self.console.print(self.view())
+            return
+        with Live(self.view(), console=self.console, refresh_per_second=2) as live:
+            self._live_until(deadline, plan, live)
 
-    def _live_until(self, deadline: float, plan: list[Planned], live: Live) -> None:
+    def _said_piped(self, said: int, status_due: float) -> tuple[int, float]:
+        """Into a pipe: the events not said yet, and the figures once PIPE_STATUS_S passed;
+        returns (events said, when the next figures are due)."""
+        for line in self.events_log[said:]:
+            self.console.print(line, markup=False, highlight=False)
+        now = time.monotonic()
+        if now < status_due:
+            return len(self.events_log), status_due
+        self.console.print(self.figures(), markup=False, highlight=False)
+        return len(self.events_log), now + PIPE_STATUS_S
+
+    def figures(self) -> str:
+        """The live table's totals in one line (the piped run's progress)."""
+        tl, t = self.timeline, time.monotonic() - self.t0
+        snaps = [n.client.snapshot() for n in self.gallery if n.client]
+        up = sum(self.last.get("answering", []))
+        return (
+            f"{t:6.1f}s  {up}/{len(tl.names)} nodes answering, "
+            f"{sum(tl.rate[-1]) if tl.rate else 0.0:.1f} ev/s, "
+            f"{sum(c.rituals for c in snaps)} rituals, {sum(c.gifts for c in snaps)} gifts, "
+            f"{sum(c.answers for c in snaps)} answers, "
+            f"at most {max(tl.behind[-1]) if tl.behind and tl.behind[-1] else 0} entries behind"
+        )
+
+    def _live_until(self, deadline: float, plan: list[Planned], live: Live | None) -> None:
+        """Run the plan and the hearings until the deadline, sampling once a second (into the
+        live table, or into a pipe as lines: `live` None)."""
+        said, status_due = 0, time.monotonic() + PIPE_STATUS_S
         hearings = 0
         next_hearing_s = 20.0
         while time.monotonic() < deadline:
@@ -436,7 +469,10 @@ class Rehearsal:
                 next_hearing_s = now + 60.0
                 self._background(self.hearing, hearings)
             self.sample()
-            live.update(self.view())
+            if live is not None:
+                live.update(self.view())
+            else:
+                said, status_due = self._said_piped(said, status_due)
             if self.report_now.is_set():
                 self.report_now.clear()
                 self.events_log.append(f"report written: {self.write()}")
