@@ -90,7 +90,7 @@ zig-test: setup debian-test
 	vm_zig/build.sh test-aarch64
 
 pytest: setup debian-test vm
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=12
 
 ## The dial firmware (firmware/): type-checked against the Pico W's MicroPython stubs (installed
 ## into firmware/.stubs, never into the venv: they would shadow CPython's typeshed), compiled with
